@@ -1,0 +1,35 @@
+# Thin wrapper: `make run` builds and runs the main job, `make test` builds
+# and runs every test. Both install missing Debian packages first (as root)
+# or print the exact command to do so.
+BUILD ?= build
+SANITIZE ?=
+CMAKE_FLAGS ?=
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: all deps configure build run test bench install clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+configure: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMC_SANITIZE=$(SANITIZE) $(CMAKE_FLAGS) >/dev/null
+
+build: configure
+	@cmake --build $(BUILD) -j $(JOBS)
+
+run: build
+	@scripts/main-job.sh $(BUILD)
+
+test: build
+	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 300
+
+bench: build
+	@$(BUILD)/metal-compute bench
+
+install: build
+	@cmake --install $(BUILD)
+
+clean:
+	@rm -rf build build-*

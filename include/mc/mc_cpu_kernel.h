@@ -1,0 +1,75 @@
+/*
+ * The CPU device's kernel ABI. Standalone: kernels compiled at run time
+ * include only this header (the runtime writes it beside the source).
+ *
+ * A kernel is called once per threadgroup, on one of the device's workers:
+ *
+ *     MC_KERNEL(saxpy, 4)   // name, number of argument slots (or -1)
+ *     {
+ *         float *y = MC_ARG(ctx, 0, float);
+ *         const float *x = MC_ARG(ctx, 1, const float);
+ *         float a = *MC_ARG(ctx, 2, const float);
+ *         uint32_t n = *MC_ARG(ctx, 3, const uint32_t);
+ *         MC_FOR_EACH_THREAD(ctx, tid) {       // tid: index within the grid
+ *             if (tid < n) y[tid] += a * x[tid];
+ *         }
+ *     }
+ *
+ * A threadgroup barrier is the end of one MC_FOR_EACH_THREAD loop and the
+ * start of the next: threads of a group run in order inside one call.
+ * Threadgroup memory slot i is ctx->tg_mem[i] (per worker, not zeroed).
+ */
+#ifndef MC_MC_CPU_KERNEL_H
+#define MC_MC_CPU_KERNEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define MC_CPU_ABI_VERSION 1
+#define MC_CPU_MAX_ARGS 31
+#define MC_CPU_MAX_TG_MEM 8
+
+typedef struct mc_cpu_arg {
+    void *ptr;   /* buffer contents + offset, or the bytes passed by value */
+    size_t size; /* bytes valid from ptr */
+} mc_cpu_arg;
+
+struct mc_cpu_ctx {
+    uint32_t group_id[3];     /* this threadgroup in the grid */
+    uint32_t groups[3];       /* threadgroups per grid */
+    uint32_t group_size[3];   /* threads per threadgroup */
+    const mc_cpu_arg *args;   /* MC_CPU_MAX_ARGS slots */
+    void *tg_mem[MC_CPU_MAX_TG_MEM];
+    size_t tg_mem_size[MC_CPU_MAX_TG_MEM];
+    uint32_t worker;          /* which worker runs this call */
+};
+typedef struct mc_cpu_ctx mc_cpu_ctx;
+
+#if defined(__GNUC__)
+#define MC_KERNEL_EXPORT __attribute__((visibility("default")))
+#else
+#define MC_KERNEL_EXPORT
+#endif
+
+/* Declares the kernel and its argument count (read by validation). */
+#define MC_KERNEL(name, nargs)                                            \
+    MC_KERNEL_EXPORT const int32_t name##__mc_argc = (nargs);             \
+    MC_KERNEL_EXPORT void name(const mc_cpu_ctx *ctx)
+
+#define MC_ARG(ctx, i, type) ((type *)(ctx)->args[(i)].ptr)
+#define MC_ARG_SIZE(ctx, i) ((ctx)->args[(i)].size)
+
+/* Threads of the group in x-fastest order; tid is the global x index,
+ * lid the flattened index within the group. For 1-D grids. */
+#define MC_FOR_EACH_THREAD(ctx, tid)                                                          \
+    for (uint32_t mc__lid = 0, tid = (ctx)->group_id[0] * (ctx)->group_size[0];              \
+         mc__lid < (ctx)->group_size[0]; ++mc__lid, tid = (ctx)->group_id[0] * (ctx)->group_size[0] + mc__lid)
+
+/* 2-D: gx, gy are the global thread coordinates. */
+#define MC_FOR_EACH_THREAD_2D(ctx, gx, gy)                                                     \
+    for (uint32_t mc__ly = 0, gy = (ctx)->group_id[1] * (ctx)->group_size[1];                 \
+         mc__ly < (ctx)->group_size[1]; ++mc__ly, gy = (ctx)->group_id[1] * (ctx)->group_size[1] + mc__ly) \
+        for (uint32_t mc__lx = 0, gx = (ctx)->group_id[0] * (ctx)->group_size[0];             \
+             mc__lx < (ctx)->group_size[0]; ++mc__lx, gx = (ctx)->group_id[0] * (ctx)->group_size[0] + mc__lx)
+
+#endif

@@ -1,0 +1,196 @@
+/*
+ * DOC: The backend interface (HAL)
+ *
+ * One table of functions that every device implements, shaped after Metal:
+ * the engine records a command buffer into a flat list of commands grouped
+ * in passes and hands the whole list to the backend at commit. The backend
+ * executes it in order and reports the outcome once, through
+ * sub->complete(). Backends know nothing of the engine's objects; the engine
+ * never asks which backend it talks to.
+ *
+ * Backend objects are opaque pointers (void *) owned by the backend. Every
+ * function gets the backend device it belongs to. Optional entries may be
+ * NULL; the engine then supplies the default or reports MC_ERR_UNSUPPORTED.
+ * New entries are appended; `version` says how many there are.
+ *
+ * Threads: every entry may be called from any thread; the backend locks what
+ * it shares. complete() may be called from any thread, including from inside
+ * submit() (for work that fails before it starts).
+ */
+#ifndef MC_BACKENDS_HAL_H
+#define MC_BACKENDS_HAL_H
+
+#include "mc/mc.h"
+
+#define MC__HAL_VERSION 1
+
+/* ---- the command stream ------------------------------------------------ */
+
+typedef enum mc__op {
+    MC__OP_SET_PIPELINE = 1,   /* u.pipeline */
+    MC__OP_SET_BUFFER = 2,     /* index, u.buf */
+    MC__OP_SET_BYTES = 3,      /* index, u.bytes: into mc__submission.bytes */
+    MC__OP_SET_TGMEM = 4,      /* index, u.tgmem */
+    MC__OP_DISPATCH = 5,       /* u.dispatch */
+    MC__OP_DISPATCH_INDIRECT = 6, /* u.indirect: three uint32 counts at buffer+offset */
+    MC__OP_BARRIER = 7,
+    MC__OP_COPY = 8,           /* u.copy (alone in a copy pass) */
+    MC__OP_FILL = 9,           /* u.fill (alone in a copy pass) */
+    MC__OP_SIGNAL = 10,        /* u.event (alone in a sync pass) */
+    MC__OP_WAIT = 11           /* u.event (alone in a sync pass) */
+} mc__op;
+
+typedef struct mc__cmd {
+    uint32_t op;    /* mc__op */
+    uint32_t index; /* argument slot for SET_* */
+    union {
+        void *pipeline;
+        struct { void *buffer; size_t offset; size_t size; void *host; } buf; /* size: bytes from offset to end; host: CPU address of buffer+offset or NULL */
+        struct { uint32_t offset, len; } bytes;
+        struct { size_t len; } tgmem;
+        struct { mc_size3 groups, threads; } dispatch;
+        struct { void *buffer; size_t offset; void *host; mc_size3 threads; } indirect;
+        struct { void *src; size_t src_offset; void *dst; size_t dst_offset; size_t len; } copy;
+        struct { void *buffer; size_t offset; size_t len; uint8_t value; } fill;
+        struct { void *event; uint64_t value; } event;
+    } u;
+} mc__cmd;
+
+typedef enum mc__pass_kind {
+    MC__PASS_COMPUTE = 1,
+    MC__PASS_COPY = 2, /* one COPY or FILL */
+    MC__PASS_SYNC = 3  /* one SIGNAL or WAIT */
+} mc__pass_kind;
+
+typedef struct mc__pass {
+    const char *label; /* never NULL */
+    uint32_t kind;     /* mc__pass_kind */
+    uint32_t first;    /* index of its first command */
+    uint32_t count;    /* number of commands */
+} mc__pass;
+
+/* One committed command buffer, as the backend sees it. The engine owns it;
+ * the backend may read the inputs until it calls complete(), after which it
+ * must not touch the submission again. */
+typedef struct mc__submission mc__submission;
+struct mc__submission {
+    /* inputs */
+    const mc__cmd *cmds;
+    uint32_t ncmd;
+    const uint8_t *bytes; /* arena for SET_BYTES */
+    const mc__pass *passes;
+    uint32_t npass;
+    uint32_t flags; /* MC_CMDBUF_* */
+    const char *label;
+    /* Fault injection: when inject != MC_OK the backend runs passes
+     * [0, inject_pass), then fails with `inject` as if pass inject_pass had
+     * faulted (later passes pending). Handled like a real error of that kind
+     * (a device-lost injection loses the device). */
+    mc_status inject;
+    uint32_t inject_pass;
+
+    /* outputs, filled by the backend before complete() */
+    mc_status status;
+    char message[256];
+    mc_pass_state *pass_state; /* npass entries, preset to MC_PASS_PENDING */
+    uint64_t *pass_time;       /* 2*npass entries (start, end) or NULL if not asked */
+    uint64_t gpu_start_ns, gpu_end_ns;
+
+    /* engine callbacks */
+    void (*scheduled)(mc__submission *sub); /* optional: work began on the device */
+    void (*complete)(mc__submission *sub);  /* exactly once */
+    void *owner;
+};
+
+/* What the pipeline cache needs to rebuild a pipeline from an archived
+ * payload (Metal needs the source again; CPU and CUDA only the binary). */
+typedef struct mc__pipeline_src {
+    mc_language language;
+    const char *source;
+    size_t source_len;
+    const char *options;  /* never NULL */
+    const char *function;
+    uint32_t max_total_threads_per_threadgroup;
+    bool threadgroup_size_is_multiple_of_simd_width;
+    const char *label;    /* may be NULL */
+} mc__pipeline_src;
+
+/* ---- the table --------------------------------------------------------- */
+
+typedef struct mc__hal {
+    uint32_t version;
+    mc_device_kind kind;
+    const char *name; /* "cpu", "cuda", "metal" */
+
+    /* Devices. count() must be safe and cheap when the driver is absent (0). */
+    int (*device_count)(void);
+    mc_status (*device_info)(int index, mc_device_info *out);
+    mc_status (*device_open)(int index, const mc_device_desc *desc, void **dev, mc_device_info *info);
+    void (*device_close)(void *dev); /* all objects already destroyed */
+
+    /* Buffers. *host receives the CPU address for host-visible storage, else
+     * NULL. write/read are synchronous and work for every storage. */
+    mc_status (*buffer_create)(void *dev, size_t size, mc_storage storage, const char *label, void **buf, void **host);
+    void (*buffer_destroy)(void *dev, void *buf);
+    mc_status (*buffer_write)(void *dev, void *buf, size_t offset, const void *src, size_t len);
+    mc_status (*buffer_read)(void *dev, void *buf, size_t offset, void *dst, size_t len);
+
+    /* Libraries. On MC_ERR_COMPILE *log gets the compiler output (malloc'd,
+     * engine frees) or NULL. */
+    mc_status (*library_create)(void *dev, mc_language lang, const char *source, size_t len, const char *options,
+                                void **lib, char **log);
+    /* optional (CPU): functions linked into the program */
+    mc_status (*library_create_builtin)(void *dev, const char *const *names, const mc_cpu_kernel_fn *fns,
+                                        const int32_t *argc, size_t n, void **lib);
+    void (*library_destroy)(void *dev, void *lib);
+
+    mc_status (*pipeline_create)(void *dev, void *lib, const mc_pipeline_desc *desc, void **pipeline,
+                                 mc_pipeline_info *info);
+    void (*pipeline_destroy)(void *dev, void *pipeline);
+
+    /* Pipeline archive (optional: NULL = the device cannot archive).
+     * compiler_identity names the compiler and its version for lang (e.g.
+     * "gcc 12.2.0", "nvrtc 13.0 sm_90", "macOS 15.1 24B83").
+     * pipeline_export produces what the device loads fastest (malloc'd).
+     * pipeline_import builds library+pipeline from it; when fail_on_miss,
+     * it must not compile (Metal's failOnBinaryArchiveMiss, F700). */
+    mc_status (*compiler_identity)(void *dev, mc_language lang, char *out, size_t cap);
+    mc_status (*pipeline_export)(void *dev, const mc__pipeline_src *src, void *lib, void *pipeline, void **bytes,
+                                 size_t *len);
+    mc_status (*pipeline_import)(void *dev, const mc__pipeline_src *src, const void *bytes, size_t len,
+                                 bool fail_on_miss, void **lib, void **pipeline, mc_pipeline_info *info);
+
+    /* Queues. queue_destroy is called only when every submission on it has
+     * completed. */
+    mc_status (*queue_create)(void *dev, const char *label, void **queue);
+    void (*queue_destroy)(void *dev, void *queue);
+    /* Executes sub after everything submitted earlier on the queue.
+     * Rules every backend follows:
+     *  - after a submission on a queue fails, the submissions behind it on
+     *    that queue complete with MC_ERR_PRIOR_ERROR without running;
+     *  - after MC_ERR_DEVICE_LOST every later submission on the device
+     *    completes with MC_ERR_DEVICE_LOST;
+     *  - pass_state: COMPLETED for passes that ran, FAULTED for the one that
+     *    failed, AFFECTED for ones that ran but may have been corrupted,
+     *    PENDING for those that never ran.
+     * Returns MC_OK when sub was accepted (complete() will be called), else
+     * an error and complete() is not called. */
+    mc_status (*submit)(void *dev, void *queue, mc__submission *sub);
+    /* optional: waits for sub on the calling thread (spin, then sleep), so a
+     * waiter sees completion without a thread hop. Returns MC_OK once
+     * sub->complete has returned, or MC_ERR_WAIT_TIMEOUT. NULL: the engine
+     * waits on its own condition variable. */
+    mc_status (*submission_wait)(void *dev, void *queue, mc__submission *sub, uint64_t timeout_ns);
+
+    /* Timeline events: a 64-bit counter that only moves forward. */
+    mc_status (*event_create)(void *dev, uint64_t initial, void **event);
+    void (*event_destroy)(void *dev, void *event);
+    uint64_t (*event_value)(void *dev, void *event);
+    mc_status (*event_signal)(void *dev, void *event, uint64_t value);
+    mc_status (*event_wait)(void *dev, void *event, uint64_t value, uint64_t timeout_ns);
+} mc__hal;
+
+/* The compiled-in backends, best first (metal, cuda, cpu); NULL-terminated. */
+extern const mc__hal *const mc__hal_registry[];
+
+#endif

@@ -1,0 +1,73 @@
+/*
+ * DOC: Core internals shared by the engine and the backends
+ *
+ * Error detail, logging, environment configuration, clocks and small OS
+ * helpers. Everything platform-specific lives in os_posix.c; nothing here
+ * knows about devices.
+ */
+#ifndef MC_CORE_CORE_H
+#define MC_CORE_CORE_H
+
+#include "mc/mc.h"
+
+#include <stdarg.h>
+
+#if defined(__GNUC__)
+#define MC__PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define MC__PRINTF(a, b)
+#endif
+
+/* Records the detail for mc_last_error() on this thread and returns s, so
+ * error paths read `return mc__fail(MC_ERR_INVALID_ARGUMENT, "size is 0");` */
+mc_status mc__fail(mc_status s, const char *fmt, ...) MC__PRINTF(2, 3);
+void mc__clear_error(void);
+
+/* Logging through the installed callback; id is a stable identifier. */
+void mc__log(mc_log_level level, const char *id, const char *fmt, ...) MC__PRINTF(3, 4);
+bool mc__log_enabled(mc_log_level level);
+
+/* Environment: value of name, or dflt when unset or empty. */
+const char *mc__env_str(const char *name, const char *dflt);
+long long mc__env_int(const char *name, long long dflt);
+
+/* Clocks and waiting. */
+uint64_t mc__now_ns(void);            /* monotonic */
+void mc__sleep_ns(uint64_t ns);
+static inline void mc__cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+/* Deadline helper: UINT64_MAX timeouts never expire. */
+static inline uint64_t mc__deadline(uint64_t timeout_ns)
+{
+    uint64_t now = mc__now_ns();
+    return timeout_ns > UINT64_MAX - now ? UINT64_MAX : now + timeout_ns;
+}
+/* Converts an absolute monotonic deadline to a struct timespec for
+ * pthread_cond_timedwait on a CLOCK_MONOTONIC condition variable. */
+struct timespec;
+void mc__timespec_from_ns(uint64_t ns, struct timespec *ts);
+
+unsigned mc__cpu_count(void);
+
+/* Allocation: NULL on failure. Test builds may fail the nth allocation
+ * (MC_FAIL_ALLOC_AT=n) to reach the error paths. */
+void *mc__malloc(size_t n);
+void *mc__calloc(size_t count, size_t size);
+void *mc__realloc(void *p, size_t n);
+char *mc__strdup(const char *s); /* NULL stays NULL */
+void mc__alloc_fail_at(long long nth); /* 0 = off */
+
+/* printf into a fresh malloc'd string. */
+char *mc__asprintf(const char *fmt, ...) MC__PRINTF(1, 2);
+
+#define MC__ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define MC__MIN(a, b) ((a) < (b) ? (a) : (b))
+#define MC__MAX(a, b) ((a) > (b) ? (a) : (b))
+
+#endif

@@ -1,0 +1,118 @@
+/*
+ * DOC: OS glue (POSIX)
+ *
+ * Clocks, sleeping, the environment, core counts and allocation. The only
+ * file that knows which OS it runs on, the way libuv keeps src/unix apart.
+ */
+#include "core/core.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+uint64_t mc__now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+void mc__sleep_ns(uint64_t ns)
+{
+    struct timespec ts = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR) {
+    }
+}
+
+void mc__timespec_from_ns(uint64_t ns, struct timespec *ts)
+{
+    if (ns > (uint64_t)INT32_MAX * 1000000000ull) ns = (uint64_t)INT32_MAX * 1000000000ull;
+    ts->tv_sec = (time_t)(ns / 1000000000ull);
+    ts->tv_nsec = (long)(ns % 1000000000ull);
+}
+
+const char *mc__env_str(const char *name, const char *dflt)
+{
+    const char *v = getenv(name);
+    return v && *v ? v : dflt;
+}
+
+long long mc__env_int(const char *name, long long dflt)
+{
+    const char *v = mc__env_str(name, NULL);
+    if (!v) return dflt;
+    char *end;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    if (errno || end == v || *end) {
+        mc__log(MC_LOG_WARN, "config.bad_integer", "%s=%s is not an integer; using %lld", name, v, dflt);
+        return dflt;
+    }
+    return x;
+}
+
+unsigned mc__cpu_count(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (unsigned)n : 1u;
+}
+
+/* Fault-injecting allocation (Lua's and SQLite's test builds). */
+static _Atomic long long alloc_countdown;
+
+void mc__alloc_fail_at(long long nth)
+{
+    atomic_store(&alloc_countdown, nth);
+}
+
+static bool alloc_should_fail(void)
+{
+    if (atomic_load_explicit(&alloc_countdown, memory_order_relaxed) <= 0) return false;
+    return atomic_fetch_sub(&alloc_countdown, 1) == 1;
+}
+
+void *mc__malloc(size_t n)
+{
+    return alloc_should_fail() ? NULL : malloc(n ? n : 1);
+}
+
+void *mc__calloc(size_t count, size_t size)
+{
+    return alloc_should_fail() ? NULL : calloc(count ? count : 1, size ? size : 1);
+}
+
+void *mc__realloc(void *p, size_t n)
+{
+    return alloc_should_fail() ? NULL : realloc(p, n ? n : 1);
+}
+
+char *mc__strdup(const char *s)
+{
+    if (!s) return NULL;
+    size_t n = strlen(s) + 1;
+    char *d = mc__malloc(n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+char *mc__asprintf(const char *fmt, ...)
+{
+    va_list ap, ap2;
+    va_start(ap, fmt);
+    va_copy(ap2, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    char *s = n >= 0 ? mc__malloc((size_t)n + 1) : NULL;
+    if (s) vsnprintf(s, (size_t)n + 1, fmt, ap2);
+    va_end(ap2);
+    return s;
+}
+
+void mc_free(void *p)
+{
+    free(p);
+}

@@ -1,0 +1,693 @@
+/*
+ * DOC: Devices, buffers, libraries, pipelines and events
+ *
+ * The thin layer between the API and a backend: checks every argument,
+ * keeps reference counts, remembers sticky device loss and schedules
+ * injected faults. Nothing here knows which backend it calls.
+ */
+#include "engine/engine.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static _Atomic int validation = -1; /* -1: not read from MC_VALIDATION yet */
+
+void mc_validation_set(bool on)
+{
+    atomic_store(&validation, on ? 1 : 0);
+}
+
+bool mc_validation_enabled(void)
+{
+    int v = atomic_load_explicit(&validation, memory_order_relaxed);
+    if (v < 0) {
+        v = mc__env_int("MC_VALIDATION", 0) != 0;
+        atomic_store(&validation, v);
+    }
+    return v;
+}
+
+const char *mc_device_kind_name(mc_device_kind k)
+{
+    switch (k) {
+    case MC_DEVICE_CPU: return "cpu";
+    case MC_DEVICE_CUDA: return "cuda";
+    case MC_DEVICE_METAL: return "metal";
+    case MC_DEVICE_ANY: return "any";
+    }
+    return "unknown";
+}
+
+const char *mc_language_name(mc_language l)
+{
+    switch (l) {
+    case MC_LANG_C: return "c";
+    case MC_LANG_CUDA: return "cuda";
+    case MC_LANG_MSL: return "msl";
+    case MC_LANG_UNSET: return "unset";
+    }
+    return "unknown";
+}
+
+/* ---- devices ----------------------------------------------------------- */
+
+mc_status mc_device_list(mc_device_info *out, size_t cap, size_t *count)
+{
+    if (!count) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_device_list: count is NULL");
+    if (cap && !out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_device_list: out is NULL but cap > 0");
+    size_t n = 0;
+    for (const mc__hal *const *h = mc__hal_registry; *h; h++) {
+        int c = (*h)->device_count();
+        for (int i = 0; i < c; i++, n++) {
+            if (n < cap) {
+                memset(&out[n], 0, sizeof out[n]);
+                mc_status s = (*h)->device_info(i, &out[n]);
+                if (s != MC_OK) return s;
+                out[n].kind = (*h)->kind;
+                out[n].index = i;
+            }
+        }
+    }
+    *count = n;
+    return MC_OK;
+}
+
+static const mc__hal *hal_for(mc_device_kind kind)
+{
+    for (const mc__hal *const *h = mc__hal_registry; *h; h++)
+        if ((*h)->kind == kind) return *h;
+    return NULL;
+}
+
+static mc_status parse_spec(const char *spec, mc_device_kind *kind, int *index)
+{
+    static const struct { const char *name; mc_device_kind kind; } kinds[] = {
+        {"cpu", MC_DEVICE_CPU}, {"cuda", MC_DEVICE_CUDA}, {"metal", MC_DEVICE_METAL}, {"any", MC_DEVICE_ANY}};
+    size_t len = strcspn(spec, ":");
+    *index = 0;
+    for (size_t i = 0; i < MC__ARRAY_LEN(kinds); i++) {
+        if (strlen(kinds[i].name) == len && !strncmp(spec, kinds[i].name, len)) {
+            *kind = kinds[i].kind;
+            if (spec[len] == ':') {
+                char *end;
+                long v = strtol(spec + len + 1, &end, 10);
+                if (end == spec + len + 1 || *end || v < 0 || v > 1024)
+                    return mc__fail(MC_ERR_INVALID_ARGUMENT, "device '%s': the index after ':' must be a number", spec);
+                *index = (int)v;
+            }
+            return MC_OK;
+        }
+    }
+    return mc__fail(MC_ERR_INVALID_ARGUMENT, "unknown device '%s' (expected cpu, cuda or metal, optionally :N)", spec);
+}
+
+static mc_status schedule_faults(mc_device *d, const char *spec, uint64_t base);
+
+mc_status mc_device_open(const mc_device_desc *desc, mc_device **out)
+{
+    if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_device_open: out is NULL");
+    *out = NULL;
+    mc_device_desc dd = MC_DEVICE_DESC_INIT;
+    if (desc) dd = *desc;
+    if (dd.kind > MC_DEVICE_METAL || dd.index < 0)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_device_open: kind %d / index %d out of range", dd.kind, dd.index);
+    if (dd.time_limit_ms < MC_TIME_LIMIT_NONE)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_device_open: time_limit_ms %lld is negative",
+                        (long long)dd.time_limit_ms);
+
+    const char *env = mc__env_str("MC_DEVICE", NULL);
+    if (dd.kind == MC_DEVICE_ANY && env) {
+        mc_status s = parse_spec(env, &dd.kind, &dd.index);
+        if (s != MC_OK) return mc__fail(s, "MC_DEVICE: %s", mc_last_error());
+    }
+    const mc__hal *hal = NULL;
+    if (dd.kind == MC_DEVICE_ANY) {
+        for (const mc__hal *const *h = mc__hal_registry; *h && !hal; h++)
+            if ((*h)->device_count() > dd.index) hal = *h;
+        if (!hal) return mc__fail(MC_ERR_NOT_FOUND, "no device with index %d is present", dd.index);
+    } else {
+        hal = hal_for(dd.kind);
+        if (!hal)
+            return mc__fail(MC_ERR_UNSUPPORTED, "the %s device is not compiled into this build",
+                            mc_device_kind_name(dd.kind));
+        int c = hal->device_count();
+        if (dd.index >= c)
+            return mc__fail(MC_ERR_NOT_FOUND, "%s:%d not present (%d %s device%s found)", hal->name, dd.index, c,
+                            hal->name, c == 1 ? "" : "s");
+    }
+
+    mc_device *d = mc__calloc(1, sizeof *d);
+    if (!d) return mc__fail(MC_ERR_NO_MEMORY, "mc_device_open: out of memory");
+    mc__object_init(&d->base, MC__TAG_DEVICE, d, hal->name);
+    d->hal = hal;
+    pthread_mutex_init(&d->lock, NULL);
+    mc_status s = hal->device_open(dd.index, &dd, &d->hd, &d->info);
+    if (s != MC_OK) {
+        pthread_mutex_destroy(&d->lock);
+        free(d->base.label);
+        free(d);
+        return s;
+    }
+    d->info.kind = hal->kind;
+    d->info.index = dd.index;
+    const char *faults = mc__env_str("MC_INJECT_FAULTS", NULL);
+    if (faults && (s = schedule_faults(d, faults, 0)) != MC_OK) {
+        mc__log(MC_LOG_ERROR, "device.bad_fault_spec", "MC_INJECT_FAULTS ignored: %s", mc_last_error());
+    }
+    mc__log(MC_LOG_INFO, "device.open", "opened %s:%d (%s)", hal->name, dd.index, d->info.name);
+    *out = d;
+    return MC_OK;
+}
+
+mc_status mc_device_open_name(const char *spec, mc_device **out)
+{
+    mc_device_desc desc = MC_DEVICE_DESC_INIT;
+    if (spec && *spec) {
+        mc_status s = parse_spec(spec, &desc.kind, &desc.index);
+        if (s != MC_OK) return s;
+    }
+    return mc_device_open(&desc, out);
+}
+
+void mc__device_destroy(mc_device *d)
+{
+    mc__notifier_shutdown(d);
+    if (d->cache) mc__cache_destroy(d->cache);
+    d->hal->device_close(d->hd);
+    pthread_mutex_destroy(&d->lock);
+    d->base.tag = MC__TAG_DEAD;
+    free(d->base.label);
+    free(d);
+}
+
+void mc_device_retain(mc_device *d)
+{
+    if (mc__object_check(d, MC__TAG_DEVICE)) mc__object_retain(&d->base);
+}
+
+void mc_device_release(mc_device *d)
+{
+    if (mc__object_check(d, MC__TAG_DEVICE)) mc__object_release(&d->base);
+}
+
+mc_status mc_device_get_info(const mc_device *d, mc_device_info *out)
+{
+    MC__CHECK_HANDLE(d, MC__TAG_DEVICE, "device");
+    if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_device_get_info: out is NULL");
+    *out = d->info;
+    return MC_OK;
+}
+
+mc_status mc_device_check(const mc_device *d)
+{
+    MC__CHECK_HANDLE(d, MC__TAG_DEVICE, "device");
+    if (atomic_load(&((mc_device *)d)->lost))
+        return mc__fail(MC_ERR_DEVICE_LOST, "the %s device was lost; open it again", d->hal->name);
+    return MC_OK;
+}
+
+uint64_t mc_device_committed_count(const mc_device *d)
+{
+    return mc__object_check(d, MC__TAG_DEVICE) ? atomic_load(&((mc_device *)d)->committed) : 0;
+}
+
+static mc_status add_fault(mc_device *d, mc_status kind, uint64_t at)
+{
+    if (d->nfaults == MC__MAX_FAULTS)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "at most %d faults may be scheduled", MC__MAX_FAULTS);
+    d->faults[d->nfaults].at = at;
+    d->faults[d->nfaults].kind = kind;
+    d->nfaults++;
+    atomic_store(&d->pending_faults, d->nfaults);
+    return MC_OK;
+}
+
+mc_status mc_device_inject_fault(mc_device *d, mc_status kind, uint64_t nth)
+{
+    MC__CHECK_HANDLE(d, MC__TAG_DEVICE, "device");
+    if (!mc_status_is_device_error(kind) || kind == MC_ERR_PRIOR_ERROR)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "%s is not a device error that can be injected", mc_status_name(kind));
+    if (nth == 0) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_device_inject_fault: nth must be >= 1");
+    pthread_mutex_lock(&d->lock);
+    mc_status s = add_fault(d, kind, atomic_load(&d->committed) + nth);
+    pthread_mutex_unlock(&d->lock);
+    return s;
+}
+
+/* Parses the whole spec before scheduling anything. */
+static mc_status schedule_faults(mc_device *d, const char *spec, uint64_t base)
+{
+    mc__fault parsed[MC__MAX_FAULTS];
+    size_t n = 0;
+    const char *p = spec;
+    while (*p) {
+        size_t len = strcspn(p, ",");
+        char item[64];
+        if (len == 0 || len >= sizeof item)
+            return mc__fail(MC_ERR_INVALID_ARGUMENT, "fault spec '%s': empty or overlong item", spec);
+        memcpy(item, p, len);
+        item[len] = '\0';
+        char *at = strchr(item, '@');
+        if (!at) return mc__fail(MC_ERR_INVALID_ARGUMENT, "fault spec item '%s' is not KIND@N", item);
+        *at = '\0';
+        char *end;
+        unsigned long long nth = strtoull(at + 1, &end, 10);
+        if (end == at + 1 || *end || nth == 0)
+            return mc__fail(MC_ERR_INVALID_ARGUMENT, "fault spec item '%s@%s': N must be a number >= 1", item, at + 1);
+        mc_status kind;
+        mc_status s = mc_status_from_word(item, &kind);
+        if (s != MC_OK) return s;
+        if (n == MC__MAX_FAULTS) return mc__fail(MC_ERR_INVALID_ARGUMENT, "too many faults in '%s'", spec);
+        parsed[n].kind = kind;
+        parsed[n].at = base + nth;
+        n++;
+        p += len;
+        if (*p == ',') p++;
+    }
+    pthread_mutex_lock(&d->lock);
+    mc_status s = MC_OK;
+    for (size_t i = 0; i < n && s == MC_OK; i++) s = add_fault(d, parsed[i].kind, parsed[i].at);
+    pthread_mutex_unlock(&d->lock);
+    return s;
+}
+
+mc_status mc_device_inject_faults(mc_device *d, const char *spec)
+{
+    MC__CHECK_HANDLE(d, MC__TAG_DEVICE, "device");
+    if (!spec) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_device_inject_faults: spec is NULL");
+    return schedule_faults(d, spec, atomic_load(&d->committed));
+}
+
+mc_status mc__device_take_fault(mc_device *d, uint64_t n)
+{
+    if (atomic_load_explicit(&d->pending_faults, memory_order_relaxed) == 0) return MC_OK;
+    mc_status kind = MC_OK;
+    pthread_mutex_lock(&d->lock);
+    for (size_t i = 0; i < d->nfaults; i++) {
+        if (d->faults[i].at == n) {
+            kind = d->faults[i].kind;
+            d->faults[i] = d->faults[--d->nfaults];
+            break;
+        }
+    }
+    atomic_store(&d->pending_faults, d->nfaults);
+    pthread_mutex_unlock(&d->lock);
+    return kind;
+}
+
+/* ---- buffers ----------------------------------------------------------- */
+
+static mc_status device_usable(mc_device *d)
+{
+    MC__CHECK_HANDLE(d, MC__TAG_DEVICE, "device");
+    if (atomic_load_explicit(&d->lost, memory_order_relaxed))
+        return mc__fail(MC_ERR_DEVICE_LOST, "the %s device was lost; open it again", d->hal->name);
+    return MC_OK;
+}
+
+mc_status mc_buffer_create(mc_device *d, const mc_buffer_desc *desc, mc_buffer **out)
+{
+    mc_status s = device_usable(d);
+    if (s != MC_OK) return s;
+    if (!desc || !out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_buffer_create: desc or out is NULL");
+    *out = NULL;
+    if (desc->size == 0) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_buffer_create: size is 0");
+    if (desc->storage != MC_STORAGE_SHARED && desc->storage != MC_STORAGE_PRIVATE)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_buffer_create: unknown storage mode %d", desc->storage);
+    if (d->info.max_buffer_size && desc->size > d->info.max_buffer_size)
+        return mc__fail(MC_ERR_OUT_OF_MEMORY, "buffer of %zu bytes is over the device's limit of %llu", desc->size,
+                        (unsigned long long)d->info.max_buffer_size);
+    mc_buffer *b = mc__calloc(1, sizeof *b);
+    if (!b) return mc__fail(MC_ERR_NO_MEMORY, "mc_buffer_create: out of memory");
+    s = d->hal->buffer_create(d->hd, desc->size, desc->storage, desc->label, &b->hb, &b->host);
+    if (s != MC_OK) {
+        free(b);
+        return s;
+    }
+    mc__object_init(&b->base, MC__TAG_BUFFER, d, desc->label);
+    b->size = desc->size;
+    b->storage = desc->storage;
+    mc__object_retain(&d->base);
+    if (desc->initial_data && (s = mc_buffer_write(b, 0, desc->initial_data, desc->size)) != MC_OK) {
+        mc_buffer_release(b);
+        return s;
+    }
+    *out = b;
+    return MC_OK;
+}
+
+void mc__buffer_destroy(mc_buffer *b)
+{
+    mc_device *d = b->base.device;
+    d->hal->buffer_destroy(d->hd, b->hb);
+    b->base.tag = MC__TAG_DEAD;
+    free(b->base.label);
+    free(b);
+    mc__object_release(&d->base);
+}
+
+void mc_buffer_retain(mc_buffer *b)
+{
+    if (mc__object_check(b, MC__TAG_BUFFER)) mc__object_retain(&b->base);
+}
+
+mc_status mc_buffer_release(mc_buffer *b)
+{
+    if (!b) return MC_OK;
+    MC__CHECK_HANDLE(b, MC__TAG_BUFFER, "buffer");
+    if (mc_validation_enabled() && atomic_load(&b->gpu_uses) > 0)
+        return mc__fail(MC_ERR_VALIDATION,
+                        "buffer '%s' released while a command buffer with unretained references still uses it",
+                        b->base.label ? b->base.label : "(unlabelled)");
+    mc__object_release(&b->base);
+    return MC_OK;
+}
+
+size_t mc_buffer_size(const mc_buffer *b)
+{
+    return mc__object_check(b, MC__TAG_BUFFER) ? b->size : 0;
+}
+
+void *mc_buffer_contents(mc_buffer *b)
+{
+    return mc__object_check(b, MC__TAG_BUFFER) ? b->host : NULL;
+}
+
+mc_status mc__buffer_check_range(const mc_buffer *b, size_t offset, size_t len, const char *what)
+{
+    if (offset > b->size || len > b->size - offset)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "%s: range [%zu, +%zu) is past the end of buffer '%s' (%zu bytes)",
+                        what, offset, len, b->base.label ? b->base.label : "(unlabelled)", b->size);
+    return MC_OK;
+}
+
+mc_status mc_buffer_write(mc_buffer *b, size_t offset, const void *src, size_t len)
+{
+    MC__CHECK_HANDLE(b, MC__TAG_BUFFER, "buffer");
+    if (!src && len) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_buffer_write: src is NULL");
+    mc_status s = mc__buffer_check_range(b, offset, len, "mc_buffer_write");
+    if (s != MC_OK || len == 0) return s;
+    mc_device *d = b->base.device;
+    return d->hal->buffer_write(d->hd, b->hb, offset, src, len);
+}
+
+mc_status mc_buffer_read(mc_buffer *b, size_t offset, void *dst, size_t len)
+{
+    MC__CHECK_HANDLE(b, MC__TAG_BUFFER, "buffer");
+    if (!dst && len) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_buffer_read: dst is NULL");
+    mc_status s = mc__buffer_check_range(b, offset, len, "mc_buffer_read");
+    if (s != MC_OK || len == 0) return s;
+    mc_device *d = b->base.device;
+    return d->hal->buffer_read(d->hd, b->hb, offset, dst, len);
+}
+
+/* ---- libraries and pipelines ------------------------------------------- */
+
+static mc_library *library_wrap(mc_device *d, void *hl, mc_language lang, const char *label)
+{
+    mc_library *l = mc__calloc(1, sizeof *l);
+    if (!l) {
+        d->hal->library_destroy(d->hd, hl);
+        return NULL;
+    }
+    mc__object_init(&l->base, MC__TAG_LIBRARY, d, label);
+    l->hl = hl;
+    l->language = lang;
+    mc__object_retain(&d->base);
+    return l;
+}
+
+mc_status mc_library_create(mc_device *d, const mc_library_desc *desc, mc_library **out, char **log)
+{
+    if (log) *log = NULL;
+    mc_status s = device_usable(d);
+    if (s != MC_OK) return s;
+    if (!desc || !out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_library_create: desc or out is NULL");
+    *out = NULL;
+    if (!desc->source) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_library_create: source is NULL");
+    if (desc->language == MC_LANG_UNSET || desc->language > MC_LANG_MSL)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_library_create: the language must be named (c, cuda or msl)");
+    size_t len = desc->source_len ? desc->source_len : strlen(desc->source);
+    void *hl = NULL;
+    char *blog = NULL;
+    s = d->hal->library_create(d->hd, desc->language, desc->source, len, desc->options ? desc->options : "", &hl,
+                               &blog);
+    if (s != MC_OK) {
+        if (log) *log = blog;
+        else free(blog);
+        if (s == MC_ERR_COMPILE && !mc_last_error()[0])
+            mc__fail(s, "%s compilation failed", mc_language_name(desc->language));
+        return s;
+    }
+    free(blog);
+    mc_library *l = library_wrap(d, hl, desc->language, desc->label);
+    if (!l) return mc__fail(MC_ERR_NO_MEMORY, "mc_library_create: out of memory");
+    *out = l;
+    return MC_OK;
+}
+
+const char *mc_device_kernel_extension(mc_device_kind k)
+{
+    switch (k) {
+    case MC_DEVICE_CPU: return ".c";
+    case MC_DEVICE_CUDA: return ".cu";
+    case MC_DEVICE_METAL: return ".metal";
+    case MC_DEVICE_ANY: break;
+    }
+    return "";
+}
+
+mc_status mc_library_create_from_file(mc_device *d, const char *path, mc_language language, const char *options,
+                                      mc_library **out, char **log)
+{
+    if (log) *log = NULL;
+    if (!path || !out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_library_create_from_file: path or out is NULL");
+    *out = NULL;
+    if (language == MC_LANG_UNSET) {
+        const char *dot = strrchr(path, '.');
+        if (dot && !strcmp(dot, ".c")) language = MC_LANG_C;
+        else if (dot && !strcmp(dot, ".cu")) language = MC_LANG_CUDA;
+        else if (dot && !strcmp(dot, ".metal")) language = MC_LANG_MSL;
+        else
+            return mc__fail(MC_ERR_INVALID_ARGUMENT, "%s: cannot tell the language from the extension (.c, .cu, .metal)",
+                            path);
+    }
+    FILE *f = fopen(path, "rb");
+    if (!f) return mc__fail(MC_ERR_IO, "cannot open kernel source %s: %s", path, strerror(errno));
+    char *src = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len + 4096 + 1 > cap) {
+            cap = cap ? cap * 2 : 16384;
+            char *n = mc__realloc(src, cap);
+            if (!n) {
+                free(src);
+                fclose(f);
+                return mc__fail(MC_ERR_NO_MEMORY, "out of memory reading %s", path);
+            }
+            src = n;
+        }
+        size_t got = fread(src + len, 1, 4096, f);
+        len += got;
+        if (got < 4096) break;
+    }
+    bool err = ferror(f);
+    fclose(f);
+    if (err) {
+        free(src);
+        return mc__fail(MC_ERR_IO, "cannot read kernel source %s", path);
+    }
+    src[len] = '\0';
+    mc_library_desc desc = {language, src, len, options, path};
+    mc_status s = mc_library_create(d, &desc, out, log);
+    free(src);
+    return s;
+}
+
+mc_status mc_library_create_builtin(mc_device *d, const char *const *names, const mc_cpu_kernel_fn *fns,
+                                    const int32_t *argument_counts, size_t n, mc_library **out)
+{
+    mc_status s = device_usable(d);
+    if (s != MC_OK) return s;
+    if (!names || !fns || !out || n == 0)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_library_create_builtin: names, fns and out are required, n > 0");
+    *out = NULL;
+    for (size_t i = 0; i < n; i++)
+        if (!names[i] || !fns[i])
+            return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_library_create_builtin: entry %zu is NULL", i);
+    if (!d->hal->library_create_builtin)
+        return mc__fail(MC_ERR_UNSUPPORTED, "the %s device cannot run kernels linked into the program",
+                        d->hal->name);
+    void *hl;
+    s = d->hal->library_create_builtin(d->hd, names, fns, argument_counts, n, &hl);
+    if (s != MC_OK) return s;
+    mc_library *l = library_wrap(d, hl, MC_LANG_C, "builtin");
+    if (!l) return mc__fail(MC_ERR_NO_MEMORY, "out of memory");
+    *out = l;
+    return MC_OK;
+}
+
+void mc__library_destroy(mc_library *l)
+{
+    mc_device *d = l->base.device;
+    d->hal->library_destroy(d->hd, l->hl);
+    l->base.tag = MC__TAG_DEAD;
+    free(l->base.label);
+    free(l);
+    mc__object_release(&d->base);
+}
+
+void mc_library_retain(mc_library *l)
+{
+    if (mc__object_check(l, MC__TAG_LIBRARY)) mc__object_retain(&l->base);
+}
+
+void mc_library_release(mc_library *l)
+{
+    if (mc__object_check(l, MC__TAG_LIBRARY)) mc__object_release(&l->base);
+}
+
+mc_status mc_pipeline_create(mc_device *d, const mc_pipeline_desc *desc, mc_pipeline **out)
+{
+    mc_status s = device_usable(d);
+    if (s != MC_OK) return s;
+    if (!desc || !out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_pipeline_create: desc or out is NULL");
+    *out = NULL;
+    MC__CHECK_HANDLE(desc->library, MC__TAG_LIBRARY, "desc->library");
+    if (desc->library->base.device != d)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_pipeline_create: the library belongs to another device");
+    if (!desc->function || !*desc->function)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_pipeline_create: function name is empty");
+    if (desc->max_total_threads_per_threadgroup > d->info.max_threads_per_threadgroup)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT,
+                        "max_total_threads_per_threadgroup %u is over the device's limit of %u",
+                        desc->max_total_threads_per_threadgroup, d->info.max_threads_per_threadgroup);
+    mc_pipeline *p = mc__calloc(1, sizeof *p);
+    if (!p) return mc__fail(MC_ERR_NO_MEMORY, "mc_pipeline_create: out of memory");
+    p->function = mc__strdup(desc->function);
+    if (!p->function) {
+        free(p);
+        return mc__fail(MC_ERR_NO_MEMORY, "mc_pipeline_create: out of memory");
+    }
+    s = d->hal->pipeline_create(d->hd, desc->library->hl, desc, &p->hp, &p->info);
+    if (s != MC_OK) {
+        free(p->function);
+        free(p);
+        return s;
+    }
+    mc__object_init(&p->base, MC__TAG_PIPELINE, d, desc->label ? desc->label : desc->function);
+    p->library = desc->library;
+    p->simd_multiple = desc->threadgroup_size_is_multiple_of_simd_width;
+    mc__object_retain(&desc->library->base);
+    mc__object_retain(&d->base);
+    *out = p;
+    return MC_OK;
+}
+
+void mc__pipeline_destroy(mc_pipeline *p)
+{
+    mc_device *d = p->base.device;
+    d->hal->pipeline_destroy(d->hd, p->hp);
+    if (p->own_hl) d->hal->library_destroy(d->hd, p->own_hl);
+    if (p->library) mc__object_release(&p->library->base);
+    p->base.tag = MC__TAG_DEAD;
+    free(p->function);
+    free(p->base.label);
+    free(p);
+    mc__object_release(&d->base);
+}
+
+void mc_pipeline_retain(mc_pipeline *p)
+{
+    if (mc__object_check(p, MC__TAG_PIPELINE)) mc__object_retain(&p->base);
+}
+
+void mc_pipeline_release(mc_pipeline *p)
+{
+    if (mc__object_check(p, MC__TAG_PIPELINE)) mc__object_release(&p->base);
+}
+
+mc_status mc_pipeline_get_info(const mc_pipeline *p, mc_pipeline_info *out)
+{
+    MC__CHECK_HANDLE(p, MC__TAG_PIPELINE, "pipeline");
+    if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_pipeline_get_info: out is NULL");
+    *out = p->info;
+    return MC_OK;
+}
+
+/* ---- events ------------------------------------------------------------ */
+
+mc_status mc_event_create(mc_device *d, uint64_t initial_value, mc_event **out)
+{
+    mc_status s = device_usable(d);
+    if (s != MC_OK) return s;
+    if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_event_create: out is NULL");
+    *out = NULL;
+    mc_event *e = mc__calloc(1, sizeof *e);
+    if (!e) return mc__fail(MC_ERR_NO_MEMORY, "mc_event_create: out of memory");
+    s = d->hal->event_create(d->hd, initial_value, &e->he);
+    if (s != MC_OK) {
+        free(e);
+        return s;
+    }
+    mc__object_init(&e->base, MC__TAG_EVENT, d, "event");
+    mc__object_retain(&d->base);
+    *out = e;
+    return MC_OK;
+}
+
+void mc__event_destroy(mc_event *e)
+{
+    mc_device *d = e->base.device;
+    mc__events_forget(d, e);
+    d->hal->event_destroy(d->hd, e->he);
+    e->base.tag = MC__TAG_DEAD;
+    free(e->base.label);
+    free(e);
+    mc__object_release(&d->base);
+}
+
+void mc_event_retain(mc_event *e)
+{
+    if (mc__object_check(e, MC__TAG_EVENT)) mc__object_retain(&e->base);
+}
+
+void mc_event_release(mc_event *e)
+{
+    if (mc__object_check(e, MC__TAG_EVENT)) mc__object_release(&e->base);
+}
+
+mc_status mc_event_value(const mc_event *e, uint64_t *out)
+{
+    MC__CHECK_HANDLE(e, MC__TAG_EVENT, "event");
+    if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_event_value: out is NULL");
+    mc_device *d = e->base.device;
+    *out = d->hal->event_value(d->hd, e->he);
+    return MC_OK;
+}
+
+mc_status mc_event_signal(mc_event *e, uint64_t value)
+{
+    MC__CHECK_HANDLE(e, MC__TAG_EVENT, "event");
+    mc_device *d = e->base.device;
+    uint64_t cur = d->hal->event_value(d->hd, e->he);
+    if (value < cur)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "event values only move forward: %llu < current %llu",
+                        (unsigned long long)value, (unsigned long long)cur);
+    mc_status s = d->hal->event_signal(d->hd, e->he, value);
+    if (s == MC_OK) mc__events_changed(d, e);
+    return s;
+}
+
+mc_status mc_event_wait(mc_event *e, uint64_t target, uint64_t timeout_ns)
+{
+    MC__CHECK_HANDLE(e, MC__TAG_EVENT, "event");
+    mc_device *d = e->base.device;
+    mc_status s = d->hal->event_wait(d->hd, e->he, target, timeout_ns);
+    if (s == MC_ERR_WAIT_TIMEOUT)
+        return mc__fail(s, "event did not reach %llu in time (value %llu)", (unsigned long long)target,
+                        (unsigned long long)d->hal->event_value(d->hd, e->he));
+    return s;
+}

@@ -1,0 +1,184 @@
+/*
+ * DOC: Engine objects
+ *
+ * What every handle is inside. Each object starts with mc__object (type
+ * tag, reference count, owning device, label; Mesa's vk_object_base). The
+ * engine talks to devices only through the mc__hal table.
+ */
+#ifndef MC_ENGINE_ENGINE_H
+#define MC_ENGINE_ENGINE_H
+
+#include "backends/hal.h"
+#include "core/core.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+enum mc__tag {
+    MC__TAG_DEVICE = 0x6d634456,
+    MC__TAG_BUFFER = 0x6d634246,
+    MC__TAG_LIBRARY = 0x6d634c42,
+    MC__TAG_PIPELINE = 0x6d63504c,
+    MC__TAG_QUEUE = 0x6d635155,
+    MC__TAG_CMDBUF = 0x6d634342,
+    MC__TAG_EVENT = 0x6d634556,
+    MC__TAG_DEAD = 0x64656164
+};
+
+/* Work the device's notifier thread runs: user callbacks (never on the
+ * caller's hot path, F143/F680) and destruction that must not happen inside
+ * a backend's completion context. */
+typedef struct mc__job mc__job;
+struct mc__job {
+    mc__job *next;
+    void (*run)(mc__job *job);
+};
+
+typedef struct mc__object {
+    uint32_t tag;
+    _Atomic int refs;
+    struct mc_device *device;
+    char *label;
+    mc__job deferred; /* destruction handed to the notifier thread */
+} mc__object;
+
+typedef struct mc__notifier mc__notifier;
+
+typedef struct mc__fault {
+    uint64_t at; /* device commit number */
+    mc_status kind;
+} mc__fault;
+
+#define MC__MAX_FAULTS 64
+
+struct mc_device {
+    mc__object base;
+    const mc__hal *hal;
+    void *hd;
+    mc_device_info info;
+    _Atomic int lost;
+    _Atomic uint64_t committed;
+    pthread_mutex_t lock; /* faults, notifier start, pending notifications */
+    mc__fault faults[MC__MAX_FAULTS];
+    size_t nfaults;
+    _Atomic size_t pending_faults; /* fast check on the commit path */
+    mc__notifier *notifier;
+    struct mc__cache *cache; /* the pipeline cache (engine/cache.c), lazily */
+};
+
+struct mc_buffer {
+    mc__object base;
+    void *hb;
+    void *host;
+    size_t size;
+    mc_storage storage;
+    _Atomic int gpu_uses; /* unretained command buffers in flight (validation) */
+};
+
+struct mc_library {
+    mc__object base;
+    void *hl;
+    mc_language language;
+};
+
+struct mc_pipeline {
+    mc__object base;
+    void *hp;
+    mc_library *library; /* retained; NULL when the pipeline owns hl itself */
+    void *own_hl;        /* library made for this pipeline alone (from the archive) */
+    mc_pipeline_info info;
+    bool simd_multiple; /* threadgroup_size_is_multiple_of_simd_width (F158) */
+    char *function;
+};
+
+struct mc_queue {
+    mc__object base;
+    void *hq;
+    _Atomic int error; /* mc_status that stopped the queue */
+    pthread_mutex_t lock;
+    pthread_cond_t idle;
+    uint64_t in_flight;
+};
+
+struct mc_pass {
+    struct mc_cmdbuf *cb;
+};
+
+struct mc_cmdbuf {
+    mc__object base;
+    mc_queue *queue;
+    uint32_t flags;
+    _Atomic int state; /* mc_cmdbuf_state */
+
+    /* recording */
+    mc__cmd *cmds;
+    uint32_t ncmd, cmd_cap;
+    uint8_t *bytes;
+    uint32_t nbytes, bytes_cap;
+    mc__pass *passes;
+    uint32_t npass, pass_cap;
+    mc__object **refs; /* retained for the command buffer's lifetime */
+    uint32_t nrefs, ref_cap;
+    mc_buffer **unretained; /* buffers used without a reference (validation only) */
+    uint32_t nunretained, unretained_cap;
+    struct mc_pass pass;
+    bool pass_open;
+    mc_pipeline *cur_pipeline;
+    uint32_t bound; /* slots bound in the open pass */
+    mc_status record_error; /* first recording error: commit refuses */
+
+    /* execution */
+    mc__submission sub;
+    pthread_mutex_t lock;
+    pthread_cond_t done_cond;
+    _Atomic int done;
+    mc_cmdbuf_fn on_complete;
+    void *on_complete_user;
+    mc__job job;
+    mc_status status;
+    char message[256];
+};
+
+struct mc_event {
+    mc__object base;
+    void *he;
+};
+
+/* object.c */
+void mc__object_init(mc__object *o, uint32_t tag, mc_device *d, const char *label);
+bool mc__object_check(const void *o, uint32_t tag);
+void mc__object_retain(mc__object *o);
+void mc__object_release(mc__object *o);
+/* The current thread is completing work for a backend: destruction that
+ * would call back into the backend is deferred to the notifier thread. */
+extern _Thread_local int mc__in_completion;
+
+/* notifier.c */
+mc_status mc__notifier_post(mc_device *d, mc__job *job);
+void mc__notifier_shutdown(mc_device *d);
+void mc__events_changed(mc_device *d, mc_event *e); /* fires reached notifications */
+void mc__events_forget(mc_device *d, mc_event *e);  /* event is going away */
+
+/* device.c */
+void mc__device_destroy(mc_device *d);
+void mc__buffer_destroy(mc_buffer *b);
+void mc__library_destroy(mc_library *l);
+void mc__pipeline_destroy(mc_pipeline *p);
+void mc__queue_destroy(mc_queue *q);
+void mc__cmdbuf_destroy(mc_cmdbuf *cb);
+void mc__event_destroy(mc_event *e);
+/* Takes the fault scheduled for commit number n, if any. */
+mc_status mc__device_take_fault(mc_device *d, uint64_t n);
+mc_status mc__buffer_check_range(const mc_buffer *b, size_t offset, size_t len, const char *what);
+
+/* cache.c (the pipeline cache) */
+void mc__cache_destroy(struct mc__cache *c);
+
+#define MC__CHECK_HANDLE(h, tag, what)                                                   \
+    do {                                                                                 \
+        if (!mc__object_check((h), (tag)))                                               \
+            return mc__fail(MC_ERR_INVALID_ARGUMENT, "%s: %s is NULL or not a valid handle", \
+                            __func__, what);                                             \
+    } while (0)
+
+#endif

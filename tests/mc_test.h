@@ -1,0 +1,88 @@
+/*
+ * The test harness: each MC_TEST runs in its own process (ctest starts
+ * `mc_tests NAME`), so a crash or hang fails one test. Assertions print
+ * both values and the line; MC_SKIP reports a skip with its reason.
+ */
+#ifndef MC_TESTS_MC_TEST_H
+#define MC_TESTS_MC_TEST_H
+
+#include "mc/mc.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MC_TEST(name) int mc_test_##name(void); int mc_test_##name(void)
+#define MC_TEST_SKIP_CODE 77
+
+#define MC_SKIP(...)                                                     \
+    do {                                                                 \
+        fprintf(stderr, "SKIPPED: ");                                    \
+        fprintf(stderr, __VA_ARGS__);                                    \
+        fprintf(stderr, "\n");                                           \
+        return MC_TEST_SKIP_CODE;                                        \
+    } while (0)
+
+#define MC__FAILED(...)                                                  \
+    do {                                                                 \
+        fprintf(stderr, "%s:%d: ", __FILE__, __LINE__);                  \
+        fprintf(stderr, __VA_ARGS__);                                    \
+        fprintf(stderr, "\n");                                           \
+        return 1;                                                        \
+    } while (0)
+
+#define CHECK(cond)                                                      \
+    do {                                                                 \
+        if (!(cond)) MC__FAILED("CHECK(%s) failed", #cond);              \
+    } while (0)
+
+#define CHECK_INT_OP(a, op, b)                                           \
+    do {                                                                 \
+        long long mc__a = (long long)(a), mc__b = (long long)(b);        \
+        if (!(mc__a op mc__b))                                           \
+            MC__FAILED("%s %s %s: %lld vs %lld", #a, #op, #b, mc__a, mc__b); \
+    } while (0)
+#define CHECK_EQ(a, b) CHECK_INT_OP(a, ==, b)
+#define CHECK_NE(a, b) CHECK_INT_OP(a, !=, b)
+#define CHECK_LT(a, b) CHECK_INT_OP(a, <, b)
+#define CHECK_LE(a, b) CHECK_INT_OP(a, <=, b)
+#define CHECK_GT(a, b) CHECK_INT_OP(a, >, b)
+#define CHECK_GE(a, b) CHECK_INT_OP(a, >=, b)
+
+#define CHECK_STATUS(expr, want)                                         \
+    do {                                                                 \
+        mc_status mc__s = (expr), mc__w = (want);                        \
+        if (mc__s != mc__w)                                              \
+            MC__FAILED("%s: got %s, want %s (%s)", #expr, mc_status_name(mc__s), \
+                       mc_status_name(mc__w), mc_last_error());          \
+    } while (0)
+#define CHECK_OK(expr) CHECK_STATUS(expr, MC_OK)
+
+#define CHECK_STR_CONTAINS(hay, needle)                                  \
+    do {                                                                 \
+        const char *mc__h = (hay), *mc__n = (needle);                    \
+        if (!mc__h || !strstr(mc__h, mc__n))                             \
+            MC__FAILED("%s does not contain \"%s\": \"%s\"", #hay, mc__n, mc__h ? mc__h : "(null)"); \
+    } while (0)
+
+#define CHECK_FLOAT_NEAR(a, b, tol)                                      \
+    do {                                                                 \
+        double mc__a = (a), mc__b = (b);                                 \
+        if (!(mc__a - mc__b <= (tol) && mc__b - mc__a <= (tol)))         \
+            MC__FAILED("%s ~ %s: %g vs %g", #a, #b, mc__a, mc__b);       \
+    } while (0)
+
+/* Shared fixtures (tests/util.c). */
+/* Opens the device named by $MC_DEVICE (default cpu) with the given CPU time
+ * limit in ms (0 = default). */
+mc_device *mct_open_device(int64_t time_limit_ms);
+mc_device_kind mct_device_kind(mc_device *d);
+/* The kernel source for the device's language from examples/kernels/NAME.{c,cu,metal}. */
+char *mct_kernel_source(mc_device *d, const char *name, mc_language *lang);
+/* Builds a pipeline for function fn of examples/kernels/NAME.*; NULL and a message on failure. */
+mc_pipeline *mct_pipeline(mc_device *d, const char *file, const char *fn);
+char *mct_read_file(const char *path, size_t *len);
+uint64_t mc__test_now_ns(void);
+
+#endif

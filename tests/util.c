@@ -1,0 +1,96 @@
+/* Fixtures shared by the tests. */
+#include "mc_test.h"
+
+#include <stdlib.h>
+#include <time.h>
+
+uint64_t mc__test_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+mc_device *mct_open_device(int64_t time_limit_ms)
+{
+    mc_device_desc desc = MC_DEVICE_DESC_INIT;
+    const char *env = getenv("MC_DEVICE");
+    mc_device *d = NULL;
+    if (env && *env) {
+        mc_device *probe;
+        if (mc_device_open_name(env, &probe) != MC_OK) {
+            fprintf(stderr, "cannot open MC_DEVICE=%s: %s\n", env, mc_last_error());
+            return NULL;
+        }
+        mc_device_info info;
+        mc_device_get_info(probe, &info);
+        mc_device_release(probe);
+        desc.kind = info.kind;
+        desc.index = info.index;
+    } else {
+        desc.kind = MC_DEVICE_CPU;
+    }
+    desc.time_limit_ms = time_limit_ms;
+    if (mc_device_open(&desc, &d) != MC_OK) {
+        fprintf(stderr, "cannot open the device: %s\n", mc_last_error());
+        return NULL;
+    }
+    return d;
+}
+
+mc_device_kind mct_device_kind(mc_device *d)
+{
+    mc_device_info info;
+    mc_device_get_info(d, &info);
+    return info.kind;
+}
+
+char *mct_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = malloc((size_t)n + 1);
+    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) {
+        free(s);
+        s = NULL;
+    }
+    fclose(f);
+    if (s) {
+        s[n] = '\0';
+        if (len) *len = (size_t)n;
+    }
+    return s;
+}
+
+char *mct_kernel_source(mc_device *d, const char *name, mc_language *lang)
+{
+    mc_device_kind k = mct_device_kind(d);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/examples/kernels/%s%s", MC_SOURCE_DIR, name, mc_device_kernel_extension(k));
+    if (lang) *lang = k == MC_DEVICE_CPU ? MC_LANG_C : k == MC_DEVICE_CUDA ? MC_LANG_CUDA : MC_LANG_MSL;
+    return mct_read_file(path, NULL);
+}
+
+mc_pipeline *mct_pipeline(mc_device *d, const char *file, const char *fn)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/examples/kernels/%s%s", MC_SOURCE_DIR, file,
+             mc_device_kernel_extension(mct_device_kind(d)));
+    mc_library *lib;
+    char *log = NULL;
+    if (mc_library_create_from_file(d, path, MC_LANG_UNSET, NULL, &lib, &log) != MC_OK) {
+        fprintf(stderr, "cannot build %s: %s\n%s\n", path, mc_last_error(), log ? log : "");
+        mc_free(log);
+        return NULL;
+    }
+    mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
+    pd.library = lib;
+    pd.function = fn;
+    mc_pipeline *p = NULL;
+    if (mc_pipeline_create(d, &pd, &p) != MC_OK) fprintf(stderr, "cannot make %s: %s\n", fn, mc_last_error());
+    mc_library_release(lib);
+    return p;
+}

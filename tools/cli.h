@@ -1,0 +1,30 @@
+/* The metal-compute command-line program: shared helpers for its commands. */
+#ifndef MC_TOOLS_CLI_H
+#define MC_TOOLS_CLI_H
+
+#include "mc/mc.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+
+typedef struct mc_cli_command {
+    const char *name;
+    const char *summary;
+    int (*run)(int argc, char **argv); /* argv[0] is the command name */
+} mc_cli_command;
+
+int mc_cli_info(int argc, char **argv);
+int mc_cli_bench(int argc, char **argv);
+
+/* Directory holding examples/kernels (source tree, else installed). */
+const char *mc_cli_kernel_dir(void);
+/* Opens a device by name ("" or NULL = default) and reports failures. */
+mc_device *mc_cli_open_device(const char *spec, int64_t time_limit_ms);
+/* Builds function fn from kernels/FILE.<ext for the device>; NULL on error. */
+mc_pipeline *mc_cli_pipeline(mc_device *d, const char *file, const char *fn);
+/* Prints "metal-compute: <what>: <status> (<detail>)" to stderr; returns 1. */
+int mc_cli_fail(const char *what, mc_status s);
+/* True if the stream is a terminal (progress bars). */
+bool mc_cli_isatty(FILE *f);
+
+#endif

@@ -1,0 +1,125 @@
+/* metal-compute: the command-line program. */
+#include "cli.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static int cmd_version(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    printf("metal-compute %s\n", MC_VERSION_STRING);
+    return 0;
+}
+
+static int cmd_help(int argc, char **argv);
+
+static const mc_cli_command commands[] = {
+    {"info", "list every device and its capabilities", mc_cli_info},
+    {"bench", "measure the runtime against the rawest baseline, side by side", mc_cli_bench},
+    {"version", "print the version", cmd_version},
+    {"help", "this help", cmd_help},
+};
+
+static int cmd_help(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    printf("usage: metal-compute COMMAND [OPTIONS]\n\n"
+           "GPU compute that survives long-running work, on cpu, cuda and metal devices.\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        printf("  %-10s %s\n", commands[i].name, commands[i].summary);
+    printf("\n'metal-compute COMMAND --help' describes a command's options.\n"
+           "environment: MC_DEVICE=cpu|cuda|metal[:N]  MC_VALIDATION=1  MC_LOG=debug|info|warn|error|off\n"
+           "             MC_TIME_LIMIT_MS (cpu watchdog, 0 = none)  MC_INJECT_FAULTS=KIND@N,...\n");
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        cmd_help(argc, argv);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) return cmd_help(argc, argv);
+    if (!strcmp(argv[1], "--version")) return cmd_version(argc, argv);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "metal-compute: unknown command '%s' (try --help)\n", argv[1]);
+    return 2;
+}
+
+const char *mc_cli_kernel_dir(void)
+{
+    const char *env = getenv("MC_KERNEL_DIR");
+    if (env && *env) return env;
+    struct stat st;
+    if (stat(MC_SOURCE_DIR "/examples/kernels", &st) == 0) return MC_SOURCE_DIR "/examples/kernels";
+    return MC_KERNEL_DIR;
+}
+
+int mc_cli_fail(const char *what, mc_status s)
+{
+    fprintf(stderr, "metal-compute: %s: %s (%s)\n", what, mc_status_name(s), mc_last_error());
+    return 1;
+}
+
+bool mc_cli_isatty(FILE *f)
+{
+    return isatty(fileno(f));
+}
+
+mc_device *mc_cli_open_device(const char *spec, int64_t time_limit_ms)
+{
+    mc_device_desc desc = MC_DEVICE_DESC_INIT;
+    mc_device *d = NULL;
+    mc_status s;
+    if (spec && *spec) {
+        /* Parse through the public name form, then apply the limit. */
+        mc_device *probe;
+        s = mc_device_open_name(spec, &probe);
+        if (s != MC_OK) {
+            mc_cli_fail(spec, s);
+            return NULL;
+        }
+        mc_device_info info;
+        mc_device_get_info(probe, &info);
+        mc_device_release(probe);
+        desc.kind = info.kind;
+        desc.index = info.index;
+    }
+    desc.time_limit_ms = time_limit_ms;
+    s = mc_device_open(&desc, &d);
+    if (s != MC_OK) {
+        mc_cli_fail("opening the device", s);
+        return NULL;
+    }
+    return d;
+}
+
+mc_pipeline *mc_cli_pipeline(mc_device *d, const char *file, const char *fn)
+{
+    mc_device_info info;
+    mc_device_get_info(d, &info);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s%s", mc_cli_kernel_dir(), file, mc_device_kernel_extension(info.kind));
+    mc_library *lib;
+    char *log = NULL;
+    mc_status s = mc_library_create_from_file(d, path, MC_LANG_UNSET, NULL, &lib, &log);
+    if (s != MC_OK) {
+        mc_cli_fail(path, s);
+        if (log) fprintf(stderr, "%s\n", log);
+        mc_free(log);
+        return NULL;
+    }
+    mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
+    pd.library = lib;
+    pd.function = fn;
+    mc_pipeline *p = NULL;
+    s = mc_pipeline_create(d, &pd, &p);
+    mc_library_release(lib);
+    if (s != MC_OK) mc_cli_fail(fn, s);
+    return p;
+}

@@ -1,0 +1,32 @@
+/* Raw baselines: each device's rawest way to do what a benchmark measures,
+ * without the runtime (a bare worker thread on the CPU; the CUDA driver API
+ * directly on NVIDIA). */
+#ifndef MC_TOOLS_RAW_H
+#define MC_TOOLS_RAW_H
+
+#include "mc/mc.h"
+
+typedef struct mc_raw mc_raw;
+
+/* NULL when this build has no raw baseline for the device (mc_raw_error). */
+mc_raw *mc_raw_open(mc_device_kind kind, int index);
+void mc_raw_close(mc_raw *r);
+const char *mc_raw_name(const mc_raw *r);
+const char *mc_raw_error(void);
+/* One empty kernel, launched and waited for. 0 on success. */
+int mc_raw_round_trip(mc_raw *r);
+
+/* Per-device implementations behind the dispatcher in raw.c. */
+typedef struct mc_raw_ops {
+    const char *name;
+    void *(*open)(int index);
+    void (*close)(void *impl);
+    int (*round_trip)(void *impl);
+} mc_raw_ops;
+
+extern const mc_raw_ops mc_raw_cpu_ops;
+#ifdef MC_HAVE_CUDA_RAW
+extern const mc_raw_ops mc_raw_cuda_ops;
+#endif
+
+#endif
