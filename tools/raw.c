@@ -65,6 +65,11 @@ int mc_raw_round_trip(mc_raw *r)
     return r->ops->round_trip(r->impl);
 }
 
+int mc_raw_batch(mc_raw *r, int passes, int mode)
+{
+    return r->ops->batch ? r->ops->batch(r->impl, passes, mode) : -1;
+}
+
 /* ---- CPU: a bare worker thread ------------------------------------------- */
 
 typedef struct raw_cpu {
@@ -152,4 +157,4 @@ static int raw_cpu_round_trip(void *impl)
     return 0;
 }
 
-const mc_raw_ops mc_raw_cpu_ops = {"raw worker thread", raw_cpu_open, raw_cpu_close, raw_cpu_round_trip};
+const mc_raw_ops mc_raw_cpu_ops = {"raw worker thread", raw_cpu_open, raw_cpu_close, raw_cpu_round_trip, NULL};

@@ -15,6 +15,8 @@ const char *mc_raw_name(const mc_raw *r);
 const char *mc_raw_error(void);
 /* One empty kernel, launched and waited for. 0 on success. */
 int mc_raw_round_trip(mc_raw *r);
+/* -1 when the baseline has no batch path. */
+int mc_raw_batch(mc_raw *r, int passes, int mode);
 
 /* Per-device implementations behind the dispatcher in raw.c. */
 typedef struct mc_raw_ops {
@@ -22,6 +24,9 @@ typedef struct mc_raw_ops {
     void *(*open)(int index);
     void (*close)(void *impl);
     int (*round_trip)(void *impl);
+    /* optional: `passes` small launches; mode 0 = wait after each, 1 = back
+     * to back then wait, 2 = one recorded graph. */
+    int (*batch)(void *impl, int passes, int mode);
 } mc_raw_ops;
 
 extern const mc_raw_ops mc_raw_cpu_ops;
