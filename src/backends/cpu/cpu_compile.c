@@ -1,0 +1,684 @@
+/*
+ * DOC: CPU device: libraries, pipelines and the pipeline archive
+ *
+ * C kernels are built by the system C compiler into a shared object in a
+ * private temporary directory and loaded from memory (memfd), the same way
+ * an archived pipeline is loaded back, so a compiled library and an
+ * imported one are the same thing. The object's bytes stay with the
+ * library: they are what pipeline_export archives. Kernels are plain -O2
+ * code; none of the host build's flags (sanitizers included) reach them.
+ *
+ * The compiler is $CC, else the one this library was built with, else cc.
+ * Options are split at white space; quoting is not supported.
+ */
+#include "backends/cpu/cpu.h"
+
+#include <dlfcn.h>
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <link.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef MC_CC_DEFAULT
+#define MC_CC_DEFAULT "cc"
+#endif
+
+/* Compiler output kept for the log; the rest is read and dropped so the
+ * compiler never blocks on a full pipe. */
+#define LOG_MAX (1u << 20)
+
+/* ---- running the compiler ------------------------------------------------ */
+
+typedef struct argv_list {
+    char *v[96];
+    size_t n;
+} argv_list;
+
+static bool push_arg(argv_list *a, char *s)
+{
+    if (a->n + 1 >= MC__ARRAY_LEN(a->v)) return false;
+    a->v[a->n++] = s;
+    a->v[a->n] = NULL;
+    return true;
+}
+
+/* Splits s (modified in place) at white space. */
+static bool push_words(argv_list *a, char *s)
+{
+    char *save = NULL;
+    for (char *tok = strtok_r(s, " \t\r\n", &save); tok; tok = strtok_r(NULL, " \t\r\n", &save))
+        if (!push_arg(a, tok)) return false;
+    return true;
+}
+
+static const char *compiler_command(void)
+{
+    const char *cc = mc__env_str("CC", NULL);
+    if (cc) return cc;
+    /* The build's compiler is named by its full path; an installed library
+     * may run where that path does not exist. */
+    if (MC_CC_DEFAULT[0] != '/' || access(MC_CC_DEFAULT, X_OK) == 0) return MC_CC_DEFAULT;
+    return "cc";
+}
+
+typedef struct run_result {
+    bool ran;        /* the program started */
+    int exit_code;   /* -1 when killed by a signal */
+    char *out;       /* stdout and stderr, NUL-terminated (malloc'd) */
+    size_t out_len;
+} run_result;
+
+/* Runs argv (searched in PATH) in dir (NULL: here), stdout and stderr into
+ * r->out. An error status means the run could not be attempted at all. */
+static mc_status run_capture(char *const *argv, const char *dir, run_result *r)
+{
+    memset(r, 0, sizeof *r);
+    r->out = mc__malloc(1);
+    if (!r->out) return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
+    r->out[0] = '\0';
+    int fds[2];
+    /* close-on-exec, so compilers started concurrently by other threads do
+     * not inherit the write end and hold our end-of-file back */
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+        free(r->out);
+        r->out = NULL;
+        return mc__fail(MC_ERR_IO, "cannot create a pipe: %s", strerror(errno));
+    }
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
+    posix_spawn_file_actions_adddup2(&fa, fds[1], 2);
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 29))
+    if (dir) posix_spawn_file_actions_addchdir_np(&fa, dir);
+#else
+    (void)dir;
+#endif
+    pid_t pid;
+    int rc = posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    close(fds[1]);
+    if (rc != 0) {
+        close(fds[0]);
+        free(r->out);
+        r->out = mc__asprintf("cannot run '%s': %s (set $CC to a C compiler)\n", argv[0], strerror(rc));
+        r->out_len = r->out ? strlen(r->out) : 0;
+        return MC_OK;
+    }
+    r->ran = true;
+    size_t cap = 1;
+    char chunk[4096];
+    for (;;) {
+        ssize_t n = read(fds[0], chunk, sizeof chunk);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        size_t keep = MC__MIN((size_t)n, LOG_MAX - r->out_len);
+        if (keep && r->out_len + keep + 1 > cap) {
+            size_t ncap = MC__MAX(cap * 2, r->out_len + keep + 1);
+            char *p = mc__realloc(r->out, ncap);
+            if (!p) continue; /* keep what we have; drain the rest */
+            r->out = p;
+            cap = ncap;
+        }
+        if (keep && r->out_len + keep + 1 <= cap) {
+            memcpy(r->out + r->out_len, chunk, keep);
+            r->out_len += keep;
+            r->out[r->out_len] = '\0';
+        }
+    }
+    close(fds[0]);
+    int status = 0;
+    pid_t w;
+    while ((w = waitpid(pid, &status, 0)) < 0 && errno == EINTR) {
+    }
+    if (w < 0) r->exit_code = 0; /* SIGCHLD ignored by the program: judge by the output file */
+    else r->exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return MC_OK;
+}
+
+/* ---- files ------------------------------------------------------------------ */
+
+static mc_status write_file(const char *path, const void *data, size_t len)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) return mc__fail(MC_ERR_IO, "cannot create %s: %s", path, strerror(errno));
+    const char *p = data;
+    while (len) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            int e = errno;
+            close(fd);
+            return mc__fail(MC_ERR_IO, "cannot write %s: %s", path, strerror(e));
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    if (close(fd) != 0) return mc__fail(MC_ERR_IO, "cannot write %s: %s", path, strerror(errno));
+    return MC_OK;
+}
+
+static mc_status read_file(const char *path, void **data, size_t *len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return mc__fail(MC_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || st.st_size <= 0) {
+        close(fd);
+        return mc__fail(MC_ERR_IO, "%s is empty or unreadable", path);
+    }
+    size_t size = (size_t)st.st_size, got = 0;
+    char *buf = mc__malloc(size);
+    if (!buf) {
+        close(fd);
+        return mc__fail(MC_ERR_NO_MEMORY, "out of host memory reading %s", path);
+    }
+    while (got < size) {
+        ssize_t n = read(fd, buf + got, size - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        got += (size_t)n;
+    }
+    close(fd);
+    if (got != size) {
+        free(buf);
+        return mc__fail(MC_ERR_IO, "short read of %s", path);
+    }
+    *data = buf;
+    *len = size;
+    return MC_OK;
+}
+
+static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    remove(path);
+    return 0;
+}
+
+static void remove_tree(const char *dir)
+{
+    nftw(dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+/* dir/name into out; false when it does not fit */
+static bool join_path(char *out, size_t cap, const char *dir, const char *name)
+{
+    size_t a = strlen(dir), b = strlen(name);
+    if (a + b + 2 > cap) return false;
+    memcpy(out, dir, a);
+    out[a] = '/';
+    memcpy(out + a + 1, name, b + 1);
+    return true;
+}
+
+static mc_status make_temp_dir(char *dir, size_t cap)
+{
+    int n = snprintf(dir, cap, "%s/mc-cpu-XXXXXX", mc__env_str("TMPDIR", "/tmp"));
+    if (n < 0 || (size_t)n >= cap) return mc__fail(MC_ERR_IO, "$TMPDIR is too long");
+    if (!mkdtemp(dir)) return mc__fail(MC_ERR_IO, "cannot create a directory under %s: %s",
+                                       mc__env_str("TMPDIR", "/tmp"), strerror(errno));
+    return MC_OK;
+}
+
+/* ---- loading ------------------------------------------------------------------ */
+
+#if defined(__x86_64__)
+#define NATIVE_MACHINE EM_X86_64
+#elif defined(__aarch64__)
+#define NATIVE_MACHINE EM_AARCH64
+#elif defined(__i386__)
+#define NATIVE_MACHINE EM_386
+#elif defined(__arm__)
+#define NATIVE_MACHINE EM_ARM
+#elif defined(__riscv)
+#define NATIVE_MACHINE EM_RISCV
+#elif defined(__powerpc64__)
+#define NATIVE_MACHINE EM_PPC64
+#endif
+
+/* Checks that an object is a shared library for this machine and that
+ * everything its headers point at lies inside it: the loader maps a
+ * truncated object and dies of SIGBUS on the missing pages. */
+static const char *elf_problem(const void *bytes, size_t len)
+{
+    ElfW(Ehdr) eh;
+    if (len < sizeof eh) return "too short for an ELF header";
+    memcpy(&eh, bytes, sizeof eh);
+    if (memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0) return "not a shared object (no ELF header)";
+    if (eh.e_ident[EI_CLASS] != (sizeof(void *) == 8 ? ELFCLASS64 : ELFCLASS32)) return "wrong ELF class";
+    if (eh.e_ident[EI_DATA] != (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? ELFDATA2LSB : ELFDATA2MSB))
+        return "wrong byte order";
+    if (eh.e_type != ET_DYN) return "not a shared object";
+#ifdef NATIVE_MACHINE
+    if (eh.e_machine != NATIVE_MACHINE) return "built for another machine";
+#endif
+    if (eh.e_phentsize != sizeof(ElfW(Phdr)) || eh.e_phoff > len ||
+        (size_t)eh.e_phnum * sizeof(ElfW(Phdr)) > len - eh.e_phoff)
+        return "program headers outside the object";
+    if (eh.e_shoff && (eh.e_shoff > len || (size_t)eh.e_shnum * eh.e_shentsize > len - eh.e_shoff))
+        return "section headers outside the object (truncated)";
+    for (size_t i = 0; i < eh.e_phnum; i++) {
+        ElfW(Phdr) ph;
+        memcpy(&ph, (const char *)bytes + eh.e_phoff + i * sizeof ph, sizeof ph);
+        if (ph.p_type != PT_NULL && (ph.p_offset > len || ph.p_filesz > len - ph.p_offset))
+            return "a segment lies outside the object (truncated)";
+    }
+    return NULL;
+}
+
+/* dlopens a shared object held in memory: through a memfd where there is
+ * one, else a private temporary file unlinked right after loading.
+ *
+ * The memfd stays open (*fd) while the object is loaded: the dynamic
+ * loader knows objects by the name they were opened with, and
+ * "/proc/self/fd/N" must not name a second object while the first lives,
+ * or dlopen hands back the first. */
+static mc_status load_object(const void *bytes, size_t len, void **dl, int *keep_fd, char **why)
+{
+    *dl = NULL;
+    *keep_fd = -1;
+    *why = NULL;
+    const char *bad = elf_problem(bytes, len);
+    if (bad) {
+        *why = mc__strdup(bad);
+        return MC_ERR_IO;
+    }
+    char path[PATH_MAX];
+    bool temp_file = false;
+    int fd = memfd_create("mc-kernel", MFD_CLOEXEC);
+    if (fd < 0) {
+        int n = snprintf(path, sizeof path, "%s/mc-kernel-XXXXXX", mc__env_str("TMPDIR", "/tmp"));
+        if (n < 0 || (size_t)n >= sizeof path || (fd = mkostemp(path, O_CLOEXEC)) < 0) {
+            *why = mc__asprintf("cannot create a file to load from: %s", strerror(errno));
+            return MC_ERR_IO;
+        }
+        temp_file = true;
+    } else {
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    }
+    const char *p = bytes;
+    size_t left = len;
+    while (left) {
+        ssize_t n = write(fd, p, left);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        p += n;
+        left -= (size_t)n;
+    }
+    if (!left) {
+        *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+        if (!*dl) {
+            const char *e = dlerror();
+            *why = mc__strdup(e ? e : "dlopen failed");
+        }
+    } else {
+        *why = mc__asprintf("cannot write the shared object: %s", strerror(errno));
+    }
+    if (temp_file) unlink(path); /* a random name: reuse while loaded is not a concern */
+    if (*dl && !temp_file) *keep_fd = fd;
+    else close(fd);
+    return *dl ? MC_OK : MC_ERR_IO;
+}
+
+/* ---- libraries ------------------------------------------------------------------ */
+
+static void lib_unref(mc__cpu_library *l)
+{
+    if (!l || atomic_fetch_sub(&l->refs, 1) != 1) return;
+    if (l->dl) dlclose(l->dl);
+    if (l->fd >= 0) close(l->fd); /* after dlclose: see load_object */
+    free(l->so);
+    for (size_t i = 0; i < l->nbuiltin; i++) free(l->names[i]);
+    free(l->names);
+    free(l->fns);
+    free(l->argc);
+    free(l);
+}
+
+/* Loads so (taken over) into a new library. */
+static mc_status lib_from_object(void *so, size_t so_len, mc__cpu_library **out, char **why)
+{
+    void *dl;
+    int fd;
+    mc_status st = load_object(so, so_len, &dl, &fd, why);
+    if (st != MC_OK) {
+        free(so);
+        return st;
+    }
+    mc__cpu_library *l = mc__calloc(1, sizeof *l);
+    if (!l) {
+        dlclose(dl);
+        if (fd >= 0) close(fd);
+        free(so);
+        return MC_ERR_NO_MEMORY;
+    }
+    atomic_init(&l->refs, 1);
+    l->so = so;
+    l->so_len = so_len;
+    l->dl = dl;
+    l->fd = fd;
+    *out = l;
+    return MC_OK;
+}
+
+/* Compiles source in dir; on success *so holds the object's bytes. */
+static mc_status compile_in(const char *dir, const char *source, size_t len, const char *options, void **so,
+                            size_t *so_len, char **log)
+{
+    char path[PATH_MAX], so_path[PATH_MAX];
+    /* the longest name first: when it fits, the shorter ones below do */
+    if (!join_path(path, sizeof path, dir, "mc/mc_cpu_kernel.h") ||
+        !join_path(so_path, sizeof so_path, dir, "kernel.so"))
+        return mc__fail(MC_ERR_IO, "temporary directory name too long");
+    join_path(path, sizeof path, dir, "kernel.c");
+    mc_status st = write_file(path, source, len);
+    if (st != MC_OK) return st;
+    join_path(path, sizeof path, dir, "mc");
+    if (mkdir(path, 0700) != 0) return mc__fail(MC_ERR_IO, "cannot create %s: %s", path, strerror(errno));
+    join_path(path, sizeof path, dir, "mc/mc_cpu_kernel.h");
+    st = write_file(path, mc__cpu_kernel_header, strlen(mc__cpu_kernel_header));
+    if (st != MC_OK) return st;
+
+    char *cc = mc__strdup(compiler_command());
+    char *opts = mc__strdup(options ? options : "");
+    char inc[PATH_MAX + 2], out[PATH_MAX], src[PATH_MAX];
+    /* Relative paths when the compiler runs in dir, so the log reads
+     * "kernel.c:3:5: error: ..." rather than naming a temporary directory. */
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 29))
+    const char *run_dir = dir;
+    snprintf(inc, sizeof inc, "-I.");
+    snprintf(out, sizeof out, "kernel.so");
+    snprintf(src, sizeof src, "kernel.c");
+#else
+    const char *run_dir = NULL;
+    snprintf(inc, sizeof inc, "-I%s", dir);
+    join_path(out, sizeof out, dir, "kernel.so");
+    join_path(src, sizeof src, dir, "kernel.c");
+#endif
+    static char o2[] = "-O2", std[] = "-std=c11", pic[] = "-fPIC", shared[] = "-shared", o[] = "-o", lm[] = "-lm";
+    argv_list a = {.n = 0};
+    bool ok = cc && opts && push_words(&a, cc) && a.n > 0 && push_arg(&a, o2) && push_arg(&a, std) &&
+              push_arg(&a, pic) && push_arg(&a, shared) && push_arg(&a, inc) && push_words(&a, opts) &&
+              push_arg(&a, o) && push_arg(&a, out) && push_arg(&a, src) && push_arg(&a, lm);
+    if (!ok) {
+        free(cc);
+        free(opts);
+        if (!cc || !opts) return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "empty $CC or too many compiler options");
+    }
+    run_result r;
+    st = run_capture(a.v, run_dir, &r);
+    char cc_name[64];
+    snprintf(cc_name, sizeof cc_name, "%s", a.v[0]);
+    free(cc);
+    free(opts);
+    if (st != MC_OK) return st;
+
+    if (r.ran && r.exit_code == 0) st = read_file(so_path, so, so_len);
+    if (!r.ran || r.exit_code != 0 || st != MC_OK) {
+        /* the first line that says "error" is the useful summary */
+        const char *first = r.out ? strstr(r.out, "error") : NULL;
+        int flen = 0;
+        if (first) {
+            const char *eol = strchr(first, '\n');
+            flen = (int)MC__MIN(eol ? (size_t)(eol - first) : strlen(first), 160u);
+        }
+        if (log) *log = r.out;
+        else free(r.out);
+        if (!r.ran) return mc__fail(MC_ERR_COMPILE, "cannot run the C compiler '%s' (set $CC)", cc_name);
+        if (r.exit_code != 0)
+            return mc__fail(MC_ERR_COMPILE, "%s failed (exit %d)%s%.*s", cc_name, r.exit_code, first ? ": " : "",
+                            flen, first ? first : "");
+        return mc__fail(MC_ERR_COMPILE, "%s produced no shared object", cc_name);
+    }
+    if (r.out_len) mc__log(MC_LOG_DEBUG, "cpu.compile_output", "%s", r.out);
+    free(r.out);
+    return MC_OK;
+}
+
+mc_status mc__cpu_library_create(void *vdev, mc_language lang, const char *source, size_t len, const char *options,
+                                 void **out, char **log)
+{
+    (void)vdev;
+    if (log) *log = NULL;
+    if (lang != MC_LANG_C)
+        return mc__fail(MC_ERR_UNSUPPORTED, "the cpu device compiles C kernels (MC_LANG_C), not %s",
+                        mc_language_name(lang));
+    if (!source) return mc__fail(MC_ERR_INVALID_ARGUMENT, "no source");
+    if (!len) len = strlen(source);
+
+    char dir[PATH_MAX];
+    mc_status st = make_temp_dir(dir, sizeof dir);
+    if (st != MC_OK) return st;
+    void *so = NULL;
+    size_t so_len = 0;
+    uint64_t t0 = mc__now_ns();
+    st = compile_in(dir, source, len, options, &so, &so_len, log);
+    remove_tree(dir);
+    if (st != MC_OK) return st;
+
+    mc__cpu_library *l = NULL;
+    char *why = NULL;
+    st = lib_from_object(so, so_len, &l, &why);
+    if (st == MC_ERR_NO_MEMORY) return mc__fail(st, "out of host memory");
+    if (st != MC_OK) {
+        /* e.g. an undefined symbol: a link error, reported like a compile error */
+        st = mc__fail(MC_ERR_COMPILE, "cannot load the compiled kernel: %s", why ? why : "?");
+        if (log) *log = why;
+        else free(why);
+        return st;
+    }
+    mc__log(MC_LOG_DEBUG, "cpu.compiled", "C library compiled in %.1f ms (%zu bytes)",
+            (double)(mc__now_ns() - t0) / 1e6, so_len);
+    *out = l;
+    return MC_OK;
+}
+
+mc_status mc__cpu_library_create_builtin(void *vdev, const char *const *names, const mc_cpu_kernel_fn *fns,
+                                         const int32_t *argc, size_t n, void **out)
+{
+    (void)vdev;
+    if (!n || !names || !fns) return mc__fail(MC_ERR_INVALID_ARGUMENT, "no functions given");
+    mc__cpu_library *l = mc__calloc(1, sizeof *l);
+    if (!l) return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
+    atomic_init(&l->refs, 1);
+    l->fd = -1;
+    l->names = mc__calloc(n, sizeof *l->names);
+    l->fns = mc__calloc(n, sizeof *l->fns);
+    l->argc = mc__calloc(n, sizeof *l->argc);
+    if (!l->names || !l->fns || !l->argc) {
+        lib_unref(l);
+        return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (!names[i] || !fns[i]) {
+            lib_unref(l);
+            return mc__fail(MC_ERR_INVALID_ARGUMENT, "function %zu has no name or no code", i);
+        }
+        l->names[i] = mc__strdup(names[i]);
+        l->nbuiltin = i + 1; /* so lib_unref frees what is there */
+        if (!l->names[i]) {
+            lib_unref(l);
+            return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
+        }
+        l->fns[i] = fns[i];
+        l->argc[i] = argc ? argc[i] : -1;
+    }
+    *out = l;
+    return MC_OK;
+}
+
+void mc__cpu_library_destroy(void *vdev, void *vlib)
+{
+    (void)vdev;
+    lib_unref(vlib); /* pipelines made from it keep the code loaded */
+}
+
+/* ---- pipelines ------------------------------------------------------------------ */
+
+/* dlsym also searches the object's dependencies: a kernel named like a C
+ * library function must not resolve to that function. */
+static bool defined_in(void *dl, const void *sym)
+{
+    struct link_map *lm = NULL;
+    Dl_info di;
+    if (dlinfo(dl, RTLD_DI_LINKMAP, &lm) != 0 || !lm || !dladdr(sym, &di)) return true; /* cannot tell */
+    return di.dli_fbase == (void *)lm->l_addr || (di.dli_fname && lm->l_name && !strcmp(di.dli_fname, lm->l_name));
+}
+
+static mc_status make_pipeline(mc__cpu_library *l, const char *function, uint32_t max_threads, void **out,
+                               mc_pipeline_info *info)
+{
+    if (!function || !function[0]) return mc__fail(MC_ERR_INVALID_ARGUMENT, "no function name");
+    if (max_threads > MC__CPU_MAX_THREADS)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "max_total_threads_per_threadgroup %u exceeds the device's %u",
+                        max_threads, MC__CPU_MAX_THREADS);
+    mc_cpu_kernel_fn fn = NULL;
+    int32_t argc = -1;
+    if (l->dl) {
+        void *sym = dlsym(l->dl, function);
+        if (sym && !defined_in(l->dl, sym))
+            return mc__fail(MC_ERR_NOT_FOUND, "'%s' is not a kernel of the library (it comes from a library it uses)",
+                            function);
+        if (sym) memcpy(&fn, &sym, sizeof fn); /* POSIX: data and code pointers convert */
+        char argc_name[256];
+        if (snprintf(argc_name, sizeof argc_name, "%s__mc_argc", function) < (int)sizeof argc_name) {
+            const int32_t *n = dlsym(l->dl, argc_name);
+            if (n) argc = *n;
+        }
+    } else {
+        for (size_t i = 0; i < l->nbuiltin; i++) {
+            if (strcmp(l->names[i], function) == 0) {
+                fn = l->fns[i];
+                argc = l->argc[i];
+                break;
+            }
+        }
+    }
+    if (!fn) return mc__fail(MC_ERR_NOT_FOUND, "no kernel function '%s' in the library", function);
+    mc__cpu_pipeline *p = mc__calloc(1, sizeof *p);
+    if (!p) return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
+    atomic_fetch_add(&l->refs, 1);
+    p->lib = l;
+    p->fn = fn;
+    p->max_threads = max_threads ? max_threads : MC__CPU_MAX_THREADS;
+    p->argc = argc;
+    if (info) {
+        memset(info, 0, sizeof *info);
+        info->max_total_threads_per_threadgroup = p->max_threads;
+        info->simd_width = MC__CPU_SIMD_WIDTH;
+        info->static_threadgroup_memory = 0;
+        info->argument_count = argc;
+    }
+    *out = p;
+    return MC_OK;
+}
+
+mc_status mc__cpu_pipeline_create(void *vdev, void *vlib, const mc_pipeline_desc *desc, void **out,
+                                  mc_pipeline_info *info)
+{
+    (void)vdev;
+    if (!vlib || !desc) return mc__fail(MC_ERR_INVALID_ARGUMENT, "no library or no descriptor");
+    return make_pipeline(vlib, desc->function, desc->max_total_threads_per_threadgroup, out, info);
+}
+
+void mc__cpu_pipeline_destroy(void *vdev, void *vpl)
+{
+    mc__cpu_pipeline *p = vpl;
+    (void)vdev;
+    if (!p) return;
+    lib_unref(p->lib);
+    free(p);
+}
+
+/* ---- the archive ------------------------------------------------------------------ */
+
+mc_status mc__cpu_compiler_identity(void *vdev, mc_language lang, char *out, size_t cap)
+{
+    mc__cpu_device *dev = vdev;
+    if (lang != MC_LANG_C)
+        return mc__fail(MC_ERR_UNSUPPORTED, "the cpu device compiles C kernels (MC_LANG_C), not %s",
+                        mc_language_name(lang));
+    if (!out || !cap) return mc__fail(MC_ERR_INVALID_ARGUMENT, "no room for the identity");
+    mc_status st = MC_OK;
+    pthread_mutex_lock(&dev->cc_lock);
+    if (!dev->cc_known) {
+        char *cc = mc__strdup(compiler_command());
+        static char version[] = "--version";
+        argv_list a = {.n = 0};
+        run_result r = {.out = NULL};
+        if (!cc || !push_words(&a, cc) || !a.n || !push_arg(&a, version)) {
+            st = mc__fail(MC_ERR_INVALID_ARGUMENT, "empty $CC");
+        } else if ((st = run_capture(a.v, NULL, &r)) == MC_OK) {
+            if (!r.ran || r.exit_code != 0 || !r.out_len) {
+                st = mc__fail(MC_ERR_UNSUPPORTED, "cannot ask the C compiler '%s' for its version", a.v[0]);
+            } else {
+                size_t n = strcspn(r.out, "\r\n");
+                snprintf(dev->cc_identity, sizeof dev->cc_identity, "%.*s", (int)n, r.out);
+                dev->cc_known = true;
+            }
+        }
+        free(r.out);
+        free(cc);
+    }
+    if (st == MC_OK) snprintf(out, cap, "%s", dev->cc_identity);
+    pthread_mutex_unlock(&dev->cc_lock);
+    return st;
+}
+
+mc_status mc__cpu_pipeline_export(void *vdev, const mc__pipeline_src *src, void *vlib, void *vpl, void **bytes,
+                                  size_t *len)
+{
+    (void)vdev;
+    (void)src;
+    mc__cpu_pipeline *p = vpl;
+    mc__cpu_library *l = p ? p->lib : vlib;
+    if (!l) return mc__fail(MC_ERR_INVALID_ARGUMENT, "nothing to export");
+    if (!l->so) return mc__fail(MC_ERR_UNSUPPORTED, "built-in kernels are linked into the program: nothing to archive");
+    void *copy = mc__malloc(l->so_len);
+    if (!copy) return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
+    memcpy(copy, l->so, l->so_len);
+    *bytes = copy;
+    *len = l->so_len;
+    return MC_OK;
+}
+
+mc_status mc__cpu_pipeline_import(void *vdev, const mc__pipeline_src *src, const void *bytes, size_t len,
+                                  bool fail_on_miss, void **out_lib, void **out_pl, mc_pipeline_info *info)
+{
+    (void)vdev;
+    (void)fail_on_miss; /* importing never compiles on the CPU */
+    if (!src || !bytes) return mc__fail(MC_ERR_INVALID_ARGUMENT, "nothing to import");
+    void *so = mc__malloc(len ? len : 1);
+    if (!so) return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
+    memcpy(so, bytes, len);
+    mc__cpu_library *l = NULL;
+    char *why = NULL;
+    mc_status st = lib_from_object(so, len, &l, &why);
+    if (st == MC_ERR_NO_MEMORY) return mc__fail(st, "out of host memory");
+    if (st != MC_OK) {
+        st = mc__fail(MC_ERR_IO, "archived kernel does not load: %s", why ? why : "?");
+        free(why);
+        return st;
+    }
+    st = make_pipeline(l, src->function, src->max_total_threads_per_threadgroup, out_pl, info);
+    if (st != MC_OK) {
+        lib_unref(l);
+        return st;
+    }
+    *out_lib = l;
+    return MC_OK;
+}
