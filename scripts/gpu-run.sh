@@ -12,7 +12,7 @@ mkdir -p "$out"
     uname -srm
     nproc
 } >"$out/machine.txt" 2>&1
-cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMC_WITH_CUDA=ON >"$out/build.log" 2>&1 &&
+cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMC_WITH_CUDA=ON ${MC_CMAKE_ARGS:-} >"$out/build.log" 2>&1 &&
     cmake --build build-gpu -j "$(nproc)" >>"$out/build.log" 2>&1 || { tail -50 "$out/build.log"; exit 1; }
 build-gpu/metal-compute info >"$out/info.txt" 2>&1
 cat "$out/info.txt"
