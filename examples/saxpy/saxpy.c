@@ -48,6 +48,7 @@ int main(int argc, char **argv)
 
     mc_buffer_desc bd = MC_BUFFER_DESC_INIT;
     bd.size = (size_t)n * sizeof(float);
+    bd.storage = MC_STORAGE_PRIVATE; /* device memory where the device has it */
     mc_buffer *x, *y;
     CHECK(mc_buffer_create(dev, &bd, &x));
     CHECK(mc_buffer_create(dev, &bd, &y));
