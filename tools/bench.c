@@ -18,6 +18,10 @@ static const struct {
 } benches[] = {
     {"round-trip", mc_bench_round_trip, "empty dispatch, commit to completion, vs the device's rawest path"},
     {"batching", mc_bench_batching, "50 small passes in one command buffer vs 50 command buffers"},
+    {"saxpy", mc_bench_saxpy, "a bandwidth-bound kernel vs the raw driver (CUDA) or an OpenMP loop (CPU)"},
+    {"stream", mc_bench_stream, "a stream with 1-4 slots vs fill, commit, wait per item (FIR blocks)"},
+    {"pipeline-cache", mc_bench_pipeline_cache, "cold compile vs warm from memory vs warm from disk in a new process"},
+    {"runner", mc_bench_runner, "gray-scott through the runner vs one uninterrupted command buffer"},
 };
 
 double mc_bench_now_us(void)

@@ -44,5 +44,11 @@ int mc_bench_round_trip_once(mc_queue *q, mc_pipeline *empty);
 /* The benchmarks. */
 int mc_bench_round_trip(mc_bench *b);
 int mc_bench_batching(mc_bench *b);
+int mc_bench_saxpy(mc_bench *b);
+int mc_bench_stream(mc_bench *b);
+int mc_bench_pipeline_cache(mc_bench *b);
+/* The new process pipeline-cache starts (`cache __bench-child`). */
+int mc_bench_pipeline_cache_child(int argc, char **argv);
+int mc_bench_runner(mc_bench *b);
 
 #endif

@@ -15,6 +15,8 @@ typedef struct mc_cli_command {
 
 int mc_cli_info(int argc, char **argv);
 int mc_cli_bench(int argc, char **argv);
+int mc_cli_cache(int argc, char **argv);
+int mc_cli_run(int argc, char **argv);
 
 /* Directory holding examples/kernels (source tree, else installed). */
 const char *mc_cli_kernel_dir(void);

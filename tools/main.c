@@ -17,8 +17,10 @@ static int cmd_version(int argc, char **argv)
 static int cmd_help(int argc, char **argv);
 
 static const mc_cli_command commands[] = {
+    {"run", "run a long computation through the runner: run gray-scott", mc_cli_run},
     {"info", "list every device and its capabilities", mc_cli_info},
     {"bench", "measure the runtime against the rawest baseline, side by side", mc_cli_bench},
+    {"cache", "build, list, inspect and clear the pipeline cache", mc_cli_cache},
     {"version", "print the version", cmd_version},
     {"help", "this help", cmd_help},
 };

@@ -70,9 +70,21 @@ int mc_raw_batch(mc_raw *r, int passes, int mode)
     return r->ops->batch ? r->ops->batch(r->impl, passes, mode) : -1;
 }
 
+int mc_raw_saxpy(mc_raw *r, size_t n)
+{
+    return r->ops->saxpy ? r->ops->saxpy(r->impl, n) : -1;
+}
+
+const char *mc_raw_saxpy_name(const mc_raw *r)
+{
+    return r->ops->saxpy_name ? r->ops->saxpy_name : r->ops->name;
+}
+
 /* ---- CPU: a bare worker thread ------------------------------------------- */
 
 typedef struct raw_cpu {
+    float *x, *y;
+    size_t n;
     pthread_t thread;
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -141,6 +153,8 @@ static void raw_cpu_close(void *impl)
     pthread_join(c->thread, NULL);
     pthread_mutex_destroy(&c->lock);
     pthread_cond_destroy(&c->cond);
+    free(c->x);
+    free(c->y);
     free(c);
 }
 
@@ -157,4 +171,39 @@ static int raw_cpu_round_trip(void *impl)
     return 0;
 }
 
-const mc_raw_ops mc_raw_cpu_ops = {"raw worker thread", raw_cpu_open, raw_cpu_close, raw_cpu_round_trip, NULL};
+/* The machine's limit for saxpy: a plain OpenMP loop where the compiler has
+ * OpenMP, else one thread. */
+static int raw_cpu_saxpy(void *impl, size_t n)
+{
+    raw_cpu *c = impl;
+    if (c->n != n) {
+        free(c->x);
+        free(c->y);
+        c->x = malloc(n * sizeof *c->x);
+        c->y = malloc(n * sizeof *c->y);
+        if (!c->x || !c->y) return -1;
+        c->n = n;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+        for (long i = 0; i < (long)n; i++) {
+            c->x[i] = (float)(i % 1000);
+            c->y[i] = 1.0f;
+        }
+    }
+    float *x = c->x, *y = c->y, a = 2.0f;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+    for (long i = 0; i < (long)n; i++) y[i] = a * x[i] + y[i];
+    return 0;
+}
+
+#ifdef _OPENMP
+#define RAW_CPU_SAXPY "raw OpenMP loop"
+#else
+#define RAW_CPU_SAXPY "raw loop, one thread"
+#endif
+
+const mc_raw_ops mc_raw_cpu_ops = {"raw worker thread", raw_cpu_open, raw_cpu_close, raw_cpu_round_trip, NULL,
+                                   raw_cpu_saxpy, RAW_CPU_SAXPY};

@@ -17,6 +17,8 @@ const char *mc_raw_error(void);
 int mc_raw_round_trip(mc_raw *r);
 /* -1 when the baseline has no batch path. */
 int mc_raw_batch(mc_raw *r, int passes, int mode);
+int mc_raw_saxpy(mc_raw *r, size_t n);
+const char *mc_raw_saxpy_name(const mc_raw *r);
 
 /* Per-device implementations behind the dispatcher in raw.c. */
 typedef struct mc_raw_ops {
@@ -27,6 +29,10 @@ typedef struct mc_raw_ops {
     /* optional: `passes` small launches; mode 0 = wait after each, 1 = back
      * to back then wait, 2 = one recorded graph. */
     int (*batch)(void *impl, int passes, int mode);
+    /* optional: y = a*x + y over n floats in the baseline's own memory,
+     * run and waited for. */
+    int (*saxpy)(void *impl, size_t n);
+    const char *saxpy_name;
 } mc_raw_ops;
 
 extern const mc_raw_ops mc_raw_cpu_ops;

@@ -59,7 +59,10 @@ typedef struct raw_cuda {
     CUdevice dev;
     CUcontext ctx;
     CUmodule mod;
-    CUfunction empty, add_one;
+    CUfunction empty, add_one, saxpy;
+    fn_cuMemAlloc mem_alloc;
+    CUdeviceptr sx, sy;
+    size_t sn;
     CUstream stream;
     CUdeviceptr buf;
     CUgraphExec graph50;
@@ -68,7 +71,9 @@ typedef struct raw_cuda {
 static const char raw_source[] =
     "extern \"C\" __global__ void empty() {}\n"
     "extern \"C\" __global__ void add_one(unsigned *d, unsigned n) {\n"
-    "  unsigned i = blockIdx.x * blockDim.x + threadIdx.x; if (i < n) d[i] += 1; }\n";
+    "  unsigned i = blockIdx.x * blockDim.x + threadIdx.x; if (i < n) d[i] += 1; }\n"
+    "extern \"C\" __global__ void saxpy(float *y, const float *x, float a, unsigned n) {\n"
+    "  unsigned i = blockIdx.x * blockDim.x + threadIdx.x; if (i < n) y[i] = a * x[i] + y[i]; }\n";
 
 #define LOAD(h, var, name)                                                      \
     do {                                                                        \
@@ -115,6 +120,7 @@ static void *raw_cuda_open(int index)
     LOAD(r->lib, r->sync, "cuStreamSynchronize");
     LOAD(r->lib, r->launch, "cuLaunchKernel");
     LOAD(r->lib, mem_alloc, "cuMemAlloc_v2");
+    r->mem_alloc = mem_alloc;
     LOAD(r->lib, r->mem_free, "cuMemFree_v2");
     LOAD(r->lib, r->begin_capture, "cuStreamBeginCapture_v2");
     LOAD(r->lib, r->end_capture, "cuStreamEndCapture");
@@ -144,6 +150,7 @@ static void *raw_cuda_open(int index)
     free(cubin);
     destroy(&prog);
     if (!r->mod || get_function(&r->empty, r->mod, "empty") || get_function(&r->add_one, r->mod, "add_one") ||
+        get_function(&r->saxpy, r->mod, "saxpy") ||
         stream_create(&r->stream, CU_STREAM_NON_BLOCKING) || mem_alloc(&r->buf, 4096 * 4))
         goto fail;
     return r;
@@ -158,6 +165,10 @@ static void raw_cuda_close(void *impl)
 {
     raw_cuda *r = impl;
     if (r->graph50) r->exec_destroy(r->graph50);
+    if (r->sn) {
+        r->mem_free(r->sx);
+        r->mem_free(r->sy);
+    }
     r->mem_free(r->buf);
     r->stream_destroy(r->stream);
     r->unload(r->mod);
@@ -204,8 +215,27 @@ static int raw_cuda_batch(void *impl, int passes, int mode)
     return r->sync(r->stream) ? -1 : 0;
 }
 
+static int raw_cuda_saxpy(void *impl, size_t n)
+{
+    raw_cuda *r = impl;
+    if (r->sn != n) {
+        if (r->sn) {
+            r->mem_free(r->sx);
+            r->mem_free(r->sy);
+            r->sn = 0;
+        }
+        if (r->mem_alloc(&r->sx, n * 4) || r->mem_alloc(&r->sy, n * 4)) return -1;
+        r->sn = n;
+    }
+    unsigned un = (unsigned)n;
+    float a = 2.0f;
+    void *args[] = {&r->sy, &r->sx, &a, &un};
+    if (r->launch(r->saxpy, (unsigned)((n + 255) / 256), 1, 1, 256, 1, 1, 0, r->stream, args, NULL)) return -1;
+    return r->sync(r->stream) ? -1 : 0;
+}
+
 const mc_raw_ops mc_raw_cuda_ops = {"raw CUDA driver", raw_cuda_open, raw_cuda_close, raw_cuda_round_trip,
-                                    raw_cuda_batch};
+                                    raw_cuda_batch, raw_cuda_saxpy, NULL};
 #else
 typedef int mc_raw_cuda_unused;
 #endif

@@ -438,4 +438,10 @@ MC_API mc_status mc_event_notify(mc_event *e, uint64_t target, mc_event_fn fn, v
 }
 #endif
 
+#include "mc_cache.h"
+
+#include "mc_runner.h"
+
+#include "mc_stream.h"
+
 #endif

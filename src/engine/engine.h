@@ -174,6 +174,77 @@ mc_status mc__buffer_check_range(const mc_buffer *b, size_t offset, size_t len, 
 /* cache.c (the pipeline cache) */
 void mc__cache_destroy(struct mc__cache *c);
 
+/* ==== pipeline cache section (engine/cache.c; docs/CACHE.md) ============ */
+/* Internal entry points shared with the tests, the fuzzer and the CLI. */
+
+#define MC__CACHE_FORMAT_VERSION 1u
+#define MC__CACHE_MAGIC "MCPCACHE" /* 8 bytes, no terminator on disk */
+#define MC__CACHE_HEADER_SIZE 96u
+#define MC__CACHE_KEY_SIZE 32u     /* SHA-256 */
+#define MC__CACHE_NAME_LEN 64u     /* an entry's file name: the key in lowercase hex */
+#define MC__CACHE_STATS_FILE "stats"
+
+/* SHA-256 from a well-kept library loaded at run time (libcrypto, or
+ * CommonCrypto on macOS). NULL when none can be loaded; *why says why. */
+typedef struct mc__hash mc__hash;
+mc__hash *mc__hash_open(char *why, size_t why_cap);
+void mc__hash_close(mc__hash *h);
+bool mc__hash_sha256(const mc__hash *h, const void *data, size_t len, uint8_t out[32]);
+/* Tests: pretend no hash library can be loaded (caches created later). */
+void mc__cache_test_no_hash(bool on);
+
+/* A parsed entry; pointers point into the bytes given to the parser. */
+typedef struct mc__cache_entry {
+    uint32_t version;
+    uint8_t key[MC__CACHE_KEY_SIZE];
+    const uint8_t *material; /* the canonical key material */
+    uint64_t material_len;
+    const uint8_t *payload;  /* what the backend imports */
+    uint64_t payload_len;
+    uint8_t payload_sum[32];
+} mc__cache_entry;
+
+/* Checks an entry's bytes: size, magic, format version, lengths; the key
+ * against want_key (the file's name; NULL: not checked); with h, the key
+ * against the hash of the material and the payload against its checksum.
+ * NULL when every check passes, else the reason (a static string).
+ * Never reads outside data[0..len). */
+const char *mc__cache_parse_entry(const uint8_t *data, size_t len, const mc__hash *h, const uint8_t *want_key,
+                                  mc__cache_entry *out);
+
+/* The key material decoded (strings are not NUL-terminated). */
+typedef struct mc__cache_str {
+    const char *p;
+    size_t len;
+} mc__cache_str;
+typedef struct mc__cache_material {
+    uint32_t version;
+    mc__cache_str runtime, backend, identity, compiler, source, options, function;
+    uint32_t language; /* mc_language */
+    uint32_t max_total_threads_per_threadgroup;
+    uint32_t simd_multiple;
+} mc__cache_material;
+/* NULL on success, else the reason. Never reads outside m[0..len). */
+const char *mc__cache_parse_material(const uint8_t *m, size_t len, mc__cache_material *out);
+
+/* Hex name of a key (out: MC__CACHE_NAME_LEN + 1 bytes); and the reverse,
+ * false when name is not exactly an entry's name. */
+void mc__cache_key_name(const uint8_t key[MC__CACHE_KEY_SIZE], char *out);
+bool mc__cache_name_key(const char *name, uint8_t key[MC__CACHE_KEY_SIZE]);
+/* The folder name of a device identity: "<backend>-<identity>" with every
+ * byte outside [A-Za-z0-9._-] replaced by '_'. */
+void mc__cache_folder_name(const char *backend, const char *identity, char *out, size_t cap);
+/* The root folder from the environment (no I/O). */
+mc_status mc__cache_root(char *out, size_t cap);
+
+/* Counters persisted in each folder's stats file across processes. */
+typedef struct mc__cache_totals {
+    uint64_t hits_memory, hits_disk, misses, compiles, compile_ns, load_ns, writes, rejected, evictions;
+} mc__cache_totals;
+/* Reads folder_fd's stats file; zeros when it is missing or unreadable. */
+void mc__cache_read_totals(int folder_fd, mc__cache_totals *out);
+/* ==== end of the pipeline cache section ================================ */
+
 #define MC__CHECK_HANDLE(h, tag, what)                                                   \
     do {                                                                                 \
         if (!mc__object_check((h), (tag)))                                               \

@@ -1,0 +1,50 @@
+/*
+ * Gray-Scott reaction-diffusion, one time step per dispatch (Metal Shading
+ * Language). Same kernel and slots as gray_scott.c; see there for the model.
+ *   [0] float *a        width*height (u, v) pairs
+ *   [1] float *b        width*height (u, v) pairs
+ *   [2] iteration bytes { uint64 first; uint32 count; uint32 pad }
+ *   [3] parameter bytes { uint32 width, height; float du, dv, feed, kill, dt, pad }
+ * Grid: 2-D, 16x16 threadgroups covering width x height.
+ */
+#include <metal_stdlib>
+using namespace metal;
+
+struct gs_iteration {
+    ulong first;
+    uint count;
+    uint pad;
+};
+
+struct gs_params {
+    uint width, height;
+    float du, dv, feed, kill, dt, pad;
+};
+
+kernel void gray_scott_step(device float *a [[buffer(0)]],
+                            device float *b [[buffer(1)]],
+                            constant gs_iteration &iter [[buffer(2)]],
+                            constant gs_params &p [[buffer(3)]],
+                            uint2 gid [[thread_position_in_grid]])
+{
+    if (iter.count == 0) return;
+    device const float *src = (iter.first & 1) ? b : a;
+    device float *dst = (iter.first & 1) ? a : b;
+    const uint w = p.width, h = p.height;
+    uint x = gid.x, y = gid.y;
+    if (x >= w || y >= h) return;
+    uint xl = x ? x - 1 : w - 1, xr = x + 1 < w ? x + 1 : 0;
+    uint yu = y ? y - 1 : h - 1, yd = y + 1 < h ? y + 1 : 0;
+    device const float *r0 = src + 2u * yu * w;
+    device const float *r1 = src + 2u * y * w;
+    device const float *r2 = src + 2u * yd * w;
+    float u = r1[2u * x], v = r1[2u * x + 1u];
+    float lu = 0.05f * (r0[2u * xl] + r0[2u * xr] + r2[2u * xl] + r2[2u * xr]) +
+               0.2f * (r0[2u * x] + r2[2u * x] + r1[2u * xl] + r1[2u * xr]) - u;
+    float lv = 0.05f * (r0[2u * xl + 1u] + r0[2u * xr + 1u] + r2[2u * xl + 1u] + r2[2u * xr + 1u]) +
+               0.2f * (r0[2u * x + 1u] + r2[2u * x + 1u] + r1[2u * xl + 1u] + r1[2u * xr + 1u]) - v;
+    float uvv = u * v * v;
+    device float *o = dst + 2u * (y * w + x);
+    o[0] = u + p.dt * (p.du * lu - uvv + p.feed * (1.0f - u));
+    o[1] = v + p.dt * (p.dv * lv + uvv - (p.feed + p.kill) * v);
+}

@@ -1,0 +1,347 @@
+/*
+ * metal-compute bench stream: items per second and per-item latency of a
+ * stream with 1, 2, 3 and 4 slots, against the naive loop at the same item
+ * size (fill, one command buffer, commit, wait, read, per item). The item
+ * is a block of audio-rate samples through an FIR filter and a gain
+ * (examples/kernels/fir.*, the Anukari use case of F692). Latency is from
+ * the moment the producer starts filling the item to the moment its result
+ * is in the consumer's hands. Every output is checked: the stream's must
+ * equal the naive loop's for the same block, bit for bit.
+ */
+#include "bench.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SB_BLOCK 1024u
+#define SB_TAPS 32u
+#define SB_BLOCKS 64u /* distinct blocks cycled through */
+#define SB_GROUP 64u
+#define SB_TILE ((SB_GROUP + SB_TAPS - 1) * sizeof(float)) /* fir stages its inputs here */
+
+typedef struct sb_ctx {
+    mc_device *dev;                 /* the bench's device: its pipelines are built once */
+    mc_pipeline *fir, *gain;
+    float taps[SB_TAPS];
+    uint32_t n, ntaps;
+    float g;
+    float *sig;                     /* SB_BLOCKS blocks, each with its history in front */
+    double want[SB_BLOCKS];         /* output sums from the naive loop */
+    bool have_want[SB_BLOCKS];
+} sb_ctx;
+
+typedef struct sb_made {
+    mc_pipeline *fir, *gain;
+    mc_buffer *taps;
+} sb_made;
+
+static const float *block_input(const sb_ctx *c, uint32_t b)
+{
+    return c->sig + (size_t)(b % SB_BLOCKS) * SB_BLOCK;
+}
+
+static double sum_of(const float *v)
+{
+    double s = 0;
+    for (uint32_t i = 0; i < SB_BLOCK; i++) s += v[i];
+    return s;
+}
+
+static void bind_passes(sb_ctx *c, mc_stream_binding *b, sb_made *m)
+{
+    mc_stream_pass *p = &b->passes[0];
+    p->label = "fir";
+    p->pipeline = m->fir;
+    p->threadgroups = (mc_size3){c->n / SB_GROUP, 1, 1};
+    p->threads_per_threadgroup = (mc_size3){SB_GROUP, 1, 1};
+    p->args[0].kind = MC_STREAM_ARG_OUTPUT;
+    p->args[1].kind = MC_STREAM_ARG_INPUT;
+    p->args[2].kind = MC_STREAM_ARG_BUFFER;
+    p->args[2].buffer = m->taps;
+    p->args[3] = (mc_stream_arg){MC_STREAM_ARG_BYTES, NULL, 0, &c->n, 4};
+    p->args[4] = (mc_stream_arg){MC_STREAM_ARG_BYTES, NULL, 0, &c->ntaps, 4};
+    p->threadgroup_memory[0] = SB_TILE;
+    p = &b->passes[1];
+    p->label = "gain";
+    p->pipeline = m->gain;
+    p->threadgroups = (mc_size3){c->n / SB_GROUP, 1, 1};
+    p->threads_per_threadgroup = (mc_size3){SB_GROUP, 1, 1};
+    p->args[0].kind = MC_STREAM_ARG_OUTPUT;
+    p->args[1] = (mc_stream_arg){MC_STREAM_ARG_BYTES, NULL, 0, &c->g, 4};
+    p->args[2] = (mc_stream_arg){MC_STREAM_ARG_BYTES, NULL, 0, &c->n, 4};
+    b->pass_count = 2;
+    b->user_data = m;
+}
+
+static mc_status sb_setup(void *user, mc_device *dev, mc_stream_binding *b)
+{
+    sb_ctx *c = user;
+    sb_made *m = calloc(1, sizeof *m);
+    if (!m) return MC_ERR_NO_MEMORY;
+    if (dev == c->dev) {
+        m->fir = c->fir;
+        m->gain = c->gain;
+        mc_pipeline_retain(m->fir);
+        mc_pipeline_retain(m->gain);
+    } else {
+        m->fir = mc_cli_pipeline(dev, "fir", "fir");
+        m->gain = mc_cli_pipeline(dev, "fir", "gain");
+    }
+    mc_buffer_desc bd = {sizeof c->taps, MC_STORAGE_PRIVATE, "taps", c->taps};
+    mc_status s = m->fir && m->gain ? mc_buffer_create(dev, &bd, &m->taps) : MC_ERR_COMPILE;
+    if (s != MC_OK) {
+        mc_pipeline_release(m->fir);
+        mc_pipeline_release(m->gain);
+        free(m);
+        return s;
+    }
+    bind_passes(c, b, m);
+    return MC_OK;
+}
+
+static void sb_teardown(void *user, mc_stream_binding *b)
+{
+    (void)user;
+    sb_made *m = b->user_data;
+    if (!m) return;
+    mc_pipeline_release(m->fir);
+    mc_pipeline_release(m->gain);
+    mc_buffer_release(m->taps);
+    free(m);
+}
+
+/* ---- the naive loop ------------------------------------------------------- */
+
+typedef struct sb_naive {
+    mc_queue *q;
+    mc_buffer *in, *out, *taps;
+} sb_naive;
+
+static int naive_item(sb_ctx *c, sb_naive *nv, uint32_t b)
+{
+    memcpy(mc_buffer_contents(nv->in), block_input(c, b), (SB_BLOCK + SB_TAPS - 1) * sizeof(float));
+    mc_cmdbuf *cb;
+    if (mc_cmdbuf_create(nv->q, NULL, &cb) != MC_OK) return -1;
+    mc_pass *p;
+    mc_size3 groups = {c->n / SB_GROUP, 1, 1}, threads = {SB_GROUP, 1, 1};
+    mc_status s = mc_cmdbuf_begin_pass(cb, "fir", &p);
+    if (s == MC_OK) s = mc_pass_set_pipeline(p, c->fir);
+    if (s == MC_OK) s = mc_pass_set_buffer(p, 0, nv->out, 0);
+    if (s == MC_OK) s = mc_pass_set_buffer(p, 1, nv->in, 0);
+    if (s == MC_OK) s = mc_pass_set_buffer(p, 2, nv->taps, 0);
+    if (s == MC_OK) s = mc_pass_set_bytes(p, 3, &c->n, 4);
+    if (s == MC_OK) s = mc_pass_set_bytes(p, 4, &c->ntaps, 4);
+    if (s == MC_OK) s = mc_pass_set_threadgroup_memory(p, 0, SB_TILE);
+    if (s == MC_OK) s = mc_pass_dispatch(p, groups, threads);
+    if (s == MC_OK) s = mc_pass_end(p);
+    if (s == MC_OK) s = mc_cmdbuf_begin_pass(cb, "gain", &p);
+    if (s == MC_OK) s = mc_pass_set_pipeline(p, c->gain);
+    if (s == MC_OK) s = mc_pass_set_buffer(p, 0, nv->out, 0);
+    if (s == MC_OK) s = mc_pass_set_bytes(p, 1, &c->g, 4);
+    if (s == MC_OK) s = mc_pass_set_bytes(p, 2, &c->n, 4);
+    if (s == MC_OK) s = mc_pass_dispatch(p, groups, threads);
+    if (s == MC_OK) s = mc_pass_end(p);
+    if (s == MC_OK) s = mc_cmdbuf_commit(cb);
+    if (s == MC_OK) s = mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
+    if (s == MC_OK) s = mc_cmdbuf_status(cb, NULL);
+    mc_cmdbuf_release(cb);
+    if (s != MC_OK) return -1;
+    double sum = sum_of(mc_buffer_contents(nv->out));
+    uint32_t k = b % SB_BLOCKS;
+    if (!c->have_want[k]) {
+        c->want[k] = sum;
+        c->have_want[k] = true;
+    } else if (sum != c->want[k]) {
+        return -1;
+    }
+    return 0;
+}
+
+/* count items; lat receives each item's latency in us. Returns the rate. */
+static double naive_run(sb_ctx *c, sb_naive *nv, uint32_t first, uint32_t count, double *lat)
+{
+    double t0 = mc_bench_now_us();
+    for (uint32_t i = 0; i < count; i++) {
+        double s = mc_bench_now_us();
+        if (naive_item(c, nv, first + i)) return -1;
+        if (lat) lat[i] = mc_bench_now_us() - s;
+    }
+    double t = mc_bench_now_us() - t0;
+    return t > 0 ? count / (t / 1e6) : 0;
+}
+
+/* ---- the stream ------------------------------------------------------------- */
+
+typedef struct sb_run {
+    sb_ctx *c;
+    pthread_mutex_t lock;
+    pthread_cond_t cv;
+    uint64_t delivered, want;
+    double *start_us; /* by tag */
+    double *lat;      /* by tag */
+    double last_us;
+    bool bad;
+} sb_run;
+
+static void sb_on_result(void *user, const mc_stream_result *r)
+{
+    sb_run *run = user;
+    double now = mc_bench_now_us();
+    uint32_t k = (uint32_t)(r->tag % SB_BLOCKS);
+    bool ok = r->status == MC_OK && run->c->have_want[k] && sum_of(r->output) == run->c->want[k];
+    pthread_mutex_lock(&run->lock);
+    run->lat[r->tag] = now - run->start_us[r->tag];
+    run->last_us = now;
+    if (!ok) run->bad = true;
+    if (++run->delivered == run->want) pthread_cond_signal(&run->cv);
+    pthread_mutex_unlock(&run->lock);
+}
+
+static double stream_run(mc_stream *st, sb_run *run, uint32_t count)
+{
+    pthread_mutex_lock(&run->lock);
+    run->delivered = 0;
+    run->want = count;
+    pthread_mutex_unlock(&run->lock);
+    double t0 = mc_bench_now_us();
+    for (uint32_t i = 0; i < count; i++) {
+        mc_stream_slot sl;
+        if (mc_stream_acquire(st, MC_WAIT_FOREVER, &sl) != MC_OK) return -1;
+        double s = mc_bench_now_us();
+        pthread_mutex_lock(&run->lock);
+        run->start_us[i] = s;
+        pthread_mutex_unlock(&run->lock);
+        memcpy(sl.input, block_input(run->c, i), sl.size);
+        if (mc_stream_submit(st, sl.index, i) != MC_OK) return -1;
+    }
+    pthread_mutex_lock(&run->lock);
+    while (run->delivered < run->want) pthread_cond_wait(&run->cv, &run->lock);
+    double t = run->last_us - t0;
+    bool bad = run->bad;
+    pthread_mutex_unlock(&run->lock);
+    if (bad) return -1;
+    return t > 0 ? count / (t / 1e6) : 0;
+}
+
+int mc_bench_stream(mc_bench *b)
+{
+    sb_ctx c;
+    memset(&c, 0, sizeof c);
+    c.dev = b->dev;
+    c.n = SB_BLOCK;
+    c.ntaps = SB_TAPS;
+    c.g = 0.5f;
+    float tsum = 0;
+    for (uint32_t k = 0; k < SB_TAPS; k++) tsum += c.taps[k] = (float)(k < SB_TAPS / 2 ? k + 1 : SB_TAPS - k);
+    for (uint32_t k = 0; k < SB_TAPS; k++) c.taps[k] /= tsum;
+    size_t len = (size_t)SB_BLOCKS * SB_BLOCK + SB_TAPS - 1;
+    c.sig = calloc(len, sizeof *c.sig);
+    uint32_t x = 1u;
+    for (size_t i = SB_TAPS - 1; c.sig && i < len; i++) {
+        x = x * 1664525u + 1013904223u;
+        c.sig[i] = (float)(x >> 8) / (float)(1u << 24) * 2.0f - 1.0f;
+    }
+    c.fir = mc_cli_pipeline(b->dev, "fir", "fir");
+    c.gain = mc_cli_pipeline(b->dev, "fir", "gain");
+
+    const int rounds = b->quick ? 2 : 5;
+    const uint32_t per = b->quick ? 100u : (uint32_t)(b->reps * 5 < 200 ? 200 : b->reps * 5);
+    const uint32_t warm = per / 10 + 8;
+    sb_naive nv;
+    memset(&nv, 0, sizeof nv);
+    sb_run run;
+    memset(&run, 0, sizeof run);
+    run.c = &c;
+    pthread_mutex_init(&run.lock, NULL);
+    pthread_cond_init(&run.cv, NULL);
+    double *rate_o = calloc((size_t)rounds, sizeof(double)), *rate_n = calloc((size_t)rounds, sizeof(double));
+    double *lat_o = calloc((size_t)rounds * per, sizeof(double)), *lat_n = calloc((size_t)rounds * per, sizeof(double));
+    run.start_us = calloc(per + warm, sizeof(double));
+    run.lat = calloc(per + warm, sizeof(double));
+    int rc = 0;
+    mc_buffer_desc bi = {(SB_BLOCK + SB_TAPS - 1) * sizeof(float), MC_STORAGE_SHARED, "naive input", NULL};
+    mc_buffer_desc bo = {SB_BLOCK * sizeof(float), MC_STORAGE_SHARED, "naive output", NULL};
+    mc_buffer_desc bt = {sizeof c.taps, MC_STORAGE_PRIVATE, "taps", c.taps};
+    if (!c.sig || !c.fir || !c.gain || !rate_o || !rate_n || !lat_o || !lat_n || !run.start_us || !run.lat ||
+        mc_queue_create(b->dev, NULL, &nv.q) != MC_OK || mc_buffer_create(b->dev, &bi, &nv.in) != MC_OK ||
+        mc_buffer_create(b->dev, &bo, &nv.out) != MC_OK || mc_buffer_create(b->dev, &bt, &nv.taps) != MC_OK) {
+        rc = mc_cli_fail("stream setup", MC_ERR_NO_MEMORY);
+        goto out;
+    }
+    /* every block once through the naive loop: the expected outputs */
+    if (naive_run(&c, &nv, 0, SB_BLOCKS + warm, NULL) < 0) {
+        rc = mc_cli_fail("stream: naive loop", MC_ERR_INTERNAL);
+        goto out;
+    }
+    for (uint32_t slots = 1; slots <= 4; slots++) {
+        mc_stream_desc sd = MC_STREAM_DESC_INIT;
+        sd.device = b->dev;
+        sd.setup = sb_setup;
+        sd.teardown = sb_teardown;
+        sd.user = &c;
+        sd.item_size = (SB_BLOCK + SB_TAPS - 1) * sizeof(float);
+        sd.result_size = SB_BLOCK * sizeof(float);
+        sd.slots = slots;
+        sd.on_result = sb_on_result;
+        sd.result_user = &run;
+        sd.label = "bench stream";
+        mc_stream *st;
+        mc_status s = mc_stream_create(&sd, &st);
+        if (s != MC_OK) {
+            rc = mc_cli_fail("stream create", s);
+            goto out;
+        }
+        if (stream_run(st, &run, warm) < 0) {
+            mc_stream_release(st);
+            rc = mc_cli_fail("stream: wrong or missing results", MC_ERR_INTERNAL);
+            goto out;
+        }
+        /* Alternate the two in rounds, so drift hits both alike. */
+        for (int r = 0; r < rounds; r++) {
+            rate_n[r] = naive_run(&c, &nv, 0, per, lat_n + (size_t)r * per);
+            rate_o[r] = stream_run(st, &run, per);
+            if (rate_n[r] < 0 || rate_o[r] < 0) {
+                mc_stream_release(st);
+                rc = mc_cli_fail("stream: wrong or missing results", MC_ERR_INTERNAL);
+                goto out;
+            }
+            memcpy(lat_o + (size_t)r * per, run.lat, per * sizeof(double));
+        }
+        mc_stream_stats stats;
+        mc_stream_get_stats(st, &stats);
+        mc_stream_release(st);
+        if (stats.delivered != (uint64_t)warm + (uint64_t)rounds * per || stats.failed || stats.cancelled) {
+            rc = mc_cli_fail("stream: items lost or failed", MC_ERR_INTERNAL);
+            goto out;
+        }
+        char metric[64];
+        int nl = rounds * (int)per;
+        snprintf(metric, sizeof metric, "items/s, %u slot%s (FIR 1024x32 + gain)", slots, slots == 1 ? "" : "s");
+        mc_bench_add(b, "stream", metric, "items/s", mc_bench_median(rate_o, rounds), mc_bench_iqr(rate_o, rounds),
+                     mc_bench_median(rate_n, rounds), mc_bench_iqr(rate_n, rounds), "naive loop", true);
+        snprintf(metric, sizeof metric, "latency median, %u slot%s", slots, slots == 1 ? "" : "s");
+        mc_bench_add(b, "stream", metric, "us", mc_bench_median(lat_o, nl), mc_bench_iqr(lat_o, nl),
+                     mc_bench_median(lat_n, nl), mc_bench_iqr(lat_n, nl), "naive loop", false);
+        snprintf(metric, sizeof metric, "latency p99, %u slot%s", slots, slots == 1 ? "" : "s");
+        mc_bench_add(b, "stream", metric, "us", mc_bench_percentile(lat_o, nl, 0.99), 0,
+                     mc_bench_percentile(lat_n, nl, 0.99), 0, "naive loop", false);
+    }
+out:
+    pthread_mutex_destroy(&run.lock);
+    pthread_cond_destroy(&run.cv);
+    free(run.start_us);
+    free(run.lat);
+    free(rate_o);
+    free(rate_n);
+    free(lat_o);
+    free(lat_n);
+    mc_buffer_release(nv.in);
+    mc_buffer_release(nv.out);
+    mc_buffer_release(nv.taps);
+    mc_queue_release(nv.q);
+    mc_pipeline_release(c.fir);
+    mc_pipeline_release(c.gain);
+    free(c.sig);
+    return rc;
+}
