@@ -1,6 +1,7 @@
 #!/bin/sh
-# The main job on the default device (cpu when no GPU is present).
+# The main job: a Gray-Scott reaction-diffusion run through the runner on
+# the default device (the CPU device when no GPU is present).
 set -e
 build=${1:-build}
-"$build/metal-compute" info
-"$build/examples/saxpy"
+shift 2>/dev/null || true
+"$build/metal-compute" run gray-scott --out "$build/gray-scott.png" "$@"

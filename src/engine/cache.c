@@ -1094,7 +1094,7 @@ static void disk_write(struct mc__cache *c, const uint8_t key[32], const uint8_t
  * length-prefixed so no two inputs serialise alike. */
 static bool build_material(mc_device *d, const req *r, bytes *m, bool *identity_known)
 {
-    char compiler[256];
+    char compiler[512];
     *identity_known = false;
     compiler[0] = '\0';
     if (d->hal->compiler_identity) {

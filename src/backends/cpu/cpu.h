@@ -193,7 +193,7 @@ struct mc__cpu_device {
     mc__cpu_worker *workers;
 
     pthread_mutex_t cc_lock; /* compiler identity, asked once */
-    char cc_identity[128];
+    char cc_identity[512];
     bool cc_known;
 };
 

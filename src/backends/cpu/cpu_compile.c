@@ -606,6 +606,15 @@ void mc__cpu_pipeline_destroy(void *vdev, void *vpl)
 
 /* ---- the archive ------------------------------------------------------------------ */
 
+/* FNV-1a over the embedded kernel header: not a security boundary (the
+ * cache's SHA-256 covers that), only a change detector for the ABI text. */
+static uint64_t header_digest(void)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (const char *p = mc__cpu_kernel_header; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    return h;
+}
+
 mc_status mc__cpu_compiler_identity(void *vdev, mc_language lang, char *out, size_t cap)
 {
     mc__cpu_device *dev = vdev;
@@ -626,8 +635,13 @@ mc_status mc__cpu_compiler_identity(void *vdev, mc_language lang, char *out, siz
             if (!r.ran || r.exit_code != 0 || !r.out_len) {
                 st = mc__fail(MC_ERR_UNSUPPORTED, "cannot ask the C compiler '%s' for its version", a.v[0]);
             } else {
+                /* The key must change with anything that changes the
+                 * shared object: the whole $CC (flags in it too), our fixed
+                 * flags, and the kernel header the source includes. */
                 size_t n = strcspn(r.out, "\r\n");
-                snprintf(dev->cc_identity, sizeof dev->cc_identity, "%.*s", (int)n, r.out);
+                snprintf(dev->cc_identity, sizeof dev->cc_identity,
+                         "%.*s | cc='%s' | -O2 -std=c11 -fPIC -shared -lm | abi %d header %016llx", (int)n, r.out,
+                         compiler_command(), MC_CPU_ABI_VERSION, (unsigned long long)header_digest());
                 dev->cc_known = true;
             }
         }
