@@ -228,8 +228,11 @@ MC_TEST(runner_finishes_what_one_dispatch_cannot)
     uint64_t iters = rt_calibrate_max(d, &u.params, 4.0 * RT_LIMIT_MS, 4000000);
     CHECK_GT(iters, 0);
 
-    /* The whole computation in one dispatch meets the limit. */
-    CHECK_STATUS(rt_plain(d, &u.params, iters, NULL, NULL), MC_ERR_TIMEOUT);
+    /* The whole computation in one dispatch meets the limit. (Doubled until
+     * it does: a calibration on a crowded host can come out pessimistic.) */
+    mc_status plain = MC_OK;
+    for (int i = 0; i < 6 && (plain = rt_plain(d, &u.params, iters, NULL, NULL)) == MC_OK; i++) iters *= 2;
+    CHECK_STATUS(plain, MC_ERR_TIMEOUT);
     /* Without a limit it is the right result. */
     uint32_t *want = malloc((RT_N + 1) * sizeof *want);
     CHECK(want);
@@ -388,33 +391,10 @@ MC_TEST(runner_backs_off_when_access_is_revoked)
     return 0;
 }
 
-static void ignore_value(void *user, mc_event *e, uint64_t value)
-{
-    (void)user;
-    (void)e;
-    (void)value;
-}
-
-/* Works around a race in the engine (notifier.c reads the device's lazily
- * made notifier without its lock): when the first command buffer of a
- * device fails alone, its completion can create the notifier while the
- * recreated queue already completes on another worker. Making it up front,
- * here, orders it before everything the runner does. */
-static mc_status make_notifier(mc_device *d)
-{
-    mc_event *e;
-    mc_status s = mc_event_create(d, 0, &e);
-    if (s == MC_OK) s = mc_event_notify(e, 1, ignore_value, NULL);
-    if (s == MC_OK) s = mc_event_signal(e, 1);
-    mc_event_release(e);
-    return s;
-}
-
 MC_TEST(runner_gives_up_naming_the_cause)
 {
     mc_device *d = mct_open_device(RT_LIMIT_MS);
     CHECK(d);
-    CHECK_OK(make_notifier(d));
     rt_user u = {{RT_N, 32, 0}, true, false, MC_OK, NULL, NULL, NULL, 0, 0};
     mc_runner_desc desc = rt_desc(d, &u, 100000);
     desc.max_recoveries = 3;
@@ -512,7 +492,10 @@ MC_TEST(runner_stop_condition_wastes_no_queued_chunk)
             (unsigned long long)st.chunks_after_stop);
     CHECK(st.stopped_early);
     CHECK_EQ(st.iterations, u.params.stop_at);
-    CHECK_GE(st.chunks_after_stop, 1);
+    /* On the cpu device the chunks are slower than queueing them, so some
+     * were always queued behind the stop. (A GPU may run this light kernel
+     * as fast as the CPU launches it: then none were, and none wasted.) */
+    if (mct_device_kind(d) == MC_DEVICE_CPU) CHECK_GE(st.chunks_after_stop, 1);
     /* The work counter says no iteration ran after the stop: the queued
      * chunks read an empty grid. */
     rt_params p = u.params;
@@ -700,22 +683,9 @@ MC_TEST(runner_gray_scott_command_survives_faults_byte_for_byte)
 {
     char dir[] = "/tmp/mc-runner-XXXXXX";
     CHECK(mkdtemp(dir));
-    char cmd[8192], a[4200], b[4200], supp[4200];
+    char cmd[8192], a[4200], b[4200];
     snprintf(a, sizeof a, "%s/A.png", dir);
     snprintf(b, sizeof b, "%s/B.png", dir);
-    /* ThreadSanitizer builds: a known race in the engine's notifier (see
-     * make_notifier) shows when the device reopened after device-lost@6
-     * fails at once; the command cannot work around it, so its report is
-     * suppressed for the command alone. Other builds ignore this. */
-    snprintf(supp, sizeof supp, "%s/tsan.supp", dir);
-    FILE *sf = fopen(supp, "w");
-    CHECK(sf);
-    fprintf(sf, "race:fire_matching\nrace:notifier_get\n");
-    fclose(sf);
-    const char *old_tsan = getenv("TSAN_OPTIONS");
-    char tsan[8192];
-    snprintf(tsan, sizeof tsan, "%s%ssuppressions=%s", old_tsan ? old_tsan : "", old_tsan ? " " : "", supp);
-    setenv("TSAN_OPTIONS", tsan, 1);
     int st = -1;
     snprintf(cmd, sizeof cmd, "%s/metal-compute run gray-scott --size 64 --steps 300 --out %s", MC_BINARY_DIR, a);
     char *out = run_command(cmd, &st);
@@ -754,7 +724,6 @@ MC_TEST(runner_gray_scott_command_survives_faults_byte_for_byte)
     free(out);
     unlink(a);
     unlink(b);
-    unlink(supp);
     rmdir(dir);
     return 0;
 }

@@ -691,6 +691,13 @@ mc_status mc_cmdbuf_wait(mc_cmdbuf *cb, uint64_t timeout_ns)
     return MC_OK;
 }
 
+/* The outcome is written before the final state is stored, so a command
+ * buffer whose state says finished has its status, times and pass states. */
+static bool finished(const mc_cmdbuf *cb)
+{
+    return atomic_load(&((mc_cmdbuf *)cb)->state) >= MC_CMDBUF_COMPLETED;
+}
+
 mc_cmdbuf_state mc_cmdbuf_get_state(const mc_cmdbuf *cb)
 {
     if (!mc__object_check(cb, MC__TAG_CMDBUF)) return MC_CMDBUF_ERROR;
@@ -701,8 +708,7 @@ mc_status mc_cmdbuf_status(const mc_cmdbuf *cb, const char **message)
 {
     MC__CHECK_HANDLE(cb, MC__TAG_CMDBUF, "command buffer");
     if (message) *message = "";
-    if (!atomic_load(&((mc_cmdbuf *)cb)->done))
-        return mc__fail(MC_ERR_INVALID_STATE, "command buffer '%s' has not finished", cb->base.label);
+    if (!finished(cb)) return mc__fail(MC_ERR_INVALID_STATE, "command buffer '%s' has not finished", cb->base.label);
     if (message) *message = cb->message;
     return cb->status;
 }
@@ -719,7 +725,7 @@ mc_status mc_cmdbuf_pass_info(const mc_cmdbuf *cb, size_t index, mc_pass_info *o
     if (index >= cb->npass)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "pass %zu of %u does not exist", index, cb->npass);
     out->label = cb->passes[index].label;
-    bool done = atomic_load(&((mc_cmdbuf *)cb)->done) && cb->sub.pass_state;
+    bool done = finished(cb) && cb->sub.pass_state;
     out->state = done ? cb->sub.pass_state[index] : MC_PASS_UNKNOWN;
     out->gpu_start_ns = done && cb->sub.pass_time ? cb->sub.pass_time[2 * index] : 0;
     out->gpu_end_ns = done && cb->sub.pass_time ? cb->sub.pass_time[2 * index + 1] : 0;
@@ -730,8 +736,7 @@ mc_status mc_cmdbuf_gpu_time(const mc_cmdbuf *cb, uint64_t *start_ns, uint64_t *
 {
     MC__CHECK_HANDLE(cb, MC__TAG_CMDBUF, "command buffer");
     if (!start_ns || !end_ns) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_cmdbuf_gpu_time: NULL output");
-    if (!atomic_load(&((mc_cmdbuf *)cb)->done))
-        return mc__fail(MC_ERR_INVALID_STATE, "command buffer '%s' has not finished", cb->base.label);
+    if (!finished(cb)) return mc__fail(MC_ERR_INVALID_STATE, "command buffer '%s' has not finished", cb->base.label);
     *start_ns = cb->sub.gpu_start_ns;
     *end_ns = cb->sub.gpu_end_ns;
     return MC_OK;

@@ -152,6 +152,15 @@ mc_status mc_device_open(const mc_device_desc *desc, mc_device **out)
     }
     d->info.kind = hal->kind;
     d->info.index = dd.index;
+    /* Made now, before any other thread can see the device; its thread
+     * starts on first use. */
+    if ((s = mc__notifier_create(d)) != MC_OK) {
+        hal->device_close(d->hd);
+        pthread_mutex_destroy(&d->lock);
+        free(d->base.label);
+        free(d);
+        return s;
+    }
     const char *faults = mc__env_str("MC_INJECT_FAULTS", NULL);
     if (faults && (s = schedule_faults(d, faults, 0)) != MC_OK) {
         mc__log(MC_LOG_ERROR, "device.bad_fault_spec", "MC_INJECT_FAULTS ignored: %s", mc_last_error());

@@ -154,6 +154,7 @@ void mc__object_release(mc__object *o);
 extern _Thread_local int mc__in_completion;
 
 /* notifier.c */
+mc_status mc__notifier_create(mc_device *d); /* at device open */
 mc_status mc__notifier_post(mc_device *d, mc__job *job);
 void mc__notifier_shutdown(mc_device *d);
 void mc__events_changed(mc_device *d, mc_event *e); /* fires reached notifications */

@@ -1,10 +1,11 @@
 /*
  * DOC: The notifier thread
  *
- * One thread per device, started on first use, runs everything the runtime
- * calls back: command-buffer completion callbacks, event notifications
- * (MTLSharedEventListener's role, F678) and deferred destruction. Callbacks
- * therefore never run on the thread that signalled or committed.
+ * One thread per device (made with the device, started on first use) runs
+ * everything the runtime calls back: command-buffer completion callbacks,
+ * event notifications (MTLSharedEventListener's role, F678) and deferred
+ * destruction. Callbacks therefore never run on the thread that signalled
+ * or committed.
  */
 #include "engine/engine.h"
 
@@ -31,20 +32,14 @@ struct mc__notifier {
     pthread_t thread;
 };
 
-static mc__notifier *notifier_get(mc_device *d)
+mc_status mc__notifier_create(mc_device *d)
 {
-    pthread_mutex_lock(&d->lock);
-    if (!d->notifier) {
-        mc__notifier *n = mc__calloc(1, sizeof *n);
-        if (n) {
-            pthread_mutex_init(&n->lock, NULL);
-            pthread_cond_init(&n->cond, NULL);
-        }
-        d->notifier = n;
-    }
-    mc__notifier *n = d->notifier;
-    pthread_mutex_unlock(&d->lock);
-    return n;
+    mc__notifier *n = mc__calloc(1, sizeof *n);
+    if (!n) return mc__fail(MC_ERR_NO_MEMORY, "cannot allocate the notifier");
+    pthread_mutex_init(&n->lock, NULL);
+    pthread_cond_init(&n->cond, NULL);
+    d->notifier = n;
+    return MC_OK;
 }
 
 static void *notifier_main(void *arg)
@@ -74,8 +69,8 @@ static void *notifier_main(void *arg)
 
 mc_status mc__notifier_post(mc_device *d, mc__job *job)
 {
-    mc__notifier *n = notifier_get(d);
-    if (!n) return mc__fail(MC_ERR_NO_MEMORY, "cannot allocate the notifier");
+    mc__notifier *n = d->notifier;
+    if (!n) return mc__fail(MC_ERR_INVALID_STATE, "the device's notifier has shut down");
     job->next = NULL;
     pthread_mutex_lock(&n->lock);
     if (!n->started) {
@@ -130,7 +125,7 @@ mc_status mc_event_notify(mc_event *e, uint64_t target, mc_event_fn fn, void *us
     MC__CHECK_HANDLE(e, MC__TAG_EVENT, "event");
     if (!fn) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_event_notify: fn is NULL");
     mc_device *d = e->base.device;
-    mc__notifier *n = notifier_get(d);
+    mc__notifier *n = d->notifier;
     mc__note *note = mc__calloc(1, sizeof *note);
     if (!n || !note) {
         free(note);
