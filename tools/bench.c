@@ -22,6 +22,7 @@ static const struct {
     {"stream", mc_bench_stream, "a stream with 1-4 slots vs fill, commit, wait per item (FIR blocks)"},
     {"pipeline-cache", mc_bench_pipeline_cache, "cold compile vs warm from memory vs warm from disk in a new process"},
     {"runner", mc_bench_runner, "gray-scott through the runner vs one uninterrupted command buffer"},
+    {"command-list", mc_bench_command_list, "50 dispatches from a recorded command list vs encoded each time"},
 };
 
 double mc_bench_now_us(void)
@@ -247,15 +248,27 @@ out:
 
 /* ---- output ----------------------------------------------------------- */
 
+/* "median ± spread unit"; the spread is left out where a row has none. */
+static void format_value(char *out, size_t cap, double v, double spread, const char *unit)
+{
+    int digits = v != 0 && fabs(v) < 0.1 ? 3 : 2;
+    if (spread > 0) snprintf(out, cap, "%.*f \u00b1 %.*f %s", digits, v, digits, spread, unit);
+    else snprintf(out, cap, "%.*f %s", digits, v, unit);
+}
+
 static void print_table(const mc_bench *b)
 {
-    printf("\n%-16s %-52s %12s %12s %-22s %8s\n", "benchmark", "metric", "ours", "baseline", "baseline is", "ratio");
+    /* ours and baseline: median ± interquartile range over repetitions */
+    printf("\n%-16s %-52s %24s %24s %-22s %8s\n", "benchmark", "metric", "ours (median \u00b1 IQR)",
+           "baseline (median \u00b1 IQR)", "baseline is", "ratio");
     for (int i = 0; i < b->nrows; i++) {
         const mc_bench_row *r = &b->rows[i];
-        char o[32], base[32];
-        snprintf(o, sizeof o, "%.2f %s", r->ours, r->unit);
-        snprintf(base, sizeof base, "%.2f %s", r->baseline, r->unit);
-        printf("%-16s %-52s %12s %12s %-22s %7.2fx\n", r->name, r->metric, o, base, r->baseline_name, ratio(r));
+        char o[64], base[64];
+        format_value(o, sizeof o, r->ours, r->ours_spread, r->unit);
+        format_value(base, sizeof base, r->baseline, r->baseline_spread, r->unit);
+        /* "\u00b1" is two bytes in one column: pad by bytes, one more */
+        int wo = 24 + (strstr(o, "\u00b1") != NULL), wb = 24 + (strstr(base, "\u00b1") != NULL);
+        printf("%-16s %-52s %*s %*s %-22s %7.2fx\n", r->name, r->metric, wo, o, wb, base, r->baseline_name, ratio(r));
     }
     printf("(ratio: how many times better ours is; above 1 means ours is better)\n");
 }
@@ -300,7 +313,11 @@ static int write_json(const mc_bench *b, const char *path)
 
 static void usage(void)
 {
-    printf("usage: metal-compute bench [--device D] [--only NAME[,NAME]] [--json FILE] [--reps N] [--quick]\n\n"
+    printf("usage: metal-compute bench [--device D] [--only NAME[,NAME]] [--json FILE] [--svg FILE] [--reps N]\n"
+           "                          [--quick] [--peers]\n\n"
+           "  --peers     also run round-trip, batching, saxpy and pipeline-cache through OpenCL (PoCL) and\n"
+           "              OpenMP on the same machine, as rows of their own (CPU device; OpenCL where installed)\n"
+           "  --svg FILE  draw the ratios as a bar chart (SVG)\n\n"
            "benchmarks:\n");
     for (size_t i = 0; i < sizeof benches / sizeof benches[0]; i++)
         printf("  %-16s %s\n", benches[i].name, benches[i].what);
@@ -321,7 +338,8 @@ static bool selected(const char *only, const char *name)
 
 int mc_cli_bench(int argc, char **argv)
 {
-    const char *device = NULL, *only = NULL, *json = NULL;
+    const char *device = NULL, *only = NULL, *json = NULL, *svg = NULL;
+    if (argc > 1 && !strcmp(argv[1], "__peer-child")) return mc_bench_peer_child(argc - 1, argv + 1);
     mc_bench *b = calloc(1, sizeof *b);
     if (!b) return 1;
     b->reps = 200;
@@ -342,6 +360,8 @@ int mc_cli_bench(int argc, char **argv)
             only = argv[++i];
         } else if (i + 1 < argc && !strcmp(a, "--json")) {
             json = argv[++i];
+        } else if (i + 1 < argc && !strcmp(a, "--svg")) {
+            svg = argv[++i];
         } else if (i + 1 < argc && !strcmp(a, "--reps")) {
             b->reps = atoi(argv[++i]);
             if (b->reps < 1) {
@@ -386,10 +406,14 @@ int mc_cli_bench(int argc, char **argv)
         if (benches[i].fn(b)) {
             fprintf(stderr, "metal-compute bench: %s failed\n", benches[i].name);
             rc = 1;
+        } else if (b->peers && mc_bench_peers(b, benches[i].name)) {
+            fprintf(stderr, "metal-compute bench: %s against its peers failed\n", benches[i].name);
+            rc = 1;
         }
     }
     print_table(b);
     if (json && write_json(b, json)) rc = 1;
+    if (svg && mc_bench_write_svg(b, svg)) rc = 1;
     mc_device_release(b->dev);
     free(b);
     return rc;

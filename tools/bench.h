@@ -50,5 +50,14 @@ int mc_bench_pipeline_cache(mc_bench *b);
 /* The new process pipeline-cache starts (`cache __bench-child`). */
 int mc_bench_pipeline_cache_child(int argc, char **argv);
 int mc_bench_runner(mc_bench *b);
+int mc_bench_command_list(mc_bench *b);
+
+/* --peers (tools/bench_peers.c): after benchmark `name` ran, adds the same
+ * work through its peers (OpenCL on PoCL, OpenMP) where it has them. */
+int mc_bench_peers(mc_bench *b, const char *name);
+/* The new processes bench --peers starts (`bench __peer-child ...`). */
+int mc_bench_peer_child(int argc, char **argv);
+/* --svg FILE (tools/bench_svg.c): the ratios as a bar chart. */
+int mc_bench_write_svg(const mc_bench *b, const char *path);
 
 #endif

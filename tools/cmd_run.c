@@ -6,25 +6,38 @@
  * PNG of the V chemical. The field is seeded from a fixed-seed generator, so
  * a run gives the same image every time on a device, also when faults are
  * injected: the runner restores its last checkpoint and replays.
+ *
+ * With --isolate the device work runs in a supervised worker process
+ * (docs/ISOLATION.md): this process never opens the device, and a worker
+ * that faults for good, dies or hangs is replaced. --fault-at-step is the
+ * test hook for that: the kernel writes out of bounds once, for real.
  */
 #include "cli.h"
 
 #include <png.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define GS_GROUP 16u
 
 typedef struct gs_params {
     uint32_t width, height;
-    float du, dv, feed, kill, dt, pad;
+    float du, dv, feed, kill, dt;
+    uint32_t fault_step; /* 1 + the step that writes out of bounds; 0 = none */
 } gs_params;
 
 typedef struct gs_job {
     uint32_t size;
     gs_params params;
     float *seed; /* the initial field, (u, v) pairs */
+    bool cached; /* build the kernel through the pipeline cache */
+    uint32_t fault_step;
+    /* Memory shared with every worker (MAP_SHARED before the run): set by
+     * the first setup that arms the fault, so it happens once per run. */
+    _Atomic uint32_t *fault_armed;
     mc_pipeline *pl;
     mc_buffer *a, *b;
     bool bar;    /* a progress bar on stderr */
@@ -60,11 +73,68 @@ static float *gs_seed(uint32_t n)
     return f;
 }
 
+/* The kernel through the pipeline cache: a restarted worker loads it from
+ * the on-disk archive instead of compiling it again. */
+static mc_pipeline *gs_cached_pipeline(mc_device *dev)
+{
+    mc_device_info info;
+    mc_device_get_info(dev, &info);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/gray_scott%s", mc_cli_kernel_dir(), mc_device_kernel_extension(info.kind));
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "metal-compute run: cannot read %s\n", path);
+        return NULL;
+    }
+    char *src = NULL;
+    size_t len = 0, cap = 0, n;
+    char buf[8192];
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) {
+        if (len + n + 1 > cap) {
+            cap = (len + n + 1) * 2;
+            char *grown = realloc(src, cap);
+            if (!grown) break;
+            src = grown;
+        }
+        memcpy(src + len, buf, n);
+        len += n;
+    }
+    fclose(f);
+    if (!src) return NULL;
+    src[len] = '\0';
+    mc_pipeline_source_desc d = MC_PIPELINE_SOURCE_DESC_INIT;
+    d.source = src;
+    d.source_len = len;
+    d.function = "gray_scott_step";
+    mc_pipeline *p = NULL;
+    char *log = NULL;
+    mc_status s = mc_pipeline_create_from_source(dev, &d, &p, &log);
+    if (s != MC_OK) {
+        mc_cli_fail(path, s);
+        if (log) fprintf(stderr, "%s\n", log);
+    }
+    mc_free(log);
+    free(src);
+    return p;
+}
+
+static void gs_job_free(gs_job *j)
+{
+    free(j->seed);
+    j->seed = NULL;
+    if (j->fault_armed) munmap((void *)j->fault_armed, sizeof *j->fault_armed);
+    j->fault_armed = NULL;
+}
+
 static mc_status gs_setup(void *user, mc_device *dev, mc_runner_binding *b)
 {
     gs_job *j = user;
-    j->pl = mc_cli_pipeline(dev, "gray_scott", "gray_scott_step");
+    j->pl = j->cached ? gs_cached_pipeline(dev) : mc_cli_pipeline(dev, "gray_scott", "gray_scott_step");
     if (!j->pl) return MC_ERR_COMPILE;
+    /* The test hook fires in the first setup's device only: a replacement
+     * worker (or a reopened device) runs the step cleanly. */
+    j->params.fault_step = 0;
+    if (j->fault_step && j->fault_armed && !atomic_exchange(j->fault_armed, 1u)) j->params.fault_step = j->fault_step;
     size_t bytes = (size_t)j->size * j->size * 2 * sizeof(float);
     mc_buffer_desc ad = {bytes, MC_STORAGE_PRIVATE, "gray-scott A", j->seed};
     mc_buffer_desc bd = {bytes, MC_STORAGE_PRIVATE, "gray-scott B", j->seed};
@@ -117,8 +187,10 @@ static void gs_progress(void *user, const mc_runner_progress *p)
     bar[30] = '\0';
     char eta[32] = "";
     if (p->eta_s >= 0) snprintf(eta, sizeof eta, "  %.1f s left", p->eta_s);
-    char retry[32] = "";
+    char retry[64] = "";
     if (p->recoveries) snprintf(retry, sizeof retry, "  %u recovered", p->recoveries);
+    if (p->worker_restarts)
+        snprintf(retry + strlen(retry), sizeof retry - strlen(retry), "  %u restarts", p->worker_restarts);
     j->bar_len = fprintf(stderr, "\r[%s] %3.0f%%  %llu/%llu steps  %.0f steps/s%s%s ", bar, frac * 100,
                          (unsigned long long)p->iterations, (unsigned long long)p->total_iterations, p->rate, eta,
                          retry);
@@ -175,7 +247,8 @@ static int write_png(const char *path, const uint8_t *rgb, uint32_t w, uint32_t 
 static void run_usage(void)
 {
     printf("usage: metal-compute run gray-scott [--device D] [--size N] [--steps N] [--budget-ms MS]\n"
-           "                                    [--out FILE.png] [--inject-faults KIND@N,...]\n\n"
+           "                                    [--checkpoint-ms MS] [--out FILE.png] [--inject-faults KIND@N,...]\n"
+           "                                    [--isolate [--deadline-ms MS] [--max-restarts N]] [--fault-at-step S]\n\n"
            "Runs a Gray-Scott reaction-diffusion simulation through the runner: chunks of work under a time\n"
            "budget, several in flight, checkpoints, and replay after a fault. Writes the final field as a PNG\n"
            "and prints a summary.\n\n"
@@ -183,9 +256,18 @@ static void run_usage(void)
            "  --size N              grid of N x N cells (default 256)\n"
            "  --steps N             time steps (default 10000)\n"
            "  --budget-ms MS        device time per command buffer (default 25)\n"
+           "  --checkpoint-ms MS    time between checkpoints (default 1000)\n"
            "  --out FILE.png        the image (default gray-scott.png)\n"
            "  --inject-faults SPEC  the Nth command buffer of the run fails with KIND: timeout, page-fault,\n"
-           "                        access-revoked, device-lost or internal (e.g. timeout@3,device-lost@6)\n");
+           "                        access-revoked, device-lost or internal (e.g. timeout@3,device-lost@6);\n"
+           "                        with --isolate also kill (the worker dies by SIGKILL) and hang (it stops\n"
+           "                        answering), N counted over the whole run (e.g. kill@5,hang@9,device-lost@12)\n"
+           "  --isolate             run the device work in a worker process that is replaced when it faults\n"
+           "                        for good, dies or hangs; this process never opens the device\n"
+           "  --deadline-ms MS      with --isolate: a worker silent this long is hung (default 10000)\n"
+           "  --max-restarts N      with --isolate: restarts in a row without progress (default 5)\n"
+           "  --fault-at-step S     test hook: step S writes out of bounds, once per run (CUDA: an illegal\n"
+           "                        address that poisons the process; cpu: SIGSEGV; metal: a page fault)\n");
 }
 
 static bool parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
@@ -200,8 +282,9 @@ static bool parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
 static int run_gray_scott(int argc, char **argv)
 {
     const char *device = NULL, *out = "gray-scott.png", *faults = NULL;
-    uint32_t size = 256, steps = 10000;
-    double budget = 0;
+    uint32_t size = 256, steps = 10000, max_restarts = 0, fault_at = 0;
+    double budget = 0, checkpoint = 0, deadline = 0;
+    bool isolate = false, fault_set = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -226,6 +309,33 @@ static int run_gray_scott(int argc, char **argv)
                 fprintf(stderr, "metal-compute run: --budget-ms takes a number of milliseconds above 0\n");
                 return 2;
             }
+        } else if (i + 1 < argc && !strcmp(a, "--checkpoint-ms")) {
+            char *end;
+            checkpoint = strtod(argv[++i], &end);
+            if (*end || !(checkpoint > 0 && checkpoint <= 3600000)) {
+                fprintf(stderr, "metal-compute run: --checkpoint-ms takes a number of milliseconds above 0\n");
+                return 2;
+            }
+        } else if (!strcmp(a, "--isolate")) {
+            isolate = true;
+        } else if (i + 1 < argc && !strcmp(a, "--deadline-ms")) {
+            char *end;
+            deadline = strtod(argv[++i], &end);
+            if (*end || !(deadline >= 250 && deadline <= 3600000)) {
+                fprintf(stderr, "metal-compute run: --deadline-ms takes 250 to 3600000 milliseconds\n");
+                return 2;
+            }
+        } else if (i + 1 < argc && !strcmp(a, "--max-restarts")) {
+            if (!parse_u32(argv[++i], 1, 1000, &max_restarts)) {
+                fprintf(stderr, "metal-compute run: --max-restarts takes 1 to 1000\n");
+                return 2;
+            }
+        } else if (i + 1 < argc && !strcmp(a, "--fault-at-step")) {
+            if (!parse_u32(argv[++i], 0, 2000000000u, &fault_at)) {
+                fprintf(stderr, "metal-compute run: --fault-at-step takes a step number\n");
+                return 2;
+            }
+            fault_set = true;
         } else if (i + 1 < argc && !strcmp(a, "--out")) {
             out = argv[++i];
         } else if (i + 1 < argc && !strcmp(a, "--inject-faults")) {
@@ -235,6 +345,15 @@ static int run_gray_scott(int argc, char **argv)
             run_usage();
             return 2;
         }
+    }
+
+    if (!isolate && (deadline > 0 || max_restarts > 0)) {
+        fprintf(stderr, "metal-compute run: --deadline-ms and --max-restarts need --isolate\n");
+        return 2;
+    }
+    if (fault_set && fault_at >= steps) {
+        fprintf(stderr, "metal-compute run: --fault-at-step must be below --steps (%u)\n", steps);
+        return 2;
     }
 
     /* A long run should not end in "cannot write". */
@@ -250,21 +369,44 @@ static int run_gray_scott(int argc, char **argv)
     memset(&job, 0, sizeof job);
     job.size = size;
     /* Karl Sims's coral: grows from the seeds until it fills the field. */
-    job.params = (gs_params){size, size, 1.0f, 0.5f, 0.0545f, 0.062f, 1.0f, 0.0f};
+    job.params = (gs_params){size, size, 1.0f, 0.5f, 0.0545f, 0.062f, 1.0f, 0u};
     job.bar = mc_cli_isatty(stderr);
     job.seed = gs_seed(size);
     if (!job.seed) return mc_cli_fail("gray-scott", MC_ERR_NO_MEMORY);
-
-    mc_device *dev = mc_cli_open_device(device, 0);
-    if (!dev) {
-        free(job.seed);
-        return 1;
+    job.cached = isolate;
+    if (fault_set) {
+        job.fault_step = fault_at + 1;
+        void *page = mmap(NULL, sizeof *job.fault_armed, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (page == MAP_FAILED) {
+            gs_job_free(&job);
+            return mc_cli_fail("gray-scott", MC_ERR_NO_MEMORY);
+        }
+        job.fault_armed = page;
     }
+
+    /* Isolated, the worker opens the device; this process never does. */
+    mc_device *dev = NULL;
     mc_device_info info;
-    mc_device_get_info(dev, &info);
+    memset(&info, 0, sizeof info);
+    mc_isolate_desc iso = MC_ISOLATE_DESC_INIT;
+    if (isolate) {
+        iso.device = device;
+        iso.deadline_ms = deadline;
+        iso.max_restarts = max_restarts;
+        iso.inject_faults = faults;
+    } else {
+        dev = mc_cli_open_device(device, 0);
+        if (!dev) {
+            gs_job_free(&job);
+            return 1;
+        }
+        mc_device_get_info(dev, &info);
+    }
 
     mc_runner_desc desc = MC_RUNNER_DESC_INIT;
     desc.device = dev;
+    desc.isolate = isolate ? &iso : NULL;
+    desc.checkpoint_ms = checkpoint;
     desc.setup = gs_setup;
     desc.teardown = gs_teardown;
     desc.user = &job;
@@ -280,17 +422,18 @@ static int run_gray_scott(int argc, char **argv)
     mc_runner *r = NULL;
     mc_status s = mc_runner_create(&desc, &r);
     if (s != MC_OK) {
-        mc_cli_fail("gray-scott", s);
+        mc_cli_fail(s == MC_ERR_INVALID_ARGUMENT && isolate && faults ? "--inject-faults" : "gray-scott", s);
         mc_device_release(dev);
-        free(job.seed);
-        return 1;
+        gs_job_free(&job);
+        return s == MC_ERR_INVALID_ARGUMENT ? 2 : 1;
     }
-    /* Counted from here: the runner's command buffers are the only ones. */
-    if (faults && (s = mc_device_inject_faults(dev, faults)) != MC_OK) {
+    /* Counted from here: the runner's command buffers are the only ones.
+     * (Isolated, the worker schedules them, counted over the whole run.) */
+    if (!isolate && faults && (s = mc_device_inject_faults(dev, faults)) != MC_OK) {
         mc_cli_fail("--inject-faults", s);
         mc_runner_release(r);
         mc_device_release(dev);
-        free(job.seed);
+        gs_job_free(&job);
         return 2;
     }
     mc_device_release(dev); /* the runner holds its own (and replaces it after a loss) */
@@ -298,10 +441,13 @@ static int run_gray_scott(int argc, char **argv)
     s = mc_runner_run(r);
     mc_runner_stats st;
     mc_runner_get_stats(r, &st);
+    mc_isolate_stats ist;
+    memset(&ist, 0, sizeof ist);
+    if (isolate && mc_runner_get_isolate_stats(r, &ist) == MC_OK) info = ist.device;
     if (s != MC_OK) {
         mc_cli_fail("gray-scott", s);
         mc_runner_release(r);
-        free(job.seed);
+        gs_job_free(&job);
         return 1;
     }
 
@@ -330,6 +476,16 @@ static int run_gray_scott(int argc, char **argv)
             printf(" (timeout %u, page fault %u, access revoked %u, device lost %u, internal %u, other %u)",
                    st.timeouts, st.page_faults, st.access_revoked, st.devices_lost, st.internal_errors,
                    st.victims + st.other_errors);
+        if (isolate) {
+            printf("\n  worker restarts %u", st.worker_restarts);
+            if (st.worker_restarts)
+                printf(" (device error %u, died %u, hung %u)", ist.device_errors, ist.deaths, ist.hangs);
+            if (ist.restart_ms_last > 0)
+                printf("\n  restart cost %.1f ms from the fault to progress (reap %.1f, start %.1f, resume %.1f);"
+                       " %.1f mean, %.1f max; %.1f ms without progress",
+                       ist.restart_ms_last, ist.reap_ms_last, ist.ready_ms_last, ist.resume_ms_last,
+                       ist.restart_ms_mean, ist.restart_ms_max, ist.outage_ms_last);
+        }
         printf("\n  steps/s      %.0f\n", secs > 0 ? (double)st.iterations / secs : 0);
         printf("  time         %.2f s\n", secs);
         printf("  image        %s\n", out);
@@ -337,7 +493,7 @@ static int run_gray_scott(int argc, char **argv)
     free(field);
     free(rgb);
     mc_runner_release(r);
-    free(job.seed);
+    gs_job_free(&job);
     return rc;
 }
 

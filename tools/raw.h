@@ -27,7 +27,9 @@ typedef struct mc_raw_ops {
     void (*close)(void *impl);
     int (*round_trip)(void *impl);
     /* optional: `passes` small launches; mode 0 = wait after each, 1 = back
-     * to back then wait, 2 = one recorded graph. */
+     * to back then wait, 2 = one recorded graph; 3 = launch that graph
+     * without waiting, 4 = wait for what was launched (3 and 4 split mode
+     * 2, so a benchmark can time the launch call alone). */
     int (*batch)(void *impl, int passes, int mode);
     /* optional: y = a*x + y over n floats in the baseline's own memory,
      * run and waited for. */

@@ -193,11 +193,13 @@ static int launch_add(raw_cuda *r)
 }
 
 /* mode 0: synchronise after each launch; 1: back to back, one sync;
- * 2: one CUDA graph of all launches. */
+ * 2: one CUDA graph of all launches; 3: launch that graph, no sync;
+ * 4: synchronise only. */
 static int raw_cuda_batch(void *impl, int passes, int mode)
 {
     raw_cuda *r = impl;
-    if (mode == 2) {
+    if (mode == 4) return r->sync(r->stream) ? -1 : 0;
+    if (mode == 2 || mode == 3) {
         if (!r->graph50) {
             CUgraph g;
             if (r->begin_capture(r->stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)) return -1;
@@ -206,6 +208,7 @@ static int raw_cuda_batch(void *impl, int passes, int mode)
             r->graph_destroy(g);
         }
         if (r->graph_launch(r->graph50, r->stream)) return -1;
+        if (mode == 3) return 0;
         return r->sync(r->stream) ? -1 : 0;
     }
     for (int i = 0; i < passes; i++) {

@@ -15,8 +15,13 @@
  *   [0] float *a        width*height (u, v) pairs
  *   [1] float *b        width*height (u, v) pairs
  *   [2] iteration bytes { uint64 first; uint32 count; uint32 pad }
- *   [3] parameter bytes { uint32 width, height; float du, dv, feed, kill, dt, pad }
+ *   [3] parameter bytes { uint32 width, height; float du, dv, feed, kill, dt; uint32 fault_step }
  * Grid: 2-D, 16x16 threadgroups covering width x height.
+ *
+ * fault_step is a test hook (`run gray-scott --fault-at-step S`): when it
+ * is S + 1, step S writes far outside its buffers, a real fault. Here that
+ * is an address no process can map, so the process dies of SIGSEGV; an
+ * isolated run loses a worker and goes on (docs/ISOLATION.md). 0: never.
  */
 #include <mc/mc_cpu_kernel.h>
 
@@ -28,7 +33,8 @@ typedef struct gs_iteration {
 
 typedef struct gs_params {
     uint32_t width, height;
-    float du, dv, feed, kill, dt, pad;
+    float du, dv, feed, kill, dt;
+    uint32_t fault_step;
 } gs_params;
 
 MC_KERNEL(gray_scott_step, 4)
@@ -40,6 +46,12 @@ MC_KERNEL(gray_scott_step, 4)
     if (iter->count == 0) return;
     const float *src = (iter->first & 1u) ? b : a;
     float *dst = (iter->first & 1u) ? a : b;
+    if (p->fault_step && iter->first + 1 == p->fault_step) {
+        /* Bit 55 set: outside every process's address space (non-canonical
+         * on x86-64, the kernel's half on arm64). */
+        volatile float *wild = (volatile float *)((uintptr_t)dst | ((uintptr_t)1 << 55));
+        *wild = 1.0f;
+    }
     const uint32_t w = p->width, h = p->height;
     MC_FOR_EACH_THREAD_2D(ctx, x, y) {
         if (x >= w || y >= h) continue;

@@ -4,10 +4,14 @@
  *   [0] float *a        width*height (u, v) pairs
  *   [1] float *b        width*height (u, v) pairs
  *   [2] iteration bytes { uint64 first; uint32 count; uint32 pad }
- *   [3] parameter bytes { uint32 width, height; float du, dv, feed, kill, dt, pad }
+ *   [3] parameter bytes { uint32 width, height; float du, dv, feed, kill, dt; uint32 fault_step }
  * Grid: 2-D, 16x16 threadgroups covering width x height. No atomics, no
  * reductions: runs on one device give the same bits; across devices the last
  * bits may differ (fused multiply-adds).
+ *
+ * fault_step (a test hook, `run gray-scott --fault-at-step S`): when it is
+ * S + 1, thread (0, 0) of step S writes 4 TiB past its buffer: an illegal
+ * address, which poisons the CUDA context for the whole process. 0: never.
  */
 
 struct gs_iteration {
@@ -18,7 +22,8 @@ struct gs_iteration {
 
 struct gs_params {
     unsigned int width, height;
-    float du, dv, feed, kill, dt, pad;
+    float du, dv, feed, kill, dt;
+    unsigned int fault_step;
 };
 
 extern "C" __global__ void gray_scott_step(float *a, float *b, gs_iteration iter, gs_params p)
@@ -30,6 +35,10 @@ extern "C" __global__ void gray_scott_step(float *a, float *b, gs_iteration iter
     unsigned int x = blockIdx.x * blockDim.x + threadIdx.x;
     unsigned int y = blockIdx.y * blockDim.y + threadIdx.y;
     if (x >= w || y >= h) return;
+    if (p.fault_step && iter.first + 1ull == p.fault_step && x == 0 && y == 0) {
+        volatile float *wild = dst + (1ull << 40);
+        *wild = 1.0f;
+    }
     unsigned int xl = x ? x - 1 : w - 1, xr = x + 1 < w ? x + 1 : 0;
     unsigned int yu = y ? y - 1 : h - 1, yd = y + 1 < h ? y + 1 : 0;
     const float *r0 = src + 2u * (size_t)yu * w, *r1 = src + 2u * (size_t)y * w, *r2 = src + 2u * (size_t)yd * w;

@@ -4,8 +4,12 @@
  *   [0] float *a        width*height (u, v) pairs
  *   [1] float *b        width*height (u, v) pairs
  *   [2] iteration bytes { uint64 first; uint32 count; uint32 pad }
- *   [3] parameter bytes { uint32 width, height; float du, dv, feed, kill, dt, pad }
+ *   [3] parameter bytes { uint32 width, height; float du, dv, feed, kill, dt; uint32 fault_step }
  * Grid: 2-D, 16x16 threadgroups covering width x height.
+ *
+ * fault_step (a test hook, `run gray-scott --fault-at-step S`): when it is
+ * S + 1, thread (0, 0) of step S writes 64 GiB past its buffer, which the
+ * GPU reports as a page fault. 0: never.
  */
 #include <metal_stdlib>
 using namespace metal;
@@ -18,7 +22,8 @@ struct gs_iteration {
 
 struct gs_params {
     uint width, height;
-    float du, dv, feed, kill, dt, pad;
+    float du, dv, feed, kill, dt;
+    uint fault_step;
 };
 
 kernel void gray_scott_step(device float *a [[buffer(0)]],
@@ -33,6 +38,10 @@ kernel void gray_scott_step(device float *a [[buffer(0)]],
     const uint w = p.width, h = p.height;
     uint x = gid.x, y = gid.y;
     if (x >= w || y >= h) return;
+    if (p.fault_step != 0 && iter.first + 1 == ulong(p.fault_step) && x == 0 && y == 0) {
+        volatile device float *wild = dst + (ulong(1) << 34);
+        *wild = 1.0f;
+    }
     uint xl = x ? x - 1 : w - 1, xr = x + 1 < w ? x + 1 : 0;
     uint yu = y ? y - 1 : h - 1, yd = y + 1 < h ? y + 1 : 0;
     device const float *r0 = src + 2u * yu * w;

@@ -69,7 +69,8 @@ extern "C" {
     X(ERR_VALIDATION, 107, "refused by validation")                                \
     X(ERR_WAIT_TIMEOUT, 108, "wait timed out")                                     \
     X(ERR_CANCELLED, 109, "cancelled")                                             \
-    X(ERR_NO_MEMORY, 110, "out of host memory")
+    X(ERR_NO_MEMORY, 110, "out of host memory")                                    \
+    X(ERR_WORKER_LOST, 111, "the worker process died or stopped answering, past the restart bound")
 
 typedef enum mc_status {
 #define MC__STATUS_ENUM(name, value, text) MC_##name = value,
@@ -365,7 +366,10 @@ MC_API mc_status mc_pass_set_bytes(mc_pass *p, uint32_t index, const void *data,
 MC_API mc_status mc_pass_set_threadgroup_memory(mc_pass *p, uint32_t index, size_t len);
 MC_API mc_status mc_pass_dispatch(mc_pass *p, mc_size3 threadgroups, mc_size3 threads_per_threadgroup);
 /* The threadgroup grid is read at execution time from three uint32 at
- * b+offset (F148). A zero count does nothing. */
+ * b+offset (F148), so a kernel earlier in the same command buffer may write
+ * it. A zero count does nothing. In validation mode a count over
+ * MC_INDIRECT_MAX_GROUPS_* (mc/mc_cmdlist.h) fails the pass with
+ * MC_ERR_VALIDATION instead of running. */
 MC_API mc_status mc_pass_dispatch_indirect(mc_pass *p, mc_buffer *b, size_t offset, mc_size3 threads_per_threadgroup);
 /* Orders the dispatches before it against those after it within the pass. */
 MC_API mc_status mc_pass_barrier(mc_pass *p);
@@ -443,5 +447,9 @@ MC_API mc_status mc_event_notify(mc_event *e, uint64_t target, mc_event_fn fn, v
 #include "mc_runner.h"
 
 #include "mc_stream.h"
+
+#include "mc_isolate.h"
+
+#include "mc_cmdlist.h"
 
 #endif

@@ -60,16 +60,22 @@ typedef struct mc_cpu_ctx mc_cpu_ctx;
 #define MC_ARG_SIZE(ctx, i) ((ctx)->args[(i)].size)
 
 /* Threads of the group in x-fastest order; tid is the global x index,
- * lid the flattened index within the group. For 1-D grids. */
+ * lid the flattened index within the group. For 1-D grids. The group's
+ * size and base are read once, into locals: a kernel's stores through a
+ * uint32_t pointer could otherwise alias ctx and force a reload of both
+ * every iteration. */
 #define MC_FOR_EACH_THREAD(ctx, tid)                                                          \
-    for (uint32_t mc__lid = 0, tid = (ctx)->group_id[0] * (ctx)->group_size[0];              \
-         mc__lid < (ctx)->group_size[0]; ++mc__lid, tid = (ctx)->group_id[0] * (ctx)->group_size[0] + mc__lid)
+    for (uint32_t mc__lid = 0, mc__n = (ctx)->group_size[0], mc__base = (ctx)->group_id[0] * mc__n, \
+                  tid = mc__base;                                                             \
+         mc__lid < mc__n; ++mc__lid, tid = mc__base + mc__lid)
 
 /* 2-D: gx, gy are the global thread coordinates. */
 #define MC_FOR_EACH_THREAD_2D(ctx, gx, gy)                                                     \
-    for (uint32_t mc__ly = 0, gy = (ctx)->group_id[1] * (ctx)->group_size[1];                 \
-         mc__ly < (ctx)->group_size[1]; ++mc__ly, gy = (ctx)->group_id[1] * (ctx)->group_size[1] + mc__ly) \
-        for (uint32_t mc__lx = 0, gx = (ctx)->group_id[0] * (ctx)->group_size[0];             \
-             mc__lx < (ctx)->group_size[0]; ++mc__lx, gx = (ctx)->group_id[0] * (ctx)->group_size[0] + mc__lx)
+    for (uint32_t mc__ly = 0, mc__ny = (ctx)->group_size[1], mc__by = (ctx)->group_id[1] * mc__ny, \
+                  gy = mc__by;                                                                 \
+         mc__ly < mc__ny; ++mc__ly, gy = mc__by + mc__ly)                                      \
+        for (uint32_t mc__lx = 0, mc__nx = (ctx)->group_size[0], mc__bx = (ctx)->group_id[0] * mc__nx, \
+                      gx = mc__bx;                                                             \
+             mc__lx < mc__nx; ++mc__lx, gx = mc__bx + mc__lx)
 
 #endif

@@ -111,12 +111,34 @@ typedef struct mc_runner_progress {
     uint64_t chunks;           /* command buffers completed */
     uint32_t recoveries;
     bool done;                 /* the last call of the run */
+    uint32_t worker_restarts;  /* isolated runs: worker processes restarted so far (mc/mc_isolate.h) */
 } mc_runner_progress;
 
 /* Called on the thread running mc_runner_run, between chunks, at most every
  * progress_interval_ms and once more at the end (done = true). Keep it
  * short: the device is fed from this thread. */
 typedef void (*mc_runner_progress_fn)(void *user, const mc_runner_progress *p);
+
+/* Called on the thread running mc_runner_run each time a checkpoint has
+ * been copied into host memory: state[i] holds sizes[i] bytes of state
+ * buffer i after `iteration` iterations; the pointers are valid until it
+ * returns. Not called for the checkpoint of iteration 0 that
+ * mc_runner_create takes, nor for a checkpoint taken where the kernel
+ * stopped (it is not used). For keeping checkpoints outside the runner: the
+ * isolation layer mirrors them into memory its supervisor shares. Keep it
+ * short: the device is fed from this thread. */
+typedef void (*mc_runner_checkpoint_fn)(void *user, uint64_t iteration, const void *const *state,
+                                        const size_t *sizes, uint32_t count);
+
+/* mc_runner_desc.flags */
+/* After MC_ERR_DEVICE_LOST do not reopen the device: mc_runner_run returns
+ * MC_ERR_DEVICE_LOST at once, with the last good state in host memory
+ * (mc_runner_state_read). For a process that cannot reopen its device (a
+ * CUDA context poisoned by a kernel fault) and is replaced instead: the
+ * isolation layer sets it in its worker. */
+#define MC_RUNNER_NO_REOPEN 0x1u
+
+struct mc_isolate_desc; /* mc/mc_isolate.h */
 
 typedef struct mc_runner_desc {
     mc_device *device;               /* required; the runner keeps its own reference (replaced after a loss) */
@@ -140,9 +162,19 @@ typedef struct mc_runner_desc {
     void *progress_user;
     double progress_interval_ms;     /* 0 = 100 ms */
     const char *label;               /* names the command buffers ("LABEL chunk N") */
+    mc_runner_checkpoint_fn on_checkpoint; /* optional */
+    void *checkpoint_user;
+    uint32_t flags;                  /* MC_RUNNER_* */
+    /* Not NULL: an isolated run (mc/mc_isolate.h, docs/ISOLATION.md). The
+     * device work runs in a worker process the library starts and
+     * supervises; device must then be NULL (the worker opens
+     * isolate->device), setup and teardown run in the worker, progress in
+     * the caller's process. */
+    const struct mc_isolate_desc *isolate;
 } mc_runner_desc;
 #define MC_RUNNER_DESC_INIT                                                                                  \
-    {NULL, NULL, NULL, NULL, {0, 0, 0}, {0, 0, 0}, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0, NULL}
+    {NULL, NULL, NULL, NULL, {0, 0, 0}, {0, 0, 0}, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0, NULL,   \
+     NULL, NULL, 0, NULL}
 
 typedef struct mc_runner_stats {
     uint64_t iterations;        /* done (the stop iteration after an early stop) */
@@ -162,6 +194,7 @@ typedef struct mc_runner_stats {
     mc_status last_failure;     /* MC_OK if none */
     bool stopped_early;         /* the kernel set the stop condition */
     bool cancelled;
+    uint32_t worker_restarts;   /* isolated runs: worker processes restarted (details: mc_runner_get_isolate_stats) */
 } mc_runner_stats;
 
 /* Validates desc, opens nothing new: uses desc->device, creates the queue,
@@ -169,8 +202,23 @@ typedef struct mc_runner_stats {
  * state setup made into host memory: the checkpoint of iteration 0 (so the
  * state must be complete when setup returns). Errors:
  * MC_ERR_INVALID_ARGUMENT (with the field named), setup's error, device
- * errors. */
+ * errors. With desc->isolate (device NULL) it starts the launcher and the
+ * first worker process and waits until that worker has opened the device
+ * and run setup, so the same errors come back; MC_ERR_INVALID_STATE when a
+ * device that is not fork-safe was used in this process first
+ * (mc/mc_isolate.h). */
 MC_API mc_status mc_runner_create(const mc_runner_desc *desc, mc_runner **out);
+/* Before mc_runner_run: start the run at `iteration` from the given state
+ * instead of the state setup made. state[i] points to
+ * mc_runner_state_size(r, i) bytes for each of the count state buffers;
+ * they are written to the device and become the last good checkpoint, so a
+ * fault replays from there. For resuming work saved from an earlier run
+ * (the isolation layer restores its shared checkpoint this way). Progress
+ * and the stop condition continue from iteration; total_iterations still
+ * ends the run. Errors: MC_ERR_INVALID_ARGUMENT (count, NULL state,
+ * iteration past total_iterations), MC_ERR_INVALID_STATE (after the run
+ * began), device errors. */
+MC_API mc_status mc_runner_restore(mc_runner *r, uint64_t iteration, const void *const *state, uint32_t count);
 /* Runs to the end: total_iterations, or the kernel's stop condition.
  * Blocks the calling thread. Returns MC_OK; MC_ERR_CANCELLED after
  * mc_runner_cancel; or the error that exhausted the recoveries, with
@@ -184,11 +232,14 @@ MC_API mc_status mc_runner_cancel(mc_runner *r);
 /* Thread-safe; during a run gives the figures so far. */
 MC_API mc_status mc_runner_get_stats(const mc_runner *r, mc_runner_stats *out);
 /* Copies len bytes from the start of state buffer index (any storage).
- * After a run, the final state; not during a run. */
+ * After a run, the final state; not during a run. An isolated runner reads
+ * it from shared memory after its run (the last good checkpoint when the
+ * run failed) and returns MC_ERR_INVALID_STATE before. */
 MC_API mc_status mc_runner_state_read(mc_runner *r, uint32_t index, void *dst, size_t len);
 /* Size of state buffer index; 0 for a bad runner or index. */
 MC_API size_t mc_runner_state_size(const mc_runner *r, uint32_t index);
-/* The device the runner uses now (borrowed: a loss replaces it). */
+/* The device the runner uses now (borrowed: a loss replaces it). NULL for
+ * an isolated runner: its device is in its worker process. */
 MC_API mc_device *mc_runner_device(const mc_runner *r);
 /* Calls teardown, releases everything the runner made and its device
  * reference. Not while mc_runner_run runs. NULL is a no-op. */

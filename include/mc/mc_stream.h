@@ -117,6 +117,15 @@ typedef struct mc_stream_result {
  * release the stream. */
 typedef void (*mc_stream_result_fn)(void *user, const mc_stream_result *r);
 
+/* mc_stream_desc.flags */
+/* After MC_ERR_DEVICE_LOST do not reopen the device: the stream dies at
+ * once with MC_ERR_DEVICE_LOST (every item not finished is delivered with
+ * it). For a process that is replaced instead: the isolation layer sets it
+ * in its worker, whose supervisor then resubmits those items to a new one. */
+#define MC_STREAM_NO_REOPEN 0x1u
+
+struct mc_isolate_desc; /* mc/mc_isolate.h */
+
 typedef struct mc_stream_desc {
     mc_device *device;              /* required; the stream keeps its own reference (replaced after a loss) */
     mc_stream_setup_fn setup;       /* required */
@@ -129,8 +138,16 @@ typedef struct mc_stream_desc {
     void *result_user;              /* passed to on_result */
     uint32_t max_retries;           /* resubmissions of an item that fails itself; 0 = 3 */
     const char *label;              /* names the command buffers ("LABEL item N") */
+    uint32_t flags;                 /* MC_STREAM_* */
+    /* Not NULL: an isolated stream (mc/mc_isolate.h, docs/ISOLATION.md).
+     * The device side runs in a worker process the library starts and
+     * supervises; device must then be NULL (the worker opens
+     * isolate->device). Slots live in memory shared with the worker; setup
+     * and teardown run in the worker, on_result in the caller's process on
+     * the stream's thread. */
+    const struct mc_isolate_desc *isolate;
 } mc_stream_desc;
-#define MC_STREAM_DESC_INIT {NULL, NULL, NULL, NULL, 0, 0, 0, NULL, NULL, 0, NULL}
+#define MC_STREAM_DESC_INIT {NULL, NULL, NULL, NULL, 0, 0, 0, NULL, NULL, 0, NULL, 0, NULL}
 
 /* What a producer fills. */
 typedef struct mc_stream_slot {
@@ -152,11 +169,17 @@ typedef struct mc_stream_stats {
     uint32_t slots_in_use;   /* not free now */
     uint32_t max_in_flight;  /* most items committed and unfinished at once */
     mc_status last_failure;  /* MC_OK if none */
+    uint32_t worker_restarts; /* isolated streams: worker processes restarted (mc_stream_get_isolate_stats) */
 } mc_stream_stats;
 
 /* Validates desc, calls setup, makes the queue, the timeline event and the
  * slots' buffers (shared storage), and starts the stream's thread. Errors:
- * MC_ERR_INVALID_ARGUMENT (the field named), setup's error, device errors. */
+ * MC_ERR_INVALID_ARGUMENT (the field named), setup's error, device errors.
+ * With desc->isolate (device NULL) the slots are shared memory, and it
+ * starts the launcher and the first worker process, which opens the device
+ * and runs setup (so the same errors come back), then the stream's thread;
+ * MC_ERR_INVALID_STATE when a device that is not fork-safe was used in
+ * this process first (mc/mc_isolate.h). */
 MC_API mc_status mc_stream_create(const mc_stream_desc *desc, mc_stream **out);
 
 /* A free slot to fill. timeout_ns 0 returns at once, MC_WAIT_FOREVER waits
@@ -201,7 +224,8 @@ MC_API mc_status mc_stream_close(mc_stream *s, bool drain);
 
 /* Thread-safe, any time. */
 MC_API mc_status mc_stream_get_stats(const mc_stream *s, mc_stream_stats *out);
-/* The device the stream uses now (borrowed: a loss replaces it). */
+/* The device the stream uses now (borrowed: a loss replaces it). NULL for
+ * an isolated stream: its device is in its worker process. */
 MC_API mc_device *mc_stream_device(const mc_stream *s);
 
 /* Closes with cancel if not closed, stops the stream's thread, calls

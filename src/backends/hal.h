@@ -22,7 +22,7 @@
 
 #include "mc/mc.h"
 
-#define MC__HAL_VERSION 1
+#define MC__HAL_VERSION 2 /* 2: command lists, MC__OP_EXECUTE_LIST, MC__SUBMIT_VALIDATION */
 
 /* ---- the command stream ------------------------------------------------ */
 
@@ -37,7 +37,8 @@ typedef enum mc__op {
     MC__OP_COPY = 8,           /* u.copy (alone in a copy pass) */
     MC__OP_FILL = 9,           /* u.fill (alone in a copy pass) */
     MC__OP_SIGNAL = 10,        /* u.event (alone in a sync pass) */
-    MC__OP_WAIT = 11           /* u.event (alone in a sync pass) */
+    MC__OP_WAIT = 11,          /* u.event (alone in a sync pass) */
+    MC__OP_EXECUTE_LIST = 12   /* u.exec (alone in a compute pass; HAL version 2) */
 } mc__op;
 
 typedef struct mc__cmd {
@@ -53,6 +54,12 @@ typedef struct mc__cmd {
         struct { void *src; size_t src_offset; void *dst; size_t dst_offset; size_t len; } copy;
         struct { void *buffer; size_t offset; size_t len; uint8_t value; } fill;
         struct { void *event; uint64_t value; } event;
+        /* Commands [first, first+count) of a backend command list (count
+         * already clamped to it); with range_buffer, {first, count} are
+         * instead two uint32 read on the device at range_buffer +
+         * range_offset when the pass starts, and clamped to the list's
+         * command count there (range_host: their CPU address, or NULL). */
+        struct { void *list; uint32_t first, count; void *range_buffer; size_t range_offset; void *range_host; } exec;
     } u;
 } mc__cmd;
 
@@ -80,7 +87,7 @@ struct mc__submission {
     const uint8_t *bytes; /* arena for SET_BYTES */
     const mc__pass *passes;
     uint32_t npass;
-    uint32_t flags; /* MC_CMDBUF_* */
+    uint32_t flags; /* MC_CMDBUF_* and MC__SUBMIT_* */
     const char *label;
     /* Fault injection: when inject != MC_OK the backend runs passes
      * [0, inject_pass), then fails with `inject` as if pass inject_pass had
@@ -101,6 +108,39 @@ struct mc__submission {
     void (*complete)(mc__submission *sub);  /* exactly once */
     void *owner;
 };
+
+/* mc__submission.flags beyond the public MC_CMDBUF_* bits. */
+/* Validation mode was on at commit: threadgroup counts an indirect dispatch
+ * reads on the device that exceed MC_INDIRECT_MAX_GROUPS_X / _YZ fail its
+ * pass with MC_ERR_VALIDATION and a message naming the pass, and the
+ * dispatch does not run. */
+#define MC__SUBMIT_VALIDATION (1u << 16)
+
+/* ---- command lists (HAL version 2) --------------------------------------
+ *
+ * What the engine hands cmdlist_create: a recording frozen by
+ * mc_cmdlist_end, as self-contained groups, one per command (dispatch):
+ *
+ *     [BARRIER] SET_PIPELINE {SET_BUFFER | SET_BYTES} {SET_TGMEM} DISPATCH | DISPATCH_INDIRECT
+ *
+ * A group carries every binding its dispatch uses (a backend starts each
+ * group from empty bindings); SET_BYTES offsets point into `bytes`. A
+ * BARRIER opens a group that must start after every earlier group has
+ * finished; groups with no barrier between them may overlap. A dispatch of
+ * zero threadgroups is a command that does nothing. The arrays are the
+ * engine's and stay valid and unchanged until cmdlist_destroy. */
+typedef struct mc__list_desc {
+    const mc__cmd *cmds;
+    uint32_t ncmd;
+    const uint8_t *bytes;
+    uint32_t nbytes;
+    uint32_t ncommands; /* groups (DISPATCH and DISPATCH_INDIRECT commands) */
+    bool has_indirect;  /* some group ends in DISPATCH_INDIRECT */
+    const char *label;  /* never NULL */
+} mc__list_desc;
+
+/* cmdlist_create's *caps */
+#define MC__LIST_GPU_RANGE 0x1u /* EXECUTE_LIST may read its range on the device (range_buffer) */
 
 /* What the pipeline cache needs to rebuild a pipeline from an archived
  * payload (Metal needs the source again; CPU and CUDA only the binary). */
@@ -188,9 +228,24 @@ typedef struct mc__hal {
     uint64_t (*event_value)(void *dev, void *event);
     mc_status (*event_signal)(void *dev, void *event, uint64_t value);
     mc_status (*event_wait)(void *dev, void *event, uint64_t value, uint64_t timeout_ns);
+
+    /* ---- version 2 ---- */
+    /* Command lists (optional: both NULL when the backend has none; the
+     * engine then copies a static range's groups into the submission and
+     * refuses ranges read on the device with MC_ERR_UNSUPPORTED). Builds
+     * the backend's form of a recording; *caps gets MC__LIST_* bits.
+     * cmdlist_destroy is called once no submission that executes the list
+     * is in flight. */
+    mc_status (*cmdlist_create)(void *dev, const mc__list_desc *desc, void **list, uint32_t *caps);
+    void (*cmdlist_destroy)(void *dev, void *list);
 } mc__hal;
 
 /* The compiled-in backends, best first (metal, cuda, cpu); NULL-terminated. */
 extern const mc__hal *const mc__hal_registry[];
+/* Those of them that keep no process-wide driver state: a process that used
+ * one may fork a child that opens it afresh (isolated runs fork their
+ * workers, docs/ISOLATION.md). The CUDA driver (cuInit) and Metal (the
+ * Objective-C runtime) are not. NULL-terminated. */
+extern const mc__hal *const mc__hal_fork_safe[];
 
 #endif

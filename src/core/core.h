@@ -26,6 +26,12 @@ void mc__clear_error(void);
 /* Logging through the installed callback; id is a stable identifier. */
 void mc__log(mc_log_level level, const char *id, const char *fmt, ...) MC__PRINTF(3, 4);
 bool mc__log_enabled(mc_log_level level);
+/* Around fork() (the isolation layer): the logger's lock is taken before
+ * and given back in both processes after, so the child never inherits it
+ * held by a thread it does not have. */
+void mc__log_fork_prepare(void);
+void mc__log_fork_parent(void);
+void mc__log_fork_child(void);
 
 /* Environment: value of name, or dflt when unset or empty. */
 const char *mc__env_str(const char *name, const char *dflt);
@@ -54,6 +60,17 @@ struct timespec;
 void mc__timespec_from_ns(uint64_t ns, struct timespec *ts);
 
 unsigned mc__cpu_count(void);
+
+/* Shared memory between processes (the isolation layer). An anonymous
+ * shared mapping, inherited by processes forked later; NULL on failure. */
+void *mc__shm_map_anon(size_t size);
+void mc__shm_unmap(void *p, size_t size);
+/* An unnamed shared-memory file of size bytes that leaves no name behind
+ * (memfd on Linux; elsewhere a random O_EXCL name unlinked at once), for
+ * passing to another process; -1 on failure (errno set). */
+int mc__shm_create_fd(size_t size);
+/* Maps such a file read-write; NULL on failure. */
+void *mc__shm_map_fd(int fd, size_t size);
 
 /* Allocation: NULL on failure. Test builds may fail the nth allocation
  * (MC_FAIL_ALLOC_AT=n) to reach the error paths. */

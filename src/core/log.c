@@ -63,3 +63,20 @@ void mc__log(mc_log_level level, const char *id, const char *fmt, ...)
     static const char *const names[] = {"", "debug", "info", "warning", "error", ""};
     fprintf(stderr, "metal-compute: %s: %s [%s]\n", names[level], msg, id);
 }
+
+/* Around a fork() of the isolation layer: the child gets the lock free even
+ * when another thread held it at the fork. */
+void mc__log_fork_prepare(void)
+{
+    pthread_mutex_lock(&log_lock);
+}
+
+void mc__log_fork_parent(void)
+{
+    pthread_mutex_unlock(&log_lock);
+}
+
+void mc__log_fork_child(void)
+{
+    pthread_mutex_unlock(&log_lock);
+}

@@ -1,16 +1,19 @@
 /*
  * DOC: OS glue (POSIX)
  *
- * Clocks, sleeping, the environment, core counts and allocation. The only
- * file that knows which OS it runs on, the way libuv keeps src/unix apart.
+ * Clocks, sleeping, the environment, core counts, allocation and shared
+ * memory. The only file that knows which OS it runs on, the way libuv keeps
+ * src/unix apart.
  */
 #include "core/core.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -59,6 +62,56 @@ unsigned mc__cpu_count(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (unsigned)n : 1u;
+}
+
+/* ---- shared memory -------------------------------------------------------- */
+
+void *mc__shm_map_anon(size_t size)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+void mc__shm_unmap(void *p, size_t size)
+{
+    if (p) munmap(p, size);
+}
+
+int mc__shm_create_fd(size_t size)
+{
+    int fd = -1;
+#if defined(__linux__)
+    fd = memfd_create("metal-compute", MFD_CLOEXEC);
+#else
+    /* A name nobody else can have, gone as soon as it is open. */
+    static _Atomic unsigned counter;
+    for (int tries = 0; fd < 0 && tries < 16; tries++) {
+        char name[64];
+        snprintf(name, sizeof name, "/mc-%ld-%u-%lx", (long)getpid(), atomic_fetch_add(&counter, 1),
+                 (unsigned long)mc__now_ns());
+        fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
+        if (fd >= 0) {
+            shm_unlink(name);
+            fcntl(fd, F_SETFD, FD_CLOEXEC);
+        } else if (errno != EEXIST) {
+            break;
+        }
+    }
+#endif
+    if (fd < 0) return -1;
+    if (ftruncate(fd, (off_t)size) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+void *mc__shm_map_fd(int fd, size_t size)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    return p == MAP_FAILED ? NULL : p;
 }
 
 /* Fault-injecting allocation (Lua's and SQLite's test builds). */

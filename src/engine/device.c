@@ -3,7 +3,9 @@
  *
  * The thin layer between the API and a backend: checks every argument,
  * keeps reference counts, remembers sticky device loss and schedules
- * injected faults. Nothing here knows which backend it calls.
+ * injected faults. Nothing here knows which backend it calls. It also
+ * remembers whether a backend that is not fork-safe (hal.h) was asked for
+ * its devices: isolated runs fork workers and must refuse then.
  */
 #include "engine/engine.h"
 
@@ -13,6 +15,33 @@
 #include <string.h>
 
 static _Atomic int validation = -1; /* -1: not read from MC_VALIDATION yet */
+
+/* The name of a backend that is not fork-safe and has devices present, once
+ * one was asked for them in this process (string constants only). */
+static _Atomic(const char *) fork_unsafe_name;
+
+static int backend_count(const mc__hal *h)
+{
+    int c = h->device_count();
+    if (c > 0 && !atomic_load_explicit(&fork_unsafe_name, memory_order_relaxed)) {
+        bool safe = false;
+        for (const mc__hal *const *f = mc__hal_fork_safe; *f && !safe; f++) safe = *f == h;
+        if (!safe) atomic_store(&fork_unsafe_name, h->name);
+    }
+    return c;
+}
+
+bool mc__fork_unsafe_backend_used(char *why, size_t cap)
+{
+    const char *name = atomic_load(&fork_unsafe_name);
+    if (name && why && cap) snprintf(why, cap, "%s", name);
+    return name != NULL;
+}
+
+void mc__fork_unsafe_simulate(const char *name)
+{
+    atomic_store(&fork_unsafe_name, name);
+}
 
 void mc_validation_set(bool on)
 {
@@ -59,7 +88,7 @@ mc_status mc_device_list(mc_device_info *out, size_t cap, size_t *count)
     if (cap && !out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_device_list: out is NULL but cap > 0");
     size_t n = 0;
     for (const mc__hal *const *h = mc__hal_registry; *h; h++) {
-        int c = (*h)->device_count();
+        int c = backend_count(*h);
         for (int i = 0; i < c; i++, n++) {
             if (n < cap) {
                 memset(&out[n], 0, sizeof out[n]);
@@ -81,7 +110,7 @@ static const mc__hal *hal_for(mc_device_kind kind)
     return NULL;
 }
 
-static mc_status parse_spec(const char *spec, mc_device_kind *kind, int *index)
+mc_status mc__device_parse_spec(const char *spec, mc_device_kind *kind, int *index)
 {
     static const struct { const char *name; mc_device_kind kind; } kinds[] = {
         {"cpu", MC_DEVICE_CPU}, {"cuda", MC_DEVICE_CUDA}, {"metal", MC_DEVICE_METAL}, {"any", MC_DEVICE_ANY}};
@@ -119,20 +148,20 @@ mc_status mc_device_open(const mc_device_desc *desc, mc_device **out)
 
     const char *env = mc__env_str("MC_DEVICE", NULL);
     if (dd.kind == MC_DEVICE_ANY && env) {
-        mc_status s = parse_spec(env, &dd.kind, &dd.index);
+        mc_status s = mc__device_parse_spec(env, &dd.kind, &dd.index);
         if (s != MC_OK) return mc__fail(s, "MC_DEVICE: %s", mc_last_error());
     }
     const mc__hal *hal = NULL;
     if (dd.kind == MC_DEVICE_ANY) {
         for (const mc__hal *const *h = mc__hal_registry; *h && !hal; h++)
-            if ((*h)->device_count() > dd.index) hal = *h;
+            if (backend_count(*h) > dd.index) hal = *h;
         if (!hal) return mc__fail(MC_ERR_NOT_FOUND, "no device with index %d is present", dd.index);
     } else {
         hal = hal_for(dd.kind);
         if (!hal)
             return mc__fail(MC_ERR_UNSUPPORTED, "the %s device is not compiled into this build",
                             mc_device_kind_name(dd.kind));
-        int c = hal->device_count();
+        int c = backend_count(hal);
         if (dd.index >= c)
             return mc__fail(MC_ERR_NOT_FOUND, "%s:%d not present (%d %s device%s found)", hal->name, dd.index, c,
                             hal->name, c == 1 ? "" : "s");
@@ -174,7 +203,7 @@ mc_status mc_device_open_name(const char *spec, mc_device **out)
 {
     mc_device_desc desc = MC_DEVICE_DESC_INIT;
     if (spec && *spec) {
-        mc_status s = parse_spec(spec, &desc.kind, &desc.index);
+        mc_status s = mc__device_parse_spec(spec, &desc.kind, &desc.index);
         if (s != MC_OK) return s;
     }
     return mc_device_open(&desc, out);
@@ -265,6 +294,11 @@ static mc_status schedule_faults(mc_device *d, const char *spec, uint64_t base)
         unsigned long long nth = strtoull(at + 1, &end, 10);
         if (end == at + 1 || *end || nth == 0)
             return mc__fail(MC_ERR_INVALID_ARGUMENT, "fault spec item '%s@%s': N must be a number >= 1", item, at + 1);
+        if (!strcmp(item, "kill") || !strcmp(item, "hang"))
+            return mc__fail(MC_ERR_INVALID_ARGUMENT,
+                            "fault '%s@%s' is a fault of a worker process: it needs an isolated run "
+                            "(mc_isolate_desc.inject_faults, or --isolate on the command line)",
+                            item, at + 1);
         mc_status kind;
         mc_status s = mc_status_from_word(item, &kind);
         if (s != MC_OK) return s;
@@ -289,8 +323,15 @@ mc_status mc_device_inject_faults(mc_device *d, const char *spec)
     return schedule_faults(d, spec, atomic_load(&d->committed));
 }
 
+void mc__device_set_commit_hook(mc_device *d, void (*fn)(void *user, uint64_t n), void *user)
+{
+    d->commit_hook_user = user;
+    d->commit_hook = fn;
+}
+
 mc_status mc__device_take_fault(mc_device *d, uint64_t n)
 {
+    if (d->commit_hook) d->commit_hook(d->commit_hook_user, n);
     if (atomic_load_explicit(&d->pending_faults, memory_order_relaxed) == 0) return MC_OK;
     mc_status kind = MC_OK;
     pthread_mutex_lock(&d->lock);

@@ -22,6 +22,8 @@ enum mc__tag {
     MC__TAG_QUEUE = 0x6d635155,
     MC__TAG_CMDBUF = 0x6d634342,
     MC__TAG_EVENT = 0x6d634556,
+    MC__TAG_CMDLIST = 0x6d63434c,
+    MC__TAG_LISTREC = 0x6d634c52, /* a frozen recording of a command list (internal) */
     MC__TAG_DEAD = 0x64656164
 };
 
@@ -64,6 +66,11 @@ struct mc_device {
     _Atomic size_t pending_faults; /* fast check on the commit path */
     mc__notifier *notifier;
     struct mc__cache *cache; /* the pipeline cache (engine/cache.c), lazily */
+    /* Called on the committing thread with each commit number, before the
+     * backend sees the command buffer (isolate.c counts commits over a run
+     * and fires worker faults there). Set before any commit. */
+    void (*commit_hook)(void *user, uint64_t n);
+    void *commit_hook_user;
 };
 
 struct mc_buffer {
@@ -100,8 +107,40 @@ struct mc_queue {
     uint64_t in_flight;
 };
 
+/* The recording shared by command buffers and command lists (cmdbuf.c):
+ * the command stream, the bytes arena, the passes, the references, and the
+ * state of the open pass that the mc_pass_* checks use. */
+typedef struct mc__recorder {
+    mc__object *owner; /* the command buffer or command list: device, label, state */
+    /* Command lists: every dispatch is written as a self-contained group
+     * carrying the bindings it uses (hal.h, "command lists"). */
+    bool snapshot;
+    bool unretained;        /* MC_CMDBUF_UNRETAINED_REFERENCES */
+    uint32_t max_dispatches; /* snapshot: the list's capacity */
+    mc__cmd *cmds;
+    uint32_t ncmd, cmd_cap;
+    uint8_t *bytes;
+    uint32_t nbytes, bytes_cap;
+    mc__pass *passes; /* command buffers only */
+    uint32_t npass, pass_cap;
+    mc__object **refs; /* retained for the recording's lifetime */
+    uint32_t nrefs, ref_cap;
+    mc_buffer **unretained_bufs; /* buffers used without a reference (validation only) */
+    uint32_t nunretained, unretained_cap;
+    bool pass_open;
+    mc_pipeline *cur_pipeline;
+    uint32_t bound; /* argument slots bound in the open pass */
+    /* snapshot state: what the next dispatch carries */
+    mc__cmd arg[MC_MAX_BUFFER_ARGS]; /* op 0: unbound */
+    size_t tgmem[MC_MAX_THREADGROUP_MEMORY_ARGS];
+    uint32_t tg_set;
+    bool barrier; /* a barrier since the last dispatch */
+    uint32_t ndispatch;
+    bool has_indirect;
+} mc__recorder;
+
 struct mc_pass {
-    struct mc_cmdbuf *cb;
+    mc__recorder *rec;
 };
 
 struct mc_cmdbuf {
@@ -111,21 +150,8 @@ struct mc_cmdbuf {
     _Atomic int state; /* mc_cmdbuf_state */
 
     /* recording */
-    mc__cmd *cmds;
-    uint32_t ncmd, cmd_cap;
-    uint8_t *bytes;
-    uint32_t nbytes, bytes_cap;
-    mc__pass *passes;
-    uint32_t npass, pass_cap;
-    mc__object **refs; /* retained for the command buffer's lifetime */
-    uint32_t nrefs, ref_cap;
-    mc_buffer **unretained; /* buffers used without a reference (validation only) */
-    uint32_t nunretained, unretained_cap;
+    mc__recorder rec;
     struct mc_pass pass;
-    bool pass_open;
-    mc_pipeline *cur_pipeline;
-    uint32_t bound; /* slots bound in the open pass */
-    mc_status record_error; /* first recording error: commit refuses */
 
     /* execution */
     mc__submission sub;
@@ -142,6 +168,38 @@ struct mc_cmdbuf {
 struct mc_event {
     mc__object base;
     void *he;
+};
+
+/* One frozen recording of a command list (cmdlist.c): what command buffers
+ * execute. Immutable; held by the list until reset and by every command
+ * buffer that executes it until that one is destroyed, so a reset never
+ * pulls a recording from under recorded or running work. */
+typedef struct mc__listrec {
+    mc__object base;
+    void *hl;      /* the backend's list, or NULL: executions are copied in */
+    uint32_t caps; /* MC__LIST_* */
+    mc__cmd *cmds;
+    uint32_t ncmd;
+    uint8_t *bytes;
+    uint32_t nbytes;
+    uint32_t *group; /* ncommands entries: each command's first mc__cmd */
+    uint32_t ncommands;
+    bool has_indirect;
+    mc__object **refs;
+    uint32_t nrefs;
+} mc__listrec;
+
+enum { MC__LIST_EMPTY = 0, MC__LIST_RECORDING = 1, MC__LIST_READY = 2 };
+
+struct mc_cmdlist {
+    mc__object base;
+    uint32_t max_commands;
+    pthread_mutex_t lock; /* state and cur, against executions on other threads */
+    int state;            /* MC__LIST_* */
+    mc__recorder rec;     /* while recording */
+    struct mc_pass pass;
+    mc__listrec *cur;     /* READY: the recording */
+    _Atomic int gpu_uses; /* executions in committed, unfinished command buffers */
 };
 
 /* object.c */
@@ -168,9 +226,35 @@ void mc__pipeline_destroy(mc_pipeline *p);
 void mc__queue_destroy(mc_queue *q);
 void mc__cmdbuf_destroy(mc_cmdbuf *cb);
 void mc__event_destroy(mc_event *e);
+void mc__cmdlist_destroy(mc_cmdlist *l);
+void mc__listrec_destroy(mc__listrec *r);
 /* Takes the fault scheduled for commit number n, if any. */
 mc_status mc__device_take_fault(mc_device *d, uint64_t n);
+/* "cpu", "cuda:1", "any" -> kind and index (mc_device_open_name's form). */
+mc_status mc__device_parse_spec(const char *spec, mc_device_kind *kind, int *index);
+/* Installs the commit hook (above); before the device's first commit. */
+void mc__device_set_commit_hook(mc_device *d, void (*fn)(void *user, uint64_t n), void *user);
+/* A backend that is not fork-safe (hal.h, mc__hal_fork_safe) was asked for
+ * its devices in this process: its driver may hold process-wide state, so
+ * a forked child could not use it. Names it in why (may be NULL). */
+bool mc__fork_unsafe_backend_used(char *why, size_t cap);
+/* Tests: behave as if backend `name` had been used (NULL: forget). */
+void mc__fork_unsafe_simulate(const char *name);
 mc_status mc__buffer_check_range(const mc_buffer *b, size_t offset, size_t len, const char *what);
+
+/* cmdbuf.c: the recorder (command buffers and command lists) */
+void mc__recorder_init(mc__recorder *rec, mc__object *owner, bool snapshot, bool unretained, uint32_t max_dispatches);
+/* Releases what the recording holds and frees its arrays. */
+void mc__recorder_free(mc__recorder *rec);
+mc_status mc__recorder_add_ref(mc__recorder *rec, mc__object *o);
+
+/* cmdlist.c */
+/* Takes the list's recording for cb (retained; NULL and an error when the
+ * list is not ready). */
+mc_status mc__cmdlist_take(mc_cmdlist *l, mc__listrec **out);
+/* Tests: pretend the backend has no command lists, so executions are
+ * copied into the command buffer (lists ended from now on). */
+void mc__cmdlist_test_copy_in(bool on);
 
 /* cache.c (the pipeline cache) */
 void mc__cache_destroy(struct mc__cache *c);

@@ -42,6 +42,8 @@ static void destroy_now(mc__object *o)
     case MC__TAG_QUEUE: mc__queue_destroy((mc_queue *)o); break;
     case MC__TAG_CMDBUF: mc__cmdbuf_destroy((mc_cmdbuf *)o); break;
     case MC__TAG_EVENT: mc__event_destroy((mc_event *)o); break;
+    case MC__TAG_CMDLIST: mc__cmdlist_destroy((mc_cmdlist *)o); break;
+    case MC__TAG_LISTREC: mc__listrec_destroy((mc__listrec *)o); break;
     default: abort(); /* a double release or a wild pointer: fail loudly */
     }
 }

@@ -34,9 +34,16 @@
  *    Access revoked waits first, with a bounded exponential back-off (F146,
  *    F685). Failures in a row that get no checkpoint past the point of the
  *    previous failure are counted; past max_recoveries the run stops with
- *    the cause and the last good iteration.
+ *    the cause and the last good iteration. With MC_RUNNER_NO_REOPEN a
+ *    lost device ends the run instead (its process is replaced);
+ *  - resuming: mc_runner_restore starts a run from a saved state and
+ *    iteration, and on_checkpoint hands every checkpoint out; with those
+ *    the isolation layer (isolate_runner.c) keeps a run alive across worker
+ *    processes. An isolated runner is a different object behind the same
+ *    handle type: each public call hands it to isolate_runner.c.
  */
 #include "engine/engine.h"
+#include "engine/isolate.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -117,6 +124,7 @@ struct mc_runner {
     void *host[2][MC_RUNNER_MAX_STATE];
     int host_cur;
     uint64_t host_iter;
+    uint64_t resume_iter; /* where the run starts (mc_runner_restore) */
 
     /* the run: touched only by the thread in mc_runner_run */
     chunk *list; /* submission order */
@@ -623,6 +631,9 @@ static void take_checkpoint(mc_runner *r, const chunk *c)
     r->st.checkpoints++;
     r->st.checkpoint_iteration = r->host_iter;
     if (r->host_iter > r->fail_point) r->in_a_row = 0;
+    if (r->desc.on_checkpoint)
+        r->desc.on_checkpoint(r->desc.checkpoint_user, r->host_iter, (const void *const *)r->host[r->host_cur],
+                              r->state_size, r->nstate);
 }
 
 /* Figures of a completed chunk, the next chunk's size, its checkpoint. */
@@ -829,6 +840,8 @@ static mc_status recover(mc_runner *r, failure *commit_error)
     r->fail_point = f.first;
     r->force_ckpt = true; /* progress shows as soon as a checkpoint passes the failure */
     if (!recoverable(f.status)) return give_up(r, &f, "the failure is not recoverable");
+    if (device_lost && (r->desc.flags & MC_RUNNER_NO_REOPEN))
+        return give_up(r, &f, "the device was lost and MC_RUNNER_NO_REOPEN is set");
     if (r->in_a_row > r->desc.max_recoveries) {
         char why[96];
         snprintf(why, sizeof why, "gave up after %u failures in a row without progress", r->in_a_row);
@@ -862,6 +875,8 @@ static mc_status recover(mc_runner *r, failure *commit_error)
         if (r->in_a_row > r->desc.max_recoveries || (!mc_status_is_device_error(s) && s != MC_ERR_NOT_FOUND))
             return give_up(r, &f, "could not rebuild after the failure");
         device_lost = lost(r) || s == MC_ERR_DEVICE_LOST;
+        if (device_lost && (r->desc.flags & MC_RUNNER_NO_REOPEN))
+            return give_up(r, &f, "the device was lost while rebuilding and MC_RUNNER_NO_REOPEN is set");
         backoff(r, backoff_delay(r, r->in_a_row));
     }
 }
@@ -901,6 +916,7 @@ static chunk *oldest_unretired(mc_runner *r)
 
 mc_status mc_runner_run(mc_runner *r)
 {
+    if (mc__iso_is_runner(r)) return mc__iso_runner_run(r);
     if (!runner_ok(r)) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_run: r is NULL or not a runner");
     if (atomic_exchange(&r->ran, 1))
         return mc__fail(MC_ERR_INVALID_STATE, "runner '%s' has run already; make a new one", r->label);
@@ -915,7 +931,7 @@ mc_status mc_runner_run(mc_runner *r)
         goto out;
     }
     if ((s = reset_control(r)) != MC_OK) goto out;
-    r->next_iter = r->high = 0;
+    r->next_iter = r->high = r->resume_iter;
     r->cur_d = 1;
     r->next_value = 1;
     r->next_number = 1;
@@ -1008,7 +1024,7 @@ static mc_status check_ms(double v, const char *what)
     return MC_OK;
 }
 
-static mc_status check_desc(const mc_runner_desc *d, const mc_device_info *info)
+mc_status mc__runner_check_desc(const mc_runner_desc *d, const mc_device_info *info)
 {
     mc_status s;
     if (!d->setup || !d->teardown)
@@ -1018,10 +1034,10 @@ static mc_status check_desc(const mc_runner_desc *d, const mc_device_info *info)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_create: threadgroups (%u,%u,%u) has a zero dimension", g.x,
                         g.y, g.z);
     uint64_t threads = (uint64_t)t.x * t.y * t.z;
-    if (!threads || threads > info->max_threads_per_threadgroup)
+    if (!threads || (info && threads > info->max_threads_per_threadgroup))
         return mc__fail(MC_ERR_INVALID_ARGUMENT,
                         "mc_runner_create: threads_per_threadgroup (%u,%u,%u); the device allows 1 to %u", t.x, t.y, t.z,
-                        info->max_threads_per_threadgroup);
+                        info ? info->max_threads_per_threadgroup : 0);
     if (d->iteration_arg < -1 || d->iteration_arg >= MC_MAX_BUFFER_ARGS)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_create: iteration_arg %d is not a slot (0 to %d) or -1",
                         d->iteration_arg, MC_MAX_BUFFER_ARGS - 1);
@@ -1036,7 +1052,7 @@ static mc_status check_desc(const mc_runner_desc *d, const mc_device_info *info)
     if (!d->total_iterations && d->control_arg < 0)
         return mc__fail(MC_ERR_INVALID_ARGUMENT,
                         "mc_runner_create: total_iterations is 0 (until the stop condition) but there is no control_arg");
-    if (d->control_arg >= 0 && !(info->features & MC_FEATURE_INDIRECT_DISPATCH))
+    if (info && d->control_arg >= 0 && !(info->features & MC_FEATURE_INDIRECT_DISPATCH))
         return mc__fail(MC_ERR_UNSUPPORTED, "mc_runner_create: a stop condition needs indirect dispatch, which %s lacks",
                         info->name);
     if (d->in_flight > MAX_IN_FLIGHT)
@@ -1048,6 +1064,8 @@ static mc_status check_desc(const mc_runner_desc *d, const mc_device_info *info)
         (s = check_ms(d->backoff_max_ms, "backoff_max_ms")) != MC_OK ||
         (s = check_ms(d->progress_interval_ms, "progress_interval_ms")) != MC_OK)
         return s;
+    if (d->flags & ~MC_RUNNER_NO_REOPEN)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_create: unknown flags 0x%x", d->flags & ~MC_RUNNER_NO_REOPEN);
     return MC_OK;
 }
 
@@ -1056,12 +1074,13 @@ mc_status mc_runner_create(const mc_runner_desc *desc, mc_runner **out)
     if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_create: out is NULL");
     *out = NULL;
     if (!desc) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_create: desc is NULL");
+    if (desc->isolate) return mc__iso_runner_create(desc, out);
     MC__CHECK_HANDLE(desc->device, MC__TAG_DEVICE, "desc->device");
     mc_status s = mc_device_check(desc->device);
     if (s != MC_OK) return s;
     mc_device_info info;
     mc_device_get_info(desc->device, &info);
-    if ((s = check_desc(desc, &info)) != MC_OK) return s;
+    if ((s = mc__runner_check_desc(desc, &info)) != MC_OK) return s;
 
     mc_runner *r = mc__calloc(1, sizeof *r);
     if (!r) return mc__fail(MC_ERR_NO_MEMORY, "mc_runner_create: out of host memory");
@@ -1133,8 +1152,34 @@ fail: {
 }
 }
 
+mc_status mc_runner_restore(mc_runner *r, uint64_t iteration, const void *const *state, uint32_t count)
+{
+    if (mc__iso_is_runner(r))
+        return mc__fail(MC_ERR_UNSUPPORTED, "mc_runner_restore: an isolated runner restores its own checkpoints");
+    if (!runner_ok(r)) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_restore: r is NULL or not a runner");
+    if (atomic_load(&r->ran))
+        return mc__fail(MC_ERR_INVALID_STATE, "mc_runner_restore: runner '%s' has begun its run", r->label);
+    if (!state || count != r->nstate)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_restore: %u state buffers given; runner '%s' has %u", count,
+                        r->label, r->nstate);
+    for (uint32_t i = 0; i < count; i++)
+        if (!state[i]) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_restore: state[%u] is NULL", i);
+    if (r->desc.total_iterations && iteration > r->desc.total_iterations)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_restore: iteration %llu is past total_iterations %llu",
+                        (unsigned long long)iteration, (unsigned long long)r->desc.total_iterations);
+    if (!r->bound || lost(r)) return mc__fail(MC_ERR_DEVICE_LOST, "runner '%s': no device", r->label);
+    for (uint32_t i = 0; i < count; i++) memcpy(r->host[r->host_cur][i], state[i], r->state_size[i]);
+    r->host_iter = iteration;
+    mc_status s = restore(r);
+    if (s != MC_OK) return s;
+    r->resume_iter = iteration;
+    r->st.checkpoint_iteration = iteration;
+    return MC_OK;
+}
+
 mc_status mc_runner_cancel(mc_runner *r)
 {
+    if (mc__iso_is_runner(r)) return mc__iso_runner_cancel(r);
     if (!runner_ok(r)) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_cancel: r is NULL or not a runner");
     atomic_store(&r->cancel, 1);
     pthread_mutex_lock(&r->mu);
@@ -1147,6 +1192,7 @@ mc_status mc_runner_cancel(mc_runner *r)
 
 mc_status mc_runner_get_stats(const mc_runner *r, mc_runner_stats *out)
 {
+    if (mc__iso_is_runner(r)) return mc__iso_runner_get_stats(r, out);
     if (!runner_ok(r)) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_get_stats: r is NULL or not a runner");
     if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_get_stats: out is NULL");
     mc_runner *m = (mc_runner *)r;
@@ -1158,6 +1204,7 @@ mc_status mc_runner_get_stats(const mc_runner *r, mc_runner_stats *out)
 
 mc_status mc_runner_state_read(mc_runner *r, uint32_t index, void *dst, size_t len)
 {
+    if (mc__iso_is_runner(r)) return mc__iso_runner_state_read(r, index, dst, len);
     if (!runner_ok(r)) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_state_read: r is NULL or not a runner");
     if (index >= r->nstate)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_state_read: state %u of %u does not exist", index, r->nstate);
@@ -1176,6 +1223,7 @@ mc_status mc_runner_state_read(mc_runner *r, uint32_t index, void *dst, size_t l
 
 size_t mc_runner_state_size(const mc_runner *r, uint32_t index)
 {
+    if (mc__iso_is_runner(r)) return mc__iso_runner_state_size(r, index);
     return runner_ok(r) && index < r->nstate ? r->state_size[index] : 0;
 }
 
@@ -1186,6 +1234,10 @@ mc_device *mc_runner_device(const mc_runner *r)
 
 void mc_runner_release(mc_runner *r)
 {
+    if (mc__iso_is_runner(r)) {
+        mc__iso_runner_release(r);
+        return;
+    }
     if (!runner_ok(r)) return;
     drain(r);
     unbind(r);

@@ -37,9 +37,15 @@
  *    order, from the input still in its slot. A culprit past max_retries,
  *    or with an error no retry mends, is delivered with its error. When the
  *    device cannot be rebuilt the stream dies: what is left is delivered
- *    with the error, and acquire and submit return it.
+ *    with the error, and acquire and submit return it. With
+ *    MC_STREAM_NO_REOPEN a lost device kills the stream at once (its
+ *    process is replaced: isolate_stream.c).
+ *
+ * An isolated stream is a different object behind the same handle type:
+ * each public call hands it to isolate_stream.c.
  */
 #include "engine/engine.h"
+#include "engine/isolate.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -737,6 +743,11 @@ static void recover(mc_stream *s)
     uint32_t fruitless = s->fruitless;
     pthread_mutex_unlock(&s->mu);
 
+    if (lost && (s->desc.flags & MC_STREAM_NO_REOPEN)) {
+        die(s, MC_ERR_DEVICE_LOST, why);
+        pthread_mutex_unlock(&s->submit_mu);
+        return;
+    }
     if (fruitless > MAX_FRUITLESS) {
         die(s, cause, why);
         pthread_mutex_unlock(&s->submit_mu);
@@ -763,6 +774,11 @@ static void recover(mc_stream *s)
             return;
         }
         lost = lost || st == MC_ERR_DEVICE_LOST || !s->dev || atomic_load(&s->dev->lost);
+        if (lost && (s->desc.flags & MC_STREAM_NO_REOPEN)) {
+            die(s, MC_ERR_DEVICE_LOST, reason);
+            pthread_mutex_unlock(&s->submit_mu);
+            return;
+        }
         backoff(s, backoff_delay(tries));
     }
 
@@ -892,7 +908,16 @@ static mc_status check_desc(const mc_stream_desc *d, const mc_device_info *info)
     if (d->slots > MC_STREAM_MAX_SLOTS)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_create: slots is %u; 1 to %d (0 = 3)", d->slots,
                         MC_STREAM_MAX_SLOTS);
+    if (d->flags & ~MC_STREAM_NO_REOPEN)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_create: unknown flags 0x%x", d->flags & ~MC_STREAM_NO_REOPEN);
     return MC_OK;
+}
+
+mc_status mc__stream_check_desc(const mc_stream_desc *d)
+{
+    mc_device_info none;
+    memset(&none, 0, sizeof none);
+    return check_desc(d, &none);
 }
 
 static void destroy(mc_stream *s)
@@ -930,6 +955,7 @@ mc_status mc_stream_create(const mc_stream_desc *desc, mc_stream **out)
     if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_create: out is NULL");
     *out = NULL;
     if (!desc) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_create: desc is NULL");
+    if (desc->isolate) return mc__iso_stream_create(desc, out);
     MC__CHECK_HANDLE(desc->device, MC__TAG_DEVICE, "desc->device");
     mc_status st = mc_device_check(desc->device);
     if (st != MC_OK) return st;
@@ -991,6 +1017,7 @@ static mc_status refused(const mc_stream *s, const char *fn)
 
 mc_status mc_stream_acquire(mc_stream *s, uint64_t timeout_ns, mc_stream_slot *out)
 {
+    if (mc__iso_is_stream(s)) return mc__iso_stream_acquire(s, timeout_ns, out);
     if (!stream_ok(s)) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_acquire: s is NULL or not a stream");
     if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_acquire: out is NULL");
     memset(out, 0, sizeof *out);
@@ -1025,6 +1052,7 @@ mc_status mc_stream_acquire(mc_stream *s, uint64_t timeout_ns, mc_stream_slot *o
 
 mc_status mc_stream_submit(mc_stream *s, uint32_t index, uint64_t tag)
 {
+    if (mc__iso_is_stream(s)) return mc__iso_stream_submit(s, index, tag);
     if (!stream_ok(s)) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_submit: s is NULL or not a stream");
     if (index >= s->nslots)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_submit: slot %u of %u does not exist", index, s->nslots);
@@ -1065,6 +1093,7 @@ mc_status mc_stream_submit(mc_stream *s, uint32_t index, uint64_t tag)
 
 mc_status mc_stream_discard(mc_stream *s, uint32_t index)
 {
+    if (mc__iso_is_stream(s)) return mc__iso_stream_discard(s, index);
     if (!stream_ok(s)) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_discard: s is NULL or not a stream");
     if (index >= s->nslots)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_discard: slot %u of %u does not exist", index, s->nslots);
@@ -1081,6 +1110,7 @@ mc_status mc_stream_discard(mc_stream *s, uint32_t index)
 
 mc_status mc_stream_pull(mc_stream *s, uint64_t timeout_ns, mc_stream_result *out)
 {
+    if (mc__iso_is_stream(s)) return mc__iso_stream_pull(s, timeout_ns, out);
     if (!stream_ok(s)) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_pull: s is NULL or not a stream");
     if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_pull: out is NULL");
     memset(out, 0, sizeof *out);
@@ -1112,6 +1142,7 @@ mc_status mc_stream_pull(mc_stream *s, uint64_t timeout_ns, mc_stream_result *ou
 
 mc_status mc_stream_release_result(mc_stream *s, const mc_stream_result *r)
 {
+    if (mc__iso_is_stream(s)) return mc__iso_stream_release_result(s, r);
     if (!stream_ok(s)) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_release_result: s is NULL or not a stream");
     if (!r) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_release_result: r is NULL");
     if (r->slot >= s->nslots)
@@ -1132,6 +1163,7 @@ mc_status mc_stream_release_result(mc_stream *s, const mc_stream_result *r)
 
 mc_status mc_stream_close(mc_stream *s, bool drain)
 {
+    if (mc__iso_is_stream(s)) return mc__iso_stream_close(s, drain);
     if (!stream_ok(s)) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_close: s is NULL or not a stream");
     if (on_stream_thread(s))
         return mc__fail(MC_ERR_INVALID_STATE, "mc_stream_close: not from the result callback of stream '%s'",
@@ -1151,6 +1183,7 @@ mc_status mc_stream_close(mc_stream *s, bool drain)
 
 mc_status mc_stream_get_stats(const mc_stream *s, mc_stream_stats *out)
 {
+    if (mc__iso_is_stream(s)) return mc__iso_stream_get_stats(s, out);
     if (!stream_ok(s)) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_get_stats: s is NULL or not a stream");
     if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_get_stats: out is NULL");
     mc_stream *m = (mc_stream *)s;
@@ -1173,6 +1206,10 @@ mc_device *mc_stream_device(const mc_stream *s)
 
 void mc_stream_release(mc_stream *s)
 {
+    if (mc__iso_is_stream(s)) {
+        mc__iso_stream_release(s);
+        return;
+    }
     if (!stream_ok(s)) return;
     if (on_stream_thread(s)) {
         mc__log(MC_LOG_ERROR, "stream.release_from_callback",
@@ -1186,4 +1223,28 @@ void mc_stream_release(mc_stream *s)
     pthread_mutex_unlock(&s->mu);
     if (s->thread_started) pthread_join(s->thread, NULL);
     destroy(s);
+}
+
+/* ---- for the isolation layer's worker (isolate_stream.c) ----------------- */
+
+mc_status mc__stream_set_sequence(mc_stream *s, uint64_t next)
+{
+    if (!stream_ok(s) || next == 0) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc__stream_set_sequence: bad argument");
+    pthread_mutex_lock(&s->submit_mu);
+    s->next_seq = next - 1;
+    pthread_mutex_unlock(&s->submit_mu);
+    return MC_OK;
+}
+
+bool mc__stream_dead(mc_stream *s, mc_status *status, char *why, size_t cap)
+{
+    if (!stream_ok(s)) return false;
+    pthread_mutex_lock(&s->mu);
+    bool dead = s->dead;
+    if (dead) {
+        if (status) *status = s->dead_status;
+        if (why && cap) snprintf(why, cap, "%s", s->dead_message);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return dead;
 }

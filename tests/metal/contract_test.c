@@ -635,6 +635,178 @@ static int test_archive(const mcd_os *os)
     return 0;
 }
 
+/* ---- command lists (ICBs) and GPU-driven work ------------------------------------ */
+
+/* A recording as the engine freezes it (hal.h, "command lists"). */
+typedef struct tlist {
+    mc__cmd cmds[T_MAXCMD];
+    uint32_t ncmd, ncommands;
+    uint8_t bytes[256];
+    uint32_t nbytes;
+    bool has_indirect;
+} tlist;
+
+static mc__cmd *l_cmd(tlist *l, uint32_t op)
+{
+    mc__cmd *c = &l->cmds[l->ncmd++];
+    memset(c, 0, sizeof *c);
+    c->op = op;
+    return c;
+}
+
+/* Command k: add_one on counter k (one thread does it), with its own
+ * pipeline, buffer and bytes; barrier: ordered after the commands before. */
+static void l_count(tlist *l, void *add_one, void *counters, uint32_t k, bool barrier, uint32_t groups)
+{
+    if (barrier) l_cmd(l, MC__OP_BARRIER);
+    l_cmd(l, MC__OP_SET_PIPELINE)->u.pipeline = add_one;
+    mc__cmd *c = l_cmd(l, MC__OP_SET_BUFFER);
+    c->index = 0;
+    c->u.buf.buffer = counters;
+    c->u.buf.offset = (size_t)k * 4;
+    c = l_cmd(l, MC__OP_SET_BYTES);
+    c->index = 1;
+    c->u.bytes.offset = l->nbytes;
+    c->u.bytes.len = 4;
+    uint32_t one = 1;
+    memcpy(l->bytes + l->nbytes, &one, 4);
+    l->nbytes += 16;
+    if (k == 1) l_cmd(l, MC__OP_SET_TGMEM)->u.tgmem.len = 40; /* rounded up to 48 */
+    c = l_cmd(l, MC__OP_DISPATCH);
+    c->u.dispatch.groups = (mc_size3){groups, 1, 1};
+    c->u.dispatch.threads = (mc_size3){32, 1, 1};
+    l->ncommands++;
+}
+
+static mc__list_desc l_desc(tlist *l, const char *label)
+{
+    mc__list_desc d = {l->cmds, l->ncmd, l->bytes, l->nbytes, l->ncommands, l->has_indirect, label};
+    return d;
+}
+
+static void t_exec(tsub *t, const char *label, void *list, uint32_t first, uint32_t count, void *range)
+{
+    t_pass(t, MC__PASS_COMPUTE, label);
+    mc__cmd *c = t_cmd(t, MC__OP_EXECUTE_LIST);
+    c->u.exec.list = list;
+    c->u.exec.first = first;
+    c->u.exec.count = count;
+    c->u.exec.range_buffer = range;
+}
+
+static int test_cmdlist(void)
+{
+    fixture fx;
+    if (open_fixture(&fx)) return 1;
+    void *counters, *ranges, *grid, *q, *hc, *hr, *hg;
+    CHECK_OK(H->buffer_create(fx.dev, 64, MC_STORAGE_SHARED, "counters", &counters, &hc));
+    CHECK_OK(H->buffer_create(fx.dev, 64, MC_STORAGE_SHARED, "ranges", &ranges, &hr));
+    CHECK_OK(H->buffer_create(fx.dev, 64, MC_STORAGE_SHARED, "grid", &grid, &hg));
+    CHECK_OK(H->queue_create(fx.dev, "lists", &q));
+    const uint32_t *uc = hc;
+
+    /* four commands: 0, 1 (threadgroup memory), barrier + 2, 3 does nothing */
+    tlist tl;
+    memset(&tl, 0, sizeof tl);
+    l_count(&tl, fx.add_one, counters, 0, false, 1);
+    l_count(&tl, fx.add_one, counters, 1, false, 1);
+    l_count(&tl, fx.add_one, counters, 2, true, 1);
+    l_count(&tl, fx.add_one, counters, 3, false, 0);
+    mc__list_desc d = l_desc(&tl, "count");
+    void *list;
+    uint32_t caps = 0;
+    CHECK_OK(H->cmdlist_create(fx.dev, &d, &list, &caps));
+    CHECK_EQ(caps, MC__LIST_GPU_RANGE);
+
+    uint32_t r[4] = {1, 100, 9, 1}; /* {1, 100}: clamped to 1..3; {9, 1}: past the end */
+    CHECK_OK(H->buffer_write(fx.dev, ranges, 0, r, sizeof r));
+    tsub t;
+    t_init(&t, "executions");
+    t_exec(&t, "all", list, 0, 4, NULL);
+    t_exec(&t, "empty", list, 2, 0, NULL);
+    t_exec(&t, "chosen on the GPU", list, 0, 4, ranges);
+    t_pass(&t, MC__PASS_COMPUTE, "past the end");
+    mc__cmd *c = t_cmd(&t, MC__OP_EXECUTE_LIST);
+    c->u.exec.list = list;
+    c->u.exec.count = 4;
+    c->u.exec.range_buffer = ranges;
+    c->u.exec.range_offset = 8;
+    unsigned long before = mcd_get_stats()->icb_commands_run;
+    CHECK_OK(H->submit(fx.dev, q, &t.sub));
+    CHECK_DONE(&t, MC_OK);
+    for (uint32_t p = 0; p < t.sub.npass; p++) CHECK_EQ(t.states[p], MC_PASS_COMPLETED);
+    CHECK_EQ(uc[0], 1);
+    CHECK_EQ(uc[1], 2);
+    CHECK_EQ(uc[2], 2);
+    CHECK_EQ(uc[3], 0); /* a zero grid: a reset command */
+    CHECK_EQ(mcd_get_stats()->icb_commands_run, before + 5);
+    CHECK_GE(mcd_get_stats()->pipeline_touches, 2);
+    H->cmdlist_destroy(fx.dev, list);
+
+    /* a list with an indirect dispatch: no ICB, encoded at each execution */
+    memset(&tl, 0, sizeof tl);
+    l_count(&tl, fx.add_one, counters, 4, false, 1);
+    l_cmd(&tl, MC__OP_SET_PIPELINE)->u.pipeline = fx.add_one;
+    c = l_cmd(&tl, MC__OP_SET_BUFFER);
+    c->u.buf.buffer = counters;
+    c->u.buf.offset = 40;
+    c = l_cmd(&tl, MC__OP_SET_BYTES);
+    c->index = 1;
+    c->u.bytes.offset = 0; /* the 1 command 0 passes */
+    c->u.bytes.len = 4;
+    c = l_cmd(&tl, MC__OP_DISPATCH_INDIRECT);
+    c->u.indirect.buffer = grid;
+    c->u.indirect.threads = (mc_size3){32, 1, 1};
+    tl.ncommands++;
+    tl.has_indirect = true;
+    d = l_desc(&tl, "with an indirect dispatch");
+    CHECK_OK(H->cmdlist_create(fx.dev, &d, &list, &caps));
+    CHECK_EQ(caps, 0); /* MTLIndirectComputeCommand has no indirect dispatch */
+    uint32_t g[3] = {1, 1, 1};
+    CHECK_OK(H->buffer_write(fx.dev, grid, 0, g, sizeof g));
+    t_init(&t, "inline");
+    t_exec(&t, "both", list, 0, 2, NULL);
+    t_exec(&t, "the indirect one", list, 1, 1, NULL);
+    CHECK_OK(H->submit(fx.dev, q, &t.sub));
+    CHECK_DONE(&t, MC_OK);
+    CHECK_EQ(uc[4], 1);
+    CHECK_EQ(uc[10], 2);
+
+    /* validation mode: counts over the limits are refused on the device */
+    g[1] = 70000;
+    CHECK_OK(H->buffer_write(fx.dev, grid, 0, g, sizeof g));
+    t_init(&t, "validation");
+    t.sub.flags = MC__SUBMIT_VALIDATION;
+    t_add_one_pass(&t, "before", fx.add_one, counters, 1);
+    t_exec(&t, "over the limits", list, 1, 1, NULL);
+    t_add_one_pass(&t, "after", fx.add_one, counters, 1);
+    CHECK_OK(H->submit(fx.dev, q, &t.sub));
+    CHECK_DONE(&t, MC_ERR_VALIDATION);
+    CHECK_STR_CONTAINS(t.sub.message, "exceed the limits");
+    CHECK_EQ(t.states[0], MC_PASS_COMPLETED);
+    CHECK_EQ(t.states[1], MC_PASS_FAULTED);
+    CHECK_EQ(t.states[2], MC_PASS_AFFECTED);
+    CHECK_EQ(uc[10], 2); /* it did not run */
+    H->queue_destroy(fx.dev, q);
+    CHECK_OK(H->queue_create(fx.dev, "lists again", &q));
+    g[1] = 1;
+    CHECK_OK(H->buffer_write(fx.dev, grid, 0, g, sizeof g));
+    t_init(&t, "validation, within the limits");
+    t.sub.flags = MC__SUBMIT_VALIDATION;
+    t_exec(&t, "checked", list, 1, 1, NULL);
+    CHECK_OK(H->submit(fx.dev, q, &t.sub));
+    CHECK_DONE(&t, MC_OK);
+    CHECK_EQ(uc[10], 3);
+    H->cmdlist_destroy(fx.dev, list);
+
+    H->queue_destroy(fx.dev, q);
+    H->buffer_destroy(fx.dev, counters);
+    H->buffer_destroy(fx.dev, ranges);
+    H->buffer_destroy(fx.dev, grid);
+    close_fixture(&fx);
+    return 0;
+}
+
 typedef struct later {
     void *dev, *ev;
     uint64_t value;
@@ -692,6 +864,7 @@ static int scenario(const char *name, const mcd_os *os)
     rc |= test_buffers();
     rc |= test_libraries(os);
     rc |= test_submit();
+    rc |= test_cmdlist();
     rc |= test_errors();
     rc |= test_archive(os);
     rc |= test_events(os);
@@ -775,6 +948,26 @@ static int checker_test(void)
     rc |= expect("double commit", "committed twice");
     msg_endEncoding(enc);
     rc |= expect("encoding after endEncoding", "after endEncoding");
+
+    /* an ICB executed without telling the encoder what its commands use */
+    fixture fx;
+    void *b, *hb, *list;
+    uint32_t caps;
+    tlist tl;
+    memset(&tl, 0, sizeof tl);
+    if (open_fixture(&fx) || H->buffer_create(fx.dev, 64, MC_STORAGE_SHARED, "b", &b, &hb) != MC_OK) return 1;
+    l_count(&tl, fx.add_one, b, 0, false, 1);
+    mc__list_desc ld = l_desc(&tl, "planted");
+    if (H->cmdlist_create(fx.dev, &ld, &list, &caps) != MC_OK) return 1;
+    id cb2 = msg_commandBufferWithDescriptor_(q, desc);
+    id enc2 = msg_computeCommandEncoderWithDispatchType_(cb2, MTLDispatchTypeSerial);
+    NSRange all = {0, 1};
+    msg_executeCommandsInBuffer_withRange_(enc2, ((mc__mtl_list *)list)->icb, all);
+    rc |= expect("ICB without useResources:count:usage:", "the encoder was not told of");
+    msg_endEncoding(enc2);
+    H->cmdlist_destroy(fx.dev, list);
+    H->buffer_destroy(fx.dev, b);
+    close_fixture(&fx);
     id leaked = msg_init(msg_alloc(mc__mtl_cls.MTLCompileOptions));
     (void)leaked;
     mc__mtl_pool_pop(pool);

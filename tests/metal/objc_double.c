@@ -32,7 +32,7 @@
 enum kind {
     K_CLASS = 1, K_POOL, K_STRING, K_URL, K_ARRAY, K_DICT, K_ERROR, K_PROCINFO, K_DEVICE, K_ARCH, K_BUFFER,
     K_COPTS, K_LIBRARY, K_FUNCTION, K_PDESC, K_PSO, K_ADESC, K_ARCHIVE, K_QUEUE, K_CBDESC, K_CMDBUF, K_CENC,
-    K_BENC, K_EVENT, K_LISTENER, K_RDESC, K_RSET, K_EINFO, K_COUNT
+    K_BENC, K_EVENT, K_LISTENER, K_RDESC, K_RSET, K_EINFO, K_ICBDESC, K_ICB, K_ICMD, K_COUNT
 };
 
 static const char *const kind_names[K_COUNT] = {
@@ -41,7 +41,8 @@ static const char *const kind_names[K_COUNT] = {
     "MTLComputePipelineDescriptor", "MTLComputePipelineState", "MTLBinaryArchiveDescriptor", "MTLBinaryArchive",
     "MTLCommandQueue", "MTLCommandBufferDescriptor", "MTLCommandBuffer", "MTLComputeCommandEncoder",
     "MTLBlitCommandEncoder", "MTLSharedEvent", "MTLSharedEventListener", "MTLResidencySetDescriptor",
-    "MTLResidencySet", "MTLCommandBufferEncoderInfo"};
+    "MTLResidencySet", "MTLCommandBufferEncoderInfo", "MTLIndirectCommandBufferDescriptor",
+    "MTLIndirectCommandBuffer", "MTLIndirectComputeCommand"};
 
 #define MCD_MAGIC 0x6d63644fu
 #define MAX_SLOTS 31
@@ -51,7 +52,8 @@ typedef struct op op;
 
 /* A recorded GPU command, with everything it needs captured at encode time. */
 struct op {
-    enum { OP_ENC_BEGIN, OP_ENC_END, OP_DISPATCH, OP_INDIRECT, OP_BARRIER, OP_COPY, OP_FILL, OP_SIGNAL, OP_WAIT } type;
+    enum { OP_ENC_BEGIN, OP_ENC_END, OP_DISPATCH, OP_INDIRECT, OP_BARRIER, OP_COPY, OP_FILL, OP_SIGNAL, OP_WAIT,
+           OP_EXEC_ICB } type;
     obj *enc;
     obj *pso;
     obj *buf[MAX_SLOTS];
@@ -59,7 +61,7 @@ struct op {
     unsigned char *bytes[MAX_SLOTS];
     size_t bytes_len[MAX_SLOTS];
     uintptr_t groups[3], threads[3];
-    obj *a, *b; /* copy src/dst, fill/indirect buffer, event */
+    obj *a, *b; /* copy src/dst, fill/indirect buffer, event; OP_EXEC_ICB: the ICB, its range buffer */
     size_t a_off, b_off, len;
     uint64_t value;
 };
@@ -133,7 +135,25 @@ struct obj {
     size_t bind_len[MAX_SLOTS];
     unsigned char **allocs;
     size_t nallocs;
+    obj **used;                /* compute encoder: resources passed to useResources:count:usage: */
+    size_t nused;
+    /* indirect command buffers (F670): descriptor, ICB, its commands */
+    unsigned long icb_types, icb_maxbind;
+    bool icb_inherit_pso, icb_inherit_buf;
+    bool icb_ok;               /* pipeline descriptor / state: supportIndirectCommandBuffers */
+    struct icmd *icmds;        /* ICB: one per command */
+    obj **icmd_objs;           /* ICB: the command objects handed out (borrowed children) */
+    size_t nicmds;
 };
+
+/* One command of an indirect command buffer. */
+typedef struct icmd {
+    bool encoded, barrier;
+    obj *pso;
+    obj *buf[MAX_SLOTS];
+    size_t off[MAX_SLOTS];
+    uintptr_t groups[3], threads[3];
+} icmd;
 
 struct objc_selector {
     char *name;
@@ -452,6 +472,16 @@ static void die(obj *o)
     case K_BENC:
         for (size_t i = 0; i < o->nallocs; i++) free(o->allocs[i]);
         o->nallocs = 0;
+        free(o->used);
+        o->used = NULL;
+        o->nused = 0;
+        break;
+    case K_ICB: /* its command objects go with it, as borrowed children */
+        free(o->icmds);
+        free(o->icmd_objs);
+        o->icmds = NULL;
+        o->icmd_objs = NULL;
+        o->nicmds = 0;
         break;
     case K_EVENT:
         for (pending_note *p = o->notes, *next; p; p = next) {
@@ -619,7 +649,8 @@ static int alloc_kind(const char *cls)
     static const struct { const char *cls; int kind; } t[] = {
         {"NSAutoreleasePool", K_POOL}, {"MTLCompileOptions", K_COPTS}, {"MTLComputePipelineDescriptor", K_PDESC},
         {"MTLBinaryArchiveDescriptor", K_ADESC}, {"MTLCommandBufferDescriptor", K_CBDESC},
-        {"MTLSharedEventListener", K_LISTENER}, {"MTLResidencySetDescriptor", K_RDESC}};
+        {"MTLSharedEventListener", K_LISTENER}, {"MTLResidencySetDescriptor", K_RDESC},
+        {"MTLIndirectCommandBufferDescriptor", K_ICBDESC}};
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
         if (!strcmp(t[i].cls, cls)) return t[i].kind;
     return 0;
@@ -631,6 +662,7 @@ IMP(c_alloc)
     snprintf(origin, sizeof origin, "+[%s alloc]", self->cls);
     obj *o = new_obj(alloc_kind(self->cls), origin);
     if (o->kind == K_CBDESC) o->retained_refs = true; /* Metal's default */
+    if (o->kind == K_ICBDESC) o->icb_inherit_pso = o->icb_inherit_buf = true; /* Metal's defaults */
     RET_OBJ(o);
 }
 IMP(c_string)
@@ -925,6 +957,7 @@ IMP(d_new_pso)
     pso->str = strdup(desc->a->str);
     pso->maxt = desc->maxt ? desc->maxt : 1024;
     pso->simd = desc->simd;
+    pso->icb_ok = desc->icb_ok;
     snprintf(pso->label, sizeof pso->label, "%s", desc->label);
     g_stats.pipelines_made++;
     RET_OBJ(pso);
@@ -988,6 +1021,128 @@ IMP(d_new_rset)
     RET_OBJ(s);
 }
 
+/* MTLIndirectCommandBufferDescriptor, MTLIndirectCommandBuffer, MTLIndirectComputeCommand (F670) */
+IMP(icd_types)
+{
+    self->icb_types = a[0];
+}
+IMP(icd_inherit_pso)
+{
+    self->icb_inherit_pso = (signed char)a[0] != 0;
+}
+IMP(icd_inherit_buf)
+{
+    self->icb_inherit_buf = (signed char)a[0] != 0;
+}
+IMP(icd_maxbind)
+{
+    if (a[0] > MAX_SLOTS) violation("setMaxKernelBufferBindCount: %lu is over the %d buffers a kernel can take",
+                                    (unsigned long)a[0], MAX_SLOTS);
+    self->icb_maxbind = a[0];
+}
+IMP(d_new_icb)
+{
+    obj *desc = ARG_OBJ(0);
+    const char *sel = "newIndirectCommandBufferWithDescriptor:maxCommandCount:options:";
+    if (!want_kind(sel, desc, K_ICBDESC, false)) return;
+    if (a[2] != 0) violation("%s options 0x%lx: expected shared storage (0)", sel, (unsigned long)a[2]);
+    if (!(desc->icb_types & 32u)) violation("%s: the descriptor's commandTypes lack ConcurrentDispatch", sel);
+    if (a[1] == 0) return; /* nil */
+    obj *icb = new_obj(K_ICB, "-[MTLDevice newIndirectCommandBufferWithDescriptor:maxCommandCount:options:]");
+    icb->icb_types = desc->icb_types;
+    icb->icb_maxbind = desc->icb_maxbind;
+    icb->icb_inherit_pso = desc->icb_inherit_pso;
+    icb->icb_inherit_buf = desc->icb_inherit_buf;
+    icb->nicmds = a[1];
+    icb->icmds = calloc(a[1], sizeof *icb->icmds);
+    icb->icmd_objs = calloc(a[1], sizeof *icb->icmd_objs);
+    RET_OBJ(icb);
+}
+IMP(icb_command)
+{
+    if (a[0] >= self->nicmds) {
+        violation("indirectComputeCommandAtIndex: %lu of an ICB of %zu commands", (unsigned long)a[0], self->nicmds);
+        return;
+    }
+    if (!self->icmd_objs[a[0]]) { /* borrowed: goes with the ICB */
+        obj *c = child(self, K_ICMD, "-[MTLIndirectCommandBuffer indirectComputeCommandAtIndex:]");
+        c->value = a[0];
+        self->icmd_objs[a[0]] = c;
+    }
+    RET_OBJ(self->icmd_objs[a[0]]);
+}
+static icmd *icmd_of(obj *self)
+{
+    obj *icb = self->owner;
+    return icb && !icb->dead && self->value < icb->nicmds ? &icb->icmds[self->value] : NULL;
+}
+IMP(ic_pso)
+{
+    icmd *c = icmd_of(self);
+    obj *p = ARG_OBJ(0);
+    if (!c || !want_kind("setComputePipelineState:", p, K_PSO, false)) return;
+    if (self->owner->icb_inherit_pso)
+        violation("setComputePipelineState: on a command of an ICB that inherits its pipeline state");
+    if (!p->icb_ok)
+        violation("setComputePipelineState: %s was not made with supportIndirectCommandBuffers", describe(p));
+    c->pso = p;
+}
+IMP(ic_buffer)
+{
+    icmd *c = icmd_of(self);
+    obj *b = ARG_OBJ(0);
+    if (!c || !want_kind("setKernelBuffer:offset:atIndex:", b, K_BUFFER, false)) return;
+    if (self->owner->icb_inherit_buf) violation("setKernelBuffer:offset:atIndex: on an ICB that inherits its buffers");
+    if (a[2] >= self->owner->icb_maxbind) {
+        violation("setKernelBuffer:offset:atIndex: index %lu, the ICB allows %lu buffers", (unsigned long)a[2],
+                  self->owner->icb_maxbind);
+        return;
+    }
+    if (a[1] > b->len) violation("setKernelBuffer:offset:atIndex: offset %lu beyond %s", (unsigned long)a[1], describe(b));
+    c->buf[a[2]] = b;
+    c->off[a[2]] = a[1];
+}
+IMP(ic_tgmem)
+{
+    if (!icmd_of(self)) return;
+    if (a[0] % 16) violation("setThreadgroupMemoryLength:atIndex: %lu is not a multiple of 16", (unsigned long)a[0]);
+    if (a[0] > 32768) violation("setThreadgroupMemoryLength:atIndex: %lu over the device's 32 KiB", (unsigned long)a[0]);
+}
+IMP(ic_dispatch)
+{
+    const char *sel = "concurrentDispatchThreadgroups:threadsPerThreadgroup:";
+    icmd *c = icmd_of(self);
+    if (!c) return;
+    if (!(self->owner->icb_types & 32u)) violation("%s on an ICB without ConcurrentDispatch commands", sel);
+    if (!c->pso) {
+        violation("%s before setComputePipelineState:", sel);
+        return;
+    }
+    const uintptr_t *g = a, *t = a + 3;
+    if (!g[0] || !g[1] || !g[2]) violation("%s with an empty grid: reset the command instead", sel);
+    uintptr_t total = t[0] * t[1] * t[2];
+    if (!total || total > c->pso->maxt)
+        violation("%s: %lu threads per threadgroup, the pipeline allows %lu", sel, (unsigned long)total, c->pso->maxt);
+    if (c->pso->simd && t[0] % 32)
+        violation("%s: %lu threads, not a multiple of the SIMD width the pipeline promised (F158)", sel,
+                  (unsigned long)t[0]);
+    memcpy(c->groups, g, sizeof c->groups);
+    memcpy(c->threads, t, sizeof c->threads);
+    c->encoded = true;
+}
+IMP(ic_barrier)
+{
+    (void)a;
+    icmd *c = icmd_of(self);
+    if (c) c->barrier = true;
+}
+IMP(ic_reset)
+{
+    (void)a;
+    icmd *c = icmd_of(self);
+    if (c) memset(c, 0, sizeof *c);
+}
+
 /* MTLBuffer */
 IMP(b_contents)
 {
@@ -1039,6 +1194,10 @@ IMP(pd_simd)
 {
     self->simd = (signed char)a[0] != 0;
     self->simd_set = true;
+}
+IMP(pd_support_icb)
+{
+    self->icb_ok = (signed char)a[0] != 0;
 }
 IMP(pd_archives)
 {
@@ -1285,6 +1444,11 @@ IMP(cb_commit)
             check_resident(self, o->a);
             check_resident(self, o->b);
         }
+        if (o->type == OP_EXEC_ICB) {
+            check_resident(self, o->b);
+            for (size_t k = 0; k < o->a->nicmds; k++)
+                for (int slot = 0; slot < MAX_SLOTS; slot++) check_resident(self, o->a->icmds[k].buf[slot]);
+        }
     }
     if (g_plan_nth > 0 && --g_plan_nth == 0) {
         self->fail_code = g_plan_code;
@@ -1409,6 +1573,14 @@ static op *dispatch_op(obj *self, const char *sel, int type, const uintptr_t *th
 }
 IMP(e_dispatch)
 {
+    if (!a[0] && !a[1] && !a[2] && !a[3] && !a[4] && !a[5]) {
+        /* an empty dispatch only to make the encoder use the pipeline, before
+         * executing an ICB that uses it (metal_queue.c) */
+        if (enc_cb(self, "dispatchThreadgroups:threadsPerThreadgroup:") && !self->pso)
+            violation("dispatchThreadgroups:threadsPerThreadgroup: before setComputePipelineState:");
+        g_stats.pipeline_touches++;
+        return;
+    }
     if (!a[0] || !a[1] || !a[2]) {
         violation("dispatchThreadgroups:threadsPerThreadgroup: with an empty grid (%lu,%lu,%lu)", (unsigned long)a[0],
                   (unsigned long)a[1], (unsigned long)a[2]);
@@ -1471,6 +1643,77 @@ IMP(e_fill)
     o->len = a[2];
     o->value = (uint8_t)a[3];
     keep_ref(cb, b);
+}
+IMP(e_use)
+{
+    const id *res = (const id *)a[0];
+    if (!enc_cb(self, "useResources:count:usage:")) return;
+    if (!(a[2] & 3u)) violation("useResources:count:usage: usage %lu grants neither read nor write", (unsigned long)a[2]);
+    for (size_t i = 0; i < a[1]; i++) {
+        obj *x = lookup(res[i]);
+        if (!x || x->dead || x->kind != K_BUFFER) {
+            violation("useResources:count:usage: element %zu is not a live buffer", i);
+            continue;
+        }
+        self->used = realloc(self->used, (self->nused + 1) * sizeof *self->used);
+        self->used[self->nused++] = x;
+    }
+}
+static bool used_in(const obj *enc, const obj *b)
+{
+    for (size_t i = 0; i < enc->nused; i++)
+        if (enc->used[i] == b) return true;
+    return false;
+}
+/* The commands [lo, hi) of icb may run from enc: what they use is resident. */
+static void check_icb_use(obj *enc, obj *icb, size_t lo, size_t hi, const char *sel)
+{
+    for (size_t k = lo; k < hi && k < icb->nicmds; k++) {
+        const icmd *c = &icb->icmds[k];
+        for (int i = 0; c->encoded && i < MAX_SLOTS; i++)
+            if (c->buf[i] && !used_in(enc, c->buf[i])) {
+                violation("%s: ICB command %zu uses %s, which the encoder was not told of (useResources:count:usage:)",
+                          sel, k, describe(c->buf[i]));
+                return;
+            }
+    }
+}
+static op *exec_icb_op(obj *self, obj *icb, const char *sel)
+{
+    obj *cb = enc_cb(self, sel);
+    if (!cb || !want_kind(sel, icb, K_ICB, false)) return NULL;
+    op *o = add_op(cb, OP_EXEC_ICB);
+    o->enc = self;
+    o->a = icb;
+    keep_ref(cb, icb);
+    return o;
+}
+IMP(e_exec_range)
+{
+    const char *sel = "executeCommandsInBuffer:withRange:";
+    obj *icb = ARG_OBJ(0);
+    size_t loc = a[1], len = a[2];
+    op *o = exec_icb_op(self, icb, sel);
+    if (!o) return;
+    if (len > 16384) violation("%s: %zu commands, Metal runs at most 16384 in one", sel, len);
+    if (loc > icb->nicmds || len > icb->nicmds - loc)
+        violation("%s: range {%zu, %zu} beyond the ICB's %zu commands", sel, loc, len, icb->nicmds);
+    o->groups[0] = loc;
+    o->groups[1] = len;
+    check_icb_use(self, icb, loc, loc + len, sel);
+}
+IMP(e_exec_indirect)
+{
+    const char *sel = "executeCommandsInBuffer:indirectBuffer:indirectBufferOffset:";
+    obj *icb = ARG_OBJ(0), *rb = ARG_OBJ(1);
+    if (!want_kind(sel, rb, K_BUFFER, false)) return;
+    op *o = exec_icb_op(self, icb, sel);
+    if (!o) return;
+    if (a[2] % 4) violation("%s: offset %lu is not 4-byte aligned", sel, (unsigned long)a[2]);
+    o->b = rb;
+    o->b_off = a[2];
+    keep_ref(self->c, rb);
+    check_icb_use(self, icb, 0, icb->nicmds, sel);
 }
 IMP(e_end)
 {
@@ -1667,6 +1910,22 @@ static const method methods[] = {
     {K_PDESC, NULL, "setMaxTotalThreadsPerThreadgroup:", pd_max, 0},
     {K_PDESC, NULL, "setThreadGroupSizeIsMultipleOfThreadExecutionWidth:", pd_simd, 0},
     {K_PDESC, NULL, "setBinaryArchives:", pd_archives, 0},
+    {K_PDESC, NULL, "setSupportIndirectCommandBuffers:", pd_support_icb, 0},
+    {K_CLASS, "MTLIndirectCommandBufferDescriptor", "alloc", c_alloc, 0},
+    {K_ICBDESC, NULL, "init", i_init, 0},
+    {K_ICBDESC, NULL, "setCommandTypes:", icd_types, 0},
+    {K_ICBDESC, NULL, "setInheritPipelineState:", icd_inherit_pso, 0},
+    {K_ICBDESC, NULL, "setInheritBuffers:", icd_inherit_buf, 0},
+    {K_ICBDESC, NULL, "setMaxKernelBufferBindCount:", icd_maxbind, 0},
+    {K_DEVICE, NULL, "newIndirectCommandBufferWithDescriptor:maxCommandCount:options:", d_new_icb, 0},
+    {K_ICB, NULL, "setLabel:", x_set_label, 0},
+    {K_ICB, NULL, "indirectComputeCommandAtIndex:", icb_command, 0},
+    {K_ICMD, NULL, "setComputePipelineState:", ic_pso, 0},
+    {K_ICMD, NULL, "setKernelBuffer:offset:atIndex:", ic_buffer, 0},
+    {K_ICMD, NULL, "setThreadgroupMemoryLength:atIndex:", ic_tgmem, 0},
+    {K_ICMD, NULL, "concurrentDispatchThreadgroups:threadsPerThreadgroup:", ic_dispatch, 0},
+    {K_ICMD, NULL, "setBarrier", ic_barrier, 0},
+    {K_ICMD, NULL, "reset", ic_reset, 0},
     {K_PSO, NULL, "maxTotalThreadsPerThreadgroup", ps_max, 0},
     {K_PSO, NULL, "threadExecutionWidth", ps_width, 0},
     {K_PSO, NULL, "staticThreadgroupMemoryLength", ps_static_tg, 0},
@@ -1699,6 +1958,9 @@ static const method methods[] = {
     {K_CENC, NULL, "dispatchThreadgroups:threadsPerThreadgroup:", e_dispatch, 0},
     {K_CENC, NULL, "dispatchThreadgroupsWithIndirectBuffer:indirectBufferOffset:threadsPerThreadgroup:", e_indirect, 0},
     {K_CENC, NULL, "memoryBarrierWithScope:", e_barrier, 0},
+    {K_CENC, NULL, "useResources:count:usage:", e_use, 0},
+    {K_CENC, NULL, "executeCommandsInBuffer:withRange:", e_exec_range, 0},
+    {K_CENC, NULL, "executeCommandsInBuffer:indirectBuffer:indirectBufferOffset:", e_exec_indirect, 0},
     {K_CENC, NULL, "endEncoding", e_end, 0},
     {K_BENC, NULL, "setLabel:", x_set_label, 0},
     {K_BENC, NULL, "copyFromBuffer:sourceOffset:toBuffer:destinationOffset:size:", e_copy, 0},
@@ -1866,7 +2128,7 @@ Class objc_getClass(const char *name)
     static const char *const known[] = {
         "NSAutoreleasePool", "NSString", "NSURL", "NSArray", "NSDictionary", "NSProcessInfo", "MTLCompileOptions",
         "MTLComputePipelineDescriptor", "MTLBinaryArchiveDescriptor", "MTLCommandBufferDescriptor",
-        "MTLSharedEventListener", "MTLResidencySetDescriptor"};
+        "MTLSharedEventListener", "MTLResidencySetDescriptor", "MTLIndirectCommandBufferDescriptor"};
     pthread_mutex_lock(&G);
     load_docs();
     obj *found = NULL;
@@ -2016,6 +2278,20 @@ static void run_kernel(kctx *k, const char *fn, uint64_t tid)
         uint32_t n = arg_u32(k, 2);
         unsigned char *d, *s;
         if (tid < n && (d = arg_mem(k, 0, tid, 1)) && (s = arg_mem(k, 1, tid, 1))) *d = *s;
+    } else if (!strcmp(fn, "mc_clamp_range")) {
+        uint32_t n = arg_u32(k, 2), *in = arg_mem(k, 0, 0, 8), *out = arg_mem(k, 1, 0, 8);
+        if (tid == 0 && in && out) {
+            uint32_t first = in[0] < n ? in[0] : n, count = in[1] < n - first ? in[1] : n - first;
+            out[0] = first;
+            out[1] = count;
+        }
+    } else if (!strcmp(fn, "mc_check_grid")) {
+        uint32_t *in = arg_mem(k, 0, 0, 12), *out = arg_mem(k, 1, 0, 16);
+        if (tid == 0 && in && out) {
+            bool over = in[0] && in[1] && in[2] && (in[0] > 2147483647u || in[1] > 65535u || in[2] > 65535u);
+            for (int i = 0; i < 3; i++) out[i] = over ? 0 : in[i];
+            out[3] = over;
+        }
     } else if (!strcmp(fn, "mc_fill_bytes")) {
         uint32_t n = arg_u32(k, 1), v = arg_u32(k, 2);
         unsigned char *d;
@@ -2026,9 +2302,53 @@ static void run_kernel(kctx *k, const char *fn, uint64_t tid)
     }
 }
 
+static bool execute(const op *o, char *why, size_t cap);
+
+/* An ICB's commands, each as the dispatch it encodes. The range a buffer
+ * gives is not clamped: Metal does not, so the backend must have. */
+static bool execute_icb(const op *o, char *why, size_t cap)
+{
+    obj *icb = o->a;
+    size_t loc = o->groups[0], len = o->groups[1];
+    if (icb->dead) violation("an ICB ran after it was released (%s)", describe(icb));
+    if (o->b) {
+        uint32_t r[2];
+        if (o->b->dead) violation("an ICB range ran from released %s", describe(o->b));
+        if (o->b_off + 8 > o->b->len) {
+            snprintf(why, cap, "ICB range at %zu beyond %s", o->b_off, describe(o->b));
+            return false;
+        }
+        memcpy(r, (char *)o->b->mem + o->b_off, 8);
+        loc = r[0];
+        len = r[1];
+        if (loc > icb->nicmds || len > icb->nicmds - loc || len > 16384) {
+            violation("executeCommandsInBuffer:indirectBuffer:... read the range {%zu, %zu} for an ICB of %zu commands: "
+                      "Metal does not clamp it",
+                      loc, len, icb->nicmds);
+            return true;
+        }
+    }
+    for (size_t k = loc; k < loc + len && k < icb->nicmds; k++) {
+        const icmd *c = &icb->icmds[k];
+        if (!c->encoded) continue; /* a reset command does nothing */
+        op d;
+        memset(&d, 0, sizeof d);
+        d.type = OP_DISPATCH;
+        d.pso = c->pso;
+        memcpy(d.buf, c->buf, sizeof d.buf);
+        memcpy(d.off, c->off, sizeof d.off);
+        memcpy(d.groups, c->groups, sizeof d.groups);
+        memcpy(d.threads, c->threads, sizeof d.threads);
+        g_stats.icb_commands_run++;
+        if (!execute(&d, why, cap)) return false;
+    }
+    return true;
+}
+
 /* Returns false (and a reason) on a simulated page fault. */
 static bool execute(const op *o, char *why, size_t cap)
 {
+    if (o->type == OP_EXEC_ICB) return execute_icb(o, why, cap);
     if (o->type == OP_DISPATCH || o->type == OP_INDIRECT) {
         kctx k = {o, false, ""};
         uintptr_t groups[3] = {o->groups[0], o->groups[1], o->groups[2]};

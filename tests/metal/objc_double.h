@@ -60,6 +60,8 @@ typedef struct mcd_stats {
     unsigned notifications;          /* listener blocks invoked */
     unsigned timed_waits;            /* waitUntilSignaledValue:timeoutMS: calls */
     unsigned encoders_labelled;
+    unsigned long icb_commands_run;  /* ICB commands executed */
+    unsigned pipeline_touches;       /* empty dispatches that only use a pipeline before an ICB */
     unsigned distinct_selectors;
 } mcd_stats;
 

@@ -9,7 +9,7 @@
  *
  * Files:
  *   cpu_device.c   devices, buffers, events and the HAL table
- *   cpu_exec.c     the worker pool, queues and command execution
+ *   cpu_exec.c     the worker pool, queues, command execution, command lists
  *   cpu_compile.c  libraries (system C compiler + dlopen), pipelines, archive
  *
  * Configuration (environment, read at device open):
@@ -35,6 +35,7 @@
 #include "mc/mc_cpu_kernel.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 
 /* Limits reported in mc_device_info (Apple GPU values, so code tuned here
@@ -83,6 +84,9 @@ typedef struct mc__cpu_pipeline {
     mc_cpu_kernel_fn fn;
     uint32_t max_threads; /* per threadgroup */
     int32_t argc;
+    /* One threadgroup's time on one worker in the last dispatch (0: not
+     * known yet); a dispatch predicted to be tiny runs unshared. */
+    atomic_uint_least64_t group_ns;
 } mc__cpu_pipeline;
 
 struct mc__cpu_event {
@@ -141,6 +145,17 @@ typedef struct mc__cpu_queue {
     pthread_cond_t done_cv; /* with dev->lock */
 } mc__cpu_queue;
 
+/* A command list: the engine's recording (valid until cmdlist_destroy) and
+ * where each command's group starts. */
+typedef struct mc__cpu_list {
+    const mc__cmd *cmds;
+    uint32_t ncmd;
+    const uint8_t *bytes;
+    uint32_t *group; /* ncommands entries */
+    uint32_t ncommands;
+    char *label;
+} mc__cpu_list;
+
 /* A submission in flight, from submit to complete. */
 struct mc__cpu_job {
     mc__cpu_job *next;       /* in its queue */
@@ -197,6 +212,17 @@ struct mc__cpu_device {
     bool cc_known;
 };
 
+/* One step of a spin-wait (i counts the steps). Every 32nd step yields the
+ * core: where the scheduler puts a woken thread on the core of the thread
+ * that woke it (small VMs do, and rebalance only after milliseconds), the
+ * thread being waited for may be queued behind the spinner and would
+ * otherwise start only when the spin ends. */
+static inline void mc__cpu_spin_step(uint32_t i)
+{
+    if ((i & 31u) == 0) sched_yield();
+    else mc__cpu_relax();
+}
+
 /* cpu_device.c */
 void *mc__cpu_alloc_aligned(size_t size, void **raw);
 mc_status mc__cpu_cond_init(pthread_cond_t *cv);
@@ -244,5 +270,7 @@ mc_status mc__cpu_queue_create(void *dev, const char *label, void **queue);
 void mc__cpu_queue_destroy(void *dev, void *queue);
 mc_status mc__cpu_submit(void *dev, void *queue, mc__submission *sub);
 mc_status mc__cpu_submission_wait(void *dev, void *queue, mc__submission *sub, uint64_t timeout_ns);
+mc_status mc__cpu_cmdlist_create(void *dev, const mc__list_desc *desc, void **list, uint32_t *caps);
+void mc__cpu_cmdlist_destroy(void *dev, void *list);
 
 #endif

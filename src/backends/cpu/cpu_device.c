@@ -408,7 +408,7 @@ mc_status mc__cpu_event_wait(void *vdev, void *vev, uint64_t value, uint64_t tim
     for (uint32_t i = 1;; i++) {
         if (atomic_load_explicit(&ev->value, memory_order_acquire) >= value) return MC_OK;
         if ((i & 63) == 0 && mc__now_ns() >= spin_until) break;
-        mc__cpu_relax();
+        mc__cpu_spin_step(i);
     }
     mc_status st = MC_OK;
     pthread_mutex_lock(&ev->lock);
@@ -459,4 +459,6 @@ const mc__hal mc__cpu_hal = {
     .event_value = mc__cpu_event_value,
     .event_signal = mc__cpu_event_signal,
     .event_wait = mc__cpu_event_wait,
+    .cmdlist_create = mc__cpu_cmdlist_create,
+    .cmdlist_destroy = mc__cpu_cmdlist_destroy,
 };

@@ -11,6 +11,13 @@
  * A WAIT on an event that is not there yet parks the submission on the
  * event and frees the worker; the signal puts it back on the ready list.
  *
+ * GPU-driven work: an indirect dispatch reads its grid when the worker gets
+ * to it, so a kernel earlier in the same command buffer may have written it
+ * (F148). A command list is the engine's recording itself: EXECUTE_LIST
+ * runs the chosen commands, each from empty bindings plus the ones its
+ * group carries, reading a device-chosen range at that moment and clamping
+ * it to the list (F149).
+ *
  * The Apple GPU's rules are enforced here (F144-F146, F685-F687):
  *  - an execution-time limit per command buffer, checked before every
  *    command and between threadgroups; parked time does not count. A single
@@ -22,7 +29,10 @@
  *  - device loss is sticky for every queue.
  *
  * Idle workers spin for MC_CPU_SPIN_US before sleeping, so back-to-back
- * submissions start in microseconds and an idle device costs no CPU.
+ * submissions start in microseconds and an idle device costs no CPU. A
+ * spinning thread yields its core every few microseconds: a woken thread
+ * may be queued on the spinner's core (see mc__cpu_spin_step). A dispatch
+ * that took under MC__CPU_INLINE_NS last time is not offered to the pool.
  */
 #include "backends/cpu/cpu.h"
 
@@ -32,6 +42,10 @@
 
 /* run_pass outcomes besides a status */
 enum { RUN_OK, RUN_PARKED, RUN_FAILED };
+
+/* Dispatches predicted to take less than this run unshared on the worker
+ * leading the submission (see dispatch()). */
+#define MC__CPU_INLINE_NS 10000u
 
 /* ---- ready list and waking ---------------------------------------------- */
 
@@ -130,7 +144,7 @@ static bool find_work(mc__cpu_worker *w, mc__cpu_job **job, mc__cpu_dispatch **d
             }
             if (atomic_load_explicit(&dev->stopping, memory_order_relaxed)) break;
             if ((i & 31) == 0 && mc__now_ns() >= until) break;
-            mc__cpu_relax();
+            mc__cpu_spin_step(i);
         }
         atomic_fetch_sub(&dev->nspin, 1);
     }
@@ -151,8 +165,9 @@ static bool find_work(mc__cpu_worker *w, mc__cpu_job **job, mc__cpu_dispatch **d
 
 /* ---- dispatches --------------------------------------------------------- */
 
-/* Takes threadgroups until none are left or the deadline passes. */
-static void run_groups(mc__cpu_worker *w, mc__cpu_dispatch *d)
+/* Takes threadgroups until none are left or the deadline passes; returns
+ * how many this worker ran. */
+static uint64_t run_groups(mc__cpu_worker *w, mc__cpu_dispatch *d)
 {
     mc_cpu_ctx ctx;
     memset(&ctx, 0, sizeof ctx);
@@ -168,21 +183,23 @@ static void run_groups(mc__cpu_worker *w, mc__cpu_dispatch *d)
     }
     const bool timed = d->deadline_ns != UINT64_MAX;
     const uint64_t gx = d->groups[0], gy = d->groups[1];
+    uint64_t ran = 0;
     for (;;) {
         uint64_t g = atomic_fetch_add_explicit(&d->next_group, d->chunk, memory_order_relaxed);
-        if (g >= d->total) return;
+        if (g >= d->total) return ran;
         uint64_t end = MC__MIN(g + d->chunk, d->total);
         for (; g < end; g++) {
-            if (atomic_load_explicit(&d->abort, memory_order_relaxed)) return;
+            if (atomic_load_explicit(&d->abort, memory_order_relaxed)) return ran;
             if (timed && mc__now_ns() > d->deadline_ns) {
                 atomic_store(&d->abort, true);
-                return;
+                return ran;
             }
             uint64_t rest = g / gx;
             ctx.group_id[0] = (uint32_t)(g % gx);
             ctx.group_id[1] = (uint32_t)(rest % gy);
             ctx.group_id[2] = (uint32_t)(rest / gy);
             d->fn(&ctx);
+            ran++;
         }
     }
 }
@@ -213,7 +230,7 @@ static void wait_helpers(mc__cpu_device *dev, mc__cpu_dispatch *d)
             if (!until) until = now + dev->spin_ns;
             else if (now >= until) break;
         }
-        mc__cpu_relax();
+        mc__cpu_spin_step(i + 1);
     }
     atomic_store(&d->leader_sleeping, true);
     pthread_mutex_lock(&dev->lock);
@@ -395,8 +412,17 @@ static int dispatch(mc__cpu_worker *w, mc__cpu_job *job, uint32_t pass, mc_size3
     atomic_store(&d->helpers, 0);
     atomic_store(&d->abort, false);
 
-    if (total == 1 || dev->nworkers == 1) {
-        run_groups(w, d); /* nothing to share: no wake-ups, no locks */
+    /* A grid whose groups took so little last time that all of it fits in
+     * MC__CPU_INLINE_NS runs here, unshared: offering it would cost about
+     * what it saves (a lock, a wake-up, cache lines moving between cores)
+     * and keep a second core busy. Every dispatch measures again, so a
+     * pipeline whose work grows is shared from its next dispatch on. */
+    mc__cpu_pipeline *mpl = (mc__cpu_pipeline *)pl; /* group_ns is the one field that changes */
+    uint64_t group_ns = atomic_load_explicit(&mpl->group_ns, memory_order_relaxed), t0, t1, ran;
+    if (total == 1 || dev->nworkers == 1 || (group_ns && group_ns <= MC__CPU_INLINE_NS / total)) {
+        t0 = mc__now_ns();
+        ran = run_groups(w, d); /* nothing to share: no wake-ups, no locks */
+        t1 = mc__now_ns();
     } else {
         pthread_mutex_lock(&dev->lock);
         d->prev = NULL;
@@ -408,13 +434,17 @@ static int dispatch(mc__cpu_worker *w, mc__cpu_job *job, uint32_t pass, mc_size3
         wake_locked(dev, MC__MIN(total - 1, (uint64_t)dev->nworkers - 1));
         pthread_mutex_unlock(&dev->lock);
 
-        run_groups(w, d);
+        t0 = mc__now_ns();
+        ran = run_groups(w, d);
+        t1 = mc__now_ns();
 
         pthread_mutex_lock(&dev->lock);
         if (d->listed) unlink_dispatch_locked(dev, d);
         pthread_mutex_unlock(&dev->lock);
         wait_helpers(dev, d);
     }
+    /* this worker's own time per group: what running all of it here costs */
+    if (ran) atomic_store_explicit(&mpl->group_ns, MC__MAX((t1 - t0) / ran, 1u), memory_order_relaxed);
     if (atomic_load(&d->abort)) return fail_timeout(dev, job, pass);
     return RUN_OK;
 }
@@ -455,92 +485,211 @@ static int wait_event(mc__cpu_device *dev, mc__cpu_job *job, uint32_t c, mc__cpu
     return RUN_PARKED;
 }
 
-static int run_pass(mc__cpu_worker *w, mc__cpu_job *job, uint32_t p)
+/* Where a command of pass p sits, for messages: "" or " (list 'x' command k)". */
+typedef struct where {
+    const mc__cpu_list *list; /* NULL: the pass's own command */
+    uint32_t k;
+    char text[96];
+} where;
+
+static const char *where_text(where *at)
+{
+    if (!at->list) return "";
+    snprintf(at->text, sizeof at->text, " (list '%.48s' command %u)", at->list->label, at->k);
+    return at->text;
+}
+
+/* Reads an indirect dispatch's grid now, at execution, as the GPU does
+ * (F148); in validation mode counts over the limits fail the pass. */
+static int dispatch_indirect(mc__cpu_worker *w, mc__cpu_job *job, uint32_t p, const mc__cmd *cmd, where *at,
+                             uint64_t deadline)
+{
+    const mc__cpu_buffer *b = cmd->u.indirect.buffer;
+    uint32_t g[3];
+    if (!in_range(b, cmd->u.indirect.offset, sizeof g))
+        return bad_range(job, p, "indirect dispatch", b, cmd->u.indirect.offset, sizeof g);
+    memcpy(g, (const char *)b->data + cmd->u.indirect.offset, sizeof g);
+    if (g[0] && g[1] && g[2] && (job->sub->flags & MC__SUBMIT_VALIDATION) &&
+        (g[0] > MC_INDIRECT_MAX_GROUPS_X || g[1] > MC_INDIRECT_MAX_GROUPS_YZ || g[2] > MC_INDIRECT_MAX_GROUPS_YZ))
+        return fail(job, p, MC_ERR_VALIDATION,
+                    "indirect dispatch in pass '%s'%s: threadgroup counts (%u,%u,%u) exceed the limits (x <= %u, y "
+                    "and z <= %u); it did not run",
+                    job->sub->passes[p].label, where_text(at), g[0], g[1], g[2], MC_INDIRECT_MAX_GROUPS_X,
+                    MC_INDIRECT_MAX_GROUPS_YZ);
+    mc_size3 groups = {g[0], g[1], g[2]};
+    return dispatch(w, job, p, groups, cmd->u.indirect.threads, deadline);
+}
+
+static int run_list(mc__cpu_worker *w, mc__cpu_job *job, uint32_t p, const mc__cmd *cmd, uint64_t deadline);
+
+/* One command of pass p; bytes: the arena SET_BYTES offsets point into. */
+static int run_cmd(mc__cpu_worker *w, mc__cpu_job *job, uint32_t p, uint32_t c, const mc__cmd *cmd,
+                   const uint8_t *bytes, where *at, uint64_t deadline)
 {
     mc__cpu_device *dev = w->dev;
-    const mc__submission *sub = job->sub;
-    const mc__pass *pass = &sub->passes[p];
-    const uint64_t deadline = job_deadline(dev, job);
-    for (uint32_t c = job->cmd; c < pass->first + pass->count; c++) {
-        const mc__cmd *cmd = &sub->cmds[c];
-        if (deadline != UINT64_MAX && mc__now_ns() > deadline) return fail_timeout(dev, job, p);
-        int rc = RUN_OK;
-        switch ((mc__op)cmd->op) {
-        case MC__OP_SET_PIPELINE:
-            job->pipeline = cmd->u.pipeline;
-            break;
-        case MC__OP_SET_BUFFER: {
-            const mc__cpu_buffer *b = cmd->u.buf.buffer;
-            if (cmd->index >= MC_CPU_MAX_ARGS) goto bad_index;
-            if (b && cmd->u.buf.offset > b->size) return bad_range(job, p, "buffer binding", b, cmd->u.buf.offset, 0);
-            /* From our own record, not u.buf.host: private buffers have no
-             * host address for the engine, but they are host memory here. */
-            job->args[cmd->index].ptr = b ? (char *)b->data + cmd->u.buf.offset : NULL;
-            job->args[cmd->index].size = b ? b->size - cmd->u.buf.offset : 0;
-            break;
+    const char *label = job->sub->passes[p].label;
+    switch ((mc__op)cmd->op) {
+    case MC__OP_SET_PIPELINE:
+        job->pipeline = cmd->u.pipeline;
+        return RUN_OK;
+    case MC__OP_SET_BUFFER: {
+        const mc__cpu_buffer *b = cmd->u.buf.buffer;
+        if (cmd->index >= MC_CPU_MAX_ARGS) break;
+        if (b && cmd->u.buf.offset > b->size) return bad_range(job, p, "buffer binding", b, cmd->u.buf.offset, 0);
+        /* From our own record, not u.buf.host: private buffers have no
+         * host address for the engine, but they are host memory here. */
+        job->args[cmd->index].ptr = b ? (char *)b->data + cmd->u.buf.offset : NULL;
+        job->args[cmd->index].size = b ? b->size - cmd->u.buf.offset : 0;
+        return RUN_OK;
+    }
+    case MC__OP_SET_BYTES:
+        if (cmd->index >= MC_CPU_MAX_ARGS) break;
+        job->args[cmd->index].ptr = (void *)(bytes + cmd->u.bytes.offset);
+        job->args[cmd->index].size = cmd->u.bytes.len;
+        return RUN_OK;
+    case MC__OP_SET_TGMEM:
+        if (cmd->index >= MC_CPU_MAX_TG_MEM) break;
+        job->tg_len[cmd->index] = cmd->u.tgmem.len;
+        return RUN_OK;
+    case MC__OP_DISPATCH:
+        return dispatch(w, job, p, cmd->u.dispatch.groups, cmd->u.dispatch.threads, deadline);
+    case MC__OP_DISPATCH_INDIRECT:
+        return dispatch_indirect(w, job, p, cmd, at, deadline);
+    case MC__OP_BARRIER:
+        /* Dispatches already run one after another: nothing overlaps. */
+        return RUN_OK;
+    case MC__OP_EXECUTE_LIST:
+        if (at->list) return fail(job, p, MC_ERR_INTERNAL, "a command list inside a command list in pass '%s'", label);
+        return run_list(w, job, p, cmd, deadline);
+    case MC__OP_COPY: {
+        const mc__cpu_buffer *src = cmd->u.copy.src, *dst = cmd->u.copy.dst;
+        if (!in_range(src, cmd->u.copy.src_offset, cmd->u.copy.len))
+            return bad_range(job, p, "copy source", src, cmd->u.copy.src_offset, cmd->u.copy.len);
+        if (!in_range(dst, cmd->u.copy.dst_offset, cmd->u.copy.len))
+            return bad_range(job, p, "copy destination", dst, cmd->u.copy.dst_offset, cmd->u.copy.len);
+        if (cmd->u.copy.len)
+            memmove((char *)dst->data + cmd->u.copy.dst_offset, (const char *)src->data + cmd->u.copy.src_offset,
+                    cmd->u.copy.len);
+        return RUN_OK;
+    }
+    case MC__OP_FILL: {
+        const mc__cpu_buffer *b = cmd->u.fill.buffer;
+        if (!in_range(b, cmd->u.fill.offset, cmd->u.fill.len))
+            return bad_range(job, p, "fill", b, cmd->u.fill.offset, cmd->u.fill.len);
+        if (cmd->u.fill.len) memset((char *)b->data + cmd->u.fill.offset, cmd->u.fill.value, cmd->u.fill.len);
+        return RUN_OK;
+    }
+    case MC__OP_SIGNAL: {
+        mc__cpu_job *released = mc__cpu_event_raise(cmd->u.event.event, cmd->u.event.value);
+        if (released) mc__cpu_make_ready(dev, released);
+        return RUN_OK;
+    }
+    case MC__OP_WAIT:
+        if (at->list) break;
+        return wait_event(dev, job, c, cmd->u.event.event, cmd->u.event.value);
+    default:
+        return fail(job, p, MC_ERR_INTERNAL, "unknown command %u in pass '%s'%s", cmd->op, label, where_text(at));
+    }
+    return fail(job, p, MC_ERR_INVALID_RESOURCE, "argument slot %u out of range in pass '%s'%s", cmd->index, label,
+                where_text(at));
+}
+
+/* Executes the chosen range of a list: each command from empty bindings,
+ * with the ones its group carries (hal.h, "command lists"). */
+static int run_list(mc__cpu_worker *w, mc__cpu_job *job, uint32_t p, const mc__cmd *cmd, uint64_t deadline)
+{
+    const mc__cpu_list *l = cmd->u.exec.list;
+    uint32_t first = cmd->u.exec.first, count = cmd->u.exec.count;
+    if (cmd->u.exec.range_buffer) { /* chosen by earlier work: read it now, clamp it to the list */
+        const mc__cpu_buffer *rb = cmd->u.exec.range_buffer;
+        uint32_t range[2];
+        if (!in_range(rb, cmd->u.exec.range_offset, sizeof range))
+            return bad_range(job, p, "command list range", rb, cmd->u.exec.range_offset, sizeof range);
+        memcpy(range, (const char *)rb->data + cmd->u.exec.range_offset, sizeof range);
+        first = MC__MIN(range[0], l->ncommands);
+        count = MC__MIN(range[1], l->ncommands - first);
+    } else if (first > l->ncommands || count > l->ncommands - first) {
+        return fail(job, p, MC_ERR_INTERNAL, "commands [%u, +%u) of list '%s' (%u commands) in pass '%s'", first,
+                    count, l->label, l->ncommands, job->sub->passes[p].label);
+    }
+    for (uint32_t k = first; k < first + count; k++) {
+        if (deadline != UINT64_MAX && mc__now_ns() > deadline) return fail_timeout(w->dev, job, p);
+        where at = {l, k, ""};
+        job->pipeline = NULL;
+        memset(job->args, 0, sizeof job->args);
+        memset(job->tg_len, 0, sizeof job->tg_len);
+        uint32_t end = k + 1 < l->ncommands ? l->group[k + 1] : l->ncmd;
+        for (uint32_t c = l->group[k]; c < end; c++) {
+            int rc = run_cmd(w, job, p, c, &l->cmds[c], l->bytes, &at, deadline);
+            if (rc != RUN_OK) return rc;
         }
-        case MC__OP_SET_BYTES:
-            if (cmd->index >= MC_CPU_MAX_ARGS) goto bad_index;
-            job->args[cmd->index].ptr = (void *)(sub->bytes + cmd->u.bytes.offset);
-            job->args[cmd->index].size = cmd->u.bytes.len;
-            break;
-        case MC__OP_SET_TGMEM:
-            if (cmd->index >= MC_CPU_MAX_TG_MEM) goto bad_index;
-            job->tg_len[cmd->index] = cmd->u.tgmem.len;
-            break;
-        case MC__OP_DISPATCH:
-            rc = dispatch(w, job, p, cmd->u.dispatch.groups, cmd->u.dispatch.threads, deadline);
-            break;
-        case MC__OP_DISPATCH_INDIRECT: {
-            /* The grid is read now, at execution, as the GPU does (F148). */
-            const mc__cpu_buffer *b = cmd->u.indirect.buffer;
-            uint32_t g[3];
-            if (!in_range(b, cmd->u.indirect.offset, sizeof g))
-                return bad_range(job, p, "indirect dispatch", b, cmd->u.indirect.offset, sizeof g);
-            memcpy(g, (const char *)b->data + cmd->u.indirect.offset, sizeof g);
-            mc_size3 groups = {g[0], g[1], g[2]};
-            rc = dispatch(w, job, p, groups, cmd->u.indirect.threads, deadline);
-            break;
-        }
-        case MC__OP_BARRIER:
-            /* Dispatches already run one after another: nothing overlaps. */
-            break;
-        case MC__OP_COPY: {
-            const mc__cpu_buffer *src = cmd->u.copy.src, *dst = cmd->u.copy.dst;
-            if (!in_range(src, cmd->u.copy.src_offset, cmd->u.copy.len))
-                return bad_range(job, p, "copy source", src, cmd->u.copy.src_offset, cmd->u.copy.len);
-            if (!in_range(dst, cmd->u.copy.dst_offset, cmd->u.copy.len))
-                return bad_range(job, p, "copy destination", dst, cmd->u.copy.dst_offset, cmd->u.copy.len);
-            if (cmd->u.copy.len)
-                memmove((char *)dst->data + cmd->u.copy.dst_offset, (const char *)src->data + cmd->u.copy.src_offset,
-                        cmd->u.copy.len);
-            break;
-        }
-        case MC__OP_FILL: {
-            const mc__cpu_buffer *b = cmd->u.fill.buffer;
-            if (!in_range(b, cmd->u.fill.offset, cmd->u.fill.len))
-                return bad_range(job, p, "fill", b, cmd->u.fill.offset, cmd->u.fill.len);
-            if (cmd->u.fill.len) memset((char *)b->data + cmd->u.fill.offset, cmd->u.fill.value, cmd->u.fill.len);
-            break;
-        }
-        case MC__OP_SIGNAL: {
-            mc__cpu_job *released = mc__cpu_event_raise(cmd->u.event.event, cmd->u.event.value);
-            if (released) mc__cpu_make_ready(dev, released);
-            break;
-        }
-        case MC__OP_WAIT:
-            rc = wait_event(dev, job, c, cmd->u.event.event, cmd->u.event.value);
-            break;
-        default:
-            return fail(job, p, MC_ERR_INTERNAL, "unknown command %u in pass '%s'", cmd->op, pass->label);
-        }
-        if (rc != RUN_OK) return rc;
-        continue;
-    bad_index:
-        return fail(job, p, MC_ERR_INVALID_RESOURCE, "argument slot %u out of range in pass '%s'", cmd->index,
-                    pass->label);
     }
     return RUN_OK;
+}
+
+static int run_pass(mc__cpu_worker *w, mc__cpu_job *job, uint32_t p)
+{
+    const mc__submission *sub = job->sub;
+    const mc__pass *pass = &sub->passes[p];
+    const uint64_t deadline = job_deadline(w->dev, job);
+    where at = {NULL, 0, ""};
+    for (uint32_t c = job->cmd; c < pass->first + pass->count; c++) {
+        if (deadline != UINT64_MAX && mc__now_ns() > deadline) return fail_timeout(w->dev, job, p);
+        int rc = run_cmd(w, job, p, c, &sub->cmds[c], sub->bytes, &at, deadline);
+        if (rc != RUN_OK) return rc;
+    }
+    return RUN_OK;
+}
+
+/* ---- command lists ------------------------------------------------------------ */
+
+mc_status mc__cpu_cmdlist_create(void *vdev, const mc__list_desc *desc, void **out, uint32_t *caps)
+{
+    (void)vdev;
+    mc__cpu_list *l = mc__calloc(1, sizeof *l);
+    uint32_t *group = mc__malloc((size_t)(desc->ncommands ? desc->ncommands : 1) * sizeof *group);
+    char *label = mc__strdup(desc->label);
+    if (!l || !group || !label) {
+        free(l);
+        free(group);
+        free(label);
+        return mc__fail(MC_ERR_NO_MEMORY, "command list: out of host memory");
+    }
+    uint32_t k = 0, start = 0;
+    for (uint32_t i = 0; i < desc->ncmd; i++) {
+        uint32_t op = desc->cmds[i].op;
+        if (op == MC__OP_EXECUTE_LIST || op == MC__OP_WAIT) {
+            free(l);
+            free(group);
+            free(label);
+            return mc__fail(MC_ERR_INVALID_ARGUMENT, "command list '%s': command %u cannot be in a list", desc->label,
+                            op);
+        }
+        if ((op == MC__OP_DISPATCH || op == MC__OP_DISPATCH_INDIRECT) && k < desc->ncommands) {
+            group[k++] = start;
+            start = i + 1;
+        }
+    }
+    /* The engine's arrays stay valid until cmdlist_destroy (hal.h). */
+    l->cmds = desc->cmds;
+    l->ncmd = desc->ncmd;
+    l->bytes = desc->bytes;
+    l->group = group;
+    l->ncommands = k;
+    l->label = label;
+    *out = l;
+    *caps = MC__LIST_GPU_RANGE;
+    return MC_OK;
+}
+
+void mc__cpu_cmdlist_destroy(void *vdev, void *vl)
+{
+    (void)vdev;
+    mc__cpu_list *l = vl;
+    if (!l) return;
+    free(l->group);
+    free(l->label);
+    free(l);
 }
 
 /* ---- submissions -------------------------------------------------------- */
@@ -778,7 +927,7 @@ mc_status mc__cpu_submission_wait(void *vdev, void *vq, mc__submission *sub, uin
     for (uint32_t i = 1;; i++) {
         if (atomic_load_explicit(&q->done_seq, memory_order_acquire) >= seq) return MC_OK;
         if ((i & 31) == 0 && mc__now_ns() >= spin_until) break;
-        mc__cpu_relax();
+        mc__cpu_spin_step(i);
     }
     mc_status st = MC_OK;
     pthread_mutex_lock(&dev->lock);

@@ -82,6 +82,7 @@ static const sym cuda_syms[] = {
     CU_SYM(GraphInstantiateWithFlags, false, "cuGraphInstantiateWithFlags"),
     CU_SYM(GraphExecDestroy, false, "cuGraphExecDestroy"),
     CU_SYM(GraphExecKernelNodeSetParams, false, "cuGraphExecKernelNodeSetParams_v2"),
+    CU_SYM(GraphKernelNodeSetParams, false, "cuGraphKernelNodeSetParams_v2"),
     CU_SYM(GraphUpload, false, "cuGraphUpload"),
     CU_SYM(GraphLaunch, false, "cuGraphLaunch"),
 };

@@ -12,6 +12,7 @@
  *   cuda_device.c   devices, buffers, events and the HAL table
  *   cuda_library.c  NVRTC compilation, modules, pipelines, the archive
  *   cuda_queue.c    queues, command execution, completion, indirect dispatch
+ *   cuda_list.c     command lists as CUDA graphs
  *
  * How the Metal model maps (DESIGN.md, "The HAL, Metal-shaped"):
  *  - device: the primary context of a CUdevice, pushed around every call
@@ -36,6 +37,10 @@
  *    memory) whose first node, a trampoline kernel, reads the three counts on
  *    the GPU and sets the second node's grid with the device-side graph
  *    update API (CUDA 12.4); see cuda_queue.c for the fallback;
+ *  - command lists: a CUDA graph per range executed, built from the
+ *    recording once and launched with cuGraphLaunch; a range the device
+ *    chooses is a graph whose first node enables the chosen commands with
+ *    the same device-side update API (cuda_list.c);
  *  - errors: sticky CUDA errors (illegal address, launch failure, ...) leave
  *    the context unusable for the rest of the process, so they are
  *    MC_ERR_DEVICE_LOST for good; out of memory and resource errors are not.
@@ -142,6 +147,8 @@ typedef struct mc__cuda_api {
     CUresult (*GraphExecDestroy)(CUgraphExec);                        /* cuGraphExecDestroy */
     /* cuGraphExecKernelNodeSetParams_v2 */
     CUresult (*GraphExecKernelNodeSetParams)(CUgraphExec, CUgraphNode, const CUDA_KERNEL_NODE_PARAMS_v2 *);
+    /* cuGraphKernelNodeSetParams_v2 */
+    CUresult (*GraphKernelNodeSetParams)(CUgraphNode, const CUDA_KERNEL_NODE_PARAMS_v2 *);
     CUresult (*GraphUpload)(CUgraphExec, CUstream);                   /* cuGraphUpload */
     CUresult (*GraphLaunch)(CUgraphExec, CUstream);                   /* cuGraphLaunch */
 } mc__cuda_api;
@@ -177,6 +184,7 @@ typedef struct mc__cuda_device mc__cuda_device;
 typedef struct mc__cuda_queue mc__cuda_queue;
 typedef struct mc__cuda_rec mc__cuda_rec;
 typedef struct mc__cuda_slot mc__cuda_slot;
+typedef struct mc__cuda_list mc__cuda_list;
 
 /* dev->lost */
 enum { MC__CUDA_ALIVE = 0, MC__CUDA_LOST_INJECTED = 1, MC__CUDA_LOST_DEAD = 2 };
@@ -206,6 +214,8 @@ struct mc__cuda_device {
     _Atomic int indirect;
     CUmodule tramp_mod;
     CUfunction k_tramp;
+    CUmodule list_mod;                  /* command lists (cuda_list.c), loaded with the trampoline */
+    CUfunction k_list_head, k_list_ind;
 
     /* settings from the environment */
     bool pass_markers;
@@ -378,6 +388,37 @@ mc_status mc__cuda_submit(void *dev, void *queue, mc__submission *sub);
 mc_status mc__cuda_submission_wait(void *dev, void *queue, mc__submission *sub, uint64_t timeout_ns);
 /* Polls every queue with work in flight until the device closes. */
 void *mc__cuda_completion_main(void *dev);
+/* The queue's pinned page: [0] marker, [8] indirect error, [16] counts. */
+#define MC__CUDA_BLOCK_ERR 8u
+/* How indirect dispatch runs on the device (MC__CUDA_IND_*), decided on first
+ * use (context current). */
+int mc__cuda_indirect_mode(mc__cuda_device *dev);
+/* The tag an over-limit indirect dispatch of pass `pass` of r writes into the
+ * queue's error word (finish() then fails r). */
+uint64_t mc__cuda_indirect_tag(const mc__cuda_rec *r, uint32_t pass);
+/* A CUDA call made while encoding pass ps of r failed: fills r->msg, marks
+ * the device lost on a sticky error, returns the status. */
+mc_status mc__cuda_enc_fail(mc__cuda_device *dev, mc__cuda_rec *r, CUresult res, const char *what, const mc__pass *ps);
+/* One indirect dispatch as a two-node graph (cuda_queue.c, "Indirect
+ * dispatch"); MC_ERR_UNSUPPORTED (nothing enqueued) when the device cannot. */
+mc_status mc__cuda_indirect_graph(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r,
+                                  const mc__cuda_pipeline *pl, CUdeviceptr counts, mc_size3 t, unsigned smem,
+                                  void **params, uint32_t pass_index, const mc__pass *ps);
+/* Waits for the queue's stream and reads nwords uint32 at host (if not NULL)
+ * or dptr: the CPU fallback for values the device writes. */
+mc_status mc__cuda_read_sync(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r, const void *host,
+                             CUdeviceptr dptr, uint32_t *out, uint32_t nwords, const mc__pass *ps);
+/* Threadgroup counts read on the CPU against the grid limits: MC_OK, or the
+ * refusal (MC_ERR_VALIDATION in validation mode) with r->msg filled. */
+mc_status mc__cuda_check_counts(mc__cuda_rec *r, const uint32_t n[3], const mc__pass *ps);
+
+/* cuda_list.c */
+mc_status mc__cuda_cmdlist_create(void *dev, const mc__list_desc *desc, void **list, uint32_t *caps);
+void mc__cuda_cmdlist_destroy(void *dev, void *list);
+/* EXECUTE_LIST in pass p of r (submit_mu held, context current). */
+mc_status mc__cuda_list_execute(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r, const mc__cmd *c,
+                                uint32_t pass_index, const mc__pass *ps);
+
 /* Forgets the cached indirect-dispatch graphs of a pipeline being destroyed. */
 void mc__cuda_forget_pipeline(mc__cuda_device *dev, mc__cuda_pipeline *pl);
 /* The built-in PTX (event kernels), loaded at device open. */

@@ -119,6 +119,7 @@ static void device_free(mc__cuda_device *dev)
         /* Errors are ignored: after a sticky fault every call fails. */
         if (cu->CtxPushCurrent(dev->ctx) == CUDA_SUCCESS) {
             if (dev->tramp_mod) (void)cu->ModuleUnload(dev->tramp_mod);
+            if (dev->list_mod) (void)cu->ModuleUnload(dev->list_mod);
             if (dev->builtin) (void)cu->ModuleUnload(dev->builtin);
             if (dev->xfer) (void)cu->StreamDestroy(dev->xfer);
             mc__cuda_leave(dev);
@@ -489,4 +490,6 @@ const mc__hal mc__cuda_hal = {
     .event_value = cuda_event_value,
     .event_signal = cuda_event_signal,
     .event_wait = cuda_event_wait,
+    .cmdlist_create = mc__cuda_cmdlist_create,
+    .cmdlist_destroy = mc__cuda_cmdlist_destroy,
 };

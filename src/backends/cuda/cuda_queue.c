@@ -53,10 +53,13 @@
  * shared memory) and reused once the submissions that launched them are
  * done (host-side parameter updates must not overlap a running launch).
  * Counts over the device's grid limits disable the node and fail the
- * command buffer with MC_ERR_INVALID_RESOURCE. Where the driver is older
- * (or MC_CUDA_INDIRECT=sync), submit() reads the counts after waiting for
- * the stream (a CPU round trip inside submit; a dispatch behind a GPU wait
- * on an event that only the submitting thread would signal later blocks).
+ * command buffer with MC_ERR_INVALID_RESOURCE (MC_ERR_VALIDATION when the
+ * submission carries MC__SUBMIT_VALIDATION). Where the driver is older (or
+ * MC_CUDA_INDIRECT=sync), submit() reads the counts after waiting for the
+ * stream (a CPU round trip inside submit; a dispatch behind a GPU wait on an
+ * event that only the submitting thread would signal later blocks). Command
+ * lists reuse all of this for their own indirect dispatches and
+ * device-chosen ranges (cuda_list.c).
  */
 #include "backends/cuda/cuda_be.h"
 
@@ -69,7 +72,7 @@
 #define NO_PASS UINT32_MAX
 /* the queue's pinned page: [0] marker, [8] indirect error, [16] counts */
 #define BLOCK_BYTES 4096u
-#define BLOCK_ERR 8u
+#define BLOCK_ERR MC__CUDA_BLOCK_ERR
 #define BLOCK_COUNTS 16u
 /* indirect error tag: submission sequence (40 bits) << 24 | pass (24 bits) */
 #define TAG_SHIFT 24
@@ -215,6 +218,189 @@ static const char tramp_ptx[] =
     "  ret;\n"
     "}\n";
 
+/* Command lists (cuda_list.c): the head of a list's graph and the
+ * trampoline of an indirect dispatch inside a list. Loaded as one module,
+ * joined from these pieces (each within ISO C's string length). */
+static const char list_ptx_header[] =
+    ".version 8.4\n"
+    ".target sm_70\n"
+    ".address_size 64\n"
+    ".extern .func (.param .b32 rv) cudaGraphKernelNodeSetEnabled(.param .b64 a0, .param .b32 a1);\n"
+    ".extern .func (.param .b32 rv) cudaGraphKernelNodeSetGridDim(.param .b64 a0, .param .align 4 .b8 a1[12]);\n";
+static const char list_ptx_head[] =
+    /* mc_list_head(const uint32_t *range, const uint64_t *nodes, uint32_t n,
+     *              uint64_t *ctx, uint64_t err, uint64_t tag)
+     * The first node of a command-list graph (cuda_list.c). Thread 0 stores
+     * {err, tag} at ctx (when ctx is not NULL) for the list's indirect
+     * trampolines. With a range, thread i < n enables command i when
+     * first <= i < first + count ({first, count} read at range now, so
+     * clamped to the list by construction) and disables it otherwise:
+     * nodes[2i] is its kernel node, nodes[2i+1] its trampoline (0 for a
+     * direct dispatch); an enabled trampoline decides its kernel itself.
+     * The CUDA C it was written from, through nvcc -ptx:
+     *     if (i == 0 && ctx) { ctx[0] = err; ctx[1] = tag; }
+     *     if (!range || i >= n) return;
+     *     bool en = i >= range[0] && i - range[0] < range[1];
+     *     if (nodes[2i+1]) { SetEnabled(nodes[2i+1], en); if (!en && nodes[2i]) SetEnabled(nodes[2i], 0); }
+     *     else if (nodes[2i]) SetEnabled(nodes[2i], en); */
+    ".visible .entry mc_list_head(.param .u64 p_range, .param .u64 p_nodes, .param .u32 p_n, .param .u64 p_ctx,\n"
+    "                             .param .u64 p_err, .param .u64 p_tag)\n"
+    "{\n"
+    "  .reg .pred %p<10>;\n"
+    "  .reg .b32 %r<12>;\n"
+    "  .reg .b64 %rd<14>;\n"
+    "  ld.param.u64 %rd1, [p_range];\n"
+    "  ld.param.u64 %rd2, [p_nodes];\n"
+    "  ld.param.u32 %r1, [p_n];\n"
+    "  ld.param.u64 %rd3, [p_ctx];\n"
+    "  ld.param.u64 %rd4, [p_err];\n"
+    "  ld.param.u64 %rd5, [p_tag];\n"
+    "  mov.u32 %r2, %ntid.x;\n"
+    "  mov.u32 %r3, %ctaid.x;\n"
+    "  mov.u32 %r4, %tid.x;\n"
+    "  mad.lo.s32 %r5, %r3, %r2, %r4;\n"
+    "  setp.ne.s32 %p1, %r5, 0;\n"
+    "  setp.eq.s64 %p2, %rd3, 0;\n"
+    "  or.pred %p3, %p1, %p2;\n"
+    "  @%p3 bra $L_nodes;\n"
+    "  cvta.to.global.u64 %rd6, %rd3;\n"
+    "  st.global.u64 [%rd6], %rd4;\n"
+    "  st.global.u64 [%rd6+8], %rd5;\n"
+    "$L_nodes:\n"
+    "  setp.eq.s64 %p4, %rd1, 0;\n"
+    "  setp.ge.u32 %p5, %r5, %r1;\n"
+    "  or.pred %p6, %p4, %p5;\n"
+    "  @%p6 bra $L_done;\n"
+    "  cvta.to.global.u64 %rd7, %rd1;\n"
+    "  ld.volatile.global.u32 %r6, [%rd7];\n"
+    "  ld.volatile.global.u32 %r7, [%rd7+4];\n"
+    "  setp.ge.u32 %p1, %r5, %r6;\n"
+    "  sub.s32 %r8, %r5, %r6;\n"
+    "  setp.lt.u32 %p2, %r8, %r7;\n"
+    "  and.pred %p7, %p1, %p2;\n"
+    "  selp.u32 %r9, 1, 0, %p7;\n"
+    "  cvta.to.global.u64 %rd8, %rd2;\n"
+    "  mul.wide.u32 %rd9, %r5, 16;\n"
+    "  add.s64 %rd10, %rd8, %rd9;\n"
+    "  ld.global.u64 %rd11, [%rd10];\n"
+    "  ld.global.u64 %rd12, [%rd10+8];\n"
+    "  setp.eq.s64 %p8, %rd12, 0;\n"
+    "  @%p8 bra $L_user;\n"
+    "  {\n"
+    "  .param .b64 q0;\n"
+    "  st.param.b64 [q0+0], %rd12;\n"
+    "  .param .b32 q1;\n"
+    "  st.param.b32 [q1+0], %r9;\n"
+    "  .param .b32 rv;\n"
+    "  call.uni (rv), cudaGraphKernelNodeSetEnabled, (q0, q1);\n"
+    "  ld.param.b32 %r10, [rv+0];\n"
+    "  }\n"
+    "  setp.eq.s64 %p9, %rd11, 0;\n"
+    "  or.pred %p9, %p9, %p7;\n"
+    "  @%p9 bra $L_done;\n"
+    "  {\n"
+    "  .param .b64 q0;\n"
+    "  st.param.b64 [q0+0], %rd11;\n"
+    "  .param .b32 q1;\n"
+    "  st.param.b32 [q1+0], 0;\n"
+    "  .param .b32 rv;\n"
+    "  call.uni (rv), cudaGraphKernelNodeSetEnabled, (q0, q1);\n"
+    "  ld.param.b32 %r10, [rv+0];\n"
+    "  }\n"
+    "  bra.uni $L_done;\n"
+    "$L_user:\n"
+    "  setp.eq.s64 %p9, %rd11, 0;\n"
+    "  @%p9 bra $L_done;\n"
+    "  {\n"
+    "  .param .b64 q0;\n"
+    "  st.param.b64 [q0+0], %rd11;\n"
+    "  .param .b32 q1;\n"
+    "  st.param.b32 [q1+0], %r9;\n"
+    "  .param .b32 rv;\n"
+    "  call.uni (rv), cudaGraphKernelNodeSetEnabled, (q0, q1);\n"
+    "  ld.param.b32 %r11, [rv+0];\n"
+    "  }\n"
+    "$L_done:\n"
+    "  ret;\n"
+    "}\n";
+static const char list_ptx_indirect[] =
+    /* mc_list_indirect(const uint32_t *counts, CUgraphDeviceNode node,
+     *                  const uint64_t *ctx)
+     * mc_indirect_trampoline for an indirect dispatch inside a command
+     * list: the error word and the tag come from ctx, where the list's head
+     * stored them for this launch (the graph is built once, the submission
+     * that launches it changes). */
+    ".visible .entry mc_list_indirect(.param .u64 p_counts, .param .u64 p_node, .param .u64 p_ctx)\n"
+    "{\n"
+    "  .reg .pred %p<10>;\n"
+    "  .reg .b32 %r<10>;\n"
+    "  .reg .b64 %rd<10>;\n"
+    "  ld.param.u64 %rd1, [p_counts];\n"
+    "  ld.param.u64 %rd2, [p_node];\n"
+    "  ld.param.u64 %rd3, [p_ctx];\n"
+    "  cvta.to.global.u64 %rd4, %rd1;\n"
+    "  ld.volatile.global.u32 %r1, [%rd4];\n"
+    "  ld.volatile.global.u32 %r2, [%rd4+4];\n"
+    "  ld.volatile.global.u32 %r3, [%rd4+8];\n"
+    "  setp.eq.s32 %p1, %r1, 0;\n"
+    "  setp.eq.s32 %p2, %r2, 0;\n"
+    "  or.pred %p3, %p1, %p2;\n"
+    "  setp.eq.s32 %p4, %r3, 0;\n"
+    "  or.pred %p5, %p3, %p4;\n"
+    "  @%p5 bra $L_disable;\n"
+    "  setp.lt.s32 %p6, %r1, 0;\n"
+    "  or.b32 %r4, %r3, %r2;\n"
+    "  and.b32 %r5, %r4, -65536;\n"
+    "  setp.ne.s32 %p7, %r5, 0;\n"
+    "  or.pred %p8, %p6, %p7;\n"
+    "  @%p8 bra $L_toolarge;\n"
+    "  {\n"
+    "  .param .b64 q0;\n"
+    "  st.param.b64 [q0+0], %rd2;\n"
+    "  .param .align 4 .b8 q1[12];\n"
+    "  st.param.b32 [q1+0], %r1;\n"
+    "  st.param.b32 [q1+4], %r2;\n"
+    "  st.param.b32 [q1+8], %r3;\n"
+    "  .param .b32 rv;\n"
+    "  call.uni (rv), cudaGraphKernelNodeSetGridDim, (q0, q1);\n"
+    "  ld.param.b32 %r6, [rv+0];\n"
+    "  }\n"
+    "  {\n"
+    "  .param .b64 q0;\n"
+    "  st.param.b64 [q0+0], %rd2;\n"
+    "  .param .b32 q1;\n"
+    "  st.param.b32 [q1+0], 1;\n"
+    "  .param .b32 rv;\n"
+    "  call.uni (rv), cudaGraphKernelNodeSetEnabled, (q0, q1);\n"
+    "  ld.param.b32 %r7, [rv+0];\n"
+    "  }\n"
+    "  ret;\n"
+    "$L_toolarge:\n"
+    "  cvta.to.global.u64 %rd5, %rd3;\n"
+    "  ld.global.u64 %rd6, [%rd5];\n"
+    "  ld.global.u64 %rd7, [%rd5+8];\n"
+    "  setp.eq.s64 %p9, %rd6, 0;\n"
+    "  @%p9 bra $L_disable;\n"
+    "  cvta.to.global.u64 %rd8, %rd6;\n"
+    "  ld.volatile.global.u64 %rd9, [%rd8];\n"
+    "  setp.ne.s64 %p9, %rd9, 0;\n"
+    "  @%p9 bra $L_disable;\n"
+    "  st.volatile.global.u64 [%rd8], %rd7;\n"
+    "  membar.sys;\n"
+    "$L_disable:\n"
+    "  {\n"
+    "  .param .b64 q0;\n"
+    "  st.param.b64 [q0+0], %rd2;\n"
+    "  .param .b32 q1;\n"
+    "  st.param.b32 [q1+0], 0;\n"
+    "  .param .b32 rv;\n"
+    "  call.uni (rv), cudaGraphKernelNodeSetEnabled, (q0, q1);\n"
+    "  ld.param.b32 %r8, [rv+0];\n"
+    "  }\n"
+    "  ret;\n"
+    "}\n";
+
+
 /* ---- small helpers --------------------------------------------------------- */
 
 static uint64_t load_done(const mc__cuda_queue *q)
@@ -239,6 +425,16 @@ static mc_status enc_fail(mc__cuda_device *dev, mc__cuda_rec *r, CUresult res, c
     snprintf(r->msg, sizeof r->msg, "%s in pass '%s': %s", what, ps->label, mc__cuda_text(res, t, sizeof t));
     if (mc__cuda_is_sticky(res)) mc__cuda_set_dead(dev, res, what);
     return mc__cuda_status(res);
+}
+
+mc_status mc__cuda_enc_fail(mc__cuda_device *dev, mc__cuda_rec *r, CUresult res, const char *what, const mc__pass *ps)
+{
+    return enc_fail(dev, r, res, what, ps);
+}
+
+uint64_t mc__cuda_indirect_tag(const mc__cuda_rec *r, uint32_t pass)
+{
+    return ((r->sub_seq & TAG_SEQ_MASK) << TAG_SHIFT) | (pass & TAG_PASS_MASK);
 }
 
 static void mark_failed(mc__cuda_queue *q, const mc__cuda_rec *r)
@@ -467,8 +663,30 @@ static bool have_graph_api(const mc__cuda_api *cu)
            cu->GraphExecKernelNodeSetParams && cu->GraphUpload && cu->GraphLaunch;
 }
 
+/* The command lists' device-side kernels (init_mu held, context current);
+ * without them lists launch their commands one by one (cuda_list.c). */
+static void load_list_module(mc__cuda_device *dev)
+{
+    size_t a = strlen(list_ptx_header), b = strlen(list_ptx_head), c = strlen(list_ptx_indirect);
+    char *ptx = mc__malloc(a + b + c + 1);
+    if (!ptx) return;
+    memcpy(ptx, list_ptx_header, a);
+    memcpy(ptx + a, list_ptx_head, b);
+    memcpy(ptx + a + b, list_ptx_indirect, c + 1);
+    CUresult res = mc__cuda_load_module(dev, ptx, &dev->list_mod);
+    free(ptx);
+    if (res == CUDA_SUCCESS) res = dev->cu->ModuleGetFunction(&dev->k_list_head, dev->list_mod, "mc_list_head");
+    if (res == CUDA_SUCCESS) res = dev->cu->ModuleGetFunction(&dev->k_list_ind, dev->list_mod, "mc_list_indirect");
+    if (res != CUDA_SUCCESS) {
+        char t[120];
+        mc__log(MC_LOG_INFO, "cuda.cmdlist_kernels", "cuda:%d: command-list kernels did not load (%s)", dev->index,
+                mc__cuda_text(res, t, sizeof t));
+        dev->k_list_head = dev->k_list_ind = NULL;
+    }
+}
+
 /* Chooses how indirect dispatch runs on this device (context current). */
-static int indirect_mode(mc__cuda_device *dev)
+int mc__cuda_indirect_mode(mc__cuda_device *dev)
 {
     int mode = atomic_load(&dev->indirect);
     if (mode != MC__CUDA_IND_UNKNOWN) return mode;
@@ -488,6 +706,7 @@ static int indirect_mode(mc__cuda_device *dev)
                 res = dev->cu->ModuleGetFunction(&dev->k_tramp, dev->tramp_mod, "mc_indirect_trampoline");
             if (res == CUDA_SUCCESS) {
                 mode = MC__CUDA_IND_GRAPH;
+                load_list_module(dev);
             } else {
                 char t[120];
                 mc__log(MC_LOG_INFO, "cuda.indirect_trampoline", "cuda:%d: trampoline did not load: %s",
@@ -620,9 +839,9 @@ static mc_status note_used(mc__cuda_queue *q, mc__cuda_rec *r, mc__cuda_slot *s)
 
 /* The GPU-side path: returns MC_ERR_UNSUPPORTED (nothing enqueued) when the
  * device cannot do it, so the caller falls back. */
-static mc_status indirect_graph(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r, mc__cuda_pipeline *pl,
-                                CUdeviceptr counts, mc_size3 t, unsigned smem, void **params, uint32_t pass_index,
-                                const mc__pass *ps)
+mc_status mc__cuda_indirect_graph(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r,
+                                  const mc__cuda_pipeline *pl, CUdeviceptr counts, mc_size3 t, unsigned smem,
+                                  void **params, uint32_t pass_index, const mc__pass *ps)
 {
 #if CUDA_VERSION >= 12040
     const mc__cuda_api *cu = dev->cu;
@@ -642,7 +861,7 @@ static mc_status indirect_graph(mc__cuda_device *dev, mc__cuda_queue *q, mc__cud
     if (st != MC_OK) return st;
     CUdeviceptr err = q->block_dptr + BLOCK_ERR;
     CUgraphDeviceNode node = s->devnode;
-    uint64_t tag = ((r->sub_seq & TAG_SEQ_MASK) << TAG_SHIFT) | (pass_index & TAG_PASS_MASK);
+    uint64_t tag = mc__cuda_indirect_tag(r, pass_index);
     void *targs[4] = {&counts, &node, &err, &tag};
     CUDA_KERNEL_NODE_PARAMS_v2 tp;
     memset(&tp, 0, sizeof tp);
@@ -679,29 +898,46 @@ static mc_status indirect_graph(mc__cuda_device *dev, mc__cuda_queue *q, mc__cud
 #endif
 }
 
+mc_status mc__cuda_read_sync(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r, const void *host,
+                             CUdeviceptr dptr, uint32_t *out, uint32_t nwords, const mc__pass *ps)
+{
+    const mc__cuda_api *cu = dev->cu;
+    CUresult res;
+    if (nwords > 4) return refuse(r, MC_ERR_INTERNAL, "pass '%s': reading %u words on the CPU", ps->label, nwords);
+    if (host) {
+        res = cu->StreamSynchronize(q->stream);
+        if (res != CUDA_SUCCESS) return enc_fail(dev, r, res, "waiting for values the device writes", ps);
+        memcpy(out, host, nwords * sizeof *out);
+    } else {
+        void *stage = (char *)q->block + BLOCK_COUNTS;
+        res = cu->MemcpyDtoHAsync(stage, dptr, nwords * sizeof *out, q->stream);
+        if (res == CUDA_SUCCESS) res = cu->StreamSynchronize(q->stream);
+        if (res != CUDA_SUCCESS) return enc_fail(dev, r, res, "reading values the device writes", ps);
+        memcpy(out, stage, nwords * sizeof *out);
+    }
+    return MC_OK;
+}
+
+mc_status mc__cuda_check_counts(mc__cuda_rec *r, const uint32_t n[3], const mc__pass *ps)
+{
+    if (n[0] <= MC_INDIRECT_MAX_GROUPS_X && n[1] <= MC_INDIRECT_MAX_GROUPS_YZ && n[2] <= MC_INDIRECT_MAX_GROUPS_YZ)
+        return MC_OK;
+    bool validation = r->sub && (r->sub->flags & MC__SUBMIT_VALIDATION);
+    return refuse(r, validation ? MC_ERR_VALIDATION : MC_ERR_INVALID_RESOURCE,
+                  "indirect dispatch in pass '%s': threadgroup counts (%u,%u,%u) exceed the limits (x <= %u, y and z "
+                  "<= %u); it did not run",
+                  ps->label, n[0], n[1], n[2], MC_INDIRECT_MAX_GROUPS_X, MC_INDIRECT_MAX_GROUPS_YZ);
+}
+
 /* The fallback: wait for the stream, read the counts, launch. */
 static mc_status indirect_sync(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r, mc__cuda_pipeline *pl,
                                const mc__cmd *c, CUdeviceptr counts, mc_size3 t, const mc__pass *ps)
 {
-    const mc__cuda_api *cu = dev->cu;
     uint32_t n[3];
-    CUresult res;
-    if (c->u.indirect.host) {
-        res = cu->StreamSynchronize(q->stream);
-        if (res != CUDA_SUCCESS) return enc_fail(dev, r, res, "waiting for indirect arguments", ps);
-        memcpy(n, c->u.indirect.host, sizeof n);
-    } else {
-        void *stage = (char *)q->block + BLOCK_COUNTS;
-        res = cu->MemcpyDtoHAsync(stage, counts, sizeof n, q->stream);
-        if (res == CUDA_SUCCESS) res = cu->StreamSynchronize(q->stream);
-        if (res != CUDA_SUCCESS) return enc_fail(dev, r, res, "reading indirect arguments", ps);
-        memcpy(n, stage, sizeof n);
-    }
+    mc_status s = mc__cuda_read_sync(dev, q, r, c->u.indirect.host, counts, n, 3, ps);
+    if (s != MC_OK) return s;
     if (!n[0] || !n[1] || !n[2]) return MC_OK;
-    if (n[0] > (uint32_t)INT_MAX || n[1] > 65535u || n[2] > 65535u)
-        return refuse(r, MC_ERR_INVALID_RESOURCE,
-                      "pass '%s': indirect threadgroup counts (%u,%u,%u) exceed the device's grid limits", ps->label,
-                      n[0], n[1], n[2]);
+    if ((s = mc__cuda_check_counts(r, n, ps)) != MC_OK) return s;
     mc_size3 g = {n[0], n[1], n[2]};
     return launch(dev, q, r, pl, g, t, ps);
 }
@@ -715,10 +951,10 @@ static mc_status launch_indirect(mc__cuda_device *dev, mc__cuda_queue *q, mc__cu
     if (s != MC_OK) return s;
     const mc__cuda_buffer *b = c->u.indirect.buffer;
     CUdeviceptr counts = b->dptr + c->u.indirect.offset;
-    if (indirect_mode(dev) == MC__CUDA_IND_GRAPH) {
+    if (mc__cuda_indirect_mode(dev) == MC__CUDA_IND_GRAPH) {
         void **params;
         if ((s = build_params(q, r, pl, &params)) != MC_OK) return s;
-        s = indirect_graph(dev, q, r, pl, counts, t, (unsigned)smem, params, pass_index, ps);
+        s = mc__cuda_indirect_graph(dev, q, r, pl, counts, t, (unsigned)smem, params, pass_index, ps);
         if (s != MC_ERR_UNSUPPORTED) return s;
         atomic_store(&dev->indirect, MC__CUDA_IND_SYNC);
     }
@@ -771,6 +1007,9 @@ static mc_status encode_pass(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_r
             break;
         case MC__OP_DISPATCH_INDIRECT:
             s = launch_indirect(dev, q, r, pl, c, p, ps);
+            break;
+        case MC__OP_EXECUTE_LIST:
+            s = mc__cuda_list_execute(dev, q, r, c, p, ps);
             break;
         case MC__OP_BARRIER:
             break; /* the stream runs in order */
@@ -1028,11 +1267,12 @@ static void finish(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r, int
             fill_states(sub, 0, NO_PASS, MC_PASS_AFFECTED);
         } else if (e && (e >> TAG_SHIFT) == (r->sub_seq & TAG_SEQ_MASK)) {
             uint32_t p = (uint32_t)(e & TAG_PASS_MASK);
-            st = MC_ERR_INVALID_RESOURCE;
+            st = (sub->flags & MC__SUBMIT_VALIDATION) ? MC_ERR_VALIDATION : MC_ERR_INVALID_RESOURCE;
             snprintf(buf, sizeof buf,
-                     "indirect dispatch in pass %u '%s': threadgroup counts over the device's grid limits (x < 2^31, "
-                     "y and z <= 65535); the dispatch was skipped",
-                     p, p < sub->npass ? sub->passes[p].label : "?");
+                     "indirect dispatch in pass %u '%s': threadgroup counts exceed the limits (x <= %u, y and z <= "
+                     "%u); it did not run",
+                     p, p < sub->npass ? sub->passes[p].label : "?", MC_INDIRECT_MAX_GROUPS_X,
+                     MC_INDIRECT_MAX_GROUPS_YZ);
             msg = buf;
             fill_states(sub, p, p, MC_PASS_AFFECTED);
             __atomic_store_n((uint64_t *)((char *)q->block + BLOCK_ERR), 0, __ATOMIC_RELEASE);

@@ -73,6 +73,12 @@ typedef NSUInteger MTLBarrierScope;
 typedef NSUInteger MTLCommandBufferErrorOption;
 typedef NSUInteger MTLCommandBufferStatus;
 typedef NSInteger MTLCommandEncoderErrorState;
+typedef NSUInteger MTLIndirectCommandType;
+typedef NSUInteger MTLResourceUsage;
+/* What executeCommandsInBuffer:indirectBuffer:indirectBufferOffset: reads. */
+typedef struct MTLIndirectCommandBufferExecutionRange {
+    uint32_t location, length;
+} MTLIndirectCommandBufferExecutionRange;
 /* Block parameters: pointers to hand-built block literals (mc__mtl_block). */
 typedef void *MTLCommandBufferHandler;
 typedef void *MTLSharedEventNotificationBlock;
@@ -87,7 +93,10 @@ enum {
     MTLBarrierScopeBuffers = 1u << 0,
     MTLCommandBufferErrorOptionEncoderExecutionStatus = 1u << 0, /* F686 */
     MTLCommandBufferStatusCompleted = 4,
-    MTLCommandBufferStatusError = 5 /* F687 */
+    MTLCommandBufferStatusError = 5, /* F687 */
+    MTLIndirectCommandTypeConcurrentDispatch = 1u << 5, /* compute commands in an ICB (F670) */
+    MTLResourceUsageRead = 1u << 0,
+    MTLResourceUsageWrite = 1u << 1
 };
 #define MC__MTL_LANGUAGE_VERSION(major, minor) ((MTLLanguageVersion)(((major) << 16) + (minor)))
 #define MC__MTL_DEFAULT_LANGUAGE MC__MTL_LANGUAGE_VERSION(3, 0) /* macOS 13, every Apple silicon Mac */
@@ -139,6 +148,8 @@ extern id const MTLCommandBufferEncoderInfoErrorKey;
     X(newSharedEvent, "newSharedEvent")                                                      \
     X(newBinaryArchiveWithDescriptor_error_, "newBinaryArchiveWithDescriptor:error:")        \
     X(newResidencySetWithDescriptor_error_, "newResidencySetWithDescriptor:error:")          \
+    X(newIndirectCommandBufferWithDescriptor_maxCommandCount_options_,                       \
+      "newIndirectCommandBufferWithDescriptor:maxCommandCount:options:")                     \
     /* labels, buffers */                                                                    \
     X(setLabel_, "setLabel:")                                                                \
     X(contents, "contents")                                                                  \
@@ -154,6 +165,7 @@ extern id const MTLCommandBufferEncoderInfoErrorKey;
     X(setThreadGroupSizeIsMultipleOfThreadExecutionWidth_,                                   \
       "setThreadGroupSizeIsMultipleOfThreadExecutionWidth:")                                 \
     X(setBinaryArchives_, "setBinaryArchives:")                                              \
+    X(setSupportIndirectCommandBuffers_, "setSupportIndirectCommandBuffers:")                \
     X(maxTotalThreadsPerThreadgroup, "maxTotalThreadsPerThreadgroup")                        \
     X(threadExecutionWidth, "threadExecutionWidth")                                          \
     X(staticThreadgroupMemoryLength, "staticThreadgroupMemoryLength")                        \
@@ -195,6 +207,21 @@ extern id const MTLCommandBufferEncoderInfoErrorKey;
       "copyFromBuffer:sourceOffset:toBuffer:destinationOffset:size:")                        \
     X(fillBuffer_range_value_, "fillBuffer:range:value:")                                    \
     X(endEncoding, "endEncoding")                                                            \
+    X(useResources_count_usage_, "useResources:count:usage:")                                \
+    X(executeCommandsInBuffer_withRange_, "executeCommandsInBuffer:withRange:")              \
+    X(executeCommandsInBuffer_indirectBuffer_indirectBufferOffset_,                          \
+      "executeCommandsInBuffer:indirectBuffer:indirectBufferOffset:")                        \
+    /* MTLIndirectCommandBufferDescriptor, MTLIndirectCommandBuffer, MTLIndirectComputeCommand (F670) */ \
+    X(setCommandTypes_, "setCommandTypes:")                                                  \
+    X(setInheritPipelineState_, "setInheritPipelineState:")                                  \
+    X(setInheritBuffers_, "setInheritBuffers:")                                              \
+    X(setMaxKernelBufferBindCount_, "setMaxKernelBufferBindCount:")                          \
+    X(indirectComputeCommandAtIndex_, "indirectComputeCommandAtIndex:")                      \
+    X(setKernelBuffer_offset_atIndex_, "setKernelBuffer:offset:atIndex:")                    \
+    X(concurrentDispatchThreadgroups_threadsPerThreadgroup_,                                 \
+      "concurrentDispatchThreadgroups:threadsPerThreadgroup:")                               \
+    X(setBarrier, "setBarrier")                                                              \
+    X(reset, "reset")                                                                        \
     /* MTLSharedEvent */                                                                     \
     X(signaledValue, "signaledValue")                                                        \
     X(setSignaledValue_, "setSignaledValue:")                                                \
@@ -219,6 +246,7 @@ extern id const MTLCommandBufferEncoderInfoErrorKey;
     X(MTLBinaryArchiveDescriptor)                                                            \
     X(MTLCommandBufferDescriptor)                                                            \
     X(MTLSharedEventListener)                                                                \
+    X(MTLIndirectCommandBufferDescriptor)                                                    \
     X(MTLResidencySetDescriptor) /* macOS 15: nil before */
 
 typedef struct mc__mtl_selectors {
@@ -431,6 +459,13 @@ static inline id msg_newResidencySetWithDescriptor_error_(id device, id desc, id
 {
     return MC__MTL_SEND(id, (id, SEL, id, id *), device, MC__SEL(newResidencySetWithDescriptor_error_), desc, error);
 }
+static inline id msg_newIndirectCommandBufferWithDescriptor_maxCommandCount_options_(id device, id desc,
+                                                                                     NSUInteger count,
+                                                                                     MTLResourceOptions options)
+{
+    return MC__MTL_SEND(id, (id, SEL, id, NSUInteger, MTLResourceOptions), device,
+                        MC__SEL(newIndirectCommandBufferWithDescriptor_maxCommandCount_options_), desc, count, options);
+}
 
 /* labels, MTLBuffer */
 static inline void msg_setLabel_(id obj, id label)
@@ -484,6 +519,10 @@ static inline void msg_setThreadGroupSizeIsMultipleOfThreadExecutionWidth_(id de
 static inline void msg_setBinaryArchives_(id desc, id array)
 {
     MC__MTL_SEND(void, (id, SEL, id), desc, MC__SEL(setBinaryArchives_), array);
+}
+static inline void msg_setSupportIndirectCommandBuffers_(id desc, BOOL on)
+{
+    MC__MTL_SEND(void, (id, SEL, BOOL), desc, MC__SEL(setSupportIndirectCommandBuffers_), on);
 }
 static inline NSUInteger msg_maxTotalThreadsPerThreadgroup(id pipeline)
 {
@@ -637,6 +676,61 @@ static inline void msg_endEncoding(id enc)
 {
     MC__MTL_SEND(void, (id, SEL), enc, MC__SEL(endEncoding));
 }
+static inline void msg_useResources_count_usage_(id enc, const id *resources, NSUInteger n, MTLResourceUsage usage)
+{
+    MC__MTL_SEND(void, (id, SEL, const id *, NSUInteger, MTLResourceUsage), enc, MC__SEL(useResources_count_usage_),
+                 resources, n, usage);
+}
+static inline void msg_executeCommandsInBuffer_withRange_(id enc, id icb, NSRange range)
+{
+    MC__MTL_SEND(void, (id, SEL, id, NSRange), enc, MC__SEL(executeCommandsInBuffer_withRange_), icb, range);
+}
+static inline void msg_executeCommandsInBuffer_indirectBuffer_indirectBufferOffset_(id enc, id icb, id range_buffer,
+                                                                                    NSUInteger offset)
+{
+    MC__MTL_SEND(void, (id, SEL, id, id, NSUInteger), enc,
+                 MC__SEL(executeCommandsInBuffer_indirectBuffer_indirectBufferOffset_), icb, range_buffer, offset);
+}
+
+/* MTLIndirectCommandBufferDescriptor, MTLIndirectCommandBuffer, MTLIndirectComputeCommand */
+static inline void msg_setCommandTypes_(id desc, MTLIndirectCommandType types)
+{
+    MC__MTL_SEND(void, (id, SEL, MTLIndirectCommandType), desc, MC__SEL(setCommandTypes_), types);
+}
+static inline void msg_setInheritPipelineState_(id desc, BOOL on)
+{
+    MC__MTL_SEND(void, (id, SEL, BOOL), desc, MC__SEL(setInheritPipelineState_), on);
+}
+static inline void msg_setInheritBuffers_(id desc, BOOL on)
+{
+    MC__MTL_SEND(void, (id, SEL, BOOL), desc, MC__SEL(setInheritBuffers_), on);
+}
+static inline void msg_setMaxKernelBufferBindCount_(id desc, NSUInteger n)
+{
+    MC__MTL_SEND(void, (id, SEL, NSUInteger), desc, MC__SEL(setMaxKernelBufferBindCount_), n);
+}
+static inline id msg_indirectComputeCommandAtIndex_(id icb, NSUInteger index)
+{
+    return MC__MTL_SEND(id, (id, SEL, NSUInteger), icb, MC__SEL(indirectComputeCommandAtIndex_), index);
+}
+static inline void msg_setKernelBuffer_offset_atIndex_(id cmd, id buffer, NSUInteger offset, NSUInteger index)
+{
+    MC__MTL_SEND(void, (id, SEL, id, NSUInteger, NSUInteger), cmd, MC__SEL(setKernelBuffer_offset_atIndex_), buffer,
+                 offset, index);
+}
+static inline void msg_concurrentDispatchThreadgroups_threadsPerThreadgroup_(id cmd, MTLSize groups, MTLSize threads)
+{
+    MC__MTL_SEND(void, (id, SEL, MTLSize, MTLSize), cmd, MC__SEL(concurrentDispatchThreadgroups_threadsPerThreadgroup_),
+                 groups, threads);
+}
+static inline void msg_setBarrier(id cmd)
+{
+    MC__MTL_SEND(void, (id, SEL), cmd, MC__SEL(setBarrier));
+}
+static inline void msg_reset(id cmd)
+{
+    MC__MTL_SEND(void, (id, SEL), cmd, MC__SEL(reset));
+}
 
 /* MTLSharedEvent */
 static inline uint64_t msg_signaledValue(id event)
@@ -738,6 +832,10 @@ void mc__mtl_block_init_id(mc__mtl_block *b, void (*fn)(mc__mtl_block *, id), vo
 
 typedef struct mc__mtl_device mc__mtl_device;
 
+/* The internal pipelines (metal_pipeline.c, mc__mtl_util_pipeline). */
+enum { MC__MTL_UTIL_COPY = 0, MC__MTL_UTIL_FILL = 1, MC__MTL_UTIL_CLAMP_RANGE = 2, MC__MTL_UTIL_CHECK_GRID = 3,
+       MC__MTL_UTIL_COUNT = 4 };
+
 struct mc__mtl_device {
     id device;        /* MTLDevice (+1) */
     id cbdesc[2];     /* MTLCommandBufferDescriptor: [0] retained, [1] unretained references (F676) */
@@ -746,7 +844,7 @@ struct mc__mtl_device {
     bool has_wait_timeout;  /* MTLSharedEvent responds to waitUntilSignaledValue:timeoutMS: (F692) */
     bool wait_checked;
     id listener;      /* MTLSharedEventListener, made on first need */
-    id util_pso[2];   /* internal byte copy / fill pipelines (unaligned blits), made on first need */
+    id util_pso[MC__MTL_UTIL_COUNT]; /* internal pipelines (MC__MTL_UTIL_*), made on first need */
     pthread_mutex_t lock;
     atomic_int lost;
     atomic_uint gpu_errors; /* failed command buffers on this device so far */
@@ -800,9 +898,10 @@ void mc__mtl_residency_commit_locked(mc__mtl_device *dev);
  * MC_ERR_COMPILE. */
 mc_status mc__mtl_compile(mc__mtl_device *dev, const char *source, size_t len, const char *options, id *library,
                           char **log);
-/* The internal pipelines for unaligned copies and fills (MC__MTL_UTIL_*),
- * built on first use; nil and a recorded error when they cannot be. */
-enum { MC__MTL_UTIL_COPY = 0, MC__MTL_UTIL_FILL = 1 };
+/* The internal pipelines (MC__MTL_UTIL_*: unaligned copies and fills, list
+ * ranges, grid checks), built on first use; nil and a recorded error when
+ * they cannot be. */
+
 id mc__mtl_util_pipeline(mc__mtl_device *dev, int which);
 
 mc_status mc__mtl_library_create(void *dev, mc_language lang, const char *source, size_t len, const char *options,
@@ -816,6 +915,33 @@ mc_status mc__mtl_pipeline_export(void *dev, const mc__pipeline_src *src, void *
                                   size_t *len);
 mc_status mc__mtl_pipeline_import(void *dev, const mc__pipeline_src *src, const void *bytes, size_t len,
                                   bool fail_on_miss, void **lib, void **pipeline, mc_pipeline_info *info);
+
+/* Buffers the backend makes for itself (shared storage, in the residency
+ * set like the engine's). */
+mc_status mc__mtl_buffer_new(mc__mtl_device *dev, size_t size, const char *label, mc__mtl_buffer **out);
+void mc__mtl_buffer_free(mc__mtl_device *dev, mc__mtl_buffer *b);
+
+/* A command list (metal_list.c): an indirect command buffer of concurrent
+ * dispatches (F149, F670), or, for a recording with indirect dispatches
+ * (which ICB commands cannot do), the recording itself, encoded into the
+ * pass at each execution. */
+typedef struct mc__mtl_list {
+    id icb;                  /* MTLIndirectCommandBuffer (+1), or nil */
+    mc__mtl_buffer *args;    /* bytes arguments (ICBs have no setBytes), or NULL */
+    id *resources;           /* every MTLBuffer the commands use, for useResources: */
+    NSUInteger nresources;
+    id *pipelines;           /* every pipeline state they use */
+    NSUInteger npipelines;
+    uint32_t ncommands;
+    /* icb nil: the engine's recording (valid until cmdlist_destroy) */
+    const mc__cmd *cmds;
+    uint32_t ncmd;
+    const uint8_t *bytes;
+    uint32_t *group;         /* each command's first mc__cmd */
+    char *label;
+} mc__mtl_list;
+mc_status mc__mtl_cmdlist_create(void *dev, const mc__list_desc *desc, void **list, uint32_t *caps);
+void mc__mtl_cmdlist_destroy(void *dev, void *list);
 
 mc_status mc__mtl_queue_create(void *dev, const char *label, void **queue);
 void mc__mtl_queue_destroy(void *dev, void *queue);

@@ -200,8 +200,7 @@ static void mtl_device_close(void *vdev)
         mc__mtl_release(dev->residency);
     }
     mc__mtl_release(dev->listener);
-    mc__mtl_release(dev->util_pso[0]);
-    mc__mtl_release(dev->util_pso[1]);
+    for (int i = 0; i < MC__MTL_UTIL_COUNT; i++) mc__mtl_release(dev->util_pso[i]);
     mc__mtl_release(dev->cbdesc[0]);
     mc__mtl_release(dev->cbdesc[1]);
     mc__mtl_release(dev->device);
@@ -272,6 +271,19 @@ static void mtl_buffer_destroy(void *vdev, void *vbuf)
     }
     mc__mtl_release(b->buffer);
     free(b);
+}
+
+mc_status mc__mtl_buffer_new(mc__mtl_device *dev, size_t size, const char *label, mc__mtl_buffer **out)
+{
+    void *b = NULL;
+    mc_status s = mtl_buffer_create(dev, size, MC_STORAGE_SHARED, label, &b, NULL);
+    *out = b;
+    return s;
+}
+
+void mc__mtl_buffer_free(mc__mtl_device *dev, mc__mtl_buffer *b)
+{
+    mtl_buffer_destroy(dev, b);
 }
 
 /* Lost device, then the range, for the synchronous transfers. */
@@ -495,4 +507,6 @@ const mc__hal mc__metal_hal = {
     .event_value = mtl_event_value,
     .event_signal = mtl_event_signal,
     .event_wait = mtl_event_wait,
+    .cmdlist_create = mc__mtl_cmdlist_create,
+    .cmdlist_destroy = mc__mtl_cmdlist_destroy,
 };

@@ -6,7 +6,11 @@
  * every OS and the same results as the CPU and CUDA devices (F171).
  * Pipelines are made through an MTLComputePipelineDescriptor that always
  * carries the occupancy hints maxTotalThreadsPerThreadgroup (F157) and
- * threadGroupSizeIsMultipleOfThreadExecutionWidth (F158).
+ * threadGroupSizeIsMultipleOfThreadExecutionWidth (F158), and
+ * supportIndirectCommandBuffers = YES: any pipeline may be recorded into a
+ * command list (an indirect command buffer, F670) later, and making it
+ * again per list would cost a compile per list and break the pipeline
+ * cache's one-pipeline-per-key rule.
  *
  * The pipeline archive is one MTLBinaryArchive per cache entry (F697):
  * export fills an empty archive with addComputePipelineFunctionsWithDescriptor
@@ -217,6 +221,7 @@ static id make_pipeline_descriptor(id fn, const char *label, uint32_t max_thread
     if (label) msg_setLabel_(desc, mc__mtl_str(label));
     msg_setMaxTotalThreadsPerThreadgroup_(desc, max_threads);                           /* F157: 0 = default */
     msg_setThreadGroupSizeIsMultipleOfThreadExecutionWidth_(desc, simd_multiple ? MC__MTL_YES : MC__MTL_NO); /* F158 */
+    msg_setSupportIndirectCommandBuffers_(desc, MC__MTL_YES); /* command lists (F670) */
     return desc;
 }
 
@@ -303,11 +308,17 @@ void mc__mtl_pipeline_destroy(void *vdev, void *vp)
     free(p);
 }
 
-/* ---- internal pipelines: unaligned copies and fills --------------------------- */
+/* ---- internal pipelines -------------------------------------------------------- */
 
 /* Blit copies and fills need 4-byte multiples on macOS (Apple's
  * documentation for copyFromBuffer:... and fillBuffer:range:value:); other
- * ones run as these kernels, in order with everything else. */
+ * ones run as the byte kernels, in order with everything else.
+ * mc_clamp_range copies a command list's device-chosen {first, count} into
+ * the MTLIndirectCommandBufferExecutionRange Metal reads, clamped to the
+ * list (Metal itself does not clamp). mc_check_grid is validation mode's
+ * check of an indirect dispatch's counts against MC_INDIRECT_MAX_GROUPS_*:
+ * it copies them, zeroed when over the limits, with a flag the completion
+ * handler reads. */
 static const char util_source[] =
     "#include <metal_stdlib>\n"
     "using namespace metal;\n"
@@ -320,6 +331,27 @@ static const char util_source[] =
     "                          constant uint &value [[buffer(2)]], uint i [[thread_position_in_grid]])\n"
     "{\n"
     "    if (i < n) dst[i] = uchar(value);\n"
+    "}\n"
+    "kernel void mc_clamp_range(device const uint *in [[buffer(0)]], device uint *out [[buffer(1)]],\n"
+    "                           constant uint &n [[buffer(2)]], uint i [[thread_position_in_grid]])\n"
+    "{\n"
+    "    if (i == 0) {\n"
+    "        uint first = min(in[0], n);\n"
+    "        out[0] = first;\n"
+    "        out[1] = min(in[1], n - first);\n"
+    "    }\n"
+    "}\n"
+    "kernel void mc_check_grid(device const uint *in [[buffer(0)]], device uint *out [[buffer(1)]],\n"
+    "                          uint i [[thread_position_in_grid]])\n"
+    "{\n"
+    "    if (i == 0) {\n"
+    "        uint x = in[0], y = in[1], z = in[2];\n"
+    "        bool over = x != 0 && y != 0 && z != 0 && (x > 2147483647u || y > 65535u || z > 65535u);\n"
+    "        out[0] = over ? 0u : x;\n"
+    "        out[1] = over ? 0u : y;\n"
+    "        out[2] = over ? 0u : z;\n"
+    "        out[3] = over ? 1u : 0u;\n"
+    "    }\n"
     "}\n";
 
 id mc__mtl_util_pipeline(mc__mtl_device *dev, int which)
@@ -328,10 +360,13 @@ id mc__mtl_util_pipeline(mc__mtl_device *dev, int which)
     if (!dev->util_pso[which]) {
         id library;
         mc_status s = mc__mtl_compile(dev, util_source, sizeof util_source - 1, NULL, &library, NULL);
-        for (int i = 0; s == MC_OK && i < 2; i++) {
-            pso_request r = {library, i == MC__MTL_UTIL_COPY ? "mc_copy_bytes" : "mc_fill_bytes",
-                             i == MC__MTL_UTIL_COPY ? "metal-compute copy_bytes" : "metal-compute fill_bytes",
-                             256, true, (id)0, false};
+        static const char *const fn[MC__MTL_UTIL_COUNT] = {"mc_copy_bytes", "mc_fill_bytes", "mc_clamp_range",
+                                                           "mc_check_grid"};
+        static const char *const label[MC__MTL_UTIL_COUNT] = {
+            "metal-compute copy_bytes", "metal-compute fill_bytes", "metal-compute clamp_range",
+            "metal-compute check_grid"};
+        for (int i = 0; s == MC_OK && i < MC__MTL_UTIL_COUNT; i++) {
+            pso_request r = {library, fn[i], label[i], 256, i <= MC__MTL_UTIL_FILL, (id)0, false};
             if (!dev->util_pso[i]) s = make_pso(dev, &r, &dev->util_pso[i], NULL);
         }
         mc__mtl_release(library); /* the pipelines keep what they need */

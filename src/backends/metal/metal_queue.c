@@ -22,6 +22,11 @@
  *    the only documented recovery (F687);
  *  - MTLCommandBufferErrorDeviceRemoved (or an injected device loss) loses
  *    the device for good;
+ *  - validation mode (MC__SUBMIT_VALIDATION): an indirect dispatch's counts
+ *    pass through mc_check_grid first, which zeroes counts over
+ *    MC_INDIRECT_MAX_GROUPS_* and raises a flag in the submission's scratch
+ *    buffer; the completed handler turns a raised flag into
+ *    MC_ERR_VALIDATION for that pass (the dispatch did not run);
  *  - MTLCommandBufferErrorAccessRevoked, the OS's answer to repeated GPU
  *    faults (F146, F685), is reported as MC_ERR_ACCESS_REVOKED with the
  *    process's failure count.
@@ -44,7 +49,14 @@ typedef struct inflight {
     uint32_t *enc_pass;  /* the pass of each encoder */
     atomic_int refs;     /* completed handler + scheduled handler */
     atomic_int sched;    /* FSCHED_* */
+    /* 16-byte slots the internal kernels write (a clamped list range, a
+     * checked grid and its flag), or NULL when the submission needs none */
+    mc__mtl_buffer *scratch;
+    uint32_t nslots, used_slots;
+    uint32_t *check_pass; /* nslots entries: the pass of a grid check, UINT32_MAX: not a check */
 } inflight;
+
+#define SLOT_BYTES 16u
 
 enum { FSCHED_IDLE, FSCHED_RUNNING, FSCHED_DONE, FSCHED_SKIPPED };
 
@@ -52,6 +64,7 @@ static void inflight_unref(inflight *f)
 {
     if (atomic_fetch_sub(&f->refs, 1) != 1) return;
     free(f->enc_pass);
+    free(f->check_pass);
     free(f);
 }
 
@@ -205,45 +218,230 @@ static id new_compute_encoder(id cb, const char *label)
     return enc;
 }
 
-static mc_status encode_compute(id cb, const mc__submission *sub, const mc__pass *pass)
+/* The state of one compute encoder: what the internal kernels (grid checks,
+ * list ranges) must put back after they borrowed the encoder, which keeps
+ * its bindings across dispatches. They use slots 0-2. */
+typedef struct binding {
+    int kind; /* 0: unbound, 1: buffer, 2: bytes */
+    id buffer;
+    NSUInteger offset;
+    const void *bytes;
+    NSUInteger len;
+} binding;
+
+typedef struct encoding {
+    mc__mtl_device *dev;
+    inflight *f;
+    uint32_t pass;
+    bool validation;
+    id enc;
+    id pso;
+    binding arg[3];
+} encoding;
+
+static void set_buffer(encoding *e, id buffer, NSUInteger offset, uint32_t index)
 {
+    msg_setBuffer_offset_atIndex_(e->enc, buffer, offset, index);
+    if (index < 3) e->arg[index] = (binding){1, buffer, offset, NULL, 0};
+}
+
+static void set_bytes(encoding *e, const void *bytes, NSUInteger len, uint32_t index)
+{
+    msg_setBytes_length_atIndex_(e->enc, bytes, len, index);
+    if (index < 3) e->arg[index] = (binding){2, (id)0, 0, bytes, len};
+}
+
+static void set_pso(encoding *e, id pso)
+{
+    msg_setComputePipelineState_(e->enc, pso);
+    e->pso = pso;
+}
+
+/* Puts the program's pipeline and slots 0-2 back after an internal kernel. */
+static void restore(encoding *e)
+{
+    if (e->pso) msg_setComputePipelineState_(e->enc, e->pso);
+    for (uint32_t i = 0; i < 3; i++) {
+        if (e->arg[i].kind == 1) msg_setBuffer_offset_atIndex_(e->enc, e->arg[i].buffer, e->arg[i].offset, i);
+        else if (e->arg[i].kind == 2) msg_setBytes_length_atIndex_(e->enc, e->arg[i].bytes, e->arg[i].len, i);
+    }
+}
+
+/* The next scratch slot; check: a grid check of the current pass. */
+static mc_status take_slot(encoding *e, bool check, NSUInteger *offset)
+{
+    inflight *f = e->f;
+    if (!f->scratch || f->used_slots >= f->nslots)
+        return mc__fail(MC_ERR_INTERNAL, "pass '%s': internal scratch slots miscounted",
+                        f->sub->passes[e->pass].label);
+    f->check_pass[f->used_slots] = check ? e->pass : UINT32_MAX;
+    *offset = (NSUInteger)f->used_slots++ * SLOT_BYTES;
+    return MC_OK;
+}
+
+/* One internal one-thread kernel: in at slot 0, out at slot 1, n (if not
+ * NULL) at slot 2; then a barrier, so what follows sees what it wrote. */
+static mc_status internal_kernel(encoding *e, int which, id in, NSUInteger in_off, NSUInteger out_off,
+                                 const uint32_t *n)
+{
+    id pso = mc__mtl_util_pipeline(e->dev, which);
+    if (!pso) return MC_ERR_INTERNAL; /* the detail is recorded */
+    msg_setComputePipelineState_(e->enc, pso);
+    msg_setBuffer_offset_atIndex_(e->enc, in, in_off, 0);
+    msg_setBuffer_offset_atIndex_(e->enc, e->f->scratch->buffer, out_off, 1);
+    if (n) msg_setBytes_length_atIndex_(e->enc, n, sizeof *n, 2);
+    MTLSize one = {1, 1, 1};
+    msg_dispatchThreadgroups_threadsPerThreadgroup_(e->enc, one, one);
+    msg_memoryBarrierWithScope_(e->enc, MTLBarrierScopeBuffers);
+    return MC_OK;
+}
+
+/* F148; in validation mode through mc_check_grid (counts over the limits
+ * become a zero grid and a flag the completed handler reads). */
+static mc_status dispatch_indirect(encoding *e, const mc__cmd *c)
+{
+    id buf = ((mc__mtl_buffer *)c->u.indirect.buffer)->buffer;
+    MTLSize t = size3(c->u.indirect.threads);
+    if (!e->validation) {
+        msg_dispatchThreadgroupsWithIndirectBuffer_indirectBufferOffset_threadsPerThreadgroup_(e->enc, buf,
+                                                                                               c->u.indirect.offset, t);
+        return MC_OK;
+    }
+    NSUInteger slot;
+    mc_status s = take_slot(e, true, &slot);
+    if (s == MC_OK) s = internal_kernel(e, MC__MTL_UTIL_CHECK_GRID, buf, c->u.indirect.offset, slot, NULL);
+    if (s != MC_OK) return s;
+    restore(e);
+    msg_dispatchThreadgroupsWithIndirectBuffer_indirectBufferOffset_threadsPerThreadgroup_(e->enc, e->f->scratch->buffer,
+                                                                                           slot, t);
+    return MC_OK;
+}
+
+/* A command of a compute pass, or of a list encoded into it (bytes: the
+ * arena its SET_BYTES point into). */
+static mc_status encode_cmd(encoding *e, const mc__cmd *c, const uint8_t *bytes, const char *label)
+{
+    switch (c->op) {
+    case MC__OP_SET_PIPELINE:
+        set_pso(e, ((mc__mtl_pipeline *)c->u.pipeline)->pso);
+        return MC_OK;
+    case MC__OP_SET_BUFFER:
+        set_buffer(e, ((mc__mtl_buffer *)c->u.buf.buffer)->buffer, c->u.buf.offset, c->index);
+        return MC_OK;
+    case MC__OP_SET_BYTES:
+        if (c->u.bytes.len) set_bytes(e, bytes + c->u.bytes.offset, c->u.bytes.len, c->index);
+        return MC_OK;
+    case MC__OP_SET_TGMEM: /* lengths are multiples of 16 bytes in Metal */
+        msg_setThreadgroupMemoryLength_atIndex_(e->enc, (c->u.tgmem.len + 15u) & ~(size_t)15u, c->index);
+        return MC_OK;
+    case MC__OP_DISPATCH:
+        if ((uint64_t)c->u.dispatch.groups.x * c->u.dispatch.groups.y * c->u.dispatch.groups.z != 0)
+            msg_dispatchThreadgroups_threadsPerThreadgroup_(e->enc, size3(c->u.dispatch.groups),
+                                                            size3(c->u.dispatch.threads));
+        return MC_OK;
+    case MC__OP_DISPATCH_INDIRECT: /* three uint32 = MTLDispatchThreadgroupsIndirectArguments (F148) */
+        return dispatch_indirect(e, c);
+    case MC__OP_BARRIER: /* orders the dispatches before and after (F142) */
+        msg_memoryBarrierWithScope_(e->enc, MTLBarrierScopeBuffers);
+        return MC_OK;
+    default:
+        return mc__fail(MC_ERR_INTERNAL, "command %u cannot appear in compute pass '%s'", c->op, label);
+    }
+}
+
+/* EXECUTE_LIST: the pass is the list's execution (metal_list.c). */
+static mc_status execute_list(encoding *e, const mc__cmd *c, const char *label)
+{
+    const mc__mtl_list *l = c->u.exec.list;
+    const mc__mtl_buffer *rb = c->u.exec.range_buffer;
+    if (!l->icb) { /* indirect dispatches inside: the recording, encoded here */
+        if (rb && l->ncommands) /* the engine refuses these: the list's caps lack MC__LIST_GPU_RANGE */
+            return mc__fail(MC_ERR_UNSUPPORTED, "pass '%s': list '%s' cannot take a range the device chooses", label,
+                            l->label);
+        for (uint32_t k = c->u.exec.first; k < c->u.exec.first + c->u.exec.count; k++) {
+            uint32_t end = k + 1 < l->ncommands ? l->group[k + 1] : l->ncmd;
+            for (uint32_t i = l->group[k]; i < end; i++) {
+                mc_status s = encode_cmd(e, &l->cmds[i], l->bytes, label);
+                if (s != MC_OK) return s;
+            }
+        }
+        return MC_OK;
+    }
+    if (!rb && !c->u.exec.count) return MC_OK;
+    /* The encoder cannot see what the commands use. */
+    msg_useResources_count_usage_(e->enc, l->resources, l->nresources, MTLResourceUsageRead | MTLResourceUsageWrite);
+    /* Pipelines used only inside an ICB can fault on Apple GPUs before the
+     * M3 family unless the encoder has used them too (tinygrad's MetalGraph
+     * found this; useResources: does not take pipelines): an empty dispatch
+     * with each, as that code does. MC_METAL_ICB_PIPELINE_FIX=0 leaves it out. */
+    if (mc__env_int("MC_METAL_ICB_PIPELINE_FIX", 1)) {
+        MTLSize none = {0, 0, 0};
+        for (NSUInteger i = 0; i < l->npipelines; i++) {
+            msg_setComputePipelineState_(e->enc, l->pipelines[i]);
+            msg_dispatchThreadgroups_threadsPerThreadgroup_(e->enc, none, none);
+        }
+    }
+    if (!rb) {
+        NSRange r = {c->u.exec.first, c->u.exec.count};
+        msg_executeCommandsInBuffer_withRange_(e->enc, l->icb, r);
+        return MC_OK;
+    }
+    /* {first, count} clamped on the device into the range Metal reads */
+    NSUInteger slot;
+    uint32_t n = l->ncommands;
+    mc_status s = take_slot(e, false, &slot);
+    if (s == MC_OK) s = internal_kernel(e, MC__MTL_UTIL_CLAMP_RANGE, rb->buffer, c->u.exec.range_offset, slot, &n);
+    if (s != MC_OK) return s;
+    msg_executeCommandsInBuffer_indirectBuffer_indirectBufferOffset_(e->enc, l->icb, e->f->scratch->buffer, slot);
+    return MC_OK;
+}
+
+static mc_status encode_compute(mc__mtl_device *dev, id cb, const mc__submission *sub, uint32_t p, inflight *f)
+{
+    const mc__pass *pass = &sub->passes[p];
     id enc = new_compute_encoder(cb, pass->label);
     if (!enc) return mc__fail(MC_ERR_OUT_OF_MEMORY, "Metal could not make a compute encoder for '%s'", pass->label);
+    encoding e;
+    memset(&e, 0, sizeof e);
+    e.dev = dev;
+    e.f = f;
+    e.pass = p;
+    e.validation = (sub->flags & MC__SUBMIT_VALIDATION) != 0;
+    e.enc = enc;
     mc_status s = MC_OK;
     for (uint32_t i = 0; i < pass->count && s == MC_OK; i++) {
         const mc__cmd *c = &sub->cmds[pass->first + i];
-        switch (c->op) {
-        case MC__OP_SET_PIPELINE:
-            msg_setComputePipelineState_(enc, ((mc__mtl_pipeline *)c->u.pipeline)->pso);
-            break;
-        case MC__OP_SET_BUFFER:
-            msg_setBuffer_offset_atIndex_(enc, ((mc__mtl_buffer *)c->u.buf.buffer)->buffer, c->u.buf.offset, c->index);
-            break;
-        case MC__OP_SET_BYTES:
-            if (c->u.bytes.len) msg_setBytes_length_atIndex_(enc, sub->bytes + c->u.bytes.offset, c->u.bytes.len, c->index);
-            break;
-        case MC__OP_SET_TGMEM: /* lengths are multiples of 16 bytes in Metal */
-            msg_setThreadgroupMemoryLength_atIndex_(enc, (c->u.tgmem.len + 15u) & ~(size_t)15u, c->index);
-            break;
-        case MC__OP_DISPATCH:
-            if ((uint64_t)c->u.dispatch.groups.x * c->u.dispatch.groups.y * c->u.dispatch.groups.z != 0)
-                msg_dispatchThreadgroups_threadsPerThreadgroup_(enc, size3(c->u.dispatch.groups),
-                                                                size3(c->u.dispatch.threads));
-            break;
-        case MC__OP_DISPATCH_INDIRECT: /* three uint32 = MTLDispatchThreadgroupsIndirectArguments (F148) */
-            msg_dispatchThreadgroupsWithIndirectBuffer_indirectBufferOffset_threadsPerThreadgroup_(
-                enc, ((mc__mtl_buffer *)c->u.indirect.buffer)->buffer, c->u.indirect.offset,
-                size3(c->u.indirect.threads));
-            break;
-        case MC__OP_BARRIER: /* orders the dispatches before and after (F142) */
-            msg_memoryBarrierWithScope_(enc, MTLBarrierScopeBuffers);
-            break;
-        default:
-            s = mc__fail(MC_ERR_INTERNAL, "command %u cannot appear in compute pass '%s'", c->op, pass->label);
-        }
+        s = c->op == MC__OP_EXECUTE_LIST ? execute_list(&e, c, pass->label) : encode_cmd(&e, c, sub->bytes, pass->label);
     }
     msg_endEncoding(enc);
     return s;
+}
+
+/* Scratch slots the submission's first nrun passes need (take_slot hands
+ * them out in the same order). */
+static uint32_t count_slots(const mc__submission *sub, uint32_t nrun)
+{
+    bool validation = (sub->flags & MC__SUBMIT_VALIDATION) != 0;
+    uint32_t n = 0;
+    for (uint32_t p = 0; p < nrun; p++) {
+        const mc__pass *pass = &sub->passes[p];
+        if (pass->kind != MC__PASS_COMPUTE) continue;
+        for (uint32_t i = 0; i < pass->count; i++) {
+            const mc__cmd *c = &sub->cmds[pass->first + i];
+            if (c->op == MC__OP_DISPATCH_INDIRECT && validation) n++;
+            if (c->op != MC__OP_EXECUTE_LIST) continue;
+            const mc__mtl_list *l = c->u.exec.list;
+            if (c->u.exec.range_buffer) {
+                n++;
+            } else if (!l->icb && validation) {
+                uint32_t lo = l->group && c->u.exec.count ? l->group[c->u.exec.first] : 0;
+                uint32_t last = c->u.exec.first + c->u.exec.count;
+                uint32_t hi = !c->u.exec.count ? 0 : last < l->ncommands ? l->group[last] : l->ncmd;
+                for (uint32_t k = lo; k < hi; k++) n += l->cmds[k].op == MC__OP_DISPATCH_INDIRECT;
+            }
+        }
+    }
+    return n;
 }
 
 /* Runs an internal byte kernel over n bytes: buffers at slots 0 (and 1),
@@ -335,7 +533,7 @@ static mc_status encode(mc__mtl_device *dev, id cb, const mc__submission *sub, i
         mc_status s;
         switch (pass->kind) {
         case MC__PASS_COMPUTE:
-            s = encode_compute(cb, sub, pass);
+            s = encode_compute(dev, cb, sub, p, f);
             encoded = true;
             break;
         case MC__PASS_COPY: s = encode_copy(dev, cb, sub, pass, &encoded); break;
@@ -426,6 +624,25 @@ static void on_scheduled(mc__mtl_block *blk, id cb)
     inflight_unref(f);
 }
 
+/* Validation mode: a grid check that found counts over the limits fails
+ * its pass (the dispatch ran as an empty grid); the passes after it ran. */
+static mc_status checked_grids(const inflight *f, mc__submission *sub)
+{
+    for (uint32_t i = 0; f->scratch && i < f->used_slots; i++) {
+        uint32_t p = f->check_pass[i];
+        const uint32_t *w = (const uint32_t *)((const char *)f->scratch->host + (size_t)i * SLOT_BYTES);
+        if (p == UINT32_MAX || !w[3]) continue;
+        for (uint32_t k = 0; k < f->nrun; k++)
+            sub->pass_state[k] = k < p ? MC_PASS_COMPLETED : k == p ? MC_PASS_FAULTED : MC_PASS_AFFECTED;
+        set_message(sub,
+                    "indirect dispatch in pass '%s': threadgroup counts exceed the limits (x <= %u, y and z <= %u); it "
+                    "did not run",
+                    sub->passes[p].label, MC_INDIRECT_MAX_GROUPS_X, MC_INDIRECT_MAX_GROUPS_YZ);
+        return MC_ERR_VALIDATION;
+    }
+    return MC_OK;
+}
+
 static void on_completed(mc__mtl_block *blk, id cb)
 {
     inflight *f = blk->ctx;
@@ -435,6 +652,7 @@ static void on_completed(mc__mtl_block *blk, id cb)
 
     id pool = mc__mtl_pool_push();
     mc_status st = own_outcome(f, cb, sub);
+    if (st == MC_OK) st = checked_grids(f, sub);
     sub->gpu_start_ns = seconds_to_ns(msg_GPUStartTime(cb));
     sub->gpu_end_ns = seconds_to_ns(msg_GPUEndTime(cb));
     if (sub->gpu_end_ns < sub->gpu_start_ns) sub->gpu_end_ns = sub->gpu_start_ns;
@@ -489,6 +707,10 @@ static void on_completed(mc__mtl_block *blk, id cb)
     }
     pthread_mutex_unlock(&q->lock);
 
+    if (f->scratch) { /* no lock held: the residency set takes the device's */
+        mc__mtl_buffer_free(dev, f->scratch);
+        f->scratch = NULL;
+    }
     int idle = FSCHED_IDLE;
     if (!atomic_compare_exchange_strong(&f->sched, &idle, FSCHED_SKIPPED))
         while (atomic_load(&f->sched) != FSCHED_DONE) sched_yield(); /* scheduled() is running: let it finish */
@@ -534,6 +756,20 @@ mc_status mc__mtl_submit(void *vdev, void *vq, mc__submission *sub)
     f->nrun = sub->inject != MC_OK ? MC__MIN(sub->inject_pass, sub->npass) : sub->npass;
     atomic_init(&f->refs, sub->scheduled ? 2 : 1);
     atomic_init(&f->sched, FSCHED_IDLE);
+    f->nslots = count_slots(sub, f->nrun);
+    if (f->nslots) { /* made before the residency set is committed below */
+        mc_status s = MC_OK;
+        f->check_pass = mc__calloc(f->nslots, sizeof *f->check_pass);
+        if (!f->check_pass) s = mc__fail(MC_ERR_NO_MEMORY, "submit: out of host memory");
+        if (s == MC_OK) s = mc__mtl_buffer_new(dev, (size_t)f->nslots * SLOT_BYTES, "metal-compute scratch", &f->scratch);
+        if (s != MC_OK) {
+            pthread_mutex_unlock(&q->lock);
+            free(f->check_pass);
+            free(f);
+            free(enc_pass);
+            return s;
+        }
+    }
 
     id pool = mc__mtl_pool_push();
     pthread_mutex_lock(&dev->lock);
@@ -551,6 +787,8 @@ mc_status mc__mtl_submit(void *vdev, void *vq, mc__submission *sub)
          * encoders all ended. */
         mc__mtl_pool_pop(pool);
         pthread_mutex_unlock(&q->lock);
+        if (f->scratch) mc__mtl_buffer_free(dev, f->scratch);
+        free(f->check_pass);
         free(enc_pass);
         free(f);
         return s;

@@ -1,0 +1,211 @@
+/*
+ * DOC: Isolation internals
+ *
+ * Shared by isolate.c (launcher, channel, shared memory, faults, the
+ * supervisor's bookkeeping), isolate_runner.c and isolate_stream.c, and the
+ * hooks runner.c and stream.c call to hand an isolated handle over.
+ */
+#ifndef MC_ENGINE_ISOLATE_H
+#define MC_ENGINE_ISOLATE_H
+
+#include "engine/engine.h"
+
+#include <sys/types.h>
+
+/* ---- hand-over from the public runner and stream calls ------------------ */
+
+#define MC__ISO_RUNNER_TAG 0x6d634952u /* "mcIR" */
+#define MC__ISO_STREAM_TAG 0x6d634953u /* "mcIS" */
+
+/* True when h is an isolated runner (stream): its first word is the tag. */
+static inline bool mc__iso_is_runner(const void *h)
+{
+    return h && *(const uint32_t *)h == MC__ISO_RUNNER_TAG;
+}
+static inline bool mc__iso_is_stream(const void *h)
+{
+    return h && *(const uint32_t *)h == MC__ISO_STREAM_TAG;
+}
+
+mc_status mc__runner_check_desc(const mc_runner_desc *d, const mc_device_info *info); /* runner.c; info may be NULL */
+mc_status mc__iso_runner_create(const mc_runner_desc *desc, mc_runner **out);
+mc_status mc__iso_runner_run(mc_runner *r);
+mc_status mc__iso_runner_cancel(mc_runner *r);
+mc_status mc__iso_runner_get_stats(const mc_runner *r, mc_runner_stats *out);
+mc_status mc__iso_runner_state_read(mc_runner *r, uint32_t index, void *dst, size_t len);
+size_t mc__iso_runner_state_size(const mc_runner *r, uint32_t index);
+void mc__iso_runner_release(mc_runner *r);
+
+mc_status mc__stream_check_desc(const mc_stream_desc *d); /* stream.c: what needs no device */
+/* stream.c, for the worker: the next item submitted gets sequence number
+ * next; whether the stream died (and why). */
+mc_status mc__stream_set_sequence(mc_stream *s, uint64_t next);
+bool mc__stream_dead(mc_stream *s, mc_status *status, char *why, size_t cap);
+mc_status mc__iso_stream_create(const mc_stream_desc *desc, mc_stream **out);
+mc_status mc__iso_stream_acquire(mc_stream *s, uint64_t timeout_ns, mc_stream_slot *out);
+mc_status mc__iso_stream_submit(mc_stream *s, uint32_t index, uint64_t tag);
+mc_status mc__iso_stream_discard(mc_stream *s, uint32_t index);
+mc_status mc__iso_stream_pull(mc_stream *s, uint64_t timeout_ns, mc_stream_result *out);
+mc_status mc__iso_stream_release_result(mc_stream *s, const mc_stream_result *r);
+mc_status mc__iso_stream_close(mc_stream *s, bool drain);
+mc_status mc__iso_stream_get_stats(const mc_stream *s, mc_stream_stats *out);
+void mc__iso_stream_release(mc_stream *s);
+
+/* ---- the channel: fixed-size messages over a local stream socket --------- */
+
+enum {
+    /* worker -> supervisor */
+    MC__ISO_READY = 1,      /* device open, setup done: info, nstate, sizes */
+    MC__ISO_PROGRESS = 2,   /* runner: a, the iterations done; rstats */
+    MC__ISO_CHECKPOINT = 3, /* runner: a checkpoint of iteration a is in shared memory */
+    MC__ISO_FINISHED = 4,   /* runner: the run ended well (or was cancelled); the final state is in shared memory */
+    MC__ISO_ERROR = 5,      /* status, text: the worker gives up */
+    MC__ISO_RESULT = 6,     /* stream: slot, a = sequence, status, attempts, text; sstats */
+    /* supervisor -> worker */
+    MC__ISO_GO = 16,        /* runner: start (the state area's descriptor attached) */
+    MC__ISO_CANCEL = 17,
+    MC__ISO_ITEM = 18,      /* stream: slot, a = sequence, b = tag */
+    MC__ISO_QUIT = 19,      /* finish up and exit */
+    /* supervisor <-> launcher */
+    MC__ISO_SPAWN = 32,     /* -> SPAWNED, a = pid, the supervisor's end of the worker's socket attached */
+    MC__ISO_SPAWNED = 33,
+    MC__ISO_REAP = 34,      /* a = pid, b = grace in ms (then SIGKILL), status = kill at once -> REAPED */
+    MC__ISO_REAPED = 35,    /* a = pid, status = wait status */
+    MC__ISO_STOP = 36       /* the launcher ends its worker, if any, and exits */
+};
+
+#define MC__ISO_MAGIC 0x6d63494du /* "mcIM" */
+
+typedef struct mc__iso_msg {
+    uint32_t magic, type;
+    int32_t status;
+    uint32_t slot;
+    uint64_t a, b;
+    uint64_t t_ns; /* the sender's monotonic clock (one clock for every process) */
+    uint32_t attempts, nstate;
+    uint64_t sizes[MC_RUNNER_MAX_STATE];
+    union {
+        mc_device_info info;
+        mc_runner_stats rstats;
+        mc_stream_stats sstats;
+    } u;
+    char text[320];
+} mc__iso_msg;
+
+void mc__iso_msg_init(mc__iso_msg *m, uint32_t type);
+/* Sends one message (with fd_to_pass >= 0: that descriptor too). Blocks
+ * until it is written; false when the peer is gone. Never raises SIGPIPE. */
+bool mc__iso_send(int sock, const mc__iso_msg *m, int fd_to_pass);
+/* Blocks for one whole message; *fd (may be NULL) receives a descriptor
+ * that came with it, else -1. false at the end of the stream or an error. */
+bool mc__iso_recv(int sock, mc__iso_msg *m, int *fd);
+/* Waits up to timeout_ns for a whole message (UINT64_MAX: for ever). 1: a
+ * message; 0: none in time; -1: the end of the stream. */
+int mc__iso_recv_timed(int sock, mc__iso_msg *m, uint64_t timeout_ns);
+
+/* ---- the launcher -------------------------------------------------------- */
+
+/* What a worker runs, in the launcher's child; sock is its end of the
+ * channel. Returns the exit code. */
+typedef int (*mc__iso_worker_fn)(void *ctx, int sock);
+
+typedef struct mc__iso_launcher {
+    pid_t pid;
+    int sock;
+} mc__iso_launcher;
+
+/* Refuses (MC_ERR_INVALID_STATE) when a backend that is not fork-safe was
+ * used in this process; what names the caller ("mc_runner_create"). */
+mc_status mc__iso_fork_allowed(const char *what);
+/* Forks the launcher from the calling thread. The worker function and ctx
+ * are what every worker it starts will run. */
+mc_status mc__iso_launcher_start(mc__iso_launcher *l, mc__iso_worker_fn fn, void *ctx);
+/* A new worker: its pid and the supervisor's end of its channel. */
+mc_status mc__iso_launcher_spawn(mc__iso_launcher *l, pid_t *pid, int *sock);
+/* Waits up to grace_ms for the worker to exit, then (or at once with
+ * kill_now) kills it with SIGKILL, and reaps it: *wstatus (may be NULL)
+ * gets its wait status. */
+mc_status mc__iso_launcher_reap(mc__iso_launcher *l, pid_t pid, bool kill_now, double grace_ms, int *wstatus);
+/* Ends the launcher (and a worker it still has) and reaps it. */
+void mc__iso_launcher_stop(mc__iso_launcher *l);
+
+/* ---- shared memory (the primitives are in core/os_posix.c) ---------------- */
+
+/* What every run's shared header begins with. */
+typedef struct mc__iso_shared {
+    uint32_t magic;
+    uint32_t pad;
+    _Atomic uint64_t commits; /* command buffers committed by every worker of the run */
+} mc__iso_shared;
+
+/* ---- faults ----------------------------------------------------------------- */
+
+#define MC__ISO_FAULT_KILL (-1)
+#define MC__ISO_FAULT_HANG (-2)
+
+typedef struct mc__iso_fault {
+    int kind; /* an mc_status device error, MC__ISO_FAULT_KILL or MC__ISO_FAULT_HANG */
+    uint64_t at; /* the Nth command buffer of the run */
+} mc__iso_fault;
+
+typedef struct mc__iso_faults {
+    mc__iso_fault f[MC__MAX_FAULTS];
+    size_t n;
+} mc__iso_faults;
+
+/* Parses "KIND@N,..." (NULL or "": none). */
+mc_status mc__iso_parse_faults(const char *spec, mc__iso_faults *out);
+
+/* In a worker: counts dev's commits into shared->commits from now on and
+ * schedules the faults not yet reached (the device kinds on dev, the
+ * worker's own through the commit hook). The hook state lives in *arm,
+ * which must outlive dev's commits. */
+typedef struct mc__iso_armed {
+    mc__iso_shared *shared;
+    mc__iso_faults faults; /* kill and hang only */
+} mc__iso_armed;
+void mc__iso_arm_faults(mc__iso_armed *arm, mc_device *dev, mc__iso_shared *shared, const mc__iso_faults *faults);
+
+/* ---- the worker's device ------------------------------------------------------ */
+
+/* Opens what the isolate desc names (in a worker). */
+mc_status mc__iso_open_device(const char *spec, int64_t time_limit_ms, uint32_t threads, mc_device **out);
+
+/* ---- the supervisor's bookkeeping ---------------------------------------------- */
+
+typedef struct mc__iso_policy {
+    char *device;
+    int64_t time_limit_ms;
+    uint32_t threads;
+    uint64_t deadline_ns, start_timeout_ns;
+    uint32_t max_restarts;
+    mc__iso_faults faults;
+} mc__iso_policy;
+
+/* Copies and checks an mc_isolate_desc (defaults resolved). */
+mc_status mc__iso_policy_init(mc__iso_policy *p, const mc_isolate_desc *d, const char *what);
+void mc__iso_policy_free(mc__iso_policy *p);
+
+/* Why a worker is being replaced. */
+typedef enum mc__iso_cause {
+    MC__ISO_CAUSE_ERROR = 1, /* it reported a device error */
+    MC__ISO_CAUSE_DIED = 2,
+    MC__ISO_CAUSE_HUNG = 3
+} mc__iso_cause;
+
+/* True for a device error a new process may mend. */
+bool mc__iso_restartable(mc_status s);
+/* "killed by signal 9 (Killed)", "exited with code 3" */
+void mc__iso_describe_exit(int wstatus, char *out, size_t cap);
+
+/* The stats' restart figures: a fault became known at fault_ns; the old
+ * worker was reaped at reaped_ns, the new one ready at ready_ns and
+ * progressing at progress_ns. */
+typedef struct mc__iso_timing {
+    double sum_ms;
+    uint32_t n;
+} mc__iso_timing;
+void mc__iso_count_restart(mc_isolate_stats *st, mc__iso_timing *t, uint64_t stall_ns, uint64_t fault_ns,
+                           uint64_t reaped_ns, uint64_t ready_ns, uint64_t progress_ns);
+
+#endif

@@ -1,0 +1,148 @@
+/* The bench command as a user runs it: the JSON it writes carries every
+ * field of every row, --peers adds OpenCL rows named after the peer where
+ * OpenCL is installed, and --svg draws a well-formed chart with a bar per
+ * row. Runs the built program (MC_BINARY_DIR/metal-compute). */
+#include "mc_test.h"
+
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+/* Runs cmd; returns its stdout and stderr, and its exit status in *status. */
+static char *run_command(const char *cmd, int *status)
+{
+    char full[8192];
+    snprintf(full, sizeof full, "%s 2>&1", cmd);
+    FILE *p = popen(full, "r");
+    if (!p) return NULL;
+    size_t cap = 1 << 20, len = 0, n;
+    char *out = malloc(cap);
+    while (out && (n = fread(out + len, 1, cap - 1 - len, p)) > 0) len += n;
+    int st = pclose(p);
+    if (status) *status = st;
+    if (out) out[len] = '\0';
+    return out;
+}
+
+static int count(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle)) n++;
+    return n;
+}
+
+/* A temporary file name with the given suffix (the file is left empty). */
+static void temp_path(char *out, size_t cap, const char *suffix)
+{
+    const char *tmp = getenv("TMPDIR");
+    snprintf(out, cap, "%s/mc-bench-cli-XXXXXX%s", tmp && *tmp ? tmp : "/tmp", suffix);
+    int fd = mkstemps(out, (int)strlen(suffix));
+    if (fd >= 0) close(fd);
+}
+
+/* Every row has every field the JSON promises; returns the number of rows
+ * (-1: a field is missing). */
+static int json_rows(const char *json)
+{
+    static const char *const fields[] = {"\"name\": ",          "\"metric\": ", "\"unit\": ",
+                                         "\"ours\": ",          "\"baseline\": ",
+                                         "\"baseline_name\": ", "\"ratio\": ",  "\"ours_spread\": ",
+                                         "\"baseline_spread\": "};
+    int rows = count(json, "{\"name\": ");
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        if (count(json, fields[i]) != rows) {
+            fprintf(stderr, "%d rows but %d with %s\n", rows, count(json, fields[i]), fields[i]);
+            return -1;
+        }
+    return rows;
+}
+
+MC_TEST(bench_cli_json_has_every_field)
+{
+    char json[512], cmd[2048];
+    temp_path(json, sizeof json, ".json");
+    snprintf(cmd, sizeof cmd, "%s/metal-compute bench --quick --only round-trip --json %s", MC_BINARY_DIR, json);
+    int st = -1;
+    char *out = run_command(cmd, &st);
+    CHECK(out);
+    fprintf(stderr, "%s", out);
+    CHECK_EQ(st, 0);
+    CHECK_STR_CONTAINS(out, "round-trip");
+    CHECK_STR_CONTAINS(out, "\u00b1"); /* the table shows spreads */
+    free(out);
+    char *j = mct_read_file(json, NULL);
+    remove(json);
+    CHECK(j);
+    CHECK(j[0] == '{');
+    CHECK_STR_CONTAINS(j, "\"benchmarks\": [");
+    CHECK_GE(json_rows(j), 2); /* median and p99 */
+    CHECK_STR_CONTAINS(j, "\"name\": \"round-trip\"");
+    CHECK_STR_CONTAINS(j, "\"unit\": \"us\"");
+    free(j);
+    return 0;
+}
+
+MC_TEST(bench_cli_peers_add_opencl_rows)
+{
+    void *cl = dlopen("libOpenCL.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!cl) MC_SKIP("OpenCL is not installed (libOpenCL.so.1: %s); --peers leaves its rows out", dlerror());
+    dlclose(cl);
+    char json[512], cmd[2048];
+    temp_path(json, sizeof json, ".json");
+    snprintf(cmd, sizeof cmd, "%s/metal-compute bench --quick --peers --only round-trip --json %s", MC_BINARY_DIR,
+             json);
+    int st = -1;
+    char *out = run_command(cmd, &st);
+    CHECK(out);
+    fprintf(stderr, "%s", out);
+    CHECK_EQ(st, 0);
+    if (strstr(out, "peers: no OpenCL rows")) {
+        free(out);
+        remove(json);
+        MC_SKIP("libOpenCL.so.1 loads but offers no CPU device (no PoCL?), so there are no peer rows");
+    }
+    CHECK_STR_CONTAINS(out, "(OpenCL)");
+    CHECK_STR_CONTAINS(out, "goal round-trip");
+    free(out);
+    char *j = mct_read_file(json, NULL);
+    remove(json);
+    CHECK(j);
+    CHECK_GE(json_rows(j), 4);
+    CHECK_STR_CONTAINS(j, "(OpenCL)\"");             /* baseline_name is the peer */
+    CHECK_STR_CONTAINS(j, "after a 100 ms idle pause"); /* the idle rows */
+    CHECK_STR_CONTAINS(j, "CPU used when idle");
+    free(j);
+    return 0;
+}
+
+MC_TEST(bench_cli_svg_is_a_chart)
+{
+    char svg[512], cmd[2048];
+    temp_path(svg, sizeof svg, ".svg");
+    snprintf(cmd, sizeof cmd, "%s/metal-compute bench --quick --only round-trip --svg %s", MC_BINARY_DIR, svg);
+    int st = -1;
+    char *out = run_command(cmd, &st);
+    CHECK(out);
+    CHECK_EQ(st, 0);
+    free(out);
+    size_t len = 0;
+    char *s = mct_read_file(svg, &len);
+    remove(svg);
+    CHECK(s);
+    CHECK(!strncmp(s, "<svg ", 5));
+    CHECK_STR_CONTAINS(s, "xmlns=\"http://www.w3.org/2000/svg\"");
+    CHECK(len > 7 && !strcmp(s + len - 7, "</svg>\n"));
+    CHECK_EQ(count(s, "<svg"), 1);
+    CHECK_GE(count(s, "<rect class=\"bar\""), 2); /* one bar per row */
+    CHECK_EQ(count(s, "<g>"), count(s, "</g>"));
+    CHECK_EQ(count(s, "<text"), count(s, "</text>"));
+    CHECK_EQ(count(s, "<title>"), count(s, "</title>"));
+    CHECK_STR_CONTAINS(s, ">1x<"); /* the line at 1x is labelled */
+    CHECK_STR_CONTAINS(s, "round-trip");
+    /* nothing that would break the XML: every '&' starts an entity */
+    for (const char *p = s; (p = strchr(p, '&')); p++)
+        CHECK(!strncmp(p, "&amp;", 5) || !strncmp(p, "&lt;", 4) || !strncmp(p, "&gt;", 4) ||
+              !strncmp(p, "&quot;", 6) || !strncmp(p, "&#10;", 5));
+    free(s);
+    return 0;
+}
