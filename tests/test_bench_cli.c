@@ -89,7 +89,7 @@ MC_TEST(bench_cli_peers_add_opencl_rows)
     dlclose(cl);
     char json[512], cmd[2048];
     temp_path(json, sizeof json, ".json");
-    snprintf(cmd, sizeof cmd, "%s/metal-compute bench --quick --peers --only round-trip --json %s", MC_BINARY_DIR,
+    snprintf(cmd, sizeof cmd, "%s/metal-compute bench --quick --peers --device cpu --only round-trip --json %s", MC_BINARY_DIR,
              json);
     int st = -1;
     char *out = run_command(cmd, &st);

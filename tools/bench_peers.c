@@ -38,7 +38,7 @@
 extern char **environ;
 
 #define SETTLE_MS 20
-#define WARM_MS 15
+#define WARM_MS 40
 #define IDLE_MS 100
 #define IDLE_WINDOW_S 1.0
 #define PEER_PASSES 50

@@ -355,7 +355,8 @@ MC_API void mc_cmdbuf_release(mc_cmdbuf *cb);
 
 /* Compute passes (Metal compute encoders). The pass handle belongs to the
  * command buffer and is valid until mc_pass_end. Only one pass is open at a
- * time. Bindings persist across dispatches within a pass. */
+ * time. Bindings persist across dispatches within a pass. The same calls
+ * record a command list (mc_cmdlist_begin, mc/mc_cmdlist.h). */
 MC_API mc_status mc_cmdbuf_begin_pass(mc_cmdbuf *cb, const char *label, mc_pass **out);
 MC_API mc_status mc_pass_set_pipeline(mc_pass *p, mc_pipeline *pl);
 MC_API mc_status mc_pass_set_buffer(mc_pass *p, uint32_t index, mc_buffer *b, size_t offset);
