@@ -59,6 +59,14 @@ static inline uint64_t mc__deadline(uint64_t timeout_ns)
 struct timespec;
 void mc__timespec_from_ns(uint64_t ns, struct timespec *ts);
 
+/* Condition variables on the monotonic clock, so deadlines do not move
+ * with the wall clock (macOS: relative waits, it has no setclock). */
+#include <pthread.h>
+void mc__cond_init_monotonic(pthread_cond_t *c);
+/* Waits on c until deadline (absolute, mc__now_ns; UINT64_MAX = for ever);
+ * false once the deadline has passed. Wakes spuriously like any wait. */
+bool mc__cond_wait_until(pthread_cond_t *c, pthread_mutex_t *m, uint64_t deadline);
+
 unsigned mc__cpu_count(void);
 
 /* Shared memory between processes (the isolation layer). An anonymous

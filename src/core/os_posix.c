@@ -38,6 +38,38 @@ void mc__timespec_from_ns(uint64_t ns, struct timespec *ts)
     ts->tv_nsec = (long)(ns % 1000000000ull);
 }
 
+void mc__cond_init_monotonic(pthread_cond_t *c)
+{
+#ifdef __APPLE__
+    pthread_cond_init(c, NULL);
+#else
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(c, &ca);
+    pthread_condattr_destroy(&ca);
+#endif
+}
+
+bool mc__cond_wait_until(pthread_cond_t *c, pthread_mutex_t *m, uint64_t deadline)
+{
+    if (deadline == UINT64_MAX) {
+        pthread_cond_wait(c, m);
+        return true;
+    }
+    uint64_t now = mc__now_ns();
+    if (now >= deadline) return false;
+    struct timespec ts;
+#ifdef __APPLE__
+    mc__timespec_from_ns(deadline - now, &ts);
+    pthread_cond_timedwait_relative_np(c, m, &ts);
+#else
+    mc__timespec_from_ns(deadline, &ts);
+    pthread_cond_timedwait(c, m, &ts);
+#endif
+    return true;
+}
+
 const char *mc__env_str(const char *name, const char *dflt)
 {
     const char *v = getenv(name);

@@ -1488,39 +1488,6 @@ struct pool {
     pthread_t threads[MAX_POOL_THREADS];
 };
 
-static void cond_init_monotonic(pthread_cond_t *cv)
-{
-#ifdef __APPLE__
-    pthread_cond_init(cv, NULL);
-#else
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(cv, &ca);
-    pthread_condattr_destroy(&ca);
-#endif
-}
-
-/* false once the deadline has passed */
-static bool wait_until(pthread_cond_t *cv, pthread_mutex_t *m, uint64_t deadline)
-{
-    if (deadline == UINT64_MAX) {
-        pthread_cond_wait(cv, m);
-        return true;
-    }
-    uint64_t now = mc__now_ns();
-    if (now >= deadline) return false;
-    struct timespec ts;
-#ifdef __APPLE__
-    mc__timespec_from_ns(deadline - now, &ts);
-    pthread_cond_timedwait_relative_np(cv, m, &ts);
-#else
-    mc__timespec_from_ns(deadline, &ts);
-    pthread_cond_timedwait(cv, m, &ts);
-#endif
-    return true;
-}
-
 static void future_free(mc_pipeline_future *f)
 {
     mc_device *d = f->d;
@@ -1725,7 +1692,7 @@ mc_status mc_pipeline_create_async(mc_device *d, const mc_pipeline_source_desc *
     f->r.function = f->function;
     f->r.label = f->label;
     pthread_mutex_init(&f->lock, NULL);
-    cond_init_monotonic(&f->cv);
+    mc__cond_init_monotonic(&f->cv);
     atomic_init(&f->done, false);
     mc_device_retain(d);
     mc_pipeline *p = NULL;
@@ -1764,7 +1731,7 @@ mc_status mc_pipeline_future_wait(mc_pipeline_future *f, uint64_t timeout_ns, mc
     uint64_t deadline = mc__deadline(timeout_ns);
     pthread_mutex_lock(&f->lock);
     while (!atomic_load(&f->done)) {
-        if (!wait_until(&f->cv, &f->lock, deadline)) {
+        if (!mc__cond_wait_until(&f->cv, &f->lock, deadline)) {
             pthread_mutex_unlock(&f->lock);
             return mc__fail(MC_ERR_WAIT_TIMEOUT, "pipeline '%s' is still being built", f->function);
         }
@@ -1803,7 +1770,7 @@ mc_status mc_pipeline_future_wait_any(mc_pipeline_future *const *futures, size_t
     fwaiter w;
     w.fired = false;
     pthread_mutex_init(&w.lock, NULL);
-    cond_init_monotonic(&w.cv);
+    mc__cond_init_monotonic(&w.cv);
     for (size_t i = 0; i < n; i++) {
         mc_pipeline_future *f = futures[i];
         links[i].w = &w;
@@ -1819,7 +1786,7 @@ mc_status mc_pipeline_future_wait_any(mc_pipeline_future *const *futures, size_t
     }
     uint64_t deadline = mc__deadline(timeout_ns);
     pthread_mutex_lock(&w.lock);
-    while (!w.fired && wait_until(&w.cv, &w.lock, deadline)) {
+    while (!w.fired && mc__cond_wait_until(&w.cv, &w.lock, deadline)) {
     }
     pthread_mutex_unlock(&w.lock);
     for (size_t i = 0; i < n; i++) {

@@ -35,11 +35,7 @@ mc_status mc_queue_create(mc_device *d, const mc_queue_desc *desc, mc_queue **ou
     }
     mc__object_init(&q->base, MC__TAG_QUEUE, d, label);
     pthread_mutex_init(&q->lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&q->idle, &ca);
-    pthread_condattr_destroy(&ca);
+    mc__cond_init_monotonic(&q->idle);
     mc__object_retain(&d->base);
     *out = q;
     return MC_OK;
@@ -77,26 +73,13 @@ mc_status mc_queue_check(const mc_queue *q)
     return MC_OK;
 }
 
-static bool wait_cond(pthread_cond_t *c, pthread_mutex_t *m, uint64_t deadline)
-{
-    if (deadline == UINT64_MAX) {
-        pthread_cond_wait(c, m);
-        return true;
-    }
-    if (mc__now_ns() >= deadline) return false;
-    struct timespec ts;
-    mc__timespec_from_ns(deadline, &ts);
-    pthread_cond_timedwait(c, m, &ts);
-    return true;
-}
-
 mc_status mc_queue_wait_idle(mc_queue *q, uint64_t timeout_ns)
 {
     MC__CHECK_HANDLE(q, MC__TAG_QUEUE, "queue");
     uint64_t deadline = mc__deadline(timeout_ns);
     pthread_mutex_lock(&q->lock);
     while (q->in_flight) {
-        if (!wait_cond(&q->idle, &q->lock, deadline)) {
+        if (!mc__cond_wait_until(&q->idle, &q->lock, deadline)) {
             uint64_t n = q->in_flight;
             pthread_mutex_unlock(&q->lock);
             return mc__fail(MC_ERR_WAIT_TIMEOUT, "queue '%s' still has %llu command buffers in flight",
@@ -138,11 +121,7 @@ mc_status mc_cmdbuf_create(mc_queue *q, const mc_cmdbuf_desc *desc, mc_cmdbuf **
     cb->pass.rec = &cb->rec;
     atomic_init(&cb->state, MC_CMDBUF_NOT_ENQUEUED);
     pthread_mutex_init(&cb->lock, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&cb->done_cond, &ca);
-    pthread_condattr_destroy(&ca);
+    mc__cond_init_monotonic(&cb->done_cond);
     mc__object_retain(&q->base);
     *out = cb;
     return MC_OK;
@@ -912,7 +891,7 @@ mc_status mc_cmdbuf_wait(mc_cmdbuf *cb, uint64_t timeout_ns)
     uint64_t deadline = mc__deadline(timeout_ns);
     pthread_mutex_lock(&cb->lock);
     while (!atomic_load(&cb->done)) {
-        if (!wait_cond(&cb->done_cond, &cb->lock, deadline)) {
+        if (!mc__cond_wait_until(&cb->done_cond, &cb->lock, deadline)) {
             pthread_mutex_unlock(&cb->lock);
             return mc__fail(MC_ERR_WAIT_TIMEOUT, "command buffer '%s' did not finish in time", cb->base.label);
         }

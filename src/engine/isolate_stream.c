@@ -151,28 +151,6 @@ static uint32_t ring_at(const ring *r, uint32_t i)
     return r->v[(r->head + i) % r->cap];
 }
 
-static void cond_init(pthread_cond_t *c)
-{
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(c, &ca);
-    pthread_condattr_destroy(&ca);
-}
-
-static bool wait_until(pthread_cond_t *c, pthread_mutex_t *m, uint64_t deadline)
-{
-    if (deadline == UINT64_MAX) {
-        pthread_cond_wait(c, m);
-        return true;
-    }
-    if (mc__now_ns() >= deadline) return false;
-    struct timespec ts;
-    mc__timespec_from_ns(deadline, &ts);
-    pthread_cond_timedwait(c, m, &ts);
-    return true;
-}
-
 static void wake(iso_stream *is)
 {
     if (is->wake[1] >= 0) {
@@ -741,9 +719,9 @@ mc_status mc__iso_stream_create(const mc_stream_desc *desc, mc_stream **out)
     is->launcher.sock = -1;
     pthread_mutex_init(&is->send_mu, NULL);
     pthread_mutex_init(&is->mu, NULL);
-    cond_init(&is->free_cv);
-    cond_init(&is->ready_cv);
-    cond_init(&is->idle_cv);
+    mc__cond_init_monotonic(&is->free_cv);
+    mc__cond_init_monotonic(&is->ready_cv);
+    mc__cond_init_monotonic(&is->idle_cv);
     is->desc = *desc;
     is->desc.slots = desc->slots ? desc->slots : DEFAULT_SLOTS;
     is->desc.isolate = NULL;
@@ -832,7 +810,7 @@ mc_status mc__iso_stream_acquire(mc_stream *s, uint64_t timeout_ns, mc_stream_sl
             return st;
         }
         if (is->free_slots.count) break;
-        if (!wait_until(&is->free_cv, &is->mu, deadline)) {
+        if (!mc__cond_wait_until(&is->free_cv, &is->mu, deadline)) {
             pthread_mutex_unlock(&is->mu);
             return mc__fail(MC_ERR_WAIT_TIMEOUT, "stream '%s': all %u slots stayed busy", is->label, is->nslots);
         }
@@ -926,7 +904,7 @@ mc_status mc__iso_stream_pull(mc_stream *s, uint64_t timeout_ns, mc_stream_resul
             return mc__fail(MC_ERR_INVALID_STATE, "mc_stream_pull: stream '%s' is closed and every result was pulled",
                             is->label);
         }
-        if (!wait_until(&is->ready_cv, &is->mu, deadline)) {
+        if (!mc__cond_wait_until(&is->ready_cv, &is->mu, deadline)) {
             pthread_mutex_unlock(&is->mu);
             return mc__fail(MC_ERR_WAIT_TIMEOUT, "stream '%s': no result came in time", is->label);
         }

@@ -758,10 +758,7 @@ static void backoff(mc_runner *r, double delay_ms)
     uint64_t t0 = mc__now_ns();
     uint64_t until = t0 + (uint64_t)(delay_ms * 1e6);
     pthread_mutex_lock(&r->mu);
-    while (!atomic_load(&r->cancel) && mc__now_ns() < until) {
-        struct timespec ts;
-        mc__timespec_from_ns(until, &ts);
-        pthread_cond_timedwait(&r->cv, &r->mu, &ts);
+    while (!atomic_load(&r->cancel) && mc__cond_wait_until(&r->cv, &r->mu, until)) {
     }
     pthread_mutex_unlock(&r->mu);
     r->st.backoff_ms += ms(mc__now_ns() - t0);
@@ -1088,11 +1085,7 @@ mc_status mc_runner_create(const mc_runner_desc *desc, mc_runner **out)
     r->desc = *desc;
     r->label = mc__strdup(desc->label ? desc->label : "runner");
     pthread_mutex_init(&r->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&r->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    mc__cond_init_monotonic(&r->cv);
     r->dev = desc->device;
     mc_device_retain(r->dev);
     r->info = info;

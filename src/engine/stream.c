@@ -176,29 +176,6 @@ static uint32_t ring_at(const ring *r, uint32_t i)
     return r->v[(r->head + i) % r->cap];
 }
 
-static void cond_init(pthread_cond_t *c)
-{
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(c, &ca);
-    pthread_condattr_destroy(&ca);
-}
-
-/* Waits on c until deadline; false once the deadline has passed. */
-static bool wait_until(pthread_cond_t *c, pthread_mutex_t *m, uint64_t deadline)
-{
-    if (deadline == UINT64_MAX) {
-        pthread_cond_wait(c, m);
-        return true;
-    }
-    if (mc__now_ns() >= deadline) return false;
-    struct timespec ts;
-    mc__timespec_from_ns(deadline, &ts);
-    pthread_cond_timedwait(c, m, &ts);
-    return true;
-}
-
 static bool on_stream_thread(const mc_stream *s)
 {
     return s->thread_started && pthread_equal(s->thread, pthread_self());
@@ -629,7 +606,7 @@ static void backoff(mc_stream *s, double ms)
 {
     uint64_t until = mc__now_ns() + (uint64_t)(ms * 1e6);
     pthread_mutex_lock(&s->mu);
-    while (!s->cancel && !s->quit && wait_until(&s->work_cv, &s->mu, until)) {
+    while (!s->cancel && !s->quit && mc__cond_wait_until(&s->work_cv, &s->mu, until)) {
     }
     pthread_mutex_unlock(&s->mu);
 }
@@ -974,10 +951,10 @@ mc_status mc_stream_create(const mc_stream_desc *desc, mc_stream **out)
     s->desc.label = s->label;
     pthread_mutex_init(&s->submit_mu, NULL);
     pthread_mutex_init(&s->mu, NULL);
-    cond_init(&s->free_cv);
-    cond_init(&s->work_cv);
-    cond_init(&s->ready_cv);
-    cond_init(&s->idle_cv);
+    mc__cond_init_monotonic(&s->free_cv);
+    mc__cond_init_monotonic(&s->work_cv);
+    mc__cond_init_monotonic(&s->ready_cv);
+    mc__cond_init_monotonic(&s->idle_cv);
     s->dev = desc->device;
     mc_device_retain(s->dev);
     s->info = info;
@@ -1033,7 +1010,7 @@ mc_status mc_stream_acquire(mc_stream *s, uint64_t timeout_ns, mc_stream_slot *o
             return st;
         }
         if (s->free_slots.count) break;
-        if (!wait_until(&s->free_cv, &s->mu, deadline)) {
+        if (!mc__cond_wait_until(&s->free_cv, &s->mu, deadline)) {
             pthread_mutex_unlock(&s->mu);
             return mc__fail(MC_ERR_WAIT_TIMEOUT, "stream '%s': all %u slots stayed busy", s->label, s->nslots);
         }
@@ -1126,7 +1103,7 @@ mc_status mc_stream_pull(mc_stream *s, uint64_t timeout_ns, mc_stream_result *ou
             return mc__fail(MC_ERR_INVALID_STATE, "mc_stream_pull: stream '%s' is closed and every result was pulled",
                             s->label);
         }
-        if (!wait_until(&s->ready_cv, &s->mu, deadline)) {
+        if (!mc__cond_wait_until(&s->ready_cv, &s->mu, deadline)) {
             pthread_mutex_unlock(&s->mu);
             return mc__fail(MC_ERR_WAIT_TIMEOUT, "stream '%s': no result came in time", s->label);
         }

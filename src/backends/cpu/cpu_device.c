@@ -29,25 +29,15 @@ void *mc__cpu_alloc_aligned(size_t size, void **raw)
 
 mc_status mc__cpu_cond_init(pthread_cond_t *cv)
 {
-    pthread_condattr_t a;
-    if (pthread_condattr_init(&a)) return MC_ERR_NO_MEMORY;
     /* Deadlines come from mc__now_ns (monotonic): a wall-clock jump must not
      * stretch or cut a wait. */
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    int rc = pthread_cond_init(cv, &a);
-    pthread_condattr_destroy(&a);
-    return rc ? MC_ERR_NO_MEMORY : MC_OK;
+    mc__cond_init_monotonic(cv);
+    return MC_OK;
 }
 
 bool mc__cpu_cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *m, uint64_t deadline_ns)
 {
-    if (deadline_ns == UINT64_MAX) {
-        pthread_cond_wait(cv, m);
-        return true;
-    }
-    struct timespec ts;
-    mc__timespec_from_ns(deadline_ns, &ts);
-    return pthread_cond_timedwait(cv, m, &ts) != ETIMEDOUT;
+    return mc__cond_wait_until(cv, m, deadline_ns);
 }
 
 /* ---- device description ------------------------------------------------ */
