@@ -5,6 +5,7 @@ BUILD ?= build
 SANITIZE ?=
 CMAKE_FLAGS ?=
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+MAKEFLAGS += --no-print-directory
 
 .PHONY: all deps configure build run test bench install clean
 
