@@ -1,6 +1,6 @@
-# Turns a text file into a C string constant: -DIN= -DOUT= -DNAME=
-file(READ "${IN}" text)
-string(REPLACE "\\" "\\\\" text "${text}")
-string(REPLACE "\"" "\\\"" text "${text}")
-string(REPLACE "\n" "\\n\"\n\"" text "${text}")
-file(WRITE "${OUT}" "/* generated from ${IN} */\nextern const char ${NAME}[];\nconst char ${NAME}[] =\n\"${text}\";\n")
+# Turns a file into a NUL-terminated C char array: -DIN= -DOUT= -DNAME=
+# (bytes, not a string literal: ISO C caps literals at 4095 characters)
+file(READ "${IN}" hex HEX)
+string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," bytes "${hex}")
+string(REGEX REPLACE "(0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,)" "\\1\n" bytes "${bytes}")
+file(WRITE "${OUT}" "/* generated from ${IN} */\nextern const char ${NAME}[];\nconst char ${NAME}[] = {\n${bytes}0x00};\n")

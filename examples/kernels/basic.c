@@ -19,9 +19,7 @@ MC_KERNEL(saxpy, 4)
     const float *x = MC_ARG(ctx, 1, const float);
     const float a = *MC_ARG(ctx, 2, const float);
     const uint32_t n = *MC_ARG(ctx, 3, const uint32_t);
-    MC_FOR_EACH_THREAD(ctx, i) {
-        if (i < n) y[i] = a * x[i] + y[i];
-    }
+    MC_FOR_EACH_THREAD_BELOW(ctx, i, n) y[i] = a * x[i] + y[i];
 }
 
 /* data[i] += 1 for i < n.

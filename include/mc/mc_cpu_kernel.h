@@ -13,6 +13,7 @@
  *         MC_FOR_EACH_THREAD(ctx, tid) {       // tid: index within the grid
  *             if (tid < n) y[tid] += a * x[tid];
  *         }
+ *         // or, vectorisable: MC_FOR_EACH_THREAD_BELOW(ctx, tid, n) y[tid] += a * x[tid];
  *     }
  *
  * A threadgroup barrier is the end of one MC_FOR_EACH_THREAD loop and the
@@ -68,6 +69,14 @@ typedef struct mc_cpu_ctx mc_cpu_ctx;
     for (uint32_t mc__lid = 0, mc__n = (ctx)->group_size[0], mc__base = (ctx)->group_id[0] * mc__n, \
                   tid = mc__base;                                                             \
          mc__lid < mc__n; ++mc__lid, tid = mc__base + mc__lid)
+
+/* The threads of the group whose global x index is below limit: a plain
+ * counted loop with no test inside, which the compiler can vectorise. */
+#define MC_FOR_EACH_THREAD_BELOW(ctx, tid, limit)                                                  \
+    for (uint32_t mc__e = ((ctx)->group_id[0] + 1u) * (ctx)->group_size[0],                       \
+                  tid = (ctx)->group_id[0] * (ctx)->group_size[0],                                \
+                  mc__end = mc__e < (uint32_t)(limit) ? mc__e : (uint32_t)(limit);               \
+         tid < mc__end; ++tid)
 
 /* 2-D: gx, gy are the global thread coordinates. */
 #define MC_FOR_EACH_THREAD_2D(ctx, gx, gy)                                                     \

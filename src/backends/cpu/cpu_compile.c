@@ -5,8 +5,8 @@
  * private temporary directory and loaded from memory (memfd), the same way
  * an archived pipeline is loaded back, so a compiled library and an
  * imported one are the same thing. The object's bytes stay with the
- * library: they are what pipeline_export archives. Kernels are plain -O2
- * code; none of the host build's flags (sanitizers included) reach them.
+ * library: they are what pipeline_export archives. Kernels are plain -O3
+ * code (vectorised, portable: no -march); none of the host build's flags (sanitizers included) reach them.
  *
  * The compiler is $CC, else the one this library was built with, else cc.
  * Options are split at white space; quoting is not supported.
@@ -408,9 +408,9 @@ static mc_status compile_in(const char *dir, const char *source, size_t len, con
     join_path(out, sizeof out, dir, "kernel.so");
     join_path(src, sizeof src, dir, "kernel.c");
 #endif
-    static char o2[] = "-O2", std[] = "-std=c11", pic[] = "-fPIC", shared[] = "-shared", o[] = "-o", lm[] = "-lm";
+    static char opt[] = "-O3", std[] = "-std=c11", pic[] = "-fPIC", shared[] = "-shared", o[] = "-o", lm[] = "-lm";
     argv_list a = {.n = 0};
-    bool ok = cc && opts && push_words(&a, cc) && a.n > 0 && push_arg(&a, o2) && push_arg(&a, std) &&
+    bool ok = cc && opts && push_words(&a, cc) && a.n > 0 && push_arg(&a, opt) && push_arg(&a, std) &&
               push_arg(&a, pic) && push_arg(&a, shared) && push_arg(&a, inc) && push_words(&a, opts) &&
               push_arg(&a, o) && push_arg(&a, out) && push_arg(&a, src) && push_arg(&a, lm);
     if (!ok) {
@@ -640,7 +640,7 @@ mc_status mc__cpu_compiler_identity(void *vdev, mc_language lang, char *out, siz
                  * flags, and the kernel header the source includes. */
                 size_t n = strcspn(r.out, "\r\n");
                 snprintf(dev->cc_identity, sizeof dev->cc_identity,
-                         "%.*s | cc='%s' | -O2 -std=c11 -fPIC -shared -lm | abi %d header %016llx", (int)n, r.out,
+                         "%.*s | cc='%s' | -O3 -std=c11 -fPIC -shared -lm | abi %d header %016llx", (int)n, r.out,
                          compiler_command(), MC_CPU_ABI_VERSION, (unsigned long long)header_digest());
                 dev->cc_known = true;
             }
