@@ -84,5 +84,9 @@ char *mct_kernel_source(mc_device *d, const char *name, mc_language *lang);
 mc_pipeline *mct_pipeline(mc_device *d, const char *file, const char *fn);
 char *mct_read_file(const char *path, size_t *len);
 uint64_t mc__test_now_ns(void);
+/* Host model of rt_step in examples/kernels/runner_test: x[i]'s start value,
+ * and x after iters iterations with spin mixes each (x[n] = iters; free). */
+uint32_t mct_rt_initial(uint32_t i);
+uint32_t *mct_rt_reference(uint32_t n, uint32_t spin, uint64_t iters);
 
 #endif

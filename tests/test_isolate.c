@@ -122,34 +122,6 @@ typedef struct it_user {
     int setups;
 } it_user;
 
-static uint32_t it_initial(uint32_t i)
-{
-    return i * 2654435761u + 12345u;
-}
-
-static uint32_t it_mix(uint32_t v, uint64_t it)
-{
-    v ^= (uint32_t)it + 0x9e3779b9u;
-    v *= 0x85ebca6bu;
-    v ^= v >> 13;
-    return v;
-}
-
-/* x after iters iterations, computed on the host: no device, no thread. */
-static uint32_t *it_reference(const it_params *p, uint64_t iters)
-{
-    uint32_t *x = malloc((p->n + 1) * sizeof *x);
-    if (!x) return NULL;
-    for (uint32_t i = 0; i < p->n; i++) {
-        uint32_t v = it_initial(i);
-        for (uint64_t it = 0; it < iters; it++)
-            for (uint32_t s = 0; s < p->spin; s++) v = it_mix(v, it);
-        x[i] = v;
-    }
-    x[p->n] = (uint32_t)iters;
-    return x;
-}
-
 static mc_status it_setup(void *user, mc_device *dev, mc_runner_binding *b)
 {
     it_user *u = user;
@@ -159,7 +131,7 @@ static mc_status it_setup(void *user, mc_device *dev, mc_runner_binding *b)
     uint32_t n = u->params.n;
     uint32_t *init = malloc((n + 1) * sizeof *init);
     if (!init) return MC_ERR_NO_MEMORY;
-    for (uint32_t i = 0; i < n; i++) init[i] = it_initial(i);
+    for (uint32_t i = 0; i < n; i++) init[i] = mct_rt_initial(i);
     init[n] = 0;
     mc_buffer_desc bd = {(n + 1) * sizeof *init, MC_STORAGE_SHARED, "x", init};
     mc_status s = mc_buffer_create(dev, &bd, &u->x);
@@ -286,7 +258,7 @@ static int it_run(const char *faults, uint64_t iters, uint32_t spin, double chec
     CHECK_EQ(prog.restarts, ist->restarts);
     CHECK(ist->device.name[0] != '\0');
     CHECK_EQ(ist->worker_pid, 0);
-    uint32_t *got = malloc((IT_N + 1) * 4), *want = it_reference(&u.params, iters);
+    uint32_t *got = malloc((IT_N + 1) * 4), *want = mct_rt_reference(u.params.n, u.params.spin, iters);
     CHECK(got && want);
     CHECK_OK(mc_runner_state_read(r, 0, got, (IT_N + 1) * 4));
     for (uint32_t i = 0; i <= IT_N; i++) {
@@ -418,7 +390,7 @@ MC_TEST(isolate_runner_gives_up_past_the_restart_bound)
     CHECK_EQ(st.iterations, 0);
     CHECK_EQ(st.last_failure, MC_ERR_WORKER_LOST);
     /* The last good state stays readable: the initial one. */
-    uint32_t *got = malloc((IT_N + 1) * 4), *want = it_reference(&u.params, 0);
+    uint32_t *got = malloc((IT_N + 1) * 4), *want = mct_rt_reference(u.params.n, u.params.spin, 0);
     CHECK(got && want);
     CHECK_OK(mc_runner_state_read(r, 0, got, (IT_N + 1) * 4));
     CHECK_EQ(memcmp(got, want, (IT_N + 1) * 4), 0);
@@ -678,7 +650,7 @@ MC_TEST(runner_restore_resumes_from_a_saved_checkpoint)
     CHECK_OK(mc_runner_run(r));
     CHECK_OK(mc_runner_get_stats(r, &st));
     CHECK_EQ(st.iterations, iters);
-    uint32_t *got = malloc((IT_N + 1) * 4), *want = it_reference(&u.params, iters);
+    uint32_t *got = malloc((IT_N + 1) * 4), *want = mct_rt_reference(u.params.n, u.params.spin, iters);
     CHECK(got && want);
     CHECK_OK(mc_runner_state_read(r, 0, got, (IT_N + 1) * 4));
     CHECK_EQ(memcmp(got, want, (IT_N + 1) * 4), 0);

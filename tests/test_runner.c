@@ -30,34 +30,6 @@ typedef struct rt_user {
     int setups, teardowns;
 } rt_user;
 
-static uint32_t rt_initial(uint32_t i)
-{
-    return i * 2654435761u + 12345u;
-}
-
-static uint32_t rt_mix(uint32_t v, uint64_t it)
-{
-    v ^= (uint32_t)it + 0x9e3779b9u;
-    v *= 0x85ebca6bu;
-    v ^= v >> 13;
-    return v;
-}
-
-/* What x holds after iters iterations, computed on the host. */
-static uint32_t *rt_reference(const rt_params *p, uint64_t iters)
-{
-    uint32_t *x = malloc((p->n + 1) * sizeof *x);
-    if (!x) return NULL;
-    for (uint32_t i = 0; i < p->n; i++) {
-        uint32_t v = rt_initial(i);
-        for (uint64_t it = 0; it < iters; it++)
-            for (uint32_t s = 0; s < p->spin; s++) v = rt_mix(v, it);
-        x[i] = v;
-    }
-    x[p->n] = (uint32_t)iters;
-    return x;
-}
-
 static mc_status rt_setup(void *user, mc_device *dev, mc_runner_binding *b)
 {
     rt_user *u = user;
@@ -67,7 +39,7 @@ static mc_status rt_setup(void *user, mc_device *dev, mc_runner_binding *b)
     uint32_t n = u->params.n;
     uint32_t *init = malloc((n + 1) * sizeof *init);
     if (!init) return MC_ERR_NO_MEMORY;
-    for (uint32_t i = 0; i < n; i++) init[i] = rt_initial(i);
+    for (uint32_t i = 0; i < n; i++) init[i] = mct_rt_initial(i);
     init[n] = 0;
     mc_buffer_desc bd = {(n + 1) * sizeof *init, MC_STORAGE_SHARED, "x", init};
     mc_status s = mc_buffer_create(dev, &bd, &u->x);
@@ -131,7 +103,7 @@ static mc_status rt_plain(mc_device *d, const rt_params *p, uint64_t iters, doub
     mc_pipeline *pl = mct_pipeline(d, "runner_test", "rt_step");
     if (!pl) return MC_ERR_COMPILE;
     uint32_t *init = malloc((p->n + 1) * sizeof *init);
-    for (uint32_t i = 0; i < p->n; i++) init[i] = rt_initial(i);
+    for (uint32_t i = 0; i < p->n; i++) init[i] = mct_rt_initial(i);
     init[p->n] = 0;
     mc_buffer *x = NULL, *ctl = NULL;
     mc_buffer_desc bd = {(p->n + 1) * sizeof *init, MC_STORAGE_SHARED, "x", init};
@@ -314,7 +286,7 @@ static int rt_fault_run(mc_status kind, uint64_t at, bool control, mc_runner_sta
     CHECK_EQ(out->iterations, iters);
     CHECK_GE(out->recoveries, 1);
     CHECK_EQ(rt_check_result(r, clean, RT_N), 0); /* bit-identical */
-    uint32_t *want = rt_reference(&u.params, iters);
+    uint32_t *want = mct_rt_reference(u.params.n, u.params.spin, iters);
     CHECK(want);
     CHECK_EQ(memcmp(want, clean, (RT_N + 1) * sizeof *want), 0);
     free(want);
@@ -418,7 +390,7 @@ MC_TEST(runner_gives_up_naming_the_cause)
     CHECK_EQ(st.page_faults, 4);
     CHECK_EQ(st.iterations, 0);
     /* The last good state is what the runner leaves. */
-    uint32_t *want = rt_reference(&u.params, 0);
+    uint32_t *want = mct_rt_reference(u.params.n, u.params.spin, 0);
     CHECK_EQ(rt_check_result(r, want, RT_N), 0);
     free(want);
     mc_runner_release(r);
@@ -504,7 +476,7 @@ MC_TEST(runner_stop_condition_wastes_no_queued_chunk)
     /* The work counter says no iteration ran after the stop: the queued
      * chunks read an empty grid. */
     rt_params p = u.params;
-    uint32_t *want = rt_reference(&p, p.stop_at);
+    uint32_t *want = mct_rt_reference(p.n, p.spin, p.stop_at);
     CHECK_EQ(rt_check_result(r, want, RT_N), 0);
     free(want);
     mc_runner_release(r);
@@ -660,7 +632,7 @@ MC_TEST(runner_rejects_bad_arguments)
     CHECK_STATUS(mc_runner_state_read(r, 0, NULL, 4), MC_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(mc_runner_state_read(r, 0, &word, (RT_N + 2) * 4), MC_ERR_INVALID_ARGUMENT);
     CHECK_OK(mc_runner_state_read(r, 0, &word, 4)); /* the initial state, before the run */
-    CHECK_EQ(word, rt_initial(0));
+    CHECK_EQ(word, mct_rt_initial(0));
     CHECK_OK(mc_runner_get_stats(r, &st));
     CHECK_EQ(st.chunks, 0);
     mc_runner_release(r);

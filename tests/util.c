@@ -94,3 +94,30 @@ mc_pipeline *mct_pipeline(mc_device *d, const char *file, const char *fn)
     mc_library_release(lib);
     return p;
 }
+
+uint32_t mct_rt_initial(uint32_t i)
+{
+    return i * 2654435761u + 12345u;
+}
+
+static uint32_t rt_mix(uint32_t v, uint64_t it)
+{
+    v ^= (uint32_t)it + 0x9e3779b9u;
+    v *= 0x85ebca6bu;
+    v ^= v >> 13;
+    return v;
+}
+
+uint32_t *mct_rt_reference(uint32_t n, uint32_t spin, uint64_t iters)
+{
+    uint32_t *x = malloc((n + 1) * sizeof *x);
+    if (!x) return NULL;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t v = mct_rt_initial(i);
+        for (uint64_t it = 0; it < iters; it++)
+            for (uint32_t s = 0; s < spin; s++) v = rt_mix(v, it);
+        x[i] = v;
+    }
+    x[n] = (uint32_t)iters;
+    return x;
+}
