@@ -72,6 +72,16 @@ MC_TEST(device_list_and_open)
     CHECK_STR_CONTAINS(mc_last_error(), "gpu");
     CHECK_STATUS(mc_device_open_name("cpu:7", &d), MC_ERR_NOT_FOUND);
     CHECK_STATUS(mc_device_open_name("cpu:x", &d), MC_ERR_INVALID_ARGUMENT);
+    mc_device_desc named = MC_DEVICE_DESC_INIT;
+    named.time_limit_ms = 123;
+    CHECK_OK(mc_device_desc_from_name("cuda:2", &named));
+    CHECK_EQ(named.kind, MC_DEVICE_CUDA);
+    CHECK_EQ(named.index, 2);
+    CHECK_EQ(named.time_limit_ms, 123); /* other fields left alone */
+    CHECK_OK(mc_device_desc_from_name(NULL, &named));
+    CHECK_EQ(named.kind, MC_DEVICE_ANY);
+    CHECK_STATUS(mc_device_desc_from_name("gpu", &named), MC_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(mc_device_desc_from_name("cpu", NULL), MC_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(mc_device_open(NULL, NULL), MC_ERR_INVALID_ARGUMENT);
 
     mc_device_desc desc = MC_DEVICE_DESC_INIT;

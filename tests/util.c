@@ -17,16 +17,10 @@ mc_device *mct_open_device(int64_t time_limit_ms)
     const char *env = getenv("MC_DEVICE");
     mc_device *d = NULL;
     if (env && *env) {
-        mc_device *probe;
-        if (mc_device_open_name(env, &probe) != MC_OK) {
-            fprintf(stderr, "cannot open MC_DEVICE=%s: %s\n", env, mc_last_error());
+        if (mc_device_desc_from_name(env, &desc) != MC_OK) {
+            fprintf(stderr, "cannot use MC_DEVICE=%s: %s\n", env, mc_last_error());
             return NULL;
         }
-        mc_device_info info;
-        mc_device_get_info(probe, &info);
-        mc_device_release(probe);
-        desc.kind = info.kind;
-        desc.index = info.index;
     } else {
         desc.kind = MC_DEVICE_CPU;
     }

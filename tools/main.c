@@ -77,20 +77,10 @@ mc_device *mc_cli_open_device(const char *spec, int64_t time_limit_ms)
 {
     mc_device_desc desc = MC_DEVICE_DESC_INIT;
     mc_device *d = NULL;
-    mc_status s;
-    if (spec && *spec) {
-        /* Parse through the public name form, then apply the limit. */
-        mc_device *probe;
-        s = mc_device_open_name(spec, &probe);
-        if (s != MC_OK) {
-            mc_cli_fail(spec, s);
-            return NULL;
-        }
-        mc_device_info info;
-        mc_device_get_info(probe, &info);
-        mc_device_release(probe);
-        desc.kind = info.kind;
-        desc.index = info.index;
+    mc_status s = mc_device_desc_from_name(spec, &desc);
+    if (s != MC_OK) {
+        mc_cli_fail(spec, s);
+        return NULL;
     }
     desc.time_limit_ms = time_limit_ms;
     s = mc_device_open(&desc, &d);

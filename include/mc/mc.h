@@ -177,6 +177,9 @@ MC_API mc_status mc_device_list(mc_device_info *out, size_t cap, size_t *count);
 MC_API mc_status mc_device_open(const mc_device_desc *desc, mc_device **out);
 /* "cpu", "cuda", "metal", "cuda:1", or NULL/"" for $MC_DEVICE or the best. */
 MC_API mc_status mc_device_open_name(const char *spec, mc_device **out);
+/* Sets desc->kind and desc->index from a name as above (other fields are
+ * left alone), so a caller can add options before one mc_device_open. */
+MC_API mc_status mc_device_desc_from_name(const char *spec, mc_device_desc *desc);
 MC_API void mc_device_retain(mc_device *d);
 MC_API void mc_device_release(mc_device *d);
 MC_API mc_status mc_device_get_info(const mc_device *d, mc_device_info *out);

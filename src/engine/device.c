@@ -199,14 +199,22 @@ mc_status mc_device_open(const mc_device_desc *desc, mc_device **out)
     return MC_OK;
 }
 
+mc_status mc_device_desc_from_name(const char *spec, mc_device_desc *desc)
+{
+    if (!desc) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_device_desc_from_name: desc is NULL");
+    if (!spec || !*spec) {
+        desc->kind = MC_DEVICE_ANY;
+        desc->index = 0;
+        return MC_OK;
+    }
+    return mc__device_parse_spec(spec, &desc->kind, &desc->index);
+}
+
 mc_status mc_device_open_name(const char *spec, mc_device **out)
 {
     mc_device_desc desc = MC_DEVICE_DESC_INIT;
-    if (spec && *spec) {
-        mc_status s = mc__device_parse_spec(spec, &desc.kind, &desc.index);
-        if (s != MC_OK) return s;
-    }
-    return mc_device_open(&desc, out);
+    mc_status s = mc_device_desc_from_name(spec, &desc);
+    return s == MC_OK ? mc_device_open(&desc, out) : s;
 }
 
 void mc__device_destroy(mc_device *d)
