@@ -10,6 +10,7 @@
 
 #include "mc/mc.h"
 
+#include <sched.h>
 #include <stdarg.h>
 
 #if defined(__GNUC__)
@@ -47,6 +48,15 @@ static inline void mc__cpu_relax(void)
 #elif defined(__aarch64__)
     __asm__ __volatile__("yield");
 #endif
+}
+/* One step of a spin-wait: pause, and every 32nd step give the core away.
+ * A spinner that never yields holds its core for a whole time slice when
+ * there are more runnable threads than cores, and the thread it waits for
+ * may be queued on that very core. */
+static inline void mc__spin_step(uint32_t i)
+{
+    if ((i & 31u) == 0) sched_yield();
+    else mc__cpu_relax();
 }
 /* Deadline helper: UINT64_MAX timeouts never expire. */
 static inline uint64_t mc__deadline(uint64_t timeout_ns)

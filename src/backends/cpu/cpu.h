@@ -217,12 +217,6 @@ struct mc__cpu_device {
  * that woke it (small VMs do, and rebalance only after milliseconds), the
  * thread being waited for may be queued behind the spinner and would
  * otherwise start only when the spin ends. */
-static inline void mc__cpu_spin_step(uint32_t i)
-{
-    if ((i & 31u) == 0) sched_yield();
-    else mc__cpu_relax();
-}
-
 /* cpu_device.c */
 void *mc__cpu_alloc_aligned(size_t size, void **raw);
 mc_status mc__cpu_cond_init(pthread_cond_t *cv);

@@ -398,7 +398,7 @@ mc_status mc__cpu_event_wait(void *vdev, void *vev, uint64_t value, uint64_t tim
     for (uint32_t i = 1;; i++) {
         if (atomic_load_explicit(&ev->value, memory_order_acquire) >= value) return MC_OK;
         if ((i & 63) == 0 && mc__now_ns() >= spin_until) break;
-        mc__cpu_spin_step(i);
+        mc__spin_step(i);
     }
     mc_status st = MC_OK;
     pthread_mutex_lock(&ev->lock);

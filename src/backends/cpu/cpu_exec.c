@@ -31,7 +31,7 @@
  * Idle workers spin for MC_CPU_SPIN_US before sleeping, so back-to-back
  * submissions start in microseconds and an idle device costs no CPU. A
  * spinning thread yields its core every few microseconds: a woken thread
- * may be queued on the spinner's core (see mc__cpu_spin_step). A dispatch
+ * may be queued on the spinner's core (see mc__spin_step). A dispatch
  * that took under MC__CPU_INLINE_NS last time is not offered to the pool.
  */
 #include "backends/cpu/cpu.h"
@@ -144,7 +144,7 @@ static bool find_work(mc__cpu_worker *w, mc__cpu_job **job, mc__cpu_dispatch **d
             }
             if (atomic_load_explicit(&dev->stopping, memory_order_relaxed)) break;
             if ((i & 31) == 0 && mc__now_ns() >= until) break;
-            mc__cpu_spin_step(i);
+            mc__spin_step(i);
         }
         atomic_fetch_sub(&dev->nspin, 1);
     }
@@ -230,7 +230,7 @@ static void wait_helpers(mc__cpu_device *dev, mc__cpu_dispatch *d)
             if (!until) until = now + dev->spin_ns;
             else if (now >= until) break;
         }
-        mc__cpu_spin_step(i + 1);
+        mc__spin_step(i + 1);
     }
     atomic_store(&d->leader_sleeping, true);
     pthread_mutex_lock(&dev->lock);
@@ -927,7 +927,7 @@ mc_status mc__cpu_submission_wait(void *vdev, void *vq, mc__submission *sub, uin
     for (uint32_t i = 1;; i++) {
         if (atomic_load_explicit(&q->done_seq, memory_order_acquire) >= seq) return MC_OK;
         if ((i & 31) == 0 && mc__now_ns() >= spin_until) break;
-        mc__cpu_spin_step(i);
+        mc__spin_step(i);
     }
     mc_status st = MC_OK;
     pthread_mutex_lock(&dev->lock);
