@@ -43,6 +43,7 @@ static const sym cuda_syms[] = {
     CU_SYM(DevicePrimaryCtxRetain, true, "cuDevicePrimaryCtxRetain"),
     CU_SYM(DevicePrimaryCtxRelease, true, "cuDevicePrimaryCtxRelease_v2", "cuDevicePrimaryCtxRelease"),
     CU_SYM(CtxPushCurrent, true, "cuCtxPushCurrent_v2"),
+    CU_SYM(CtxGetCurrent, true, "cuCtxGetCurrent"),
     CU_SYM(CtxPopCurrent, true, "cuCtxPopCurrent_v2"),
     CU_SYM(CtxSetCurrent, true, "cuCtxSetCurrent"),
     CU_SYM(MemAlloc, true, "cuMemAlloc_v2"),
@@ -360,17 +361,38 @@ mc_status mc__cuda_fail(mc__cuda_device *dev, CUresult r, const char *what)
 
 /* ---- context ------------------------------------------------------------- */
 
+/* enter/leave nest on a thread. Bit d of enter_pushed says whether the
+ * enter at depth d pushed the context; one that found it current already
+ * (the caller's own, or an outer enter's) pushes nothing and its leave pops
+ * nothing: a submission from a thread that stays in the context then costs
+ * one query instead of a push and a pop. Deeper than 64, every enter pushes. */
+static _Thread_local uint64_t enter_pushed;
+static _Thread_local uint32_t enter_depth;
+
 mc_status mc__cuda_enter(mc__cuda_device *dev)
 {
-    CUresult r = dev->cu->CtxPushCurrent(dev->ctx);
-    if (r != CUDA_SUCCESS) return mc__cuda_fail(dev, r, "cuCtxPushCurrent");
+    CUcontext cur = NULL;
+    bool push = enter_depth >= 64 || dev->cu->CtxGetCurrent(&cur) != CUDA_SUCCESS || cur != dev->ctx;
+    if (push) {
+        CUresult r = dev->cu->CtxPushCurrent(dev->ctx);
+        if (r != CUDA_SUCCESS) return mc__cuda_fail(dev, r, "cuCtxPushCurrent");
+    }
+    if (enter_depth < 64) {
+        uint64_t bit = 1ull << enter_depth;
+        enter_pushed = push ? enter_pushed | bit : enter_pushed & ~bit;
+    }
+    enter_depth++;
     return MC_OK;
 }
 
 void mc__cuda_leave(mc__cuda_device *dev)
 {
-    CUcontext prev;
-    (void)dev->cu->CtxPopCurrent(&prev);
+    if (!enter_depth) return; /* unpaired: nothing of ours is current */
+    enter_depth--;
+    if (enter_depth >= 64 || (enter_pushed >> enter_depth & 1u)) {
+        CUcontext prev;
+        (void)dev->cu->CtxPopCurrent(&prev);
+    }
 }
 
 /* ---- waiting --------------------------------------------------------------- */

@@ -104,6 +104,7 @@ typedef struct mc__cuda_api {
     CUresult (*CtxPushCurrent)(CUcontext);                            /* cuCtxPushCurrent_v2 */
     CUresult (*CtxPopCurrent)(CUcontext *);                           /* cuCtxPopCurrent_v2 */
     CUresult (*CtxSetCurrent)(CUcontext);                             /* cuCtxSetCurrent */
+    CUresult (*CtxGetCurrent)(CUcontext *);                           /* cuCtxGetCurrent */
     CUresult (*MemAlloc)(CUdeviceptr *, size_t);                      /* cuMemAlloc_v2 */
     CUresult (*MemFree)(CUdeviceptr);                                 /* cuMemFree_v2 */
     CUresult (*MemHostAlloc)(void **, size_t, unsigned int);          /* cuMemHostAlloc */

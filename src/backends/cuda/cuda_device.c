@@ -117,7 +117,7 @@ static void device_free(mc__cuda_device *dev)
     const mc__cuda_api *cu = dev->cu;
     if (dev->ctx) {
         /* Errors are ignored: after a sticky fault every call fails. */
-        if (cu->CtxPushCurrent(dev->ctx) == CUDA_SUCCESS) {
+        if (mc__cuda_enter(dev) == MC_OK) {
             if (dev->tramp_mod) (void)cu->ModuleUnload(dev->tramp_mod);
             if (dev->list_mod) (void)cu->ModuleUnload(dev->list_mod);
             if (dev->builtin) (void)cu->ModuleUnload(dev->builtin);
