@@ -710,7 +710,7 @@ MC_TEST(stream_cancel_during_recovery_commits_nothing_more)
 /* Streams n blocks from two producers through a fresh stream on d, after
  * scheduling faults (NULL: none). outs receives every block's output. */
 static int run_faulted(mc_device *d, fir_fixture *f, const float *sig, uint32_t n, const char *faults, float *outs,
-                       mc_stream_stats *stats)
+                       mc_stream_stats *stats, uint32_t flags)
 {
     seen s;
     seen_init(&s, n);
@@ -718,6 +718,7 @@ static int run_faulted(mc_device *d, fir_fixture *f, const float *sig, uint32_t 
     mc_stream_desc sd = fir_desc(d, f, 3);
     sd.on_result = on_result;
     sd.result_user = &s;
+    sd.flags = flags;
     mc_stream *st;
     CHECK_OK(mc_stream_create(&sd, &st));
     if (faults) CHECK_OK(mc_device_inject_faults(d, faults));
@@ -751,9 +752,9 @@ static int fault_test(const char *faults, uint32_t want_recoveries, uint32_t wan
     float *clean = calloc((size_t)N * BLOCK, sizeof(float)), *faulted = calloc((size_t)N * BLOCK, sizeof(float));
     CHECK(sig && clean && faulted);
     mc_stream_stats st0, st1;
-    if (run_faulted(d, &f, sig, N, NULL, clean, &st0)) return 1;
+    if (run_faulted(d, &f, sig, N, NULL, clean, &st0, 0)) return 1;
     CHECK_EQ(st0.recoveries, 0);
-    if (run_faulted(d, &f, sig, N, faults, faulted, &st1)) return 1;
+    if (run_faulted(d, &f, sig, N, faults, faulted, &st1, 0)) return 1;
     /* replays give the same bits as the undisturbed run */
     CHECK(memcmp(clean, faulted, (size_t)N * BLOCK * sizeof(float)) == 0);
     if (want_recoveries) CHECK_EQ(st1.recoveries, want_recoveries);
@@ -763,6 +764,10 @@ static int fault_test(const char *faults, uint32_t want_recoveries, uint32_t wan
     CHECK_EQ(st1.failed, 0);
     CHECK_GE(st1.commits, N + 1);
     CHECK_EQ(st1.commits, N + st1.replays);
+    /* every commit replayed its slot's list, also after the queue or the
+     * device was replaced (the lists are recorded again for new buffers) */
+    CHECK_EQ(st0.list_commits, st0.commits);
+    CHECK_EQ(st1.list_commits, st1.commits);
     CHECK_NE(st1.last_failure, MC_OK);
     /* setup: once per stream, once more per reopened device */
     CHECK_EQ(atomic_load(&f.setups), 2 + (int)want_reopens);
@@ -793,6 +798,31 @@ MC_TEST(stream_survives_several_faults_across_a_device_loss)
 {
     /* The page fault after the loss is carried to the reopened device. */
     return fault_test("internal@4,device-lost@12,page-fault@30", 3, 1);
+}
+
+MC_TEST(stream_recording_each_item_gives_the_same_bits_as_replaying_lists)
+{
+    mc_device *d = mct_open_device(0);
+    CHECK(d);
+    enum { N = 24 };
+    fir_fixture f;
+    fir_fixture_init(&f);
+    float *sig = make_signal(N);
+    float *listed = calloc((size_t)N * BLOCK, sizeof(float)), *recorded = calloc((size_t)N * BLOCK, sizeof(float));
+    CHECK(sig && listed && recorded);
+    mc_stream_stats a, b;
+    if (run_faulted(d, &f, sig, N, NULL, listed, &a, 0)) return 1;
+    if (run_faulted(d, &f, sig, N, "page-fault@5", recorded, &b, MC_STREAM_RECORD_EACH)) return 1;
+    CHECK(memcmp(listed, recorded, (size_t)N * BLOCK * sizeof(float)) == 0);
+    CHECK_EQ(a.list_commits, N);
+    CHECK_EQ(b.list_commits, 0);
+    CHECK_EQ(b.commits, N + b.replays);
+    CHECK_EQ(b.recoveries, 1);
+    free(sig);
+    free(listed);
+    free(recorded);
+    mc_device_release(d);
+    return 0;
 }
 
 MC_TEST(stream_item_failing_past_the_retry_bound_gets_its_error)
@@ -953,6 +983,11 @@ MC_TEST(stream_passes_the_sequence_number_to_a_kernel)
         CHECK_EQ(r.attempts, i == 1 ? 2 : 1);
         CHECK_OK(mc_stream_release_result(st, &r));
     }
+    /* a value that changes per item cannot live in a recorded list */
+    mc_stream_stats stats;
+    CHECK_OK(mc_stream_get_stats(st, &stats));
+    CHECK_EQ(stats.commits, 5);
+    CHECK_EQ(stats.list_commits, 0);
     mc_stream_release(st);
     mc_device_release(d);
     return 0;
@@ -1004,6 +1039,10 @@ MC_TEST(stream_rejects_bad_arguments)
     bad.slots = MC_STREAM_MAX_SLOTS + 1;
     CHECK_STATUS(mc_stream_create(&bad, &st), MC_ERR_INVALID_ARGUMENT);
     CHECK_STR_CONTAINS(mc_last_error(), "slots");
+    bad = sd;
+    bad.flags = 0x80u;
+    CHECK_STATUS(mc_stream_create(&bad, &st), MC_ERR_INVALID_ARGUMENT);
+    CHECK_STR_CONTAINS(mc_last_error(), "flags");
     CHECK_EQ(atomic_load(&f.setups), 0);
 
     /* What setup makes is checked; a failing setup fails create with its error. */

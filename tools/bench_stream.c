@@ -7,6 +7,13 @@
  * the moment the producer starts filling the item to the moment its result
  * is in the consumer's hands. Every output is checked: the stream's must
  * equal the naive loop's for the same block, bit for bit.
+ *
+ * Two more rows put the ratio in context. The device's ceiling: the chains
+ * of many items back to back in one command buffer, which no stream can
+ * beat (nothing of the CPU's is left to hide); its ratio to the naive loop
+ * is the most any pipelining could gain on this device at this item size.
+ * And the stream with MC_STREAM_RECORD_EACH, each item recorded anew
+ * instead of replaying its slot's command list: what the lists are worth.
  */
 #include "bench.h"
 
@@ -171,6 +178,57 @@ static double naive_run(sb_ctx *c, sb_naive *nv, uint32_t first, uint32_t count,
     return t > 0 ? count / (t / 1e6) : 0;
 }
 
+/* The device's own rate: count items' chains recorded as one command list
+ * (all launched at once: a CUDA graph, an ICB, a CPU list) and timed on the
+ * device from the start of the first to the end of the last. */
+static double ceiling_run(sb_ctx *c, sb_naive *nv, uint32_t count)
+{
+    memcpy(mc_buffer_contents(nv->in), block_input(c, 0), (SB_BLOCK + SB_TAPS - 1) * sizeof(float));
+    mc_cmdlist_desc ld = {"stream ceiling", 2 * count};
+    mc_cmdlist *l;
+    if (mc_cmdlist_create(c->dev, &ld, &l) != MC_OK) return -1;
+    mc_size3 groups = {c->n / SB_GROUP, 1, 1}, threads = {SB_GROUP, 1, 1};
+    mc_pass *p;
+    mc_status s = mc_cmdlist_begin(l, &p);
+    for (uint32_t i = 0; i < count && s == MC_OK; i++) {
+        if (i) s = mc_pass_barrier(p);
+        if (s == MC_OK) s = mc_pass_set_pipeline(p, c->fir);
+        if (s == MC_OK) s = mc_pass_set_buffer(p, 0, nv->out, 0);
+        if (s == MC_OK) s = mc_pass_set_buffer(p, 1, nv->in, 0);
+        if (s == MC_OK) s = mc_pass_set_buffer(p, 2, nv->taps, 0);
+        if (s == MC_OK) s = mc_pass_set_bytes(p, 3, &c->n, 4);
+        if (s == MC_OK) s = mc_pass_set_bytes(p, 4, &c->ntaps, 4);
+        if (s == MC_OK) s = mc_pass_set_threadgroup_memory(p, 0, SB_TILE);
+        if (s == MC_OK) s = mc_pass_dispatch(p, groups, threads);
+        if (s == MC_OK) s = mc_pass_barrier(p);
+        if (s == MC_OK) s = mc_pass_set_pipeline(p, c->gain);
+        if (s == MC_OK) s = mc_pass_set_buffer(p, 0, nv->out, 0);
+        if (s == MC_OK) s = mc_pass_set_bytes(p, 1, &c->g, 4);
+        if (s == MC_OK) s = mc_pass_set_bytes(p, 2, &c->n, 4);
+        if (s == MC_OK) s = mc_pass_dispatch(p, groups, threads);
+    }
+    if (s == MC_OK) s = mc_cmdlist_end(l);
+    double best = -1;
+    for (int rep = 0; rep < 3 && s == MC_OK; rep++) {
+        mc_cmdbuf_desc cd = MC_CMDBUF_DESC_INIT;
+        cd.flags = MC_CMDBUF_TIMESTAMPS;
+        mc_cmdbuf *cb;
+        uint64_t t0 = 0, t1 = 0;
+        s = mc_cmdbuf_create(nv->q, &cd, &cb);
+        if (s != MC_OK) break;
+        s = mc_cmdbuf_execute_cmdlist(cb, l, 0, MC_CMDLIST_ALL);
+        if (s == MC_OK) s = mc_cmdbuf_commit(cb);
+        if (s == MC_OK) s = mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
+        if (s == MC_OK) s = mc_cmdbuf_status(cb, NULL);
+        if (s == MC_OK) s = mc_cmdbuf_gpu_time(cb, &t0, &t1);
+        mc_cmdbuf_release(cb);
+        double rate = s == MC_OK && t1 > t0 ? count / ((double)(t1 - t0) / 1e9) : -1;
+        if (rate > best) best = rate;
+    }
+    mc_cmdlist_release(l);
+    return s == MC_OK ? best : -1;
+}
+
 /* ---- the stream ------------------------------------------------------------- */
 
 typedef struct sb_run {
@@ -224,6 +282,48 @@ static double stream_run(mc_stream *st, sb_run *run, uint32_t count)
     return t > 0 ? count / (t / 1e6) : 0;
 }
 
+typedef struct sb_plan {
+    int rounds;
+    uint32_t per, warm;
+    double *rate_o, *rate_n, *lat_o, *lat_n; /* rounds, rounds, rounds * per, rounds * per */
+} sb_plan;
+
+/* One stream of slots (and flags) against the naive loop, alternating in
+ * rounds so drift hits both alike. Fills the plan's arrays; 0 or -1. */
+static int measure(mc_bench *b, sb_ctx *c, sb_naive *nv, sb_run *run, const sb_plan *pl, uint32_t slots,
+                   uint32_t flags)
+{
+    mc_stream_desc sd = MC_STREAM_DESC_INIT;
+    sd.device = b->dev;
+    sd.setup = sb_setup;
+    sd.teardown = sb_teardown;
+    sd.user = c;
+    sd.item_size = (SB_BLOCK + SB_TAPS - 1) * sizeof(float);
+    sd.result_size = SB_BLOCK * sizeof(float);
+    sd.slots = slots;
+    sd.on_result = sb_on_result;
+    sd.result_user = run;
+    sd.label = "bench stream";
+    sd.flags = flags;
+    mc_stream *st;
+    mc_status s = mc_stream_create(&sd, &st);
+    if (s != MC_OK) return mc_cli_fail("stream create", s);
+    int rc = stream_run(st, run, pl->warm) < 0 ? -1 : 0;
+    for (int r = 0; r < pl->rounds && rc == 0; r++) {
+        pl->rate_n[r] = naive_run(c, nv, 0, pl->per, pl->lat_n + (size_t)r * pl->per);
+        pl->rate_o[r] = stream_run(st, run, pl->per);
+        if (pl->rate_n[r] < 0 || pl->rate_o[r] < 0) rc = -1;
+        else memcpy(pl->lat_o + (size_t)r * pl->per, run->lat, pl->per * sizeof(double));
+    }
+    mc_stream_stats stats;
+    mc_stream_get_stats(st, &stats);
+    mc_stream_release(st);
+    if (rc) return mc_cli_fail("stream: wrong or missing results", MC_ERR_INTERNAL);
+    if (stats.delivered != (uint64_t)pl->warm + (uint64_t)pl->rounds * pl->per || stats.failed || stats.cancelled)
+        return mc_cli_fail("stream: items lost or failed", MC_ERR_INTERNAL);
+    return 0;
+}
+
 int mc_bench_stream(mc_bench *b)
 {
     sb_ctx c;
@@ -245,9 +345,10 @@ int mc_bench_stream(mc_bench *b)
     c.fir = mc_cli_pipeline(b->dev, "fir", "fir");
     c.gain = mc_cli_pipeline(b->dev, "fir", "gain");
 
-    const int rounds = b->quick ? 2 : 5;
-    const uint32_t per = b->quick ? 100u : (uint32_t)(b->reps * 5 < 200 ? 200 : b->reps * 5);
-    const uint32_t warm = per / 10 + 8;
+    sb_plan pl;
+    pl.rounds = b->quick ? 2 : 5;
+    pl.per = b->quick ? 100u : (uint32_t)(b->reps * 5 < 200 ? 200 : b->reps * 5);
+    pl.warm = pl.per / 10 + 8;
     sb_naive nv;
     memset(&nv, 0, sizeof nv);
     sb_run run;
@@ -255,87 +356,75 @@ int mc_bench_stream(mc_bench *b)
     run.c = &c;
     pthread_mutex_init(&run.lock, NULL);
     pthread_cond_init(&run.cv, NULL);
-    double *rate_o = calloc((size_t)rounds, sizeof(double)), *rate_n = calloc((size_t)rounds, sizeof(double));
-    double *lat_o = calloc((size_t)rounds * per, sizeof(double)), *lat_n = calloc((size_t)rounds * per, sizeof(double));
-    run.start_us = calloc(per + warm, sizeof(double));
-    run.lat = calloc(per + warm, sizeof(double));
+    pl.rate_o = calloc((size_t)pl.rounds, sizeof(double));
+    pl.rate_n = calloc((size_t)pl.rounds, sizeof(double));
+    pl.lat_o = calloc((size_t)pl.rounds * pl.per, sizeof(double));
+    pl.lat_n = calloc((size_t)pl.rounds * pl.per, sizeof(double));
+    run.start_us = calloc(pl.per + pl.warm, sizeof(double));
+    run.lat = calloc(pl.per + pl.warm, sizeof(double));
+    double rate3 = 0;
     int rc = 0;
     mc_buffer_desc bi = {(SB_BLOCK + SB_TAPS - 1) * sizeof(float), MC_STORAGE_SHARED, "naive input", NULL};
     mc_buffer_desc bo = {SB_BLOCK * sizeof(float), MC_STORAGE_SHARED, "naive output", NULL};
     mc_buffer_desc bt = {sizeof c.taps, MC_STORAGE_PRIVATE, "taps", c.taps};
-    if (!c.sig || !c.fir || !c.gain || !rate_o || !rate_n || !lat_o || !lat_n || !run.start_us || !run.lat ||
-        mc_queue_create(b->dev, NULL, &nv.q) != MC_OK || mc_buffer_create(b->dev, &bi, &nv.in) != MC_OK ||
+    if (!c.sig || !c.fir || !c.gain || !pl.rate_o || !pl.rate_n || !pl.lat_o || !pl.lat_n || !run.start_us ||
+        !run.lat || mc_queue_create(b->dev, NULL, &nv.q) != MC_OK || mc_buffer_create(b->dev, &bi, &nv.in) != MC_OK ||
         mc_buffer_create(b->dev, &bo, &nv.out) != MC_OK || mc_buffer_create(b->dev, &bt, &nv.taps) != MC_OK) {
         rc = mc_cli_fail("stream setup", MC_ERR_NO_MEMORY);
         goto out;
     }
     /* every block once through the naive loop: the expected outputs */
-    if (naive_run(&c, &nv, 0, SB_BLOCKS + warm, NULL) < 0) {
+    if (naive_run(&c, &nv, 0, SB_BLOCKS + pl.warm, NULL) < 0) {
         rc = mc_cli_fail("stream: naive loop", MC_ERR_INTERNAL);
         goto out;
     }
     for (uint32_t slots = 1; slots <= 4; slots++) {
-        mc_stream_desc sd = MC_STREAM_DESC_INIT;
-        sd.device = b->dev;
-        sd.setup = sb_setup;
-        sd.teardown = sb_teardown;
-        sd.user = &c;
-        sd.item_size = (SB_BLOCK + SB_TAPS - 1) * sizeof(float);
-        sd.result_size = SB_BLOCK * sizeof(float);
-        sd.slots = slots;
-        sd.on_result = sb_on_result;
-        sd.result_user = &run;
-        sd.label = "bench stream";
-        mc_stream *st;
-        mc_status s = mc_stream_create(&sd, &st);
-        if (s != MC_OK) {
-            rc = mc_cli_fail("stream create", s);
-            goto out;
-        }
-        if (stream_run(st, &run, warm) < 0) {
-            mc_stream_release(st);
-            rc = mc_cli_fail("stream: wrong or missing results", MC_ERR_INTERNAL);
-            goto out;
-        }
-        /* Alternate the two in rounds, so drift hits both alike. */
-        for (int r = 0; r < rounds; r++) {
-            rate_n[r] = naive_run(&c, &nv, 0, per, lat_n + (size_t)r * per);
-            rate_o[r] = stream_run(st, &run, per);
-            if (rate_n[r] < 0 || rate_o[r] < 0) {
-                mc_stream_release(st);
-                rc = mc_cli_fail("stream: wrong or missing results", MC_ERR_INTERNAL);
-                goto out;
-            }
-            memcpy(lat_o + (size_t)r * per, run.lat, per * sizeof(double));
-        }
-        mc_stream_stats stats;
-        mc_stream_get_stats(st, &stats);
-        mc_stream_release(st);
-        if (stats.delivered != (uint64_t)warm + (uint64_t)rounds * per || stats.failed || stats.cancelled) {
-            rc = mc_cli_fail("stream: items lost or failed", MC_ERR_INTERNAL);
-            goto out;
-        }
+        if ((rc = measure(b, &c, &nv, &run, &pl, slots, 0)) != 0) goto out;
         char metric[64];
-        int nl = rounds * (int)per;
-        snprintf(metric, sizeof metric, "items/s, %u slot%s (FIR 1024x32 + gain)", slots, slots == 1 ? "" : "s");
-        mc_bench_add(b, "stream", metric, "items/s", mc_bench_median(rate_o, rounds), mc_bench_iqr(rate_o, rounds),
-                     mc_bench_median(rate_n, rounds), mc_bench_iqr(rate_n, rounds), "naive loop", true);
-        snprintf(metric, sizeof metric, "latency median, %u slot%s", slots, slots == 1 ? "" : "s");
-        mc_bench_add(b, "stream", metric, "us", mc_bench_median(lat_o, nl), mc_bench_iqr(lat_o, nl),
-                     mc_bench_median(lat_n, nl), mc_bench_iqr(lat_n, nl), "naive loop", false);
-        snprintf(metric, sizeof metric, "latency p99, %u slot%s", slots, slots == 1 ? "" : "s");
-        mc_bench_add(b, "stream", metric, "us", mc_bench_percentile(lat_o, nl, 0.99), 0,
-                     mc_bench_percentile(lat_n, nl, 0.99), 0, "naive loop", false);
+        const char *sfx = slots == 1 ? "" : "s";
+        int nl = pl.rounds * (int)pl.per;
+        snprintf(metric, sizeof metric, "items/s, %u slot%s (FIR 1024x32 + gain)", slots, sfx);
+        mc_bench_add(b, "stream", metric, "items/s", mc_bench_median(pl.rate_o, pl.rounds),
+                     mc_bench_iqr(pl.rate_o, pl.rounds), mc_bench_median(pl.rate_n, pl.rounds),
+                     mc_bench_iqr(pl.rate_n, pl.rounds), "naive loop", true);
+        snprintf(metric, sizeof metric, "latency median, %u slot%s", slots, sfx);
+        mc_bench_add(b, "stream", metric, "us", mc_bench_median(pl.lat_o, nl), mc_bench_iqr(pl.lat_o, nl),
+                     mc_bench_median(pl.lat_n, nl), mc_bench_iqr(pl.lat_n, nl), "naive loop", false);
+        snprintf(metric, sizeof metric, "latency p99, %u slot%s", slots, sfx);
+        mc_bench_add(b, "stream", metric, "us", mc_bench_percentile(pl.lat_o, nl, 0.99), 0,
+                     mc_bench_percentile(pl.lat_n, nl, 0.99), 0, "naive loop", false);
+        if (slots == 3) rate3 = mc_bench_median(pl.rate_o, pl.rounds);
     }
+    /* What replaying a slot's command list is worth: the same stream with
+     * every item recorded anew. */
+    if ((rc = measure(b, &c, &nv, &run, &pl, 3, MC_STREAM_RECORD_EACH)) != 0) goto out;
+    mc_bench_add(b, "stream", "items/s, 3 slots, each item recorded anew", "items/s", mc_bench_median(pl.rate_o, pl.rounds),
+                 mc_bench_iqr(pl.rate_o, pl.rounds), mc_bench_median(pl.rate_n, pl.rounds),
+                 mc_bench_iqr(pl.rate_n, pl.rounds), "naive loop", true);
+    /* The device's ceiling, measured in rounds beside the naive loop. */
+    for (int r = 0; r < pl.rounds; r++) {
+        pl.rate_n[r] = naive_run(&c, &nv, 0, pl.per, NULL);
+        pl.rate_o[r] = ceiling_run(&c, &nv, pl.per);
+        if (pl.rate_o[r] < 0 || pl.rate_n[r] < 0) {
+            rc = mc_cli_fail("stream: the ceiling run failed", MC_ERR_INTERNAL);
+            goto out;
+        }
+    }
+    double ceiling = mc_bench_median(pl.rate_o, pl.rounds);
+    mc_bench_add(b, "stream", "device ceiling: chains back to back", "items/s", ceiling,
+                 mc_bench_iqr(pl.rate_o, pl.rounds), mc_bench_median(pl.rate_n, pl.rounds),
+                 mc_bench_iqr(pl.rate_n, pl.rounds), "naive loop", true);
+    mc_bench_add(b, "stream", "items/s, 3 slots, of the device ceiling", "items/s", rate3, 0, ceiling, 0,
+                 "device ceiling", true);
 out:
     pthread_mutex_destroy(&run.lock);
     pthread_cond_destroy(&run.cv);
     free(run.start_us);
     free(run.lat);
-    free(rate_o);
-    free(rate_n);
-    free(lat_o);
-    free(lat_n);
+    free(pl.rate_o);
+    free(pl.rate_n);
+    free(pl.lat_o);
+    free(pl.lat_n);
     mc_buffer_release(nv.in);
     mc_buffer_release(nv.out);
     mc_buffer_release(nv.taps);

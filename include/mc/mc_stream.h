@@ -123,6 +123,15 @@ typedef void (*mc_stream_result_fn)(void *user, const mc_stream_result *r);
  * it). For a process that is replaced instead: the isolation layer sets it
  * in its worker, whose supervisor then resubmits those items to a new one. */
 #define MC_STREAM_NO_REOPEN 0x1u
+/* Record every item's passes into its command buffer anew. By default the
+ * chain is recorded once per slot as a command list (mc/mc_cmdlist.h: a
+ * CUDA graph, a Metal indirect command buffer, a CPU list) and each item
+ * replays its slot's list: one launch instead of one per pass, and none of
+ * the binding work. Chains that bind MC_STREAM_ARG_SEQUENCE (a value that
+ * changes per item) are always recorded anew. For comparison and debugging:
+ * with lists an item's command buffer has one pass (the list) instead of
+ * one per pass of the chain, as mc_cmdbuf_pass_info reports it. */
+#define MC_STREAM_RECORD_EACH 0x2u
 
 struct mc_isolate_desc; /* mc/mc_isolate.h */
 
@@ -170,6 +179,7 @@ typedef struct mc_stream_stats {
     uint32_t max_in_flight;  /* most items committed and unfinished at once */
     mc_status last_failure;  /* MC_OK if none */
     uint32_t worker_restarts; /* isolated streams: worker processes restarted (mc_stream_get_isolate_stats) */
+    uint64_t list_commits;    /* of commits, those that replayed the slot's recorded command list */
 } mc_stream_stats;
 
 /* Validates desc, calls setup, makes the queue, the timeline event and the

@@ -381,6 +381,7 @@ static void die(iso_stream *is, mc_status st, const char *why)
 static void add_wstats(mc_stream_stats *t, const mc_stream_stats *c)
 {
     t->commits += c->commits;
+    t->list_commits += c->list_commits;
     t->replays += c->replays;
     t->recoveries += c->recoveries;
     t->device_reopens += c->device_reopens;
@@ -964,6 +965,7 @@ mc_status mc__iso_stream_get_stats(const mc_stream *s, mc_stream_stats *out)
     mc_stream_stats w = is->wbase;
     add_wstats(&w, &is->wcur);
     out->commits = w.commits;
+    out->list_commits = w.list_commits;
     out->replays += w.replays;
     out->recoveries = w.recoveries;
     out->device_reopens = w.device_reopens;

@@ -89,6 +89,9 @@ typedef struct slot {
     uint64_t seq, tag;
     uint64_t value;                /* timeline value of its command buffer in flight */
     mc_cmdbuf *cb;                 /* in flight: our reference */
+    mc_cmdlist *list;              /* the chain recorded for in/out below (see slot_list) */
+    const mc_buffer *list_in, *list_out;
+    uint32_t list_epoch;           /* the binding it was recorded from */
     uint32_t attempts;             /* command buffers committed for the item */
     uint32_t failures;             /* failures it caused itself (not as a victim) */
     mc_status status;
@@ -121,6 +124,8 @@ struct mc_stream {
     mc_event *timeline;
     mc_stream_binding bind;
     bool bound;
+    bool lists;          /* replay a per-slot command list (MC_STREAM_RECORD_EACH clears it) */
+    uint32_t bind_epoch; /* counts binds: a slot's list from an older one is stale */
     char *pass_label[MC_STREAM_MAX_PASSES];
     uint8_t *bytes[MC_STREAM_MAX_PASSES][MC_MAX_BUFFER_ARGS];
     pending_fault faults[MC__MAX_FAULTS]; /* injected faults carried to a reopened device */
@@ -204,7 +209,7 @@ static void spin_for(const mc_stream *s, _Atomic uint32_t *count, uint64_t deadl
     for (uint32_t i = 1; !atomic_load_explicit(count, memory_order_relaxed); i++) {
         if ((i & 31) == 0 && (mc__now_ns() >= until || atomic_load_explicit(&s->stop_spin, memory_order_relaxed)))
             return;
-        mc__cpu_relax();
+        mc__spin_step(i);
     }
 }
 
@@ -307,8 +312,21 @@ static mc_status check_binding(mc_stream *s)
     return MC_OK;
 }
 
+/* The slots' lists hold the binding's pipelines and buffers: they go
+ * before teardown, so a lost device is let go of whole. A command buffer in
+ * flight keeps its own reference to the list it executes. */
+static void drop_lists(mc_stream *s)
+{
+    for (uint32_t i = 0; s->slots && i < s->nslots; i++) {
+        mc_cmdlist_release(s->slots[i].list);
+        s->slots[i].list = NULL;
+        s->slots[i].list_in = s->slots[i].list_out = NULL;
+    }
+}
+
 static void unbind(mc_stream *s)
 {
+    drop_lists(s);
     if (s->bound) s->desc.teardown(s->desc.user, &s->bind);
     s->bound = false;
     memset(&s->bind, 0, sizeof s->bind);
@@ -357,6 +375,11 @@ static mc_status bind(mc_stream *s)
             return mc__fail(MC_ERR_NO_MEMORY, "stream '%s': out of host memory", s->label);
         }
     }
+    s->bind_epoch++;
+    s->lists = !(s->desc.flags & MC_STREAM_RECORD_EACH);
+    for (uint32_t p = 0; p < s->bind.pass_count; p++)
+        for (uint32_t i = 0; i < MC_MAX_BUFFER_ARGS; i++)
+            if (s->bind.passes[p].args[i].kind == MC_STREAM_ARG_SEQUENCE) s->lists = false;
     return MC_OK;
 }
 
@@ -462,30 +485,87 @@ static mc_status open_device(mc_stream *s)
 
 /* ---- submission ------------------------------------------------------- */
 
-static mc_status record_item(mc_stream *s, const slot *sl, mc_cmdbuf *cb, uint64_t value)
+/* Binds and dispatches pass p of the chain for sl's buffers on pass, which
+ * is a command buffer's compute pass or a command list's recording. */
+static mc_status record_pass(mc_stream *s, const slot *sl, uint32_t p, mc_pass *pass)
 {
-    const mc_stream_binding *b = &s->bind;
-    mc_status st = MC_OK;
-    for (uint32_t p = 0; p < b->pass_count && st == MC_OK; p++) {
-        const mc_stream_pass *ps = &b->passes[p];
-        mc_pass *pass;
-        st = mc_cmdbuf_begin_pass(cb, s->pass_label[p], &pass);
-        if (st == MC_OK) st = mc_pass_set_pipeline(pass, ps->pipeline);
-        for (uint32_t i = 0; i < MC_MAX_BUFFER_ARGS && st == MC_OK; i++) {
-            const mc_stream_arg *a = &ps->args[i];
-            switch (a->kind) {
-            case MC_STREAM_ARG_INPUT: st = mc_pass_set_buffer(pass, i, sl->in, a->offset); break;
-            case MC_STREAM_ARG_OUTPUT: st = mc_pass_set_buffer(pass, i, sl->out, a->offset); break;
-            case MC_STREAM_ARG_BUFFER: st = mc_pass_set_buffer(pass, i, a->buffer, a->offset); break;
-            case MC_STREAM_ARG_BYTES: st = mc_pass_set_bytes(pass, i, s->bytes[p][i], a->len); break;
-            case MC_STREAM_ARG_SEQUENCE: st = mc_pass_set_bytes(pass, i, &sl->seq, sizeof sl->seq); break;
-            default: break;
-            }
+    const mc_stream_pass *ps = &s->bind.passes[p];
+    mc_status st = mc_pass_set_pipeline(pass, ps->pipeline);
+    for (uint32_t i = 0; i < MC_MAX_BUFFER_ARGS && st == MC_OK; i++) {
+        const mc_stream_arg *a = &ps->args[i];
+        switch (a->kind) {
+        case MC_STREAM_ARG_INPUT: st = mc_pass_set_buffer(pass, i, sl->in, a->offset); break;
+        case MC_STREAM_ARG_OUTPUT: st = mc_pass_set_buffer(pass, i, sl->out, a->offset); break;
+        case MC_STREAM_ARG_BUFFER: st = mc_pass_set_buffer(pass, i, a->buffer, a->offset); break;
+        case MC_STREAM_ARG_BYTES: st = mc_pass_set_bytes(pass, i, s->bytes[p][i], a->len); break;
+        case MC_STREAM_ARG_SEQUENCE: st = mc_pass_set_bytes(pass, i, &sl->seq, sizeof sl->seq); break;
+        default: break;
         }
-        for (uint32_t i = 0; i < MC_MAX_THREADGROUP_MEMORY_ARGS && st == MC_OK; i++)
-            if (ps->threadgroup_memory[i]) st = mc_pass_set_threadgroup_memory(pass, i, ps->threadgroup_memory[i]);
-        if (st == MC_OK) st = mc_pass_dispatch(pass, ps->threadgroups, ps->threads_per_threadgroup);
-        if (st == MC_OK) st = mc_pass_end(pass);
+    }
+    for (uint32_t i = 0; i < MC_MAX_THREADGROUP_MEMORY_ARGS && st == MC_OK; i++)
+        if (ps->threadgroup_memory[i]) st = mc_pass_set_threadgroup_memory(pass, i, ps->threadgroup_memory[i]);
+    if (st == MC_OK) st = mc_pass_dispatch(pass, ps->threadgroups, ps->threads_per_threadgroup);
+    return st;
+}
+
+/* The slot's chain as a command list for its current buffers, recorded
+ * when the slot first needs it and again after a rebind or when the slot's
+ * buffers were replaced (a reopened device). Under submit_mu. NULL with
+ * *st MC_OK: this binding is recorded per item. */
+static mc_cmdlist *slot_list(mc_stream *s, slot *sl, mc_status *st)
+{
+    *st = MC_OK;
+    if (!s->lists) return NULL;
+    if (sl->list && sl->list_epoch == s->bind_epoch && sl->list_in == sl->in && sl->list_out == sl->out)
+        return sl->list;
+    mc_cmdlist_release(sl->list);
+    sl->list = NULL;
+    mc_cmdlist_desc ld = MC_CMDLIST_DESC_INIT;
+    ld.label = s->label;
+    ld.max_commands = s->bind.pass_count;
+    mc_cmdlist *l;
+    mc_pass *pass;
+    *st = mc_cmdlist_create(s->dev, &ld, &l);
+    if (*st != MC_OK) return NULL;
+    *st = mc_cmdlist_begin(l, &pass);
+    for (uint32_t p = 0; p < s->bind.pass_count && *st == MC_OK; p++) {
+        /* passes run in order, each seeing what the one before wrote */
+        if (p) *st = mc_pass_barrier(pass);
+        if (*st == MC_OK) *st = record_pass(s, sl, p, pass);
+    }
+    if (*st == MC_OK) *st = mc_cmdlist_end(l);
+    if (*st != MC_OK) {
+        mc_cmdlist_release(l);
+        return NULL;
+    }
+    sl->list = l;
+    sl->list_in = sl->in;
+    sl->list_out = sl->out;
+    sl->list_epoch = s->bind_epoch;
+    return l;
+}
+
+static mc_status record_item(mc_stream *s, slot *sl, mc_cmdbuf *cb, uint64_t value, bool *used_list)
+{
+    mc_status st = MC_OK;
+    mc_cmdlist *list = slot_list(s, sl, &st);
+    *used_list = list != NULL;
+    if (list) {
+        st = mc_cmdbuf_execute_cmdlist(cb, list, 0, MC_CMDLIST_ALL);
+    } else if (st == MC_OK || !mc_status_is_device_error(st)) {
+        /* No list for this binding, or the device cannot make one (it says
+         * why once): record the passes. */
+        if (st != MC_OK) {
+            mc__log(MC_LOG_WARN, "stream.no_list", "stream '%s': recording each item: %s", s->label, mc_last_error());
+            s->lists = false;
+        }
+        st = MC_OK;
+        for (uint32_t p = 0; p < s->bind.pass_count && st == MC_OK; p++) {
+            mc_pass *pass;
+            st = mc_cmdbuf_begin_pass(cb, s->pass_label[p], &pass);
+            if (st == MC_OK) st = record_pass(s, sl, p, pass);
+            if (st == MC_OK) st = mc_pass_end(pass);
+        }
     }
     /* Last: when the event reaches value, the device is done with the slot. */
     if (st == MC_OK) st = mc_cmdbuf_signal_event(cb, s->timeline, value);
@@ -507,7 +587,8 @@ static mc_status commit_item(mc_stream *s, slot *sl)
     mc_cmdbuf *cb;
     mc_status st = mc_cmdbuf_create(s->queue, &cd, &cb);
     if (st != MC_OK) return st;
-    st = record_item(s, sl, cb, value);
+    bool used_list;
+    st = record_item(s, sl, cb, value, &used_list);
     if (st == MC_OK) st = mc_cmdbuf_commit(cb);
     if (st != MC_OK) {
         mc_cmdbuf_release(cb);
@@ -520,6 +601,7 @@ static mc_status commit_item(mc_stream *s, slot *sl)
     sl->attempts++;
     sl->state = SLOT_FLIGHT;
     s->st.commits++;
+    if (used_list) s->st.list_commits++;
     if (sl->attempts > 1) s->st.replays++;
     if (++s->in_flight > s->st.max_in_flight) s->st.max_in_flight = s->in_flight;
     pthread_cond_signal(&s->work_cv);
@@ -885,8 +967,9 @@ static mc_status check_desc(const mc_stream_desc *d, const mc_device_info *info)
     if (d->slots > MC_STREAM_MAX_SLOTS)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_create: slots is %u; 1 to %d (0 = 3)", d->slots,
                         MC_STREAM_MAX_SLOTS);
-    if (d->flags & ~MC_STREAM_NO_REOPEN)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_create: unknown flags 0x%x", d->flags & ~MC_STREAM_NO_REOPEN);
+    const uint32_t known = MC_STREAM_NO_REOPEN | MC_STREAM_RECORD_EACH;
+    if (d->flags & ~known)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_create: unknown flags 0x%x", d->flags & ~known);
     return MC_OK;
 }
 
