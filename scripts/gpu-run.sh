@@ -22,3 +22,6 @@ MC_DEVICE=$dev build-gpu/examples/saxpy >"$out/saxpy.txt" 2>&1
 cat "$out/saxpy.txt"
 build-gpu/metal-compute bench --device "$dev" --json "$out/bench.json" >"$out/bench.txt" 2>&1
 cat "$out/bench.txt"
+# The CPU device on the same host, for the rows that depend on core count.
+build-gpu/metal-compute bench --device cpu --only round-trip,stream >"$out/bench-cpu.txt" 2>&1
+cat "$out/bench-cpu.txt"
