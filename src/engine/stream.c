@@ -142,6 +142,7 @@ struct mc_stream {
     pthread_cond_t idle_cv;    /* every submitted item delivered */
     ring free_slots, order, ready;
     _Atomic uint32_t nfree, nready; /* the rings' counts, for spinning without mu */
+    _Atomic uint32_t nflight;       /* in_flight, for the stream's thread to spin on */
     _Atomic int stop_spin;          /* closed or dead: stop spinning */
     bool broken;     /* a commit failed: commit nothing until recovered */
     bool delivering; /* the callback runs */
@@ -604,6 +605,7 @@ static mc_status commit_item(mc_stream *s, slot *sl)
     if (used_list) s->st.list_commits++;
     if (sl->attempts > 1) s->st.replays++;
     if (++s->in_flight > s->st.max_in_flight) s->st.max_in_flight = s->in_flight;
+    atomic_store_explicit(&s->nflight, s->in_flight, memory_order_relaxed);
     pthread_cond_signal(&s->work_cv);
     pthread_mutex_unlock(&s->mu);
     return MC_OK;
@@ -766,6 +768,7 @@ static void recover(mc_stream *s)
         mc_cmdbuf_release(sl->cb);
         sl->cb = NULL;
         s->in_flight--;
+        atomic_store_explicit(&s->nflight, s->in_flight, memory_order_relaxed);
         if (st == MC_OK) {
             sl->state = SLOT_FINISHED; /* ran before or beside the failure: its result stands */
             continue;
@@ -897,7 +900,13 @@ static void *stream_main(void *arg)
     pthread_mutex_lock(&s->mu);
     while (!s->quit) {
         if (!s->order.count) {
-            pthread_cond_wait(&s->work_cv, &s->mu);
+            /* Idle: the next item usually comes within microseconds (one
+             * slot, or a producer just behind): look for its commit before
+             * sleeping, so the producer does not pay for a wake-up. */
+            pthread_mutex_unlock(&s->mu);
+            spin_for(s, &s->nflight, mc__deadline(SPIN_NS));
+            pthread_mutex_lock(&s->mu);
+            if (!s->order.count && !s->quit) pthread_cond_wait(&s->work_cv, &s->mu);
             continue;
         }
         slot *h = &s->slots[ring_at(&s->order, 0)];
@@ -943,6 +952,7 @@ static void *stream_main(void *arg)
         }
         h->cb = NULL;
         s->in_flight--;
+        atomic_store_explicit(&s->nflight, s->in_flight, memory_order_relaxed);
         h->state = SLOT_FINISHED;
         set_message(h, MC_OK, NULL);
         mc_cmdbuf_release(cb);
@@ -1140,7 +1150,10 @@ mc_status mc_stream_submit(mc_stream *s, uint32_t index, uint64_t tag)
     ring_push(&s->order, index);
     s->st.submitted++;
     bool now = !s->broken;
-    pthread_cond_signal(&s->work_cv);
+    /* Committed at once, the commit wakes the stream's thread; a broken
+     * stream's thread must hear of the item now (it recovers, then
+     * resubmits it). */
+    if (!now) pthread_cond_signal(&s->work_cv);
     pthread_mutex_unlock(&s->mu);
     if (now) {
         mc_status st = commit_item(s, sl);
