@@ -741,22 +741,39 @@ static int run_faulted(mc_device *d, fir_fixture *f, const float *sig, uint32_t 
     return 0;
 }
 
-static int fault_test(const char *faults, uint32_t want_recoveries, uint32_t want_reopens)
+/* n blocks through a fresh stream twice: undisturbed (flags 0, *clean),
+ * then with faults and flags (*other). The outputs must match bit for bit:
+ * replays give the same bits, and so does recording each item. *setups and
+ * *teardowns count the fixture's calls over both. */
+static int two_runs(uint32_t n, const char *faults, uint32_t flags, mc_stream_stats *clean, mc_stream_stats *other,
+                    int *setups, int *teardowns)
 {
     mc_device *d = mct_open_device(0);
     CHECK(d);
-    enum { N = 40 };
     fir_fixture f;
     fir_fixture_init(&f);
-    float *sig = make_signal(N);
-    float *clean = calloc((size_t)N * BLOCK, sizeof(float)), *faulted = calloc((size_t)N * BLOCK, sizeof(float));
-    CHECK(sig && clean && faulted);
+    float *sig = make_signal(n);
+    float *a = calloc((size_t)n * BLOCK, sizeof(float)), *b = calloc((size_t)n * BLOCK, sizeof(float));
+    CHECK(sig && a && b);
+    if (run_faulted(d, &f, sig, n, NULL, a, clean, 0)) return 1;
+    if (run_faulted(d, &f, sig, n, faults, b, other, flags)) return 1;
+    CHECK(memcmp(a, b, (size_t)n * BLOCK * sizeof(float)) == 0);
+    *setups = atomic_load(&f.setups);
+    *teardowns = atomic_load(&f.teardowns);
+    free(sig);
+    free(a);
+    free(b);
+    mc_device_release(d);
+    return 0;
+}
+
+static int fault_test(const char *faults, uint32_t want_recoveries, uint32_t want_reopens)
+{
+    enum { N = 40 };
     mc_stream_stats st0, st1;
-    if (run_faulted(d, &f, sig, N, NULL, clean, &st0, 0)) return 1;
+    int setups, teardowns;
+    if (two_runs(N, faults, 0, &st0, &st1, &setups, &teardowns)) return 1;
     CHECK_EQ(st0.recoveries, 0);
-    if (run_faulted(d, &f, sig, N, faults, faulted, &st1, 0)) return 1;
-    /* replays give the same bits as the undisturbed run */
-    CHECK(memcmp(clean, faulted, (size_t)N * BLOCK * sizeof(float)) == 0);
     if (want_recoveries) CHECK_EQ(st1.recoveries, want_recoveries);
     else CHECK_GE(st1.recoveries, 1);
     CHECK_EQ(st1.device_reopens, want_reopens);
@@ -770,12 +787,8 @@ static int fault_test(const char *faults, uint32_t want_recoveries, uint32_t wan
     CHECK_EQ(st1.list_commits, st1.commits);
     CHECK_NE(st1.last_failure, MC_OK);
     /* setup: once per stream, once more per reopened device */
-    CHECK_EQ(atomic_load(&f.setups), 2 + (int)want_reopens);
-    CHECK_EQ(atomic_load(&f.teardowns), atomic_load(&f.setups));
-    free(sig);
-    free(clean);
-    free(faulted);
-    mc_device_release(d);
+    CHECK_EQ(setups, 2 + (int)want_reopens);
+    CHECK_EQ(teardowns, setups);
     return 0;
 }
 
@@ -802,26 +815,15 @@ MC_TEST(stream_survives_several_faults_across_a_device_loss)
 
 MC_TEST(stream_recording_each_item_gives_the_same_bits_as_replaying_lists)
 {
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
     enum { N = 24 };
-    fir_fixture f;
-    fir_fixture_init(&f);
-    float *sig = make_signal(N);
-    float *listed = calloc((size_t)N * BLOCK, sizeof(float)), *recorded = calloc((size_t)N * BLOCK, sizeof(float));
-    CHECK(sig && listed && recorded);
-    mc_stream_stats a, b;
-    if (run_faulted(d, &f, sig, N, NULL, listed, &a, 0)) return 1;
-    if (run_faulted(d, &f, sig, N, "page-fault@5", recorded, &b, MC_STREAM_RECORD_EACH)) return 1;
-    CHECK(memcmp(listed, recorded, (size_t)N * BLOCK * sizeof(float)) == 0);
-    CHECK_EQ(a.list_commits, N);
-    CHECK_EQ(b.list_commits, 0);
-    CHECK_EQ(b.commits, N + b.replays);
-    CHECK_EQ(b.recoveries, 1);
-    free(sig);
-    free(listed);
-    free(recorded);
-    mc_device_release(d);
+    mc_stream_stats listed, recorded;
+    int setups, teardowns;
+    if (two_runs(N, "page-fault@5", MC_STREAM_RECORD_EACH, &listed, &recorded, &setups, &teardowns)) return 1;
+    CHECK_EQ(listed.list_commits, N);
+    CHECK_EQ(recorded.list_commits, 0);
+    CHECK_EQ(recorded.commits, N + recorded.replays);
+    CHECK_EQ(recorded.recoveries, 1);
+    CHECK_EQ(teardowns, setups);
     return 0;
 }
 

@@ -125,29 +125,42 @@ typedef struct sb_naive {
     mc_buffer *in, *out, *taps;
 } sb_naive;
 
-static int naive_item(sb_ctx *c, sb_naive *nv, uint32_t b)
+/* The chain's two dispatches on the naive loop's buffers, into a pass of a
+ * command buffer or a command list's recording. */
+static mc_status bind_fir(sb_ctx *c, sb_naive *nv, mc_pass *p)
 {
-    memcpy(mc_buffer_contents(nv->in), block_input(c, b), (SB_BLOCK + SB_TAPS - 1) * sizeof(float));
-    mc_cmdbuf *cb;
-    if (mc_cmdbuf_create(nv->q, NULL, &cb) != MC_OK) return -1;
-    mc_pass *p;
-    mc_size3 groups = {c->n / SB_GROUP, 1, 1}, threads = {SB_GROUP, 1, 1};
-    mc_status s = mc_cmdbuf_begin_pass(cb, "fir", &p);
-    if (s == MC_OK) s = mc_pass_set_pipeline(p, c->fir);
+    mc_status s = mc_pass_set_pipeline(p, c->fir);
     if (s == MC_OK) s = mc_pass_set_buffer(p, 0, nv->out, 0);
     if (s == MC_OK) s = mc_pass_set_buffer(p, 1, nv->in, 0);
     if (s == MC_OK) s = mc_pass_set_buffer(p, 2, nv->taps, 0);
     if (s == MC_OK) s = mc_pass_set_bytes(p, 3, &c->n, 4);
     if (s == MC_OK) s = mc_pass_set_bytes(p, 4, &c->ntaps, 4);
     if (s == MC_OK) s = mc_pass_set_threadgroup_memory(p, 0, SB_TILE);
-    if (s == MC_OK) s = mc_pass_dispatch(p, groups, threads);
-    if (s == MC_OK) s = mc_pass_end(p);
-    if (s == MC_OK) s = mc_cmdbuf_begin_pass(cb, "gain", &p);
-    if (s == MC_OK) s = mc_pass_set_pipeline(p, c->gain);
+    if (s == MC_OK) s = mc_pass_dispatch(p, (mc_size3){c->n / SB_GROUP, 1, 1}, (mc_size3){SB_GROUP, 1, 1});
+    return s;
+}
+
+static mc_status bind_gain(sb_ctx *c, sb_naive *nv, mc_pass *p)
+{
+    mc_status s = mc_pass_set_pipeline(p, c->gain);
     if (s == MC_OK) s = mc_pass_set_buffer(p, 0, nv->out, 0);
     if (s == MC_OK) s = mc_pass_set_bytes(p, 1, &c->g, 4);
     if (s == MC_OK) s = mc_pass_set_bytes(p, 2, &c->n, 4);
-    if (s == MC_OK) s = mc_pass_dispatch(p, groups, threads);
+    if (s == MC_OK) s = mc_pass_dispatch(p, (mc_size3){c->n / SB_GROUP, 1, 1}, (mc_size3){SB_GROUP, 1, 1});
+    return s;
+}
+
+static int naive_item(sb_ctx *c, sb_naive *nv, uint32_t b)
+{
+    memcpy(mc_buffer_contents(nv->in), block_input(c, b), (SB_BLOCK + SB_TAPS - 1) * sizeof(float));
+    mc_cmdbuf *cb;
+    if (mc_cmdbuf_create(nv->q, NULL, &cb) != MC_OK) return -1;
+    mc_pass *p;
+    mc_status s = mc_cmdbuf_begin_pass(cb, "fir", &p);
+    if (s == MC_OK) s = bind_fir(c, nv, p);
+    if (s == MC_OK) s = mc_pass_end(p);
+    if (s == MC_OK) s = mc_cmdbuf_begin_pass(cb, "gain", &p);
+    if (s == MC_OK) s = bind_gain(c, nv, p);
     if (s == MC_OK) s = mc_pass_end(p);
     if (s == MC_OK) s = mc_cmdbuf_commit(cb);
     if (s == MC_OK) s = mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
@@ -187,25 +200,13 @@ static double ceiling_run(sb_ctx *c, sb_naive *nv, uint32_t count)
     mc_cmdlist_desc ld = {"stream ceiling", 2 * count};
     mc_cmdlist *l;
     if (mc_cmdlist_create(c->dev, &ld, &l) != MC_OK) return -1;
-    mc_size3 groups = {c->n / SB_GROUP, 1, 1}, threads = {SB_GROUP, 1, 1};
     mc_pass *p;
     mc_status s = mc_cmdlist_begin(l, &p);
     for (uint32_t i = 0; i < count && s == MC_OK; i++) {
         if (i) s = mc_pass_barrier(p);
-        if (s == MC_OK) s = mc_pass_set_pipeline(p, c->fir);
-        if (s == MC_OK) s = mc_pass_set_buffer(p, 0, nv->out, 0);
-        if (s == MC_OK) s = mc_pass_set_buffer(p, 1, nv->in, 0);
-        if (s == MC_OK) s = mc_pass_set_buffer(p, 2, nv->taps, 0);
-        if (s == MC_OK) s = mc_pass_set_bytes(p, 3, &c->n, 4);
-        if (s == MC_OK) s = mc_pass_set_bytes(p, 4, &c->ntaps, 4);
-        if (s == MC_OK) s = mc_pass_set_threadgroup_memory(p, 0, SB_TILE);
-        if (s == MC_OK) s = mc_pass_dispatch(p, groups, threads);
+        if (s == MC_OK) s = bind_fir(c, nv, p);
         if (s == MC_OK) s = mc_pass_barrier(p);
-        if (s == MC_OK) s = mc_pass_set_pipeline(p, c->gain);
-        if (s == MC_OK) s = mc_pass_set_buffer(p, 0, nv->out, 0);
-        if (s == MC_OK) s = mc_pass_set_bytes(p, 1, &c->g, 4);
-        if (s == MC_OK) s = mc_pass_set_bytes(p, 2, &c->n, 4);
-        if (s == MC_OK) s = mc_pass_dispatch(p, groups, threads);
+        if (s == MC_OK) s = bind_gain(c, nv, p);
     }
     if (s == MC_OK) s = mc_cmdlist_end(l);
     double best = -1;
