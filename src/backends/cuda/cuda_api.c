@@ -63,6 +63,7 @@ static const sym cuda_syms[] = {
     CU_SYM(StreamWaitValue64, false, "cuStreamWaitValue64_v2"),
     CU_SYM(StreamWriteValue64V1, false, "cuStreamWriteValue64"),
     CU_SYM(StreamWaitValue64V1, false, "cuStreamWaitValue64"),
+    CU_SYM(StreamBatchMemOp, false, "cuStreamBatchMemOp_v2"),
     CU_SYM(EventCreate, true, "cuEventCreate"),
     CU_SYM(EventDestroy, true, "cuEventDestroy_v2"),
     CU_SYM(EventRecord, true, "cuEventRecord"),

@@ -29,7 +29,10 @@
  *    64-bit marker into mapped host memory (cuStreamWriteValue64); a waiter
  *    polls it on its own thread, a per-device completion thread polls it for
  *    everyone else (spin, then sleep with backoff, idle when nothing is in
- *    flight), and both complete submissions in queue order;
+ *    flight), and both complete submissions in queue order. A command
+ *    buffer that ends by signalling an event (a stream's items do) writes
+ *    the signal and the marker in one cuStreamBatchMemOp: one host call and
+ *    one GPU operation instead of two;
  *  - timeline events: a 64-bit counter in mapped host memory, signalled and
  *    waited on by the GPU with stream memory operations (a one-thread kernel
  *    where the device lacks 64-bit stream memory operations);
@@ -50,6 +53,8 @@
  *                           pass that failed (costs one stream memory
  *                           operation per pass; off by default)
  *   MC_CUDA_SPIN_US=n       how long waiters spin before sleeping (100)
+ *   MC_CUDA_BATCH_MEMOPS=0  write a closing signal and the completion
+ *                           marker separately (for comparison)
  *   MC_CUDA_INDIRECT=sync   force the CPU fallback for indirect dispatch
  *   MC_CUDA_WATCHDOG_MS=n   the execution-time limit reported when a
  *                           display watchdog is in force (2000)
@@ -123,6 +128,7 @@ typedef struct mc__cuda_api {
     CUresult (*StreamWaitValue64)(CUstream, CUdeviceptr, cuuint64_t, unsigned int);  /* cuStreamWaitValue64_v2 */
     CUresult (*StreamWriteValue64V1)(CUstream, CUdeviceptr, cuuint64_t, unsigned int); /* cuStreamWriteValue64 */
     CUresult (*StreamWaitValue64V1)(CUstream, CUdeviceptr, cuuint64_t, unsigned int);  /* cuStreamWaitValue64 */
+    CUresult (*StreamBatchMemOp)(CUstream, unsigned int, CUstreamBatchMemOpParams *, unsigned int); /* cuStreamBatchMemOp_v2 */
     CUresult (*EventCreate)(CUevent *, unsigned int);                 /* cuEventCreate */
     CUresult (*EventDestroy)(CUevent);                                /* cuEventDestroy_v2 */
     CUresult (*EventRecord)(CUevent, CUstream);                       /* cuEventRecord */
@@ -207,6 +213,10 @@ struct mc__cuda_device {
     /* stream memory operations: NULL when the device lacks 64-bit ones */
     CUresult (*write64)(CUstream, CUdeviceptr, cuuint64_t, unsigned int);
     CUresult (*wait64)(CUstream, CUdeviceptr, cuuint64_t, unsigned int);
+    /* several of them in one call (the _v2 memory operations only): a
+     * submission's closing event signal and completion marker go together,
+     * which costs the host one call and the GPU one operation less */
+    CUresult (*batch64)(CUstream, unsigned int, CUstreamBatchMemOpParams *, unsigned int);
     CUmodule builtin; /* PTX kernels: event signal/wait without memory operations */
     CUfunction k_signal, k_wait;
 
@@ -253,6 +263,16 @@ typedef struct mc__cuda_event {
     uint64_t *host; /* the counter, pinned and mapped */
     CUdeviceptr dptr;
 } mc__cuda_event;
+
+/* A CPU signal: values only move forward, so a racing larger one wins. (A
+ * GPU write is a plain store; the engine orders those.) */
+static inline void mc__cuda_event_raise(mc__cuda_event *e, uint64_t value)
+{
+    uint64_t cur = __atomic_load_n(e->host, __ATOMIC_ACQUIRE);
+    while (cur < value &&
+           !__atomic_compare_exchange_n(e->host, &cur, value, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+    }
+}
 
 typedef struct mc__cuda_library {
     atomic_uint refs; /* the library and each pipeline made from it */

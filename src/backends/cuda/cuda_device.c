@@ -195,6 +195,7 @@ static mc_status cuda_device_open(int index, const mc_device_desc *desc, void **
     case 1:
         dev->write64 = cu->StreamWriteValue64;
         dev->wait64 = cu->StreamWaitValue64;
+        if (mc__env_int("MC_CUDA_BATCH_MEMOPS", 1)) dev->batch64 = cu->StreamBatchMemOp;
         break;
     case 2:
         dev->write64 = cu->StreamWriteValue64V1;
@@ -430,13 +431,7 @@ static uint64_t cuda_event_value(void *devp, void *ep)
 static mc_status cuda_event_signal(void *devp, void *ep, uint64_t value)
 {
     (void)devp;
-    mc__cuda_event *e = ep;
-    /* Values only move forward: a racing larger CPU signal wins. (A GPU
-     * write is a plain store; the engine orders those.) */
-    uint64_t cur = __atomic_load_n(e->host, __ATOMIC_ACQUIRE);
-    while (cur < value &&
-           !__atomic_compare_exchange_n(e->host, &cur, value, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-    }
+    mc__cuda_event_raise(ep, value);
     return MC_OK;
 }
 

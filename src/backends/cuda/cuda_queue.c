@@ -138,19 +138,78 @@ const char mc__cuda_builtin_ptx[] =
     "  ret;\n"
     "}\n";
 
+/* The PTX the two trampolines share (mc_indirect_trampoline here,
+ * mc_list_indirect for lists): the header with the device-side graph
+ * functions; the decision on the three counts at register C (the global
+ * address of the counts), the node in %rd2: a zero count disables the node,
+ * counts over the grid limits (x < 2^31, y and z <= 65535) branch to
+ * $L_toolarge, where each records its error its own way, and the rest set
+ * the grid and enable the node; and $L_disable. The driver resolves the two
+ * functions when the module loads (like printf's vprintf); PTX 8.4 = CUDA
+ * 12.4, the release that introduced them. */
+#define TRAMP_PTX_HEADER \
+    ".version 8.4\n" \
+    ".target sm_70\n" \
+    ".address_size 64\n" \
+    ".extern .func (.param .b32 rv) cudaGraphKernelNodeSetEnabled(.param .b64 a0, .param .b32 a1);\n" \
+    ".extern .func (.param .b32 rv) cudaGraphKernelNodeSetGridDim(.param .b64 a0, .param .align 4 .b8 a1[12]);\n"
+#define TRAMP_PTX_DECIDE(C) \
+    "  ld.volatile.global.u32 %r1, [" C "];\n" \
+    "  ld.volatile.global.u32 %r2, [" C "+4];\n" \
+    "  ld.volatile.global.u32 %r3, [" C "+8];\n" \
+    "  setp.eq.s32 %p1, %r1, 0;\n" \
+    "  setp.eq.s32 %p2, %r2, 0;\n" \
+    "  or.pred %p3, %p1, %p2;\n" \
+    "  setp.eq.s32 %p4, %r3, 0;\n" \
+    "  or.pred %p5, %p3, %p4;\n" \
+    "  @%p5 bra $L_disable;\n" \
+    "  setp.lt.s32 %p6, %r1, 0;\n" \
+    "  or.b32 %r4, %r3, %r2;\n" \
+    "  and.b32 %r5, %r4, -65536;\n" \
+    "  setp.ne.s32 %p7, %r5, 0;\n" \
+    "  or.pred %p8, %p6, %p7;\n" \
+    "  @%p8 bra $L_toolarge;\n" \
+    "  {\n" \
+    "  .param .b64 q0;\n" \
+    "  st.param.b64 [q0+0], %rd2;\n" \
+    "  .param .align 4 .b8 q1[12];\n" \
+    "  st.param.b32 [q1+0], %r1;\n" \
+    "  st.param.b32 [q1+4], %r2;\n" \
+    "  st.param.b32 [q1+8], %r3;\n" \
+    "  .param .b32 rv;\n" \
+    "  call.uni (rv), cudaGraphKernelNodeSetGridDim, (q0, q1);\n" \
+    "  ld.param.b32 %r6, [rv+0];\n" \
+    "  }\n" \
+    "  {\n" \
+    "  .param .b64 q0;\n" \
+    "  st.param.b64 [q0+0], %rd2;\n" \
+    "  .param .b32 q1;\n" \
+    "  st.param.b32 [q1+0], 1;\n" \
+    "  .param .b32 rv;\n" \
+    "  call.uni (rv), cudaGraphKernelNodeSetEnabled, (q0, q1);\n" \
+    "  ld.param.b32 %r7, [rv+0];\n" \
+    "  }\n" \
+    "  ret;\n" \
+    "$L_toolarge:\n"
+#define TRAMP_PTX_DISABLE \
+    "$L_disable:\n" \
+    "  {\n" \
+    "  .param .b64 q0;\n" \
+    "  st.param.b64 [q0+0], %rd2;\n" \
+    "  .param .b32 q1;\n" \
+    "  st.param.b32 [q1+0], 0;\n" \
+    "  .param .b32 rv;\n" \
+    "  call.uni (rv), cudaGraphKernelNodeSetEnabled, (q0, q1);\n" \
+    "  ld.param.b32 %r8, [rv+0];\n" \
+    "  }\n" \
+    "  ret;\n" \
+    "}\n"
+
 /* mc_indirect_trampoline(const uint32_t *counts, CUgraphDeviceNode node,
  *                        uint64_t *err, uint64_t tag)
- * Zero count: disables the node. Over the grid limits (x < 2^31, y and z
- * <= 65535): disables it and records tag in *err if empty. Else sets the
- * grid and enables the node. The two device functions are resolved by the
- * driver when the module loads (like printf's vprintf); PTX 8.4 = CUDA 12.4,
- * the release that introduced them. */
+ * Over the grid limits it records tag in *err if that is still empty. */
 static const char tramp_ptx[] =
-    ".version 8.4\n"
-    ".target sm_70\n"
-    ".address_size 64\n"
-    ".extern .func (.param .b32 rv) cudaGraphKernelNodeSetEnabled(.param .b64 a0, .param .b32 a1);\n"
-    ".extern .func (.param .b32 rv) cudaGraphKernelNodeSetGridDim(.param .b64 a0, .param .align 4 .b8 a1[12]);\n"
+    TRAMP_PTX_HEADER
     ".visible .entry mc_indirect_trampoline(.param .u64 p_counts, .param .u64 p_node, .param .u64 p_err,\n"
     "                                       .param .u64 p_tag)\n"
     "{\n"
@@ -163,70 +222,18 @@ static const char tramp_ptx[] =
     "  ld.param.u64 %rd3, [p_tag];\n"
     "  cvta.to.global.u64 %rd1, %rd5;\n"
     "  cvta.to.global.u64 %rd6, %rd4;\n"
-    "  ld.volatile.global.u32 %r1, [%rd6];\n"
-    "  ld.volatile.global.u32 %r2, [%rd6+4];\n"
-    "  ld.volatile.global.u32 %r3, [%rd6+8];\n"
-    "  setp.eq.s32 %p1, %r1, 0;\n"
-    "  setp.eq.s32 %p2, %r2, 0;\n"
-    "  or.pred %p3, %p1, %p2;\n"
-    "  setp.eq.s32 %p4, %r3, 0;\n"
-    "  or.pred %p5, %p3, %p4;\n"
-    "  @%p5 bra $L_disable;\n"
-    "  setp.lt.s32 %p6, %r1, 0;\n"
-    "  or.b32 %r4, %r3, %r2;\n"
-    "  and.b32 %r5, %r4, -65536;\n"
-    "  setp.ne.s32 %p7, %r5, 0;\n"
-    "  or.pred %p8, %p6, %p7;\n"
-    "  @%p8 bra $L_toolarge;\n"
-    "  {\n"
-    "  .param .b64 q0;\n"
-    "  st.param.b64 [q0+0], %rd2;\n"
-    "  .param .align 4 .b8 q1[12];\n"
-    "  st.param.b32 [q1+0], %r1;\n"
-    "  st.param.b32 [q1+4], %r2;\n"
-    "  st.param.b32 [q1+8], %r3;\n"
-    "  .param .b32 rv;\n"
-    "  call.uni (rv), cudaGraphKernelNodeSetGridDim, (q0, q1);\n"
-    "  ld.param.b32 %r6, [rv+0];\n"
-    "  }\n"
-    "  {\n"
-    "  .param .b64 q0;\n"
-    "  st.param.b64 [q0+0], %rd2;\n"
-    "  .param .b32 q1;\n"
-    "  st.param.b32 [q1+0], 1;\n"
-    "  .param .b32 rv;\n"
-    "  call.uni (rv), cudaGraphKernelNodeSetEnabled, (q0, q1);\n"
-    "  ld.param.b32 %r7, [rv+0];\n"
-    "  }\n"
-    "  ret;\n"
-    "$L_toolarge:\n"
+    TRAMP_PTX_DECIDE("%rd6")
     "  ld.volatile.global.u64 %rd7, [%rd1];\n"
     "  setp.ne.s64 %p9, %rd7, 0;\n"
     "  @%p9 bra $L_disable;\n"
     "  st.volatile.global.u64 [%rd1], %rd3;\n"
     "  membar.sys;\n"
-    "$L_disable:\n"
-    "  {\n"
-    "  .param .b64 q0;\n"
-    "  st.param.b64 [q0+0], %rd2;\n"
-    "  .param .b32 q1;\n"
-    "  st.param.b32 [q1+0], 0;\n"
-    "  .param .b32 rv;\n"
-    "  call.uni (rv), cudaGraphKernelNodeSetEnabled, (q0, q1);\n"
-    "  ld.param.b32 %r8, [rv+0];\n"
-    "  }\n"
-    "  ret;\n"
-    "}\n";
+    TRAMP_PTX_DISABLE;
 
 /* Command lists (cuda_list.c): the head of a list's graph and the
  * trampoline of an indirect dispatch inside a list. Loaded as one module,
  * joined from these pieces (each within ISO C's string length). */
-static const char list_ptx_header[] =
-    ".version 8.4\n"
-    ".target sm_70\n"
-    ".address_size 64\n"
-    ".extern .func (.param .b32 rv) cudaGraphKernelNodeSetEnabled(.param .b64 a0, .param .b32 a1);\n"
-    ".extern .func (.param .b32 rv) cudaGraphKernelNodeSetGridDim(.param .b64 a0, .param .align 4 .b8 a1[12]);\n";
+static const char list_ptx_header[] = TRAMP_PTX_HEADER;
 static const char list_ptx_head[] =
     /* mc_list_head(const uint32_t *range, const uint64_t *nodes, uint32_t n,
      *              uint64_t *ctx, uint64_t err, uint64_t tag)
@@ -339,43 +346,7 @@ static const char list_ptx_indirect[] =
     "  ld.param.u64 %rd2, [p_node];\n"
     "  ld.param.u64 %rd3, [p_ctx];\n"
     "  cvta.to.global.u64 %rd4, %rd1;\n"
-    "  ld.volatile.global.u32 %r1, [%rd4];\n"
-    "  ld.volatile.global.u32 %r2, [%rd4+4];\n"
-    "  ld.volatile.global.u32 %r3, [%rd4+8];\n"
-    "  setp.eq.s32 %p1, %r1, 0;\n"
-    "  setp.eq.s32 %p2, %r2, 0;\n"
-    "  or.pred %p3, %p1, %p2;\n"
-    "  setp.eq.s32 %p4, %r3, 0;\n"
-    "  or.pred %p5, %p3, %p4;\n"
-    "  @%p5 bra $L_disable;\n"
-    "  setp.lt.s32 %p6, %r1, 0;\n"
-    "  or.b32 %r4, %r3, %r2;\n"
-    "  and.b32 %r5, %r4, -65536;\n"
-    "  setp.ne.s32 %p7, %r5, 0;\n"
-    "  or.pred %p8, %p6, %p7;\n"
-    "  @%p8 bra $L_toolarge;\n"
-    "  {\n"
-    "  .param .b64 q0;\n"
-    "  st.param.b64 [q0+0], %rd2;\n"
-    "  .param .align 4 .b8 q1[12];\n"
-    "  st.param.b32 [q1+0], %r1;\n"
-    "  st.param.b32 [q1+4], %r2;\n"
-    "  st.param.b32 [q1+8], %r3;\n"
-    "  .param .b32 rv;\n"
-    "  call.uni (rv), cudaGraphKernelNodeSetGridDim, (q0, q1);\n"
-    "  ld.param.b32 %r6, [rv+0];\n"
-    "  }\n"
-    "  {\n"
-    "  .param .b64 q0;\n"
-    "  st.param.b64 [q0+0], %rd2;\n"
-    "  .param .b32 q1;\n"
-    "  st.param.b32 [q1+0], 1;\n"
-    "  .param .b32 rv;\n"
-    "  call.uni (rv), cudaGraphKernelNodeSetEnabled, (q0, q1);\n"
-    "  ld.param.b32 %r7, [rv+0];\n"
-    "  }\n"
-    "  ret;\n"
-    "$L_toolarge:\n"
+    TRAMP_PTX_DECIDE("%rd4")
     "  cvta.to.global.u64 %rd5, %rd3;\n"
     "  ld.global.u64 %rd6, [%rd5];\n"
     "  ld.global.u64 %rd7, [%rd5+8];\n"
@@ -387,18 +358,7 @@ static const char list_ptx_indirect[] =
     "  @%p9 bra $L_disable;\n"
     "  st.volatile.global.u64 [%rd8], %rd7;\n"
     "  membar.sys;\n"
-    "$L_disable:\n"
-    "  {\n"
-    "  .param .b64 q0;\n"
-    "  st.param.b64 [q0+0], %rd2;\n"
-    "  .param .b32 q1;\n"
-    "  st.param.b32 [q1+0], 0;\n"
-    "  .param .b32 rv;\n"
-    "  call.uni (rv), cudaGraphKernelNodeSetEnabled, (q0, q1);\n"
-    "  ld.param.b32 %r8, [rv+0];\n"
-    "  }\n"
-    "  ret;\n"
-    "}\n";
+    TRAMP_PTX_DISABLE;
 
 
 /* ---- small helpers --------------------------------------------------------- */
@@ -1077,6 +1037,16 @@ static void encode(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r, mc_
     r->pass_events = timing && (sub->flags & MC_CMDBUF_PASS_TIMESTAMPS) && sub->pass_time;
     if (timing && !r->pass_events && !rec_event(dev, q, r)) timing = false;
     r->ran = nrun > 0;
+    /* A closing event signal (a pass of that one command, as a stream's
+     * items end) goes out with the completion marker below, in one batch. */
+    const mc__cmd *fold = NULL;
+    if (dev->batch64 && nrun == np && np > 0 && !timing) {
+        const mc__pass *last = &sub->passes[np - 1];
+        if (last->count == 1 && last->first < sub->ncmd && sub->cmds[last->first].op == MC__OP_SIGNAL) {
+            fold = &sub->cmds[last->first];
+            nrun--;
+        }
+    }
     uint32_t nmarkers = 0;
     for (uint32_t p = 0; p < nrun && s == MC_OK; p++) {
         if (r->pass_events && timing && !rec_event(dev, q, r)) timing = r->pass_events = false;
@@ -1109,7 +1079,23 @@ static void encode(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r, mc_
 
     /* The marker that says this submission is done. */
     uint64_t m = atomic_load(&q->marker) + 1;
-    CUresult res = write_marker(dev, q, m);
+    CUresult res;
+    mc__cuda_event *folded = NULL;
+    if (fold && s == MC_OK) {
+        folded = fold->u.event.event;
+        CUstreamBatchMemOpParams ops[2];
+        memset(ops, 0, sizeof ops);
+        ops[0].writeValue.operation = CU_STREAM_MEM_OP_WRITE_VALUE_64;
+        ops[0].writeValue.address = folded->dptr;
+        ops[0].writeValue.value64 = fold->u.event.value;
+        ops[1].writeValue.operation = CU_STREAM_MEM_OP_WRITE_VALUE_64;
+        ops[1].writeValue.address = q->block_dptr;
+        ops[1].writeValue.value64 = m;
+        res = dev->batch64(q->stream, 2, ops, 0); /* enqueued in this order */
+        if (res == CUDA_SUCCESS) r->nran = np;
+    } else {
+        res = write_marker(dev, q, m); /* without fold, or a pass failed: the signal never ran */
+    }
     if (res != CUDA_SUCCESS) {
         char t[120];
         if (s == MC_OK) {
@@ -1126,6 +1112,9 @@ static void encode(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r, mc_
             while (cur < m && !__atomic_compare_exchange_n(q->done, &cur, m, false, __ATOMIC_ACQ_REL,
                                                            __ATOMIC_ACQUIRE)) {
             }
+            /* the folded signal went nowhere either: nothing after it ran,
+             * and a waiter must not be left short of its value */
+            if (folded) mc__cuda_event_raise(folded, fold->u.event.value);
         }
     }
     atomic_store(&q->marker, m);
