@@ -41,9 +41,16 @@ mc_status mc_queue_create(mc_device *d, const mc_queue_desc *desc, mc_queue **ou
     return MC_OK;
 }
 
+static void cmdbuf_free(mc_cmdbuf *cb);
+
 void mc__queue_destroy(mc_queue *q)
 {
     mc_device *d = q->base.device;
+    while (q->pool) {
+        mc_cmdbuf *cb = q->pool;
+        q->pool = cb->pool_next;
+        cmdbuf_free(cb);
+    }
     d->hal->queue_destroy(d->hd, q->hq);
     pthread_mutex_destroy(&q->lock);
     pthread_cond_destroy(&q->idle);
@@ -112,12 +119,43 @@ mc_status mc_cmdbuf_create(mc_queue *q, const mc_cmdbuf_desc *desc, mc_cmdbuf **
     uint32_t flags = desc ? desc->flags : 0;
     if (flags & ~(MC_CMDBUF_TIMESTAMPS | MC_CMDBUF_PASS_TIMESTAMPS | MC_CMDBUF_UNRETAINED_REFERENCES))
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_cmdbuf_create: unknown flags 0x%x", flags);
-    mc_cmdbuf *cb = mc__calloc(1, sizeof *cb);
-    if (!cb) return mc__fail(MC_ERR_NO_MEMORY, "mc_cmdbuf_create: out of memory");
+    pthread_mutex_lock(&q->lock);
+    mc_cmdbuf *cb = q->pool;
+    if (cb) {
+        q->pool = cb->pool_next;
+        q->npool--;
+    }
+    pthread_mutex_unlock(&q->lock);
+    mc__recorder keep;
+    memset(&keep, 0, sizeof keep);
+    mc_pass_state *ps = NULL;
+    uint32_t ps_cap = 0;
+    if (cb) {
+        /* from the pool: empty, with its arrays' memory */
+        keep = cb->rec;
+        ps = cb->pass_state_mem;
+        ps_cap = cb->pass_state_cap;
+        memset(cb, 0, sizeof *cb);
+    } else {
+        cb = mc__calloc(1, sizeof *cb);
+        if (!cb) return mc__fail(MC_ERR_NO_MEMORY, "mc_cmdbuf_create: out of memory");
+    }
     mc__object_init(&cb->base, MC__TAG_CMDBUF, q->base.device, desc && desc->label ? desc->label : "cmdbuf");
     cb->queue = q;
     cb->flags = flags;
     mc__recorder_init(&cb->rec, &cb->base, false, (flags & MC_CMDBUF_UNRETAINED_REFERENCES) != 0, 0);
+    cb->rec.cmds = keep.cmds;
+    cb->rec.cmd_cap = keep.cmd_cap;
+    cb->rec.bytes = keep.bytes;
+    cb->rec.bytes_cap = keep.bytes_cap;
+    cb->rec.passes = keep.passes;
+    cb->rec.pass_cap = keep.pass_cap;
+    cb->rec.refs = keep.refs;
+    cb->rec.ref_cap = keep.ref_cap;
+    cb->rec.unretained_bufs = keep.unretained_bufs;
+    cb->rec.unretained_cap = keep.unretained_cap;
+    cb->pass_state_mem = ps;
+    cb->pass_state_cap = ps_cap;
     cb->pass.rec = &cb->rec;
     atomic_init(&cb->state, MC_CMDBUF_NOT_ENQUEUED);
     pthread_mutex_init(&cb->lock, NULL);
@@ -127,18 +165,42 @@ mc_status mc_cmdbuf_create(mc_queue *q, const mc_cmdbuf_desc *desc, mc_cmdbuf **
     return MC_OK;
 }
 
-void mc__cmdbuf_destroy(mc_cmdbuf *cb)
+/* Command buffers are one-shot, their memory need not be: a queue keeps up
+ * to CMDBUF_POOL finished ones with their arrays, so a steady flow of
+ * command buffers (a stream's items, a runner's chunks) allocates next to
+ * nothing per command buffer, and never frees on one thread what another
+ * allocated. A pooled one is dead to the API (its tag says so) and holds
+ * no references; the queue frees the pool when it goes. */
+#define CMDBUF_POOL 8u
+
+static void cmdbuf_free(mc_cmdbuf *cb)
 {
     mc__recorder_free(&cb->rec);
-    free(cb->sub.pass_state);
+    free(cb->pass_state_mem);
+    free(cb);
+}
+
+void mc__cmdbuf_destroy(mc_cmdbuf *cb)
+{
+    mc__recorder_clear(&cb->rec);
     free(cb->sub.pass_time);
+    cb->sub.pass_time = NULL;
     pthread_mutex_destroy(&cb->lock);
     pthread_cond_destroy(&cb->done_cond);
     mc_queue *q = cb->queue;
     cb->base.tag = MC__TAG_DEAD;
     free(cb->base.label);
-    free(cb);
-    mc__object_release(&q->base);
+    cb->base.label = NULL;
+    pthread_mutex_lock(&q->lock);
+    bool pooled = q->npool < CMDBUF_POOL;
+    if (pooled) {
+        cb->pool_next = q->pool;
+        q->pool = cb;
+        q->npool++;
+    }
+    pthread_mutex_unlock(&q->lock);
+    if (!pooled) cmdbuf_free(cb);
+    mc__object_release(&q->base); /* last: it may free the pool, cb with it */
 }
 
 void mc_cmdbuf_retain(mc_cmdbuf *cb)
@@ -175,10 +237,16 @@ void mc__recorder_init(mc__recorder *rec, mc__object *owner, bool snapshot, bool
     rec->max_dispatches = max_dispatches;
 }
 
-void mc__recorder_free(mc__recorder *rec)
+void mc__recorder_clear(mc__recorder *rec)
 {
     for (uint32_t i = 0; i < rec->nrefs; i++) mc__object_release(rec->refs[i]);
     for (uint32_t i = 0; i < rec->npass; i++) free((char *)rec->passes[i].label);
+    rec->nrefs = rec->nunretained = rec->ncmd = rec->nbytes = rec->npass = 0;
+}
+
+void mc__recorder_free(mc__recorder *rec)
+{
+    mc__recorder_clear(rec);
     free(rec->refs);
     free(rec->unretained_bufs);
     free(rec->cmds);
@@ -824,7 +892,15 @@ mc_status mc_cmdbuf_commit(mc_cmdbuf *cb)
         return s;
     }
     mc__submission *sub = &cb->sub;
-    sub->pass_state = mc__malloc((size_t)(rec->npass ? rec->npass : 1) * sizeof *sub->pass_state);
+    uint32_t nstate = rec->npass ? rec->npass : 1;
+    if (nstate > cb->pass_state_cap) {
+        mc_pass_state *m = mc__realloc(cb->pass_state_mem, (size_t)nstate * sizeof *m);
+        if (m) {
+            cb->pass_state_mem = m;
+            cb->pass_state_cap = nstate;
+        }
+    }
+    sub->pass_state = nstate <= cb->pass_state_cap ? cb->pass_state_mem : NULL;
     if (cb->flags & MC_CMDBUF_PASS_TIMESTAMPS)
         sub->pass_time = mc__calloc((size_t)(rec->npass ? rec->npass : 1) * 2, sizeof *sub->pass_time);
     if (!sub->pass_state || ((cb->flags & MC_CMDBUF_PASS_TIMESTAMPS) && !sub->pass_time))

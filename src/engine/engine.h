@@ -105,6 +105,8 @@ struct mc_queue {
     pthread_mutex_t lock;
     pthread_cond_t idle;
     uint64_t in_flight;
+    mc_cmdbuf *pool; /* finished command buffers kept for reuse (cmdbuf.c), under lock */
+    uint32_t npool;
 };
 
 /* The recording shared by command buffers and command lists (cmdbuf.c):
@@ -163,6 +165,10 @@ struct mc_cmdbuf {
     mc__job job;
     mc_status status;
     char message[256];
+    /* kept across reuse from the queue's pool: sub.pass_state's memory */
+    mc_pass_state *pass_state_mem;
+    uint32_t pass_state_cap;
+    mc_cmdbuf *pool_next;
 };
 
 struct mc_event {
@@ -245,6 +251,7 @@ mc_status mc__buffer_check_range(const mc_buffer *b, size_t offset, size_t len, 
 /* cmdbuf.c: the recorder (command buffers and command lists) */
 void mc__recorder_init(mc__recorder *rec, mc__object *owner, bool snapshot, bool unretained, uint32_t max_dispatches);
 /* Releases what the recording holds and frees its arrays. */
+void mc__recorder_clear(mc__recorder *rec); /* empty, keeping the arrays' memory */
 void mc__recorder_free(mc__recorder *rec);
 mc_status mc__recorder_add_ref(mc__recorder *rec, mc__object *o);
 
