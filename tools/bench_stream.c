@@ -16,6 +16,7 @@
  * instead of replaying its slot's command list: what the lists are worth.
  */
 #include "bench.h"
+#include "raw.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -283,6 +284,37 @@ static double stream_run(mc_stream *st, sb_run *run, uint32_t count)
     return t > 0 ? count / (t / 1e6) : 0;
 }
 
+/* The raw driver doing the same work pipelined the same way, in rounds;
+ * its median items/s, or -1 where there is no such baseline. */
+static double raw_stream_rate(mc_bench *b, const sb_ctx *c, int rounds, uint32_t per, uint32_t slots)
+{
+    if (b->info.kind != MC_DEVICE_CUDA) return -1;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/fir%s", mc_cli_kernel_dir(), mc_device_kernel_extension(b->info.kind));
+    FILE *f = fopen(path, "rb");
+    char *src = NULL;
+    long len = -1;
+    if (f && fseek(f, 0, SEEK_END) == 0 && (len = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
+        (src = calloc((size_t)len + 1, 1)) && fread(src, 1, (size_t)len, f) != (size_t)len) {
+        free(src);
+        src = NULL;
+    }
+    if (f) fclose(f);
+    mc_raw *r = src ? mc_raw_open(b->info.kind, b->info.index) : NULL;
+    double *rate = calloc((size_t)rounds, sizeof *rate), med = -1;
+    if (r && rate) {
+        mc_raw_stream_work w = {src, c->sig, SB_BLOCK + SB_TAPS - 1, SB_BLOCKS, c->want, c->taps, c->n, c->ntaps,
+                                SB_GROUP, (uint32_t)SB_TILE, c->g, per, slots};
+        int ok = 1;
+        for (int i = 0; i < rounds && ok; i++) ok = (rate[i] = mc_raw_stream(r, &w)) > 0;
+        if (ok) med = mc_bench_median(rate, rounds);
+    }
+    free(rate);
+    mc_raw_close(r);
+    free(src);
+    return med;
+}
+
 typedef struct sb_plan {
     int rounds;
     uint32_t per, warm;
@@ -417,6 +449,10 @@ int mc_bench_stream(mc_bench *b)
                  mc_bench_iqr(pl.rate_n, pl.rounds), "naive loop", true);
     mc_bench_add(b, "stream", "items/s, 3 slots, of the device ceiling", "items/s", rate3, 0, ceiling, 0,
                  "device ceiling", true);
+    double raw = raw_stream_rate(b, &c, pl.rounds, pl.per, 3);
+    if (raw > 0)
+        mc_bench_add(b, "stream", "items/s, 3 slots vs the raw driver", "items/s", rate3, 0, raw, 0,
+                     "raw: slot graphs, 3 in flight", true);
 out:
     pthread_mutex_destroy(&run.lock);
     pthread_cond_destroy(&run.cv);

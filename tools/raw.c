@@ -75,6 +75,11 @@ int mc_raw_saxpy(mc_raw *r, size_t n)
     return r->ops->saxpy ? r->ops->saxpy(r->impl, n) : -1;
 }
 
+double mc_raw_stream(mc_raw *r, const mc_raw_stream_work *w)
+{
+    return r->ops->stream ? r->ops->stream(r->impl, w) : -1;
+}
+
 const char *mc_raw_saxpy_name(const mc_raw *r)
 {
     return r->ops->saxpy_name ? r->ops->saxpy_name : r->ops->name;
@@ -206,4 +211,4 @@ static int raw_cpu_saxpy(void *impl, size_t n)
 #endif
 
 const mc_raw_ops mc_raw_cpu_ops = {"raw worker thread", raw_cpu_open, raw_cpu_close, raw_cpu_round_trip, NULL,
-                                   raw_cpu_saxpy, RAW_CPU_SAXPY};
+                                   raw_cpu_saxpy, RAW_CPU_SAXPY, NULL};

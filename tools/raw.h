@@ -20,6 +20,26 @@ int mc_raw_batch(mc_raw *r, int passes, int mode);
 int mc_raw_saxpy(mc_raw *r, size_t n);
 const char *mc_raw_saxpy_name(const mc_raw *r);
 
+/* The stream benchmark's work for a raw baseline: items blocks (cycling
+ * through nblocks, each block_floats long) through the fir then the gain
+ * kernel of `source` (examples/kernels/fir.cu), slots of them in flight.
+ * want[b] is the sum of block b's output from the runtime's naive loop:
+ * every output is checked against it. */
+typedef struct mc_raw_stream_work {
+    const char *source;
+    const float *blocks;
+    size_t block_floats;
+    uint32_t nblocks;
+    const double *want;
+    const float *taps;
+    uint32_t n, ntaps, group, tile_bytes;
+    float g;
+    uint32_t items, slots;
+} mc_raw_stream_work;
+/* Items per second, or -1 when the baseline has no stream path or failed
+ * (mc_raw_error says why). */
+double mc_raw_stream(mc_raw *r, const mc_raw_stream_work *w);
+
 /* Per-device implementations behind the dispatcher in raw.c. */
 typedef struct mc_raw_ops {
     const char *name;
@@ -35,6 +55,9 @@ typedef struct mc_raw_ops {
      * run and waited for. */
     int (*saxpy)(void *impl, size_t n);
     const char *saxpy_name;
+    /* optional: the stream benchmark's work the rawest pipelined way (see
+     * mc_raw_stream). */
+    double (*stream)(void *impl, const mc_raw_stream_work *w);
 } mc_raw_ops;
 
 extern const mc_raw_ops mc_raw_cpu_ops;

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 typedef CUresult (*fn_cuInit)(unsigned);
 typedef CUresult (*fn_cuDeviceGet)(CUdevice *, int);
@@ -25,6 +26,7 @@ typedef CUresult (*fn_cuModuleGetFunction)(CUfunction *, CUmodule, const char *)
 typedef CUresult (*fn_cuStreamCreate)(CUstream *, unsigned);
 typedef CUresult (*fn_cuStreamDestroy)(CUstream);
 typedef CUresult (*fn_cuStreamSynchronize)(CUstream);
+typedef CUresult (*fn_cuStreamQuery)(CUstream);
 typedef CUresult (*fn_cuLaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
                                       unsigned, CUstream, void **, void **);
 typedef CUresult (*fn_cuMemAlloc)(CUdeviceptr *, size_t);
@@ -35,6 +37,11 @@ typedef CUresult (*fn_cuGraphInstantiate)(CUgraphExec *, CUgraph, unsigned long 
 typedef CUresult (*fn_cuGraphLaunch)(CUgraphExec, CUstream);
 typedef CUresult (*fn_cuGraphExecDestroy)(CUgraphExec);
 typedef CUresult (*fn_cuGraphDestroy)(CUgraph);
+typedef CUresult (*fn_cuMemHostAlloc)(void **, size_t, unsigned);
+typedef CUresult (*fn_cuMemHostGetDevicePointer)(CUdeviceptr *, void *, unsigned);
+typedef CUresult (*fn_cuMemFreeHost)(void *);
+typedef CUresult (*fn_cuMemcpyHtoD)(CUdeviceptr, const void *, size_t);
+typedef CUresult (*fn_cuStreamWriteValue64)(CUstream, CUdeviceptr, cuuint64_t, unsigned);
 typedef nvrtcResult (*fn_nvrtcCreateProgram)(nvrtcProgram *, const char *, const char *, int, const char *const *,
                                              const char *const *);
 typedef nvrtcResult (*fn_nvrtcCompileProgram)(nvrtcProgram, int, const char *const *);
@@ -45,6 +52,7 @@ typedef nvrtcResult (*fn_nvrtcDestroyProgram)(nvrtcProgram *);
 typedef struct raw_cuda {
     void *lib, *nvrtc;
     fn_cuStreamSynchronize sync;
+    fn_cuStreamQuery query;
     fn_cuLaunchKernel launch;
     fn_cuStreamDestroy stream_destroy;
     fn_cuModuleUnload unload;
@@ -66,6 +74,15 @@ typedef struct raw_cuda {
     CUstream stream;
     CUdeviceptr buf;
     CUgraphExec graph50;
+    /* kept from open for the stream baseline */
+    fn_cuModuleLoadData load_data;
+    fn_cuModuleGetFunction get_function;
+    fn_nvrtcCreateProgram create;
+    fn_nvrtcCompileProgram compile;
+    fn_nvrtcGetCUBINSize cubin_size;
+    fn_nvrtcGetCUBIN get_cubin;
+    fn_nvrtcDestroyProgram destroy;
+    char arch[64];
 } raw_cuda;
 
 static const char raw_source[] =
@@ -118,6 +135,7 @@ static void *raw_cuda_open(int index)
     LOAD(r->lib, stream_create, "cuStreamCreate");
     LOAD(r->lib, r->stream_destroy, "cuStreamDestroy_v2");
     LOAD(r->lib, r->sync, "cuStreamSynchronize");
+    LOAD(r->lib, r->query, "cuStreamQuery");
     LOAD(r->lib, r->launch, "cuLaunchKernel");
     LOAD(r->lib, mem_alloc, "cuMemAlloc_v2");
     r->mem_alloc = mem_alloc;
@@ -141,6 +159,14 @@ static void *raw_cuda_open(int index)
     snprintf(arch, sizeof arch, "--gpu-architecture=sm_%d%d", major, minor);
     const char *opts[] = {arch};
     nvrtcProgram prog;
+    r->load_data = load_data;
+    r->get_function = get_function;
+    r->create = create;
+    r->compile = compile;
+    r->cubin_size = cubin_size;
+    r->get_cubin = get_cubin;
+    r->destroy = destroy;
+    snprintf(r->arch, sizeof r->arch, "%s", arch);
     if (create(&prog, raw_source, "raw.cu", 0, NULL, NULL) != NVRTC_SUCCESS) goto fail;
     size_t n = 0;
     char *cubin = NULL;
@@ -237,8 +263,149 @@ static int raw_cuda_saxpy(void *impl, size_t n)
     return r->sync(r->stream) ? -1 : 0;
 }
 
+/* ---- the stream benchmark's work -------------------------------------------- */
+
+/* Compiles source for this device, as the runtime does (cubin for the exact
+ * architecture). */
+static CUmodule compile_module(raw_cuda *r, const char *source)
+{
+    const char *opts[] = {r->arch};
+    nvrtcProgram prog;
+    if (r->create(&prog, source, "fir.cu", 0, NULL, NULL) != NVRTC_SUCCESS) return NULL;
+    size_t n = 0;
+    char *cubin = NULL;
+    CUmodule mod = NULL;
+    if (r->compile(prog, 1, opts) == NVRTC_SUCCESS && r->cubin_size(prog, &n) == NVRTC_SUCCESS &&
+        (cubin = malloc(n)) && r->get_cubin(prog, cubin) == NVRTC_SUCCESS && r->load_data(&mod, cubin) != CUDA_SUCCESS)
+        mod = NULL;
+    free(cubin);
+    r->destroy(&prog);
+    return mod;
+}
+
+static double block_sum(const float *v, uint32_t n)
+{
+    double s = 0;
+    for (uint32_t i = 0; i < n; i++) s += v[i];
+    return s;
+}
+
+#define RAW_MAX_SLOTS 8
+
+/* The tightest pipeline the driver allows for the stream's work, on one
+ * thread with no ordering, delivery or recovery machinery: per slot, pinned
+ * mapped input and output and the two kernels captured once as a graph;
+ * per item, wait until the item that last used the slot is done (its
+ * 64-bit marker, polled), check its output, fill the slot, launch the
+ * slot's graph and a marker write. */
+static double raw_cuda_stream(void *impl, const mc_raw_stream_work *w)
+{
+    raw_cuda *r = impl;
+    if (w->slots < 1 || w->slots > RAW_MAX_SLOTS) return -1;
+    fn_cuMemHostAlloc host_alloc;
+    fn_cuMemHostGetDevicePointer host_dptr;
+    fn_cuMemFreeHost free_host;
+    fn_cuMemcpyHtoD htod;
+    fn_cuStreamWriteValue64 write64;
+    CUmodule mod = NULL;
+    LOAD(r->lib, host_alloc, "cuMemHostAlloc");
+    LOAD(r->lib, host_dptr, "cuMemHostGetDevicePointer_v2");
+    LOAD(r->lib, free_host, "cuMemFreeHost");
+    LOAD(r->lib, htod, "cuMemcpyHtoD_v2");
+    LOAD(r->lib, write64, "cuStreamWriteValue64_v2");
+    mod = compile_module(r, w->source);
+    CUfunction fir = NULL, gain = NULL;
+    if (!mod || r->get_function(&fir, mod, "fir") || r->get_function(&gain, mod, "gain")) goto fail;
+    double rate = -1;
+    size_t in_bytes = w->block_floats * sizeof(float), out_bytes = (size_t)w->n * sizeof(float);
+    void *in[RAW_MAX_SLOTS] = {0}, *out[RAW_MAX_SLOTS] = {0};
+    CUgraphExec graph[RAW_MAX_SLOTS] = {0};
+    volatile uint64_t *marker = NULL;
+    CUdeviceptr taps = 0, dmarker = 0;
+    bool ok = r->mem_alloc(&taps, w->ntaps * sizeof(float)) == CUDA_SUCCESS &&
+              htod(taps, w->taps, w->ntaps * sizeof(float)) == CUDA_SUCCESS &&
+              host_alloc((void **)&marker, 64, CU_MEMHOSTALLOC_DEVICEMAP | CU_MEMHOSTALLOC_PORTABLE) == CUDA_SUCCESS &&
+              host_dptr(&dmarker, (void *)marker, 0) == CUDA_SUCCESS;
+    for (uint32_t s = 0; ok && s < w->slots; s++) {
+        CUdeviceptr din, dout;
+        ok = host_alloc(&in[s], in_bytes, CU_MEMHOSTALLOC_DEVICEMAP | CU_MEMHOSTALLOC_PORTABLE) == CUDA_SUCCESS &&
+             host_alloc(&out[s], out_bytes, CU_MEMHOSTALLOC_DEVICEMAP | CU_MEMHOSTALLOC_PORTABLE) == CUDA_SUCCESS &&
+             host_dptr(&din, in[s], 0) == CUDA_SUCCESS && host_dptr(&dout, out[s], 0) == CUDA_SUCCESS;
+        if (!ok) break;
+        unsigned n = w->n, ntaps = w->ntaps;
+        float g = w->g;
+        void *fargs[] = {&dout, &din, &taps, &n, &ntaps};
+        void *gargs[] = {&dout, &g, &n};
+        CUgraph gr;
+        ok = r->begin_capture(r->stream, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL) == CUDA_SUCCESS;
+        if (ok) {
+            (void)r->launch(fir, w->n / w->group, 1, 1, w->group, 1, 1, w->tile_bytes, r->stream, fargs, NULL);
+            (void)r->launch(gain, w->n / w->group, 1, 1, w->group, 1, 1, 0, r->stream, gargs, NULL);
+            ok = r->end_capture(r->stream, &gr) == CUDA_SUCCESS;
+        }
+        if (ok) {
+            ok = r->instantiate(&graph[s], gr, 0) == CUDA_SUCCESS;
+            r->graph_destroy(gr);
+        }
+    }
+    if (ok) {
+        marker[0] = 0;
+        uint64_t slot_item[RAW_MAX_SLOTS] = {0}; /* 1 + the item a slot last held; 0 = none */
+        double t0 = 0;
+        /* a warm-up of one round of slots, then the timed items */
+        uint32_t warm = w->slots, total = warm + w->items;
+        for (uint32_t i = 0; ok && i <= total; i++) {
+            if (i == warm) {
+                struct timespec ts;
+                clock_gettime(CLOCK_MONOTONIC, &ts);
+                t0 = ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
+            }
+            uint32_t s = i % w->slots;
+            /* the slot's last item (or, at the end, every item) must be done */
+            uint64_t need = i == total ? total : slot_item[s];
+            for (uint32_t spin = 0; marker[0] < need; spin++) {
+                if ((spin & 0xfffu) == 0 && r->query(r->stream) != CUDA_ERROR_NOT_READY && marker[0] < need) {
+                    ok = false; /* the stream is idle or broken short of the marker */
+                    break;
+                }
+            }
+            if (!ok) break;
+            if (slot_item[s] && block_sum(out[s], w->n) != w->want[(slot_item[s] - 1) % w->nblocks]) ok = false;
+            if (i == total) {
+                for (uint32_t k = 1; k < w->slots && ok; k++) {
+                    uint32_t o = (s + k) % w->slots;
+                    if (slot_item[o] && block_sum(out[o], w->n) != w->want[(slot_item[o] - 1) % w->nblocks]) ok = false;
+                }
+                break;
+            }
+            memcpy(in[s], w->blocks + (size_t)(i % w->nblocks) * w->n, in_bytes);
+            ok = r->graph_launch(graph[s], r->stream) == CUDA_SUCCESS &&
+                 write64(r->stream, dmarker, i + 1, 0) == CUDA_SUCCESS;
+            slot_item[s] = i + 1;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        double t = ts.tv_sec * 1e6 + ts.tv_nsec / 1e3 - t0;
+        if (ok && t > 0) rate = w->items / (t / 1e6);
+        else fprintf(stderr, "raw cuda stream: %s\n", ok ? "no time" : "a launch failed or an output differs");
+    }
+    (void)r->sync(r->stream);
+    for (uint32_t s = 0; s < w->slots; s++) {
+        if (graph[s]) r->exec_destroy(graph[s]);
+        if (in[s]) free_host(in[s]);
+        if (out[s]) free_host(out[s]);
+    }
+    if (marker) free_host((void *)marker);
+    if (taps) r->mem_free(taps);
+    r->unload(mod);
+    return rate;
+fail:
+    if (mod) r->unload(mod);
+    return -1;
+}
+
 const mc_raw_ops mc_raw_cuda_ops = {"raw CUDA driver", raw_cuda_open, raw_cuda_close, raw_cuda_round_trip,
-                                    raw_cuda_batch, raw_cuda_saxpy, NULL};
+                                    raw_cuda_batch, raw_cuda_saxpy, NULL, raw_cuda_stream};
 #else
 typedef int mc_raw_cuda_unused;
 #endif
