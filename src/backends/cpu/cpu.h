@@ -17,6 +17,8 @@
  *                          it at 0 (default 5000; 0 or less: none)
  *   MC_CPU_SPIN_US         how long idle workers and waiters spin before
  *                          sleeping (default 50; 0: sleep at once)
+ *   MC_CPU_SPINNERS        idle workers that spin at once (default: all of
+ *                          up to two workers, else half of them)
  *   MC_REVOKE_AFTER        timeouts that revoke access (default 3; 0: never)
  *   MC_REVOKE_WINDOW_MS    ... when they fall within this window (10000)
  *   MC_REVOKE_COOLDOWN_MS  how long access stays revoked (1000)
@@ -181,6 +183,7 @@ struct mc__cpu_device {
     mc_device_info info;
     uint64_t limit_ns;     /* 0 = none */
     uint64_t spin_ns;      /* idle spinning before sleeping */
+    uint32_t max_spinners; /* idle workers that spin at once; the rest sleep */
     uint32_t revoke_after; /* 0 = never */
     uint64_t revoke_window_ns, revoke_cooldown_ns;
 

@@ -185,6 +185,12 @@ mc_status mc__cpu_device_open(int index, const mc_device_desc *desc, void **out,
     dev->revoke_window_ns = env_ms_ns("MC_REVOKE_WINDOW_MS", 10000); /* 0: no window, count them all */
     dev->revoke_cooldown_ns = env_ms_ns("MC_REVOKE_COOLDOWN_MS", 1000);
     dev->nworkers = workers;
+    /* Spinners beyond half the cores take them from the threads that feed
+     * and drain the device and from the worker running the work; two
+     * workers both spin, or back-to-back submissions would wait for a
+     * wake-up whenever the other one is busy. */
+    long long spinners = mc__env_int("MC_CPU_SPINNERS", workers > 2 ? workers / 2 : workers);
+    dev->max_spinners = spinners < 1 ? 1 : (uint32_t)MC__MIN(spinners, (long long)workers);
 
     bool lock_ok = pthread_mutex_init(&dev->lock, NULL) == 0;
     bool cc_ok = lock_ok && pthread_mutex_init(&dev->cc_lock, NULL) == 0;

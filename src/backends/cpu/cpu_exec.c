@@ -127,8 +127,9 @@ static bool find_work(mc__cpu_worker *w, mc__cpu_job **job, mc__cpu_dispatch **d
     mc__cpu_device *dev = w->dev;
     *job = NULL;
     *disp = NULL;
-    if (dev->spin_ns) {
-        atomic_fetch_add(&dev->nspin, 1);
+    if (dev->spin_ns && atomic_fetch_add(&dev->nspin, 1) >= dev->max_spinners) {
+        atomic_fetch_sub(&dev->nspin, 1); /* enough spin already: sleep */
+    } else if (dev->spin_ns) {
         uint64_t until = mc__now_ns() + dev->spin_ns;
         for (uint32_t i = 1;; i++) {
             /* trylock: when another spinner holds the lock it is taking the
