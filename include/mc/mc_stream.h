@@ -10,7 +10,9 @@
  *
  * The producer acquires a free slot, writes one item into its input and
  * submits it; the runtime records a command buffer with the stream's chain
- * of passes and a signal of its timeline event, and commits it. Results come
+ * of passes (replayed from a command list recorded once per slot, see
+ * MC_STREAM_RECORD_EACH) and a signal of its timeline event, and commits
+ * it. Results come
  * back in submission order, exactly once per item: to a callback on the
  * stream's own thread, or by pulling them. A slot is free again when its
  * item was delivered and, when pulled, released.

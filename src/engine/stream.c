@@ -14,8 +14,9 @@
  *  - submission: the sequence number, the timeline value and the commit
  *    are taken under one lock (submit_mu), so commit order is sequence
  *    order and the timeline only moves forward. Each item is one command
- *    buffer: the chain of passes, then a signal of the stream's timeline
- *    event to the item's value;
+ *    buffer: the chain of passes (replayed from the slot's command list,
+ *    recorded once per slot and binding), then a signal of the stream's
+ *    timeline event to the item's value;
  *  - completion: the stream's own thread sleeps on the timeline event for
  *    the oldest item's value (F692), then reads the command buffer's
  *    status; never on a flag the kernel sets: MSL atomics are relaxed-only
