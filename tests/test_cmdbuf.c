@@ -377,3 +377,56 @@ MC_TEST(concurrent_submission_from_several_threads)
     fixture_close(&f);
     return 0;
 }
+
+/* A queue hands finished command buffers out again (their memory, not their
+ * state): a reused one starts empty, with its own label, and a failed one
+ * leaves nothing of its failure behind. */
+MC_TEST(reused_command_buffers_start_clean)
+{
+    fixture f;
+    CHECK_EQ(fixture_open(&f, 0), 0);
+    uint32_t n = 256, base = 7;
+    mc_buffer *a;
+    mc_buffer_desc bd = {n * 4, MC_STORAGE_SHARED, "a", NULL};
+    CHECK_OK(mc_buffer_create(f.d, &bd, &a));
+    for (int round = 0; round < 20; round++) {
+        char label[32];
+        snprintf(label, sizeof label, "round %d", round);
+        mc_cmdbuf_desc cd = MC_CMDBUF_DESC_INIT;
+        cd.label = label;
+        mc_cmdbuf *cb;
+        CHECK_OK(mc_cmdbuf_create(f.q, &cd, &cb));
+        CHECK_EQ(mc_cmdbuf_get_state(cb), MC_CMDBUF_NOT_ENQUEUED);
+        CHECK_EQ(mc_cmdbuf_pass_count(cb), 0);
+        CHECK_STR_CONTAINS(mc_cmdbuf_label(cb), label);
+        CHECK_STATUS(mc_cmdbuf_status(cb, NULL), MC_ERR_INVALID_STATE);
+        mc_pass_info pi;
+        CHECK_STATUS(mc_cmdbuf_pass_info(cb, 0, &pi), MC_ERR_INVALID_ARGUMENT);
+        /* every third one fails by injection, the rest run one or two passes */
+        if (round % 3 == 1) CHECK_OK(mc_device_inject_fault(f.d, MC_ERR_PAGE_FAULT, 1));
+        uint32_t passes = 1 + (uint32_t)(round % 2);
+        for (uint32_t p = 0; p < passes; p++) CHECK_OK(encode_1d(cb, "iota", f.iota, a, n, &base));
+        CHECK_OK(mc_cmdbuf_commit(cb));
+        CHECK_OK(mc_cmdbuf_wait(cb, MC_WAIT_FOREVER));
+        CHECK_EQ(mc_cmdbuf_pass_count(cb), passes);
+        if (round % 3 == 1) {
+            CHECK_STATUS(mc_cmdbuf_status(cb, NULL), MC_ERR_PAGE_FAULT);
+            mc_cmdbuf_release(cb);
+            /* the queue stopped (F687): a new one, as a program would */
+            mc_queue_release(f.q);
+            CHECK_OK(mc_queue_create(f.d, NULL, &f.q));
+            continue;
+        }
+        CHECK_OK(mc_cmdbuf_status(cb, NULL));
+        for (uint32_t p = 0; p < passes; p++) {
+            CHECK_OK(mc_cmdbuf_pass_info(cb, p, &pi));
+            CHECK_EQ(pi.state, MC_PASS_COMPLETED);
+        }
+        const uint32_t *v = mc_buffer_contents(a);
+        CHECK_EQ(v[n - 1], base + n - 1);
+        mc_cmdbuf_release(cb);
+    }
+    mc_buffer_release(a);
+    fixture_close(&f);
+    return 0;
+}
