@@ -324,7 +324,7 @@ typedef struct sb_plan {
 /* One stream of slots (and flags) against the naive loop, alternating in
  * rounds so drift hits both alike. Fills the plan's arrays; 0 or -1. */
 static int measure(mc_bench *b, sb_ctx *c, sb_naive *nv, sb_run *run, const sb_plan *pl, uint32_t slots,
-                   uint32_t flags)
+                   uint32_t flags, uint32_t lanes)
 {
     mc_stream_desc sd = MC_STREAM_DESC_INIT;
     sd.device = b->dev;
@@ -338,6 +338,7 @@ static int measure(mc_bench *b, sb_ctx *c, sb_naive *nv, sb_run *run, const sb_p
     sd.result_user = run;
     sd.label = "bench stream";
     sd.flags = flags;
+    sd.lanes = lanes;
     mc_stream *st;
     mc_status s = mc_stream_create(&sd, &st);
     if (s != MC_OK) return mc_cli_fail("stream create", s);
@@ -412,7 +413,7 @@ int mc_bench_stream(mc_bench *b)
         goto out;
     }
     for (uint32_t slots = 1; slots <= 4; slots++) {
-        if ((rc = measure(b, &c, &nv, &run, &pl, slots, 0)) != 0) goto out;
+        if ((rc = measure(b, &c, &nv, &run, &pl, slots, 0, 0)) != 0) goto out;
         char metric[64];
         const char *sfx = slots == 1 ? "" : "s";
         int nl = pl.rounds * (int)pl.per;
@@ -430,8 +431,13 @@ int mc_bench_stream(mc_bench *b)
     }
     /* What replaying a slot's command list is worth: the same stream with
      * every item recorded anew. */
-    if ((rc = measure(b, &c, &nv, &run, &pl, 3, MC_STREAM_RECORD_EACH)) != 0) goto out;
+    if ((rc = measure(b, &c, &nv, &run, &pl, 3, MC_STREAM_RECORD_EACH, 0)) != 0) goto out;
     mc_bench_add(b, "stream", "items/s, 3 slots, each item recorded anew", "items/s", mc_bench_median(pl.rate_o, pl.rounds),
+                 mc_bench_iqr(pl.rate_o, pl.rounds), mc_bench_median(pl.rate_n, pl.rounds),
+                 mc_bench_iqr(pl.rate_n, pl.rounds), "naive loop", true);
+    /* What the lanes are worth: every item in one queue, after the one before. */
+    if ((rc = measure(b, &c, &nv, &run, &pl, 3, 0, 1)) != 0) goto out;
+    mc_bench_add(b, "stream", "items/s, 3 slots, one lane (one queue)", "items/s", mc_bench_median(pl.rate_o, pl.rounds),
                  mc_bench_iqr(pl.rate_o, pl.rounds), mc_bench_median(pl.rate_n, pl.rounds),
                  mc_bench_iqr(pl.rate_n, pl.rounds), "naive loop", true);
     /* The device's ceiling, measured in rounds beside the naive loop. */
@@ -444,7 +450,7 @@ int mc_bench_stream(mc_bench *b)
         }
     }
     double ceiling = mc_bench_median(pl.rate_o, pl.rounds);
-    mc_bench_add(b, "stream", "device ceiling: chains back to back", "items/s", ceiling,
+    mc_bench_add(b, "stream", "device ceiling (one queue): chains back to back", "items/s", ceiling,
                  mc_bench_iqr(pl.rate_o, pl.rounds), mc_bench_median(pl.rate_n, pl.rounds),
                  mc_bench_iqr(pl.rate_n, pl.rounds), "naive loop", true);
     mc_bench_add(b, "stream", "items/s, 3 slots, of the device ceiling", "items/s", rate3, 0, ceiling, 0,
@@ -452,7 +458,7 @@ int mc_bench_stream(mc_bench *b)
     double raw = raw_stream_rate(b, &c, pl.rounds, pl.per, 3);
     if (raw > 0)
         mc_bench_add(b, "stream", "items/s, 3 slots vs the raw driver", "items/s", rate3, 0, raw, 0,
-                     "raw: slot graphs, 3 in flight", true);
+                     "raw: slot graphs, one stream", true);
 out:
     pthread_mutex_destroy(&run.lock);
     pthread_cond_destroy(&run.cv);

@@ -52,6 +52,7 @@ typedef struct mc_stream mc_stream;
 
 #define MC_STREAM_MAX_SLOTS 64
 #define MC_STREAM_MAX_PASSES 8
+#define MC_STREAM_MAX_LANES 4
 
 /* How an argument slot of a pass is bound. */
 typedef enum mc_stream_arg_kind {
@@ -157,8 +158,15 @@ typedef struct mc_stream_desc {
      * and teardown run in the worker, on_result in the caller's process on
      * the stream's thread. */
     const struct mc_isolate_desc *isolate;
+    /* Queues the items are spread over, round robin in sequence order: 0 =
+     * min(slots, MC_STREAM_MAX_LANES); 1 .. MC_STREAM_MAX_LANES, at most
+     * slots. Items of different lanes may run at the same time on the
+     * device (items are independent: the replay rule above), so small items
+     * overlap their latencies; results still come back in submission order.
+     * 1 runs every item after the one before, in one queue. */
+    uint32_t lanes;
 } mc_stream_desc;
-#define MC_STREAM_DESC_INIT {NULL, NULL, NULL, NULL, 0, 0, 0, NULL, NULL, 0, NULL, 0, NULL}
+#define MC_STREAM_DESC_INIT {NULL, NULL, NULL, NULL, 0, 0, 0, NULL, NULL, 0, NULL, 0, NULL, 0}
 
 /* What a producer fills. */
 typedef struct mc_stream_slot {

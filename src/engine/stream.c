@@ -90,6 +90,7 @@ typedef struct slot {
     uint64_t seq, tag;
     uint64_t value;                /* timeline value of its command buffer in flight */
     mc_cmdbuf *cb;                 /* in flight: our reference */
+    uint32_t lane;                 /* of cb (and value) */
     mc_cmdlist *list;              /* the chain recorded for in/out below (see slot_list) */
     const mc_buffer *list_in, *list_out;
     uint32_t list_epoch;           /* the binding it was recorded from */
@@ -104,6 +105,14 @@ typedef struct ring {
     uint32_t *v;
     uint32_t head, count, cap;
 } ring;
+
+/* A queue and its timeline. Items go to lane (sequence - 1) % nlanes; each
+ * lane's values only move forward, as each lane runs in commit order. */
+typedef struct lane {
+    mc_queue *queue;
+    mc_event *timeline;
+    uint64_t next_value;
+} lane;
 
 typedef struct pending_fault {
     mc_status kind;
@@ -121,8 +130,8 @@ struct mc_stream {
      * while it holds submit_mu; producers use them under submit_mu. */
     mc_device *dev;
     mc_device_info info;
-    mc_queue *queue;
-    mc_event *timeline;
+    lane lanes[MC_STREAM_MAX_LANES];
+    uint32_t nlanes;
     mc_stream_binding bind;
     bool bound;
     bool lists;          /* replay a per-slot command list (MC_STREAM_RECORD_EACH clears it) */
@@ -131,7 +140,7 @@ struct mc_stream {
     uint8_t *bytes[MC_STREAM_MAX_PASSES][MC_MAX_BUFFER_ARGS];
     pending_fault faults[MC__MAX_FAULTS]; /* injected faults carried to a reopened device */
     size_t nfaults;
-    uint64_t next_seq, next_value;
+    uint64_t next_seq;
     mc_status commit_error; /* a device error that refused a commit */
     uint32_t fruitless;     /* recoveries in a row without progress */
 
@@ -396,18 +405,32 @@ static mc_status make_buffer(mc_stream *s, size_t size, const char *what, mc_buf
     return mc_buffer_create(s->dev, &bd, out);
 }
 
-/* The queue and a fresh timeline event (each recovery starts a new one, so
- * a late wake-up from a command buffer of the old queue cannot reach it). */
+static void drop_lanes(mc_stream *s)
+{
+    for (uint32_t i = 0; i < s->nlanes; i++) {
+        mc_queue_release(s->lanes[i].queue);
+        mc_event_release(s->lanes[i].timeline);
+        memset(&s->lanes[i], 0, sizeof s->lanes[i]);
+    }
+}
+
+static void wait_lanes_idle(mc_stream *s)
+{
+    for (uint32_t i = 0; i < s->nlanes; i++)
+        if (s->lanes[i].queue) mc_queue_wait_idle(s->lanes[i].queue, MC_WAIT_FOREVER);
+}
+
+/* The queues and fresh timeline events (each recovery starts new ones, so
+ * a late wake-up from a command buffer of an old queue cannot reach them). */
 static mc_status make_queue(mc_stream *s)
 {
-    mc_queue_release(s->queue);
-    s->queue = NULL;
-    mc_event_release(s->timeline);
-    s->timeline = NULL;
-    s->next_value = 0;
+    drop_lanes(s);
     mc_queue_desc qd = {s->label};
-    mc_status st = mc_queue_create(s->dev, &qd, &s->queue);
-    if (st == MC_OK) st = mc_event_create(s->dev, 0, &s->timeline);
+    mc_status st = MC_OK;
+    for (uint32_t i = 0; i < s->nlanes && st == MC_OK; i++) {
+        st = mc_queue_create(s->dev, &qd, &s->lanes[i].queue);
+        if (st == MC_OK) st = mc_event_create(s->dev, 0, &s->lanes[i].timeline);
+    }
     return st;
 }
 
@@ -443,10 +466,7 @@ static mc_status make_slot_buffers(mc_stream *s, bool initial)
 static void drop_device(mc_stream *s)
 {
     unbind(s);
-    mc_queue_release(s->queue);
-    s->queue = NULL;
-    mc_event_release(s->timeline);
-    s->timeline = NULL;
+    drop_lanes(s);
     if (!s->dev) return;
     pthread_mutex_lock(&s->dev->lock);
     uint64_t done = atomic_load(&s->dev->committed);
@@ -547,7 +567,8 @@ static mc_cmdlist *slot_list(mc_stream *s, slot *sl, mc_status *st)
     return l;
 }
 
-static mc_status record_item(mc_stream *s, slot *sl, mc_cmdbuf *cb, uint64_t value, bool *used_list)
+static mc_status record_item(mc_stream *s, slot *sl, mc_cmdbuf *cb, mc_event *timeline, uint64_t value,
+                             bool *used_list)
 {
     mc_status st = MC_OK;
     mc_cmdlist *list = slot_list(s, sl, &st);
@@ -570,15 +591,17 @@ static mc_status record_item(mc_stream *s, slot *sl, mc_cmdbuf *cb, uint64_t val
         }
     }
     /* Last: when the event reaches value, the device is done with the slot. */
-    if (st == MC_OK) st = mc_cmdbuf_signal_event(cb, s->timeline, value);
+    if (st == MC_OK) st = mc_cmdbuf_signal_event(cb, timeline, value);
     return st;
 }
 
 /* Records and commits the item in sl. Under submit_mu, not mu. */
 static mc_status commit_item(mc_stream *s, slot *sl)
 {
-    if (!s->queue || !s->timeline) return mc__fail(MC_ERR_DEVICE_LOST, "stream '%s' has no queue", s->label);
-    uint64_t value = s->next_value + 1;
+    uint32_t li = (uint32_t)((sl->seq - 1) % s->nlanes);
+    lane *ln = &s->lanes[li];
+    if (!ln->queue || !ln->timeline) return mc__fail(MC_ERR_DEVICE_LOST, "stream '%s' has no queue", s->label);
+    uint64_t value = ln->next_value + 1;
     char label[192];
     snprintf(label, sizeof label, "%s item %llu", s->label, (unsigned long long)sl->seq);
     mc_cmdbuf_desc cd = MC_CMDBUF_DESC_INIT;
@@ -587,18 +610,19 @@ static mc_status commit_item(mc_stream *s, slot *sl)
      * the binding's until the queue is idle: no reference per use (F676). */
     cd.flags = MC_CMDBUF_UNRETAINED_REFERENCES;
     mc_cmdbuf *cb;
-    mc_status st = mc_cmdbuf_create(s->queue, &cd, &cb);
+    mc_status st = mc_cmdbuf_create(ln->queue, &cd, &cb);
     if (st != MC_OK) return st;
     bool used_list;
-    st = record_item(s, sl, cb, value, &used_list);
+    st = record_item(s, sl, cb, ln->timeline, value, &used_list);
     if (st == MC_OK) st = mc_cmdbuf_commit(cb);
     if (st != MC_OK) {
         mc_cmdbuf_release(cb);
         return st;
     }
-    s->next_value = value;
+    ln->next_value = value;
     pthread_mutex_lock(&s->mu);
     sl->cb = cb;
+    sl->lane = li;
     sl->value = value;
     sl->attempts++;
     sl->state = SLOT_FLIGHT;
@@ -753,7 +777,7 @@ static mc_status rebuild(mc_stream *s, bool lost)
 static void recover(mc_stream *s)
 {
     pthread_mutex_lock(&s->submit_mu);
-    if (s->queue) mc_queue_wait_idle(s->queue, MC_WAIT_FOREVER);
+    wait_lanes_idle(s);
 
     pthread_mutex_lock(&s->mu);
     slot *culprit = NULL;
@@ -933,7 +957,7 @@ static void *stream_main(void *arg)
         }
         /* SLOT_FLIGHT: the event and the queue are those of the current
          * epoch, which only this thread replaces. */
-        mc_event *ev = s->timeline;
+        mc_event *ev = s->lanes[h->lane].timeline;
         uint64_t value = h->value;
         mc_cmdbuf *cb = h->cb;
         pthread_mutex_unlock(&s->mu);
@@ -978,6 +1002,10 @@ static mc_status check_desc(const mc_stream_desc *d, const mc_device_info *info)
     if (d->slots > MC_STREAM_MAX_SLOTS)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_create: slots is %u; 1 to %d (0 = 3)", d->slots,
                         MC_STREAM_MAX_SLOTS);
+    uint32_t slots = d->slots ? d->slots : DEFAULT_SLOTS;
+    if (d->lanes > MC_STREAM_MAX_LANES || d->lanes > slots)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_create: lanes is %u; 1 to %u with %u slots (0 = %u)",
+                        d->lanes, MC__MIN(slots, MC_STREAM_MAX_LANES), slots, MC__MIN(slots, MC_STREAM_MAX_LANES));
     const uint32_t known = MC_STREAM_NO_REOPEN | MC_STREAM_RECORD_EACH;
     if (d->flags & ~known)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_create: unknown flags 0x%x", d->flags & ~known);
@@ -993,7 +1021,7 @@ mc_status mc__stream_check_desc(const mc_stream_desc *d)
 
 static void destroy(mc_stream *s)
 {
-    if (s->queue) mc_queue_wait_idle(s->queue, MC_WAIT_FOREVER);
+    wait_lanes_idle(s);
     for (uint32_t i = 0; s->slots && i < s->nslots; i++) {
         slot *sl = &s->slots[i];
         if (sl->cb) mc_cmdbuf_release(sl->cb);
@@ -1003,8 +1031,7 @@ static void destroy(mc_stream *s)
         mc_buffer_release(sl->next_out);
     }
     unbind(s);
-    mc_queue_release(s->queue);
-    mc_event_release(s->timeline);
+    drop_lanes(s);
     mc_device_release(s->dev);
     free(s->slots);
     free(s->free_slots.v);
@@ -1041,6 +1068,8 @@ mc_status mc_stream_create(const mc_stream_desc *desc, mc_stream **out)
     s->desc.slots = desc->slots ? desc->slots : DEFAULT_SLOTS;
     s->desc.max_retries = desc->max_retries ? desc->max_retries : DEFAULT_RETRIES;
     s->nslots = s->desc.slots;
+    s->desc.lanes = desc->lanes ? desc->lanes : MC__MIN(s->nslots, MC_STREAM_MAX_LANES);
+    s->nlanes = s->desc.lanes;
     s->label = mc__strdup(desc->label ? desc->label : "stream");
     s->desc.label = s->label;
     pthread_mutex_init(&s->submit_mu, NULL);
