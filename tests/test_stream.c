@@ -710,7 +710,7 @@ MC_TEST(stream_cancel_during_recovery_commits_nothing_more)
 /* Streams n blocks from two producers through a fresh stream on d, after
  * scheduling faults (NULL: none). outs receives every block's output. */
 static int run_faulted(mc_device *d, fir_fixture *f, const float *sig, uint32_t n, const char *faults, float *outs,
-                       mc_stream_stats *stats, uint32_t flags)
+                       mc_stream_stats *stats, uint32_t flags, uint32_t lanes)
 {
     seen s;
     seen_init(&s, n);
@@ -719,6 +719,7 @@ static int run_faulted(mc_device *d, fir_fixture *f, const float *sig, uint32_t 
     sd.on_result = on_result;
     sd.result_user = &s;
     sd.flags = flags;
+    sd.lanes = lanes;
     mc_stream *st;
     CHECK_OK(mc_stream_create(&sd, &st));
     if (faults) CHECK_OK(mc_device_inject_faults(d, faults));
@@ -745,8 +746,8 @@ static int run_faulted(mc_device *d, fir_fixture *f, const float *sig, uint32_t 
  * then with faults and flags (*other). The outputs must match bit for bit:
  * replays give the same bits, and so does recording each item. *setups and
  * *teardowns count the fixture's calls over both. */
-static int two_runs(uint32_t n, const char *faults, uint32_t flags, mc_stream_stats *clean, mc_stream_stats *other,
-                    int *setups, int *teardowns)
+static int two_runs(uint32_t n, const char *faults, uint32_t flags, uint32_t lanes, mc_stream_stats *clean,
+                    mc_stream_stats *other, int *setups, int *teardowns)
 {
     mc_device *d = mct_open_device(0);
     CHECK(d);
@@ -755,8 +756,8 @@ static int two_runs(uint32_t n, const char *faults, uint32_t flags, mc_stream_st
     float *sig = make_signal(n);
     float *a = calloc((size_t)n * BLOCK, sizeof(float)), *b = calloc((size_t)n * BLOCK, sizeof(float));
     CHECK(sig && a && b);
-    if (run_faulted(d, &f, sig, n, NULL, a, clean, 0)) return 1;
-    if (run_faulted(d, &f, sig, n, faults, b, other, flags)) return 1;
+    if (run_faulted(d, &f, sig, n, NULL, a, clean, 0, 1)) return 1;
+    if (run_faulted(d, &f, sig, n, faults, b, other, flags, lanes)) return 1;
     CHECK(memcmp(a, b, (size_t)n * BLOCK * sizeof(float)) == 0);
     *setups = atomic_load(&f.setups);
     *teardowns = atomic_load(&f.teardowns);
@@ -772,7 +773,7 @@ static int fault_test(const char *faults, uint32_t want_recoveries, uint32_t wan
     enum { N = 40 };
     mc_stream_stats st0, st1;
     int setups, teardowns;
-    if (two_runs(N, faults, 0, &st0, &st1, &setups, &teardowns)) return 1;
+    if (two_runs(N, faults, 0, 1, &st0, &st1, &setups, &teardowns)) return 1;
     CHECK_EQ(st0.recoveries, 0);
     if (want_recoveries) CHECK_EQ(st1.recoveries, want_recoveries);
     else CHECK_GE(st1.recoveries, 1);
@@ -818,11 +819,29 @@ MC_TEST(stream_recording_each_item_gives_the_same_bits_as_replaying_lists)
     enum { N = 24 };
     mc_stream_stats listed, recorded;
     int setups, teardowns;
-    if (two_runs(N, "page-fault@5", MC_STREAM_RECORD_EACH, &listed, &recorded, &setups, &teardowns)) return 1;
+    if (two_runs(N, "page-fault@5", MC_STREAM_RECORD_EACH, 1, &listed, &recorded, &setups, &teardowns)) return 1;
     CHECK_EQ(listed.list_commits, N);
     CHECK_EQ(recorded.list_commits, 0);
     CHECK_EQ(recorded.commits, N + recorded.replays);
     CHECK_EQ(recorded.recoveries, 1);
+    CHECK_EQ(teardowns, setups);
+    return 0;
+}
+
+/* Items spread over three queues: in order, exactly once, the same bits as
+ * one queue, through a page fault and a device loss. */
+MC_TEST(stream_lanes_deliver_in_order_through_faults)
+{
+    enum { N = 60 };
+    mc_stream_stats one, three;
+    int setups, teardowns;
+    if (two_runs(N, "page-fault@9,device-lost@30", 0, 3, &one, &three, &setups, &teardowns)) return 1;
+    CHECK_EQ(three.delivered, N);
+    CHECK_EQ(three.failed, 0);
+    CHECK_GE(three.recoveries, 2);
+    CHECK_EQ(three.device_reopens, 1);
+    CHECK_EQ(three.commits, N + three.replays);
+    CHECK_EQ(three.list_commits, three.commits);
     CHECK_EQ(teardowns, setups);
     return 0;
 }
@@ -1041,6 +1060,14 @@ MC_TEST(stream_rejects_bad_arguments)
     bad.slots = MC_STREAM_MAX_SLOTS + 1;
     CHECK_STATUS(mc_stream_create(&bad, &st), MC_ERR_INVALID_ARGUMENT);
     CHECK_STR_CONTAINS(mc_last_error(), "slots");
+    bad = sd;
+    bad.lanes = 4; /* more lanes than the 3 slots */
+    CHECK_STATUS(mc_stream_create(&bad, &st), MC_ERR_INVALID_ARGUMENT);
+    CHECK_STR_CONTAINS(mc_last_error(), "lanes");
+    bad.slots = 8;
+    bad.lanes = MC_STREAM_MAX_LANES + 1;
+    CHECK_STATUS(mc_stream_create(&bad, &st), MC_ERR_INVALID_ARGUMENT);
+    CHECK_STR_CONTAINS(mc_last_error(), "lanes");
     bad = sd;
     bad.flags = 0x80u;
     CHECK_STATUS(mc_stream_create(&bad, &st), MC_ERR_INVALID_ARGUMENT);

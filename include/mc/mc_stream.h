@@ -159,11 +159,11 @@ typedef struct mc_stream_desc {
      * the stream's thread. */
     const struct mc_isolate_desc *isolate;
     /* Queues the items are spread over, round robin in sequence order: 0 =
-     * min(slots, MC_STREAM_MAX_LANES); 1 .. MC_STREAM_MAX_LANES, at most
-     * slots. Items of different lanes may run at the same time on the
-     * device (items are independent: the replay rule above), so small items
-     * overlap their latencies; results still come back in submission order.
-     * 1 runs every item after the one before, in one queue. */
+     * 1 (every item after the one before, in one queue); 1 ..
+     * MC_STREAM_MAX_LANES, at most slots. Items of different lanes may run
+     * at the same time on the device (items are independent: the replay
+     * rule above), so small items can overlap their latencies; results
+     * still come back in submission order. */
     uint32_t lanes;
 } mc_stream_desc;
 #define MC_STREAM_DESC_INIT {NULL, NULL, NULL, NULL, 0, 0, 0, NULL, NULL, 0, NULL, 0, NULL, 0}

@@ -1004,8 +1004,8 @@ static mc_status check_desc(const mc_stream_desc *d, const mc_device_info *info)
                         MC_STREAM_MAX_SLOTS);
     uint32_t slots = d->slots ? d->slots : DEFAULT_SLOTS;
     if (d->lanes > MC_STREAM_MAX_LANES || d->lanes > slots)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_create: lanes is %u; 1 to %u with %u slots (0 = %u)",
-                        d->lanes, MC__MIN(slots, MC_STREAM_MAX_LANES), slots, MC__MIN(slots, MC_STREAM_MAX_LANES));
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_create: lanes is %u; 1 to %u with %u slots (0 = 1)",
+                        d->lanes, MC__MIN(slots, MC_STREAM_MAX_LANES), slots);
     const uint32_t known = MC_STREAM_NO_REOPEN | MC_STREAM_RECORD_EACH;
     if (d->flags & ~known)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_create: unknown flags 0x%x", d->flags & ~known);
@@ -1068,7 +1068,7 @@ mc_status mc_stream_create(const mc_stream_desc *desc, mc_stream **out)
     s->desc.slots = desc->slots ? desc->slots : DEFAULT_SLOTS;
     s->desc.max_retries = desc->max_retries ? desc->max_retries : DEFAULT_RETRIES;
     s->nslots = s->desc.slots;
-    s->desc.lanes = desc->lanes ? desc->lanes : MC__MIN(s->nslots, MC_STREAM_MAX_LANES);
+    s->desc.lanes = desc->lanes ? desc->lanes : 1;
     s->nlanes = s->desc.lanes;
     s->label = mc__strdup(desc->label ? desc->label : "stream");
     s->desc.label = s->label;
