@@ -101,6 +101,24 @@ static const char raw_source[] =
         }                                                                       \
     } while (0)
 
+/* Compiles source for this device, as the runtime does (cubin for the exact
+ * architecture). */
+static CUmodule compile_module(raw_cuda *r, const char *source, const char *name)
+{
+    const char *opts[] = {r->arch};
+    nvrtcProgram prog;
+    if (r->create(&prog, source, name, 0, NULL, NULL) != NVRTC_SUCCESS) return NULL;
+    size_t n = 0;
+    char *cubin = NULL;
+    CUmodule mod = NULL;
+    if (r->compile(prog, 1, opts) == NVRTC_SUCCESS && r->cubin_size(prog, &n) == NVRTC_SUCCESS &&
+        (cubin = malloc(n)) && r->get_cubin(prog, cubin) == NVRTC_SUCCESS && r->load_data(&mod, cubin) != CUDA_SUCCESS)
+        mod = NULL;
+    free(cubin);
+    r->destroy(&prog);
+    return mod;
+}
+
 static void *raw_cuda_open(int index)
 {
     raw_cuda *r = calloc(1, sizeof *r);
@@ -155,10 +173,7 @@ static void *raw_cuda_open(int index)
     int major = 0, minor = 0;
     attr(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, r->dev);
     attr(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, r->dev);
-    char arch[64];
-    snprintf(arch, sizeof arch, "--gpu-architecture=sm_%d%d", major, minor);
-    const char *opts[] = {arch};
-    nvrtcProgram prog;
+    snprintf(r->arch, sizeof r->arch, "--gpu-architecture=sm_%d%d", major, minor);
     r->load_data = load_data;
     r->get_function = get_function;
     r->create = create;
@@ -166,15 +181,7 @@ static void *raw_cuda_open(int index)
     r->cubin_size = cubin_size;
     r->get_cubin = get_cubin;
     r->destroy = destroy;
-    snprintf(r->arch, sizeof r->arch, "%s", arch);
-    if (create(&prog, raw_source, "raw.cu", 0, NULL, NULL) != NVRTC_SUCCESS) goto fail;
-    size_t n = 0;
-    char *cubin = NULL;
-    if (compile(prog, 1, opts) == NVRTC_SUCCESS && cubin_size(prog, &n) == NVRTC_SUCCESS && (cubin = malloc(n)) &&
-        get_cubin(prog, cubin) == NVRTC_SUCCESS && load_data(&r->mod, cubin) == CUDA_SUCCESS) {
-    }
-    free(cubin);
-    destroy(&prog);
+    r->mod = compile_module(r, raw_source, "raw.cu");
     if (!r->mod || get_function(&r->empty, r->mod, "empty") || get_function(&r->add_one, r->mod, "add_one") ||
         get_function(&r->saxpy, r->mod, "saxpy") ||
         stream_create(&r->stream, CU_STREAM_NON_BLOCKING) || mem_alloc(&r->buf, 4096 * 4))
@@ -265,24 +272,6 @@ static int raw_cuda_saxpy(void *impl, size_t n)
 
 /* ---- the stream benchmark's work -------------------------------------------- */
 
-/* Compiles source for this device, as the runtime does (cubin for the exact
- * architecture). */
-static CUmodule compile_module(raw_cuda *r, const char *source)
-{
-    const char *opts[] = {r->arch};
-    nvrtcProgram prog;
-    if (r->create(&prog, source, "fir.cu", 0, NULL, NULL) != NVRTC_SUCCESS) return NULL;
-    size_t n = 0;
-    char *cubin = NULL;
-    CUmodule mod = NULL;
-    if (r->compile(prog, 1, opts) == NVRTC_SUCCESS && r->cubin_size(prog, &n) == NVRTC_SUCCESS &&
-        (cubin = malloc(n)) && r->get_cubin(prog, cubin) == NVRTC_SUCCESS && r->load_data(&mod, cubin) != CUDA_SUCCESS)
-        mod = NULL;
-    free(cubin);
-    r->destroy(&prog);
-    return mod;
-}
-
 static double block_sum(const float *v, uint32_t n)
 {
     double s = 0;
@@ -313,7 +302,7 @@ static double raw_cuda_stream(void *impl, const mc_raw_stream_work *w)
     LOAD(r->lib, free_host, "cuMemFreeHost");
     LOAD(r->lib, htod, "cuMemcpyHtoD_v2");
     LOAD(r->lib, write64, "cuStreamWriteValue64_v2");
-    mod = compile_module(r, w->source);
+    mod = compile_module(r, w->source, "fir.cu");
     CUfunction fir = NULL, gain = NULL;
     if (!mod || r->get_function(&fir, mod, "fir") || r->get_function(&gain, mod, "gain")) goto fail;
     double rate = -1;
