@@ -84,16 +84,7 @@ int mc_bench_pipeline_cache_child(int argc, char **argv)
     bool from_disk = !strcmp(argv[4], "disk");
     int n = atoi(argv[3]);
     size_t len = 0;
-    FILE *f = fopen(argv[2], "rb");
-    char *src = NULL;
-    if (f) {
-        fseek(f, 0, SEEK_END);
-        long size = ftell(f);
-        fseek(f, 0, SEEK_SET);
-        src = size >= 0 ? calloc(1, (size_t)size + 1) : NULL;
-        if (src) len = fread(src, 1, (size_t)size, f);
-        fclose(f);
-    }
+    char *src = mc_cli_read_file(argv[2], &len);
     if (!src || n < 1 || !len) {
         fprintf(stderr, "bench child: cannot read %s\n", argv[2]);
         free(src);
@@ -234,20 +225,7 @@ int mc_bench_pipeline_cache(mc_bench *b)
     double *disk = calloc((size_t)(n * children), sizeof *disk), *first = calloc((size_t)children, sizeof *first);
     double *all = calloc((size_t)n, sizeof *all), *first_cold = calloc((size_t)children, sizeof *first_cold);
     int ndisk = 0, nfirst = 0;
-    size_t len = 0;
-    FILE *f = fopen(kernel, "rb");
-    if (f) {
-        fseek(f, 0, SEEK_END);
-        long size = ftell(f);
-        fseek(f, 0, SEEK_SET);
-        src = size > 0 ? calloc(1, (size_t)size + 1) : NULL;
-        len = src ? fread(src, 1, (size_t)size, f) : 0;
-        fclose(f);
-        if (!len) {
-            free(src);
-            src = NULL;
-        }
-    }
+    src = mc_cli_read_file(kernel, NULL);
     if (!src || !cold || !mem || !disk || !first || !all || !first_cold) {
         fprintf(stderr, "bench pipeline-cache: cannot read %s\n", kernel);
         goto out;

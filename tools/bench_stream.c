@@ -291,15 +291,7 @@ static double raw_stream_rate(mc_bench *b, const sb_ctx *c, int rounds, uint32_t
     if (b->info.kind != MC_DEVICE_CUDA) return -1;
     char path[4096];
     snprintf(path, sizeof path, "%s/fir%s", mc_cli_kernel_dir(), mc_device_kernel_extension(b->info.kind));
-    FILE *f = fopen(path, "rb");
-    char *src = NULL;
-    long len = -1;
-    if (f && fseek(f, 0, SEEK_END) == 0 && (len = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
-        (src = calloc((size_t)len + 1, 1)) && fread(src, 1, (size_t)len, f) != (size_t)len) {
-        free(src);
-        src = NULL;
-    }
-    if (f) fclose(f);
+    char *src = mc_cli_read_file(path, NULL);
     mc_raw *r = src ? mc_raw_open(b->info.kind, b->info.index) : NULL;
     double *rate = calloc((size_t)rounds, sizeof *rate), med = -1;
     if (r && rate) {

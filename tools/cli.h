@@ -26,6 +26,9 @@ mc_device *mc_cli_open_device(const char *spec, int64_t time_limit_ms);
 mc_pipeline *mc_cli_pipeline(mc_device *d, const char *file, const char *fn);
 /* Prints "metal-compute: <what>: <status> (<detail>)" to stderr; returns 1. */
 int mc_cli_fail(const char *what, mc_status s);
+/* The whole file as a NUL-terminated string (free it), its length in
+ * *len (may be NULL); NULL if it cannot be read or is empty. */
+char *mc_cli_read_file(const char *path, size_t *len);
 /* True if the stream is a terminal (progress bars). */
 bool mc_cli_isatty(FILE *f);
 

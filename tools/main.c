@@ -62,6 +62,23 @@ const char *mc_cli_kernel_dir(void)
     return MC_KERNEL_DIR;
 }
 
+char *mc_cli_read_file(const char *path, size_t *len)
+{
+    if (len) *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = NULL;
+    long size = -1;
+    if (fseek(f, 0, SEEK_END) == 0 && (size = ftell(f)) > 0 && fseek(f, 0, SEEK_SET) == 0 &&
+        (buf = calloc(1, (size_t)size + 1)) && fread(buf, 1, (size_t)size, f) != (size_t)size) {
+        free(buf);
+        buf = NULL;
+    }
+    fclose(f);
+    if (buf && len) *len = (size_t)size;
+    return buf;
+}
+
 int mc_cli_fail(const char *what, mc_status s)
 {
     fprintf(stderr, "metal-compute: %s: %s (%s)\n", what, mc_status_name(s), mc_last_error());

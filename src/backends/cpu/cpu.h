@@ -215,11 +215,6 @@ struct mc__cpu_device {
     bool cc_known;
 };
 
-/* One step of a spin-wait (i counts the steps). Every 32nd step yields the
- * core: where the scheduler puts a woken thread on the core of the thread
- * that woke it (small VMs do, and rebalance only after milliseconds), the
- * thread being waited for may be queued behind the spinner and would
- * otherwise start only when the spin ends. */
 /* cpu_device.c */
 void *mc__cpu_alloc_aligned(size_t size, void **raw);
 mc_status mc__cpu_cond_init(pthread_cond_t *cv);
