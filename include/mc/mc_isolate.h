@@ -72,6 +72,12 @@
 extern "C" {
 #endif
 
+/* Declared here too (C11 allows the repeat) so that this header compiles
+ * when mc.h includes it from inside mc_runner.h or mc_stream.h, before
+ * those have declared their handle. */
+typedef struct mc_runner mc_runner;
+typedef struct mc_stream mc_stream;
+
 /* Read (and its strings copied) by mc_runner_create / mc_stream_create. */
 typedef struct mc_isolate_desc {
     /* The device the worker opens: "cpu", "cuda", "metal", "cuda:1"; NULL

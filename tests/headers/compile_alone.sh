@@ -1,0 +1,39 @@
+#!/bin/sh
+# Every public header compiles on its own: a translation unit that includes
+# only that header builds with warnings as errors, as C11 and, since the
+# headers wrap themselves in extern "C", as C++11.
+# Usage: compile_alone.sh c|c++ COMPILER INCLUDE_DIR
+# Exits 77 (reported as skipped) when the C++ compiler is absent.
+set -eu
+lang=$1
+cc=$2
+inc=$3
+if [ "$lang" = c++ ] && ! command -v "$cc" >/dev/null 2>&1; then
+    echo "compile_alone: no C++ compiler ('$cc'): skipped" >&2
+    exit 77
+fi
+case $lang in
+c) ext=c; flags="-std=c11 -Wall -Wextra -pedantic -Werror -Wstrict-prototypes -Wmissing-prototypes -Wshadow" ;;
+c++) ext=cpp; flags="-std=c++11 -Wall -Wextra -pedantic -Werror -Wshadow" ;;
+*) echo "compile_alone: language must be c or c++, not '$lang'" >&2; exit 2 ;;
+esac
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+failed=0
+count=0
+for h in "$inc"/mc/*.h; do
+    name=$(basename "$h")
+    printf '#include <mc/%s>\n' "$name" >"$tmp/tu.$ext"
+    # shellcheck disable=SC2086
+    if ! "$cc" $flags -I"$inc" -fsyntax-only "$tmp/tu.$ext"; then
+        echo "compile_alone: mc/$name does not compile on its own as $lang" >&2
+        failed=1
+    fi
+    count=$((count + 1))
+done
+if [ "$count" -eq 0 ]; then
+    echo "compile_alone: no headers found in $inc/mc" >&2
+    exit 1
+fi
+[ "$failed" -eq 0 ] || exit 1
+echo "compile_alone: all $count public headers compile on their own as $lang"
