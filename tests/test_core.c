@@ -157,7 +157,7 @@ MC_TEST(buffers)
     CHECK_STR_CONTAINS(mc_last_error(), "past the end");
     CHECK_STATUS(mc_buffer_write(b, 1001, out, 0), MC_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(mc_buffer_write(b, 0, NULL, 4), MC_ERR_INVALID_ARGUMENT);
-    CHECK_OK(mc_buffer_release(b));
+    mc_buffer_release(b);
 
     bd.storage = MC_STORAGE_PRIVATE;
     bd.initial_data = NULL;
@@ -169,11 +169,11 @@ MC_TEST(buffers)
     char hello[6] = {0};
     CHECK_OK(mc_buffer_read(b, 10, hello, 5));
     CHECK(strcmp(hello, "hello") == 0);
-    CHECK_OK(mc_buffer_release(b));
+    mc_buffer_release(b);
 
     CHECK_EQ(mc_buffer_size(NULL), 0);
     CHECK(mc_buffer_contents(NULL) == NULL);
-    CHECK_OK(mc_buffer_release(NULL));
+    mc_buffer_release(NULL); /* a no-op */
     mc_device_release(d);
     return 0;
 }

@@ -37,6 +37,17 @@ extern "C" {
 #define MC_API
 #endif
 
+/* The MC_*_INIT macros: designated initializers that name the fields whose
+ * zero is a default worth seeing; every field not named is zero, and zero
+ * means "default" everywhere. In C++ (no designated initializers before
+ * C++20, and warnings for the unnamed fields after) `{}` gives the same
+ * all-zero value. */
+#ifdef __cplusplus
+#define MC__DESC_INIT(...) {}
+#else
+#define MC__DESC_INIT(...) {__VA_ARGS__}
+#endif
+
 #define MC_VERSION_MAJOR 0
 #define MC_VERSION_MINOR 1
 #define MC_VERSION_PATCH 0
@@ -168,7 +179,7 @@ typedef struct mc_device_desc {
     int64_t time_limit_ms;
     uint32_t threads;      /* CPU device workers; 0 = number of cores */
 } mc_device_desc;
-#define MC_DEVICE_DESC_INIT {MC_DEVICE_ANY, 0, 0, 0}
+#define MC_DEVICE_DESC_INIT MC__DESC_INIT(.kind = MC_DEVICE_ANY, .index = 0, .time_limit_ms = 0, .threads = 0)
 
 /* Lists the devices of every compiled-in backend whose driver is present.
  * Writes up to cap entries; *count receives the number present. */
@@ -218,14 +229,15 @@ typedef struct mc_buffer_desc {
     const char *label;
     const void *initial_data; /* optional: size bytes copied in */
 } mc_buffer_desc;
-#define MC_BUFFER_DESC_INIT {0, MC_STORAGE_SHARED, NULL, NULL}
+#define MC_BUFFER_DESC_INIT MC__DESC_INIT(.size = 0, .storage = MC_STORAGE_SHARED)
 
 MC_API mc_status mc_buffer_create(mc_device *d, const mc_buffer_desc *desc, mc_buffer **out);
 MC_API void mc_buffer_retain(mc_buffer *b);
 /* In validation mode, releasing the last reference the caller holds while a
- * committed, unfinished command buffer uses the buffer is refused with
- * MC_ERR_VALIDATION and the reference is kept. */
-MC_API mc_status mc_buffer_release(mc_buffer *b);
+ * committed, unfinished command buffer uses the buffer is refused: the
+ * reference is kept, and mc_last_error() and the log (message id
+ * "validation.buffer_in_use") say so. Returns nothing, like every release. */
+MC_API void mc_buffer_release(mc_buffer *b);
 MC_API size_t mc_buffer_size(const mc_buffer *b);               /* 0 for NULL */
 MC_API void *mc_buffer_contents(mc_buffer *b);                  /* NULL if not host-visible */
 /* Synchronous transfers for any storage; do not order against queued work. */
@@ -251,7 +263,7 @@ typedef struct mc_library_desc {
     const char *options; /* compiler options, space separated; may be NULL */
     const char *label;
 } mc_library_desc;
-#define MC_LIBRARY_DESC_INIT {MC_LANG_UNSET, NULL, 0, NULL, NULL}
+#define MC_LIBRARY_DESC_INIT MC__DESC_INIT(.language = MC_LANG_UNSET, .source = NULL, .source_len = 0)
 
 /* Compiles source for the device. On MC_ERR_COMPILE, *log (if log != NULL)
  * receives the compiler's full output; free it with mc_free. *log is set to
@@ -274,7 +286,7 @@ typedef struct mc_pipeline_desc {
     bool threadgroup_size_is_multiple_of_simd_width;
     const char *label;
 } mc_pipeline_desc;
-#define MC_PIPELINE_DESC_INIT {NULL, NULL, 0, false, NULL}
+#define MC_PIPELINE_DESC_INIT MC__DESC_INIT(.library = NULL, .function = NULL, .max_total_threads_per_threadgroup = 0)
 
 typedef struct mc_pipeline_info {
     uint32_t max_total_threads_per_threadgroup; /* what the device allows for it */
@@ -306,7 +318,7 @@ typedef struct mc_size3 {
 typedef struct mc_queue_desc {
     const char *label;
 } mc_queue_desc;
-#define MC_QUEUE_DESC_INIT {NULL}
+#define MC_QUEUE_DESC_INIT MC__DESC_INIT(.label = NULL)
 
 /* Command buffers on one queue execute one after another in commit order.
  * After a command buffer fails, the queue accepts no more work (commit
@@ -350,7 +362,7 @@ typedef struct mc_cmdbuf_desc {
     const char *label;
     uint32_t flags; /* MC_CMDBUF_* */
 } mc_cmdbuf_desc;
-#define MC_CMDBUF_DESC_INIT {NULL, 0}
+#define MC_CMDBUF_DESC_INIT MC__DESC_INIT(.label = NULL, .flags = 0)
 
 MC_API mc_status mc_cmdbuf_create(mc_queue *q, const mc_cmdbuf_desc *desc, mc_cmdbuf **out);
 MC_API void mc_cmdbuf_retain(mc_cmdbuf *cb);

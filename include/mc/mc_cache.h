@@ -46,7 +46,8 @@ typedef struct mc_pipeline_source_desc {
     bool threadgroup_size_is_multiple_of_simd_width;
     const char *label;    /* not part of the key; NULL = the function name */
 } mc_pipeline_source_desc;
-#define MC_PIPELINE_SOURCE_DESC_INIT {MC_LANG_UNSET, NULL, 0, NULL, NULL, 0, false, NULL}
+#define MC_PIPELINE_SOURCE_DESC_INIT                                                                        \
+    MC__DESC_INIT(.language = MC_LANG_UNSET, .source = NULL, .source_len = 0, .max_total_threads_per_threadgroup = 0)
 
 /* Makes a pipeline from source: from memory, else from the on-disk archive,
  * else by compiling (and then archiving). *out is a new reference the

@@ -77,7 +77,7 @@ typedef struct mc_cmdlist_desc {
     const char *label;     /* also the label of each execution's pass */
     uint32_t max_commands; /* 0 = MC_CMDLIST_MAX_COMMANDS; at most that */
 } mc_cmdlist_desc;
-#define MC_CMDLIST_DESC_INIT {NULL, 0}
+#define MC_CMDLIST_DESC_INIT MC__DESC_INIT(.label = NULL, .max_commands = 0)
 
 /* desc may be NULL (defaults). The list starts empty: begin records it. */
 MC_API mc_status mc_cmdlist_create(mc_device *d, const mc_cmdlist_desc *desc, mc_cmdlist **out);

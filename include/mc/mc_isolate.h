@@ -107,7 +107,7 @@ typedef struct mc_isolate_desc {
      * NULL = none. */
     const char *inject_faults;
 } mc_isolate_desc;
-#define MC_ISOLATE_DESC_INIT {NULL, 0, 0, 0, 0, 0, NULL}
+#define MC_ISOLATE_DESC_INIT MC__DESC_INIT(.device = NULL, .deadline_ms = 0, .start_timeout_ms = 0, .max_restarts = 0)
 
 /* What the supervisor saw; all times in milliseconds on its clock. */
 typedef struct mc_isolate_stats {

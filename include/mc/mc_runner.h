@@ -14,11 +14,11 @@
  * number of recoveries is bit-identical to an undisturbed run.
  *
  * The kernel, per dispatch:
- *  - slot iteration_arg (when >= 0) receives bytes mc_runner_iteration: the
+ *  - slot iteration_arg (when not 0) receives bytes mc_runner_iteration: the
  *    first iteration of the dispatch and how many to run (at most
  *    iterations_per_dispatch; fewer only in the last dispatch of the run).
  *    Ping-pong state picks its source by the parity of the iteration.
- *  - slot control_arg (when >= 0) receives the runner's control buffer
+ *  - slot control_arg (when not 0) receives the runner's control buffer
  *    (mc_runner_control), from which every dispatch then reads its grid
  *    (indirect dispatch, F148). The kernel stops the run by setting
  *    groups[0] = 0, stopped = 1 and stop_iteration = the first iteration it
@@ -149,8 +149,8 @@ typedef struct mc_runner_desc {
     mc_size3 threads_per_threadgroup;
     uint32_t iterations_per_dispatch; /* 0 = 1 */
     uint64_t total_iterations;       /* 0 = until the stop condition (needs control_arg) */
-    int32_t iteration_arg;           /* slot for mc_runner_iteration bytes; -1 = none */
-    int32_t control_arg;             /* slot for the control buffer; -1 = no stop condition */
+    int32_t iteration_arg;           /* slot (1 ..) for mc_runner_iteration bytes; 0 (or -1) = none */
+    int32_t control_arg;             /* slot (1 ..) for the control buffer; 0 (or -1) = no stop condition */
     double budget_ms;                /* device time per chunk; 0 = 25 ms (docs/RUNNER.md says why) */
     double max_chunk_ms;             /* hard cap per chunk; 0 = min(limit / 10, 500 ms) */
     uint32_t in_flight;              /* chunks queued at once; 0 = 3 */
@@ -173,8 +173,8 @@ typedef struct mc_runner_desc {
     const struct mc_isolate_desc *isolate;
 } mc_runner_desc;
 #define MC_RUNNER_DESC_INIT                                                                                  \
-    {NULL, NULL, NULL, NULL, {0, 0, 0}, {0, 0, 0}, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0, NULL,   \
-     NULL, NULL, 0, NULL}
+    MC__DESC_INIT(.device = NULL, .iterations_per_dispatch = 0, .iteration_arg = 0, .control_arg = 0,          \
+                  .budget_ms = 0, .in_flight = 0, .checkpoint_ms = 0, .max_recoveries = 0)
 
 typedef struct mc_runner_stats {
     uint64_t iterations;        /* done (the stop iteration after an early stop) */

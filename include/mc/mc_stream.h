@@ -166,7 +166,7 @@ typedef struct mc_stream_desc {
      * still come back in submission order. */
     uint32_t lanes;
 } mc_stream_desc;
-#define MC_STREAM_DESC_INIT {NULL, NULL, NULL, NULL, 0, 0, 0, NULL, NULL, 0, NULL, 0, NULL, 0}
+#define MC_STREAM_DESC_INIT MC__DESC_INIT(.device = NULL, .slots = 0, .max_retries = 0, .lanes = 0)
 
 /* What a producer fills. */
 typedef struct mc_stream_slot {

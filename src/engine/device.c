@@ -411,16 +411,22 @@ void mc_buffer_retain(mc_buffer *b)
     if (mc__object_check(b, MC__TAG_BUFFER)) mc__object_retain(&b->base);
 }
 
-mc_status mc_buffer_release(mc_buffer *b)
+void mc_buffer_release(mc_buffer *b)
 {
-    if (!b) return MC_OK;
-    MC__CHECK_HANDLE(b, MC__TAG_BUFFER, "buffer");
-    if (mc_validation_enabled() && atomic_load(&b->gpu_uses) > 0)
-        return mc__fail(MC_ERR_VALIDATION,
-                        "buffer '%s' released while a command buffer with unretained references still uses it",
-                        b->base.label ? b->base.label : "(unlabelled)");
+    if (!b) return;
+    if (!mc__object_check(b, MC__TAG_BUFFER)) {
+        mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_buffer_release: buffer is not a valid handle");
+        return;
+    }
+    if (mc_validation_enabled() && atomic_load(&b->gpu_uses) > 0) {
+        const char *label = b->base.label ? b->base.label : "(unlabelled)";
+        mc__fail(MC_ERR_VALIDATION,
+                 "buffer '%s' released while a command buffer with unretained references still uses it", label);
+        mc__log(MC_LOG_WARN, "validation.buffer_in_use",
+                "buffer '%s' released while a command buffer still uses it: the reference is kept", label);
+        return;
+    }
     mc__object_release(&b->base);
-    return MC_OK;
 }
 
 size_t mc_buffer_size(const mc_buffer *b)

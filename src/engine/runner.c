@@ -1035,21 +1035,23 @@ mc_status mc__runner_check_desc(const mc_runner_desc *d, const mc_device_info *i
         return mc__fail(MC_ERR_INVALID_ARGUMENT,
                         "mc_runner_create: threads_per_threadgroup (%u,%u,%u); the device allows 1 to %u", t.x, t.y, t.z,
                         info ? info->max_threads_per_threadgroup : 0);
+    /* 0 means none so that an all-zero descriptor is the default; -1, the
+     * old spelling of none, is still accepted. */
     if (d->iteration_arg < -1 || d->iteration_arg >= MC_MAX_BUFFER_ARGS)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_create: iteration_arg %d is not a slot (0 to %d) or -1",
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_create: iteration_arg %d is not a slot (1 to %d) or 0 (none)",
                         d->iteration_arg, MC_MAX_BUFFER_ARGS - 1);
     if (d->control_arg < -1 || d->control_arg >= MC_MAX_BUFFER_ARGS)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_create: control_arg %d is not a slot (0 to %d) or -1",
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_create: control_arg %d is not a slot (1 to %d) or 0 (none)",
                         d->control_arg, MC_MAX_BUFFER_ARGS - 1);
-    if (d->iteration_arg >= 0 && d->iteration_arg == d->control_arg)
+    if (d->iteration_arg > 0 && d->iteration_arg == d->control_arg)
         return mc__fail(MC_ERR_INVALID_ARGUMENT,
-                        "mc_runner_create: iteration_arg and control_arg are both slot %d (start from "
-                        "MC_RUNNER_DESC_INIT: -1 means none)",
+                        "mc_runner_create: iteration_arg and control_arg are both slot %d (0 means none, as in "
+                        "MC_RUNNER_DESC_INIT)",
                         d->iteration_arg);
-    if (!d->total_iterations && d->control_arg < 0)
+    if (!d->total_iterations && d->control_arg <= 0)
         return mc__fail(MC_ERR_INVALID_ARGUMENT,
                         "mc_runner_create: total_iterations is 0 (until the stop condition) but there is no control_arg");
-    if (info && d->control_arg >= 0 && !(info->features & MC_FEATURE_INDIRECT_DISPATCH))
+    if (info && d->control_arg > 0 && !(info->features & MC_FEATURE_INDIRECT_DISPATCH))
         return mc__fail(MC_ERR_UNSUPPORTED, "mc_runner_create: a stop condition needs indirect dispatch, which %s lacks",
                         info->name);
     if (d->in_flight > MAX_IN_FLIGHT)
@@ -1098,6 +1100,8 @@ mc_status mc_runner_create(const mc_runner_desc *desc, mc_runner **out)
     mc_runner_desc *d = &r->desc;
     d->label = r->label;
     if (!d->iterations_per_dispatch) d->iterations_per_dispatch = 1;
+    if (d->iteration_arg <= 0) d->iteration_arg = -1; /* none: from here on, slots are >= 0 */
+    if (d->control_arg <= 0) d->control_arg = -1;
     if (!d->in_flight) d->in_flight = DEFAULT_IN_FLIGHT;
     if (!d->checkpoint_ms) d->checkpoint_ms = DEFAULT_CHECKPOINT_MS;
     if (!d->max_recoveries) d->max_recoveries = DEFAULT_MAX_RECOVERIES;

@@ -31,6 +31,20 @@ for h in "$inc"/mc/*.h; do
     fi
     count=$((count + 1))
 done
+# The MC_*_INIT macros expand in this language too.
+inits=$(grep -ho '#define MC_[A-Z][A-Z_]*_DESC_INIT' "$inc"/mc/*.h | sed 's/#define //' | sort -u)
+{
+    echo '#include <mc/mc.h>'
+    for m in $inits; do
+        type=$(echo "$m" | sed 's/_INIT$//' | tr 'A-Z' 'a-z')
+        echo "extern const $type ${type}_example; const $type ${type}_example = $m;"
+    done
+} >"$tmp/inits.$ext"
+# shellcheck disable=SC2086
+if [ -z "$inits" ] || ! "$cc" $flags -I"$inc" -fsyntax-only "$tmp/inits.$ext"; then
+    echo "compile_alone: the MC_*_INIT macros do not compile as $lang" >&2
+    failed=1
+fi
 if [ "$count" -eq 0 ]; then
     echo "compile_alone: no headers found in $inc/mc" >&2
     exit 1
