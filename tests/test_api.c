@@ -3,6 +3,7 @@
  * included: 0 is "none"). */
 #include "mc_test.h"
 
+#include <stdio.h>
 #include <string.h>
 
 /* Static objects: their padding is zero too, so memcmp compares values. */
@@ -82,5 +83,20 @@ MC_TEST(api_zero_runner_slots_mean_none)
     CHECK_STATUS(mc_runner_create(&desc, &r), MC_ERR_INVALID_ARGUMENT);
     CHECK_STR_CONTAINS(mc_last_error(), "control_arg -2");
     mc_device_release(d);
+    return 0;
+}
+
+MC_TEST(api_version_at_run_time_matches_the_headers)
+{
+    const char *v = mc_version();
+    CHECK(v != NULL);
+    CHECK(strcmp(v, MC_VERSION_STRING) == 0);
+    unsigned major = 0, minor = 0, patch = 0;
+    int end = 0;
+    CHECK_EQ(sscanf(v, "%u.%u.%u%n", &major, &minor, &patch, &end), 3);
+    CHECK_EQ((size_t)end, strlen(v));
+    CHECK_EQ(major, MC_VERSION_MAJOR);
+    CHECK_EQ(minor, MC_VERSION_MINOR);
+    CHECK_EQ(patch, MC_VERSION_PATCH);
     return 0;
 }

@@ -10,7 +10,7 @@ static int cmd_version(int argc, char **argv)
 {
     (void)argc;
     (void)argv;
-    printf("metal-compute %s\n", MC_VERSION_STRING);
+    printf("metal-compute %s\n", mc_version());
     return 0;
 }
 

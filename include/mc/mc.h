@@ -48,10 +48,14 @@ extern "C" {
 #define MC__DESC_INIT(...) {__VA_ARGS__}
 #endif
 
-#define MC_VERSION_MAJOR 0
-#define MC_VERSION_MINOR 1
-#define MC_VERSION_PATCH 0
-#define MC_VERSION_STRING "0.1.0"
+/* MC_VERSION_MAJOR, _MINOR, _PATCH and _STRING: the version these headers
+ * came with (generated from the build's project version). */
+#include <mc/mc_version.h>
+
+/* The library's version at run time, "MAJOR.MINOR.PATCH": it can differ
+ * from MC_VERSION_STRING when a program runs against another build of the
+ * shared library. Never NULL; a static string. */
+MC_API const char *mc_version(void);
 
 /* ------------------------------------------------------------------------ */
 /* Status: one taxonomy for device and API errors.                           */

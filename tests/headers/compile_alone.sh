@@ -2,12 +2,14 @@
 # Every public header compiles on its own: a translation unit that includes
 # only that header builds with warnings as errors, as C11 and, since the
 # headers wrap themselves in extern "C", as C++11.
-# Usage: compile_alone.sh c|c++ COMPILER INCLUDE_DIR
+# Usage: compile_alone.sh c|c++ COMPILER INCLUDE_DIR GENERATED_INCLUDE_DIR
+# (the second holds mc/mc_version.h, which the build generates).
 # Exits 77 (reported as skipped) when the C++ compiler is absent.
 set -eu
 lang=$1
 cc=$2
 inc=$3
+gen=$4
 if [ "$lang" = c++ ] && ! command -v "$cc" >/dev/null 2>&1; then
     echo "compile_alone: no C++ compiler ('$cc'): skipped" >&2
     exit 77
@@ -21,11 +23,12 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 failed=0
 count=0
-for h in "$inc"/mc/*.h; do
+for h in "$inc"/mc/*.h "$gen"/mc/*.h; do
     name=$(basename "$h")
-    printf '#include <mc/%s>\n' "$name" >"$tmp/tu.$ext"
+    # The typedef keeps a header of macros only from making an empty unit.
+    printf '#include <mc/%s>\ntypedef int header_test_unit_is_not_empty;\n' "$name" >"$tmp/tu.$ext"
     # shellcheck disable=SC2086
-    if ! "$cc" $flags -I"$inc" -fsyntax-only "$tmp/tu.$ext"; then
+    if ! "$cc" $flags -I"$inc" -I"$gen" -fsyntax-only "$tmp/tu.$ext"; then
         echo "compile_alone: mc/$name does not compile on its own as $lang" >&2
         failed=1
     fi
@@ -41,7 +44,7 @@ inits=$(grep -ho '#define MC_[A-Z][A-Z_]*_DESC_INIT' "$inc"/mc/*.h | sed 's/#def
     done
 } >"$tmp/inits.$ext"
 # shellcheck disable=SC2086
-if [ -z "$inits" ] || ! "$cc" $flags -I"$inc" -fsyntax-only "$tmp/inits.$ext"; then
+if [ -z "$inits" ] || ! "$cc" $flags -I"$inc" -I"$gen" -fsyntax-only "$tmp/inits.$ext"; then
     echo "compile_alone: the MC_*_INIT macros do not compile as $lang" >&2
     failed=1
 fi
