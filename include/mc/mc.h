@@ -8,7 +8,10 @@
  *    MC_ERR_INVALID_ARGUMENT and mc_last_error() says which and why.
  *  - Handles are opaque and reference counted. The creator owns the first
  *    reference; mc_*_retain / mc_*_release change it. Releasing NULL is a
- *    no-op. A committed command buffer holds its own references to every
+ *    no-op; every release returns nothing. Three handles are not counted:
+ *    mc_runner, mc_stream and mc_pipeline_future have one owner, no
+ *    retain, and their release destroys them (each runs or waits on a
+ *    thread of its own, whose end a shared reference would blur). A committed command buffer holds its own references to every
  *    buffer, pipeline and event it uses, so callers may release those right
  *    after commit.
  *  - Descriptor structs: all-zero means "defaults"; use the MC_*_DESC_INIT

@@ -85,6 +85,8 @@ MC_API mc_status mc_pipeline_future_wait_any(mc_pipeline_future *const *futures,
                                              size_t *index);
 /* True once the creation has finished (either way). false for NULL. */
 MC_API bool mc_pipeline_future_done(const mc_pipeline_future *f);
+/* A future is not reference counted (mc/mc.h): this destroys it (pipelines
+ * it handed out stay valid); there is no retain. NULL is a no-op. */
 MC_API void mc_pipeline_future_release(mc_pipeline_future *f);
 
 /* ------------------------------------------------------------------------ */

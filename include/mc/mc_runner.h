@@ -242,7 +242,8 @@ MC_API size_t mc_runner_state_size(const mc_runner *r, uint32_t index);
  * an isolated runner: its device is in its worker process. */
 MC_API mc_device *mc_runner_device(const mc_runner *r);
 /* Calls teardown, releases everything the runner made and its device
- * reference. Not while mc_runner_run runs. NULL is a no-op. */
+ * reference. Not while mc_runner_run runs. NULL is a no-op. A runner is not
+ * reference counted (mc/mc.h): this destroys it; there is no retain. */
 MC_API void mc_runner_release(mc_runner *r);
 
 #ifdef __cplusplus

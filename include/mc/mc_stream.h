@@ -251,7 +251,8 @@ MC_API mc_device *mc_stream_device(const mc_stream *s);
 /* Closes with cancel if not closed, stops the stream's thread, calls
  * teardown and releases everything; results still held from pull become
  * invalid. Not while other calls on the stream run, nor from the result
- * callback. NULL is a no-op. */
+ * callback. NULL is a no-op. A stream is not reference counted (mc/mc.h):
+ * this destroys it; there is no retain. */
 MC_API void mc_stream_release(mc_stream *s);
 
 #ifdef __cplusplus
