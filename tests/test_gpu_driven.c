@@ -13,6 +13,8 @@ typedef struct fixture {
     mc_device *d;
     mc_queue *q;
     mc_pipeline *add_one, *iota, *store, *filter, *args, *square;
+    mc_buffer *buffers[16]; /* made by buffer(); released by fixture_close */
+    uint32_t nbuffers;
 } fixture;
 
 static int fixture_open(fixture *f)
@@ -32,6 +34,7 @@ static int fixture_open(fixture *f)
 
 static void fixture_close(fixture *f)
 {
+    for (uint32_t i = 0; i < f->nbuffers; i++) mc_buffer_release(f->buffers[i]);
     mc_queue_release(f->q);
     mc_pipeline_release(f->add_one);
     mc_pipeline_release(f->iota);
@@ -42,11 +45,14 @@ static void fixture_close(fixture *f)
     mc_device_release(f->d);
 }
 
+/* A zeroed shared buffer that the fixture releases when it closes. */
 static mc_buffer *buffer(fixture *f, size_t size, const char *label)
 {
     mc_buffer *b = NULL;
     mc_buffer_desc bd = {size, MC_STORAGE_SHARED, label, NULL};
+    if (f->nbuffers == sizeof f->buffers / sizeof f->buffers[0]) return NULL;
     if (mc_buffer_create(f->d, &bd, &b) != MC_OK) return NULL;
+    f->buffers[f->nbuffers++] = b;
     void *zero = calloc(1, size);
     mc_buffer_write(b, 0, zero, size);
     free(zero);
@@ -58,6 +64,15 @@ static uint32_t word(mc_buffer *b, uint32_t i)
     uint32_t v = 0xdeadbeefu;
     mc_buffer_read(b, (size_t)i * 4, &v, 4);
     return v;
+}
+
+/* Binds add_one (data[i] += 1 for i < n) for the dispatches that follow. */
+static mc_status bind_add_one(mc_pass *p, const fixture *f, mc_buffer *data, const uint32_t *n)
+{
+    mc_status s = mc_pass_set_pipeline(p, f->add_one);
+    if (s == MC_OK) s = mc_pass_set_buffer(p, 0, data, 0);
+    if (s == MC_OK) s = mc_pass_set_bytes(p, 1, n, 4);
+    return s;
 }
 
 /* A kernel writes up to 8 words into dst (by value: 32 bytes of arguments). */
@@ -134,9 +149,7 @@ MC_TEST(indirect_zero_grids_do_nothing)
         CHECK_OK(mc_cmdbuf_create(f.q, NULL, &cb));
         mc_pass *p;
         CHECK_OK(mc_cmdbuf_begin_pass(cb, "zeros", &p));
-        CHECK_OK(mc_pass_set_pipeline(p, f.add_one));
-        CHECK_OK(mc_pass_set_buffer(p, 0, data, 0));
-        CHECK_OK(mc_pass_set_bytes(p, 1, &n, 4));
+        CHECK_OK(bind_add_one(p, &f, data, &n));
         for (int k = 0; k < 3; k++) CHECK_OK(mc_pass_dispatch_indirect(p, grids, (size_t)k * 12, (mc_size3){64, 1, 1}));
         CHECK_OK(mc_pass_end(p));
         CHECK_OK(run(cb));
@@ -145,9 +158,7 @@ MC_TEST(indirect_zero_grids_do_nothing)
         /* a real grid after them still runs */
         CHECK_OK(mc_cmdbuf_create(f.q, NULL, &cb));
         CHECK_OK(mc_cmdbuf_begin_pass(cb, "two groups", &p));
-        CHECK_OK(mc_pass_set_pipeline(p, f.add_one));
-        CHECK_OK(mc_pass_set_buffer(p, 0, data, 0));
-        CHECK_OK(mc_pass_set_bytes(p, 1, &n, 4));
+        CHECK_OK(bind_add_one(p, &f, data, &n));
         CHECK_OK(mc_pass_dispatch_indirect(p, grids, 0, (mc_size3){64, 1, 1}));
         CHECK_OK(mc_pass_dispatch_indirect(p, grids, 36, (mc_size3){64, 1, 1}));
         CHECK_OK(mc_pass_end(p));
@@ -156,8 +167,6 @@ MC_TEST(indirect_zero_grids_do_nothing)
         for (uint32_t i = 0; i < n; i++) CHECK_EQ(word(data, i), i < 128 ? (uint32_t)validation + 1 : 0);
     }
     mc_validation_set(false);
-    mc_buffer_release(data);
-    mc_buffer_release(grids);
     fixture_close(&f);
     return 0;
 }
@@ -177,25 +186,19 @@ MC_TEST(indirect_grid_written_by_a_kernel_in_the_same_command_buffer)
     const uint32_t three[3] = {3, 1, 1};
     CHECK_OK(store_words(p, f.store, grid, 0, three, 3));
     CHECK_OK(mc_pass_barrier(p));
-    CHECK_OK(mc_pass_set_pipeline(p, f.add_one));
-    CHECK_OK(mc_pass_set_buffer(p, 0, data, 0));
-    CHECK_OK(mc_pass_set_bytes(p, 1, &n, 4));
+    CHECK_OK(bind_add_one(p, &f, data, &n));
     CHECK_OK(mc_pass_dispatch_indirect(p, grid, 0, (mc_size3){64, 1, 1}));
     CHECK_OK(mc_pass_end(p));
     /* a later pass rewrites it; the pass after reads the new grid */
     const uint32_t five[3] = {5, 1, 1};
     CHECK_OK(store_pass(cb, f.store, grid, 0, five, 3));
     CHECK_OK(mc_cmdbuf_begin_pass(cb, "dispatch", &p));
-    CHECK_OK(mc_pass_set_pipeline(p, f.add_one));
-    CHECK_OK(mc_pass_set_buffer(p, 0, data, 0));
-    CHECK_OK(mc_pass_set_bytes(p, 1, &n, 4));
+    CHECK_OK(bind_add_one(p, &f, data, &n));
     CHECK_OK(mc_pass_dispatch_indirect(p, grid, 0, (mc_size3){64, 1, 1}));
     CHECK_OK(mc_pass_end(p));
     CHECK_OK(run(cb));
     mc_cmdbuf_release(cb);
     for (uint32_t i = 0; i < n; i++) CHECK_EQ(word(data, i), (i < 192) + (i < 320));
-    mc_buffer_release(data);
-    mc_buffer_release(grid);
     fixture_close(&f);
     return 0;
 }
@@ -205,9 +208,7 @@ static mc_status indirect_pass(mc_cmdbuf *cb, fixture *f, mc_buffer *data, uint3
 {
     mc_pass *p;
     mc_status s = mc_cmdbuf_begin_pass(cb, "too big", &p);
-    if (s == MC_OK) s = mc_pass_set_pipeline(p, f->add_one);
-    if (s == MC_OK) s = mc_pass_set_buffer(p, 0, data, 0);
-    if (s == MC_OK) s = mc_pass_set_bytes(p, 1, &n, 4);
+    if (s == MC_OK) s = bind_add_one(p, f, data, &n);
     if (s == MC_OK) s = mc_pass_dispatch_indirect(p, grids, off, (mc_size3){1, 1, 1});
     if (s == MC_OK) s = mc_pass_end(p);
     return s;
@@ -250,9 +251,7 @@ MC_TEST(validation_refuses_indirect_counts_over_the_limit)
     CHECK_OK(mc_cmdlist_create(f.d, &ld, &l));
     mc_pass *p;
     CHECK_OK(mc_cmdlist_begin(l, &p));
-    CHECK_OK(mc_pass_set_pipeline(p, f.add_one));
-    CHECK_OK(mc_pass_set_buffer(p, 0, data, 0));
-    CHECK_OK(mc_pass_set_bytes(p, 1, &n, 4));
+    CHECK_OK(bind_add_one(p, &f, data, &n));
     CHECK_OK(mc_pass_dispatch_indirect(p, grids, 12, (mc_size3){1, 1, 1}));
     CHECK_OK(mc_cmdlist_end(l));
     mc_queue *q;
@@ -273,8 +272,6 @@ MC_TEST(validation_refuses_indirect_counts_over_the_limit)
     /* without validation the CPU device runs what it is given; the CUDA
      * device cannot launch such a grid and reports MC_ERR_INVALID_RESOURCE */
     mc_validation_set(false);
-    mc_buffer_release(data);
-    mc_buffer_release(grids);
     fixture_close(&f);
     return 0;
 }
@@ -331,7 +328,6 @@ MC_TEST(cmdlist_static_ranges_run_without_encoding_again)
     for (uint32_t k = 0; k < N; k++) want[k] = after_one[k] + 5;
     CHECK_EQ(check_counts(counters, N, want), 0);
     mc_cmdlist_release(l);
-    mc_buffer_release(counters);
     fixture_close(&f);
     return 0;
 }
@@ -383,8 +379,6 @@ MC_TEST(cmdlist_commands_keep_their_own_bindings)
         CHECK_EQ(word(a, i), 1000 + i + (i < 32));
     }
     mc_cmdlist_release(l);
-    mc_buffer_release(a);
-    mc_buffer_release(b);
     fixture_close(&f);
     return 0;
 }
@@ -442,8 +436,6 @@ MC_TEST(cmdlist_ranges_chosen_by_the_gpu)
     CHECK_EQ(mc_cmdbuf_pass_count(cb), 0);
     mc_cmdbuf_release(cb);
     mc_cmdlist_release(l);
-    mc_buffer_release(counters);
-    mc_buffer_release(ranges);
     fixture_close(&f);
     return 0;
 }
@@ -463,9 +455,7 @@ MC_TEST(cmdlist_indirect_dispatch_inside_a_list)
     const uint32_t three[3] = {3, 1, 1};
     CHECK_OK(store_words(p, f.store, grid, 0, three, 3)); /* 0 */
     CHECK_OK(mc_pass_barrier(p));
-    CHECK_OK(mc_pass_set_pipeline(p, f.add_one)); /* 1: three groups of 64 */
-    CHECK_OK(mc_pass_set_buffer(p, 0, data, 0));
-    CHECK_OK(mc_pass_set_bytes(p, 1, &n, 4));
+    CHECK_OK(bind_add_one(p, &f, data, &n)); /* 1: three groups of 64 */
     CHECK_OK(mc_pass_dispatch_indirect(p, grid, 0, (mc_size3){64, 1, 1}));
     CHECK_OK(mc_cmdlist_end(l));
     mc_cmdbuf *cb;
@@ -495,9 +485,6 @@ MC_TEST(cmdlist_indirect_dispatch_inside_a_list)
         for (uint32_t i = 0; i < n; i++) CHECK_EQ(word(data, i), (i < 192) * 2 + (i < 448) * 2);
     }
     mc_cmdlist_release(l);
-    mc_buffer_release(data);
-    mc_buffer_release(grid);
-    mc_buffer_release(range);
     fixture_close(&f);
     return 0;
 }
@@ -571,8 +558,6 @@ MC_TEST(cmdlist_rerecording_leaves_earlier_executions_alone)
     CHECK_EQ(mc_cmdlist_command_count(l), 0);
     mc_event_release(e);
     mc_cmdlist_release(l);
-    mc_buffer_release(counters);
-    mc_buffer_release(other);
     fixture_close(&f);
     return 0;
 }
@@ -636,14 +621,12 @@ MC_TEST(cmdlist_argument_checks)
     CHECK_OK(run(cb));
     mc_cmdbuf_release(cb);
     CHECK_EQ(word(mine, 2), 1);
-    mc_buffer_release(mine);
     /* NULL and stale handles */
     mc_cmdlist_release(NULL);
     CHECK(mc_cmdlist_label(NULL) == NULL);
     CHECK_EQ(mc_cmdlist_command_count(NULL), 0);
     CHECK_STATUS(mc_cmdlist_reset(NULL), MC_ERR_INVALID_ARGUMENT);
     mc_cmdlist_release(l);
-    mc_buffer_release(b);
     fixture_close(&f);
     return 0;
 }
@@ -670,8 +653,6 @@ MC_TEST(cmdlist_copied_in_where_the_device_has_no_lists)
     CHECK_EQ(check_counts(counters, N, want), 0);
     mc__cmdlist_test_copy_in(false);
     mc_cmdlist_release(l);
-    mc_buffer_release(counters);
-    mc_buffer_release(range);
     fixture_close(&f);
     return 0;
 }
@@ -780,12 +761,6 @@ MC_TEST(compaction_in_one_command_buffer_matches_the_reference)
         }
     }
     mc_cmdlist_release(l);
-    mc_buffer_release(b_in);
-    mc_buffer_release(kept);
-    mc_buffer_release(out);
-    mc_buffer_release(count);
-    mc_buffer_release(grid);
-    mc_buffer_release(range);
     free(in);
     free(got);
     free(ref);
