@@ -538,6 +538,14 @@ MC_TEST(isolate_rejects_bad_arguments)
     bad.inject_faults = "explode@3";
     CHECK_STATUS(mc_runner_create(&d, &r), MC_ERR_INVALID_ARGUMENT);
     CHECK_STR_CONTAINS(mc_last_error(), "unknown fault kind 'explode'");
+    bad.inject_faults = "kill@-1";
+    CHECK_STATUS(mc_runner_create(&d, &r), MC_ERR_INVALID_ARGUMENT);
+    CHECK_STR_CONTAINS(mc_last_error(), "from 1 to");
+    bad.inject_faults = "hang@99999999999999999999";
+    CHECK_STATUS(mc_runner_create(&d, &r), MC_ERR_INVALID_ARGUMENT);
+    bad.inject_faults = "kill@3,hang@3";
+    CHECK_STATUS(mc_runner_create(&d, &r), MC_ERR_INVALID_ARGUMENT);
+    CHECK_STR_CONTAINS(mc_last_error(), "a command buffer fails once");
     bad.inject_faults = "kill@3,hang@4,timeout@5,device-lost@6";
     CHECK_OK(mc_runner_create(&d, &r));
     mc_runner_release(r);

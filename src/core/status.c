@@ -85,9 +85,14 @@ void mc__clear_error(void)
 
 mc_status mc__fail(mc_status s, const char *fmt, ...)
 {
+    /* Formatted aside first: callers wrap the previous detail
+     * (mc__fail(s, "MC_DEVICE: %s", mc_last_error())), and vsnprintf into
+     * the buffer an argument points at is undefined behaviour. */
+    char text[sizeof last_error];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
+    memcpy(last_error, text, strlen(text) + 1);
     return s;
 }

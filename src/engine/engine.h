@@ -48,10 +48,31 @@ typedef struct mc__notifier mc__notifier;
 
 typedef struct mc__fault {
     uint64_t at; /* device commit number */
+    uint64_t nth; /* N as the user wrote it, for messages */
     mc_status kind;
 } mc__fault;
 
 #define MC__MAX_FAULTS 64
+
+/* One item of a fault list ("timeout@3,kill@5"): kind is a device error
+ * (an mc_status) or MC__FAULT_KILL / MC__FAULT_HANG (faults of a worker
+ * process, isolated runs only); at is N as written. */
+typedef struct mc__fault_item {
+    int kind;
+    uint64_t at;
+} mc__fault_item;
+#define MC__FAULT_KILL (-1)
+#define MC__FAULT_HANG (-2)
+/* The largest N a list may name: far past any run, far below where the
+ * counters could wrap. */
+#define MC__FAULT_MAX_AT 1000000000000000ull
+/* Parses a whole list before anything is scheduled: refuses unknown words,
+ * N that is not a whole number from 1 to MC__FAULT_MAX_AT (signs, "-1",
+ * overflow), two faults on one command buffer, more than MC__MAX_FAULTS,
+ * and kill/hang unless worker_faults. what names the source in messages
+ * ("MC_INJECT_FAULTS"). NULL or "": no faults. */
+mc_status mc__fault_list_parse(const char *what, const char *spec, bool worker_faults, mc__fault_item *out,
+                               size_t *n);
 
 struct mc_device {
     mc__object base;

@@ -366,45 +366,7 @@ void mc__iso_launcher_stop(mc__iso_launcher *l)
 
 mc_status mc__iso_parse_faults(const char *spec, mc__iso_faults *out)
 {
-    out->n = 0;
-    if (!spec) return MC_OK;
-    const char *p = spec;
-    while (*p) {
-        size_t len = strcspn(p, ",");
-        char item[64];
-        if (len == 0 || len >= sizeof item)
-            return mc__fail(MC_ERR_INVALID_ARGUMENT, "fault spec '%s': empty or overlong item", spec);
-        memcpy(item, p, len);
-        item[len] = '\0';
-        char *at = strchr(item, '@');
-        if (!at) return mc__fail(MC_ERR_INVALID_ARGUMENT, "fault spec item '%s' is not KIND@N", item);
-        *at = '\0';
-        char *end;
-        unsigned long long nth = strtoull(at + 1, &end, 10);
-        if (end == at + 1 || *end || nth == 0)
-            return mc__fail(MC_ERR_INVALID_ARGUMENT, "fault spec item '%s@%s': N must be a number >= 1", item, at + 1);
-        int kind;
-        if (!strcmp(item, "kill")) {
-            kind = MC__ISO_FAULT_KILL;
-        } else if (!strcmp(item, "hang")) {
-            kind = MC__ISO_FAULT_HANG;
-        } else {
-            mc_status st;
-            if (mc_status_from_word(item, &st) != MC_OK)
-                return mc__fail(MC_ERR_INVALID_ARGUMENT,
-                                "unknown fault kind '%s' (expected kill, hang, timeout, page-fault, access-revoked, "
-                                "device-lost, internal, not-permitted, out-of-memory or invalid-resource)",
-                                item);
-            kind = (int)st;
-        }
-        if (out->n == MC__MAX_FAULTS) return mc__fail(MC_ERR_INVALID_ARGUMENT, "too many faults in '%s'", spec);
-        out->f[out->n].kind = kind;
-        out->f[out->n].at = nth;
-        out->n++;
-        p += len;
-        if (*p == ',') p++;
-    }
-    return MC_OK;
+    return mc__fault_list_parse("fault list", spec, true, out->f, &out->n);
 }
 
 static void commit_hook(void *user, uint64_t n)

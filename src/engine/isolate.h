@@ -140,18 +140,21 @@ typedef struct mc__iso_shared {
 
 /* ---- faults ----------------------------------------------------------------- */
 
-#define MC__ISO_FAULT_KILL (-1)
-#define MC__ISO_FAULT_HANG (-2)
+#define MC__ISO_FAULT_KILL MC__FAULT_KILL
+#define MC__ISO_FAULT_HANG MC__FAULT_HANG
 
-typedef struct mc__iso_fault {
-    int kind; /* an mc_status device error, MC__ISO_FAULT_KILL or MC__ISO_FAULT_HANG */
-    uint64_t at; /* the Nth command buffer of the run */
-} mc__iso_fault;
+/* kind: an mc_status device error, MC__ISO_FAULT_KILL or MC__ISO_FAULT_HANG;
+ * at: the Nth command buffer of the run. */
+typedef mc__fault_item mc__iso_fault;
 
 typedef struct mc__iso_faults {
     mc__iso_fault f[MC__MAX_FAULTS];
     size_t n;
 } mc__iso_faults;
+
+/* runner.c: the first chunk past iteration takes a checkpoint (a new
+ * worker, where the last one failed). Before mc_runner_run. */
+void mc__runner_checkpoint_past(mc_runner *r, uint64_t iteration);
 
 /* Parses "KIND@N,..." (NULL or "": none). */
 mc_status mc__iso_parse_faults(const char *spec, mc__iso_faults *out);

@@ -51,6 +51,7 @@
 typedef struct runner_shared {
     mc__iso_shared base;
     _Atomic uint32_t ckpt; /* 0: none yet; k + 1: copy k is the last good state */
+    _Atomic uint64_t furthest; /* the furthest iteration any worker reported, set at each restart */
     uint32_t pad;
     uint64_t ckpt_iter[2];
 } runner_shared;
@@ -100,7 +101,8 @@ typedef struct iso_runner {
     _Atomic int cancel, ran;
     bool cancel_sent;
     uint64_t start_ns, high, restored_iter, final_iter;
-    uint32_t in_a_row;
+    uint32_t in_a_row; /* restarts since an iteration past fail_high was reached */
+    uint64_t fail_high; /* the furthest iteration at the last restart */
     mc_runner_stats base, cur; /* finished workers' sums; the current worker's last report */
     mc_isolate_stats ist;
     mc__iso_timing timing;
@@ -293,6 +295,10 @@ static int runner_worker(void *ctx, int sock)
         w_cleanup(&w);
         return 0;
     }
+    /* Work past the last failure is kept at once: the next fault then
+     * costs only what came after it (and the supervisor sees progress). */
+    uint64_t furthest = atomic_load(&ir->sh->furthest);
+    if (furthest > (ck ? ir->sh->ckpt_iter[ck - 1] : 0)) mc__runner_checkpoint_past(r, furthest);
     mc__iso_arm_faults(&w.arm, w.dev, &ir->sh->base, &ir->pol.faults);
     pthread_t reader;
     if (pthread_create(&reader, NULL, w_reader, &w) != 0) {
@@ -612,6 +618,8 @@ static mc_status restart(iso_runner *ir, mc__iso_cause cause, mc_status status, 
     ir->ist.last_cause = status;
     snprintf(ir->ist.last_cause_text, sizeof ir->ist.last_cause_text, "%.255s", what);
     ir->in_a_row++;
+    atomic_store(&ir->sh->furthest, ir->high);
+    ir->fail_high = ir->high;
     uint32_t ck = atomic_load(&ir->sh->ckpt);
     uint64_t good = ck ? ir->sh->ckpt_iter[ck - 1] : 0;
     if (ir->in_a_row > ir->pol.max_restarts) {
@@ -705,6 +713,8 @@ mc_status mc__iso_runner_run(mc_runner *r)
             if (m.type == MC__ISO_PROGRESS) {
                 ir->cur = m.u.rstats;
                 if (m.a > ir->high) ir->high = m.a;
+                /* Progress is a new iteration reached, not a new checkpoint. */
+                if (m.a > ir->fail_high) ir->in_a_row = 0;
                 if (m.a > ir->worker_iter) ir->progress_ns = now;
                 if (m.a > ir->worker_iter) ir->worker_iter = m.a;
                 if (ir->measuring && m.a > ir->restored_iter) {
