@@ -133,7 +133,6 @@ mc_status mc__device_parse_spec(const char *spec, mc_device_kind *kind, int *ind
 }
 
 static mc_status schedule_faults(mc_device *d, const char *what, const char *spec, uint64_t base);
-const char *mc__status_word(mc_status s); /* status.c: "timeout" */
 
 mc_status mc_device_open(const mc_device_desc *desc, mc_device **out)
 {

@@ -71,6 +71,7 @@ typedef struct mc__fault_item {
  * overflow), two faults on one command buffer, more than MC__MAX_FAULTS,
  * and kill/hang unless worker_faults. what names the source in messages
  * ("MC_INJECT_FAULTS"). NULL or "": no faults. */
+const char *mc__status_word(mc_status s); /* status.c: "timeout", NULL for no fault word */
 mc_status mc__fault_list_parse(const char *what, const char *spec, bool worker_faults, mc__fault_item *out,
                                size_t *n);
 

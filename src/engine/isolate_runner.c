@@ -221,6 +221,14 @@ static void w_cleanup(worker *w)
     w->r = NULL;
     pthread_mutex_unlock(&w->r_mu);
     mc_runner_release(r);
+    if (w->dev) {
+        /* The supervisor reports the run's unfired faults, counted over
+         * every worker; this device saw only its share. */
+        pthread_mutex_lock(&w->dev->lock);
+        w->dev->nfaults = 0;
+        atomic_store(&w->dev->pending_faults, 0);
+        pthread_mutex_unlock(&w->dev->lock);
+    }
     mc_device_release(w->dev);
     w->dev = NULL;
 }
@@ -640,6 +648,22 @@ static mc_status restart(iso_runner *ir, mc__iso_cause cause, mc_status status, 
     return MC_OK;
 }
 
+/* Faults listed past the end of the run tested nothing: say so. */
+static void warn_unfired(iso_runner *ir)
+{
+    uint64_t done = atomic_load(&ir->sh->base.commits);
+    for (size_t i = 0; i < ir->pol.faults.n; i++) {
+        const mc__iso_fault *f = &ir->pol.faults.f[i];
+        if (f->at <= done) continue;
+        const char *word = f->kind == MC__ISO_FAULT_KILL   ? "kill"
+                           : f->kind == MC__ISO_FAULT_HANG ? "hang"
+                                                           : mc__status_word((mc_status)f->kind);
+        mc__log(MC_LOG_WARN, "isolate.fault_never_fired",
+                "runner '%s': injected fault %s@%llu never fired: the run committed %llu command buffer%s", ir->label,
+                word ? word : "?", (unsigned long long)f->at, (unsigned long long)done, done == 1 ? "" : "s");
+    }
+}
+
 mc_status mc__iso_runner_run(mc_runner *r)
 {
     iso_runner *ir = as_iso(r);
@@ -763,6 +787,7 @@ mc_status mc__iso_runner_run(mc_runner *r)
         ir->final_iter = ck ? ir->sh->ckpt_iter[ck - 1] : 0;
         ir->have_final = true;
     }
+    if (result == MC_OK) warn_unfired(ir);
     char why[512];
     snprintf(why, sizeof why, "%s", result == MC_ERR_CANCELLED && final_text[0] ? final_text : mc_last_error());
     publish(ir);
