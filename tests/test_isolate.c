@@ -362,6 +362,53 @@ MC_TEST(isolate_runner_restarts_from_the_last_checkpoint)
     return 0;
 }
 
+/* Issue 15: faults every 50 command buffers, alternating kill and hang,
+ * with checkpoints too far apart to be taken on time. Each new worker must
+ * checkpoint as soon as it passes where the last one failed, and a worker
+ * that reaches a new iteration is progress: the run completes. */
+MC_TEST(isolate_runner_keeps_progress_under_faults_every_50_command_buffers)
+{
+    char faults[512] = "";
+    for (int i = 1; i <= 10; i++) {
+        size_t len = strlen(faults);
+        snprintf(faults + len, sizeof faults - len, "%s%s@%d", i > 1 ? "," : "", i % 2 ? "kill" : "hang", 50 * i);
+    }
+    leftovers lo;
+    leftovers_begin(&lo);
+    it_user u;
+    memset(&u, 0, sizeof u);
+    u.params = (it_params){IT_N, 16, 0};
+    mc_isolate_desc iso = it_iso(faults);
+    iso.deadline_ms = 250;
+    iso.max_restarts = 2;
+    uint64_t iters = 4000;
+    mc_runner_desc d = it_desc(&u, iters, &iso);
+    d.checkpoint_ms = 600000; /* only the checkpoints taken past a failure */
+    mc_runner *r;
+    CHECK_OK(mc_runner_create(&d, &r));
+    mc_status s = mc_runner_run(r);
+    mc_runner_stats st;
+    mc_isolate_stats ist;
+    CHECK_OK(mc_runner_get_stats(r, &st));
+    CHECK_OK(mc_runner_get_isolate_stats(r, &ist));
+    fprintf(stderr, "%s: %s; %llu iterations, %u restarts (died %u, hung %u), %llu checkpoints\n", faults,
+            s == MC_OK ? "done" : mc_last_error(), (unsigned long long)st.iterations, ist.restarts, ist.deaths,
+            ist.hangs, (unsigned long long)st.checkpoints);
+    CHECK_OK(s);
+    CHECK_EQ(st.iterations, iters);
+    CHECK_EQ(ist.deaths, 5);
+    CHECK_EQ(ist.hangs, 5);
+    uint32_t *got = malloc((IT_N + 1) * 4), *want = mct_rt_reference(u.params.n, u.params.spin, iters);
+    CHECK(got && want);
+    CHECK_OK(mc_runner_state_read(r, 0, got, (IT_N + 1) * 4));
+    CHECK_EQ(memcmp(got, want, (IT_N + 1) * 4), 0);
+    free(got);
+    free(want);
+    mc_runner_release(r);
+    CHECK_EQ(leftovers_none(&lo), 0);
+    return 0;
+}
+
 MC_TEST(isolate_runner_gives_up_past_the_restart_bound)
 {
     leftovers lo;
