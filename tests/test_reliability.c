@@ -3,6 +3,7 @@
  * owns is lost (docs/RELIABILITY.md lists them all). */
 #include "mc_test.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -110,5 +111,230 @@ MC_TEST(cli_faults_that_never_fired_are_reported)
     snprintf(cmd, sizeof cmd, "%s/x.png", dir);
     unlink(cmd);
     rmdir(dir);
+    return 0;
+}
+
+/* ---- the pipeline cache's commands ------------------------------------- */
+
+static int write_text(const char *path, const char *text, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    size_t n = fwrite(text, 1, len, f);
+    return fclose(f) == 0 && n == len ? 0 : -1;
+}
+
+static bool exists(const char *dir, const char *name)
+{
+    char p[2048];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    return access(p, F_OK) == 0;
+}
+
+/* Runs `metal-compute ARGS` with MC_CACHE_DIR=cache; exit status, output. */
+static char *cache_command(const char *cache, const char *env, const char *args, int *st)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "MC_CACHE_DIR='%s' %s %s/metal-compute %s", cache, env ? env : "", MC_BINARY_DIR,
+             args);
+    return run_command(cmd, st);
+}
+
+MC_TEST(cache_commands_refuse_a_folder_that_is_not_a_cache)
+{
+    /* A user's own folder named by MC_CACHE_DIR: nothing in it may go. */
+    char dir[] = "/tmp/mc-rel-XXXXXX";
+    CHECK(mkdtemp(dir));
+    char p[1024];
+    snprintf(p, sizeof p, "%s/stats", dir);
+    CHECK_EQ(write_text(p, "mine\n", 5), 0);
+    snprintf(p, sizeof p, "%s/.tmp-notes", dir);
+    CHECK_EQ(write_text(p, "mine\n", 5), 0);
+    snprintf(p, sizeof p, "%s/empty", dir);
+    CHECK_EQ(mkdir(p, 0700), 0);
+    snprintf(p, sizeof p, "%s/photos", dir);
+    CHECK_EQ(mkdir(p, 0700), 0);
+    snprintf(p, sizeof p, "%s/photos/stats", dir);
+    CHECK_EQ(write_text(p, "mine\n", 5), 0);
+    const char *cmds[] = {"cache clear", "cache list", "cache stats"};
+    for (int i = 0; i < 3; i++) {
+        int st = 0;
+        char *out = cache_command(dir, NULL, cmds[i], &st);
+        CHECK(out);
+        if (st == 0 || !strstr(out, "is not a metal-compute pipeline cache") || strstr(out, "removed")) {
+            fprintf(stderr, "%s: exit %d:\n%s\n", cmds[i], st, out);
+            free(out);
+            return 1;
+        }
+        free(out);
+    }
+    CHECK(exists(dir, "stats"));
+    CHECK(exists(dir, ".tmp-notes"));
+    CHECK(exists(dir, "empty"));
+    CHECK(exists(dir, "photos/stats"));
+    /* the same for a device folder's name on a folder others may write */
+    snprintf(p, sizeof p, "%s/cpu-x", dir);
+    CHECK_EQ(mkdir(p, 0777), 0);
+    CHECK_EQ(chmod(p, 0777), 0);
+    int st = 0;
+    char *out = cache_command(dir, NULL, "cache clear", &st);
+    CHECK(out);
+    CHECK_NE(st, 0);
+    free(out);
+    CHECK(exists(dir, "stats"));
+    snprintf(p, sizeof p, "rm -rf '%s'", dir);
+    CHECK_EQ(system(p), 0);
+    return 0;
+}
+
+/* A manifest of the example kernels for the CPU device, in dir. */
+static int write_manifest(const char *dir, int kernels)
+{
+    static const char *fns[] = {"saxpy", "add_one", "iota", "spin"};
+    char text[2048] = "# the CPU device's example kernels\n", p[8192];
+    for (int i = 0; i < kernels; i++) {
+        size_t len = strlen(text);
+        snprintf(text + len, sizeof text - len, "%s/examples/kernels/basic.c c %s\n", MC_SOURCE_DIR, fns[i]);
+    }
+    snprintf(p, sizeof p, "%s/manifest", dir);
+    return write_text(p, text, strlen(text));
+}
+
+MC_TEST(cache_clear_removes_only_what_the_cache_wrote)
+{
+    char dir[] = "/tmp/mc-rel-XXXXXX";
+    CHECK(mkdtemp(dir));
+    char cache[256], args[1024], p[1024];
+    snprintf(cache, sizeof cache, "%s/cache", dir);
+    CHECK_EQ(write_manifest(dir, 1), 0);
+    snprintf(args, sizeof args, "cache build %s/manifest --device cpu", dir);
+    int st = -1;
+    char *out = cache_command(cache, NULL, args, &st);
+    CHECK(out);
+    fprintf(stderr, "%s", out);
+    CHECK_EQ(st, 0);
+    free(out);
+    CHECK(exists(cache, "CACHEDIR.TAG"));
+    /* The user's files beside and inside the cache's. */
+    DIR *d = opendir(cache);
+    CHECK(d);
+    char device_folder[512] = "";
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL)
+        if (!strncmp(de->d_name, "cpu-", 4)) snprintf(device_folder, sizeof device_folder, "%s", de->d_name);
+    closedir(d);
+    CHECK(device_folder[0]);
+    snprintf(p, sizeof p, "%s/%s/notes.txt", cache, device_folder);
+    CHECK_EQ(write_text(p, "mine\n", 5), 0);
+    snprintf(p, sizeof p, "%s/%s/.tmp-mine", cache, device_folder);
+    CHECK_EQ(write_text(p, "mine\n", 5), 0);
+    snprintf(p, sizeof p, "%s/mine", cache);
+    CHECK_EQ(mkdir(p, 0700), 0);
+    snprintf(p, sizeof p, "%s/mine/stats", cache);
+    CHECK_EQ(write_text(p, "mine\n", 5), 0);
+    snprintf(p, sizeof p, "%s/empty", cache);
+    CHECK_EQ(mkdir(p, 0700), 0);
+    out = cache_command(cache, NULL, "cache clear", &st);
+    CHECK(out);
+    fprintf(stderr, "%s", out);
+    CHECK_EQ(st, 0);
+    CHECK_STR_CONTAINS(out, "removed 1 entry");
+    free(out);
+    snprintf(p, sizeof p, "%s/notes.txt", device_folder);
+    CHECK(exists(cache, p));
+    snprintf(p, sizeof p, "%s/.tmp-mine", device_folder);
+    CHECK(exists(cache, p));
+    snprintf(p, sizeof p, "%s/stats", device_folder);
+    CHECK(!exists(cache, p)); /* the cache's own statistics went */
+    CHECK(exists(cache, "mine/stats"));
+    CHECK(exists(cache, "empty"));
+    snprintf(p, sizeof p, "rm -rf '%s'", dir);
+    CHECK_EQ(system(p), 0);
+    return 0;
+}
+
+MC_TEST(cache_build_refuses_manifests_that_are_not_text_files)
+{
+    char dir[] = "/tmp/mc-rel-XXXXXX";
+    CHECK(mkdtemp(dir));
+    char p[512], args[1024], cache[256];
+    snprintf(cache, sizeof cache, "%s/cache", dir);
+    static const struct {
+        const char *name, *text, *why;
+        size_t len;
+    } bad[] = {
+        {"empty", "", "it is empty", 0},
+        {"comments", "# nothing\n\n", "lists no kernels", 11},
+        {"binary", "a.c c f\0\1\2\n", "NUL bytes", 11},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, bad[i].name);
+        CHECK_EQ(write_text(p, bad[i].text, bad[i].len), 0);
+        snprintf(args, sizeof args, "cache build %s --device cpu", p);
+        int st = 0;
+        char *out = cache_command(cache, NULL, args, &st);
+        CHECK(out);
+        if (st == 0 || !strstr(out, bad[i].why)) {
+            fprintf(stderr, "%s: exit %d:\n%s\n", bad[i].name, st, out);
+            free(out);
+            return 1;
+        }
+        free(out);
+    }
+    /* A FIFO would block a reader for ever; /dev/zero never ends; a
+     * manifest over the cap is refused before it is read. */
+    snprintf(p, sizeof p, "%s/fifo", dir);
+    CHECK_EQ(mkfifo(p, 0600), 0);
+    const char *special[][2] = {{p, "a FIFO"}, {"/dev/zero", "a device"}, {dir, "a folder"}};
+    for (int i = 0; i < 3; i++) {
+        snprintf(args, sizeof args, "cache build %s --device cpu", special[i][0]);
+        int st = 0;
+        char *out = cache_command(cache, "timeout 20", args, &st);
+        CHECK(out);
+        if (st == 0 || st == 124 || !strstr(out, special[i][1])) {
+            fprintf(stderr, "%s: exit %d:\n%s\n", special[i][0], st, out);
+            free(out);
+            return 1;
+        }
+        free(out);
+    }
+    snprintf(p, sizeof p, "%s/huge", dir);
+    FILE *f = fopen(p, "wb");
+    CHECK(f);
+    for (int i = 0; i < 70000; i++) fputs("# a very long manifest\n", f);
+    CHECK_EQ(fclose(f), 0);
+    snprintf(args, sizeof args, "cache build %s --device cpu", p);
+    CHECK_EQ(expect_refusal(args, "over the limit"), 0);
+    snprintf(p, sizeof p, "rm -rf '%s'", dir);
+    CHECK_EQ(system(p), 0);
+    return 0;
+}
+
+MC_TEST(cache_build_reports_entries_lost_to_the_size_cap)
+{
+    char dir[] = "/tmp/mc-rel-XXXXXX";
+    CHECK(mkdtemp(dir));
+    char cache[256], args[1024];
+    snprintf(cache, sizeof cache, "%s/cache", dir);
+    CHECK_EQ(write_manifest(dir, 3), 0);
+    snprintf(args, sizeof args, "cache build %s/manifest --device cpu", dir);
+    /* Room for about one entry (each is some KiB): two are evicted. */
+    int st = 0;
+    char *out = cache_command(cache, "MC_CACHE_MAX_BYTES=1", args, &st);
+    CHECK(out);
+    fprintf(stderr, "%s", out);
+    CHECK_NE(st, 0);
+    CHECK_STR_CONTAINS(out, "EVICTED");
+    CHECK_STR_CONTAINS(out, "evicted them");
+    free(out);
+    /* With room for all, the same build succeeds. */
+    out = cache_command(cache, NULL, args, &st);
+    CHECK(out);
+    CHECK_EQ(st, 0);
+    CHECK(!strstr(out, "EVICTED"));
+    free(out);
+    char p[1024];
+    snprintf(p, sizeof p, "rm -rf '%s'", dir);
+    CHECK_EQ(system(p), 0);
     return 0;
 }

@@ -619,8 +619,10 @@ static int mkdir_parents(const char *path)
     return 0;
 }
 
+#define untrusted_dir mc__cache_untrusted_dir
+
 /* A folder we may trust: a directory, ours, not writable by others. */
-static const char *untrusted_dir(const struct stat *st, char *why, size_t cap)
+const char *mc__cache_untrusted_dir(const struct stat *st, char *why, size_t cap)
 {
     if (!S_ISDIR(st->st_mode)) return "not a directory";
     if (st->st_uid != geteuid()) {
@@ -630,6 +632,116 @@ static const char *untrusted_dir(const struct stat *st, char *why, size_t cap)
     }
     if (st->st_mode & (S_IWGRP | S_IWOTH)) return "writable by group or others";
     return NULL;
+}
+
+static bool read_all(int fd, uint8_t *buf, size_t len);
+static bool write_all(int fd, const void *data, size_t len);
+
+/* The Cache Directory Tagging signature: the tag file's first line. */
+#define TAG_SIGNATURE "Signature: 8a477f597d28d172789f06886806bc55"
+
+/* Marks the root as the cache's (once): `metal-compute cache` then knows
+ * it from a folder of the user's, and backup tools skip it. Written beside
+ * and renamed, so a reader never sees half a tag. Best effort: a cache
+ * without its tag is still recognised by its device folders. */
+static void write_tag(int root_fd)
+{
+    if (faccessat(root_fd, MC__CACHE_TAG_FILE, F_OK, AT_SYMLINK_NOFOLLOW) == 0) return;
+    char tmp[64];
+    snprintf(tmp, sizeof tmp, TMP_PREFIX "%ld-0-tag", (long)getpid());
+    int fd = openat(root_fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) return;
+    static const char text[] = TAG_SIGNATURE "\n"
+                               "# This file is a cache directory tag created by metal-compute (its pipeline cache).\n"
+                               "# For information about cache directory tags see https://bford.info/cachedir/\n";
+    bool ok = write_all(fd, text, sizeof text - 1) && fsync(fd) == 0;
+    close(fd);
+    if (!ok || renameat(root_fd, tmp, root_fd, MC__CACHE_TAG_FILE) != 0) unlinkat(root_fd, tmp, 0);
+}
+
+bool mc__cache_is_device_folder_name(const char *name)
+{
+    static const char *const backends[] = {"cpu-", "cuda-", "metal-"};
+    for (size_t i = 0; i < MC__ARRAY_LEN(backends); i++) {
+        size_t n = strlen(backends[i]);
+        if (strncmp(name, backends[i], n) != 0 || !name[n]) continue;
+        for (const char *p = name + n; *p; p++) /* mc__cache_folder_name's alphabet */
+            if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '.' ||
+                  *p == '_' || *p == '-'))
+                return false;
+        return true;
+    }
+    return false;
+}
+
+bool mc__cache_is_tmp_name(const char *name)
+{
+    /* tmp_name()'s form; write_tag's ends in "-tag" */
+    size_t n = strlen(TMP_PREFIX);
+    if (strncmp(name, TMP_PREFIX, n) != 0) return false;
+    const char *p = name + n;
+    for (int field = 0; field < 3; field++) {
+        const char *start = p;
+        if (field == 2 && !strcmp(p, "tag")) return true;
+        while ((*p >= '0' && *p <= '9') || (field == 2 && ((*p >= 'a' && *p <= 'f')))) p++;
+        if (p == start) return false;
+        if (field < 2 && *p++ != '-') return false;
+    }
+    return *p == '\0';
+}
+
+static bool tagged(int root_fd)
+{
+    int fd = openat(root_fd, MC__CACHE_TAG_FILE, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return false;
+    struct stat st;
+    char text[sizeof TAG_SIGNATURE];
+    bool ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() &&
+              read_all(fd, (uint8_t *)text, sizeof text - 1) && !memcmp(text, TAG_SIGNATURE, sizeof text - 1);
+    close(fd);
+    return ok;
+}
+
+mc_status mc__cache_open_root(const char *root, int *out)
+{
+    *out = -1;
+    int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT) return mc__fail(MC_ERR_NOT_FOUND, "the pipeline cache folder %s does not exist", root);
+        return mc__fail(errno == ENOTDIR ? MC_ERR_INVALID_ARGUMENT : MC_ERR_IO, "cannot open the cache folder %s: %s",
+                        root, strerror(errno));
+    }
+    struct stat st;
+    char why[160];
+    const char *bad = fstat(fd, &st) != 0 ? strerror(errno) : untrusted_dir(&st, why, sizeof why);
+    if (bad) {
+        close(fd);
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "the cache folder %s is not one the cache trusts: %s", root, bad);
+    }
+    bool known = tagged(fd);
+    if (!known) {
+        /* A cache written before the tag: known by its device folders. */
+        int dup_fd = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        DIR *dir = dup_fd >= 0 ? fdopendir(dup_fd) : NULL;
+        if (!dir && dup_fd >= 0) close(dup_fd);
+        struct dirent *de;
+        while (dir && !known && (de = readdir(dir)) != NULL) {
+            struct stat ds;
+            known = mc__cache_is_device_folder_name(de->d_name) &&
+                    fstatat(fd, de->d_name, &ds, AT_SYMLINK_NOFOLLOW) == 0 &&
+                    !untrusted_dir(&ds, why, sizeof why);
+        }
+        if (dir) closedir(dir);
+    }
+    if (!known) {
+        close(fd);
+        return mc__fail(MC_ERR_INVALID_ARGUMENT,
+                        "%s is not a metal-compute pipeline cache (no %s written by the cache, no device folder such "
+                        "as cpu-...): refusing to touch it; check MC_CACHE_DIR",
+                        root, MC__CACHE_TAG_FILE);
+    }
+    *out = fd;
+    return MC_OK;
 }
 
 /* Runs once (under disk_lock); returns the new state and at most one
@@ -672,7 +784,8 @@ static int disk_setup(struct mc__cache *c, char *warn, size_t wcap, const char *
     } else if (fstat(c->root_fd, &st) != 0) {
         bad = strerror(errno);
     } else if ((bad = untrusted_dir(&st, why, sizeof why)) != NULL) {
-    } else if (create && mkdirat(c->root_fd, c->folder, 0700) != 0 && errno != EEXIST) {
+    } else if (create && (write_tag(c->root_fd), mkdirat(c->root_fd, c->folder, 0700) != 0) && errno != EEXIST) {
+        /* (the root is tagged first, then its device folder made) */
         bad = strerror(errno);
     } else if ((c->dir_fd = openat(c->root_fd, c->folder, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0) {
         if (!create && errno == ENOENT) {

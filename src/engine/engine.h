@@ -357,6 +357,24 @@ typedef struct mc__cache_totals {
 } mc__cache_totals;
 /* Reads folder_fd's stats file; zeros when it is missing or unreadable. */
 void mc__cache_read_totals(int folder_fd, mc__cache_totals *out);
+
+/* The cache's own layout, so tools touch only what the cache wrote.
+ * MC__CACHE_TAG_FILE marks the root (the Cache Directory Tagging format,
+ * which backup tools also honour). */
+#define MC__CACHE_TAG_FILE "CACHEDIR.TAG"
+struct stat;
+/* A device folder's name: "<cpu|cuda|metal>-<identity>". */
+bool mc__cache_is_device_folder_name(const char *name);
+/* A temporary file of the cache's: ".tmp-<pid>-<n>-<hex>". */
+bool mc__cache_is_tmp_name(const char *name);
+/* A folder the cache trusts (as a load does): a directory of the current
+ * user that group and others cannot write. NULL, or the reason. */
+const char *mc__cache_untrusted_dir(const struct stat *st, char *why, size_t cap);
+/* Opens root (into *fd) only when it is the cache's: trusted, and tagged
+ * or holding a trusted device folder. MC_ERR_NOT_FOUND when it does not
+ * exist; MC_ERR_INVALID_ARGUMENT, with the cause, when it is not a
+ * cache (a user's own folder named by MC_CACHE_DIR). */
+mc_status mc__cache_open_root(const char *root, int *fd);
 /* ==== end of the pipeline cache section ================================ */
 
 #define MC__CHECK_HANDLE(h, tag, what)                                                   \
