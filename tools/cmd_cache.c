@@ -804,7 +804,7 @@ static int clear_folder(void *user, const char *root, const char *name, int fd)
         }
     }
     closedir(dir);
-    char root_fd_path[PATH_MAX];
+    char root_fd_path[PATH_MAX + 256 + 2];
     snprintf(root_fd_path, sizeof root_fd_path, "%s/%s", root, name);
     rmdir(root_fd_path); /* only when nothing else is in it */
     return rc;
