@@ -338,3 +338,58 @@ MC_TEST(cache_build_reports_entries_lost_to_the_size_cap)
     CHECK_EQ(system(p), 0);
     return 0;
 }
+
+/* The hits_disk counter of the one device folder under cache; -1 if none. */
+static long long disk_hits(const char *cache)
+{
+    DIR *d = opendir(cache);
+    if (!d) return -1;
+    long long hits = -1;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (strncmp(de->d_name, "cpu-", 4) != 0) continue;
+        char p[1024], text[4097];
+        snprintf(p, sizeof p, "%s/%.255s/stats", cache, de->d_name);
+        FILE *f = fopen(p, "r");
+        if (!f) continue;
+        size_t n = fread(text, 1, sizeof text - 1, f);
+        fclose(f);
+        text[n] = '\0';
+        const char *h = strstr(text, "hits_disk ");
+        if (h) hits = atoll(h + 10);
+    }
+    closedir(d);
+    return hits;
+}
+
+MC_TEST(cache_statistics_of_concurrent_isolated_runs_are_all_saved)
+{
+    /* Each worker loads the kernel from disk once and ends by _exit: four
+     * runs at once must add four disk hits to the folder's statistics. */
+    char dir[] = "/tmp/mc-rel-XXXXXX";
+    CHECK(mkdtemp(dir));
+    char cache[256], cmd[4096];
+    snprintf(cache, sizeof cache, "%s/cache", dir);
+    const char *run = "run gray-scott --device cpu --size 16 --steps 30 --isolate";
+    snprintf(cmd, sizeof cmd, "MC_CACHE_DIR=%s %s/metal-compute %s --out %s/warm.png", cache, MC_BINARY_DIR, run, dir);
+    int st = -1;
+    char *out = run_command(cmd, &st);
+    CHECK(out);
+    CHECK_EQ(st, 0);
+    free(out);
+    long long before = disk_hits(cache);
+    CHECK_GE(before, 0);
+    snprintf(cmd, sizeof cmd,
+             "for i in 1 2 3 4; do MC_CACHE_DIR=%s %s/metal-compute %s --out %s/$i.png >/dev/null & done; "
+             "wait; for i in 1 2 3 4; do test -s %s/$i.png || exit 1; done",
+             cache, MC_BINARY_DIR, run, dir, dir);
+    out = run_command(cmd, &st);
+    CHECK(out);
+    fprintf(stderr, "%s", out);
+    CHECK_EQ(st, 0);
+    free(out);
+    CHECK_EQ(disk_hits(cache) - before, 4);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK_EQ(system(cmd), 0);
+    return 0;
+}

@@ -448,6 +448,8 @@ struct mc__cache {
     struct {
         _Atomic uint64_t hits_memory, hits_disk, misses, compiles, compile_ns, load_ns, writes, rejected, evictions;
     } n;
+    mc__cache_totals saved; /* of n, what is in the stats file already (save_totals, under save_lock) */
+    pthread_mutex_t save_lock;
 
     pthread_mutex_t pool_lock; /* starting the pool */
     pool *pool;
@@ -510,6 +512,7 @@ static struct mc__cache *cache_new(mc_device *d)
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->built, NULL);
     pthread_mutex_init(&c->disk_lock, NULL);
+    pthread_mutex_init(&c->save_lock, NULL);
     pthread_mutex_init(&c->pool_lock, NULL);
     atomic_init(&c->mode, mode_from_env());
     atomic_init(&c->max_bytes, max_bytes_from_env());
@@ -2134,10 +2137,28 @@ void mc__cache_read_totals(int folder_fd, mc__cache_totals *out)
     parse_totals(text, out);
 }
 
+static void save_totals_locked(struct mc__cache *c);
+
 static void save_totals(struct mc__cache *c)
 {
-    mc__cache_totals add;
-#define X(f) add.f = atomic_load(&c->n.f);
+    pthread_mutex_lock(&c->save_lock);
+    save_totals_locked(c);
+    pthread_mutex_unlock(&c->save_lock);
+}
+
+void mc__cache_save_stats(mc_device *d)
+{
+    /* A worker process may end through _exit before its device is
+     * destroyed (the notifier thread defers that): save now. */
+    if (d && d->cache && atomic_load(&d->cache->disk) == DISK_READY && atomic_load(&d->cache->mode) == MC_CACHE_RW)
+        save_totals(d->cache);
+}
+
+/* Adds what was counted since the last save to the folder's file. */
+static void save_totals_locked(struct mc__cache *c)
+{
+    mc__cache_totals add, now;
+#define X(f) now.f = atomic_load(&c->n.f), add.f = now.f - c->saved.f;
     TOTALS_FIELDS(X)
 #undef X
     uint64_t any = 0;
@@ -2157,8 +2178,10 @@ static void save_totals(struct mc__cache *c)
 #define X(f) len += snprintf(text + len, sizeof text - (size_t)len, "%s %llu\n", #f, (unsigned long long)(t.f + add.f));
         TOTALS_FIELDS(X)
 #undef X
-        if (ftruncate(fd, 0) == 0 && pwrite(fd, text, (size_t)len, 0) != len)
+        if (ftruncate(fd, 0) != 0 || pwrite(fd, text, (size_t)len, 0) != len)
             mc__log(MC_LOG_DEBUG, "cache.stats_unsaved", "cannot save the cache statistics");
+        else
+            c->saved = now;
         flock(fd, LOCK_UN);
     }
     close(fd);
@@ -2188,6 +2211,7 @@ void mc__cache_destroy(struct mc__cache *c)
     pthread_mutex_destroy(&c->lock);
     pthread_cond_destroy(&c->built);
     pthread_mutex_destroy(&c->disk_lock);
+    pthread_mutex_destroy(&c->save_lock);
     pthread_mutex_destroy(&c->pool_lock);
     free(c);
 }

@@ -355,6 +355,9 @@ mc_status mc__cache_root(char *out, size_t cap);
 typedef struct mc__cache_totals {
     uint64_t hits_memory, hits_disk, misses, compiles, compile_ns, load_ns, writes, rejected, evictions;
 } mc__cache_totals;
+/* Adds the device's counters not yet saved to its folder's stats file now
+ * (also done when the device closes): before a process ends by _exit. */
+void mc__cache_save_stats(mc_device *d);
 /* Reads folder_fd's stats file; zeros when it is missing or unreadable. */
 void mc__cache_read_totals(int folder_fd, mc__cache_totals *out);
 

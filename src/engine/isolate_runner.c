@@ -229,6 +229,7 @@ static void w_cleanup(worker *w)
         atomic_store(&w->dev->pending_faults, 0);
         pthread_mutex_unlock(&w->dev->lock);
     }
+    mc__cache_save_stats(w->dev); /* the process ends by _exit, maybe before the device is destroyed */
     mc_device_release(w->dev);
     w->dev = NULL;
 }
@@ -337,7 +338,10 @@ static int runner_worker(void *ctx, int sock)
         w_error(&w, s, "");
         /* A device the worker could not mend: the supervisor ends this
          * process now; its teardown could only wait on a broken driver. */
-        if (mc__iso_restartable(s)) return 0;
+        if (mc__iso_restartable(s)) {
+            mc__cache_save_stats(w.dev);
+            return 0;
+        }
     }
     w_cleanup(&w);
     mc__shm_unmap(w.area, w.lay.area_size);

@@ -205,6 +205,7 @@ static void sw_on_result(void *user, const mc_stream_result *r)
         /* Not the item's fault: this process lost its device. The
          * supervisor resends the item to a new worker. */
         sw_error(w, dead, why);
+        mc__cache_save_stats(w->dev);
         _exit(0);
     }
     if (is->desc.result_size && r->output) memcpy(slot_out(is, slot), r->output, is->desc.result_size);
@@ -225,6 +226,7 @@ static void sw_cleanup(sworker *w)
         mc_stream_release(w->ws);
     }
     w->ws = NULL;
+    mc__cache_save_stats(w->dev); /* the process ends by _exit, maybe before the device is destroyed */
     mc_device_release(w->dev);
     w->dev = NULL;
 }
@@ -277,7 +279,10 @@ static int stream_worker(void *ctx, int sock)
         if (s != MC_OK) {
             snprintf(text, sizeof text, "%s", mc_last_error());
             sw_error(&w, s, text);
-            if (mc__iso_restartable(s)) _exit(0);
+            if (mc__iso_restartable(s)) {
+                mc__cache_save_stats(w.dev);
+                _exit(0);
+            }
             break;
         }
     }
