@@ -393,3 +393,90 @@ MC_TEST(cache_statistics_of_concurrent_isolated_runs_are_all_saved)
     CHECK_EQ(system(cmd), 0);
     return 0;
 }
+
+/* ---- output files -------------------------------------------------------- */
+
+/* Files in dir whose name starts with prefix (temporary files left over). */
+static int count_prefixed(const char *dir, const char *prefix)
+{
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) n += !strncmp(de->d_name, prefix, strlen(prefix));
+    closedir(d);
+    return n;
+}
+
+MC_TEST(cli_bad_output_paths_are_refused_before_work)
+{
+    char dir[] = "/tmp/mc-rel-XXXXXX";
+    CHECK(mkdtemp(dir));
+    char args[1024];
+    const char *gs = "run gray-scott --size 16 --steps 10";
+    /* each refused at once with its cause, before the device is opened */
+    snprintf(args, sizeof args, "%s --out %s", gs, dir);
+    CHECK_EQ(expect_refusal(args, "is a folder"), 0);
+    snprintf(args, sizeof args, "%s --out %s/", gs, dir);
+    CHECK_EQ(expect_refusal(args, "names a folder"), 0);
+    snprintf(args, sizeof args, "%s --out ''", gs);
+    CHECK_EQ(expect_refusal(args, "output path is empty"), 0);
+    snprintf(args, sizeof args, "%s --out /proc/x.png", gs);
+    CHECK_EQ(expect_refusal(args, "cannot create a file beside '/proc/x.png'"), 0);
+    snprintf(args, sizeof args, "%s --out %s/no/such/folder/x.png", gs, dir);
+    CHECK_EQ(expect_refusal(args, "No such file or directory"), 0);
+    /* the benchmark's outputs too, before any benchmark runs */
+    snprintf(args, sizeof args, "bench --device cpu --json %s", dir);
+    CHECK_EQ(expect_refusal(args, "--json"), 0);
+    snprintf(args, sizeof args, "bench --device cpu --svg /proc/x.svg");
+    CHECK_EQ(expect_refusal(args, "--svg"), 0);
+    snprintf(args, sizeof args, "bench --device cpu --json ''");
+    CHECK_EQ(expect_refusal(args, "output path is empty"), 0);
+    CHECK_EQ(count_prefixed(dir, "."), 2); /* "." and "..": nothing was left behind */
+    rmdir(dir);
+    return 0;
+}
+
+MC_TEST(cli_full_disk_keeps_the_old_image_byte_for_byte)
+{
+    /* A full disk, as a file size limit: writes past it fail with EFBIG
+     * (SIGXFSZ ignored, as a shell's trap '' XFSZ leaves it for exec). */
+    char dir[] = "/tmp/mc-rel-XXXXXX";
+    CHECK(mkdtemp(dir));
+    char img[256], cmd[4096];
+    snprintf(img, sizeof img, "%s/field.png", dir);
+    snprintf(cmd, sizeof cmd, "%s/metal-compute run gray-scott --device cpu --size 16 --steps 10 --out %s",
+             MC_BINARY_DIR, img);
+    int st = -1;
+    char *out = run_command(cmd, &st);
+    CHECK(out);
+    CHECK_EQ(st, 0);
+    free(out);
+    size_t old_len = 0;
+    char *old = mct_read_file(img, &old_len);
+    CHECK(old);
+    CHECK_GT(old_len, 0);
+    /* 4 blocks of 512 bytes: far less than a 256 x 256 image */
+    snprintf(cmd, sizeof cmd,
+             "trap '' XFSZ; ulimit -f 4; exec %s/metal-compute run gray-scott --device cpu --size 256 --steps 10 "
+             "--out %s",
+             MC_BINARY_DIR, img);
+    out = run_command(cmd, &st);
+    CHECK(out);
+    fprintf(stderr, "%s", out);
+    CHECK_NE(st, 0);
+    CHECK(st < 128); /* an error, not a signal */
+    CHECK_STR_CONTAINS(out, "File too large");
+    free(out);
+    size_t now_len = 0;
+    char *now = mct_read_file(img, &now_len);
+    CHECK(now);
+    CHECK_EQ(now_len, old_len);
+    CHECK_EQ(memcmp(now, old, old_len), 0);
+    free(now);
+    free(old);
+    CHECK_EQ(count_prefixed(dir, ".field.png.tmp-"), 0);
+    unlink(img);
+    CHECK_EQ(rmdir(dir), 0);
+    return 0;
+}
