@@ -480,3 +480,44 @@ MC_TEST(cli_full_disk_keeps_the_old_image_byte_for_byte)
     CHECK_EQ(rmdir(dir), 0);
     return 0;
 }
+
+/* ---- error messages -------------------------------------------------------- */
+
+MC_TEST(cli_nested_worker_errors_read_once_and_whole)
+{
+    char dir[] = "/tmp/mc-rel-XXXXXX";
+    CHECK(mkdtemp(dir));
+    char cmd[4096];
+    static const struct {
+        const char *opts, *want;
+    } cases[] = {
+        /* refused in the worker: the supervisor names the runner once */
+        {"--inject-faults not-permitted@3", "runner 'gray-scott' (in its worker): the failure is not recoverable"},
+        /* the worker's whole error inside the supervisor's, to its end
+         * (a fault on every command buffer: a worker commits a few before
+         * its first fails, and each new one must fail at once) */
+        {"--max-restarts 1 --inject-faults device-lost@1,device-lost@2,device-lost@3,device-lost@4,device-lost@5,"
+         "device-lost@6,device-lost@7,device-lost@8,device-lost@9,device-lost@10,device-lost@11,device-lost@12",
+         "the worker reported MC_ERR_DEVICE_LOST: the device was lost"},
+    };
+    for (int i = 0; i < 2; i++) {
+        snprintf(cmd, sizeof cmd, "%s/metal-compute run gray-scott --device cpu --size 16 --steps 100 --isolate "
+                 "--out %s/x.png %s", MC_BINARY_DIR, dir, cases[i].opts);
+        int st = 0;
+        char *out = run_command(cmd, &st);
+        CHECK(out);
+        fprintf(stderr, "%s", out);
+        CHECK_NE(st, 0);
+        CHECK_STR_CONTAINS(out, cases[i].want);
+        CHECK(!strstr(out, "runner 'gray-scott': runner 'gray-scott'"));
+        CHECK(!strstr(out, "(in its worker): runner 'gray-scott'"));
+        CHECK(!strstr(out, "MC_ERR_DEVICE_LOST: runner 'gray-scott'"));
+        const char *last = strstr(out, "metal-compute: gray-scott: ");
+        CHECK(last);
+        CHECK_STR_CONTAINS(last, "(checkpoint), furthest reached "); /* the whole message, to its end */
+        CHECK_STR_CONTAINS(last, ")\n");
+        free(out);
+    }
+    rmdir(dir);
+    return 0;
+}

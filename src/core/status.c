@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <string.h>
 
-static _Thread_local char last_error[1024];
+/* Room for a nested error (an isolated worker's detail inside the
+ * supervisor's) without cutting it mid-sentence. */
+static _Thread_local char last_error[2048];
 
 const char *mc_status_name(mc_status s)
 {

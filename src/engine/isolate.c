@@ -362,6 +362,31 @@ void mc__iso_launcher_stop(mc__iso_launcher *l)
     }
 }
 
+const char *mc__iso_unprefixed(const char *text, const char *kind, const char *label)
+{
+    size_t k = strlen(kind), l = strlen(label);
+    if (!strncmp(text, kind, k) && !strncmp(text + k, " '", 2) && !strncmp(text + k + 2, label, l) &&
+        !strncmp(text + k + 2 + l, "': ", 3))
+        return text + k + 2 + l + 3;
+    return text;
+}
+
+void mc__iso_copy_text(char *dst, size_t cap, const char *src)
+{
+    if (!cap) return;
+    size_t n = strlen(src);
+    if (n < cap) {
+        memcpy(dst, src, n + 1);
+        return;
+    }
+    if (cap < 4) {
+        dst[0] = '\0';
+        return;
+    }
+    memcpy(dst, src, cap - 4);
+    memcpy(dst + cap - 4, "...", 4);
+}
+
 /* ---- faults ------------------------------------------------------------------ */
 
 mc_status mc__iso_parse_faults(const char *spec, mc__iso_faults *out)
@@ -444,7 +469,7 @@ mc_status mc__iso_policy_init(mc__iso_policy *p, const mc_isolate_desc *d, const
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "%s: isolate->start_timeout_ms is %g; 0 (default) or more", what, st);
     mc_status s = mc__iso_parse_faults(d->inject_faults, &p->faults);
     if (s != MC_OK) {
-        char why[400];
+        char why[MC__ISO_TEXT_MAX];
         snprintf(why, sizeof why, "%s", mc_last_error());
         return mc__fail(s, "%s: isolate->inject_faults: %s", what, why);
     }

@@ -585,16 +585,16 @@ mc_status mc__iso_runner_create(const mc_runner_desc *desc, mc_runner **out)
     /* The first worker: setup's errors come back from here, as from an
      * ordinary mc_runner_create. */
     mc__iso_cause cause;
-    char text[320];
+    char text[MC__ISO_TEXT_MAX];
     if ((s = start_worker(ir, &cause, text, sizeof text)) != MC_OK) {
-        s = mc__fail(s, "runner '%s': %s", ir->label, text);
+        s = mc__fail(s, "runner '%s': %s", ir->label, mc__iso_unprefixed(text, "runner", ir->label));
         goto fail;
     }
     publish(ir);
     *out = (mc_runner *)ir;
     return MC_OK;
 fail: {
-    char why[512];
+    char why[MC__ISO_TEXT_MAX + 128];
     snprintf(why, sizeof why, "%s", mc_last_error());
     mc__iso_runner_release((mc_runner *)ir);
     return mc__fail(s, "%s", why);
@@ -607,7 +607,7 @@ static mc_status restart(iso_runner *ir, mc__iso_cause cause, mc_status status, 
     int ws = 0;
     end_worker(ir, true, 0, &ws);
     uint64_t reaped = mc__now_ns();
-    char what[400];
+    char what[MC__ISO_TEXT_MAX + 64];
     if (cause == MC__ISO_CAUSE_DIED) {
         char how[128];
         mc__iso_describe_exit(ws, how, sizeof how);
@@ -620,7 +620,8 @@ static mc_status restart(iso_runner *ir, mc__iso_cause cause, mc_status status, 
         ir->ist.hangs++;
         status = MC_ERR_WORKER_LOST;
     } else {
-        snprintf(what, sizeof what, "the worker reported %s: %s", mc_status_name(status), text);
+        snprintf(what, sizeof what, "the worker reported %s: %s", mc_status_name(status),
+                 mc__iso_unprefixed(text, "runner", ir->label));
         ir->ist.device_errors++;
     }
     /* The dead worker's figures join the sums. */
@@ -628,7 +629,7 @@ static mc_status restart(iso_runner *ir, mc__iso_cause cause, mc_status status, 
     memset(&ir->cur, 0, sizeof ir->cur);
     ir->last_failure = status;
     ir->ist.last_cause = status;
-    snprintf(ir->ist.last_cause_text, sizeof ir->ist.last_cause_text, "%.255s", what);
+    mc__iso_copy_text(ir->ist.last_cause_text, sizeof ir->ist.last_cause_text, what);
     ir->in_a_row++;
     atomic_store(&ir->sh->furthest, ir->high);
     ir->fail_high = ir->high;
@@ -677,7 +678,7 @@ mc_status mc__iso_runner_run(mc_runner *r)
     uint64_t progress_ns = (uint64_t)((ir->desc.progress_interval_ms ? ir->desc.progress_interval_ms : 100.0) * 1e6);
     uint64_t next_report = ir->start_ns + progress_ns;
     mc_status result = MC_OK;
-    char final_text[320] = "";
+    char final_text[MC__ISO_TEXT_MAX] = "";
     for (;;) {
         if (atomic_load(&ir->cancel) && (ir->pid <= 0 || !ir->go_sent)) {
             end_worker(ir, true, 0, NULL);
@@ -691,13 +692,14 @@ mc_status mc__iso_runner_run(mc_runner *r)
         }
         if (ir->pid <= 0) {
             mc__iso_cause cause;
-            char text[320];
+            char text[MC__ISO_TEXT_MAX];
             uint64_t t = mc__now_ns();
             mc_status s = start_worker(ir, &cause, text, sizeof text);
             if (s == MC_ERR_CANCELLED) continue;
             if (s != MC_OK) {
                 if (cause == MC__ISO_CAUSE_ERROR && !mc__iso_restartable(s)) {
-                    result = mc__fail(s, "runner '%s': a new worker failed: %s", ir->label, text);
+                    result = mc__fail(s, "runner '%s': a new worker failed: %s", ir->label,
+                                      mc__iso_unprefixed(text, "runner", ir->label));
                     break;
                 }
                 if ((result = restart(ir, cause, s, text, t)) != MC_OK) break;
@@ -774,7 +776,8 @@ mc_status mc__iso_runner_run(mc_runner *r)
                     uint32_t ck = atomic_load(&ir->sh->ckpt);
                     ir->final_iter = ck ? ir->sh->ckpt_iter[ck - 1] : 0;
                     ir->have_final = true;
-                    result = mc__fail(st, "runner '%s' (in its worker): %s", ir->label, m.text);
+                    result = mc__fail(st, "runner '%s' (in its worker): %s", ir->label,
+                                      mc__iso_unprefixed(m.text, "runner", ir->label));
                     break;
                 }
                 if ((result = restart(ir, MC__ISO_CAUSE_ERROR, st, m.text, m.t_ns)) != MC_OK) break;
@@ -792,7 +795,7 @@ mc_status mc__iso_runner_run(mc_runner *r)
         ir->have_final = true;
     }
     if (result == MC_OK) warn_unfired(ir);
-    char why[512];
+    char why[MC__ISO_TEXT_MAX + 128];
     snprintf(why, sizeof why, "%s", result == MC_ERR_CANCELLED && final_text[0] ? final_text : mc_last_error());
     publish(ir);
     report(ir, true);
