@@ -521,3 +521,21 @@ MC_TEST(cli_nested_worker_errors_read_once_and_whole)
     rmdir(dir);
     return 0;
 }
+
+MC_TEST(cli_size_that_cannot_fit_is_refused_with_the_numbers)
+{
+    /* --size 16384 on the CPU device needs about 27 GiB (43 isolated). */
+    double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
+    if (have >= 48.0 * (1 << 30)) MC_SKIP("this machine has %.0f GiB: --size 16384 fits and would run", have / (1 << 30));
+    char dir[] = "/tmp/mc-rel-XXXXXX";
+    CHECK(mkdtemp(dir));
+    char args[1024];
+    snprintf(args, sizeof args, "run gray-scott --device cpu --size 16384 --steps 1 --out %s/x.png", dir);
+    CHECK_EQ(expect_refusal(args, "--size 16384 needs about"), 0);
+    CHECK_EQ(expect_refusal(args, "GiB of host memory"), 0);
+    snprintf(args, sizeof args, "run gray-scott --device cpu --size 16384 --steps 1 --isolate --out %s/x.png", dir);
+    CHECK_EQ(expect_refusal(args, "this machine has"), 0);
+    CHECK_EQ(count_prefixed(dir, "."), 2); /* refused before the output was even probed */
+    rmdir(dir);
+    return 0;
+}
