@@ -12,6 +12,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -1062,5 +1063,70 @@ MC_TEST(isolate_gray_scott_command_survives_kill_hang_and_device_loss)
     free(out);
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     CHECK_EQ(system(cmd), 0);
+    return 0;
+}
+
+/* The caller's process killed mid-run (SIGKILL: no cleanup of its own):
+ * the launcher sees its channel end, kills its worker and exits. This test
+ * process adopts the orphans (a subreaper) and must see every one end. */
+MC_TEST(isolate_killed_caller_leaves_no_process)
+{
+    CHECK_EQ(prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), 0);
+    char dir[] = "/tmp/mc-iso-XXXXXX";
+    CHECK(mkdtemp(dir));
+    char exe[1024], out[256];
+    snprintf(exe, sizeof exe, "%s/metal-compute", MC_BINARY_DIR);
+    snprintf(out, sizeof out, "%s/x.png", dir);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        if (null >= 0) {
+            dup2(null, 1);
+            dup2(null, 2);
+        }
+        execl(exe, exe, "run", "gray-scott", "--device", "cpu", "--size", "64", "--steps", "2000000000", "--isolate",
+              "--out", out, (char *)NULL);
+        _exit(127);
+    }
+    /* Until it has its launcher and a worker (children of its own). */
+    char path[128];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)pid, (int)pid);
+    int kids = 0;
+    for (int i = 0; i < 2000 && kids == 0; i++) {
+        FILE *f = fopen(path, "r");
+        if (!f) MC_SKIP("no %s on this kernel", path);
+        int c, prev = ' ';
+        while ((c = fgetc(f)) != EOF) {
+            if (c != ' ' && prev == ' ') kids++;
+            prev = c;
+        }
+        fclose(f);
+        if (!kids) usleep(5000);
+    }
+    CHECK_GT(kids, 0);
+    usleep(300000); /* the worker is running chunks */
+    CHECK_EQ(kill(pid, SIGKILL), 0);
+    int ws;
+    CHECK_EQ(waitpid(pid, &ws, 0), pid);
+    /* Every orphan ends by itself, within a few seconds. */
+    uint64_t t0 = mc__test_now_ns();
+    int reaped = 0;
+    for (;;) {
+        pid_t p = waitpid(-1, &ws, WNOHANG);
+        if (p > 0) {
+            reaped++;
+            continue;
+        }
+        if (p < 0 && errno == ECHILD) break;
+        if (mc__test_now_ns() - t0 > 20000000000ull) {
+            fprintf(stderr, "processes of the killed caller are still running after 20 s\n");
+            return 1;
+        }
+        usleep(10000);
+    }
+    CHECK_GE(reaped, 1);
+    unlink(out);
+    rmdir(dir);
     return 0;
 }
