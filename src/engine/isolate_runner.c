@@ -52,6 +52,7 @@ typedef struct runner_shared {
     mc__iso_shared base;
     _Atomic uint32_t ckpt; /* 0: none yet; k + 1: copy k is the last good state */
     _Atomic uint64_t furthest; /* the furthest iteration any worker reported, set at each restart */
+    _Atomic uint32_t restarts; /* workers replaced so far */
     uint32_t pad;
     uint64_t ckpt_iter[2];
 } runner_shared;
@@ -306,8 +307,10 @@ static int runner_worker(void *ctx, int sock)
     }
     /* Work past the last failure is kept at once: the next fault then
      * costs only what came after it (and the supervisor sees progress). */
-    uint64_t furthest = atomic_load(&ir->sh->furthest);
-    if (furthest > (ck ? ir->sh->ckpt_iter[ck - 1] : 0)) mc__runner_checkpoint_past(r, furthest);
+    /* (the last worker may have got further than it could report: with
+     * nothing reported past the restore point, the first chunk checkpoints) */
+    uint64_t furthest = atomic_load(&ir->sh->furthest), restored = ck ? ir->sh->ckpt_iter[ck - 1] : 0;
+    if (atomic_load(&ir->sh->restarts)) mc__runner_checkpoint_past(r, MC__MAX(furthest, restored));
     mc__iso_arm_faults(&w.arm, w.dev, &ir->sh->base, &ir->pol.faults);
     pthread_t reader;
     if (pthread_create(&reader, NULL, w_reader, &w) != 0) {
@@ -632,6 +635,7 @@ static mc_status restart(iso_runner *ir, mc__iso_cause cause, mc_status status, 
     mc__iso_copy_text(ir->ist.last_cause_text, sizeof ir->ist.last_cause_text, what);
     ir->in_a_row++;
     atomic_store(&ir->sh->furthest, ir->high);
+    atomic_fetch_add(&ir->sh->restarts, 1);
     ir->fail_high = ir->high;
     uint32_t ck = atomic_load(&ir->sh->ckpt);
     uint64_t good = ck ? ir->sh->ckpt_iter[ck - 1] : 0;
