@@ -130,6 +130,7 @@ typedef struct worker {
     pthread_mutex_t r_mu; /* r, for the reader thread's cancel */
     uint8_t *area;
     uint64_t heartbeat_ns, last_sent_ns, last_iter;
+    uint64_t checkpoint_past; /* after a restart: the next forced checkpoint, past the last failure; 0: none */
     mc__iso_armed arm;
 } worker;
 
@@ -193,6 +194,9 @@ static void w_checkpoint(void *user, uint64_t iteration, const void *const *stat
     (void)sizes;
     (void)n;
     w_mirror(w, iteration, state);
+    /* (on the run's thread: the runner takes it with the next chunk) */
+    if (w->checkpoint_past > iteration) mc__runner_checkpoint_past(w->r, w->checkpoint_past);
+    w->checkpoint_past = 0;
     mc__iso_msg m;
     mc__iso_msg_init(&m, MC__ISO_CHECKPOINT);
     m.a = iteration;
@@ -305,12 +309,17 @@ static int runner_worker(void *ctx, int sock)
         w_cleanup(&w);
         return 0;
     }
-    /* Work past the last failure is kept at once: the next fault then
-     * costs only what came after it (and the supervisor sees progress). */
-    /* (the last worker may have got further than it could report: with
-     * nothing reported past the restore point, the first chunk checkpoints) */
+    /* After a restart, work is kept at once: the first chunk checkpoints
+     * (the last worker may have got further than it could report, and a
+     * fault may come again before the interval), then the first chunk past
+     * where the last one failed, as the in-process runner does. The next
+     * fault then costs only what came after, and the supervisor sees
+     * progress. */
     uint64_t furthest = atomic_load(&ir->sh->furthest), restored = ck ? ir->sh->ckpt_iter[ck - 1] : 0;
-    if (atomic_load(&ir->sh->restarts)) mc__runner_checkpoint_past(r, MC__MAX(furthest, restored));
+    if (atomic_load(&ir->sh->restarts)) {
+        mc__runner_checkpoint_past(r, restored);
+        w.checkpoint_past = furthest > restored ? furthest : 0;
+    }
     mc__iso_arm_faults(&w.arm, w.dev, &ir->sh->base, &ir->pol.faults);
     pthread_t reader;
     if (pthread_create(&reader, NULL, w_reader, &w) != 0) {
