@@ -4,6 +4,8 @@
 BUILD ?= build
 SANITIZE ?=
 CMAKE_FLAGS ?=
+# Development builds treat warnings as errors (a plain cmake build does not).
+WERROR ?= ON
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 MAKEFLAGS += --no-print-directory
 
@@ -15,7 +17,7 @@ deps:
 	@scripts/deps.sh
 
 configure: deps
-	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMC_SANITIZE=$(SANITIZE) $(CMAKE_FLAGS) >/dev/null
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMC_SANITIZE=$(SANITIZE) -DMC_WERROR=$(WERROR) $(CMAKE_FLAGS) >/dev/null
 
 build: configure
 	@cmake --build $(BUILD) -j $(JOBS)

@@ -1,6 +1,7 @@
 /* GPU semantics on every device: the watchdog, victims of a prior error,
  * access revoked, injected faults, device loss, validation refusals. */
 #include "mc_test.h"
+#include "engine/engine.h"
 
 #include <stdlib.h>
 #include <time.h>
@@ -307,5 +308,123 @@ MC_TEST(validation_refusals)
     mc_pipeline_release(saxpy);
     mc_device_release(d);
     mc_validation_set(false);
+    return 0;
+}
+
+/* Issue 15: a fault list is refused whole when any item is out of range,
+ * negative, unknown or a second fault on one command buffer. */
+MC_TEST(fault_lists_refuse_bad_numbers_words_and_repeats)
+{
+    mc_device *d = mct_open_device(0);
+    CHECK(d);
+    static const struct {
+        const char *spec, *why;
+    } bad[] = {
+        {"timeout@-1", "from 1 to"},
+        {"timeout@99999999999999999999", "from 1 to"},
+        {"timeout@1000000000000001", "from 1 to"},
+        {"timeout@+3", "from 1 to"},
+        {"timeout@ 3", "from 1 to"},
+        {"timeout@3x", "from 1 to"},
+        {"timeout@", "from 1 to"},
+        {"garbage", "not KIND@N"},
+        {"explode@3", "unknown fault kind 'explode'"},
+        {"kill@-1", "from 1 to"},
+        {"kill@3", "isolated run"},
+        {"timeout@3,page-fault@3", "a command buffer fails once"},
+        {"timeout@2,,page-fault@3", "empty"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        mc_status s = mc_device_inject_faults(d, bad[i].spec);
+        if (s != MC_ERR_INVALID_ARGUMENT) {
+            fprintf(stderr, "'%s' was taken (%s)\n", bad[i].spec, mc_status_name(s));
+            return 1;
+        }
+        CHECK_STR_CONTAINS(mc_last_error(), bad[i].why);
+    }
+    /* The largest N is taken; a fault on a command buffer that already has
+     * one is refused, and the refused lists scheduled nothing. */
+    CHECK_OK(mc_device_inject_faults(d, "timeout@1000000000000000"));
+    CHECK_OK(mc_device_inject_faults(d, "page-fault@2"));
+    CHECK_STATUS(mc_device_inject_faults(d, "internal@2"), MC_ERR_INVALID_ARGUMENT);
+    CHECK_STR_CONTAINS(mc_last_error(), "already has a fault");
+    CHECK_EQ(d->nfaults, 2);
+    mc_device_release(d);
+    return 0;
+}
+
+MC_TEST(fault_list_from_the_environment_is_checked_at_open)
+{
+    const char *bad[] = {"garbage", "timeout@-1", "kill@-1", "timeout@99999999999999999999", "timeout@2,timeout@2"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        setenv("MC_INJECT_FAULTS", bad[i], 1);
+        mc_device *d = NULL;
+        mc_status s = mc_device_open_name("cpu", &d);
+        unsetenv("MC_INJECT_FAULTS");
+        if (s != MC_ERR_INVALID_ARGUMENT) {
+            fprintf(stderr, "MC_INJECT_FAULTS=%s: the device opened (%s)\n", bad[i], mc_status_name(s));
+            mc_device_release(d);
+            return 1;
+        }
+        CHECK(d == NULL);
+        CHECK_STR_CONTAINS(mc_last_error(), "MC_INJECT_FAULTS");
+    }
+    return 0;
+}
+
+typedef struct seen_log {
+    int never_fired;
+    char text[512];
+} seen_log;
+
+static void on_log(void *user, mc_log_level level, const char *id, const char *message)
+{
+    seen_log *l = user;
+    (void)level;
+    if (!strcmp(id, "device.fault_never_fired")) {
+        l->never_fired++;
+        snprintf(l->text, sizeof l->text, "%s", message);
+    }
+}
+
+MC_TEST(faults_past_the_end_of_the_work_are_reported)
+{
+    seen_log seen;
+    memset(&seen, 0, sizeof seen);
+    mc_log_set_callback(on_log, &seen, MC_LOG_WARN);
+    mc_device *d = mct_open_device(0);
+    CHECK(d);
+    mc_pipeline *add = mct_pipeline(d, "basic", "add_one");
+    CHECK(add);
+    mc_buffer *b;
+    mc_buffer_desc bd = {1024, MC_STORAGE_SHARED, "b", NULL};
+    CHECK_OK(mc_buffer_create(d, &bd, &b));
+    mc_queue *q;
+    CHECK_OK(mc_queue_create(d, NULL, &q));
+    CHECK_OK(mc_device_inject_faults(d, "page-fault@1,device-lost@500"));
+    CHECK_STATUS(run_one(q, add, b, 256, NULL), MC_ERR_PAGE_FAULT);
+    mc_queue_release(q);
+    mc_buffer_release(b);
+    mc_pipeline_release(add);
+    mc_device_release(d);
+    mc_log_set_callback(NULL, NULL, MC_LOG_WARN);
+    CHECK_EQ(seen.never_fired, 1); /* the one that fired is not reported */
+    CHECK_STR_CONTAINS(seen.text, "device-lost@500 never fired");
+    CHECK_STR_CONTAINS(seen.text, "committed 1 command buffer");
+    return 0;
+}
+
+/* mc__fail may quote the detail it replaces (MC_DEVICE=bogus once printed
+ * a garbled message: the format read the buffer it was writing). */
+MC_TEST(error_detail_may_quote_itself)
+{
+    setenv("MC_DEVICE", "bogus", 1);
+    mc_device *d = NULL;
+    CHECK_STATUS(mc_device_open(NULL, &d), MC_ERR_INVALID_ARGUMENT);
+    unsetenv("MC_DEVICE");
+    CHECK(!strcmp(mc_last_error(), "MC_DEVICE: unknown device 'bogus' (expected cpu, cuda or metal, optionally :N)"));
+    mc__fail(MC_ERR_IO, "inner %d", 1);
+    mc__fail(MC_ERR_IO, "outer: %s: %s", mc_last_error(), mc_last_error());
+    CHECK(!strcmp(mc_last_error(), "outer: inner 1: inner 1"));
     return 0;
 }

@@ -12,6 +12,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -362,6 +363,53 @@ MC_TEST(isolate_runner_restarts_from_the_last_checkpoint)
     return 0;
 }
 
+/* Issue 15: faults every 50 command buffers, alternating kill and hang,
+ * with checkpoints too far apart to be taken on time. Each new worker must
+ * checkpoint as soon as it passes where the last one failed, and a worker
+ * that reaches a new iteration is progress: the run completes. */
+MC_TEST(isolate_runner_keeps_progress_under_faults_every_50_command_buffers)
+{
+    char faults[512] = "";
+    for (int i = 1; i <= 10; i++) {
+        size_t len = strlen(faults);
+        snprintf(faults + len, sizeof faults - len, "%s%s@%d", i > 1 ? "," : "", i % 2 ? "kill" : "hang", 50 * i);
+    }
+    leftovers lo;
+    leftovers_begin(&lo);
+    it_user u;
+    memset(&u, 0, sizeof u);
+    u.params = (it_params){IT_N, 16, 0};
+    mc_isolate_desc iso = it_iso(faults);
+    iso.deadline_ms = 250;
+    iso.max_restarts = 2;
+    uint64_t iters = 4000;
+    mc_runner_desc d = it_desc(&u, iters, &iso);
+    d.checkpoint_ms = 600000; /* only the checkpoints taken past a failure */
+    mc_runner *r;
+    CHECK_OK(mc_runner_create(&d, &r));
+    mc_status s = mc_runner_run(r);
+    mc_runner_stats st;
+    mc_isolate_stats ist;
+    CHECK_OK(mc_runner_get_stats(r, &st));
+    CHECK_OK(mc_runner_get_isolate_stats(r, &ist));
+    fprintf(stderr, "%s: %s; %llu iterations, %u restarts (died %u, hung %u), %llu checkpoints\n", faults,
+            s == MC_OK ? "done" : mc_last_error(), (unsigned long long)st.iterations, ist.restarts, ist.deaths,
+            ist.hangs, (unsigned long long)st.checkpoints);
+    CHECK_OK(s);
+    CHECK_EQ(st.iterations, iters);
+    CHECK_EQ(ist.deaths, 5);
+    CHECK_EQ(ist.hangs, 5);
+    uint32_t *got = malloc((IT_N + 1) * 4), *want = mct_rt_reference(u.params.n, u.params.spin, iters);
+    CHECK(got && want);
+    CHECK_OK(mc_runner_state_read(r, 0, got, (IT_N + 1) * 4));
+    CHECK_EQ(memcmp(got, want, (IT_N + 1) * 4), 0);
+    free(got);
+    free(want);
+    mc_runner_release(r);
+    CHECK_EQ(leftovers_none(&lo), 0);
+    return 0;
+}
+
 MC_TEST(isolate_runner_gives_up_past_the_restart_bound)
 {
     leftovers lo;
@@ -538,6 +586,14 @@ MC_TEST(isolate_rejects_bad_arguments)
     bad.inject_faults = "explode@3";
     CHECK_STATUS(mc_runner_create(&d, &r), MC_ERR_INVALID_ARGUMENT);
     CHECK_STR_CONTAINS(mc_last_error(), "unknown fault kind 'explode'");
+    bad.inject_faults = "kill@-1";
+    CHECK_STATUS(mc_runner_create(&d, &r), MC_ERR_INVALID_ARGUMENT);
+    CHECK_STR_CONTAINS(mc_last_error(), "from 1 to");
+    bad.inject_faults = "hang@99999999999999999999";
+    CHECK_STATUS(mc_runner_create(&d, &r), MC_ERR_INVALID_ARGUMENT);
+    bad.inject_faults = "kill@3,hang@3";
+    CHECK_STATUS(mc_runner_create(&d, &r), MC_ERR_INVALID_ARGUMENT);
+    CHECK_STR_CONTAINS(mc_last_error(), "a command buffer fails once");
     bad.inject_faults = "kill@3,hang@4,timeout@5,device-lost@6";
     CHECK_OK(mc_runner_create(&d, &r));
     mc_runner_release(r);
@@ -1007,5 +1063,70 @@ MC_TEST(isolate_gray_scott_command_survives_kill_hang_and_device_loss)
     free(out);
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     CHECK_EQ(system(cmd), 0);
+    return 0;
+}
+
+/* The caller's process killed mid-run (SIGKILL: no cleanup of its own):
+ * the launcher sees its channel end, kills its worker and exits. This test
+ * process adopts the orphans (a subreaper) and must see every one end. */
+MC_TEST(isolate_killed_caller_leaves_no_process)
+{
+    CHECK_EQ(prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), 0);
+    char dir[] = "/tmp/mc-iso-XXXXXX";
+    CHECK(mkdtemp(dir));
+    char exe[1024], out[256];
+    snprintf(exe, sizeof exe, "%s/metal-compute", MC_BINARY_DIR);
+    snprintf(out, sizeof out, "%s/x.png", dir);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        if (null >= 0) {
+            dup2(null, 1);
+            dup2(null, 2);
+        }
+        execl(exe, exe, "run", "gray-scott", "--device", "cpu", "--size", "64", "--steps", "2000000000", "--isolate",
+              "--out", out, (char *)NULL);
+        _exit(127);
+    }
+    /* Until it has its launcher and a worker (children of its own). */
+    char path[128];
+    snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)pid, (int)pid);
+    int kids = 0;
+    for (int i = 0; i < 2000 && kids == 0; i++) {
+        FILE *f = fopen(path, "r");
+        if (!f) MC_SKIP("no %s on this kernel", path);
+        int c, prev = ' ';
+        while ((c = fgetc(f)) != EOF) {
+            if (c != ' ' && prev == ' ') kids++;
+            prev = c;
+        }
+        fclose(f);
+        if (!kids) usleep(5000);
+    }
+    CHECK_GT(kids, 0);
+    usleep(300000); /* the worker is running chunks */
+    CHECK_EQ(kill(pid, SIGKILL), 0);
+    int ws;
+    CHECK_EQ(waitpid(pid, &ws, 0), pid);
+    /* Every orphan ends by itself, within a few seconds. */
+    uint64_t t0 = mc__test_now_ns();
+    int reaped = 0;
+    for (;;) {
+        pid_t p = waitpid(-1, &ws, WNOHANG);
+        if (p > 0) {
+            reaped++;
+            continue;
+        }
+        if (p < 0 && errno == ECHILD) break;
+        if (mc__test_now_ns() - t0 > 20000000000ull) {
+            fprintf(stderr, "processes of the killed caller are still running after 20 s\n");
+            return 1;
+        }
+        usleep(10000);
+    }
+    CHECK_GE(reaped, 1);
+    unlink(out);
+    rmdir(dir);
     return 0;
 }

@@ -5,6 +5,7 @@
  */
 #include "bench.h"
 #include "raw.h"
+#include "core/core.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -286,11 +287,11 @@ static void json_str(FILE *f, const char *s)
 
 static int write_json(const mc_bench *b, const char *path)
 {
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        fprintf(stderr, "metal-compute bench: cannot write %s\n", path);
-        return 1;
-    }
+    /* beside the target, fsync, rename: a failed write keeps the old file */
+    mc__outfile out;
+    mc_status s = mc__outfile_open(path, &out);
+    if (s != MC_OK) return mc_cli_fail("--json", s);
+    FILE *f = out.f;
     fprintf(f, "{\"device\": ");
     json_str(f, b->info.name);
     fprintf(f, ", \"device_kind\": \"%s\", \"benchmarks\": [", mc_device_kind_name(b->info.kind));
@@ -308,7 +309,8 @@ static int write_json(const mc_bench *b, const char *path)
                 r->baseline_spread);
     }
     fprintf(f, "\n]}\n");
-    return fclose(f) ? 1 : 0;
+    s = mc__outfile_commit(&out);
+    return s == MC_OK ? 0 : mc_cli_fail("--json", s);
 }
 
 static void usage(void)
@@ -388,6 +390,16 @@ int mc_cli_bench(int argc, char **argv)
             }
             p += len;
             if (*p == ',') p++;
+        }
+    }
+    /* A typo in an output path is found before the benchmarks run. */
+    const char *outs[2][2] = {{"--json", json}, {"--svg", svg}};
+    for (int i = 0; i < 2; i++) {
+        mc_status cs = outs[i][1] ? mc__outfile_check(outs[i][1]) : MC_OK;
+        if (cs != MC_OK) {
+            mc_cli_fail(outs[i][0], cs);
+            free(b);
+            return 2;
         }
     }
     /* Benchmarks measure the runtime, not the watchdog: no limit. */

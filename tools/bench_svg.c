@@ -7,6 +7,8 @@
  * fonts or scripts from elsewhere.
  */
 #include "bench.h"
+#include "cli.h"
+#include "core/core.h"
 
 #include <math.h>
 #include <string.h>
@@ -63,11 +65,11 @@ int mc_bench_write_svg(const mc_bench *b, const char *path)
     int dlo = (int)floor(log10(fmax(lo, 1e-4))), dhi = (int)ceil(log10(fmin(hi, 1e7)));
     if (dlo > -1) dlo = -1;
     if (dhi < 1) dhi = 1;
-    FILE *f = fopen(path, "w");
-    if (!f) {
-        fprintf(stderr, "metal-compute bench: cannot write %s\n", path);
-        return 1;
-    }
+    /* beside the target, fsync, rename: a failed write keeps the old file */
+    mc__outfile out;
+    mc_status s = mc__outfile_open(path, &out);
+    if (s != MC_OK) return mc_cli_fail("--svg", s);
+    FILE *f = out.f;
     int height = SVG_TOP + ngroups * SVG_GROUP_H + nbars * SVG_ROW_H + 40;
 #define X_OF(r) (SVG_PLOT_X + SVG_PLOT_W * (log10(r) - dlo) / (double)(dhi - dlo))
     fprintf(f,
@@ -139,5 +141,6 @@ int mc_bench_write_svg(const mc_bench *b, const char *path)
     fprintf(f, "<text x=\"12\" y=\"%d\" fill=\"#666\">ratio = baseline/ours for times, ours/baseline for rates; "
                "spreads are interquartile ranges (hover a bar).</text>\n</svg>\n",
             height - 10);
-    return fclose(f) ? 1 : 0;
+    s = mc__outfile_commit(&out);
+    return s == MC_OK ? 0 : mc_cli_fail("--svg", s);
 }

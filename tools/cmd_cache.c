@@ -44,7 +44,14 @@ static void usage(void)
            "                      else ~/.cache/metal-compute)\n"
            "  MC_CACHE            off | ro | rw | require (default rw; require: a miss is an error,\n"
            "                      never a compile)\n"
-           "  MC_CACHE_MAX_BYTES  size cap of the folder, e.g. 268435456 or 256m (default 256m)\n");
+           "  MC_CACHE_MAX_BYTES  size cap of the folder, e.g. 268435456 or 256m (default 256m)\n\n"
+           "security: the folder holds compiled code that programs load and run. Whoever can write\n"
+           "to it can run code as you: entries carry checksums against corruption, not signatures\n"
+           "against tampering. The runtime uses a folder and an entry only when they are yours, not\n"
+           "writable by group or others, and not symbolic links; it cannot tell an entry you wrote\n"
+           "from one written by another program running as you. Keep MC_CACHE_DIR private.\n"
+           "These commands touch only the cache's own folders (tagged with CACHEDIR.TAG, or named\n"
+           "<device>-<identity>) and only the files the cache writes there.\n");
 }
 
 /* Parses [--device D]; anything else is an error. */
@@ -63,34 +70,55 @@ static int device_option(const char *cmd, int argc, char **argv, int first, cons
     return 0;
 }
 
-static char *read_text(const char *path, size_t *len)
+/* A manifest is a short text; a kernel source is not large either. The
+ * caps keep /dev/zero or a runaway file from filling memory. */
+#define MANIFEST_MAX_BYTES (1u << 20)
+#define SOURCE_MAX_BYTES (64u << 20)
+
+/* Reads a whole regular file of at most cap bytes into a NUL-terminated
+ * buffer. NULL with the reason in *why: not a regular file (a FIFO would
+ * block, a device never ends), over the cap, unreadable. Opened
+ * non-blocking so a FIFO cannot hang the open itself. */
+static char *read_text(const char *path, size_t cap, size_t *len, char *why, size_t why_cap)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    size_t cap = 4096, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        if (n + 1024 + 1 > cap) {
-            char *nb = realloc(buf, cap *= 2);
-            if (!nb) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = nb;
-        }
-        size_t got = fread(buf + n, 1, 1024, f);
-        n += got;
-        if (got < 1024) break;
-    }
-    bool err = ferror(f);
-    fclose(f);
-    if (!buf || err) {
-        free(buf);
+    if (len) *len = 0;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(why, why_cap, "%s", strerror(errno));
         return NULL;
     }
-    buf[n] = '\0';
-    if (len) *len = n;
+    struct stat st;
+    char *buf = NULL;
+    if (fstat(fd, &st) != 0) {
+        snprintf(why, why_cap, "%s", strerror(errno));
+    } else if (!S_ISREG(st.st_mode)) {
+        snprintf(why, why_cap, "not a regular file (%s)",
+                 S_ISFIFO(st.st_mode) ? "a FIFO" : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device"
+                                                 : S_ISDIR(st.st_mode) ? "a folder" : "a socket or other special file");
+    } else if ((uint64_t)st.st_size > cap) {
+        snprintf(why, why_cap, "%lld bytes, over the limit of %zu", (long long)st.st_size, cap);
+    } else if (!(buf = malloc((size_t)st.st_size + 1))) {
+        snprintf(why, why_cap, "out of memory");
+    } else {
+        /* At most what fstat said: a file that grows meanwhile is cut
+         * there, never read without bound. */
+        size_t n = 0, want = (size_t)st.st_size;
+        while (n < want) {
+            ssize_t got = read(fd, buf + n, want - n);
+            if (got < 0 && errno == EINTR) continue;
+            if (got <= 0) break;
+            n += (size_t)got;
+        }
+        if (n < want) {
+            snprintf(why, why_cap, "%s", n ? "it shrank while being read" : strerror(errno ? errno : EIO));
+            free(buf);
+            buf = NULL;
+        } else {
+            buf[n] = '\0';
+            if (len) *len = n;
+        }
+    }
+    close(fd);
     return buf;
 }
 
@@ -158,10 +186,21 @@ static char *join_words(char **w, int n)
  * hints, not compiler options. */
 static int parse_manifest(const char *manifest, manifest_entry **out, size_t *count)
 {
-    char *text = read_text(manifest, NULL);
+    char why[160];
+    size_t text_len;
+    char *text = read_text(manifest, MANIFEST_MAX_BYTES, &text_len, why, sizeof why);
     if (!text) {
-        fprintf(stderr, "metal-compute cache build: cannot read %s: %s\n", manifest, strerror(errno));
-        return 1;
+        fprintf(stderr, "metal-compute cache build: cannot read the manifest %s: %s\n", manifest, why);
+        return 2;
+    }
+    /* Nothing to build is a mistake (the wrong file), not a success. */
+    const char *bad = text_len == 0                        ? "it is empty"
+                      : memchr(text, '\0', text_len) != NULL ? "it holds NUL bytes: not a text manifest"
+                                                           : NULL;
+    if (bad) {
+        fprintf(stderr, "metal-compute cache build: the manifest %s: %s\n", manifest, bad);
+        free(text);
+        return 2;
     }
     char base[PATH_MAX];
     snprintf(base, sizeof base, "%s", manifest);
@@ -259,6 +298,11 @@ static int parse_manifest(const char *manifest, manifest_entry **out, size_t *co
         }
     }
     free(text);
+    if (!rc && n == 0) {
+        fprintf(stderr, "metal-compute cache build: the manifest %s lists no kernels (only comments and blank lines)\n",
+                manifest);
+        rc = 2;
+    }
     if (rc) {
         free_entries(list, n);
         return rc;
@@ -285,6 +329,32 @@ static mc_pipeline_source_desc entry_desc(const manifest_entry *e)
     desc.threadgroup_size_is_multiple_of_simd_width = e->simd;
     desc.label = e->label;
     return desc;
+}
+
+/* Which of the manifest's kernels a fresh process would not find on disk
+ * (a new device handle: its memory cache is empty; require: a miss never
+ * compiles). Prints each; returns how many. */
+static size_t lost_to_the_cap(const char *device, const char *manifest, manifest_entry *es, size_t n)
+{
+    mc_device *d = mc_cli_open_device(device, 0);
+    if (!d) return 0;
+    mc_cache_set_mode(d, MC_CACHE_REQUIRE);
+    size_t lost = 0;
+    for (size_t i = 0; i < n; i++) {
+        manifest_entry *e = &es[i];
+        if (!e->source || (!e->present && !e->future)) continue;
+        if (e->future && mc_pipeline_future_wait(e->future, 0, NULL, NULL) != MC_OK) continue; /* failed */
+        mc_pipeline_source_desc desc = entry_desc(e);
+        mc_pipeline *p = NULL;
+        if (mc_pipeline_create_from_source(d, &desc, &p, NULL) == MC_OK) {
+            mc_pipeline_release(p);
+        } else {
+            printf("  EVICTED  %s:%d %s (by the size cap)\n", manifest, e->line, e->function);
+            lost++;
+        }
+    }
+    mc_device_release(d);
+    return lost;
 }
 
 static int cmd_build(int argc, char **argv)
@@ -343,10 +413,10 @@ static int cmd_build(int argc, char **argv)
             skipped++;
             continue;
         }
-        e->source = read_text(e->path, &e->source_len);
+        char why[160];
+        e->source = read_text(e->path, SOURCE_MAX_BYTES, &e->source_len, why, sizeof why);
         if (!e->source) {
-            printf("  FAILED   %s:%d %s: cannot read %s: %s\n", manifest, e->line, e->function, e->path,
-                   strerror(errno));
+            printf("  FAILED   %s:%d %s: cannot read %s: %s\n", manifest, e->line, e->function, e->path, why);
             failed++;
             continue;
         }
@@ -417,6 +487,16 @@ static int cmd_build(int argc, char **argv)
                 "above)\n", (unsigned long long)(after.writes - before.writes), built);
         failed++;
     }
+    if (after.evictions > before.evictions) {
+        size_t lost = lost_to_the_cap(device, manifest, es, n);
+        if (lost) {
+            fprintf(stderr,
+                    "metal-compute cache build: %zu of the kernels built or archived are not in the archive: the "
+                    "size cap of %llu bytes (MC_CACHE_MAX_BYTES) evicted them; raise it\n",
+                    lost, (unsigned long long)after.max_bytes);
+            failed++;
+        }
+    }
     free_entries(es, n);
     mc_device_release(d);
     return failed ? 1 : 0;
@@ -424,8 +504,11 @@ static int cmd_build(int argc, char **argv)
 
 /* ---- walking the folders ------------------------------------------------------ */
 
-/* Calls fn for every folder under the root that belongs to the current
- * user (only `only` when set). */
+/* Calls fn for every device folder of the cache (only `only` when set).
+ * The root must be the cache's own (tagged, or holding device folders)
+ * and trusted the way a load trusts it; a device folder must be named as
+ * the cache names them, be ours and not writable by others. Anything else
+ * under the root is the user's and is never visited. */
 static int each_folder(const char *only, int (*fn)(void *user, const char *root, const char *name, int fd),
                        void *user, int *count)
 {
@@ -433,21 +516,29 @@ static int each_folder(const char *only, int (*fn)(void *user, const char *root,
     mc_status s = mc__cache_root(root, sizeof root);
     if (s != MC_OK) return mc_cli_fail("the cache folder", s);
     *count = 0;
-    DIR *dir = opendir(root);
+    int root_fd;
+    s = mc__cache_open_root(root, &root_fd);
+    if (s == MC_ERR_NOT_FOUND) return 0; /* nothing cached yet */
+    if (s != MC_OK) {
+        fprintf(stderr, "metal-compute cache: %s\n", mc_last_error());
+        return 1;
+    }
+    DIR *dir = fdopendir(root_fd);
     if (!dir) {
-        if (errno == ENOENT) return 0;
         fprintf(stderr, "metal-compute cache: cannot read %s: %s\n", root, strerror(errno));
+        close(root_fd);
         return 1;
     }
     int rc = 0;
     struct dirent *de;
     while ((de = readdir(dir)) != NULL) {
-        if (de->d_name[0] == '.') continue;
+        if (!mc__cache_is_device_folder_name(de->d_name)) continue;
         if (only && strcmp(only, de->d_name) != 0) continue;
         int fd = openat(dirfd(dir), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0) continue;
         struct stat st;
-        if (fstat(fd, &st) == 0 && st.st_uid == geteuid()) {
+        char why[160];
+        if (fstat(fd, &st) == 0 && !mc__cache_untrusted_dir(&st, why, sizeof why)) {
             (*count)++;
             rc |= fn(user, root, de->d_name, fd);
         }
@@ -455,6 +546,21 @@ static int each_folder(const char *only, int (*fn)(void *user, const char *root,
     }
     closedir(dir);
     return rc;
+}
+
+/* 0 when the root is the cache's or does not exist yet; else says why
+ * and returns 1, before anything is printed as if it were a cache. */
+static int root_is_the_caches(void)
+{
+    char root[PATH_MAX];
+    mc_status s = mc__cache_root(root, sizeof root);
+    if (s != MC_OK) return mc_cli_fail("the cache folder", s);
+    int fd;
+    s = mc__cache_open_root(root, &fd);
+    if (s == MC_OK) close(fd);
+    if (s == MC_OK || s == MC_ERR_NOT_FOUND) return 0;
+    fprintf(stderr, "metal-compute cache: %s\n", mc_last_error());
+    return 1;
 }
 
 /* The folder of --device D, or NULL for all. */
@@ -564,7 +670,7 @@ static int cmd_list(int argc, char **argv)
     const char *device = NULL, *only;
     char folder[PATH_MAX];
     int rc = device_option("list", argc, argv, 1, &device, NULL);
-    if (rc || (rc = folder_of(device, folder, sizeof folder, &only))) return rc;
+    if (rc || (rc = root_is_the_caches()) || (rc = folder_of(device, folder, sizeof folder, &only))) return rc;
     char why[160];
     list_ctx c = {mc__hash_open(why, sizeof why), 0, 0, 0};
     if (!c.hash) printf("(no SHA-256 library: %s; checksums are not verified)\n", why);
@@ -643,7 +749,7 @@ static int cmd_stats(int argc, char **argv)
     const char *device = NULL, *only;
     char folder[PATH_MAX], root[PATH_MAX];
     int rc = device_option("stats", argc, argv, 1, &device, NULL);
-    if (rc || (rc = folder_of(device, folder, sizeof folder, &only))) return rc;
+    if (rc || (rc = root_is_the_caches()) || (rc = folder_of(device, folder, sizeof folder, &only))) return rc;
     if (mc__cache_root(root, sizeof root) != MC_OK) return mc_cli_fail("the cache folder", MC_ERR_NOT_FOUND);
     const char *mode = getenv("MC_CACHE"), *cap = getenv("MC_CACHE_MAX_BYTES");
     printf("pipeline cache %s (mode %s, cap %s)\n", root, mode && *mode ? mode : "rw", cap && *cap ? cap : "256m");
@@ -679,10 +785,13 @@ static int clear_folder(void *user, const char *root, const char *name, int fd)
     struct dirent *de;
     uint8_t key[MC__CACHE_KEY_SIZE];
     while ((de = readdir(dir)) != NULL) {
+        /* Only what the cache writes: entries, its temporary files, the
+         * statistics; regular files of ours, never through a link. */
         bool entry = mc__cache_name_key(de->d_name, key);
-        if (!entry && strncmp(de->d_name, ".tmp-", 5) != 0 && strcmp(de->d_name, MC__CACHE_STATS_FILE) != 0) continue;
+        if (!entry && !mc__cache_is_tmp_name(de->d_name) && strcmp(de->d_name, MC__CACHE_STATS_FILE) != 0) continue;
         struct stat st;
-        if (fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || S_ISDIR(st.st_mode)) continue;
+        if (fstatat(fd, de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid())
+            continue;
         if (unlinkat(fd, de->d_name, 0) != 0) {
             fprintf(stderr, "metal-compute cache clear: cannot remove %s/%s/%s: %s\n", root, name, de->d_name,
                     strerror(errno));
@@ -695,7 +804,7 @@ static int clear_folder(void *user, const char *root, const char *name, int fd)
         }
     }
     closedir(dir);
-    char root_fd_path[PATH_MAX];
+    char root_fd_path[PATH_MAX + 256 + 2];
     snprintf(root_fd_path, sizeof root_fd_path, "%s/%s", root, name);
     rmdir(root_fd_path); /* only when nothing else is in it */
     return rc;
@@ -713,7 +822,7 @@ static int cmd_clear(int argc, char **argv)
     const char *device = NULL, *only;
     char folder[PATH_MAX];
     int rc = device_option("clear", argc, argv, 1, &device, NULL);
-    if (rc || (rc = folder_of(device, folder, sizeof folder, &only))) return rc;
+    if (rc || (rc = root_is_the_caches()) || (rc = folder_of(device, folder, sizeof folder, &only))) return rc;
     clear_ctx c = {0, 0};
     int count = 0;
     rc = each_folder(only, clear_folder, &c, &count);

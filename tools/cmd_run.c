@@ -309,6 +309,39 @@ static void run_usage(void)
            "                        address that poisons the process; cpu: SIGSEGV; metal: a page fault)\n");
 }
 
+/* Whether a size x size run fits, before any of it is allocated: a size
+ * that is accepted must run. One field (u, v per cell) is 8 bytes a cell;
+ * the device holds two (ping-pong) and the runner's two checkpoint copies
+ * of each; the host holds the seed, the runner's two copies of each, the
+ * field read back and the image; an isolated run adds the shared state
+ * area and the worker's own copies. Device memory counts against the
+ * host's when they are one (the CPU device, unified memory). info: the
+ * device when this process opened it, else NULL (isolated). 0 or 2. */
+static int gs_check_memory(uint32_t size, bool isolate, const char *device, const mc_device_info *info)
+{
+    double field = (double)size * size * 2 * sizeof(float), gib = 1024.0 * 1024 * 1024;
+    double on_device = 6 * field, on_host = 7.4 * field + (isolate ? 8 * field : 0);
+    if (info && info->max_buffer_size && field > (double)info->max_buffer_size) {
+        fprintf(stderr, "metal-compute run: --size %u needs buffers of %.2f GiB; the device's limit is %.2f GiB\n",
+                size, field / gib, (double)info->max_buffer_size / gib);
+        return 2;
+    }
+    const char *spec = device ? device : getenv("MC_DEVICE");
+    bool shared = info ? info->kind == MC_DEVICE_CPU || info->unified_memory : !(spec && !strncmp(spec, "cuda", 4));
+    if (shared) on_host += on_device;
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    double have = pages > 0 && page > 0 ? (double)pages * (double)page : 0;
+    if (have > 0 && on_host > have) {
+        fprintf(stderr,
+                "metal-compute run: --size %u needs about %.1f GiB of host memory (%.2f GiB a field; %s); this "
+                "machine has %.1f GiB\n",
+                size, on_host / gib, field / gib,
+                shared ? "the device's memory is the host's" : "not counting the device's", have / gib);
+        return 2;
+    }
+    return 0;
+}
+
 static bool parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
 {
     char *end;
@@ -395,6 +428,9 @@ static int run_gray_scott(int argc, char **argv)
         return 2;
     }
 
+    int mrc = gs_check_memory(size, isolate, device, NULL);
+    if (mrc) return mrc;
+
     /* A long run should not end in "cannot write". */
     mc_status cs = mc__outfile_check(out);
     if (cs != MC_OK) {
@@ -438,6 +474,11 @@ static int run_gray_scott(int argc, char **argv)
             return 1;
         }
         mc_device_get_info(dev, &info);
+        if ((mrc = gs_check_memory(size, false, device, &info)) != 0) {
+            mc_device_release(dev);
+            gs_job_free(&job);
+            return mrc;
+        }
     }
 
     mc_runner_desc desc = MC_RUNNER_DESC_INIT;

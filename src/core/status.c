@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <string.h>
 
-static _Thread_local char last_error[1024];
+/* Room for a nested error (an isolated worker's detail inside the
+ * supervisor's) without cutting it mid-sentence. */
+static _Thread_local char last_error[2048];
 
 const char *mc_status_name(mc_status s)
 {
@@ -85,9 +87,14 @@ void mc__clear_error(void)
 
 mc_status mc__fail(mc_status s, const char *fmt, ...)
 {
+    /* Formatted aside first: callers wrap the previous detail
+     * (mc__fail(s, "MC_DEVICE: %s", mc_last_error())), and vsnprintf into
+     * the buffer an argument points at is undefined behaviour. */
+    char text[sizeof last_error];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
+    memcpy(last_error, text, strlen(text) + 1);
     return s;
 }

@@ -448,6 +448,8 @@ struct mc__cache {
     struct {
         _Atomic uint64_t hits_memory, hits_disk, misses, compiles, compile_ns, load_ns, writes, rejected, evictions;
     } n;
+    mc__cache_totals saved; /* of n, what is in the stats file already (save_totals, under save_lock) */
+    pthread_mutex_t save_lock;
 
     pthread_mutex_t pool_lock; /* starting the pool */
     pool *pool;
@@ -510,6 +512,7 @@ static struct mc__cache *cache_new(mc_device *d)
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->built, NULL);
     pthread_mutex_init(&c->disk_lock, NULL);
+    pthread_mutex_init(&c->save_lock, NULL);
     pthread_mutex_init(&c->pool_lock, NULL);
     atomic_init(&c->mode, mode_from_env());
     atomic_init(&c->max_bytes, max_bytes_from_env());
@@ -619,8 +622,10 @@ static int mkdir_parents(const char *path)
     return 0;
 }
 
+#define untrusted_dir mc__cache_untrusted_dir
+
 /* A folder we may trust: a directory, ours, not writable by others. */
-static const char *untrusted_dir(const struct stat *st, char *why, size_t cap)
+const char *mc__cache_untrusted_dir(const struct stat *st, char *why, size_t cap)
 {
     if (!S_ISDIR(st->st_mode)) return "not a directory";
     if (st->st_uid != geteuid()) {
@@ -630,6 +635,116 @@ static const char *untrusted_dir(const struct stat *st, char *why, size_t cap)
     }
     if (st->st_mode & (S_IWGRP | S_IWOTH)) return "writable by group or others";
     return NULL;
+}
+
+static bool read_all(int fd, uint8_t *buf, size_t len);
+static bool write_all(int fd, const void *data, size_t len);
+
+/* The Cache Directory Tagging signature: the tag file's first line. */
+#define TAG_SIGNATURE "Signature: 8a477f597d28d172789f06886806bc55"
+
+/* Marks the root as the cache's (once): `metal-compute cache` then knows
+ * it from a folder of the user's, and backup tools skip it. Written beside
+ * and renamed, so a reader never sees half a tag. Best effort: a cache
+ * without its tag is still recognised by its device folders. */
+static void write_tag(int root_fd)
+{
+    if (faccessat(root_fd, MC__CACHE_TAG_FILE, F_OK, AT_SYMLINK_NOFOLLOW) == 0) return;
+    char tmp[64];
+    snprintf(tmp, sizeof tmp, TMP_PREFIX "%ld-0-tag", (long)getpid());
+    int fd = openat(root_fd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) return;
+    static const char text[] = TAG_SIGNATURE "\n"
+                               "# This file is a cache directory tag created by metal-compute (its pipeline cache).\n"
+                               "# For information about cache directory tags see https://bford.info/cachedir/\n";
+    bool ok = write_all(fd, text, sizeof text - 1) && fsync(fd) == 0;
+    close(fd);
+    if (!ok || renameat(root_fd, tmp, root_fd, MC__CACHE_TAG_FILE) != 0) unlinkat(root_fd, tmp, 0);
+}
+
+bool mc__cache_is_device_folder_name(const char *name)
+{
+    static const char *const backends[] = {"cpu-", "cuda-", "metal-"};
+    for (size_t i = 0; i < MC__ARRAY_LEN(backends); i++) {
+        size_t n = strlen(backends[i]);
+        if (strncmp(name, backends[i], n) != 0 || !name[n]) continue;
+        for (const char *p = name + n; *p; p++) /* mc__cache_folder_name's alphabet */
+            if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '.' ||
+                  *p == '_' || *p == '-'))
+                return false;
+        return true;
+    }
+    return false;
+}
+
+bool mc__cache_is_tmp_name(const char *name)
+{
+    /* tmp_name()'s form; write_tag's ends in "-tag" */
+    size_t n = strlen(TMP_PREFIX);
+    if (strncmp(name, TMP_PREFIX, n) != 0) return false;
+    const char *p = name + n;
+    for (int field = 0; field < 3; field++) {
+        const char *start = p;
+        if (field == 2 && !strcmp(p, "tag")) return true;
+        while ((*p >= '0' && *p <= '9') || (field == 2 && ((*p >= 'a' && *p <= 'f')))) p++;
+        if (p == start) return false;
+        if (field < 2 && *p++ != '-') return false;
+    }
+    return *p == '\0';
+}
+
+static bool tagged(int root_fd)
+{
+    int fd = openat(root_fd, MC__CACHE_TAG_FILE, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return false;
+    struct stat st;
+    char text[sizeof TAG_SIGNATURE];
+    bool ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() &&
+              read_all(fd, (uint8_t *)text, sizeof text - 1) && !memcmp(text, TAG_SIGNATURE, sizeof text - 1);
+    close(fd);
+    return ok;
+}
+
+mc_status mc__cache_open_root(const char *root, int *out)
+{
+    *out = -1;
+    int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ENOENT) return mc__fail(MC_ERR_NOT_FOUND, "the pipeline cache folder %s does not exist", root);
+        return mc__fail(errno == ENOTDIR ? MC_ERR_INVALID_ARGUMENT : MC_ERR_IO, "cannot open the cache folder %s: %s",
+                        root, strerror(errno));
+    }
+    struct stat st;
+    char why[160];
+    const char *bad = fstat(fd, &st) != 0 ? strerror(errno) : untrusted_dir(&st, why, sizeof why);
+    if (bad) {
+        close(fd);
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "the cache folder %s is not one the cache trusts: %s", root, bad);
+    }
+    bool known = tagged(fd);
+    if (!known) {
+        /* A cache written before the tag: known by its device folders. */
+        int dup_fd = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        DIR *dir = dup_fd >= 0 ? fdopendir(dup_fd) : NULL;
+        if (!dir && dup_fd >= 0) close(dup_fd);
+        struct dirent *de;
+        while (dir && !known && (de = readdir(dir)) != NULL) {
+            struct stat ds;
+            known = mc__cache_is_device_folder_name(de->d_name) &&
+                    fstatat(fd, de->d_name, &ds, AT_SYMLINK_NOFOLLOW) == 0 &&
+                    !untrusted_dir(&ds, why, sizeof why);
+        }
+        if (dir) closedir(dir);
+    }
+    if (!known) {
+        close(fd);
+        return mc__fail(MC_ERR_INVALID_ARGUMENT,
+                        "%s is not a metal-compute pipeline cache (no %s written by the cache, no device folder such "
+                        "as cpu-...): refusing to touch it; check MC_CACHE_DIR",
+                        root, MC__CACHE_TAG_FILE);
+    }
+    *out = fd;
+    return MC_OK;
 }
 
 /* Runs once (under disk_lock); returns the new state and at most one
@@ -672,7 +787,8 @@ static int disk_setup(struct mc__cache *c, char *warn, size_t wcap, const char *
     } else if (fstat(c->root_fd, &st) != 0) {
         bad = strerror(errno);
     } else if ((bad = untrusted_dir(&st, why, sizeof why)) != NULL) {
-    } else if (create && mkdirat(c->root_fd, c->folder, 0700) != 0 && errno != EEXIST) {
+    } else if (create && (write_tag(c->root_fd), mkdirat(c->root_fd, c->folder, 0700) != 0) && errno != EEXIST) {
+        /* (the root is tagged first, then its device folder made) */
         bad = strerror(errno);
     } else if ((c->dir_fd = openat(c->root_fd, c->folder, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0) {
         if (!create && errno == ENOENT) {
@@ -2021,10 +2137,28 @@ void mc__cache_read_totals(int folder_fd, mc__cache_totals *out)
     parse_totals(text, out);
 }
 
+static void save_totals_locked(struct mc__cache *c);
+
 static void save_totals(struct mc__cache *c)
 {
-    mc__cache_totals add;
-#define X(f) add.f = atomic_load(&c->n.f);
+    pthread_mutex_lock(&c->save_lock);
+    save_totals_locked(c);
+    pthread_mutex_unlock(&c->save_lock);
+}
+
+void mc__cache_save_stats(mc_device *d)
+{
+    /* A worker process may end through _exit before its device is
+     * destroyed (the notifier thread defers that): save now. */
+    if (d && d->cache && atomic_load(&d->cache->disk) == DISK_READY && atomic_load(&d->cache->mode) == MC_CACHE_RW)
+        save_totals(d->cache);
+}
+
+/* Adds what was counted since the last save to the folder's file. */
+static void save_totals_locked(struct mc__cache *c)
+{
+    mc__cache_totals add, now;
+#define X(f) now.f = atomic_load(&c->n.f), add.f = now.f - c->saved.f;
     TOTALS_FIELDS(X)
 #undef X
     uint64_t any = 0;
@@ -2044,8 +2178,10 @@ static void save_totals(struct mc__cache *c)
 #define X(f) len += snprintf(text + len, sizeof text - (size_t)len, "%s %llu\n", #f, (unsigned long long)(t.f + add.f));
         TOTALS_FIELDS(X)
 #undef X
-        if (ftruncate(fd, 0) == 0 && pwrite(fd, text, (size_t)len, 0) != len)
+        if (ftruncate(fd, 0) != 0 || pwrite(fd, text, (size_t)len, 0) != len)
             mc__log(MC_LOG_DEBUG, "cache.stats_unsaved", "cannot save the cache statistics");
+        else
+            c->saved = now;
         flock(fd, LOCK_UN);
     }
     close(fd);
@@ -2075,6 +2211,7 @@ void mc__cache_destroy(struct mc__cache *c)
     pthread_mutex_destroy(&c->lock);
     pthread_cond_destroy(&c->built);
     pthread_mutex_destroy(&c->disk_lock);
+    pthread_mutex_destroy(&c->save_lock);
     pthread_mutex_destroy(&c->pool_lock);
     free(c);
 }

@@ -331,6 +331,7 @@ static mc_status push_pass(mc__recorder *rec, uint32_t kind, const char *label, 
  * scalar type); *off receives where. */
 static mc_status push_bytes(mc__recorder *rec, const void *data, size_t len, uint32_t *off)
 {
+    *off = 0; /* set on every path: gcc 12 -O3 cannot see mc__fail never returns MC_OK */
     uint32_t at = (rec->nbytes + 15u) & ~15u;
     if (len > UINT32_MAX - at) return mc__fail(MC_ERR_NO_MEMORY, "too many bytes arguments in one recording");
     mc_status s = grow((void **)&rec->bytes, &rec->bytes_cap, at + (uint32_t)len, 1);
@@ -370,6 +371,7 @@ mc_status mc_cmdbuf_begin_pass(mc_cmdbuf *cb, const char *label, mc_pass **out)
 /* The recorder behind an open pass of a command buffer or a recording list. */
 static mc_status open_pass(mc_pass *p, const char *fn, mc__recorder **recp)
 {
+    *recp = NULL; /* set on every path: gcc 12 -O3 cannot see mc__fail never returns MC_OK */
     if (!p || !p->rec) return mc__fail(MC_ERR_INVALID_ARGUMENT, "%s: pass is NULL or not valid", fn);
     mc__recorder *rec = p->rec;
     if (mc__object_check(rec->owner, MC__TAG_CMDBUF)) {

@@ -132,7 +132,7 @@ mc_status mc__device_parse_spec(const char *spec, mc_device_kind *kind, int *ind
     return mc__fail(MC_ERR_INVALID_ARGUMENT, "unknown device '%s' (expected cpu, cuda or metal, optionally :N)", spec);
 }
 
-static mc_status schedule_faults(mc_device *d, const char *spec, uint64_t base);
+static mc_status schedule_faults(mc_device *d, const char *what, const char *spec, uint64_t base);
 
 mc_status mc_device_open(const mc_device_desc *desc, mc_device **out)
 {
@@ -151,6 +151,13 @@ mc_status mc_device_open(const mc_device_desc *desc, mc_device **out)
         mc_status s = mc__device_parse_spec(env, &dd.kind, &dd.index);
         if (s != MC_OK) return mc__fail(s, "MC_DEVICE: %s", mc_last_error());
     }
+    /* A fault list the user asked for and cannot have is an error, not a
+     * run without the faults they meant to test. */
+    mc__fault_item env_faults[MC__MAX_FAULTS];
+    size_t n_env_faults;
+    mc_status fs = mc__fault_list_parse("MC_INJECT_FAULTS", mc__env_str("MC_INJECT_FAULTS", NULL), false, env_faults,
+                                        &n_env_faults);
+    if (fs != MC_OK) return fs;
     const mc__hal *hal = NULL;
     if (dd.kind == MC_DEVICE_ANY) {
         for (const mc__hal *const *h = mc__hal_registry; *h && !hal; h++)
@@ -190,10 +197,9 @@ mc_status mc_device_open(const mc_device_desc *desc, mc_device **out)
         free(d);
         return s;
     }
+    /* Checked above, before the backend was opened; cannot fail now. */
     const char *faults = mc__env_str("MC_INJECT_FAULTS", NULL);
-    if (faults && (s = schedule_faults(d, faults, 0)) != MC_OK) {
-        mc__log(MC_LOG_ERROR, "device.bad_fault_spec", "MC_INJECT_FAULTS ignored: %s", mc_last_error());
-    }
+    if (faults) schedule_faults(d, "MC_INJECT_FAULTS", faults, 0);
     mc__log(MC_LOG_INFO, "device.open", "opened %s:%d (%s)", hal->name, dd.index, d->info.name);
     *out = d;
     return MC_OK;
@@ -220,6 +226,14 @@ mc_status mc_device_open_name(const char *spec, mc_device **out)
 void mc__device_destroy(mc_device *d)
 {
     mc__notifier_shutdown(d);
+    /* A fault list that lies past the end of the work tested nothing:
+     * say so rather than let a clean run pass for a survived one. */
+    uint64_t done = atomic_load(&d->committed);
+    for (size_t i = 0; i < d->nfaults; i++)
+        mc__log(MC_LOG_WARN, "device.fault_never_fired",
+                "injected fault %s@%llu never fired: the device committed %llu command buffer%s",
+                mc__status_word(d->faults[i].kind) ? mc__status_word(d->faults[i].kind) : "?",
+                (unsigned long long)d->faults[i].nth, (unsigned long long)done, done == 1 ? "" : "s");
     if (d->cache) mc__cache_destroy(d->cache);
     d->hal->device_close(d->hd);
     pthread_mutex_destroy(&d->lock);
@@ -278,48 +292,102 @@ mc_status mc_device_inject_fault(mc_device *d, mc_status kind, uint64_t nth)
     if (nth == 0) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_device_inject_fault: nth must be >= 1");
     pthread_mutex_lock(&d->lock);
     mc_status s = add_fault(d, kind, atomic_load(&d->committed) + nth);
+    if (s == MC_OK) d->faults[d->nfaults - 1].nth = nth;
     pthread_mutex_unlock(&d->lock);
     return s;
 }
 
-/* Parses the whole spec before scheduling anything. */
-static mc_status schedule_faults(mc_device *d, const char *spec, uint64_t base)
+mc_status mc__fault_list_parse(const char *what, const char *spec, bool worker_faults, mc__fault_item *out,
+                               size_t *n)
 {
-    mc__fault parsed[MC__MAX_FAULTS];
-    size_t n = 0;
-    const char *p = spec;
-    while (*p) {
+    *n = 0;
+    if (!spec) return MC_OK;
+    const char *kinds = worker_faults ? "kill, hang, timeout, page-fault, access-revoked, device-lost, internal, "
+                                        "not-permitted, out-of-memory or invalid-resource"
+                                      : "timeout, page-fault, access-revoked, device-lost, internal, not-permitted, "
+                                        "out-of-memory or invalid-resource";
+    for (const char *p = spec; *p;) {
         size_t len = strcspn(p, ",");
         char item[64];
         if (len == 0 || len >= sizeof item)
-            return mc__fail(MC_ERR_INVALID_ARGUMENT, "fault spec '%s': empty or overlong item", spec);
+            return mc__fail(MC_ERR_INVALID_ARGUMENT, "%s '%s': an empty or overlong item (expected KIND@N,...)", what,
+                            spec);
         memcpy(item, p, len);
         item[len] = '\0';
         char *at = strchr(item, '@');
-        if (!at) return mc__fail(MC_ERR_INVALID_ARGUMENT, "fault spec item '%s' is not KIND@N", item);
+        if (!at)
+            return mc__fail(MC_ERR_INVALID_ARGUMENT, "%s: '%s' is not KIND@N (KIND: %s)", what, item, kinds);
         *at = '\0';
-        char *end;
-        unsigned long long nth = strtoull(at + 1, &end, 10);
-        if (end == at + 1 || *end || nth == 0)
-            return mc__fail(MC_ERR_INVALID_ARGUMENT, "fault spec item '%s@%s': N must be a number >= 1", item, at + 1);
-        if (!strcmp(item, "kill") || !strcmp(item, "hang"))
-            return mc__fail(MC_ERR_INVALID_ARGUMENT,
-                            "fault '%s@%s' is a fault of a worker process: it needs an isolated run "
-                            "(mc_isolate_desc.inject_faults, or --isolate on the command line)",
-                            item, at + 1);
-        mc_status kind;
-        mc_status s = mc_status_from_word(item, &kind);
-        if (s != MC_OK) return s;
-        if (n == MC__MAX_FAULTS) return mc__fail(MC_ERR_INVALID_ARGUMENT, "too many faults in '%s'", spec);
-        parsed[n].kind = kind;
-        parsed[n].at = base + nth;
-        n++;
+        const char *num = at + 1;
+        /* Digits only: strtoull would take "-1" as 2^64-1 and clamp an
+         * overflow, and either would schedule a fault that never fires. */
+        uint64_t nth = 0;
+        bool ok = *num != '\0';
+        for (const char *c = num; ok && *c; c++) {
+            if (*c < '0' || *c > '9' || nth > (MC__FAULT_MAX_AT - (uint64_t)(*c - '0')) / 10) ok = false;
+            else nth = nth * 10 + (uint64_t)(*c - '0');
+        }
+        if (!ok || nth == 0)
+            return mc__fail(MC_ERR_INVALID_ARGUMENT, "%s: in '%s@%s', N must be a whole number from 1 to %llu", what,
+                            item, num, MC__FAULT_MAX_AT);
+        int kind;
+        if (!strcmp(item, "kill") || !strcmp(item, "hang")) {
+            if (!worker_faults)
+                return mc__fail(MC_ERR_INVALID_ARGUMENT,
+                                "%s: '%s@%s' is a fault of a worker process: it needs an isolated run "
+                                "(mc_isolate_desc.inject_faults, or --isolate on the command line)",
+                                what, item, num);
+            kind = !strcmp(item, "kill") ? MC__FAULT_KILL : MC__FAULT_HANG;
+        } else {
+            mc_status st;
+            if (mc_status_from_word(item, &st) != MC_OK)
+                return mc__fail(MC_ERR_INVALID_ARGUMENT, "%s: unknown fault kind '%s' (expected %s)", what, item,
+                                kinds);
+            kind = (int)st;
+        }
+        /* One command buffer fails once: a second fault there would stay
+         * scheduled and never fire. */
+        for (size_t i = 0; i < *n; i++) {
+            if (out[i].at == nth)
+                return mc__fail(MC_ERR_INVALID_ARGUMENT,
+                                "%s: two faults on command buffer %llu ('%s' and '%s'); a command buffer fails once",
+                                what, (unsigned long long)nth,
+                                out[i].kind == MC__FAULT_KILL   ? "kill"
+                                : out[i].kind == MC__FAULT_HANG ? "hang"
+                                                                : mc__status_word((mc_status)out[i].kind),
+                                item);
+        }
+        if (*n == MC__MAX_FAULTS)
+            return mc__fail(MC_ERR_INVALID_ARGUMENT, "%s: more than %d faults", what, MC__MAX_FAULTS);
+        out[*n].kind = kind;
+        out[*n].at = nth;
+        (*n)++;
         p += len;
         if (*p == ',') p++;
     }
+    return MC_OK;
+}
+
+/* Parses the whole spec before scheduling anything. */
+static mc_status schedule_faults(mc_device *d, const char *what, const char *spec, uint64_t base)
+{
+    mc__fault_item parsed[MC__MAX_FAULTS];
+    size_t n;
+    mc_status s = mc__fault_list_parse(what, spec, false, parsed, &n);
+    if (s != MC_OK) return s;
     pthread_mutex_lock(&d->lock);
-    mc_status s = MC_OK;
-    for (size_t i = 0; i < n && s == MC_OK; i++) s = add_fault(d, parsed[i].kind, parsed[i].at);
+    if (d->nfaults + n > MC__MAX_FAULTS)
+        s = mc__fail(MC_ERR_INVALID_ARGUMENT, "%s: at most %d faults may be scheduled", what, MC__MAX_FAULTS);
+    for (size_t i = 0; i < n && s == MC_OK; i++) {
+        for (size_t j = 0; j < d->nfaults && s == MC_OK; j++)
+            if (d->faults[j].at == base + parsed[i].at)
+                s = mc__fail(MC_ERR_INVALID_ARGUMENT,
+                             "%s: command buffer %llu already has a fault scheduled; a command buffer fails once",
+                             what, (unsigned long long)parsed[i].at);
+    }
+    for (size_t i = 0; i < n && s == MC_OK; i++) s = add_fault(d, (mc_status)parsed[i].kind, base + parsed[i].at);
+    if (s == MC_OK)
+        for (size_t i = 0; i < n; i++) d->faults[d->nfaults - n + i].nth = parsed[i].at;
     pthread_mutex_unlock(&d->lock);
     return s;
 }
@@ -328,7 +396,7 @@ mc_status mc_device_inject_faults(mc_device *d, const char *spec)
 {
     MC__CHECK_HANDLE(d, MC__TAG_DEVICE, "device");
     if (!spec) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_device_inject_faults: spec is NULL");
-    return schedule_faults(d, spec, atomic_load(&d->committed));
+    return schedule_faults(d, "fault list", spec, atomic_load(&d->committed));
 }
 
 void mc__device_set_commit_hook(mc_device *d, void (*fn)(void *user, uint64_t n), void *user)

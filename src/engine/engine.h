@@ -48,10 +48,32 @@ typedef struct mc__notifier mc__notifier;
 
 typedef struct mc__fault {
     uint64_t at; /* device commit number */
+    uint64_t nth; /* N as the user wrote it, for messages */
     mc_status kind;
 } mc__fault;
 
 #define MC__MAX_FAULTS 64
+
+/* One item of a fault list ("timeout@3,kill@5"): kind is a device error
+ * (an mc_status) or MC__FAULT_KILL / MC__FAULT_HANG (faults of a worker
+ * process, isolated runs only); at is N as written. */
+typedef struct mc__fault_item {
+    int kind;
+    uint64_t at;
+} mc__fault_item;
+#define MC__FAULT_KILL (-1)
+#define MC__FAULT_HANG (-2)
+/* The largest N a list may name: far past any run, far below where the
+ * counters could wrap. */
+#define MC__FAULT_MAX_AT 1000000000000000ull
+/* Parses a whole list before anything is scheduled: refuses unknown words,
+ * N that is not a whole number from 1 to MC__FAULT_MAX_AT (signs, "-1",
+ * overflow), two faults on one command buffer, more than MC__MAX_FAULTS,
+ * and kill/hang unless worker_faults. what names the source in messages
+ * ("MC_INJECT_FAULTS"). NULL or "": no faults. */
+const char *mc__status_word(mc_status s); /* status.c: "timeout", NULL for no fault word */
+mc_status mc__fault_list_parse(const char *what, const char *spec, bool worker_faults, mc__fault_item *out,
+                               size_t *n);
 
 struct mc_device {
     mc__object base;
@@ -333,8 +355,29 @@ mc_status mc__cache_root(char *out, size_t cap);
 typedef struct mc__cache_totals {
     uint64_t hits_memory, hits_disk, misses, compiles, compile_ns, load_ns, writes, rejected, evictions;
 } mc__cache_totals;
+/* Adds the device's counters not yet saved to its folder's stats file now
+ * (also done when the device closes): before a process ends by _exit. */
+void mc__cache_save_stats(mc_device *d);
 /* Reads folder_fd's stats file; zeros when it is missing or unreadable. */
 void mc__cache_read_totals(int folder_fd, mc__cache_totals *out);
+
+/* The cache's own layout, so tools touch only what the cache wrote.
+ * MC__CACHE_TAG_FILE marks the root (the Cache Directory Tagging format,
+ * which backup tools also honour). */
+#define MC__CACHE_TAG_FILE "CACHEDIR.TAG"
+struct stat;
+/* A device folder's name: "<cpu|cuda|metal>-<identity>". */
+bool mc__cache_is_device_folder_name(const char *name);
+/* A temporary file of the cache's: ".tmp-<pid>-<n>-<hex>". */
+bool mc__cache_is_tmp_name(const char *name);
+/* A folder the cache trusts (as a load does): a directory of the current
+ * user that group and others cannot write. NULL, or the reason. */
+const char *mc__cache_untrusted_dir(const struct stat *st, char *why, size_t cap);
+/* Opens root (into *fd) only when it is the cache's: trusted, and tagged
+ * or holding a trusted device folder. MC_ERR_NOT_FOUND when it does not
+ * exist; MC_ERR_INVALID_ARGUMENT, with the cause, when it is not a
+ * cache (a user's own folder named by MC_CACHE_DIR). */
+mc_status mc__cache_open_root(const char *root, int *fd);
 /* ==== end of the pipeline cache section ================================ */
 
 #define MC__CHECK_HANDLE(h, tag, what)                                                   \

@@ -362,49 +362,36 @@ void mc__iso_launcher_stop(mc__iso_launcher *l)
     }
 }
 
+const char *mc__iso_unprefixed(const char *text, const char *kind, const char *label)
+{
+    size_t k = strlen(kind), l = strlen(label);
+    if (!strncmp(text, kind, k) && !strncmp(text + k, " '", 2) && !strncmp(text + k + 2, label, l) &&
+        !strncmp(text + k + 2 + l, "': ", 3))
+        return text + k + 2 + l + 3;
+    return text;
+}
+
+void mc__iso_copy_text(char *dst, size_t cap, const char *src)
+{
+    if (!cap) return;
+    size_t n = strlen(src);
+    if (n < cap) {
+        memcpy(dst, src, n + 1);
+        return;
+    }
+    if (cap < 4) {
+        dst[0] = '\0';
+        return;
+    }
+    memcpy(dst, src, cap - 4);
+    memcpy(dst + cap - 4, "...", 4);
+}
+
 /* ---- faults ------------------------------------------------------------------ */
 
 mc_status mc__iso_parse_faults(const char *spec, mc__iso_faults *out)
 {
-    out->n = 0;
-    if (!spec) return MC_OK;
-    const char *p = spec;
-    while (*p) {
-        size_t len = strcspn(p, ",");
-        char item[64];
-        if (len == 0 || len >= sizeof item)
-            return mc__fail(MC_ERR_INVALID_ARGUMENT, "fault spec '%s': empty or overlong item", spec);
-        memcpy(item, p, len);
-        item[len] = '\0';
-        char *at = strchr(item, '@');
-        if (!at) return mc__fail(MC_ERR_INVALID_ARGUMENT, "fault spec item '%s' is not KIND@N", item);
-        *at = '\0';
-        char *end;
-        unsigned long long nth = strtoull(at + 1, &end, 10);
-        if (end == at + 1 || *end || nth == 0)
-            return mc__fail(MC_ERR_INVALID_ARGUMENT, "fault spec item '%s@%s': N must be a number >= 1", item, at + 1);
-        int kind;
-        if (!strcmp(item, "kill")) {
-            kind = MC__ISO_FAULT_KILL;
-        } else if (!strcmp(item, "hang")) {
-            kind = MC__ISO_FAULT_HANG;
-        } else {
-            mc_status st;
-            if (mc_status_from_word(item, &st) != MC_OK)
-                return mc__fail(MC_ERR_INVALID_ARGUMENT,
-                                "unknown fault kind '%s' (expected kill, hang, timeout, page-fault, access-revoked, "
-                                "device-lost, internal, not-permitted, out-of-memory or invalid-resource)",
-                                item);
-            kind = (int)st;
-        }
-        if (out->n == MC__MAX_FAULTS) return mc__fail(MC_ERR_INVALID_ARGUMENT, "too many faults in '%s'", spec);
-        out->f[out->n].kind = kind;
-        out->f[out->n].at = nth;
-        out->n++;
-        p += len;
-        if (*p == ',') p++;
-    }
-    return MC_OK;
+    return mc__fault_list_parse("fault list", spec, true, out->f, &out->n);
 }
 
 static void commit_hook(void *user, uint64_t n)
@@ -482,7 +469,7 @@ mc_status mc__iso_policy_init(mc__iso_policy *p, const mc_isolate_desc *d, const
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "%s: isolate->start_timeout_ms is %g; 0 (default) or more", what, st);
     mc_status s = mc__iso_parse_faults(d->inject_faults, &p->faults);
     if (s != MC_OK) {
-        char why[400];
+        char why[MC__ISO_TEXT_MAX];
         snprintf(why, sizeof why, "%s", mc_last_error());
         return mc__fail(s, "%s: isolate->inject_faults: %s", what, why);
     }

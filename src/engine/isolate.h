@@ -76,6 +76,17 @@ enum {
 
 #define MC__ISO_MAGIC 0x6d63494du /* "mcIM" */
 
+/* A message's text: room for a whole error detail (mc_last_error), so a
+ * worker's error is never cut mid-sentence on its way to the caller. */
+#define MC__ISO_TEXT_MAX 1024
+
+/* The text after "KIND 'LABEL': " when it begins so: a worker's error
+ * already names the runner or stream the supervisor names again. */
+const char *mc__iso_unprefixed(const char *text, const char *kind, const char *label);
+/* Copies src into dst[cap]; a text that does not fit ends in "..." rather
+ * than stopping mid-word unmarked. */
+void mc__iso_copy_text(char *dst, size_t cap, const char *src);
+
 typedef struct mc__iso_msg {
     uint32_t magic, type;
     int32_t status;
@@ -89,7 +100,7 @@ typedef struct mc__iso_msg {
         mc_runner_stats rstats;
         mc_stream_stats sstats;
     } u;
-    char text[320];
+    char text[MC__ISO_TEXT_MAX];
 } mc__iso_msg;
 
 void mc__iso_msg_init(mc__iso_msg *m, uint32_t type);
@@ -140,18 +151,21 @@ typedef struct mc__iso_shared {
 
 /* ---- faults ----------------------------------------------------------------- */
 
-#define MC__ISO_FAULT_KILL (-1)
-#define MC__ISO_FAULT_HANG (-2)
+#define MC__ISO_FAULT_KILL MC__FAULT_KILL
+#define MC__ISO_FAULT_HANG MC__FAULT_HANG
 
-typedef struct mc__iso_fault {
-    int kind; /* an mc_status device error, MC__ISO_FAULT_KILL or MC__ISO_FAULT_HANG */
-    uint64_t at; /* the Nth command buffer of the run */
-} mc__iso_fault;
+/* kind: an mc_status device error, MC__ISO_FAULT_KILL or MC__ISO_FAULT_HANG;
+ * at: the Nth command buffer of the run. */
+typedef mc__fault_item mc__iso_fault;
 
 typedef struct mc__iso_faults {
     mc__iso_fault f[MC__MAX_FAULTS];
     size_t n;
 } mc__iso_faults;
+
+/* runner.c: the first chunk past iteration takes a checkpoint (a new
+ * worker, where the last one failed). Before mc_runner_run. */
+void mc__runner_checkpoint_past(mc_runner *r, uint64_t iteration);
 
 /* Parses "KIND@N,..." (NULL or "": none). */
 mc_status mc__iso_parse_faults(const char *spec, mc__iso_faults *out);

@@ -51,6 +51,8 @@
 typedef struct runner_shared {
     mc__iso_shared base;
     _Atomic uint32_t ckpt; /* 0: none yet; k + 1: copy k is the last good state */
+    _Atomic uint64_t furthest; /* the furthest iteration any worker reported, set at each restart */
+    _Atomic uint32_t restarts; /* workers replaced so far */
     uint32_t pad;
     uint64_t ckpt_iter[2];
 } runner_shared;
@@ -100,7 +102,8 @@ typedef struct iso_runner {
     _Atomic int cancel, ran;
     bool cancel_sent;
     uint64_t start_ns, high, restored_iter, final_iter;
-    uint32_t in_a_row;
+    uint32_t in_a_row; /* restarts since an iteration past fail_high was reached */
+    uint64_t fail_high; /* the furthest iteration at the last restart */
     mc_runner_stats base, cur; /* finished workers' sums; the current worker's last report */
     mc_isolate_stats ist;
     mc__iso_timing timing;
@@ -127,6 +130,7 @@ typedef struct worker {
     pthread_mutex_t r_mu; /* r, for the reader thread's cancel */
     uint8_t *area;
     uint64_t heartbeat_ns, last_sent_ns, last_iter;
+    uint64_t checkpoint_past; /* after a restart: the next forced checkpoint, past the last failure; 0: none */
     mc__iso_armed arm;
 } worker;
 
@@ -190,6 +194,9 @@ static void w_checkpoint(void *user, uint64_t iteration, const void *const *stat
     (void)sizes;
     (void)n;
     w_mirror(w, iteration, state);
+    /* (on the run's thread: the runner takes it with the next chunk) */
+    if (w->checkpoint_past > iteration) mc__runner_checkpoint_past(w->r, w->checkpoint_past);
+    w->checkpoint_past = 0;
     mc__iso_msg m;
     mc__iso_msg_init(&m, MC__ISO_CHECKPOINT);
     m.a = iteration;
@@ -219,6 +226,15 @@ static void w_cleanup(worker *w)
     w->r = NULL;
     pthread_mutex_unlock(&w->r_mu);
     mc_runner_release(r);
+    if (w->dev) {
+        /* The supervisor reports the run's unfired faults, counted over
+         * every worker; this device saw only its share. */
+        pthread_mutex_lock(&w->dev->lock);
+        w->dev->nfaults = 0;
+        atomic_store(&w->dev->pending_faults, 0);
+        pthread_mutex_unlock(&w->dev->lock);
+    }
+    mc__cache_save_stats(w->dev); /* the process ends by _exit, maybe before the device is destroyed */
     mc_device_release(w->dev);
     w->dev = NULL;
 }
@@ -293,6 +309,17 @@ static int runner_worker(void *ctx, int sock)
         w_cleanup(&w);
         return 0;
     }
+    /* After a restart, work is kept at once: the first chunk checkpoints
+     * (the last worker may have got further than it could report, and a
+     * fault may come again before the interval), then the first chunk past
+     * where the last one failed, as the in-process runner does. The next
+     * fault then costs only what came after, and the supervisor sees
+     * progress. */
+    uint64_t furthest = atomic_load(&ir->sh->furthest), restored = ck ? ir->sh->ckpt_iter[ck - 1] : 0;
+    if (atomic_load(&ir->sh->restarts)) {
+        mc__runner_checkpoint_past(r, restored);
+        w.checkpoint_past = furthest > restored ? furthest : 0;
+    }
     mc__iso_arm_faults(&w.arm, w.dev, &ir->sh->base, &ir->pol.faults);
     pthread_t reader;
     if (pthread_create(&reader, NULL, w_reader, &w) != 0) {
@@ -323,7 +350,10 @@ static int runner_worker(void *ctx, int sock)
         w_error(&w, s, "");
         /* A device the worker could not mend: the supervisor ends this
          * process now; its teardown could only wait on a broken driver. */
-        if (mc__iso_restartable(s)) return 0;
+        if (mc__iso_restartable(s)) {
+            mc__cache_save_stats(w.dev);
+            return 0;
+        }
     }
     w_cleanup(&w);
     mc__shm_unmap(w.area, w.lay.area_size);
@@ -567,16 +597,16 @@ mc_status mc__iso_runner_create(const mc_runner_desc *desc, mc_runner **out)
     /* The first worker: setup's errors come back from here, as from an
      * ordinary mc_runner_create. */
     mc__iso_cause cause;
-    char text[320];
+    char text[MC__ISO_TEXT_MAX];
     if ((s = start_worker(ir, &cause, text, sizeof text)) != MC_OK) {
-        s = mc__fail(s, "runner '%s': %s", ir->label, text);
+        s = mc__fail(s, "runner '%s': %s", ir->label, mc__iso_unprefixed(text, "runner", ir->label));
         goto fail;
     }
     publish(ir);
     *out = (mc_runner *)ir;
     return MC_OK;
 fail: {
-    char why[512];
+    char why[MC__ISO_TEXT_MAX + 128];
     snprintf(why, sizeof why, "%s", mc_last_error());
     mc__iso_runner_release((mc_runner *)ir);
     return mc__fail(s, "%s", why);
@@ -589,7 +619,7 @@ static mc_status restart(iso_runner *ir, mc__iso_cause cause, mc_status status, 
     int ws = 0;
     end_worker(ir, true, 0, &ws);
     uint64_t reaped = mc__now_ns();
-    char what[400];
+    char what[MC__ISO_TEXT_MAX + 64];
     if (cause == MC__ISO_CAUSE_DIED) {
         char how[128];
         mc__iso_describe_exit(ws, how, sizeof how);
@@ -602,7 +632,8 @@ static mc_status restart(iso_runner *ir, mc__iso_cause cause, mc_status status, 
         ir->ist.hangs++;
         status = MC_ERR_WORKER_LOST;
     } else {
-        snprintf(what, sizeof what, "the worker reported %s: %s", mc_status_name(status), text);
+        snprintf(what, sizeof what, "the worker reported %s: %s", mc_status_name(status),
+                 mc__iso_unprefixed(text, "runner", ir->label));
         ir->ist.device_errors++;
     }
     /* The dead worker's figures join the sums. */
@@ -610,8 +641,11 @@ static mc_status restart(iso_runner *ir, mc__iso_cause cause, mc_status status, 
     memset(&ir->cur, 0, sizeof ir->cur);
     ir->last_failure = status;
     ir->ist.last_cause = status;
-    snprintf(ir->ist.last_cause_text, sizeof ir->ist.last_cause_text, "%.255s", what);
+    mc__iso_copy_text(ir->ist.last_cause_text, sizeof ir->ist.last_cause_text, what);
     ir->in_a_row++;
+    atomic_store(&ir->sh->furthest, ir->high);
+    atomic_fetch_add(&ir->sh->restarts, 1);
+    ir->fail_high = ir->high;
     uint32_t ck = atomic_load(&ir->sh->ckpt);
     uint64_t good = ck ? ir->sh->ckpt_iter[ck - 1] : 0;
     if (ir->in_a_row > ir->pol.max_restarts) {
@@ -632,6 +666,22 @@ static mc_status restart(iso_runner *ir, mc__iso_cause cause, mc_status status, 
     return MC_OK;
 }
 
+/* Faults listed past the end of the run tested nothing: say so. */
+static void warn_unfired(iso_runner *ir)
+{
+    uint64_t done = atomic_load(&ir->sh->base.commits);
+    for (size_t i = 0; i < ir->pol.faults.n; i++) {
+        const mc__iso_fault *f = &ir->pol.faults.f[i];
+        if (f->at <= done) continue;
+        const char *word = f->kind == MC__ISO_FAULT_KILL   ? "kill"
+                           : f->kind == MC__ISO_FAULT_HANG ? "hang"
+                                                           : mc__status_word((mc_status)f->kind);
+        mc__log(MC_LOG_WARN, "isolate.fault_never_fired",
+                "runner '%s': injected fault %s@%llu never fired: the run committed %llu command buffer%s", ir->label,
+                word ? word : "?", (unsigned long long)f->at, (unsigned long long)done, done == 1 ? "" : "s");
+    }
+}
+
 mc_status mc__iso_runner_run(mc_runner *r)
 {
     iso_runner *ir = as_iso(r);
@@ -641,7 +691,7 @@ mc_status mc__iso_runner_run(mc_runner *r)
     uint64_t progress_ns = (uint64_t)((ir->desc.progress_interval_ms ? ir->desc.progress_interval_ms : 100.0) * 1e6);
     uint64_t next_report = ir->start_ns + progress_ns;
     mc_status result = MC_OK;
-    char final_text[320] = "";
+    char final_text[MC__ISO_TEXT_MAX] = "";
     for (;;) {
         if (atomic_load(&ir->cancel) && (ir->pid <= 0 || !ir->go_sent)) {
             end_worker(ir, true, 0, NULL);
@@ -655,13 +705,14 @@ mc_status mc__iso_runner_run(mc_runner *r)
         }
         if (ir->pid <= 0) {
             mc__iso_cause cause;
-            char text[320];
+            char text[MC__ISO_TEXT_MAX];
             uint64_t t = mc__now_ns();
             mc_status s = start_worker(ir, &cause, text, sizeof text);
             if (s == MC_ERR_CANCELLED) continue;
             if (s != MC_OK) {
                 if (cause == MC__ISO_CAUSE_ERROR && !mc__iso_restartable(s)) {
-                    result = mc__fail(s, "runner '%s': a new worker failed: %s", ir->label, text);
+                    result = mc__fail(s, "runner '%s': a new worker failed: %s", ir->label,
+                                      mc__iso_unprefixed(text, "runner", ir->label));
                     break;
                 }
                 if ((result = restart(ir, cause, s, text, t)) != MC_OK) break;
@@ -705,6 +756,8 @@ mc_status mc__iso_runner_run(mc_runner *r)
             if (m.type == MC__ISO_PROGRESS) {
                 ir->cur = m.u.rstats;
                 if (m.a > ir->high) ir->high = m.a;
+                /* Progress is a new iteration reached, not a new checkpoint. */
+                if (m.a > ir->fail_high) ir->in_a_row = 0;
                 if (m.a > ir->worker_iter) ir->progress_ns = now;
                 if (m.a > ir->worker_iter) ir->worker_iter = m.a;
                 if (ir->measuring && m.a > ir->restored_iter) {
@@ -736,7 +789,8 @@ mc_status mc__iso_runner_run(mc_runner *r)
                     uint32_t ck = atomic_load(&ir->sh->ckpt);
                     ir->final_iter = ck ? ir->sh->ckpt_iter[ck - 1] : 0;
                     ir->have_final = true;
-                    result = mc__fail(st, "runner '%s' (in its worker): %s", ir->label, m.text);
+                    result = mc__fail(st, "runner '%s' (in its worker): %s", ir->label,
+                                      mc__iso_unprefixed(m.text, "runner", ir->label));
                     break;
                 }
                 if ((result = restart(ir, MC__ISO_CAUSE_ERROR, st, m.text, m.t_ns)) != MC_OK) break;
@@ -753,7 +807,8 @@ mc_status mc__iso_runner_run(mc_runner *r)
         ir->final_iter = ck ? ir->sh->ckpt_iter[ck - 1] : 0;
         ir->have_final = true;
     }
-    char why[512];
+    if (result == MC_OK) warn_unfired(ir);
+    char why[MC__ISO_TEXT_MAX + 128];
     snprintf(why, sizeof why, "%s", result == MC_ERR_CANCELLED && final_text[0] ? final_text : mc_last_error());
     publish(ir);
     report(ir, true);

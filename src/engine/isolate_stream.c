@@ -205,6 +205,7 @@ static void sw_on_result(void *user, const mc_stream_result *r)
         /* Not the item's fault: this process lost its device. The
          * supervisor resends the item to a new worker. */
         sw_error(w, dead, why);
+        mc__cache_save_stats(w->dev);
         _exit(0);
     }
     if (is->desc.result_size && r->output) memcpy(slot_out(is, slot), r->output, is->desc.result_size);
@@ -225,6 +226,7 @@ static void sw_cleanup(sworker *w)
         mc_stream_release(w->ws);
     }
     w->ws = NULL;
+    mc__cache_save_stats(w->dev); /* the process ends by _exit, maybe before the device is destroyed */
     mc_device_release(w->dev);
     w->dev = NULL;
 }
@@ -237,7 +239,7 @@ static int stream_worker(void *ctx, int sock)
     w.is = is;
     w.sock = sock;
     pthread_mutex_init(&w.send_mu, NULL);
-    char text[320];
+    char text[MC__ISO_TEXT_MAX];
     mc_status s = mc__iso_open_device(is->pol.device, is->pol.time_limit_ms, is->pol.threads, &w.dev);
     if (s != MC_OK) {
         snprintf(text, sizeof text, "opening the device: %s", mc_last_error());
@@ -277,7 +279,10 @@ static int stream_worker(void *ctx, int sock)
         if (s != MC_OK) {
             snprintf(text, sizeof text, "%s", mc_last_error());
             sw_error(&w, s, text);
-            if (mc__iso_restartable(s)) _exit(0);
+            if (mc__iso_restartable(s)) {
+                mc__cache_save_stats(w.dev);
+                _exit(0);
+            }
             break;
         }
     }
@@ -536,7 +541,7 @@ static void restart(iso_stream *is, mc__iso_cause cause, mc_status status, const
     int ws = 0;
     end_worker(is, true, 0, &ws);
     uint64_t reaped = mc__now_ns();
-    char what[400];
+    char what[MC__ISO_TEXT_MAX + 64];
     pthread_mutex_lock(&is->mu);
     if (cause == MC__ISO_CAUSE_DIED) {
         char how[128];
@@ -551,15 +556,16 @@ static void restart(iso_stream *is, mc__iso_cause cause, mc_status status, const
         is->ist.hangs++;
         status = MC_ERR_WORKER_LOST;
     } else {
-        snprintf(what, sizeof what, "the worker reported %s: %s", mc_status_name(status), text);
+        snprintf(what, sizeof what, "the worker reported %s: %s", mc_status_name(status),
+                 mc__iso_unprefixed(text, "stream", is->label));
         is->ist.device_errors++;
     }
     is->st.last_failure = status;
     is->ist.last_cause = status;
-    snprintf(is->ist.last_cause_text, sizeof is->ist.last_cause_text, "%.255s", what);
+    mc__iso_copy_text(is->ist.last_cause_text, sizeof is->ist.last_cause_text, what);
     is->in_a_row++;
     if (is->in_a_row > is->pol.max_restarts) {
-        char why[512];
+        char why[MC__ISO_TEXT_MAX + 128];
         snprintf(why, sizeof why, "%u worker restarts in a row without a result; the last: %s", is->in_a_row - 1, what);
         die(is, status, why);
         deliver(is);
@@ -628,15 +634,15 @@ static void *supervisor_main(void *arg)
         }
         if (is->pid <= 0 && !cancel && !dead) {
             mc__iso_cause cause;
-            char text[320];
+            char text[MC__ISO_TEXT_MAX];
             uint64_t t = mc__now_ns();
             mc_status s = start_worker(is, &cause, text, sizeof text);
             if (s == MC_ERR_CANCELLED) continue;
             if (s != MC_OK) {
                 if (cause == MC__ISO_CAUSE_ERROR && !mc__iso_restartable(s)) {
                     pthread_mutex_lock(&is->mu);
-                    char why[400];
-                    snprintf(why, sizeof why, "a new worker failed: %s", text);
+                    char why[MC__ISO_TEXT_MAX + 64];
+                    snprintf(why, sizeof why, "a new worker failed: %s", mc__iso_unprefixed(text, "stream", is->label));
                     die(is, s, why);
                     deliver(is);
                     pthread_mutex_unlock(&is->mu);
@@ -661,8 +667,8 @@ static void *supervisor_main(void *arg)
                 } else {
                     end_worker(is, false, (double)is->pol.deadline_ns / 1e6, NULL);
                     pthread_mutex_lock(&is->mu);
-                    char why[400];
-                    snprintf(why, sizeof why, "the worker: %s", m.text);
+                    char why[MC__ISO_TEXT_MAX + 64];
+                    snprintf(why, sizeof why, "the worker: %s", mc__iso_unprefixed(m.text, "stream", is->label));
                     die(is, st, why);
                     deliver(is);
                     pthread_mutex_unlock(&is->mu);
@@ -772,10 +778,10 @@ mc_status mc__iso_stream_create(const mc_stream_desc *desc, mc_stream **out)
     }
     /* The first worker now: setup's errors come back from create. */
     mc__iso_cause cause;
-    char text[320];
+    char text[MC__ISO_TEXT_MAX];
     if ((s = start_worker(is, &cause, text, sizeof text)) != MC_OK) {
-        s = mc__fail(s, "stream '%s': %s", is->label, text);
-        char why[512];
+        s = mc__fail(s, "stream '%s': %s", is->label, mc__iso_unprefixed(text, "stream", is->label));
+        char why[MC__ISO_TEXT_MAX + 128];
         snprintf(why, sizeof why, "%s", mc_last_error());
         destroy(is);
         return mc__fail(s, "%s", why);

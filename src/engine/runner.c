@@ -375,6 +375,8 @@ static void drop_device(mc_runner *r)
         r->faults[r->nfaults].nth = r->dev->faults[i].at - done;
         r->nfaults++;
     }
+    r->dev->nfaults = 0; /* moved, not unfired: the old device does not warn of them */
+    atomic_store(&r->dev->pending_faults, 0);
     pthread_mutex_unlock(&r->dev->lock);
     mc_device_release(r->dev);
     r->dev = NULL;
@@ -1248,4 +1250,12 @@ void mc_runner_release(mc_runner *r)
     pthread_cond_destroy(&r->cv);
     r->tag = 0;
     free(r);
+}
+
+void mc__runner_checkpoint_past(mc_runner *r, uint64_t iteration)
+{
+    /* A new isolated worker: the run failed past `iteration` last time, so
+     * the first chunk beyond it checkpoints, as recover() does in process. */
+    r->fail_point = iteration;
+    r->force_ckpt = true;
 }
