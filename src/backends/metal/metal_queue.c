@@ -309,7 +309,7 @@ static mc_status dispatch_indirect(encoding *e, const mc__cmd *c)
                                                                                                c->u.indirect.offset, t);
         return MC_OK;
     }
-    NSUInteger slot;
+    NSUInteger slot = 0; /* set by take_slot on success; gcc 12 -O3 cannot see that */
     mc_status s = take_slot(e, true, &slot);
     if (s == MC_OK) s = internal_kernel(e, MC__MTL_UTIL_CHECK_GRID, buf, c->u.indirect.offset, slot, NULL);
     if (s != MC_OK) return s;
@@ -391,7 +391,7 @@ static mc_status execute_list(encoding *e, const mc__cmd *c, const char *label)
         return MC_OK;
     }
     /* {first, count} clamped on the device into the range Metal reads */
-    NSUInteger slot;
+    NSUInteger slot = 0; /* set by take_slot on success; gcc 12 -O3 cannot see that */
     uint32_t n = l->ncommands;
     mc_status s = take_slot(e, false, &slot);
     if (s == MC_OK) s = internal_kernel(e, MC__MTL_UTIL_CLAMP_RANGE, rb->buffer, c->u.exec.range_offset, slot, &n);
