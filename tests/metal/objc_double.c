@@ -198,6 +198,7 @@ static char g_last_violation[512];
 
 static _Thread_local const char *tls_note_ret, *tls_note_proto;
 static _Thread_local char tls_note_enc[256];
+static _Thread_local SEL tls_note_sel;
 static _Thread_local obj *tls_pools[64];
 static _Thread_local int tls_npools;
 
@@ -2146,8 +2147,9 @@ static const imp_fn *find_imp(obj *o, const struct objc_selector *s)
 
 /* ---- dispatch -------------------------------------------------------------------------------- */
 
-void mc__mtl_contract_note(const char *ret, const char *proto, const char *const *enc, int n)
+void mc__mtl_contract_note(SEL sel, const char *ret, const char *proto, const char *const *enc, int n)
 {
+    tls_note_sel = sel;
     tls_note_ret = ret;
     tls_note_proto = proto;
     tls_note_enc[0] = '\0';
@@ -2198,7 +2200,9 @@ void mcd_dispatch(id self_, SEL op_, const mcd_raw *raw, bool stret, mcd_out *ou
     const char *note_ret = tls_note_ret, *note_proto = tls_note_proto;
     char note_enc[256];
     snprintf(note_enc, sizeof note_enc, "%s", tls_note_enc);
+    SEL note_sel = tls_note_sel;
     tls_note_ret = tls_note_proto = NULL;
+    tls_note_sel = NULL;
     tls_note_enc[0] = '\0';
     pthread_mutex_lock(&G);
     g_stats.messages++;
@@ -2215,6 +2219,9 @@ void mcd_dispatch(id self_, SEL op_, const mcd_raw *raw, bool stret, mcd_out *ou
     bool ok = true;
     if (!d) {
         violation("'%s' is not in the documented selector list (metal_selectors.txt)", s->name);
+        ok = false;
+    } else if (note_proto && note_sel != op_) {
+        violation("'%s' sent through the wrapper of '%s'", s->name, sel_getName(note_sel));
         ok = false;
     } else if (!note_proto) {
         violation("'%s' was not sent through a typed wrapper (no prototype noted)", s->name);

@@ -294,10 +294,11 @@ void mc__mtl_runtime_init(void);
 /* ret, proto: the cast's spelling; enc[n]: the Objective-C type encoding of
  * the return type and of each parameter type (self and _cmd included), as the
  * compiler sees the types (MC__MTL_ENC), for comparison with Apple's. */
-void mc__mtl_contract_note(const char *ret, const char *proto, const char *const *enc, int n);
-#define MC__MTL_NOTE(R, P)                                                                            \
-    mc__mtl_contract_note(#R, #P, (const char *const[]){MC__MTL_ENC(R), MC__MTL_ENCS P},           \
-                          1 + MC__MTL_NARGS P),
+void mc__mtl_contract_note(SEL sel, const char *ret, const char *proto, const char *const *enc, int n);
+#define MC__MTL_NOTE(R, P, ...)                                                                       \
+    mc__mtl_contract_note(MC__MTL_SECOND(__VA_ARGS__, ~), #R, #P,                                   \
+                          (const char *const[]){MC__MTL_ENC(R), MC__MTL_ENCS P}, 1 + MC__MTL_NARGS P),
+#define MC__MTL_SECOND(self, sel, ...) sel
 /* The type encoding of T (Apple's "Type Encodings", Objective-C Runtime
  * Programming Guide), chosen by the type itself, not by its name, so a
  * typedef that differs from Apple's shows up: NSUInteger is Q, NSInteger q,
@@ -323,7 +324,7 @@ void mc__mtl_contract_note(const char *ret, const char *proto, const char *const
 #define MC__MTL_ENCS_7(a, ...) MC__MTL_ENC(a), MC__MTL_ENCS_6(__VA_ARGS__)
 #define MC__MTL_ENCS_8(a, ...) MC__MTL_ENC(a), MC__MTL_ENCS_7(__VA_ARGS__)
 #else
-#define MC__MTL_NOTE(R, P)
+#define MC__MTL_NOTE(R, P, ...)
 #endif
 /* The dispatch function as a plain pointer: casting it is defined, and
  * compilers do not mistake the cast call for a mismatched prototype. */
@@ -332,7 +333,7 @@ static inline mc__mtl_imp mc__mtl_msgsend(void)
 {
     return objc_msgSend;
 }
-#define MC__MTL_SEND(R, P, ...) (MC__MTL_NOTE(R, P)((R(*) P)mc__mtl_msgsend())(__VA_ARGS__))
+#define MC__MTL_SEND(R, P, ...) (MC__MTL_NOTE(R, P, __VA_ARGS__)((R(*) P)mc__mtl_msgsend())(__VA_ARGS__))
 
 /* Methods returning a struct of more than 16 bytes (MTLSize): on x86_64 such
  * results are returned in memory, through objc_msgSend_stret; arm64 returns
@@ -342,7 +343,8 @@ static inline mc__mtl_imp mc__mtl_msgsend_stret(void)
 {
     return objc_msgSend_stret;
 }
-#define MC__MTL_SEND_STRET(R, P, ...) (MC__MTL_NOTE(R, P)((R(*) P)mc__mtl_msgsend_stret())(__VA_ARGS__))
+#define MC__MTL_SEND_STRET(R, P, ...)                                                                 \
+    (MC__MTL_NOTE(R, P, __VA_ARGS__)((R(*) P)mc__mtl_msgsend_stret())(__VA_ARGS__))
 #else
 #define MC__MTL_SEND_STRET(R, P, ...) MC__MTL_SEND(R, P, __VA_ARGS__)
 #endif
