@@ -2147,7 +2147,15 @@ static const imp_fn *find_imp(obj *o, const struct objc_selector *s)
 
 /* ---- dispatch -------------------------------------------------------------------------------- */
 
-void mc__mtl_contract_note(SEL sel, const char *ret, const char *proto, const char *const *enc, int n)
+/* Weak, so that a test may define its own and forward here
+ * (runtime_encodings.c run against this double). */
+__attribute__((weak)) void mc__mtl_contract_note(SEL sel, const char *ret, const char *proto,
+                                                 const char *const *enc, int n)
+{
+    mcd_contract_note(sel, ret, proto, enc, n);
+}
+
+void mcd_contract_note(SEL sel, const char *ret, const char *proto, const char *const *enc, int n)
 {
     tls_note_sel = sel;
     tls_note_ret = ret;
@@ -2291,7 +2299,8 @@ Class objc_getClass(const char *name)
     static const char *const known[] = {
         "NSAutoreleasePool", "NSString", "NSURL", "NSArray", "NSDictionary", "NSProcessInfo", "MTLCompileOptions",
         "MTLComputePipelineDescriptor", "MTLBinaryArchiveDescriptor", "MTLCommandBufferDescriptor",
-        "MTLSharedEventListener", "MTLResidencySetDescriptor", "MTLIndirectCommandBufferDescriptor"};
+        "MTLSharedEventListener", "MTLResidencySetDescriptor", "MTLIndirectCommandBufferDescriptor", "NSObject",
+        "NSError"};
     pthread_mutex_lock(&G);
     load_docs();
     obj *found = NULL;
@@ -2306,6 +2315,93 @@ Class objc_getClass(const char *name)
         }
     pthread_mutex_unlock(&G);
     return (Class)found;
+}
+
+/* ---- introspection: what runtime_encodings.c asks of the real runtime ---------------------- */
+
+/* An instance's class: one token per kind. A public class (objc_getClass)
+ * stands for its instances' kind. */
+static char g_kind_class[K_COUNT];
+
+struct objc_method {
+    const char *sel;
+    const char *enc;
+};
+static struct objc_method g_methods[256];
+static size_t g_nmethods;
+
+Class object_getClass(id obj_)
+{
+    pthread_mutex_lock(&G);
+    obj *o = lookup(obj_);
+    Class c = o && !o->dead ? (Class)(void *)&g_kind_class[o->kind] : (Class)0;
+    pthread_mutex_unlock(&G);
+    return c;
+}
+
+/* -1: NSObject (the generic methods), 0: unknown. G held. */
+static int class_kind_locked(Class cls, const obj **as_class)
+{
+    *as_class = NULL;
+    const char *p = (const char *)(void *)cls;
+    if (p >= g_kind_class && p < g_kind_class + K_COUNT) return (int)(p - g_kind_class);
+    const obj *o = lookup(cls);
+    if (!o || o->kind != K_CLASS) return 0;
+    *as_class = o;
+    static const struct { const char *cls; int kind; } t[] = {
+        {"NSString", K_STRING}, {"NSURL", K_URL}, {"NSArray", K_ARRAY}, {"NSDictionary", K_DICT},
+        {"NSProcessInfo", K_PROCINFO}, {"NSError", K_ERROR}, {"NSObject", -1}};
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+        if (!strcmp(t[i].cls, o->cls)) return t[i].kind;
+    return alloc_kind(o->cls);
+}
+
+static Method method_of_locked(const char *sel)
+{
+    for (size_t i = 0; i < g_nmethods; i++)
+        if (!strcmp(g_methods[i].sel, sel)) return &g_methods[i];
+    if (g_nmethods == sizeof g_methods / sizeof g_methods[0]) return NULL;
+    g_methods[g_nmethods] = (struct objc_method){strdup(sel), find_encoding(sel)};
+    return &g_methods[g_nmethods++];
+}
+
+static Method lookup_method(Class cls, SEL sel, bool class_method)
+{
+    if (!cls || !sel) return NULL;
+    pthread_mutex_lock(&G);
+    const obj *as_class;
+    int kind = class_kind_locked(cls, &as_class);
+    bool found = false;
+    const char *name = sel->name;
+    if (class_method) {
+        for (size_t i = 0; as_class && !found && i < sizeof methods / sizeof methods[0]; i++)
+            found = methods[i].kind == K_CLASS && methods[i].cls && !strcmp(methods[i].cls, as_class->cls) &&
+                    !strcmp(methods[i].sel, name) && feature_on(methods[i].feature);
+        found = found || (as_class && !strcmp(name, "alloc")); /* every class inherits +alloc */
+    } else if (kind) {
+        found = !strcmp(name, "retain") || !strcmp(name, "release") || !strcmp(name, "respondsToSelector:") ||
+                (kind == -1 && !strcmp(name, "init")) || (kind == K_POOL && !strcmp(name, "drain"));
+        for (size_t i = 0; kind > 0 && !found && i < sizeof methods / sizeof methods[0]; i++)
+            found = methods[i].kind == kind && !strcmp(methods[i].sel, name) && feature_on(methods[i].feature);
+    }
+    Method m = found ? method_of_locked(name) : NULL;
+    pthread_mutex_unlock(&G);
+    return m;
+}
+
+Method class_getInstanceMethod(Class cls, SEL sel)
+{
+    return lookup_method(cls, sel, false);
+}
+
+Method class_getClassMethod(Class cls, SEL sel)
+{
+    return lookup_method(cls, sel, true);
+}
+
+const char *method_getTypeEncoding(Method m)
+{
+    return m ? m->enc : NULL;
 }
 
 static obj domain_obj = {.magic = MCD_MAGIC, .kind = K_STRING, .immortal = true, .refs = 1,

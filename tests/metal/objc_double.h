@@ -98,6 +98,12 @@ void mcd_fail_commit(int nth, long code, int enc);
 void mcd_pause_gpu(bool paused);
 
 const mcd_stats *mcd_get_stats(void);
+
+/* What MC__MTL_NOTE tells the double before each message (the backend's
+ * mc__mtl_contract_note, weak here, forwards to it). */
+struct objc_selector;
+void mcd_contract_note(struct objc_selector *sel, const char *ret, const char *proto, const char *const *enc,
+                       int n);
 /* Per-selector message counts, to stderr. */
 void mcd_print_selector_counts(void);
 

@@ -26,7 +26,10 @@
  *
  * Elsewhere than macOS it reports itself skipped (exit 77); the Linux build
  * still compiles the whole check against the declarations shim
- * (MC_MTL_RUNTIME_ENCODINGS_COMPILE_CHECK).
+ * (MC_MTL_RUNTIME_ENCODINGS_COMPILE_CHECK), and runs it against the
+ * contract test's runtime double (MC_MTL_RUNTIME_ENCODINGS_ON_DOUBLE,
+ * metal_runtime_encodings_on_double), whose methods report the encodings of
+ * metal_encodings.txt: that proves the check's own machinery, not Metal.
  */
 #include "backends/metal/metal.h"
 
@@ -36,7 +39,10 @@
 
 #define SKIP_CODE 77 /* ctest SKIP_RETURN_CODE */
 
-#if defined(__APPLE__) || defined(MC_MTL_RUNTIME_ENCODINGS_COMPILE_CHECK)
+#if defined(__APPLE__) || defined(MC_MTL_RUNTIME_ENCODINGS_COMPILE_CHECK) || defined(MC_MTL_RUNTIME_ENCODINGS_ON_DOUBLE)
+#ifdef MC_MTL_RUNTIME_ENCODINGS_ON_DOUBLE
+#include "objc_double.h"
+#endif
 
 int mc_mtl_runtime_encodings(void);
 
@@ -47,8 +53,12 @@ static int g_checked, g_mismatches, g_absent;
 
 void mc__mtl_contract_note(SEL sel, const char *ret, const char *proto, const char *const *enc, int n)
 {
+#ifdef MC_MTL_RUNTIME_ENCODINGS_ON_DOUBLE
+    mcd_contract_note(sel, ret, proto, enc, n); /* the double checks each message as usual */
+#else
     (void)ret;
     (void)proto;
+#endif
     g_sel = sel;
     g_enc[0] = '\0';
     for (int i = 0; i < n; i++) strncat(g_enc, enc[i], sizeof g_enc - strlen(g_enc) - 1);
@@ -173,13 +183,21 @@ int mc_mtl_runtime_encodings(void)
     id buf = msg_newBufferWithLength_options_(dev, 256, MTLResourceStorageModeShared);
     id ev = msg_newSharedEvent(dev);
     id copts = msg_init(msg_alloc(mc__mtl_cls.MTLCompileOptions));
-    if (copts) msg_setLanguageVersion_(copts, MC__MTL_LANGUAGE_VERSION(2, 3)); /* macOS 11 has it */
+    if (copts) {
+        msg_setLanguageVersion_(copts, MC__MTL_LANGUAGE_VERSION(2, 3)); /* macOS 11 has it */
+        if (mc__mtl_responds(copts, MC__SEL(setMathMode_))) msg_setMathMode_(copts, MTLMathModeSafe);
+        else msg_setFastMathEnabled_(copts, MC__MTL_NO);
+    }
     id err = nil_;
     id lib = msg_newLibraryWithSource_options_error_(
         dev, mc__mtl_str("kernel void k(device uint *p [[buffer(0)]]) { p[0] = 1; }"), copts, &err);
     id fn = lib ? msg_newFunctionWithName_(lib, mc__mtl_str("k")) : nil_;
     id pdesc = msg_init(msg_alloc(mc__mtl_cls.MTLComputePipelineDescriptor));
-    if (pdesc && fn) msg_setComputeFunction_(pdesc, fn);
+    if (pdesc && fn) {
+        msg_setComputeFunction_(pdesc, fn);
+        msg_setMaxTotalThreadsPerThreadgroup_(pdesc, 64);
+        msg_setThreadGroupSizeIsMultipleOfThreadExecutionWidth_(pdesc, MC__MTL_NO);
+    }
     bool icb_ok = mc__mtl_responds(dev, MC__SEL(supportsFamily_)) &&
                   (msg_supportsFamily_(dev, MC__MTL_GPU_FAMILY_APPLE7) || msg_supportsFamily_(dev, MC__MTL_GPU_FAMILY_MAC2));
     if (pdesc && icb_ok) msg_setSupportIndirectCommandBuffers_(pdesc, MC__MTL_YES);
@@ -351,6 +369,33 @@ int main(void)
 {
 #if defined(__APPLE__)
     return mc_mtl_runtime_encodings();
+#elif defined(MC_MTL_RUNTIME_ENCODINGS_ON_DOUBLE)
+    if (!mcd_abi_supported()) {
+        printf("SKIPPED: the objc_msgSend double needs x86_64 Linux\n");
+        return SKIP_CODE;
+    }
+    setenv("MTL_DEBUG_LAYER", "1", 1);
+    mcd_os os = {.residency_sets = true, .wait_timeout = true, .math_mode = true, .architecture = true,
+                 .version = "Version 15.1 (Build 24B83)", .major = 15};
+    mcd_begin(&os);
+    int rc = mc_mtl_runtime_encodings();
+    if (!rc && g_checked < 100) {
+        printf("FAIL: only %d methods compared\n", g_checked);
+        rc = 1;
+    }
+    /* The check can fail: a prototype with NSUInteger where Apple has
+     * NSInteger (setMathMode:) must be reported. */
+    int before = g_mismatches;
+    g_sel = MC__SEL(setMathMode_);
+    snprintf(g_enc, sizeof g_enc, "v@:Q");
+    check((Class)mc__mtl_cls.MTLCompileOptions, false, "planted");
+    if (g_mismatches != before + 1) {
+        printf("FAIL: the planted mismatch was not reported\n");
+        rc = 1;
+    }
+    int v = mcd_end();
+    if (v) printf("FAIL: %d violations of the double's rules\n", v);
+    return rc || v;
 #else
     printf("SKIPPED: compares the Metal wrappers with the Objective-C runtime's method encodings, which needs "
            "macOS with Metal; here the check is only compiled (mc_metal_runtime_encodings_compile_check)\n");
