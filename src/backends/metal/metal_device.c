@@ -155,7 +155,9 @@ static int mtl_device_count(void)
 {
     id list[MC__MTL_MAX_DEVICES];
     int n = list_devices(list, MC__MTL_MAX_DEVICES);
+    id pool = mc__mtl_pool_push();
     release_devices(list, n, -1);
+    mc__mtl_pool_pop(pool);
     return n;
 }
 
@@ -163,16 +165,15 @@ static mc_status mtl_device_info(int index, mc_device_info *out)
 {
     id list[MC__MTL_MAX_DEVICES];
     int n = list_devices(list, MC__MTL_MAX_DEVICES);
-    if (index < 0 || index >= n) {
-        release_devices(list, n, -1);
-        return mc__fail(MC_ERR_NOT_FOUND, "no Metal device %d (%d present)", index, n);
-    }
     id pool = mc__mtl_pool_push();
-    probe p;
-    probe_device(list[index], &p);
-    fill_info(list[index], index, &p, out);
-    mc__mtl_pool_pop(pool);
+    if (index >= 0 && index < n) {
+        probe p;
+        probe_device(list[index], &p);
+        fill_info(list[index], index, &p, out);
+    }
     release_devices(list, n, -1);
+    mc__mtl_pool_pop(pool);
+    if (index < 0 || index >= n) return mc__fail(MC_ERR_NOT_FOUND, "no Metal device %d (%d present)", index, n);
     return MC_OK;
 }
 
@@ -212,23 +213,22 @@ static mc_status mtl_device_open(int index, const mc_device_desc *desc, void **o
     (void)desc; /* the Metal watchdog is the OS's; nothing to configure */
     id list[MC__MTL_MAX_DEVICES];
     int n = list_devices(list, MC__MTL_MAX_DEVICES);
-    if (index < 0 || index >= n) {
-        release_devices(list, n, -1);
-        return mc__fail(MC_ERR_NOT_FOUND, "no Metal device %d (%d present)", index, n);
-    }
-    release_devices(list, n, index);
-    if (!mc__mtl_cls.MTLCommandBufferDescriptor) {
-        mc__mtl_release(list[index]);
-        return mc__fail(MC_ERR_UNSUPPORTED, "Metal device: macOS 11 or later is needed (MTLCommandBufferDescriptor)");
-    }
-    mc__mtl_device *dev = mc__calloc(1, sizeof *dev);
-    if (!dev) {
-        mc__mtl_release(list[index]);
-        return mc__fail(MC_ERR_NO_MEMORY, "Metal device: out of host memory");
+    id pool = mc__mtl_pool_push(); /* last releases run dealloc, which may autorelease */
+    mc__mtl_device *dev = NULL;
+    mc_status s = MC_OK;
+    if (index < 0 || index >= n)
+        s = mc__fail(MC_ERR_NOT_FOUND, "no Metal device %d (%d present)", index, n);
+    else if (!mc__mtl_cls.MTLCommandBufferDescriptor)
+        s = mc__fail(MC_ERR_UNSUPPORTED, "Metal device: macOS 11 or later is needed (MTLCommandBufferDescriptor)");
+    else if (!(dev = mc__calloc(1, sizeof *dev)))
+        s = mc__fail(MC_ERR_NO_MEMORY, "Metal device: out of host memory");
+    release_devices(list, n, s == MC_OK ? index : -1);
+    if (s != MC_OK) {
+        mc__mtl_pool_pop(pool);
+        return s;
     }
     dev->device = list[index];
     pthread_mutex_init(&dev->lock, NULL);
-    id pool = mc__mtl_pool_push();
     probe p;
     probe_device(dev->device, &p);
     fill_info(dev->device, index, &p, &dev->info);
@@ -253,16 +253,17 @@ static mc_status mtl_device_open(int index, const mc_device_desc *desc, void **o
     dev->cbdesc[0] = make_cmdbuf_descriptor(true);
     dev->cbdesc[1] = make_cmdbuf_descriptor(false);
     if (p.residency) make_residency_set(dev);
-    mc__mtl_pool_pop(pool);
     if (!dev->cbdesc[0] || !dev->cbdesc[1]) {
         mc__mtl_release(dev->cbdesc[0]);
         mc__mtl_release(dev->cbdesc[1]);
         mc__mtl_release(dev->residency);
         mc__mtl_release(dev->device);
+        mc__mtl_pool_pop(pool);
         pthread_mutex_destroy(&dev->lock);
         free(dev);
         return mc__fail(MC_ERR_INTERNAL, "Metal device: cannot make a command buffer descriptor");
     }
+    mc__mtl_pool_pop(pool);
     mc__log(MC_LOG_INFO, "metal.device_open", "%s (%s), %s, residency set: %s", dev->info.name, dev->info.identity,
             dev->os_version, dev->residency ? "yes" : "no");
     *out = dev;
