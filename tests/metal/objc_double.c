@@ -2114,8 +2114,18 @@ static const method methods[] = {
 
 static const imp_fn generic_retain = i_retain, generic_release = i_release, generic_responds = i_responds;
 
+/* Each modelled macOS's table: what Apple's availability notes give each
+ * method (a scenario without a major version falls back to its flags). */
 static bool feature_on(int f)
 {
+    int v = g_os.major;
+    if (v) switch (f) {
+        case F_RESIDENCY: return v >= 15; /* MTLResidencySet, addResidencySet: */
+        case F_WAIT: return v >= 12;      /* waitUntilSignaledValue:timeoutMS: */
+        case F_MATH: return v >= 15;      /* MTLCompileOptions.mathMode */
+        case F_ARCH: return v >= 14;      /* MTLDevice.architecture */
+        default: break;
+        }
     switch (f) {
     case F_RESIDENCY: return g_os.residency_sets;
     case F_WAIT: return g_os.wait_timeout;
