@@ -83,9 +83,8 @@ void mc__mtl_cmdlist_destroy(void *vdev, void *vl)
 
 /* The ICB descriptor has maxKernelThreadgroupMemoryBindCount (macOS 14),
  * asked of the class's instances rather than inferred from the OS version. */
-static bool icb_tgmem_bind_count_known(mc__mtl_device *dev)
+static bool icb_tgmem_bind_count_known(void)
 {
-    (void)dev;
     id pool = mc__mtl_pool_push();
     id desc = msg_init(msg_alloc(mc__mtl_cls.MTLIndirectCommandBufferDescriptor));
     bool known = desc && mc__mtl_responds(desc, MC__SEL(setMaxKernelThreadgroupMemoryBindCount_));
@@ -152,7 +151,7 @@ mc_status mc__mtl_cmdlist_create(void *vdev, const mc__list_desc *d, void **out,
     /* Threadgroup memory in ICB commands needs a bind count that only macOS
      * 14 has (maxKernelThreadgroupMemoryBindCount); before, such a list is
      * encoded into the pass like one without an ICB. */
-    bool tgmem_ok = max_tgmem_index == 0 || (dev->has_icb && icb_tgmem_bind_count_known(dev));
+    bool tgmem_ok = max_tgmem_index == 0 || (dev->has_icb && icb_tgmem_bind_count_known());
     if (s != MC_OK || d->has_indirect || k == 0 || !dev->has_icb || !tgmem_ok) {
         /* no ICB: encoded from the recording at each execution; a range the
          * device chooses needs an ICB (or nothing to run) */
