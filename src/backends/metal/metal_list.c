@@ -24,7 +24,11 @@
  * MTLIndirectComputeCommand has no indirect dispatch, so a list holding
  * indirect dispatches keeps no ICB: its static ranges are encoded into the
  * pass at each execution from the engine's recording, and a range chosen by
- * the device is refused (the list's caps lack MC__LIST_GPU_RANGE).
+ * the device is refused (the list's caps lack MC__LIST_GPU_RANGE). The same
+ * holds on a GPU without ICB compute commands (dev->has_icb: the hosted
+ * runners' paravirtual GPU) and for a list with threadgroup memory where the
+ * ICB descriptor has no maxKernelThreadgroupMemoryBindCount (before macOS
+ * 14).
  */
 #include "backends/metal/metal.h"
 
