@@ -37,6 +37,12 @@ int mc_cli_info(int argc, char **argv)
                d->features & MC_FEATURE_GPU_EVENT_WAIT ? " gpu-event-wait" : "",
                d->features & MC_FEATURE_INDIRECT_DISPATCH ? " indirect-dispatch" : "",
                d->features & MC_FEATURE_WATCHDOG ? " watchdog" : "");
+        if (d->kind == MC_DEVICE_METAL) /* optional there: say which are absent, not only which are present */
+            printf("  optional Metal features       command-lists:%s binary-archive:%s residency-set:%s timed-event-wait:%s\n",
+                   d->features & MC_FEATURE_NATIVE_COMMAND_LISTS ? "yes" : "absent",
+                   d->features & MC_FEATURE_BINARY_ARCHIVE ? "yes" : "absent",
+                   d->features & MC_FEATURE_RESIDENCY_SET ? "yes" : "absent",
+                   d->features & MC_FEATURE_TIMED_EVENT_WAIT ? "yes" : "absent");
     }
     return 0;
 }

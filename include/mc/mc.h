@@ -157,6 +157,12 @@ MC_API const char *mc_device_kind_name(mc_device_kind k); /* "cpu", "cuda", "met
 #define MC_FEATURE_GPU_EVENT_WAIT 0x2u   /* events waited on inside a command buffer without a CPU hop */
 #define MC_FEATURE_INDIRECT_DISPATCH 0x4u
 #define MC_FEATURE_WATCHDOG 0x8u         /* an execution-time limit is enforced */
+/* Optional Metal features, absent where the GPU or OS lacks them (hosted
+ * macOS runners' paravirtual GPU, older macOS): */
+#define MC_FEATURE_NATIVE_COMMAND_LISTS 0x10u /* command lists replayed as indirect command buffers */
+#define MC_FEATURE_BINARY_ARCHIVE 0x20u       /* pipelines exported and imported as binary archives */
+#define MC_FEATURE_RESIDENCY_SET 0x40u        /* buffers kept resident by a residency set */
+#define MC_FEATURE_TIMED_EVENT_WAIT 0x80u     /* CPU event waits with a timeout in the driver */
 
 #define MC_NAME_MAX 128
 

@@ -236,6 +236,11 @@ static int test_devices(const mcd_os *os)
     CHECK_EQ(info.threadgroup_memory_size, 32768);
     CHECK(info.unified_memory);
     CHECK(info.features & MC_FEATURE_INDIRECT_DISPATCH);
+    /* optional features: reported absent where the OS or GPU lacks them */
+    CHECK_EQ(!!(info.features & MC_FEATURE_NATIVE_COMMAND_LISTS), !os->paravirtual);
+    CHECK_EQ(!!(info.features & MC_FEATURE_BINARY_ARCHIVE), !os->paravirtual);
+    CHECK_EQ(!!(info.features & MC_FEATURE_RESIDENCY_SET), os->residency_sets);
+    CHECK_EQ(!!(info.features & MC_FEATURE_TIMED_EVENT_WAIT), os->wait_timeout);
     CHECK_STATUS(H->device_info(os->second_gpu ? 2 : 1, &info), MC_ERR_NOT_FOUND);
     void *dev;
     CHECK_STATUS(H->device_open(3, NULL, &dev, &info), MC_ERR_NOT_FOUND);
@@ -268,16 +273,23 @@ static int test_libraries(const mcd_os *os)
     fixture fx;
     if (open_fixture(&fx)) return 1;
     const mcd_stats *st = mcd_get_stats();
-    /* explicit language version (3.0 from macOS 13, else 2.4) and safe math */
-    CHECK_EQ(st->last_language, os->math_mode ? (3u << 16) : ((2u << 16) + 4));
+    /* explicit language version, one the OS has (MTLLanguageVersion
+     * availability: 3.0 from macOS 13, 2.4 on 12, 2.3 on 11) and safe math */
+    CHECK_EQ(st->last_language, os->major >= 13 ? (3u << 16) : os->major == 12 ? (2u << 16) + 4 : (2u << 16) + 3);
     CHECK_EQ(st->last_math, 0);
     const char *src = "#include <metal_stdlib>\nkernel void k1(device uint *p [[buffer(0)]]) { p[0] = 1; }\n";
     void *lib;
     char *log = NULL;
-    CHECK_OK(H->library_create(fx.dev, MC_LANG_MSL, src, strlen(src), "-std=metal3.1 -DFOO=2 -D BAR -ffast-math",
-                               &lib, &log));
+    /* MSL 3.1 is macOS 14: refused with the reason before, not sent */
+    const char *opts = "-std=metal3.1 -DFOO=2 -D BAR -ffast-math";
+    if (os->major < 14) {
+        CHECK_STATUS(H->library_create(fx.dev, MC_LANG_MSL, src, strlen(src), opts, &lib, &log), MC_ERR_UNSUPPORTED);
+        CHECK_STR_CONTAINS(mc_last_error(), "MSL 3.1 is newer than");
+        opts = "-std=metal2.3 -DFOO=2 -D BAR -ffast-math";
+    }
+    CHECK_OK(H->library_create(fx.dev, MC_LANG_MSL, src, strlen(src), opts, &lib, &log));
     CHECK(log == NULL);
-    CHECK_EQ(st->last_language, (3u << 16) + 1);
+    CHECK_EQ(st->last_language, os->major < 14 ? (2u << 16) + 3 : (3u << 16) + 1);
     CHECK_EQ(st->last_math, 1);
     CHECK(strcmp(st->last_macros, "FOO=2;BAR=1;") == 0);
     /* the source need not be terminated */
@@ -587,7 +599,9 @@ static int test_archive(const mcd_os *os)
     if (open_fixture(&fx)) return 1;
     char ident[128];
     CHECK_OK(H->compiler_identity(fx.dev, MC_LANG_MSL, ident, sizeof ident));
-    CHECK_STR_CONTAINS(ident, os->math_mode ? "macOS 15.1 24B83 MSL 3.0" : "macOS 11.7.10 20G1427 MSL 2.4");
+    char want[64];
+    snprintf(want, sizeof want, "MSL %s", os->major >= 13 ? "3.0" : os->major == 12 ? "2.4" : "2.3");
+    CHECK_STR_CONTAINS(ident, want);
     CHECK_STATUS(H->compiler_identity(fx.dev, MC_LANG_CUDA, ident, sizeof ident), MC_ERR_UNSUPPORTED);
 
     size_t len;
@@ -595,6 +609,13 @@ static int test_archive(const mcd_os *os)
     mc__pipeline_src ps = {MC_LANG_MSL, src, len, "", "add_one", 256, true, "add_one"};
     void *bytes = NULL;
     size_t n = 0;
+    if (os->paravirtual) { /* no MTLBinaryArchive: refused with the reason, nothing sent */
+        CHECK_STATUS(H->pipeline_export(fx.dev, &ps, fx.lib, fx.add_one, &bytes, &n), MC_ERR_UNSUPPORTED);
+        CHECK_STR_CONTAINS(mc_last_error(), "no MTLBinaryArchive");
+        free(src);
+        close_fixture(&fx);
+        return 0;
+    }
     CHECK_OK(H->pipeline_export(fx.dev, &ps, fx.lib, fx.add_one, &bytes, &n));
     CHECK_GT(n, 16);
     CHECK(memcmp(bytes, "MCMTLAR1", 8) == 0);
@@ -694,8 +715,11 @@ static void t_exec(tsub *t, const char *label, void *list, uint32_t first, uint3
     c->u.exec.range_buffer = range;
 }
 
-static int test_cmdlist(void)
+static int test_cmdlist(const mcd_os *os)
 {
+    /* ICBs where the GPU has them; threadgroup memory in ICB commands needs
+     * maxKernelThreadgroupMemoryBindCount (macOS 14) */
+    bool icb = !os->paravirtual, icb_tgmem = icb && os->major >= 14;
     fixture fx;
     if (open_fixture(&fx)) return 1;
     void *counters, *ranges, *grid, *q, *hc, *hr, *hg;
@@ -716,17 +740,45 @@ static int test_cmdlist(void)
     void *list;
     uint32_t caps = 0;
     CHECK_OK(H->cmdlist_create(fx.dev, &d, &list, &caps));
-    CHECK_EQ(caps, MC__LIST_GPU_RANGE);
-
+    CHECK_EQ(caps, icb_tgmem ? MC__LIST_GPU_RANGE : 0u);
+    CHECK_EQ(((mc__mtl_list *)list)->icb != NULL, icb_tgmem);
+    mc__cmd *c;
+    tsub t;
+    if (!icb_tgmem) { /* encoded into the pass at each execution; no range from the GPU */
+        t_init(&t, "executions without an ICB");
+        t_exec(&t, "all", list, 0, 4, NULL);
+        t_exec(&t, "empty", list, 2, 0, NULL);
+        CHECK_OK(H->submit(fx.dev, q, &t.sub));
+        CHECK_DONE(&t, MC_OK);
+        CHECK_EQ(uc[0], 1);
+        CHECK_EQ(uc[1], 1);
+        CHECK_EQ(uc[2], 1);
+        CHECK_EQ(uc[3], 0);
+        H->cmdlist_destroy(fx.dev, list);
+        /* without threadgroup memory, an ICB still where the GPU has them */
+        memset(&tl, 0, sizeof tl);
+        l_count(&tl, fx.add_one, counters, 0, false, 1);
+        d = l_desc(&tl, "no threadgroup memory");
+        CHECK_OK(H->cmdlist_create(fx.dev, &d, &list, &caps));
+        CHECK_EQ(caps, icb ? MC__LIST_GPU_RANGE : 0u);
+        CHECK_EQ(((mc__mtl_list *)list)->icb != NULL, icb);
+        t_init(&t, "small list");
+        t_exec(&t, "all", list, 0, 1, NULL);
+        CHECK_OK(H->submit(fx.dev, q, &t.sub));
+        CHECK_DONE(&t, MC_OK);
+        CHECK_EQ(uc[0], 2);
+        H->cmdlist_destroy(fx.dev, list);
+        goto indirect;
+    }
+    {
     uint32_t r[4] = {1, 100, 9, 1}; /* {1, 100}: clamped to 1..3; {9, 1}: past the end */
     CHECK_OK(H->buffer_write(fx.dev, ranges, 0, r, sizeof r));
-    tsub t;
     t_init(&t, "executions");
     t_exec(&t, "all", list, 0, 4, NULL);
     t_exec(&t, "empty", list, 2, 0, NULL);
     t_exec(&t, "chosen on the GPU", list, 0, 4, ranges);
     t_pass(&t, MC__PASS_COMPUTE, "past the end");
-    mc__cmd *c = t_cmd(&t, MC__OP_EXECUTE_LIST);
+    c = t_cmd(&t, MC__OP_EXECUTE_LIST);
     c->u.exec.list = list;
     c->u.exec.count = 4;
     c->u.exec.range_buffer = ranges;
@@ -740,9 +792,13 @@ static int test_cmdlist(void)
     CHECK_EQ(uc[2], 2);
     CHECK_EQ(uc[3], 0); /* a zero grid: a reset command */
     CHECK_EQ(mcd_get_stats()->icb_commands_run, before + 5);
-    CHECK_GE(mcd_get_stats()->pipeline_touches, 2);
+    /* under API validation (MTL_DEBUG_LAYER=1, as here) no zero-grid
+     * pipeline workaround: Metal would abort the process */
+    CHECK_EQ(mcd_get_stats()->pipeline_touches, 0);
     H->cmdlist_destroy(fx.dev, list);
+    }
 
+indirect:
     /* a list with an indirect dispatch: no ICB, encoded at each execution */
     memset(&tl, 0, sizeof tl);
     l_count(&tl, fx.add_one, counters, 4, false, 1);
@@ -864,7 +920,7 @@ static int scenario(const char *name, const mcd_os *os)
     rc |= test_buffers();
     rc |= test_libraries(os);
     rc |= test_submit();
-    rc |= test_cmdlist();
+    rc |= test_cmdlist(os);
     rc |= test_errors();
     rc |= test_archive(os);
     rc |= test_events(os);
@@ -883,6 +939,56 @@ static int scenario(const char *name, const mcd_os *os)
     if (st->stret_messages == 0) rc = 1;
     if (getenv("MC_METAL_CONTRACT_VERBOSE")) mcd_print_selector_counts();
     mcd_clear_violations();
+    return rc || v;
+}
+
+/* The ICB pipeline workaround (an empty dispatch per pipeline before an ICB,
+ * needed before the Apple9 family) is a zero grid, which Metal's API
+ * validation aborts on: it is sent only with validation off, only where
+ * needed. */
+static int icb_workaround(int family, bool validation, bool want_touches)
+{
+    mcd_os os = {.residency_sets = true, .wait_timeout = true, .math_mode = true, .architecture = true,
+                 .version = "Version 15.1 (Build 24B83)", .major = 15, .gpu_family = family};
+    if (validation) setenv("MTL_DEBUG_LAYER", "1", 1);
+    else unsetenv("MTL_DEBUG_LAYER");
+    fprintf(stderr, "== ICB pipeline workaround: Apple%d, API validation %s\n", family - 1000, validation ? "on" : "off");
+    mcd_begin(&os);
+    int rc = 0;
+    fixture fx;
+    if (open_fixture(&fx)) rc = 1;
+    void *counters = NULL, *hc, *q = NULL, *list = NULL;
+    uint32_t caps;
+    tlist tl;
+    memset(&tl, 0, sizeof tl);
+    if (!rc && (H->buffer_create(fx.dev, 64, MC_STORAGE_SHARED, "counters", &counters, &hc) != MC_OK ||
+                H->queue_create(fx.dev, "q", &q) != MC_OK))
+        rc = 1;
+    if (!rc) {
+        l_count(&tl, fx.add_one, counters, 0, false, 1);
+        mc__list_desc d = l_desc(&tl, "one");
+        rc = H->cmdlist_create(fx.dev, &d, &list, &caps) != MC_OK;
+    }
+    if (!rc) {
+        tsub t;
+        t_init(&t, "exec");
+        t_exec(&t, "all", list, 0, 1, NULL);
+        rc = H->submit(fx.dev, q, &t.sub) != MC_OK || t_wait(&t) != 1 || t.sub.status != MC_OK;
+        if (!rc && ((const uint32_t *)hc)[0] != 1) rc = 1;
+        if ((mcd_get_stats()->pipeline_touches > 0) != want_touches) {
+            fprintf(stderr, "FAIL: %u pipeline touches, want %s\n", mcd_get_stats()->pipeline_touches,
+                    want_touches ? "some" : "none");
+            rc = 1;
+        }
+    }
+    H->cmdlist_destroy(fx.dev, list);
+    if (q) H->queue_destroy(fx.dev, q);
+    if (counters) H->buffer_destroy(fx.dev, counters);
+    close_fixture(&fx);
+    int v = mcd_end();
+    mcd_clear_violations();
+    setenv("MTL_DEBUG_LAYER", "1", 1);
+    if (rc || v) fprintf(stderr, "FAIL: the ICB pipeline workaround case (%d violations)\n", v);
     return rc || v;
 }
 
@@ -905,8 +1011,10 @@ static int expect(const char *what, const char *needle)
 
 static int checker_test(void)
 {
-    mcd_os os = {true, true, true, true, false, "Version 15.1 (Build 24B83)"};
+    mcd_os os = {.residency_sets = true, .wait_timeout = true, .math_mode = true, .architecture = true,
+                 .version = "Version 15.1 (Build 24B83)", .major = 15};
     int rc = 0;
+    setenv("MTL_DEBUG_LAYER", "1", 1); /* Metal's API validation, as CI's macOS job runs */
     mcd_begin(&os);
     mc__mtl_runtime_init();
     id pool = mc__mtl_pool_push();
@@ -921,6 +1029,7 @@ static int checker_test(void)
 
     opts = msg_init(msg_alloc(mc__mtl_cls.MTLCompileOptions));
     SEL bogus = sel_registerName("frobnicateWithGPU:");
+    rc |= expect("selector without a type encoding", "has no Objective-C type encoding in metal_encodings.txt");
     MC__MTL_SEND(void, (id, SEL, id), opts, bogus, (id)0);
     rc |= expect("undocumented selector", "not in the documented selector list");
     MC__MTL_SEND(void, (id, SEL), opts, MC__SEL(setLanguageVersion_)); /* a colon, no argument */
@@ -931,6 +1040,18 @@ static int checker_test(void)
     rc |= expect("untyped send", "not sent through a typed wrapper");
     (void)msg_newCommandQueue(opts);
     rc |= expect("unrecognized selector", "does not implement it");
+    {
+        /* The consistent mistake the stringified prototype cannot see: the
+         * same type name, another type (Apple's MTLMathMode is NSInteger). */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wshadow"
+        typedef NSUInteger MTLMathMode;
+#pragma GCC diagnostic pop
+        MC__MTL_SEND(void, (id, SEL, MTLMathMode), opts, MC__SEL(setMathMode_), (MTLMathMode)0);
+        rc |= expect("a parameter type that differs from Apple's under the same name", "Apple declares v@:q");
+    }
+    msg_setLanguageVersion_(opts, MC__MTL_LANGUAGE_VERSION(3, 9));
+    rc |= expect("an MSL version the OS lacks", "does not exist on macOS 15");
     mc__mtl_release(opts);
 
     id dev = MTLCreateSystemDefaultDevice();
@@ -964,18 +1085,36 @@ static int checker_test(void)
     NSRange all = {0, 1};
     msg_executeCommandsInBuffer_withRange_(enc2, ((mc__mtl_list *)list)->icb, all);
     rc |= expect("ICB without useResources:count:usage:", "the encoder was not told of");
+    MTLSize zero = {0, 0, 0};
+    msg_setComputePipelineState_(enc2, ((mc__mtl_pipeline *)fx.add_one)->pso);
+    msg_dispatchThreadgroups_threadsPerThreadgroup_(enc2, zero, zero);
+    rc |= expect("a zero grid under API validation", "Metal's API validation aborts");
+    id cmd = msg_indirectComputeCommandAtIndex_(((mc__mtl_list *)list)->icb, 0);
+    msg_setThreadgroupMemoryLength_atIndex_(cmd, 16, 0);
+    rc |= expect("threadgroup memory past the ICB's bind count", "maxKernelThreadgroupMemoryBindCount is 0");
+    msg_setBarrier(cmd); /* command 0 is already encoded */
+    rc |= expect("setBarrier after its dispatch", "after the dispatch it guards");
     msg_endEncoding(enc2);
     H->cmdlist_destroy(fx.dev, list);
     H->buffer_destroy(fx.dev, b);
     close_fixture(&fx);
     id leaked = msg_init(msg_alloc(mc__mtl_cls.MTLCompileOptions));
     (void)leaked;
-    mc__mtl_pool_pop(pool);
-    (void)mc__mtl_str("no pool");
-    rc |= expect("autorelease without a pool", "no autorelease pool");
     mc__mtl_release(desc);
     mc__mtl_release(q);
     mc__mtl_release(dev);
+    mc__mtl_pool_pop(pool);
+    msg_setLanguageVersion_(leaked, MC__MTL_DEFAULT_LANGUAGE); /* any message: Metal may autorelease inside it */
+    rc |= expect("a message with no pool", "with no autorelease pool on this thread");
+    (void)msg_stringWithUTF8String_(mc__mtl_cls.NSString, "no pool");
+    if (mcd_violation_count() != 2 || !strstr(mcd_last_violation(), "no autorelease pool")) {
+        fprintf(stderr, "FAIL: planted autorelease without a pool: %d violations, last \"%s\"\n",
+                mcd_violation_count(), mcd_last_violation());
+        rc = 1;
+    } else {
+        fprintf(stderr, "caught planted autorelease without a pool: %s\n", mcd_last_violation());
+    }
+    mcd_clear_violations();
     int v = mcd_end(); /* the options leaked above, and the string autoreleased with no pool */
     if (v != 2 || !strstr(mcd_last_violation(), "leak: MTLCompileOptions")) {
         fprintf(stderr, "FAIL: planted leak: %d violations, last \"%s\"\n", v, mcd_last_violation());
@@ -996,10 +1135,25 @@ int main(int argc, char **argv)
         return MC_TEST_SKIP_CODE;
     }
     if (argc > 1 && !strcmp(argv[1], "--checker")) return checker_test();
-    mcd_os macos15 = {true, true, true, true, false, "Version 15.1 (Build 24B83)"};
-    mcd_os macos11 = {false, false, false, false, true, "Version 11.7.10 (Build 20G1427)"};
+    /* As CI's macOS job runs: Metal's API validation on (the double aborts
+     * nothing, it reports what validation would reject). */
+    setenv("MTL_DEBUG_LAYER", "1", 1);
+    mcd_os macos15 = {.residency_sets = true, .wait_timeout = true, .math_mode = true, .architecture = true,
+                      .version = "Version 15.1 (Build 24B83)", .major = 15};
+    mcd_os macos14 = {.wait_timeout = true, .architecture = true, .version = "Version 14.6.1 (Build 23G93)",
+                      .major = 14, .gpu_family = 1009};
+    mcd_os macos12 = {.wait_timeout = true, .version = "Version 12.7.6 (Build 21H1320)", .major = 12};
+    mcd_os macos11 = {.second_gpu = true, .version = "Version 11.7.10 (Build 20G1427)", .major = 11};
+    mcd_os hosted = {.residency_sets = true, .wait_timeout = true, .math_mode = true, .architecture = true,
+                     .version = "Version 15.1 (Build 24B83)", .major = 15, .paravirtual = true};
     int rc = scenario("as on macOS 15 (residency sets, mathMode, timed event waits, architecture)", &macos15);
-    rc |= scenario("as on macOS 11 (none of them; a second GPU)", &macos11);
+    rc |= scenario("as on macOS 14 (architecture, threadgroup memory in ICBs, timed waits; an M3)", &macos14);
+    rc |= scenario("as on macOS 12 (timed event waits; MSL 2.4 at most)", &macos12);
+    rc |= scenario("as on macOS 11 (none of them; MSL 2.3 at most; a second GPU)", &macos11);
+    rc |= scenario("as on a hosted runner's paravirtual GPU (no ICBs, no binary archives)", &hosted);
+    rc |= icb_workaround(1008, false, true);
+    rc |= icb_workaround(1008, true, false);
+    rc |= icb_workaround(1009, false, false);
     fprintf(stderr, rc ? "FAIL metal_contract\n" : "PASS metal_contract\n");
     return rc;
 }

@@ -23,6 +23,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifndef MC_METAL_ENCODINGS
+#error "MC_METAL_ENCODINGS must name tests/metal/metal_encodings.txt"
+#endif
 #ifndef MC_METAL_SELECTORS
 #error "MC_METAL_SELECTORS must name tests/metal/metal_selectors.txt"
 #endif
@@ -138,7 +141,7 @@ struct obj {
     obj **used;                /* compute encoder: resources passed to useResources:count:usage: */
     size_t nused;
     /* indirect command buffers (F670): descriptor, ICB, its commands */
-    unsigned long icb_types, icb_maxbind;
+    unsigned long icb_types, icb_maxbind, icb_max_tgbind;
     bool icb_inherit_pso, icb_inherit_buf;
     bool icb_ok;               /* pipeline descriptor / state: supportIndirectCommandBuffers */
     struct icmd *icmds;        /* ICB: one per command */
@@ -159,6 +162,7 @@ struct objc_selector {
     char *name;
     int registrations;
     const doc_entry *doc;
+    const char *encoding; /* Apple's type encoding (metal_encodings.txt), or NULL */
     unsigned long count;
     struct objc_selector *next;
 };
@@ -193,6 +197,8 @@ static int g_violations;
 static char g_last_violation[512];
 
 static _Thread_local const char *tls_note_ret, *tls_note_proto;
+static _Thread_local char tls_note_enc[256];
+static _Thread_local SEL tls_note_sel;
 static _Thread_local obj *tls_pools[64];
 static _Thread_local int tls_npools;
 
@@ -275,6 +281,79 @@ static void load_docs(void)
     fclose(f);
 }
 
+/* Apple's type encodings, one per selector: "selector | encoding | declared
+ * in". Written from Apple's headers, independent of the backend's metal.h. */
+typedef struct enc_entry {
+    char sel[128];
+    char enc[128];
+} enc_entry;
+static enc_entry *g_encs;
+static size_t g_nencs;
+
+static void load_encodings(void)
+{
+    if (g_encs) return;
+    FILE *f = fopen(MC_METAL_ENCODINGS, "r");
+    if (!f) {
+        fprintf(stderr, "objc double: cannot read %s: %s\n", MC_METAL_ENCODINGS, strerror(errno));
+        abort();
+    }
+    g_encs = calloc(256, sizeof *g_encs);
+    char line[1024];
+    while (fgets(line, sizeof line, f)) {
+        char *l = trim(line);
+        if (!*l || *l == '#') continue;
+        char *b1 = strchr(l, '|'), *b2 = b1 ? strchr(b1 + 1, '|') : NULL;
+        if (!b2 || g_nencs == 256) {
+            fprintf(stderr, "objc double: malformed line in %s: %s\n", MC_METAL_ENCODINGS, l);
+            abort();
+        }
+        *b1 = *b2 = '\0';
+        enc_entry *e = &g_encs[g_nencs++];
+        snprintf(e->sel, sizeof e->sel, "%s", trim(l));
+        snprintf(e->enc, sizeof e->enc, "%s", trim(b1 + 1));
+    }
+    fclose(f);
+}
+
+static const char *find_encoding(const char *sel)
+{
+    for (size_t i = 0; i < g_nencs; i++)
+        if (!strcmp(g_encs[i].sel, sel)) return g_encs[i].enc;
+    return NULL;
+}
+
+/* Apple's encodings are written for arm64, where BOOL is bool (B); on
+ * x86_64, where this double runs, BOOL is signed char (c). Type qualifiers
+ * (r const, V oneway, n/N/o/O/R in/inout/out/bycopy/byref) do not change
+ * how arguments travel and are skipped; struct names are compared. */
+static bool is_qualifier(const char *p, const char *start)
+{
+    /* a qualifier begins a type: at the start, or after a complete type */
+    bool type_start = p == start || strchr("@:vcBCiIqQfd*?}", p[-1]) != NULL;
+    return type_start && strchr("rVnNoOR", *p) != NULL;
+}
+
+static bool encoding_equal(const char *apple, const char *sent)
+{
+    const char *a0 = apple, *s0 = sent;
+    for (;;) {
+        while (*apple && is_qualifier(apple, a0)) apple++;
+        while (*sent && is_qualifier(sent, s0)) sent++;
+        if (!*apple || !*sent) break;
+        if (*apple != *sent) {
+#if !defined(__aarch64__)
+            if (!(*apple == 'B' && *sent == 'c')) return false;
+#else
+            return false;
+#endif
+        }
+        apple++;
+        sent++;
+    }
+    return *apple == *sent;
+}
+
 static const doc_entry *find_doc(const char *sel)
 {
     for (size_t i = 0; i < g_ndocs; i++)
@@ -292,6 +371,7 @@ static struct objc_selector *sel_lookup_locked(const char *name, bool create)
     struct objc_selector *s = calloc(1, sizeof *s);
     s->name = strdup(name);
     s->doc = find_doc(name);
+    s->encoding = find_encoding(name);
     s->next = g_sels;
     g_sels = s;
     return s;
@@ -301,7 +381,11 @@ SEL sel_registerName(const char *str)
 {
     pthread_mutex_lock(&G);
     load_docs();
+    load_encodings();
     struct objc_selector *s = sel_lookup_locked(str, true);
+    /* Every selector the backend registers is one it may send. */
+    if (s->registrations == 0 && !s->encoding)
+        violation("selector '%s' has no Objective-C type encoding in metal_encodings.txt", str);
     /* The backend registers its selectors once per process. */
     if (++s->registrations > 1 && s->doc)
         violation("selector '%s' registered %d times (register once, at first use)", str, s->registrations);
@@ -1040,6 +1124,18 @@ IMP(icd_maxbind)
                                     (unsigned long)a[0], MAX_SLOTS);
     self->icb_maxbind = a[0];
 }
+IMP(icd_tgbind)
+{
+    self->icb_max_tgbind = a[0];
+}
+/* GPU families: Apple1..Apple9 are 1001..1009, Mac2 is 2002; the scenario's
+ * GPU is of family g_os.gpu_family (default Apple8, an M2); the paravirtual
+ * GPU answers no to all of them. */
+IMP(d_family)
+{
+    long f = (long)a[0], mine = g_os.gpu_family ? g_os.gpu_family : 1008;
+    r->i = !g_os.paravirtual && ((f >= 1001 && f <= mine) || f == 2002);
+}
 IMP(d_new_icb)
 {
     obj *desc = ARG_OBJ(0);
@@ -1051,6 +1147,7 @@ IMP(d_new_icb)
     obj *icb = new_obj(K_ICB, "-[MTLDevice newIndirectCommandBufferWithDescriptor:maxCommandCount:options:]");
     icb->icb_types = desc->icb_types;
     icb->icb_maxbind = desc->icb_maxbind;
+    icb->icb_max_tgbind = desc->icb_max_tgbind;
     icb->icb_inherit_pso = desc->icb_inherit_pso;
     icb->icb_inherit_buf = desc->icb_inherit_buf;
     icb->nicmds = a[1];
@@ -1105,6 +1202,13 @@ IMP(ic_buffer)
 IMP(ic_tgmem)
 {
     if (!icmd_of(self)) return;
+    /* Metal's validation: an ICB command's threadgroup memory index must be
+     * below the descriptor's maxKernelThreadgroupMemoryBindCount (0 unless
+     * set, macOS 14). */
+    if (a[1] >= self->owner->icb_max_tgbind)
+        violation("setThreadgroupMemoryLength:atIndex: index %lu on an ICB command, but the ICB's "
+                  "maxKernelThreadgroupMemoryBindCount is %lu",
+                  (unsigned long)a[1], self->owner->icb_max_tgbind);
     if (a[0] % 16) violation("setThreadgroupMemoryLength:atIndex: %lu is not a multiple of 16", (unsigned long)a[0]);
     if (a[0] > 32768) violation("setThreadgroupMemoryLength:atIndex: %lu over the device's 32 KiB", (unsigned long)a[0]);
 }
@@ -1134,6 +1238,9 @@ IMP(ic_barrier)
 {
     (void)a;
     icmd *c = icmd_of(self);
+    /* Apple's setBarrier page: set the barrier before encoding the command
+     * it guards. */
+    if (c && c->encoded) violation("setBarrier sent after the dispatch it guards (set it before encoding the command)");
     if (c) c->barrier = true;
 }
 IMP(ic_reset)
@@ -1151,8 +1258,20 @@ IMP(b_contents)
 }
 
 /* MTLCompileOptions */
+/* The newest MSL each modelled macOS accepts (MTLLanguageVersion
+ * availability in Apple's documentation). */
+static unsigned long newest_msl(int major)
+{
+    return major >= 15 ? (3ul << 16) + 2 : major >= 14 ? (3ul << 16) + 1 : major >= 13 ? 3ul << 16
+         : major >= 12 ? (2ul << 16) + 4 : (2ul << 16) + 3;
+}
 IMP(co_lang)
 {
+    unsigned long top = newest_msl(g_os.major);
+    if (g_os.major && a[0] > top)
+        violation("setLanguageVersion: MSL %lu.%lu does not exist on macOS %d (MSL %lu.%lu at most): every "
+                  "compile fails",
+                  (unsigned long)(a[0] >> 16), (unsigned long)(a[0] & 0xffff), g_os.major, top >> 16, top & 0xffff);
     self->lang = a[0];
     self->lang_set = true;
 }
@@ -1573,17 +1692,24 @@ static op *dispatch_op(obj *self, const char *sel, int type, const uintptr_t *th
 }
 IMP(e_dispatch)
 {
-    if (!a[0] && !a[1] && !a[2] && !a[3] && !a[4] && !a[5]) {
-        /* an empty dispatch only to make the encoder use the pipeline, before
-         * executing an ICB that uses it (metal_queue.c) */
-        if (enc_cb(self, "dispatchThreadgroups:threadsPerThreadgroup:") && !self->pso)
+    if (!a[0] || !a[1] || !a[2]) {
+        /* Metal's API validation (MTL_DEBUG_LAYER=1) asserts on a zero
+         * grid and the process aborts. Without it, the one zero grid the
+         * backend may send is the ICB pipeline workaround, on a GPU family
+         * that needs it (before Apple9). */
+        const char *v = getenv("MTL_DEBUG_LAYER");
+        bool validation = v && *v && strcmp(v, "0") != 0;
+        long fam = g_os.gpu_family ? g_os.gpu_family : 1008;
+        if (validation)
+            violation("dispatchThreadgroups:threadsPerThreadgroup: with a zero grid (%lu,%lu,%lu): Metal's API "
+                      "validation aborts the process",
+                      (unsigned long)a[0], (unsigned long)a[1], (unsigned long)a[2]);
+        else if (fam >= 1009)
+            violation("dispatchThreadgroups:threadsPerThreadgroup: with a zero grid on an Apple9 GPU, which "
+                      "needs no ICB pipeline workaround");
+        else if (enc_cb(self, "dispatchThreadgroups:threadsPerThreadgroup:") && !self->pso)
             violation("dispatchThreadgroups:threadsPerThreadgroup: before setComputePipelineState:");
         g_stats.pipeline_touches++;
-        return;
-    }
-    if (!a[0] || !a[1] || !a[2]) {
-        violation("dispatchThreadgroups:threadsPerThreadgroup: with an empty grid (%lu,%lu,%lu)", (unsigned long)a[0],
-                  (unsigned long)a[1], (unsigned long)a[2]);
         return;
     }
     op *o = dispatch_op(self, "dispatchThreadgroups:threadsPerThreadgroup:", OP_DISPATCH, a + 3);
@@ -1844,7 +1970,10 @@ IMP(ei_state)
 
 /* ---- the method table ------------------------------------------------------------------ */
 
-enum { F_NONE, F_RESIDENCY, F_WAIT, F_MATH, F_ARCH };
+/* Availability: what each modelled macOS version (11, 12, 14, 15) has, from
+ * Apple's documentation of each method, and what the paravirtual GPU of
+ * hosted runners lacks. */
+enum { F_NONE, F_RESIDENCY, F_WAIT, F_MATH, F_ARCH, F_TGBIND, F_REAL_GPU };
 
 typedef struct method {
     int kind;
@@ -1895,7 +2024,7 @@ static const method methods[] = {
     {K_DEVICE, NULL, "newComputePipelineStateWithDescriptor:options:reflection:error:", d_new_pso, 0},
     {K_DEVICE, NULL, "newCommandQueue", d_new_queue, 0},
     {K_DEVICE, NULL, "newSharedEvent", d_new_event, 0},
-    {K_DEVICE, NULL, "newBinaryArchiveWithDescriptor:error:", d_new_archive, 0},
+    {K_DEVICE, NULL, "newBinaryArchiveWithDescriptor:error:", d_new_archive, F_REAL_GPU},
     {K_DEVICE, NULL, "newResidencySetWithDescriptor:error:", d_new_rset, F_RESIDENCY},
     {K_ARCH, NULL, "name", d_name, 0},
     {K_BUFFER, NULL, "contents", b_contents, 0},
@@ -1917,7 +2046,9 @@ static const method methods[] = {
     {K_ICBDESC, NULL, "setInheritPipelineState:", icd_inherit_pso, 0},
     {K_ICBDESC, NULL, "setInheritBuffers:", icd_inherit_buf, 0},
     {K_ICBDESC, NULL, "setMaxKernelBufferBindCount:", icd_maxbind, 0},
-    {K_DEVICE, NULL, "newIndirectCommandBufferWithDescriptor:maxCommandCount:options:", d_new_icb, 0},
+    {K_ICBDESC, NULL, "setMaxKernelThreadgroupMemoryBindCount:", icd_tgbind, F_TGBIND},
+    {K_DEVICE, NULL, "newIndirectCommandBufferWithDescriptor:maxCommandCount:options:", d_new_icb, F_REAL_GPU},
+    {K_DEVICE, NULL, "supportsFamily:", d_family, 0},
     {K_ICB, NULL, "setLabel:", x_set_label, 0},
     {K_ICB, NULL, "indirectComputeCommandAtIndex:", icb_command, 0},
     {K_ICMD, NULL, "setComputePipelineState:", ic_pso, 0},
@@ -1983,13 +2114,25 @@ static const method methods[] = {
 
 static const imp_fn generic_retain = i_retain, generic_release = i_release, generic_responds = i_responds;
 
+/* Each modelled macOS's table: what Apple's availability notes give each
+ * method (a scenario without a major version falls back to its flags). */
 static bool feature_on(int f)
 {
+    int v = g_os.major;
+    if (v) switch (f) {
+        case F_RESIDENCY: return v >= 15; /* MTLResidencySet, addResidencySet: */
+        case F_WAIT: return v >= 12;      /* waitUntilSignaledValue:timeoutMS: */
+        case F_MATH: return v >= 15;      /* MTLCompileOptions.mathMode */
+        case F_ARCH: return v >= 14;      /* MTLDevice.architecture */
+        default: break;
+        }
     switch (f) {
     case F_RESIDENCY: return g_os.residency_sets;
     case F_WAIT: return g_os.wait_timeout;
     case F_MATH: return g_os.math_mode;
     case F_ARCH: return g_os.architecture;
+    case F_TGBIND: return g_os.major >= 14;      /* maxKernelThreadgroupMemoryBindCount: macOS 14 */
+    case F_REAL_GPU: return !g_os.paravirtual;   /* the paravirtual GPU lacks them (MLX issue 31) */
     default: return true;
     }
 }
@@ -2014,10 +2157,21 @@ static const imp_fn *find_imp(obj *o, const struct objc_selector *s)
 
 /* ---- dispatch -------------------------------------------------------------------------------- */
 
-void mc__mtl_contract_note(const char *ret, const char *proto)
+/* Weak, so that a test may define its own and forward here
+ * (runtime_encodings.c run against this double). */
+__attribute__((weak)) void mc__mtl_contract_note(SEL sel, const char *ret, const char *proto,
+                                                 const char *const *enc, int n)
 {
+    mcd_contract_note(sel, ret, proto, enc, n);
+}
+
+void mcd_contract_note(SEL sel, const char *ret, const char *proto, const char *const *enc, int n)
+{
+    tls_note_sel = sel;
     tls_note_ret = ret;
     tls_note_proto = proto;
+    tls_note_enc[0] = '\0';
+    for (int i = 0; i < n; i++) strncat(tls_note_enc, enc[i], sizeof tls_note_enc - strlen(tls_note_enc) - 1);
 }
 
 /* System V x86_64 argument classes of the documented parameter types. */
@@ -2048,11 +2202,26 @@ static void decode(const doc_entry *d, const mcd_raw *raw, uintptr_t *w)
     }
 }
 
+/* Messages that cannot autorelease: the pool's own, retain, and a release
+ * that is not the last (a last one runs dealloc). */
+static bool needs_pool(const obj *o, const char *sel)
+{
+    if (o->kind == K_POOL || (o->kind == K_CLASS && !strcmp(o->cls, "NSAutoreleasePool"))) return false;
+    if (!strcmp(sel, "retain")) return false;
+    if (!strcmp(sel, "release")) return o->refs == 1 && !o->immortal;
+    return true;
+}
+
 void mcd_dispatch(id self_, SEL op_, const mcd_raw *raw, bool stret, mcd_out *out)
 {
     memset(out, 0, sizeof *out);
     const char *note_ret = tls_note_ret, *note_proto = tls_note_proto;
+    char note_enc[256];
+    snprintf(note_enc, sizeof note_enc, "%s", tls_note_enc);
+    SEL note_sel = tls_note_sel;
     tls_note_ret = tls_note_proto = NULL;
+    tls_note_sel = NULL;
+    tls_note_enc[0] = '\0';
     pthread_mutex_lock(&G);
     g_stats.messages++;
     if (stret) g_stats.stret_messages++;
@@ -2069,6 +2238,9 @@ void mcd_dispatch(id self_, SEL op_, const mcd_raw *raw, bool stret, mcd_out *ou
     if (!d) {
         violation("'%s' is not in the documented selector list (metal_selectors.txt)", s->name);
         ok = false;
+    } else if (note_proto && note_sel != op_) {
+        violation("'%s' sent through the wrapper of '%s'", s->name, sel_getName(note_sel));
+        ok = false;
     } else if (!note_proto) {
         violation("'%s' was not sent through a typed wrapper (no prototype noted)", s->name);
         ok = false;
@@ -2084,6 +2256,11 @@ void mcd_dispatch(id self_, SEL op_, const mcd_raw *raw, bool stret, mcd_out *ou
             violation("'%s' sent with %d arguments; the selector has %d colons", s->name, nargs, d->nparams);
         else if (strcmp(proto, d->proto) != 0 || strcmp(ret, d->ret) != 0)
             violation("'%s' sent as %s %s; documented %s %s", s->name, ret, proto, d->ret, d->proto);
+        else if (!s->encoding)
+            violation("'%s' has no Objective-C type encoding in metal_encodings.txt", s->name);
+        else if (!encoding_equal(s->encoding, note_enc))
+            violation("'%s' sent with type encoding %s; Apple declares %s (metal_encodings.txt)", s->name, note_enc,
+                      s->encoding);
         else if (want_stret != stret)
             violation("'%s' returns %s: it must come through %s", s->name, d->ret,
                       want_stret ? "objc_msgSend_stret on x86_64" : "objc_msgSend");
@@ -2106,6 +2283,10 @@ void mcd_dispatch(id self_, SEL op_, const mcd_raw *raw, bool stret, mcd_out *ou
         uintptr_t w[32] = {0};
         if (d) decode(d, raw, w);
         s->count++;
+        if (!tls_npools && needs_pool(o, s->name))
+            violation("'%s' sent to %s with no autorelease pool on this thread: Metal may autorelease inside "
+                      "any message, and what it autoreleases there leaks",
+                      s->name, describe(o));
         if (o->kind == K_POOL && !strcmp(s->name, "drain")) {
             pool_drain(o);
         } else {
@@ -2128,7 +2309,8 @@ Class objc_getClass(const char *name)
     static const char *const known[] = {
         "NSAutoreleasePool", "NSString", "NSURL", "NSArray", "NSDictionary", "NSProcessInfo", "MTLCompileOptions",
         "MTLComputePipelineDescriptor", "MTLBinaryArchiveDescriptor", "MTLCommandBufferDescriptor",
-        "MTLSharedEventListener", "MTLResidencySetDescriptor", "MTLIndirectCommandBufferDescriptor"};
+        "MTLSharedEventListener", "MTLResidencySetDescriptor", "MTLIndirectCommandBufferDescriptor", "NSObject",
+        "NSError"};
     pthread_mutex_lock(&G);
     load_docs();
     obj *found = NULL;
@@ -2143,6 +2325,93 @@ Class objc_getClass(const char *name)
         }
     pthread_mutex_unlock(&G);
     return (Class)found;
+}
+
+/* ---- introspection: what runtime_encodings.c asks of the real runtime ---------------------- */
+
+/* An instance's class: one token per kind. A public class (objc_getClass)
+ * stands for its instances' kind. */
+static char g_kind_class[K_COUNT];
+
+struct objc_method {
+    const char *sel;
+    const char *enc;
+};
+static struct objc_method g_methods[256];
+static size_t g_nmethods;
+
+Class object_getClass(id obj_)
+{
+    pthread_mutex_lock(&G);
+    obj *o = lookup(obj_);
+    Class c = o && !o->dead ? (Class)(void *)&g_kind_class[o->kind] : (Class)0;
+    pthread_mutex_unlock(&G);
+    return c;
+}
+
+/* -1: NSObject (the generic methods), 0: unknown. G held. */
+static int class_kind_locked(Class cls, const obj **as_class)
+{
+    *as_class = NULL;
+    const char *p = (const char *)(void *)cls;
+    if (p >= g_kind_class && p < g_kind_class + K_COUNT) return (int)(p - g_kind_class);
+    const obj *o = lookup(cls);
+    if (!o || o->kind != K_CLASS) return 0;
+    *as_class = o;
+    static const struct { const char *cls; int kind; } t[] = {
+        {"NSString", K_STRING}, {"NSURL", K_URL}, {"NSArray", K_ARRAY}, {"NSDictionary", K_DICT},
+        {"NSProcessInfo", K_PROCINFO}, {"NSError", K_ERROR}, {"NSObject", -1}};
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+        if (!strcmp(t[i].cls, o->cls)) return t[i].kind;
+    return alloc_kind(o->cls);
+}
+
+static Method method_of_locked(const char *sel)
+{
+    for (size_t i = 0; i < g_nmethods; i++)
+        if (!strcmp(g_methods[i].sel, sel)) return &g_methods[i];
+    if (g_nmethods == sizeof g_methods / sizeof g_methods[0]) return NULL;
+    g_methods[g_nmethods] = (struct objc_method){strdup(sel), find_encoding(sel)};
+    return &g_methods[g_nmethods++];
+}
+
+static Method lookup_method(Class cls, SEL sel, bool class_method)
+{
+    if (!cls || !sel) return NULL;
+    pthread_mutex_lock(&G);
+    const obj *as_class;
+    int kind = class_kind_locked(cls, &as_class);
+    bool found = false;
+    const char *name = sel->name;
+    if (class_method) {
+        for (size_t i = 0; as_class && !found && i < sizeof methods / sizeof methods[0]; i++)
+            found = methods[i].kind == K_CLASS && methods[i].cls && !strcmp(methods[i].cls, as_class->cls) &&
+                    !strcmp(methods[i].sel, name) && feature_on(methods[i].feature);
+        found = found || (as_class && !strcmp(name, "alloc")); /* every class inherits +alloc */
+    } else if (kind) {
+        found = !strcmp(name, "retain") || !strcmp(name, "release") || !strcmp(name, "respondsToSelector:") ||
+                (kind == -1 && !strcmp(name, "init")) || (kind == K_POOL && !strcmp(name, "drain"));
+        for (size_t i = 0; kind > 0 && !found && i < sizeof methods / sizeof methods[0]; i++)
+            found = methods[i].kind == kind && !strcmp(methods[i].sel, name) && feature_on(methods[i].feature);
+    }
+    Method m = found ? method_of_locked(name) : NULL;
+    pthread_mutex_unlock(&G);
+    return m;
+}
+
+Method class_getInstanceMethod(Class cls, SEL sel)
+{
+    return lookup_method(cls, sel, false);
+}
+
+Method class_getClassMethod(Class cls, SEL sel)
+{
+    return lookup_method(cls, sel, true);
+}
+
+const char *method_getTypeEncoding(Method m)
+{
+    return m ? m->enc : NULL;
 }
 
 static obj domain_obj = {.magic = MCD_MAGIC, .kind = K_STRING, .immortal = true, .refs = 1,

@@ -12,6 +12,13 @@
  *  - the prototype the caller cast objc_msgSend to equals the documented
  *    one (so the argument count equals the selector's colons), and methods
  *    returning MTLSize come through objc_msgSend_stret;
+ *  - the Objective-C type encoding the caller's prototype has equals Apple's
+ *    (metal_encodings.txt, written from Apple's headers);
+ *  - Metal's validation rules the backend can break: no zero grid under
+ *    API validation, ICB threadgroup-memory bind counts, setBarrier before
+ *    the dispatch it guards, the MSL versions each macOS accepts, methods
+ *    each modelled macOS (11, 12, 14, 15) or the paravirtual GPU lacks, and
+ *    an autorelease pool around every message that may autorelease;
  *  - lifetimes: alloc/new/copy/Create/Copy results are owned, everything
  *    else is autoreleased or owned by its parent; releasing a dead object,
  *    messaging one, leaking one, autoreleasing with no pool, draining pools
@@ -43,6 +50,9 @@ typedef struct mcd_os {
     bool architecture;   /* macOS 14: MTLDevice.architecture */
     bool second_gpu;     /* MTLCopyAllDevices also lists another GPU (an eGPU) */
     const char *version; /* NSProcessInfo.operatingSystemVersionString */
+    int major;           /* macOS major version: which methods and MSL versions exist (11, 12, 14, 15) */
+    int gpu_family;      /* highest MTLGPUFamilyApple<N> as 100N (0: Apple8, an M2) */
+    bool paravirtual;    /* hosted runners' GPU: no ICBs, no binary archives, no GPU family */
 } mcd_os;
 
 typedef struct mcd_stats {
@@ -88,6 +98,12 @@ void mcd_fail_commit(int nth, long code, int enc);
 void mcd_pause_gpu(bool paused);
 
 const mcd_stats *mcd_get_stats(void);
+
+/* What MC__MTL_NOTE tells the double before each message (the backend's
+ * mc__mtl_contract_note, weak here, forwards to it). */
+struct objc_selector;
+void mcd_contract_note(struct objc_selector *sel, const char *ret, const char *proto, const char *const *enc,
+                       int n);
 /* Per-selector message counts, to stderr. */
 void mcd_print_selector_counts(void);
 

@@ -79,9 +79,12 @@ typedef NSUInteger MTLResourceUsage;
 typedef struct MTLIndirectCommandBufferExecutionRange {
     uint32_t location, length;
 } MTLIndirectCommandBufferExecutionRange;
-/* Block parameters: pointers to hand-built block literals (mc__mtl_block). */
-typedef void *MTLCommandBufferHandler;
-typedef void *MTLSharedEventNotificationBlock;
+typedef NSInteger MTLGPUFamily;
+/* Block parameters: pointers to hand-built block literals (mc__mtl_block),
+ * a distinct pointer type so that their type encoding is a block's (@?). */
+struct mc__mtl_block;
+typedef struct mc__mtl_block *MTLCommandBufferHandler;
+typedef struct mc__mtl_block *MTLSharedEventNotificationBlock;
 
 enum {
     MTLResourceStorageModeShared = 0,          /* with default CPU cache and hazard tracking */
@@ -98,6 +101,12 @@ enum {
     MTLResourceUsageRead = 1u << 0,
     MTLResourceUsageWrite = 1u << 1
 };
+/* MTLGPUFamily values (MTLDevice.h). ICB compute commands need Apple7 or
+ * Mac2; Apple9 (M3 and later) no longer needs the ICB pipeline workaround
+ * (metal_queue.c). */
+#define MC__MTL_GPU_FAMILY_APPLE7 ((MTLGPUFamily)1007)
+#define MC__MTL_GPU_FAMILY_APPLE9 ((MTLGPUFamily)1009)
+#define MC__MTL_GPU_FAMILY_MAC2 ((MTLGPUFamily)2002)
 #define MC__MTL_LANGUAGE_VERSION(major, minor) ((MTLLanguageVersion)(((major) << 16) + (minor)))
 #define MC__MTL_DEFAULT_LANGUAGE MC__MTL_LANGUAGE_VERSION(3, 0) /* macOS 13, every Apple silicon Mac */
 
@@ -140,6 +149,7 @@ extern id const MTLCommandBufferEncoderInfoErrorKey;
     X(maxThreadgroupMemoryLength, "maxThreadgroupMemoryLength")                              \
     X(hasUnifiedMemory, "hasUnifiedMemory")                                                  \
     X(maxBufferLength, "maxBufferLength")                                                    \
+    X(supportsFamily_, "supportsFamily:")                                                    \
     X(newBufferWithLength_options_, "newBufferWithLength:options:")                          \
     X(newLibraryWithSource_options_error_, "newLibraryWithSource:options:error:")            \
     X(newComputePipelineStateWithDescriptor_options_reflection_error_,                       \
@@ -216,6 +226,7 @@ extern id const MTLCommandBufferEncoderInfoErrorKey;
     X(setInheritPipelineState_, "setInheritPipelineState:")                                  \
     X(setInheritBuffers_, "setInheritBuffers:")                                              \
     X(setMaxKernelBufferBindCount_, "setMaxKernelBufferBindCount:")                          \
+    X(setMaxKernelThreadgroupMemoryBindCount_, "setMaxKernelThreadgroupMemoryBindCount:")    \
     X(indirectComputeCommandAtIndex_, "indirectComputeCommandAtIndex:")                      \
     X(setKernelBuffer_offset_atIndex_, "setKernelBuffer:offset:atIndex:")                    \
     X(concurrentDispatchThreadgroups_threadsPerThreadgroup_,                                 \
@@ -280,10 +291,40 @@ void mc__mtl_runtime_init(void);
  * double the prototype it was cast to, which the double compares with the
  * method's documented one; a normal build sends nothing more than the call. */
 #ifdef MC_MTL_CONTRACT
-void mc__mtl_contract_note(const char *ret, const char *proto);
-#define MC__MTL_NOTE(R, P) mc__mtl_contract_note(#R, #P),
+/* ret, proto: the cast's spelling; enc[n]: the Objective-C type encoding of
+ * the return type and of each parameter type (self and _cmd included), as the
+ * compiler sees the types (MC__MTL_ENC), for comparison with Apple's. */
+void mc__mtl_contract_note(SEL sel, const char *ret, const char *proto, const char *const *enc, int n);
+#define MC__MTL_NOTE(R, P, ...)                                                                       \
+    mc__mtl_contract_note(MC__MTL_SECOND(__VA_ARGS__, ~), #R, #P,                                   \
+                          (const char *const[]){MC__MTL_ENC(R), MC__MTL_ENCS P}, 1 + MC__MTL_NARGS P),
+#define MC__MTL_SECOND(self, sel, ...) sel
+/* The type encoding of T (Apple's "Type Encodings", Objective-C Runtime
+ * Programming Guide), chosen by the type itself, not by its name, so a
+ * typedef that differs from Apple's shows up: NSUInteger is Q, NSInteger q,
+ * BOOL c (x86_64) or B (arm64), id @, SEL :, a block @?, const char * r*,
+ * MTLSize {?=QQQ} (untagged in MTLTypes.h), NSRange {_NSRange=QQ}. */
+#define MC__MTL_ENC(T)                                                                                \
+    _Generic((T *)0, void *: "v", id *: "@", SEL *: ":", signed char *: "c", _Bool *: "B",          \
+             unsigned char *: "C", int *: "i", unsigned int *: "I", long *: "q", unsigned long *: "Q", \
+             long long *: "q", unsigned long long *: "Q", float *: "f", double *: "d",               \
+             const char **: "r*", char **: "*", void **: "^v", const void **: "r^v", id **: "^@",     \
+             const id **: "r^@", MTLSize *: "{?=QQQ}", NSRange *: "{_NSRange=QQ}",                  \
+             struct mc__mtl_block **: "@?", default: "<unknown type>")
+#define MC__MTL_NARGS(...) MC__MTL_NARGS_(__VA_ARGS__, 8, 7, 6, 5, 4, 3, 2, 1, 0)
+#define MC__MTL_NARGS_(a1, a2, a3, a4, a5, a6, a7, a8, n, ...) n
+#define MC__MTL_ENCS(...) MC__MTL_ENCS_N(MC__MTL_NARGS(__VA_ARGS__), __VA_ARGS__)
+#define MC__MTL_ENCS_N(n, ...) MC__MTL_ENCS_N_(n, __VA_ARGS__)
+#define MC__MTL_ENCS_N_(n, ...) MC__MTL_ENCS_##n(__VA_ARGS__)
+#define MC__MTL_ENCS_2(a, b) MC__MTL_ENC(a), MC__MTL_ENC(b)
+#define MC__MTL_ENCS_3(a, ...) MC__MTL_ENC(a), MC__MTL_ENCS_2(__VA_ARGS__)
+#define MC__MTL_ENCS_4(a, ...) MC__MTL_ENC(a), MC__MTL_ENCS_3(__VA_ARGS__)
+#define MC__MTL_ENCS_5(a, ...) MC__MTL_ENC(a), MC__MTL_ENCS_4(__VA_ARGS__)
+#define MC__MTL_ENCS_6(a, ...) MC__MTL_ENC(a), MC__MTL_ENCS_5(__VA_ARGS__)
+#define MC__MTL_ENCS_7(a, ...) MC__MTL_ENC(a), MC__MTL_ENCS_6(__VA_ARGS__)
+#define MC__MTL_ENCS_8(a, ...) MC__MTL_ENC(a), MC__MTL_ENCS_7(__VA_ARGS__)
 #else
-#define MC__MTL_NOTE(R, P)
+#define MC__MTL_NOTE(R, P, ...)
 #endif
 /* The dispatch function as a plain pointer: casting it is defined, and
  * compilers do not mistake the cast call for a mismatched prototype. */
@@ -292,7 +333,7 @@ static inline mc__mtl_imp mc__mtl_msgsend(void)
 {
     return objc_msgSend;
 }
-#define MC__MTL_SEND(R, P, ...) (MC__MTL_NOTE(R, P)((R(*) P)mc__mtl_msgsend())(__VA_ARGS__))
+#define MC__MTL_SEND(R, P, ...) (MC__MTL_NOTE(R, P, __VA_ARGS__)((R(*) P)mc__mtl_msgsend())(__VA_ARGS__))
 
 /* Methods returning a struct of more than 16 bytes (MTLSize): on x86_64 such
  * results are returned in memory, through objc_msgSend_stret; arm64 returns
@@ -302,7 +343,8 @@ static inline mc__mtl_imp mc__mtl_msgsend_stret(void)
 {
     return objc_msgSend_stret;
 }
-#define MC__MTL_SEND_STRET(R, P, ...) (MC__MTL_NOTE(R, P)((R(*) P)mc__mtl_msgsend_stret())(__VA_ARGS__))
+#define MC__MTL_SEND_STRET(R, P, ...)                                                                 \
+    (MC__MTL_NOTE(R, P, __VA_ARGS__)((R(*) P)mc__mtl_msgsend_stret())(__VA_ARGS__))
 #else
 #define MC__MTL_SEND_STRET(R, P, ...) MC__MTL_SEND(R, P, __VA_ARGS__)
 #endif
@@ -424,6 +466,10 @@ static inline BOOL msg_hasUnifiedMemory(id device)
 static inline NSUInteger msg_maxBufferLength(id device)
 {
     return MC__MTL_SEND(NSUInteger, (id, SEL), device, MC__SEL(maxBufferLength));
+}
+static inline BOOL msg_supportsFamily_(id device, MTLGPUFamily family)
+{
+    return MC__MTL_SEND(BOOL, (id, SEL, MTLGPUFamily), device, MC__SEL(supportsFamily_), family);
 }
 static inline id msg_newBufferWithLength_options_(id device, NSUInteger length, MTLResourceOptions options)
 {
@@ -709,6 +755,10 @@ static inline void msg_setMaxKernelBufferBindCount_(id desc, NSUInteger n)
 {
     MC__MTL_SEND(void, (id, SEL, NSUInteger), desc, MC__SEL(setMaxKernelBufferBindCount_), n);
 }
+static inline void msg_setMaxKernelThreadgroupMemoryBindCount_(id desc, NSUInteger n)
+{
+    MC__MTL_SEND(void, (id, SEL, NSUInteger), desc, MC__SEL(setMaxKernelThreadgroupMemoryBindCount_), n);
+}
 static inline id msg_indirectComputeCommandAtIndex_(id icb, NSUInteger index)
 {
     return MC__MTL_SEND(id, (id, SEL, NSUInteger), icb, MC__SEL(indirectComputeCommandAtIndex_), index);
@@ -841,8 +891,14 @@ struct mc__mtl_device {
     id cbdesc[2];     /* MTLCommandBufferDescriptor: [0] retained, [1] unretained references (F676) */
     id residency;     /* MTLResidencySet (macOS 15, F169) or nil */
     bool residency_dirty;
+    /* Optional features, probed once at open with respondsToSelector: /
+     * supportsFamily: so that a GPU without them (the paravirtual GPU of
+     * hosted macOS runners, an older OS) reports them absent instead of
+     * raising an unrecognized selector (mc__mtl_probe). */
     bool has_wait_timeout;  /* MTLSharedEvent responds to waitUntilSignaledValue:timeoutMS: (F692) */
-    bool wait_checked;
+    bool has_icb;           /* ICB compute commands: Apple7 or Mac2 family (F670) */
+    bool has_archive;       /* MTLBinaryArchive (macOS 11, F697) */
+    bool icb_pipeline_fix;  /* empty dispatch per pipeline before an ICB (metal_queue.c) */
     id listener;      /* MTLSharedEventListener, made on first need */
     id util_pso[MC__MTL_UTIL_COUNT]; /* internal pipelines (MC__MTL_UTIL_*), made on first need */
     pthread_mutex_t lock;
@@ -850,6 +906,7 @@ struct mc__mtl_device {
     atomic_uint gpu_errors; /* failed command buffers on this device so far */
     char lost_msg[256];     /* written once, under lock, before lost is set */
     MTLLanguageVersion default_language; /* explicit, from the OS version (F171) */
+    MTLLanguageVersion max_language;     /* the newest this OS accepts */
     char os_version[96];                 /* "macOS 15.1 24B83" */
     mc_device_info info;
 };
@@ -891,6 +948,11 @@ extern const mc__hal mc__metal_hal;
 
 
 mc_status mc__mtl_device_lost_status(mc__mtl_device *dev);
+
+/* The MSL version Apple documents for an OS major version (MTLLanguageVersion
+ * availability: 2.3 macOS 11, 2.4 macOS 12, 3.0 macOS 13, 3.1 macOS 14, 3.2
+ * macOS 15); 0 for an OS older than 11. */
+MTLLanguageVersion mc__mtl_newest_language(int os_major);
 /* Commits pending residency-set changes (dev->lock held by the caller). */
 void mc__mtl_residency_commit_locked(mc__mtl_device *dev);
 

@@ -67,8 +67,65 @@ static int os_version(char *out, size_t cap)
     return major;
 }
 
+/* MTLLanguageVersion availability in Apple's documentation (the enum's
+ * cases: 2.3 macOS 11, 2.4 macOS 12, 3.0 macOS 13, 3.1 macOS 14, 3.2 macOS
+ * 15). Asking for a version the OS lacks fails every compile. */
+MTLLanguageVersion mc__mtl_newest_language(int os_major)
+{
+    static const struct {
+        int os;
+        unsigned major, minor;
+    } table[] = {{15, 3, 2}, {14, 3, 1}, {13, 3, 0}, {12, 2, 4}, {11, 2, 3}};
+    for (size_t i = 0; i < sizeof table / sizeof table[0]; i++)
+        if (os_major >= table[i].os) return MC__MTL_LANGUAGE_VERSION(table[i].major, table[i].minor);
+    return 0;
+}
+
+/* Metal's API validation layer is on (MTL_DEBUG_LAYER=1, what Xcode's
+ * default scheme sets; METAL_DEVICE_WRAPPER_TYPE=1 on older systems). */
+static bool api_validation_on(void)
+{
+    const char *v = getenv("MTL_DEBUG_LAYER");
+    const char *w = getenv("METAL_DEVICE_WRAPPER_TYPE");
+    return (v && *v && strcmp(v, "0") != 0) || (w && !strcmp(w, "1"));
+}
+
+/* What a device has of the optional features, asked without sending a
+ * message it may not implement (the paravirtual GPU of hosted runners lacks
+ * some, as does an older OS). Pool held. */
+typedef struct probe {
+    bool families;     /* responds to supportsFamily: (macOS 10.15) */
+    bool icb, archive, wait_timeout, residency, before_apple9;
+} probe;
+
+static bool family(id device, bool known, MTLGPUFamily f)
+{
+    return known && msg_supportsFamily_(device, f);
+}
+
+static void probe_device(id device, probe *p)
+{
+    memset(p, 0, sizeof *p);
+    p->families = mc__mtl_responds(device, MC__SEL(supportsFamily_));
+    /* ICB compute commands: Apple7 (M1) or Mac2 (Apple's feature set
+     * tables); without supportsFamily: there is no way to know, so none. */
+    p->icb = mc__mtl_cls.MTLIndirectCommandBufferDescriptor &&
+             mc__mtl_responds(device, MC__SEL(newIndirectCommandBufferWithDescriptor_maxCommandCount_options_)) &&
+             (family(device, p->families, MC__MTL_GPU_FAMILY_APPLE7) ||
+              family(device, p->families, MC__MTL_GPU_FAMILY_MAC2));
+    p->before_apple9 = !family(device, p->families, MC__MTL_GPU_FAMILY_APPLE9);
+    p->archive = mc__mtl_cls.MTLBinaryArchiveDescriptor &&
+                 mc__mtl_responds(device, MC__SEL(newBinaryArchiveWithDescriptor_error_));
+    p->residency = mc__mtl_cls.MTLResidencySetDescriptor &&
+                   mc__mtl_responds(device, MC__SEL(newResidencySetWithDescriptor_error_));
+    /* Timed waits are a method of the event's class: ask one. */
+    id ev = msg_newSharedEvent(device);
+    p->wait_timeout = ev && mc__mtl_responds(ev, MC__SEL(waitUntilSignaledValue_timeoutMS_));
+    mc__mtl_release(ev);
+}
+
 /* Pool held. */
-static void fill_info(id device, int index, mc_device_info *info)
+static void fill_info(id device, int index, const probe *p, mc_device_info *info)
 {
     memset(info, 0, sizeof *info);
     info->kind = MC_DEVICE_METAL;
@@ -88,13 +145,19 @@ static void fill_info(id device, int index, mc_device_info *info)
     info->execution_time_limit_ns = (uint64_t)MC__MTL_ASSUMED_LIMIT_MS * 1000000u;
     info->max_buffer_size = msg_maxBufferLength(device);
     info->features = MC_FEATURE_GPU_EVENT_WAIT | MC_FEATURE_INDIRECT_DISPATCH | MC_FEATURE_WATCHDOG;
+    if (p->icb) info->features |= MC_FEATURE_NATIVE_COMMAND_LISTS;
+    if (p->archive) info->features |= MC_FEATURE_BINARY_ARCHIVE;
+    if (p->residency) info->features |= MC_FEATURE_RESIDENCY_SET;
+    if (p->wait_timeout) info->features |= MC_FEATURE_TIMED_EVENT_WAIT;
 }
 
 static int mtl_device_count(void)
 {
     id list[MC__MTL_MAX_DEVICES];
     int n = list_devices(list, MC__MTL_MAX_DEVICES);
+    id pool = mc__mtl_pool_push();
     release_devices(list, n, -1);
+    mc__mtl_pool_pop(pool);
     return n;
 }
 
@@ -102,14 +165,15 @@ static mc_status mtl_device_info(int index, mc_device_info *out)
 {
     id list[MC__MTL_MAX_DEVICES];
     int n = list_devices(list, MC__MTL_MAX_DEVICES);
-    if (index < 0 || index >= n) {
-        release_devices(list, n, -1);
-        return mc__fail(MC_ERR_NOT_FOUND, "no Metal device %d (%d present)", index, n);
-    }
     id pool = mc__mtl_pool_push();
-    fill_info(list[index], index, out);
-    mc__mtl_pool_pop(pool);
+    if (index >= 0 && index < n) {
+        probe p;
+        probe_device(list[index], &p);
+        fill_info(list[index], index, &p, out);
+    }
     release_devices(list, n, -1);
+    mc__mtl_pool_pop(pool);
+    if (index < 0 || index >= n) return mc__fail(MC_ERR_NOT_FOUND, "no Metal device %d (%d present)", index, n);
     return MC_OK;
 }
 
@@ -149,41 +213,57 @@ static mc_status mtl_device_open(int index, const mc_device_desc *desc, void **o
     (void)desc; /* the Metal watchdog is the OS's; nothing to configure */
     id list[MC__MTL_MAX_DEVICES];
     int n = list_devices(list, MC__MTL_MAX_DEVICES);
-    if (index < 0 || index >= n) {
-        release_devices(list, n, -1);
-        return mc__fail(MC_ERR_NOT_FOUND, "no Metal device %d (%d present)", index, n);
-    }
-    release_devices(list, n, index);
-    if (!mc__mtl_cls.MTLCommandBufferDescriptor) {
-        mc__mtl_release(list[index]);
-        return mc__fail(MC_ERR_UNSUPPORTED, "Metal device: macOS 11 or later is needed (MTLCommandBufferDescriptor)");
-    }
-    mc__mtl_device *dev = mc__calloc(1, sizeof *dev);
-    if (!dev) {
-        mc__mtl_release(list[index]);
-        return mc__fail(MC_ERR_NO_MEMORY, "Metal device: out of host memory");
+    id pool = mc__mtl_pool_push(); /* last releases run dealloc, which may autorelease */
+    mc__mtl_device *dev = NULL;
+    mc_status s = MC_OK;
+    if (index < 0 || index >= n)
+        s = mc__fail(MC_ERR_NOT_FOUND, "no Metal device %d (%d present)", index, n);
+    else if (!mc__mtl_cls.MTLCommandBufferDescriptor)
+        s = mc__fail(MC_ERR_UNSUPPORTED, "Metal device: macOS 11 or later is needed (MTLCommandBufferDescriptor)");
+    else if (!(dev = mc__calloc(1, sizeof *dev)))
+        s = mc__fail(MC_ERR_NO_MEMORY, "Metal device: out of host memory");
+    release_devices(list, n, s == MC_OK ? index : -1);
+    if (s != MC_OK) {
+        mc__mtl_pool_pop(pool);
+        return s;
     }
     dev->device = list[index];
     pthread_mutex_init(&dev->lock, NULL);
-    id pool = mc__mtl_pool_push();
-    fill_info(dev->device, index, &dev->info);
+    probe p;
+    probe_device(dev->device, &p);
+    fill_info(dev->device, index, &p, &dev->info);
+    dev->has_icb = p.icb;
+    dev->has_archive = p.archive;
+    dev->has_wait_timeout = p.wait_timeout;
+    /* Pipelines used only inside an ICB can fault on Apple GPUs before the
+     * Apple9 family (M3) unless the encoder used them (tinygrad's MetalGraph
+     * found this); the workaround, an empty dispatch with each, is what
+     * Metal's API validation rejects (a zero grid aborts the process). So:
+     * only on families before Apple9, only with validation off, and
+     * MC_METAL_ICB_PIPELINE_FIX=0 turns it off (docs/METAL.md). */
+    dev->icb_pipeline_fix = p.icb && p.before_apple9 && !api_validation_on() &&
+                            mc__env_int("MC_METAL_ICB_PIPELINE_FIX", 1) != 0;
     int major = os_version(dev->os_version, sizeof dev->os_version);
     /* An explicit language version (F171): the same source means the same
-     * program on every OS that has it. MSL 3.0 came with macOS 13. */
-    dev->default_language = major >= 13 || major == 0 ? MC__MTL_LANGUAGE_VERSION(3, 0) : MC__MTL_LANGUAGE_VERSION(2, 4);
+     * program on every OS that has it. MSL 3.0 from macOS 13; before that
+     * the newest the OS documents (2.4 on 12, 2.3 on 11). An unreadable
+     * version string (major 0) is taken as macOS 13. */
+    dev->max_language = mc__mtl_newest_language(major ? major : 13);
+    dev->default_language = MC__MIN(dev->max_language, MC__MTL_DEFAULT_LANGUAGE);
     dev->cbdesc[0] = make_cmdbuf_descriptor(true);
     dev->cbdesc[1] = make_cmdbuf_descriptor(false);
-    make_residency_set(dev);
-    mc__mtl_pool_pop(pool);
+    if (p.residency) make_residency_set(dev);
     if (!dev->cbdesc[0] || !dev->cbdesc[1]) {
         mc__mtl_release(dev->cbdesc[0]);
         mc__mtl_release(dev->cbdesc[1]);
         mc__mtl_release(dev->residency);
         mc__mtl_release(dev->device);
+        mc__mtl_pool_pop(pool);
         pthread_mutex_destroy(&dev->lock);
         free(dev);
         return mc__fail(MC_ERR_INTERNAL, "Metal device: cannot make a command buffer descriptor");
     }
+    mc__mtl_pool_pop(pool);
     mc__log(MC_LOG_INFO, "metal.device_open", "%s (%s), %s, residency set: %s", dev->info.name, dev->info.identity,
             dev->os_version, dev->residency ? "yes" : "no");
     *out = dev;
@@ -195,6 +275,8 @@ static void mtl_device_close(void *vdev)
 {
     mc__mtl_device *dev = vdev;
     if (!dev) return;
+    /* A last release runs dealloc, which may autorelease. */
+    id pool = mc__mtl_pool_push();
     if (dev->residency) {
         msg_endResidency(dev->residency);
         mc__mtl_release(dev->residency);
@@ -204,6 +286,7 @@ static void mtl_device_close(void *vdev)
     mc__mtl_release(dev->cbdesc[0]);
     mc__mtl_release(dev->cbdesc[1]);
     mc__mtl_release(dev->device);
+    mc__mtl_pool_pop(pool);
     pthread_mutex_destroy(&dev->lock);
     free(dev);
 }
@@ -247,10 +330,12 @@ static mc_status mtl_buffer_create(void *vdev, size_t size, mc_storage storage, 
                         (unsigned long long)dev->info.max_buffer_size);
     }
     if (dev->residency) {
+        pool = mc__mtl_pool_push();
         pthread_mutex_lock(&dev->lock);
         msg_addAllocation_(dev->residency, b->buffer);
         dev->residency_dirty = true;
         pthread_mutex_unlock(&dev->lock);
+        mc__mtl_pool_pop(pool);
     }
     *out = b;
     if (host) *host = b->host;
@@ -262,6 +347,7 @@ static void mtl_buffer_destroy(void *vdev, void *vbuf)
     mc__mtl_device *dev = vdev;
     mc__mtl_buffer *b = vbuf;
     if (!b) return;
+    id pool = mc__mtl_pool_push();
     if (dev->residency) {
         pthread_mutex_lock(&dev->lock);
         msg_removeAllocation_(dev->residency, b->buffer);
@@ -270,6 +356,7 @@ static void mtl_buffer_destroy(void *vdev, void *vbuf)
         pthread_mutex_unlock(&dev->lock);
     }
     mc__mtl_release(b->buffer);
+    mc__mtl_pool_pop(pool);
     free(b);
 }
 
@@ -315,6 +402,9 @@ static mc_status mtl_buffer_read(void *vdev, void *vbuf, size_t offset, void *ds
 
 /* ---- timeline events ---------------------------------------------------------- */
 
+/* Every event entry point holds an autorelease pool: Metal may autorelease
+ * inside any message, and these run on the caller's threads, which may have
+ * none (an object autoreleased there would leak). */
 static mc_status mtl_event_create(void *vdev, uint64_t initial, void **out)
 {
     mc__mtl_device *dev = vdev;
@@ -322,18 +412,14 @@ static mc_status mtl_event_create(void *vdev, uint64_t initial, void **out)
     if (s != MC_OK) return s;
     mc__mtl_event *e = mc__calloc(1, sizeof *e);
     if (!e) return mc__fail(MC_ERR_NO_MEMORY, "Metal event: out of host memory");
+    id pool = mc__mtl_pool_push();
     e->event = msg_newSharedEvent(dev->device);
+    if (e->event && initial) msg_setSignaledValue_(e->event, initial);
+    mc__mtl_pool_pop(pool);
     if (!e->event) {
         free(e);
         return mc__fail(MC_ERR_OUT_OF_MEMORY, "Metal could not make a shared event");
     }
-    if (initial) msg_setSignaledValue_(e->event, initial);
-    pthread_mutex_lock(&dev->lock);
-    if (!dev->wait_checked) {
-        dev->has_wait_timeout = mc__mtl_responds(e->event, MC__SEL(waitUntilSignaledValue_timeoutMS_));
-        dev->wait_checked = true;
-    }
-    pthread_mutex_unlock(&dev->lock);
     *out = e;
     return MC_OK;
 }
@@ -343,14 +429,19 @@ static void mtl_event_destroy(void *vdev, void *vev)
     mc__mtl_event *e = vev;
     (void)vdev;
     if (!e) return;
+    id pool = mc__mtl_pool_push();
     mc__mtl_release(e->event);
+    mc__mtl_pool_pop(pool);
     free(e);
 }
 
 static uint64_t mtl_event_value(void *vdev, void *vev)
 {
     (void)vdev;
-    return msg_signaledValue(((mc__mtl_event *)vev)->event);
+    id pool = mc__mtl_pool_push();
+    uint64_t v = msg_signaledValue(((mc__mtl_event *)vev)->event);
+    mc__mtl_pool_pop(pool);
+    return v;
 }
 
 static mc_status mtl_event_signal(void *vdev, void *vev, uint64_t value)
@@ -358,11 +449,13 @@ static mc_status mtl_event_signal(void *vdev, void *vev, uint64_t value)
     mc__mtl_event *e = vev;
     mc_status s = mc__mtl_device_lost_status(vdev);
     if (s != MC_OK) return s;
+    id pool = mc__mtl_pool_push();
     uint64_t cur = msg_signaledValue(e->event);
+    if (value >= cur) msg_setSignaledValue_(e->event, value);
+    mc__mtl_pool_pop(pool);
     if (value < cur)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "event values only move forward: %llu is below %llu",
                         (unsigned long long)value, (unsigned long long)cur);
-    msg_setSignaledValue_(e->event, value);
     return MC_OK;
 }
 
@@ -411,6 +504,7 @@ static void notify_invoke(mc__mtl_block *b, id event, uint64_t value)
 static const mc__mtl_block_descriptor_helpers notify_descriptor = {0, sizeof(mc__mtl_block), notify_copy,
                                                                    notify_dispose, "v24@?0@8Q16"};
 
+/* Pool held. */
 static mc_status listener_wait(mc__mtl_device *dev, mc__mtl_event *e, uint64_t value, uint64_t deadline)
 {
     pthread_mutex_lock(&dev->lock);
@@ -425,9 +519,7 @@ static mc_status listener_wait(mc__mtl_device *dev, mc__mtl_event *e, uint64_t v
     atomic_init(&w->refs, 1);
     mc__mtl_block blk = {_NSConcreteStackBlock, MC__MTL_BLOCK_HAS_COPY_DISPOSE | MC__MTL_BLOCK_HAS_SIGNATURE, 0,
                          (void (*)(void))notify_invoke, &notify_descriptor, w};
-    id pool = mc__mtl_pool_push();
     msg_notifyListener_atValue_block_(e->event, listener, value, &blk);
-    mc__mtl_pool_pop(pool);
     /* Waits in slices on the realtime clock the condition variable uses, and
      * measures the deadline on the monotonic one. */
     pthread_mutex_lock(&w->lock);
@@ -447,10 +539,9 @@ static mc_status listener_wait(mc__mtl_device *dev, mc__mtl_event *e, uint64_t v
     return msg_signaledValue(e->event) >= value ? MC_OK : MC_ERR_WAIT_TIMEOUT;
 }
 
-static mc_status mtl_event_wait(void *vdev, void *vev, uint64_t value, uint64_t timeout_ns)
+/* Pool held. */
+static mc_status event_wait(mc__mtl_device *dev, mc__mtl_event *e, uint64_t value, uint64_t timeout_ns)
 {
-    mc__mtl_device *dev = vdev;
-    mc__mtl_event *e = vev;
     if (msg_signaledValue(e->event) >= value) return MC_OK;
     mc_status s = mc__mtl_device_lost_status(dev);
     if (s != MC_OK) return s;
@@ -473,6 +564,14 @@ static mc_status mtl_event_wait(void *vdev, void *vev, uint64_t value, uint64_t 
         }
     }
     if (s == MC_ERR_WAIT_TIMEOUT && msg_signaledValue(e->event) >= value) s = MC_OK;
+    return s;
+}
+
+static mc_status mtl_event_wait(void *vdev, void *vev, uint64_t value, uint64_t timeout_ns)
+{
+    id pool = mc__mtl_pool_push();
+    mc_status s = event_wait(vdev, vev, value, timeout_ns);
+    mc__mtl_pool_pop(pool);
     return s;
 }
 

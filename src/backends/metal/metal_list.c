@@ -24,7 +24,11 @@
  * MTLIndirectComputeCommand has no indirect dispatch, so a list holding
  * indirect dispatches keeps no ICB: its static ranges are encoded into the
  * pass at each execution from the engine's recording, and a range chosen by
- * the device is refused (the list's caps lack MC__LIST_GPU_RANGE).
+ * the device is refused (the list's caps lack MC__LIST_GPU_RANGE). The same
+ * holds on a GPU without ICB compute commands (dev->has_icb: the hosted
+ * runners' paravirtual GPU) and for a list with threadgroup memory where the
+ * ICB descriptor has no maxKernelThreadgroupMemoryBindCount (before macOS
+ * 14).
  */
 #include "backends/metal/metal.h"
 
@@ -70,13 +74,27 @@ void mc__mtl_cmdlist_destroy(void *vdev, void *vl)
     mc__mtl_device *dev = vdev;
     mc__mtl_list *l = vl;
     if (!l) return;
+    id pool = mc__mtl_pool_push(); /* the ICB's last release runs dealloc, which may autorelease */
     mc__mtl_release(l->icb);
+    mc__mtl_pool_pop(pool);
     if (l->args) mc__mtl_buffer_free(dev, l->args);
     free(l->resources);
     free(l->pipelines);
     free(l->group);
     free(l->label);
     free(l);
+}
+
+/* The ICB descriptor has maxKernelThreadgroupMemoryBindCount (macOS 14),
+ * asked of the class's instances rather than inferred from the OS version. */
+static bool icb_tgmem_bind_count_known(void)
+{
+    id pool = mc__mtl_pool_push();
+    id desc = msg_init(msg_alloc(mc__mtl_cls.MTLIndirectCommandBufferDescriptor));
+    bool known = desc && mc__mtl_responds(desc, MC__SEL(setMaxKernelThreadgroupMemoryBindCount_));
+    mc__mtl_release(desc);
+    mc__mtl_pool_pop(pool);
+    return known;
 }
 
 mc_status mc__mtl_cmdlist_create(void *vdev, const mc__list_desc *d, void **out, uint32_t *caps)
@@ -90,7 +108,7 @@ mc_status mc__mtl_cmdlist_create(void *vdev, const mc__list_desc *d, void **out,
     l->label = mc__strdup(d->label);
     l->group = mc__malloc((size_t)(d->ncommands ? d->ncommands : 1) * sizeof *l->group);
     NSUInteger rcap = 0, pcap = 0;
-    uint32_t max_index = 0, nbytes_args = 0;
+    uint32_t max_index = 0, nbytes_args = 0, max_tgmem_index = 0;
     bytes_map map = {NULL, NULL, 0};
     if (!l->label || !l->group) s = mc__fail(MC_ERR_NO_MEMORY, "command list: out of host memory");
 
@@ -122,6 +140,8 @@ mc_status mc__mtl_cmdlist_create(void *vdev, const mc__list_desc *d, void **out,
             start = i + 1;
             break;
         case MC__OP_SET_TGMEM:
+            max_tgmem_index = MC__MAX(max_tgmem_index, c->index + 1);
+            break;
         case MC__OP_BARRIER:
             break;
         default:
@@ -132,14 +152,19 @@ mc_status mc__mtl_cmdlist_create(void *vdev, const mc__list_desc *d, void **out,
     if (s == MC_OK && max_index > MC_MAX_BUFFER_ARGS)
         s = mc__fail(MC_ERR_INVALID_ARGUMENT, "command list '%s': argument slot %u is over the limit", d->label,
                      max_index - 1);
-    if (s != MC_OK || d->has_indirect || k == 0) {
-        /* no ICB: encoded from the recording at each execution */
+    /* Threadgroup memory in ICB commands needs a bind count that only macOS
+     * 14 has (maxKernelThreadgroupMemoryBindCount); before, such a list is
+     * encoded into the pass like one without an ICB. */
+    bool tgmem_ok = max_tgmem_index == 0 || (dev->has_icb && icb_tgmem_bind_count_known());
+    if (s != MC_OK || d->has_indirect || k == 0 || !dev->has_icb || !tgmem_ok) {
+        /* no ICB: encoded from the recording at each execution; a range the
+         * device chooses needs an ICB (or nothing to run) */
         if (s == MC_OK) {
             l->cmds = d->cmds;
             l->ncmd = d->ncmd;
             l->bytes = d->bytes;
             *out = l;
-            *caps = d->has_indirect ? 0 : MC__LIST_GPU_RANGE;
+            *caps = k == 0 ? MC__LIST_GPU_RANGE : 0;
             return MC_OK;
         }
         mc__mtl_cmdlist_destroy(dev, l);
@@ -185,6 +210,10 @@ mc_status mc__mtl_cmdlist_create(void *vdev, const mc__list_desc *d, void **out,
         msg_setInheritPipelineState_(desc, MC__MTL_NO);
         msg_setInheritBuffers_(desc, MC__MTL_NO);
         msg_setMaxKernelBufferBindCount_(desc, max_index ? max_index : 1);
+        /* Commands that set threadgroup memory need room for it (macOS 14;
+         * Metal's validation rejects setThreadgroupMemoryLength:atIndex: at
+         * an index at or over this count). */
+        if (max_tgmem_index) msg_setMaxKernelThreadgroupMemoryBindCount_(desc, max_tgmem_index);
         l->icb = msg_newIndirectCommandBufferWithDescriptor_maxCommandCount_options_(dev->device, desc, k,
                                                                                      MTLResourceStorageModeShared);
         if (!l->icb)
@@ -223,9 +252,12 @@ mc_status mc__mtl_cmdlist_create(void *vdev, const mc__list_desc *d, void **out,
                     break;
                 }
                 MTLSize mg = {g.x, g.y, g.z}, mt = {t.x, t.y, t.z};
-                msg_concurrentDispatchThreadgroups_threadsPerThreadgroup_(cmd, mg, mt);
-                if (barrier) msg_setBarrier(cmd); /* waits for every command before it */
+                /* Apple's setBarrier page: set it before encoding the
+                 * command it guards; it then waits for every command
+                 * before this one. */
+                if (barrier) msg_setBarrier(cmd);
                 barrier = false;
+                msg_concurrentDispatchThreadgroups_threadsPerThreadgroup_(cmd, mg, mt);
                 break;
             }
             default: break;

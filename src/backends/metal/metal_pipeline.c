@@ -127,6 +127,10 @@ mc_status mc__mtl_compile(mc__mtl_device *dev, const char *source, size_t len, c
     if (log) *log = NULL;
     compile_opts o;
     mc_status s = parse_options(options, dev->default_language, &o);
+    if (s == MC_OK && o.language > dev->max_language)
+        s = mc__fail(MC_ERR_UNSUPPORTED, "MSL %u.%u is newer than %s accepts (MSL %u.%u at most)",
+                     (unsigned)(o.language >> 16), (unsigned)(o.language & 0xffffu), dev->os_version,
+                     (unsigned)(dev->max_language >> 16), (unsigned)(dev->max_language & 0xffffu));
     if (s != MC_OK) {
         free(o.copy);
         return s;
@@ -194,7 +198,9 @@ void mc__mtl_library_destroy(void *vdev, void *vlib)
     mc__mtl_library *lib = vlib;
     (void)vdev;
     if (!lib) return;
+    id pool = mc__mtl_pool_push(); /* a last release runs dealloc, which may autorelease */
     mc__mtl_release(lib->library);
+    mc__mtl_pool_pop(pool);
     free(lib);
 }
 
@@ -213,7 +219,8 @@ typedef struct pso_request {
 /* An MTLComputePipelineDescriptor (+1) for fn with the occupancy hints, the
  * same for making, archiving and loading a pipeline so that archive lookups
  * match. Pool held. */
-static id make_pipeline_descriptor(id fn, const char *label, uint32_t max_threads, bool simd_multiple)
+static id make_pipeline_descriptor(const mc__mtl_device *dev, id fn, const char *label, uint32_t max_threads,
+                                   bool simd_multiple)
 {
     id desc = msg_init(msg_alloc(mc__mtl_cls.MTLComputePipelineDescriptor));
     if (!desc) return desc;
@@ -221,7 +228,7 @@ static id make_pipeline_descriptor(id fn, const char *label, uint32_t max_thread
     if (label) msg_setLabel_(desc, mc__mtl_str(label));
     msg_setMaxTotalThreadsPerThreadgroup_(desc, max_threads);                           /* F157: 0 = default */
     msg_setThreadGroupSizeIsMultipleOfThreadExecutionWidth_(desc, simd_multiple ? MC__MTL_YES : MC__MTL_NO); /* F158 */
-    msg_setSupportIndirectCommandBuffers_(desc, MC__MTL_YES); /* command lists (F670) */
+    if (dev->has_icb) msg_setSupportIndirectCommandBuffers_(desc, MC__MTL_YES); /* command lists (F670) */
     return desc;
 }
 
@@ -240,7 +247,7 @@ static mc_status make_pso(mc__mtl_device *dev, const pso_request *r, id *pso, mc
     id fn, desc = (id)0, err = (id)0;
     mc_status s = find_function(r->library, r->function, &fn);
     if (s == MC_OK) {
-        desc = make_pipeline_descriptor(fn, r->label, r->max_threads, r->simd_multiple);
+        desc = make_pipeline_descriptor(dev, fn, r->label, r->max_threads, r->simd_multiple);
         if (!desc) s = mc__fail(MC_ERR_INTERNAL, "Metal: cannot make MTLComputePipelineDescriptor");
     }
     if (s == MC_OK) {
@@ -274,7 +281,9 @@ static mc_status wrap_pipeline(id pso, const mc_pipeline_info *info, void **out)
 {
     mc__mtl_pipeline *p = mc__calloc(1, sizeof *p);
     if (!p) {
+        id pool = mc__mtl_pool_push();
         mc__mtl_release(pso);
+        mc__mtl_pool_pop(pool);
         return mc__fail(MC_ERR_NO_MEMORY, "Metal pipeline: out of host memory");
     }
     p->pso = pso;
@@ -304,7 +313,9 @@ void mc__mtl_pipeline_destroy(void *vdev, void *vp)
     mc__mtl_pipeline *p = vp;
     (void)vdev;
     if (!p) return;
+    id pool = mc__mtl_pool_push(); /* a last release runs dealloc, which may autorelease */
     mc__mtl_release(p->pso);
+    mc__mtl_pool_pop(pool);
     free(p);
 }
 
@@ -442,6 +453,8 @@ mc_status mc__mtl_pipeline_export(void *vdev, const mc__pipeline_src *src, void 
     (void)vpipeline; /* the archive is filled from the descriptor, as at creation */
     mc_status s = mc__mtl_device_lost_status(dev);
     if (s != MC_OK) return s;
+    if (!dev->has_archive)
+        return mc__fail(MC_ERR_UNSUPPORTED, "Metal pipeline archive: this GPU or OS has no MTLBinaryArchive");
     char dir[1024], path[1100];
     if ((s = archive_path(dir, sizeof dir, path, sizeof path)) != MC_OK) return s;
     id pool = mc__mtl_pool_push();
@@ -456,7 +469,7 @@ mc_status mc__mtl_pipeline_export(void *vdev, const mc__pipeline_src *src, void 
     }
     if (s == MC_OK) s = find_function(((mc__mtl_library *)vlib)->library, src->function, &fn);
     if (s == MC_OK) {
-        desc = make_pipeline_descriptor(fn, src->label, src->max_total_threads_per_threadgroup,
+        desc = make_pipeline_descriptor(dev, fn, src->label, src->max_total_threads_per_threadgroup,
                                         src->threadgroup_size_is_multiple_of_simd_width);
         if (!desc) s = mc__fail(MC_ERR_INTERNAL, "Metal: cannot make MTLComputePipelineDescriptor");
     }
@@ -492,6 +505,8 @@ mc_status mc__mtl_pipeline_import(void *vdev, const mc__pipeline_src *src, const
         return mc__fail(MC_ERR_IO, "not a Metal pipeline archive (bad header or truncated: %zu bytes)", len);
     mc_status s = mc__mtl_device_lost_status(dev);
     if (s != MC_OK) return s;
+    if (!dev->has_archive)
+        return mc__fail(MC_ERR_UNSUPPORTED, "Metal pipeline archive: this GPU or OS has no MTLBinaryArchive");
     char dir[1024], path[1100];
     if ((s = archive_path(dir, sizeof dir, path, sizeof path)) != MC_OK) return s;
     FILE *f = fopen(path, "wb");
@@ -527,10 +542,12 @@ mc_status mc__mtl_pipeline_import(void *vdev, const mc__pipeline_src *src, const
     mc__mtl_library *lib = s == MC_OK ? mc__calloc(1, sizeof *lib) : NULL;
     if (s == MC_OK && !lib) s = mc__fail(MC_ERR_NO_MEMORY, "Metal library: out of host memory");
     if (s == MC_OK) s = wrap_pipeline(pso, &pi, out_pipeline);
-    else mc__mtl_release(pso);
     if (s != MC_OK) {
-        free(lib);
+        id p2 = mc__mtl_pool_push(); /* last releases run dealloc, which may autorelease */
+        if (!lib) mc__mtl_release(pso); /* else wrap_pipeline released it */
         mc__mtl_release(library);
+        mc__mtl_pool_pop(p2);
+        free(lib);
         return s;
     }
     lib->library = library;

@@ -116,7 +116,9 @@ void mc__mtl_queue_destroy(void *vdev, void *vq)
     mc__mtl_queue *q = vq;
     (void)vdev;
     if (!q) return;
+    id pool = mc__mtl_pool_push(); /* the queue's last release runs dealloc, which may autorelease */
     retire_mtl_queue(q, q->queue);
+    mc__mtl_pool_pop(pool);
     pthread_mutex_destroy(&q->lock);
     free(q->label);
     free(q);
@@ -307,7 +309,7 @@ static mc_status dispatch_indirect(encoding *e, const mc__cmd *c)
                                                                                                c->u.indirect.offset, t);
         return MC_OK;
     }
-    NSUInteger slot;
+    NSUInteger slot = 0; /* set by take_slot on success; gcc 12 -O3 cannot see that */
     mc_status s = take_slot(e, true, &slot);
     if (s == MC_OK) s = internal_kernel(e, MC__MTL_UTIL_CHECK_GRID, buf, c->u.indirect.offset, slot, NULL);
     if (s != MC_OK) return s;
@@ -373,8 +375,10 @@ static mc_status execute_list(encoding *e, const mc__cmd *c, const char *label)
     /* Pipelines used only inside an ICB can fault on Apple GPUs before the
      * M3 family unless the encoder has used them too (tinygrad's MetalGraph
      * found this; useResources: does not take pipelines): an empty dispatch
-     * with each, as that code does. MC_METAL_ICB_PIPELINE_FIX=0 leaves it out. */
-    if (mc__env_int("MC_METAL_ICB_PIPELINE_FIX", 1)) {
+     * with each, as that code does. Metal's API validation aborts on a zero
+     * grid, so this is done only where needed and validation is off
+     * (dev->icb_pipeline_fix, metal_device.c; docs/METAL.md). */
+    if (e->dev->icb_pipeline_fix) {
         MTLSize none = {0, 0, 0};
         for (NSUInteger i = 0; i < l->npipelines; i++) {
             msg_setComputePipelineState_(e->enc, l->pipelines[i]);
@@ -387,7 +391,7 @@ static mc_status execute_list(encoding *e, const mc__cmd *c, const char *label)
         return MC_OK;
     }
     /* {first, count} clamped on the device into the range Metal reads */
-    NSUInteger slot;
+    NSUInteger slot = 0; /* set by take_slot on success; gcc 12 -O3 cannot see that */
     uint32_t n = l->ncommands;
     mc_status s = take_slot(e, false, &slot);
     if (s == MC_OK) s = internal_kernel(e, MC__MTL_UTIL_CLAMP_RANGE, rb->buffer, c->u.exec.range_offset, slot, &n);
@@ -696,9 +700,9 @@ static void on_completed(mc__mtl_block *blk, id cb)
          * The old one is idle now; its failure stays the HAL queue's. */
         id p2 = mc__mtl_pool_push();
         id fresh = new_mtl_queue(q);
+        if (fresh) retire_mtl_queue(q, q->queue);
         mc__mtl_pool_pop(p2);
         if (fresh) {
-            retire_mtl_queue(q, q->queue);
             q->queue = fresh;
             q->recreated++;
             mc__log(MC_LOG_INFO, "metal.queue_recreated", "queue '%s' replaced after %s", q->label ? q->label : "",

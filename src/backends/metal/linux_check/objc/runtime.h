@@ -37,8 +37,16 @@ typedef signed char BOOL;
 #define nil ((id)0)
 #endif
 
+typedef struct objc_method *Method;
+
 SEL sel_registerName(const char *str);
 const char *sel_getName(SEL sel);
 Class objc_getClass(const char *name);
+/* Introspection, used only by tests/metal/runtime_encodings.c (compiled,
+ * not run, on Linux). */
+Class object_getClass(id obj);
+Method class_getInstanceMethod(Class cls, SEL name);
+Method class_getClassMethod(Class cls, SEL name);
+const char *method_getTypeEncoding(Method m);
 
 #endif
