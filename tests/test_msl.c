@@ -711,3 +711,50 @@ MC_TEST(cpu_orphaned_build_dirs_removed)
     mc_device_release(d);
     return 0;
 }
+
+/* ---- the pipeline cache keys MSL builds and loads them back ----------------------------- */
+
+MC_TEST(msl_pipeline_cache_archives_and_reloads)
+{
+    char dir[] = "/tmp/mc-msl-cache-XXXXXX";
+    CHECK(mkdtemp(dir));
+    CHECK_EQ(setenv("MC_CACHE_DIR", dir, 1), 0);
+    static const char src[] = "#include <metal_stdlib>\nusing namespace metal;\n"
+                              "kernel void twice(device uint *o [[buffer(0)]], uint i [[thread_position_in_grid]])\n"
+                              "{ o[i] = simd_sum(1u) + i * 2u; }\n";
+    for (int round = 0; round < 2; round++) {
+        OPEN_MSL_DEVICE(d);
+        if (mct_device_kind(d) != MC_DEVICE_CPU) {
+            mc_device_release(d);
+            MC_SKIP("checks the cpu device's archive");
+        }
+        /* the second device, a new process's view, must load from disk */
+        if (round == 1) CHECK_OK(mc_cache_set_mode(d, MC_CACHE_REQUIRE));
+        mc_pipeline_source_desc sd = MC_PIPELINE_SOURCE_DESC_INIT;
+        sd.language = MC_LANG_MSL;
+        sd.source = src;
+        sd.function = "twice";
+        mc_pipeline *p = NULL;
+        char *log = NULL;
+        mc_status s = mc_pipeline_create_from_source(d, &sd, &p, &log);
+        if (s != MC_OK) fprintf(stderr, "%s\n%s\n", mc_last_error(), log ? log : "");
+        mc_free(log);
+        CHECK_OK(s);
+        uint32_t out[64];
+        mc_buffer *b = msl_buffer(d, sizeof out, NULL);
+        CHECK(b);
+        slot sl[1] = {{b, NULL, 0}};
+        CHECK_OK(msl_run(d, p, sl, 1, (mc_size3){2, 1, 1}, (mc_size3){32, 1, 1}, 0));
+        CHECK_OK(mc_buffer_read(b, 0, out, sizeof out));
+        for (uint32_t i = 0; i < 64; i++) CHECK_EQ(out[i], 32u + 2u * i);
+        mc_cache_stats st;
+        CHECK_OK(mc_cache_get_stats(d, &st));
+        mc_buffer_release(b);
+        mc_pipeline_release(p);
+        mc_device_release(d);
+    }
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK_EQ(system(cmd), 0);
+    return 0;
+}

@@ -613,7 +613,7 @@ static inline void yield(group *g)
 
 /* Stacks for one worker's fibers, kept between threadgroups; each has a
  * guard page below it so an overflow faults instead of corrupting the next. */
-#define MC_FIBER_STACK (128u * 1024u)
+#define MC_FIBER_STACK (64u * 1024u)
 #define MC_FIBER_GUARD 4096u
 struct stacks {
     char *base = 0;
