@@ -758,3 +758,77 @@ MC_TEST(msl_pipeline_cache_archives_and_reloads)
     CHECK_EQ(system(cmd), 0);
     return 0;
 }
+
+/* ---- CUDA: each MSL file becomes PTX that ptxas assembles --------------------------------- */
+
+#include "msl/msl.h"
+
+static bool write_text(const char *path, const char *text, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f) return false;
+    bool ok = fwrite(text, 1, len, f) == len;
+    return fclose(f) == 0 && ok;
+}
+
+static const char *find_tool(const char *const *candidates, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (access(candidates[i], X_OK) == 0) return candidates[i];
+    return NULL;
+}
+
+MC_TEST(msl_cuda_ptx_assembles)
+{
+    static const char *const ptxas_at[] = {"/usr/local/cuda/bin/ptxas", "/usr/bin/ptxas"};
+    static const char *const libdevice_at[] = {"/usr/local/cuda/nvvm/libdevice/libdevice.10.bc",
+                                               "/usr/lib/nvidia-cuda-toolkit/libdevice/libdevice.10.bc"};
+    const char *ptxas = find_tool(ptxas_at, 2);
+    const char *libdevice = NULL;
+    for (size_t i = 0; i < 2; i++)
+        if (access(libdevice_at[i], R_OK) == 0) libdevice = libdevice_at[i];
+    if (!ptxas || !libdevice) MC_SKIP("no CUDA toolkit here (ptxas and libdevice.10.bc under /usr/local/cuda)");
+    if (system("clang++ --version >/dev/null 2>&1") != 0) MC_SKIP("no clang++ to emit PTX");
+    char dir[] = "/tmp/mc-msl-ptx-XXXXXX";
+    CHECK(mkdtemp(dir));
+    char path[1024], cmd[4096];
+    snprintf(path, sizeof path, "%s/mc", dir);
+    CHECK_EQ(mkdir(path, 0700), 0);
+    snprintf(path, sizeof path, "%s/mc/mc_cpu_kernel.h", dir);
+    CHECK(write_text(path, mc__cpu_kernel_header, strlen(mc__cpu_kernel_header)));
+    snprintf(path, sizeof path, "%s/mc_msl_cpu.h", dir);
+    CHECK(write_text(path, mc__msl_cpu_header, strlen(mc__msl_cpu_header)));
+    static const char *const files[] = {"tests/msl/features.metal", "tests/msl/barriers.metal",
+                                        "examples/kernels/basic.metal", "examples/kernels/gray_scott.metal",
+                                        "examples/kernels/fir.metal", "examples/kernels/compact.metal",
+                                        "examples/kernels/runner_test.metal"};
+    int failed = 0;
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(path, sizeof path, "%s/%s", MC_SOURCE_DIR, files[i]);
+        size_t len = 0;
+        char *src = mct_read_file(path, &len);
+        CHECK(src);
+        char *cpp = NULL, *log = NULL;
+        size_t cpp_len = 0;
+        mc_status s = mc__msl_translate(src, len, MC__MSL_CUDA, &cpp, &cpp_len, &log);
+        free(src);
+        if (s != MC_OK) fprintf(stderr, "%s: %s\n", files[i], log ? log : mc_last_error());
+        free(log);
+        CHECK_OK(s);
+        snprintf(path, sizeof path, "%s/kernel.cu", dir);
+        CHECK(write_text(path, cpp, cpp_len));
+        free(cpp);
+        snprintf(cmd, sizeof cmd,
+                 "cd %s && clang++ " MC__MSL_CUDA_FLAGS " -o kernel.ptx kernel.cu -Xclang -mlink-builtin-bitcode "
+                 "-Xclang %s && %s -arch=sm_80 kernel.ptx -o kernel.cubin && grep -q '.entry' kernel.ptx",
+                 dir, libdevice, ptxas);
+        if (system(cmd) != 0) {
+            fprintf(stderr, "%s: PTX did not build or assemble (command: %s)\n", files[i], cmd);
+            failed++;
+        }
+    }
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK_EQ(system(cmd), 0);
+    CHECK_EQ(failed, 0);
+    return 0;
+}

@@ -81,12 +81,17 @@ extern "C" float __nv_truncf(float);
 #define device
 #define constant
 #define thread
-/* kernels inline into the loop or fiber that runs a threadgroup */
+/* kernels inline into the loop or fiber that runs a threadgroup (CPU), or
+ * into the __global__ entry point (CUDA: device code, for __shared__) */
+#ifdef __CUDA__
+#define kernel __attribute__((__device__)) __attribute__((always_inline)) inline
+#else
 #define kernel __attribute__((always_inline)) inline
+#endif
 #define MC_MSL_STR2(x) #x
 #define MC_MSL_STR(x) MC_MSL_STR2(x)
 #ifdef __CUDA__
-#define MC_TG_VAR __attribute__((shared))
+#define MC_TG_VAR __attribute__((__shared__))
 #else
 #define MC_TG_VAR static thread_local
 #endif
@@ -979,6 +984,12 @@ namespace mc {
  * taking part, as on Apple GPUs. Reductions walk the active lanes in lane
  * order, so float results match the CPU device's bit for bit. */
 static inline uint lane_id() { return __nvvm_read_ptx_sreg_laneid(); }
+static inline uint active_mask()
+{
+    uint m;
+    asm volatile("activemask.b32 %0;" : "=r"(m));
+    return m;
+}
 template <class T> static inline T shfl(uint mask, T v, uint src)
 {
     static_assert(sizeof(T) % 4 == 0 || sizeof(T) < 4, "SIMD-group values are whole 32-bit words");
@@ -992,7 +1003,7 @@ template <class T> static inline T shfl(uint mask, T v, uint src)
 }
 template <class T> static inline T gpu_reduce(uint8_t op, T x, uint width)
 {
-    uint mask = __nvvm_activemask(), lane = lane_id();
+    uint mask = mc::active_mask(), lane = lane_id();
     if (width == 4) mask &= 0xfu << (lane & ~3u);
     bool have = false;
     T acc{};
@@ -1011,7 +1022,7 @@ template <class T> static inline T gpu_reduce(uint8_t op, T x, uint width)
 }
 template <class T> static inline T gpu_shuffle(uint8_t op, T x, uint a, uint width)
 {
-    uint mask = __nvvm_activemask(), lane = lane_id();
+    uint mask = mc::active_mask(), lane = lane_id();
     uint base = width == 4 ? lane & ~3u : 0u, local = lane - base, w = width;
     int src = (int)local;
     switch (op) {
@@ -1030,7 +1041,7 @@ template <class T> static inline T gpu_shuffle(uint8_t op, T x, uint a, uint wid
 }
 static inline ulong gpu_vote(uint8_t op, bool c, uint width)
 {
-    uint mask = __nvvm_activemask(), lane = lane_id();
+    uint mask = mc::active_mask(), lane = lane_id();
     uint ballot = (uint)__nvvm_vote_ballot_sync(mask, c);
     if (width == 4) {
         uint base = lane & ~3u;
@@ -1047,7 +1058,7 @@ static inline ulong gpu_vote(uint8_t op, bool c, uint width)
 
 namespace metal {
 static inline void threadgroup_barrier(mem_flags = mem_none) { __nvvm_bar_sync(0); }
-static inline void simdgroup_barrier(mem_flags = mem_none) { __nvvm_bar_warp_sync(__nvvm_activemask()); }
+static inline void simdgroup_barrier(mem_flags = mem_none) { __nvvm_bar_warp_sync(mc::active_mask()); }
 struct simd_vote {
     typedef ulong vote_t;
     ulong v;
@@ -1098,7 +1109,7 @@ namespace mc {
  * group this worker runs. */
 #ifdef __CUDA__
 /* set by the CUDA device before a launch (cuModuleGetGlobal) */
-extern "C" __attribute__((constant)) mc_cpu_constants mc_function_constants;
+extern "C" __attribute__((__constant__)) mc_cpu_constants mc_function_constants;
 static inline bool fc_defined(uint32_t i) { return i < MC_CPU_MAX_CONSTANTS && (mc_function_constants.defined[i / 64] >> (i % 64) & 1); }
 template <class T> static inline T fc_value(uint32_t i)
 {
@@ -1153,7 +1164,7 @@ template <class P> static inline P attr(uint v) { return (P)v; }
  * `constant T&` by value (the bytes bound to the slot). */
 template <class P> struct cuda_param { typedef typename remove_cv<typename remove_ref<P>::type>::type type; };
 template <class P> struct cuda_param<P *> { typedef P *type; };
-extern "C" __attribute__((shared)) char mc_threadgroup_memory[];
+extern "C" __attribute__((__shared__)) char mc_threadgroup_memory[];
 static inline ids cuda_ids()
 {
     ids t;
