@@ -27,6 +27,16 @@ mc_status mc__msl_translate(const char *source, size_t len, mc__msl_target targe
     "-x cuda --cuda-device-only -nocudainc -nocudalib --cuda-gpu-arch=sm_80 -Xclang -target-feature -Xclang "  \
     "+ptx70 -O3 -std=c++17 -Wno-unknown-attributes -Wno-unknown-cuda-version -I. -include mc_msl_cpu.h -S"
 
+/* MSL source -> PTX for the CUDA device (*ptx NUL-terminated, malloc'd):
+ * translation, then $MC_MSL_CXX (clang++) with MC__MSL_CUDA_FLAGS and
+ * libdevice. MC_ERR_COMPILE with the log on a bad kernel; MC_ERR_UNSUPPORTED
+ * without clang's inputs. Lives with the CPU device's compiler runner. */
+mc_status mc__msl_build_ptx(const char *source, size_t len, const char *options, char **ptx, size_t *ptx_len,
+                            char **log);
+/* The compiler identity for MSL on CUDA: clang's version line, the flags
+ * and the header's digest (for the pipeline cache key). */
+mc_status mc__msl_cuda_identity(char *out, size_t cap);
+
 /* The embedded headers the translated source needs beside it. */
 extern const char mc__cpu_kernel_header[];
 extern const char mc__msl_cpu_header[];
