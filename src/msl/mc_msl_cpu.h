@@ -77,9 +77,10 @@ extern "C" float __nv_truncf(float);
 #define MC_MSL_MAX_TGMEM 32768
 #endif
 
-/* Address spaces are one flat memory here. */
+/* Address spaces are one flat memory here; constant memory is read-only,
+ * so `constant T&` arguments are const (and copied by the entry point). */
 #define device
-#define constant
+#define constant const
 #define thread
 /* kernels inline into the loop or fiber that runs a threadgroup (CPU), or
  * into the __global__ entry point (CUDA: device code, for __shared__) */
@@ -1150,6 +1151,12 @@ template <class P> static inline P buffer_arg(const mc_cpu_ctx *ctx, int slot)
     else return *(typename remove_cv<typename remove_ref<P>::type>::type *)ctx->args[slot].ptr;
 }
 template <class P> static inline P tg_arg(const mc_cpu_ctx *ctx, int slot) { return (P)ctx->tg_mem[slot]; }
+/* How the entry point holds a buffer argument: `constant T&` as a copy in
+ * a local (constant memory cannot change during the dispatch), so stores
+ * through device pointers cannot alias it and the loop vectorises;
+ * pointers and writable references as they are. */
+template <class P> struct arg_store { typedef P type; };
+template <class T> struct arg_store<const T &> { typedef T type; };
 template <class P> static inline P attr(uint3 v)
 {
     typedef typename remove_cv<typename remove_ref<P>::type>::type T;
@@ -1192,6 +1199,20 @@ template <class F> static inline void run_loop(const mc_cpu_ctx *ctx, F &&f)
     t.tpg = t.tptg * t.tgpg;
     t.sgptg = (t.tptg.x * t.tptg.y * t.tptg.z + 31u) / 32u;
     uint3 base = t.tgpig * t.tptg;
+    if (t.tptg.y == 1 && t.tptg.z == 1) {
+        /* 1-D groups: one counted loop, the shape the vectoriser takes */
+        const uint nx = t.tptg.x, bx = base.x;
+        for (uint x = 0; x < nx; x++) {
+            ids u = t;
+            u.tpitg = uint3{x, 0u, 0u};
+            u.tpig = uint3{bx + x, base.y, base.z};
+            u.tiitg = x;
+            u.tiisg = x & 31u;
+            u.sgiitg = x >> 5;
+            f(u);
+        }
+        return;
+    }
     for (uint z = 0; z < t.tptg.z; z++)
         for (uint y = 0; y < t.tptg.y; y++) {
             uint row = (z * t.tptg.y + y) * t.tptg.x;

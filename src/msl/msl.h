@@ -25,7 +25,7 @@ mc_status mc__msl_translate(const char *source, size_t len, mc__msl_target targe
  * libdevice's (linked as bitcode); PTX 7.0 for the *_sync warp intrinsics. */
 #define MC__MSL_CUDA_FLAGS                                                                                     \
     "-x cuda --cuda-device-only -nocudainc -nocudalib --cuda-gpu-arch=sm_80 -Xclang -target-feature -Xclang "  \
-    "+ptx70 -O3 -std=c++17 -Wno-unknown-attributes -Wno-unknown-cuda-version -I. -include mc_msl_cpu.h -S"
+    "+ptx70 -O3 -std=c++17 -Wno-unknown-attributes -Wno-duplicate-decl-specifier -Wno-unknown-cuda-version -I. -include mc_msl_cpu.h -S"
 
 /* MSL source -> PTX for the CUDA device (*ptx NUL-terminated, malloc'd):
  * translation, then $MC_MSL_CXX (clang++) with MC__MSL_CUDA_FLAGS and

@@ -665,7 +665,8 @@ static void emit_wrappers(xlat *x)
         for (uint32_t p = 0; p < kn->nparam; p++) {
             const param *pa = &kn->params[p];
             if (pa->kind == P_BUFFER)
-                putf(o, "    P::at<%u>::raw a%u = mc::buffer_arg<P::at<%u>::raw>(ctx, %u);\n", p, p, p, pa->slot);
+                putf(o, "    mc::arg_store<P::at<%u>::raw>::type a%u = mc::buffer_arg<P::at<%u>::raw>(ctx, %u);\n", p, p,
+                     p, pa->slot);
             else if (pa->kind == P_TG)
                 putf(o, "    P::at<%u>::raw a%u = mc::tg_arg<P::at<%u>::raw>(ctx, %u);\n", p, p, p, pa->slot);
         }

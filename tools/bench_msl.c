@@ -1,0 +1,162 @@
+/*
+ * bench msl: the same kernels written once in MSL against their hand-written
+ * C twins (examples/kernels/NAME.metal vs NAME.c) on the CPU device: Gray-
+ * Scott steps per second at 256^2 (16x16 groups, one dispatch per step, 100
+ * steps per command buffer) and saxpy bandwidth (12 bytes per element).
+ * Goal: MSL at least 0.9x of C. Rows only on the CPU device: elsewhere the
+ * C twin does not run.
+ */
+#include "bench.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+static mc_pipeline *pipeline_from(mc_device *d, const char *file, const char *ext, const char *fn)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s%s", mc_cli_kernel_dir(), file, ext);
+    mc_library *lib = NULL;
+    char *log = NULL;
+    mc_status s = mc_library_create_from_file(d, path, MC_LANG_UNSET, NULL, &lib, &log);
+    if (s != MC_OK) {
+        mc_cli_fail(path, s);
+        if (log) fprintf(stderr, "%s\n", log);
+        mc_free(log);
+        return NULL;
+    }
+    mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
+    pd.library = lib;
+    pd.function = fn;
+    mc_pipeline *p = NULL;
+    s = mc_pipeline_create(d, &pd, &p);
+    mc_library_release(lib);
+    if (s != MC_OK) mc_cli_fail(fn, s);
+    return p;
+}
+
+typedef struct gs_params {
+    uint32_t width, height;
+    float du, dv, feed, kill, dt;
+    uint32_t fault_step;
+} gs_params;
+
+typedef struct gs_iter {
+    uint64_t first;
+    uint32_t count, pad;
+} gs_iter;
+
+/* Seconds for steps Gray-Scott steps on n x n, one command buffer. */
+static double gs_run(mc_queue *q, mc_pipeline *pl, mc_buffer *a, mc_buffer *b, uint32_t n, uint32_t steps)
+{
+    gs_params prm = {n, n, 1.0f, 0.5f, 0.0545f, 0.062f, 1.0f, 0};
+    mc_cmdbuf *cb = NULL;
+    mc_pass *p = NULL;
+    double t0 = mc_bench_now_us();
+    mc_status s = mc_cmdbuf_create(q, NULL, &cb);
+    if (s == MC_OK) s = mc_cmdbuf_begin_pass(cb, "gray-scott", &p);
+    if (s == MC_OK) s = mc_pass_set_pipeline(p, pl);
+    if (s == MC_OK) s = mc_pass_set_buffer(p, 0, a, 0);
+    if (s == MC_OK) s = mc_pass_set_buffer(p, 1, b, 0);
+    if (s == MC_OK) s = mc_pass_set_bytes(p, 3, &prm, sizeof prm);
+    for (uint32_t i = 0; i < steps && s == MC_OK; i++) {
+        gs_iter it = {i, 1, 0};
+        if (i) s = mc_pass_barrier(p);
+        if (s == MC_OK) s = mc_pass_set_bytes(p, 2, &it, sizeof it);
+        if (s == MC_OK) s = mc_pass_dispatch(p, (mc_size3){(n + 15) / 16, (n + 15) / 16, 1}, (mc_size3){16, 16, 1});
+    }
+    if (s == MC_OK) s = mc_pass_end(p);
+    if (s == MC_OK) s = mc_cmdbuf_commit(cb);
+    if (s == MC_OK) s = mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
+    if (s == MC_OK) s = mc_cmdbuf_status(cb, NULL);
+    mc_cmdbuf_release(cb);
+    return s == MC_OK ? (mc_bench_now_us() - t0) / 1e6 : -1.0;
+}
+
+static double saxpy_run(mc_queue *q, mc_pipeline *pl, mc_buffer *x, mc_buffer *y, uint32_t n)
+{
+    float a = 2.0f;
+    mc_cmdbuf *cb = NULL;
+    mc_pass *p = NULL;
+    double t0 = mc_bench_now_us();
+    mc_status s = mc_cmdbuf_create(q, NULL, &cb);
+    if (s == MC_OK) s = mc_cmdbuf_begin_pass(cb, "saxpy", &p);
+    if (s == MC_OK) s = mc_pass_set_pipeline(p, pl);
+    if (s == MC_OK) s = mc_pass_set_buffer(p, 0, y, 0);
+    if (s == MC_OK) s = mc_pass_set_buffer(p, 1, x, 0);
+    if (s == MC_OK) s = mc_pass_set_bytes(p, 2, &a, sizeof a);
+    if (s == MC_OK) s = mc_pass_set_bytes(p, 3, &n, sizeof n);
+    if (s == MC_OK) s = mc_pass_dispatch(p, (mc_size3){(n + 1023) / 1024, 1, 1}, (mc_size3){1024, 1, 1});
+    if (s == MC_OK) s = mc_pass_end(p);
+    if (s == MC_OK) s = mc_cmdbuf_commit(cb);
+    if (s == MC_OK) s = mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
+    if (s == MC_OK) s = mc_cmdbuf_status(cb, NULL);
+    mc_cmdbuf_release(cb);
+    return s == MC_OK ? (mc_bench_now_us() - t0) / 1e6 : -1.0;
+}
+
+int mc_bench_msl(mc_bench *b)
+{
+    if (b->info.kind != MC_DEVICE_CPU) {
+        printf("  msl: the hand-written C twins run on the cpu device only; no rows here\n");
+        return 0;
+    }
+    const uint32_t n = 256, steps = b->quick ? 20 : 100;
+    const uint32_t sn = b->quick ? 1u << 20 : 1u << 24;
+    int reps = b->reps < 10 ? b->reps : 10, rc = 0;
+    if (reps < 1) reps = 1;
+    mc_pipeline *gs_msl = pipeline_from(b->dev, "gray_scott", ".metal", "gray_scott_step");
+    mc_pipeline *gs_c = pipeline_from(b->dev, "gray_scott", ".c", "gray_scott_step");
+    mc_pipeline *sx_msl = pipeline_from(b->dev, "basic", ".metal", "saxpy");
+    mc_pipeline *sx_c = pipeline_from(b->dev, "basic", ".c", "saxpy");
+    mc_buffer *ga = NULL, *gb = NULL, *x = NULL, *y = NULL;
+    mc_queue *q = NULL;
+    double *m = calloc((size_t)reps * 4, sizeof *m);
+    mc_buffer_desc gd = {(size_t)n * n * 2 * sizeof(float), MC_STORAGE_SHARED, "gray-scott", NULL};
+    mc_buffer_desc sd = {(size_t)sn * sizeof(float), MC_STORAGE_SHARED, "saxpy", NULL};
+    if (!gs_msl || !gs_c || !sx_msl || !sx_c || !m || mc_buffer_create(b->dev, &gd, &ga) != MC_OK ||
+        mc_buffer_create(b->dev, &gd, &gb) != MC_OK || mc_buffer_create(b->dev, &sd, &x) != MC_OK ||
+        mc_buffer_create(b->dev, &sd, &y) != MC_OK || mc_queue_create(b->dev, NULL, &q) != MC_OK) {
+        rc = 1;
+        goto out;
+    }
+    /* u = 1, v = 0.25 in a square: real work, no denormals */
+    float *u = mc_buffer_contents(ga);
+    if (u)
+        for (uint32_t i = 0; i < n * n; i++) {
+            uint32_t px = i % n, py = i / n;
+            bool seed = px > n / 2 - 8 && px < n / 2 + 8 && py > n / 2 - 8 && py < n / 2 + 8;
+            u[2 * i] = seed ? 0.5f : 1.0f;
+            u[2 * i + 1] = seed ? 0.25f : 0.0f;
+        }
+    for (int i = -1; i < reps; i++) { /* one warm-up; the two kernels alternate */
+        double t_msl = gs_run(q, gs_msl, ga, gb, n, steps), t_c = gs_run(q, gs_c, ga, gb, n, steps);
+        double s_msl = saxpy_run(q, sx_msl, x, y, sn), s_c = saxpy_run(q, sx_c, x, y, sn);
+        if (t_msl <= 0 || t_c <= 0 || s_msl <= 0 || s_c <= 0) {
+            rc = mc_cli_fail("msl bench", MC_ERR_INTERNAL);
+            goto out;
+        }
+        if (i < 0) continue;
+        m[i] = steps / t_msl;
+        m[reps + i] = steps / t_c;
+        m[2 * reps + i] = 12.0 * sn / s_msl / 1e9;
+        m[3 * reps + i] = 12.0 * sn / s_c / 1e9;
+    }
+    mc_bench_add(b, "msl gray-scott 256^2", "steps/s, MSL kernel vs its C twin", "steps/s", mc_bench_median(m, reps),
+                 mc_bench_iqr(m, reps), mc_bench_median(m + reps, reps), mc_bench_iqr(m + reps, reps),
+                 "hand-written C", true);
+    mc_bench_add(b, "msl saxpy", "bandwidth, MSL kernel vs its C twin", "GB/s", mc_bench_median(m + 2 * reps, reps),
+                 mc_bench_iqr(m + 2 * reps, reps), mc_bench_median(m + 3 * reps, reps),
+                 mc_bench_iqr(m + 3 * reps, reps), "hand-written C", true);
+out:
+    free(m);
+    mc_queue_release(q);
+    mc_buffer_release(ga);
+    mc_buffer_release(gb);
+    mc_buffer_release(x);
+    mc_buffer_release(y);
+    mc_pipeline_release(gs_msl);
+    mc_pipeline_release(gs_c);
+    mc_pipeline_release(sx_msl);
+    mc_pipeline_release(sx_c);
+    return rc;
+}
