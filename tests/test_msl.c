@@ -510,6 +510,69 @@ MC_TEST(msl_simd_groups_non_uniform)
     return 0;
 }
 
+MC_TEST(msl_simd_quad_and_threadgroup_atomics)
+{
+    OPEN_MSL_DEVICE(d);
+    mc_library *lib = msl_library(d, "barriers.metal");
+    CHECK(lib);
+    mc_pipeline *p = msl_pipeline(d, lib, "simd_more", NULL, 0);
+    CHECK(p);
+    enum { G = 2, T = 64 };
+    int32_t in[G * T], out[G * T * 12];
+    for (int i = 0; i < G * T; i++) in[i] = (i * 29 % 17) - 6;
+    mc_buffer *bi = msl_buffer(d, sizeof in, in), *bo = msl_buffer(d, sizeof out, NULL);
+    CHECK(bi && bo);
+    slot s[2] = {{bi, NULL, 0}, {bo, NULL, 0}};
+    CHECK_OK(msl_run(d, p, s, 2, (mc_size3){G, 1, 1}, (mc_size3){T, 1, 1}, 0));
+    CHECK_OK(mc_buffer_read(bo, 0, out, sizeof out));
+    for (int base = 0; base < G * T; base += 32) {
+        const int32_t *v = in + base;
+        const int A = 20; /* active lanes in the branch: 0..19 */
+        int prod = 1, andv = ~0, orv = 0, xorv = 0, mn = v[0];
+        bool any = false;
+        for (int l = 0; l < A; l++) {
+            andv &= v[l] | 0x100;
+            orv |= v[l] & 0xff;
+            xorv ^= v[l];
+            any = any || v[l] == in[0];
+        }
+        for (int l = 0; l < 32; l++) mn = v[l] < mn ? v[l] : mn;
+        for (int l = 0; l < 32; l++) {
+            const int32_t *o = out + (size_t)(base + l) * 12;
+            CHECK_EQ(o[10], T);
+            CHECK_EQ(o[11], mn);
+            if (l >= A) {
+                CHECK_EQ(o[0], -7);
+                continue;
+            }
+            prod *= v[l] > 0 ? 1 : -1;
+            CHECK_EQ(o[0], l >= 2 ? v[l - 2] : v[l]);
+            int rot = (l + 5) % 32;
+            CHECK_EQ(o[1], rot < A ? v[rot] : v[l]); /* an inactive source gives the reader's own value */
+            CHECK_EQ(o[2], prod);
+            CHECK_EQ(o[3], v[0]);
+            CHECK_EQ(o[4], l == 0);
+            int q = l & ~3;
+            CHECK_EQ(o[5], v[q + 2]);
+            int qs = 0;
+            for (int k = q; k < l; k++) qs += v[k];
+            CHECK_EQ(o[6], qs);
+            int qb = 0;
+            for (int k = 0; k < 4; k++)
+                if (v[q + k] > 0) qb |= 1 << k;
+            CHECK_EQ(o[7], qb);
+            CHECK_EQ(o[8], andv ^ orv ^ xorv);
+            CHECK_EQ(o[9], any ? 1 : 0);
+        }
+    }
+    mc_buffer_release(bi);
+    mc_buffer_release(bo);
+    mc_pipeline_release(p);
+    mc_library_release(lib);
+    mc_device_release(d);
+    return 0;
+}
+
 /* ---- limits and refusals ----------------------------------------------------------- */
 
 /* Compiles src; MC_ERR_COMPILE is expected and the message must hold want. */
