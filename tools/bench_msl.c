@@ -4,12 +4,15 @@
  * Scott steps per second at 256^2 (16x16 groups, one dispatch per step, 100
  * steps per command buffer) and saxpy bandwidth (12 bytes per element).
  * Goal: MSL at least 0.9x of C. Rows only on the CPU device: elsewhere the
- * C twin does not run.
+ * C twin does not run. With --peers, also the MSL Gray-Scott against a
+ * plain OpenMP loop of the same step (same stencil, layout and periodic
+ * edges) at 256^2 and 2048^2: what a CPU user would write by hand.
  */
 #include "bench.h"
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 static mc_pipeline *pipeline_from(mc_device *d, const char *file, const char *ext, const char *fn)
 {
@@ -94,6 +97,88 @@ static double saxpy_run(mc_queue *q, mc_pipeline *pl, mc_buffer *x, mc_buffer *y
     return s == MC_OK ? (mc_bench_now_us() - t0) / 1e6 : -1.0;
 }
 
+/* The same Gray-Scott step as gray_scott.metal, by hand, over all cores. */
+static void omp_step(const float *src, float *dst, uint32_t w, uint32_t h, const gs_params *p)
+{
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+    for (uint32_t y = 0; y < h; y++) {
+        uint32_t yu = y ? y - 1 : h - 1, yd = y + 1 < h ? y + 1 : 0;
+        const float *r0 = src + 2u * yu * w, *r1 = src + 2u * y * w, *r2 = src + 2u * yd * w;
+        for (uint32_t x = 0; x < w; x++) {
+            uint32_t xl = x ? x - 1 : w - 1, xr = x + 1 < w ? x + 1 : 0;
+            float u = r1[2u * x], v = r1[2u * x + 1u];
+            float lu = 0.05f * (r0[2u * xl] + r0[2u * xr] + r2[2u * xl] + r2[2u * xr]) +
+                       0.2f * (r0[2u * x] + r2[2u * x] + r1[2u * xl] + r1[2u * xr]) - u;
+            float lv = 0.05f * (r0[2u * xl + 1u] + r0[2u * xr + 1u] + r2[2u * xl + 1u] + r2[2u * xr + 1u]) +
+                       0.2f * (r0[2u * x + 1u] + r2[2u * x + 1u] + r1[2u * xl + 1u] + r1[2u * xr + 1u]) - v;
+            float uvv = u * v * v;
+            float *o = dst + 2u * (y * w + x);
+            o[0] = u + p->dt * (p->du * lu - uvv + p->feed * (1.0f - u));
+            o[1] = v + p->dt * (p->dv * lv + uvv - (p->feed + p->kill) * v);
+        }
+    }
+}
+
+static void seed(float *u, uint32_t n)
+{
+    for (uint32_t i = 0; i < n * n; i++) {
+        uint32_t px = i % n, py = i / n;
+        bool in = px > n / 2 - 8 && px < n / 2 + 8 && py > n / 2 - 8 && py < n / 2 + 8;
+        u[2 * i] = in ? 0.5f : 1.0f;
+        u[2 * i + 1] = in ? 0.25f : 0.0f;
+    }
+}
+
+/* MSL Gray-Scott through the device vs the OpenMP loop, steps/s at n^2. */
+static int vs_openmp(mc_bench *b, mc_queue *q, mc_pipeline *pl, uint32_t n, uint32_t steps, int reps)
+{
+    mc_buffer_desc gd = {(size_t)n * n * 2 * sizeof(float), MC_STORAGE_SHARED, "gray-scott", NULL};
+    mc_buffer *ga = NULL, *gb = NULL;
+    float *ha = malloc(gd.size), *hb = malloc(gd.size);
+    double *m = calloc((size_t)reps * 2, sizeof *m);
+    int rc = 0;
+    if (!ha || !hb || !m || mc_buffer_create(b->dev, &gd, &ga) != MC_OK || mc_buffer_create(b->dev, &gd, &gb) != MC_OK) {
+        rc = mc_cli_fail("msl vs OpenMP setup", MC_ERR_OUT_OF_MEMORY);
+        goto out;
+    }
+    float *dev_a = mc_buffer_contents(ga);
+    if (dev_a) seed(dev_a, n);
+    seed(ha, n);
+    gs_params prm = {n, n, 1.0f, 0.5f, 0.0545f, 0.062f, 1.0f, 0};
+    /* Not interleaved: idle device workers and OpenMP's threads both spin
+     * for a while after their work, and would take the other's cores.
+     * Each side runs all its repetitions after the other has gone quiet. */
+    for (int i = -1; i < reps; i++) {
+        double t = gs_run(q, pl, ga, gb, n, steps);
+        if (t <= 0) {
+            rc = mc_cli_fail("msl gray-scott", MC_ERR_INTERNAL);
+            goto out;
+        }
+        if (i >= 0) m[i] = steps / t;
+    }
+    usleep(50000);
+    for (int i = -1; i < reps; i++) {
+        double t0 = mc_bench_now_us();
+        for (uint32_t k = 0; k < steps; k++) omp_step(k & 1 ? hb : ha, k & 1 ? ha : hb, n, n, &prm);
+        double t_omp = (mc_bench_now_us() - t0) / 1e6;
+        if (i >= 0) m[reps + i] = steps / t_omp;
+    }
+    usleep(50000);
+    char name[48];
+    snprintf(name, sizeof name, "msl gray-scott %u^2 vs OpenMP", n);
+    mc_bench_add(b, name, "steps/s, MSL kernel vs a plain OpenMP loop", "steps/s", mc_bench_median(m, reps),
+                 mc_bench_iqr(m, reps), mc_bench_median(m + reps, reps), mc_bench_iqr(m + reps, reps), "OpenMP", true);
+out:
+    free(ha);
+    free(hb);
+    free(m);
+    mc_buffer_release(ga);
+    mc_buffer_release(gb);
+    return rc;
+}
+
 int mc_bench_msl(mc_bench *b)
 {
     if (b->info.kind != MC_DEVICE_CPU) {
@@ -121,13 +206,7 @@ int mc_bench_msl(mc_bench *b)
     }
     /* u = 1, v = 0.25 in a square: real work, no denormals */
     float *u = mc_buffer_contents(ga);
-    if (u)
-        for (uint32_t i = 0; i < n * n; i++) {
-            uint32_t px = i % n, py = i / n;
-            bool seed = px > n / 2 - 8 && px < n / 2 + 8 && py > n / 2 - 8 && py < n / 2 + 8;
-            u[2 * i] = seed ? 0.5f : 1.0f;
-            u[2 * i + 1] = seed ? 0.25f : 0.0f;
-        }
+    if (u) seed(u, n);
     for (int i = -1; i < reps; i++) { /* one warm-up; the two kernels alternate */
         double t_msl = gs_run(q, gs_msl, ga, gb, n, steps), t_c = gs_run(q, gs_c, ga, gb, n, steps);
         double s_msl = saxpy_run(q, sx_msl, x, y, sn), s_c = saxpy_run(q, sx_c, x, y, sn);
@@ -147,6 +226,10 @@ int mc_bench_msl(mc_bench *b)
     mc_bench_add(b, "msl saxpy", "bandwidth, MSL kernel vs its C twin", "GB/s", mc_bench_median(m + 2 * reps, reps),
                  mc_bench_iqr(m + 2 * reps, reps), mc_bench_median(m + 3 * reps, reps),
                  mc_bench_iqr(m + 3 * reps, reps), "hand-written C", true);
+    if (b->peers) {
+        rc = vs_openmp(b, q, gs_msl, 256, steps, reps);
+        if (!rc) rc = vs_openmp(b, q, gs_msl, 2048, b->quick ? 2 : 10, reps);
+    }
 out:
     free(m);
     mc_queue_release(q);
