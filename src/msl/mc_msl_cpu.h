@@ -612,7 +612,21 @@ template <class T> static inline T atomic_fetch_max_explicit(volatile mc_atomic<
 { return mc_atomic_rmw(o, [v](T x) { return x < v ? v : x; }); }
 
 enum mem_flags { mem_none = 0, mem_device = 1, mem_threadgroup = 2, mem_texture = 4, mem_threadgroup_imageblock = 8 };
-namespace mem_flags_ns {}
+/* mem_flags::mem_device | mem_flags::mem_threadgroup */
+static inline mem_flags operator|(mem_flags a, mem_flags b) { return (mem_flags)((int)a | (int)b); }
+/* fast:: and precise:: name the whole library, not only what differs */
+#define MC__ALSO(ns)                                                                                              \
+    namespace ns {                                                                                                \
+    using metal::fma; using metal::ldexp; using metal::frexp; using metal::modf; using metal::ilogb;             \
+    using metal::sincos; using metal::min; using metal::max; using metal::clamp; using metal::mix;               \
+    using metal::smoothstep; using metal::abs; using metal::dot; using metal::length; using metal::length_squared; \
+    using metal::distance; using metal::distance_squared; using metal::normalize; using metal::cross;           \
+    using metal::reflect; using metal::refract; using metal::faceforward; using metal::isnan; using metal::isinf; \
+    using metal::isfinite;                                                                                        \
+    }
+MC__ALSO(fast)
+MC__ALSO(precise)
+#undef MC__ALSO
 } // namespace metal
 /* mem_flags::mem_threadgroup: the enumerators are reachable through the
  * enum's name as in MSL (C++11 allows Enum::value for plain enums). */

@@ -139,7 +139,7 @@ kernel void simd_more(device const int *in [[buffer(0)]],
     } else {
         o[0] = o[1] = o[2] = o[3] = o[4] = o[5] = o[6] = o[7] = o[8] = o[9] = -7;
     }
-    threadgroup_barrier(mem_flags::mem_threadgroup);
+    threadgroup_barrier(mem_flags::mem_device | mem_flags::mem_threadgroup);
     o[10] = int(atomic_load_explicit(&count, memory_order_relaxed));
     o[11] = simd_min(v);
 }
