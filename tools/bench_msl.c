@@ -6,9 +6,12 @@
  * Goal: MSL at least 0.9x of C. Rows only on the CPU device: elsewhere the
  * C twin does not run. With --peers, also the MSL Gray-Scott against a
  * plain OpenMP loop of the same step (same stencil, layout and periodic
- * edges) at 256^2 and 2048^2: what a CPU user would write by hand.
+ * edges) at 256^2 and 2048^2: what a CPU user would write by hand; and a
+ * barrier-heavy tree reduction (256-thread groups, 9 barriers each) against
+ * the same reduction in OpenCL C on PoCL (goal: 0.5x).
  */
 #include "bench.h"
+#include "peer.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -179,6 +182,104 @@ out:
     return rc;
 }
 
+/* The same kernel as reduce_tree in tests/msl/barriers.metal. */
+static const char reduce_msl[] =
+    "#include <metal_stdlib>\nusing namespace metal;\n"
+    "kernel void reduce_tree(device const float *in [[buffer(0)]], device float *partial [[buffer(1)]],\n"
+    "                        uint gid [[thread_position_in_grid]], uint lid [[thread_position_in_threadgroup]],\n"
+    "                        uint group [[threadgroup_position_in_grid]], uint size [[threads_per_threadgroup]])\n"
+    "{\n"
+    "    threadgroup float scratch[256];\n"
+    "    scratch[lid] = in[gid];\n"
+    "    threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+    "    for (uint s = size / 2; s > 0; s >>= 1) {\n"
+    "        if (lid < s) scratch[lid] += scratch[lid + s];\n"
+    "        threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+    "    }\n"
+    "    if (lid == 0) partial[group] = scratch[0];\n"
+    "}\n";
+
+/* Elements per second through the MSL reduction vs PoCL's; no row (and
+ * no failure) where OpenCL or PoCL is absent. */
+static int vs_pocl(mc_bench *b, mc_queue *q, int reps)
+{
+    char why[256] = "";
+    mc_peer_cl *cl = mc_peer_cl_open(false, why, sizeof why);
+    if (!cl) {
+        printf("  msl reduction: no OpenCL peer (%s)\n", why);
+        return 0;
+    }
+    const size_t n = b->quick ? (size_t)1 << 16 : (size_t)1 << 20;
+    mc_library_desc ld = MC_LIBRARY_DESC_INIT;
+    ld.language = MC_LANG_MSL;
+    ld.source = reduce_msl;
+    mc_library *lib = NULL;
+    mc_pipeline *pl = NULL;
+    mc_buffer *in = NULL, *out = NULL;
+    double *m = calloc((size_t)reps * 2, sizeof *m);
+    float *init = malloc(n * sizeof *init);
+    mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
+    mc_buffer_desc bi = {n * sizeof(float), MC_STORAGE_SHARED, "reduce in", NULL};
+    mc_buffer_desc bo = {n / 256 * sizeof(float), MC_STORAGE_SHARED, "reduce out", NULL};
+    int rc = 0;
+    if (!m || !init || mc_library_create(b->dev, &ld, &lib, NULL) != MC_OK) {
+        rc = mc_cli_fail("msl reduction", MC_ERR_COMPILE);
+        goto out;
+    }
+    pd.library = lib;
+    pd.function = "reduce_tree";
+    for (size_t i = 0; i < n; i++) init[i] = (float)(i % 13) - 4.0f;
+    bi.initial_data = init;
+    if (mc_pipeline_create(b->dev, &pd, &pl) != MC_OK || mc_buffer_create(b->dev, &bi, &in) != MC_OK ||
+        mc_buffer_create(b->dev, &bo, &out) != MC_OK) {
+        rc = mc_cli_fail("msl reduction setup", MC_ERR_OUT_OF_MEMORY);
+        goto out;
+    }
+    float want = 0.0f;
+    for (int i = 0; i < 256; i++) want += init[i];
+    for (int i = -1; i < reps; i++) {
+        double t0 = mc_bench_now_us();
+        mc_cmdbuf *cb = NULL;
+        mc_pass *p = NULL;
+        mc_status s = mc_cmdbuf_create(q, NULL, &cb);
+        if (s == MC_OK) s = mc_cmdbuf_begin_pass(cb, "reduce", &p);
+        if (s == MC_OK) s = mc_pass_set_pipeline(p, pl);
+        if (s == MC_OK) s = mc_pass_set_buffer(p, 0, in, 0);
+        if (s == MC_OK) s = mc_pass_set_buffer(p, 1, out, 0);
+        if (s == MC_OK) s = mc_pass_dispatch(p, (mc_size3){(uint32_t)(n / 256), 1, 1}, (mc_size3){256, 1, 1});
+        if (s == MC_OK) s = mc_pass_end(p);
+        if (s == MC_OK) s = mc_cmdbuf_commit(cb);
+        if (s == MC_OK) s = mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
+        if (s == MC_OK) s = mc_cmdbuf_status(cb, NULL);
+        mc_cmdbuf_release(cb);
+        double t1 = mc_bench_now_us();
+        float got_cl = 0.0f;
+        int cl_rc = mc_peer_cl_reduce(cl, n, &got_cl);
+        double t2 = mc_bench_now_us();
+        float *got = mc_buffer_contents(out);
+        if (s != MC_OK || cl_rc != 0 || !got || got[0] != want || got_cl != want) {
+            printf("  msl reduction: %s\n", cl_rc ? mc_peer_cl_error(cl) : "wrong sum or failed dispatch");
+            rc = s != MC_OK || (got && got[0] != want) ? 1 : 0; /* a broken peer is no failure of ours */
+            goto out;
+        }
+        if (i < 0) continue;
+        m[i] = (double)n / (t1 - t0); /* elements per microsecond = M/s */
+        m[reps + i] = (double)n / (t2 - t1);
+    }
+    mc_bench_add(b, "msl reduction vs PoCL", "tree reduction, 256-thread groups, 9 barriers", "Melem/s",
+                 mc_bench_median(m, reps), mc_bench_iqr(m, reps), mc_bench_median(m + reps, reps),
+                 mc_bench_iqr(m + reps, reps), mc_peer_cl_name(cl), true);
+out:
+    free(m);
+    free(init);
+    mc_buffer_release(in);
+    mc_buffer_release(out);
+    mc_pipeline_release(pl);
+    mc_library_release(lib);
+    mc_peer_cl_close(cl);
+    return rc;
+}
+
 int mc_bench_msl(mc_bench *b)
 {
     if (b->info.kind != MC_DEVICE_CPU) {
@@ -229,6 +330,7 @@ int mc_bench_msl(mc_bench *b)
     if (b->peers) {
         rc = vs_openmp(b, q, gs_msl, 256, steps, reps);
         if (!rc) rc = vs_openmp(b, q, gs_msl, 2048, b->quick ? 2 : 10, reps);
+        if (!rc) rc = vs_pocl(b, q, reps);
     }
 out:
     free(m);
