@@ -687,20 +687,44 @@ struct lane {
     alignas(32) unsigned char out[32];
 };
 struct group;
+#define MC_FROM_SCHED 0xffffffffu
 struct group {
     lane *lanes;
     uint32_t n, cur;
+    uint32_t from; /* who switched to the running context: a lane, or MC_FROM_SCHED */
     mc_fctx sched;
     void (*body)(void *closure, uint32_t linear);
     void *closure;
 };
 inline thread_local group *current = nullptr;
 
-static inline void yield(group *g)
+/* After a switch: keeps the context of whoever switched here, so it can
+ * be resumed. */
+static inline void arrived(group *g, mc_fctx from_ctx)
 {
-    mc_transfer t = jump_fcontext(g->sched, 0);
-    g->sched = t.fctx;
+    if (g->from == MC_FROM_SCHED) g->sched = from_ctx;
+    else g->lanes[g->from].ctx = from_ctx;
 }
+
+/* Leaves the running lane: straight to the next lane that can run (one
+ * switch per thread per barrier), else back to the scheduler, which
+ * resolves barriers and SIMD-group functions. */
+static inline void leave(group *g)
+{
+    uint32_t me = g->cur, next = me + 1;
+    while (next < g->n && g->lanes[next].state != L_READY) next++;
+    g->from = me;
+    mc_transfer t;
+    if (next < g->n) {
+        g->cur = next;
+        t = jump_fcontext(g->lanes[next].ctx, g);
+    } else {
+        t = jump_fcontext(g->sched, g);
+    }
+    arrived(g, t.fctx);
+}
+
+static inline void yield(group *g) { leave(g); }
 
 /* Stacks for one worker's fibers, kept between threadgroups; each has a
  * guard page below it so an overflow faults instead of corrupting the next. */
@@ -740,11 +764,11 @@ inline thread_local stacks worker_stacks;
 static void fiber_entry(mc_transfer t)
 {
     group *g = (group *)t.data;
-    g->sched = t.fctx;
+    arrived(g, t.fctx);
     uint32_t i = g->cur;
     g->body(g->closure, i);
     g->lanes[i].state = L_DONE;
-    jump_fcontext(g->sched, 0);
+    leave(g); /* never resumed */
     __builtin_unreachable();
 }
 
@@ -769,11 +793,14 @@ static inline bool run_fibers(uint32_t n, void (*body)(void *, uint32_t), void *
     }
     for (;;) {
         bool live = false;
+        /* the first lane that can run; each passes on to the next */
         for (uint32_t i = 0; i < n; i++) {
             if (g.lanes[i].state != L_READY) continue;
             g.cur = i;
+            g.from = MC_FROM_SCHED;
             mc_transfer t = jump_fcontext(g.lanes[i].ctx, &g);
-            g.lanes[i].ctx = t.fctx;
+            g.lanes[g.from].ctx = t.fctx; /* the last lane to run came back */
+            break;
         }
         bool any_simd = false;
         for (uint32_t s = 0; s < n; s += 32) {
