@@ -573,6 +573,29 @@ MC_TEST(msl_simd_quad_and_threadgroup_atomics)
     return 0;
 }
 
+MC_TEST(msl_barrier_in_a_helper_function)
+{
+    OPEN_MSL_DEVICE(d);
+    mc_library *lib = msl_library(d, "barriers.metal");
+    CHECK(lib);
+    mc_pipeline *p = msl_pipeline(d, lib, "helper_barrier", NULL, 0);
+    CHECK(p);
+    enum { G = 3, T = 64 };
+    uint32_t out[G * T];
+    mc_buffer *bo = msl_buffer(d, sizeof out, NULL);
+    CHECK(bo);
+    slot s[1] = {{bo, NULL, 0}};
+    CHECK_OK(msl_run(d, p, s, 1, (mc_size3){G, 1, 1}, (mc_size3){T, 1, 1}, 0));
+    CHECK_OK(mc_buffer_read(bo, 0, out, sizeof out));
+    for (int g = 0; g < G; g++)
+        for (int l = 0; l < T; l++) CHECK_EQ(out[g * T + l], 3u * (uint32_t)(g * T + T - 1 - l));
+    mc_buffer_release(bo);
+    mc_pipeline_release(p);
+    mc_library_release(lib);
+    mc_device_release(d);
+    return 0;
+}
+
 /* ---- limits and refusals ----------------------------------------------------------- */
 
 /* Compiles src; MC_ERR_COMPILE is expected and the message must hold want. */

@@ -143,3 +143,22 @@ kernel void simd_more(device const int *in [[buffer(0)]],
     o[10] = int(atomic_load_explicit(&count, memory_order_relaxed));
     o[11] = simd_min(v);
 }
+
+// The barrier sits in a helper: the kernel still runs every thread of a
+// group at once (the front end follows calls), else t[] would be read
+// before the later threads wrote it.
+static void sync_all()
+{
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+}
+
+kernel void helper_barrier(device uint *out [[buffer(0)]],
+                           uint lid [[thread_position_in_threadgroup]],
+                           uint gid [[thread_position_in_grid]],
+                           uint n [[threads_per_threadgroup]])
+{
+    threadgroup uint t[64];
+    t[lid] = gid * 3u; // differs per group: a stale value from an earlier group shows
+    sync_all();
+    out[gid] = t[n - 1u - lid];
+}

@@ -228,6 +228,7 @@ typedef struct param {
 
 typedef struct kern {
     uint32_t name_tok;
+    bool fibers; /* it or a function it calls uses barriers or SIMD-group functions */
     uint32_t nparam;
     param params[MAX_PARAMS];
 } kern;
@@ -647,6 +648,88 @@ static bool emit_cuda_wrappers(xlat *x)
     return true;
 }
 
+static bool is_fiber_token(const xlat *x, size_t i)
+{
+    const tok *t = &x->L.t[i];
+    if (t->kind != T_IDENT) return false;
+    const char *ts = x->s + t->start;
+    return (t->len > 5 && (!strncmp(ts, "simd_", 5) || !strncmp(ts, "quad_", 5))) || is(x, i, "threadgroup_barrier") ||
+           is(x, i, "simdgroup_barrier");
+}
+
+static bool same_ident(const xlat *x, size_t a, size_t b)
+{
+    return x->L.t[a].len == x->L.t[b].len && !memcmp(x->s + x->L.t[a].start, x->s + x->L.t[b].start, x->L.t[a].len);
+}
+
+/* Which kernels need every thread of a group at once: those whose body, or
+ * the body of a function they call (by name, transitively), uses a
+ * barrier or a SIMD-group function. The others run as a plain loop. Code
+ * that cannot be attributed to a top-level function (methods, namespaces)
+ * makes every kernel of the source use fibers. */
+static void mark_fiber_kernels(xlat *x)
+{
+    enum { MAXF = 512 };
+    size_t name[MAXF], body_b[MAXF], body_e[MAXF];
+    bool uses[MAXF];
+    size_t nf = 0;
+    bool global = false;
+    for (size_t i = 0; i < x->L.n; i++) {
+        if (!punct(x, i, '{')) continue;
+        /* the matching brace */
+        size_t e = i;
+        int d = 0;
+        for (; e < x->L.n; e++) {
+            if (punct(x, e, '{')) d++;
+            else if (punct(x, e, '}') && --d == 0) break;
+        }
+        bool any = false;
+        for (size_t k = i; k < e && k < x->L.n; k++) any = any || is_fiber_token(x, k);
+        size_t nm = 0;
+        bool fn = false;
+        if (i > 0 && punct(x, i - 1, ')')) {
+            int pd = 0;
+            size_t k = i - 1;
+            for (;; k--) {
+                if (punct(x, k, ')')) pd++;
+                else if (punct(x, k, '(') && --pd == 0) break;
+                if (k == 0) break;
+            }
+            if (k > 0 && punct(x, k, '(') && x->L.t[k - 1].kind == T_IDENT) {
+                nm = k - 1;
+                fn = true;
+            }
+        }
+        if (fn && nf < MAXF) {
+            name[nf] = nm, body_b[nf] = i, body_e[nf] = e, uses[nf] = any;
+            nf++;
+        } else if (any) {
+            global = true;
+        }
+        i = e; /* top-level bodies only */
+    }
+    for (bool changed = true; changed;) {
+        changed = false;
+        for (size_t f = 0; f < nf; f++) {
+            if (uses[f]) continue;
+            for (size_t k = body_b[f]; k < body_e[f] && !uses[f]; k++) {
+                if (x->L.t[k].kind != T_IDENT || !punct(x, k + 1, '(')) continue;
+                for (size_t g = 0; g < nf; g++)
+                    if (uses[g] && same_ident(x, k, name[g])) {
+                        uses[f] = changed = true;
+                        break;
+                    }
+            }
+        }
+    }
+    for (size_t k = 0; k < x->nkern; k++) {
+        kern *kn = &x->kerns[k];
+        kn->fibers = global || nf == MAXF;
+        for (size_t f = 0; f < nf && !kn->fibers; f++)
+            if (uses[f] && same_ident(x, name[f], kn->name_tok)) kn->fibers = true;
+    }
+}
+
 static void emit_wrappers(xlat *x)
 {
     sbuf *o = &x->out;
@@ -677,7 +760,7 @@ static void emit_wrappers(xlat *x)
             if (pa->kind == P_BUILTIN) putf(o, "%smc::attr<P::at<%u>::raw>(%s)", p ? ", " : "", p, pa->expr);
             else putf(o, "%sa%u", p ? ", " : "", p);
         }
-        putf(o, ");\n    };\n    mc::%s(ctx, body);\n}\n", x->fibers ? "run_group" : "run_loop");
+        putf(o, ");\n    };\n    mc::%s(ctx, body);\n}\n", kn->fibers ? "run_group" : "run_loop");
     }
 }
 
@@ -712,6 +795,7 @@ mc_status mc__msl_translate(const char *source, size_t len, mc__msl_target targe
         copy_to(&x, len);
         if (!x.nkern) ok = fail_at(&x, 1, "no kernel function ('kernel void name(...)') in the source");
     }
+    if (ok) mark_fiber_kernels(&x);
     if (ok && target == MC__MSL_CUDA) ok = emit_cuda_wrappers(&x);
     else if (ok) emit_wrappers(&x);
     free(x.L.t);
