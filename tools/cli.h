@@ -17,6 +17,12 @@ int mc_cli_info(int argc, char **argv);
 int mc_cli_bench(int argc, char **argv);
 int mc_cli_cache(int argc, char **argv);
 int mc_cli_run(int argc, char **argv);
+int mc_cli_trace(int argc, char **argv);
+/* --trace FILE (cmd_trace.c): start checks the path now; finish stops the
+ * trace a job started and writes it, also after an error; returns rc, or 1
+ * when the file could not be written. */
+int mc_cli_trace_begin(const char *path);
+int mc_cli_trace_finish(int rc);
 
 /* Directory holding examples/kernels (source tree, else installed). */
 const char *mc_cli_kernel_dir(void);
