@@ -258,7 +258,7 @@ static int gather(const char *path, summary *s)
             if (!ok) return refuse(path, "%s", "out of memory");
             if (!strcmp(cat, "runner") && !strcmp(name, "chunk")) {
                 s->chunks++;
-                if (status && strcmp(status, "OK")) s->chunks_failed++;
+                if (status && strcmp(status, "MC_OK")) s->chunks_failed++;
             }
             if (!strcmp(cat, "runner") && !strcmp(name, "checkpoint")) s->checkpoints++;
             if (!strcmp(cat, "cache hit")) s->hits++;

@@ -646,7 +646,7 @@ static void harvest(mc_runner *r, chunk *c)
     bool timed = mc_cmdbuf_gpu_time(c->cb, &t0, &t1) == MC_OK && t0 && t1 >= t0;
     double t = timed ? (double)(t1 - t0) : 0;
     if (MC__TRACING())
-        mc__trace_span("runner", r->label, "runner", "chunk", 0, t0, t1, "OK",
+        mc__trace_span("runner", r->label, "runner", "chunk", 0, t0, t1, mc_status_name(MC_OK),
                        MC__TARGS({"chunk", c->number}, {"first", c->first}, {"iters", c->iters},
                                  {"dispatches", c->dispatches}, {"stopped", c->stopped}));
     r->st.chunks++;
