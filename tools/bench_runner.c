@@ -9,6 +9,7 @@
  * with the device idle, what the runner's in-flight queue avoids (F135).
  */
 #include "bench.h"
+#include "engine/trace.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -205,6 +206,18 @@ static mc_status trace_overhead(mc_bench *b, gs_bench *g, uint64_t steps, int re
                 remove(path);
             }
         }
+    }
+    /* The cost of one event, which the noise of whole runs hides: a few
+     * per chunk (command buffer, pass, device span, chunk, checkpoint). */
+    if (s == MC_OK && (s = mc_trace_start(path)) == MC_OK) {
+        const int n = 50000;
+        double t0 = mc_bench_now_us();
+        for (int i = 0; i < n; i++)
+            mc__trace_span("bench", "events", "bench", "span", 0, 1, 2, "MC_OK", MC__TARGS({"i", i}));
+        double per_ns = (mc_bench_now_us() - t0) * 1e3 / n;
+        s = mc_trace_stop();
+        remove(path);
+        fprintf(stderr, "runner: recording one trace event takes %.0f ns\n", per_ns);
     }
     rmdir(dir);
     return s;

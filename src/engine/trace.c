@@ -73,17 +73,30 @@ uint64_t mc__trace_group(void)
 
 /* ---- recording ---------------------------------------------------------- */
 
+/* Cut at cap - 1 bytes (not inside a UTF-8 sequence: the writer turns a
+ * broken one into '?'). */
 static void copy_str(char *dst, size_t cap, const char *src)
 {
-    snprintf(dst, cap, "%s", src ? src : "");
+    size_t n = src ? strnlen(src, cap - 1) : 0;
+    memcpy(dst, src ? src : "", n);
+    dst[n] = '\0';
+}
+
+/* "kind label" equals name, without formatting it (this runs per event). */
+static bool track_is(const char *name, const char *kind, const char *label)
+{
+    size_t k = strlen(kind);
+    if (strncmp(name, kind, k)) return false;
+    if (!label || !*label) return name[k] == '\0';
+    return name[k] == ' ' && !strcmp(name + k + 1, label);
 }
 
 static uint32_t track_locked(const char *kind, const char *label)
 {
+    for (uint32_t i = 0; i < T.ntracks; i++)
+        if (track_is(T.tracks[i], kind, label)) return i;
     char name[160];
     snprintf(name, sizeof name, "%s%s%s", kind, label && *label ? " " : "", label ? label : "");
-    for (uint32_t i = 0; i < T.ntracks; i++)
-        if (!strcmp(T.tracks[i], name)) return i;
     if (T.ntracks == MAX_TRACKS) return MAX_TRACKS - 1; /* shares the last track */
     char *copy = mc__strdup(name);
     if (!copy) return 0;
