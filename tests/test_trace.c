@@ -569,3 +569,132 @@ MC_TEST(trace_summary_refuses_what_is_not_a_trace)
     free(path);
     return 0;
 }
+
+/* ---- the pipeline cache, streams, isolated runs ----------------------------- */
+
+static size_t tr_count(json_t *events, const char *ph, const char *cat, const char *name, long long disk)
+{
+    size_t i, n = 0;
+    json_t *e;
+    json_array_foreach(events, i, e) n += is(e, ph, cat, name) && (disk < 0 || ev_arg(e, "disk") == disk);
+    return n;
+}
+
+MC_TEST(trace_shows_pipeline_compiles_and_cache_hits_and_misses)
+{
+    char root_dir[] = "/tmp/mc-trace-cache-XXXXXX";
+    CHECK(mkdtemp(root_dir));
+    setenv("MC_CACHE_DIR", root_dir, 1);
+    unsetenv("MC_CACHE");
+    char *path = tr_path("cache.json");
+    CHECK(path);
+    CHECK_OK(mc_trace_start(path));
+    mc_device *d = mct_open_device(0), *d2 = NULL;
+    CHECK(d);
+    mc_language lang;
+    char *src = mct_kernel_source(d, "runner_test", &lang);
+    CHECK(src);
+    mc_pipeline_source_desc sd = MC_PIPELINE_SOURCE_DESC_INIT;
+    sd.language = lang;
+    sd.source = src;
+    sd.function = "rt_step";
+    mc_pipeline *p1, *p2, *p3;
+    CHECK_OK(mc_pipeline_create_from_source(d, &sd, &p1, NULL)); /* miss, compile */
+    CHECK_OK(mc_pipeline_create_from_source(d, &sd, &p2, NULL)); /* from memory */
+    d2 = mct_open_device(0);
+    CHECK(d2);
+    CHECK_OK(mc_pipeline_create_from_source(d2, &sd, &p3, NULL)); /* from disk: a new device */
+    mc_pipeline_release(p1);
+    mc_pipeline_release(p2);
+    mc_pipeline_release(p3);
+    mc_device_release(d);
+    mc_device_release(d2);
+    free(src);
+    CHECK_OK(mc_trace_stop());
+    json_t *root = tr_load(path);
+    CHECK(root);
+    json_t *events = json_object_get(root, "traceEvents");
+    CHECK_EQ(tr_count(events, "i", "cache miss", "rt_step", -1), 1);
+    CHECK_EQ(tr_count(events, "X", "compile", "rt_step", -1), 1);
+    CHECK_EQ(tr_count(events, "i", "cache hit", "rt_step", 0), 1);
+    CHECK_EQ(tr_count(events, "i", "cache hit", "rt_step", 1), 1);
+    size_t i;
+    json_t *e;
+    json_array_foreach(events, i, e) if (is(e, "X", "compile", NULL)) CHECK(!strcmp(ev_status(e), "MC_OK"));
+    json_decref(root);
+    free(path);
+    return 0;
+}
+
+MC_TEST(trace_stream_items_appear_once_each_with_their_attempts)
+{
+    char *path = tr_path("stream.json");
+    CHECK(path);
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "MC_LOG=off MC_TRACE=%s MC_INJECT_FAULTS=page-fault@20 %s/examples/stream_filter 2>&1",
+             path, MC_BINARY_DIR);
+    int st = -1;
+    char *out = tr_command(cmd, &st);
+    CHECK(out);
+    CHECK_EQ(st, 0);
+    free(out);
+    json_t *root = tr_load(path);
+    CHECK(root);
+    json_t *events = json_object_get(root, "traceEvents");
+    enum { MAXI = 1 << 16 };
+    static unsigned char seen[MAXI];
+    size_t i, n = 0, retried = 0;
+    long long maxseq = 0;
+    json_t *e;
+    json_array_foreach(events, i, e) {
+        if (!is(e, "i", "stream", "item")) continue;
+        long long seq = ev_arg(e, "sequence");
+        CHECK(seq >= 1 && seq < MAXI);
+        if (seen[seq]) MC__FAILED("stream item %lld delivered twice", seq);
+        seen[seq] = 1;
+        n++;
+        if (seq > maxseq) maxseq = seq;
+        CHECK(!strcmp(ev_status(e), "MC_OK"));
+        CHECK_GE(ev_arg(e, "attempts"), 1);
+        retried += ev_arg(e, "attempts") > 1;
+    }
+    CHECK_GT(n, 20);
+    CHECK_EQ((long long)n, maxseq); /* 1..N, none missing */
+    CHECK_GE(retried, 1);           /* the fault's item was replayed */
+    CHECK_EQ(check_tracks(events), 0);
+    json_decref(root);
+    free(path);
+    return 0;
+}
+
+MC_TEST(trace_shows_worker_restarts_under_isolate)
+{
+    char *path = tr_path("isolate.json");
+    CHECK(path);
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd,
+             "%s/metal-compute run gray-scott --size 32 --steps 300 --out %s.png --isolate --inject-faults kill@4 "
+             "--trace %s 2>&1",
+             MC_BINARY_DIR, path, path);
+    int st = -1;
+    char *out = tr_command(cmd, &st);
+    CHECK(out);
+    fprintf(stderr, "%s", out);
+    CHECK_EQ(st, 0);
+    free(out);
+    json_t *root = tr_load(path);
+    CHECK(root);
+    json_t *events = json_object_get(root, "traceEvents");
+    size_t i, restarts = 0;
+    json_t *e;
+    json_array_foreach(events, i, e) {
+        if (!is(e, "i", "isolate", "worker restart")) continue;
+        restarts++;
+        CHECK(!strcmp(ev_status(e), "MC_ERR_WORKER_LOST"));
+        CHECK_EQ(ev_arg(e, "worker"), 2);
+    }
+    CHECK_EQ(restarts, 1);
+    json_decref(root);
+    free(path);
+    return 0;
+}
