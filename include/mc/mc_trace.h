@@ -12,7 +12,7 @@
  * Events are kept in memory and the file is written once, when the trace
  * stops: at mc_trace_stop, or when the program exits (also after an error,
  * when the trace is needed most). Memory is bounded: past MC_TRACE_MAX_EVENTS
- * events (default 262144, about 50 MB) further events are counted as
+ * events (default 262144, about 60 MB) further events are counted as
  * dropped, and the count is written into the file.
  *
  * Setting MC_TRACE=FILE in the environment starts a trace when the library

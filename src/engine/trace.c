@@ -10,7 +10,7 @@
  *    off); the events behind one mutex (a handful per command buffer, so
  *    the lock is not contended at the runner's rates);
  *  - bounded memory: events live in blocks allocated as they fill, at most
- *    MC_TRACE_MAX_EVENTS (default 262144, about 50 MB); later events are
+ *    MC_TRACE_MAX_EVENTS (default 262144, about 60 MB); later events are
  *    counted in dropped_events and the count goes into the file;
  *  - tracks: a kind and a label ("queue" + the queue's label). Spans of one
  *    track may overlap (the runner keeps several command buffers in
@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #define DEFAULT_MAX_EVENTS 262144
+#define MAX_MAX_EVENTS (1 << 24) /* about 4 GB of events */
 #define BLOCK_EVENTS 4096u
 #define MAX_TRACKS 1024u
 #define MAX_LANES 64u
@@ -415,7 +416,8 @@ mc_status mc_trace_start(const char *path)
     mc_status s = mc__outfile_check(path);
     if (s != MC_OK) return s;
     long long max = mc__env_int("MC_TRACE_MAX_EVENTS", DEFAULT_MAX_EVENTS);
-    if (max < 1) return mc__fail(MC_ERR_INVALID_ARGUMENT, "MC_TRACE_MAX_EVENTS is %lld; it must be 1 or more", max);
+    if (max < 1 || max > MAX_MAX_EVENTS)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "MC_TRACE_MAX_EVENTS is %lld; it must be 1 to %d", max, MAX_MAX_EVENTS);
     char *copy = mc__strdup(path);
     if (!copy) return mc__fail(MC_ERR_NO_MEMORY, "mc_trace_start: out of memory");
     pthread_once(&exit_once, register_exit);
