@@ -9,6 +9,7 @@
 
 #include <jansson.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -694,6 +695,36 @@ MC_TEST(trace_shows_worker_restarts_under_isolate)
         CHECK_EQ(ev_arg(e, "worker"), 2);
     }
     CHECK_EQ(restarts, 1);
+    json_decref(root);
+    free(path);
+    return 0;
+}
+
+MC_TEST(trace_is_written_when_the_run_is_interrupted)
+{
+    char *path = tr_path("interrupted.json");
+    CHECK(path);
+    char png[4200], bin[4200];
+    snprintf(png, sizeof png, "%s.png", path);
+    snprintf(bin, sizeof bin, "%s/metal-compute", MC_BINARY_DIR);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        execl(bin, bin, "run", "gray-scott", "--size", "64", "--steps", "2000000000", "--out", png, "--trace", path,
+              (char *)NULL);
+        _exit(127);
+    }
+    usleep(2500 * 1000); /* a run of hours, stopped by Ctrl-C */
+    CHECK_EQ(kill(pid, SIGINT), 0);
+    int ws = 0;
+    CHECK_EQ(waitpid(pid, &ws, 0), pid);
+    CHECK(WIFSIGNALED(ws)); /* it still dies of the signal */
+    CHECK_EQ(WTERMSIG(ws), SIGINT);
+    json_t *root = tr_load(path);
+    CHECK(root);
+    json_t *events = json_object_get(root, "traceEvents");
+    CHECK_GT(tr_count(events, "X", "runner", "chunk", -1), 0);
+    CHECK_EQ(check_tracks(events), 0);
     json_decref(root);
     free(path);
     return 0;

@@ -13,6 +13,8 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -26,11 +28,51 @@
 
 static bool cli_started;
 
+/* Ctrl-C or a kill on a run that seems stuck is when its trace is wanted
+ * most, and a signal handler cannot write a file. So SIGINT and SIGTERM
+ * are blocked in every thread (started after this, they inherit it) and
+ * one thread waits for them: it writes the trace, then dies of the signal
+ * as the program would have. Forked children get their old mask back. */
+static sigset_t stop_signals, old_mask;
+
+static void *watch_signals(void *arg)
+{
+    (void)arg;
+    int sig = 0;
+    if (sigwait(&stop_signals, &sig) != 0) return NULL;
+    if (mc_trace_active()) {
+        mc_status s = mc_trace_stop();
+        if (s != MC_OK) mc_cli_fail("writing the trace", s);
+        else fprintf(stderr, "metal-compute: trace written; stopping on signal %d\n", sig);
+    }
+    signal(sig, SIG_DFL);
+    pthread_sigmask(SIG_UNBLOCK, &stop_signals, NULL);
+    raise(sig);
+    return NULL;
+}
+
+static void restore_mask_in_child(void)
+{
+    pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
+}
+
 int mc_cli_trace_begin(const char *path)
 {
     mc_status s = mc_trace_start(path);
     if (s != MC_OK) return mc_cli_fail("--trace", s);
     cli_started = true;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGINT);
+    sigaddset(&stop_signals, SIGTERM);
+    pthread_t t;
+    if (pthread_sigmask(SIG_BLOCK, &stop_signals, &old_mask) == 0) {
+        if (pthread_create(&t, NULL, watch_signals, NULL) == 0) {
+            pthread_detach(t);
+            pthread_atfork(NULL, NULL, restore_mask_in_child);
+        } else {
+            pthread_sigmask(SIG_SETMASK, &old_mask, NULL); /* no watcher: a signal ends the run as before */
+        }
+    }
     return 0;
 }
 
