@@ -405,7 +405,7 @@ static int run_gray_scott(int argc, char **argv)
         mc_cli_fail("--out", cs);
         return 2;
     }
-    if (trace && mc_cli_trace_begin(trace) != 0) return 2;
+    if (trace && mc_cli_trace_begin(trace, isolate) != 0) return 2;
 
     gs_job job;
     memset(&job, 0, sizeof job);
@@ -479,6 +479,7 @@ static int run_gray_scott(int argc, char **argv)
         return 2;
     }
     mc_device_release(dev); /* the runner holds its own (and replaces it after a loss) */
+    mc_cli_trace_watch_signals();
 
     s = mc_runner_run(r);
     mc_runner_stats st;

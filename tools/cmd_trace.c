@@ -32,8 +32,13 @@ static bool cli_started;
  * most, and a signal handler cannot write a file. So SIGINT and SIGTERM
  * are blocked in every thread (started after this, they inherit it) and
  * one thread waits for them: it writes the trace, then dies of the signal
- * as the program would have. Forked children get their old mask back. */
+ * as the program would have. Forked children get their old mask back.
+ * The signals are blocked when the trace starts (every thread made later
+ * inherits that); the watcher starts once the job's processes are forked
+ * (the isolation layer forks its launcher at mc_runner_create and wants no
+ * thread of ours before that). */
 static sigset_t stop_signals, old_mask;
+static bool signals_blocked;
 
 static void *watch_signals(void *arg)
 {
@@ -56,24 +61,32 @@ static void restore_mask_in_child(void)
     pthread_sigmask(SIG_SETMASK, &old_mask, NULL);
 }
 
-int mc_cli_trace_begin(const char *path)
+int mc_cli_trace_begin(const char *path, bool forks_later)
 {
     mc_status s = mc_trace_start(path);
     if (s != MC_OK) return mc_cli_fail("--trace", s);
     cli_started = true;
+    /* Blocked now, before the device's threads exist, so that they all
+     * inherit it; a signal until the watcher starts waits for it. */
     sigemptyset(&stop_signals);
     sigaddset(&stop_signals, SIGINT);
     sigaddset(&stop_signals, SIGTERM);
-    pthread_t t;
     if (pthread_sigmask(SIG_BLOCK, &stop_signals, &old_mask) == 0) {
-        if (pthread_create(&t, NULL, watch_signals, NULL) == 0) {
-            pthread_detach(t);
-            pthread_atfork(NULL, NULL, restore_mask_in_child);
-        } else {
-            pthread_sigmask(SIG_SETMASK, &old_mask, NULL); /* no watcher: a signal ends the run as before */
-        }
+        signals_blocked = true;
+        pthread_atfork(NULL, NULL, restore_mask_in_child);
     }
+    if (!forks_later) mc_cli_trace_watch_signals();
     return 0;
+}
+
+void mc_cli_trace_watch_signals(void)
+{
+    static bool watching;
+    if (!signals_blocked || watching) return;
+    watching = true;
+    pthread_t t;
+    if (pthread_create(&t, NULL, watch_signals, NULL) == 0) pthread_detach(t);
+    else pthread_sigmask(SIG_SETMASK, &old_mask, NULL); /* no watcher: a signal ends the run as before */
 }
 
 int mc_cli_trace_finish(int rc)
