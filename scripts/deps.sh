@@ -11,6 +11,7 @@ command -v pkg-config >/dev/null 2>&1 || need="$need pkg-config"
 # MSL kernels on the CPU device: clang++ and Boost.Context (fiber switches)
 command -v clang++ >/dev/null 2>&1 || need="$need clang"
 [ -f /usr/include/boost/context/detail/fcontext.hpp ] || need="$need libboost-context-dev"
+[ -f /usr/include/jansson.h ] || need="$need libjansson-dev"
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing:$need"

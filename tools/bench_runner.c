@@ -9,9 +9,13 @@
  * with the device idle, what the runner's in-flight queue avoids (F135).
  */
 #include "bench.h"
+#include "engine/trace.h"
 
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define GS_GROUP 16u
 /* The grid grows until one step keeps the device busy this long, so the
@@ -176,6 +180,49 @@ static mc_status naive_gap(mc_bench *b, gs_bench *g, uint64_t per, int chunks, d
     return s;
 }
 
+/* Tracing's cost (docs/TRACE.md): the same runs with a trace recording and
+ * without, alternating; the trace goes to a temporary folder, written and
+ * removed after each traced run (the write is not timed: it happens at
+ * stop, after the run). Wall times per repetition in on[] and off[]. */
+static mc_status trace_overhead(mc_bench *b, gs_bench *g, uint64_t steps, int reps, double *on, double *off)
+{
+    char dir[] = "/tmp/mc-bench-trace-XXXXXX";
+    if (!mkdtemp(dir)) {
+        fprintf(stderr, "runner: no temporary folder for the trace: %s\n", strerror(errno));
+        return MC_ERR_IO;
+    }
+    char path[64];
+    snprintf(path, sizeof path, "%s/bench.json", dir);
+    mc_runner_stats st;
+    mc_status s = MC_OK;
+    for (int i = 0; i < reps && s == MC_OK; i++) {
+        for (int k = 0; k < 2 && s == MC_OK; k++) {
+            bool traced = (k == 0) == (i % 2 == 0);
+            if (traced && (s = mc_trace_start(path)) != MC_OK) break;
+            s = run_runner(b, g, steps, traced ? &on[i] : &off[i], &st);
+            if (traced) {
+                mc_status ws = mc_trace_stop();
+                if (s == MC_OK) s = ws;
+                remove(path);
+            }
+        }
+    }
+    /* The cost of one event, which the noise of whole runs hides: a few
+     * per chunk (command buffer, pass, device span, chunk, checkpoint). */
+    if (s == MC_OK && (s = mc_trace_start(path)) == MC_OK) {
+        const int n = 50000;
+        double t0 = mc_bench_now_us();
+        for (int i = 0; i < n; i++)
+            mc__trace_span("bench", "events", "bench", "span", 0, 1, 2, "MC_OK", MC__TARGS({"i", i}));
+        double per_ns = (mc_bench_now_us() - t0) * 1e3 / n;
+        s = mc_trace_stop();
+        remove(path);
+        fprintf(stderr, "runner: recording one trace event takes %.0f ns\n", per_ns);
+    }
+    rmdir(dir);
+    return s;
+}
+
 static void gs_seed(gs_bench *g)
 {
     uint32_t n = g->size;
@@ -260,6 +307,20 @@ int mc_bench_runner(mc_bench *b)
         rc = mc_cli_fail("bench runner: naive chunks", s);
         goto out;
     }
+    /* The same runner with a trace recording, side by side with none. */
+    double *traced = calloc((size_t)reps, sizeof *traced), *untraced = calloc((size_t)reps, sizeof *untraced);
+    if (traced && untraced && (s = trace_overhead(b, &g, steps, reps, traced, untraced)) == MC_OK) {
+        char tm[64];
+        snprintf(tm, sizeof tm, "gray-scott %u^2, %llu steps, traced", g.size, (unsigned long long)steps);
+        double tmed = mc_bench_median(traced, reps), tiq = mc_bench_iqr(traced, reps);
+        double umed = mc_bench_median(untraced, reps), uiq = mc_bench_iqr(untraced, reps);
+        mc_bench_add(b, "runner", tm, "ms", tmed / 1e3, tiq / 1e3, umed / 1e3, uiq / 1e3, "tracing off", false);
+        fprintf(stderr, "runner: tracing costs %+.2f%% of the run\n", umed > 0 ? (tmed / umed - 1) * 100 : 0);
+    } else if (traced && untraced) {
+        fprintf(stderr, "runner: no tracing row: %s\n", mc_last_error());
+    }
+    free(traced);
+    free(untraced);
     char metric[64];
     snprintf(metric, sizeof metric, "gray-scott %u^2, %llu steps, total", g.size, (unsigned long long)steps);
     double om = mc_bench_median(ours, reps), oi = mc_bench_iqr(ours, reps);

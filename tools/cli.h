@@ -17,6 +17,15 @@ int mc_cli_info(int argc, char **argv);
 int mc_cli_bench(int argc, char **argv);
 int mc_cli_cache(int argc, char **argv);
 int mc_cli_run(int argc, char **argv);
+int mc_cli_trace(int argc, char **argv);
+/* --trace FILE (cmd_trace.c): begin checks the path now and makes Ctrl-C
+ * and SIGTERM write the trace before the program dies of them; a job that
+ * forks later (--isolate) passes forks_later and calls watch_signals once
+ * its runner exists. finish stops the trace and writes it, also after an
+ * error; returns rc, or 1 when the file could not be written. */
+int mc_cli_trace_begin(const char *path, bool forks_later);
+void mc_cli_trace_watch_signals(void);
+int mc_cli_trace_finish(int rc);
 
 /* Directory holding examples/kernels (source tree, else installed). */
 const char *mc_cli_kernel_dir(void);

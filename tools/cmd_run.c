@@ -287,7 +287,8 @@ static void run_usage(void)
 {
     printf("usage: metal-compute run gray-scott [--device D] [--size N] [--steps N] [--budget-ms MS]\n"
            "                                    [--checkpoint-ms MS] [--out FILE.png] [--inject-faults KIND@N,...]\n"
-           "                                    [--isolate [--deadline-ms MS] [--max-restarts N]] [--fault-at-step S]\n\n"
+           "                                    [--isolate [--deadline-ms MS] [--max-restarts N]] [--fault-at-step S]\n"
+           "                                    [--trace FILE]\n\n"
            "Runs a Gray-Scott reaction-diffusion simulation through the runner: chunks of work under a time\n"
            "budget, several in flight, checkpoints, and replay after a fault. Writes the final field as a PNG\n"
            "and prints a summary.\n\n"
@@ -297,6 +298,7 @@ static void run_usage(void)
            "  --budget-ms MS        device time per command buffer (default 25)\n"
            "  --checkpoint-ms MS    time between checkpoints (default 1000)\n"
            "  --out FILE.png        the image (default gray-scott.png)\n"
+           "  --trace FILE          write a Chrome Trace Event JSON file of the run (docs/TRACE.md), also on error\n"
            "  --inject-faults SPEC  the Nth command buffer of the run fails with KIND: timeout, page-fault,\n"
            "                        access-revoked, device-lost or internal (e.g. timeout@3,device-lost@6);\n"
            "                        with --isolate also kill (the worker dies by SIGKILL) and hang (it stops\n"
@@ -353,7 +355,7 @@ static bool parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
 
 static int run_gray_scott(int argc, char **argv)
 {
-    const char *device = NULL, *out = "gray-scott.png", *faults = NULL;
+    const char *device = NULL, *out = "gray-scott.png", *faults = NULL, *trace = NULL;
     uint32_t size = 256, steps = 10000, max_restarts = 0, fault_at = 0;
     double budget = 0, checkpoint = 0, deadline = 0;
     bool isolate = false, fault_set = false;
@@ -412,6 +414,8 @@ static int run_gray_scott(int argc, char **argv)
             out = argv[++i];
         } else if (i + 1 < argc && !strcmp(a, "--inject-faults")) {
             faults = argv[++i];
+        } else if (i + 1 < argc && !strcmp(a, "--trace")) {
+            trace = argv[++i];
         } else {
             fprintf(stderr, "metal-compute run: unknown or incomplete option '%s'\n", a);
             run_usage();
@@ -437,6 +441,7 @@ static int run_gray_scott(int argc, char **argv)
         mc_cli_fail("--out", cs);
         return 2;
     }
+    if (trace && mc_cli_trace_begin(trace, isolate) != 0) return 2;
 
     gs_job job;
     memset(&job, 0, sizeof job);
@@ -515,6 +520,7 @@ static int run_gray_scott(int argc, char **argv)
         return 2;
     }
     mc_device_release(dev); /* the runner holds its own (and replaces it after a loss) */
+    mc_cli_trace_watch_signals();
 
     s = mc_runner_run(r);
     mc_runner_stats st;
@@ -581,7 +587,7 @@ int mc_cli_run(int argc, char **argv)
         run_usage();
         return argc < 2 ? 2 : 0;
     }
-    if (!strcmp(argv[1], "gray-scott")) return run_gray_scott(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "gray-scott")) return mc_cli_trace_finish(run_gray_scott(argc - 1, argv + 1));
     fprintf(stderr, "metal-compute run: unknown job '%s' (try gray-scott)\n", argv[1]);
     return 2;
 }

@@ -51,6 +51,7 @@ static const mc_cli_command commands[] = {
     {"info", "list every device and its capabilities", mc_cli_info},
     {"bench", "measure the runtime against the rawest baseline, side by side", mc_cli_bench},
     {"cache", "build, list, inspect and clear the pipeline cache", mc_cli_cache},
+    {"trace", "read a trace written by --trace or MC_TRACE: trace summary FILE", mc_cli_trace},
     {"version", "print the version", cmd_version},
     {"help", "this help", cmd_help},
 };

@@ -493,4 +493,6 @@ MC_API mc_status mc_event_notify(mc_event *e, uint64_t target, mc_event_fn fn, v
 
 #include "mc_cmdlist.h"
 
+#include "mc_trace.h"
+
 #endif

@@ -41,6 +41,7 @@
  * of many.
  */
 #include "engine/engine.h"
+#include "engine/trace.h"
 
 #include <dirent.h>
 #include <dlfcn.h>
@@ -1279,6 +1280,8 @@ static mc_status compile(struct mc__cache *c, const req *r, mc_library **lib_out
     mc_status s = d->hal->library_create(d->hd, r->lang, r->source, r->source_len, r->options, &hl, &blog);
     if (s != MC_OK) {
         count(&c->n.compile_ns, now_ns() - t0);
+        if (MC__TRACING())
+            mc__trace_span("pipelines", NULL, "compile", r->function, 0, t0, now_ns(), mc_status_name(s), 0, NULL);
         if (s == MC_ERR_COMPILE && !mc_last_error()[0])
             mc__fail(s, "%s compilation failed", mc_language_name(r->lang));
         *log = blog;
@@ -1292,6 +1295,7 @@ static mc_status compile(struct mc__cache *c, const req *r, mc_library **lib_out
     }
     s = pipeline_from_lib(d, lib, r, out);
     count(&c->n.compile_ns, now_ns() - t0);
+    if (MC__TRACING()) mc__trace_span("pipelines", NULL, "compile", r->function, 0, t0, now_ns(), mc_status_name(s), 0, NULL);
     if (s != MC_OK) {
         cache_lib_final(d, lib); /* no pipeline was made from it */
         return s;
@@ -1330,6 +1334,8 @@ static mc_status build(struct mc__cache *c, const req *r, const bytes *m, bool a
             }
             count(&c->n.load_ns, now_ns() - t0);
             count(&c->n.hits_disk, 1);
+            if (MC__TRACING())
+                mc__trace_instant("pipelines", NULL, "cache hit", r->function, 0, NULL, MC__TARGS({"disk", 1}));
             *lib_out = lib;
             return MC_OK;
         }
@@ -1337,6 +1343,7 @@ static mc_status build(struct mc__cache *c, const req *r, const bytes *m, bool a
         else if (l == LOOK_REJECTED) miss_why = "its entry was refused";
     }
     count(&c->n.misses, 1);
+    if (MC__TRACING()) mc__trace_instant("pipelines", NULL, "cache miss", r->function, 0, NULL, 0, NULL);
     if (mode == MC_CACHE_REQUIRE)
         return mc__fail(MC_ERR_CACHE_MISS, "pipeline '%s' is not in the cache (%s) and the cache mode is 'require'",
                         r->function, miss_why);
@@ -1416,6 +1423,7 @@ static mc_status request_uncached(struct mc__cache *c, const req *r, mc_pipeline
     count(&c->n.misses, 1);
     count(&c->n.compiles, 1);
     mc_status s = mc_library_create(d, &ld, &lib, log);
+    if (MC__TRACING()) mc__trace_span("pipelines", NULL, "compile", r->function, 0, t0, now_ns(), mc_status_name(s), 0, NULL);
     if (s == MC_OK) {
         s = pipeline_from_lib(d, lib, r, out);
         mc_library_release(lib);
@@ -1458,6 +1466,7 @@ static mc_status request(struct mc__cache *c, const req *r, mc_pipeline **out, c
         free(m.p);
         if (!lib) return s;
         count(&c->n.hits_memory, 1);
+        if (MC__TRACING()) mc__trace_instant("pipelines", NULL, "cache hit", r->function, 0, NULL, MC__TARGS({"disk", 0}));
         s = pipeline_from_lib(d, lib, r, out);
         lib_unref_temporary(lib);
         return s;
@@ -1760,6 +1769,7 @@ static bool try_memory_hit(struct mc__cache *c, const req *r, mc_pipeline **out,
     free(m.p);
     if (!lib) return false;
     count(&c->n.hits_memory, 1);
+    if (MC__TRACING()) mc__trace_instant("pipelines", NULL, "cache hit", r->function, 0, NULL, MC__TARGS({"disk", 0}));
     *st = pipeline_from_lib(d, lib, r, out);
     lib_unref_temporary(lib);
     return true;

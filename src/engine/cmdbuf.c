@@ -10,6 +10,7 @@
  * completion path every backend reports to.
  */
 #include "engine/engine.h"
+#include "engine/trace.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -820,6 +821,7 @@ static void on_complete(mc__submission *sub)
     cb->status = sub->status;
     memcpy(cb->message, sub->message, sizeof cb->message);
     cb->message[sizeof cb->message - 1] = '\0';
+    if (MC__TRACING() && cb->trace_commit_ns) mc__trace_cmdbuf(cb, sub, cb->trace_commit_ns);
     if (sub->status != MC_OK) {
         int ok = MC_OK;
         atomic_compare_exchange_strong(&q->error, &ok, (int)sub->status);
@@ -894,6 +896,10 @@ mc_status mc_cmdbuf_commit(mc_cmdbuf *cb)
         return s;
     }
     mc__submission *sub = &cb->sub;
+    if (MC__TRACING()) { /* a trace shows the device's times of every command buffer and pass */
+        cb->trace_commit_ns = mc__now_ns();
+        cb->flags |= MC_CMDBUF_TIMESTAMPS | MC_CMDBUF_PASS_TIMESTAMPS;
+    }
     uint32_t nstate = rec->npass ? rec->npass : 1;
     if (nstate > cb->pass_state_cap) {
         mc_pass_state *m = mc__realloc(cb->pass_state_mem, (size_t)nstate * sizeof *m);

@@ -191,6 +191,7 @@ struct mc_cmdbuf {
     mc_pass_state *pass_state_mem;
     uint32_t pass_state_cap;
     mc_cmdbuf *pool_next;
+    uint64_t trace_commit_ns; /* 0: not traced (engine/trace.h) */
 };
 
 struct mc_event {

@@ -33,6 +33,7 @@
  *    the fault to the new worker's first progress.
  */
 #include "engine/isolate.h"
+#include "engine/trace.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -656,6 +657,9 @@ static mc_status restart(iso_runner *ir, mc__iso_cause cause, mc_status status, 
                         ir->label, ir->in_a_row - 1, what, (unsigned long long)good, (unsigned long long)ir->high);
     }
     ir->ist.restarts++;
+    if (MC__TRACING())
+        mc__trace_instant("runner", ir->label, "isolate", "worker restart", 0, mc_status_name(status),
+                          MC__TARGS({"worker", ir->ist.workers + 1}, {"from", good}, {"in_a_row", ir->in_a_row}));
     mc__log(MC_LOG_WARN, "isolate.restart", "runner '%s': %s; starting worker %u from iteration %llu", ir->label, what,
             ir->ist.workers + 1, (unsigned long long)good);
     if (!ir->measuring) ir->stall_ns = ir->progress_ns ? ir->progress_ns : ir->start_ns;

@@ -44,6 +44,7 @@
  */
 #include "engine/engine.h"
 #include "engine/isolate.h"
+#include "engine/trace.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -632,6 +633,8 @@ static void take_checkpoint(mc_runner *r, const chunk *c)
     r->host_iter = c->first + c->iters;
     r->st.checkpoints++;
     r->st.checkpoint_iteration = r->host_iter;
+    if (MC__TRACING())
+        mc__trace_instant("runner", r->label, "runner", "checkpoint", 0, NULL, MC__TARGS({"iteration", r->host_iter}));
     if (r->host_iter > r->fail_point) r->in_a_row = 0;
     if (r->desc.on_checkpoint)
         r->desc.on_checkpoint(r->desc.checkpoint_user, r->host_iter, (const void *const *)r->host[r->host_cur],
@@ -644,6 +647,10 @@ static void harvest(mc_runner *r, chunk *c)
     uint64_t t0 = 0, t1 = 0;
     bool timed = mc_cmdbuf_gpu_time(c->cb, &t0, &t1) == MC_OK && t0 && t1 >= t0;
     double t = timed ? (double)(t1 - t0) : 0;
+    if (MC__TRACING())
+        mc__trace_span("runner", r->label, "runner", "chunk", 0, t0, t1, mc_status_name(MC_OK),
+                       MC__TARGS({"chunk", c->number}, {"first", c->first}, {"iters", c->iters},
+                                 {"dispatches", c->dispatches}, {"stopped", c->stopped}));
     r->st.chunks++;
     r->st.dispatches += c->dispatches;
     r->chunk_ns_sum += t;
@@ -727,6 +734,13 @@ static void settle_all(mc_runner *r, failure *f)
             mc_cmdbuf_gpu_time(c->cb, &t0, &t1);
             f->gpu_ns = t1 > t0 ? (double)(t1 - t0) : 0;
         }
+        if (MC__TRACING()) {
+            uint64_t t0 = 0, t1 = 0;
+            mc_cmdbuf_gpu_time(c->cb, &t0, &t1);
+            mc__trace_span("runner", r->label, "runner", "chunk", 0, t0, t1, mc_status_name(s),
+                           MC__TARGS({"chunk", c->number}, {"first", c->first}, {"iters", c->iters},
+                                     {"dispatches", c->dispatches}, {"replayed", 1}));
+        }
         if (c->ckpt_slot >= 0) r->ckpt_busy[c->ckpt_slot] = false;
         mc_cmdbuf_release(c->cb);
     }
@@ -805,6 +819,9 @@ static mc_status cancelled(mc_runner *r)
 
 static mc_status give_up(mc_runner *r, const failure *f, const char *why)
 {
+    if (MC__TRACING())
+        mc__trace_instant("runner", r->label, "runner", "gave up", 0, mc_status_name(f->status),
+                          MC__TARGS({"chunk", f->number}, {"checkpoint", r->host_iter}));
     /* Leave the last good state on the device, if there is one. */
     if (!lost(r) && r->bound && r->queue) restore(r);
     r->st.iterations = r->host_iter;
@@ -834,6 +851,10 @@ static mc_status recover(mc_runner *r, failure *commit_error)
 
     r->st.last_failure = f.status;
     r->st.recoveries++;
+    if (MC__TRACING())
+        mc__trace_instant("runner", r->label, "runner", "fault", 0, mc_status_name(f.status),
+                          MC__TARGS({"chunk", f.number}, {"first", f.first}, {"iters", f.iters},
+                                    {"checkpoint", r->host_iter}));
     count_kind(r, f.status);
     r->in_a_row++;
     r->fail_point = f.first;
@@ -864,6 +885,10 @@ static mc_status recover(mc_runner *r, failure *commit_error)
     for (;;) {
         if (atomic_load(&r->cancel)) return cancelled(r);
         mc_status s = rebuild(r, device_lost);
+        if (s == MC_OK && MC__TRACING())
+            mc__trace_instant("runner", r->label, "runner", "recovery", 0, mc_status_name(f.status),
+                              MC__TARGS({"chunk", f.number}, {"from", r->host_iter}, {"in_a_row", r->in_a_row},
+                                        {"device_reopened", device_lost}));
         if (s == MC_OK) return MC_OK;
         /* Could not rebuild (the device is not back yet, setup failed):
          * that is one more failure; wait and try again. */
@@ -1008,6 +1033,10 @@ mc_status mc_runner_run(mc_runner *r)
     }
     if (s == MC_OK) r->st.iterations = r->stopped ? r->stop_iteration : r->desc.total_iterations;
 out:
+    if (MC__TRACING())
+        mc__trace_span("runner", r->label, "runner", "run", 0, r->start_ns, mc__now_ns(), mc_status_name(s),
+                       MC__TARGS({"first", r->resume_iter}, {"iterations", r->st.iterations},
+                                 {"chunks", r->st.chunks}, {"recoveries", r->st.recoveries}));
     report(r, true);
     publish(r);
     if (s == MC_OK) mc__clear_error();

@@ -47,6 +47,7 @@
  */
 #include "engine/engine.h"
 #include "engine/isolate.h"
+#include "engine/trace.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -683,6 +684,9 @@ static void deliver_head(mc_stream *s)
     slot *sl = &s->slots[idx];
     if (s->cancel && sl->status == MC_OK) set_message(sl, MC_ERR_CANCELLED, "cancelled by mc_stream_close");
     s->st.delivered++;
+    if (MC__TRACING())
+        mc__trace_instant("stream", s->label, "stream", "item", 0, mc_status_name(sl->status),
+                          MC__TARGS({"sequence", sl->seq}, {"tag", sl->tag}, {"attempts", sl->attempts}));
     if (sl->status == MC_ERR_CANCELLED) s->st.cancelled++;
     else if (sl->status != MC_OK) s->st.failed++;
     else s->fruitless = 0;
