@@ -396,7 +396,8 @@ static void report(iso_runner *ir, bool done)
     p.iterations = ir->high;
     p.total_iterations = ir->desc.total_iterations;
     p.elapsed_s = (double)(mc__now_ns() - ir->start_ns) / 1e9;
-    p.rate = p.elapsed_s > 0 ? (double)p.iterations / p.elapsed_s : 0;
+    uint64_t from = ir->base.resumed_iteration; /* a resumed run's rate counts only what this run did */
+    p.rate = p.elapsed_s > 0 && p.iterations >= from ? (double)(p.iterations - from) / p.elapsed_s : 0;
     p.eta_s = done ? 0 : p.total_iterations && p.rate > 0 ? (double)(p.total_iterations - p.iterations) / p.rate : -1;
     p.chunks = t.chunks;
     p.recoveries = t.recoveries;

@@ -914,7 +914,8 @@ static void report(mc_runner *r, bool done)
     p.iterations = r->high;
     p.total_iterations = r->desc.total_iterations;
     p.elapsed_s = (double)(mc__now_ns() - r->start_ns) / 1e9;
-    p.rate = p.elapsed_s > 0 ? (double)p.iterations / p.elapsed_s : 0;
+    /* A resumed run's rate counts only what this run did. */
+    p.rate = p.elapsed_s > 0 && p.iterations >= r->resume_iter ? (double)(p.iterations - r->resume_iter) / p.elapsed_s : 0;
     p.eta_s = done ? 0 : p.total_iterations && p.rate > 0 ? (double)(p.total_iterations - p.iterations) / p.rate : -1;
     p.chunks = r->st.chunks;
     p.recoveries = r->st.recoveries;
