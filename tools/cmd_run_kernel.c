@@ -266,9 +266,10 @@ static mc_status k_setup(void *user, mc_device *dev, mc_runner_binding *b)
     uint64_t t0 = mc__now_ns();
     mc_status s = mc_pipeline_create_from_source(dev, &sd, &j->pl, &log);
     if (s != MC_OK) {
-        char why[512];
-        snprintf(why, sizeof why, "%s", mc_last_error());
-        mc__fail(s, "%s: %s%s%s", j->path, why, log ? "\n" : "", log ? log : "");
+        /* The whole log, where the person is looking (an error message
+         * holds only its start); in an isolated run the worker shares
+         * this stderr. */
+        if (log) fprintf(stderr, "%s: the compiler says:\n%s\n", j->path, log);
         mc_free(log);
         return s;
     }
