@@ -512,3 +512,39 @@ MC_TEST(run_resume_refuses_other_parameters)
     remove_tree(dir);
     return 0;
 }
+
+/* Everything run gray-scott has: injected faults, recovered from, and an
+ * isolated worker killed and hung, give the same bytes. */
+MC_TEST(run_kernel_survives_faults_byte_for_byte)
+{
+    if (!cpu_device()) MC_SKIP("the C kernels in tests/kernels run on the cpu device");
+    char dir[512], cmd[4096];
+    temp_dir(dir, sizeof dir);
+    CHECK(dir[0]);
+    snprintf(cmd, sizeof cmd, "%s/board.npy", dir);
+    CHECK_EQ(write_board(cmd, 96, 96), 0);
+    const char *extra[] = {"", "--inject-faults timeout@3,device-lost@6,page-fault@9",
+                           "--isolate --deadline-ms 1000 --inject-faults kill@4,hang@8,device-lost@12"};
+    const char *want[] = {"recoveries   0", "recoveries   3", "worker restarts 3"};
+    for (int i = 0; i < 3; i++) {
+        int code = -1;
+        snprintf(cmd, sizeof cmd,
+                 "%s run %s/life.c --device cpu --function life_step --arg pair:%s/board.npy --arg iter --arg "
+                 "u32:96,u32:96 --steps 1001 --budget-ms 1 --out %s/out%d.npy --progress none %s",
+                 CLI, KERNELS, dir, dir, i, extra[i]);
+        char *out = run_command(cmd, &code);
+        CHECK(out);
+        fprintf(stderr, "%s", out);
+        CHECK_EQ(code, 0);
+        CHECK_STR_CONTAINS(out, want[i]);
+        free(out);
+        if (i) {
+            char a[600], b[600];
+            snprintf(a, sizeof a, "%s/out0.npy", dir);
+            snprintf(b, sizeof b, "%s/out%d.npy", dir, i);
+            CHECK(same_file(a, b));
+        }
+    }
+    remove_tree(dir);
+    return 0;
+}
