@@ -301,6 +301,15 @@ MC_TEST(run_second_start_loads_the_kernel_from_disk)
         CHECK_STR_CONTAINS(out, want[i]);
         free(out);
     }
+    /* `cache stats` shows it: the lifetime counters of the folder. */
+    int code = -1;
+    snprintf(cmd, sizeof cmd, "env -u MC_CACHE MC_CACHE_DIR=%s/cache %s cache stats", dir, CLI);
+    char *out = run_command(cmd, &code);
+    CHECK(out);
+    fprintf(stderr, "%s", out);
+    CHECK_EQ(code, 0);
+    CHECK_STR_CONTAINS(out, "1 from disk"); /* wording of tools/cmd_cache.c */
+    free(out);
     remove_tree(dir);
     return 0;
 }
