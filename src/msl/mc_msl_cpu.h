@@ -22,25 +22,80 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include <string.h>
-#include <stdlib.h>
-#include <sys/mman.h>
 
 #include "mc/mc_cpu_kernel.h"
+
+#ifdef __CUDA__
+/* The CUDA device's build of the same header (clang -x cuda, see
+ * mc_msl_cuda.h): every function is host and device, libm is libdevice's,
+ * threads are the GPU's own. */
+#pragma clang force_cuda_host_device begin
+#define MC_LIBM(f) __nv_##f
+extern "C" int __nv_ilogbf(float);
+extern "C" float __nv_acosf(float);
+extern "C" float __nv_acoshf(float);
+extern "C" float __nv_asinf(float);
+extern "C" float __nv_asinhf(float);
+extern "C" float __nv_atan2f(float, float);
+extern "C" float __nv_atanf(float);
+extern "C" float __nv_atanhf(float);
+extern "C" float __nv_ceilf(float);
+extern "C" float __nv_copysignf(float, float);
+extern "C" float __nv_cosf(float);
+extern "C" float __nv_coshf(float);
+extern "C" float __nv_exp2f(float);
+extern "C" float __nv_expf(float);
+extern "C" float __nv_fabsf(float);
+extern "C" float __nv_fdimf(float, float);
+extern "C" float __nv_floorf(float);
+extern "C" float __nv_fmaf(float, float, float);
+extern "C" float __nv_fmaxf(float, float);
+extern "C" float __nv_fminf(float, float);
+extern "C" float __nv_fmodf(float, float);
+extern "C" float __nv_frexpf(float, int *);
+extern "C" float __nv_ldexpf(float, int);
+extern "C" float __nv_log10f(float);
+extern "C" float __nv_log2f(float);
+extern "C" float __nv_logf(float);
+extern "C" float __nv_modff(float, float *);
+extern "C" float __nv_powf(float, float);
+extern "C" float __nv_rintf(float);
+extern "C" float __nv_roundf(float);
+extern "C" float __nv_sinf(float);
+extern "C" float __nv_sinhf(float);
+extern "C" float __nv_sqrtf(float);
+extern "C" float __nv_tanf(float);
+extern "C" float __nv_tanhf(float);
+extern "C" float __nv_truncf(float);
+#else
+#include <stdlib.h>
+#include <sys/mman.h>
+#define MC_LIBM(f) __builtin_##f
+#endif
 
 #ifndef MC_MSL_MAX_TGMEM
 #define MC_MSL_MAX_TGMEM 32768
 #endif
 
-/* Address spaces are one flat memory here. */
+/* Address spaces are one flat memory here; constant memory is read-only,
+ * so `constant T&` arguments are const (and copied by the entry point). */
 #define device
-#define constant
+#define constant const
 #define thread
-/* kernels inline into the loop or fiber that runs a threadgroup */
+/* kernels inline into the loop or fiber that runs a threadgroup (CPU), or
+ * into the __global__ entry point (CUDA: device code, for __shared__) */
+#ifdef __CUDA__
+#define kernel __attribute__((__device__)) __attribute__((always_inline)) inline
+#else
 #define kernel __attribute__((always_inline)) inline
+#endif
 #define MC_MSL_STR2(x) #x
 #define MC_MSL_STR(x) MC_MSL_STR2(x)
+#ifdef __CUDA__
+#define MC_TG_VAR __attribute__((__shared__))
+#else
 #define MC_TG_VAR static thread_local
+#endif
 
 typedef unsigned char uchar;
 typedef unsigned short ushort;
@@ -96,7 +151,7 @@ namespace mc {
 static inline uint16_t f2h(float f)
 {
     uint32_t x;
-    memcpy(&x, &f, 4);
+    __builtin_memcpy(&x, &f, 4);
     uint32_t sign = (x >> 16) & 0x8000u, ex = (x >> 23) & 0xffu, man = x & 0x7fffffu;
     if (ex == 0xffu) return (uint16_t)(sign | 0x7c00u | (man ? 0x200u | (man >> 13) : 0u));
     int e = (int)ex - 127 + 15;
@@ -125,7 +180,7 @@ static inline float h2f(uint16_t h)
         x = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3ffu) << 13);
     }
     float f;
-    memcpy(&f, &x, 4);
+    __builtin_memcpy(&f, &x, 4);
     return f;
 }
 } // namespace mc
@@ -270,7 +325,7 @@ template <class To, class From> static inline To as_type(const From &f)
 {
     static_assert(sizeof(To) == sizeof(From), "as_type: the two types differ in size");
     To t;
-    memcpy(&t, &f, sizeof t);
+    __builtin_memcpy(&t, &f, sizeof t);
     return t;
 }
 
@@ -299,33 +354,33 @@ namespace metal {
         for (int i = 0; i < N; i++) a[i] = fn(a[i], b);                                                         \
         return a;                                                                                                 \
     }
-static inline float mc_rsqrt(float x) { return 1.0f / __builtin_sqrtf(x); }
-static inline float mc_fract(float x) { float f = x - __builtin_floorf(x); return f < 0x1.fffffep-1f ? f : 0x1.fffffep-1f; }
-static inline float mc_exp10(float x) { return __builtin_powf(10.0f, x); }
-static inline float mc_sinpi(float x) { return __builtin_sinf(x * 3.14159265358979f); }
-static inline float mc_cospi(float x) { return __builtin_cosf(x * 3.14159265358979f); }
-static inline float mc_tanpi(float x) { return __builtin_tanf(x * 3.14159265358979f); }
-static inline float mc_saturate(float x) { return __builtin_fminf(__builtin_fmaxf(x, 0.0f), 1.0f); }
+static inline float mc_rsqrt(float x) { return 1.0f / MC_LIBM(sqrtf)(x); }
+static inline float mc_fract(float x) { float f = x - MC_LIBM(floorf)(x); return f < 0x1.fffffep-1f ? f : 0x1.fffffep-1f; }
+static inline float mc_exp10(float x) { return MC_LIBM(powf)(10.0f, x); }
+static inline float mc_sinpi(float x) { return MC_LIBM(sinf)(x * 3.14159265358979f); }
+static inline float mc_cospi(float x) { return MC_LIBM(cosf)(x * 3.14159265358979f); }
+static inline float mc_tanpi(float x) { return MC_LIBM(tanf)(x * 3.14159265358979f); }
+static inline float mc_saturate(float x) { return MC_LIBM(fminf)(MC_LIBM(fmaxf)(x, 0.0f), 1.0f); }
 static inline float mc_sign(float x) { return x > 0.0f ? 1.0f : x < 0.0f ? -1.0f : x == x ? 0.0f * x : 0.0f; }
 static inline float mc_divide(float x, float y) { return x / y; }
-static inline float mc_powr(float x, float y) { return __builtin_powf(x, y); }
-static inline float mc_fmin(float x, float y) { return __builtin_fminf(x, y); }
-static inline float mc_fmax(float x, float y) { return __builtin_fmaxf(x, y); }
+static inline float mc_powr(float x, float y) { return MC_LIBM(powf)(x, y); }
+static inline float mc_fmin(float x, float y) { return MC_LIBM(fminf)(x, y); }
+static inline float mc_fmax(float x, float y) { return MC_LIBM(fmaxf)(x, y); }
 static inline float mc_step(float e, float x) { return x < e ? 0.0f : 1.0f; }
 #define MC__MATH_FUNCS                                                                                            \
-    MC__UNARY(fabs, __builtin_fabsf) MC__UNARY(acos, __builtin_acosf) MC__UNARY(acosh, __builtin_acoshf)          \
-    MC__UNARY(asin, __builtin_asinf) MC__UNARY(asinh, __builtin_asinhf) MC__UNARY(atan, __builtin_atanf)          \
-    MC__UNARY(atanh, __builtin_atanhf) MC__UNARY(ceil, __builtin_ceilf) MC__UNARY(cos, __builtin_cosf)            \
-    MC__UNARY(cosh, __builtin_coshf) MC__UNARY(cospi, mc_cospi) MC__UNARY(exp, __builtin_expf)                   \
-    MC__UNARY(exp2, __builtin_exp2f) MC__UNARY(exp10, mc_exp10) MC__UNARY(floor, __builtin_floorf)                \
-    MC__UNARY(fract, mc_fract) MC__UNARY(log, __builtin_logf) MC__UNARY(log2, __builtin_log2f)                    \
-    MC__UNARY(log10, __builtin_log10f) MC__UNARY(rint, __builtin_rintf) MC__UNARY(round, __builtin_roundf)        \
-    MC__UNARY(rsqrt, mc_rsqrt) MC__UNARY(sin, __builtin_sinf) MC__UNARY(sinh, __builtin_sinhf)                    \
-    MC__UNARY(sinpi, mc_sinpi) MC__UNARY(sqrt, __builtin_sqrtf) MC__UNARY(tan, __builtin_tanf)                    \
-    MC__UNARY(tanh, __builtin_tanhf) MC__UNARY(tanpi, mc_tanpi) MC__UNARY(trunc, __builtin_truncf)                \
-    MC__UNARY(saturate, mc_saturate) MC__UNARY(sign, mc_sign) MC__BINARY(atan2, __builtin_atan2f)                 \
-    MC__BINARY(copysign, __builtin_copysignf) MC__BINARY(fdim, __builtin_fdimf) MC__BINARY(fmod, __builtin_fmodf) \
-    MC__BINARY(pow, __builtin_powf) MC__BINARY(powr, mc_powr) MC__BINARY(fmin, mc_fmin) MC__BINARY(fmax, mc_fmax) \
+    MC__UNARY(fabs, MC_LIBM(fabsf)) MC__UNARY(acos, MC_LIBM(acosf)) MC__UNARY(acosh, MC_LIBM(acoshf))          \
+    MC__UNARY(asin, MC_LIBM(asinf)) MC__UNARY(asinh, MC_LIBM(asinhf)) MC__UNARY(atan, MC_LIBM(atanf))          \
+    MC__UNARY(atanh, MC_LIBM(atanhf)) MC__UNARY(ceil, MC_LIBM(ceilf)) MC__UNARY(cos, MC_LIBM(cosf))            \
+    MC__UNARY(cosh, MC_LIBM(coshf)) MC__UNARY(cospi, mc_cospi) MC__UNARY(exp, MC_LIBM(expf))                   \
+    MC__UNARY(exp2, MC_LIBM(exp2f)) MC__UNARY(exp10, mc_exp10) MC__UNARY(floor, MC_LIBM(floorf))                \
+    MC__UNARY(fract, mc_fract) MC__UNARY(log, MC_LIBM(logf)) MC__UNARY(log2, MC_LIBM(log2f))                    \
+    MC__UNARY(log10, MC_LIBM(log10f)) MC__UNARY(rint, MC_LIBM(rintf)) MC__UNARY(round, MC_LIBM(roundf))        \
+    MC__UNARY(rsqrt, mc_rsqrt) MC__UNARY(sin, MC_LIBM(sinf)) MC__UNARY(sinh, MC_LIBM(sinhf))                    \
+    MC__UNARY(sinpi, mc_sinpi) MC__UNARY(sqrt, MC_LIBM(sqrtf)) MC__UNARY(tan, MC_LIBM(tanf))                    \
+    MC__UNARY(tanh, MC_LIBM(tanhf)) MC__UNARY(tanpi, mc_tanpi) MC__UNARY(trunc, MC_LIBM(truncf))                \
+    MC__UNARY(saturate, mc_saturate) MC__UNARY(sign, mc_sign) MC__BINARY(atan2, MC_LIBM(atan2f))                 \
+    MC__BINARY(copysign, MC_LIBM(copysignf)) MC__BINARY(fdim, MC_LIBM(fdimf)) MC__BINARY(fmod, MC_LIBM(fmodf)) \
+    MC__BINARY(pow, MC_LIBM(powf)) MC__BINARY(powr, mc_powr) MC__BINARY(fmin, mc_fmin) MC__BINARY(fmax, mc_fmax) \
     MC__BINARY(divide, mc_divide) MC__BINARY(step, mc_step)
 MC__MATH_FUNCS
 /* precise:: is what the plain names compute here (libm, correctly handled
@@ -335,23 +390,23 @@ namespace precise { MC__MATH_FUNCS }
 namespace fast { MC__MATH_FUNCS }
 #undef MC__MATH_FUNCS
 
-static inline float fma(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
+static inline float fma(float a, float b, float c) { return MC_LIBM(fmaf)(a, b, c); }
 template <int N> static inline mc::vec<float, N> fma(mc::vec<float, N> a, mc::vec<float, N> b, mc::vec<float, N> c)
 {
-    for (int i = 0; i < N; i++) a[i] = __builtin_fmaf(a[i], b[i], c[i]);
+    for (int i = 0; i < N; i++) a[i] = MC_LIBM(fmaf)(a[i], b[i], c[i]);
     return a;
 }
-static inline float ldexp(float x, int e) { return __builtin_ldexpf(x, e); }
-static inline float frexp(float x, thread int &e) { return __builtin_frexpf(x, &e); }
-static inline float modf(float x, thread float &ip) { return __builtin_modff(x, &ip); }
-static inline int ilogb(float x) { return __builtin_ilogbf(x); }
-static inline float sincos(float x, thread float &c) { c = __builtin_cosf(x); return __builtin_sinf(x); }
+static inline float ldexp(float x, int e) { return MC_LIBM(ldexpf)(x, e); }
+static inline float frexp(float x, thread int &e) { return MC_LIBM(frexpf)(x, &e); }
+static inline float modf(float x, thread float &ip) { return MC_LIBM(modff)(x, &ip); }
+static inline int ilogb(float x) { return MC_LIBM(ilogbf)(x); }
+static inline float sincos(float x, thread float &c) { c = MC_LIBM(cosf)(x); return MC_LIBM(sinf)(x); }
 
 /* ---- common and integer functions (any scalar or ext vector) ----------- */
 template <class T> static inline T mc_min1(T a, T b) { return b < a ? b : a; }
 template <class T> static inline T mc_max1(T a, T b) { return a < b ? b : a; }
-static inline float mc_min1(float a, float b) { return __builtin_fminf(a, b); }
-static inline float mc_max1(float a, float b) { return __builtin_fmaxf(a, b); }
+static inline float mc_min1(float a, float b) { return MC_LIBM(fminf)(a, b); }
+static inline float mc_max1(float a, float b) { return MC_LIBM(fmaxf)(a, b); }
 template <class T> static inline T min(T a, T b)
 {
     if constexpr (mc::is_vec<T>) {
@@ -380,7 +435,7 @@ template <class T> static inline T abs(T x)
     if constexpr (mc::is_vec<T>) {
         for (int i = 0; i < mc::vec_traits<T>::n; i++) x[i] = x[i] < 0 ? -x[i] : x[i];
         return x;
-    } else if constexpr (mc::same<T, float>::value) return __builtin_fabsf(x);
+    } else if constexpr (mc::same<T, float>::value) return MC_LIBM(fabsf)(x);
     else return x < 0 ? (T)-x : x;
 }
 static inline half abs(half x) { x.bits &= 0x7fffu; return x; }
@@ -490,7 +545,7 @@ template <class T> static inline typename mc::vec_traits<T>::elem dot(T a, T b)
     return s;
 }
 template <int N> static inline float length_squared(mc::vec<float, N> v) { return dot(v, v); }
-template <int N> static inline float length(mc::vec<float, N> v) { return __builtin_sqrtf(dot(v, v)); }
+template <int N> static inline float length(mc::vec<float, N> v) { return MC_LIBM(sqrtf)(dot(v, v)); }
 template <int N> static inline float distance(mc::vec<float, N> a, mc::vec<float, N> b) { return length(a - b); }
 template <int N> static inline float distance_squared(mc::vec<float, N> a, mc::vec<float, N> b) { return dot(a - b, a - b); }
 template <int N> static inline mc::vec<float, N> normalize(mc::vec<float, N> v) { return v * (1.0f / length(v)); }
@@ -501,7 +556,7 @@ template <int N> static inline mc::vec<float, N> faceforward(mc::vec<float, N> n
 template <int N> static inline mc::vec<float, N> refract(mc::vec<float, N> i, mc::vec<float, N> n, float eta)
 {
     float d = dot(n, i), k = 1.0f - eta * eta * (1.0f - d * d);
-    return k < 0.0f ? (mc::vec<float, N>)0.0f : eta * i - (eta * d + __builtin_sqrtf(k)) * n;
+    return k < 0.0f ? (mc::vec<float, N>)0.0f : eta * i - (eta * d + MC_LIBM(sqrtf)(k)) * n;
 }
 
 /* ---- atomics (relaxed, as MSL defines them) ------------------------------ */
@@ -557,12 +612,57 @@ template <class T> static inline T atomic_fetch_max_explicit(volatile mc_atomic<
 { return mc_atomic_rmw(o, [v](T x) { return x < v ? v : x; }); }
 
 enum mem_flags { mem_none = 0, mem_device = 1, mem_threadgroup = 2, mem_texture = 4, mem_threadgroup_imageblock = 8 };
-namespace mem_flags_ns {}
+/* mem_flags::mem_device | mem_flags::mem_threadgroup */
+static inline mem_flags operator|(mem_flags a, mem_flags b) { return (mem_flags)((int)a | (int)b); }
+/* fast:: and precise:: name the whole library, not only what differs */
+#define MC__ALSO(ns)                                                                                              \
+    namespace ns {                                                                                                \
+    using metal::fma; using metal::ldexp; using metal::frexp; using metal::modf; using metal::ilogb;             \
+    using metal::sincos; using metal::min; using metal::max; using metal::clamp; using metal::mix;               \
+    using metal::smoothstep; using metal::abs; using metal::dot; using metal::length; using metal::length_squared; \
+    using metal::distance; using metal::distance_squared; using metal::normalize; using metal::cross;           \
+    using metal::reflect; using metal::refract; using metal::faceforward; using metal::isnan; using metal::isinf; \
+    using metal::isfinite;                                                                                        \
+    }
+MC__ALSO(fast)
+MC__ALSO(precise)
+#undef MC__ALSO
 } // namespace metal
 /* mem_flags::mem_threadgroup: the enumerators are reachable through the
  * enum's name as in MSL (C++11 allows Enum::value for plain enums). */
 using namespace metal;
 
+namespace mc {
+enum simd_op : uint8_t {
+    OP_SUM, OP_PRODUCT, OP_MIN, OP_MAX, OP_AND, OP_OR, OP_XOR, OP_PFX_INC_SUM, OP_PFX_EXC_SUM, OP_PFX_INC_PROD,
+    OP_PFX_EXC_PROD, OP_SHUFFLE, OP_SHUFFLE_UP, OP_SHUFFLE_DOWN, OP_SHUFFLE_XOR, OP_ROTATE_UP, OP_ROTATE_DOWN,
+    OP_BROADCAST_FIRST, OP_BALLOT, OP_ALL, OP_ANY, OP_IS_FIRST, OP_SYNC
+};
+/* a thread's ids: what the compute attributes read */
+struct ids {
+    uint3 tpig, tpitg, tgpig, tptg, tgpg, tpg;
+    uint tiitg, tiisg, sgiitg, sgptg;
+};
+/* one step of a SIMD-group reduction or prefix operation */
+template <class T> static inline T reduce1_gpu(uint8_t op, T a, T b)
+{
+    switch (op) {
+    case OP_SUM: case OP_PFX_INC_SUM: case OP_PFX_EXC_SUM: return a + b;
+    case OP_PRODUCT: case OP_PFX_INC_PROD: case OP_PFX_EXC_PROD: return a * b;
+    case OP_MIN: return metal::min(a, b);
+    case OP_MAX: return metal::max(a, b);
+    default: break;
+    }
+    if constexpr (is_int<T>::value || (is_vec<T> && is_int<typename vec_traits<T>::elem>::value)) {
+        if (op == OP_AND) return a & b;
+        if (op == OP_OR) return a | b;
+        if (op == OP_XOR) return a ^ b;
+    }
+    return a;
+}
+} // namespace mc
+
+#ifndef __CUDA__
 /* ---- threadgroups as fibers --------------------------------------------------- */
 extern "C" {
 typedef void *mc_fctx;
@@ -574,11 +674,6 @@ mc_fctx make_fcontext(void *sp, size_t size, void (*fn)(mc_transfer));
 
 namespace mc {
 enum lane_state : uint8_t { L_READY, L_BARRIER, L_SIMD, L_DONE };
-enum simd_op : uint8_t {
-    OP_SUM, OP_PRODUCT, OP_MIN, OP_MAX, OP_AND, OP_OR, OP_XOR, OP_PFX_INC_SUM, OP_PFX_EXC_SUM, OP_PFX_INC_PROD,
-    OP_PFX_EXC_PROD, OP_SHUFFLE, OP_SHUFFLE_UP, OP_SHUFFLE_DOWN, OP_SHUFFLE_XOR, OP_ROTATE_UP, OP_ROTATE_DOWN,
-    OP_BROADCAST_FIRST, OP_BALLOT, OP_ALL, OP_ANY, OP_IS_FIRST, OP_SYNC
-};
 struct lane;
 typedef void (*resolve_fn)(lane *base, uint32_t count, uint64_t mask, int width);
 struct lane {
@@ -592,24 +687,44 @@ struct lane {
     alignas(32) unsigned char out[32];
 };
 struct group;
-struct ids {
-    uint3 tpig, tpitg, tgpig, tptg, tgpg, tpg;
-    uint tiitg, tiisg, sgiitg, sgptg;
-};
+#define MC_FROM_SCHED 0xffffffffu
 struct group {
     lane *lanes;
     uint32_t n, cur;
+    uint32_t from; /* who switched to the running context: a lane, or MC_FROM_SCHED */
     mc_fctx sched;
     void (*body)(void *closure, uint32_t linear);
     void *closure;
 };
 inline thread_local group *current = nullptr;
 
-static inline void yield(group *g)
+/* After a switch: keeps the context of whoever switched here, so it can
+ * be resumed. */
+static inline void arrived(group *g, mc_fctx from_ctx)
 {
-    mc_transfer t = jump_fcontext(g->sched, 0);
-    g->sched = t.fctx;
+    if (g->from == MC_FROM_SCHED) g->sched = from_ctx;
+    else g->lanes[g->from].ctx = from_ctx;
 }
+
+/* Leaves the running lane: straight to the next lane that can run (one
+ * switch per thread per barrier), else back to the scheduler, which
+ * resolves barriers and SIMD-group functions. */
+static inline void leave(group *g)
+{
+    uint32_t me = g->cur, next = me + 1;
+    while (next < g->n && g->lanes[next].state != L_READY) next++;
+    g->from = me;
+    mc_transfer t;
+    if (next < g->n) {
+        g->cur = next;
+        t = jump_fcontext(g->lanes[next].ctx, g);
+    } else {
+        t = jump_fcontext(g->sched, g);
+    }
+    arrived(g, t.fctx);
+}
+
+static inline void yield(group *g) { leave(g); }
 
 /* Stacks for one worker's fibers, kept between threadgroups; each has a
  * guard page below it so an overflow faults instead of corrupting the next. */
@@ -649,11 +764,11 @@ inline thread_local stacks worker_stacks;
 static void fiber_entry(mc_transfer t)
 {
     group *g = (group *)t.data;
-    g->sched = t.fctx;
+    arrived(g, t.fctx);
     uint32_t i = g->cur;
     g->body(g->closure, i);
     g->lanes[i].state = L_DONE;
-    jump_fcontext(g->sched, 0);
+    leave(g); /* never resumed */
     __builtin_unreachable();
 }
 
@@ -678,11 +793,14 @@ static inline bool run_fibers(uint32_t n, void (*body)(void *, uint32_t), void *
     }
     for (;;) {
         bool live = false;
+        /* the first lane that can run; each passes on to the next */
         for (uint32_t i = 0; i < n; i++) {
             if (g.lanes[i].state != L_READY) continue;
             g.cur = i;
+            g.from = MC_FROM_SCHED;
             mc_transfer t = jump_fcontext(g.lanes[i].ctx, &g);
-            g.lanes[i].ctx = t.fctx;
+            g.lanes[g.from].ctx = t.fctx; /* the last lane to run came back */
+            break;
         }
         bool any_simd = false;
         for (uint32_t s = 0; s < n; s += 32) {
@@ -713,22 +831,7 @@ static inline bool run_fibers(uint32_t n, void (*body)(void *, uint32_t), void *
 }
 
 /* ---- SIMD-group exchange ------------------------------------------------------ */
-template <class T> static inline T reduce1(uint8_t op, T a, T b)
-{
-    switch (op) {
-    case OP_SUM: case OP_PFX_INC_SUM: case OP_PFX_EXC_SUM: return a + b;
-    case OP_PRODUCT: case OP_PFX_INC_PROD: case OP_PFX_EXC_PROD: return a * b;
-    case OP_MIN: return metal::min(a, b);
-    case OP_MAX: return metal::max(a, b);
-    default: break;
-    }
-    if constexpr (is_int<T>::value || (is_vec<T> && is_int<typename vec_traits<T>::elem>::value)) {
-        if (op == OP_AND) return a & b;
-        if (op == OP_OR) return a | b;
-        if (op == OP_XOR) return a ^ b;
-    }
-    return a;
-}
+template <class T> static inline T reduce1(uint8_t op, T a, T b) { return reduce1_gpu<T>(op, a, b); }
 template <class T> static inline T ident(uint8_t op)
 {
     if (op == OP_PFX_EXC_PROD) return (T)1;
@@ -737,8 +840,8 @@ template <class T> static inline T ident(uint8_t op)
 template <class T> static void resolve(lane *L, uint32_t count, uint64_t mask, int width)
 {
     uint8_t op = L[__builtin_ctzll(mask)].op;
-    auto in = [&](uint32_t k) { T v; memcpy(&v, L[k].in, sizeof v); return v; };
-    auto out = [&](uint32_t k, T v) { memcpy(L[k].out, &v, sizeof v); };
+    auto in = [&](uint32_t k) { T v; __builtin_memcpy(&v, L[k].in, sizeof v); return v; };
+    auto out = [&](uint32_t k, T v) { __builtin_memcpy(L[k].out, &v, sizeof v); };
     for (uint32_t seg = 0; seg < count; seg += (uint32_t)width) {
         uint64_t segmask = (mask >> seg) & (width == 64 ? ~0ull : ((1ull << width) - 1));
         if (!segmask) continue;
@@ -810,7 +913,7 @@ static void resolve_vote(lane *L, uint32_t count, uint64_t mask, int width)
             else if (op == OP_ALL) r = ballot == active;
             else if (op == OP_ANY) r = ballot != 0;
             else if (op == OP_IS_FIRST) r = (k - seg) == (uint32_t)__builtin_ctzll(segmask);
-            memcpy(L[k].out, &r, sizeof r);
+            __builtin_memcpy(L[k].out, &r, sizeof r);
         }
     }
 }
@@ -823,7 +926,7 @@ template <class T> static inline T exchange(T x, uint8_t op, uint32_t arg, resol
     group *g = current;
     lane &me = g->lanes[g->cur];
     static_assert(sizeof(T) <= sizeof me.in, "SIMD-group value too large");
-    memcpy(me.in, &x, sizeof x);
+    __builtin_memcpy(me.in, &x, sizeof x);
     me.op = op;
     me.arg = arg;
     me.fn = fn;
@@ -831,7 +934,7 @@ template <class T> static inline T exchange(T x, uint8_t op, uint32_t arg, resol
     me.state = L_SIMD;
     yield(g);
     T r;
-    memcpy(&r, me.out, sizeof r);
+    __builtin_memcpy(&r, me.out, sizeof r);
     return r;
 }
 /* a quad's exchange runs through the same machinery; its resolver is the
@@ -840,6 +943,9 @@ template <class T> static void resolve_quad(lane *L, uint32_t count, uint64_t ma
 static void resolve_vote_quad(lane *L, uint32_t count, uint64_t mask, int) { resolve_vote(L, count, mask, 4); }
 } // namespace mc
 
+#endif /* !__CUDA__ */
+
+#ifndef __CUDA__
 namespace metal {
 static inline void threadgroup_barrier(mem_flags = mem_none)
 {
@@ -914,11 +1020,146 @@ static inline bool quad_is_first(MC__SITE) { return mc::exchange<ulong>(1, mc::O
 #undef MC__SITE
 #undef MC__S
 } // namespace metal
+#else
+namespace mc {
+/* SIMD groups are warps: the active mask at the call is the set of lanes
+ * taking part, as on Apple GPUs. Reductions walk the active lanes in lane
+ * order, so float results match the CPU device's bit for bit. */
+static inline uint lane_id() { return __nvvm_read_ptx_sreg_laneid(); }
+static inline uint active_mask()
+{
+    uint m;
+    asm volatile("activemask.b32 %0;" : "=r"(m));
+    return m;
+}
+template <class T> static inline T shfl(uint mask, T v, uint src)
+{
+    static_assert(sizeof(T) % 4 == 0 || sizeof(T) < 4, "SIMD-group values are whole 32-bit words");
+    constexpr int W = sizeof(T) < 4 ? 1 : sizeof(T) / 4;
+    uint w[W] = {0};
+    __builtin_memcpy(w, &v, sizeof v);
+    for (int i = 0; i < W; i++) w[i] = (uint)__nvvm_shfl_sync_idx_i32(mask, (int)w[i], (int)src, 31);
+    T r;
+    __builtin_memcpy(&r, w, sizeof r);
+    return r;
+}
+template <class T> static inline T gpu_reduce(uint8_t op, T x, uint width)
+{
+    uint mask = mc::active_mask(), lane = lane_id();
+    if (width == 4) mask &= 0xfu << (lane & ~3u);
+    bool have = false;
+    T acc{};
+    bool prefix = op >= OP_PFX_INC_SUM && op <= OP_PFX_EXC_PROD;
+    bool inc = op == OP_PFX_INC_SUM || op == OP_PFX_INC_PROD;
+    if (op == OP_PFX_EXC_PROD || op == OP_PFX_INC_PROD) acc = (T)1, have = true;
+    if (op == OP_PFX_EXC_SUM || op == OP_PFX_INC_SUM) acc = (T)0, have = true;
+    for (uint k = 0; k < 32; k++) {
+        if (!(mask >> k & 1)) continue;
+        T v = shfl(mask, x, k);
+        if (prefix && (inc ? k > lane : k >= lane)) continue;
+        acc = have ? reduce1_gpu<T>(op, acc, v) : v;
+        have = true;
+    }
+    return acc;
+}
+template <class T> static inline T gpu_shuffle(uint8_t op, T x, uint a, uint width)
+{
+    uint mask = mc::active_mask(), lane = lane_id();
+    uint base = width == 4 ? lane & ~3u : 0u, local = lane - base, w = width;
+    int src = (int)local;
+    switch (op) {
+    case OP_SHUFFLE: src = (int)a; break;
+    case OP_SHUFFLE_UP: src = (int)local - (int)a; if (src < 0) src = (int)local; break;
+    case OP_SHUFFLE_DOWN: src = (int)(local + a); if (src >= (int)w) src = (int)local; break;
+    case OP_SHUFFLE_XOR: src = (int)(local ^ a); break;
+    case OP_ROTATE_UP: src = (int)((local + w - a % w) % w); break;
+    case OP_ROTATE_DOWN: src = (int)((local + a) % w); break;
+    case OP_BROADCAST_FIRST: src = (int)(__builtin_ctz(width == 4 ? (mask >> base) & 0xfu : mask)); break;
+    default: break;
+    }
+    uint s = base + (uint)src;
+    T r = shfl(mask, x, s < 32 ? s : lane);
+    return s < 32 && (mask >> s & 1) ? r : x;
+}
+static inline ulong gpu_vote(uint8_t op, bool c, uint width)
+{
+    uint mask = mc::active_mask(), lane = lane_id();
+    uint ballot = (uint)__nvvm_vote_ballot_sync(mask, c);
+    if (width == 4) {
+        uint base = lane & ~3u;
+        mask = (mask >> base) & 0xfu;
+        ballot = (ballot >> base) & 0xfu;
+        lane -= base;
+    }
+    if (op == OP_BALLOT) return ballot;
+    if (op == OP_ALL) return ballot == mask;
+    if (op == OP_ANY) return ballot != 0;
+    return lane == (uint)__builtin_ctz(mask); /* OP_IS_FIRST */
+}
+} // namespace mc
+
+namespace metal {
+static inline void threadgroup_barrier(mem_flags = mem_none) { __nvvm_bar_sync(0); }
+static inline void simdgroup_barrier(mem_flags = mem_none) { __nvvm_bar_warp_sync(mc::active_mask()); }
+struct simd_vote {
+    typedef ulong vote_t;
+    ulong v;
+    explicit operator ulong() const { return v; }
+    bool all() const { return v == ~0ull >> 32; }
+    bool any() const { return v != 0; }
+};
+struct quad_vote {
+    typedef ushort vote_t;
+    ushort v;
+    explicit operator ushort() const { return v; }
+    bool all() const { return v == 0xf; }
+    bool any() const { return v != 0; }
+};
+#define MC__GR(name, W, op) template <class T> static inline T name(T x) { return mc::gpu_reduce<T>(op, x, W); }
+#define MC__GS(name, W, op) template <class T> static inline T name(T x, ushort a) { return mc::gpu_shuffle<T>(op, x, a, W); }
+#define MC__G_FAMILY(p, W)                                                                                        \
+    MC__GR(p##sum, W, mc::OP_SUM) MC__GR(p##product, W, mc::OP_PRODUCT) MC__GR(p##min, W, mc::OP_MIN)             \
+    MC__GR(p##max, W, mc::OP_MAX) MC__GR(p##prefix_inclusive_sum, W, mc::OP_PFX_INC_SUM)                        \
+    MC__GR(p##prefix_exclusive_sum, W, mc::OP_PFX_EXC_SUM) MC__GR(p##prefix_inclusive_product, W, mc::OP_PFX_INC_PROD) \
+    MC__GR(p##prefix_exclusive_product, W, mc::OP_PFX_EXC_PROD) MC__GS(p##shuffle, W, mc::OP_SHUFFLE)            \
+    MC__GS(p##broadcast, W, mc::OP_SHUFFLE) MC__GS(p##shuffle_up, W, mc::OP_SHUFFLE_UP)                          \
+    MC__GS(p##shuffle_down, W, mc::OP_SHUFFLE_DOWN) MC__GS(p##shuffle_xor, W, mc::OP_SHUFFLE_XOR)                \
+    MC__GS(p##shuffle_rotate_up, W, mc::OP_ROTATE_UP) MC__GS(p##shuffle_rotate_down, W, mc::OP_ROTATE_DOWN)      \
+    template <class T> static inline T p##broadcast_first(T x) { return mc::gpu_shuffle<T>(mc::OP_BROADCAST_FIRST, x, 0, W); }
+MC__G_FAMILY(simd_, 32)
+MC__G_FAMILY(quad_, 4)
+MC__GR(simd_and, 32, mc::OP_AND) MC__GR(simd_or, 32, mc::OP_OR) MC__GR(simd_xor, 32, mc::OP_XOR)
+MC__GR(quad_and, 4, mc::OP_AND) MC__GR(quad_or, 4, mc::OP_OR) MC__GR(quad_xor, 4, mc::OP_XOR)
+#undef MC__G_FAMILY
+#undef MC__GR
+#undef MC__GS
+static inline simd_vote simd_ballot(bool c) { return simd_vote{mc::gpu_vote(mc::OP_BALLOT, c, 32)}; }
+static inline bool simd_all(bool c) { return mc::gpu_vote(mc::OP_ALL, c, 32) != 0; }
+static inline bool simd_any(bool c) { return mc::gpu_vote(mc::OP_ANY, c, 32) != 0; }
+static inline bool simd_is_first() { return mc::gpu_vote(mc::OP_IS_FIRST, true, 32) != 0; }
+static inline simd_vote simd_active_threads_mask() { return simd_vote{mc::gpu_vote(mc::OP_BALLOT, true, 32)}; }
+static inline quad_vote quad_ballot(bool c) { return quad_vote{(ushort)mc::gpu_vote(mc::OP_BALLOT, c, 4)}; }
+static inline bool quad_all(bool c) { return mc::gpu_vote(mc::OP_ALL, c, 4) != 0; }
+static inline bool quad_any(bool c) { return mc::gpu_vote(mc::OP_ANY, c, 4) != 0; }
+static inline bool quad_is_first() { return mc::gpu_vote(mc::OP_IS_FIRST, true, 4) != 0; }
+} // namespace metal
+#endif
 
 /* ---- entry points (used by the generated wrappers) --------------------------------- */
 namespace mc {
 /* Function constants: the values the pipeline was created with, for the
  * group this worker runs. */
+#ifdef __CUDA__
+/* set by the CUDA device before a launch (cuModuleGetGlobal) */
+extern "C" __attribute__((__constant__)) mc_cpu_constants mc_function_constants;
+static inline bool fc_defined(uint32_t i) { return i < MC_CPU_MAX_CONSTANTS && (mc_function_constants.defined[i / 64] >> (i % 64) & 1); }
+template <class T> static inline T fc_value(uint32_t i)
+{
+    T v{};
+    if (fc_defined(i)) __builtin_memcpy(&v, (const void *)&mc_function_constants.value[i], sizeof v);
+    return v;
+}
+#else
 inline thread_local const mc_cpu_constants *fconsts = nullptr;
 static inline void fc_enter(const mc_cpu_ctx *ctx) { fconsts = ctx->constants; }
 static inline bool fc_defined(uint32_t i) { return fconsts && i < MC_CPU_MAX_CONSTANTS && (fconsts->defined[i / 64] >> (i % 64) & 1); }
@@ -926,9 +1167,10 @@ template <class T> static inline T fc_value(uint32_t i)
 {
     T v{};
     static_assert(sizeof(T) <= 8, "function constants are scalars");
-    if (fc_defined(i)) memcpy(&v, &fconsts->value[i], sizeof v);
+    if (fc_defined(i)) __builtin_memcpy(&v, &fconsts->value[i], sizeof v);
     return v;
 }
+#endif
 } // namespace mc
 #define MC_FUNCTION_CONSTANT(T, name, idx)                                                                       \
     struct mc_fc_##name {                                                                                         \
@@ -950,6 +1192,12 @@ template <class P> static inline P buffer_arg(const mc_cpu_ctx *ctx, int slot)
     else return *(typename remove_cv<typename remove_ref<P>::type>::type *)ctx->args[slot].ptr;
 }
 template <class P> static inline P tg_arg(const mc_cpu_ctx *ctx, int slot) { return (P)ctx->tg_mem[slot]; }
+/* How the entry point holds a buffer argument: `constant T&` as a copy in
+ * a local (constant memory cannot change during the dispatch), so stores
+ * through device pointers cannot alias it and the loop vectorises;
+ * pointers and writable references as they are. */
+template <class P> struct arg_store { typedef P type; };
+template <class T> struct arg_store<const T &> { typedef T type; };
 template <class P> static inline P attr(uint3 v)
 {
     typedef typename remove_cv<typename remove_ref<P>::type>::type T;
@@ -959,6 +1207,28 @@ template <class P> static inline P attr(uint3 v)
 }
 template <class P> static inline P attr(uint v) { return (P)v; }
 
+#ifdef __CUDA__
+/* CUDA parameter for a kernel parameter of type P: pointers as they are,
+ * `constant T&` by value (the bytes bound to the slot). */
+template <class P> struct cuda_param { typedef typename remove_cv<typename remove_ref<P>::type>::type type; };
+template <class P> struct cuda_param<P *> { typedef P *type; };
+extern "C" __attribute__((__shared__)) char mc_threadgroup_memory[];
+static inline ids cuda_ids()
+{
+    ids t;
+    t.tptg = uint3{(uint)__nvvm_read_ptx_sreg_ntid_x(), (uint)__nvvm_read_ptx_sreg_ntid_y(), (uint)__nvvm_read_ptx_sreg_ntid_z()};
+    t.tgpg = uint3{(uint)__nvvm_read_ptx_sreg_nctaid_x(), (uint)__nvvm_read_ptx_sreg_nctaid_y(), (uint)__nvvm_read_ptx_sreg_nctaid_z()};
+    t.tgpig = uint3{(uint)__nvvm_read_ptx_sreg_ctaid_x(), (uint)__nvvm_read_ptx_sreg_ctaid_y(), (uint)__nvvm_read_ptx_sreg_ctaid_z()};
+    t.tpitg = uint3{(uint)__nvvm_read_ptx_sreg_tid_x(), (uint)__nvvm_read_ptx_sreg_tid_y(), (uint)__nvvm_read_ptx_sreg_tid_z()};
+    t.tpg = t.tptg * t.tgpg;
+    t.tpig = t.tgpig * t.tptg + t.tpitg;
+    t.tiitg = (t.tpitg.z * t.tptg.y + t.tpitg.y) * t.tptg.x + t.tpitg.x;
+    t.tiisg = t.tiitg & 31u;
+    t.sgiitg = t.tiitg >> 5;
+    t.sgptg = (t.tptg.x * t.tptg.y * t.tptg.z + 31u) / 32u;
+    return t;
+}
+#else
 /* Threads of one group in x-fastest order, as a plain loop (no barriers or
  * SIMD-group functions in the source): F(ids) inlines into the loop. */
 template <class F> static inline void run_loop(const mc_cpu_ctx *ctx, F &&f)
@@ -970,6 +1240,20 @@ template <class F> static inline void run_loop(const mc_cpu_ctx *ctx, F &&f)
     t.tpg = t.tptg * t.tgpg;
     t.sgptg = (t.tptg.x * t.tptg.y * t.tptg.z + 31u) / 32u;
     uint3 base = t.tgpig * t.tptg;
+    if (t.tptg.y == 1 && t.tptg.z == 1) {
+        /* 1-D groups: one counted loop, the shape the vectoriser takes */
+        const uint nx = t.tptg.x, bx = base.x;
+        for (uint x = 0; x < nx; x++) {
+            ids u = t;
+            u.tpitg = uint3{x, 0u, 0u};
+            u.tpig = uint3{bx + x, base.y, base.z};
+            u.tiitg = x;
+            u.tiisg = x & 31u;
+            u.sgiitg = x >> 5;
+            f(u);
+        }
+        return;
+    }
     for (uint z = 0; z < t.tptg.z; z++)
         for (uint y = 0; y < t.tptg.y; y++) {
             uint row = (z * t.tptg.y + y) * t.tptg.x;
@@ -1011,6 +1295,11 @@ template <class F> static inline void run_group(const mc_cpu_ctx *ctx, F &&f)
     fiber_closure<typename remove_ref<F>::type> c{ctx, &f};
     if (!run_fibers(n, fiber_closure<typename remove_ref<F>::type>::call, &c)) abort(); /* no memory for stacks */
 }
+#endif /* __CUDA__ */
 } // namespace mc
+
+#ifdef __CUDA__
+#pragma clang force_cuda_host_device end
+#endif
 
 #endif

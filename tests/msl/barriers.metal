@@ -110,3 +110,36 @@ kernel void reduce_simd(device const float *in [[buffer(0)]],
         if (lane == 0) partial[group] = t;
     }
 }
+
+// More SIMD-group and quad functions, inside a branch only lanes below 20
+// take, and threadgroup atomics: every thread counts itself in.
+kernel void simd_more(device const int *in [[buffer(0)]],
+                      device int *out [[buffer(1)]],
+                      ushort gid [[thread_position_in_grid]],
+                      ushort lane [[thread_index_in_simdgroup]],
+                      uint lid [[thread_index_in_threadgroup]])
+{
+    threadgroup atomic_uint count;
+    if (lid == 0) atomic_store_explicit(&count, 0u, memory_order_relaxed);
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    atomic_fetch_add_explicit(&count, 1u, memory_order_relaxed);
+    int v = in[gid];
+    device int *o = out + gid * 12;
+    if (lane < 20) {
+        o[0] = simd_shuffle_up(v, 2);
+        o[1] = simd_shuffle_rotate_down(v, 5);
+        o[2] = simd_prefix_inclusive_product(v > 0 ? 1 : -1);
+        o[3] = simd_broadcast_first(v);
+        o[4] = simd_is_first() ? 1 : 0;
+        o[5] = quad_shuffle(v, 2);
+        o[6] = quad_prefix_exclusive_sum(v);
+        o[7] = int(ushort(quad_ballot(v > 0)));
+        o[8] = simd_and(v | 0x100) ^ simd_or(v & 0xff) ^ simd_xor(v);
+        o[9] = simd_any(v == in[0]) ? 1 : 0;
+    } else {
+        o[0] = o[1] = o[2] = o[3] = o[4] = o[5] = o[6] = o[7] = o[8] = o[9] = -7;
+    }
+    threadgroup_barrier(mem_flags::mem_device | mem_flags::mem_threadgroup);
+    o[10] = int(atomic_load_explicit(&count, memory_order_relaxed));
+    o[11] = simd_min(v);
+}

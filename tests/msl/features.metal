@@ -23,8 +23,8 @@ kernel void vectors(device float4 *out [[buffer(0)]],
     a.xy = a.yx * p.scale;
     float2 h = float2(int2(int(i), -3));
     float4 b = float4(h, float2(p.offset.x));
-    out[i] = a + b.wzyx + float4(dot(v, float3(1, 2, 3)), length(float2(3.0f, 4.0f)), cross(v, float3(0, 0, 1)).x,
-                                 float(p.bias));
+    out[i] = a + b.wzyx + float4(dot(v, float3(1, 2, 3)), fast::length(float2(3.0f, 4.0f)),
+                                 cross(v, float3(0, 0, 1)).x, float(p.bias));
 }
 
 // Integer functions, all type widths: uchar, short, ushort, long, ulong.

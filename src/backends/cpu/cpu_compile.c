@@ -12,6 +12,7 @@
  * Options are split at white space; quoting is not supported.
  */
 #include "backends/cpu/cpu.h"
+#include "msl/msl.h"
 
 #include <dlfcn.h>
 #include <dirent.h>
@@ -82,7 +83,7 @@ static const char *msl_compiler_command(void)
 
 /* Fixed flags of an MSL build: part of the compiler identity. Unknown
  * attributes are MSL's [[buffer(n)]] and friends, read by cpu_msl.c. */
-#define MSL_FLAGS "-O3 -std=c++17 -fPIC -shared -fno-exceptions -fno-rtti -Wno-unknown-attributes"
+#define MSL_FLAGS "-O3 -fno-math-errno -std=c++17 -fPIC -shared -fno-exceptions -fno-rtti -Wno-unknown-attributes -Wno-duplicate-decl-specifier"
 
 typedef struct run_result {
     bool ran;        /* the program started */
@@ -814,4 +815,143 @@ mc_status mc__cpu_pipeline_import(void *vdev, const mc__pipeline_src *src, const
     }
     *out_lib = l;
     return MC_OK;
+}
+
+/* ---- MSL for the CUDA device: PTX from clang's CUDA mode ------------------------ */
+
+/* libdevice (the CUDA toolkit's libm as LLVM bitcode), linked into every
+ * kernel: $MC_LIBDEVICE, else under $CUDA_PATH, else the default toolkit. */
+static bool find_libdevice(char *out, size_t cap)
+{
+    const char *env = mc__env_str("MC_LIBDEVICE", NULL);
+    if (env) {
+        snprintf(out, cap, "%s", env);
+        return access(out, R_OK) == 0;
+    }
+    const char *roots[] = {mc__env_str("CUDA_PATH", NULL), "/usr/local/cuda", "/usr/lib/nvidia-cuda-toolkit"};
+    for (size_t i = 0; i < MC__ARRAY_LEN(roots); i++) {
+        if (!roots[i]) continue;
+        int n = snprintf(out, cap, "%s/nvvm/libdevice/libdevice.10.bc", roots[i]);
+        if (n > 0 && (size_t)n < cap && access(out, R_OK) == 0) return true;
+        n = snprintf(out, cap, "%s/libdevice/libdevice.10.bc", roots[i]);
+        if (n > 0 && (size_t)n < cap && access(out, R_OK) == 0) return true;
+    }
+    return false;
+}
+
+static mc_status build_ptx_in(const char *dir, const char *cpp, size_t cpp_len, const char *libdevice,
+                              const char *options, char **ptx, size_t *ptx_len, char **log)
+{
+    char path[PATH_MAX];
+    if (!join_path(path, sizeof path, dir, "mc/mc_cpu_kernel.h")) return mc__fail(MC_ERR_IO, "temporary directory name too long");
+    join_path(path, sizeof path, dir, "kernel.cu");
+    mc_status st = write_file(path, cpp, cpp_len);
+    if (st != MC_OK) return st;
+    join_path(path, sizeof path, dir, "mc");
+    if (mkdir(path, 0700) != 0) return mc__fail(MC_ERR_IO, "cannot create %s: %s", path, strerror(errno));
+    join_path(path, sizeof path, dir, "mc/mc_cpu_kernel.h");
+    if ((st = write_file(path, mc__cpu_kernel_header, strlen(mc__cpu_kernel_header))) != MC_OK) return st;
+    join_path(path, sizeof path, dir, "mc_msl_cpu.h");
+    if ((st = write_file(path, mc__msl_cpu_header, strlen(mc__msl_cpu_header))) != MC_OK) return st;
+
+    char *cc = mc__strdup(msl_compiler_command()), *flags = mc__strdup(MC__MSL_CUDA_FLAGS),
+         *opts = mc__strdup(options ? options : "");
+    static char o[] = "-o", out[] = "kernel.ptx", src[] = "kernel.cu", xclang[] = "-Xclang",
+                link[] = "-mlink-builtin-bitcode";
+    char xclang2[] = "-Xclang";
+    char *ld = mc__strdup(libdevice);
+    argv_list a = {.n = 0};
+    bool ok = cc && flags && opts && ld && push_words(&a, cc) && a.n > 0 && push_words(&a, flags) &&
+              push_words(&a, opts) && push_arg(&a, o) && push_arg(&a, out) && push_arg(&a, src) &&
+              push_arg(&a, xclang) && push_arg(&a, link) && push_arg(&a, xclang2) && push_arg(&a, ld);
+    run_result r = {.out = NULL};
+    if (ok) st = run_capture(a.v, dir, &r);
+    char cc_name[64];
+    snprintf(cc_name, sizeof cc_name, "%s", a.n ? a.v[0] : "?");
+    free(cc);
+    free(flags);
+    free(opts);
+    free(ld);
+    if (!ok) return mc__fail(MC_ERR_NO_MEMORY, "out of host memory or too many compiler options");
+    if (st != MC_OK) return st;
+    void *bytes = NULL;
+    size_t n = 0;
+    join_path(path, sizeof path, dir, "kernel.ptx");
+    if (r.ran && r.exit_code == 0) st = read_file(path, &bytes, &n);
+    if (!r.ran || r.exit_code != 0 || st != MC_OK) {
+        if (log) *log = r.out;
+        else free(r.out);
+        if (!r.ran) return mc__fail(MC_ERR_COMPILE, "cannot run the MSL compiler '%s' (install clang)", cc_name);
+        return mc__fail(MC_ERR_COMPILE, "%s (CUDA mode) failed (exit %d)", cc_name, r.exit_code);
+    }
+    free(r.out);
+    char *text = mc__realloc(bytes, n + 1); /* the driver reads PTX as a C string */
+    if (!text) {
+        free(bytes);
+        return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
+    }
+    text[n] = '\0';
+    *ptx = text;
+    *ptx_len = n;
+    return MC_OK;
+}
+
+mc_status mc__msl_build_ptx(const char *source, size_t len, const char *options, char **ptx, size_t *ptx_len,
+                            char **log)
+{
+    if (log) *log = NULL;
+    if (!source || !ptx || !ptx_len) return mc__fail(MC_ERR_INVALID_ARGUMENT, "no source or no result pointer");
+    *ptx = NULL;
+    *ptx_len = 0;
+    char libdevice[PATH_MAX];
+    if (!find_libdevice(libdevice, sizeof libdevice))
+        return mc__fail(MC_ERR_UNSUPPORTED, "MSL on the cuda device needs libdevice.10.bc from the CUDA toolkit "
+                                            "(set $MC_LIBDEVICE or $CUDA_PATH)");
+    char *cpp = NULL;
+    size_t cpp_len = 0;
+    mc_status st = mc__msl_translate(source, len ? len : strlen(source), MC__MSL_CUDA, &cpp, &cpp_len, log);
+    if (st != MC_OK) return st;
+    char dir[PATH_MAX];
+    st = make_temp_dir(dir, sizeof dir);
+    if (st == MC_OK) {
+        st = build_ptx_in(dir, cpp, cpp_len, libdevice, options, ptx, ptx_len, log);
+        remove_tree(dir);
+    }
+    free(cpp);
+    return st;
+}
+
+static pthread_mutex_t msl_cuda_id_lock = PTHREAD_MUTEX_INITIALIZER;
+static char msl_cuda_id[512];
+
+mc_status mc__msl_cuda_identity(char *out, size_t cap)
+{
+    if (!out || !cap) return mc__fail(MC_ERR_INVALID_ARGUMENT, "no room for the identity");
+    mc_status st = MC_OK;
+    pthread_mutex_lock(&msl_cuda_id_lock);
+    if (!msl_cuda_id[0]) {
+        char *cc = mc__strdup(msl_compiler_command());
+        static char version[] = "--version";
+        argv_list a = {.n = 0};
+        run_result r = {.out = NULL};
+        char libdevice[PATH_MAX] = "";
+        (void)find_libdevice(libdevice, sizeof libdevice);
+        if (!cc || !push_words(&a, cc) || !a.n || !push_arg(&a, version)) {
+            st = mc__fail(MC_ERR_INVALID_ARGUMENT, "empty $MC_MSL_CXX");
+        } else if ((st = run_capture(a.v, NULL, &r)) == MC_OK) {
+            if (!r.ran || r.exit_code != 0 || !r.out_len) {
+                st = mc__fail(MC_ERR_UNSUPPORTED, "cannot ask the MSL compiler '%s' for its version", a.v[0]);
+            } else {
+                size_t n = strcspn(r.out, "\r\n");
+                snprintf(msl_cuda_id, sizeof msl_cuda_id, "%.*s | cxx='%s' | %s | libdevice %s | msl %016llx", (int)n,
+                         r.out, msl_compiler_command(), MC__MSL_CUDA_FLAGS, libdevice,
+                         (unsigned long long)header_digest(mc__msl_cpu_header));
+            }
+        }
+        free(r.out);
+        free(cc);
+    }
+    if (st == MC_OK) snprintf(out, cap, "%s", msl_cuda_id);
+    pthread_mutex_unlock(&msl_cuda_id_lock);
+    return st;
 }

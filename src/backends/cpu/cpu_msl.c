@@ -20,6 +20,7 @@
  * refused here with the feature's name and line, before any compiler runs.
  */
 #include "backends/cpu/cpu.h"
+#include "msl/msl.h"
 
 #include <ctype.h>
 #include <stdarg.h>
@@ -241,6 +242,7 @@ typedef struct xlat {
     kern *kerns;
     size_t nkern, kcap;
     bool fibers;
+    mc__msl_target target;
 } xlat;
 
 static bool is(const xlat *x, size_t i, const char *word)
@@ -597,6 +599,54 @@ static bool translate_tokens(xlat *x)
     return !x->error;
 }
 
+/* CUDA: slot i is kernel parameter i (src/backends/cuda/cuda_be.h): a
+ * pointer for a buffer, the bytes by value for `constant T&`. */
+static bool emit_cuda_wrappers(xlat *x)
+{
+    sbuf *o = &x->out;
+    putf(o, "\n} /* namespace mc_user */\n#pragma clang force_cuda_host_device end\n#line 1 \"entry points\"\n");
+    putf(o, "extern \"C\" __attribute__((__constant__)) mc_cpu_constants mc_function_constants = {};\n");
+    for (size_t k = 0; k < x->nkern; k++) {
+        const kern *kn = &x->kerns[k];
+        const tok *nt = &x->L.t[kn->name_tok];
+        int nl = (int)nt->len;
+        const char *nm = x->s + nt->start;
+        int32_t param_of[MC_CPU_MAX_ARGS];
+        uint32_t nslots = 0;
+        for (uint32_t s = 0; s < MC_CPU_MAX_ARGS; s++) param_of[s] = -1;
+        for (uint32_t p = 0; p < kn->nparam; p++) {
+            const param *pa = &kn->params[p];
+            if (pa->kind == P_BUFFER) {
+                param_of[pa->slot] = (int32_t)p;
+                nslots = MC__MAX(nslots, pa->slot + 1);
+            } else if (pa->kind == P_TG && pa->slot != 0) {
+                return fail_at(x, nt->line, "kernel '%.*s': [[threadgroup(%u)]]: the cuda device gives MSL kernels "
+                                            "threadgroup slot 0 only", nl, nm, pa->slot);
+            }
+        }
+        putf(o, "typedef mc::params<decltype(mc_user::%.*s)> mc_P_%.*s;\n", nl, nm, nl, nm);
+        putf(o, "extern \"C\" __attribute__((__global__)) void %.*s(", nl, nm);
+        for (uint32_t s = 0; s < nslots; s++) {
+            if (param_of[s] >= 0)
+                putf(o, "%smc::cuda_param<mc_P_%.*s::at<%d>::raw>::type s%u", s ? ", " : "", nl, nm, param_of[s], s);
+            else
+                putf(o, "%sunsigned long long s%u", s ? ", " : "", s);
+        }
+        putf(o, ")\n{\n    mc::ids t = mc::cuda_ids();\n    (void)t;\n    mc_user::%.*s(", nl, nm);
+        for (uint32_t p = 0; p < kn->nparam; p++) {
+            const param *pa = &kn->params[p];
+            if (pa->kind == P_BUILTIN)
+                putf(o, "%smc::attr<mc_P_%.*s::at<%u>::raw>(%s)", p ? ", " : "", nl, nm, p, pa->expr);
+            else if (pa->kind == P_TG)
+                putf(o, "%s(mc_P_%.*s::at<%u>::raw)mc::mc_threadgroup_memory", p ? ", " : "", nl, nm, p);
+            else
+                putf(o, "%ss%u", p ? ", " : "", pa->slot);
+        }
+        putf(o, ");\n}\n");
+    }
+    return true;
+}
+
 static void emit_wrappers(xlat *x)
 {
     sbuf *o = &x->out;
@@ -615,7 +665,8 @@ static void emit_wrappers(xlat *x)
         for (uint32_t p = 0; p < kn->nparam; p++) {
             const param *pa = &kn->params[p];
             if (pa->kind == P_BUFFER)
-                putf(o, "    P::at<%u>::raw a%u = mc::buffer_arg<P::at<%u>::raw>(ctx, %u);\n", p, p, p, pa->slot);
+                putf(o, "    mc::arg_store<P::at<%u>::raw>::type a%u = mc::buffer_arg<P::at<%u>::raw>(ctx, %u);\n", p, p,
+                     p, pa->slot);
             else if (pa->kind == P_TG)
                 putf(o, "    P::at<%u>::raw a%u = mc::tg_arg<P::at<%u>::raw>(ctx, %u);\n", p, p, p, pa->slot);
         }
@@ -632,6 +683,13 @@ static void emit_wrappers(xlat *x)
 
 mc_status mc__cpu_msl_translate(const char *source, size_t len, char **cpp, size_t *cpp_len, char **log)
 {
+    return mc__msl_translate(source, len, MC__MSL_CPU, cpp, cpp_len, log);
+}
+
+mc_status mc__msl_translate(const char *source, size_t len, mc__msl_target target, char **cpp, size_t *cpp_len,
+                            char **log)
+{
+    if (!source || !cpp || !cpp_len) return mc__fail(MC_ERR_INVALID_ARGUMENT, "no source or no result pointer");
     *cpp = NULL;
     *cpp_len = 0;
     if (log) *log = NULL;
@@ -639,18 +697,23 @@ mc_status mc__cpu_msl_translate(const char *source, size_t len, char **cpp, size
     memset(&x, 0, sizeof x);
     x.s = source;
     x.n = len;
+    x.target = target;
     if (!lex(source, len, &x.L)) {
         free(x.L.t);
         return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
     }
+    /* CUDA: the user's helpers are host and device like the header's */
     static const char head[] = "namespace mc_user {\n#line 1 \"program_source\"\n";
-    put(&x.out, head, sizeof head - 1);
+    static const char cuda_head[] = "#pragma clang force_cuda_host_device begin\nnamespace mc_user {\n#line 1 \"program_source\"\n";
+    if (target == MC__MSL_CUDA) put(&x.out, cuda_head, sizeof cuda_head - 1);
+    else put(&x.out, head, sizeof head - 1);
     bool ok = translate_tokens(&x);
     if (ok) {
         copy_to(&x, len);
         if (!x.nkern) ok = fail_at(&x, 1, "no kernel function ('kernel void name(...)') in the source");
     }
-    if (ok) emit_wrappers(&x);
+    if (ok && target == MC__MSL_CUDA) ok = emit_cuda_wrappers(&x);
+    else if (ok) emit_wrappers(&x);
     free(x.L.t);
     free(x.kerns);
     if (!ok) {
