@@ -26,6 +26,9 @@ int mc_cli_trace(int argc, char **argv);
 int mc_cli_trace_begin(const char *path, bool forks_later);
 void mc_cli_trace_watch_signals(void);
 int mc_cli_trace_finish(int rc);
+/* run FILE --function NAME (tools/cmd_run_kernel.c): argv[0] is FILE. */
+int mc_cli_run_kernel(int argc, char **argv);
+bool mc_cli_is_kernel_file(const char *arg);
 
 /* Directory holding examples/kernels (source tree, else installed). */
 const char *mc_cli_kernel_dir(void);
