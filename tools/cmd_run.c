@@ -13,6 +13,7 @@
  * test hook for that: the kernel writes out of bounds once, for real.
  */
 #include "cli.h"
+#include "core/core.h"
 
 #include <png.h>
 #include <stdatomic.h>
@@ -45,14 +46,18 @@ typedef struct gs_job {
 } gs_job;
 
 /* U = 1, V = 0 everywhere but a few squares of V, placed by a fixed-seed
- * linear congruential generator: the pattern grows from them. */
+ * linear congruential generator: the pattern grows from them. The squares
+ * (which wrap around the edges) are summed into a 2-D difference array and
+ * painted in one pass, so seeding is O(n^2) however many there are. */
 static float *gs_seed(uint32_t n)
 {
+    size_t w = (size_t)n + 1;
     float *f = malloc((size_t)n * n * 2 * sizeof *f);
-    if (!f) return NULL;
-    for (size_t i = 0; i < (size_t)n * n; i++) {
-        f[2 * i] = 1.0f;
-        f[2 * i + 1] = 0.0f;
+    int32_t *diff = calloc(w * w, sizeof *diff);
+    if (!f || !diff) {
+        free(f);
+        free(diff);
+        return NULL;
     }
     uint32_t rng = 20240611u;
     uint32_t side = n / 24 > 3 ? n / 24 : 3;
@@ -62,14 +67,39 @@ static float *gs_seed(uint32_t n)
         uint32_t cx = (rng >> 8) % n;
         rng = rng * 1664525u + 1013904223u;
         uint32_t cy = (rng >> 8) % n;
-        for (uint32_t dy = 0; dy < side; dy++) {
-            for (uint32_t dx = 0; dx < side; dx++) {
-                size_t i = (size_t)((cy + dy) % n) * n + (cx + dx) % n;
-                f[2 * i] = 0.5f;
-                f[2 * i + 1] = 0.25f;
+        /* [c, c + side) wraps into at most two ranges per axis. */
+        uint32_t xs[2][2], ys[2][2], nx = 0, ny = 0;
+        if (cx + side <= n) { xs[nx][0] = cx; xs[nx++][1] = cx + side; }
+        else { xs[nx][0] = cx; xs[nx++][1] = n; xs[nx][0] = 0; xs[nx++][1] = cx + side - n; }
+        if (cy + side <= n) { ys[ny][0] = cy; ys[ny++][1] = cy + side; }
+        else { ys[ny][0] = cy; ys[ny++][1] = n; ys[ny][0] = 0; ys[ny++][1] = cy + side - n; }
+        for (uint32_t a = 0; a < ny; a++) {
+            for (uint32_t b = 0; b < nx; b++) {
+                diff[ys[a][0] * w + xs[b][0]]++;
+                diff[ys[a][0] * w + xs[b][1]]--;
+                diff[ys[a][1] * w + xs[b][0]]--;
+                diff[ys[a][1] * w + xs[b][1]]++;
             }
         }
     }
+    /* Prefix sums in place: diff[y][x] becomes the number of squares over
+     * the cell. */
+    for (size_t y = 0; y < n; y++)
+        for (size_t x = 0; x < n; x++) {
+            int32_t v = diff[y * w + x];
+            if (x) v += diff[y * w + x - 1];
+            if (y) v += diff[(y - 1) * w + x];
+            if (x && y) v -= diff[(y - 1) * w + x - 1];
+            diff[y * w + x] = v;
+        }
+    for (size_t y = 0; y < n; y++)
+        for (size_t x = 0; x < n; x++) {
+            size_t i = y * n + x;
+            bool seeded = diff[y * w + x] > 0;
+            f[2 * i] = seeded ? 0.5f : 1.0f;
+            f[2 * i + 1] = seeded ? 0.25f : 0.0f;
+        }
+    free(diff);
     return f;
 }
 
@@ -213,21 +243,28 @@ static void gs_colour(float v, uint8_t rgb[3])
     for (int c = 0; c < 3; c++) rgb[c] = (uint8_t)(stops[i][c] + (stops[i + 1][c] - stops[i][c]) * f + 0.5f);
 }
 
-/* Writes the image; every byte is a function of the field alone. */
+/* Writes the image atomically (a temporary file, fsync, rename). Every
+ * byte is a function of the field alone, and the encoding is pinned so that
+ * other writers (the Python example) can produce the same bytes: no row
+ * filter, zlib level 6 with the default strategy and memory level, IDAT
+ * chunks of 8192 bytes, no ancillary chunks. */
 static int write_png(const char *path, const uint8_t *rgb, uint32_t w, uint32_t h)
 {
-    FILE *f = fopen(path, "wb");
-    if (!f) {
-        fprintf(stderr, "metal-compute run: cannot write %s\n", path);
-        return 1;
-    }
+    mc__outfile out;
+    mc_status s = mc__outfile_open(path, &out);
+    if (s != MC_OK) return mc_cli_fail("--out", s);
     png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
     png_infop info = png ? png_create_info_struct(png) : NULL;
     png_bytep *rows = malloc(h * sizeof *rows);
     int rc = 1;
     if (png && info && rows && !setjmp(png_jmpbuf(png))) {
         for (uint32_t y = 0; y < h; y++) rows[y] = (png_bytep)(rgb + (size_t)y * w * 3);
-        png_init_io(png, f);
+        png_init_io(png, out.f);
+        png_set_filter(png, PNG_FILTER_TYPE_BASE, PNG_FILTER_NONE);
+        png_set_compression_level(png, 6);
+        png_set_compression_mem_level(png, 8);
+        png_set_compression_strategy(png, 0 /* Z_DEFAULT_STRATEGY */);
+        png_set_compression_buffer_size(png, 8192);
         png_set_IHDR(png, info, w, h, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
                      PNG_FILTER_TYPE_DEFAULT);
         png_write_info(png, info);
@@ -237,11 +274,13 @@ static int write_png(const char *path, const uint8_t *rgb, uint32_t w, uint32_t 
     }
     png_destroy_write_struct(&png, &info);
     free(rows);
-    if (fclose(f) || rc) {
-        fprintf(stderr, "metal-compute run: writing %s failed\n", path);
+    if (rc) {
+        mc__outfile_abort(&out);
+        fprintf(stderr, "metal-compute run: encoding %s failed\n", path);
         return 1;
     }
-    return 0;
+    s = mc__outfile_commit(&out);
+    return s == MC_OK ? 0 : mc_cli_fail("--out", s);
 }
 
 static void run_usage(void)
@@ -357,11 +396,9 @@ static int run_gray_scott(int argc, char **argv)
     }
 
     /* A long run should not end in "cannot write". */
-    const char *slash = strrchr(out, '/');
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%.*s", slash ? (int)(slash - out) + 1 : 1, slash ? out : ".");
-    if (access(dir, W_OK) != 0) {
-        fprintf(stderr, "metal-compute run: cannot write into %s (for %s)\n", dir, out);
+    mc_status cs = mc__outfile_check(out);
+    if (cs != MC_OK) {
+        mc_cli_fail("--out", cs);
         return 2;
     }
 

@@ -12,6 +12,7 @@
 
 #include <sched.h>
 #include <stdarg.h>
+#include <stdio.h>
 
 #if defined(__GNUC__)
 #define MC__PRINTF(a, b) __attribute__((format(printf, a, b)))
@@ -100,6 +101,24 @@ void mc__alloc_fail_at(long long nth); /* 0 = off */
 
 /* printf into a fresh malloc'd string. */
 char *mc__asprintf(const char *fmt, ...) MC__PRINTF(1, 2);
+
+/* Files written for the user (outfile.c): a temporary file beside the
+ * target, fsync, rename; a failed write leaves the old file untouched.
+ * check: the path can be created (not empty, not a folder, its folder
+ * writable), tested before long work starts. open/commit/abort: write
+ * through o->f, then commit (always closes) or abort (removes the
+ * temporary file). write: the whole buffer in one go. Errors carry the
+ * path and the system's reason in mc_last_error(). */
+typedef struct mc__outfile {
+    FILE *f;
+    char *path; /* the target (a symbolic link's target when it is one) */
+    char *tmp;
+} mc__outfile;
+mc_status mc__outfile_check(const char *path);
+mc_status mc__outfile_open(const char *path, mc__outfile *o);
+mc_status mc__outfile_commit(mc__outfile *o);
+void mc__outfile_abort(mc__outfile *o);
+mc_status mc__outfile_write(const char *path, const void *data, size_t len);
 
 #define MC__ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define MC__MIN(a, b) ((a) < (b) ? (a) : (b))
