@@ -18,8 +18,9 @@ fi
 # fetched; the CMake build folder is kept between runs (incremental).
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-build-isolation \
     --config-settings=build-dir="$BUILD/python-build" "$ROOT"
-cd "$ROOT/python"
+# From the tests folder: the installed package is imported, not the source tree.
+cd "$ROOT/python/tests"
 rc=0
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests || rc=$?
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider . || rc=$?
 if [ "$rc" = 5 ]; then echo "pytest: no tests ran" >&2; exit 1; fi
 exit "$rc"
