@@ -1,6 +1,6 @@
 """The suite runs on MC_PY_DEVICE (default "cpu"); on a GPU host set it to
-"cuda" or "metal". Kernels are in MC_PY_LANG (default: the device's native
-language while the CPU device's MSL path is not merged: c on cpu)."""
+"cuda" or "metal". Kernels are in MC_PY_LANG: "msl" (default, one source for
+every device) or the device's native language ("c", "cuda")."""
 import os
 import sys
 
@@ -14,7 +14,7 @@ KERNELS = os.path.join(ROOT, "examples", "kernels")
 sys.path.insert(0, os.path.join(ROOT, "python", "examples"))
 
 DEVICE = os.environ.get("MC_PY_DEVICE", "cpu")
-_NATIVE = {"cpu": "c", "cuda": "cuda", "metal": "msl"}
+_NATIVE = {"cpu": "msl", "cuda": "msl", "metal": "msl"}
 _EXT = {"c": ".c", "cuda": ".cu", "msl": ".metal"}
 
 
