@@ -103,6 +103,8 @@ typedef struct mc_pipeline_desc {
     uint32_t max_total_threads_per_threadgroup;
     _Bool threadgroup_size_is_multiple_of_simd_width;
     const char *label;
+    const void *constants; /* const mc_function_constant * */
+    uint32_t constant_count;
 } mc_pipeline_desc;
 typedef struct mc_pipeline_info {
     uint32_t max_total_threads_per_threadgroup;
