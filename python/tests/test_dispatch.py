@@ -117,3 +117,18 @@ def test_gil_is_released_while_waiting(dev, basic):
         t.join()
     assert elapsed > 0.005
     assert progressed > 1000, "another Python thread ran while the dispatch was waited for"
+
+
+def test_bound_launch_runs_and_recovers_after_a_fault(dev, basic):
+    a = dev.zeros(32, np.uint32)
+    run = basic["add_one"].bind(a, np.uint32(32), grid=32)
+    run()
+    run()
+    assert (a == 2).all()
+    dev.inject_faults("timeout@1")
+    with pytest.raises(mc.Timeout):
+        run()
+    run()  # a new queue replaces the stopped one
+    assert (a == 3).all()
+    with pytest.raises(TypeError):
+        basic["add_one"].bind(np.zeros(4, np.uint32), np.uint32(4), grid=4)
