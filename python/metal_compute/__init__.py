@@ -8,7 +8,7 @@
 
 See docs/PYTHON.md. Names follow the C API (include/mc/mc.h).
 """
-from ._core import (DEFAULT_LANGUAGE, Buffer, CommandBuffer, ComputePass, Device, DeviceInfo, Event, Kernel,
+from ._core import (DEFAULT_LANGUAGE, Buffer, CommandBuffer, ComputePass, Device, DeviceInfo, Event, Kernel, Launch,
                     PassInfo, Queue, buffer_of, devices)
 from .errors import *  # noqa: F401,F403  (one class per status)
 from .errors import MetalComputeError, error_class
