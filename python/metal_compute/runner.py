@@ -293,19 +293,32 @@ class Runner:
         finish), then is raised again. Returns the RunnerStats; raises the
         error that exhausted the recoveries (or Cancelled after cancel())."""
         result = {}
+        # Our own flag, not Thread.join/is_alive: a KeyboardInterrupt inside
+        # join() marks a running thread as stopped (CPython 3.11's
+        # _wait_for_tstate_lock), and releasing the runner under a run that
+        # still goes corrupts the heap.
+        finished = self._finished = threading.Event()
 
         def body():
-            result["status"] = lib.mc_runner_run(self._h)
-            result["message"] = cstr(lib.mc_last_error())
+            try:
+                result["status"] = lib.mc_runner_run(self._h)
+                result["message"] = cstr(lib.mc_last_error())
+            finally:
+                finished.set()
 
         t = threading.Thread(target=body, name="metal_compute runner", daemon=True)
         t.start()
         try:
-            while t.is_alive():
-                t.join(_SLICE_NS / 1e9)
+            while not finished.wait(_SLICE_NS / 1e9):
+                pass
         except KeyboardInterrupt:
             lib.mc_runner_cancel(self._h)
-            t.join()
+            while True:  # the chunks in flight finish (each within the budget)
+                try:
+                    if finished.wait(_SLICE_NS / 1e9):
+                        break
+                except KeyboardInterrupt:
+                    continue
             raise
         if self._cb_error is not None:
             e, self._cb_error = self._cb_error, None
@@ -335,7 +348,10 @@ class Runner:
         return out
 
     def close(self):
-        """mc_runner_release (calls teardown)."""
+        """mc_runner_release (calls teardown). Not while run() runs."""
+        running = getattr(self, "_finished", None)
+        if running is not None and not running.is_set():
+            raise errors.InvalidState("the runner is running: cancel() and let run() return first")
         if getattr(self, "_h", None) is not None:
             lib.mc_runner_release(self._h)
             self._h = None
@@ -347,4 +363,7 @@ class Runner:
         self.close()
 
     def __del__(self):
-        self.close()
+        try:
+            self.close()
+        except errors.InvalidState:
+            pass  # a run still going keeps its runner (released with the process)

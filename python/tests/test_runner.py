@@ -63,9 +63,8 @@ def test_keyboard_interrupt_cancels_cleanly(dev, lang):
     with pytest.raises(KeyboardInterrupt):
         r.run()
     st = r.stats()
-    # The run stopped promptly (the C stats do not mark a cancel yet: see
-    # docs/PYTHON.md), and the runner and device stay usable.
-    assert 0 < st.dispatches < 10_000_000 and st.elapsed_ms < 60_000
+    # The run stopped promptly and cleanly; the runner and device stay usable.
+    assert st.cancelled and 0 < st.dispatches < 10_000_000 and st.elapsed_ms < 60_000
     assert r.last_progress is not None and r.last_progress.iterations < 10_000_000
     r.close()
     field, _ = gray_scott.simulate(dev, 16, 10, language=lang)
