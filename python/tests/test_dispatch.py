@@ -90,9 +90,13 @@ def test_exception_in_a_callback_is_raised_by_the_next_wait(dev, basic):
 
     cb.on_completed(boom)
     cb.commit()
-    time.sleep(0.2)
+    # The callback runs on a runtime thread after completion; the first
+    # wait after it has run raises its exception.
+    deadline = time.monotonic() + 10
     with pytest.raises(RuntimeError, match="from the callback"):
-        cb.wait()
+        while time.monotonic() < deadline:
+            cb.wait()
+            time.sleep(0.01)
 
 
 def test_gil_is_released_while_waiting(dev, basic):
@@ -109,14 +113,14 @@ def test_gil_is_released_while_waiting(dev, basic):
     try:
         start = counter[0]
         t0 = time.perf_counter()
-        basic["spin"](out, np.uint32(20000), grid=4096)  # tens of ms of device time
+        basic["spin"](out, np.uint32(50000), grid=4096)  # about 0.1 s of device time
         elapsed = time.perf_counter() - t0
         progressed = counter[0] - start
     finally:
         stop.set()
         t.join()
     assert elapsed > 0.005
-    assert progressed > 1000, "another Python thread ran while the dispatch was waited for"
+    assert progressed > 100, "another Python thread ran while the dispatch was waited for"
 
 
 def test_bound_launch_runs_and_recovers_after_a_fault(dev, basic):
