@@ -20,6 +20,8 @@ fi
     --config-settings=build-dir="$BUILD/python-build" "$ROOT"
 # From the tests folder: the installed package is imported, not the source tree.
 cd "$ROOT/python/tests"
+# The command-line program the PNG and bench tests compare against.
+export MC_CLI="${MC_CLI:-$BUILD/metal-compute}"
 rc=0
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider . || rc=$?
 if [ "$rc" = 5 ]; then echo "pytest: no tests ran" >&2; exit 1; fi
