@@ -27,6 +27,9 @@ run: build
 
 test: build
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 300
+	@# The Python package (docs/PYTHON.md); its library is pip's own build, so
+	@# not again under the sanitizers.
+	@if [ -z "$(SANITIZE)" ]; then python/run-tests.sh $(BUILD); fi
 
 bench: build
 	@$(BUILD)/metal-compute bench
