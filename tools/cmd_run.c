@@ -320,6 +320,15 @@ static bool parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
 
 static int run_gray_scott(int argc, char **argv)
 {
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--mpi")) continue;
+#ifdef MC_HAVE_MPI
+        return mc_cli_run_gray_scott_mpi(argc, argv);
+#else
+        fprintf(stderr, "metal-compute run: --mpi: this build has no MPI (install Open MPI and rebuild)\n");
+        return 2;
+#endif
+    }
     const char *device = NULL, *out = "gray-scott.png", *faults = NULL;
     uint32_t size = 256, steps = 10000, max_restarts = 0, fault_at = 0;
     double budget = 0, checkpoint = 0, deadline = 0;
@@ -544,3 +553,9 @@ int mc_cli_run(int argc, char **argv)
     fprintf(stderr, "metal-compute run: unknown job '%s' (try gray-scott)\n", argv[1]);
     return 2;
 }
+
+/* For the --mpi path (cmd_run_mpi.c): the same seed, palette and encoder,
+ * so that its image is the same bytes. */
+float *mc_cli_gray_scott_seed(uint32_t n) { return gs_seed(n); }
+void mc_cli_gray_scott_colour(float v, uint8_t rgb[3]) { gs_colour(v, rgb); }
+int mc_cli_write_png(const char *path, const uint8_t *rgb, uint32_t w, uint32_t h) { return write_png(path, rgb, w, h); }

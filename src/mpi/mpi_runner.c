@@ -1,0 +1,645 @@
+/*
+ * DOC: the distributed runner (include/mc/mc_mpi.h, docs/SCALE.md).
+ *
+ * Owns: one rank's slab of a periodic 2-D grid, its device objects, the
+ * halo exchange between chunks, and the coordinated checkpoint / roll-back.
+ * Does not own: the step kernel (bind/unbind make it), the transport (Open
+ * MPI), the picture (the caller gathers and writes it).
+ *
+ * A chunk is: exchange halos on the host (MPI_Isend/Irecv in both
+ * directions at once), then up to H steps in command buffers of at most
+ * budget_ms of measured device time, then one MPI_Allreduce of the chunk's
+ * status. No MPI call ever waits inside device work (mlx issue 1849): a
+ * command buffer that blocked on a peer would run into the watchdog (F145,
+ * F146). The allreduce takes the largest status code, so every rank sees
+ * the same outcome, and after a failure anywhere every rank restores the
+ * checkpoint they all took after the same chunk and replays: the kernel is
+ * deterministic, so the result is the same bits (F681, F687, F695).
+ *
+ * Defaults: budget 25 ms per command buffer (the runner's, docs/RUNNER.md:
+ * far below any watchdog, F688 40 ms context switch); a checkpoint every 16
+ * chunks (a fault costs at most 16 chunks of replay; each checkpoint copies
+ * only the rank's own rows); 8 failures in a row before giving up (as the
+ * runner).
+ */
+#include "mc/mc_mpi.h"
+
+#include "core/core.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define DEFAULT_BUDGET_MS 25.0
+#define DEFAULT_CHECKPOINT_CHUNKS 16u
+#define DEFAULT_MAX_RECOVERIES 8u
+#define DEFAULT_GROUP 16u
+/* H beyond this buys nothing measurable: the exchange is already paid once
+ * per 256 steps. */
+#define MAX_AUTO_HALO 256u
+
+struct mc_mpi_runner {
+    mc_mpi_desc d;
+    MPI_Comm comm;
+    MPI_Datatype row_type;
+    int rank, size, local_rank, local_size;
+    uint32_t *rows; /* per rank */
+    uint32_t row0, my_rows, hr, local_h, steps_per_cb, max_h;
+    size_t row_bytes;
+    mc_device_desc dev_desc;
+    mc_device *dev;
+    mc_queue *queue;
+    mc_mpi_binding bind;
+    uint8_t *bytes[MC_MAX_BUFFER_ARGS]; /* copies of bind's BYTES args */
+    bool bound;
+    mc_buffer *state[2];
+    uint8_t *ckpt, *ckpt_new; /* own rows */
+    uint64_t ckpt_step, step;
+    uint8_t *halo[4]; /* send top, send bottom, receive top, receive bottom */
+    double exch_ms_sum, comp_ms_sum;
+    uint64_t exch_n, comp_n;
+    mc_mpi_stats st;
+};
+
+static double ms_since(uint64_t t0) { return (double)(mc__now_ns() - t0) / 1e6; }
+
+/* Every rank learns the largest status code any rank had: the same outcome
+ * everywhere, and the worst one wins. */
+static mc_status agree(mc_mpi_runner *r, mc_status local)
+{
+    int mine = (int)local, all = 0;
+    if (MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MAX, r->comm) != MPI_SUCCESS)
+        return mc__fail(MC_ERR_IO, "MPI_Allreduce failed");
+    if (all != MC_OK && local == MC_OK)
+        return mc__fail((mc_status)all, "another rank failed with %s", mc_status_name((mc_status)all));
+    return (mc_status)all;
+}
+
+void mc_mpi_even_slabs(uint32_t height, int n, uint32_t *rows)
+{
+    if (!rows || n <= 0) return;
+    for (int i = 0; i < n; i++) rows[i] = height / (uint32_t)n + ((uint32_t)i < height % (uint32_t)n ? 1u : 0u);
+}
+
+uint32_t mc_mpi_pick_halo(double exchange_ms, double row_ms, uint32_t radius, uint32_t max_h)
+{
+    if (max_h < 1) max_h = 1;
+    if (radius < 1) radius = 1;
+    if (!(exchange_ms > 0) || !(row_ms > 0)) return max_h < MAX_AUTO_HALO ? max_h : MAX_AUTO_HALO;
+    double h = sqrt(exchange_ms / (2.0 * radius * row_ms));
+    uint32_t hi = h < 1 ? 1u : h > (double)max_h ? max_h : (uint32_t)(h + 0.5);
+    return hi < 1 ? 1u : hi;
+}
+
+/* ---- device objects ------------------------------------------------------ */
+
+static void unbind_all(mc_mpi_runner *r)
+{
+    for (int i = 0; i < 2; i++) {
+        mc_buffer_release(r->state[i]);
+        r->state[i] = NULL;
+    }
+    if (r->bound) r->d.unbind(r->d.user, &r->bind);
+    r->bound = false;
+    for (int i = 0; i < MC_MAX_BUFFER_ARGS; i++) {
+        free(r->bytes[i]);
+        r->bytes[i] = NULL;
+    }
+    mc_queue_release(r->queue);
+    r->queue = NULL;
+}
+
+static mc_status bind_all(mc_mpi_runner *r)
+{
+    mc_queue_desc qd = {"mpi runner"};
+    mc_status s = mc_queue_create(r->dev, &qd, &r->queue);
+    if (s != MC_OK) return s;
+    memset(&r->bind, 0, sizeof r->bind);
+    s = r->d.bind(r->d.user, r->dev, r->d.width, r->local_h, &r->bind);
+    if (s != MC_OK) return s;
+    r->bound = true;
+    if (!r->bind.pipeline) return mc__fail(MC_ERR_INVALID_ARGUMENT, "bind set no pipeline");
+    for (int i = 0; i < MC_MAX_BUFFER_ARGS; i++) {
+        const mc_runner_arg *a = &r->bind.args[i];
+        if (a->kind != MC_RUNNER_ARG_BYTES) continue;
+        if (!a->bytes || a->len == 0 || a->len > MC_MAX_BYTES_ARG)
+            return mc__fail(MC_ERR_INVALID_ARGUMENT, "bind: slot %d has %zu bytes (1 to %d)", i, a->len,
+                            MC_MAX_BYTES_ARG);
+        if (!(r->bytes[i] = malloc(a->len))) return mc__fail(MC_ERR_NO_MEMORY, "bind: slot %d", i);
+        memcpy(r->bytes[i], a->bytes, a->len);
+    }
+    mc_size3 *t = &r->bind.threads_per_threadgroup;
+    if (!t->x) *t = (mc_size3){DEFAULT_GROUP, DEFAULT_GROUP, 1};
+    size_t bytes = (size_t)r->local_h * r->row_bytes;
+    static const char *const labels[2] = {"mpi state A", "mpi state B"};
+    for (int i = 0; i < 2 && s == MC_OK; i++) {
+        mc_buffer_desc bd = {bytes, MC_STORAGE_PRIVATE, labels[i], NULL};
+        s = mc_buffer_create(r->dev, &bd, &r->state[i]);
+    }
+    return s;
+}
+
+static mc_status open_device(mc_mpi_runner *r)
+{
+    mc_status s = mc_device_open(&r->dev_desc, &r->dev);
+    if (s == MC_OK) s = bind_all(r);
+    if (s == MC_OK) mc_device_get_info(r->dev, &r->st.device);
+    return s;
+}
+
+static void close_device(mc_mpi_runner *r)
+{
+    unbind_all(r);
+    mc_device_release(r->dev);
+    r->dev = NULL;
+}
+
+/* Ranks of one host share its devices by local rank; a CPU device gets its
+ * share of the cores so that ranks do not fight over them. */
+static mc_status pick_device(mc_mpi_runner *r)
+{
+    mc_device_desc *dd = &r->dev_desc;
+    memset(dd, 0, sizeof *dd);
+    const char *spec = r->d.device;
+    mc_status s = mc_device_desc_from_name(spec, dd);
+    if (s != MC_OK) return s;
+    dd->time_limit_ms = r->d.time_limit_ms;
+    if (dd->kind == MC_DEVICE_ANY) {
+        mc_device *probe = NULL;
+        if ((s = mc_device_open(dd, &probe)) != MC_OK) return s;
+        mc_device_info info;
+        mc_device_get_info(probe, &info);
+        mc_device_release(probe);
+        dd->kind = info.kind;
+    }
+    if (!spec || !strchr(spec, ':')) {
+        mc_device_info list[64];
+        size_t n = 0, same = 0;
+        if ((s = mc_device_list(list, 64, &n)) != MC_OK) return s;
+        for (size_t i = 0; i < n && i < 64; i++) same += list[i].kind == dd->kind;
+        dd->index = same ? r->local_rank % (int)same : 0;
+    }
+    if (dd->kind == MC_DEVICE_CPU) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        long share = cores > 0 ? cores / r->local_size : 1;
+        dd->threads = share > 0 ? (uint32_t)share : 1u;
+    }
+    return MC_OK;
+}
+
+/* ---- state: rows, halos, checkpoints --------------------------------------- */
+
+static mc_buffer *cur(mc_mpi_runner *r, uint64_t step) { return r->state[step & 1u]; }
+
+static mc_status rows_read(mc_mpi_runner *r, mc_buffer *b, uint32_t first, uint32_t n, void *dst)
+{
+    return mc_buffer_read(b, (size_t)first * r->row_bytes, dst, (size_t)n * r->row_bytes);
+}
+
+static mc_status rows_write(mc_mpi_runner *r, mc_buffer *b, uint32_t first, uint32_t n, const void *src)
+{
+    return mc_buffer_write(b, (size_t)first * r->row_bytes, src, (size_t)n * r->row_bytes);
+}
+
+/* The rank's own rows of the checkpoint go back in place; the halos are
+ * filled by the exchange that starts every chunk. */
+static mc_status restore(mc_mpi_runner *r)
+{
+    r->step = r->ckpt_step;
+    return rows_write(r, cur(r, r->step), r->hr, r->my_rows, r->ckpt);
+}
+
+/* Copies the rank's rows after `step` aside; checkpoint_commit makes them
+ * the checkpoint once every rank has agreed that the chunk succeeded, so
+ * all ranks always hold the checkpoint of the same step. */
+static mc_status checkpoint_stage(mc_mpi_runner *r, uint64_t step)
+{
+    return rows_read(r, cur(r, step), r->hr, r->my_rows, r->ckpt_new);
+}
+
+static void checkpoint_commit(mc_mpi_runner *r, uint64_t step)
+{
+    uint8_t *t = r->ckpt;
+    r->ckpt = r->ckpt_new;
+    r->ckpt_new = t;
+    r->ckpt_step = step;
+    r->st.checkpoints++;
+}
+
+/* My top halo is the bottom of the rank above (lower rows, periodic), my
+ * bottom halo the top of the rank below. Both directions at once. */
+static mc_status exchange(mc_mpi_runner *r)
+{
+    uint64_t t0 = mc__now_ns();
+    uint32_t hr = r->hr;
+    /* A rank without a working device still takes part, so no peer blocks;
+     * what it sends is thrown away in the roll-back that follows. */
+    mc_buffer *b = r->bound ? cur(r, r->step) : NULL;
+    mc_status s = b ? MC_OK : mc__fail(MC_ERR_DEVICE_LOST, "no device");
+    if (s == MC_OK) s = rows_read(r, b, hr, hr, r->halo[0]);
+    if (s == MC_OK) s = rows_read(r, b, hr + r->my_rows - hr, hr, r->halo[1]);
+    int up = (r->rank + r->size - 1) % r->size, down = (r->rank + 1) % r->size;
+    MPI_Request req[4];
+    int rc = MPI_Irecv(r->halo[2], (int)hr, r->row_type, up, 1, r->comm, &req[0]);
+    rc |= MPI_Irecv(r->halo[3], (int)hr, r->row_type, down, 0, r->comm, &req[1]);
+    rc |= MPI_Isend(r->halo[0], (int)hr, r->row_type, up, 0, r->comm, &req[2]);
+    rc |= MPI_Isend(r->halo[1], (int)hr, r->row_type, down, 1, r->comm, &req[3]);
+    rc |= MPI_Waitall(4, req, MPI_STATUSES_IGNORE);
+    if (rc != MPI_SUCCESS) return mc__fail(MC_ERR_IO, "halo exchange: MPI failed");
+    if (s == MC_OK) s = rows_write(r, b, 0, hr, r->halo[2]);
+    if (s == MC_OK) s = rows_write(r, b, hr + r->my_rows, hr, r->halo[3]);
+    r->exch_ms_sum += ms_since(t0);
+    r->exch_n++;
+    return s;
+}
+
+/* ---- compute --------------------------------------------------------------- */
+
+static mc_status encode(mc_mpi_runner *r, mc_cmdbuf *cb, uint64_t first, uint32_t count)
+{
+    mc_pass *p = NULL;
+    mc_status s = mc_cmdbuf_begin_pass(cb, "mpi steps", &p);
+    if (s != MC_OK) return s;
+    s = mc_pass_set_pipeline(p, r->bind.pipeline);
+    for (uint32_t i = 0; i < MC_MAX_BUFFER_ARGS && s == MC_OK; i++) {
+        const mc_runner_arg *a = &r->bind.args[i];
+        if (a->kind == MC_RUNNER_ARG_BUFFER) s = mc_pass_set_buffer(p, i, a->buffer, a->offset);
+        else if (a->kind == MC_RUNNER_ARG_BYTES) s = mc_pass_set_bytes(p, i, r->bytes[i], a->len);
+    }
+    if (s == MC_OK) s = mc_pass_set_buffer(p, r->d.state_arg[0], r->state[0], 0);
+    if (s == MC_OK) s = mc_pass_set_buffer(p, r->d.state_arg[1], r->state[1], 0);
+    mc_size3 t = r->bind.threads_per_threadgroup;
+    mc_size3 groups = {(r->d.width + t.x - 1) / t.x, (r->local_h + t.y - 1) / t.y, 1};
+    for (uint32_t j = 0; j < count && s == MC_OK; j++) {
+        mc_runner_iteration it = {first + j, 1, 0};
+        if (j) s = mc_pass_barrier(p);
+        if (s == MC_OK) s = mc_pass_set_bytes(p, r->d.iteration_arg, &it, sizeof it);
+        if (s == MC_OK) s = mc_pass_dispatch(p, groups, t);
+    }
+    mc_status e = mc_pass_end(p);
+    return s != MC_OK ? s : e;
+}
+
+/* Runs steps [first, first + count) in command buffers of steps_per_cb
+ * steps; the status of the first that failed. */
+static mc_status compute(mc_mpi_runner *r, uint64_t first, uint32_t count, uint64_t *gpu_ns)
+{
+    uint64_t t0 = mc__now_ns();
+    mc_status result = MC_OK;
+    uint32_t ncb = (count + r->steps_per_cb - 1) / r->steps_per_cb;
+    mc_cmdbuf **cbs = calloc(ncb, sizeof *cbs);
+    if (!cbs) return mc__fail(MC_ERR_NO_MEMORY, "command buffers");
+    uint32_t made = 0;
+    for (uint32_t c = 0; c < ncb && result == MC_OK; c++) {
+        uint32_t n = MC__MIN(r->steps_per_cb, count - c * r->steps_per_cb);
+        mc_cmdbuf_desc cd = {"mpi chunk", MC_CMDBUF_TIMESTAMPS};
+        mc_status s = mc_cmdbuf_create(r->queue, &cd, &cbs[c]);
+        if (s == MC_OK) made++;
+        if (s == MC_OK) s = encode(r, cbs[c], first + (uint64_t)c * r->steps_per_cb, n);
+        if (s == MC_OK) s = mc_cmdbuf_commit(cbs[c]);
+        if (s != MC_OK) result = s;
+    }
+    if (gpu_ns) *gpu_ns = 0;
+    for (uint32_t c = 0; c < made; c++) {
+        if (mc_cmdbuf_get_state(cbs[c]) != MC_CMDBUF_NOT_ENQUEUED) {
+            mc_cmdbuf_wait(cbs[c], MC_WAIT_FOREVER);
+            mc_status s = mc_cmdbuf_status(cbs[c], NULL);
+            if (s != MC_OK && s != MC_ERR_INVALID_STATE && result == MC_OK) result = s;
+            uint64_t a = 0, b = 0;
+            if (s == MC_OK && gpu_ns && mc_cmdbuf_gpu_time(cbs[c], &a, &b) == MC_OK && b > a) *gpu_ns += b - a;
+        }
+        mc_cmdbuf_release(cbs[c]);
+    }
+    free(cbs);
+    r->comp_ms_sum += ms_since(t0);
+    r->comp_n++;
+    return result;
+}
+
+/* After a failure anywhere: this rank rebuilds what its own failure broke
+ * (a failed queue takes no more work, F687; a lost device is reopened). */
+static mc_status rebuild(mc_mpi_runner *r, mc_status own, uint32_t attempt)
+{
+    if (own == MC_ERR_ACCESS_REVOKED) {
+        /* The system keeps a process off the device for a while (F146). */
+        double ms = 100.0;
+        for (uint32_t i = 1; i < attempt && ms < 2000; i++) ms *= 2;
+        mc__sleep_ns((uint64_t)(ms * 1e6));
+    }
+    bool lost = own == MC_ERR_DEVICE_LOST || (r->dev && mc_device_check(r->dev) != MC_OK);
+    if (lost || !r->dev) {
+        close_device(r);
+        return open_device(r);
+    }
+    if (own != MC_OK || (r->queue && mc_queue_check(r->queue) != MC_OK)) {
+        unbind_all(r);
+        return bind_all(r);
+    }
+    return MC_OK;
+}
+
+static bool recoverable(mc_status s) { return mc_status_is_device_error(s) || s == MC_ERR_WAIT_TIMEOUT; }
+
+mc_status mc_mpi_runner_run(mc_mpi_runner *r)
+{
+    if (!r) return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner is NULL");
+    uint64_t t0 = mc__now_ns();
+    uint32_t in_a_row = 0, since_ckpt = 0;
+    uint64_t fail_step = 0;
+    while (r->step < r->d.total_steps) {
+        uint32_t k = (uint32_t)MC__MIN((uint64_t)r->st.halo_steps, r->d.total_steps - r->step);
+        mc_status own = exchange(r);
+        if (own == MC_OK) own = compute(r, r->step, k, NULL);
+        bool ckpt = since_ckpt + 1 >= r->d.checkpoint_chunks || r->step + k == r->d.total_steps;
+        if (own == MC_OK && ckpt) own = checkpoint_stage(r, r->step + k);
+        mc_status all = agree(r, own);
+        if (all == MC_OK) {
+            r->step += k;
+            r->st.chunks++;
+            if (ckpt) checkpoint_commit(r, r->step);
+            since_ckpt = ckpt ? 0 : since_ckpt + 1;
+            if (r->step > fail_step) in_a_row = 0;
+            continue;
+        }
+        /* Every rank rolls back together. */
+        r->st.recoveries++;
+        if (own != MC_OK) {
+            r->st.own_faults++;
+            r->st.last_fault = own;
+        }
+        fail_step = MC__MAX(fail_step, r->step + k);
+        mc__log(MC_LOG_WARN, "mpi.recovering", "rank %d: %s in steps %llu to %llu (%s here); back to step %llu",
+                r->rank, mc_status_name(all), (unsigned long long)r->step, (unsigned long long)(r->step + k),
+                mc_status_name(own), (unsigned long long)r->ckpt_step);
+        if (!recoverable(all)) {
+            r->st.elapsed_ms = ms_since(t0);
+            return own != MC_OK ? own : mc__fail(all, "another rank failed with %s", mc_status_name(all));
+        }
+        for (;;) {
+            if (++in_a_row > r->d.max_recoveries) {
+                r->st.elapsed_ms = ms_since(t0);
+                return mc__fail(all, "gave up after %u failures in a row without progress", in_a_row - 1);
+            }
+            mc_status s = rebuild(r, own, in_a_row);
+            if (s == MC_OK) s = restore(r);
+            mc_status both = agree(r, s);
+            if (both == MC_OK) break;
+            own = s != MC_OK ? s : own;
+            if (!recoverable(both)) {
+                r->st.elapsed_ms = ms_since(t0);
+                return both;
+            }
+        }
+        since_ckpt = 0;
+    }
+    r->st.steps = r->step;
+    r->st.elapsed_ms = ms_since(t0);
+    return MC_OK;
+}
+
+/* ---- create, gather, release ------------------------------------------------ */
+
+static mc_status check_desc(const mc_mpi_desc *d, int size)
+{
+    if (!d->bind || !d->unbind) return mc__fail(MC_ERR_INVALID_ARGUMENT, "bind and unbind are required");
+    if (!d->width || !d->height || !d->cell_bytes)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "width %u, height %u, cell_bytes %u: none may be 0", d->width,
+                        d->height, d->cell_bytes);
+    if (!d->initial) return mc__fail(MC_ERR_INVALID_ARGUMENT, "initial is NULL");
+    if (!d->total_steps) return mc__fail(MC_ERR_INVALID_ARGUMENT, "total_steps is 0");
+    if (d->budget_ms < 0 || d->budget_ms > 60000)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "budget_ms is %g (0 to 60000)", d->budget_ms);
+    if (d->state_arg[0] >= MC_MAX_BUFFER_ARGS || d->state_arg[1] >= MC_MAX_BUFFER_ARGS ||
+        d->iteration_arg >= MC_MAX_BUFFER_ARGS || d->state_arg[0] == d->state_arg[1] ||
+        d->iteration_arg == d->state_arg[0] || d->iteration_arg == d->state_arg[1])
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "state_arg %u, %u and iteration_arg %u must be distinct slots below %d",
+                        d->state_arg[0], d->state_arg[1], d->iteration_arg, MC_MAX_BUFFER_ARGS);
+    if ((uint64_t)d->width * d->cell_bytes > (uint64_t)INT32_MAX)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "a row of %u cells of %u bytes is too long", d->width, d->cell_bytes);
+    if ((uint32_t)size > d->height)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "%d ranks for %u rows: every rank needs a row", size, d->height);
+    if (d->slab_rows) {
+        uint64_t sum = 0;
+        for (int i = 0; i < size; i++) {
+            if (d->slab_rows[i] < (d->radius ? d->radius : 1u))
+                return mc__fail(MC_ERR_INVALID_ARGUMENT, "slab of rank %d has %u rows; at least the radius (%u)", i,
+                                d->slab_rows[i], d->radius ? d->radius : 1u);
+            sum += d->slab_rows[i];
+        }
+        if (sum != d->height)
+            return mc__fail(MC_ERR_INVALID_ARGUMENT, "slab rows sum to %llu, the grid has %u", (unsigned long long)sum,
+                            d->height);
+    }
+    return MC_OK;
+}
+
+/* H steps per chunk: H * radius halo rows on each side. */
+static void set_halo(mc_mpi_runner *r, uint32_t h)
+{
+    r->hr = h * r->d.radius;
+    r->local_h = r->my_rows + 2 * r->hr;
+    free(r->halo[0]);
+    memset(r->halo, 0, sizeof r->halo);
+    size_t halo = (size_t)r->hr * r->row_bytes;
+    uint8_t *all = malloc(4 * halo);
+    for (int i = 0; all && i < 4; i++) r->halo[i] = all + (size_t)i * halo;
+}
+
+static mc_status setup(mc_mpi_runner *r, const mc_mpi_desc *desc)
+{
+    int size = r->size;
+    r->d = *desc;
+    if (!r->d.radius) r->d.radius = 1;
+    if (!r->d.budget_ms) r->d.budget_ms = DEFAULT_BUDGET_MS;
+    if (!r->d.checkpoint_chunks) r->d.checkpoint_chunks = DEFAULT_CHECKPOINT_CHUNKS;
+    if (!r->d.max_recoveries) r->d.max_recoveries = DEFAULT_MAX_RECOVERIES;
+    if (!r->d.state_arg[0] && !r->d.state_arg[1]) {
+        r->d.state_arg[1] = 1;
+        if (!r->d.iteration_arg) r->d.iteration_arg = 2;
+    }
+    mc_status s = check_desc(&r->d, size);
+    if (s != MC_OK) return s;
+    r->row_bytes = (size_t)r->d.width * r->d.cell_bytes;
+    if (!(r->rows = malloc((size_t)size * sizeof *r->rows))) return mc__fail(MC_ERR_NO_MEMORY, "slabs");
+    if (desc->slab_rows) memcpy(r->rows, desc->slab_rows, (size_t)size * sizeof *r->rows);
+    else mc_mpi_even_slabs(r->d.height, size, r->rows);
+    uint32_t min_rows = UINT32_MAX;
+    for (int i = 0; i < size; i++) {
+        if (i < r->rank) r->row0 += r->rows[i];
+        min_rows = MC__MIN(min_rows, r->rows[i]);
+    }
+    if (min_rows < r->d.radius)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "%u rows on %d ranks: a slab has %u rows, fewer than the radius %u",
+                        r->d.height, size, min_rows, r->d.radius);
+    r->my_rows = r->rows[r->rank];
+    /* The halo may not reach past the neighbour's slab. */
+    uint32_t max_h = min_rows / r->d.radius;
+    if (r->d.halo_steps > max_h)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "halo of %u steps needs %u rows in every slab; the smallest has %u",
+                        r->d.halo_steps, r->d.halo_steps * r->d.radius, min_rows);
+    r->max_h = MC__MIN(max_h, MAX_AUTO_HALO);
+    r->steps_per_cb = 1; /* until measured */
+    /* Automatic H is measured at H = 1, then the slab is rebuilt deeper. */
+    set_halo(r, r->d.halo_steps ? r->d.halo_steps : 1);
+    size_t own = (size_t)r->my_rows * r->row_bytes;
+    r->ckpt = malloc(own);
+    r->ckpt_new = malloc(own);
+    if (!r->ckpt || !r->ckpt_new || !r->halo[0]) return mc__fail(MC_ERR_NO_MEMORY, "slab of %zu bytes", own);
+    const uint8_t *init = desc->initial;
+    memcpy(r->ckpt, init + (size_t)r->row0 * r->row_bytes, own);
+    r->ckpt_step = 0;
+    if ((s = pick_device(r)) != MC_OK) return s;
+    if ((s = open_device(r)) != MC_OK) return s;
+    return restore(r);
+}
+
+/* As many steps per command buffer as fit the budget at the slowest
+ * rank's measured time per row. */
+static void set_steps_per_cb(mc_mpi_runner *r, double row_ms)
+{
+    double step = row_ms * r->local_h;
+    r->steps_per_cb = step > 0 ? (uint32_t)MC__MIN(1e6, MC__MAX(1.0, r->d.budget_ms / step)) : 1u;
+}
+
+/* One step on the device, timed (the second of two: the first pays for
+ * warming up), and the exchange, to size H and the command buffers. */
+static mc_status measure(mc_mpi_runner *r, double *step_ms, double *exch_ms)
+{
+    uint64_t ns = 0;
+    mc_status s = MC_OK;
+    for (int i = 0; i < 2 && s == MC_OK; i++) s = compute(r, 0, 1, &ns);
+    *step_ms = (double)ns / 1e6;
+    *exch_ms = 0;
+    /* Exchanging the initial state writes the halos it already has. */
+    for (int i = 0; i < 3 && s == MC_OK; i++) {
+        uint64_t t0 = mc__now_ns();
+        s = exchange(r);
+        *exch_ms = i ? MC__MIN(*exch_ms, ms_since(t0)) : ms_since(t0);
+    }
+    r->exch_ms_sum = r->comp_ms_sum = 0;
+    r->exch_n = r->comp_n = 0;
+    return s;
+}
+
+mc_status mc_mpi_runner_create(const mc_mpi_desc *desc, mc_mpi_runner **out)
+{
+    if (out) *out = NULL;
+    if (!desc || !out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "desc and out are required");
+    int init = 0;
+    MPI_Initialized(&init);
+    if (!init) return mc__fail(MC_ERR_INVALID_STATE, "MPI is not initialised (call MPI_Init first)");
+    mc_mpi_runner *r = calloc(1, sizeof *r);
+    if (!r) return mc__fail(MC_ERR_NO_MEMORY, "mpi runner");
+    MPI_Comm base = desc->comm ? desc->comm : MPI_COMM_WORLD;
+    MPI_Comm local = MPI_COMM_NULL;
+    if (MPI_Comm_dup(base, &r->comm) != MPI_SUCCESS ||
+        MPI_Comm_split_type(r->comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local) != MPI_SUCCESS) {
+        free(r);
+        return mc__fail(MC_ERR_IO, "MPI communicator setup failed");
+    }
+    MPI_Comm_rank(r->comm, &r->rank);
+    MPI_Comm_size(r->comm, &r->size);
+    MPI_Comm_rank(local, &r->local_rank);
+    MPI_Comm_size(local, &r->local_size);
+    MPI_Comm_free(&local);
+    r->row_type = MPI_DATATYPE_NULL;
+
+    mc_status s = setup(r, desc);
+    if (s == MC_OK && (MPI_Type_contiguous((int)r->row_bytes, MPI_BYTE, &r->row_type) != MPI_SUCCESS ||
+                       MPI_Type_commit(&r->row_type) != MPI_SUCCESS))
+        s = mc__fail(MC_ERR_IO, "MPI row type");
+    if ((s = agree(r, s)) != MC_OK) goto fail;
+
+    double step_ms = 0, exch_ms = 0;
+    s = measure(r, &step_ms, &exch_ms);
+    if ((s = agree(r, s)) != MC_OK) goto fail;
+    /* H and the command-buffer size from the slowest rank, so every rank
+     * picks the same. */
+    double mine[2] = {step_ms / r->local_h, exch_ms}, worst[2] = {0, 0};
+    MPI_Allreduce(mine, worst, 2, MPI_DOUBLE, MPI_MAX, r->comm);
+    set_steps_per_cb(r, worst[0]);
+    uint32_t h = r->d.halo_steps;
+    if (!h) {
+        h = mc_mpi_pick_halo(worst[1], worst[0], r->d.radius, r->max_h);
+        /* A chunk fits one command buffer of the budget. */
+        h = MC__MAX(1u, MC__MIN(h, r->steps_per_cb));
+        if (h > 1) {
+            /* Deeper halos, a taller local grid: bind again for it. */
+            unbind_all(r);
+            set_halo(r, h);
+            s = r->halo[0] ? bind_all(r) : mc__fail(MC_ERR_NO_MEMORY, "halo rows");
+            if (s == MC_OK) s = restore(r);
+            if ((s = agree(r, s)) != MC_OK) goto fail;
+        }
+    }
+    set_steps_per_cb(r, worst[0]);
+    r->st.halo_steps = h;
+    r->st.halo_rows = r->hr;
+    r->st.step_ms = step_ms;
+    if (r->d.inject_faults && *r->d.inject_faults) s = mc_device_inject_faults(r->dev, r->d.inject_faults);
+    if ((s = agree(r, s)) != MC_OK) goto fail;
+    r->st.rank = r->rank;
+    r->st.size = r->size;
+    r->st.local_rank = r->local_rank;
+    r->st.row0 = r->row0;
+    r->st.rows = r->my_rows;
+    r->st.halo_bytes_per_chunk = 2ull * r->hr * r->row_bytes;
+    *out = r;
+    return MC_OK;
+fail:
+    mc_mpi_runner_release(r);
+    return s;
+}
+
+mc_status mc_mpi_runner_gather(mc_mpi_runner *r, int root, void *out, size_t len)
+{
+    if (!r) return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner is NULL");
+    mc_status s = MC_OK;
+    if (root < 0 || root >= r->size) return mc__fail(MC_ERR_INVALID_ARGUMENT, "root %d of %d ranks", root, r->size);
+    if (r->rank == root && (!out || len < (size_t)r->d.height * r->row_bytes))
+        s = mc__fail(MC_ERR_INVALID_ARGUMENT, "out needs %zu bytes", (size_t)r->d.height * r->row_bytes);
+    /* The last checkpoint holds the rank's rows at the step reached. */
+    if (s == MC_OK && r->ckpt_step != r->step) s = mc__fail(MC_ERR_INVALID_STATE, "the run did not finish");
+    if ((s = agree(r, s)) != MC_OK) return s;
+    int *counts = NULL, *displs = NULL;
+    if (r->rank == root) {
+        counts = malloc((size_t)r->size * sizeof *counts);
+        displs = malloc((size_t)r->size * sizeof *displs);
+        if (!counts || !displs) s = mc__fail(MC_ERR_NO_MEMORY, "gather");
+        for (int i = 0, at = 0; s == MC_OK && i < r->size; at += (int)r->rows[i], i++) {
+            counts[i] = (int)r->rows[i];
+            displs[i] = at;
+        }
+    }
+    if ((s = agree(r, s)) == MC_OK &&
+        MPI_Gatherv(r->ckpt, (int)r->my_rows, r->row_type, out, counts, displs, r->row_type, root, r->comm) !=
+            MPI_SUCCESS)
+        s = mc__fail(MC_ERR_IO, "MPI_Gatherv failed");
+    free(counts);
+    free(displs);
+    return s;
+}
+
+mc_status mc_mpi_runner_get_stats(const mc_mpi_runner *r, mc_mpi_stats *out)
+{
+    if (!r || !out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner and out are required");
+    *out = r->st;
+    out->steps = r->step;
+    out->exchange_ms_mean = r->exch_n ? r->exch_ms_sum / (double)r->exch_n : 0;
+    out->compute_ms_mean = r->comp_n ? r->comp_ms_sum / (double)r->comp_n : 0;
+    return MC_OK;
+}
+
+void mc_mpi_runner_release(mc_mpi_runner *r)
+{
+    if (!r) return;
+    close_device(r);
+    if (r->row_type != MPI_DATATYPE_NULL) MPI_Type_free(&r->row_type);
+    MPI_Comm_free(&r->comm);
+    free(r->rows);
+    free(r->ckpt);
+    free(r->ckpt_new);
+    free(r->halo[0]); /* one block for all four */
+    free(r);
+}
