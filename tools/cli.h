@@ -38,5 +38,7 @@ float *mc_cli_gray_scott_seed(uint32_t n);
 void mc_cli_gray_scott_colour(float v, uint8_t rgb[3]);
 int mc_cli_write_png(const char *path, const uint8_t *rgb, uint32_t w, uint32_t h);
 int mc_cli_run_gray_scott_mpi(int argc, char **argv);
+/* bench --mpi under mpirun (tools/bench_mpi.c, built with MPI). */
+int mc_cli_bench_mpi(int argc, char **argv);
 
 #endif

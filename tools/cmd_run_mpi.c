@@ -8,33 +8,22 @@
  * with the single-process run's palette and encoder: the same bytes for any
  * number of ranks, slab sizes, halo depth and injected faults.
  */
-#include "cli.h"
 #include "core/core.h"
-#include "mc/mc_mpi.h"
+#include "gray_scott_mpi.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct gsm_params {
-    uint32_t width, height;
-    float du, dv, feed, kill, dt;
-    uint32_t fault_step;
-} gsm_params;
-
-typedef struct gsm_job {
-    gsm_params params;
-} gsm_job;
-
 static mc_status gsm_bind(void *user, mc_device *dev, uint32_t width, uint32_t local_height, mc_mpi_binding *b)
 {
-    gsm_job *j = user;
+    mc_cli_gsm_params *p = user;
     b->pipeline = mc_cli_pipeline(dev, "gray_scott", "gray_scott_step");
     if (!b->pipeline) return MC_ERR_COMPILE;
-    j->params.width = width;
-    j->params.height = local_height; /* periodic within the slab; the halo absorbs the wrap */
+    p->width = width;
+    p->height = local_height; /* periodic within the slab; the halo absorbs the wrap */
     b->args[3].kind = MC_RUNNER_ARG_BYTES;
-    b->args[3].bytes = &j->params;
-    b->args[3].len = sizeof j->params;
+    b->args[3].bytes = p;
+    b->args[3].len = sizeof *p;
     b->threads_per_threadgroup = (mc_size3){16, 16, 1};
     return MC_OK;
 }
@@ -44,6 +33,16 @@ static void gsm_unbind(void *user, mc_mpi_binding *b)
     (void)user;
     mc_pipeline_release(b->pipeline);
     b->pipeline = NULL;
+}
+
+void mc_cli_gray_scott_mpi_desc(mc_mpi_desc *d, mc_cli_gsm_params *params)
+{
+    /* Karl Sims's coral, as the single-process run (tools/cmd_run.c). */
+    *params = (mc_cli_gsm_params){0, 0, 1.0f, 0.5f, 0.0545f, 0.062f, 1.0f, 0u};
+    d->cell_bytes = 2 * sizeof(float);
+    d->bind = gsm_bind;
+    d->unbind = gsm_unbind;
+    d->user = params;
 }
 
 static void usage(void)
@@ -181,11 +180,11 @@ static int run(int argc, char **argv, int rank, int size)
         return 2;
     }
     float *seed = mc_cli_gray_scott_seed(o.size);
-    gsm_job job = {.params = {o.size, o.size, 1.0f, 0.5f, 0.0545f, 0.062f, 1.0f, 0u}};
+    mc_cli_gsm_params params;
     mc_mpi_desc d = {0};
+    mc_cli_gray_scott_mpi_desc(&d, &params);
     d.device = o.device;
     d.width = d.height = o.size;
-    d.cell_bytes = 2 * sizeof(float);
     d.initial = seed;
     d.slab_rows = rows;
     d.total_steps = o.steps;
@@ -193,9 +192,6 @@ static int run(int argc, char **argv, int rank, int size)
     d.budget_ms = o.budget;
     d.checkpoint_chunks = o.ckpt;
     d.inject_faults = o.faults;
-    d.bind = gsm_bind;
-    d.unbind = gsm_unbind;
-    d.user = &job;
     mc_mpi_runner *r = NULL;
     mc_status s = seed ? mc_mpi_runner_create(&d, &r) : MC_ERR_NO_MEMORY;
     free(rows);

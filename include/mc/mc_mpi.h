@@ -66,6 +66,7 @@ typedef struct mc_mpi_desc {
     const char *device;      /* "cpu", "cuda", "metal": index = local rank mod devices of the kind;
                                 "cuda:N": that one; NULL/"" = $MC_DEVICE or the best */
     int64_t time_limit_ms;   /* as mc_device_desc.time_limit_ms */
+    uint32_t cpu_threads;    /* CPU device workers per rank; 0 = the host's cores / its ranks */
     uint32_t width, height;  /* the global grid, cells */
     uint32_t cell_bytes;     /* bytes per cell, > 0 */
     uint32_t radius;         /* rows a step reads on each side; 0 = 1 */
@@ -98,6 +99,7 @@ typedef struct mc_mpi_stats {
     uint64_t halo_bytes_per_chunk; /* this rank sends (and receives) per chunk */
     double step_ms;          /* measured device time of one step on this rank */
     double exchange_ms_mean; /* wall time of one halo exchange, device copies included */
+    double exchange_wait_ms_mean; /* of it, waiting in MPI (the transfer and any peer still computing) */
     double compute_ms_mean;  /* wall time of one chunk on the device */
     double elapsed_ms;       /* mc_mpi_runner_run, wall */
     mc_device_info device;
@@ -123,11 +125,11 @@ MC_API void mc_mpi_runner_release(mc_mpi_runner *r);
  * height % n ranks one more. */
 MC_API void mc_mpi_even_slabs(uint32_t height, int n, uint32_t *rows);
 
-/* Local. Halo depth from the cost model (docs/SCALE.md): per step a
- * rank pays exchange_ms / H for the exchange and row_ms * (rows + 2 H radius)
- * for compute, least at H = sqrt(exchange_ms / (2 radius row_ms)); clamped
- * to 1 .. max_h. */
-MC_API uint32_t mc_mpi_pick_halo(double exchange_ms, double row_ms, uint32_t radius, uint32_t max_h);
+/* Local. Halo depth from the cost model (docs/SCALE.md): per step a rank
+ * pays chunk_ms / H for what a chunk costs besides its steps (exchange,
+ * submission, allreduce) and row_ms * (rows + 2 H radius) for compute,
+ * least at H = sqrt(chunk_ms / (2 radius row_ms)); clamped to 1 .. max_h. */
+MC_API uint32_t mc_mpi_pick_halo(double chunk_ms, double row_ms, uint32_t radius, uint32_t max_h);
 
 #ifdef __cplusplus
 }

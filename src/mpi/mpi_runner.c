@@ -57,7 +57,7 @@ struct mc_mpi_runner {
     uint8_t *ckpt, *ckpt_new; /* own rows */
     uint64_t ckpt_step, step;
     uint8_t *halo[4]; /* send top, send bottom, receive top, receive bottom */
-    double exch_ms_sum, comp_ms_sum;
+    double exch_ms_sum, comp_ms_sum, wait_ms_sum;
     uint64_t exch_n, comp_n;
     mc_mpi_stats st;
 };
@@ -82,12 +82,12 @@ void mc_mpi_even_slabs(uint32_t height, int n, uint32_t *rows)
     for (int i = 0; i < n; i++) rows[i] = height / (uint32_t)n + ((uint32_t)i < height % (uint32_t)n ? 1u : 0u);
 }
 
-uint32_t mc_mpi_pick_halo(double exchange_ms, double row_ms, uint32_t radius, uint32_t max_h)
+uint32_t mc_mpi_pick_halo(double chunk_ms, double row_ms, uint32_t radius, uint32_t max_h)
 {
     if (max_h < 1) max_h = 1;
     if (radius < 1) radius = 1;
-    if (!(exchange_ms > 0) || !(row_ms > 0)) return max_h < MAX_AUTO_HALO ? max_h : MAX_AUTO_HALO;
-    double h = sqrt(exchange_ms / (2.0 * radius * row_ms));
+    if (!(chunk_ms > 0) || !(row_ms > 0)) return max_h < MAX_AUTO_HALO ? max_h : MAX_AUTO_HALO;
+    double h = sqrt(chunk_ms / (2.0 * radius * row_ms));
     uint32_t hi = h < 1 ? 1u : h > (double)max_h ? max_h : (uint32_t)(h + 0.5);
     return hi < 1 ? 1u : hi;
 }
@@ -183,7 +183,7 @@ static mc_status pick_device(mc_mpi_runner *r)
     if (dd->kind == MC_DEVICE_CPU) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         long share = cores > 0 ? cores / r->local_size : 1;
-        dd->threads = share > 0 ? (uint32_t)share : 1u;
+        dd->threads = r->d.cpu_threads ? r->d.cpu_threads : share > 0 ? (uint32_t)share : 1u;
     }
     return MC_OK;
 }
@@ -245,7 +245,9 @@ static mc_status exchange(mc_mpi_runner *r)
     rc |= MPI_Irecv(r->halo[3], (int)hr, r->row_type, down, 0, r->comm, &req[1]);
     rc |= MPI_Isend(r->halo[0], (int)hr, r->row_type, up, 0, r->comm, &req[2]);
     rc |= MPI_Isend(r->halo[1], (int)hr, r->row_type, down, 1, r->comm, &req[3]);
+    uint64_t t1 = mc__now_ns();
     rc |= MPI_Waitall(4, req, MPI_STATUSES_IGNORE);
+    r->wait_ms_sum += ms_since(t1);
     if (rc != MPI_SUCCESS) return mc__fail(MC_ERR_IO, "halo exchange: MPI failed");
     if (s == MC_OK) s = rows_write(r, b, 0, hr, r->halo[2]);
     if (s == MC_OK) s = rows_write(r, b, hr + r->my_rows, hr, r->halo[3]);
@@ -503,21 +505,36 @@ static void set_steps_per_cb(mc_mpi_runner *r, double row_ms)
 }
 
 /* One step on the device, timed (the second of two: the first pays for
- * warming up), and the exchange, to size H and the command buffers. */
-static mc_status measure(mc_mpi_runner *r, double *step_ms, double *exch_ms)
+ * warming up), and what a chunk costs besides its steps: the exchange,
+ * submitting and waiting for the command buffer, and the allreduce. Those
+ * are paid once per chunk, so they size H (mc_mpi_pick_halo). */
+static mc_status measure(mc_mpi_runner *r, double *step_ms, double *chunk_ms)
 {
     uint64_t ns = 0;
     mc_status s = MC_OK;
-    for (int i = 0; i < 2 && s == MC_OK; i++) s = compute(r, 0, 1, &ns);
-    *step_ms = (double)ns / 1e6;
-    *exch_ms = 0;
-    /* Exchanging the initial state writes the halos it already has. */
-    for (int i = 0; i < 3 && s == MC_OK; i++) {
+    double wall = 0, best_x = 0, best_a = 0;
+    for (int i = 0; i < 2 && s == MC_OK; i++) {
         uint64_t t0 = mc__now_ns();
-        s = exchange(r);
-        *exch_ms = i ? MC__MIN(*exch_ms, ms_since(t0)) : ms_since(t0);
+        s = compute(r, 0, 1, &ns);
+        wall = ms_since(t0);
     }
-    r->exch_ms_sum = r->comp_ms_sum = 0;
+    *step_ms = (double)ns / 1e6;
+    /* Exchanging the initial state writes the halos it already has. A
+     * barrier first, so that the time is the exchange, not a late peer. */
+    for (int i = 0; i < 3; i++) {
+        MPI_Barrier(r->comm);
+        uint64_t t0 = mc__now_ns();
+        if (s == MC_OK) s = exchange(r);
+        double x = ms_since(t0);
+        best_x = i ? MC__MIN(best_x, x) : x;
+        t0 = mc__now_ns();
+        int one = 1, all = 0;
+        MPI_Allreduce(&one, &all, 1, MPI_INT, MPI_MAX, r->comm);
+        x = ms_since(t0);
+        best_a = i ? MC__MIN(best_a, x) : x;
+    }
+    *chunk_ms = best_x + best_a + MC__MAX(0.0, wall - *step_ms);
+    r->exch_ms_sum = r->comp_ms_sum = r->wait_ms_sum = 0;
     r->exch_n = r->comp_n = 0;
     return s;
 }
@@ -551,12 +568,12 @@ mc_status mc_mpi_runner_create(const mc_mpi_desc *desc, mc_mpi_runner **out)
         s = mc__fail(MC_ERR_IO, "MPI row type");
     if ((s = agree(r, s)) != MC_OK) goto fail;
 
-    double step_ms = 0, exch_ms = 0;
-    s = measure(r, &step_ms, &exch_ms);
+    double step_ms = 0, chunk_ms = 0;
+    s = measure(r, &step_ms, &chunk_ms);
     if ((s = agree(r, s)) != MC_OK) goto fail;
     /* H and the command-buffer size from the slowest rank, so every rank
      * picks the same. */
-    double mine[2] = {step_ms / r->local_h, exch_ms}, worst[2] = {0, 0};
+    double mine[2] = {step_ms / r->local_h, chunk_ms}, worst[2] = {0, 0};
     MPI_Allreduce(mine, worst, 2, MPI_DOUBLE, MPI_MAX, r->comm);
     set_steps_per_cb(r, worst[0]);
     uint32_t h = r->d.halo_steps;
@@ -628,6 +645,7 @@ mc_status mc_mpi_runner_get_stats(const mc_mpi_runner *r, mc_mpi_stats *out)
     out->steps = r->step;
     out->exchange_ms_mean = r->exch_n ? r->exch_ms_sum / (double)r->exch_n : 0;
     out->compute_ms_mean = r->comp_n ? r->comp_ms_sum / (double)r->comp_n : 0;
+    out->exchange_wait_ms_mean = r->exch_n ? r->wait_ms_sum / (double)r->exch_n : 0;
     return MC_OK;
 }
 
