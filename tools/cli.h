@@ -17,6 +17,9 @@ int mc_cli_info(int argc, char **argv);
 int mc_cli_bench(int argc, char **argv);
 int mc_cli_cache(int argc, char **argv);
 int mc_cli_run(int argc, char **argv);
+/* run FILE --function NAME (tools/cmd_run_kernel.c): argv[0] is FILE. */
+int mc_cli_run_kernel(int argc, char **argv);
+bool mc_cli_is_kernel_file(const char *arg);
 
 /* Directory holding examples/kernels (source tree, else installed). */
 const char *mc_cli_kernel_dir(void);

@@ -14,6 +14,7 @@
  */
 #include "cli.h"
 #include "core/core.h"
+#include "run_report.h"
 
 #include <png.h>
 #include <stdatomic.h>
@@ -41,8 +42,7 @@ typedef struct gs_job {
     _Atomic uint32_t *fault_armed;
     mc_pipeline *pl;
     mc_buffer *a, *b;
-    bool bar;    /* a progress bar on stderr */
-    int bar_len; /* characters last printed */
+    mc_run_report report; /* the progress bar or JSON lines on stderr */
 } gs_job;
 
 /* U = 1, V = 0 everywhere but a few squares of V, placed by a fixed-seed
@@ -202,31 +202,6 @@ static void gs_teardown(void *user, mc_runner_binding *b)
     j->pl = NULL;
 }
 
-static void gs_progress(void *user, const mc_runner_progress *p)
-{
-    gs_job *j = user;
-    if (!j->bar) return;
-    if (p->done) {
-        fprintf(stderr, "\r%*s\r", j->bar_len, "");
-        return;
-    }
-    double frac = p->total_iterations ? (double)p->iterations / (double)p->total_iterations : 0;
-    char bar[31];
-    int fill = (int)(frac * 30 + 0.5);
-    for (int i = 0; i < 30; i++) bar[i] = i < fill ? '#' : '.';
-    bar[30] = '\0';
-    char eta[32] = "";
-    if (p->eta_s >= 0) snprintf(eta, sizeof eta, "  %.1f s left", p->eta_s);
-    char retry[64] = "";
-    if (p->recoveries) snprintf(retry, sizeof retry, "  %u recovered", p->recoveries);
-    if (p->worker_restarts)
-        snprintf(retry + strlen(retry), sizeof retry - strlen(retry), "  %u restarts", p->worker_restarts);
-    j->bar_len = fprintf(stderr, "\r[%s] %3.0f%%  %llu/%llu steps  %.0f steps/s%s%s ", bar, frac * 100,
-                         (unsigned long long)p->iterations, (unsigned long long)p->total_iterations, p->rate, eta,
-                         retry);
-    fflush(stderr);
-}
-
 /* V through a smooth palette (dark violet, magenta, orange, pale yellow). */
 static void gs_colour(float v, uint8_t rgb[3])
 {
@@ -287,7 +262,9 @@ static void run_usage(void)
 {
     printf("usage: metal-compute run gray-scott [--device D] [--size N] [--steps N] [--budget-ms MS]\n"
            "                                    [--checkpoint-ms MS] [--out FILE.png] [--inject-faults KIND@N,...]\n"
-           "                                    [--isolate [--deadline-ms MS] [--max-restarts N]] [--fault-at-step S]\n\n"
+           "                                    [--isolate [--deadline-ms MS] [--max-restarts N]] [--fault-at-step S]\n"
+           "                                    [--checkpoint-dir DIR [--resume]] [--progress bar|json|none]\n"
+           "       metal-compute run FILE.metal --function NAME --arg SPEC ...  (your own kernel: run FILE --help)\n\n"
            "Runs a Gray-Scott reaction-diffusion simulation through the runner: chunks of work under a time\n"
            "budget, several in flight, checkpoints, and replay after a fault. Writes the final field as a PNG\n"
            "and prints a summary.\n\n"
@@ -296,6 +273,9 @@ static void run_usage(void)
            "  --steps N             time steps (default 10000)\n"
            "  --budget-ms MS        device time per command buffer (default 25)\n"
            "  --checkpoint-ms MS    time between checkpoints (default 1000)\n"
+           "  --checkpoint-dir DIR  also write each checkpoint to DIR (atomically, checksummed; the last two kept)\n"
+           "  --resume              continue from the newest valid checkpoint in DIR (none there: from the start)\n"
+           "  --progress MODE       bar (default on a terminal), json (one object per line on stderr) or none\n"
            "  --out FILE.png        the image (default gray-scott.png)\n"
            "  --inject-faults SPEC  the Nth command buffer of the run fails with KIND: timeout, page-fault,\n"
            "                        access-revoked, device-lost or internal (e.g. timeout@3,device-lost@6);\n"
@@ -329,7 +309,9 @@ static int run_gray_scott(int argc, char **argv)
         return 2;
 #endif
     }
-    const char *device = NULL, *out = "gray-scott.png", *faults = NULL;
+    const char *device = NULL, *out = "gray-scott.png", *faults = NULL, *ckpt_dir = NULL;
+    mc_run_progress_mode pmode = MC_RUN_PROGRESS_AUTO;
+    bool resume = false;
     uint32_t size = 256, steps = 10000, max_restarts = 0, fault_at = 0;
     double budget = 0, checkpoint = 0, deadline = 0;
     bool isolate = false, fault_set = false;
@@ -386,6 +368,15 @@ static int run_gray_scott(int argc, char **argv)
             fault_set = true;
         } else if (i + 1 < argc && !strcmp(a, "--out")) {
             out = argv[++i];
+        } else if (i + 1 < argc && !strcmp(a, "--checkpoint-dir")) {
+            ckpt_dir = argv[++i];
+        } else if (!strcmp(a, "--resume")) {
+            resume = true;
+        } else if (i + 1 < argc && !strcmp(a, "--progress")) {
+            if (!mc_run_progress_parse(argv[++i], &pmode)) {
+                fprintf(stderr, "metal-compute run: --progress takes bar, json or none\n");
+                return 2;
+            }
         } else if (i + 1 < argc && !strcmp(a, "--inject-faults")) {
             faults = argv[++i];
         } else {
@@ -397,6 +388,10 @@ static int run_gray_scott(int argc, char **argv)
 
     if (!isolate && (deadline > 0 || max_restarts > 0)) {
         fprintf(stderr, "metal-compute run: --deadline-ms and --max-restarts need --isolate\n");
+        return 2;
+    }
+    if (resume && !ckpt_dir) {
+        fprintf(stderr, "metal-compute run: --resume needs --checkpoint-dir DIR\n");
         return 2;
     }
     if (fault_set && fault_at >= steps) {
@@ -416,7 +411,7 @@ static int run_gray_scott(int argc, char **argv)
     job.size = size;
     /* Karl Sims's coral: grows from the seeds until it fills the field. */
     job.params = (gs_params){size, size, 1.0f, 0.5f, 0.0545f, 0.062f, 1.0f, 0u};
-    job.bar = mc_cli_isatty(stderr);
+    mc_run_report_init(&job.report, pmode);
     job.seed = gs_seed(size);
     if (!job.seed) return mc_cli_fail("gray-scott", MC_ERR_NO_MEMORY);
     job.cached = isolate;
@@ -462,9 +457,17 @@ static int run_gray_scott(int argc, char **argv)
     desc.total_iterations = steps;
     desc.iteration_arg = 2;
     desc.budget_ms = budget;
-    desc.progress = gs_progress;
-    desc.progress_user = &job;
+    desc.progress = mc_run_report_progress;
+    desc.progress_user = &job.report;
     desc.label = "gray-scott";
+    /* What makes two runs the same run: a checkpoint of another size or
+     * length is refused on --resume. */
+    char params[96];
+    snprintf(params, sizeof params, "gray-scott v1 size %u steps %u", size, steps);
+    desc.checkpoint_dir = ckpt_dir;
+    desc.run_params = params;
+    desc.run_params_len = strlen(params);
+    if (resume) desc.flags |= MC_RUNNER_RESUME;
     mc_runner *r = NULL;
     mc_status s = mc_runner_create(&desc, &r);
     if (s != MC_OK) {
@@ -514,7 +517,9 @@ static int run_gray_scott(int argc, char **argv)
     if (rc == 0) {
         double secs = st.elapsed_ms / 1e3;
         printf("gray-scott %ux%u on %s:%d (%s)\n", size, size, mc_device_kind_name(info.kind), info.index, info.name);
-        printf("  steps        %llu\n", (unsigned long long)st.iterations);
+        printf("  steps        %llu", (unsigned long long)st.iterations);
+        if (st.resumed_iteration) printf(" (resumed at %llu)", (unsigned long long)st.resumed_iteration);
+        printf("\n");
         printf("  chunks       %llu (mean %.2f ms, max %.2f ms of device time; gap %.1f us)\n",
                (unsigned long long)st.chunks, st.chunk_ms_mean, st.chunk_ms_max, st.gap_us_mean);
         printf("  recoveries   %u", st.recoveries);
@@ -532,7 +537,8 @@ static int run_gray_scott(int argc, char **argv)
                        ist.restart_ms_last, ist.reap_ms_last, ist.ready_ms_last, ist.resume_ms_last,
                        ist.restart_ms_mean, ist.restart_ms_max, ist.outage_ms_last);
         }
-        printf("\n  steps/s      %.0f\n", secs > 0 ? (double)st.iterations / secs : 0);
+        if (ckpt_dir) printf("\n  checkpoints  %llu written to %s", (unsigned long long)st.checkpoints_written, ckpt_dir);
+        printf("\n  steps/s      %.0f\n", secs > 0 ? (double)(st.iterations - st.resumed_iteration) / secs : 0);
         printf("  time         %.2f s\n", secs);
         printf("  image        %s\n", out);
     }
@@ -550,7 +556,9 @@ int mc_cli_run(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "gray-scott")) return run_gray_scott(argc - 1, argv + 1);
-    fprintf(stderr, "metal-compute run: unknown job '%s' (try gray-scott)\n", argv[1]);
+    if (mc_cli_is_kernel_file(argv[1])) return mc_cli_run_kernel(argc - 1, argv + 1);
+    fprintf(stderr, "metal-compute run: unknown job '%s' (gray-scott, or a kernel file: FILE.metal, .c or .cu)\n",
+            argv[1]);
     return 2;
 }
 

@@ -258,7 +258,12 @@ typedef struct mc_library_desc {
  * NULL when there is nothing to report. */
 MC_API mc_status mc_library_create(mc_device *d, const mc_library_desc *desc, mc_library **out, char **log);
 /* Reads the source from a file. language MC_LANG_UNSET picks it from the
- * extension: .c -> C, .cu -> CUDA, .metal -> MSL. */
+ * extension: .c -> C, .cu -> CUDA, .metal -> MSL. With the pipeline cache
+ * on (the default; MC_CACHE=off turns it off, mc/mc_cache.h) nothing is
+ * compiled here: each mc_pipeline_create from the library goes through the
+ * cache, so a second run loads the compiled code instead of compiling, and
+ * a compile error comes from mc_pipeline_create (MC_ERR_COMPILE, the
+ * compiler's output in mc_last_error()). */
 MC_API mc_status mc_library_create_from_file(mc_device *d, const char *path, mc_language language,
                                              const char *options, mc_library **out, char **log);
 /* The source extension kernels of device kind k use: ".c", ".cu", ".metal". */

@@ -137,6 +137,14 @@ typedef void (*mc_runner_checkpoint_fn)(void *user, uint64_t iteration, const vo
  * CUDA context poisoned by a kernel fault) and is replaced instead: the
  * isolation layer sets it in its worker. */
 #define MC_RUNNER_NO_REOPEN 0x1u
+/* With checkpoint_dir: mc_runner_create starts the run from the newest
+ * checkpoint file in the folder that passes every check (its checksum,
+ * its sizes, run_params byte for byte); a refused one is logged
+ * ("runner.checkpoint_refused") with the reason and the older one is
+ * tried. A folder without checkpoints starts from the beginning; one whose
+ * every checkpoint is refused fails mc_runner_create with
+ * MC_ERR_INVALID_STATE naming each file and why. */
+#define MC_RUNNER_RESUME 0x2u
 
 struct mc_isolate_desc; /* mc/mc_isolate.h */
 
@@ -171,10 +179,19 @@ typedef struct mc_runner_desc {
      * isolate->device), setup and teardown run in the worker, progress in
      * the caller's process. */
     const struct mc_isolate_desc *isolate;
+    /* Not NULL: durable checkpoints (docs/RUNNER.md). Every checkpoint is
+     * also written to a file in this folder (made if missing): through a
+     * temporary file, fsync and rename, with a checksum and run_params;
+     * the last two are kept. Written by the thread running the runner
+     * (in an isolated run, the worker). With MC_RUNNER_RESUME the run
+     * starts from the newest valid one. */
+    const char *checkpoint_dir;
+    const void *run_params;  /* what identifies the run; stored in each file, compared on resume (copied) */
+    size_t run_params_len;
 } mc_runner_desc;
 #define MC_RUNNER_DESC_INIT                                                                                  \
     {NULL, NULL, NULL, NULL, {0, 0, 0}, {0, 0, 0}, 0, 0, -1, -1, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, 0, NULL,   \
-     NULL, NULL, 0, NULL}
+     NULL, NULL, 0, NULL, NULL, NULL, 0}
 
 typedef struct mc_runner_stats {
     uint64_t iterations;        /* done (the stop iteration after an early stop) */
@@ -195,6 +212,8 @@ typedef struct mc_runner_stats {
     bool stopped_early;         /* the kernel set the stop condition */
     bool cancelled;
     uint32_t worker_restarts;   /* isolated runs: worker processes restarted (details: mc_runner_get_isolate_stats) */
+    uint64_t checkpoints_written; /* files written to checkpoint_dir (in this process) */
+    uint64_t resumed_iteration;   /* MC_RUNNER_RESUME: the iteration the run started from (0: the beginning) */
 } mc_runner_stats;
 
 /* Validates desc, opens nothing new: uses desc->device, creates the queue,

@@ -467,7 +467,7 @@ static mc_library *library_wrap(mc_device *d, void *hl, mc_language lang, const 
 {
     mc_library *l = mc__calloc(1, sizeof *l);
     if (!l) {
-        d->hal->library_destroy(d->hd, hl);
+        if (hl) d->hal->library_destroy(d->hd, hl);
         return NULL;
     }
     mc__object_init(&l->base, MC__TAG_LIBRARY, d, label);
@@ -558,9 +558,49 @@ mc_status mc_library_create_from_file(mc_device *d, const char *path, mc_languag
         return mc__fail(MC_ERR_IO, "cannot read kernel source %s", path);
     }
     src[len] = '\0';
+    /* Warm starts by default: with the pipeline cache on, the source is
+     * compiled per pipeline through the cache (mc_pipeline_create), so a
+     * second run loads what the first compiled (F697, F698). */
+    if (mc_cache_get_mode(d) != MC_CACHE_OFF && d->hal->pipeline_export && d->hal->pipeline_import) {
+        mc_status s = device_usable(d);
+        char *opts = mc__strdup(options ? options : "");
+        mc_library *l = s == MC_OK && opts ? library_wrap(d, NULL, language, path) : NULL;
+        if (!l) {
+            free(src);
+            free(opts);
+            return s != MC_OK ? s : mc__fail(MC_ERR_NO_MEMORY, "out of memory reading %s", path);
+        }
+        l->source = src;
+        l->source_len = len;
+        l->options = opts;
+        *out = l;
+        return MC_OK;
+    }
     mc_library_desc desc = {language, src, len, options, path};
     mc_status s = mc_library_create(d, &desc, out, log);
     free(src);
+    return s;
+}
+
+/* A pipeline from a deferred library: through the cache. The compiler's
+ * log of a failure goes into the error message (this call has no log). */
+static mc_status pipeline_from_deferred(mc_device *d, const mc_pipeline_desc *desc, mc_pipeline **out)
+{
+    const mc_library *l = desc->library;
+    mc_pipeline_source_desc sd = MC_PIPELINE_SOURCE_DESC_INIT;
+    sd.language = l->language;
+    sd.source = l->source;
+    sd.source_len = l->source_len;
+    sd.options = l->options;
+    sd.function = desc->function;
+    sd.max_total_threads_per_threadgroup = desc->max_total_threads_per_threadgroup;
+    sd.threadgroup_size_is_multiple_of_simd_width = desc->threadgroup_size_is_multiple_of_simd_width;
+    sd.label = desc->label;
+    char *log = NULL;
+    mc_status s = mc_pipeline_create_from_source(d, &sd, out, &log);
+    if (s != MC_OK && log) mc__fail(s, "%s: %s compilation failed:\n%s", l->base.label ? l->base.label : "library",
+                                    mc_language_name(l->language), log);
+    mc_free(log);
     return s;
 }
 
@@ -590,7 +630,9 @@ mc_status mc_library_create_builtin(mc_device *d, const char *const *names, cons
 void mc__library_destroy(mc_library *l)
 {
     mc_device *d = l->base.device;
-    d->hal->library_destroy(d->hd, l->hl);
+    if (l->hl) d->hal->library_destroy(d->hd, l->hl);
+    free(l->source);
+    free(l->options);
     l->base.tag = MC__TAG_DEAD;
     free(l->base.label);
     free(l);
@@ -622,6 +664,7 @@ mc_status mc_pipeline_create(mc_device *d, const mc_pipeline_desc *desc, mc_pipe
         return mc__fail(MC_ERR_INVALID_ARGUMENT,
                         "max_total_threads_per_threadgroup %u is over the device's limit of %u",
                         desc->max_total_threads_per_threadgroup, d->info.max_threads_per_threadgroup);
+    if (!desc->library->hl) return pipeline_from_deferred(d, desc, out);
     mc_pipeline *p = mc__calloc(1, sizeof *p);
     if (!p) return mc__fail(MC_ERR_NO_MEMORY, "mc_pipeline_create: out of memory");
     p->function = mc__strdup(desc->function);

@@ -84,8 +84,13 @@ struct mc_buffer {
 
 struct mc_library {
     mc__object base;
-    void *hl;
+    void *hl;            /* NULL while deferred */
     mc_language language;
+    /* Deferred (read from a file with the pipeline cache on): the source is
+     * compiled, or found compiled, per pipeline through the cache. */
+    char *source;
+    size_t source_len;
+    char *options;
 };
 
 struct mc_pipeline {
@@ -262,6 +267,15 @@ mc_status mc__cmdlist_take(mc_cmdlist *l, mc__listrec **out);
 /* Tests: pretend the backend has no command lists, so executions are
  * copied into the command buffer (lists ended from now on). */
 void mc__cmdlist_test_copy_in(bool on);
+
+/* ckpt_file.c (durable checkpoints) */
+mc_status mc__ckpt_prepare_dir(const char *dir);
+mc_status mc__ckpt_write(const char *dir, const void *params, size_t params_len, uint64_t iteration,
+                         const void *const *state, const size_t *sizes, uint32_t count);
+/* The newest checkpoint in dir that matches: *found false when dir holds
+ * none at all; an error naming each file and why when none is usable. */
+mc_status mc__ckpt_load(const char *dir, const char *label, const void *params, size_t params_len,
+                        const size_t *sizes, uint32_t count, void *const *state, uint64_t *iteration, bool *found);
 
 /* cache.c (the pipeline cache) */
 void mc__cache_destroy(struct mc__cache *c);

@@ -239,6 +239,7 @@ static int runner_worker(void *ctx, int sock)
     d.device = w.dev;
     d.isolate = NULL;
     d.flags |= MC_RUNNER_NO_REOPEN;
+    d.flags &= ~MC_RUNNER_RESUME; /* the supervisor resumed into the shared state (resume_from_disk) */
     d.progress = w_progress;
     d.progress_user = &w;
     d.progress_interval_ms = WORKER_PROGRESS_MS;
@@ -350,6 +351,7 @@ static void add_stats(mc_runner_stats *t, const mc_runner_stats *c)
     t->chunk_ms_max = MC__MAX(t->chunk_ms_max, c->chunk_ms_max);
     t->gap_us_max = MC__MAX(t->gap_us_max, c->gap_us_max);
     t->checkpoints += c->checkpoints;
+    t->checkpoints_written += c->checkpoints_written;
     t->recoveries += c->recoveries;
     t->timeouts += c->timeouts;
     t->page_faults += c->page_faults;
@@ -394,7 +396,8 @@ static void report(iso_runner *ir, bool done)
     p.iterations = ir->high;
     p.total_iterations = ir->desc.total_iterations;
     p.elapsed_s = (double)(mc__now_ns() - ir->start_ns) / 1e9;
-    p.rate = p.elapsed_s > 0 ? (double)p.iterations / p.elapsed_s : 0;
+    uint64_t from = ir->base.resumed_iteration; /* a resumed run's rate counts only what this run did */
+    p.rate = p.elapsed_s > 0 && p.iterations >= from ? (double)(p.iterations - from) / p.elapsed_s : 0;
     p.eta_s = done ? 0 : p.total_iterations && p.rate > 0 ? (double)(p.total_iterations - p.iterations) / p.rate : -1;
     p.chunks = t.chunks;
     p.recoveries = t.recoveries;
@@ -522,6 +525,27 @@ static mc_status start_worker(iso_runner *ir, mc__iso_cause *cause, char *text, 
     }
 }
 
+/* MC_RUNNER_RESUME: the newest valid checkpoint file becomes the last
+ * good state in shared memory, which every worker restores at GO. */
+static mc_status resume_from_disk(iso_runner *ir)
+{
+    void *state[MC_RUNNER_MAX_STATE];
+    for (uint32_t i = 0; i < ir->lay.nstate; i++) state[i] = ir->area + ir->lay.offs[i];
+    uint64_t it = 0;
+    bool found = false;
+    mc_status s = mc__ckpt_load(ir->desc.checkpoint_dir, ir->label, ir->desc.run_params, ir->desc.run_params_len,
+                                ir->lay.sizes, ir->lay.nstate, state, &it, &found);
+    if (s != MC_OK || !found) return s;
+    if (ir->desc.total_iterations && it > ir->desc.total_iterations)
+        return mc__fail(MC_ERR_INVALID_STATE, "runner '%s': the checkpoint is at iteration %llu, past the run's %llu",
+                        ir->label, (unsigned long long)it, (unsigned long long)ir->desc.total_iterations);
+    ir->sh->ckpt_iter[0] = it;
+    atomic_store_explicit(&ir->sh->ckpt, 1u, memory_order_release);
+    ir->high = ir->restored_iter = it;
+    ir->base.resumed_iteration = it;
+    return MC_OK;
+}
+
 mc_status mc__iso_runner_create(const mc_runner_desc *desc, mc_runner **out)
 {
     if (desc->device)
@@ -572,6 +596,7 @@ mc_status mc__iso_runner_create(const mc_runner_desc *desc, mc_runner **out)
         s = mc__fail(s, "runner '%s': %s", ir->label, text);
         goto fail;
     }
+    if ((ir->desc.flags & MC_RUNNER_RESUME) && (s = resume_from_disk(ir)) != MC_OK) goto fail;
     publish(ir);
     *out = (mc_runner *)ir;
     return MC_OK;

@@ -36,6 +36,9 @@
  *    previous failure are counted; past max_recoveries the run stops with
  *    the cause and the last good iteration. With MC_RUNNER_NO_REOPEN a
  *    lost device ends the run instead (its process is replaced);
+ *  - durable checkpoints: with checkpoint_dir each checkpoint taken is
+ *    also written to a file (ckpt_file.c), and MC_RUNNER_RESUME starts
+ *    the run from the newest valid one;
  *  - resuming: mc_runner_restore starts a run from a saved state and
  *    iteration, and on_checkpoint hands every checkpoint out; with those
  *    the isolation layer (isolate_runner.c) keeps a run alive across worker
@@ -101,6 +104,9 @@ struct mc_runner {
     uint32_t tag;
     mc_runner_desc desc; /* defaults resolved */
     char *label;
+    char *ckpt_dir;     /* durable checkpoints; NULL: none */
+    void *run_params;   /* copied from the desc */
+    bool warned_ckpt_write;
     double budget_ns, cap_ns, checkpoint_ns;
 
     /* the device and what lives on it */
@@ -171,6 +177,14 @@ static void publish(mc_runner *r)
     r->st.elapsed_ms = ms(mc__now_ns() - r->start_ns);
     r->st.chunk_ms_mean = r->st.chunks ? r->chunk_ns_sum / 1e6 / (double)r->st.chunks : 0;
     r->st.gap_us_mean = r->ngaps ? r->gap_ns_sum / 1e3 / (double)r->ngaps : 0;
+    pthread_mutex_lock(&r->mu);
+    r->pub = r->st;
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* The figures without the run's clock (before the run). */
+static void publish_stats_only(mc_runner *r)
+{
     pthread_mutex_lock(&r->mu);
     r->pub = r->st;
     pthread_mutex_unlock(&r->mu);
@@ -634,6 +648,18 @@ static void take_checkpoint(mc_runner *r, const chunk *c)
     if (r->desc.on_checkpoint)
         r->desc.on_checkpoint(r->desc.checkpoint_user, r->host_iter, (const void *const *)r->host[r->host_cur],
                               r->state_size, r->nstate);
+    if (r->ckpt_dir) {
+        /* On this thread, between chunks: the chunks queued behind keep
+         * the device busy while the file is written. */
+        mc_status s = mc__ckpt_write(r->ckpt_dir, r->run_params, r->desc.run_params_len, r->host_iter,
+                                     (const void *const *)r->host[r->host_cur], r->state_size, r->nstate);
+        if (s == MC_OK) {
+            r->st.checkpoints_written++;
+        } else if (!r->warned_ckpt_write) {
+            r->warned_ckpt_write = true; /* the run goes on: its memory checkpoints still work */
+            mc__log(MC_LOG_WARN, "runner.checkpoint_write_failed", "runner '%s': %s", r->label, mc_last_error());
+        }
+    }
 }
 
 /* Figures of a completed chunk, the next chunk's size, its checkpoint. */
@@ -888,7 +914,8 @@ static void report(mc_runner *r, bool done)
     p.iterations = r->high;
     p.total_iterations = r->desc.total_iterations;
     p.elapsed_s = (double)(mc__now_ns() - r->start_ns) / 1e9;
-    p.rate = p.elapsed_s > 0 ? (double)p.iterations / p.elapsed_s : 0;
+    /* A resumed run's rate counts only what this run did. */
+    p.rate = p.elapsed_s > 0 && p.iterations >= r->resume_iter ? (double)(p.iterations - r->resume_iter) / p.elapsed_s : 0;
     p.eta_s = done ? 0 : p.total_iterations && p.rate > 0 ? (double)(p.total_iterations - p.iterations) / p.rate : -1;
     p.chunks = r->st.chunks;
     p.recoveries = r->st.recoveries;
@@ -1061,8 +1088,16 @@ mc_status mc__runner_check_desc(const mc_runner_desc *d, const mc_device_info *i
         (s = check_ms(d->backoff_max_ms, "backoff_max_ms")) != MC_OK ||
         (s = check_ms(d->progress_interval_ms, "progress_interval_ms")) != MC_OK)
         return s;
-    if (d->flags & ~MC_RUNNER_NO_REOPEN)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_create: unknown flags 0x%x", d->flags & ~MC_RUNNER_NO_REOPEN);
+    const uint32_t known = MC_RUNNER_NO_REOPEN | MC_RUNNER_RESUME;
+    if (d->flags & ~known)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_create: unknown flags 0x%x", d->flags & ~known);
+    if ((d->flags & MC_RUNNER_RESUME) && !d->checkpoint_dir)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_create: MC_RUNNER_RESUME needs checkpoint_dir");
+    if (d->checkpoint_dir && !d->checkpoint_dir[0])
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_create: checkpoint_dir is empty");
+    if (d->run_params_len && !d->run_params)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_create: run_params is NULL but run_params_len is %zu",
+                        d->run_params_len);
     return MC_OK;
 }
 
@@ -1089,7 +1124,12 @@ mc_status mc_runner_create(const mc_runner_desc *desc, mc_runner **out)
     r->dev = desc->device;
     mc_device_retain(r->dev);
     r->info = info;
-    if (!r->label) {
+    if (desc->checkpoint_dir) r->ckpt_dir = mc__strdup(desc->checkpoint_dir);
+    if (desc->run_params_len && (r->run_params = mc__malloc(desc->run_params_len)))
+        memcpy(r->run_params, desc->run_params, desc->run_params_len);
+    r->desc.checkpoint_dir = r->ckpt_dir;
+    r->desc.run_params = r->run_params;
+    if (!r->label || (desc->checkpoint_dir && !r->ckpt_dir) || (desc->run_params_len && !r->run_params)) {
         mc_runner_release(r);
         return mc__fail(MC_ERR_NO_MEMORY, "mc_runner_create: out of host memory");
     }
@@ -1120,6 +1160,7 @@ mc_status mc_runner_create(const mc_runner_desc *desc, mc_runner **out)
     r->checkpoint_ns = d->checkpoint_ms * 1e6;
     r->cur_d = 1;
 
+    if (r->ckpt_dir && (s = mc__ckpt_prepare_dir(r->ckpt_dir)) != MC_OK) goto fail;
     if ((s = bind(r)) != MC_OK) goto fail;
     for (int k = 0; k < 2; k++)
         for (uint32_t i = 0; i < r->nstate; i++)
@@ -1135,6 +1176,20 @@ mc_status mc_runner_create(const mc_runner_desc *desc, mc_runner **out)
      * pages in while chunks wait. */
     if ((s = read_state_into_host(r, 0)) != MC_OK) goto fail;
     for (uint32_t i = 0; i < r->nstate; i++) memset(r->host[1 - r->host_cur][i], 0, r->state_size[i]);
+    if (d->flags & MC_RUNNER_RESUME) {
+        void **spare = r->host[1 - r->host_cur];
+        uint64_t it = 0;
+        bool found = false;
+        s = mc__ckpt_load(r->ckpt_dir, r->label, r->run_params, d->run_params_len, r->state_size, r->nstate, spare,
+                          &it, &found);
+        if (s == MC_OK && found && d->total_iterations && it > d->total_iterations)
+            s = mc__fail(MC_ERR_INVALID_STATE, "runner '%s': the checkpoint in %s is at iteration %llu, past the run's %llu",
+                         r->label, r->ckpt_dir, (unsigned long long)it, (unsigned long long)d->total_iterations);
+        if (s == MC_OK && found) s = mc_runner_restore(r, it, (const void *const *)spare, r->nstate);
+        if (s != MC_OK) goto fail;
+        r->st.resumed_iteration = it;
+        publish_stats_only(r);
+    }
     *out = r;
     return MC_OK;
 fail: {
@@ -1240,6 +1295,8 @@ void mc_runner_release(mc_runner *r)
         for (uint32_t i = 0; i < MC_RUNNER_MAX_STATE; i++) free(r->host[k][i]);
     free(r->list);
     free(r->label);
+    free(r->ckpt_dir);
+    free(r->run_params);
     pthread_mutex_destroy(&r->mu);
     pthread_cond_destroy(&r->cv);
     r->tag = 0;

@@ -1,0 +1,28 @@
+/* What `metal-compute run` shows while a job runs: a progress bar on a
+ * terminal, or one JSON object per line for scripts (--progress json). */
+#ifndef MC_TOOLS_RUN_REPORT_H
+#define MC_TOOLS_RUN_REPORT_H
+
+#include "mc/mc.h"
+
+#include <stdbool.h>
+
+typedef enum mc_run_progress_mode {
+    MC_RUN_PROGRESS_AUTO = 0, /* a bar when stderr is a terminal, else nothing */
+    MC_RUN_PROGRESS_BAR,
+    MC_RUN_PROGRESS_JSON,
+    MC_RUN_PROGRESS_NONE
+} mc_run_progress_mode;
+
+typedef struct mc_run_report {
+    mc_run_progress_mode mode; /* resolved by mc_run_report_init */
+    int bar_len;               /* characters last printed */
+} mc_run_report;
+
+/* Parses --progress's value (bar, json, none); false for anything else. */
+bool mc_run_progress_parse(const char *s, mc_run_progress_mode *out);
+void mc_run_report_init(mc_run_report *r, mc_run_progress_mode mode);
+/* A runner progress callback (user: the mc_run_report). */
+void mc_run_report_progress(void *user, const mc_runner_progress *p);
+
+#endif
