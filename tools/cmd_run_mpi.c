@@ -11,6 +11,7 @@
 #include "core/core.h"
 #include "gray_scott_mpi.h"
 
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -49,7 +50,8 @@ static void usage(void)
 {
     printf("usage: mpirun -n N metal-compute run gray-scott --mpi [--device D] [--size N] [--steps N]\n"
            "           [--budget-ms MS] [--halo H] [--slab-rows R0,R1,...] [--checkpoint-chunks C]\n"
-           "           [--inject-faults SPEC] [--inject-faults-rank R:SPEC ...] [--out FILE.png]\n\n"
+           "           [--inject-faults SPEC] [--inject-faults-rank R:SPEC ...] [--checkpoint-dir DIR [--resume]]\n"
+           "           [--out FILE.png]\n\n"
            "Runs gray-scott on every rank's device, the grid cut into slabs of rows with halos H steps\n"
            "deep, exchanged between chunks; every rank rolls back together after a fault on any.\n"
            "Writes the same PNG as the single-process run.\n\n"
@@ -62,6 +64,9 @@ static void usage(void)
            "  --checkpoint-chunks C   chunks between coordinated checkpoints (default 16)\n"
            "  --inject-faults SPEC    every rank: its Nth command buffer fails with KIND (KIND@N,...)\n"
            "  --inject-faults-rank R:SPEC  rank R only; repeatable\n"
+           "  --checkpoint-dir DIR    also write every checkpoint to DIR/rank-R-of-N (atomically; the last two)\n"
+           "  --resume                start from the newest step every rank holds in DIR (none: from the start)\n"
+           "  --kill-at-step R:S      test hook: rank R dies by SIGKILL at the first chunk boundary at or past S\n"
            "  --out FILE.png          written by rank 0 (default gray-scott.png)\n");
 }
 
@@ -94,15 +99,27 @@ static bool parse_rows(const char *s, int n, uint32_t *rows)
 }
 
 typedef struct gsm_options {
-    const char *device, *out, *faults, *rows;
+    const char *device, *out, *faults, *rows, *ckpt_dir;
     uint32_t size, steps, halo, ckpt;
     double budget;
+    bool resume;
+    int kill_rank; /* -1: none */
+    uint32_t kill_step;
 } gsm_options;
+
+/* The --kill-at-step test hook: this rank dies by SIGKILL, as a crash or
+ * an operator's kill would, and mpirun then ends the others. */
+static void gsm_progress(void *user, uint64_t step, uint64_t total)
+{
+    const gsm_options *o = user;
+    (void)total;
+    if (step >= o->kill_step) raise(SIGKILL);
+}
 
 /* Every rank parses the same argv; only rank 0 speaks. */
 static int parse(int argc, char **argv, int rank, gsm_options *o)
 {
-    *o = (gsm_options){.out = "gray-scott.png", .size = 256, .steps = 10000};
+    *o = (gsm_options){.out = "gray-scott.png", .size = 256, .steps = 10000, .kill_rank = -1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *bad = NULL;
@@ -126,6 +143,17 @@ static int parse(int argc, char **argv, int rank, gsm_options *o)
             if (*end || !(o->budget > 0 && o->budget <= 60000)) bad = "--budget-ms takes milliseconds above 0";
         } else if (i + 1 < argc && !strcmp(a, "--slab-rows")) {
             o->rows = argv[++i];
+        } else if (i + 1 < argc && !strcmp(a, "--checkpoint-dir")) {
+            o->ckpt_dir = argv[++i];
+        } else if (!strcmp(a, "--resume")) {
+            o->resume = true;
+        } else if (i + 1 < argc && !strcmp(a, "--kill-at-step")) {
+            const char *v = argv[++i];
+            char *end;
+            unsigned long r = strtoul(v, &end, 10);
+            if (end == v || *end != ':' || !parse_u32(end + 1, 1, 2000000000u, &o->kill_step))
+                bad = "--kill-at-step takes RANK:STEP";
+            else o->kill_rank = (int)r;
         } else if (i + 1 < argc && !strcmp(a, "--out")) {
             o->out = argv[++i];
         } else if (i + 1 < argc && !strcmp(a, "--inject-faults")) {
@@ -147,6 +175,10 @@ static int parse(int argc, char **argv, int rank, gsm_options *o)
             if (rank == 0) fprintf(stderr, "metal-compute run: %s\n", bad);
             return 2;
         }
+    }
+    if (o->resume && !o->ckpt_dir) {
+        if (rank == 0) fprintf(stderr, "metal-compute run: --resume needs --checkpoint-dir DIR\n");
+        return 2;
     }
     return -1; /* go on */
 }
@@ -192,6 +224,17 @@ static int run(int argc, char **argv, int rank, int size)
     d.budget_ms = o.budget;
     d.checkpoint_chunks = o.ckpt;
     d.inject_faults = o.faults;
+    /* What makes two runs the same run; the runner adds the rank's slab. */
+    char run_id[96];
+    snprintf(run_id, sizeof run_id, "gray-scott --mpi v1 size %u steps %u ranks %d", o.size, o.steps, size);
+    d.checkpoint_dir = o.ckpt_dir;
+    d.resume = o.resume;
+    d.run_params = run_id;
+    d.run_params_len = strlen(run_id);
+    if (o.kill_rank == rank) {
+        d.progress = gsm_progress;
+        d.progress_user = &o;
+    }
     mc_mpi_runner *r = NULL;
     mc_status s = seed ? mc_mpi_runner_create(&d, &r) : MC_ERR_NO_MEMORY;
     free(rows);
@@ -238,7 +281,9 @@ static int run(int argc, char **argv, int rank, int size)
             printf("  per chunk    exchange %.3f ms (%llu bytes each way), compute %.3f ms (slowest rank)\n",
                    ex_max[0], (unsigned long long)st.halo_bytes_per_chunk / 2, ex_max[1]);
             printf("  recoveries   %u (faults on the ranks: %u)\n", st.recoveries, own_all);
-            printf("  checkpoints  %llu\n", (unsigned long long)st.checkpoints);
+            printf("  checkpoints  %llu", (unsigned long long)st.checkpoints);
+            if (st.resumed_from) printf(" (resumed from step %llu)", (unsigned long long)st.resumed_from);
+            printf("\n");
             printf("  time         %.2f s\n", st.elapsed_ms / 1e3);
             printf("  image        %s\n", o.out);
         }

@@ -80,6 +80,19 @@ typedef struct mc_mpi_desc {
     const char *inject_faults; /* this rank's faults, "KIND@N,..." counted over its command buffers */
     uint32_t state_arg[2];   /* slots of A and B; both 0 = 0 and 1 */
     uint32_t iteration_arg;  /* slot of the iteration bytes; 0 with state_arg unset = 2 */
+    /* Not NULL: durable checkpoints. Each coordinated checkpoint is also
+     * written by every rank to DIR/rank-R-of-N (the runner's format and
+     * atomic writes, docs/RUNNER.md; the last two kept). With resume, the
+     * ranks start from the newest step whose files all of them hold and
+     * that pass every check (run_params, the slab, the checksum); none at
+     * all: from the start. */
+    const char *checkpoint_dir;
+    bool resume;
+    const void *run_params;  /* identifies the run; compared on resume */
+    size_t run_params_len;
+    /* Optional: after every chunk all ranks agreed on, on each rank. */
+    void (*progress)(void *user, uint64_t step, uint64_t total_steps);
+    void *progress_user;
     mc_mpi_bind_fn bind;     /* required */
     mc_mpi_unbind_fn unbind; /* required */
     void *user;
@@ -93,6 +106,7 @@ typedef struct mc_mpi_stats {
     uint64_t steps;          /* done (= total_steps after a successful run) */
     uint64_t chunks;         /* chunks completed (replays count again) */
     uint64_t checkpoints;
+    uint64_t resumed_from;   /* the step a resumed run started at; 0 otherwise */
     uint32_t recoveries;     /* coordinated roll-backs (the same on every rank) */
     uint32_t own_faults;     /* of them, caused by this rank's device */
     mc_status last_fault;    /* this rank's last device error, MC_OK if none */

@@ -25,8 +25,10 @@
 #include "mc/mc_mpi.h"
 
 #include "core/core.h"
+#include "engine/engine.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -60,6 +62,9 @@ struct mc_mpi_runner {
     double exch_ms_sum, comp_ms_sum, wait_ms_sum;
     uint64_t exch_n, comp_n;
     mc_mpi_stats st;
+    char *dir;            /* this rank's durable checkpoints; NULL = none */
+    uint8_t *params;      /* run_params + the slab: what a file must match */
+    size_t params_len;
 };
 
 static double ms_since(uint64_t t0) { return (double)(mc__now_ns() - t0) / 1e6; }
@@ -218,13 +223,74 @@ static mc_status checkpoint_stage(mc_mpi_runner *r, uint64_t step)
     return rows_read(r, cur(r, step), r->hr, r->my_rows, r->ckpt_new);
 }
 
-static void checkpoint_commit(mc_mpi_runner *r, uint64_t step)
+static mc_status checkpoint_commit(mc_mpi_runner *r, uint64_t step)
 {
     uint8_t *t = r->ckpt;
     r->ckpt = r->ckpt_new;
     r->ckpt_new = t;
     r->ckpt_step = step;
     r->st.checkpoints++;
+    if (!r->dir) return MC_OK;
+    const void *state[1] = {r->ckpt};
+    size_t size = (size_t)r->my_rows * r->row_bytes;
+    return mc__ckpt_write(r->dir, r->params, r->params_len, step, state, &size, 1);
+}
+
+/* Every rank loads its newest valid file; they start from the oldest of
+ * those steps. All ranks write after the same chunk and keep two, so a
+ * rank ahead (killed while the others were still writing) holds that step
+ * as its previous file: the newer one, which no peer has, is set aside. */
+static mc_status resume(mc_mpi_runner *r)
+{
+    size_t size = (size_t)r->my_rows * r->row_bytes;
+    void *state[1] = {r->ckpt_new};
+    uint64_t it = 0;
+    bool found = false;
+    mc_status s = mc__ckpt_load(r->dir, "mpi", r->params, r->params_len, &size, 1, state, &it, &found);
+    for (int round = 0; round < 2; round++) {
+        long long mine[2] = {found ? (long long)it : 0, found ? -(long long)it : 0}, all[2] = {0, 0};
+        if ((s = agree(r, s)) != MC_OK) return s;
+        MPI_Allreduce(mine, all, 2, MPI_LONG_LONG, MPI_MIN, r->comm);
+        uint64_t lo = (uint64_t)all[0], hi = (uint64_t)-all[1];
+        if (lo == hi || lo == 0) {
+            if (lo > 0) {
+                uint8_t *t = r->ckpt;
+                r->ckpt = r->ckpt_new;
+                r->ckpt_new = t;
+                r->ckpt_step = lo;
+                r->st.resumed_from = lo;
+            }
+            return MC_OK; /* lo == 0: some rank has none; all start afresh */
+        }
+        if (it > lo) {
+            char from[4200], to[4220];
+            snprintf(from, sizeof from, "%s/checkpoint-%020llu.mcck", r->dir, (unsigned long long)it);
+            snprintf(to, sizeof to, "%s.ahead-of-peers", from);
+            if (rename(from, to) != 0) s = mc__fail(MC_ERR_IO, "cannot set aside %s", from);
+            if (s == MC_OK) s = mc__ckpt_load(r->dir, "mpi", r->params, r->params_len, &size, 1, state, &it, &found);
+            if (s == MC_OK && (!found || it != lo))
+                s = mc__fail(MC_ERR_INVALID_STATE, "rank %d has no checkpoint of step %llu, which every other has",
+                             r->rank, (unsigned long long)lo);
+        }
+    }
+    return agree(r, mc__fail(MC_ERR_INVALID_STATE, "the ranks' checkpoints have no step in common"));
+}
+
+static mc_status durable_setup(mc_mpi_runner *r, const mc_mpi_desc *d)
+{
+    if (!d->checkpoint_dir) return MC_OK;
+    size_t n = strlen(d->checkpoint_dir) + 64;
+    if (!(r->dir = malloc(n))) return mc__fail(MC_ERR_NO_MEMORY, "checkpoint folder");
+    mc_status s = mc__ckpt_prepare_dir(d->checkpoint_dir);
+    snprintf(r->dir, n, "%s/rank-%d-of-%d", d->checkpoint_dir, r->rank, r->size);
+    if (s == MC_OK) s = mc__ckpt_prepare_dir(r->dir);
+    if (s != MC_OK) return s;
+    uint32_t slab[6] = {r->d.width, r->d.height, r->d.cell_bytes, r->d.radius, r->row0, r->my_rows};
+    r->params_len = d->run_params_len + sizeof slab;
+    if (!(r->params = malloc(r->params_len))) return mc__fail(MC_ERR_NO_MEMORY, "run params");
+    if (d->run_params_len) memcpy(r->params, d->run_params, d->run_params_len);
+    memcpy(r->params + d->run_params_len, slab, sizeof slab);
+    return MC_OK;
 }
 
 /* My top halo is the bottom of the rank above (lower rows, periodic), my
@@ -349,9 +415,11 @@ mc_status mc_mpi_runner_run(mc_mpi_runner *r)
     uint64_t t0 = mc__now_ns();
     uint32_t in_a_row = 0, since_ckpt = 0;
     uint64_t fail_step = 0;
+    mc_status pending = MC_OK;
     while (r->step < r->d.total_steps) {
         uint32_t k = (uint32_t)MC__MIN((uint64_t)r->st.halo_steps, r->d.total_steps - r->step);
-        mc_status own = exchange(r);
+        mc_status own = pending != MC_OK ? pending : exchange(r);
+        pending = MC_OK;
         if (own == MC_OK) own = compute(r, r->step, k, NULL);
         bool ckpt = since_ckpt + 1 >= r->d.checkpoint_chunks || r->step + k == r->d.total_steps;
         if (own == MC_OK && ckpt) own = checkpoint_stage(r, r->step + k);
@@ -359,9 +427,12 @@ mc_status mc_mpi_runner_run(mc_mpi_runner *r)
         if (all == MC_OK) {
             r->step += k;
             r->st.chunks++;
-            if (ckpt) checkpoint_commit(r, r->step);
+            /* A durable write that failed is this rank's failure in the
+             * next agreement (its previous file is still whole). */
+            if (ckpt) pending = checkpoint_commit(r, r->step);
             since_ckpt = ckpt ? 0 : since_ckpt + 1;
             if (r->step > fail_step) in_a_row = 0;
+            if (r->d.progress) r->d.progress(r->d.progress_user, r->step, r->d.total_steps);
             continue;
         }
         /* Every rank rolls back together. */
@@ -397,7 +468,7 @@ mc_status mc_mpi_runner_run(mc_mpi_runner *r)
     }
     r->st.steps = r->step;
     r->st.elapsed_ms = ms_since(t0);
-    return MC_OK;
+    return agree(r, pending);
 }
 
 /* ---- create, gather, release ------------------------------------------------ */
@@ -566,7 +637,9 @@ mc_status mc_mpi_runner_create(const mc_mpi_desc *desc, mc_mpi_runner **out)
     if (s == MC_OK && (MPI_Type_contiguous((int)r->row_bytes, MPI_BYTE, &r->row_type) != MPI_SUCCESS ||
                        MPI_Type_commit(&r->row_type) != MPI_SUCCESS))
         s = mc__fail(MC_ERR_IO, "MPI row type");
+    if (s == MC_OK) s = durable_setup(r, desc);
     if ((s = agree(r, s)) != MC_OK) goto fail;
+    if (r->dir && desc->resume && (s = resume(r)) != MC_OK) goto fail;
 
     double step_ms = 0, chunk_ms = 0;
     s = measure(r, &step_ms, &chunk_ms);
@@ -586,10 +659,11 @@ mc_status mc_mpi_runner_create(const mc_mpi_desc *desc, mc_mpi_runner **out)
             unbind_all(r);
             set_halo(r, h);
             s = r->halo[0] ? bind_all(r) : mc__fail(MC_ERR_NO_MEMORY, "halo rows");
-            if (s == MC_OK) s = restore(r);
-            if ((s = agree(r, s)) != MC_OK) goto fail;
         }
     }
+    /* Measuring wrote over the state: back to the start (or the resumed step). */
+    if (s == MC_OK) s = restore(r);
+    if ((s = agree(r, s)) != MC_OK) goto fail;
     set_steps_per_cb(r, worst[0]);
     r->st.halo_steps = h;
     r->st.halo_rows = r->hr;
@@ -659,5 +733,7 @@ void mc_mpi_runner_release(mc_mpi_runner *r)
     free(r->ckpt);
     free(r->ckpt_new);
     free(r->halo[0]); /* one block for all four */
+    free(r->dir);
+    free(r->params);
     free(r);
 }
