@@ -105,15 +105,29 @@ typedef struct gsm_options {
     bool resume;
     int kill_rank; /* -1: none */
     uint32_t kill_step;
+    bool bar;       /* rank 0 on a terminal */
+    int bar_len;
+    double last_bar;
 } gsm_options;
 
-/* The --kill-at-step test hook: this rank dies by SIGKILL, as a crash or
- * an operator's kill would, and mpirun then ends the others. */
+/* Rank 0 on a terminal shows the steps done, at most ten times a second.
+ * The --kill-at-step test hook: this rank dies by SIGKILL, as a crash or an
+ * operator's kill would, and mpirun then ends the others. */
 static void gsm_progress(void *user, uint64_t step, uint64_t total)
 {
-    const gsm_options *o = user;
-    (void)total;
-    if (step >= o->kill_step) raise(SIGKILL);
+    gsm_options *o = user;
+    if (o->kill_step && step >= o->kill_step) raise(SIGKILL);
+    if (!o->bar) return;
+    double now = MPI_Wtime();
+    if (step < total && now - o->last_bar < 0.1) return;
+    o->last_bar = now;
+    if (step >= total) {
+        fprintf(stderr, "\r%*s\r", o->bar_len, "");
+        return;
+    }
+    o->bar_len = fprintf(stderr, "\r%llu/%llu steps (%.0f%%) ", (unsigned long long)step, (unsigned long long)total,
+                         100.0 * (double)step / (double)total);
+    fflush(stderr);
 }
 
 /* Every rank parses the same argv; only rank 0 speaks. */
@@ -231,10 +245,10 @@ static int run(int argc, char **argv, int rank, int size)
     d.resume = o.resume;
     d.run_params = run_id;
     d.run_params_len = strlen(run_id);
-    if (o.kill_rank == rank) {
-        d.progress = gsm_progress;
-        d.progress_user = &o;
-    }
+    if (o.kill_rank != rank) o.kill_step = 0;
+    o.bar = rank == 0 && mc_cli_isatty(stderr);
+    d.progress = gsm_progress;
+    d.progress_user = &o;
     mc_mpi_runner *r = NULL;
     mc_status s = seed ? mc_mpi_runner_create(&d, &r) : MC_ERR_NO_MEMORY;
     free(rows);
