@@ -447,7 +447,11 @@ mc_status mc_mpi_runner_run(mc_mpi_runner *r)
                 mc_status_name(own), (unsigned long long)r->ckpt_step);
         if (!recoverable(all)) {
             r->st.elapsed_ms = ms_since(t0);
-            return own != MC_OK ? own : mc__fail(all, "another rank failed with %s", mc_status_name(all));
+            /* The same status on every rank; the detail where it happened. */
+            if (own == all) return own;
+            return own == MC_OK ? mc__fail(all, "another rank failed with %s", mc_status_name(all))
+                                : mc__fail(all, "%s here; another rank failed with %s", mc_status_name(own),
+                                           mc_status_name(all));
         }
         for (;;) {
             if (++in_a_row > r->d.max_recoveries) {
