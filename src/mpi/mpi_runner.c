@@ -294,7 +294,9 @@ static mc_status durable_setup(mc_mpi_runner *r, const mc_mpi_desc *d)
 }
 
 /* My top halo is the bottom of the rank above (lower rows, periodic), my
- * bottom halo the top of the rank below. Both directions at once. */
+ * bottom halo the top of the rank below. The copies overlap the transfers:
+ * both receives are posted first, each band is sent as soon as it is off
+ * the device, and each halo goes onto the device as soon as it arrives. */
 static mc_status exchange(mc_mpi_runner *r)
 {
     uint64_t t0 = mc__now_ns();
@@ -303,20 +305,27 @@ static mc_status exchange(mc_mpi_runner *r)
      * what it sends is thrown away in the roll-back that follows. */
     mc_buffer *b = r->bound ? cur(r, r->step) : NULL;
     mc_status s = b ? MC_OK : mc__fail(MC_ERR_DEVICE_LOST, "no device");
-    if (s == MC_OK) s = rows_read(r, b, hr, hr, r->halo[0]);
-    if (s == MC_OK) s = rows_read(r, b, hr + r->my_rows - hr, hr, r->halo[1]);
     int up = (r->rank + r->size - 1) % r->size, down = (r->rank + 1) % r->size;
     MPI_Request req[4];
     int rc = MPI_Irecv(r->halo[2], (int)hr, r->row_type, up, 1, r->comm, &req[0]);
     rc |= MPI_Irecv(r->halo[3], (int)hr, r->row_type, down, 0, r->comm, &req[1]);
+    if (s == MC_OK) s = rows_read(r, b, hr, hr, r->halo[0]);
     rc |= MPI_Isend(r->halo[0], (int)hr, r->row_type, up, 0, r->comm, &req[2]);
+    if (s == MC_OK) s = rows_read(r, b, r->my_rows, hr, r->halo[1]);
     rc |= MPI_Isend(r->halo[1], (int)hr, r->row_type, down, 1, r->comm, &req[3]);
+    double wait = 0;
+    for (int n = 0; n < 2 && rc == MPI_SUCCESS; n++) {
+        int which = MPI_UNDEFINED;
+        uint64_t t1 = mc__now_ns();
+        rc |= MPI_Waitany(2, req, &which, MPI_STATUS_IGNORE);
+        wait += ms_since(t1);
+        if (s == MC_OK && which == 0) s = rows_write(r, b, 0, hr, r->halo[2]);
+        if (s == MC_OK && which == 1) s = rows_write(r, b, hr + r->my_rows, hr, r->halo[3]);
+    }
     uint64_t t1 = mc__now_ns();
-    rc |= MPI_Waitall(4, req, MPI_STATUSES_IGNORE);
-    r->wait_ms_sum += ms_since(t1);
+    rc |= MPI_Waitall(2, req + 2, MPI_STATUSES_IGNORE);
+    r->wait_ms_sum += wait + ms_since(t1);
     if (rc != MPI_SUCCESS) return mc__fail(MC_ERR_IO, "halo exchange: MPI failed");
-    if (s == MC_OK) s = rows_write(r, b, 0, hr, r->halo[2]);
-    if (s == MC_OK) s = rows_write(r, b, hr + r->my_rows, hr, r->halo[3]);
     r->exch_ms_sum += ms_since(t0);
     r->exch_n++;
     return s;
