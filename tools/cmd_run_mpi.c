@@ -131,7 +131,7 @@ static void gsm_progress(void *user, uint64_t step, uint64_t total)
 }
 
 /* Every rank parses the same argv; only rank 0 speaks. */
-static int parse(int argc, char **argv, int rank, gsm_options *o)
+static int parse(int argc, char **argv, int rank, int size, gsm_options *o)
 {
     *o = (gsm_options){.out = "gray-scott.png", .size = 256, .steps = 10000, .kill_rank = -1};
     for (int i = 1; i < argc; i++) {
@@ -167,6 +167,7 @@ static int parse(int argc, char **argv, int rank, gsm_options *o)
             unsigned long r = strtoul(v, &end, 10);
             if (end == v || *end != ':' || !parse_u32(end + 1, 1, 2000000000u, &o->kill_step))
                 bad = "--kill-at-step takes RANK:STEP";
+            else if (r >= (unsigned long)size) bad = "--kill-at-step names a rank this job does not have";
             else o->kill_rank = (int)r;
         } else if (i + 1 < argc && !strcmp(a, "--out")) {
             o->out = argv[++i];
@@ -177,6 +178,7 @@ static int parse(int argc, char **argv, int rank, gsm_options *o)
             char *end;
             unsigned long r = strtoul(v, &end, 10);
             if (end == v || *end != ':' || !end[1]) bad = "--inject-faults-rank takes RANK:KIND@N,...";
+            else if (r >= (unsigned long)size) bad = "--inject-faults-rank names a rank this job does not have";
             else if ((int)r == rank) o->faults = end + 1;
         } else {
             if (rank == 0) {
@@ -200,7 +202,7 @@ static int parse(int argc, char **argv, int rank, gsm_options *o)
 static int run(int argc, char **argv, int rank, int size)
 {
     gsm_options o;
-    int rc = parse(argc, argv, rank, &o);
+    int rc = parse(argc, argv, rank, size, &o);
     if (rc >= 0) return rc;
     uint32_t *rows = NULL;
     if (o.rows) {
