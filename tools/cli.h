@@ -43,5 +43,7 @@ int mc_cli_write_png(const char *path, const uint8_t *rgb, uint32_t w, uint32_t 
 int mc_cli_run_gray_scott_mpi(int argc, char **argv);
 /* bench --mpi under mpirun (tools/bench_mpi.c, built with MPI). */
 int mc_cli_bench_mpi(int argc, char **argv);
+/* run FILE --mpi under mpirun (tools/cmd_run_kernel_mpi.c, built with MPI). */
+int mc_cli_run_kernel_mpi(int argc, char **argv);
 
 #endif

@@ -556,6 +556,10 @@ int mc_cli_run(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "gray-scott")) return run_gray_scott(argc - 1, argv + 1);
+#ifdef MC_HAVE_MPI
+    for (int i = 2; mc_cli_is_kernel_file(argv[1]) && i < argc; i++)
+        if (!strcmp(argv[i], "--mpi")) return mc_cli_run_kernel_mpi(argc - 1, argv + 1);
+#endif
     if (mc_cli_is_kernel_file(argv[1])) return mc_cli_run_kernel(argc - 1, argv + 1);
     fprintf(stderr, "metal-compute run: unknown job '%s' (gray-scott, or a kernel file: FILE.metal, .c or .cu)\n",
             argv[1]);
