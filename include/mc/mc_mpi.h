@@ -23,11 +23,12 @@
  * deterministic: the result is then the same bits for any number of ranks,
  * slab sizes, H and faults.
  *
- * Coordinated recovery: after each chunk the ranks allreduce a fault flag.
- * If any rank's command buffer failed (any kind; mc_device_inject_faults per
- * rank), every rank rolls back to the last checkpoint, which all ranks took
- * after the same chunk, rebuilding what its own fault broke (the queue, or
- * the device after a loss), and replays.
+ * Coordinated recovery: after each chunk the ranks allreduce its status
+ * (MPI_Iallreduce, while the next chunk already runs). If any rank's
+ * command buffer failed (any kind; mc_device_inject_faults per rank), every
+ * rank drops the chunk running since and rolls back to the last checkpoint,
+ * which all ranks took after the same chunk, rebuilding what its own fault
+ * broke (the queue, or the device after a loss), and replays.
  *
  * Every call is collective over the runner's communicator unless it says
  * otherwise; call them from one thread per rank.

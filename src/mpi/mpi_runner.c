@@ -8,8 +8,8 @@
  *
  * A chunk is: exchange halos on the host (MPI_Isend/Irecv in both
  * directions at once), then up to H steps in command buffers of at most
- * budget_ms of measured device time, then one MPI_Allreduce of the chunk's
- * status. No MPI call ever waits inside device work (mlx issue 1849): a
+ * budget_ms of measured device time, then an MPI_Iallreduce of the chunk's
+ * status, waited for only after the next chunk is on the device. No MPI call ever waits inside device work (mlx issue 1849): a
  * command buffer that blocked on a peer would run into the watchdog (F145,
  * F146). The allreduce takes the largest status code, so every rank sees
  * the same outcome, and after a failure anywhere every rank restores the
@@ -297,13 +297,13 @@ static mc_status durable_setup(mc_mpi_runner *r, const mc_mpi_desc *d)
  * bottom halo the top of the rank below. The copies overlap the transfers:
  * both receives are posted first, each band is sent as soon as it is off
  * the device, and each halo goes onto the device as soon as it arrives. */
-static mc_status exchange(mc_mpi_runner *r)
+static mc_status exchange(mc_mpi_runner *r, uint64_t step)
 {
     uint64_t t0 = mc__now_ns();
     uint32_t hr = r->hr;
     /* A rank without a working device still takes part, so no peer blocks;
      * what it sends is thrown away in the roll-back that follows. */
-    mc_buffer *b = r->bound ? cur(r, r->step) : NULL;
+    mc_buffer *b = r->bound ? cur(r, step) : NULL;
     mc_status s = b ? MC_OK : mc__fail(MC_ERR_DEVICE_LOST, "no device");
     int up = (r->rank + r->size - 1) % r->size, down = (r->rank + 1) % r->size;
     MPI_Request req[4];
@@ -358,40 +358,67 @@ static mc_status encode(mc_mpi_runner *r, mc_cmdbuf *cb, uint64_t first, uint32_
     return s != MC_OK ? s : e;
 }
 
-/* Runs steps [first, first + count) in command buffers of steps_per_cb
- * steps; the status of the first that failed. */
-static mc_status compute(mc_mpi_runner *r, uint64_t first, uint32_t count, uint64_t *gpu_ns)
+/* Command buffers of one chunk, committed and not yet waited for. */
+typedef struct inflight {
+    mc_cmdbuf **cbs;
+    uint32_t made;
+    mc_status status; /* the first failure to create, encode or commit */
+    uint64_t t0;
+} inflight;
+
+/* Commits steps [first, first + count) in command buffers of steps_per_cb
+ * steps; the device runs them while the caller does other work. */
+static void submit(mc_mpi_runner *r, uint64_t first, uint32_t count, inflight *f)
 {
-    uint64_t t0 = mc__now_ns();
-    mc_status result = MC_OK;
+    memset(f, 0, sizeof *f);
+    f->t0 = mc__now_ns();
     uint32_t ncb = (count + r->steps_per_cb - 1) / r->steps_per_cb;
-    mc_cmdbuf **cbs = calloc(ncb, sizeof *cbs);
-    if (!cbs) return mc__fail(MC_ERR_NO_MEMORY, "command buffers");
-    uint32_t made = 0;
-    for (uint32_t c = 0; c < ncb && result == MC_OK; c++) {
+    if (!(f->cbs = calloc(ncb, sizeof *f->cbs))) {
+        f->status = mc__fail(MC_ERR_NO_MEMORY, "command buffers");
+        return;
+    }
+    for (uint32_t c = 0; c < ncb && f->status == MC_OK; c++) {
         uint32_t n = MC__MIN(r->steps_per_cb, count - c * r->steps_per_cb);
         mc_cmdbuf_desc cd = {"mpi chunk", MC_CMDBUF_TIMESTAMPS};
-        mc_status s = mc_cmdbuf_create(r->queue, &cd, &cbs[c]);
-        if (s == MC_OK) made++;
-        if (s == MC_OK) s = encode(r, cbs[c], first + (uint64_t)c * r->steps_per_cb, n);
-        if (s == MC_OK) s = mc_cmdbuf_commit(cbs[c]);
-        if (s != MC_OK) result = s;
+        mc_status s = mc_cmdbuf_create(r->queue, &cd, &f->cbs[c]);
+        if (s == MC_OK) f->made++;
+        if (s == MC_OK) s = encode(r, f->cbs[c], first + (uint64_t)c * r->steps_per_cb, n);
+        if (s == MC_OK) s = mc_cmdbuf_commit(f->cbs[c]);
+        if (s != MC_OK) f->status = s;
     }
+}
+
+/* Waits for a submitted chunk; the status of the first command buffer
+ * that failed. */
+static mc_status finish(mc_mpi_runner *r, inflight *f, uint64_t *gpu_ns)
+{
+    mc_status result = f->status;
     if (gpu_ns) *gpu_ns = 0;
-    for (uint32_t c = 0; c < made; c++) {
-        if (mc_cmdbuf_get_state(cbs[c]) != MC_CMDBUF_NOT_ENQUEUED) {
-            mc_cmdbuf_wait(cbs[c], MC_WAIT_FOREVER);
-            mc_status s = mc_cmdbuf_status(cbs[c], NULL);
+    for (uint32_t c = 0; c < f->made; c++) {
+        if (mc_cmdbuf_get_state(f->cbs[c]) != MC_CMDBUF_NOT_ENQUEUED) {
+            mc_cmdbuf_wait(f->cbs[c], MC_WAIT_FOREVER);
+            mc_status s = mc_cmdbuf_status(f->cbs[c], NULL);
             if (s != MC_OK && s != MC_ERR_INVALID_STATE && result == MC_OK) result = s;
             uint64_t a = 0, b = 0;
-            if (s == MC_OK && gpu_ns && mc_cmdbuf_gpu_time(cbs[c], &a, &b) == MC_OK && b > a) *gpu_ns += b - a;
+            if (s == MC_OK && gpu_ns && mc_cmdbuf_gpu_time(f->cbs[c], &a, &b) == MC_OK && b > a) *gpu_ns += b - a;
         }
-        mc_cmdbuf_release(cbs[c]);
+        mc_cmdbuf_release(f->cbs[c]);
     }
-    free(cbs);
+    free(f->cbs);
+    f->cbs = NULL;
+    f->made = 0;
+    return result;
+}
+
+static mc_status compute(mc_mpi_runner *r, uint64_t first, uint32_t count, uint64_t *gpu_ns)
+{
+    inflight f;
+    submit(r, first, count, &f);
+    uint64_t t0 = f.t0;
+    mc_status s = finish(r, &f, gpu_ns);
     r->comp_ms_sum += ms_since(t0);
     r->comp_n++;
-    return result;
+    return s;
 }
 
 /* After a failure anywhere: this rank rebuilds what its own failure broke
@@ -418,45 +445,97 @@ static mc_status rebuild(mc_mpi_runner *r, mc_status own, uint32_t attempt)
 
 static bool recoverable(mc_status s) { return mc_status_is_device_error(s) || s == MC_ERR_WAIT_TIMEOUT; }
 
+/* One chunk whose status is being agreed on (MPI_Iallreduce) while the
+ * next one already runs: the agreement's latency, the only cost that grows
+ * with the number of ranks, hides behind compute. If it reports a failure
+ * the next chunk is thrown away with the rest of the roll-back. */
+typedef struct agreeing {
+    bool active;
+    uint32_t k;
+    bool ckpt;
+    int mine, all;
+    MPI_Request req;
+} agreeing;
+
+static mc_status agreement(mc_mpi_runner *r, agreeing *a)
+{
+    if (MPI_Wait(&a->req, MPI_STATUS_IGNORE) != MPI_SUCCESS) return mc__fail(MC_ERR_IO, "MPI_Iallreduce failed");
+    a->active = false;
+    return (mc_status)a->all;
+}
+
 mc_status mc_mpi_runner_run(mc_mpi_runner *r)
 {
     if (!r) return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner is NULL");
     uint64_t t0 = mc__now_ns();
     uint32_t in_a_row = 0, since_ckpt = 0;
-    uint64_t fail_step = 0;
-    mc_status pending = MC_OK;
+    uint64_t fail_step = 0, next = r->step; /* next: where the next chunk starts */
+    mc_status pending = MC_OK;               /* a durable write that failed: this rank's failure */
+    agreeing prev = {0};
     while (r->step < r->d.total_steps) {
-        uint32_t k = (uint32_t)MC__MIN((uint64_t)r->st.halo_steps, r->d.total_steps - r->step);
-        mc_status own = pending != MC_OK ? pending : exchange(r);
-        pending = MC_OK;
-        if (own == MC_OK) own = compute(r, r->step, k, NULL);
-        bool ckpt = since_ckpt + 1 >= r->d.checkpoint_chunks || r->step + k == r->d.total_steps;
-        if (own == MC_OK && ckpt) own = checkpoint_stage(r, r->step + k);
-        mc_status all = agree(r, own);
-        if (all == MC_OK) {
-            r->step += k;
-            r->st.chunks++;
-            /* A durable write that failed is this rank's failure in the
-             * next agreement (its previous file is still whole). */
-            if (ckpt) pending = checkpoint_commit(r, r->step);
-            since_ckpt = ckpt ? 0 : since_ckpt + 1;
-            if (r->step > fail_step) in_a_row = 0;
-            if (r->d.progress) r->d.progress(r->d.progress_user, r->step, r->d.total_steps);
+        /* Launch the chunk at `next` (speculative while `prev` is agreed). */
+        inflight f = {0};
+        uint32_t k = 0;
+        mc_status own = MC_OK;
+        bool launched = next < r->d.total_steps;
+        if (launched) {
+            k = (uint32_t)MC__MIN((uint64_t)r->st.halo_steps, r->d.total_steps - next);
+            /* Every rank always takes part in the exchange, so that no
+             * neighbour waits for it; a failed durable write counts after. */
+            own = exchange(r, next);
+            if (pending != MC_OK) own = pending;
+            pending = MC_OK;
+            if (own == MC_OK) submit(r, next, k, &f);
+        }
+        /* The previous chunk's outcome, the same on every rank. */
+        mc_status all = MC_OK;
+        if (prev.active) {
+            all = agreement(r, &prev);
+            if (all == MC_OK) {
+                r->step += prev.k;
+                r->st.chunks++;
+                if (prev.ckpt) pending = checkpoint_commit(r, r->step);
+                since_ckpt = prev.ckpt ? 0 : since_ckpt + 1;
+                if (r->step > fail_step) in_a_row = 0;
+                if (r->d.progress) r->d.progress(r->d.progress_user, r->step, r->d.total_steps);
+            }
+        }
+        if (launched) {
+            uint64_t c0 = f.t0 ? f.t0 : mc__now_ns();
+            mc_status done = finish(r, &f, NULL);
+            if (own == MC_OK) own = done;
+            r->comp_ms_sum += ms_since(c0);
+            r->comp_n++;
+        }
+        if (all == MC_OK && launched) {
+            /* Checkpoint after the same chunk on every rank: the count
+             * includes the chunk just agreed. */
+            bool ckpt = since_ckpt + 1 >= r->d.checkpoint_chunks || next + k == r->d.total_steps;
+            if (own == MC_OK && ckpt) own = checkpoint_stage(r, next + k);
+            prev = (agreeing){.active = true, .k = k, .ckpt = ckpt, .mine = (int)own};
+            if (MPI_Iallreduce(&prev.mine, &prev.all, 1, MPI_INT, MPI_MAX, r->comm, &prev.req) != MPI_SUCCESS) {
+                r->st.elapsed_ms = ms_since(t0);
+                return mc__fail(MC_ERR_IO, "MPI_Iallreduce failed");
+            }
+            next += k;
             continue;
         }
-        /* Every rank rolls back together. */
+        if (all == MC_OK) continue; /* nothing launched: the last chunk was just agreed */
+
+        /* A failure anywhere in the previous chunk: every rank rolls back
+         * together; the chunk launched since is discarded. */
+        own = prev.mine != MC_OK ? (mc_status)prev.mine : own;
         r->st.recoveries++;
         if (own != MC_OK) {
             r->st.own_faults++;
             r->st.last_fault = own;
         }
-        fail_step = MC__MAX(fail_step, r->step + k);
+        fail_step = MC__MAX(fail_step, r->step + prev.k);
         mc__log(MC_LOG_WARN, "mpi.recovering", "rank %d: %s in steps %llu to %llu (%s here); back to step %llu",
-                r->rank, mc_status_name(all), (unsigned long long)r->step, (unsigned long long)(r->step + k),
+                r->rank, mc_status_name(all), (unsigned long long)r->step, (unsigned long long)(r->step + prev.k),
                 mc_status_name(own), (unsigned long long)r->ckpt_step);
         if (!recoverable(all)) {
             r->st.elapsed_ms = ms_since(t0);
-            /* The same status on every rank; the detail where it happened. */
             if (own == all) return own;
             return own == MC_OK ? mc__fail(all, "another rank failed with %s", mc_status_name(all))
                                 : mc__fail(all, "%s here; another rank failed with %s", mc_status_name(own),
@@ -478,6 +557,8 @@ mc_status mc_mpi_runner_run(mc_mpi_runner *r)
             }
         }
         since_ckpt = 0;
+        next = r->step;
+        pending = MC_OK;
     }
     r->st.steps = r->step;
     r->st.elapsed_ms = ms_since(t0);
@@ -608,7 +689,7 @@ static mc_status measure(mc_mpi_runner *r, double *step_ms, double *chunk_ms)
     for (int i = 0; i < 3; i++) {
         MPI_Barrier(r->comm);
         uint64_t t0 = mc__now_ns();
-        if (s == MC_OK) s = exchange(r);
+        if (s == MC_OK) s = exchange(r, 0);
         double x = ms_since(t0);
         best_x = i ? MC__MIN(best_x, x) : x;
         t0 = mc__now_ns();
