@@ -8,6 +8,9 @@ command -v make >/dev/null 2>&1 || need="$need make"
 command -v cc >/dev/null 2>&1 || need="$need gcc"
 command -v pkg-config >/dev/null 2>&1 || need="$need pkg-config"
 [ -f /usr/include/png.h ] || need="$need libpng-dev"
+# MSL kernels on the CPU device: clang++ and Boost.Context (fiber switches)
+command -v clang++ >/dev/null 2>&1 || need="$need clang"
+[ -f /usr/include/boost/context/detail/fcontext.hpp ] || need="$need libboost-context-dev"
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing:$need"

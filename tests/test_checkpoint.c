@@ -428,3 +428,49 @@ MC_TEST(warm_start_off_compiles_in_library_create)
     mc_device_release(d);
     return 0;
 }
+
+/* An isolated runner resumes from the folder too: the supervisor reads the
+ * newest file into the state its workers share, and a worker killed
+ * afterwards restarts from there or later, never from the beginning. */
+MC_TEST(checkpoint_dir_resume_isolated)
+{
+    mc_device *dev = mct_open_device(0);
+    CHECK(dev);
+    mc_device_info info;
+    mc_device_get_info(dev, &info);
+    char dir[512], names[8][128];
+    temp_dir(dir, sizeof dir);
+    CHECK(dir[0]);
+    CHECK_EQ(first_half(dev, dir, "rt spin 8"), 0);
+    mc_device_release(dev); /* the isolated run opens its own in its worker */
+    CHECK_EQ(list_ckpts(dir, names, 8), 2);
+    uint64_t newest = name_iteration(names[0]);
+    ck_user u;
+    memset(&u, 0, sizeof u);
+    u.params.n = CK_N;
+    u.params.spin = 8;
+    mc_isolate_desc iso = MC_ISOLATE_DESC_INIT;
+    iso.device = mc_device_kind_name(info.kind);
+    iso.inject_faults = "kill@3";
+    mc_runner_desc d;
+    ck_desc(&d, NULL, &u, dir, "rt spin 8");
+    d.isolate = &iso;
+    d.progress = NULL;
+    d.flags |= MC_RUNNER_RESUME;
+    CHECK_OK(mc_runner_create(&d, &u.r));
+    CHECK_OK(mc_runner_run(u.r));
+    mc_runner_stats st;
+    CHECK_OK(mc_runner_get_stats(u.r, &st));
+    CHECK_EQ(st.resumed_iteration, newest);
+    CHECK_EQ(st.worker_restarts, 1);
+    CHECK_GE(st.checkpoints_written, 1);
+    uint32_t *got = malloc((CK_N + 1) * sizeof *got), *want = mct_rt_reference(CK_N, 8, CK_ITERS);
+    CHECK(got && want);
+    CHECK_OK(mc_runner_state_read(u.r, 0, got, (CK_N + 1) * sizeof *got));
+    CHECK(!memcmp(got, want, (CK_N + 1) * sizeof *got));
+    free(got);
+    free(want);
+    mc_runner_release(u.r);
+    remove_dir(dir);
+    return 0;
+}

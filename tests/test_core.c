@@ -278,7 +278,7 @@ MC_TEST(builtin_kernels)
     mc_library *lib;
     CHECK_STATUS(mc_library_create_builtin(d, names, fns, argc, 0, &lib), MC_ERR_INVALID_ARGUMENT);
     CHECK_OK(mc_library_create_builtin(d, names, fns, argc, 1, &lib));
-    mc_pipeline_desc pd = {lib, "double", 0, false, NULL};
+    mc_pipeline_desc pd = {lib, "double", 0, false, NULL, NULL, 0};
     mc_pipeline *p;
     CHECK_OK(mc_pipeline_create(d, &pd, &p));
     uint32_t init[64];

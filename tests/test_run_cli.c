@@ -21,6 +21,7 @@
 
 #define CLI MC_BINARY_DIR "/metal-compute"
 #define KERNELS MC_SOURCE_DIR "/tests/kernels"
+#define EXAMPLES MC_SOURCE_DIR "/examples/kernels"
 
 /* Runs cmd through the shell; returns its stdout and stderr together and
  * its exit code in *code (-1 if it did not exit). */
@@ -76,10 +77,11 @@ static bool cpu_device(void)
     return !d || !*d || !strncmp(d, "cpu", 3);
 }
 
-/* The example `name` (heat or life) against NumPy: init, run, check. */
+/* The example `name` (heat or life) against NumPy: init, then the MSL
+ * example and its C twin, each checked. */
 static int numpy_example(const char *name, const char *fn, const char *scalars, int steps, const char *alpha)
 {
-    if (!cpu_device()) MC_SKIP("the C kernels in tests/kernels run on the cpu device");
+    if (!cpu_device()) MC_SKIP("the C twins in tests/kernels run on the cpu device");
     const char *py = numpy_python();
     if (!py) MC_SKIP("no Python 3 with NumPy (apt-get install python3-numpy, or set MC_PYTHON)");
     char dir[512], cmd[4096];
@@ -92,26 +94,31 @@ static int numpy_example(const char *name, const char *fn, const char *scalars, 
     fprintf(stderr, "%s", out);
     free(out);
     CHECK_EQ(code, 0);
-    /* The grid comes from the shape (48 rows, 51 or 53 columns): the
-     * scalars name the same width and height. */
-    snprintf(cmd, sizeof cmd,
-             "%s run %s/%s.c --function %s --device cpu --arg pair:%s/init.npy --arg iter --arg %s --steps %d "
-             "--out %s/out.npy --progress none",
-             CLI, KERNELS, name, fn, dir, scalars, steps, dir);
-    out = run_command(cmd, &code);
-    CHECK(out);
-    fprintf(stderr, "%s", out);
-    CHECK_EQ(code, 0);
-    CHECK_STR_CONTAINS(out, "grid         ");
-    free(out);
-    snprintf(cmd, sizeof cmd, "%s %s/tests/run_reference.py check %s %s/init.npy %s/out.npy %d %s", py, MC_SOURCE_DIR,
-             name, dir, dir, steps, alpha);
-    out = run_command(cmd, &code);
-    CHECK(out);
-    fprintf(stderr, "%s", out);
-    CHECK_STR_CONTAINS(out, "match");
-    free(out);
-    CHECK_EQ(code, 0);
+    const char *kernels[] = {EXAMPLES "/%s.metal", KERNELS "/%s.c"};
+    for (int k = 0; k < 2; k++) {
+        char kernel[600];
+        snprintf(kernel, sizeof kernel, kernels[k], name);
+        /* The grid comes from the shape (48 rows, 51 or 53 columns): the
+         * scalars name the same width and height. */
+        snprintf(cmd, sizeof cmd,
+                 "%s run %s --function %s --device cpu --arg pair:%s/init.npy --arg iter --arg %s --steps %d "
+                 "--out %s/out.npy --progress none",
+                 CLI, kernel, fn, dir, scalars, steps, dir);
+        out = run_command(cmd, &code);
+        CHECK(out);
+        fprintf(stderr, "%s", out);
+        CHECK_EQ(code, 0);
+        CHECK_STR_CONTAINS(out, "grid         ");
+        free(out);
+        snprintf(cmd, sizeof cmd, "%s %s/tests/run_reference.py check %s %s/init.npy %s/out.npy %d %s", py,
+                 MC_SOURCE_DIR, name, dir, dir, steps, alpha);
+        out = run_command(cmd, &code);
+        CHECK(out);
+        fprintf(stderr, "%s", out);
+        CHECK_STR_CONTAINS(out, "match");
+        free(out);
+        CHECK_EQ(code, 0);
+    }
     remove_tree(dir);
     return 0;
 }
@@ -294,6 +301,15 @@ MC_TEST(run_second_start_loads_the_kernel_from_disk)
         CHECK_STR_CONTAINS(out, want[i]);
         free(out);
     }
+    /* `cache stats` shows it: the lifetime counters of the folder. */
+    int code = -1;
+    snprintf(cmd, sizeof cmd, "env -u MC_CACHE MC_CACHE_DIR=%s/cache %s cache stats", dir, CLI);
+    char *out = run_command(cmd, &code);
+    CHECK(out);
+    fprintf(stderr, "%s", out);
+    CHECK_EQ(code, 0);
+    CHECK_STR_CONTAINS(out, "1 from disk"); /* wording of tools/cmd_cache.c */
+    free(out);
     remove_tree(dir);
     return 0;
 }
@@ -454,7 +470,8 @@ static int life_kill_test(bool isolate)
     snprintf(board, sizeof board, "%s/board.npy", dir);
     CHECK_EQ(write_board(board, 256, 256), 0);
     snprintf(pair, sizeof pair, "pair:%s", board);
-    const char *args[] = {KERNELS "/life.c", "--device", "cpu", "--function", "life_step", "--arg", pair,
+    /* The MSL example, as a user runs it. */
+    const char *args[] = {EXAMPLES "/life.metal", "--device", "cpu", "--function", "life_step", "--arg", pair,
                           "--arg", "iter", "--arg", "u32:256,u32:256", "--steps", "6001", "--out", "OUT",
                           "--isolate"};
     int rc = kill_and_resume(args, isolate ? 16 : 15, ".npy", 4);

@@ -23,6 +23,7 @@ static const struct {
     {"pipeline-cache", mc_bench_pipeline_cache, "cold compile vs warm from memory vs warm from disk in a new process"},
     {"runner", mc_bench_runner, "gray-scott through the runner vs one uninterrupted command buffer"},
     {"command-list", mc_bench_command_list, "50 dispatches from a recorded command list vs encoded each time"},
+    {"msl", mc_bench_msl, "gray-scott and saxpy written in MSL vs their hand-written C twins (CPU device)"},
 };
 
 double mc_bench_now_us(void)

@@ -51,6 +51,7 @@ int mc_bench_pipeline_cache(mc_bench *b);
 int mc_bench_pipeline_cache_child(int argc, char **argv);
 int mc_bench_runner(mc_bench *b);
 int mc_bench_command_list(mc_bench *b);
+int mc_bench_msl(mc_bench *b); /* tools/bench_msl.c */
 
 /* --peers (tools/bench_peers.c): after benchmark `name` ran, adds the same
  * work through its peers (OpenCL on PoCL, OpenMP) where it has them. */

@@ -40,6 +40,11 @@ int mc_peer_cl_saxpy(mc_peer_cl *c, size_t n);
  * clCreateKernel. Returns microseconds, < 0 on failure. */
 double mc_peer_cl_build_us(mc_peer_cl *c, int variant);
 
+/* A tree reduction of n floats (a multiple of 256) in groups of 256 with a
+ * barrier per level (bench msl), run and finished; *first_partial (may be
+ * NULL) receives group 0's sum. Builds its program on first use. */
+int mc_peer_cl_reduce(mc_peer_cl *c, size_t n, float *first_partial);
+
 /* ---- OpenMP (tools/peer_openmp.c) ---------------------------------------- */
 
 /* False where the program was built without OpenMP. */

@@ -108,6 +108,8 @@ struct mc_peer_cl {
     uint32_t batch_n;
     cl_handle x, y;
     size_t saxpy_n;
+    cl_handle rd_program, rd_kernel, rd_in, rd_out; /* mc_peer_cl_reduce */
+    size_t rd_n;
     char name[64];
     char describe[1100];
     char error[512];
@@ -266,13 +268,14 @@ void mc_peer_cl_close(mc_peer_cl *c)
 {
     if (!c) return;
     if (c->queue) c->api.clFinish(c->queue);
-    cl_handle mems[] = {c->batch_buf, c->x, c->y};
+    cl_handle mems[] = {c->batch_buf, c->x, c->y, c->rd_in, c->rd_out};
     for (size_t i = 0; i < sizeof mems / sizeof mems[0]; i++)
         if (mems[i]) c->api.clReleaseMemObject(mems[i]);
-    cl_handle kernels[] = {c->k_empty, c->k_add_one, c->k_saxpy};
+    cl_handle kernels[] = {c->k_empty, c->k_add_one, c->k_saxpy, c->rd_kernel};
     for (size_t i = 0; i < sizeof kernels / sizeof kernels[0]; i++)
         if (kernels[i]) c->api.clReleaseKernel(kernels[i]);
     if (c->program) c->api.clReleaseProgram(c->program);
+    if (c->rd_program) c->api.clReleaseProgram(c->rd_program);
     if (c->queue) c->api.clReleaseCommandQueue(c->queue);
     if (c->context) c->api.clReleaseContext(c->context);
     /* The ICD loader and PoCL keep threads and atexit handlers: unloading
@@ -398,4 +401,65 @@ double mc_peer_cl_build_us(mc_peer_cl *c, int variant)
     if (p) c->api.clReleaseProgram(p);
     free(src);
     return k ? t : -1;
+}
+
+/* The OpenCL C twin of reduce_tree in tests/msl/barriers.metal (bench msl):
+ * a tree reduction in local memory, one barrier per level. */
+static const char cl_reduce_source[] =
+    "__kernel void reduce_tree(__global const float *in, __global float *partial) {\n"
+    "    __local float s[256];\n"
+    "    uint l = get_local_id(0);\n"
+    "    s[l] = in[get_global_id(0)];\n"
+    "    barrier(CLK_LOCAL_MEM_FENCE);\n"
+    "    for (uint k = get_local_size(0) / 2; k > 0; k >>= 1) {\n"
+    "        if (l < k) s[l] += s[l + k];\n"
+    "        barrier(CLK_LOCAL_MEM_FENCE);\n"
+    "    }\n"
+    "    if (l == 0) partial[get_group_id(0)] = s[0];\n"
+    "}\n";
+
+int mc_peer_cl_reduce(mc_peer_cl *c, size_t n, float *first_partial)
+{
+    cl_int err;
+    if (!c || n == 0 || n % 256) return -1;
+    if (!c->rd_kernel) {
+        c->rd_program = build(c, cl_reduce_source);
+        if (!c->rd_program) return -1;
+        c->rd_kernel = c->api.clCreateKernel(c->rd_program, "reduce_tree", &err);
+        if (!c->rd_kernel) {
+            set_error(c, "clCreateKernel(reduce_tree)", err);
+            return -1;
+        }
+    }
+    if (c->rd_n != n) {
+        if (c->rd_in) c->api.clReleaseMemObject(c->rd_in);
+        if (c->rd_out) c->api.clReleaseMemObject(c->rd_out);
+        c->rd_in = c->rd_out = NULL;
+        c->rd_n = 0;
+        float *init = malloc(n * sizeof *init);
+        if (!init) return -1;
+        for (size_t i = 0; i < n; i++) init[i] = (float)(i % 13) - 4.0f;
+        c->rd_in = c->api.clCreateBuffer(c->context, CL_MEM_READ_WRITE, n * sizeof(float), NULL, &err);
+        if (c->rd_in) c->rd_out = c->api.clCreateBuffer(c->context, CL_MEM_READ_WRITE, n / 256 * sizeof(float), NULL, &err);
+        if (!c->rd_in || !c->rd_out) {
+            free(init);
+            set_error(c, "clCreateBuffer", err);
+            return -1;
+        }
+        err = c->api.clEnqueueWriteBuffer(c->queue, c->rd_in, CL_TRUE, 0, n * sizeof(float), init, 0, NULL, NULL);
+        free(init);
+        CL_CHECK(c, "clEnqueueWriteBuffer", err);
+        CL_CHECK(c, "clSetKernelArg", c->api.clSetKernelArg(c->rd_kernel, 0, sizeof c->rd_in, &c->rd_in));
+        CL_CHECK(c, "clSetKernelArg", c->api.clSetKernelArg(c->rd_kernel, 1, sizeof c->rd_out, &c->rd_out));
+        c->rd_n = n;
+    }
+    size_t local = 256, global = n;
+    CL_CHECK(c, "clEnqueueNDRangeKernel(reduce_tree)",
+             c->api.clEnqueueNDRangeKernel(c->queue, c->rd_kernel, 1, NULL, &global, &local, 0, NULL, NULL));
+    if (first_partial)
+        CL_CHECK(c, "clEnqueueReadBuffer",
+                 c->api.clEnqueueReadBuffer(c->queue, c->rd_out, CL_TRUE, 0, sizeof(float), first_partial, 0, NULL,
+                                            NULL));
+    CL_CHECK(c, "clFinish", c->api.clFinish(c->queue));
+    return 0;
 }

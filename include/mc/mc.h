@@ -263,13 +263,23 @@ MC_API mc_status mc_library_create(mc_device *d, const mc_library_desc *desc, mc
  * compiled here: each mc_pipeline_create from the library goes through the
  * cache, so a second run loads the compiled code instead of compiling, and
  * a compile error comes from mc_pipeline_create (MC_ERR_COMPILE, the
- * compiler's output in mc_last_error()). */
+ * compiler's output in mc_last_error()). A pipeline with function
+ * constants compiles a library of its own, uncached (they are not part of
+ * the cache's key). */
 MC_API mc_status mc_library_create_from_file(mc_device *d, const char *path, mc_language language,
                                              const char *options, mc_library **out, char **log);
 /* The source extension kernels of device kind k use: ".c", ".cu", ".metal". */
 MC_API const char *mc_device_kernel_extension(mc_device_kind k);
 MC_API void mc_library_retain(mc_library *l);
 MC_API void mc_library_release(mc_library *l);
+
+/* One MSL function constant ([[function_constant(index)]]): a scalar of
+ * 1 to 8 bytes (bool, int, uint, float, half, ...), copied at creation. */
+typedef struct mc_function_constant {
+    uint32_t index; /* below 128 */
+    uint32_t size;
+    const void *value;
+} mc_function_constant;
 
 typedef struct mc_pipeline_desc {
     mc_library *library;
@@ -278,8 +288,12 @@ typedef struct mc_pipeline_desc {
     uint32_t max_total_threads_per_threadgroup;
     bool threadgroup_size_is_multiple_of_simd_width;
     const char *label;
+    /* MSL function constants the pipeline specialises; those not given
+     * read as undefined (is_function_constant_defined is false). */
+    const mc_function_constant *constants;
+    uint32_t constant_count;
 } mc_pipeline_desc;
-#define MC_PIPELINE_DESC_INIT {NULL, NULL, 0, false, NULL}
+#define MC_PIPELINE_DESC_INIT {NULL, NULL, 0, false, NULL, NULL, 0}
 
 typedef struct mc_pipeline_info {
     uint32_t max_total_threads_per_threadgroup; /* what the device allows for it */

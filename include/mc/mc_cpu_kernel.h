@@ -30,6 +30,14 @@
 #define MC_CPU_MAX_ARGS 31
 #define MC_CPU_MAX_TG_MEM 8
 
+/* MSL function constants of a pipeline: index i is set when bit i of
+ * defined is; each value sits in the low bytes of its slot. */
+#define MC_CPU_MAX_CONSTANTS 128
+typedef struct mc_cpu_constants {
+    uint64_t defined[MC_CPU_MAX_CONSTANTS / 64];
+    uint64_t value[MC_CPU_MAX_CONSTANTS];
+} mc_cpu_constants;
+
 typedef struct mc_cpu_arg {
     void *ptr;   /* buffer contents + offset, or the bytes passed by value */
     size_t size; /* bytes valid from ptr */
@@ -43,6 +51,7 @@ struct mc_cpu_ctx {
     void *tg_mem[MC_CPU_MAX_TG_MEM];
     size_t tg_mem_size[MC_CPU_MAX_TG_MEM];
     uint32_t worker;          /* which worker runs this call */
+    const mc_cpu_constants *constants; /* MSL function constants, or NULL */
 };
 typedef struct mc_cpu_ctx mc_cpu_ctx;
 

@@ -67,7 +67,9 @@ static mc_status bind(void *user, mc_device *dev, uint32_t width, uint32_t local
     mc_library *lib = NULL;
     mc_status s = mc_library_create_builtin(dev, names, fns, argc, 1, &lib);
     if (s != MC_OK) return s;
-    mc_pipeline_desc pd = {lib, "stencil_step", 0, false, NULL};
+    mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
+    pd.library = lib;
+    pd.function = "stencil_step";
     s = mc_pipeline_create(dev, &pd, &b->pipeline);
     mc_library_release(lib);
     p->width = width;

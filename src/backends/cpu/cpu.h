@@ -23,6 +23,7 @@
  *   MC_REVOKE_WINDOW_MS    ... when they fall within this window (10000)
  *   MC_REVOKE_COOLDOWN_MS  how long access stays revoked (1000)
  *   CC, TMPDIR             the kernel compiler and where it works
+ *   MC_MSL_CXX             the MSL kernel compiler (default clang++)
  *
  * Locking: one mutex per device (dev->lock) guards the ready list, the
  * published dispatches, every queue's list and the fault state. Each event
@@ -40,13 +41,12 @@
 #include <sched.h>
 #include <stdatomic.h>
 
-/* Limits reported in mc_device_info (Apple GPU values, so code tuned here
- * fits a Mac). */
+/* Limits reported in mc_device_info: an Apple GPU's (32 KiB of threadgroup
+ * memory, SIMD groups of 32), so code tuned and validated here fits a Mac.
+ * MSL kernels exchange values across 32 lanes for real (see cpu_msl.c). */
 #define MC__CPU_MAX_THREADS 1024u
-#define MC__CPU_TGMEM_SIZE (64u * 1024u)
-/* Threads of a group run one after another on one core: there is no
- * lockstep wider than one thread to rely on. */
-#define MC__CPU_SIMD_WIDTH 1u
+#define MC__CPU_TGMEM_SIZE (32u * 1024u)
+#define MC__CPU_SIMD_WIDTH 32u
 #define MC__CPU_DEFAULT_LIMIT_MS 5000
 #define MC__CPU_MAX_WORKERS 1024u
 #define MC__CPU_MAX_REVOKE_AFTER 64
@@ -54,6 +54,9 @@
 /* The generated copy of include/mc/mc_cpu_kernel.h, written beside every
  * run-time compiled kernel. */
 extern const char mc__cpu_kernel_header[];
+/* The generated copy of src/msl/mc_msl_cpu.h: the Metal standard library's
+ * compute subset that MSL kernels are compiled against. */
+extern const char mc__msl_cpu_header[];
 
 typedef struct mc__cpu_device mc__cpu_device;
 typedef struct mc__cpu_job mc__cpu_job;
@@ -86,6 +89,7 @@ typedef struct mc__cpu_pipeline {
     mc_cpu_kernel_fn fn;
     uint32_t max_threads; /* per threadgroup */
     int32_t argc;
+    const mc_cpu_constants *constants; /* MSL function constants; NULL: none */
     /* One threadgroup's time on one worker in the last dispatch (0: not
      * known yet); a dispatch predicted to be tiny runs unshared. */
     atomic_uint_least64_t group_ns;
@@ -108,6 +112,7 @@ typedef struct mc__cpu_dispatch {
     struct mc__cpu_dispatch *prev, *next; /* dev->dispatches, under dev->lock */
     bool listed;
     mc_cpu_kernel_fn fn;
+    const mc_cpu_constants *constants;
     const mc_cpu_arg *args;
     size_t tg_offset[MC_CPU_MAX_TG_MEM];
     size_t tg_len[MC_CPU_MAX_TG_MEM];
@@ -213,6 +218,8 @@ struct mc__cpu_device {
     pthread_mutex_t cc_lock; /* compiler identity, asked once */
     char cc_identity[512];
     bool cc_known;
+    char msl_identity[512]; /* the MSL compiler's, under cc_lock too */
+    bool msl_known;
 };
 
 /* cpu_device.c */
@@ -222,6 +229,11 @@ mc_status mc__cpu_cond_init(pthread_cond_t *cv);
 bool mc__cpu_cond_wait_until(pthread_cond_t *cv, pthread_mutex_t *m, uint64_t deadline_ns);
 /* Sets ev to max(value, v) and returns the parked jobs it releases. */
 mc__cpu_job *mc__cpu_event_raise(mc__cpu_event *ev, uint64_t v);
+
+/* cpu_msl.c: MSL source -> C++ for clang against mc_msl_cpu.h, or
+ * MC_ERR_COMPILE naming what is outside the compute subset and its line
+ * (also in *log). */
+mc_status mc__cpu_msl_translate(const char *source, size_t len, char **cpp, size_t *cpp_len, char **log);
 
 /* cpu_exec.c */
 mc_status mc__cpu_pool_start(mc__cpu_device *dev);

@@ -12,13 +12,16 @@
  * Options are split at white space; quoting is not supported.
  */
 #include "backends/cpu/cpu.h"
+#include "msl/msl.h"
 
 #include <dlfcn.h>
+#include <dirent.h>
 #include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
+#include <signal.h>
 #include <link.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -70,6 +73,17 @@ static const char *compiler_command(void)
     if (MC_CC_DEFAULT[0] != '/' || access(MC_CC_DEFAULT, X_OK) == 0) return MC_CC_DEFAULT;
     return "cc";
 }
+
+/* MSL kernels are C++ for clang (ext_vector_type, the forced-in header):
+ * $MC_MSL_CXX, else clang++. */
+static const char *msl_compiler_command(void)
+{
+    return mc__env_str("MC_MSL_CXX", "clang++");
+}
+
+/* Fixed flags of an MSL build: part of the compiler identity. Unknown
+ * attributes are MSL's [[buffer(n)]] and friends, read by cpu_msl.c. */
+#define MSL_FLAGS "-O3 -fno-math-errno -std=c++17 -fPIC -shared -fno-exceptions -fno-rtti -Wno-unknown-attributes -Wno-duplicate-decl-specifier"
 
 typedef struct run_result {
     bool ran;        /* the program started */
@@ -224,9 +238,42 @@ static bool join_path(char *out, size_t cap, const char *dir, const char *name)
     return true;
 }
 
+/* Build directories carry their creator's pid (mc-cpu-PID-XXXXXX): a
+ * compiler run killed with its process leaves one behind, and the next
+ * process to build removes those whose creator is gone (issue 15). */
+static void remove_orphans(const char *tmp)
+{
+    DIR *d = opendir(tmp);
+    if (!d) return;
+    struct dirent *e;
+    uid_t me = geteuid();
+    while ((e = readdir(d)) != NULL) {
+        long pid;
+        char rest[64];
+        if (strncmp(e->d_name, "mc-cpu-", 7) != 0 || sscanf(e->d_name + 7, "%ld-%63s", &pid, rest) != 2 || pid <= 0)
+            continue;
+        if (pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+        char path[PATH_MAX];
+        struct stat st;
+        if (!join_path(path, sizeof path, tmp, e->d_name) || lstat(path, &st) != 0 || !S_ISDIR(st.st_mode) ||
+            st.st_uid != me)
+            continue;
+        mc__log(MC_LOG_DEBUG, "cpu.orphan_removed", "removing %s: left by process %ld, which is gone", path, pid);
+        remove_tree(path);
+    }
+    closedir(d);
+}
+
+static pthread_once_t orphans_once = PTHREAD_ONCE_INIT;
+static void remove_orphans_once(void)
+{
+    remove_orphans(mc__env_str("TMPDIR", "/tmp"));
+}
+
 static mc_status make_temp_dir(char *dir, size_t cap)
 {
-    int n = snprintf(dir, cap, "%s/mc-cpu-XXXXXX", mc__env_str("TMPDIR", "/tmp"));
+    pthread_once(&orphans_once, remove_orphans_once);
+    int n = snprintf(dir, cap, "%s/mc-cpu-%ld-XXXXXX", mc__env_str("TMPDIR", "/tmp"), (long)getpid());
     if (n < 0 || (size_t)n >= cap) return mc__fail(MC_ERR_IO, "$TMPDIR is too long");
     if (!mkdtemp(dir)) return mc__fail(MC_ERR_IO, "cannot create a directory under %s: %s",
                                        mc__env_str("TMPDIR", "/tmp"), strerror(errno));
@@ -375,15 +422,16 @@ static mc_status lib_from_object(void *so, size_t so_len, mc__cpu_library **out,
 }
 
 /* Compiles source in dir; on success *so holds the object's bytes. */
-static mc_status compile_in(const char *dir, const char *source, size_t len, const char *options, void **so,
-                            size_t *so_len, char **log)
+static mc_status compile_in(const char *dir, mc_language lang, const char *source, size_t len, const char *options,
+                            void **so, size_t *so_len, char **log)
 {
+    const bool msl = lang == MC_LANG_MSL;
     char path[PATH_MAX], so_path[PATH_MAX];
     /* the longest name first: when it fits, the shorter ones below do */
     if (!join_path(path, sizeof path, dir, "mc/mc_cpu_kernel.h") ||
         !join_path(so_path, sizeof so_path, dir, "kernel.so"))
         return mc__fail(MC_ERR_IO, "temporary directory name too long");
-    join_path(path, sizeof path, dir, "kernel.c");
+    join_path(path, sizeof path, dir, msl ? "kernel.cpp" : "kernel.c");
     mc_status st = write_file(path, source, len);
     if (st != MC_OK) return st;
     join_path(path, sizeof path, dir, "mc");
@@ -391,8 +439,13 @@ static mc_status compile_in(const char *dir, const char *source, size_t len, con
     join_path(path, sizeof path, dir, "mc/mc_cpu_kernel.h");
     st = write_file(path, mc__cpu_kernel_header, strlen(mc__cpu_kernel_header));
     if (st != MC_OK) return st;
+    if (msl) {
+        join_path(path, sizeof path, dir, "mc_msl_cpu.h");
+        st = write_file(path, mc__msl_cpu_header, strlen(mc__msl_cpu_header));
+        if (st != MC_OK) return st;
+    }
 
-    char *cc = mc__strdup(compiler_command());
+    char *cc = mc__strdup(msl ? msl_compiler_command() : compiler_command());
     char *opts = mc__strdup(options ? options : "");
     char inc[PATH_MAX + 2], out[PATH_MAX], src[PATH_MAX];
     /* Relative paths when the compiler runs in dir, so the log reads
@@ -401,18 +454,27 @@ static mc_status compile_in(const char *dir, const char *source, size_t len, con
     const char *run_dir = dir;
     snprintf(inc, sizeof inc, "-I.");
     snprintf(out, sizeof out, "kernel.so");
-    snprintf(src, sizeof src, "kernel.c");
+    snprintf(src, sizeof src, msl ? "kernel.cpp" : "kernel.c");
 #else
     const char *run_dir = NULL;
     snprintf(inc, sizeof inc, "-I%s", dir);
     join_path(out, sizeof out, dir, "kernel.so");
-    join_path(src, sizeof src, dir, "kernel.c");
+    join_path(src, sizeof src, dir, msl ? "kernel.cpp" : "kernel.c");
 #endif
+    char msl_flags[] = MSL_FLAGS, msl_include[] = "-include", msl_header[] = "mc_msl_cpu.h",
+         boost[] = "-lboost_context";
     static char opt[] = "-O3", std[] = "-std=c11", pic[] = "-fPIC", shared[] = "-shared", o[] = "-o", lm[] = "-lm";
     argv_list a = {.n = 0};
-    bool ok = cc && opts && push_words(&a, cc) && a.n > 0 && push_arg(&a, opt) && push_arg(&a, std) &&
-              push_arg(&a, pic) && push_arg(&a, shared) && push_arg(&a, inc) && push_words(&a, opts) &&
-              push_arg(&a, o) && push_arg(&a, out) && push_arg(&a, src) && push_arg(&a, lm);
+    bool ok = cc && opts && push_words(&a, cc) && a.n > 0;
+    if (msl)
+        /* the header is found through -I. (the compiler runs in dir) */
+        ok = ok && push_words(&a, msl_flags) && push_arg(&a, inc) && push_arg(&a, msl_include) &&
+             push_arg(&a, msl_header) && push_words(&a, opts) && push_arg(&a, o) && push_arg(&a, out) &&
+             push_arg(&a, src) && push_arg(&a, boost) && push_arg(&a, lm);
+    else
+        ok = ok && push_arg(&a, opt) && push_arg(&a, std) && push_arg(&a, pic) && push_arg(&a, shared) &&
+             push_arg(&a, inc) && push_words(&a, opts) && push_arg(&a, o) && push_arg(&a, out) && push_arg(&a, src) &&
+             push_arg(&a, lm);
     if (!ok) {
         free(cc);
         free(opts);
@@ -438,7 +500,10 @@ static mc_status compile_in(const char *dir, const char *source, size_t len, con
         }
         if (log) *log = r.out;
         else free(r.out);
-        if (!r.ran) return mc__fail(MC_ERR_COMPILE, "cannot run the C compiler '%s' (set $CC)", cc_name);
+        if (!r.ran)
+            return mc__fail(MC_ERR_COMPILE, msl ? "cannot run the MSL compiler '%s' (install clang or set $MC_MSL_CXX)"
+                                                : "cannot run the C compiler '%s' (set $CC)",
+                            cc_name);
         if (r.exit_code != 0)
             return mc__fail(MC_ERR_COMPILE, "%s failed (exit %d)%s%.*s", cc_name, r.exit_code, first ? ": " : "",
                             flen, first ? first : "");
@@ -454,19 +519,31 @@ mc_status mc__cpu_library_create(void *vdev, mc_language lang, const char *sourc
 {
     (void)vdev;
     if (log) *log = NULL;
-    if (lang != MC_LANG_C)
-        return mc__fail(MC_ERR_UNSUPPORTED, "the cpu device compiles C kernels (MC_LANG_C), not %s",
+    if (lang != MC_LANG_C && lang != MC_LANG_MSL)
+        return mc__fail(MC_ERR_UNSUPPORTED, "the cpu device compiles MSL and C kernels, not %s",
                         mc_language_name(lang));
-    if (!source) return mc__fail(MC_ERR_INVALID_ARGUMENT, "no source");
+    if (!source || !out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "no source or no result pointer");
     if (!len) len = strlen(source);
+    char *cpp = NULL;
+    if (lang == MC_LANG_MSL) {
+        size_t cpp_len = 0;
+        mc_status tst = mc__cpu_msl_translate(source, len, &cpp, &cpp_len, log);
+        if (tst != MC_OK) return tst;
+        source = cpp;
+        len = cpp_len;
+    }
 
     char dir[PATH_MAX];
     mc_status st = make_temp_dir(dir, sizeof dir);
-    if (st != MC_OK) return st;
+    if (st != MC_OK) {
+        free(cpp);
+        return st;
+    }
     void *so = NULL;
     size_t so_len = 0;
     uint64_t t0 = mc__now_ns();
-    st = compile_in(dir, source, len, options, &so, &so_len, log);
+    st = compile_in(dir, lang, source, len, options, &so, &so_len, log);
+    free(cpp);
     remove_tree(dir);
     if (st != MC_OK) return st;
 
@@ -481,7 +558,7 @@ mc_status mc__cpu_library_create(void *vdev, mc_language lang, const char *sourc
         else free(why);
         return st;
     }
-    mc__log(MC_LOG_DEBUG, "cpu.compiled", "C library compiled in %.1f ms (%zu bytes)",
+    mc__log(MC_LOG_DEBUG, "cpu.compiled", "%s library compiled in %.1f ms (%zu bytes)", mc_language_name(lang),
             (double)(mc__now_ns() - t0) / 1e6, so_len);
     *out = l;
     return MC_OK;
@@ -539,8 +616,30 @@ static bool defined_in(void *dl, const void *sym)
     return di.dli_fbase == (void *)lm->l_addr || (di.dli_fname && lm->l_name && !strcmp(di.dli_fname, lm->l_name));
 }
 
-static mc_status make_pipeline(mc__cpu_library *l, const char *function, uint32_t max_threads, void **out,
-                               mc_pipeline_info *info)
+/* The pipeline's function constants in the layout kernels read. */
+static mc_status make_constants(const mc_function_constant *fc, uint32_t n, mc_cpu_constants **out)
+{
+    *out = NULL;
+    if (!n) return MC_OK;
+    if (!fc) return mc__fail(MC_ERR_INVALID_ARGUMENT, "constant_count is %u but constants is NULL", n);
+    mc_cpu_constants *c = mc__calloc(1, sizeof *c);
+    if (!c) return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
+    for (uint32_t i = 0; i < n; i++) {
+        if (fc[i].index >= MC_CPU_MAX_CONSTANTS || !fc[i].value || fc[i].size == 0 || fc[i].size > 8) {
+            free(c);
+            return mc__fail(MC_ERR_INVALID_ARGUMENT,
+                            "function constant %u: index %u (below %u), size %u (1 to 8 bytes) and a value are needed",
+                            i, fc[i].index, MC_CPU_MAX_CONSTANTS, fc[i].size);
+        }
+        c->defined[fc[i].index / 64] |= 1ull << (fc[i].index % 64);
+        memcpy(&c->value[fc[i].index], fc[i].value, fc[i].size);
+    }
+    *out = c;
+    return MC_OK;
+}
+
+static mc_status make_pipeline(mc__cpu_library *l, const char *function, uint32_t max_threads,
+                               const mc_function_constant *fc, uint32_t nfc, void **out, mc_pipeline_info *info)
 {
     if (!function || !function[0]) return mc__fail(MC_ERR_INVALID_ARGUMENT, "no function name");
     if (max_threads > MC__CPU_MAX_THREADS)
@@ -569,8 +668,15 @@ static mc_status make_pipeline(mc__cpu_library *l, const char *function, uint32_
         }
     }
     if (!fn) return mc__fail(MC_ERR_NOT_FOUND, "no kernel function '%s' in the library", function);
+    mc_cpu_constants *constants = NULL;
+    mc_status st = make_constants(fc, nfc, &constants);
+    if (st != MC_OK) return st;
     mc__cpu_pipeline *p = mc__calloc(1, sizeof *p);
-    if (!p) return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
+    if (!p) {
+        free(constants);
+        return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
+    }
+    p->constants = constants;
     atomic_fetch_add(&l->refs, 1);
     p->lib = l;
     p->fn = fn;
@@ -592,7 +698,8 @@ mc_status mc__cpu_pipeline_create(void *vdev, void *vlib, const mc_pipeline_desc
 {
     (void)vdev;
     if (!vlib || !desc) return mc__fail(MC_ERR_INVALID_ARGUMENT, "no library or no descriptor");
-    return make_pipeline(vlib, desc->function, desc->max_total_threads_per_threadgroup, out, info);
+    return make_pipeline(vlib, desc->function, desc->max_total_threads_per_threadgroup, desc->constants,
+                         desc->constant_count, out, info);
 }
 
 void mc__cpu_pipeline_destroy(void *vdev, void *vpl)
@@ -601,6 +708,7 @@ void mc__cpu_pipeline_destroy(void *vdev, void *vpl)
     (void)vdev;
     if (!p) return;
     lib_unref(p->lib);
+    free((void *)p->constants);
     free(p);
 }
 
@@ -608,47 +716,59 @@ void mc__cpu_pipeline_destroy(void *vdev, void *vpl)
 
 /* FNV-1a over the embedded kernel header: not a security boundary (the
  * cache's SHA-256 covers that), only a change detector for the ABI text. */
-static uint64_t header_digest(void)
+static uint64_t header_digest(const char *text)
 {
     uint64_t h = 1469598103934665603ull;
-    for (const char *p = mc__cpu_kernel_header; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    for (const char *p = text; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
     return h;
 }
 
 mc_status mc__cpu_compiler_identity(void *vdev, mc_language lang, char *out, size_t cap)
 {
     mc__cpu_device *dev = vdev;
-    if (lang != MC_LANG_C)
-        return mc__fail(MC_ERR_UNSUPPORTED, "the cpu device compiles C kernels (MC_LANG_C), not %s",
+    if (lang != MC_LANG_C && lang != MC_LANG_MSL)
+        return mc__fail(MC_ERR_UNSUPPORTED, "the cpu device compiles MSL and C kernels, not %s",
                         mc_language_name(lang));
-    if (!out || !cap) return mc__fail(MC_ERR_INVALID_ARGUMENT, "no room for the identity");
+    if (!dev || !out || !cap) return mc__fail(MC_ERR_INVALID_ARGUMENT, "no device or no room for the identity");
+    const bool msl = lang == MC_LANG_MSL;
+    char *identity = msl ? dev->msl_identity : dev->cc_identity;
+    bool *known = msl ? &dev->msl_known : &dev->cc_known;
     mc_status st = MC_OK;
     pthread_mutex_lock(&dev->cc_lock);
-    if (!dev->cc_known) {
-        char *cc = mc__strdup(compiler_command());
+    if (!*known) {
+        const char *command = msl ? msl_compiler_command() : compiler_command();
+        char *cc = mc__strdup(command);
         static char version[] = "--version";
         argv_list a = {.n = 0};
         run_result r = {.out = NULL};
         if (!cc || !push_words(&a, cc) || !a.n || !push_arg(&a, version)) {
-            st = mc__fail(MC_ERR_INVALID_ARGUMENT, "empty $CC");
+            st = mc__fail(MC_ERR_INVALID_ARGUMENT, msl ? "empty $MC_MSL_CXX" : "empty $CC");
         } else if ((st = run_capture(a.v, NULL, &r)) == MC_OK) {
             if (!r.ran || r.exit_code != 0 || !r.out_len) {
-                st = mc__fail(MC_ERR_UNSUPPORTED, "cannot ask the C compiler '%s' for its version", a.v[0]);
+                st = mc__fail(MC_ERR_UNSUPPORTED, "cannot ask the %s compiler '%s' for its version",
+                              msl ? "MSL" : "C", a.v[0]);
             } else {
                 /* The key must change with anything that changes the
-                 * shared object: the whole $CC (flags in it too), our fixed
-                 * flags, and the kernel header the source includes. */
+                 * shared object: the whole command (flags in it too), our
+                 * fixed flags, and the headers the source includes. */
                 size_t n = strcspn(r.out, "\r\n");
-                snprintf(dev->cc_identity, sizeof dev->cc_identity,
-                         "%.*s | cc='%s' | -O3 -std=c11 -fPIC -shared -lm | abi %d header %016llx", (int)n, r.out,
-                         compiler_command(), MC_CPU_ABI_VERSION, (unsigned long long)header_digest());
-                dev->cc_known = true;
+                if (msl)
+                    snprintf(identity, sizeof dev->msl_identity,
+                             "%.*s | cxx='%s' | " MSL_FLAGS " -lboost_context -lm | abi %d header %016llx msl %016llx",
+                             (int)n, r.out, command, MC_CPU_ABI_VERSION,
+                             (unsigned long long)header_digest(mc__cpu_kernel_header),
+                             (unsigned long long)header_digest(mc__msl_cpu_header));
+                else
+                    snprintf(identity, sizeof dev->cc_identity,
+                             "%.*s | cc='%s' | -O3 -std=c11 -fPIC -shared -lm | abi %d header %016llx", (int)n, r.out,
+                             command, MC_CPU_ABI_VERSION, (unsigned long long)header_digest(mc__cpu_kernel_header));
+                *known = true;
             }
         }
         free(r.out);
         free(cc);
     }
-    if (st == MC_OK) snprintf(out, cap, "%s", dev->cc_identity);
+    if (st == MC_OK) snprintf(out, cap, "%s", identity);
     pthread_mutex_unlock(&dev->cc_lock);
     return st;
 }
@@ -688,11 +808,150 @@ mc_status mc__cpu_pipeline_import(void *vdev, const mc__pipeline_src *src, const
         free(why);
         return st;
     }
-    st = make_pipeline(l, src->function, src->max_total_threads_per_threadgroup, out_pl, info);
+    st = make_pipeline(l, src->function, src->max_total_threads_per_threadgroup, NULL, 0, out_pl, info);
     if (st != MC_OK) {
         lib_unref(l);
         return st;
     }
     *out_lib = l;
     return MC_OK;
+}
+
+/* ---- MSL for the CUDA device: PTX from clang's CUDA mode ------------------------ */
+
+/* libdevice (the CUDA toolkit's libm as LLVM bitcode), linked into every
+ * kernel: $MC_LIBDEVICE, else under $CUDA_PATH, else the default toolkit. */
+static bool find_libdevice(char *out, size_t cap)
+{
+    const char *env = mc__env_str("MC_LIBDEVICE", NULL);
+    if (env) {
+        snprintf(out, cap, "%s", env);
+        return access(out, R_OK) == 0;
+    }
+    const char *roots[] = {mc__env_str("CUDA_PATH", NULL), "/usr/local/cuda", "/usr/lib/nvidia-cuda-toolkit"};
+    for (size_t i = 0; i < MC__ARRAY_LEN(roots); i++) {
+        if (!roots[i]) continue;
+        int n = snprintf(out, cap, "%s/nvvm/libdevice/libdevice.10.bc", roots[i]);
+        if (n > 0 && (size_t)n < cap && access(out, R_OK) == 0) return true;
+        n = snprintf(out, cap, "%s/libdevice/libdevice.10.bc", roots[i]);
+        if (n > 0 && (size_t)n < cap && access(out, R_OK) == 0) return true;
+    }
+    return false;
+}
+
+static mc_status build_ptx_in(const char *dir, const char *cpp, size_t cpp_len, const char *libdevice,
+                              const char *options, char **ptx, size_t *ptx_len, char **log)
+{
+    char path[PATH_MAX];
+    if (!join_path(path, sizeof path, dir, "mc/mc_cpu_kernel.h")) return mc__fail(MC_ERR_IO, "temporary directory name too long");
+    join_path(path, sizeof path, dir, "kernel.cu");
+    mc_status st = write_file(path, cpp, cpp_len);
+    if (st != MC_OK) return st;
+    join_path(path, sizeof path, dir, "mc");
+    if (mkdir(path, 0700) != 0) return mc__fail(MC_ERR_IO, "cannot create %s: %s", path, strerror(errno));
+    join_path(path, sizeof path, dir, "mc/mc_cpu_kernel.h");
+    if ((st = write_file(path, mc__cpu_kernel_header, strlen(mc__cpu_kernel_header))) != MC_OK) return st;
+    join_path(path, sizeof path, dir, "mc_msl_cpu.h");
+    if ((st = write_file(path, mc__msl_cpu_header, strlen(mc__msl_cpu_header))) != MC_OK) return st;
+
+    char *cc = mc__strdup(msl_compiler_command()), *flags = mc__strdup(MC__MSL_CUDA_FLAGS),
+         *opts = mc__strdup(options ? options : "");
+    static char o[] = "-o", out[] = "kernel.ptx", src[] = "kernel.cu", xclang[] = "-Xclang",
+                link[] = "-mlink-builtin-bitcode";
+    char xclang2[] = "-Xclang";
+    char *ld = mc__strdup(libdevice);
+    argv_list a = {.n = 0};
+    bool ok = cc && flags && opts && ld && push_words(&a, cc) && a.n > 0 && push_words(&a, flags) &&
+              push_words(&a, opts) && push_arg(&a, o) && push_arg(&a, out) && push_arg(&a, src) &&
+              push_arg(&a, xclang) && push_arg(&a, link) && push_arg(&a, xclang2) && push_arg(&a, ld);
+    run_result r = {.out = NULL};
+    if (ok) st = run_capture(a.v, dir, &r);
+    char cc_name[64];
+    snprintf(cc_name, sizeof cc_name, "%s", a.n ? a.v[0] : "?");
+    free(cc);
+    free(flags);
+    free(opts);
+    free(ld);
+    if (!ok) return mc__fail(MC_ERR_NO_MEMORY, "out of host memory or too many compiler options");
+    if (st != MC_OK) return st;
+    void *bytes = NULL;
+    size_t n = 0;
+    join_path(path, sizeof path, dir, "kernel.ptx");
+    if (r.ran && r.exit_code == 0) st = read_file(path, &bytes, &n);
+    if (!r.ran || r.exit_code != 0 || st != MC_OK) {
+        if (log) *log = r.out;
+        else free(r.out);
+        if (!r.ran) return mc__fail(MC_ERR_COMPILE, "cannot run the MSL compiler '%s' (install clang)", cc_name);
+        return mc__fail(MC_ERR_COMPILE, "%s (CUDA mode) failed (exit %d)", cc_name, r.exit_code);
+    }
+    free(r.out);
+    char *text = mc__realloc(bytes, n + 1); /* the driver reads PTX as a C string */
+    if (!text) {
+        free(bytes);
+        return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
+    }
+    text[n] = '\0';
+    *ptx = text;
+    *ptx_len = n;
+    return MC_OK;
+}
+
+mc_status mc__msl_build_ptx(const char *source, size_t len, const char *options, char **ptx, size_t *ptx_len,
+                            char **log)
+{
+    if (log) *log = NULL;
+    if (!source || !ptx || !ptx_len) return mc__fail(MC_ERR_INVALID_ARGUMENT, "no source or no result pointer");
+    *ptx = NULL;
+    *ptx_len = 0;
+    char libdevice[PATH_MAX];
+    if (!find_libdevice(libdevice, sizeof libdevice))
+        return mc__fail(MC_ERR_UNSUPPORTED, "MSL on the cuda device needs libdevice.10.bc from the CUDA toolkit "
+                                            "(set $MC_LIBDEVICE or $CUDA_PATH)");
+    char *cpp = NULL;
+    size_t cpp_len = 0;
+    mc_status st = mc__msl_translate(source, len ? len : strlen(source), MC__MSL_CUDA, &cpp, &cpp_len, log);
+    if (st != MC_OK) return st;
+    char dir[PATH_MAX];
+    st = make_temp_dir(dir, sizeof dir);
+    if (st == MC_OK) {
+        st = build_ptx_in(dir, cpp, cpp_len, libdevice, options, ptx, ptx_len, log);
+        remove_tree(dir);
+    }
+    free(cpp);
+    return st;
+}
+
+static pthread_mutex_t msl_cuda_id_lock = PTHREAD_MUTEX_INITIALIZER;
+static char msl_cuda_id[512];
+
+mc_status mc__msl_cuda_identity(char *out, size_t cap)
+{
+    if (!out || !cap) return mc__fail(MC_ERR_INVALID_ARGUMENT, "no room for the identity");
+    mc_status st = MC_OK;
+    pthread_mutex_lock(&msl_cuda_id_lock);
+    if (!msl_cuda_id[0]) {
+        char *cc = mc__strdup(msl_compiler_command());
+        static char version[] = "--version";
+        argv_list a = {.n = 0};
+        run_result r = {.out = NULL};
+        char libdevice[PATH_MAX] = "";
+        (void)find_libdevice(libdevice, sizeof libdevice);
+        if (!cc || !push_words(&a, cc) || !a.n || !push_arg(&a, version)) {
+            st = mc__fail(MC_ERR_INVALID_ARGUMENT, "empty $MC_MSL_CXX");
+        } else if ((st = run_capture(a.v, NULL, &r)) == MC_OK) {
+            if (!r.ran || r.exit_code != 0 || !r.out_len) {
+                st = mc__fail(MC_ERR_UNSUPPORTED, "cannot ask the MSL compiler '%s' for its version", a.v[0]);
+            } else {
+                size_t n = strcspn(r.out, "\r\n");
+                snprintf(msl_cuda_id, sizeof msl_cuda_id, "%.*s | cxx='%s' | %s | libdevice %s | msl %016llx", (int)n,
+                         r.out, msl_compiler_command(), MC__MSL_CUDA_FLAGS, libdevice,
+                         (unsigned long long)header_digest(mc__msl_cpu_header));
+            }
+        }
+        free(r.out);
+        free(cc);
+    }
+    if (st == MC_OK) snprintf(out, cap, "%s", msl_cuda_id);
+    pthread_mutex_unlock(&msl_cuda_id_lock);
+    return st;
 }

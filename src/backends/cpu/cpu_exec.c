@@ -178,6 +178,7 @@ static uint64_t run_groups(mc__cpu_worker *w, mc__cpu_dispatch *d)
     }
     ctx.args = d->args;
     ctx.worker = w->index;
+    ctx.constants = d->constants;
     for (int i = 0; i < MC_CPU_MAX_TG_MEM; i++) {
         ctx.tg_mem[i] = d->tg_len[i] ? (char *)w->tgmem + d->tg_offset[i] : NULL;
         ctx.tg_mem_size[i] = d->tg_len[i];
@@ -400,6 +401,7 @@ static int dispatch(mc__cpu_worker *w, mc__cpu_job *job, uint32_t pass, mc_size3
                         job->sub->passes[pass].label, MC__CPU_TGMEM_SIZE);
     }
     d->fn = pl->fn;
+    d->constants = pl->constants;
     d->args = job->args;
     d->groups[0] = groups.x, d->groups[1] = groups.y, d->groups[2] = groups.z;
     d->threads[0] = threads.x, d->threads[1] = threads.y, d->threads[2] = threads.z;

@@ -21,6 +21,7 @@
  * it.
  */
 #include "backends/cuda/cuda_be.h"
+#include "msl/msl.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -254,8 +255,21 @@ mc_status mc__cuda_library_create(void *devp, mc_language lang, const char *sour
 {
     *out = NULL;
     if (log) *log = NULL;
+    if (lang == MC_LANG_MSL) {
+        /* MSL through the project's header in clang's CUDA mode (see
+         * src/msl/msl.h): PTX, loaded like NVRTC's. No source is kept, so
+         * an occupancy hint never rebuilds it through NVRTC. */
+        char *ptx = NULL;
+        size_t n = 0;
+        mc_status s = mc__msl_build_ptx(source, len, options, &ptx, &n, log);
+        if (s != MC_OK) return s;
+        mc__cuda_library *lib;
+        s = library_from_image(devp, ptx, n, &lib);
+        if (s == MC_OK) *out = lib;
+        return s;
+    }
     if (lang != MC_LANG_CUDA)
-        return mc__fail(MC_ERR_UNSUPPORTED, "the CUDA device compiles CUDA C, not %s", mc_language_name(lang));
+        return mc__fail(MC_ERR_UNSUPPORTED, "the CUDA device compiles CUDA C and MSL, not %s", mc_language_name(lang));
     mc__cuda_library *lib;
     mc_status s = compile(devp, source, len, options, NULL, &lib, log);
     if (s == MC_OK) *out = lib;
@@ -410,6 +424,8 @@ mc_status mc__cuda_pipeline_create(void *devp, void *libp, const mc_pipeline_des
     mc__cuda_device *dev = devp;
     mc__cuda_library *lib = libp;
     *out = NULL;
+    if (desc->constant_count)
+        return mc__fail(MC_ERR_UNSUPPORTED, "cuda: function constants are not supported on this device yet");
     uint32_t want = desc->max_total_threads_per_threadgroup, fmax = 0;
     mc__cuda_pipeline *pl;
     mc_status s = pipeline_make(dev, lib, desc->function, want, &pl, info, &fmax);
@@ -448,8 +464,14 @@ void mc__cuda_pipeline_destroy(void *devp, void *p)
 mc_status mc__cuda_compiler_identity(void *devp, mc_language lang, char *out, size_t cap)
 {
     mc__cuda_device *dev = devp;
+    if (lang == MC_LANG_MSL) {
+        char id[768];
+        mc_status s = mc__msl_cuda_identity(id, sizeof id);
+        if (s == MC_OK) snprintf(out, cap, "%s %s", id, dev->arch);
+        return s;
+    }
     if (lang != MC_LANG_CUDA)
-        return mc__fail(MC_ERR_UNSUPPORTED, "the CUDA device compiles CUDA C, not %s", mc_language_name(lang));
+        return mc__fail(MC_ERR_UNSUPPORTED, "the CUDA device compiles CUDA C and MSL, not %s", mc_language_name(lang));
     const char *why = "";
     const mc__nvrtc_api *rtc = mc__cuda_nvrtc(&why);
     if (!rtc) return mc__fail(MC_ERR_UNSUPPORTED, "cuda: %s", why);
