@@ -44,4 +44,15 @@ char *mc_cli_read_file(const char *path, size_t *len);
 /* True if the stream is a terminal (progress bars). */
 bool mc_cli_isatty(FILE *f);
 
+/* run gray-scott, shared with its --mpi path (cmd_run_mpi.c, built with
+ * MPI): the seeded field ((u, v) pairs, free it), the palette, the PNG. */
+float *mc_cli_gray_scott_seed(uint32_t n);
+void mc_cli_gray_scott_colour(float v, uint8_t rgb[3]);
+int mc_cli_write_png(const char *path, const uint8_t *rgb, uint32_t w, uint32_t h);
+int mc_cli_run_gray_scott_mpi(int argc, char **argv);
+/* bench --mpi under mpirun (tools/bench_mpi.c, built with MPI). */
+int mc_cli_bench_mpi(int argc, char **argv);
+/* run FILE --mpi under mpirun (tools/cmd_run_kernel_mpi.c, built with MPI). */
+int mc_cli_run_kernel_mpi(int argc, char **argv);
+
 #endif

@@ -334,6 +334,15 @@ static bool parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
 
 static int run_gray_scott(int argc, char **argv)
 {
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--mpi")) continue;
+#ifdef MC_HAVE_MPI
+        return mc_cli_run_gray_scott_mpi(argc, argv);
+#else
+        fprintf(stderr, "metal-compute run: --mpi: this build has no MPI (install Open MPI and rebuild)\n");
+        return 2;
+#endif
+    }
     const char *device = NULL, *out = "gray-scott.png", *faults = NULL, *ckpt_dir = NULL, *trace = NULL;
     mc_run_progress_mode pmode = MC_RUN_PROGRESS_AUTO;
     bool resume = false;
@@ -593,8 +602,18 @@ int mc_cli_run(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     if (!strcmp(argv[1], "gray-scott")) return mc_cli_trace_finish(run_gray_scott(argc - 1, argv + 1));
+#ifdef MC_HAVE_MPI
+    for (int i = 2; mc_cli_is_kernel_file(argv[1]) && i < argc; i++)
+        if (!strcmp(argv[i], "--mpi")) return mc_cli_run_kernel_mpi(argc - 1, argv + 1);
+#endif
     if (mc_cli_is_kernel_file(argv[1])) return mc_cli_trace_finish(mc_cli_run_kernel(argc - 1, argv + 1));
     fprintf(stderr, "metal-compute run: unknown job '%s' (gray-scott, or a kernel file: FILE.metal, .c or .cu)\n",
             argv[1]);
     return 2;
 }
+
+/* For the --mpi path (cmd_run_mpi.c): the same seed, palette and encoder,
+ * so that its image is the same bytes. */
+float *mc_cli_gray_scott_seed(uint32_t n) { return gs_seed(n); }
+void mc_cli_gray_scott_colour(float v, uint8_t rgb[3]) { gs_colour(v, rgb); }
+int mc_cli_write_png(const char *path, const uint8_t *rgb, uint32_t w, uint32_t h) { return write_png(path, rgb, w, h); }

@@ -1,0 +1,833 @@
+/*
+ * DOC: the distributed runner (include/mc/mc_mpi.h, docs/SCALE.md).
+ *
+ * Owns: one rank's slab of a periodic 2-D grid, its device objects, the
+ * halo exchange between chunks, and the coordinated checkpoint / roll-back.
+ * Does not own: the step kernel (bind/unbind make it), the transport (Open
+ * MPI), the picture (the caller gathers and writes it).
+ *
+ * A chunk is: exchange halos on the host (MPI_Isend/Irecv in both
+ * directions at once), then up to H steps in command buffers of at most
+ * budget_ms of measured device time, then an MPI_Iallreduce of the chunk's
+ * status, waited for only after the next chunk is on the device. No MPI call ever waits inside device work (mlx issue 1849): a
+ * command buffer that blocked on a peer would run into the watchdog (F145,
+ * F146). The allreduce takes the largest status code, so every rank sees
+ * the same outcome, and after a failure anywhere every rank restores the
+ * checkpoint they all took after the same chunk and replays: the kernel is
+ * deterministic, so the result is the same bits (F681, F687, F695).
+ *
+ * Defaults: budget 25 ms per command buffer (the runner's, docs/RUNNER.md:
+ * far below any watchdog, F688 40 ms context switch); a checkpoint every 16
+ * chunks (a fault costs at most 16 chunks of replay; each checkpoint copies
+ * only the rank's own rows); 8 failures in a row before giving up (as the
+ * runner).
+ */
+#include "mc/mc_mpi.h"
+
+#include "core/core.h"
+#include "engine/engine.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define DEFAULT_BUDGET_MS 25.0
+#define DEFAULT_CHECKPOINT_CHUNKS 16u
+#define DEFAULT_MAX_RECOVERIES 8u
+#define DEFAULT_GROUP 16u
+/* H beyond this buys nothing measurable: the exchange is already paid once
+ * per 256 steps. */
+#define MAX_AUTO_HALO 256u
+
+struct mc_mpi_runner {
+    mc_mpi_desc d;
+    MPI_Comm comm;
+    MPI_Datatype row_type;
+    int rank, size, local_rank, local_size;
+    uint32_t *rows; /* per rank */
+    uint32_t row0, my_rows, hr, local_h, steps_per_cb, max_h;
+    size_t row_bytes;
+    mc_device_desc dev_desc;
+    mc_device *dev;
+    mc_queue *queue;
+    mc_mpi_binding bind;
+    uint8_t *bytes[MC_MAX_BUFFER_ARGS]; /* copies of bind's BYTES args */
+    bool bound;
+    mc_buffer *state[2];
+    uint8_t *ckpt, *ckpt_new; /* own rows */
+    uint64_t ckpt_step, step;
+    uint8_t *halo[4]; /* send top, send bottom, receive top, receive bottom */
+    double exch_ms_sum, comp_ms_sum, wait_ms_sum;
+    uint64_t exch_n, comp_n;
+    mc_mpi_stats st;
+    char *dir;            /* this rank's durable checkpoints; NULL = none */
+    uint8_t *params;      /* run_params + the slab: what a file must match */
+    size_t params_len;
+};
+
+static double ms_since(uint64_t t0) { return (double)(mc__now_ns() - t0) / 1e6; }
+
+/* Every rank learns the largest status code any rank had: the same outcome
+ * everywhere, and the worst one wins. */
+static mc_status agree(mc_mpi_runner *r, mc_status local)
+{
+    int mine = (int)local, all = 0;
+    if (MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MAX, r->comm) != MPI_SUCCESS)
+        return mc__fail(MC_ERR_IO, "MPI_Allreduce failed");
+    if (all != MC_OK && local == MC_OK)
+        return mc__fail((mc_status)all, "another rank failed with %s", mc_status_name((mc_status)all));
+    return (mc_status)all;
+}
+
+void mc_mpi_even_slabs(uint32_t height, int n, uint32_t *rows)
+{
+    if (!rows || n <= 0) return;
+    for (int i = 0; i < n; i++) rows[i] = height / (uint32_t)n + ((uint32_t)i < height % (uint32_t)n ? 1u : 0u);
+}
+
+uint32_t mc_mpi_pick_halo(double chunk_ms, double row_ms, uint32_t radius, uint32_t max_h)
+{
+    if (max_h < 1) max_h = 1;
+    if (radius < 1) radius = 1;
+    if (!(chunk_ms > 0) || !(row_ms > 0)) return max_h < MAX_AUTO_HALO ? max_h : MAX_AUTO_HALO;
+    double h = sqrt(chunk_ms / (2.0 * radius * row_ms));
+    uint32_t hi = h < 1 ? 1u : h > (double)max_h ? max_h : (uint32_t)(h + 0.5);
+    return hi < 1 ? 1u : hi;
+}
+
+/* ---- device objects ------------------------------------------------------ */
+
+static void unbind_all(mc_mpi_runner *r)
+{
+    for (int i = 0; i < 2; i++) {
+        mc_buffer_release(r->state[i]);
+        r->state[i] = NULL;
+    }
+    if (r->bound) r->d.unbind(r->d.user, &r->bind);
+    r->bound = false;
+    for (int i = 0; i < MC_MAX_BUFFER_ARGS; i++) {
+        free(r->bytes[i]);
+        r->bytes[i] = NULL;
+    }
+    mc_queue_release(r->queue);
+    r->queue = NULL;
+}
+
+static mc_status bind_all(mc_mpi_runner *r)
+{
+    mc_queue_desc qd = {"mpi runner"};
+    mc_status s = mc_queue_create(r->dev, &qd, &r->queue);
+    if (s != MC_OK) return s;
+    memset(&r->bind, 0, sizeof r->bind);
+    s = r->d.bind(r->d.user, r->dev, r->d.width, r->local_h, &r->bind);
+    if (s != MC_OK) return s;
+    r->bound = true;
+    if (!r->bind.pipeline) return mc__fail(MC_ERR_INVALID_ARGUMENT, "bind set no pipeline");
+    for (int i = 0; i < MC_MAX_BUFFER_ARGS; i++) {
+        const mc_runner_arg *a = &r->bind.args[i];
+        if (a->kind != MC_RUNNER_ARG_BYTES) continue;
+        if (!a->bytes || a->len == 0 || a->len > MC_MAX_BYTES_ARG)
+            return mc__fail(MC_ERR_INVALID_ARGUMENT, "bind: slot %d has %zu bytes (1 to %d)", i, a->len,
+                            MC_MAX_BYTES_ARG);
+        if (!(r->bytes[i] = malloc(a->len))) return mc__fail(MC_ERR_NO_MEMORY, "bind: slot %d", i);
+        memcpy(r->bytes[i], a->bytes, a->len);
+    }
+    mc_size3 *t = &r->bind.threads_per_threadgroup;
+    if (!t->x) *t = (mc_size3){DEFAULT_GROUP, DEFAULT_GROUP, 1};
+    size_t bytes = (size_t)r->local_h * r->row_bytes;
+    static const char *const labels[2] = {"mpi state A", "mpi state B"};
+    for (int i = 0; i < 2 && s == MC_OK; i++) {
+        mc_buffer_desc bd = {bytes, MC_STORAGE_PRIVATE, labels[i], NULL};
+        s = mc_buffer_create(r->dev, &bd, &r->state[i]);
+    }
+    return s;
+}
+
+static mc_status open_device(mc_mpi_runner *r)
+{
+    mc_status s = mc_device_open(&r->dev_desc, &r->dev);
+    if (s == MC_OK) s = bind_all(r);
+    if (s == MC_OK) mc_device_get_info(r->dev, &r->st.device);
+    return s;
+}
+
+static void close_device(mc_mpi_runner *r)
+{
+    unbind_all(r);
+    mc_device_release(r->dev);
+    r->dev = NULL;
+}
+
+/* Ranks of one host share its devices by local rank; a CPU device gets its
+ * share of the cores so that ranks do not fight over them. */
+static mc_status pick_device(mc_mpi_runner *r)
+{
+    mc_device_desc *dd = &r->dev_desc;
+    memset(dd, 0, sizeof *dd);
+    const char *spec = r->d.device;
+    mc_status s = mc_device_desc_from_name(spec, dd);
+    if (s != MC_OK) return s;
+    dd->time_limit_ms = r->d.time_limit_ms;
+    if (dd->kind == MC_DEVICE_ANY) {
+        mc_device *probe = NULL;
+        if ((s = mc_device_open(dd, &probe)) != MC_OK) return s;
+        mc_device_info info;
+        mc_device_get_info(probe, &info);
+        mc_device_release(probe);
+        dd->kind = info.kind;
+    }
+    if (!spec || !strchr(spec, ':')) {
+        mc_device_info list[64];
+        size_t n = 0, same = 0;
+        if ((s = mc_device_list(list, 64, &n)) != MC_OK) return s;
+        for (size_t i = 0; i < n && i < 64; i++) same += list[i].kind == dd->kind;
+        dd->index = same ? r->local_rank % (int)same : 0;
+    }
+    if (dd->kind == MC_DEVICE_CPU) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        long share = cores > 0 ? cores / r->local_size : 1;
+        dd->threads = r->d.cpu_threads ? r->d.cpu_threads : share > 0 ? (uint32_t)share : 1u;
+    }
+    return MC_OK;
+}
+
+/* ---- state: rows, halos, checkpoints --------------------------------------- */
+
+static mc_buffer *cur(mc_mpi_runner *r, uint64_t step) { return r->state[step & 1u]; }
+
+static mc_status rows_read(mc_mpi_runner *r, mc_buffer *b, uint32_t first, uint32_t n, void *dst)
+{
+    return mc_buffer_read(b, (size_t)first * r->row_bytes, dst, (size_t)n * r->row_bytes);
+}
+
+static mc_status rows_write(mc_mpi_runner *r, mc_buffer *b, uint32_t first, uint32_t n, const void *src)
+{
+    return mc_buffer_write(b, (size_t)first * r->row_bytes, src, (size_t)n * r->row_bytes);
+}
+
+/* The rank's own rows of the checkpoint go back in place; the halos are
+ * filled by the exchange that starts every chunk. */
+static mc_status restore(mc_mpi_runner *r)
+{
+    r->step = r->ckpt_step;
+    return rows_write(r, cur(r, r->step), r->hr, r->my_rows, r->ckpt);
+}
+
+/* Copies the rank's rows after `step` aside; checkpoint_commit makes them
+ * the checkpoint once every rank has agreed that the chunk succeeded, so
+ * all ranks always hold the checkpoint of the same step. */
+static mc_status checkpoint_stage(mc_mpi_runner *r, uint64_t step)
+{
+    return rows_read(r, cur(r, step), r->hr, r->my_rows, r->ckpt_new);
+}
+
+static mc_status checkpoint_commit(mc_mpi_runner *r, uint64_t step)
+{
+    uint8_t *t = r->ckpt;
+    r->ckpt = r->ckpt_new;
+    r->ckpt_new = t;
+    r->ckpt_step = step;
+    r->st.checkpoints++;
+    if (!r->dir) return MC_OK;
+    const void *state[1] = {r->ckpt};
+    size_t size = (size_t)r->my_rows * r->row_bytes;
+    return mc__ckpt_write(r->dir, r->params, r->params_len, step, state, &size, 1);
+}
+
+/* Every rank loads its newest valid file; they start from the oldest of
+ * those steps. All ranks write after the same chunk and keep two, so a
+ * rank ahead (killed while the others were still writing) holds that step
+ * as its previous file: the newer one, which no peer has, is set aside. */
+static mc_status resume(mc_mpi_runner *r)
+{
+    size_t size = (size_t)r->my_rows * r->row_bytes;
+    void *state[1] = {r->ckpt_new};
+    uint64_t it = 0;
+    bool found = false;
+    mc_status s = mc__ckpt_load(r->dir, "mpi", r->params, r->params_len, &size, 1, state, &it, &found);
+    for (int round = 0; round < 2; round++) {
+        long long mine[2] = {found ? (long long)it : 0, found ? -(long long)it : 0}, all[2] = {0, 0};
+        if ((s = agree(r, s)) != MC_OK) return s;
+        MPI_Allreduce(mine, all, 2, MPI_LONG_LONG, MPI_MIN, r->comm);
+        uint64_t lo = (uint64_t)all[0], hi = (uint64_t)-all[1];
+        if (lo == hi || lo == 0) {
+            if (lo > 0) {
+                uint8_t *t = r->ckpt;
+                r->ckpt = r->ckpt_new;
+                r->ckpt_new = t;
+                r->ckpt_step = lo;
+                r->st.resumed_from = lo;
+            }
+            return MC_OK; /* lo == 0: some rank has none; all start afresh */
+        }
+        if (it > lo) {
+            char from[4200], to[4220];
+            snprintf(from, sizeof from, "%s/checkpoint-%020llu.mcck", r->dir, (unsigned long long)it);
+            snprintf(to, sizeof to, "%s.ahead-of-peers", from);
+            if (rename(from, to) != 0) s = mc__fail(MC_ERR_IO, "cannot set aside %s", from);
+            if (s == MC_OK) s = mc__ckpt_load(r->dir, "mpi", r->params, r->params_len, &size, 1, state, &it, &found);
+            if (s == MC_OK && (!found || it != lo))
+                s = mc__fail(MC_ERR_INVALID_STATE, "rank %d has no checkpoint of step %llu, which every other has",
+                             r->rank, (unsigned long long)lo);
+        }
+    }
+    return agree(r, mc__fail(MC_ERR_INVALID_STATE, "the ranks' checkpoints have no step in common"));
+}
+
+static mc_status durable_setup(mc_mpi_runner *r, const mc_mpi_desc *d)
+{
+    if (!d->checkpoint_dir) return MC_OK;
+    size_t n = strlen(d->checkpoint_dir) + 64;
+    if (!(r->dir = malloc(n))) return mc__fail(MC_ERR_NO_MEMORY, "checkpoint folder");
+    mc_status s = mc__ckpt_prepare_dir(d->checkpoint_dir);
+    snprintf(r->dir, n, "%s/rank-%d-of-%d", d->checkpoint_dir, r->rank, r->size);
+    if (s == MC_OK) s = mc__ckpt_prepare_dir(r->dir);
+    if (s != MC_OK) return s;
+    uint32_t slab[6] = {r->d.width, r->d.height, r->d.cell_bytes, r->d.radius, r->row0, r->my_rows};
+    r->params_len = d->run_params_len + sizeof slab;
+    if (!(r->params = malloc(r->params_len))) return mc__fail(MC_ERR_NO_MEMORY, "run params");
+    if (d->run_params_len) memcpy(r->params, d->run_params, d->run_params_len);
+    memcpy(r->params + d->run_params_len, slab, sizeof slab);
+    return MC_OK;
+}
+
+/* My top halo is the bottom of the rank above (lower rows, periodic), my
+ * bottom halo the top of the rank below. The copies overlap the transfers:
+ * both receives are posted first, each band is sent as soon as it is off
+ * the device, and each halo goes onto the device as soon as it arrives. */
+static mc_status exchange(mc_mpi_runner *r, uint64_t step)
+{
+    uint64_t t0 = mc__now_ns();
+    uint32_t hr = r->hr;
+    /* A rank without a working device still takes part, so no peer blocks;
+     * what it sends is thrown away in the roll-back that follows. */
+    mc_buffer *b = r->bound ? cur(r, step) : NULL;
+    mc_status s = b ? MC_OK : mc__fail(MC_ERR_DEVICE_LOST, "no device");
+    int up = (r->rank + r->size - 1) % r->size, down = (r->rank + 1) % r->size;
+    MPI_Request req[4];
+    int rc = MPI_Irecv(r->halo[2], (int)hr, r->row_type, up, 1, r->comm, &req[0]);
+    rc |= MPI_Irecv(r->halo[3], (int)hr, r->row_type, down, 0, r->comm, &req[1]);
+    if (s == MC_OK) s = rows_read(r, b, hr, hr, r->halo[0]);
+    rc |= MPI_Isend(r->halo[0], (int)hr, r->row_type, up, 0, r->comm, &req[2]);
+    if (s == MC_OK) s = rows_read(r, b, r->my_rows, hr, r->halo[1]);
+    rc |= MPI_Isend(r->halo[1], (int)hr, r->row_type, down, 1, r->comm, &req[3]);
+    double wait = 0;
+    for (int n = 0; n < 2 && rc == MPI_SUCCESS; n++) {
+        int which = MPI_UNDEFINED;
+        uint64_t t1 = mc__now_ns();
+        rc |= MPI_Waitany(2, req, &which, MPI_STATUS_IGNORE);
+        wait += ms_since(t1);
+        if (s == MC_OK && which == 0) s = rows_write(r, b, 0, hr, r->halo[2]);
+        if (s == MC_OK && which == 1) s = rows_write(r, b, hr + r->my_rows, hr, r->halo[3]);
+    }
+    uint64_t t1 = mc__now_ns();
+    rc |= MPI_Waitall(2, req + 2, MPI_STATUSES_IGNORE);
+    r->wait_ms_sum += wait + ms_since(t1);
+    if (rc != MPI_SUCCESS) return mc__fail(MC_ERR_IO, "halo exchange: MPI failed");
+    r->exch_ms_sum += ms_since(t0);
+    r->exch_n++;
+    return s;
+}
+
+/* ---- compute --------------------------------------------------------------- */
+
+static mc_status encode(mc_mpi_runner *r, mc_cmdbuf *cb, uint64_t first, uint32_t count)
+{
+    mc_pass *p = NULL;
+    mc_status s = mc_cmdbuf_begin_pass(cb, "mpi steps", &p);
+    if (s != MC_OK) return s;
+    s = mc_pass_set_pipeline(p, r->bind.pipeline);
+    for (uint32_t i = 0; i < MC_MAX_BUFFER_ARGS && s == MC_OK; i++) {
+        const mc_runner_arg *a = &r->bind.args[i];
+        if (a->kind == MC_RUNNER_ARG_BUFFER) s = mc_pass_set_buffer(p, i, a->buffer, a->offset);
+        else if (a->kind == MC_RUNNER_ARG_BYTES) s = mc_pass_set_bytes(p, i, r->bytes[i], a->len);
+    }
+    if (s == MC_OK) s = mc_pass_set_buffer(p, r->d.state_arg[0], r->state[0], 0);
+    if (s == MC_OK) s = mc_pass_set_buffer(p, r->d.state_arg[1], r->state[1], 0);
+    mc_size3 t = r->bind.threads_per_threadgroup;
+    mc_size3 groups = {(r->d.width + t.x - 1) / t.x, (r->local_h + t.y - 1) / t.y, 1};
+    for (uint32_t j = 0; j < count && s == MC_OK; j++) {
+        mc_runner_iteration it = {first + j, 1, 0};
+        if (j) s = mc_pass_barrier(p);
+        if (s == MC_OK) s = mc_pass_set_bytes(p, r->d.iteration_arg, &it, sizeof it);
+        if (s == MC_OK) s = mc_pass_dispatch(p, groups, t);
+    }
+    mc_status e = mc_pass_end(p);
+    return s != MC_OK ? s : e;
+}
+
+/* Command buffers of one chunk, committed and not yet waited for. */
+typedef struct inflight {
+    mc_cmdbuf **cbs;
+    uint32_t made;
+    mc_status status; /* the first failure to create, encode or commit */
+    uint64_t t0;
+} inflight;
+
+/* Commits steps [first, first + count) in command buffers of steps_per_cb
+ * steps; the device runs them while the caller does other work. */
+static void submit(mc_mpi_runner *r, uint64_t first, uint32_t count, inflight *f)
+{
+    memset(f, 0, sizeof *f);
+    f->t0 = mc__now_ns();
+    uint32_t ncb = (count + r->steps_per_cb - 1) / r->steps_per_cb;
+    if (!(f->cbs = calloc(ncb, sizeof *f->cbs))) {
+        f->status = mc__fail(MC_ERR_NO_MEMORY, "command buffers");
+        return;
+    }
+    for (uint32_t c = 0; c < ncb && f->status == MC_OK; c++) {
+        uint32_t n = MC__MIN(r->steps_per_cb, count - c * r->steps_per_cb);
+        mc_cmdbuf_desc cd = {"mpi chunk", MC_CMDBUF_TIMESTAMPS};
+        mc_status s = mc_cmdbuf_create(r->queue, &cd, &f->cbs[c]);
+        if (s == MC_OK) f->made++;
+        if (s == MC_OK) s = encode(r, f->cbs[c], first + (uint64_t)c * r->steps_per_cb, n);
+        if (s == MC_OK) s = mc_cmdbuf_commit(f->cbs[c]);
+        if (s != MC_OK) f->status = s;
+    }
+}
+
+/* Waits for a submitted chunk; the status of the first command buffer
+ * that failed. */
+static mc_status finish(mc_mpi_runner *r, inflight *f, uint64_t *gpu_ns)
+{
+    mc_status result = f->status;
+    if (gpu_ns) *gpu_ns = 0;
+    for (uint32_t c = 0; c < f->made; c++) {
+        if (mc_cmdbuf_get_state(f->cbs[c]) != MC_CMDBUF_NOT_ENQUEUED) {
+            mc_cmdbuf_wait(f->cbs[c], MC_WAIT_FOREVER);
+            mc_status s = mc_cmdbuf_status(f->cbs[c], NULL);
+            if (s != MC_OK && s != MC_ERR_INVALID_STATE && result == MC_OK) result = s;
+            uint64_t a = 0, b = 0;
+            if (s == MC_OK && gpu_ns && mc_cmdbuf_gpu_time(f->cbs[c], &a, &b) == MC_OK && b > a) *gpu_ns += b - a;
+        }
+        mc_cmdbuf_release(f->cbs[c]);
+    }
+    free(f->cbs);
+    f->cbs = NULL;
+    f->made = 0;
+    return result;
+}
+
+static mc_status compute(mc_mpi_runner *r, uint64_t first, uint32_t count, uint64_t *gpu_ns)
+{
+    inflight f;
+    submit(r, first, count, &f);
+    uint64_t t0 = f.t0;
+    mc_status s = finish(r, &f, gpu_ns);
+    r->comp_ms_sum += ms_since(t0);
+    r->comp_n++;
+    return s;
+}
+
+/* After a failure anywhere: this rank rebuilds what its own failure broke
+ * (a failed queue takes no more work, F687; a lost device is reopened). */
+static mc_status rebuild(mc_mpi_runner *r, mc_status own, uint32_t attempt)
+{
+    if (own == MC_ERR_ACCESS_REVOKED) {
+        /* The system keeps a process off the device for a while (F146). */
+        double ms = 100.0;
+        for (uint32_t i = 1; i < attempt && ms < 2000; i++) ms *= 2;
+        mc__sleep_ns((uint64_t)(ms * 1e6));
+    }
+    bool lost = own == MC_ERR_DEVICE_LOST || (r->dev && mc_device_check(r->dev) != MC_OK);
+    if (lost || !r->dev) {
+        close_device(r);
+        return open_device(r);
+    }
+    if (own != MC_OK || (r->queue && mc_queue_check(r->queue) != MC_OK)) {
+        unbind_all(r);
+        return bind_all(r);
+    }
+    return MC_OK;
+}
+
+static bool recoverable(mc_status s) { return mc_status_is_device_error(s) || s == MC_ERR_WAIT_TIMEOUT; }
+
+/* One chunk whose status is being agreed on (MPI_Iallreduce) while the
+ * next one already runs: the agreement's latency, the only cost that grows
+ * with the number of ranks, hides behind compute. If it reports a failure
+ * the next chunk is thrown away with the rest of the roll-back. */
+typedef struct agreeing {
+    bool active;
+    uint32_t k;
+    bool ckpt;
+    int mine, all;
+    MPI_Request req;
+} agreeing;
+
+static mc_status agreement(mc_mpi_runner *r, agreeing *a)
+{
+    if (MPI_Wait(&a->req, MPI_STATUS_IGNORE) != MPI_SUCCESS) return mc__fail(MC_ERR_IO, "MPI_Iallreduce failed");
+    a->active = false;
+    return (mc_status)a->all;
+}
+
+mc_status mc_mpi_runner_run(mc_mpi_runner *r)
+{
+    if (!r) return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner is NULL");
+    uint64_t t0 = mc__now_ns();
+    uint32_t in_a_row = 0, since_ckpt = 0;
+    uint64_t fail_step = 0, next = r->step; /* next: where the next chunk starts */
+    mc_status pending = MC_OK;               /* a durable write that failed: this rank's failure */
+    agreeing prev = {0};
+    while (r->step < r->d.total_steps) {
+        /* Launch the chunk at `next` (speculative while `prev` is agreed). */
+        inflight f = {0};
+        uint32_t k = 0;
+        mc_status own = MC_OK;
+        bool launched = next < r->d.total_steps;
+        if (launched) {
+            k = (uint32_t)MC__MIN((uint64_t)r->st.halo_steps, r->d.total_steps - next);
+            /* Every rank always takes part in the exchange, so that no
+             * neighbour waits for it; a failed durable write counts after. */
+            own = exchange(r, next);
+            if (pending != MC_OK) own = pending;
+            pending = MC_OK;
+            if (own == MC_OK) submit(r, next, k, &f);
+        }
+        /* The previous chunk's outcome, the same on every rank. */
+        mc_status all = MC_OK;
+        if (prev.active) {
+            all = agreement(r, &prev);
+            if (all == MC_OK) {
+                r->step += prev.k;
+                r->st.chunks++;
+                if (prev.ckpt) pending = checkpoint_commit(r, r->step);
+                since_ckpt = prev.ckpt ? 0 : since_ckpt + 1;
+                if (r->step > fail_step) in_a_row = 0;
+                if (r->d.progress) r->d.progress(r->d.progress_user, r->step, r->d.total_steps);
+            }
+        }
+        if (launched) {
+            uint64_t c0 = f.t0 ? f.t0 : mc__now_ns();
+            mc_status done = finish(r, &f, NULL);
+            if (own == MC_OK) own = done;
+            r->comp_ms_sum += ms_since(c0);
+            r->comp_n++;
+        }
+        if (all == MC_OK && launched) {
+            /* Checkpoint after the same chunk on every rank: the count
+             * includes the chunk just agreed. */
+            bool ckpt = since_ckpt + 1 >= r->d.checkpoint_chunks || next + k == r->d.total_steps;
+            if (own == MC_OK && ckpt) own = checkpoint_stage(r, next + k);
+            prev = (agreeing){.active = true, .k = k, .ckpt = ckpt, .mine = (int)own};
+            if (MPI_Iallreduce(&prev.mine, &prev.all, 1, MPI_INT, MPI_MAX, r->comm, &prev.req) != MPI_SUCCESS) {
+                r->st.elapsed_ms = ms_since(t0);
+                return mc__fail(MC_ERR_IO, "MPI_Iallreduce failed");
+            }
+            next += k;
+            continue;
+        }
+        if (all == MC_OK) continue; /* nothing launched: the last chunk was just agreed */
+
+        /* A failure anywhere in the previous chunk: every rank rolls back
+         * together; the chunk launched since is discarded. */
+        own = prev.mine != MC_OK ? (mc_status)prev.mine : own;
+        r->st.recoveries++;
+        if (own != MC_OK) {
+            r->st.own_faults++;
+            r->st.last_fault = own;
+        }
+        fail_step = MC__MAX(fail_step, r->step + prev.k);
+        mc__log(MC_LOG_WARN, "mpi.recovering", "rank %d: %s in steps %llu to %llu (%s here); back to step %llu",
+                r->rank, mc_status_name(all), (unsigned long long)r->step, (unsigned long long)(r->step + prev.k),
+                mc_status_name(own), (unsigned long long)r->ckpt_step);
+        if (!recoverable(all)) {
+            r->st.elapsed_ms = ms_since(t0);
+            if (own == all) return own;
+            return own == MC_OK ? mc__fail(all, "another rank failed with %s", mc_status_name(all))
+                                : mc__fail(all, "%s here; another rank failed with %s", mc_status_name(own),
+                                           mc_status_name(all));
+        }
+        for (;;) {
+            if (++in_a_row > r->d.max_recoveries) {
+                r->st.elapsed_ms = ms_since(t0);
+                return mc__fail(all, "gave up after %u failures in a row without progress", in_a_row - 1);
+            }
+            mc_status s = rebuild(r, own, in_a_row);
+            if (s == MC_OK) s = restore(r);
+            mc_status both = agree(r, s);
+            if (both == MC_OK) break;
+            own = s != MC_OK ? s : own;
+            if (!recoverable(both)) {
+                r->st.elapsed_ms = ms_since(t0);
+                return both;
+            }
+        }
+        since_ckpt = 0;
+        next = r->step;
+        pending = MC_OK;
+    }
+    r->st.steps = r->step;
+    r->st.elapsed_ms = ms_since(t0);
+    return agree(r, pending);
+}
+
+/* ---- create, gather, release ------------------------------------------------ */
+
+static mc_status check_desc(const mc_mpi_desc *d, int size)
+{
+    if (!d->bind || !d->unbind) return mc__fail(MC_ERR_INVALID_ARGUMENT, "bind and unbind are required");
+    if (!d->width || !d->height || !d->cell_bytes)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "width %u, height %u, cell_bytes %u: none may be 0", d->width,
+                        d->height, d->cell_bytes);
+    if (!d->initial) return mc__fail(MC_ERR_INVALID_ARGUMENT, "initial is NULL");
+    if (!d->total_steps) return mc__fail(MC_ERR_INVALID_ARGUMENT, "total_steps is 0");
+    if (d->budget_ms < 0 || d->budget_ms > 60000)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "budget_ms is %g (0 to 60000)", d->budget_ms);
+    if (d->state_arg[0] >= MC_MAX_BUFFER_ARGS || d->state_arg[1] >= MC_MAX_BUFFER_ARGS ||
+        d->iteration_arg >= MC_MAX_BUFFER_ARGS || d->state_arg[0] == d->state_arg[1] ||
+        d->iteration_arg == d->state_arg[0] || d->iteration_arg == d->state_arg[1])
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "state_arg %u, %u and iteration_arg %u must be distinct slots below %d",
+                        d->state_arg[0], d->state_arg[1], d->iteration_arg, MC_MAX_BUFFER_ARGS);
+    if ((uint64_t)d->width * d->cell_bytes > (uint64_t)INT32_MAX)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "a row of %u cells of %u bytes is too long", d->width, d->cell_bytes);
+    if ((uint32_t)size > d->height)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "%d ranks for %u rows: every rank needs a row", size, d->height);
+    if (d->slab_rows) {
+        uint64_t sum = 0;
+        for (int i = 0; i < size; i++) {
+            if (d->slab_rows[i] < (d->radius ? d->radius : 1u))
+                return mc__fail(MC_ERR_INVALID_ARGUMENT, "slab of rank %d has %u rows; at least the radius (%u)", i,
+                                d->slab_rows[i], d->radius ? d->radius : 1u);
+            sum += d->slab_rows[i];
+        }
+        if (sum != d->height)
+            return mc__fail(MC_ERR_INVALID_ARGUMENT, "slab rows sum to %llu, the grid has %u", (unsigned long long)sum,
+                            d->height);
+    }
+    return MC_OK;
+}
+
+/* H steps per chunk: H * radius halo rows on each side. */
+static void set_halo(mc_mpi_runner *r, uint32_t h)
+{
+    r->hr = h * r->d.radius;
+    r->local_h = r->my_rows + 2 * r->hr;
+    free(r->halo[0]);
+    memset(r->halo, 0, sizeof r->halo);
+    size_t halo = (size_t)r->hr * r->row_bytes;
+    uint8_t *all = malloc(4 * halo);
+    for (int i = 0; all && i < 4; i++) r->halo[i] = all + (size_t)i * halo;
+}
+
+static mc_status setup(mc_mpi_runner *r, const mc_mpi_desc *desc)
+{
+    int size = r->size;
+    r->d = *desc;
+    if (!r->d.radius) r->d.radius = 1;
+    if (!r->d.budget_ms) r->d.budget_ms = DEFAULT_BUDGET_MS;
+    if (!r->d.checkpoint_chunks) r->d.checkpoint_chunks = DEFAULT_CHECKPOINT_CHUNKS;
+    if (!r->d.max_recoveries) r->d.max_recoveries = DEFAULT_MAX_RECOVERIES;
+    if (!r->d.state_arg[0] && !r->d.state_arg[1]) {
+        r->d.state_arg[1] = 1;
+        if (!r->d.iteration_arg) r->d.iteration_arg = 2;
+    }
+    mc_status s = check_desc(&r->d, size);
+    if (s != MC_OK) return s;
+    r->row_bytes = (size_t)r->d.width * r->d.cell_bytes;
+    if (!(r->rows = malloc((size_t)size * sizeof *r->rows))) return mc__fail(MC_ERR_NO_MEMORY, "slabs");
+    if (desc->slab_rows) memcpy(r->rows, desc->slab_rows, (size_t)size * sizeof *r->rows);
+    else mc_mpi_even_slabs(r->d.height, size, r->rows);
+    uint32_t min_rows = UINT32_MAX;
+    for (int i = 0; i < size; i++) {
+        if (i < r->rank) r->row0 += r->rows[i];
+        min_rows = MC__MIN(min_rows, r->rows[i]);
+    }
+    if (min_rows < r->d.radius)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "%u rows on %d ranks: a slab has %u rows, fewer than the radius %u",
+                        r->d.height, size, min_rows, r->d.radius);
+    r->my_rows = r->rows[r->rank];
+    /* The halo may not reach past the neighbour's slab. */
+    uint32_t max_h = min_rows / r->d.radius;
+    if (r->d.halo_steps > max_h)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "halo of %u steps needs %u rows in every slab; the smallest has %u",
+                        r->d.halo_steps, r->d.halo_steps * r->d.radius, min_rows);
+    r->max_h = MC__MIN(max_h, MAX_AUTO_HALO);
+    r->steps_per_cb = 1; /* until measured */
+    /* Automatic H is measured at H = 1, then the slab is rebuilt deeper. */
+    set_halo(r, r->d.halo_steps ? r->d.halo_steps : 1);
+    size_t own = (size_t)r->my_rows * r->row_bytes;
+    r->ckpt = malloc(own);
+    r->ckpt_new = malloc(own);
+    if (!r->ckpt || !r->ckpt_new || !r->halo[0]) return mc__fail(MC_ERR_NO_MEMORY, "slab of %zu bytes", own);
+    const uint8_t *init = desc->initial;
+    memcpy(r->ckpt, init + (size_t)r->row0 * r->row_bytes, own);
+    r->ckpt_step = 0;
+    if ((s = pick_device(r)) != MC_OK) return s;
+    if ((s = open_device(r)) != MC_OK) return s;
+    return restore(r);
+}
+
+/* As many steps per command buffer as fit the budget at the slowest
+ * rank's measured time per row. */
+static void set_steps_per_cb(mc_mpi_runner *r, double row_ms)
+{
+    double step = row_ms * r->local_h;
+    r->steps_per_cb = step > 0 ? (uint32_t)MC__MIN(1e6, MC__MAX(1.0, r->d.budget_ms / step)) : 1u;
+}
+
+/* One step on the device, timed (the second of two: the first pays for
+ * warming up), and what a chunk costs besides its steps: the exchange,
+ * submitting and waiting for the command buffer, and the allreduce. Those
+ * are paid once per chunk, so they size H (mc_mpi_pick_halo). */
+static mc_status measure(mc_mpi_runner *r, double *step_ms, double *chunk_ms)
+{
+    uint64_t ns = 0;
+    mc_status s = MC_OK;
+    double wall = 0, best_x = 0, best_a = 0;
+    for (int i = 0; i < 2 && s == MC_OK; i++) {
+        uint64_t t0 = mc__now_ns();
+        s = compute(r, 0, 1, &ns);
+        wall = ms_since(t0);
+    }
+    *step_ms = (double)ns / 1e6;
+    /* Exchanging the initial state writes the halos it already has. A
+     * barrier first, so that the time is the exchange, not a late peer. */
+    for (int i = 0; i < 3; i++) {
+        MPI_Barrier(r->comm);
+        uint64_t t0 = mc__now_ns();
+        if (s == MC_OK) s = exchange(r, 0);
+        double x = ms_since(t0);
+        best_x = i ? MC__MIN(best_x, x) : x;
+        t0 = mc__now_ns();
+        int one = 1, all = 0;
+        MPI_Allreduce(&one, &all, 1, MPI_INT, MPI_MAX, r->comm);
+        x = ms_since(t0);
+        best_a = i ? MC__MIN(best_a, x) : x;
+    }
+    *chunk_ms = best_x + best_a + MC__MAX(0.0, wall - *step_ms);
+    r->exch_ms_sum = r->comp_ms_sum = r->wait_ms_sum = 0;
+    r->exch_n = r->comp_n = 0;
+    return s;
+}
+
+mc_status mc_mpi_runner_create(const mc_mpi_desc *desc, mc_mpi_runner **out)
+{
+    if (out) *out = NULL;
+    if (!desc || !out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "desc and out are required");
+    int init = 0;
+    MPI_Initialized(&init);
+    if (!init) return mc__fail(MC_ERR_INVALID_STATE, "MPI is not initialised (call MPI_Init first)");
+    mc_mpi_runner *r = calloc(1, sizeof *r);
+    if (!r) return mc__fail(MC_ERR_NO_MEMORY, "mpi runner");
+    MPI_Comm base = desc->comm ? desc->comm : MPI_COMM_WORLD;
+    MPI_Comm local = MPI_COMM_NULL;
+    if (MPI_Comm_dup(base, &r->comm) != MPI_SUCCESS ||
+        MPI_Comm_split_type(r->comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &local) != MPI_SUCCESS) {
+        free(r);
+        return mc__fail(MC_ERR_IO, "MPI communicator setup failed");
+    }
+    MPI_Comm_rank(r->comm, &r->rank);
+    MPI_Comm_size(r->comm, &r->size);
+    MPI_Comm_rank(local, &r->local_rank);
+    MPI_Comm_size(local, &r->local_size);
+    MPI_Comm_free(&local);
+    r->row_type = MPI_DATATYPE_NULL;
+
+    mc_status s = setup(r, desc);
+    if (s == MC_OK && (MPI_Type_contiguous((int)r->row_bytes, MPI_BYTE, &r->row_type) != MPI_SUCCESS ||
+                       MPI_Type_commit(&r->row_type) != MPI_SUCCESS))
+        s = mc__fail(MC_ERR_IO, "MPI row type");
+    if (s == MC_OK) s = durable_setup(r, desc);
+    if ((s = agree(r, s)) != MC_OK) goto fail;
+    if (r->dir && desc->resume && (s = resume(r)) != MC_OK) goto fail;
+
+    double step_ms = 0, chunk_ms = 0;
+    s = measure(r, &step_ms, &chunk_ms);
+    if ((s = agree(r, s)) != MC_OK) goto fail;
+    /* H and the command-buffer size from the slowest rank, so every rank
+     * picks the same. */
+    double mine[2] = {step_ms / r->local_h, chunk_ms}, worst[2] = {0, 0};
+    MPI_Allreduce(mine, worst, 2, MPI_DOUBLE, MPI_MAX, r->comm);
+    set_steps_per_cb(r, worst[0]);
+    uint32_t h = r->d.halo_steps;
+    if (!h) {
+        h = mc_mpi_pick_halo(worst[1], worst[0], r->d.radius, r->max_h);
+        /* A chunk fits one command buffer of the budget. */
+        h = MC__MAX(1u, MC__MIN(h, r->steps_per_cb));
+        if (h > 1) {
+            /* Deeper halos, a taller local grid: bind again for it. */
+            unbind_all(r);
+            set_halo(r, h);
+            s = r->halo[0] ? bind_all(r) : mc__fail(MC_ERR_NO_MEMORY, "halo rows");
+        }
+    }
+    /* Measuring wrote over the state: back to the start (or the resumed step). */
+    if (s == MC_OK) s = restore(r);
+    if ((s = agree(r, s)) != MC_OK) goto fail;
+    set_steps_per_cb(r, worst[0]);
+    r->st.halo_steps = h;
+    r->st.halo_rows = r->hr;
+    r->st.step_ms = step_ms;
+    if (r->d.inject_faults && *r->d.inject_faults) s = mc_device_inject_faults(r->dev, r->d.inject_faults);
+    if ((s = agree(r, s)) != MC_OK) goto fail;
+    r->st.rank = r->rank;
+    r->st.size = r->size;
+    r->st.local_rank = r->local_rank;
+    r->st.row0 = r->row0;
+    r->st.rows = r->my_rows;
+    r->st.halo_bytes_per_chunk = 2ull * r->hr * r->row_bytes;
+    *out = r;
+    return MC_OK;
+fail:
+    mc_mpi_runner_release(r);
+    return s;
+}
+
+mc_status mc_mpi_runner_gather(mc_mpi_runner *r, int root, void *out, size_t len)
+{
+    if (!r) return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner is NULL");
+    mc_status s = MC_OK;
+    if (root < 0 || root >= r->size) return mc__fail(MC_ERR_INVALID_ARGUMENT, "root %d of %d ranks", root, r->size);
+    if (r->rank == root && (!out || len < (size_t)r->d.height * r->row_bytes))
+        s = mc__fail(MC_ERR_INVALID_ARGUMENT, "out needs %zu bytes", (size_t)r->d.height * r->row_bytes);
+    /* The last checkpoint holds the rank's rows at the step reached. */
+    if (s == MC_OK && r->ckpt_step != r->step) s = mc__fail(MC_ERR_INVALID_STATE, "the run did not finish");
+    if ((s = agree(r, s)) != MC_OK) return s;
+    int *counts = NULL, *displs = NULL;
+    if (r->rank == root) {
+        counts = malloc((size_t)r->size * sizeof *counts);
+        displs = malloc((size_t)r->size * sizeof *displs);
+        if (!counts || !displs) s = mc__fail(MC_ERR_NO_MEMORY, "gather");
+        for (int i = 0, at = 0; s == MC_OK && i < r->size; at += (int)r->rows[i], i++) {
+            counts[i] = (int)r->rows[i];
+            displs[i] = at;
+        }
+    }
+    if ((s = agree(r, s)) == MC_OK &&
+        MPI_Gatherv(r->ckpt, (int)r->my_rows, r->row_type, out, counts, displs, r->row_type, root, r->comm) !=
+            MPI_SUCCESS)
+        s = mc__fail(MC_ERR_IO, "MPI_Gatherv failed");
+    free(counts);
+    free(displs);
+    return s;
+}
+
+mc_status mc_mpi_runner_get_stats(const mc_mpi_runner *r, mc_mpi_stats *out)
+{
+    if (!r || !out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner and out are required");
+    *out = r->st;
+    out->steps = r->step;
+    out->exchange_ms_mean = r->exch_n ? r->exch_ms_sum / (double)r->exch_n : 0;
+    out->compute_ms_mean = r->comp_n ? r->comp_ms_sum / (double)r->comp_n : 0;
+    out->exchange_wait_ms_mean = r->exch_n ? r->wait_ms_sum / (double)r->exch_n : 0;
+    return MC_OK;
+}
+
+void mc_mpi_runner_release(mc_mpi_runner *r)
+{
+    if (!r) return;
+    close_device(r);
+    if (r->row_type != MPI_DATATYPE_NULL) MPI_Type_free(&r->row_type);
+    MPI_Comm_free(&r->comm);
+    free(r->rows);
+    free(r->ckpt);
+    free(r->ckpt_new);
+    free(r->halo[0]); /* one block for all four */
+    free(r->dir);
+    free(r->params);
+    free(r);
+}

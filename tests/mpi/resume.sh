@@ -1,0 +1,32 @@
+#!/bin/sh
+# A job whose ranks are all killed resumes under mpirun: rank 1 dies by
+# SIGKILL at step 30 (mpirun ends the others), then the same command with
+# --resume finishes from the durable checkpoints and writes the same bytes
+# as the single-process run. With "lag", rank 2's newest checkpoint is
+# removed first, as if it had been killed before writing it: every rank
+# must then resume from the step before.
+#   resume.sh BIN [lag]
+set -eu
+bin=$1 lag=${2:-}
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+"$bin" run gray-scott --size 50 --steps 60 --out "$dir/plain.png" >/dev/null
+run() {
+    mpirun -n 3 --oversubscribe "$bin" run gray-scott --mpi --size 50 --steps 60 --halo 2 --checkpoint-chunks 4 \
+        --checkpoint-dir "$dir/ck" --out "$dir/mpi.png" "$@"
+}
+if run --kill-at-step 1:30 >"$dir/killed.txt" 2>&1; then
+    echo "the killed run succeeded" >&2
+    exit 1
+fi
+[ ! -e "$dir/mpi.png" ] || { echo "the killed run wrote an image" >&2; exit 1; }
+want=24
+if [ "$lag" = lag ]; then
+    rm "$dir/ck/rank-2-of-3/checkpoint-00000000000000000024.mcck"
+    want=16
+fi
+run --resume >"$dir/resumed.txt"
+cat "$dir/resumed.txt"
+grep -qF "resumed from step $want" "$dir/resumed.txt" || { echo "expected a resume from step $want" >&2; exit 1; }
+cmp "$dir/plain.png" "$dir/mpi.png"
+echo "same bytes as the single-process run"
