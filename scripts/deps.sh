@@ -12,6 +12,10 @@ command -v pkg-config >/dev/null 2>&1 || need="$need pkg-config"
 command -v clang++ >/dev/null 2>&1 || need="$need clang"
 [ -f /usr/include/boost/context/detail/fcontext.hpp ] || need="$need libboost-context-dev"
 [ -f /usr/include/jansson.h ] || need="$need libjansson-dev"
+# make test runs the Python package's tests (a venv) and the MPI tests
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need="$need python3-venv"
+python3 -c 'import numpy' >/dev/null 2>&1 || /usr/bin/python3 -c 'import numpy' >/dev/null 2>&1 || need="$need python3-numpy"
+command -v mpicc >/dev/null 2>&1 || need="$need libopenmpi-dev openmpi-bin"
 [ -z "$need" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing:$need"

@@ -77,7 +77,7 @@ typedef struct mc_buffer_desc {
 
 mc_status mc_buffer_create(mc_device *d, const mc_buffer_desc *desc, mc_buffer **out);
 void mc_buffer_retain(mc_buffer *b);
-mc_status mc_buffer_release(mc_buffer *b);
+void mc_buffer_release(mc_buffer *b);
 size_t mc_buffer_size(const mc_buffer *b);
 void *mc_buffer_contents(mc_buffer *b);
 mc_status mc_buffer_write(mc_buffer *b, size_t offset, const void *src, size_t len);
@@ -249,6 +249,9 @@ typedef struct mc_runner_desc {
     void *checkpoint_user;
     uint32_t flags;
     const struct mc_isolate_desc *isolate;
+    const char *checkpoint_dir;
+    const void *run_params;
+    size_t run_params_len;
 } mc_runner_desc;
 typedef struct mc_runner_stats {
     uint64_t iterations, chunks, chunks_submitted, chunks_after_stop, dispatches;
@@ -264,6 +267,8 @@ typedef struct mc_runner_stats {
     _Bool stopped_early;
     _Bool cancelled;
     uint32_t worker_restarts;
+    uint64_t checkpoints_written;
+    uint64_t resumed_iteration;
 } mc_runner_stats;
 mc_status mc_runner_create(const mc_runner_desc *desc, mc_runner **out);
 mc_status mc_runner_run(mc_runner *r);

@@ -131,6 +131,10 @@ class Runner:
         self._cb_error = None
         self._cancel_requested = False
         self._args = []
+        # The C runner reserves slot 0 for state: 0 there means "none".
+        for name, slot in (("iteration_arg", iteration_arg), ("control_arg", control_arg)):
+            if slot is not None and slot < 1:
+                raise ValueError(f"{name}={slot}: it takes a slot from 1 up (slot 0 holds state)")
         for i, a in enumerate(args):
             if i in (iteration_arg, control_arg):
                 if a is not None:
