@@ -88,5 +88,13 @@ uint64_t mc__test_now_ns(void);
  * and x after iters iterations with spin mixes each (x[n] = iters; free). */
 uint32_t mct_rt_initial(uint32_t i);
 uint32_t *mct_rt_reference(uint32_t n, uint32_t spin, uint64_t iters);
+/* A runner binding for rt_step, shared by the runner, isolation and
+ * checkpoint tests: *pl, *x (n cells from mct_rt_initial and the stop word)
+ * and *ctl (a 32-byte control buffer), bound as the pipeline, state 0,
+ * args[0] = x and args[3] = params. args[2] (ctl) is the caller's to bind.
+ * On failure nothing is left made. mct_rt_release undoes it. */
+mc_status mct_rt_bind(mc_device *dev, uint32_t n, const void *params, size_t params_len, mc_pipeline **pl,
+                      mc_buffer **x, mc_buffer **ctl, mc_runner_binding *b);
+void mct_rt_release(mc_pipeline **pl, mc_buffer **x, mc_buffer **ctl);
 
 #endif

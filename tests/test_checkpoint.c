@@ -30,32 +30,10 @@ typedef struct ck_user {
 static mc_status ck_setup(void *user, mc_device *dev, mc_runner_binding *b)
 {
     ck_user *u = user;
-    u->pl = mct_pipeline(dev, "runner_test", "rt_step");
-    if (!u->pl) return MC_ERR_COMPILE;
-    uint32_t *init = malloc((CK_N + 1) * sizeof *init);
-    if (!init) return MC_ERR_NO_MEMORY;
-    for (uint32_t i = 0; i < CK_N; i++) init[i] = mct_rt_initial(i);
-    init[CK_N] = 0;
-    mc_buffer_desc bd = {(CK_N + 1) * sizeof *init, MC_STORAGE_SHARED, "x", init};
-    mc_status s = mc_buffer_create(dev, &bd, &u->x);
-    free(init);
-    mc_buffer_desc dd = {32, MC_STORAGE_SHARED, "unused control", NULL};
-    if (s == MC_OK) s = mc_buffer_create(dev, &dd, &u->dummy);
-    if (s != MC_OK) {
-        mc_buffer_release(u->x);
-        mc_pipeline_release(u->pl);
-        return s;
-    }
-    b->pipeline = u->pl;
-    b->state[0] = u->x;
-    b->state_count = 1;
-    b->args[0].kind = MC_RUNNER_ARG_BUFFER;
-    b->args[0].buffer = u->x;
+    mc_status s = mct_rt_bind(dev, CK_N, &u->params, sizeof u->params, &u->pl, &u->x, &u->dummy, b);
+    if (s != MC_OK) return s;
     b->args[2].kind = MC_RUNNER_ARG_BUFFER;
     b->args[2].buffer = u->dummy;
-    b->args[3].kind = MC_RUNNER_ARG_BYTES;
-    b->args[3].bytes = &u->params;
-    b->args[3].len = sizeof u->params;
     return MC_OK;
 }
 
@@ -63,11 +41,7 @@ static void ck_teardown(void *user, mc_runner_binding *b)
 {
     ck_user *u = user;
     (void)b;
-    mc_buffer_release(u->x);
-    mc_buffer_release(u->dummy);
-    mc_pipeline_release(u->pl);
-    u->x = u->dummy = NULL;
-    u->pl = NULL;
+    mct_rt_release(&u->pl, &u->x, &u->dummy);
 }
 
 static void ck_progress(void *user, const mc_runner_progress *p)

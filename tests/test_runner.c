@@ -34,31 +34,8 @@ static mc_status rt_setup(void *user, mc_device *dev, mc_runner_binding *b)
 {
     rt_user *u = user;
     if (u->fail_setup != MC_OK) return u->fail_setup;
-    u->pl = mct_pipeline(dev, "runner_test", "rt_step");
-    if (!u->pl) return MC_ERR_COMPILE;
-    uint32_t n = u->params.n;
-    uint32_t *init = malloc((n + 1) * sizeof *init);
-    if (!init) return MC_ERR_NO_MEMORY;
-    for (uint32_t i = 0; i < n; i++) init[i] = mct_rt_initial(i);
-    init[n] = 0;
-    mc_buffer_desc bd = {(n + 1) * sizeof *init, MC_STORAGE_SHARED, "x", init};
-    mc_status s = mc_buffer_create(dev, &bd, &u->x);
-    free(init);
-    mc_buffer_desc dd = {32, MC_STORAGE_SHARED, "unused control", NULL};
-    if (s == MC_OK) s = mc_buffer_create(dev, &dd, &u->dummy);
-    if (s != MC_OK) {
-        mc_buffer_release(u->x);
-        mc_pipeline_release(u->pl);
-        return s;
-    }
-    b->pipeline = u->pl;
-    b->state[0] = u->x;
-    b->state_count = 1;
-    b->args[0].kind = MC_RUNNER_ARG_BUFFER;
-    b->args[0].buffer = u->x;
-    b->args[3].kind = MC_RUNNER_ARG_BYTES;
-    b->args[3].bytes = &u->params;
-    b->args[3].len = sizeof u->params;
+    mc_status s = mct_rt_bind(dev, u->params.n, &u->params, sizeof u->params, &u->pl, &u->x, &u->dummy, b);
+    if (s != MC_OK) return s;
     if (!u->runner_control || u->bind_control_slot) {
         b->args[2].kind = MC_RUNNER_ARG_BUFFER;
         b->args[2].buffer = u->dummy;
@@ -71,11 +48,7 @@ static void rt_teardown(void *user, mc_runner_binding *b)
 {
     rt_user *u = user;
     (void)b;
-    mc_buffer_release(u->x);
-    mc_buffer_release(u->dummy);
-    mc_pipeline_release(u->pl);
-    u->x = u->dummy = NULL;
-    u->pl = NULL;
+    mct_rt_release(&u->pl, &u->x, &u->dummy);
     u->teardowns++;
 }
 

@@ -115,3 +115,45 @@ uint32_t *mct_rt_reference(uint32_t n, uint32_t spin, uint64_t iters)
     x[n] = (uint32_t)iters;
     return x;
 }
+
+mc_status mct_rt_bind(mc_device *dev, uint32_t n, const void *params, size_t params_len, mc_pipeline **pl,
+                      mc_buffer **x, mc_buffer **ctl, mc_runner_binding *b)
+{
+    *x = *ctl = NULL;
+    *pl = mct_pipeline(dev, "runner_test", "rt_step");
+    if (!*pl) return MC_ERR_COMPILE;
+    uint32_t *init = malloc((n + 1) * sizeof *init);
+    if (!init) {
+        mct_rt_release(pl, x, ctl);
+        return MC_ERR_NO_MEMORY;
+    }
+    for (uint32_t i = 0; i < n; i++) init[i] = mct_rt_initial(i);
+    init[n] = 0;
+    mc_buffer_desc bd = {(n + 1) * sizeof *init, MC_STORAGE_SHARED, "x", init};
+    mc_status s = mc_buffer_create(dev, &bd, x);
+    free(init);
+    mc_buffer_desc cd = {32, MC_STORAGE_SHARED, "unused control", NULL};
+    if (s == MC_OK) s = mc_buffer_create(dev, &cd, ctl);
+    if (s != MC_OK) {
+        mct_rt_release(pl, x, ctl);
+        return s;
+    }
+    b->pipeline = *pl;
+    b->state[0] = *x;
+    b->state_count = 1;
+    b->args[0].kind = MC_RUNNER_ARG_BUFFER;
+    b->args[0].buffer = *x;
+    b->args[3].kind = MC_RUNNER_ARG_BYTES;
+    b->args[3].bytes = params;
+    b->args[3].len = params_len;
+    return MC_OK;
+}
+
+void mct_rt_release(mc_pipeline **pl, mc_buffer **x, mc_buffer **ctl)
+{
+    mc_buffer_release(*x);
+    mc_buffer_release(*ctl);
+    mc_pipeline_release(*pl);
+    *x = *ctl = NULL;
+    *pl = NULL;
+}

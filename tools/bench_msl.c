@@ -17,29 +17,6 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-static mc_pipeline *pipeline_from(mc_device *d, const char *file, const char *ext, const char *fn)
-{
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s%s", mc_cli_kernel_dir(), file, ext);
-    mc_library *lib = NULL;
-    char *log = NULL;
-    mc_status s = mc_library_create_from_file(d, path, MC_LANG_UNSET, NULL, &lib, &log);
-    if (s != MC_OK) {
-        mc_cli_fail(path, s);
-        if (log) fprintf(stderr, "%s\n", log);
-        mc_free(log);
-        return NULL;
-    }
-    mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
-    pd.library = lib;
-    pd.function = fn;
-    mc_pipeline *p = NULL;
-    s = mc_pipeline_create(d, &pd, &p);
-    mc_library_release(lib);
-    if (s != MC_OK) mc_cli_fail(fn, s);
-    return p;
-}
-
 typedef struct gs_params {
     uint32_t width, height;
     float du, dv, feed, kill, dt;
@@ -290,10 +267,10 @@ int mc_bench_msl(mc_bench *b)
     const uint32_t sn = b->quick ? 1u << 20 : 1u << 24;
     int reps = b->reps < 10 ? b->reps : 10, rc = 0;
     if (reps < 1) reps = 1;
-    mc_pipeline *gs_msl = pipeline_from(b->dev, "gray_scott", ".metal", "gray_scott_step");
-    mc_pipeline *gs_c = pipeline_from(b->dev, "gray_scott", ".c", "gray_scott_step");
-    mc_pipeline *sx_msl = pipeline_from(b->dev, "basic", ".metal", "saxpy");
-    mc_pipeline *sx_c = pipeline_from(b->dev, "basic", ".c", "saxpy");
+    mc_pipeline *gs_msl = mc_cli_pipeline_ext(b->dev, "gray_scott", ".metal", "gray_scott_step");
+    mc_pipeline *gs_c = mc_cli_pipeline_ext(b->dev, "gray_scott", ".c", "gray_scott_step");
+    mc_pipeline *sx_msl = mc_cli_pipeline_ext(b->dev, "basic", ".metal", "saxpy");
+    mc_pipeline *sx_c = mc_cli_pipeline_ext(b->dev, "basic", ".c", "saxpy");
     mc_buffer *ga = NULL, *gb = NULL, *x = NULL, *y = NULL;
     mc_queue *q = NULL;
     double *m = calloc((size_t)reps * 4, sizeof *m);

@@ -36,6 +36,8 @@ const char *mc_cli_kernel_dir(void);
 mc_device *mc_cli_open_device(const char *spec, int64_t time_limit_ms);
 /* Builds function fn from kernels/FILE.<ext for the device>; NULL on error. */
 mc_pipeline *mc_cli_pipeline(mc_device *d, const char *file, const char *fn);
+/* The same from kernels/FILE<ext> (e.g. ".metal"), whatever the device's own language. */
+mc_pipeline *mc_cli_pipeline_ext(mc_device *d, const char *file, const char *ext, const char *fn);
 /* Prints "metal-compute: <what>: <status> (<detail>)" to stderr; returns 1. */
 int mc_cli_fail(const char *what, mc_status s);
 /* The whole file as a NUL-terminated string (free it), its length in
@@ -50,6 +52,9 @@ float *mc_cli_gray_scott_seed(uint32_t n);
 void mc_cli_gray_scott_colour(float v, uint8_t rgb[3]);
 int mc_cli_write_png(const char *path, const uint8_t *rgb, uint32_t w, uint32_t h);
 int mc_cli_run_gray_scott_mpi(int argc, char **argv);
+/* Runs job(argc, argv, rank, size) between MPI_Init and MPI_Finalize (when
+ * MPI was not started yet); every rank exits with the worst status. */
+int mc_cli_mpi_job(int argc, char **argv, int (*job)(int argc, char **argv, int rank, int size));
 /* bench --mpi under mpirun (tools/bench_mpi.c, built with MPI). */
 int mc_cli_bench_mpi(int argc, char **argv);
 /* run FILE --mpi under mpirun (tools/cmd_run_kernel_mpi.c, built with MPI). */

@@ -685,31 +685,13 @@ int mc_cli_run_kernel(int argc, char **argv)
         free(o.data);
     }
     if (rc == 0) {
-        double secs = st.elapsed_ms / 1e3;
         printf("%s %s on %s:%d (%s)\n", job.path, job.function, mc_device_kind_name(info.kind), info.index, info.name);
         printf("  grid         %u x %u x %u (threadgroups of %u x %u x %u)\n", grid.x, grid.y, grid.z, tg.x, tg.y, tg.z);
         if (!isolate)
             printf("  pipeline     %s (%.1f ms)\n",
                    job.cache_hit_disk ? "loaded from the disk cache" : job.compiled ? "compiled" : "from memory",
                    job.compile_ms);
-        printf("  steps        %llu", (unsigned long long)steps);
-        if (st.resumed_iteration) printf(" (resumed at %llu)", (unsigned long long)st.resumed_iteration);
-        printf("\n  chunks       %llu (mean %.2f ms, max %.2f ms of device time; gap %.1f us)\n",
-               (unsigned long long)st.chunks, st.chunk_ms_mean, st.chunk_ms_max, st.gap_us_mean);
-        printf("  recoveries   %u", st.recoveries);
-        if (st.recoveries)
-            printf(" (timeout %u, page fault %u, access revoked %u, device lost %u, internal %u, other %u)",
-                   st.timeouts, st.page_faults, st.access_revoked, st.devices_lost, st.internal_errors,
-                   st.victims + st.other_errors);
-        if (isolate) {
-            printf("\n  worker restarts %u", st.worker_restarts);
-            if (st.worker_restarts)
-                printf(" (device error %u, died %u, hung %u)", ist.device_errors, ist.deaths, ist.hangs);
-        }
-        if (ckpt_dir) printf("\n  checkpoints  %llu written to %s", (unsigned long long)st.checkpoints_written, ckpt_dir);
-        uint64_t ran = steps - st.resumed_iteration;
-        printf("\n  steps/s      %.0f\n", secs > 0 ? (double)ran / secs : 0);
-        printf("  time         %.2f s\n", secs);
+        mc_run_report_summary(&st, isolate ? &ist : NULL, ckpt_dir);
         for (int k = 0; k < nouts; k++) printf("  output       %s (slot %u)\n", out_path[k], out_slot[k]);
     }
     mc_runner_release(r);

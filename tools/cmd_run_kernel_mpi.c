@@ -383,18 +383,5 @@ done:
 
 int mc_cli_run_kernel_mpi(int argc, char **argv)
 {
-    int init = 0, provided = 0;
-    MPI_Initialized(&init);
-    if (!init && MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
-        fprintf(stderr, "metal-compute run: MPI_Init failed\n");
-        return 1;
-    }
-    int rank = 0, size = 1;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
-    int rc = kmpi_run(argc, argv, rank, size);
-    int worst = rc;
-    MPI_Allreduce(&rc, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    if (!init) MPI_Finalize();
-    return worst;
+    return mc_cli_mpi_job(argc, argv, kmpi_run);
 }

@@ -309,7 +309,7 @@ static int run(int argc, char **argv, int rank, int size)
     return rc;
 }
 
-int mc_cli_run_gray_scott_mpi(int argc, char **argv)
+int mc_cli_mpi_job(int argc, char **argv, int (*job)(int argc, char **argv, int rank, int size))
 {
     int init = 0, provided = 0;
     MPI_Initialized(&init);
@@ -320,11 +320,16 @@ int mc_cli_run_gray_scott_mpi(int argc, char **argv)
     int rank = 0, size = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
-    int rc = run(argc, argv, rank, size);
+    int rc = job(argc, argv, rank, size);
     /* The exit status of every rank is the worst of them (mpirun reports
      * the first non-zero one anyway). */
     int worst = rc;
     MPI_Allreduce(&rc, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
     if (!init) MPI_Finalize();
     return worst;
+}
+
+int mc_cli_run_gray_scott_mpi(int argc, char **argv)
+{
+    return mc_cli_mpi_job(argc, argv, run);
 }

@@ -143,8 +143,13 @@ mc_pipeline *mc_cli_pipeline(mc_device *d, const char *file, const char *fn)
 {
     mc_device_info info;
     mc_device_get_info(d, &info);
+    return mc_cli_pipeline_ext(d, file, mc_device_kernel_extension(info.kind), fn);
+}
+
+mc_pipeline *mc_cli_pipeline_ext(mc_device *d, const char *file, const char *ext, const char *fn)
+{
     char path[4096];
-    snprintf(path, sizeof path, "%s/%s%s", mc_cli_kernel_dir(), file, mc_device_kernel_extension(info.kind));
+    snprintf(path, sizeof path, "%s/%s%s", mc_cli_kernel_dir(), file, ext);
     mc_library *lib;
     char *log = NULL;
     mc_status s = mc_library_create_from_file(d, path, MC_LANG_UNSET, NULL, &lib, &log);

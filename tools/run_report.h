@@ -4,6 +4,8 @@
 #define MC_TOOLS_RUN_REPORT_H
 
 #include "mc/mc.h"
+#include "mc/mc_isolate.h"
+#include "mc/mc_runner.h"
 
 #include <stdbool.h>
 
@@ -24,5 +26,9 @@ bool mc_run_progress_parse(const char *s, mc_run_progress_mode *out);
 void mc_run_report_init(mc_run_report *r, mc_run_progress_mode mode);
 /* A runner progress callback (user: the mc_run_report). */
 void mc_run_report_progress(void *user, const mc_runner_progress *p);
+/* The summary lines every run job prints after its header: steps, chunks,
+ * recoveries, worker restarts (ist not NULL: an isolated run), checkpoints
+ * (ckpt_dir not NULL), steps per second and time. */
+void mc_run_report_summary(const mc_runner_stats *st, const mc_isolate_stats *ist, const char *ckpt_dir);
 
 #endif
