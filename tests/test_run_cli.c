@@ -212,6 +212,16 @@ MC_TEST(run_kernel_refuses_bad_input_with_the_cause)
     CHECK_EQ(write_board(p, 16, 16), 0);
     /* The kernel: missing, not compiling, no such function. */
     REFUSED(2, "cannot read the kernel", "%s/nope.c --device cpu --function f --arg pair:%s", dir, p);
+    /* An empty file and a folder named like a kernel: the cause, not a
+     * stale errno or an allocation of the folder's "size". */
+    snprintf(a, sizeof a, "%s/empty.c", dir);
+    f = fopen(a, "wb");
+    CHECK(f);
+    if (f) fclose(f);
+    REFUSED(2, "empty.c: empty file", "%s/empty.c --device cpu --function f --arg pair:%s", dir, p);
+    snprintf(a, sizeof a, "%s/folder.c", dir);
+    CHECK_EQ(mkdir(a, 0700), 0);
+    REFUSED(2, "folder.c: Is a directory", "%s/folder.c --device cpu --function f --arg pair:%s", dir, p);
     snprintf(a, sizeof a, "%s/broken.c", dir);
     f = fopen(a, "w");
     CHECK(f);

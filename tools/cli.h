@@ -41,7 +41,8 @@ mc_pipeline *mc_cli_pipeline_ext(mc_device *d, const char *file, const char *ext
 /* Prints "metal-compute: <what>: <status> (<detail>)" to stderr; returns 1. */
 int mc_cli_fail(const char *what, mc_status s);
 /* The whole file as a NUL-terminated string (free it), its length in
- * *len (may be NULL); NULL if it cannot be read or is empty. */
+ * *len (may be NULL); NULL if it cannot be read, is not a regular file
+ * (errno EISDIR or EINVAL) or is empty (errno 0). */
 char *mc_cli_read_file(const char *path, size_t *len);
 /* True if the stream is a terminal (progress bars). */
 bool mc_cli_isatty(FILE *f);

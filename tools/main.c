@@ -3,6 +3,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -96,6 +97,18 @@ const char *mc_cli_kernel_dir(void)
 char *mc_cli_read_file(const char *path, size_t *len)
 {
     if (len) *len = 0;
+    /* Only regular files: a folder "reads" as an absurd size and a FIFO
+     * blocks. errno says why (0: the file is empty). */
+    struct stat st;
+    if (stat(path, &st) != 0) return NULL;
+    if (!S_ISREG(st.st_mode)) {
+        errno = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
+        return NULL;
+    }
+    if (st.st_size == 0) {
+        errno = 0;
+        return NULL;
+    }
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
     char *buf = NULL;
