@@ -87,7 +87,7 @@ struct mc_device {
     size_t nfaults;
     _Atomic size_t pending_faults; /* fast check on the commit path */
     mc__notifier *notifier;
-    struct mc__cache *cache; /* the pipeline cache (engine/cache.c), lazily */
+    struct mc__cache *cache; /* the pipeline cache (runtime/cache.c), lazily */
     /* Called on the committing thread with each commit number, before the
      * backend sees the command buffer (isolate.c counts commits over a run
      * and fires worker faults there). Set before any commit. */
@@ -303,7 +303,7 @@ mc_status mc__ckpt_load(const char *dir, const char *label, const void *params, 
 /* cache.c (the pipeline cache) */
 void mc__cache_destroy(struct mc__cache *c);
 
-/* ==== pipeline cache section (engine/cache.c; docs/CACHE.md) ============ */
+/* ==== pipeline cache section (runtime/cache.c; docs/CACHE.md) ============ */
 /* Internal entry points shared with the tests, the fuzzer and the CLI. */
 
 #define MC__CACHE_FORMAT_VERSION 1u

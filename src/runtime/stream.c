@@ -45,8 +45,8 @@
  * An isolated stream is a different object behind the same handle type:
  * each public call hands it to isolate_stream.c.
  */
-#include "engine/engine.h"
-#include "engine/isolate.h"
+#include "runtime/runtime.h"
+#include "runtime/isolate.h"
 #include "engine/trace.h"
 
 #include <stdio.h>

@@ -40,7 +40,7 @@
  * on first use, runs requests; futures are waited on one at a time or any
  * of many.
  */
-#include "engine/engine.h"
+#include "runtime/runtime.h"
 #include "engine/trace.h"
 
 #include <dirent.h>

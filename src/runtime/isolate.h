@@ -8,7 +8,7 @@
 #ifndef MC_ENGINE_ISOLATE_H
 #define MC_ENGINE_ISOLATE_H
 
-#include "engine/engine.h"
+#include "runtime/runtime.h"
 
 #include <sys/types.h>
 

@@ -23,7 +23,7 @@
  * there while the new one is being written; two are kept so that a newest
  * one damaged later still leaves one to fall back on.
  */
-#include "engine/engine.h"
+#include "runtime/runtime.h"
 
 #include <dirent.h>
 #include <errno.h>

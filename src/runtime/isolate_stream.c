@@ -29,7 +29,7 @@
  * Locks: send_mu (the worker's channel and the sequence numbers: items go
  * out in sequence order) is taken before mu (slots, rings, counters).
  */
-#include "engine/isolate.h"
+#include "runtime/isolate.h"
 
 #include <errno.h>
 #include <fcntl.h>

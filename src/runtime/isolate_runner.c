@@ -32,7 +32,7 @@
  *    iterations that continue across restarts; measures each restart from
  *    the fault to the new worker's first progress.
  */
-#include "engine/isolate.h"
+#include "runtime/isolate.h"
 #include "engine/trace.h"
 
 #include <errno.h>

@@ -24,7 +24,7 @@
  *    (deadlines, restart bound), which errors a restart may mend, and the
  *    cost of a restart.
  */
-#include "engine/isolate.h"
+#include "runtime/isolate.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -45,8 +45,8 @@
  *    processes. An isolated runner is a different object behind the same
  *    handle type: each public call hands it to isolate_runner.c.
  */
-#include "engine/engine.h"
-#include "engine/isolate.h"
+#include "runtime/runtime.h"
+#include "runtime/isolate.h"
 #include "engine/trace.h"
 
 #include <math.h>
