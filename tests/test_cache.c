@@ -4,7 +4,7 @@
  * real (truncated, flipped, re-versioned, renamed, re-owned, re-moded). */
 #include "mc_test.h"
 
-#include "engine/engine.h"
+#include "runtime/cache_format.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -795,7 +795,7 @@ MC_TEST(cache_unwritable_device_folder_warns_once)
 MC_TEST(cache_without_hash_library_stays_in_memory)
 {
     fresh_root();
-    mc__cache_test_no_hash(true);
+    mc__hash_test_disable(true);
     capture_log();
     mc_device *d = mct_open_device(0);
     CHECK(d);
@@ -814,7 +814,7 @@ MC_TEST(cache_without_hash_library_stays_in_memory)
     char names[4][65];
     CHECK_EQ(entries(d, names, 4, NULL), 0);
     mc_device_release(d);
-    mc__cache_test_no_hash(false);
+    mc__hash_test_disable(false);
     free(k.source);
     rm_tree(cache_root);
     return 0;
