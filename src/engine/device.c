@@ -88,13 +88,14 @@ static const mc__hal *hal_for(mc_device_kind kind)
 
 mc_status mc__device_parse_spec(const char *spec, mc_device_kind *kind, int *index)
 {
-    static const struct { const char *name; mc_device_kind kind; } kinds[] = {
-        {"cpu", MC_DEVICE_CPU}, {"cuda", MC_DEVICE_CUDA}, {"metal", MC_DEVICE_METAL}, {"any", MC_DEVICE_ANY}};
     size_t len = strcspn(spec, ":");
     *index = 0;
-    for (size_t i = 0; i < MC__ARRAY_LEN(kinds); i++) {
-        if (strlen(kinds[i].name) == len && !strncmp(spec, kinds[i].name, len)) {
-            *kind = kinds[i].kind;
+    /* Every kind by its name (core/names.c), compiled in or not: "metal"
+     * on Linux is a known device that is absent, not a typing error. */
+    for (int k = MC_DEVICE_ANY; k <= MC_DEVICE_METAL; k++) {
+        const char *name = mc_device_kind_name((mc_device_kind)k);
+        if (strlen(name) == len && !strncmp(spec, name, len)) {
+            *kind = (mc_device_kind)k;
             if (spec[len] == ':') {
                 char *end;
                 long v = strtol(spec + len + 1, &end, 10);
