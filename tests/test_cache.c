@@ -1334,6 +1334,14 @@ MC_TEST(cache_entry_parser)
     CHECK_EQ(mat.function.len, 1);
     CHECK(mc__cache_parse_material(m, mn - 1, &mat) != NULL);
     CHECK(mc__cache_parse_material(m, mn + 0, NULL) == NULL);
+    /* the writer the cache uses puts down the same bytes */
+    CHECK(mc__cache_parse_material(m, mn, &mat) == NULL);
+    mc__bytes enc = {NULL, 0, 0, false};
+    mc__cache_encode_material(&mat, &enc);
+    CHECK(!enc.oom);
+    CHECK_EQ(enc.n, mn);
+    CHECK(!memcmp(enc.p, m, mn));
+    free(enc.p);
 
     const char payload[] = "payload bytes";
     uint8_t e[512];
@@ -1348,6 +1356,9 @@ MC_TEST(cache_entry_parser)
     CHECK(mc__hash_sha256(h, payload, sizeof payload, e + 64));
     memcpy(e + MC__CACHE_HEADER_SIZE, m, mn);
     memcpy(e + MC__CACHE_HEADER_SIZE + mn, payload, sizeof payload);
+    uint8_t header[MC__CACHE_HEADER_SIZE];
+    mc__cache_entry_header(header, e + 16, mn, sizeof payload, e + 64);
+    CHECK(!memcmp(header, e, MC__CACHE_HEADER_SIZE));
     mc__cache_entry ent;
     CHECK(mc__cache_parse_entry(e, en, h, e + 16, &ent) == NULL);
     CHECK_EQ(ent.payload_len, sizeof payload);
