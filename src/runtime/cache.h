@@ -18,6 +18,7 @@
 #ifndef MC_RUNTIME_CACHE_H
 #define MC_RUNTIME_CACHE_H
 
+#include "engine/engine.h" /* the cache extends pipeline creation: see above */
 #include "runtime/cache_format.h"
 #include "runtime/runtime.h"
 
