@@ -9,16 +9,49 @@
 #include <string.h>
 #include <unistd.h>
 
-static mc_status run_one(mc_queue *q, mc_pipeline *p, mc_buffer *b)
+/* add_one over a small buffer on one queue: enough to commit work. */
+typedef struct work {
+    mc_pipeline *add;
+    mc_buffer *b;
+    mc_queue *q;
+} work;
+
+static int work_open(mc_device *d, work *w)
+{
+    memset(w, 0, sizeof *w);
+    CHECK((w->add = mct_pipeline(d, "basic", "add_one")));
+    mc_buffer_desc bd = {1024, MC_STORAGE_SHARED, "b", NULL};
+    CHECK_OK(mc_buffer_create(d, &bd, &w->b));
+    CHECK_OK(mc_queue_create(d, NULL, &w->q));
+    return 0;
+}
+
+/* A new queue: the only recovery for a queue after a fault (F687). */
+static mc_status work_new_queue(mc_device *d, work *w)
+{
+    mc_queue_release(w->q);
+    w->q = NULL;
+    return mc_queue_create(d, NULL, &w->q);
+}
+
+static void work_close(work *w)
+{
+    mc_queue_release(w->q);
+    mc_buffer_release(w->b);
+    mc_pipeline_release(w->add);
+}
+
+/* One command buffer of add_one, committed and waited for. */
+static mc_status run_one(const work *w)
 {
     mc_cmdbuf *cb;
-    mc_status s = mc_cmdbuf_create(q, NULL, &cb);
+    mc_status s = mc_cmdbuf_create(w->q, NULL, &cb);
     if (s != MC_OK) return s;
     mc_pass *pass;
     uint32_t n = 256;
     s = mc_cmdbuf_begin_pass(cb, "work", &pass);
-    if (s == MC_OK) s = mc_pass_set_pipeline(pass, p);
-    if (s == MC_OK) s = mc_pass_set_buffer(pass, 0, b, 0);
+    if (s == MC_OK) s = mc_pass_set_pipeline(pass, w->add);
+    if (s == MC_OK) s = mc_pass_set_buffer(pass, 0, w->b, 0);
     if (s == MC_OK) s = mc_pass_set_bytes(pass, 1, &n, sizeof n);
     if (s == MC_OK) s = mc_pass_dispatch(pass, (mc_size3){n / 64, 1, 1}, (mc_size3){64, 1, 1});
     if (s == MC_OK) s = mc_pass_end(pass);
@@ -76,18 +109,13 @@ MC_TEST(runtime_reopen_like_carries_pending_faults)
     CHECK_OK(mc_device_open(&dd, &d));
     mc_device_info before;
     CHECK_OK(mc_device_get_info(d, &before));
-    mc_pipeline *add = mct_pipeline(d, "basic", "add_one");
-    CHECK(add);
-    mc_buffer *b;
-    mc_buffer_desc bd = {1024, MC_STORAGE_SHARED, "b", NULL};
-    CHECK_OK(mc_buffer_create(d, &bd, &b));
-    mc_queue *q;
-    CHECK_OK(mc_queue_create(d, NULL, &q));
+    work w;
+    if (work_open(d, &w)) return 1;
 
     /* Commit 1 passes; 2 is lost; 3 and 5 lie beyond the loss. */
     CHECK_OK(mc_device_inject_faults(d, "device-lost@2,page-fault@3,internal@5"));
-    CHECK_OK(run_one(q, add, b));
-    CHECK_STATUS(run_one(q, add, b), MC_ERR_DEVICE_LOST);
+    CHECK_OK(run_one(&w));
+    CHECK_STATUS(run_one(&w), MC_ERR_DEVICE_LOST);
     CHECK(mc__device_is_lost(d));
 
     mc__device_like like;
@@ -107,9 +135,7 @@ MC_TEST(runtime_reopen_like_carries_pending_faults)
     }
     CHECK_EQ(page_nth, 1);
     CHECK_EQ(internal_nth, 3);
-    mc_queue_release(q);
-    mc_buffer_release(b);
-    mc_pipeline_release(add);
+    work_close(&w);
     mc_device_release(d);
     CHECK_EQ(seen.never_fired, 0); /* moved, not unfired */
 
@@ -127,26 +153,19 @@ MC_TEST(runtime_reopen_like_carries_pending_faults)
     CHECK_EQ(after.execution_time_limit_ns, before.execution_time_limit_ns);
     CHECK_EQ(after.compute_units, before.compute_units);
 
-    add = mct_pipeline(d2, "basic", "add_one");
-    CHECK(add);
-    CHECK_OK(mc_buffer_create(d2, &bd, &b));
-    CHECK_OK(mc_queue_create(d2, NULL, &q));
-    CHECK_STATUS(run_one(q, add, b), MC_ERR_PAGE_FAULT);
-    mc_queue_release(q);
-    CHECK_OK(mc_queue_create(d2, NULL, &q)); /* the only recovery for a queue (F687) */
-    CHECK_OK(run_one(q, add, b));
-    CHECK_STATUS(run_one(q, add, b), MC_ERR_INTERNAL);
-    mc_queue_release(q);
-    CHECK_OK(mc_queue_create(d2, NULL, &q));
-    CHECK_OK(run_one(q, add, b));
+    if (work_open(d2, &w)) return 1;
+    CHECK_STATUS(run_one(&w), MC_ERR_PAGE_FAULT);
+    CHECK_OK(work_new_queue(d2, &w));
+    CHECK_OK(run_one(&w));
+    CHECK_STATUS(run_one(&w), MC_ERR_INTERNAL);
+    CHECK_OK(work_new_queue(d2, &w));
+    CHECK_OK(run_one(&w));
 
     /* Forgotten faults neither fire nor warn. */
     CHECK_OK(mc_device_inject_fault(d2, MC_ERR_PAGE_FAULT, 1));
     mc__device_forget_faults(d2);
-    CHECK_OK(run_one(q, add, b));
-    mc_queue_release(q);
-    mc_buffer_release(b);
-    mc_pipeline_release(add);
+    CHECK_OK(run_one(&w));
+    work_close(&w);
     mc_device_release(d2);
     mc_log_set_callback(NULL, NULL, MC_LOG_WARN);
     CHECK_EQ(seen.never_fired, 0);
@@ -207,14 +226,9 @@ MC_TEST(runtime_cpu_workers_are_named)
     dd.threads = 2;
     mc_device *d;
     CHECK_OK(mc_device_open(&dd, &d));
-    mc_pipeline *add = mct_pipeline(d, "basic", "add_one");
-    CHECK(add);
-    mc_buffer *b;
-    mc_buffer_desc bd = {1024, MC_STORAGE_SHARED, "b", NULL};
-    CHECK_OK(mc_buffer_create(d, &bd, &b));
-    mc_queue *q;
-    CHECK_OK(mc_queue_create(d, NULL, &q));
-    CHECK_OK(run_one(q, add, b)); /* the pool runs by now */
+    work w;
+    if (work_open(d, &w)) return 1;
+    CHECK_OK(run_one(&w)); /* the pool runs by now */
     int named = 0;
     for (int tries = 0; tries < 200 && named < 2; tries++) {
         named = 0;
@@ -234,9 +248,7 @@ MC_TEST(runtime_cpu_workers_are_named)
         if (named < 2) usleep(5000); /* a worker names itself as it starts */
     }
     CHECK_EQ(named, 2);
-    mc_queue_release(q);
-    mc_buffer_release(b);
-    mc_pipeline_release(add);
+    work_close(&w);
     mc_device_release(d);
     return 0;
 #else

@@ -160,13 +160,13 @@ mc_status mc__cache_make_req(mc_device *d, const mc_pipeline_source_desc *desc, 
                         "%s: max_total_threads_per_threadgroup %u is over the device's "
                         "limit of %u",
                         who, desc->max_total_threads_per_threadgroup, d->info.max_threads_per_threadgroup);
-    r->lang = lang;
+    r->language = lang;
     r->source = desc->source;
     r->source_len = desc->source_len ? desc->source_len : strlen(desc->source);
     r->options = desc->options ? desc->options : "";
     r->function = desc->function;
-    r->max_threads = desc->max_total_threads_per_threadgroup;
-    r->simd = desc->threadgroup_size_is_multiple_of_simd_width;
+    r->max_total_threads_per_threadgroup = desc->max_total_threads_per_threadgroup;
+    r->threadgroup_size_is_multiple_of_simd_width = desc->threadgroup_size_is_multiple_of_simd_width;
     r->label = desc->label;
     return MC_OK;
 }

@@ -77,17 +77,9 @@ struct mc__cache {
     mc__cache_pool *pool;
 };
 
-/* One request, with the strings it points to owned by the caller. */
-typedef struct mc__cache_req {
-    mc_language lang;
-    const char *source;
-    size_t source_len;
-    const char *options; /* never NULL */
-    const char *function;
-    uint32_t max_threads;
-    bool simd;
-    const char *label; /* may be NULL */
-} mc__cache_req;
+/* One request, with the strings it points to owned by the caller: what
+ * the backend needs to rebuild a pipeline from an archived payload too. */
+typedef mc__pipeline_src mc__cache_req;
 
 static inline void mc__cache_count(_Atomic uint64_t *c, uint64_t v)
 {

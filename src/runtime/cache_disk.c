@@ -293,10 +293,8 @@ mc__cache_look mc__cache_disk_lookup(struct mc__cache *c, const mc__cache_req *r
         close(fd);
         return MC__LOOK_REJECTED;
     }
-    mc__pipeline_src src = {r->lang,     r->source,      r->source_len, r->options,
-                            r->function, r->max_threads, r->simd,       r->label};
     mc_status s =
-        d->hal->pipeline_import(d->hd, &src, e.payload, (size_t)e.payload_len, mode == MC_CACHE_REQUIRE, hl, hp, info);
+        d->hal->pipeline_import(d->hd, r, e.payload, (size_t)e.payload_len, mode == MC_CACHE_REQUIRE, hl, hp, info);
     free(data);
     if (s != MC_OK) {
         mc__cache_look l = MC__LOOK_REJECTED;

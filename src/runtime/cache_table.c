@@ -35,7 +35,7 @@ static bool build_material(mc_device *d, const mc__cache_req *r, mc__bytes *m, b
     *identity_known = false;
     compiler[0] = '\0';
     if (d->hal->compiler_identity) {
-        if (d->hal->compiler_identity(d->hd, r->lang, compiler, sizeof compiler) == MC_OK) *identity_known = true;
+        if (d->hal->compiler_identity(d->hd, r->language, compiler, sizeof compiler) == MC_OK) *identity_known = true;
         else compiler[0] = '\0';
         compiler[sizeof compiler - 1] = '\0';
     }
@@ -45,12 +45,12 @@ static bool build_material(mc_device *d, const mc__cache_req *r, mc__bytes *m, b
         .backend = {d->hal->name, strlen(d->hal->name)},
         .identity = {d->info.identity, strlen(d->info.identity)},
         .compiler = {comp, strlen(comp)},
-        .language = (uint32_t)r->lang,
+        .language = (uint32_t)r->language,
         .source = {r->source, r->source_len},
         .options = {r->options, strlen(r->options)},
         .function = {r->function, strlen(r->function)},
-        .max_total_threads_per_threadgroup = r->max_threads,
-        .simd_multiple = r->simd ? 1u : 0u,
+        .max_total_threads_per_threadgroup = r->max_total_threads_per_threadgroup,
+        .simd_multiple = r->threadgroup_size_is_multiple_of_simd_width ? 1u : 0u,
     };
     mc__cache_encode_material(&mat, m);
     return !m->oom;
@@ -61,8 +61,8 @@ static mc_status pipeline_from_lib(mc_device *d, mc_library *lib, const mc__cach
     mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
     pd.library = lib;
     pd.function = r->function;
-    pd.max_total_threads_per_threadgroup = r->max_threads;
-    pd.threadgroup_size_is_multiple_of_simd_width = r->simd;
+    pd.max_total_threads_per_threadgroup = r->max_total_threads_per_threadgroup;
+    pd.threadgroup_size_is_multiple_of_simd_width = r->threadgroup_size_is_multiple_of_simd_width;
     pd.label = r->label;
     return mc_pipeline_create(d, &pd, out);
 }
@@ -84,7 +84,7 @@ static mc_status pipeline_wrap(mc_device *d, mc_library *lib, void *hp, const mc
     p->hp = hp;
     p->info = *info;
     p->function = fn;
-    p->simd_multiple = r->simd;
+    p->simd_multiple = r->threadgroup_size_is_multiple_of_simd_width;
     p->library = lib;
     mc__object_retain(&lib->base);
     mc__object_retain(&d->base);
@@ -101,17 +101,18 @@ static mc_status compile(struct mc__cache *c, const mc__cache_req *r, mc_library
     char *blog = NULL;
     uint64_t t0 = mc__now_ns();
     mc__cache_count(&c->n.compiles, 1);
-    mc_status s = d->hal->library_create(d->hd, r->lang, r->source, r->source_len, r->options, &hl, &blog);
+    mc_status s = d->hal->library_create(d->hd, r->language, r->source, r->source_len, r->options, &hl, &blog);
     if (s != MC_OK) {
         mc__cache_count(&c->n.compile_ns, mc__now_ns() - t0);
         if (MC__TRACING())
             mc__trace_span("pipelines", NULL, "compile", r->function, 0, t0, mc__now_ns(), mc_status_name(s), 0, NULL);
-        if (s == MC_ERR_COMPILE && !mc_last_error()[0]) mc__fail(s, "%s compilation failed", mc_language_name(r->lang));
+        if (s == MC_ERR_COMPILE && !mc_last_error()[0])
+            mc__fail(s, "%s compilation failed", mc_language_name(r->language));
         *log = blog;
         return s;
     }
     free(blog);
-    mc_library *lib = mc__cache_lib_wrap(d, hl, r->lang, r->label ? r->label : r->function);
+    mc_library *lib = mc__cache_lib_wrap(d, hl, r->language, r->label ? r->label : r->function);
     if (!lib) {
         d->hal->library_destroy(d->hd, hl);
         return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
@@ -145,7 +146,7 @@ static mc_status build(struct mc__cache *c, const mc__cache_req *r, const mc__by
         uint64_t t0 = mc__now_ns();
         mc__cache_look l = mc__cache_disk_lookup(c, r, m->p, m->n, key, &hl, &hp, &info);
         if (l == MC__LOOK_HIT) {
-            mc_library *lib = mc__cache_lib_wrap(d, hl, r->lang, r->label ? r->label : r->function);
+            mc_library *lib = mc__cache_lib_wrap(d, hl, r->language, r->label ? r->label : r->function);
             if (!lib) {
                 d->hal->pipeline_destroy(d->hd, hp);
                 d->hal->library_destroy(d->hd, hl);
@@ -175,9 +176,7 @@ static mc_status build(struct mc__cache *c, const mc__cache_req *r, const mc__by
     if (s != MC_OK || !disk || mode != MC_CACHE_RW || !mc__cache_disk_writable(c)) return s;
     void *payload = NULL;
     size_t len = 0;
-    mc__pipeline_src src = {r->lang,     r->source,      r->source_len, r->options,
-                            r->function, r->max_threads, r->simd,       r->label};
-    if (d->hal->pipeline_export(d->hd, &src, (*lib_out)->hl, (*out)->hp, &payload, &len) != MC_OK) {
+    if (d->hal->pipeline_export(d->hd, r, (*lib_out)->hl, (*out)->hp, &payload, &len) != MC_OK) {
         mc__log(MC_LOG_DEBUG, "cache.export_failed", "pipeline '%s' cannot be archived: %s", r->function,
                 mc_last_error());
         return MC_OK;
@@ -237,7 +236,7 @@ static mc_status request_uncached(struct mc__cache *c, const mc__cache_req *r, m
 {
     mc_device *d = c->d;
     mc_library_desc ld = MC_LIBRARY_DESC_INIT;
-    ld.language = r->lang;
+    ld.language = r->language;
     ld.source = r->source;
     ld.source_len = r->source_len;
     ld.options = r->options;
