@@ -14,27 +14,13 @@
 
 /* ---- hand-over from the public runner and stream calls ------------------ */
 
-#define MC__ISO_RUNNER_TAG 0x6d634952u /* "mcIR" */
 #define MC__ISO_STREAM_TAG 0x6d634953u /* "mcIS" */
 
-/* True when h is an isolated runner (stream): its first word is the tag. */
-static inline bool mc__iso_is_runner(const void *h)
-{
-    return h && *(const uint32_t *)h == MC__ISO_RUNNER_TAG;
-}
+/* True when h is an isolated stream: its first word is the tag. */
 static inline bool mc__iso_is_stream(const void *h)
 {
     return h && *(const uint32_t *)h == MC__ISO_STREAM_TAG;
 }
-
-mc_status mc__runner_check_desc(const mc_runner_desc *d, const mc_device_info *info); /* runner.c; info may be NULL */
-mc_status mc__iso_runner_create(const mc_runner_desc *desc, mc_runner **out);
-mc_status mc__iso_runner_run(mc_runner *r);
-mc_status mc__iso_runner_cancel(mc_runner *r);
-mc_status mc__iso_runner_get_stats(const mc_runner *r, mc_runner_stats *out);
-mc_status mc__iso_runner_state_read(mc_runner *r, uint32_t index, void *dst, size_t len);
-size_t mc__iso_runner_state_size(const mc_runner *r, uint32_t index);
-void mc__iso_runner_release(mc_runner *r);
 
 mc_status mc__stream_check_desc(const mc_stream_desc *d); /* stream.c: what needs no device */
 /* stream.c, for the worker: the next item submitted gets sequence number
@@ -162,10 +148,6 @@ typedef struct mc__iso_faults {
     mc__iso_fault f[MC__MAX_FAULTS];
     size_t n;
 } mc__iso_faults;
-
-/* runner.c: the first chunk past iteration takes a checkpoint (a new
- * worker, where the last one failed). Before mc_runner_run. */
-void mc__runner_checkpoint_past(mc_runner *r, uint64_t iteration);
 
 /* Parses "KIND@N,..." (NULL or "": none). */
 mc_status mc__iso_parse_faults(const char *spec, mc__iso_faults *out);
