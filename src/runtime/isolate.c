@@ -4,7 +4,7 @@
  * An isolated runner or stream (docs/ISOLATION.md) does its device work in
  * a worker process, so that a fault that poisons a process (a CUDA context
  * after an illegal address, a Metal process whose access was revoked)
- * costs a worker, not the run. What this file owns, for isolate_runner.c
+ * costs a worker, not the run. What this file owns, for runner_isolated.c
  * and isolate_stream.c:
  *
  *  - the launcher: a small process forked once from the caller when the

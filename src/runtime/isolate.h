@@ -2,8 +2,9 @@
  * DOC: Isolation internals
  *
  * Shared by isolate.c (launcher, channel, shared memory, faults, the
- * supervisor's bookkeeping), isolate_runner.c and isolate_stream.c, and the
- * hooks runner.c and stream.c call to hand an isolated handle over.
+ * supervisor's bookkeeping), runner_isolated.c and isolate_stream.c, and the
+ * hooks stream.c calls to hand an isolated handle over (the runner's two
+ * back ends meet in runner_ops.h instead).
  */
 #ifndef MC_ENGINE_ISOLATE_H
 #define MC_ENGINE_ISOLATE_H

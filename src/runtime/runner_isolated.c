@@ -1,7 +1,8 @@
 /*
  * DOC: The isolated runner
  *
- * An mc_runner whose device work runs in a worker process (docs/ISOLATION.md).
+ * The runner's isolated back end (runner.c is the front end): an mc_runner
+ * whose device work runs in a worker process (docs/ISOLATION.md).
  * The caller's process holds the supervisor: it never opens a device. What
  * this file owns:
  *

@@ -1,12 +1,14 @@
 /*
- * DOC: The runner
+ * DOC: The local runner
  *
  * Turns one long computation (a step kernel applied many times to some
  * state buffers) into a stream of command buffers ("chunks") that never
  * come near the device's execution-time limit, and survives the errors a
  * GPU reports. Metal has no persistent kernels and no way to raise its
  * watchdog (F145, F151, F696): the only way is bounded chunks re-dispatched
- * from the CPU (F152). What this file owns:
+ * from the CPU (F152). This is the runner's local back end (runner.c is
+ * the front end; runner_device.c makes what it keeps on the device). What
+ * this file owns:
  *
  *  - sizing: a chunk holds D dispatches, D from the measured device time
  *    per dispatch (an EMA that follows increases at once): start at 1,
@@ -36,16 +38,13 @@
  *    previous failure are counted; past max_recoveries the run stops with
  *    the cause and the last good iteration. With MC_RUNNER_NO_REOPEN a
  *    lost device ends the run instead (its process is replaced);
- *  - durable checkpoints: with checkpoint_dir each checkpoint taken is
- *    also written to a file (ckpt_file.c), and MC_RUNNER_RESUME starts
- *    the run from the newest valid one;
- *  - resuming: mc_runner_restore starts a run from a saved state and
- *    iteration, and on_checkpoint hands every checkpoint out; with those
- *    the isolation layer (isolate_runner.c) keeps a run alive across worker
- *    processes. An isolated runner is a different object behind the same
- *    handle type: each public call hands it to isolate_runner.c.
+ *  - resuming: restore puts a saved state and iteration back before the
+ *    run; every checkpoint taken goes to the front end, which hands it to
+ *    on_checkpoint and writes checkpoint_dir's files. With those the
+ *    isolated back end (runner_isolated.c) keeps a run alive across worker
+ *    processes, each of which runs a local runner.
  */
-#include "runtime/runner_ops.h"
+#include "runtime/runner_local.h"
 #include "engine/trace.h"
 
 #include <math.h>
@@ -72,80 +71,6 @@
 /* A single dispatch longer than this holds the GPU past the firmware's
  * preemption window (40-50 ms, F688, F696): worth a warning. */
 #define LONG_DISPATCH_NS 40000000.0
-#define SNAP_STRIDE 32u
-
-typedef struct chunk {
-    mc_cmdbuf *cb;
-    uint64_t number;      /* 1, 2, ... over the whole run */
-    uint64_t value;       /* timeline value signalled at its end */
-    uint64_t first, iters; /* iterations [first, first + iters) */
-    uint32_t dispatches;
-    int ckpt_slot;        /* -1: no checkpoint */
-    uint32_t snap;        /* snapshot slot */
-    bool retired;         /* its work is done (the timeline passed value) */
-    bool stopped;         /* its snapshot shows the stop condition */
-    uint64_t stop_iteration;
-} chunk;
-
-/* What a chunk's completion callback needs to wake the runner. */
-typedef struct wake_note {
-    mc_event *event;
-    uint64_t value;
-} wake_note;
-
-typedef struct pending_fault {
-    mc_status kind;
-    uint64_t nth;
-} pending_fault;
-
-typedef struct local_runner {
-    struct mc_runner b; /* the front end's part; b.desc has the defaults resolved */
-    double budget_ns, cap_ns, checkpoint_ns;
-
-    /* the device and what lives on it */
-    mc_device *dev;
-    mc_device_info info;
-    mc_queue *queue;
-    mc_event *timeline; /* swapped under mu: cancel signals it */
-    mc_buffer *control; /* with a control slot */
-    mc_buffer *snaps;   /* control snapshots, in_flight + 1 slots */
-    mc_buffer *ckpt[2][MC_RUNNER_MAX_STATE];
-    bool ckpt_busy[2];
-    mc_runner_binding bind;
-    bool bound; /* setup ran; teardown is due */
-    uint8_t *bytes[MC_MAX_BUFFER_ARGS]; /* the runner's copies of BYTES args */
-    pending_fault faults[MC__MAX_FAULTS]; /* injected faults carried to a reopened device */
-    size_t nfaults;
-
-    /* the last good state, in host memory (double-buffered) */
-    void *host[2][MC_RUNNER_MAX_STATE];
-    int host_cur;
-    uint64_t host_iter;
-
-    /* the run: touched only by the thread in mc_runner_run */
-    chunk *list; /* submission order */
-    uint32_t nlist, list_cap;
-    uint64_t next_value, next_number, next_iter, high;
-    uint32_t cur_d;
-    double est_ns; /* device time per dispatch */
-    uint64_t last_ckpt_ns;
-    bool force_ckpt;
-    uint64_t fail_point; /* first iteration of the chunk that failed last */
-    uint32_t in_a_row;   /* failures without a checkpoint past fail_point */
-    uint32_t revoked_in_a_row;
-    bool warned_long;
-    bool stopped;
-    uint64_t stop_iteration;
-    uint64_t prev_end_ns;
-    bool have_prev;
-    double chunk_ns_sum, gap_ns_sum;
-    uint64_t ngaps;
-    mc_runner_stats st; /* the run's figures; published through the front end */
-
-    pthread_mutex_t mu; /* the timeline pointer, the back-off sleep */
-    pthread_cond_t cv; /* back-off sleeps; cancel broadcasts */
-} local_runner;
-
 /* ---- small helpers ------------------------------------------------------ */
 
 static local_runner *as_local(const mc_runner *r)
@@ -163,234 +88,6 @@ static void publish(local_runner *r)
     r->st.chunk_ms_mean = r->st.chunks ? r->chunk_ns_sum / 1e6 / (double)r->st.chunks : 0;
     r->st.gap_us_mean = r->ngaps ? r->gap_ns_sum / 1e3 / (double)r->ngaps : 0;
     mc__runner_publish(&r->b, &r->st, NULL);
-}
-
-static void free_bytes(local_runner *r)
-{
-    for (uint32_t i = 0; i < MC_MAX_BUFFER_ARGS; i++) {
-        free(r->bytes[i]);
-        r->bytes[i] = NULL;
-    }
-}
-
-/* ---- the binding ------------------------------------------------------- */
-
-static mc_status check_binding(local_runner *r)
-{
-    const mc_runner_binding *b = &r->bind;
-    const char *l = r->b.label;
-    if (!mc__object_check(b->pipeline, MC__TAG_PIPELINE) || b->pipeline->base.device != r->dev)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': setup left no pipeline of this device in the binding", l);
-    mc_size3 t = r->b.desc.threads_per_threadgroup;
-    uint64_t threads = (uint64_t)t.x * t.y * t.z;
-    if (b->pipeline->info.max_total_threads_per_threadgroup &&
-        threads > b->pipeline->info.max_total_threads_per_threadgroup)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': %llu threads per threadgroup; the pipeline allows %u", l,
-                        (unsigned long long)threads, b->pipeline->info.max_total_threads_per_threadgroup);
-    if (b->state_count < 1 || b->state_count > MC_RUNNER_MAX_STATE)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': state_count is %u; 1 to %d state buffers", l,
-                        b->state_count, MC_RUNNER_MAX_STATE);
-    if (r->b.nstate && b->state_count != r->b.nstate)
-        return mc__fail(MC_ERR_INVALID_STATE, "runner '%s': setup made %u state buffers, before %u", l, b->state_count,
-                        r->b.nstate);
-    for (uint32_t i = 0; i < b->state_count; i++) {
-        mc_buffer *s = b->state[i];
-        if (!mc__object_check(s, MC__TAG_BUFFER) || s->base.device != r->dev)
-            return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': state[%u] is not a buffer of this device", l, i);
-        if (r->b.nstate && s->size != r->b.state_size[i])
-            return mc__fail(MC_ERR_INVALID_STATE, "runner '%s': setup made state[%u] of %zu bytes, before %zu", l, i,
-                            s->size, r->b.state_size[i]);
-    }
-    for (uint32_t i = 0; i < MC_MAX_BUFFER_ARGS; i++) {
-        const mc_runner_arg *a = &b->args[i];
-        bool runner_slot = (int32_t)i == r->b.desc.iteration_arg || (int32_t)i == r->b.desc.control_arg;
-        if (a->kind == MC_RUNNER_ARG_NONE) continue;
-        if (runner_slot)
-            return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': slot %u is the runner's (%s); leave it unbound", l,
-                            i, (int32_t)i == r->b.desc.iteration_arg ? "iteration_arg" : "control_arg");
-        if (a->kind == MC_RUNNER_ARG_BUFFER) {
-            if (!mc__object_check(a->buffer, MC__TAG_BUFFER) || a->buffer->base.device != r->dev)
-                return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': slot %u is not a buffer of this device", l, i);
-            if (a->offset > a->buffer->size)
-                return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': slot %u: offset %zu past the buffer's %zu bytes",
-                                l, i, a->offset, a->buffer->size);
-        } else if (a->kind == MC_RUNNER_ARG_BYTES) {
-            if (!a->bytes || a->len == 0 || a->len > MC_MAX_BYTES_ARG)
-                return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': slot %u: bytes need a pointer and 1 to %d bytes",
-                                l, i, MC_MAX_BYTES_ARG);
-        } else {
-            return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': slot %u has unknown kind %d", l, i, (int)a->kind);
-        }
-    }
-    for (uint32_t i = 0; i < MC_MAX_THREADGROUP_MEMORY_ARGS; i++)
-        if (b->threadgroup_memory[i] > r->info.threadgroup_memory_size)
-            return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': threadgroup memory slot %u: %zu bytes, the device has %llu",
-                            l, i, b->threadgroup_memory[i], (unsigned long long)r->info.threadgroup_memory_size);
-    return MC_OK;
-}
-
-static void unbind(local_runner *r)
-{
-    if (r->bound) r->b.desc.teardown(r->b.desc.user, &r->bind);
-    r->bound = false;
-    memset(&r->bind, 0, sizeof r->bind);
-    free_bytes(r);
-}
-
-/* Calls setup on r->dev and checks what it made. */
-static mc_status bind(local_runner *r)
-{
-    memset(&r->bind, 0, sizeof r->bind);
-    mc_status s = r->b.desc.setup(r->b.desc.user, r->dev, &r->bind);
-    if (s != MC_OK) {
-        char why[256];
-        snprintf(why, sizeof why, "%s", mc_last_error());
-        memset(&r->bind, 0, sizeof r->bind);
-        return mc__fail(s, "runner '%s': setup failed: %s", r->b.label, why[0] ? why : mc_status_text(s));
-    }
-    r->bound = true;
-    if ((s = check_binding(r)) != MC_OK) {
-        char why[256];
-        snprintf(why, sizeof why, "%s", mc_last_error());
-        unbind(r);
-        return mc__fail(s, "%s", why);
-    }
-    for (uint32_t i = 0; i < MC_MAX_BUFFER_ARGS; i++) {
-        const mc_runner_arg *a = &r->bind.args[i];
-        if (a->kind != MC_RUNNER_ARG_BYTES) continue;
-        r->bytes[i] = mc__malloc(a->len);
-        if (!r->bytes[i]) {
-            unbind(r);
-            return mc__fail(MC_ERR_NO_MEMORY, "runner '%s': out of host memory", r->b.label);
-        }
-        memcpy(r->bytes[i], a->bytes, a->len);
-    }
-    if (!r->b.nstate) {
-        r->b.nstate = r->bind.state_count;
-        for (uint32_t i = 0; i < r->b.nstate; i++) r->b.state_size[i] = r->bind.state[i]->size;
-    }
-    return MC_OK;
-}
-
-/* ---- objects on the device -------------------------------------------- */
-
-static void set_timeline(local_runner *r, mc_event *e)
-{
-    pthread_mutex_lock(&r->mu);
-    mc_event *old = r->timeline;
-    r->timeline = e;
-    pthread_mutex_unlock(&r->mu);
-    mc_event_release(old);
-}
-
-static mc_status reset_control(local_runner *r)
-{
-    if (!r->control) return MC_OK;
-    mc_runner_control c;
-    memset(&c, 0, sizeof c);
-    c.groups[0] = r->b.desc.threadgroups.x;
-    c.groups[1] = r->b.desc.threadgroups.y;
-    c.groups[2] = r->b.desc.threadgroups.z;
-    return mc_buffer_write(r->control, 0, &c, sizeof c);
-}
-
-static mc_status make_queue(local_runner *r)
-{
-    mc_queue_release(r->queue);
-    r->queue = NULL;
-    mc_queue_desc qd = {r->b.label};
-    return mc_queue_create(r->dev, &qd, &r->queue);
-}
-
-/* Everything the runner itself keeps on the device, made where missing. */
-static mc_status make_objects(local_runner *r)
-{
-    mc_status s = MC_OK;
-    if (!r->queue && (s = make_queue(r)) != MC_OK) return s;
-    if (!r->timeline) {
-        mc_event *e;
-        if ((s = mc_event_create(r->dev, 0, &e)) != MC_OK) return s;
-        set_timeline(r, e);
-    }
-    if (r->b.desc.control_arg >= 0 && !r->control) {
-        mc_buffer_desc bd = {SNAP_STRIDE, MC_STORAGE_SHARED, "runner control", NULL};
-        if ((s = mc_buffer_create(r->dev, &bd, &r->control)) != MC_OK) return s;
-        bd.size = (size_t)SNAP_STRIDE * (r->b.desc.in_flight + 1);
-        bd.label = "runner control snapshots";
-        if ((s = mc_buffer_create(r->dev, &bd, &r->snaps)) != MC_OK) return s;
-    }
-    for (int k = 0; k < 2; k++) {
-        for (uint32_t i = 0; i < r->b.nstate; i++) {
-            if (r->ckpt[k][i]) continue;
-            mc_buffer_desc bd = {r->b.state_size[i], MC_STORAGE_SHARED, k ? "runner checkpoint B" : "runner checkpoint A",
-                                 NULL};
-            if ((s = mc_buffer_create(r->dev, &bd, &r->ckpt[k][i])) != MC_OK) return s;
-        }
-        r->ckpt_busy[k] = false;
-    }
-    return MC_OK;
-}
-
-static void drop_objects(local_runner *r)
-{
-    mc_queue_release(r->queue);
-    r->queue = NULL;
-    set_timeline(r, NULL);
-    mc_buffer_release(r->control);
-    mc_buffer_release(r->snaps);
-    r->control = r->snaps = NULL;
-    for (int k = 0; k < 2; k++) {
-        for (uint32_t i = 0; i < MC_RUNNER_MAX_STATE; i++) {
-            mc_buffer_release(r->ckpt[k][i]);
-            r->ckpt[k][i] = NULL;
-        }
-        r->ckpt_busy[k] = false;
-    }
-}
-
-/* Lets go of a (lost) device. Injected faults scheduled on it but not yet
- * reached move to the next one, so "the Nth command buffer of the run"
- * keeps its meaning across a reopen. */
-static void drop_device(local_runner *r)
-{
-    unbind(r);
-    drop_objects(r);
-    if (!r->dev) return;
-    pthread_mutex_lock(&r->dev->lock);
-    uint64_t done = atomic_load(&r->dev->committed);
-    for (size_t i = 0; i < r->dev->nfaults && r->nfaults < MC__MAX_FAULTS; i++) {
-        if (r->dev->faults[i].at <= done) continue;
-        r->faults[r->nfaults].kind = r->dev->faults[i].kind;
-        r->faults[r->nfaults].nth = r->dev->faults[i].at - done;
-        r->nfaults++;
-    }
-    r->dev->nfaults = 0; /* moved, not unfired: the old device does not warn of them */
-    atomic_store(&r->dev->pending_faults, 0);
-    pthread_mutex_unlock(&r->dev->lock);
-    mc_device_release(r->dev);
-    r->dev = NULL;
-}
-
-/* Opens a device like the one lost: same kind, index, time limit. */
-static mc_status open_device(local_runner *r)
-{
-    mc_device_desc dd = MC_DEVICE_DESC_INIT;
-    dd.kind = r->info.kind;
-    dd.index = r->info.index;
-    uint64_t lim = r->info.execution_time_limit_ns;
-    dd.time_limit_ms = lim ? (int64_t)((lim + 999999u) / 1000000u) : MC_TIME_LIMIT_NONE;
-    if (r->info.kind == MC_DEVICE_CPU) dd.threads = r->info.compute_units;
-    mc_device *d;
-    mc_status s = mc_device_open(&dd, &d);
-    if (s != MC_OK) return s;
-    r->dev = d;
-    mc_device_get_info(d, &r->info);
-    for (size_t i = 0; i < r->nfaults; i++) mc_device_inject_fault(d, r->faults[i].kind, r->faults[i].nth);
-    r->nfaults = 0;
-    r->st.device_reopens++;
-    mc__log(MC_LOG_INFO, "runner.device_reopened", "runner '%s': reopened %s:%d", r->b.label,
-            mc_device_kind_name(r->info.kind), r->info.index);
-    return MC_OK;
 }
 
 /* ---- checkpoints -------------------------------------------------------- */
@@ -414,7 +111,7 @@ static mc_status restore(local_runner *r)
         mc_status s = mc_buffer_write(r->bind.state[i], 0, r->host[r->host_cur][i], r->b.state_size[i]);
         if (s != MC_OK) return s;
     }
-    mc_status s = reset_control(r);
+    mc_status s = mc__lr_reset_control(r);
     if (s != MC_OK) return s;
     r->next_iter = r->host_iter;
     r->stopped = false;
@@ -774,24 +471,19 @@ static double backoff_delay(const local_runner *r, uint32_t n)
     return MC__MIN(d, r->b.desc.backoff_max_ms);
 }
 
-static bool lost(const local_runner *r)
-{
-    return !r->dev || atomic_load(&r->dev->lost);
-}
-
 /* Recreates what the failure broke and puts the last good state back. */
 static mc_status rebuild(local_runner *r, bool device_lost)
 {
     if (device_lost || !r->dev) {
-        drop_device(r);
+        mc__lr_drop_device(r);
     } else {
         mc_queue_release(r->queue); /* the only recovery for a queue (F687) */
         r->queue = NULL;
     }
     mc_status s = MC_OK;
-    if (!r->dev) s = open_device(r);
-    if (s == MC_OK && !r->bound) s = bind(r);
-    if (s == MC_OK) s = make_objects(r);
+    if (!r->dev) s = mc__lr_open_device(r);
+    if (s == MC_OK && !r->bound) s = mc__lr_bind(r);
+    if (s == MC_OK) s = mc__lr_make_objects(r);
     if (s == MC_OK) s = restore(r);
     return s;
 }
@@ -810,7 +502,7 @@ static mc_status give_up(local_runner *r, const failure *f, const char *why)
         mc__trace_instant("runner", r->b.label, "runner", "gave up", 0, mc_status_name(f->status),
                           MC__TARGS({"chunk", f->number}, {"checkpoint", r->host_iter}));
     /* Leave the last good state on the device, if there is one. */
-    if (!lost(r) && r->bound && r->queue) restore(r);
+    if (!mc__lr_lost(r) && r->bound && r->queue) restore(r);
     r->st.iterations = r->host_iter;
     return mc__fail(f->status,
                     "runner '%s': %s; the last: %s in chunk %llu (iterations %llu to %llu): %s; last good iteration "
@@ -832,7 +524,7 @@ static mc_status recover(local_runner *r, failure *commit_error)
         f = *commit_error; /* no chunk failed: the refused commit is the failure */
         f.first = r->next_iter;
     }
-    bool device_lost = f.status == MC_ERR_DEVICE_LOST || lost(r);
+    bool device_lost = f.status == MC_ERR_DEVICE_LOST || mc__lr_lost(r);
     if (f.status == MC_OK) return MC_OK; /* nothing failed after all */
     if (r->stopped && !device_lost) return MC_OK; /* behind the stop: the final state is intact */
 
@@ -885,7 +577,7 @@ static mc_status recover(local_runner *r, failure *commit_error)
         r->st.last_failure = s;
         if (r->in_a_row > r->b.desc.max_recoveries || (!mc_status_is_device_error(s) && s != MC_ERR_NOT_FOUND))
             return give_up(r, &f, "could not rebuild after the failure");
-        device_lost = lost(r) || s == MC_ERR_DEVICE_LOST;
+        device_lost = mc__lr_lost(r) || s == MC_ERR_DEVICE_LOST;
         if (device_lost && (r->b.desc.flags & MC_RUNNER_NO_REOPEN))
             return give_up(r, &f, "the device was lost while rebuilding and MC_RUNNER_NO_REOPEN is set");
         backoff(r, backoff_delay(r, r->in_a_row));
@@ -921,7 +613,7 @@ static mc_status local_run(mc_runner *base)
         s = mc__fail(MC_ERR_DEVICE_LOST, "runner '%s': no device", r->b.label);
         goto out;
     }
-    if ((s = reset_control(r)) != MC_OK) goto out;
+    if ((s = mc__lr_reset_control(r)) != MC_OK) goto out;
     r->next_iter = r->high = r->b.resume_iter;
     r->cur_d = 1;
     r->next_value = 1;
@@ -1047,14 +739,14 @@ static mc_status local_init(mc_runner *base, const mc_device_info *info)
     r->checkpoint_ns = d->checkpoint_ms * 1e6;
     r->cur_d = 1;
 
-    mc_status s = bind(r);
+    mc_status s = mc__lr_bind(r);
     if (s != MC_OK) return s;
     for (int k = 0; k < 2; k++)
         for (uint32_t i = 0; i < r->b.nstate; i++)
             if (!(r->host[k][i] = mc__malloc(r->b.state_size[i])))
                 return mc__fail(MC_ERR_NO_MEMORY, "runner '%s': no host memory for a checkpoint of %zu bytes",
                                 r->b.label, r->b.state_size[i]);
-    if ((s = make_objects(r)) != MC_OK) return s;
+    if ((s = mc__lr_make_objects(r)) != MC_OK) return s;
     /* The state setup made is the checkpoint of iteration 0. Taken here,
      * with setup's own uploads, rather than on the run's clock; the other
      * host copy is touched now so the first checkpoint does not fault its
@@ -1067,7 +759,7 @@ static mc_status local_init(mc_runner *base, const mc_device_info *info)
 static mc_status local_restore(mc_runner *base, uint64_t iteration, const void *const *state)
 {
     local_runner *r = as_local(base);
-    if (!r->bound || lost(r)) return mc__fail(MC_ERR_DEVICE_LOST, "runner '%s': no device", r->b.label);
+    if (!r->bound || mc__lr_lost(r)) return mc__fail(MC_ERR_DEVICE_LOST, "runner '%s': no device", r->b.label);
     for (uint32_t i = 0; i < r->b.nstate; i++) memcpy(r->host[r->host_cur][i], state[i], r->b.state_size[i]);
     r->host_iter = iteration;
     mc_status s = restore(r);
@@ -1091,7 +783,7 @@ static mc_status local_state_read(mc_runner *base, uint32_t index, void *dst, si
     local_runner *r = as_local(base);
     /* Without a device (it was lost and did not come back), the last
      * checkpoint is the state. */
-    if (!r->bound || lost(r)) {
+    if (!r->bound || mc__lr_lost(r)) {
         memcpy(dst, r->host[r->host_cur][index], len);
         return MC_OK;
     }
@@ -1107,8 +799,8 @@ static void local_destroy(mc_runner *base)
 {
     local_runner *r = as_local(base);
     drain(r);
-    unbind(r);
-    drop_objects(r);
+    mc__lr_unbind(r);
+    mc__lr_drop_objects(r);
     mc_device_release(r->dev);
     for (int k = 0; k < 2; k++)
         for (uint32_t i = 0; i < MC_RUNNER_MAX_STATE; i++) free(r->host[k][i]);
