@@ -398,6 +398,7 @@ static void commit_hook(void *user, uint64_t n)
 {
     (void)n;
     mc__iso_armed *a = user;
+    if (a->before) a->before(a->before_ctx);
     uint64_t total = atomic_fetch_add(&a->shared->commits, 1) + 1;
     for (size_t i = 0; i < a->faults.n; i++) {
         if (a->faults.f[i].at != total) continue;

@@ -48,8 +48,9 @@ enum {
     MC__ISO_FINISHED = 4,   /* runner: the run ended well (or was cancelled); the final state is in shared memory */
     MC__ISO_ERROR = 5,      /* status, text: the worker gives up */
     MC__ISO_RESULT = 6,     /* stream: slot, a = sequence, status, attempts, text; sstats */
+    MC__ISO_TRACE = 7,      /* trace events as text lines (engine/trace.h), a = events dropped */
     /* supervisor -> worker */
-    MC__ISO_GO = 16,        /* runner: start (the state area's descriptor attached) */
+    MC__ISO_GO = 16,        /* runner: start (the state area's descriptor attached), b = 1: relay trace events */
     MC__ISO_CANCEL = 17,
     MC__ISO_ITEM = 18,      /* stream: slot, a = sequence, b = tag */
     MC__ISO_QUIT = 19,      /* finish up and exit */
@@ -160,6 +161,10 @@ mc_status mc__iso_parse_faults(const char *spec, mc__iso_faults *out);
 typedef struct mc__iso_armed {
     mc__iso_shared *shared;
     mc__iso_faults faults; /* kill and hang only */
+    /* Called on every commit first, on the committing thread (may be
+     * NULL): what the worker must hand out before a fault can end it. */
+    void (*before)(void *ctx);
+    void *before_ctx;
 } mc__iso_armed;
 void mc__iso_arm_faults(mc__iso_armed *arm, mc_device *dev, mc__iso_shared *shared, const mc__iso_faults *faults);
 

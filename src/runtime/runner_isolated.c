@@ -128,6 +128,7 @@ typedef struct worker {
     uint8_t *area;
     uint64_t heartbeat_ns, last_sent_ns, last_iter;
     uint64_t checkpoint_past; /* after a restart: the next forced checkpoint, past the last failure; 0: none */
+    bool tracing;             /* the supervisor traces: this worker relays its events */
     mc__iso_armed arm;
 } worker;
 
@@ -138,6 +139,28 @@ static bool w_send(worker *w, mc__iso_msg *m)
     return mc__iso_send(w->sock, m, -1);
 }
 
+/* The events recorded since the last call go to the supervisor, which
+ * puts them in its trace under this worker's pid. On the run's thread,
+ * with every other message, so they arrive before the message that ends
+ * the worker; a worker killed loses only what it recorded since. */
+static void w_ship_trace(worker *w)
+{
+    while (w->tracing) {
+        mc__iso_msg m;
+        mc__iso_msg_init(&m, MC__ISO_TRACE);
+        uint64_t dropped = 0;
+        size_t n = mc__trace_relay_take(m.text, sizeof m.text, &dropped);
+        if (!n && !dropped) return;
+        m.a = dropped;
+        if (!w_send(w, &m) || !n) return;
+    }
+}
+
+static void w_ship_trace_hook(void *ctx)
+{
+    w_ship_trace(ctx);
+}
+
 static int w_error(worker *w, mc_status s, const char *what)
 {
     mc__iso_msg m;
@@ -145,6 +168,7 @@ static int w_error(worker *w, mc_status s, const char *what)
     m.status = s;
     snprintf(m.text, sizeof m.text, "%s%s", what, mc_last_error());
     if (w->r) mc_runner_get_stats(w->r, &m.u.rstats);
+    w_ship_trace(w);
     w_send(w, &m);
     return 0;
 }
@@ -175,6 +199,7 @@ static mc_status w_mirror(worker *w, uint64_t iteration, const void *const *stat
 static void w_progress(void *user, const mc_runner_progress *p)
 {
     worker *w = user;
+    w_ship_trace(w);
     uint64_t now = mc__now_ns();
     if (!p->done && p->iterations == w->last_iter && now - w->last_sent_ns < w->heartbeat_ns) return;
     w->last_iter = p->iterations;
@@ -198,6 +223,7 @@ static void w_checkpoint(void *user, uint64_t iteration, const void *const *stat
     mc__iso_msg_init(&m, MC__ISO_CHECKPOINT);
     m.a = iteration;
     w_send(w, &m);
+    w_ship_trace(w);
 }
 
 /* Reads what the supervisor sends while the run goes on: cancel. The end of
@@ -285,6 +311,10 @@ static int runner_worker(void *ctx, int sock)
         w_cleanup(&w); /* not wanted after all (QUIT, or the supervisor is gone) */
         return 0;
     }
+    if (m.b) {
+        mc__trace_relay_start();
+        w.tracing = true;
+    }
     w.area = mc__shm_map_fd(fd, w.lay.area_size);
     close(fd);
     if (!w.area) {
@@ -318,6 +348,13 @@ static int runner_worker(void *ctx, int sock)
         mc__runner_checkpoint_past(r, restored);
         w.checkpoint_past = furthest > restored ? furthest : 0;
     }
+    if (w.tracing) {
+        /* The events so far leave at every commit: a worker killed there
+         * (by a fault or for real) loses only the command buffer that
+         * killed it. */
+        w.arm.before = w_ship_trace_hook;
+        w.arm.before_ctx = &w;
+    }
     mc__iso_arm_faults(&w.arm, w.dev, &ir->sh->base, &ir->pol.faults);
     pthread_t reader;
     if (pthread_create(&reader, NULL, w_reader, &w) != 0) {
@@ -342,6 +379,7 @@ static int runner_worker(void *ctx, int sock)
             m.a = st.iterations;
             m.u.rstats = st;
             snprintf(m.text, sizeof m.text, "%s", why);
+            w_ship_trace(&w);
             w_send(&w, &m);
         }
     } else {
@@ -516,6 +554,9 @@ static mc_status start_worker(iso_runner *ir, mc__iso_cause *cause, char *text, 
         }
         if (m.type != MC__ISO_READY) continue;
         ir->ready_ns = mc__now_ns();
+        if (MC__TRACING())
+            mc__trace_instant("runner", ir->b.label, "isolate", "worker ready", ir->ready_ns, NULL,
+                              MC__TARGS({"worker", ir->ist.workers}, {"pid", ir->pid}));
         if (ir->ist.workers == 1) ir->ist.start_ms = (double)(ir->ready_ns - t0) / 1e6;
         ir->ist.device = m.u.info;
         if ((s = take_sizes(ir, &m)) != MC_OK) {
@@ -574,6 +615,7 @@ static mc_status iso_init(mc_runner *base, const mc_device_info *info)
 static mc_status restart(iso_runner *ir, mc__iso_cause cause, mc_status status, const char *text, uint64_t fault_ns)
 {
     int ws = 0;
+    pid_t old = ir->pid;
     end_worker(ir, true, 0, &ws);
     uint64_t reaped = mc__now_ns();
     char what[MC__ISO_TEXT_MAX + 64];
@@ -615,7 +657,8 @@ static mc_status restart(iso_runner *ir, mc__iso_cause cause, mc_status status, 
     ir->ist.restarts++;
     if (MC__TRACING())
         mc__trace_instant("runner", ir->b.label, "isolate", "worker restart", 0, mc_status_name(status),
-                          MC__TARGS({"worker", ir->ist.workers + 1}, {"from", good}, {"in_a_row", ir->in_a_row}));
+                          MC__TARGS({"worker", ir->ist.workers + 1}, {"from", good}, {"in_a_row", ir->in_a_row},
+                                    {"old_pid", old}));
     mc__log(MC_LOG_WARN, "isolate.restart", "runner '%s': %s; starting worker %u from iteration %llu", ir->b.label, what,
             ir->ist.workers + 1, (unsigned long long)good);
     if (!ir->measuring) ir->stall_ns = ir->progress_ns ? ir->progress_ns : ir->b.start_ns;
@@ -679,6 +722,7 @@ static mc_status iso_run(mc_runner *base)
         if (!ir->go_sent) {
             mc__iso_msg m;
             mc__iso_msg_init(&m, MC__ISO_GO);
+            m.b = mc_trace_active();
             uint32_t ck = atomic_load(&ir->sh->ckpt);
             ir->restored_iter = ck ? ir->sh->ckpt_iter[ck - 1] : 0;
             ir->ist.restored_iteration = ir->restored_iter;
@@ -722,6 +766,8 @@ static mc_status iso_run(mc_runner *base)
                                           ir->ready_ns, now);
                     ir->measuring = false;
                 }
+            } else if (m.type == MC__ISO_TRACE) {
+                mc__trace_import((int)ir->pid, m.text, m.a);
             } else if (m.type == MC__ISO_CHECKPOINT) {
                 if (m.a > ir->restored_iter) ir->in_a_row = 0;
                 if (m.a > ir->high) ir->high = m.a;
