@@ -109,50 +109,12 @@ static int leftovers_none(const leftovers *l)
 
 /* ---- the runner's fixture: examples/kernels/runner_test.* ------------------ */
 
-typedef struct it_params {
-    uint32_t n;
-    uint32_t spin;
-    uint64_t stop_at;
-} it_params;
-
-typedef struct it_user {
-    it_params params;
-    mc_status fail_setup;
-    mc_pipeline *pl;
-    mc_buffer *x, *ctl;
-    int setups;
-} it_user;
-
-static mc_status it_setup(void *user, mc_device *dev, mc_runner_binding *b)
-{
-    it_user *u = user;
-    if (u->fail_setup != MC_OK) return mc__fail(u->fail_setup, "the test's setup fails on purpose");
-    mc_status s = mct_rt_bind(dev, u->params.n, &u->params, sizeof u->params, &u->pl, &u->x, &u->ctl, b);
-    if (s != MC_OK) return s;
-    b->args[2].kind = MC_RUNNER_ARG_BUFFER;
-    b->args[2].buffer = u->ctl;
-    u->setups++;
-    return MC_OK;
-}
-
-static void it_teardown(void *user, mc_runner_binding *b)
-{
-    it_user *u = user;
-    (void)b;
-    mct_rt_release(&u->pl, &u->x, &u->ctl);
-}
+typedef mct_rt_params it_params;
+typedef mct_rt it_user;
 
 static mc_runner_desc it_desc(it_user *u, uint64_t total, const mc_isolate_desc *iso)
 {
-    mc_runner_desc d = MC_RUNNER_DESC_INIT;
-    d.setup = it_setup;
-    d.teardown = it_teardown;
-    d.user = u;
-    d.threadgroups = (mc_size3){(u->params.n + IT_GROUP - 1) / IT_GROUP, 1, 1};
-    d.threads_per_threadgroup = (mc_size3){IT_GROUP, 1, 1};
-    d.iterations_per_dispatch = 4;
-    d.total_iterations = total;
-    d.iteration_arg = 1;
+    mc_runner_desc d = mct_rt_desc(u, IT_GROUP, total);
     /* One or a few dispatches per chunk on any device: many chunks in a
      * short run, so the faults (counted in command buffers) land mid-run. */
     d.budget_ms = 0.01;

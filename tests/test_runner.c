@@ -14,56 +14,13 @@
 #define RT_LIMIT_MS 200 /* the CPU device's execution-time limit in these tests */
 #define RT_MAX_ITERS 6000u
 
-typedef struct rt_params {
-    uint32_t n;
-    uint32_t spin;
-    uint64_t stop_at;
-} rt_params;
-
-typedef struct rt_user {
-    rt_params params;
-    bool runner_control; /* slot 2 is the runner's control buffer */
-    bool bind_control_slot; /* a mistake on purpose: setup binds slot 2 itself */
-    mc_status fail_setup;   /* setup fails with this when not MC_OK */
-    mc_pipeline *pl;
-    mc_buffer *x, *dummy;
-    int setups, teardowns;
-} rt_user;
-
-static mc_status rt_setup(void *user, mc_device *dev, mc_runner_binding *b)
-{
-    rt_user *u = user;
-    if (u->fail_setup != MC_OK) return u->fail_setup;
-    mc_status s = mct_rt_bind(dev, u->params.n, &u->params, sizeof u->params, &u->pl, &u->x, &u->dummy, b);
-    if (s != MC_OK) return s;
-    if (!u->runner_control || u->bind_control_slot) {
-        b->args[2].kind = MC_RUNNER_ARG_BUFFER;
-        b->args[2].buffer = u->dummy;
-    }
-    u->setups++;
-    return MC_OK;
-}
-
-static void rt_teardown(void *user, mc_runner_binding *b)
-{
-    rt_user *u = user;
-    (void)b;
-    mct_rt_release(&u->pl, &u->x, &u->dummy);
-    u->teardowns++;
-}
+typedef mct_rt_params rt_params;
+typedef mct_rt rt_user;
 
 static mc_runner_desc rt_desc(mc_device *d, rt_user *u, uint64_t total)
 {
-    mc_runner_desc desc = MC_RUNNER_DESC_INIT;
+    mc_runner_desc desc = mct_rt_desc(u, RT_GROUP, total);
     desc.device = d;
-    desc.setup = rt_setup;
-    desc.teardown = rt_teardown;
-    desc.user = u;
-    desc.threadgroups = (mc_size3){(u->params.n + RT_GROUP - 1) / RT_GROUP, 1, 1};
-    desc.threads_per_threadgroup = (mc_size3){RT_GROUP, 1, 1};
-    desc.iterations_per_dispatch = 4;
-    desc.total_iterations = total;
-    desc.iteration_arg = 1;
     desc.control_arg = u->runner_control ? 2 : -1;
     desc.label = "rt";
     return desc;

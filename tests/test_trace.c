@@ -18,67 +18,18 @@
 #define TR_N 1024u
 #define TR_GROUP 64u
 
-typedef struct tr_params {
-    uint32_t n, spin;
-    uint64_t stop_at;
-} tr_params;
-
-typedef struct tr_user {
-    tr_params params;
-    mc_pipeline *pl;
-    mc_buffer *x, *dummy;
-} tr_user;
-
-static mc_status tr_setup(void *user, mc_device *dev, mc_runner_binding *b)
+/* A runner of total iterations with small chunks, traced to path: on d,
+ * or (d NULL) isolated as iso says. */
+static mc_status tr_run_any(mc_device *d, const mc_isolate_desc *iso, uint64_t total, const char *path,
+                            mc_runner_stats *st, mc_isolate_stats *ist)
 {
-    tr_user *u = user;
-    u->pl = mct_pipeline(dev, "runner_test", "rt_step");
-    if (!u->pl) return MC_ERR_COMPILE;
-    uint32_t init[TR_N + 1];
-    for (uint32_t i = 0; i < TR_N; i++) init[i] = mct_rt_initial(i);
-    init[TR_N] = 0;
-    mc_buffer_desc bd = {sizeof init, MC_STORAGE_SHARED, "x", init};
-    mc_buffer_desc dd = {32, MC_STORAGE_SHARED, "unused control", NULL};
-    mc_status s = mc_buffer_create(dev, &bd, &u->x);
-    if (s == MC_OK) s = mc_buffer_create(dev, &dd, &u->dummy);
-    if (s != MC_OK) return s;
-    b->pipeline = u->pl;
-    b->state[0] = u->x;
-    b->state_count = 1;
-    b->args[0] = (mc_runner_arg){.kind = MC_RUNNER_ARG_BUFFER, .buffer = u->x};
-    b->args[2] = (mc_runner_arg){.kind = MC_RUNNER_ARG_BUFFER, .buffer = u->dummy};
-    b->args[3] = (mc_runner_arg){.kind = MC_RUNNER_ARG_BYTES, .bytes = &u->params, .len = sizeof u->params};
-    return MC_OK;
-}
-
-static void tr_teardown(void *user, mc_runner_binding *b)
-{
-    tr_user *u = user;
-    (void)b;
-    mc_buffer_release(u->x);
-    mc_buffer_release(u->dummy);
-    mc_pipeline_release(u->pl);
-    u->x = u->dummy = NULL;
-    u->pl = NULL;
-}
-
-/* A runner of total iterations on d with small chunks, traced to path. */
-static mc_status tr_run(mc_device *d, uint64_t total, const char *path, mc_runner_stats *st)
-{
-    tr_user u = {{TR_N, 64, 0}, NULL, NULL, NULL};
-    mc_runner_desc desc = MC_RUNNER_DESC_INIT;
+    mct_rt u = {.params = {TR_N, 64, 0}};
+    mc_runner_desc desc = mct_rt_desc(&u, TR_GROUP, total);
     desc.device = d;
-    desc.setup = tr_setup;
-    desc.teardown = tr_teardown;
-    desc.user = &u;
-    desc.threadgroups = (mc_size3){TR_N / TR_GROUP, 1, 1};
-    desc.threads_per_threadgroup = (mc_size3){TR_GROUP, 1, 1};
-    desc.iterations_per_dispatch = 4;
-    desc.total_iterations = total;
-    desc.iteration_arg = 1;
+    desc.isolate = iso;
     desc.control_arg = -1;
     desc.checkpoint_ms = 5;
-    desc.budget_ms = 2;
+    desc.budget_ms = iso ? 0.01 : 2; /* isolated: a dispatch or so per chunk, so faults land mid-run */
     desc.label = "tr";
     mc_runner *r;
     mc_status s = mc_trace_start(path);
@@ -87,10 +38,16 @@ static mc_status tr_run(mc_device *d, uint64_t total, const char *path, mc_runne
     if (s == MC_OK) {
         s = mc_runner_run(r);
         mc_runner_get_stats(r, st);
+        if (ist) mc_runner_get_isolate_stats(r, ist);
         mc_runner_release(r);
     }
     mc_status ws = mc_trace_stop();
     return s != MC_OK ? s : ws;
+}
+
+static mc_status tr_run(mc_device *d, uint64_t total, const char *path, mc_runner_stats *st)
+{
+    return tr_run_any(d, NULL, total, path, st, NULL);
 }
 
 static char *tr_path(const char *name)
