@@ -28,14 +28,15 @@ static mc_status check_binding(local_runner *r)
 {
     const mc_runner_binding *b = &r->bind;
     const char *l = r->b.label;
-    if (!mc__object_check(b->pipeline, MC__TAG_PIPELINE) || b->pipeline->base.device != r->dev)
+    mc_pipeline_info pi;
+    if (!mc__object_check(b->pipeline, MC__TAG_PIPELINE) || mc__object_device(b->pipeline) != r->dev ||
+        mc_pipeline_get_info(b->pipeline, &pi) != MC_OK)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': setup left no pipeline of this device in the binding", l);
     mc_size3 t = r->b.desc.threads_per_threadgroup;
     uint64_t threads = (uint64_t)t.x * t.y * t.z;
-    if (b->pipeline->info.max_total_threads_per_threadgroup &&
-        threads > b->pipeline->info.max_total_threads_per_threadgroup)
+    if (pi.max_total_threads_per_threadgroup && threads > pi.max_total_threads_per_threadgroup)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': %llu threads per threadgroup; the pipeline allows %u", l,
-                        (unsigned long long)threads, b->pipeline->info.max_total_threads_per_threadgroup);
+                        (unsigned long long)threads, pi.max_total_threads_per_threadgroup);
     if (b->state_count < 1 || b->state_count > MC_RUNNER_MAX_STATE)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': state_count is %u; 1 to %d state buffers", l,
                         b->state_count, MC_RUNNER_MAX_STATE);
@@ -44,11 +45,11 @@ static mc_status check_binding(local_runner *r)
                         r->b.nstate);
     for (uint32_t i = 0; i < b->state_count; i++) {
         mc_buffer *s = b->state[i];
-        if (!mc__object_check(s, MC__TAG_BUFFER) || s->base.device != r->dev)
+        if (!mc__object_check(s, MC__TAG_BUFFER) || mc__object_device(s) != r->dev)
             return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': state[%u] is not a buffer of this device", l, i);
-        if (r->b.nstate && s->size != r->b.state_size[i])
+        if (r->b.nstate && mc_buffer_size(s) != r->b.state_size[i])
             return mc__fail(MC_ERR_INVALID_STATE, "runner '%s': setup made state[%u] of %zu bytes, before %zu", l, i,
-                            s->size, r->b.state_size[i]);
+                            mc_buffer_size(s), r->b.state_size[i]);
     }
     for (uint32_t i = 0; i < MC_MAX_BUFFER_ARGS; i++) {
         const mc_runner_arg *a = &b->args[i];
@@ -58,11 +59,11 @@ static mc_status check_binding(local_runner *r)
             return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': slot %u is the runner's (%s); leave it unbound", l,
                             i, (int32_t)i == r->b.desc.iteration_arg ? "iteration_arg" : "control_arg");
         if (a->kind == MC_RUNNER_ARG_BUFFER) {
-            if (!mc__object_check(a->buffer, MC__TAG_BUFFER) || a->buffer->base.device != r->dev)
+            if (!mc__object_check(a->buffer, MC__TAG_BUFFER) || mc__object_device(a->buffer) != r->dev)
                 return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': slot %u is not a buffer of this device", l, i);
-            if (a->offset > a->buffer->size)
+            if (a->offset > mc_buffer_size(a->buffer))
                 return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': slot %u: offset %zu past the buffer's %zu bytes",
-                                l, i, a->offset, a->buffer->size);
+                                l, i, a->offset, mc_buffer_size(a->buffer));
         } else if (a->kind == MC_RUNNER_ARG_BYTES) {
             if (!a->bytes || a->len == 0 || a->len > MC_MAX_BYTES_ARG)
                 return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': slot %u: bytes need a pointer and 1 to %d bytes",
@@ -116,7 +117,7 @@ mc_status mc__lr_bind(local_runner *r)
     }
     if (!r->b.nstate) {
         r->b.nstate = r->bind.state_count;
-        for (uint32_t i = 0; i < r->b.nstate; i++) r->b.state_size[i] = r->bind.state[i]->size;
+        for (uint32_t i = 0; i < r->b.nstate; i++) r->b.state_size[i] = mc_buffer_size(r->bind.state[i]);
     }
     return MC_OK;
 }
@@ -204,38 +205,21 @@ void mc__lr_drop_device(local_runner *r)
 {
     mc__lr_unbind(r);
     mc__lr_drop_objects(r);
-    if (!r->dev) return;
-    pthread_mutex_lock(&r->dev->lock);
-    uint64_t done = atomic_load(&r->dev->committed);
-    for (size_t i = 0; i < r->dev->nfaults && r->nfaults < MC__MAX_FAULTS; i++) {
-        if (r->dev->faults[i].at <= done) continue;
-        r->faults[r->nfaults].kind = r->dev->faults[i].kind;
-        r->faults[r->nfaults].nth = r->dev->faults[i].at - done;
-        r->nfaults++;
-    }
-    r->dev->nfaults = 0; /* moved, not unfired: the old device does not warn of them */
-    atomic_store(&r->dev->pending_faults, 0);
-    pthread_mutex_unlock(&r->dev->lock);
+    if (!r->dev) return; /* a reopen failed before: the last one's record stands */
+    mc__device_take_like(r->dev, &r->like);
     mc_device_release(r->dev);
     r->dev = NULL;
 }
 
-/* Opens a device like the one lost: same kind, index, time limit. */
+/* Opens a device like the one lost (same kind, index, time limit, worker
+ * count: the engine knows how it was opened) with its faults carried. */
 mc_status mc__lr_open_device(local_runner *r)
 {
-    mc_device_desc dd = MC_DEVICE_DESC_INIT;
-    dd.kind = r->info.kind;
-    dd.index = r->info.index;
-    uint64_t lim = r->info.execution_time_limit_ns;
-    dd.time_limit_ms = lim ? (int64_t)((lim + 999999u) / 1000000u) : MC_TIME_LIMIT_NONE;
-    if (r->info.kind == MC_DEVICE_CPU) dd.threads = r->info.compute_units;
     mc_device *d;
-    mc_status s = mc_device_open(&dd, &d);
+    mc_status s = mc__device_reopen_like(&r->like, &d);
     if (s != MC_OK) return s;
     r->dev = d;
     mc_device_get_info(d, &r->info);
-    for (size_t i = 0; i < r->nfaults; i++) mc_device_inject_fault(d, r->faults[i].kind, r->faults[i].nth);
-    r->nfaults = 0;
     r->st.device_reopens++;
     mc__log(MC_LOG_INFO, "runner.device_reopened", "runner '%s': reopened %s:%d", r->b.label,
             mc_device_kind_name(r->info.kind), r->info.index);

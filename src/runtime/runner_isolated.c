@@ -252,10 +252,7 @@ static void w_cleanup(worker *w)
     if (w->dev) {
         /* The supervisor reports the run's unfired faults, counted over
          * every worker; this device saw only its share. */
-        pthread_mutex_lock(&w->dev->lock);
-        w->dev->nfaults = 0;
-        atomic_store(&w->dev->pending_faults, 0);
-        pthread_mutex_unlock(&w->dev->lock);
+        mc__device_forget_faults(w->dev);
     }
     mc__cache_save_stats(w->dev); /* the process ends by _exit, maybe before the device is destroyed */
     mc_device_release(w->dev);

@@ -32,11 +32,6 @@ typedef struct wake_note {
     uint64_t value;
 } wake_note;
 
-typedef struct pending_fault {
-    mc_status kind;
-    uint64_t nth;
-} pending_fault;
-
 typedef struct local_runner {
     struct mc_runner b; /* the front end's part; b.desc has the defaults resolved */
     double budget_ns, cap_ns, checkpoint_ns;
@@ -53,8 +48,7 @@ typedef struct local_runner {
     mc_runner_binding bind;
     bool bound; /* setup ran; teardown is due */
     uint8_t *bytes[MC_MAX_BUFFER_ARGS]; /* the runner's copies of BYTES args */
-    pending_fault faults[MC__MAX_FAULTS]; /* injected faults carried to a reopened device */
-    size_t nfaults;
+    mc__device_like like; /* how the lost device was opened, its faults not yet reached */
 
     /* the last good state, in host memory (double-buffered) */
     void *host[2][MC_RUNNER_MAX_STATE];
@@ -87,7 +81,7 @@ typedef struct local_runner {
 
 static inline bool mc__lr_lost(const local_runner *r)
 {
-    return !r->dev || atomic_load(&r->dev->lost);
+    return !r->dev || mc__device_is_lost(r->dev);
 }
 
 /* runner_device.c */
