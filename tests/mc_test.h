@@ -83,6 +83,9 @@ char *mct_kernel_source(mc_device *d, const char *name, mc_language *lang);
 /* Builds a pipeline for function fn of examples/kernels/NAME.*; NULL and a message on failure. */
 mc_pipeline *mct_pipeline(mc_device *d, const char *file, const char *fn);
 char *mct_read_file(const char *path, size_t *len);
+/* Runs cmd through the shell and returns what it printed (at most 64 KiB,
+ * NUL-terminated; free it), *status (may be NULL) its wait status. */
+char *mct_command(const char *cmd, int *status);
 uint64_t mc__test_now_ns(void);
 /* Host model of rt_step in examples/kernels/runner_test: x[i]'s start value,
  * and x after iters iterations with spin mixes each (x[n] = iters; free). */

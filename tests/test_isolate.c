@@ -925,20 +925,6 @@ MC_TEST(isolate_stream_gives_up_past_the_restart_bound)
 
 /* ---- the command ---------------------------------------------------------------- */
 
-static char *it_command(const char *cmd, int *status)
-{
-    FILE *p = popen(cmd, "r");
-    if (!p) return NULL;
-    size_t cap = 1 << 16, len = 0;
-    char *out = malloc(cap);
-    size_t n;
-    while (out && (n = fread(out + len, 1, cap - 1 - len, p)) > 0) len += n;
-    int st = pclose(p);
-    if (status) *status = st;
-    if (out) out[len] = '\0';
-    return out;
-}
-
 static int same_file(const char *a, const char *b)
 {
     size_t la = 0, lb = 0;
@@ -964,7 +950,7 @@ MC_TEST(isolate_gray_scott_command_survives_kill_hang_and_device_loss)
     const char *common = "run gray-scott --device cpu --size 64 --steps 300 --budget-ms 1 --checkpoint-ms 20";
     int st = -1;
     snprintf(cmd, sizeof cmd, "MC_CACHE_DIR=%s/cache %s/metal-compute %s --out %s", dir, MC_BINARY_DIR, common, a);
-    char *out = it_command(cmd, &st);
+    char *out = mct_command(cmd, &st);
     CHECK(out);
     CHECK_EQ(st, 0);
     free(out);
@@ -972,7 +958,7 @@ MC_TEST(isolate_gray_scott_command_survives_kill_hang_and_device_loss)
              "MC_CACHE_DIR=%s/cache %s/metal-compute %s --out %s --isolate --deadline-ms 1000 "
              "--inject-faults kill@5,hang@9,device-lost@12",
              dir, MC_BINARY_DIR, common, b);
-    out = it_command(cmd, &st);
+    out = mct_command(cmd, &st);
     CHECK(out);
     fprintf(stderr, "%s", out);
     CHECK_EQ(st, 0);
@@ -983,7 +969,7 @@ MC_TEST(isolate_gray_scott_command_survives_kill_hang_and_device_loss)
     /* A real fault: step 150 writes where no process may (SIGSEGV). */
     snprintf(cmd, sizeof cmd, "MC_CACHE_DIR=%s/cache %s/metal-compute %s --out %s --isolate --fault-at-step 150 2>&1",
              dir, MC_BINARY_DIR, common, c);
-    out = it_command(cmd, &st);
+    out = mct_command(cmd, &st);
     CHECK(out);
     CHECK_EQ(st, 0);
     CHECK_STR_CONTAINS(out, "worker restarts 1 (device error 0, died 1, hung 0)");
@@ -991,7 +977,7 @@ MC_TEST(isolate_gray_scott_command_survives_kill_hang_and_device_loss)
     CHECK_EQ(same_file(a, c), 0);
     /* Worker faults without --isolate: refused, clearly. */
     snprintf(cmd, sizeof cmd, "%s/metal-compute %s --out %s --inject-faults kill@5 2>&1", MC_BINARY_DIR, common, c);
-    out = it_command(cmd, &st);
+    out = mct_command(cmd, &st);
     CHECK(out);
     CHECK_NE(st, 0);
     CHECK_STR_CONTAINS(out, "needs an isolated run");

@@ -572,20 +572,6 @@ MC_TEST(runner_rejects_bad_arguments)
 
 /* ---- the command --------------------------------------------------------- */
 
-static char *run_command(const char *cmd, int *status)
-{
-    FILE *p = popen(cmd, "r");
-    if (!p) return NULL;
-    size_t cap = 1 << 16, len = 0;
-    char *out = malloc(cap);
-    size_t n;
-    while (out && (n = fread(out + len, 1, cap - 1 - len, p)) > 0) len += n;
-    int st = pclose(p);
-    if (status) *status = st;
-    if (out) out[len] = '\0';
-    return out;
-}
-
 MC_TEST(runner_gray_scott_command_survives_faults_byte_for_byte)
 {
     char dir[] = "/tmp/mc-runner-XXXXXX";
@@ -595,7 +581,7 @@ MC_TEST(runner_gray_scott_command_survives_faults_byte_for_byte)
     snprintf(b, sizeof b, "%s/B.png", dir);
     int st = -1;
     snprintf(cmd, sizeof cmd, "%s/metal-compute run gray-scott --size 64 --steps 300 --out %s", MC_BINARY_DIR, a);
-    char *out = run_command(cmd, &st);
+    char *out = mct_command(cmd, &st);
     CHECK(out);
     fprintf(stderr, "%s", out);
     CHECK_EQ(st, 0);
@@ -608,7 +594,7 @@ MC_TEST(runner_gray_scott_command_survives_faults_byte_for_byte)
              "%s/metal-compute run gray-scott --size 64 --steps 300 --out %s "
              "--inject-faults timeout@3,device-lost@6,page-fault@9 2>&1",
              MC_BINARY_DIR, b);
-    out = run_command(cmd, &st);
+    out = mct_command(cmd, &st);
     CHECK(out);
     fprintf(stderr, "%s", out);
     CHECK_EQ(st, 0);
@@ -629,7 +615,7 @@ MC_TEST(runner_gray_scott_command_survives_faults_byte_for_byte)
     /* A bad spec is refused before anything runs. */
     snprintf(cmd, sizeof cmd, "%s/metal-compute run gray-scott --size 64 --steps 10 --out %s --inject-faults bogus@1 2>&1",
              MC_BINARY_DIR, a);
-    out = run_command(cmd, &st);
+    out = mct_command(cmd, &st);
     CHECK(out);
     CHECK_NE(st, 0);
     free(out);

@@ -391,16 +391,12 @@ MC_TEST(trace_start_refuses_bad_paths_before_work)
 
 /* ---- the command line ----------------------------------------------------- */
 
+/* What cmd printed; *status its exit code (-1: killed by a signal). */
 static char *tr_command(const char *cmd, int *status)
 {
-    FILE *p = popen(cmd, "r");
-    if (!p) return NULL;
-    size_t cap = 1 << 16, len = 0, n;
-    char *out = malloc(cap);
-    while (out && (n = fread(out + len, 1, cap - 1 - len, p)) > 0) len += n;
-    int st = pclose(p);
-    if (status) *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    if (out) out[len] = '\0';
+    int ws = -1;
+    char *out = mct_command(cmd, &ws);
+    if (status) *status = WIFEXITED(ws) ? WEXITSTATUS(ws) : -1;
     return out;
 }
 

@@ -195,3 +195,16 @@ mc_runner_desc mct_rt_desc(mct_rt *u, uint32_t group, uint64_t total)
     d.control_arg = u->runner_control ? 2 : 0;
     return d;
 }
+
+char *mct_command(const char *cmd, int *status)
+{
+    FILE *p = popen(cmd, "r");
+    if (!p) return NULL;
+    size_t cap = 1 << 16, len = 0, n;
+    char *out = malloc(cap);
+    while (out && (n = fread(out + len, 1, cap - 1 - len, p)) > 0) len += n;
+    int st = pclose(p);
+    if (status) *status = st;
+    if (out) out[len] = '\0';
+    return out;
+}
