@@ -125,6 +125,7 @@ typedef struct worker {
     mc_device *dev;
     mc_runner *r;
     pthread_mutex_t r_mu; /* r, for the reader thread's cancel */
+    pthread_mutex_t send_mu; /* one message at a time: trace events may leave from any committing thread */
     uint8_t *area;
     uint64_t heartbeat_ns, last_sent_ns, last_iter;
     uint64_t checkpoint_past; /* after a restart: the next forced checkpoint, past the last failure; 0: none */
@@ -134,9 +135,12 @@ typedef struct worker {
 
 static bool w_send(worker *w, mc__iso_msg *m)
 {
+    pthread_mutex_lock(&w->send_mu);
     m->t_ns = mc__now_ns();
     w->last_sent_ns = m->t_ns;
-    return mc__iso_send(w->sock, m, -1);
+    bool ok = mc__iso_send(w->sock, m, -1);
+    pthread_mutex_unlock(&w->send_mu);
+    return ok;
 }
 
 /* The events recorded since the last call go to the supervisor, which
@@ -268,6 +272,7 @@ static int runner_worker(void *ctx, int sock)
     w.sock = sock;
     w.heartbeat_ns = ir->pol.deadline_ns / 4;
     pthread_mutex_init(&w.r_mu, NULL);
+    pthread_mutex_init(&w.send_mu, NULL);
 
     mc_status s = mc__iso_open_device(ir->pol.device, ir->pol.time_limit_ms, ir->pol.threads, &w.dev);
     if (s != MC_OK) return w_error(&w, s, "opening the device: ");
