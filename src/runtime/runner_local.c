@@ -765,6 +765,7 @@ static mc_status local_restore(mc_runner *base, uint64_t iteration, const void *
     mc_status s = restore(r);
     if (s != MC_OK) return s;
     r->st.checkpoint_iteration = iteration;
+    publish(r); /* before the run too, get_stats shows where it starts */
     return MC_OK;
 }
 
