@@ -123,5 +123,13 @@ void mct_rt_teardown(void *user, mc_runner_binding *b);
  * dispatch, the iteration range in slot 1, the control block in slot 2
  * when u->runner_control; no device. */
 mc_runner_desc mct_rt_desc(mct_rt *u, uint32_t group, uint64_t total);
+/* A thread body that sleeps delay_ms, notes the time (at_ns) and cancels
+ * r: cancel from another thread, for the local and the isolated runner. */
+typedef struct mct_canceller {
+    mc_runner *r;
+    unsigned delay_ms;
+    uint64_t at_ns;
+} mct_canceller;
+void *mct_cancel_later(void *arg);
 
 #endif

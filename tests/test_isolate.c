@@ -385,22 +385,6 @@ MC_TEST(isolate_runner_gives_up_past_the_restart_bound)
     return 0;
 }
 
-typedef struct it_canceller {
-    mc_runner *r;
-    int delay_ms;
-    uint64_t at_ns;
-} it_canceller;
-
-static void *it_cancel_later(void *arg)
-{
-    it_canceller *c = arg;
-    struct timespec ts = {c->delay_ms / 1000, (long)(c->delay_ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-    c->at_ns = mc__test_now_ns();
-    mc_runner_cancel(c->r);
-    return NULL;
-}
-
 MC_TEST(isolate_runner_cancels_from_another_thread)
 {
     leftovers lo;
@@ -412,9 +396,9 @@ MC_TEST(isolate_runner_cancels_from_another_thread)
     mc_runner_desc d = it_desc(&u, 1000000000ull, &iso); /* hours */
     mc_runner *r;
     CHECK_OK(mc_runner_create(&d, &r));
-    it_canceller c = {r, 300, 0};
+    mct_canceller c = {r, 300, 0};
     pthread_t t;
-    CHECK_EQ(pthread_create(&t, NULL, it_cancel_later, &c), 0);
+    CHECK_EQ(pthread_create(&t, NULL, mct_cancel_later, &c), 0);
     CHECK_STATUS(mc_runner_run(r), MC_ERR_CANCELLED);
     uint64_t back = mc__test_now_ns();
     pthread_join(t, NULL);

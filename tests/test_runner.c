@@ -328,22 +328,6 @@ MC_TEST(runner_gives_up_naming_the_cause)
     return 0;
 }
 
-typedef struct canceller {
-    mc_runner *r;
-    unsigned delay_ms;
-    uint64_t at_ns;
-} canceller;
-
-static void *cancel_later(void *arg)
-{
-    canceller *c = arg;
-    struct timespec ts = {c->delay_ms / 1000, (long)(c->delay_ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-    c->at_ns = mc__test_now_ns();
-    mc_runner_cancel(c->r);
-    return NULL;
-}
-
 MC_TEST(runner_cancels_from_another_thread)
 {
     mc_device *d = mct_open_device(RT_LIMIT_MS);
@@ -352,9 +336,9 @@ MC_TEST(runner_cancels_from_another_thread)
     mc_runner_desc desc = rt_desc(d, &u, 1000000000ull); /* hours of work */
     mc_runner *r;
     CHECK_OK(mc_runner_create(&desc, &r));
-    canceller c = {r, 300, 0};
+    mct_canceller c = {r, 300, 0};
     pthread_t t;
-    CHECK_EQ(pthread_create(&t, NULL, cancel_later, &c), 0);
+    CHECK_EQ(pthread_create(&t, NULL, mct_cancel_later, &c), 0);
     CHECK_STATUS(mc_runner_run(r), MC_ERR_CANCELLED);
     uint64_t back = mc__test_now_ns();
     pthread_join(t, NULL);

@@ -208,3 +208,13 @@ char *mct_command(const char *cmd, int *status)
     if (out) out[len] = '\0';
     return out;
 }
+
+void *mct_cancel_later(void *arg)
+{
+    mct_canceller *c = arg;
+    struct timespec ts = {c->delay_ms / 1000, (long)(c->delay_ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+    c->at_ns = mc__test_now_ns();
+    mc_runner_cancel(c->r);
+    return NULL;
+}
