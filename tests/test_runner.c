@@ -364,6 +364,49 @@ MC_TEST(runner_cancels_from_another_thread)
     return 0;
 }
 
+/* Cancel is the front end's, one rule for both back ends: before the run
+ * or during it, from another thread, the run returns MC_ERR_CANCELLED with
+ * the reason, the figures say cancelled, and the runner does not run again. */
+MC_TEST(runner_cancel_is_one_rule_for_local_and_isolated)
+{
+    mc_isolate_desc iso = MC_ISOLATE_DESC_INIT;
+    const char *env = getenv("MC_DEVICE");
+    iso.device = env && *env ? env : "cpu";
+    mc_device *d = NULL;
+    /* Isolated first: a process that used a GPU driver may not fork. */
+    for (int isolated = 1; isolated >= 0; isolated--) {
+        if (!isolated) {
+            d = mct_open_device(RT_LIMIT_MS);
+            CHECK(d);
+        }
+        for (int before = 0; before < 2; before++) {
+            rt_user u = {{RT_N, 32, 0}, false, false, MC_OK, NULL, NULL, NULL, 0, 0};
+            mc_runner_desc desc = rt_desc(isolated ? NULL : d, &u, 1000000000ull); /* hours of work */
+            desc.isolate = isolated ? &iso : NULL;
+            mc_runner *r;
+            CHECK_OK(mc_runner_create(&desc, &r));
+            mct_canceller c = {r, 200, 0};
+            pthread_t t;
+            if (before) CHECK_OK(mc_runner_cancel(r));
+            else CHECK_EQ(pthread_create(&t, NULL, mct_cancel_later, &c), 0);
+            CHECK_STATUS(mc_runner_run(r), MC_ERR_CANCELLED);
+            if (!before) pthread_join(t, NULL);
+            CHECK_STR_CONTAINS(mc_last_error(), "cancelled");
+            mc_runner_stats st;
+            CHECK_OK(mc_runner_get_stats(r, &st));
+            CHECK(st.cancelled);
+            CHECK(st.iterations < desc.total_iterations);
+            if (before) CHECK_EQ(st.chunks, 0);
+            CHECK_OK(mc_runner_cancel(r)); /* again, after the run: harmless */
+            CHECK_STATUS(mc_runner_run(r), MC_ERR_INVALID_STATE);
+            mc_runner_release(r);
+        }
+    }
+    CHECK_STATUS(mc_runner_cancel(NULL), MC_ERR_INVALID_ARGUMENT);
+    mc_device_release(d);
+    return 0;
+}
+
 MC_TEST(runner_stop_condition_wastes_no_queued_chunk)
 {
     mc_device *d = mct_open_device(RT_LIMIT_MS);
