@@ -4,7 +4,7 @@
  * real (truncated, flipped, re-versioned, renamed, re-owned, re-moded). */
 #include "mc_test.h"
 
-#include "engine/engine.h"
+#include "runtime/cache_format.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -120,6 +120,45 @@ static mc_status make(mc_device *d, const kernel *k, const char *fn, mc_pipeline
     return mc_pipeline_create_from_source(d, &desc, out, NULL);
 }
 
+/* Builds fn through the cache and lets the pipeline go. */
+static mc_status make_only(mc_device *d, const kernel *k, const char *fn)
+{
+    mc_pipeline *p = NULL;
+    mc_status s = make(d, k, fn, &p);
+    mc_pipeline_release(p);
+    return s;
+}
+
+/* A fresh cache root (the log captured), a device and the basic kernel. */
+static int open_fixture(mc_device **d, kernel *k)
+{
+    fresh_root();
+    capture_log();
+    CHECK((*d = mct_open_device(0)));
+    *k = basic_kernel(*d);
+    CHECK(k->source);
+    return 0;
+}
+
+/* Ends a test made with open_fixture: the device, the kernel, the root. */
+static int close_fixture(mc_device *d, kernel *k)
+{
+    mc_device_release(d);
+    free(k->source);
+    rm_tree(cache_root);
+    return 0;
+}
+
+/* Closes d and opens a fresh device, which sees only what is on disk (a
+ * new process would see the same); NULL with a message on failure. */
+static mc_device *reopen(mc_device *d)
+{
+    mc_device_release(d);
+    mc_device *fresh = mct_open_device(0);
+    if (!fresh) fprintf(stderr, "reopen: %s\n", mc_last_error());
+    return fresh;
+}
+
 static mc_cache_stats stats_of(mc_device *d)
 {
     mc_cache_stats s;
@@ -216,12 +255,9 @@ static int run_add_one(mc_device *d, mc_pipeline *p)
 
 MC_TEST(cache_same_input_hits_different_inputs_miss)
 {
-    fresh_root();
-    capture_log();
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
-    kernel k = basic_kernel(d);
-    CHECK(k.source);
+    mc_device *d;
+    kernel k;
+    if (open_fixture(&d, &k)) return 1;
     size_t len = strlen(k.source);
     char *longer = malloc(len + 2);
     CHECK(longer);
@@ -275,26 +311,21 @@ MC_TEST(cache_same_input_hits_different_inputs_miss)
     CHECK_EQ(s.rejected, 0);
     CHECK_GT(s.load_ns, 0);
     CHECK_EQ(log_count(&logs.rejected), 0);
-    mc_device_release(d);
     free(longer);
-    free(k.source);
-    rm_tree(cache_root);
-    return 0;
+    return close_fixture(d, &k);
 }
 
 MC_TEST(cache_disk_pipeline_runs)
 {
-    fresh_root();
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
-    kernel k = basic_kernel(d);
+    mc_device *d;
+    kernel k;
+    if (open_fixture(&d, &k)) return 1;
     mc_pipeline *p = NULL;
     CHECK_OK(make(d, &k, "add_one", &p));
     CHECK_EQ(run_add_one(d, p), 0);
     mc_pipeline_release(p);
-    mc_device_release(d);
 
-    CHECK((d = mct_open_device(0)));
+    CHECK((d = reopen(d)));
     CHECK_OK(make(d, &k, "add_one", &p));
     CHECK_EQ(stats_of(d).hits_disk, 1);
     mc_pipeline_info info;
@@ -318,10 +349,9 @@ MC_TEST(cache_disk_pipeline_runs)
 
 MC_TEST(cache_bad_arguments)
 {
-    fresh_root();
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
-    kernel k = basic_kernel(d);
+    mc_device *d;
+    kernel k;
+    if (open_fixture(&d, &k)) return 1;
     mc_pipeline *p = NULL;
     mc_pipeline_source_desc desc = desc_for(&k, "add_one");
     CHECK_STATUS(mc_pipeline_create_from_source(NULL, &desc, &p, NULL), MC_ERR_INVALID_ARGUMENT);
@@ -347,10 +377,7 @@ MC_TEST(cache_bad_arguments)
     CHECK_OK(mc_cache_dir(NULL, dir, sizeof dir));
     CHECK(!strcmp(dir, cache_root));
     CHECK(!strcmp(mc_cache_mode_name(MC_CACHE_REQUIRE), "require"));
-    mc_device_release(d);
-    free(k.source);
-    rm_tree(cache_root);
-    return 0;
+    return close_fixture(d, &k);
 }
 
 MC_TEST(cache_compile_error_is_reported_not_cached)
@@ -475,26 +502,45 @@ static void spoil_directory(const char *path)
     mkdir(path, 0700);
 }
 
-/* Builds one entry, spoils it, and checks that the next device refuses it
- * with `reason` logged once, compiles, and leaves a valid entry behind. */
-static int refused_and_rebuilt(spoil_fn spoil, const char *reason, bool removed)
+/* Closes d, spoils the one entry it archived, and opens a fresh device,
+ * which must read the spoiled file. name and path (cap bytes) receive the
+ * entry's. NULL, with a message, on failure. */
+static mc_device *spoil_and_reopen(mc_device *d, spoil_fn spoil, char name[65], char *path, size_t cap)
 {
-    fresh_root();
-    capture_log();
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
-    kernel k = basic_kernel(d);
-    mc_pipeline *p = NULL;
-    CHECK_OK(make(d, &k, "add_one", &p));
-    mc_pipeline_release(p);
-    char names[4][65], path[1200];
-    CHECK_EQ(entries(d, names, 4, NULL), 1);
-    entry_path(d, names[0], path, sizeof path);
+    char names[4][65];
+    int n = entries(d, names, 4, NULL);
+    if (n == 1) {
+        memcpy(name, names[0], 65);
+        entry_path(d, name, path, cap);
+    }
     mc_device_release(d);
-
+    if (n != 1) {
+        fprintf(stderr, "spoil_and_reopen: %d entries, expected 1\n", n);
+        return NULL;
+    }
     spoil(path);
+    mc_device *fresh = mct_open_device(0);
+    if (!fresh) fprintf(stderr, "spoil_and_reopen: %s\n", mc_last_error());
+    return fresh;
+}
 
-    CHECK((d = mct_open_device(0)));
+/* What happens to a refused file: removed and rebuilt, replaced by the
+ * rebuild's rename (not ours to remove), or left in place (a folder:
+ * neither removed nor replaced, so refused each time). */
+typedef enum { REBUILT_REMOVED, REBUILT_REPLACED, REBUILT_NEVER } rebuilt;
+
+/* Builds one entry, spoils it, and checks that the next device refuses it
+ * with `reason` logged once, compiles, and (unless REBUILT_NEVER) leaves a
+ * valid entry behind. */
+static int refused_and_rebuilt(spoil_fn spoil, const char *reason, rebuilt after)
+{
+    mc_device *d;
+    kernel k;
+    if (open_fixture(&d, &k)) return 1;
+    mc_pipeline *p = NULL;
+    CHECK_OK(make_only(d, &k, "add_one"));
+    char name[65], path[1200];
+    CHECK((d = spoil_and_reopen(d, spoil, name, path, sizeof path)));
     CHECK_OK(make(d, &k, "add_one", &p));
     CHECK_EQ(run_add_one(d, p), 0);
     mc_pipeline_release(p);
@@ -504,12 +550,12 @@ static int refused_and_rebuilt(spoil_fn spoil, const char *reason, bool removed)
     CHECK_EQ(s.compiles, 1);
     CHECK_EQ(log_count(&logs.rejected), 1);
     CHECK_STR_CONTAINS(logs.last_rejected, reason);
-    CHECK_STR_CONTAINS(logs.last_rejected, names[0]);
-    if (removed) CHECK_STR_CONTAINS(logs.last_rejected, "removed");
+    CHECK_STR_CONTAINS(logs.last_rejected, name);
+    if (after == REBUILT_REMOVED) CHECK_STR_CONTAINS(logs.last_rejected, "removed");
     /* asking again in the same device is a memory hit: no second log */
-    CHECK_OK(make(d, &k, "add_one", &p));
-    mc_pipeline_release(p);
+    CHECK_OK(make_only(d, &k, "add_one"));
     CHECK_EQ(log_count(&logs.rejected), 1);
+    if (after == REBUILT_NEVER) return close_fixture(d, &k);
     mc_device_release(d);
 
     /* the rebuilt entry is valid, ours and private */
@@ -519,101 +565,74 @@ static int refused_and_rebuilt(spoil_fn spoil, const char *reason, bool removed)
     CHECK_EQ(st.st_uid, geteuid());
     CHECK_EQ(st.st_mode & 0777, 0600);
     CHECK((d = mct_open_device(0)));
-    CHECK_OK(make(d, &k, "add_one", &p));
-    mc_pipeline_release(p);
+    CHECK_OK(make_only(d, &k, "add_one"));
     s = stats_of(d);
     CHECK_EQ(s.hits_disk, 1);
     CHECK_EQ(s.rejected, 0);
     CHECK_EQ(log_count(&logs.rejected), 1);
-    mc_device_release(d);
-    free(k.source);
-    rm_tree(cache_root);
-    return 0;
+    return close_fixture(d, &k);
 }
 
 MC_TEST(cache_rejects_truncated_entry)
 {
-    return refused_and_rebuilt(spoil_truncate, "truncated", true);
+    return refused_and_rebuilt(spoil_truncate, "truncated", REBUILT_REMOVED);
 }
 
 MC_TEST(cache_rejects_empty_entry)
 {
-    return refused_and_rebuilt(spoil_empty, "truncated", true);
+    return refused_and_rebuilt(spoil_empty, "truncated", REBUILT_REMOVED);
 }
 
 MC_TEST(cache_rejects_flipped_payload_byte)
 {
-    return refused_and_rebuilt(spoil_payload, "checksum", true);
+    return refused_and_rebuilt(spoil_payload, "checksum", REBUILT_REMOVED);
 }
 
 MC_TEST(cache_rejects_flipped_header_key_byte)
 {
-    return refused_and_rebuilt(spoil_header_key, "does not match its file name", true);
+    return refused_and_rebuilt(spoil_header_key, "does not match its file name", REBUILT_REMOVED);
 }
 
 MC_TEST(cache_rejects_flipped_key_material_byte)
 {
-    return refused_and_rebuilt(spoil_material, "key material", true);
+    return refused_and_rebuilt(spoil_material, "key material", REBUILT_REMOVED);
 }
 
 MC_TEST(cache_rejects_bad_magic)
 {
-    return refused_and_rebuilt(spoil_magic, "magic", true);
+    return refused_and_rebuilt(spoil_magic, "magic", REBUILT_REMOVED);
 }
 
 MC_TEST(cache_rejects_other_format_version)
 {
-    return refused_and_rebuilt(spoil_version, "format version", true);
+    return refused_and_rebuilt(spoil_version, "format version", REBUILT_REMOVED);
 }
 
 MC_TEST(cache_rejects_trailing_bytes)
 {
-    return refused_and_rebuilt(spoil_trailing, "trailing", true);
+    return refused_and_rebuilt(spoil_trailing, "trailing", REBUILT_REMOVED);
 }
 
 MC_TEST(cache_rejects_entry_others_can_write)
 {
-    return refused_and_rebuilt(spoil_mode, "writable by group or others", true);
+    return refused_and_rebuilt(spoil_mode, "writable by group or others", REBUILT_REMOVED);
 }
 
 MC_TEST(cache_rejects_entry_group_can_write)
 {
-    return refused_and_rebuilt(spoil_group_mode, "writable by group or others", true);
+    return refused_and_rebuilt(spoil_group_mode, "writable by group or others", REBUILT_REMOVED);
 }
 
 MC_TEST(cache_rejects_symbolic_link)
 {
-    return refused_and_rebuilt(spoil_symlink, "symbolic link", true);
+    return refused_and_rebuilt(spoil_symlink, "symbolic link", REBUILT_REMOVED);
 }
 
 MC_TEST(cache_rejects_directory_in_place_of_entry)
 {
     /* cannot be removed (not ours to recurse into) nor replaced by rename:
      * refused each time, compiled, never loaded */
-    fresh_root();
-    capture_log();
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
-    kernel k = basic_kernel(d);
-    mc_pipeline *p = NULL;
-    CHECK_OK(make(d, &k, "add_one", &p));
-    mc_pipeline_release(p);
-    char names[4][65], path[1200];
-    CHECK_EQ(entries(d, names, 4, NULL), 1);
-    entry_path(d, names[0], path, sizeof path);
-    mc_device_release(d);
-    spoil_directory(path);
-    CHECK((d = mct_open_device(0)));
-    CHECK_OK(make(d, &k, "add_one", &p));
-    CHECK_EQ(run_add_one(d, p), 0);
-    mc_pipeline_release(p);
-    CHECK_EQ(stats_of(d).rejected, 1);
-    CHECK_EQ(log_count(&logs.rejected), 1);
-    CHECK_STR_CONTAINS(logs.last_rejected, "not a regular file");
-    mc_device_release(d);
-    free(k.source);
-    rm_tree(cache_root);
-    return 0;
+    return refused_and_rebuilt(spoil_directory, "not a regular file", REBUILT_NEVER);
 }
 
 MC_TEST(cache_rejects_entry_of_another_owner)
@@ -622,23 +641,18 @@ MC_TEST(cache_rejects_entry_of_another_owner)
         MC_SKIP("changing a file's owner needs root (uid 0); this runs as uid %u", (unsigned)geteuid());
     /* not ours to delete: refused, compiled, and the rebuild's rename
      * replaces it with our own file */
-    return refused_and_rebuilt(spoil_owner, "owned by uid 65534", false);
+    return refused_and_rebuilt(spoil_owner, "owned by uid 65534", REBUILT_REPLACED);
 }
 
 MC_TEST(cache_rejects_entry_renamed_to_another_key)
 {
-    fresh_root();
-    capture_log();
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
-    kernel k = basic_kernel(d);
-    mc_pipeline *p = NULL;
+    mc_device *d;
+    kernel k;
+    if (open_fixture(&d, &k)) return 1;
     char before[4][65], after[4][65], a[1200], b[1200];
-    CHECK_OK(make(d, &k, "add_one", &p));
-    mc_pipeline_release(p);
+    CHECK_OK(make_only(d, &k, "add_one"));
     CHECK_EQ(entries(d, before, 4, NULL), 1);
-    CHECK_OK(make(d, &k, "iota", &p));
-    mc_pipeline_release(p);
+    CHECK_OK(make_only(d, &k, "iota"));
     CHECK_EQ(entries(d, after, 4, NULL), 2);
     const char *iota = new_name(before, 1, after, 2);
     CHECK(iota);
@@ -649,70 +663,49 @@ MC_TEST(cache_rejects_entry_renamed_to_another_key)
     CHECK_EQ(rename(a, b), 0);
 
     CHECK((d = mct_open_device(0)));
-    CHECK_OK(make(d, &k, "iota", &p));
-    mc_pipeline_release(p);
+    CHECK_OK(make_only(d, &k, "iota"));
     mc_cache_stats s = stats_of(d);
     CHECK_EQ(s.rejected, 1);
     CHECK_EQ(s.compiles, 1);
     CHECK_STR_CONTAINS(logs.last_rejected, "does not match its file name");
     /* add_one is gone from disk (renamed away): compiled again too */
-    CHECK_OK(make(d, &k, "add_one", &p));
-    mc_pipeline_release(p);
+    CHECK_OK(make_only(d, &k, "add_one"));
     CHECK_EQ(stats_of(d).compiles, 2);
-    mc_device_release(d);
-    CHECK((d = mct_open_device(0)));
-    CHECK_OK(make(d, &k, "iota", &p));
-    mc_pipeline_release(p);
-    CHECK_OK(make(d, &k, "add_one", &p));
-    mc_pipeline_release(p);
+    CHECK((d = reopen(d)));
+    CHECK_OK(make_only(d, &k, "iota"));
+    CHECK_OK(make_only(d, &k, "add_one"));
     CHECK_EQ(stats_of(d).hits_disk, 2);
-    mc_device_release(d);
-    free(k.source);
-    rm_tree(cache_root);
-    return 0;
+    return close_fixture(d, &k);
 }
 
 MC_TEST(cache_read_only_mode_keeps_files)
 {
-    fresh_root();
-    capture_log();
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
-    kernel k = basic_kernel(d);
-    mc_pipeline *p = NULL;
+    mc_device *d;
+    kernel k;
+    if (open_fixture(&d, &k)) return 1;
     /* ro: compiles, writes nothing */
     CHECK_OK(mc_cache_set_mode(d, MC_CACHE_RO));
     CHECK_EQ(mc_cache_get_mode(d), MC_CACHE_RO);
-    CHECK_OK(make(d, &k, "add_one", &p));
-    mc_pipeline_release(p);
+    CHECK_OK(make_only(d, &k, "add_one"));
     CHECK_EQ(stats_of(d).writes, 0);
-    char names[4][65], path[1200];
+    char names[4][65];
     CHECK_EQ(entries(d, names, 4, NULL), 0);
-    mc_device_release(d);
 
-    CHECK((d = mct_open_device(0)));
-    CHECK_OK(make(d, &k, "add_one", &p));
-    mc_pipeline_release(p);
-    CHECK_EQ(entries(d, names, 4, NULL), 1);
-    entry_path(d, names[0], path, sizeof path);
-    mc_device_release(d);
-    spoil_payload(path);
+    CHECK((d = reopen(d)));
+    CHECK_OK(make_only(d, &k, "add_one"));
 
     /* ro: a bad entry is refused but left alone */
     setenv("MC_CACHE", "ro", 1);
-    CHECK((d = mct_open_device(0)));
+    char name[65], path[1200];
+    CHECK((d = spoil_and_reopen(d, spoil_payload, name, path, sizeof path)));
     CHECK_EQ(mc_cache_get_mode(d), MC_CACHE_RO);
-    CHECK_OK(make(d, &k, "add_one", &p));
-    mc_pipeline_release(p);
+    CHECK_OK(make_only(d, &k, "add_one"));
     CHECK_EQ(stats_of(d).rejected, 1);
     CHECK_EQ(log_count(&logs.rejected), 1);
     struct stat st;
     CHECK_EQ(stat(path, &st), 0);
-    mc_device_release(d);
     unsetenv("MC_CACHE");
-    free(k.source);
-    rm_tree(cache_root);
-    return 0;
+    return close_fixture(d, &k);
 }
 
 /* ---- unusable folders fall back to memory ---------------------------------- */
@@ -795,14 +788,13 @@ MC_TEST(cache_unwritable_device_folder_warns_once)
 MC_TEST(cache_without_hash_library_stays_in_memory)
 {
     fresh_root();
-    mc__cache_test_no_hash(true);
+    mc__hash_test_disable(true);
     capture_log();
     mc_device *d = mct_open_device(0);
     CHECK(d);
     kernel k = basic_kernel(d);
     mc_pipeline *p = NULL;
-    CHECK_OK(make(d, &k, "add_one", &p));
-    mc_pipeline_release(p);
+    CHECK_OK(make_only(d, &k, "add_one"));
     CHECK_OK(make(d, &k, "add_one", &p));
     CHECK_EQ(run_add_one(d, p), 0);
     mc_pipeline_release(p);
@@ -814,7 +806,7 @@ MC_TEST(cache_without_hash_library_stays_in_memory)
     char names[4][65];
     CHECK_EQ(entries(d, names, 4, NULL), 0);
     mc_device_release(d);
-    mc__cache_test_no_hash(false);
+    mc__hash_test_disable(false);
     free(k.source);
     rm_tree(cache_root);
     return 0;
@@ -888,20 +880,16 @@ MC_TEST(cache_two_process_race)
     CHECK_EQ(s.hits_disk, 3);
     CHECK_EQ(s.compiles, 0);
     CHECK_EQ(s.rejected, 0);
-    mc_device_release(d);
-    free(k.source);
-    rm_tree(cache_root);
-    return 0;
+    return close_fixture(d, &k);
 }
 
 /* ---- require mode: never compile at run time (F700) ----------------------- */
 
 MC_TEST(cache_require_mode)
 {
-    fresh_root();
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
-    kernel k = basic_kernel(d);
+    mc_device *d;
+    kernel k;
+    if (open_fixture(&d, &k)) return 1;
     mc_pipeline *p = NULL;
     CHECK_OK(mc_cache_set_mode(d, MC_CACHE_REQUIRE));
     CHECK_STATUS(make(d, &k, "add_one", &p), MC_ERR_CACHE_MISS);
@@ -912,11 +900,9 @@ MC_TEST(cache_require_mode)
     CHECK_EQ(s.misses, 1);
 
     CHECK_OK(mc_cache_set_mode(d, MC_CACHE_RW));
-    CHECK_OK(make(d, &k, "add_one", &p));
-    mc_pipeline_release(p);
+    CHECK_OK(make_only(d, &k, "add_one"));
     CHECK_OK(mc_cache_set_mode(d, MC_CACHE_REQUIRE));
-    CHECK_OK(make(d, &k, "add_one", &p)); /* memory */
-    mc_pipeline_release(p);
+    CHECK_OK(make_only(d, &k, "add_one")); /* memory */
     mc_device_release(d);
 
     setenv("MC_CACHE", "require", 1);
@@ -937,24 +923,14 @@ MC_TEST(cache_require_mode)
     CHECK_EQ(s.hits_disk, 1);
     CHECK_EQ(s.misses, 2);
     /* a spoiled entry in require mode: a miss, never a compile */
-    mc_device_release(d);
-    unsetenv("MC_CACHE");
-    CHECK((d = mct_open_device(0)));
-    char names[4][65], path[1200];
-    CHECK_EQ(entries(d, names, 4, NULL), 1);
-    entry_path(d, names[0], path, sizeof path);
-    mc_device_release(d);
-    spoil_payload(path);
-    setenv("MC_CACHE", "require", 1);
-    CHECK((d = mct_open_device(0)));
+    char name[65], path[1200];
+    CHECK((d = spoil_and_reopen(d, spoil_payload, name, path, sizeof path)));
+    CHECK_EQ(mc_cache_get_mode(d), MC_CACHE_REQUIRE);
     CHECK_STATUS(make(d, &k, "add_one", &p), MC_ERR_CACHE_MISS);
     CHECK_EQ(stats_of(d).compiles, 0);
     CHECK_EQ(stats_of(d).rejected, 1);
-    mc_device_release(d);
     unsetenv("MC_CACHE");
-    free(k.source);
-    rm_tree(cache_root);
-    return 0;
+    return close_fixture(d, &k);
 }
 
 MC_TEST(cache_off_mode_always_compiles)
@@ -976,11 +952,8 @@ MC_TEST(cache_off_mode_always_compiles)
     CHECK_EQ(s.hits_memory + s.hits_disk, 0);
     char names[4][65];
     CHECK_EQ(entries(d, names, 4, NULL), 0);
-    mc_device_release(d);
     unsetenv("MC_CACHE");
-    free(k.source);
-    rm_tree(cache_root);
-    return 0;
+    return close_fixture(d, &k);
 }
 
 /* ---- eviction under a cap, least recently used first ------------------------ */
@@ -996,19 +969,16 @@ static void set_age(const char *path, int seconds_ago)
 
 MC_TEST(cache_eviction_lru)
 {
-    fresh_root();
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
-    kernel k = basic_kernel(d);
+    mc_device *d;
+    kernel k;
+    if (open_fixture(&d, &k)) return 1;
     static const char *const fns[] = {"add_one", "iota", "saxpy", "copy_f32"};
     char names[4][65]; /* entry of fns[i] */
     char list[8][65], prev[8][65], path[1200];
     int n = 0;
     struct stat st;
-    mc_pipeline *p = NULL;
 
-    CHECK_OK(make(d, &k, fns[0], &p));
-    mc_pipeline_release(p);
+    CHECK_OK(make_only(d, &k, fns[0]));
     CHECK_EQ(entries(d, list, 8, NULL), 1);
     memcpy(names[0], list[0], 65);
     entry_path(d, names[0], path, sizeof path);
@@ -1019,8 +989,7 @@ MC_TEST(cache_eviction_lru)
 
     memcpy(prev, list, sizeof list);
     n = 1;
-    CHECK_OK(make(d, &k, fns[1], &p));
-    mc_pipeline_release(p);
+    CHECK_OK(make_only(d, &k, fns[1]));
     CHECK_EQ(entries(d, list, 8, NULL), 2);
     memcpy(names[1], new_name(prev, n, list, 2), 65);
     entry_path(d, names[1], path, sizeof path);
@@ -1029,8 +998,7 @@ MC_TEST(cache_eviction_lru)
 
     /* a third: the oldest (add_one) goes */
     memcpy(prev, list, sizeof list);
-    CHECK_OK(make(d, &k, fns[2], &p));
-    mc_pipeline_release(p);
+    CHECK_OK(make_only(d, &k, fns[2]));
     CHECK_EQ(entries(d, list, 8, NULL), 2);
     CHECK_EQ(stats_of(d).evictions, 1);
     entry_path(d, names[0], path, sizeof path);
@@ -1045,11 +1013,9 @@ MC_TEST(cache_eviction_lru)
     /* using iota (the older of the two) makes it recent: saxpy goes next */
     CHECK((d = mct_open_device(0)));
     CHECK_OK(mc_cache_set_max_bytes(d, (uint64_t)st.st_size * 5 / 2));
-    CHECK_OK(make(d, &k, fns[1], &p));
-    mc_pipeline_release(p);
+    CHECK_OK(make_only(d, &k, fns[1]));
     CHECK_EQ(stats_of(d).hits_disk, 1);
-    CHECK_OK(make(d, &k, fns[3], &p));
-    mc_pipeline_release(p);
+    CHECK_OK(make_only(d, &k, fns[3]));
     mc_cache_stats s = stats_of(d);
     CHECK_EQ(s.evictions, 1);
     CHECK_EQ(s.disk_entries, 2);
@@ -1064,34 +1030,27 @@ MC_TEST(cache_eviction_lru)
     setenv("MC_CACHE_MAX_BYTES", "1k", 1);
     CHECK((d = mct_open_device(0)));
     CHECK_EQ(stats_of(d).max_bytes, 1024);
-    CHECK_OK(make(d, &k, fns[0], &p)); /* over the cap alone: kept, the rest go */
-    mc_pipeline_release(p);
+    CHECK_OK(make_only(d, &k, fns[0])); /* over the cap alone: kept, the rest go */
     s = stats_of(d);
     CHECK_EQ(s.disk_entries, 1);
     CHECK_EQ(s.evictions, 2);
-    mc_device_release(d);
     unsetenv("MC_CACHE_MAX_BYTES");
-    free(k.source);
-    rm_tree(cache_root);
-    return 0;
+    return close_fixture(d, &k);
 }
 
 /* ---- statistics --------------------------------------------------------------- */
 
 MC_TEST(cache_statistics)
 {
-    fresh_root();
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
-    kernel k = basic_kernel(d);
-    mc_pipeline *p = NULL;
+    mc_device *d;
+    kernel k;
+    if (open_fixture(&d, &k)) return 1;
     mc_cache_stats s = stats_of(d);
     CHECK_EQ(s.hits_memory + s.hits_disk + s.misses + s.compiles + s.writes, 0);
     CHECK_EQ(s.max_bytes, MC_CACHE_DEFAULT_MAX_BYTES);
     CHECK(s.disk_enabled);
 
-    CHECK_OK(make(d, &k, "add_one", &p));
-    mc_pipeline_release(p);
+    CHECK_OK(make_only(d, &k, "add_one"));
     s = stats_of(d);
     CHECK_EQ(s.misses, 1);
     CHECK_EQ(s.compiles, 1);
@@ -1106,14 +1065,11 @@ MC_TEST(cache_statistics)
     CHECK_EQ(stat(path, &st), 0);
     CHECK_EQ(s.disk_bytes, st.st_size);
 
-    CHECK_OK(make(d, &k, "add_one", &p));
-    mc_pipeline_release(p);
+    CHECK_OK(make_only(d, &k, "add_one"));
     CHECK_EQ(stats_of(d).hits_memory, 1);
-    mc_device_release(d);
 
-    CHECK((d = mct_open_device(0)));
-    CHECK_OK(make(d, &k, "add_one", &p));
-    mc_pipeline_release(p);
+    CHECK((d = reopen(d)));
+    CHECK_OK(make_only(d, &k, "add_one"));
     s = stats_of(d);
     CHECK_EQ(s.hits_disk, 1);
     CHECK_EQ(s.misses, 0);
@@ -1143,10 +1099,9 @@ MC_TEST(cache_statistics)
 
 MC_TEST(cache_clear_keeps_held_pipelines_valid)
 {
-    fresh_root();
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
-    kernel k = basic_kernel(d);
+    mc_device *d;
+    kernel k;
+    if (open_fixture(&d, &k)) return 1;
     mc_pipeline *p = NULL, *q = NULL;
     CHECK_OK(make(d, &k, "add_one", &p));
     CHECK_OK(make(d, &k, "iota", &q));
@@ -1161,10 +1116,7 @@ MC_TEST(cache_clear_keeps_held_pipelines_valid)
     CHECK_EQ(stats_of(d).compiles, 3);
     mc_pipeline_release(q);
     mc_pipeline_release(p);
-    mc_device_release(d);
-    free(k.source);
-    rm_tree(cache_root);
-    return 0;
+    return close_fixture(d, &k);
 }
 
 /* ---- threads: one compile for many concurrent requests ------------------------ */
@@ -1190,10 +1142,9 @@ static void *race_main(void *arg)
 
 MC_TEST(cache_concurrent_requests_compile_once)
 {
-    fresh_root();
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
-    kernel k = basic_kernel(d);
+    mc_device *d;
+    kernel k;
+    if (open_fixture(&d, &k)) return 1;
     mc_pipeline_source_desc good = desc_for(&k, "add_one");
     mc_pipeline_source_desc bad = MC_PIPELINE_SOURCE_DESC_INIT;
     bad.source = "#error this kernel does not compile\n";
@@ -1230,20 +1181,16 @@ MC_TEST(cache_concurrent_requests_compile_once)
             for (int i = 0; i < RACERS; i++) mc_pipeline_release(rs[i].p);
         }
     }
-    mc_device_release(d);
-    free(k.source);
-    rm_tree(cache_root);
-    return 0;
+    return close_fixture(d, &k);
 }
 
 /* ---- asynchronous creation (F159) ----------------------------------------------- */
 
 MC_TEST(cache_async_wait_any)
 {
-    fresh_root();
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
-    kernel k = basic_kernel(d);
+    mc_device *d;
+    kernel k;
+    if (open_fixture(&d, &k)) return 1;
     static const char *const fns[] = {"add_one", "iota", "saxpy", "copy_f32", "broken"};
     enum { N = 5 };
     mc_pipeline_future *fs[N], *left[N];
@@ -1318,10 +1265,9 @@ MC_TEST(cache_async_abandoned_future_then_device)
 {
     /* the caller lets go of both before the work ends: the pool thread
      * drops the last references and the device closes on its notifier */
-    fresh_root();
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
-    kernel k = basic_kernel(d);
+    mc_device *d;
+    kernel k;
+    if (open_fixture(&d, &k)) return 1;
     char dir[1024];
     CHECK_OK(mc_cache_dir(d, dir, sizeof dir));
     for (int i = 0; i < 4; i++) {
@@ -1388,6 +1334,14 @@ MC_TEST(cache_entry_parser)
     CHECK_EQ(mat.function.len, 1);
     CHECK(mc__cache_parse_material(m, mn - 1, &mat) != NULL);
     CHECK(mc__cache_parse_material(m, mn + 0, NULL) == NULL);
+    /* the writer the cache uses puts down the same bytes */
+    CHECK(mc__cache_parse_material(m, mn, &mat) == NULL);
+    mc__bytes enc = {NULL, 0, 0, false};
+    mc__cache_encode_material(&mat, &enc);
+    CHECK(!enc.oom);
+    CHECK_EQ(enc.n, mn);
+    CHECK(!memcmp(enc.p, m, mn));
+    free(enc.p);
 
     const char payload[] = "payload bytes";
     uint8_t e[512];
@@ -1402,6 +1356,9 @@ MC_TEST(cache_entry_parser)
     CHECK(mc__hash_sha256(h, payload, sizeof payload, e + 64));
     memcpy(e + MC__CACHE_HEADER_SIZE, m, mn);
     memcpy(e + MC__CACHE_HEADER_SIZE + mn, payload, sizeof payload);
+    uint8_t header[MC__CACHE_HEADER_SIZE];
+    mc__cache_entry_header(header, e + 16, mn, sizeof payload, e + 64);
+    CHECK(!memcmp(header, e, MC__CACHE_HEADER_SIZE));
     mc__cache_entry ent;
     CHECK(mc__cache_parse_entry(e, en, h, e + 16, &ent) == NULL);
     CHECK_EQ(ent.payload_len, sizeof payload);

@@ -4,8 +4,10 @@
 #include "mc_test.h"
 #include "runtime/runtime.h"
 
+#include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static mc_status run_one(mc_queue *q, mc_pipeline *p, mc_buffer *b)
 {
@@ -149,4 +151,95 @@ MC_TEST(runtime_reopen_like_carries_pending_faults)
     mc_log_set_callback(NULL, NULL, MC_LOG_WARN);
     CHECK_EQ(seen.never_fired, 0);
     return 0;
+}
+
+/* The backend table says what the engine used to learn by asking which
+ * device it talks to (hal.h, version 3). */
+MC_TEST(runtime_backend_table_answers_for_the_device)
+{
+    mc_device *d = mct_open_device(0);
+    CHECK(d);
+    mc_device_info info;
+    CHECK_OK(mc_device_get_info(d, &info));
+    /* the language a source without one gets is one the device compiles,
+     * and the file the project's kernels use for it exists */
+    mc_language lang = mc__device_default_language(d);
+    CHECK(lang != MC_LANG_UNSET);
+    CHECK_EQ(mc__device_default_language(NULL), MC_LANG_UNSET);
+    const char *ext = mc_device_kernel_extension(info.kind);
+    CHECK(ext[0] == '.');
+    char path[1024];
+    snprintf(path, sizeof path, "%s/examples/kernels/basic%s", MC_SOURCE_DIR, ext);
+    size_t len = 0;
+    char *src = mct_read_file(path, &len);
+    CHECK(src);
+    mc_pipeline_source_desc desc = MC_PIPELINE_SOURCE_DESC_INIT;
+    desc.source = src;
+    desc.function = "add_one"; /* language left unset: the device's own */
+    mc_pipeline *p = NULL;
+    CHECK_OK(mc_pipeline_create_from_source(d, &desc, &p, NULL));
+    mc_pipeline_release(p);
+    free(src);
+    CHECK(!strcmp(mc_device_kernel_extension(MC_DEVICE_ANY), ""));
+    CHECK(!strcmp(mc_device_kernel_extension((mc_device_kind)99), ""));
+    if (info.kind == MC_DEVICE_CPU) {
+        CHECK(!strcmp(ext, ".c"));
+        CHECK_EQ(lang, MC_LANG_C);
+    }
+    mc_device_release(d);
+    /* asking for the CPU device's devices leaves this process fork-safe */
+    mc__fork_unsafe_simulate(NULL);
+    mc_device_desc cpu = MC_DEVICE_DESC_INIT;
+    cpu.kind = MC_DEVICE_CPU;
+    CHECK_OK(mc_device_open(&cpu, &d));
+    mc_device_release(d);
+    CHECK(!mc__fork_unsafe_backend_used(NULL, 0));
+    return 0;
+}
+
+/* CPU workers name themselves (os_posix.c: macOS names only the calling
+ * thread), so a debugger or top -H shows them. */
+MC_TEST(runtime_cpu_workers_are_named)
+{
+#ifdef __linux__
+    mc_device_desc dd = MC_DEVICE_DESC_INIT;
+    dd.kind = MC_DEVICE_CPU;
+    dd.threads = 2;
+    mc_device *d;
+    CHECK_OK(mc_device_open(&dd, &d));
+    mc_pipeline *add = mct_pipeline(d, "basic", "add_one");
+    CHECK(add);
+    mc_buffer *b;
+    mc_buffer_desc bd = {1024, MC_STORAGE_SHARED, "b", NULL};
+    CHECK_OK(mc_buffer_create(d, &bd, &b));
+    mc_queue *q;
+    CHECK_OK(mc_queue_create(d, NULL, &q));
+    CHECK_OK(run_one(q, add, b)); /* the pool runs by now */
+    int named = 0;
+    for (int tries = 0; tries < 200 && named < 2; tries++) {
+        named = 0;
+        DIR *dir = opendir("/proc/self/task");
+        CHECK(dir);
+        struct dirent *de;
+        while ((de = readdir(dir)) != NULL) {
+            if (de->d_name[0] == '.') continue;
+            char path[300], comm[32] = "";
+            snprintf(path, sizeof path, "/proc/self/task/%s/comm", de->d_name);
+            FILE *f = fopen(path, "r");
+            if (!f) continue;
+            if (fgets(comm, sizeof comm, f) && (!strcmp(comm, "mc-cpu-0\n") || !strcmp(comm, "mc-cpu-1\n"))) named++;
+            fclose(f);
+        }
+        closedir(dir);
+        if (named < 2) usleep(5000); /* a worker names itself as it starts */
+    }
+    CHECK_EQ(named, 2);
+    mc_queue_release(q);
+    mc_buffer_release(b);
+    mc_pipeline_release(add);
+    mc_device_release(d);
+    return 0;
+#else
+    MC_SKIP("reads thread names from /proc (Linux only)");
+#endif
 }

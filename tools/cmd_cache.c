@@ -12,7 +12,7 @@
  */
 #include "bench.h"
 #include "cli.h"
-#include "engine/engine.h"
+#include "runtime/cache_format.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -22,7 +22,8 @@
 
 #include "mc/mc.h"
 
-#define MC__HAL_VERSION 2 /* 2: command lists, MC__OP_EXECUTE_LIST, MC__SUBMIT_VALIDATION */
+#define MC__HAL_VERSION 3 /* 2: command lists, MC__OP_EXECUTE_LIST, MC__SUBMIT_VALIDATION; 3: default_language,
+                            * kernel_extension, fork_safe */
 
 /* ---- the command stream ------------------------------------------------ */
 
@@ -238,14 +239,22 @@ typedef struct mc__hal {
      * is in flight. */
     mc_status (*cmdlist_create)(void *dev, const mc__list_desc *desc, void **list, uint32_t *caps);
     void (*cmdlist_destroy)(void *dev, void *list);
+
+    /* ---- version 3: what the engine would otherwise learn by asking
+     * which device it talks to ---- */
+    /* The language of a source whose descriptor names none. */
+    mc_language default_language;
+    /* The file name ending of the project's kernels for this device
+     * (mc_device_kernel_extension: ".c", ".cu", ".metal"). */
+    const char *kernel_extension;
+    /* Keeps no process-wide driver state: a process that used it may fork
+     * a child that opens it afresh (isolated runs fork their workers,
+     * docs/ISOLATION.md). The CUDA driver (cuInit) and Metal (the
+     * Objective-C runtime) are not. */
+    bool fork_safe;
 } mc__hal;
 
 /* The compiled-in backends, best first (metal, cuda, cpu); NULL-terminated. */
 extern const mc__hal *const mc__hal_registry[];
-/* Those of them that keep no process-wide driver state: a process that used
- * one may fork a child that opens it afresh (isolated runs fork their
- * workers, docs/ISOLATION.md). The CUDA driver (cuInit) and Metal (the
- * Objective-C runtime) are not. NULL-terminated. */
-extern const mc__hal *const mc__hal_fork_safe[];
 
 #endif

@@ -20,9 +20,3 @@ const mc__hal *const mc__hal_registry[] = {
     &mc__cpu_hal,
     NULL,
 };
-
-/* The CPU device's state all hangs off its device objects. */
-const mc__hal *const mc__hal_fork_safe[] = {
-    &mc__cpu_hal,
-    NULL,
-};

@@ -120,6 +120,26 @@ mc_status mc__outfile_commit(mc__outfile *o);
 void mc__outfile_abort(mc__outfile *o);
 mc_status mc__outfile_write(const char *path, const void *data, size_t len);
 
+/* Names the calling thread (debuggers, top -H); at most 15 bytes kept. */
+void mc__thread_set_name(const char *name);
+/* A file's modification time in nanoseconds since the epoch. */
+struct stat;
+uint64_t mc__stat_mtime_ns(const struct stat *st);
+/* SHA-256 by the operating system itself where it has one (CommonCrypto
+ * on macOS); false where it has none (sha256.c then loads libcrypto). */
+bool mc__os_sha256(const void *data, size_t len, uint8_t out[32]);
+
+/* SHA-256 from a well-kept library (sha256.c): libcrypto loaded at run
+ * time, or the system's own (mc__os_sha256), so the library itself needs
+ * only libc, pthreads and the loader. NULL when none can be had; *why says
+ * why. Passes a known-answer test before it is handed out. */
+typedef struct mc__hash mc__hash;
+mc__hash *mc__hash_open(char *why, size_t why_cap);
+void mc__hash_close(mc__hash *h);
+bool mc__hash_sha256(const mc__hash *h, const void *data, size_t len, uint8_t out[32]);
+/* Tests: pretend no hash library can be loaded (opens from now on fail). */
+void mc__hash_test_disable(bool on);
+
 #define MC__ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define MC__MIN(a, b) ((a) < (b) ? (a) : (b))
 #define MC__MAX(a, b) ((a) > (b) ? (a) : (b))

@@ -1,11 +1,15 @@
 /*
  * DOC: OS glue (POSIX)
  *
- * Clocks, sleeping, the environment, core counts, allocation and shared
- * memory. The only file that knows which OS it runs on, the way libuv keeps
- * src/unix apart.
+ * Clocks, sleeping, the environment, core counts, allocation, shared
+ * memory, thread names, file times and the system's own SHA-256. The only
+ * file that knows which OS it runs on, the way libuv keeps src/unix apart.
  */
 #include "core/core.h"
+
+#ifdef __APPLE__
+#include <CommonCrypto/CommonDigest.h>
+#endif
 
 #include <errno.h>
 #include <fcntl.h>
@@ -14,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -200,4 +205,46 @@ char *mc__asprintf(const char *fmt, ...)
 void mc_free(void *p)
 {
     free(p);
+}
+
+void mc__thread_set_name(const char *name)
+{
+    char n[16]; /* Linux's limit, terminator included */
+    snprintf(n, sizeof n, "%s", name ? name : "");
+#ifdef __APPLE__
+    pthread_setname_np(n); /* macOS names only the calling thread */
+#else
+    pthread_setname_np(pthread_self(), n);
+#endif
+}
+
+uint64_t mc__stat_mtime_ns(const struct stat *st)
+{
+#ifdef __APPLE__
+    return (uint64_t)st->st_mtimespec.tv_sec * 1000000000ull + (uint64_t)st->st_mtimespec.tv_nsec;
+#else
+    return (uint64_t)st->st_mtim.tv_sec * 1000000000ull + (uint64_t)st->st_mtim.tv_nsec;
+#endif
+}
+
+bool mc__os_sha256(const void *data, size_t len, uint8_t out[32])
+{
+#ifdef __APPLE__
+    CC_SHA256_CTX ctx;
+    CC_SHA256_Init(&ctx);
+    const uint8_t *p = data ? data : (const void *)"";
+    while (len) {
+        CC_LONG n = len > (1u << 30) ? (1u << 30) : (CC_LONG)len; /* CC_LONG is 32 bits */
+        CC_SHA256_Update(&ctx, p, n);
+        p += n;
+        len -= n;
+    }
+    CC_SHA256_Final(out, &ctx);
+    return true;
+#else
+    (void)data;
+    (void)len;
+    (void)out;
+    return false; /* sha256.c loads libcrypto instead */
+#endif
 }

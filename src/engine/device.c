@@ -24,9 +24,7 @@ static int backend_count(const mc__hal *h)
 {
     int c = h->device_count();
     if (c > 0 && !atomic_load_explicit(&fork_unsafe_name, memory_order_relaxed)) {
-        bool safe = false;
-        for (const mc__hal *const *f = mc__hal_fork_safe; *f && !safe; f++) safe = *f == h;
-        if (!safe) atomic_store(&fork_unsafe_name, h->name);
+        if (!(h->version >= 3 && h->fork_safe)) atomic_store(&fork_unsafe_name, h->name);
     }
     return c;
 }
@@ -56,28 +54,6 @@ bool mc_validation_enabled(void)
         atomic_store(&validation, v);
     }
     return v;
-}
-
-const char *mc_device_kind_name(mc_device_kind k)
-{
-    switch (k) {
-    case MC_DEVICE_CPU: return "cpu";
-    case MC_DEVICE_CUDA: return "cuda";
-    case MC_DEVICE_METAL: return "metal";
-    case MC_DEVICE_ANY: return "any";
-    }
-    return "unknown";
-}
-
-const char *mc_language_name(mc_language l)
-{
-    switch (l) {
-    case MC_LANG_C: return "c";
-    case MC_LANG_CUDA: return "cuda";
-    case MC_LANG_MSL: return "msl";
-    case MC_LANG_UNSET: return "unset";
-    }
-    return "unknown";
 }
 
 /* ---- devices ----------------------------------------------------------- */
@@ -112,13 +88,14 @@ static const mc__hal *hal_for(mc_device_kind kind)
 
 mc_status mc__device_parse_spec(const char *spec, mc_device_kind *kind, int *index)
 {
-    static const struct { const char *name; mc_device_kind kind; } kinds[] = {
-        {"cpu", MC_DEVICE_CPU}, {"cuda", MC_DEVICE_CUDA}, {"metal", MC_DEVICE_METAL}, {"any", MC_DEVICE_ANY}};
     size_t len = strcspn(spec, ":");
     *index = 0;
-    for (size_t i = 0; i < MC__ARRAY_LEN(kinds); i++) {
-        if (strlen(kinds[i].name) == len && !strncmp(spec, kinds[i].name, len)) {
-            *kind = kinds[i].kind;
+    /* Every kind by its name (core/names.c), compiled in or not: "metal"
+     * on Linux is a known device that is absent, not a typing error. */
+    for (int k = MC_DEVICE_ANY; k <= MC_DEVICE_METAL; k++) {
+        const char *name = mc_device_kind_name((mc_device_kind)k);
+        if (strlen(name) == len && !strncmp(spec, name, len)) {
+            *kind = (mc_device_kind)k;
             if (spec[len] == ':') {
                 char *end;
                 long v = strtol(spec + len + 1, &end, 10);
@@ -647,13 +624,14 @@ mc_status mc_library_create(mc_device *d, const mc_library_desc *desc, mc_librar
 
 const char *mc_device_kernel_extension(mc_device_kind k)
 {
-    switch (k) {
-    case MC_DEVICE_CPU: return ".c";
-    case MC_DEVICE_CUDA: return ".cu";
-    case MC_DEVICE_METAL: return ".metal";
-    case MC_DEVICE_ANY: break;
-    }
-    return "";
+    const mc__hal *h = hal_for(k);
+    return h && h->version >= 3 && h->kernel_extension ? h->kernel_extension : "";
+}
+
+mc_language mc__device_default_language(const mc_device *d)
+{
+    if (!mc__object_check(d, MC__TAG_DEVICE)) return MC_LANG_UNSET;
+    return d->hal->version >= 3 ? d->hal->default_language : MC_LANG_UNSET;
 }
 
 mc_status mc_library_create_from_file(mc_device *d, const char *path, mc_language language, const char *options,

@@ -44,17 +44,19 @@ bool mc__object_check(const void *h, uint32_t tag);
  * is not an object. */
 mc_device *mc__object_device(const void *h);
 
-#define MC__CHECK_HANDLE(h, tag, what)                                                   \
-    do {                                                                                 \
-        if (!mc__object_check((h), (tag)))                                               \
-            return mc__fail(MC_ERR_INVALID_ARGUMENT, "%s: %s is NULL or not a valid handle", \
-                            __func__, what);                                             \
+#define MC__CHECK_HANDLE(h, tag, what)                                                                        \
+    do {                                                                                                      \
+        if (!mc__object_check((h), (tag)))                                                                    \
+            return mc__fail(MC_ERR_INVALID_ARGUMENT, "%s: %s is NULL or not a valid handle", __func__, what); \
     } while (0)
 
 /* ---- device loss and reopening ------------------------------------------ */
 
 /* The device was lost (sticky). false for a handle that is not a device. */
 bool mc__device_is_lost(const mc_device *d);
+/* The language of a kernel source that names none, on d's kind of device
+ * (its backend says, hal.h); MC_LANG_UNSET for a bad handle. */
+mc_language mc__device_default_language(const mc_device *d);
 
 #define MC__MAX_FAULTS 64
 
@@ -108,8 +110,7 @@ const char *mc__status_word(mc_status s);
  * overflow), two faults on one command buffer, more than MC__MAX_FAULTS,
  * and kill/hang unless worker_faults. what names the source in messages
  * ("MC_INJECT_FAULTS"). NULL or "": no faults. */
-mc_status mc__fault_list_parse(const char *what, const char *spec, bool worker_faults, mc__fault_item *out,
-                               size_t *n);
+mc_status mc__fault_list_parse(const char *what, const char *spec, bool worker_faults, mc__fault_item *out, size_t *n);
 
 /* "cpu", "cuda:1", "any" -> kind and index (mc_device_open_name's form). */
 mc_status mc__device_parse_spec(const char *spec, mc_device_kind *kind, int *index);
@@ -132,8 +133,8 @@ mc_status mc__ckpt_write(const char *dir, const void *params, size_t params_len,
                          const void *const *state, const size_t *sizes, uint32_t count);
 /* The newest checkpoint in dir that matches: *found false when dir holds
  * none at all; an error naming each file and why when none is usable. */
-mc_status mc__ckpt_load(const char *dir, const char *label, const void *params, size_t params_len,
-                        const size_t *sizes, uint32_t count, void *const *state, uint64_t *iteration, bool *found);
+mc_status mc__ckpt_load(const char *dir, const char *label, const void *params, size_t params_len, const size_t *sizes,
+                        uint32_t count, void *const *state, uint64_t *iteration, bool *found);
 
 /* The pipeline cache (docs/CACHE.md): a device's cache goes with it. */
 struct mc__cache;

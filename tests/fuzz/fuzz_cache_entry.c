@@ -4,7 +4,7 @@
  * is not a well-formed entry and never read outside the bytes it is given
  * (AddressSanitizer watches). Built and run by tests/fuzz/run.sh.
  */
-#include "engine/engine.h"
+#include "runtime/cache_format.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -457,4 +457,7 @@ const mc__hal mc__cpu_hal = {
     .event_wait = mc__cpu_event_wait,
     .cmdlist_create = mc__cpu_cmdlist_create,
     .cmdlist_destroy = mc__cpu_cmdlist_destroy,
+    .default_language = MC_LANG_C,
+    .kernel_extension = ".c",
+    .fork_safe = true,
 };

@@ -796,6 +796,9 @@ static mc__cpu_job *run_job(mc__cpu_worker *w, mc__cpu_job *job)
 static void *worker_main(void *arg)
 {
     mc__cpu_worker *w = arg;
+    char name[16];
+    snprintf(name, sizeof name, "mc-cpu-%u", w->index % 10000u);
+    mc__thread_set_name(name); /* named from inside: macOS names only the calling thread */
     mc__cpu_job *job;
     mc__cpu_dispatch *d;
     while (find_work(w, &job, &d)) {
@@ -824,9 +827,6 @@ mc_status mc__cpu_pool_start(mc__cpu_device *dev)
             break;
         }
         w->started = true;
-        char name[16];
-        snprintf(name, sizeof name, "mc-cpu-%u", i % 10000u);
-        pthread_setname_np(w->thread, name);
     }
     if (st != MC_OK) mc__cpu_pool_stop(dev);
     return st;

@@ -487,4 +487,7 @@ const mc__hal mc__cuda_hal = {
     .event_wait = cuda_event_wait,
     .cmdlist_create = mc__cuda_cmdlist_create,
     .cmdlist_destroy = mc__cuda_cmdlist_destroy,
+    .default_language = MC_LANG_CUDA,
+    .kernel_extension = ".cu",
+    .fork_safe = false,
 };

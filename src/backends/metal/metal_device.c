@@ -608,4 +608,7 @@ const mc__hal mc__metal_hal = {
     .event_wait = mtl_event_wait,
     .cmdlist_create = mc__mtl_cmdlist_create,
     .cmdlist_destroy = mc__mtl_cmdlist_destroy,
+    .default_language = MC_LANG_MSL,
+    .kernel_extension = ".metal",
+    .fork_safe = false,
 };
