@@ -787,9 +787,20 @@ MC_TEST(trace_isolated_workers_chunks_appear_once_with_their_iterations)
     }
     CHECK_EQ(reached, TR_ISO_TOTAL);
     CHECK_GE(counted, 2);
-    /* The workers' command buffers and device spans came too. */
+    /* The workers' command buffers and device spans came too, and each
+     * worker's setup: its pipeline from the cache (a compile, a hit). */
     CHECK_GT(tr_count(events, "X", "cmdbuf", NULL, -1), 0);
     CHECK_GT(tr_count(events, "X", "device", NULL, -1), 0);
+    for (int k = 1; k <= w.n; k++) {
+        size_t setup = 0;
+        json_array_foreach(events, i, e) {
+            const char *cat = ev_str(e, "cat");
+            if (json_integer_value(json_object_get(e, "pid")) == w.pid[k] && cat &&
+                (!strcmp(cat, "compile") || !strcmp(cat, "cache hit") || !strcmp(cat, "cache miss")))
+                setup++;
+        }
+        if (!setup) MC__FAILED("worker %d (pid %lld): its setup's pipeline is not in the trace", k, w.pid[k]);
+    }
     json_decref(root);
     return 0;
 }

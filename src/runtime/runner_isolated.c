@@ -114,6 +114,7 @@ typedef struct iso_runner {
     bool have_final;
     bool stopped_early, cancelled;
     mc_status last_failure;
+    bool trace_at_create; /* the launcher's copy tells its workers to relay from their start */
 } iso_runner;
 
 /* ---- the worker ----------------------------------------------------------- */
@@ -273,6 +274,11 @@ static int runner_worker(void *ctx, int sock)
     w.heartbeat_ns = ir->pol.deadline_ns / 4;
     pthread_mutex_init(&w.r_mu, NULL);
     pthread_mutex_init(&w.send_mu, NULL);
+    if (ir->trace_at_create) {
+        /* Recorded from here; handed out once the run starts (GO). */
+        mc__trace_relay_start();
+        w.tracing = true;
+    }
 
     mc_status s = mc__iso_open_device(ir->pol.device, ir->pol.time_limit_ms, ir->pol.threads, &w.dev);
     if (s != MC_OK) return w_error(&w, s, "opening the device: ");
@@ -313,9 +319,12 @@ static int runner_worker(void *ctx, int sock)
         w_cleanup(&w); /* not wanted after all (QUIT, or the supervisor is gone) */
         return 0;
     }
-    if (m.b) {
+    if (m.b && !w.tracing) {
         mc__trace_relay_start();
         w.tracing = true;
+    } else if (!m.b && w.tracing) {
+        mc_trace_stop(); /* the supervisor stopped its trace: a relay's stop discards */
+        w.tracing = false;
     }
     w.area = mc__shm_map_fd(fd, w.lay.area_size);
     close(fd);
@@ -596,6 +605,9 @@ static mc_status iso_init(mc_runner *base, const mc_device_info *info)
     ir->sh = mc__shm_map_anon(sizeof *ir->sh);
     if (!ir->sh) return mc__fail(MC_ERR_NO_MEMORY, "mc_runner_create: no shared memory: %s", strerror(errno));
     ir->sh->base.magic = MC__ISO_MAGIC;
+    /* A worker's setup (compiles, cache hits) is in the trace too when
+     * the trace was on before the launcher was forked. */
+    ir->trace_at_create = mc_trace_active();
     /* The launcher is forked before anything else of ours is open. */
     if ((s = mc__iso_launcher_start(&ir->launcher, runner_worker, ir)) != MC_OK) return s;
     if (pipe(ir->wake) != 0) return mc__fail(MC_ERR_INTERNAL, "mc_runner_create: pipe: %s", strerror(errno));
