@@ -83,6 +83,9 @@ char *mct_kernel_source(mc_device *d, const char *name, mc_language *lang);
 /* Builds a pipeline for function fn of examples/kernels/NAME.*; NULL and a message on failure. */
 mc_pipeline *mct_pipeline(mc_device *d, const char *file, const char *fn);
 char *mct_read_file(const char *path, size_t *len);
+/* Runs cmd through the shell and returns what it printed (at most 64 KiB,
+ * NUL-terminated; free it), *status (may be NULL) its wait status. */
+char *mct_command(const char *cmd, int *status);
 uint64_t mc__test_now_ns(void);
 /* Host model of rt_step in examples/kernels/runner_test: x[i]'s start value,
  * and x after iters iterations with spin mixes each (x[n] = iters; free). */
@@ -96,5 +99,37 @@ uint32_t *mct_rt_reference(uint32_t n, uint32_t spin, uint64_t iters);
 mc_status mct_rt_bind(mc_device *dev, uint32_t n, const void *params, size_t params_len, mc_pipeline **pl,
                       mc_buffer **x, mc_buffer **ctl, mc_runner_binding *b);
 void mct_rt_release(mc_pipeline **pl, mc_buffer **x, mc_buffer **ctl);
+
+/* The runner tests' fixture, one for the runner, isolation, checkpoint and
+ * trace tests: rt_step's parameters and what its setup makes. Pass an
+ * mct_rt as the runner's user with mct_rt_setup and mct_rt_teardown. */
+typedef struct mct_rt_params {
+    uint32_t n, spin;
+    uint64_t stop_at;
+} mct_rt_params;
+typedef struct mct_rt {
+    mct_rt_params params;
+    bool runner_control;    /* slot 2 is left to the runner's control buffer */
+    bool bind_control_slot; /* a mistake on purpose: setup binds slot 2 all the same */
+    mc_status fail_setup;   /* when not MC_OK, setup fails with it, on purpose */
+    mc_pipeline *pl;
+    mc_buffer *x, *ctl;
+    int setups, teardowns; /* in this process */
+} mct_rt;
+mc_status mct_rt_setup(void *user, mc_device *dev, mc_runner_binding *b);
+void mct_rt_teardown(void *user, mc_runner_binding *b);
+/* A descriptor for u's run of total iterations: setup and teardown, the
+ * grid over params.n cells in groups of `group` threads, 4 iterations per
+ * dispatch, the iteration range in slot 1, the control block in slot 2
+ * when u->runner_control; no device. */
+mc_runner_desc mct_rt_desc(mct_rt *u, uint32_t group, uint64_t total);
+/* A thread body that sleeps delay_ms, notes the time (at_ns) and cancels
+ * r: cancel from another thread, for the local and the isolated runner. */
+typedef struct mct_canceller {
+    mc_runner *r;
+    unsigned delay_ms;
+    uint64_t at_ns;
+} mct_canceller;
+void *mct_cancel_later(void *arg);
 
 #endif

@@ -17,32 +17,10 @@
 #define CK_ITERS 3000u
 
 typedef struct ck_user {
-    struct {
-        uint32_t n, spin;
-        uint64_t stop_at;
-    } params;
-    mc_pipeline *pl;
-    mc_buffer *x, *dummy;
+    mct_rt rt; /* the runner's user */
     uint64_t cancel_at; /* cancel from the progress callback once past this */
     mc_runner *r;
 } ck_user;
-
-static mc_status ck_setup(void *user, mc_device *dev, mc_runner_binding *b)
-{
-    ck_user *u = user;
-    mc_status s = mct_rt_bind(dev, CK_N, &u->params, sizeof u->params, &u->pl, &u->x, &u->dummy, b);
-    if (s != MC_OK) return s;
-    b->args[2].kind = MC_RUNNER_ARG_BUFFER;
-    b->args[2].buffer = u->dummy;
-    return MC_OK;
-}
-
-static void ck_teardown(void *user, mc_runner_binding *b)
-{
-    ck_user *u = user;
-    (void)b;
-    mct_rt_release(&u->pl, &u->x, &u->dummy);
-}
 
 static void ck_progress(void *user, const mc_runner_progress *p)
 {
@@ -52,16 +30,9 @@ static void ck_progress(void *user, const mc_runner_progress *p)
 
 static void ck_desc(mc_runner_desc *d, mc_device *dev, ck_user *u, const char *dir, const char *params)
 {
-    mc_runner_desc init = MC_RUNNER_DESC_INIT;
-    *d = init;
+    *d = mct_rt_desc(&u->rt, 64, CK_ITERS);
     d->device = dev;
-    d->setup = ck_setup;
-    d->teardown = ck_teardown;
-    d->user = u;
-    d->threadgroups = (mc_size3){CK_N / 64, 1, 1};
-    d->threads_per_threadgroup = (mc_size3){64, 1, 1};
-    d->total_iterations = CK_ITERS;
-    d->iteration_arg = 1;
+    d->iterations_per_dispatch = 0; /* the default, one */
     d->checkpoint_ms = 1; /* many checkpoints: the folder must keep only two */
     d->progress = ck_progress;
     d->progress_user = u;
@@ -125,8 +96,8 @@ static int first_half(mc_device *dev, const char *dir, const char *params)
 {
     ck_user u;
     memset(&u, 0, sizeof u);
-    u.params.n = CK_N;
-    u.params.spin = 8;
+    u.rt.params.n = CK_N;
+    u.rt.params.spin = 8;
     u.cancel_at = CK_ITERS / 2;
     mc_runner_desc d;
     ck_desc(&d, dev, &u, dir, params);
@@ -146,8 +117,8 @@ static int resume_to_end(mc_device *dev, const char *dir, const char *params, ui
 {
     ck_user u;
     memset(&u, 0, sizeof u);
-    u.params.n = CK_N;
-    u.params.spin = 8;
+    u.rt.params.n = CK_N;
+    u.rt.params.spin = 8;
     mc_runner_desc d;
     ck_desc(&d, dev, &u, dir, params);
     d.flags |= MC_RUNNER_RESUME;
@@ -234,8 +205,8 @@ MC_TEST(checkpoint_corrupt_newest_falls_back_to_older)
     CHECK_EQ(damage(dir, names[1], true), 0);
     ck_user u;
     memset(&u, 0, sizeof u);
-    u.params.n = CK_N;
-    u.params.spin = 8;
+    u.rt.params.n = CK_N;
+    u.rt.params.spin = 8;
     mc_runner_desc d;
     ck_desc(&d, dev, &u, dir, "rt spin 8");
     d.flags |= MC_RUNNER_RESUME;
@@ -257,8 +228,8 @@ MC_TEST(checkpoint_of_another_run_is_refused)
     CHECK_EQ(first_half(dev, dir, "rt spin 8"), 0);
     ck_user u;
     memset(&u, 0, sizeof u);
-    u.params.n = CK_N;
-    u.params.spin = 8;
+    u.rt.params.n = CK_N;
+    u.rt.params.spin = 8;
     mc_runner_desc d;
     ck_desc(&d, dev, &u, dir, "rt spin 9");
     d.flags |= MC_RUNNER_RESUME;
@@ -281,8 +252,8 @@ MC_TEST(checkpoint_dir_bad_arguments)
     CHECK(dev);
     ck_user u;
     memset(&u, 0, sizeof u);
-    u.params.n = CK_N;
-    u.params.spin = 1;
+    u.rt.params.n = CK_N;
+    u.rt.params.spin = 1;
     mc_runner_desc d;
     ck_desc(&d, dev, &u, NULL, NULL);
     d.flags |= MC_RUNNER_RESUME;
@@ -421,8 +392,8 @@ MC_TEST(checkpoint_dir_resume_isolated)
     uint64_t newest = name_iteration(names[0]);
     ck_user u;
     memset(&u, 0, sizeof u);
-    u.params.n = CK_N;
-    u.params.spin = 8;
+    u.rt.params.n = CK_N;
+    u.rt.params.spin = 8;
     mc_isolate_desc iso = MC_ISOLATE_DESC_INIT;
     iso.device = mc_device_kind_name(info.kind);
     iso.inject_faults = "kill@3";

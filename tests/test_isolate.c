@@ -109,50 +109,12 @@ static int leftovers_none(const leftovers *l)
 
 /* ---- the runner's fixture: examples/kernels/runner_test.* ------------------ */
 
-typedef struct it_params {
-    uint32_t n;
-    uint32_t spin;
-    uint64_t stop_at;
-} it_params;
-
-typedef struct it_user {
-    it_params params;
-    mc_status fail_setup;
-    mc_pipeline *pl;
-    mc_buffer *x, *ctl;
-    int setups;
-} it_user;
-
-static mc_status it_setup(void *user, mc_device *dev, mc_runner_binding *b)
-{
-    it_user *u = user;
-    if (u->fail_setup != MC_OK) return mc__fail(u->fail_setup, "the test's setup fails on purpose");
-    mc_status s = mct_rt_bind(dev, u->params.n, &u->params, sizeof u->params, &u->pl, &u->x, &u->ctl, b);
-    if (s != MC_OK) return s;
-    b->args[2].kind = MC_RUNNER_ARG_BUFFER;
-    b->args[2].buffer = u->ctl;
-    u->setups++;
-    return MC_OK;
-}
-
-static void it_teardown(void *user, mc_runner_binding *b)
-{
-    it_user *u = user;
-    (void)b;
-    mct_rt_release(&u->pl, &u->x, &u->ctl);
-}
+typedef mct_rt_params it_params;
+typedef mct_rt it_user;
 
 static mc_runner_desc it_desc(it_user *u, uint64_t total, const mc_isolate_desc *iso)
 {
-    mc_runner_desc d = MC_RUNNER_DESC_INIT;
-    d.setup = it_setup;
-    d.teardown = it_teardown;
-    d.user = u;
-    d.threadgroups = (mc_size3){(u->params.n + IT_GROUP - 1) / IT_GROUP, 1, 1};
-    d.threads_per_threadgroup = (mc_size3){IT_GROUP, 1, 1};
-    d.iterations_per_dispatch = 4;
-    d.total_iterations = total;
-    d.iteration_arg = 1;
+    mc_runner_desc d = mct_rt_desc(u, IT_GROUP, total);
     /* One or a few dispatches per chunk on any device: many chunks in a
      * short run, so the faults (counted in command buffers) land mid-run. */
     d.budget_ms = 0.01;
@@ -423,22 +385,6 @@ MC_TEST(isolate_runner_gives_up_past_the_restart_bound)
     return 0;
 }
 
-typedef struct it_canceller {
-    mc_runner *r;
-    int delay_ms;
-    uint64_t at_ns;
-} it_canceller;
-
-static void *it_cancel_later(void *arg)
-{
-    it_canceller *c = arg;
-    struct timespec ts = {c->delay_ms / 1000, (long)(c->delay_ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-    c->at_ns = mc__test_now_ns();
-    mc_runner_cancel(c->r);
-    return NULL;
-}
-
 MC_TEST(isolate_runner_cancels_from_another_thread)
 {
     leftovers lo;
@@ -450,9 +396,9 @@ MC_TEST(isolate_runner_cancels_from_another_thread)
     mc_runner_desc d = it_desc(&u, 1000000000ull, &iso); /* hours */
     mc_runner *r;
     CHECK_OK(mc_runner_create(&d, &r));
-    it_canceller c = {r, 300, 0};
+    mct_canceller c = {r, 300, 0};
     pthread_t t;
-    CHECK_EQ(pthread_create(&t, NULL, it_cancel_later, &c), 0);
+    CHECK_EQ(pthread_create(&t, NULL, mct_cancel_later, &c), 0);
     CHECK_STATUS(mc_runner_run(r), MC_ERR_CANCELLED);
     uint64_t back = mc__test_now_ns();
     pthread_join(t, NULL);
@@ -963,20 +909,6 @@ MC_TEST(isolate_stream_gives_up_past_the_restart_bound)
 
 /* ---- the command ---------------------------------------------------------------- */
 
-static char *it_command(const char *cmd, int *status)
-{
-    FILE *p = popen(cmd, "r");
-    if (!p) return NULL;
-    size_t cap = 1 << 16, len = 0;
-    char *out = malloc(cap);
-    size_t n;
-    while (out && (n = fread(out + len, 1, cap - 1 - len, p)) > 0) len += n;
-    int st = pclose(p);
-    if (status) *status = st;
-    if (out) out[len] = '\0';
-    return out;
-}
-
 static int same_file(const char *a, const char *b)
 {
     size_t la = 0, lb = 0;
@@ -1002,7 +934,7 @@ MC_TEST(isolate_gray_scott_command_survives_kill_hang_and_device_loss)
     const char *common = "run gray-scott --device cpu --size 64 --steps 300 --budget-ms 1 --checkpoint-ms 20";
     int st = -1;
     snprintf(cmd, sizeof cmd, "MC_CACHE_DIR=%s/cache %s/metal-compute %s --out %s", dir, MC_BINARY_DIR, common, a);
-    char *out = it_command(cmd, &st);
+    char *out = mct_command(cmd, &st);
     CHECK(out);
     CHECK_EQ(st, 0);
     free(out);
@@ -1010,7 +942,7 @@ MC_TEST(isolate_gray_scott_command_survives_kill_hang_and_device_loss)
              "MC_CACHE_DIR=%s/cache %s/metal-compute %s --out %s --isolate --deadline-ms 1000 "
              "--inject-faults kill@5,hang@9,device-lost@12",
              dir, MC_BINARY_DIR, common, b);
-    out = it_command(cmd, &st);
+    out = mct_command(cmd, &st);
     CHECK(out);
     fprintf(stderr, "%s", out);
     CHECK_EQ(st, 0);
@@ -1021,7 +953,7 @@ MC_TEST(isolate_gray_scott_command_survives_kill_hang_and_device_loss)
     /* A real fault: step 150 writes where no process may (SIGSEGV). */
     snprintf(cmd, sizeof cmd, "MC_CACHE_DIR=%s/cache %s/metal-compute %s --out %s --isolate --fault-at-step 150 2>&1",
              dir, MC_BINARY_DIR, common, c);
-    out = it_command(cmd, &st);
+    out = mct_command(cmd, &st);
     CHECK(out);
     CHECK_EQ(st, 0);
     CHECK_STR_CONTAINS(out, "worker restarts 1 (device error 0, died 1, hung 0)");
@@ -1029,7 +961,7 @@ MC_TEST(isolate_gray_scott_command_survives_kill_hang_and_device_loss)
     CHECK_EQ(same_file(a, c), 0);
     /* Worker faults without --isolate: refused, clearly. */
     snprintf(cmd, sizeof cmd, "%s/metal-compute %s --out %s --inject-faults kill@5 2>&1", MC_BINARY_DIR, common, c);
-    out = it_command(cmd, &st);
+    out = mct_command(cmd, &st);
     CHECK(out);
     CHECK_NE(st, 0);
     CHECK_STR_CONTAINS(out, "needs an isolated run");

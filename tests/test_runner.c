@@ -14,56 +14,13 @@
 #define RT_LIMIT_MS 200 /* the CPU device's execution-time limit in these tests */
 #define RT_MAX_ITERS 6000u
 
-typedef struct rt_params {
-    uint32_t n;
-    uint32_t spin;
-    uint64_t stop_at;
-} rt_params;
-
-typedef struct rt_user {
-    rt_params params;
-    bool runner_control; /* slot 2 is the runner's control buffer */
-    bool bind_control_slot; /* a mistake on purpose: setup binds slot 2 itself */
-    mc_status fail_setup;   /* setup fails with this when not MC_OK */
-    mc_pipeline *pl;
-    mc_buffer *x, *dummy;
-    int setups, teardowns;
-} rt_user;
-
-static mc_status rt_setup(void *user, mc_device *dev, mc_runner_binding *b)
-{
-    rt_user *u = user;
-    if (u->fail_setup != MC_OK) return u->fail_setup;
-    mc_status s = mct_rt_bind(dev, u->params.n, &u->params, sizeof u->params, &u->pl, &u->x, &u->dummy, b);
-    if (s != MC_OK) return s;
-    if (!u->runner_control || u->bind_control_slot) {
-        b->args[2].kind = MC_RUNNER_ARG_BUFFER;
-        b->args[2].buffer = u->dummy;
-    }
-    u->setups++;
-    return MC_OK;
-}
-
-static void rt_teardown(void *user, mc_runner_binding *b)
-{
-    rt_user *u = user;
-    (void)b;
-    mct_rt_release(&u->pl, &u->x, &u->dummy);
-    u->teardowns++;
-}
+typedef mct_rt_params rt_params;
+typedef mct_rt rt_user;
 
 static mc_runner_desc rt_desc(mc_device *d, rt_user *u, uint64_t total)
 {
-    mc_runner_desc desc = MC_RUNNER_DESC_INIT;
+    mc_runner_desc desc = mct_rt_desc(u, RT_GROUP, total);
     desc.device = d;
-    desc.setup = rt_setup;
-    desc.teardown = rt_teardown;
-    desc.user = u;
-    desc.threadgroups = (mc_size3){(u->params.n + RT_GROUP - 1) / RT_GROUP, 1, 1};
-    desc.threads_per_threadgroup = (mc_size3){RT_GROUP, 1, 1};
-    desc.iterations_per_dispatch = 4;
-    desc.total_iterations = total;
-    desc.iteration_arg = 1;
     desc.control_arg = u->runner_control ? 2 : -1;
     desc.label = "rt";
     return desc;
@@ -371,22 +328,6 @@ MC_TEST(runner_gives_up_naming_the_cause)
     return 0;
 }
 
-typedef struct canceller {
-    mc_runner *r;
-    unsigned delay_ms;
-    uint64_t at_ns;
-} canceller;
-
-static void *cancel_later(void *arg)
-{
-    canceller *c = arg;
-    struct timespec ts = {c->delay_ms / 1000, (long)(c->delay_ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-    c->at_ns = mc__test_now_ns();
-    mc_runner_cancel(c->r);
-    return NULL;
-}
-
 MC_TEST(runner_cancels_from_another_thread)
 {
     mc_device *d = mct_open_device(RT_LIMIT_MS);
@@ -395,9 +336,9 @@ MC_TEST(runner_cancels_from_another_thread)
     mc_runner_desc desc = rt_desc(d, &u, 1000000000ull); /* hours of work */
     mc_runner *r;
     CHECK_OK(mc_runner_create(&desc, &r));
-    canceller c = {r, 300, 0};
+    mct_canceller c = {r, 300, 0};
     pthread_t t;
-    CHECK_EQ(pthread_create(&t, NULL, cancel_later, &c), 0);
+    CHECK_EQ(pthread_create(&t, NULL, mct_cancel_later, &c), 0);
     CHECK_STATUS(mc_runner_run(r), MC_ERR_CANCELLED);
     uint64_t back = mc__test_now_ns();
     pthread_join(t, NULL);
@@ -419,6 +360,49 @@ MC_TEST(runner_cancels_from_another_thread)
     CHECK_OK(mc_runner_cancel(r));
     CHECK_STATUS(mc_runner_run(r), MC_ERR_CANCELLED);
     mc_runner_release(r);
+    mc_device_release(d);
+    return 0;
+}
+
+/* Cancel is the front end's, one rule for both back ends: before the run
+ * or during it, from another thread, the run returns MC_ERR_CANCELLED with
+ * the reason, the figures say cancelled, and the runner does not run again. */
+MC_TEST(runner_cancel_is_one_rule_for_local_and_isolated)
+{
+    mc_isolate_desc iso = MC_ISOLATE_DESC_INIT;
+    const char *env = getenv("MC_DEVICE");
+    iso.device = env && *env ? env : "cpu";
+    mc_device *d = NULL;
+    /* Isolated first: a process that used a GPU driver may not fork. */
+    for (int isolated = 1; isolated >= 0; isolated--) {
+        if (!isolated) {
+            d = mct_open_device(RT_LIMIT_MS);
+            CHECK(d);
+        }
+        for (int before = 0; before < 2; before++) {
+            rt_user u = {{RT_N, 32, 0}, false, false, MC_OK, NULL, NULL, NULL, 0, 0};
+            mc_runner_desc desc = rt_desc(isolated ? NULL : d, &u, 1000000000ull); /* hours of work */
+            desc.isolate = isolated ? &iso : NULL;
+            mc_runner *r;
+            CHECK_OK(mc_runner_create(&desc, &r));
+            mct_canceller c = {r, 200, 0};
+            pthread_t t;
+            if (before) CHECK_OK(mc_runner_cancel(r));
+            else CHECK_EQ(pthread_create(&t, NULL, mct_cancel_later, &c), 0);
+            CHECK_STATUS(mc_runner_run(r), MC_ERR_CANCELLED);
+            if (!before) pthread_join(t, NULL);
+            CHECK_STR_CONTAINS(mc_last_error(), "cancelled");
+            mc_runner_stats st;
+            CHECK_OK(mc_runner_get_stats(r, &st));
+            CHECK(st.cancelled);
+            CHECK(st.iterations < desc.total_iterations);
+            if (before) CHECK_EQ(st.chunks, 0);
+            CHECK_OK(mc_runner_cancel(r)); /* again, after the run: harmless */
+            CHECK_STATUS(mc_runner_run(r), MC_ERR_INVALID_STATE);
+            mc_runner_release(r);
+        }
+    }
+    CHECK_STATUS(mc_runner_cancel(NULL), MC_ERR_INVALID_ARGUMENT);
     mc_device_release(d);
     return 0;
 }
@@ -615,20 +599,6 @@ MC_TEST(runner_rejects_bad_arguments)
 
 /* ---- the command --------------------------------------------------------- */
 
-static char *run_command(const char *cmd, int *status)
-{
-    FILE *p = popen(cmd, "r");
-    if (!p) return NULL;
-    size_t cap = 1 << 16, len = 0;
-    char *out = malloc(cap);
-    size_t n;
-    while (out && (n = fread(out + len, 1, cap - 1 - len, p)) > 0) len += n;
-    int st = pclose(p);
-    if (status) *status = st;
-    if (out) out[len] = '\0';
-    return out;
-}
-
 MC_TEST(runner_gray_scott_command_survives_faults_byte_for_byte)
 {
     char dir[] = "/tmp/mc-runner-XXXXXX";
@@ -638,7 +608,7 @@ MC_TEST(runner_gray_scott_command_survives_faults_byte_for_byte)
     snprintf(b, sizeof b, "%s/B.png", dir);
     int st = -1;
     snprintf(cmd, sizeof cmd, "%s/metal-compute run gray-scott --size 64 --steps 300 --out %s", MC_BINARY_DIR, a);
-    char *out = run_command(cmd, &st);
+    char *out = mct_command(cmd, &st);
     CHECK(out);
     fprintf(stderr, "%s", out);
     CHECK_EQ(st, 0);
@@ -651,7 +621,7 @@ MC_TEST(runner_gray_scott_command_survives_faults_byte_for_byte)
              "%s/metal-compute run gray-scott --size 64 --steps 300 --out %s "
              "--inject-faults timeout@3,device-lost@6,page-fault@9 2>&1",
              MC_BINARY_DIR, b);
-    out = run_command(cmd, &st);
+    out = mct_command(cmd, &st);
     CHECK(out);
     fprintf(stderr, "%s", out);
     CHECK_EQ(st, 0);
@@ -672,7 +642,7 @@ MC_TEST(runner_gray_scott_command_survives_faults_byte_for_byte)
     /* A bad spec is refused before anything runs. */
     snprintf(cmd, sizeof cmd, "%s/metal-compute run gray-scott --size 64 --steps 10 --out %s --inject-faults bogus@1 2>&1",
              MC_BINARY_DIR, a);
-    out = run_command(cmd, &st);
+    out = mct_command(cmd, &st);
     CHECK(out);
     CHECK_NE(st, 0);
     free(out);

@@ -18,67 +18,18 @@
 #define TR_N 1024u
 #define TR_GROUP 64u
 
-typedef struct tr_params {
-    uint32_t n, spin;
-    uint64_t stop_at;
-} tr_params;
-
-typedef struct tr_user {
-    tr_params params;
-    mc_pipeline *pl;
-    mc_buffer *x, *dummy;
-} tr_user;
-
-static mc_status tr_setup(void *user, mc_device *dev, mc_runner_binding *b)
+/* A runner of total iterations with small chunks, traced to path: on d,
+ * or (d NULL) isolated as iso says. */
+static mc_status tr_run_any(mc_device *d, const mc_isolate_desc *iso, uint64_t total, const char *path,
+                            mc_runner_stats *st, mc_isolate_stats *ist)
 {
-    tr_user *u = user;
-    u->pl = mct_pipeline(dev, "runner_test", "rt_step");
-    if (!u->pl) return MC_ERR_COMPILE;
-    uint32_t init[TR_N + 1];
-    for (uint32_t i = 0; i < TR_N; i++) init[i] = mct_rt_initial(i);
-    init[TR_N] = 0;
-    mc_buffer_desc bd = {sizeof init, MC_STORAGE_SHARED, "x", init};
-    mc_buffer_desc dd = {32, MC_STORAGE_SHARED, "unused control", NULL};
-    mc_status s = mc_buffer_create(dev, &bd, &u->x);
-    if (s == MC_OK) s = mc_buffer_create(dev, &dd, &u->dummy);
-    if (s != MC_OK) return s;
-    b->pipeline = u->pl;
-    b->state[0] = u->x;
-    b->state_count = 1;
-    b->args[0] = (mc_runner_arg){.kind = MC_RUNNER_ARG_BUFFER, .buffer = u->x};
-    b->args[2] = (mc_runner_arg){.kind = MC_RUNNER_ARG_BUFFER, .buffer = u->dummy};
-    b->args[3] = (mc_runner_arg){.kind = MC_RUNNER_ARG_BYTES, .bytes = &u->params, .len = sizeof u->params};
-    return MC_OK;
-}
-
-static void tr_teardown(void *user, mc_runner_binding *b)
-{
-    tr_user *u = user;
-    (void)b;
-    mc_buffer_release(u->x);
-    mc_buffer_release(u->dummy);
-    mc_pipeline_release(u->pl);
-    u->x = u->dummy = NULL;
-    u->pl = NULL;
-}
-
-/* A runner of total iterations on d with small chunks, traced to path. */
-static mc_status tr_run(mc_device *d, uint64_t total, const char *path, mc_runner_stats *st)
-{
-    tr_user u = {{TR_N, 64, 0}, NULL, NULL, NULL};
-    mc_runner_desc desc = MC_RUNNER_DESC_INIT;
+    mct_rt u = {.params = {TR_N, 64, 0}};
+    mc_runner_desc desc = mct_rt_desc(&u, TR_GROUP, total);
     desc.device = d;
-    desc.setup = tr_setup;
-    desc.teardown = tr_teardown;
-    desc.user = &u;
-    desc.threadgroups = (mc_size3){TR_N / TR_GROUP, 1, 1};
-    desc.threads_per_threadgroup = (mc_size3){TR_GROUP, 1, 1};
-    desc.iterations_per_dispatch = 4;
-    desc.total_iterations = total;
-    desc.iteration_arg = 1;
+    desc.isolate = iso;
     desc.control_arg = -1;
     desc.checkpoint_ms = 5;
-    desc.budget_ms = 2;
+    desc.budget_ms = iso ? 0.01 : 2; /* isolated: a dispatch or so per chunk, so faults land mid-run */
     desc.label = "tr";
     mc_runner *r;
     mc_status s = mc_trace_start(path);
@@ -87,10 +38,16 @@ static mc_status tr_run(mc_device *d, uint64_t total, const char *path, mc_runne
     if (s == MC_OK) {
         s = mc_runner_run(r);
         mc_runner_get_stats(r, st);
+        if (ist) mc_runner_get_isolate_stats(r, ist);
         mc_runner_release(r);
     }
     mc_status ws = mc_trace_stop();
     return s != MC_OK ? s : ws;
+}
+
+static mc_status tr_run(mc_device *d, uint64_t total, const char *path, mc_runner_stats *st)
+{
+    return tr_run_any(d, NULL, total, path, st, NULL);
 }
 
 static char *tr_path(const char *name)
@@ -434,16 +391,12 @@ MC_TEST(trace_start_refuses_bad_paths_before_work)
 
 /* ---- the command line ----------------------------------------------------- */
 
+/* What cmd printed; *status its exit code (-1: killed by a signal). */
 static char *tr_command(const char *cmd, int *status)
 {
-    FILE *p = popen(cmd, "r");
-    if (!p) return NULL;
-    size_t cap = 1 << 16, len = 0, n;
-    char *out = malloc(cap);
-    while (out && (n = fread(out + len, 1, cap - 1 - len, p)) > 0) len += n;
-    int st = pclose(p);
-    if (status) *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    if (out) out[len] = '\0';
+    int ws = -1;
+    char *out = mct_command(cmd, &ws);
+    if (status) *status = WIFEXITED(ws) ? WEXITSTATUS(ws) : -1;
     return out;
 }
 
@@ -697,6 +650,212 @@ MC_TEST(trace_shows_worker_restarts_under_isolate)
     CHECK_EQ(restarts, 1);
     json_decref(root);
     free(path);
+    return 0;
+}
+
+/* ---- isolated workers: their own events, under their own pids -------------- */
+
+#define TR_ISO_TOTAL 600u
+#define TR_MAX_WORKERS 8
+
+typedef struct tr_workers {
+    int n;                                 /* workers seen ready */
+    long long pid[TR_MAX_WORKERS + 1];     /* by worker number, from 1 */
+    long long from[TR_MAX_WORKERS + 1];    /* the iteration each started from */
+    long long restart_pid[TR_MAX_WORKERS]; /* the pid each restart replaced, in order */
+    const char *restart_status[TR_MAX_WORKERS];
+    double restart_ts[TR_MAX_WORKERS];
+    int restarts;
+} tr_workers;
+
+/* An isolated run of TR_ISO_TOTAL iterations with faults, traced; the
+ * trace's events in *events (owned by *root), the workers in *w. */
+static int tr_isolated(const char *name, const char *faults, json_t **root, json_t **events, tr_workers *w,
+                       mc_runner_stats *st, mc_isolate_stats *ist)
+{
+    char *path = tr_path(name);
+    CHECK(path);
+    mc_isolate_desc iso = MC_ISOLATE_DESC_INIT;
+    const char *env = getenv("MC_DEVICE");
+    iso.device = env && *env ? env : "cpu";
+    iso.deadline_ms = 5000;
+    iso.inject_faults = faults;
+    CHECK_OK(tr_run_any(NULL, &iso, TR_ISO_TOTAL, path, st, ist));
+    CHECK_EQ(st->iterations, TR_ISO_TOTAL);
+    *root = tr_load(path);
+    CHECK(*root);
+    *events = json_object_get(*root, "traceEvents");
+    CHECK(json_is_array(*events));
+    CHECK_EQ(json_integer_value(json_object_get(json_object_get(*root, "otherData"), "dropped_events")), 0);
+    memset(w, 0, sizeof *w);
+    size_t i;
+    json_t *e;
+    json_array_foreach(*events, i, e) {
+        if (is(e, "i", "isolate", "worker ready")) {
+            long long k = ev_arg(e, "worker");
+            CHECK_EQ(k, w->n + 1);
+            CHECK_LT(k, TR_MAX_WORKERS + 1);
+            w->pid[k] = ev_arg(e, "pid");
+            CHECK_GT(w->pid[k], 0);
+            w->n = (int)k;
+        } else if (is(e, "i", "isolate", "worker restart")) {
+            CHECK_LT(w->restarts, TR_MAX_WORKERS);
+            long long k = ev_arg(e, "worker");
+            CHECK_LT(k, TR_MAX_WORKERS + 1);
+            w->from[k] = ev_arg(e, "from");
+            w->restart_pid[w->restarts] = ev_arg(e, "old_pid");
+            w->restart_status[w->restarts] = ev_status(e);
+            w->restart_ts[w->restarts] = json_number_value(json_object_get(e, "ts"));
+            w->restarts++;
+        }
+    }
+    CHECK_EQ(w->n, (int)ist->workers);
+    CHECK_EQ(w->restarts, (int)ist->restarts);
+    /* Each worker is a process of its own in the file, named so. */
+    for (int k = 1; k <= w->n; k++) {
+        bool named = false;
+        json_array_foreach(*events, i, e) {
+            if (!is(e, "M", NULL, "process_name")) continue;
+            if (json_integer_value(json_object_get(e, "pid")) != w->pid[k]) continue;
+            const char *pn = json_string_value(json_object_get(json_object_get(e, "args"), "name"));
+            named = pn && strstr(pn, "worker");
+        }
+        if (!named) MC__FAILED("worker %d (pid %lld) has no process of its own in the trace", k, w->pid[k]);
+    }
+    CHECK_EQ(check_tracks(*events), 0);
+    free(path);
+    return 0;
+}
+
+/* The worker number of pid, 0 if none. */
+static int tr_worker_of(const tr_workers *w, long long pid)
+{
+    for (int k = 1; k <= w->n; k++)
+        if (w->pid[k] == pid) return k;
+    return 0;
+}
+
+MC_TEST(trace_isolated_workers_chunks_appear_once_with_their_iterations)
+{
+    json_t *root, *events;
+    tr_workers w;
+    mc_runner_stats st;
+    mc_isolate_stats ist;
+    CHECK_EQ(tr_isolated("iso-chunks.json", "kill@40", &root, &events, &w, &st, &ist), 0);
+    CHECK_EQ(ist.restarts, 1);
+    /* Per worker, in number order: each chunk once; the ones that counted
+     * follow each other from where the worker started (a failure sends it
+     * back to a checkpoint); between them the workers reach the end. */
+    enum { MAXC = 4096 };
+    static long long first[TR_MAX_WORKERS + 1][MAXC], iters[TR_MAX_WORKERS + 1][MAXC];
+    static unsigned char seen[TR_MAX_WORKERS + 1][MAXC];
+    memset(seen, 0, sizeof seen);
+    long long maxnum[TR_MAX_WORKERS + 1] = {0};
+    size_t i, counted = 0;
+    json_t *e;
+    json_array_foreach(events, i, e) {
+        if (!is(e, "X", "runner", "chunk")) continue;
+        int k = tr_worker_of(&w, json_integer_value(json_object_get(e, "pid")));
+        if (!k) MC__FAILED("a chunk of pid %lld, which is no worker", (long long)json_integer_value(json_object_get(e, "pid")));
+        long long num = ev_arg(e, "chunk");
+        CHECK_GT(num, 0);
+        CHECK_LT(num, MAXC);
+        if (seen[k][num]) MC__FAILED("worker %d: chunk %lld appears twice", k, num);
+        seen[k][num] = 2;
+        CHECK_GE(ev_arg(e, "first"), 0);
+        CHECK_GT(ev_arg(e, "iters"), 0);
+        if (strcmp(ev_status(e), "MC_OK") || ev_arg(e, "replayed") == 1) continue;
+        seen[k][num] = 1;
+        first[k][num] = ev_arg(e, "first");
+        iters[k][num] = ev_arg(e, "iters");
+        if (num > maxnum[k]) maxnum[k] = num;
+        counted++;
+    }
+    long long reached = 0;
+    for (int k = 1; k <= w.n; k++) {
+        long long at = w.from[k];
+        CHECK(at <= reached); /* a worker starts from a checkpoint the ones before it reached */
+        for (long long n = 1; n <= maxnum[k]; n++) {
+            if (seen[k][n] != 1) continue;
+            if (first[k][n] > at)
+                MC__FAILED("worker %d: chunk %lld starts at %lld: iterations %lld.. are missing", k, n, first[k][n], at);
+            at = first[k][n] + iters[k][n];
+        }
+        if (at > reached) reached = at;
+        /* every worker did work of its own before the fault or the end */
+        if (!maxnum[k]) MC__FAILED("worker %d (pid %lld) has no chunk in the trace", k, w.pid[k]);
+    }
+    CHECK_EQ(reached, TR_ISO_TOTAL);
+    CHECK_GE(counted, 2);
+    /* The workers' command buffers and device spans came too, and each
+     * worker's setup: its pipeline from the cache (a compile, a hit). */
+    CHECK_GT(tr_count(events, "X", "cmdbuf", NULL, -1), 0);
+    CHECK_GT(tr_count(events, "X", "device", NULL, -1), 0);
+    for (int k = 1; k <= w.n; k++) {
+        size_t setup = 0;
+        json_array_foreach(events, i, e) {
+            const char *cat = ev_str(e, "cat");
+            if (json_integer_value(json_object_get(e, "pid")) == w.pid[k] && cat &&
+                (!strcmp(cat, "compile") || !strcmp(cat, "cache hit") || !strcmp(cat, "cache miss")))
+                setup++;
+        }
+        if (!setup) MC__FAILED("worker %d (pid %lld): its setup's pipeline is not in the trace", k, w.pid[k]);
+    }
+    json_decref(root);
+    return 0;
+}
+
+MC_TEST(trace_isolated_faults_appear_with_recovery_and_worker_restart)
+{
+    json_t *root, *events;
+    tr_workers w;
+    mc_runner_stats st;
+    mc_isolate_stats ist;
+    /* A timeout the worker mends itself, a kill, a lost device the worker
+     * cannot mend: each in the trace with what followed it. */
+    CHECK_EQ(tr_isolated("iso-faults.json", "timeout@5,kill@40,device-lost@80", &root, &events, &w, &st, &ist), 0);
+    CHECK_EQ(ist.restarts, 2);
+    CHECK_EQ(w.restarts, 2);
+    static const mc_status kinds[] = {MC_ERR_TIMEOUT, MC_ERR_DEVICE_LOST};
+    size_t i, nfault = 0;
+    json_t *e;
+    json_array_foreach(events, i, e) {
+        if (!is(e, "i", "runner", "fault")) continue;
+        CHECK_LT(nfault, 2);
+        CHECK(!strcmp(ev_status(e), mc_status_name(kinds[nfault])));
+        long long pid = json_integer_value(json_object_get(e, "pid"));
+        CHECK_GT(tr_worker_of(&w, pid), 0); /* in a worker's own process */
+        double ts = json_number_value(json_object_get(e, "ts"));
+        long long chunk = ev_arg(e, "chunk");
+        /* What followed: the timeout mended in the worker; the lost device
+         * given up there, and the worker replaced by the supervisor. */
+        const char *then = kinds[nfault] == MC_ERR_TIMEOUT ? "recovery" : "gave up";
+        size_t j, found = 0;
+        json_t *f;
+        json_array_foreach(events, j, f) {
+            if (!is(f, "i", "runner", then)) continue;
+            if (json_integer_value(json_object_get(f, "pid")) != pid || ev_arg(f, "chunk") != chunk) continue;
+            CHECK(!strcmp(ev_status(f), mc_status_name(kinds[nfault])));
+            CHECK(json_number_value(json_object_get(f, "ts")) >= ts);
+            found++;
+        }
+        if (found != 1) MC__FAILED("%s in chunk %lld: %zu '%s' events, not 1", mc_status_name(kinds[nfault]), chunk, found, then);
+        if (kinds[nfault] == MC_ERR_DEVICE_LOST) {
+            bool replaced = false;
+            for (int r = 0; r < w.restarts; r++)
+                replaced |= w.restart_pid[r] == pid && !strcmp(w.restart_status[r], "MC_ERR_DEVICE_LOST") &&
+                            w.restart_ts[r] >= ts;
+            if (!replaced) MC__FAILED("the worker (pid %lld) that lost its device was not replaced in the trace", pid);
+        }
+        nfault++;
+    }
+    CHECK_EQ(nfault, 2);
+    /* The kill: the supervisor saw the worker die and replaced it. */
+    bool killed = false;
+    for (int r = 0; r < w.restarts; r++)
+        killed |= !strcmp(w.restart_status[r], "MC_ERR_WORKER_LOST") && tr_worker_of(&w, w.restart_pid[r]) > 0;
+    CHECK(killed);
+    json_decref(root);
     return 0;
 }
 

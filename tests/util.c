@@ -1,5 +1,6 @@
 /* Fixtures shared by the tests. */
 #include "mc_test.h"
+#include "core/core.h" /* mc__fail: setup's failure with a reason, as a user's would give */
 
 #include <stdlib.h>
 #include <time.h>
@@ -156,4 +157,64 @@ void mct_rt_release(mc_pipeline **pl, mc_buffer **x, mc_buffer **ctl)
     mc_pipeline_release(*pl);
     *x = *ctl = NULL;
     *pl = NULL;
+}
+
+mc_status mct_rt_setup(void *user, mc_device *dev, mc_runner_binding *b)
+{
+    mct_rt *u = user;
+    if (u->fail_setup != MC_OK) return mc__fail(u->fail_setup, "the test's setup fails on purpose");
+    mc_status s = mct_rt_bind(dev, u->params.n, &u->params, sizeof u->params, &u->pl, &u->x, &u->ctl, b);
+    if (s != MC_OK) return s;
+    if (!u->runner_control || u->bind_control_slot) {
+        b->args[2].kind = MC_RUNNER_ARG_BUFFER;
+        b->args[2].buffer = u->ctl;
+    }
+    u->setups++;
+    return MC_OK;
+}
+
+void mct_rt_teardown(void *user, mc_runner_binding *b)
+{
+    mct_rt *u = user;
+    (void)b;
+    mct_rt_release(&u->pl, &u->x, &u->ctl);
+    u->teardowns++;
+}
+
+mc_runner_desc mct_rt_desc(mct_rt *u, uint32_t group, uint64_t total)
+{
+    mc_runner_desc d = MC_RUNNER_DESC_INIT;
+    d.setup = mct_rt_setup;
+    d.teardown = mct_rt_teardown;
+    d.user = u;
+    d.threadgroups = (mc_size3){(u->params.n + group - 1) / group, 1, 1};
+    d.threads_per_threadgroup = (mc_size3){group, 1, 1};
+    d.iterations_per_dispatch = 4;
+    d.total_iterations = total;
+    d.iteration_arg = 1;
+    d.control_arg = u->runner_control ? 2 : 0;
+    return d;
+}
+
+char *mct_command(const char *cmd, int *status)
+{
+    FILE *p = popen(cmd, "r");
+    if (!p) return NULL;
+    size_t cap = 1 << 16, len = 0, n;
+    char *out = malloc(cap);
+    while (out && (n = fread(out + len, 1, cap - 1 - len, p)) > 0) len += n;
+    int st = pclose(p);
+    if (status) *status = st;
+    if (out) out[len] = '\0';
+    return out;
+}
+
+void *mct_cancel_later(void *arg)
+{
+    mct_canceller *c = arg;
+    struct timespec ts = {c->delay_ms / 1000, (long)(c->delay_ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+    c->at_ns = mc__test_now_ns();
+    mc_runner_cancel(c->r);
+    return NULL;
 }

@@ -324,6 +324,13 @@ static int gather(const char *path, summary *s)
     return 0;
 }
 
+static int by_ts(const void *pa, const void *pb)
+{
+    double a = json_number_value(json_object_get(*(json_t *const *)pa, "ts"));
+    double b = json_number_value(json_object_get(*(json_t *const *)pb, "ts"));
+    return a < b ? -1 : a > b;
+}
+
 static bool is_fault_event(const char *name)
 {
     return !strcmp(name, "fault") || !strcmp(name, "recovery") || !strcmp(name, "gave up") ||
@@ -345,11 +352,20 @@ static void print_faults(const summary *s)
     }
     printf("faults         %zu, recoveries %zu, worker restarts %zu%s\n", faults, recoveries, restarts,
            gave_up ? ", gave up" : "");
-    for (size_t i = 0; i < n && listed < MAX_LISTED_FAULTS; i++) {
+    /* In time order: a file lists each track (each process under
+     * --isolate) apart. */
+    json_t **order = malloc((faults + recoveries + restarts + gave_up + 1) * sizeof *order);
+    size_t norder = 0;
+    for (size_t i = 0; order && i < n; i++) {
         json_t *e = json_array_get(s->events, i);
         const char *name = json_string_value(json_object_get(e, "name"));
         const char *ph = json_string_value(json_object_get(e, "ph"));
-        if (!name || !ph || strcmp(ph, "i") || !is_fault_event(name)) continue;
+        if (name && ph && !strcmp(ph, "i") && is_fault_event(name)) order[norder++] = e;
+    }
+    if (norder) qsort(order, norder, sizeof *order, by_ts);
+    for (size_t i = 0; i < norder && listed < MAX_LISTED_FAULTS; i++) {
+        json_t *e = order[i];
+        const char *name = json_string_value(json_object_get(e, "name"));
         json_t *args = json_object_get(e, "args");
         const char *status = json_string_value(json_object_get(args, "status"));
         printf("  %10.3f ms  %-15s %-22s", (json_number_value(json_object_get(e, "ts")) - s->first_us) / 1e3, name,
@@ -363,6 +379,7 @@ static void print_faults(const summary *s)
         listed++;
     }
     if (listed == MAX_LISTED_FAULTS) printf("  (the first %d listed)\n", MAX_LISTED_FAULTS);
+    free(order);
 }
 
 static void print_summary(const char *path, summary *s)

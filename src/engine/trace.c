@@ -18,7 +18,13 @@
  *    write time each track is split into lanes ("queue X", "queue X (2)")
  *    by greedy interval partitioning, spans of one group staying in their
  *    parent's lane, and each lane's events are written in time order;
- *  - MC_TRACE=FILE: started when the library is loaded, written at exit.
+ *  - MC_TRACE=FILE: started when the library is loaded, written at exit;
+ *  - workers (the isolation layer's processes): a forked child does not
+ *    write the file; a worker that relays records into its own bounded
+ *    buffer and hands its events out as text lines (mc__trace_relay_take)
+ *    for its supervisor to import (mc__trace_import) under the worker's pid,
+ *    a process track of its own. Both use the one monotonic clock every
+ *    process shares, so a worker's times need no conversion.
  *
  * The tracer is process-wide state, like the logger: a trace covers every
  * device and runner of the program, which is what a person looks at.
@@ -40,13 +46,16 @@
 #define MAX_LANES 64u
 #define NAME_LEN 64
 #define STATUS_LEN 32
+#define CAT_LEN 16
+#define MAX_KEYS 128 /* argument names of imported events, kept once each */
+#define SEP '\x1f'  /* between the fields of a relayed event */
 
 typedef struct tev {
     uint64_t ts, dur, group, seq;
     uint32_t track;
     char ph; /* 'X' span, 'i' instant */
     uint8_t nargs;
-    const char *cat;
+    char cat[CAT_LEN];
     char name[NAME_LEN];
     char status[STATUS_LEN];
     mc__targ args[MC__TRACE_MAX_ARGS];
@@ -63,7 +72,12 @@ static struct {
     size_t nblocks, n, max;
     uint64_t dropped;
     char *tracks[MAX_TRACKS];
+    int track_pid[MAX_TRACKS]; /* 0: this process; else a worker's, imported */
     uint32_t ntracks;
+    size_t taken;    /* a relaying worker: events before this were handed out */
+    char *keys[MAX_KEYS]; /* imported argument names */
+    uint32_t nkeys;
+    bool relay; /* a worker's trace: handed out, never written */
 } T;
 static atomic_uint_fast64_t next_group = 1;
 
@@ -92,16 +106,17 @@ static bool track_is(const char *name, const char *kind, const char *label)
     return name[k] == ' ' && !strcmp(name + k + 1, label);
 }
 
-static uint32_t track_locked(const char *kind, const char *label)
+static uint32_t track_locked(int pid, const char *kind, const char *label)
 {
     for (uint32_t i = 0; i < T.ntracks; i++)
-        if (track_is(T.tracks[i], kind, label)) return i;
+        if (T.track_pid[i] == pid && track_is(T.tracks[i], kind, label)) return i;
     char name[160];
     snprintf(name, sizeof name, "%s%s%s", kind, label && *label ? " " : "", label ? label : "");
     if (T.ntracks == MAX_TRACKS) return MAX_TRACKS - 1; /* shares the last track */
     char *copy = mc__strdup(name);
     if (!copy) return 0;
     T.tracks[T.ntracks] = copy;
+    T.track_pid[T.ntracks] = pid;
     return T.ntracks++;
 }
 
@@ -128,8 +143,8 @@ static tev *slot_locked(void)
     return e;
 }
 
-static void record(char ph, const char *kind, const char *label, const char *cat, const char *name, uint64_t group,
-                   uint64_t t0, uint64_t t1, const char *status, int nargs, const mc__targ *args)
+static void record_pid(int pid, char ph, const char *kind, const char *label, const char *cat, const char *name,
+                       uint64_t group, uint64_t t0, uint64_t t1, const char *status, int nargs, const mc__targ *args)
 {
     if (!t0) t0 = mc__now_ns();
     if (t1 < t0) t1 = t0;
@@ -140,14 +155,20 @@ static void record(char ph, const char *kind, const char *label, const char *cat
         e->ts = t0;
         e->dur = t1 - t0;
         e->group = group;
-        e->cat = cat;
-        e->track = track_locked(kind, label);
+        copy_str(e->cat, sizeof e->cat, cat);
+        e->track = track_locked(pid, kind, label);
         copy_str(e->name, sizeof e->name, name);
         copy_str(e->status, sizeof e->status, status);
         e->nargs = (uint8_t)(nargs < 0 ? 0 : MC__MIN(nargs, MC__TRACE_MAX_ARGS));
         if (e->nargs) memcpy(e->args, args, e->nargs * sizeof *args);
     }
     pthread_mutex_unlock(&mu);
+}
+
+static void record(char ph, const char *kind, const char *label, const char *cat, const char *name, uint64_t group,
+                   uint64_t t0, uint64_t t1, const char *status, int nargs, const mc__targ *args)
+{
+    record_pid(0, ph, kind, label, cat, name, group, t0, t1, status, nargs, args);
 }
 
 void mc__trace_span(const char *track_kind, const char *track_label, const char *cat, const char *name,
@@ -299,7 +320,9 @@ static void put_event(FILE *f, int pid, uint32_t tid, const tev *e)
 {
     fputs(",\n{\"name\":", f);
     put_json_str(f, e->name);
-    fprintf(f, ",\"cat\":\"%s\",\"ph\":\"%c\",", e->cat ? e->cat : "mc", e->ph);
+    fputs(",\"cat\":", f);
+    put_json_str(f, e->cat[0] ? e->cat : "mc");
+    fprintf(f, ",\"ph\":\"%c\",", e->ph);
     if (e->ph == 'i') fputs("\"s\":\"t\",", f);
     fprintf(f, "\"pid\":%d,\"tid\":%u,\"ts\":", pid, tid);
     put_us(f, (int64_t)(e->ts - T.start_ns));
@@ -344,6 +367,17 @@ static mc_status write_locked(FILE *f)
     fprintf(f, "\n{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":%d,\"tid\":0,\"args\":{\"name\":\"metal-compute\"}}",
             pid);
     first = false;
+    /* Each worker that relayed its events: a process of its own. */
+    for (uint32_t t = 0; t < T.ntracks; t++) {
+        int w = T.track_pid[t];
+        bool seen = false;
+        for (uint32_t u = 0; u < t && !seen; u++) seen = T.track_pid[u] == w;
+        if (!w || seen) continue;
+        fprintf(f,
+                ",\n{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":%d,\"tid\":0,\"args\":{\"name\":\"metal-compute "
+                "worker %d\"}}",
+                w, w);
+    }
     /* Lanes per track, then the names of the lanes used. */
     uint32_t nlanes = 0, track = UINT32_MAX;
     for (size_t i = 0; i < T.n; i++) {
@@ -355,12 +389,15 @@ static mc_status write_locked(FILE *f)
         tids[i] = lane_tid(track, l);
         if (!named[(size_t)track * MAX_LANES + l]) {
             named[(size_t)track * MAX_LANES + l] = true;
-            put_thread_name(f, pid, track, l, &first);
+            put_thread_name(f, T.track_pid[track] ? T.track_pid[track] : pid, track, l, &first);
         }
     }
     /* Events of a lane in time order: the sort keeps each track's events
      * in time order, and a lane is a subsequence of its track. */
-    for (size_t i = 0; i < T.n; i++) put_event(f, pid, tids[i], order[i]);
+    for (size_t i = 0; i < T.n; i++) {
+        int p = T.track_pid[order[i]->track];
+        put_event(f, p ? p : pid, tids[i], order[i]);
+    }
     fputs("\n]}\n", f);
     if (ferror(f)) s = mc__fail(MC_ERR_IO, "trace: write error");
 out:
@@ -376,13 +413,150 @@ static void reset_locked(void)
     for (size_t i = 0; i < T.nblocks; i++) free(T.blocks[i]);
     free(T.blocks);
     for (uint32_t i = 0; i < T.ntracks; i++) free(T.tracks[i]);
+    for (uint32_t i = 0; i < T.nkeys; i++) free(T.keys[i]);
     free(T.path);
     T.blocks = NULL;
-    T.nblocks = T.n = 0;
-    T.ntracks = 0;
+    T.nblocks = T.n = T.taken = 0;
+    T.ntracks = T.nkeys = 0;
     T.dropped = 0;
     T.path = NULL;
     T.active = false;
+    T.relay = false;
+}
+
+/* ---- workers: relaying events to the supervisor ---------------------------- */
+
+/* A field of a relayed line: the separators and line ends cannot occur. */
+static size_t put_field(char *dst, size_t cap, const char *src)
+{
+    size_t n = 0;
+    for (; src && *src && n + 1 < cap; src++) dst[n++] = *src == SEP || *src == '\n' ? '?' : *src;
+    if (n < cap) dst[n++] = SEP;
+    return n;
+}
+
+void mc__trace_relay_start(void)
+{
+    pthread_mutex_lock(&mu);
+    reset_locked(); /* what the parent had recorded when it forked is the parent's */
+    long long max = mc__env_int("MC_TRACE_MAX_EVENTS", DEFAULT_MAX_EVENTS);
+    T.max = max >= 1 && max <= MAX_MAX_EVENTS ? (size_t)max : DEFAULT_MAX_EVENTS;
+    T.start_ns = mc__now_ns();
+    T.active = true;
+    T.relay = true;
+    atomic_store(&mc__trace_on, 1);
+    pthread_mutex_unlock(&mu);
+}
+
+/* One event as a line: ph, ts, dur, group, track, cat, name, status, then
+ * key=value per argument, each field ending in SEP, the line in '\n'. */
+static size_t pack(const tev *e, char *buf, size_t cap)
+{
+    char line[512];
+    int k = snprintf(line, sizeof line, "%c%c%" PRIu64 "%c%" PRIu64 "%c%" PRIu64 "%c", e->ph, SEP, e->ts, SEP, e->dur,
+                     SEP, e->group, SEP);
+    size_t n = (size_t)k;
+    n += put_field(line + n, sizeof line - n, T.tracks[e->track]);
+    n += put_field(line + n, sizeof line - n, e->cat);
+    n += put_field(line + n, sizeof line - n, e->name);
+    n += put_field(line + n, sizeof line - n, e->status);
+    for (uint8_t i = 0; i < e->nargs && n + 64 < sizeof line; i++)
+        n += (size_t)snprintf(line + n, sizeof line - n, "%s=%" PRId64 "%c", e->args[i].key, e->args[i].value, SEP);
+    if (n + 2 > cap) return 0;
+    memcpy(buf, line, n);
+    buf[n++] = '\n';
+    return n;
+}
+
+size_t mc__trace_relay_take(char *buf, size_t cap, uint64_t *dropped)
+{
+    size_t used = 0;
+    pthread_mutex_lock(&mu);
+    if (dropped) {
+        *dropped = T.dropped;
+        T.dropped = 0;
+    }
+    while (T.relay && T.taken < T.n) {
+        size_t k = pack(at(T.taken), buf + used, cap - used - 1);
+        if (!k) break;
+        used += k;
+        T.taken++;
+    }
+    /* All handed out: the blocks are reused from the start. */
+    if (T.taken == T.n) T.taken = T.n = 0;
+    pthread_mutex_unlock(&mu);
+    if (cap) buf[used] = '\0';
+    return used;
+}
+
+/* An argument name of an imported event, kept for the trace's life. */
+static const char *key_locked(const char *k, size_t len)
+{
+    for (uint32_t i = 0; i < T.nkeys; i++)
+        if (strlen(T.keys[i]) == len && !strncmp(T.keys[i], k, len)) return T.keys[i];
+    for (size_t i = 0; i < len; i++)
+        if (!((k[i] >= 'a' && k[i] <= 'z') || (k[i] >= '0' && k[i] <= '9') || k[i] == '_')) return NULL;
+    if (T.nkeys == MAX_KEYS) return NULL;
+    char *c = mc__malloc(len + 1);
+    if (!c) return NULL;
+    memcpy(c, k, len);
+    c[len] = '\0';
+    return T.keys[T.nkeys++] = c;
+}
+
+/* The next field of *p (cut at SEP) into dst; false at the line's end. */
+static bool next_field(const char **p, const char *end, char *dst, size_t cap)
+{
+    const char *q = memchr(*p, SEP, (size_t)(end - *p));
+    if (!q) return false;
+    size_t n = MC__MIN((size_t)(q - *p), cap - 1);
+    memcpy(dst, *p, n);
+    dst[n] = '\0';
+    *p = q + 1;
+    return true;
+}
+
+void mc__trace_import(int pid, const char *text, uint64_t dropped)
+{
+    if (!MC__TRACING() || pid <= 0 || !text) return;
+    pthread_mutex_lock(&mu);
+    T.dropped += dropped;
+    for (const char *line = text; *line;) {
+        const char *end = strchr(line, '\n');
+        if (!end) break; /* a line is never cut across messages: a broken one is ignored */
+        const char *p = line;
+        char ph[4], ts[24], dur[24], grp[24], track[160], cat[CAT_LEN], name[NAME_LEN], status[STATUS_LEN];
+        bool ok = next_field(&p, end, ph, sizeof ph) && next_field(&p, end, ts, sizeof ts) &&
+                  next_field(&p, end, dur, sizeof dur) && next_field(&p, end, grp, sizeof grp) &&
+                  next_field(&p, end, track, sizeof track) && next_field(&p, end, cat, sizeof cat) &&
+                  next_field(&p, end, name, sizeof name) && next_field(&p, end, status, sizeof status) &&
+                  (ph[0] == 'X' || ph[0] == 'i');
+        mc__targ args[MC__TRACE_MAX_ARGS];
+        int nargs = 0;
+        char kv[96];
+        while (ok && nargs < MC__TRACE_MAX_ARGS && next_field(&p, end, kv, sizeof kv)) {
+            char *eq = strchr(kv, '=');
+            const char *key = eq ? key_locked(kv, (size_t)(eq - kv)) : NULL;
+            if (!key) continue;
+            args[nargs].key = key;
+            args[nargs++].value = strtoll(eq + 1, NULL, 10);
+        }
+        line = end + 1;
+        if (!ok) continue;
+        tev *e = T.active ? slot_locked() : NULL;
+        if (!e) continue;
+        e->ph = ph[0];
+        e->ts = strtoull(ts, NULL, 10);
+        e->dur = strtoull(dur, NULL, 10);
+        e->group = strtoull(grp, NULL, 10);
+        e->track = track_locked(pid, track, NULL);
+        copy_str(e->cat, sizeof e->cat, cat);
+        copy_str(e->name, sizeof e->name, name);
+        copy_str(e->status, sizeof e->status, status);
+        e->nargs = (uint8_t)nargs;
+        if (nargs) memcpy(e->args, args, (size_t)nargs * sizeof *args);
+    }
+    pthread_mutex_unlock(&mu);
 }
 
 /* ---- the public calls --------------------------------------------------- */
@@ -445,6 +619,12 @@ mc_status mc_trace_stop(void)
     }
     atomic_store(&mc__trace_on, 0);
     T.active = false;
+    if (T.relay) {
+        /* A worker's events not yet handed out go with it. */
+        reset_locked();
+        pthread_mutex_unlock(&mu);
+        return MC_OK;
+    }
     mc__outfile o;
     mc_status s = mc__outfile_open(T.path, &o);
     if (s == MC_OK) {

@@ -46,6 +46,18 @@ void mc__trace_instant(const char *track_kind, const char *track_label, const ch
 /* A fresh group id (never 0). */
 uint64_t mc__trace_group(void);
 
+/* Workers (the isolation layer): in a forked worker, records into this
+ * process's bounded buffer for the supervisor, never into a file. */
+void mc__trace_relay_start(void);
+/* Hands out the oldest events not yet taken as text lines (whole lines
+ * only) into buf[cap], NUL-terminated; returns the bytes written, 0 when
+ * none is waiting. *dropped (may be NULL) gets the events dropped since
+ * the last call. */
+size_t mc__trace_relay_take(char *buf, size_t cap, uint64_t *dropped);
+/* In the supervisor: records a worker's lines under its pid, a process
+ * track of its own, and counts its dropped events. */
+void mc__trace_import(int pid, const char *text, uint64_t dropped);
+
 /* A command buffer finished: its span from commit to completion with its
  * passes on the queue's track, and the device's own span (device
  * timestamps) with its passes on the device's track. */

@@ -4,7 +4,7 @@
  * An isolated runner or stream (docs/ISOLATION.md) does its device work in
  * a worker process, so that a fault that poisons a process (a CUDA context
  * after an illegal address, a Metal process whose access was revoked)
- * costs a worker, not the run. What this file owns, for isolate_runner.c
+ * costs a worker, not the run. What this file owns, for runner_isolated.c
  * and isolate_stream.c:
  *
  *  - the launcher: a small process forked once from the caller when the
@@ -398,6 +398,7 @@ static void commit_hook(void *user, uint64_t n)
 {
     (void)n;
     mc__iso_armed *a = user;
+    if (a->before) a->before(a->before_ctx);
     uint64_t total = atomic_fetch_add(&a->shared->commits, 1) + 1;
     for (size_t i = 0; i < a->faults.n; i++) {
         if (a->faults.f[i].at != total) continue;

@@ -2,8 +2,9 @@
  * DOC: Isolation internals
  *
  * Shared by isolate.c (launcher, channel, shared memory, faults, the
- * supervisor's bookkeeping), isolate_runner.c and isolate_stream.c, and the
- * hooks runner.c and stream.c call to hand an isolated handle over.
+ * supervisor's bookkeeping), runner_isolated.c and isolate_stream.c, and the
+ * hooks stream.c calls to hand an isolated handle over (the runner's two
+ * back ends meet in runner_ops.h instead).
  */
 #ifndef MC_ENGINE_ISOLATE_H
 #define MC_ENGINE_ISOLATE_H
@@ -14,27 +15,13 @@
 
 /* ---- hand-over from the public runner and stream calls ------------------ */
 
-#define MC__ISO_RUNNER_TAG 0x6d634952u /* "mcIR" */
 #define MC__ISO_STREAM_TAG 0x6d634953u /* "mcIS" */
 
-/* True when h is an isolated runner (stream): its first word is the tag. */
-static inline bool mc__iso_is_runner(const void *h)
-{
-    return h && *(const uint32_t *)h == MC__ISO_RUNNER_TAG;
-}
+/* True when h is an isolated stream: its first word is the tag. */
 static inline bool mc__iso_is_stream(const void *h)
 {
     return h && *(const uint32_t *)h == MC__ISO_STREAM_TAG;
 }
-
-mc_status mc__runner_check_desc(const mc_runner_desc *d, const mc_device_info *info); /* runner.c; info may be NULL */
-mc_status mc__iso_runner_create(const mc_runner_desc *desc, mc_runner **out);
-mc_status mc__iso_runner_run(mc_runner *r);
-mc_status mc__iso_runner_cancel(mc_runner *r);
-mc_status mc__iso_runner_get_stats(const mc_runner *r, mc_runner_stats *out);
-mc_status mc__iso_runner_state_read(mc_runner *r, uint32_t index, void *dst, size_t len);
-size_t mc__iso_runner_state_size(const mc_runner *r, uint32_t index);
-void mc__iso_runner_release(mc_runner *r);
 
 mc_status mc__stream_check_desc(const mc_stream_desc *d); /* stream.c: what needs no device */
 /* stream.c, for the worker: the next item submitted gets sequence number
@@ -61,8 +48,9 @@ enum {
     MC__ISO_FINISHED = 4,   /* runner: the run ended well (or was cancelled); the final state is in shared memory */
     MC__ISO_ERROR = 5,      /* status, text: the worker gives up */
     MC__ISO_RESULT = 6,     /* stream: slot, a = sequence, status, attempts, text; sstats */
+    MC__ISO_TRACE = 7,      /* trace events as text lines (engine/trace.h), a = events dropped */
     /* supervisor -> worker */
-    MC__ISO_GO = 16,        /* runner: start (the state area's descriptor attached) */
+    MC__ISO_GO = 16,        /* runner: start (the state area's descriptor attached), b = 1: relay trace events */
     MC__ISO_CANCEL = 17,
     MC__ISO_ITEM = 18,      /* stream: slot, a = sequence, b = tag */
     MC__ISO_QUIT = 19,      /* finish up and exit */
@@ -163,10 +151,6 @@ typedef struct mc__iso_faults {
     size_t n;
 } mc__iso_faults;
 
-/* runner.c: the first chunk past iteration takes a checkpoint (a new
- * worker, where the last one failed). Before mc_runner_run. */
-void mc__runner_checkpoint_past(mc_runner *r, uint64_t iteration);
-
 /* Parses "KIND@N,..." (NULL or "": none). */
 mc_status mc__iso_parse_faults(const char *spec, mc__iso_faults *out);
 
@@ -177,6 +161,10 @@ mc_status mc__iso_parse_faults(const char *spec, mc__iso_faults *out);
 typedef struct mc__iso_armed {
     mc__iso_shared *shared;
     mc__iso_faults faults; /* kill and hang only */
+    /* Called on every commit first, on the committing thread (may be
+     * NULL): what the worker must hand out before a fault can end it. */
+    void (*before)(void *ctx);
+    void *before_ctx;
 } mc__iso_armed;
 void mc__iso_arm_faults(mc__iso_armed *arm, mc_device *dev, mc__iso_shared *shared, const mc__iso_faults *faults);
 

@@ -1,1076 +1,40 @@
 /*
- * DOC: The runner
+ * DOC: The runner's front end
  *
- * Turns one long computation (a step kernel applied many times to some
- * state buffers) into a stream of command buffers ("chunks") that never
- * come near the device's execution-time limit, and survives the errors a
- * GPU reports. Metal has no persistent kernels and no way to raise its
- * watchdog (F145, F151, F696): the only way is bounded chunks re-dispatched
- * from the CPU (F152). What this file owns:
+ * Every mc_runner_* call lands here. A runner is local (runner_local.c:
+ * bounded chunks on a device of this process, recovery, checkpoints in
+ * host memory) or isolated (runner_isolated.c: the same run in worker
+ * processes that a supervisor replaces when they fail); the caller sees
+ * one handle and one set of rules. What this file owns, for both:
  *
- *  - sizing: a chunk holds D dispatches, D from the measured device time
- *    per dispatch (an EMA that follows increases at once): start at 1,
- *    at most double per measured chunk, never above budget / time nor above
- *    the hard cap / time; halved after a timeout or a fault;
- *  - feeding: in_flight chunks are queued at once so the device never idles
- *    or powers down between them (F135); each ends by signalling the
- *    runner's timeline event with its own value, and the CPU sleeps on that
- *    event for the oldest value (F692), never on each command buffer. A
- *    failed chunk never signals, so its completion callback signals its
- *    value from the CPU instead; cancel raises the event past every value;
- *  - stopping on the device: with a control slot every dispatch reads its
- *    grid from the runner's control buffer (F148), which the kernel zeroes
- *    to stop; queued dispatches then run empty grids. Each chunk copies the
- *    control block into its own snapshot slot, which the CPU reads once the
- *    chunk signalled, so it never reads memory the device may be writing;
- *  - checkpoints: every checkpoint_ms a chunk also copies the state buffers
- *    into one of two host-visible slots (A/B, so a checkpoint in flight
- *    never overwrites one not yet read); when that chunk completes the slot
- *    is copied into host memory, which survives losing the device;
- *  - recovery (F681, F687, F695): drain the queue, find the first real
- *    failure (later ones are its victims), recreate the queue, or for a lost
- *    device tear the binding down, reopen the device of the same kind and
- *    index and call setup again; restore the last checkpoint and replay.
- *    Access revoked waits first, with a bounded exponential back-off (F146,
- *    F685). Failures in a row that get no checkpoint past the point of the
- *    previous failure are counted; past max_recoveries the run stops with
- *    the cause and the last good iteration. With MC_RUNNER_NO_REOPEN a
- *    lost device ends the run instead (its process is replaced);
- *  - durable checkpoints: with checkpoint_dir each checkpoint taken is
- *    also written to a file (ckpt_file.c), and MC_RUNNER_RESUME starts
- *    the run from the newest valid one;
- *  - resuming: mc_runner_restore starts a run from a saved state and
- *    iteration, and on_checkpoint hands every checkpoint out; with those
- *    the isolation layer (isolate_runner.c) keeps a run alive across worker
- *    processes. An isolated runner is a different object behind the same
- *    handle type: each public call hands it to isolate_runner.c.
+ *  - the descriptor's checks that need no device, and the device's where
+ *    there is one (an isolated runner opens its device in its worker);
+ *  - the handle: its tag, label and copies of what the descriptor points
+ *    at, the state sizes, run-once, cancel, the published statistics;
+ *  - progress reports: the rate counts only what this run did, so a
+ *    resumed run's rate is not inflated by the iterations it skipped;
+ *  - checkpoints leaving the run: on_checkpoint and the durable files in
+ *    checkpoint_dir (ckpt_file.c), and resuming from the newest valid file
+ *    (MC_RUNNER_RESUME) through the back end's restore.
+ *
+ * The back ends are reached only through mc__runner_ops (runner_ops.h).
  */
-#include "runtime/runtime.h"
-#include "runtime/isolate.h"
-#include "engine/trace.h"
+#include "runtime/runner_ops.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define RUNNER_TAG 0x6d63524eu /* "mcRN" */
-
-/* Defaults; docs/RUNNER.md explains each number. */
-#define DEFAULT_BUDGET_MS 25.0
-#define DEFAULT_CAP_MS 500.0
-#define DEFAULT_IN_FLIGHT 3u
 #define MAX_IN_FLIGHT 16u
-#define DEFAULT_CHECKPOINT_MS 1000.0
-#define DEFAULT_MAX_RECOVERIES 8u
-#define DEFAULT_BACKOFF_MS 100.0
-#define DEFAULT_BACKOFF_MAX_MS 5000.0
-#define DEFAULT_PROGRESS_MS 100.0
-/* Dispatches per chunk at most: bounds the memory one chunk records. */
-#define MAX_DISPATCHES 16384u
-/* The CPU re-checks its chunks at least this often, in case a device
- * cannot deliver the wake-up of a failed chunk. */
-#define WAIT_SLICE_NS 100000000ull
-/* A single dispatch longer than this holds the GPU past the firmware's
- * preemption window (40-50 ms, F688, F696): worth a warning. */
-#define LONG_DISPATCH_NS 40000000.0
-#define SNAP_STRIDE 32u
-
-typedef struct chunk {
-    mc_cmdbuf *cb;
-    uint64_t number;      /* 1, 2, ... over the whole run */
-    uint64_t value;       /* timeline value signalled at its end */
-    uint64_t first, iters; /* iterations [first, first + iters) */
-    uint32_t dispatches;
-    int ckpt_slot;        /* -1: no checkpoint */
-    uint32_t snap;        /* snapshot slot */
-    bool retired;         /* its work is done (the timeline passed value) */
-    bool stopped;         /* its snapshot shows the stop condition */
-    uint64_t stop_iteration;
-} chunk;
-
-/* What a chunk's completion callback needs to wake the runner. */
-typedef struct wake_note {
-    mc_event *event;
-    uint64_t value;
-} wake_note;
-
-typedef struct pending_fault {
-    mc_status kind;
-    uint64_t nth;
-} pending_fault;
-
-struct mc_runner {
-    uint32_t tag;
-    mc_runner_desc desc; /* defaults resolved */
-    char *label;
-    char *ckpt_dir;     /* durable checkpoints; NULL: none */
-    void *run_params;   /* copied from the desc */
-    bool warned_ckpt_write;
-    double budget_ns, cap_ns, checkpoint_ns;
-
-    /* the device and what lives on it */
-    mc_device *dev;
-    mc_device_info info;
-    mc_queue *queue;
-    mc_event *timeline; /* swapped under mu: cancel signals it */
-    mc_buffer *control; /* with a control slot */
-    mc_buffer *snaps;   /* control snapshots, in_flight + 1 slots */
-    mc_buffer *ckpt[2][MC_RUNNER_MAX_STATE];
-    bool ckpt_busy[2];
-    mc_runner_binding bind;
-    bool bound; /* setup ran; teardown is due */
-    uint8_t *bytes[MC_MAX_BUFFER_ARGS]; /* the runner's copies of BYTES args */
-    pending_fault faults[MC__MAX_FAULTS]; /* injected faults carried to a reopened device */
-    size_t nfaults;
-
-    /* the last good state, in host memory (double-buffered) */
-    uint32_t nstate;
-    size_t state_size[MC_RUNNER_MAX_STATE];
-    void *host[2][MC_RUNNER_MAX_STATE];
-    int host_cur;
-    uint64_t host_iter;
-    uint64_t resume_iter; /* where the run starts (mc_runner_restore) */
-
-    /* the run: touched only by the thread in mc_runner_run */
-    chunk *list; /* submission order */
-    uint32_t nlist, list_cap;
-    uint64_t next_value, next_number, next_iter, high;
-    uint32_t cur_d;
-    double est_ns; /* device time per dispatch */
-    uint64_t last_ckpt_ns;
-    bool force_ckpt;
-    uint64_t fail_point; /* first iteration of the chunk that failed last */
-    uint32_t in_a_row;   /* failures without a checkpoint past fail_point */
-    uint32_t revoked_in_a_row;
-    bool warned_long;
-    bool stopped;
-    uint64_t stop_iteration;
-    uint64_t prev_end_ns;
-    bool have_prev;
-    double chunk_ns_sum, gap_ns_sum;
-    uint64_t ngaps;
-    uint64_t start_ns;
-    mc_runner_stats st; /* the run's figures; published under mu */
-
-    pthread_mutex_t mu;
-    pthread_cond_t cv; /* back-off sleeps; cancel broadcasts */
-    _Atomic int cancel;
-    _Atomic int ran;
-    mc_runner_stats pub;
-};
-
-/* ---- small helpers ------------------------------------------------------ */
 
 static bool runner_ok(const mc_runner *r)
 {
     return r && r->tag == RUNNER_TAG;
 }
 
-static double ms(uint64_t ns)
-{
-    return (double)ns / 1e6;
-}
-
-static void publish(mc_runner *r)
-{
-    r->st.elapsed_ms = ms(mc__now_ns() - r->start_ns);
-    r->st.chunk_ms_mean = r->st.chunks ? r->chunk_ns_sum / 1e6 / (double)r->st.chunks : 0;
-    r->st.gap_us_mean = r->ngaps ? r->gap_ns_sum / 1e3 / (double)r->ngaps : 0;
-    pthread_mutex_lock(&r->mu);
-    r->pub = r->st;
-    pthread_mutex_unlock(&r->mu);
-}
-
-/* The figures without the run's clock (before the run). */
-static void publish_stats_only(mc_runner *r)
-{
-    pthread_mutex_lock(&r->mu);
-    r->pub = r->st;
-    pthread_mutex_unlock(&r->mu);
-}
-
-static void free_bytes(mc_runner *r)
-{
-    for (uint32_t i = 0; i < MC_MAX_BUFFER_ARGS; i++) {
-        free(r->bytes[i]);
-        r->bytes[i] = NULL;
-    }
-}
-
-/* ---- the binding ------------------------------------------------------- */
-
-static mc_status check_binding(mc_runner *r)
-{
-    const mc_runner_binding *b = &r->bind;
-    const char *l = r->label;
-    if (!mc__object_check(b->pipeline, MC__TAG_PIPELINE) || b->pipeline->base.device != r->dev)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': setup left no pipeline of this device in the binding", l);
-    mc_size3 t = r->desc.threads_per_threadgroup;
-    uint64_t threads = (uint64_t)t.x * t.y * t.z;
-    if (b->pipeline->info.max_total_threads_per_threadgroup &&
-        threads > b->pipeline->info.max_total_threads_per_threadgroup)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': %llu threads per threadgroup; the pipeline allows %u", l,
-                        (unsigned long long)threads, b->pipeline->info.max_total_threads_per_threadgroup);
-    if (b->state_count < 1 || b->state_count > MC_RUNNER_MAX_STATE)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': state_count is %u; 1 to %d state buffers", l,
-                        b->state_count, MC_RUNNER_MAX_STATE);
-    if (r->nstate && b->state_count != r->nstate)
-        return mc__fail(MC_ERR_INVALID_STATE, "runner '%s': setup made %u state buffers, before %u", l, b->state_count,
-                        r->nstate);
-    for (uint32_t i = 0; i < b->state_count; i++) {
-        mc_buffer *s = b->state[i];
-        if (!mc__object_check(s, MC__TAG_BUFFER) || s->base.device != r->dev)
-            return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': state[%u] is not a buffer of this device", l, i);
-        if (r->nstate && s->size != r->state_size[i])
-            return mc__fail(MC_ERR_INVALID_STATE, "runner '%s': setup made state[%u] of %zu bytes, before %zu", l, i,
-                            s->size, r->state_size[i]);
-    }
-    for (uint32_t i = 0; i < MC_MAX_BUFFER_ARGS; i++) {
-        const mc_runner_arg *a = &b->args[i];
-        bool runner_slot = (int32_t)i == r->desc.iteration_arg || (int32_t)i == r->desc.control_arg;
-        if (a->kind == MC_RUNNER_ARG_NONE) continue;
-        if (runner_slot)
-            return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': slot %u is the runner's (%s); leave it unbound", l,
-                            i, (int32_t)i == r->desc.iteration_arg ? "iteration_arg" : "control_arg");
-        if (a->kind == MC_RUNNER_ARG_BUFFER) {
-            if (!mc__object_check(a->buffer, MC__TAG_BUFFER) || a->buffer->base.device != r->dev)
-                return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': slot %u is not a buffer of this device", l, i);
-            if (a->offset > a->buffer->size)
-                return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': slot %u: offset %zu past the buffer's %zu bytes",
-                                l, i, a->offset, a->buffer->size);
-        } else if (a->kind == MC_RUNNER_ARG_BYTES) {
-            if (!a->bytes || a->len == 0 || a->len > MC_MAX_BYTES_ARG)
-                return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': slot %u: bytes need a pointer and 1 to %d bytes",
-                                l, i, MC_MAX_BYTES_ARG);
-        } else {
-            return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': slot %u has unknown kind %d", l, i, (int)a->kind);
-        }
-    }
-    for (uint32_t i = 0; i < MC_MAX_THREADGROUP_MEMORY_ARGS; i++)
-        if (b->threadgroup_memory[i] > r->info.threadgroup_memory_size)
-            return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': threadgroup memory slot %u: %zu bytes, the device has %llu",
-                            l, i, b->threadgroup_memory[i], (unsigned long long)r->info.threadgroup_memory_size);
-    return MC_OK;
-}
-
-static void unbind(mc_runner *r)
-{
-    if (r->bound) r->desc.teardown(r->desc.user, &r->bind);
-    r->bound = false;
-    memset(&r->bind, 0, sizeof r->bind);
-    free_bytes(r);
-}
-
-/* Calls setup on r->dev and checks what it made. */
-static mc_status bind(mc_runner *r)
-{
-    memset(&r->bind, 0, sizeof r->bind);
-    mc_status s = r->desc.setup(r->desc.user, r->dev, &r->bind);
-    if (s != MC_OK) {
-        char why[256];
-        snprintf(why, sizeof why, "%s", mc_last_error());
-        memset(&r->bind, 0, sizeof r->bind);
-        return mc__fail(s, "runner '%s': setup failed: %s", r->label, why[0] ? why : mc_status_text(s));
-    }
-    r->bound = true;
-    if ((s = check_binding(r)) != MC_OK) {
-        char why[256];
-        snprintf(why, sizeof why, "%s", mc_last_error());
-        unbind(r);
-        return mc__fail(s, "%s", why);
-    }
-    for (uint32_t i = 0; i < MC_MAX_BUFFER_ARGS; i++) {
-        const mc_runner_arg *a = &r->bind.args[i];
-        if (a->kind != MC_RUNNER_ARG_BYTES) continue;
-        r->bytes[i] = mc__malloc(a->len);
-        if (!r->bytes[i]) {
-            unbind(r);
-            return mc__fail(MC_ERR_NO_MEMORY, "runner '%s': out of host memory", r->label);
-        }
-        memcpy(r->bytes[i], a->bytes, a->len);
-    }
-    if (!r->nstate) {
-        r->nstate = r->bind.state_count;
-        for (uint32_t i = 0; i < r->nstate; i++) r->state_size[i] = r->bind.state[i]->size;
-    }
-    return MC_OK;
-}
-
-/* ---- objects on the device -------------------------------------------- */
-
-static void set_timeline(mc_runner *r, mc_event *e)
-{
-    pthread_mutex_lock(&r->mu);
-    mc_event *old = r->timeline;
-    r->timeline = e;
-    pthread_mutex_unlock(&r->mu);
-    mc_event_release(old);
-}
-
-static mc_status reset_control(mc_runner *r)
-{
-    if (!r->control) return MC_OK;
-    mc_runner_control c;
-    memset(&c, 0, sizeof c);
-    c.groups[0] = r->desc.threadgroups.x;
-    c.groups[1] = r->desc.threadgroups.y;
-    c.groups[2] = r->desc.threadgroups.z;
-    return mc_buffer_write(r->control, 0, &c, sizeof c);
-}
-
-static mc_status make_queue(mc_runner *r)
-{
-    mc_queue_release(r->queue);
-    r->queue = NULL;
-    mc_queue_desc qd = {r->label};
-    return mc_queue_create(r->dev, &qd, &r->queue);
-}
-
-/* Everything the runner itself keeps on the device, made where missing. */
-static mc_status make_objects(mc_runner *r)
-{
-    mc_status s = MC_OK;
-    if (!r->queue && (s = make_queue(r)) != MC_OK) return s;
-    if (!r->timeline) {
-        mc_event *e;
-        if ((s = mc_event_create(r->dev, 0, &e)) != MC_OK) return s;
-        set_timeline(r, e);
-    }
-    if (r->desc.control_arg >= 0 && !r->control) {
-        mc_buffer_desc bd = {SNAP_STRIDE, MC_STORAGE_SHARED, "runner control", NULL};
-        if ((s = mc_buffer_create(r->dev, &bd, &r->control)) != MC_OK) return s;
-        bd.size = (size_t)SNAP_STRIDE * (r->desc.in_flight + 1);
-        bd.label = "runner control snapshots";
-        if ((s = mc_buffer_create(r->dev, &bd, &r->snaps)) != MC_OK) return s;
-    }
-    for (int k = 0; k < 2; k++) {
-        for (uint32_t i = 0; i < r->nstate; i++) {
-            if (r->ckpt[k][i]) continue;
-            mc_buffer_desc bd = {r->state_size[i], MC_STORAGE_SHARED, k ? "runner checkpoint B" : "runner checkpoint A",
-                                 NULL};
-            if ((s = mc_buffer_create(r->dev, &bd, &r->ckpt[k][i])) != MC_OK) return s;
-        }
-        r->ckpt_busy[k] = false;
-    }
-    return MC_OK;
-}
-
-static void drop_objects(mc_runner *r)
-{
-    mc_queue_release(r->queue);
-    r->queue = NULL;
-    set_timeline(r, NULL);
-    mc_buffer_release(r->control);
-    mc_buffer_release(r->snaps);
-    r->control = r->snaps = NULL;
-    for (int k = 0; k < 2; k++) {
-        for (uint32_t i = 0; i < MC_RUNNER_MAX_STATE; i++) {
-            mc_buffer_release(r->ckpt[k][i]);
-            r->ckpt[k][i] = NULL;
-        }
-        r->ckpt_busy[k] = false;
-    }
-}
-
-/* Lets go of a (lost) device. Injected faults scheduled on it but not yet
- * reached move to the next one, so "the Nth command buffer of the run"
- * keeps its meaning across a reopen. */
-static void drop_device(mc_runner *r)
-{
-    unbind(r);
-    drop_objects(r);
-    if (!r->dev) return;
-    pthread_mutex_lock(&r->dev->lock);
-    uint64_t done = atomic_load(&r->dev->committed);
-    for (size_t i = 0; i < r->dev->nfaults && r->nfaults < MC__MAX_FAULTS; i++) {
-        if (r->dev->faults[i].at <= done) continue;
-        r->faults[r->nfaults].kind = r->dev->faults[i].kind;
-        r->faults[r->nfaults].nth = r->dev->faults[i].at - done;
-        r->nfaults++;
-    }
-    r->dev->nfaults = 0; /* moved, not unfired: the old device does not warn of them */
-    atomic_store(&r->dev->pending_faults, 0);
-    pthread_mutex_unlock(&r->dev->lock);
-    mc_device_release(r->dev);
-    r->dev = NULL;
-}
-
-/* Opens a device like the one lost: same kind, index, time limit. */
-static mc_status open_device(mc_runner *r)
-{
-    mc_device_desc dd = MC_DEVICE_DESC_INIT;
-    dd.kind = r->info.kind;
-    dd.index = r->info.index;
-    uint64_t lim = r->info.execution_time_limit_ns;
-    dd.time_limit_ms = lim ? (int64_t)((lim + 999999u) / 1000000u) : MC_TIME_LIMIT_NONE;
-    if (r->info.kind == MC_DEVICE_CPU) dd.threads = r->info.compute_units;
-    mc_device *d;
-    mc_status s = mc_device_open(&dd, &d);
-    if (s != MC_OK) return s;
-    r->dev = d;
-    mc_device_get_info(d, &r->info);
-    for (size_t i = 0; i < r->nfaults; i++) mc_device_inject_fault(d, r->faults[i].kind, r->faults[i].nth);
-    r->nfaults = 0;
-    r->st.device_reopens++;
-    mc__log(MC_LOG_INFO, "runner.device_reopened", "runner '%s': reopened %s:%d", r->label,
-            mc_device_kind_name(r->info.kind), r->info.index);
-    return MC_OK;
-}
-
-/* ---- checkpoints -------------------------------------------------------- */
-
-static mc_status read_state_into_host(mc_runner *r, uint64_t iteration)
-{
-    int spare = 1 - r->host_cur;
-    for (uint32_t i = 0; i < r->nstate; i++) {
-        mc_status s = mc_buffer_read(r->bind.state[i], 0, r->host[spare][i], r->state_size[i]);
-        if (s != MC_OK) return s;
-    }
-    r->host_cur = spare;
-    r->host_iter = iteration;
-    return MC_OK;
-}
-
-/* Puts the last good state back on the device and resumes from it. */
-static mc_status restore(mc_runner *r)
-{
-    for (uint32_t i = 0; i < r->nstate; i++) {
-        mc_status s = mc_buffer_write(r->bind.state[i], 0, r->host[r->host_cur][i], r->state_size[i]);
-        if (s != MC_OK) return s;
-    }
-    mc_status s = reset_control(r);
-    if (s != MC_OK) return s;
-    r->next_iter = r->host_iter;
-    r->stopped = false;
-    r->have_prev = false;
-    r->ckpt_busy[0] = r->ckpt_busy[1] = false;
-    return MC_OK;
-}
-
-/* ---- chunks ------------------------------------------------------------ */
-
-static void wake_runner(void *user, mc_cmdbuf *cb)
-{
-    wake_note *n = user;
-    if (mc_cmdbuf_status(cb, NULL) != MC_OK) {
-        /* A failed chunk never reaches its signal: wake the runner with
-         * the value it waits for. Values only move forward; a value
-         * already passed (cancel) is left alone. */
-        uint64_t cur = 0;
-        if (mc_event_value(n->event, &cur) == MC_OK && cur < n->value) mc_event_signal(n->event, n->value);
-    }
-    mc_event_release(n->event);
-    free(n);
-}
-
-static uint32_t unretired(const mc_runner *r)
-{
-    uint32_t n = 0;
-    for (uint32_t i = 0; i < r->nlist; i++) n += !r->list[i].retired;
-    return n;
-}
-
-static bool all_submitted(const mc_runner *r)
-{
-    return r->stopped || (r->desc.total_iterations && r->next_iter >= r->desc.total_iterations);
-}
-
-static mc_status record_chunk(mc_runner *r, chunk *c, mc_cmdbuf *cb)
-{
-    const mc_runner_desc *d = &r->desc;
-    const mc_runner_binding *b = &r->bind;
-    char label[160];
-    snprintf(label, sizeof label, "%s step", r->label);
-    mc_pass *p;
-    mc_status s = mc_cmdbuf_begin_pass(cb, label, &p);
-    if (s == MC_OK) s = mc_pass_set_pipeline(p, b->pipeline);
-    for (uint32_t i = 0; i < MC_MAX_BUFFER_ARGS && s == MC_OK; i++) {
-        const mc_runner_arg *a = &b->args[i];
-        if (a->kind == MC_RUNNER_ARG_BUFFER) s = mc_pass_set_buffer(p, i, a->buffer, a->offset);
-        else if (a->kind == MC_RUNNER_ARG_BYTES) s = mc_pass_set_bytes(p, i, r->bytes[i], a->len);
-    }
-    for (uint32_t i = 0; i < MC_MAX_THREADGROUP_MEMORY_ARGS && s == MC_OK; i++)
-        if (b->threadgroup_memory[i]) s = mc_pass_set_threadgroup_memory(p, i, b->threadgroup_memory[i]);
-    if (s == MC_OK && d->control_arg >= 0) s = mc_pass_set_buffer(p, (uint32_t)d->control_arg, r->control, 0);
-    uint64_t it = c->first, end = c->first + c->iters;
-    for (uint32_t j = 0; j < c->dispatches && s == MC_OK; j++) {
-        mc_runner_iteration arg = {it, (uint32_t)MC__MIN((uint64_t)d->iterations_per_dispatch, end - it), 0};
-        /* Each step sees the whole result of the one before. */
-        if (j) s = mc_pass_barrier(p);
-        if (s == MC_OK && d->iteration_arg >= 0) s = mc_pass_set_bytes(p, (uint32_t)d->iteration_arg, &arg, sizeof arg);
-        if (s != MC_OK) break;
-        if (r->control) s = mc_pass_dispatch_indirect(p, r->control, 0, d->threads_per_threadgroup);
-        else s = mc_pass_dispatch(p, d->threadgroups, d->threads_per_threadgroup);
-        it += arg.count;
-    }
-    if (s == MC_OK) s = mc_pass_end(p);
-    if (s == MC_OK && r->control)
-        s = mc_cmdbuf_copy_buffer(cb, r->control, 0, r->snaps, (size_t)c->snap * SNAP_STRIDE, sizeof(mc_runner_control));
-    for (uint32_t i = 0; i < r->nstate && s == MC_OK && c->ckpt_slot >= 0; i++)
-        s = mc_cmdbuf_copy_buffer(cb, b->state[i], 0, r->ckpt[c->ckpt_slot][i], 0, r->state_size[i]);
-    if (s == MC_OK) s = mc_cmdbuf_signal_event(cb, r->timeline, c->value);
-    return s;
-}
-
-/* Records and commits the next chunk. A commit refused because the queue
- * or device already failed returns that error (the failure is handled when
- * the chunk in front of it is looked at). */
-static mc_status submit_chunk(mc_runner *r)
-{
-    const mc_runner_desc *d = &r->desc;
-    uint64_t ipd = d->iterations_per_dispatch;
-    uint64_t left = d->total_iterations ? d->total_iterations - r->next_iter : UINT64_MAX;
-    uint64_t need = left == UINT64_MAX ? UINT64_MAX : (left + ipd - 1) / ipd;
-    chunk c;
-    memset(&c, 0, sizeof c);
-    c.dispatches = (uint32_t)MC__MIN((uint64_t)r->cur_d, need);
-    c.first = r->next_iter;
-    c.iters = MC__MIN((uint64_t)c.dispatches * ipd, left);
-    c.value = r->next_value;
-    c.number = r->next_number;
-    c.snap = (uint32_t)(c.value % (d->in_flight + 1));
-    c.ckpt_slot = -1;
-    uint64_t now = mc__now_ns();
-    bool due = (double)(now - r->last_ckpt_ns) >= r->checkpoint_ns ||
-               (r->force_ckpt && c.first + c.iters > r->fail_point);
-    if (due) {
-        int slot = !r->ckpt_busy[0] ? 0 : !r->ckpt_busy[1] ? 1 : -1;
-        if (slot >= 0) {
-            c.ckpt_slot = slot;
-            r->ckpt_busy[slot] = true;
-            r->last_ckpt_ns = now;
-            r->force_ckpt = false;
-        }
-    }
-
-    char label[160];
-    snprintf(label, sizeof label, "%s chunk %llu", r->label, (unsigned long long)c.number);
-    mc_cmdbuf_desc cd = {label, MC_CMDBUF_TIMESTAMPS};
-    mc_cmdbuf *cb;
-    mc_status s = mc_cmdbuf_create(r->queue, &cd, &cb);
-    if (s != MC_OK) goto undo;
-    s = record_chunk(r, &c, cb);
-    wake_note *n = s == MC_OK ? mc__malloc(sizeof *n) : NULL;
-    if (n) {
-        n->event = r->timeline;
-        n->value = c.value;
-        mc_event_retain(n->event);
-        if (mc_cmdbuf_on_completed(cb, wake_runner, n) != MC_OK) {
-            mc_event_release(n->event);
-            free(n);
-            n = NULL;
-        }
-    }
-    if (s == MC_OK) s = mc_cmdbuf_commit(cb);
-    if (s != MC_OK) {
-        /* never committed, or refused at commit: the callback never runs */
-        if (n) {
-            mc_event_release(n->event);
-            free(n);
-        }
-        mc_cmdbuf_release(cb);
-        goto undo;
-    }
-    if (r->nlist == r->list_cap) {
-        uint32_t cap = r->list_cap ? r->list_cap * 2 : 16;
-        chunk *l = mc__realloc(r->list, cap * sizeof *l);
-        if (!l) {
-            /* keep it anyway: wait for it now rather than lose track of it */
-            mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
-            mc_cmdbuf_release(cb);
-            return mc__fail(MC_ERR_NO_MEMORY, "runner '%s': out of host memory", r->label);
-        }
-        r->list = l;
-        r->list_cap = cap;
-    }
-    c.cb = cb;
-    r->list[r->nlist++] = c;
-    r->next_value++;
-    r->next_number++;
-    r->next_iter += c.iters;
-    r->st.chunks_submitted++;
-    return MC_OK;
-undo:
-    if (c.ckpt_slot >= 0) {
-        r->ckpt_busy[c.ckpt_slot] = false;
-        r->force_ckpt = true; /* take it in the next chunk */
-    }
-    return s;
-}
-
-/* True once cb's outcome is final (*status). The state turns COMPLETED a
- * moment before the outcome and the timestamps can be read. */
-static bool finished(const mc_cmdbuf *cb, mc_status *status)
-{
-    mc_cmdbuf_state st = mc_cmdbuf_get_state(cb);
-    if (st != MC_CMDBUF_COMPLETED && st != MC_CMDBUF_ERROR) return false;
-    const char *msg;
-    *status = mc_cmdbuf_status(cb, &msg);
-    return *status != MC_ERR_INVALID_STATE;
-}
-
-/* The chunk's work is done: count it, and see whether the kernel stopped. */
-static void retire(mc_runner *r, uint32_t idx)
-{
-    chunk *c = &r->list[idx];
-    if (c->retired) return;
-    c->retired = true;
-    uint64_t end = c->first + c->iters;
-    if (r->snaps) {
-        mc_runner_control ctl;
-        if (mc_buffer_read(r->snaps, (size_t)c->snap * SNAP_STRIDE, &ctl, sizeof ctl) == MC_OK &&
-            (ctl.stopped || ctl.groups[0] == 0)) {
-            c->stopped = true;
-            c->stop_iteration = MC__MIN(ctl.stop_iteration, end);
-            end = c->stop_iteration;
-            if (!r->stopped) {
-                r->stopped = true;
-                r->stop_iteration = c->stop_iteration;
-                r->st.stopped_early = true;
-                r->st.chunks_after_stop += r->nlist - idx - 1;
-            }
-        }
-    }
-    if (end > r->high) r->high = end;
-}
-
-/* A checkpoint chunk completed: its slot becomes the last good state. A
- * checkpoint past the point of the last failure is progress. */
-static void take_checkpoint(mc_runner *r, const chunk *c)
-{
-    int spare = 1 - r->host_cur;
-    for (uint32_t i = 0; i < r->nstate; i++)
-        if (mc_buffer_read(r->ckpt[c->ckpt_slot][i], 0, r->host[spare][i], r->state_size[i]) != MC_OK) return;
-    r->host_cur = spare;
-    r->host_iter = c->first + c->iters;
-    r->st.checkpoints++;
-    r->st.checkpoint_iteration = r->host_iter;
-    if (MC__TRACING())
-        mc__trace_instant("runner", r->label, "runner", "checkpoint", 0, NULL, MC__TARGS({"iteration", r->host_iter}));
-    if (r->host_iter > r->fail_point) r->in_a_row = 0;
-    if (r->desc.on_checkpoint)
-        r->desc.on_checkpoint(r->desc.checkpoint_user, r->host_iter, (const void *const *)r->host[r->host_cur],
-                              r->state_size, r->nstate);
-    if (r->ckpt_dir) {
-        /* On this thread, between chunks: the chunks queued behind keep
-         * the device busy while the file is written. */
-        mc_status s = mc__ckpt_write(r->ckpt_dir, r->run_params, r->desc.run_params_len, r->host_iter,
-                                     (const void *const *)r->host[r->host_cur], r->state_size, r->nstate);
-        if (s == MC_OK) {
-            r->st.checkpoints_written++;
-        } else if (!r->warned_ckpt_write) {
-            r->warned_ckpt_write = true; /* the run goes on: its memory checkpoints still work */
-            mc__log(MC_LOG_WARN, "runner.checkpoint_write_failed", "runner '%s': %s", r->label, mc_last_error());
-        }
-    }
-}
-
-/* Figures of a completed chunk, the next chunk's size, its checkpoint. */
-static void harvest(mc_runner *r, chunk *c)
-{
-    uint64_t t0 = 0, t1 = 0;
-    bool timed = mc_cmdbuf_gpu_time(c->cb, &t0, &t1) == MC_OK && t0 && t1 >= t0;
-    double t = timed ? (double)(t1 - t0) : 0;
-    if (MC__TRACING())
-        mc__trace_span("runner", r->label, "runner", "chunk", 0, t0, t1, mc_status_name(MC_OK),
-                       MC__TARGS({"chunk", c->number}, {"first", c->first}, {"iters", c->iters},
-                                 {"dispatches", c->dispatches}, {"stopped", c->stopped}));
-    r->st.chunks++;
-    r->st.dispatches += c->dispatches;
-    r->chunk_ns_sum += t;
-    if (t / 1e6 > r->st.chunk_ms_max) r->st.chunk_ms_max = t / 1e6;
-    if (timed && r->have_prev && t0 >= r->prev_end_ns) {
-        double gap = (double)(t0 - r->prev_end_ns);
-        r->gap_ns_sum += gap;
-        r->ngaps++;
-        if (gap / 1e3 > r->st.gap_us_max) r->st.gap_us_max = gap / 1e3;
-    }
-    if (mc__log_enabled(MC_LOG_DEBUG))
-        mc__log(MC_LOG_DEBUG, "runner.chunk", "runner '%s': chunk %llu: %u dispatches, %.3f ms, idle before %.1f us",
-                r->label, (unsigned long long)c->number, c->dispatches, t / 1e6,
-                r->have_prev && t0 >= r->prev_end_ns ? (double)(t0 - r->prev_end_ns) / 1e3 : 0.0);
-    r->prev_end_ns = t1;
-    r->have_prev = timed;
-    r->revoked_in_a_row = 0;
-
-    /* Sizing: an EMA of the time per dispatch that follows increases at
-     * once; the next chunk at most doubles this one and stays inside the
-     * budget and the hard cap. Chunks after a stop ran empty: no sample. */
-    if (c->dispatches && t > 0 && !c->stopped) {
-        double per = t / c->dispatches;
-        if (per > LONG_DISPATCH_NS && !r->warned_long) {
-            r->warned_long = true;
-            mc__log(MC_LOG_WARN, "runner.long_dispatch",
-                    "runner '%s': one dispatch takes %.1f ms; a GPU preempts within 40-50 ms, keep dispatches shorter",
-                    r->label, per / 1e6);
-        }
-        r->est_ns = r->est_ns <= 0 || per > r->est_ns ? per : 0.75 * r->est_ns + 0.25 * per;
-        double fit = r->budget_ns / r->est_ns;
-        double next = MC__MIN(2.0 * c->dispatches, fit);
-        next = MC__MIN(next, (double)MAX_DISPATCHES);
-        r->cur_d = next < 1 ? 1 : (uint32_t)next;
-    }
-    if (c->ckpt_slot >= 0) {
-        if (!c->stopped) take_checkpoint(r, c);
-        r->ckpt_busy[c->ckpt_slot] = false;
-    }
-    mc_cmdbuf_release(c->cb);
-    c->cb = NULL;
-}
-
-static void pop_front(mc_runner *r)
-{
-    memmove(r->list, r->list + 1, (size_t)(r->nlist - 1) * sizeof *r->list);
-    r->nlist--;
-}
-
-/* Waits for every chunk in flight and settles each: the ones that
- * completed count (and may checkpoint); the first failure is returned with
- * its chunk; the rest are its victims. */
-typedef struct failure {
-    mc_status status;
-    char message[256];
-    uint64_t number, first, iters;
-    uint32_t dispatches;
-    double gpu_ns;
-} failure;
-
-static void settle_all(mc_runner *r, failure *f)
-{
-    if (r->queue) mc_queue_wait_idle(r->queue, MC_WAIT_FOREVER);
-    for (uint32_t i = 0; i < r->nlist; i++) {
-        chunk *c = &r->list[i];
-        const char *msg = NULL;
-        mc_status s = mc_cmdbuf_status(c->cb, &msg);
-        if (s == MC_OK && f->status == MC_OK) {
-            retire(r, i);
-            harvest(r, c);
-            continue;
-        }
-        if (f->status == MC_OK && s != MC_OK) {
-            f->status = s;
-            snprintf(f->message, sizeof f->message, "%s", msg ? msg : "");
-            f->number = c->number;
-            f->first = c->first;
-            f->iters = c->iters;
-            f->dispatches = c->dispatches;
-            uint64_t t0 = 0, t1 = 0;
-            mc_cmdbuf_gpu_time(c->cb, &t0, &t1);
-            f->gpu_ns = t1 > t0 ? (double)(t1 - t0) : 0;
-        }
-        if (MC__TRACING()) {
-            uint64_t t0 = 0, t1 = 0;
-            mc_cmdbuf_gpu_time(c->cb, &t0, &t1);
-            mc__trace_span("runner", r->label, "runner", "chunk", 0, t0, t1, mc_status_name(s),
-                           MC__TARGS({"chunk", c->number}, {"first", c->first}, {"iters", c->iters},
-                                     {"dispatches", c->dispatches}, {"replayed", 1}));
-        }
-        if (c->ckpt_slot >= 0) r->ckpt_busy[c->ckpt_slot] = false;
-        mc_cmdbuf_release(c->cb);
-    }
-    r->nlist = 0;
-}
-
-/* ---- recovery ----------------------------------------------------------- */
-
-static bool recoverable(mc_status s)
-{
-    /* Refused work or a broken resource fails the same way every time. */
-    return mc_status_is_device_error(s) && s != MC_ERR_NOT_PERMITTED && s != MC_ERR_INVALID_RESOURCE;
-}
-
-static void count_kind(mc_runner *r, mc_status s)
-{
-    switch (s) {
-    case MC_ERR_TIMEOUT: r->st.timeouts++; break;
-    case MC_ERR_PAGE_FAULT: r->st.page_faults++; break;
-    case MC_ERR_ACCESS_REVOKED: r->st.access_revoked++; break;
-    case MC_ERR_DEVICE_LOST: r->st.devices_lost++; break;
-    case MC_ERR_INTERNAL: r->st.internal_errors++; break;
-    case MC_ERR_PRIOR_ERROR: r->st.victims++; break;
-    default: r->st.other_errors++; break;
-    }
-}
-
-/* Sleeps up to ms, or less if cancelled. */
-static void backoff(mc_runner *r, double delay_ms)
-{
-    uint64_t t0 = mc__now_ns();
-    uint64_t until = t0 + (uint64_t)(delay_ms * 1e6);
-    pthread_mutex_lock(&r->mu);
-    while (!atomic_load(&r->cancel) && mc__cond_wait_until(&r->cv, &r->mu, until)) {
-    }
-    pthread_mutex_unlock(&r->mu);
-    r->st.backoff_ms += ms(mc__now_ns() - t0);
-}
-
-static double backoff_delay(const mc_runner *r, uint32_t n)
-{
-    double d = r->desc.backoff_initial_ms;
-    for (uint32_t i = 1; i < n && d < r->desc.backoff_max_ms; i++) d *= 2;
-    return MC__MIN(d, r->desc.backoff_max_ms);
-}
-
-static bool lost(const mc_runner *r)
-{
-    return !r->dev || atomic_load(&r->dev->lost);
-}
-
-/* Recreates what the failure broke and puts the last good state back. */
-static mc_status rebuild(mc_runner *r, bool device_lost)
-{
-    if (device_lost || !r->dev) {
-        drop_device(r);
-    } else {
-        mc_queue_release(r->queue); /* the only recovery for a queue (F687) */
-        r->queue = NULL;
-    }
-    mc_status s = MC_OK;
-    if (!r->dev) s = open_device(r);
-    if (s == MC_OK && !r->bound) s = bind(r);
-    if (s == MC_OK) s = make_objects(r);
-    if (s == MC_OK) s = restore(r);
-    return s;
-}
-
-static mc_status cancelled(mc_runner *r)
-{
-    r->st.cancelled = true;
-    r->st.iterations = r->high;
-    return mc__fail(MC_ERR_CANCELLED, "runner '%s': cancelled at iteration %llu", r->label,
-                    (unsigned long long)r->high);
-}
-
-static mc_status give_up(mc_runner *r, const failure *f, const char *why)
-{
-    if (MC__TRACING())
-        mc__trace_instant("runner", r->label, "runner", "gave up", 0, mc_status_name(f->status),
-                          MC__TARGS({"chunk", f->number}, {"checkpoint", r->host_iter}));
-    /* Leave the last good state on the device, if there is one. */
-    if (!lost(r) && r->bound && r->queue) restore(r);
-    r->st.iterations = r->host_iter;
-    return mc__fail(f->status,
-                    "runner '%s': %s; the last: %s in chunk %llu (iterations %llu to %llu): %s; last good iteration "
-                    "%llu (checkpoint), furthest reached %llu",
-                    r->label, why, mc_status_name(f->status), (unsigned long long)f->number,
-                    (unsigned long long)f->first, (unsigned long long)(f->first + f->iters),
-                    f->message[0] ? f->message : mc_status_text(f->status), (unsigned long long)r->host_iter,
-                    (unsigned long long)r->high);
-}
-
-/* A chunk failed (or a commit was refused with f->status): settle every
- * chunk, decide, rebuild and restore. MC_OK to go on from the checkpoint. */
-static mc_status recover(mc_runner *r, failure *commit_error)
-{
-    failure f;
-    memset(&f, 0, sizeof f);
-    settle_all(r, &f);
-    if (f.status == MC_OK) {
-        f = *commit_error; /* no chunk failed: the refused commit is the failure */
-        f.first = r->next_iter;
-    }
-    bool device_lost = f.status == MC_ERR_DEVICE_LOST || lost(r);
-    if (f.status == MC_OK) return MC_OK; /* nothing failed after all */
-    if (r->stopped && !device_lost) return MC_OK; /* behind the stop: the final state is intact */
-
-    r->st.last_failure = f.status;
-    r->st.recoveries++;
-    if (MC__TRACING())
-        mc__trace_instant("runner", r->label, "runner", "fault", 0, mc_status_name(f.status),
-                          MC__TARGS({"chunk", f.number}, {"first", f.first}, {"iters", f.iters},
-                                    {"checkpoint", r->host_iter}));
-    count_kind(r, f.status);
-    r->in_a_row++;
-    r->fail_point = f.first;
-    r->force_ckpt = true; /* progress shows as soon as a checkpoint passes the failure */
-    if (!recoverable(f.status)) return give_up(r, &f, "the failure is not recoverable");
-    if (device_lost && (r->desc.flags & MC_RUNNER_NO_REOPEN))
-        return give_up(r, &f, "the device was lost and MC_RUNNER_NO_REOPEN is set");
-    if (r->in_a_row > r->desc.max_recoveries) {
-        char why[96];
-        snprintf(why, sizeof why, "gave up after %u failures in a row without progress", r->in_a_row);
-        return give_up(r, &f, why);
-    }
-    mc__log(MC_LOG_WARN, "runner.recovering",
-            "runner '%s': %s in chunk %llu (iterations %llu to %llu): %s; replaying from iteration %llu", r->label,
-            mc_status_name(f.status), (unsigned long long)f.number, (unsigned long long)f.first,
-            (unsigned long long)(f.first + f.iters), f.message, (unsigned long long)r->host_iter);
-
-    if (f.status == MC_ERR_ACCESS_REVOKED) {
-        /* The system keeps us off the device for a while (F146, F685). */
-        backoff(r, backoff_delay(r, ++r->revoked_in_a_row));
-    } else if (f.dispatches) {
-        /* Shorter chunks: a timeout says the chunk was too long; after a
-         * fault, less work is lost if it comes again. */
-        r->cur_d = MC__MAX(1u, f.dispatches / 2);
-        if (f.status == MC_ERR_TIMEOUT && f.gpu_ns > 0 && f.gpu_ns / f.dispatches > r->est_ns)
-            r->est_ns = f.gpu_ns / f.dispatches;
-    }
-    for (;;) {
-        if (atomic_load(&r->cancel)) return cancelled(r);
-        mc_status s = rebuild(r, device_lost);
-        if (s == MC_OK && MC__TRACING())
-            mc__trace_instant("runner", r->label, "runner", "recovery", 0, mc_status_name(f.status),
-                              MC__TARGS({"chunk", f.number}, {"from", r->host_iter}, {"in_a_row", r->in_a_row},
-                                        {"device_reopened", device_lost}));
-        if (s == MC_OK) return MC_OK;
-        /* Could not rebuild (the device is not back yet, setup failed):
-         * that is one more failure; wait and try again. */
-        f.status = s;
-        snprintf(f.message, sizeof f.message, "rebuilding: %s", mc_last_error());
-        r->in_a_row++;
-        r->st.last_failure = s;
-        if (r->in_a_row > r->desc.max_recoveries || (!mc_status_is_device_error(s) && s != MC_ERR_NOT_FOUND))
-            return give_up(r, &f, "could not rebuild after the failure");
-        device_lost = lost(r) || s == MC_ERR_DEVICE_LOST;
-        if (device_lost && (r->desc.flags & MC_RUNNER_NO_REOPEN))
-            return give_up(r, &f, "the device was lost while rebuilding and MC_RUNNER_NO_REOPEN is set");
-        backoff(r, backoff_delay(r, r->in_a_row));
-    }
-}
-
-/* ---- the run ------------------------------------------------------------ */
-
-static void report(mc_runner *r, bool done)
-{
-    if (!r->desc.progress) return;
-    mc_runner_progress p;
-    memset(&p, 0, sizeof p);
-    p.iterations = r->high;
-    p.total_iterations = r->desc.total_iterations;
-    p.elapsed_s = (double)(mc__now_ns() - r->start_ns) / 1e9;
-    /* A resumed run's rate counts only what this run did. */
-    p.rate = p.elapsed_s > 0 && p.iterations >= r->resume_iter ? (double)(p.iterations - r->resume_iter) / p.elapsed_s : 0;
-    p.eta_s = done ? 0 : p.total_iterations && p.rate > 0 ? (double)(p.total_iterations - p.iterations) / p.rate : -1;
-    p.chunks = r->st.chunks;
-    p.recoveries = r->st.recoveries;
-    p.done = done;
-    r->desc.progress(r->desc.progress_user, &p);
-}
-
-/* Settles what is in flight (stops, cancel, fatal errors). */
-static void drain(mc_runner *r)
-{
-    failure f;
-    memset(&f, 0, sizeof f);
-    settle_all(r, &f);
-}
-
-static chunk *oldest_unretired(mc_runner *r)
-{
-    for (uint32_t i = 0; i < r->nlist; i++)
-        if (!r->list[i].retired) return &r->list[i];
-    return NULL;
-}
-
-mc_status mc_runner_run(mc_runner *r)
-{
-    if (mc__iso_is_runner(r)) return mc__iso_runner_run(r);
-    if (!runner_ok(r)) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_run: r is NULL or not a runner");
-    if (atomic_exchange(&r->ran, 1))
-        return mc__fail(MC_ERR_INVALID_STATE, "runner '%s' has run already; make a new one", r->label);
-    r->start_ns = mc__now_ns();
-    mc_status s = MC_OK;
-    if (atomic_load(&r->cancel)) {
-        s = cancelled(r);
-        goto out;
-    }
-    if (!r->dev || !r->bound) {
-        s = mc__fail(MC_ERR_DEVICE_LOST, "runner '%s': no device", r->label);
-        goto out;
-    }
-    if ((s = reset_control(r)) != MC_OK) goto out;
-    r->next_iter = r->high = r->resume_iter;
-    r->cur_d = 1;
-    r->next_value = 1;
-    r->next_number = 1;
-    r->last_ckpt_ns = r->start_ns;
-    uint64_t progress_ns = (uint64_t)(r->desc.progress_interval_ms * 1e6);
-    uint64_t next_report = r->start_ns + progress_ns;
-
-    for (;;) {
-        failure fail;
-        memset(&fail, 0, sizeof fail);
-        bool failed = false;
-        if (atomic_load(&r->cancel)) {
-            drain(r);
-            s = cancelled(r);
-            break;
-        }
-        /* Chunks at the front that completed: figures, checkpoints. */
-        while (r->nlist && r->list[0].retired) {
-            mc_status cs;
-            if (!finished(r->list[0].cb, &cs)) break;
-            if (cs != MC_OK) {
-                failed = true;
-                break;
-            }
-            harvest(r, &r->list[0]);
-            pop_front(r);
-        }
-        /* Keep in_flight chunks queued. */
-        while (!failed && !all_submitted(r) && unretired(r) < r->desc.in_flight) {
-            mc_status cs = submit_chunk(r);
-            if (cs == MC_OK) continue;
-            if (!mc_status_is_device_error(cs)) {
-                char why[256];
-                snprintf(why, sizeof why, "%s", mc_last_error());
-                drain(r);
-                s = mc__fail(cs, "runner '%s': cannot record chunk %llu: %s", r->label,
-                             (unsigned long long)r->next_number, why);
-                goto out;
-            }
-            failed = true;
-            fail.status = cs;
-            snprintf(fail.message, sizeof fail.message, "%s", mc_last_error());
-        }
-        if (!failed && !r->nlist) break; /* everything done */
-
-        if (!failed) {
-            /* Sleep until the oldest chunk signals (F692), a failed one's
-             * callback signals for it, or cancel. */
-            chunk *c = oldest_unretired(r);
-            uint64_t timeout = WAIT_SLICE_NS, now = mc__now_ns();
-            if (r->desc.progress) timeout = MC__MIN(timeout, next_report > now ? next_report - now : 0);
-            if (c) mc_event_wait(r->timeline, c->value, timeout);
-            else mc_cmdbuf_wait(r->list[0].cb, timeout); /* signalled, completing now */
-            uint64_t v = 0;
-            mc_event_value(r->timeline, &v);
-            if (v >= r->next_value || atomic_load(&r->cancel)) continue; /* only cancel goes that far */
-            for (uint32_t i = 0; i < r->nlist; i++) {
-                chunk *k = &r->list[i];
-                if (k->retired) continue;
-                mc_cmdbuf_state cs = mc_cmdbuf_get_state(k->cb);
-                if (cs == MC_CMDBUF_ERROR) {
-                    failed = true;
-                    break;
-                }
-                if (v < k->value && cs != MC_CMDBUF_COMPLETED) break;
-                retire(r, i);
-            }
-        }
-        if (failed && (s = recover(r, &fail)) != MC_OK) break;
-        if (r->desc.progress && mc__now_ns() >= next_report) {
-            report(r, false);
-            next_report = mc__now_ns() + progress_ns;
-        }
-        publish(r);
-    }
-    if (s == MC_OK) r->st.iterations = r->stopped ? r->stop_iteration : r->desc.total_iterations;
-out:
-    if (MC__TRACING())
-        mc__trace_span("runner", r->label, "runner", "run", 0, r->start_ns, mc__now_ns(), mc_status_name(s),
-                       MC__TARGS({"first", r->resume_iter}, {"iterations", r->st.iterations},
-                                 {"chunks", r->st.chunks}, {"recoveries", r->st.recoveries}));
-    report(r, true);
-    publish(r);
-    if (s == MC_OK) mc__clear_error();
-    return s;
-}
-
-/* ---- the rest of the API ------------------------------------------------- */
+/* ---- the descriptor ---------------------------------------------------- */
 
 static mc_status check_ms(double v, const char *what)
 {
@@ -1079,7 +43,7 @@ static mc_status check_ms(double v, const char *what)
     return MC_OK;
 }
 
-mc_status mc__runner_check_desc(const mc_runner_desc *d, const mc_device_info *info)
+static mc_status check_desc(const mc_runner_desc *d, const mc_device_info *info)
 {
     mc_status s;
     if (!d->setup || !d->teardown)
@@ -1134,112 +98,145 @@ mc_status mc__runner_check_desc(const mc_runner_desc *d, const mc_device_info *i
     return MC_OK;
 }
 
+
+/* MC_RUNNER_RESUME: the newest valid checkpoint file becomes the state
+ * the run starts from. */
+static mc_status resume(mc_runner *r)
+{
+    void *state[MC_RUNNER_MAX_STATE] = {NULL};
+    mc_status s = MC_OK;
+    for (uint32_t i = 0; i < r->nstate && s == MC_OK; i++)
+        if (!(state[i] = mc__malloc(r->state_size[i])))
+            s = mc__fail(MC_ERR_NO_MEMORY, "runner '%s': no host memory to resume (%zu bytes)", r->label,
+                         r->state_size[i]);
+    uint64_t it = 0;
+    bool found = false;
+    if (s == MC_OK)
+        s = mc__ckpt_load(r->ckpt_dir, r->label, r->run_params, r->desc.run_params_len, r->state_size, r->nstate,
+                          state, &it, &found);
+    if (s == MC_OK && found && r->desc.total_iterations && it > r->desc.total_iterations)
+        s = mc__fail(MC_ERR_INVALID_STATE, "runner '%s': the checkpoint in %s is at iteration %llu, past the run's %llu",
+                     r->label, r->ckpt_dir, (unsigned long long)it, (unsigned long long)r->desc.total_iterations);
+    if (s == MC_OK && found && (s = r->ops->restore(r, it, (const void *const *)state)) == MC_OK) r->resume_iter = it;
+    for (uint32_t i = 0; i < r->nstate; i++) free(state[i]);
+    return s;
+}
+
 mc_status mc_runner_create(const mc_runner_desc *desc, mc_runner **out)
 {
     if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_create: out is NULL");
     *out = NULL;
     if (!desc) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_create: desc is NULL");
-    if (desc->isolate) return mc__iso_runner_create(desc, out);
-    MC__CHECK_HANDLE(desc->device, MC__TAG_DEVICE, "desc->device");
-    mc_status s = mc_device_check(desc->device);
-    if (s != MC_OK) return s;
+    const mc__runner_ops *ops = desc->isolate ? &mc__runner_isolated_ops : &mc__runner_local_ops;
     mc_device_info info;
-    mc_device_get_info(desc->device, &info);
-    if ((s = mc__runner_check_desc(desc, &info)) != MC_OK) return s;
+    mc_status s;
+    if (desc->isolate) {
+        if (desc->device)
+            return mc__fail(MC_ERR_INVALID_ARGUMENT,
+                            "mc_runner_create: an isolated runner opens its device in its worker: desc->device must be "
+                            "NULL (name it in isolate->device)");
+        if ((s = check_desc(desc, NULL)) != MC_OK) return s;
+        if (desc->on_checkpoint)
+            return mc__fail(MC_ERR_INVALID_ARGUMENT,
+                            "mc_runner_create: on_checkpoint is the worker's in an isolated runner");
+    } else {
+        MC__CHECK_HANDLE(desc->device, MC__TAG_DEVICE, "desc->device");
+        if ((s = mc_device_check(desc->device)) != MC_OK) return s;
+        mc_device_get_info(desc->device, &info);
+        if ((s = check_desc(desc, &info)) != MC_OK) return s;
+    }
 
-    mc_runner *r = mc__calloc(1, sizeof *r);
+    mc_runner *r = mc__calloc(1, ops->size);
     if (!r) return mc__fail(MC_ERR_NO_MEMORY, "mc_runner_create: out of host memory");
     r->tag = RUNNER_TAG;
+    r->ops = ops;
+    pthread_mutex_init(&r->mu, NULL);
     r->desc = *desc;
     r->label = mc__strdup(desc->label ? desc->label : "runner");
-    pthread_mutex_init(&r->mu, NULL);
-    mc__cond_init_monotonic(&r->cv);
-    r->dev = desc->device;
-    mc_device_retain(r->dev);
-    r->info = info;
     if (desc->checkpoint_dir) r->ckpt_dir = mc__strdup(desc->checkpoint_dir);
     if (desc->run_params_len && (r->run_params = mc__malloc(desc->run_params_len)))
         memcpy(r->run_params, desc->run_params, desc->run_params_len);
+    r->desc.label = r->label;
     r->desc.checkpoint_dir = r->ckpt_dir;
     r->desc.run_params = r->run_params;
     if (!r->label || (desc->checkpoint_dir && !r->ckpt_dir) || (desc->run_params_len && !r->run_params)) {
-        mc_runner_release(r);
-        return mc__fail(MC_ERR_NO_MEMORY, "mc_runner_create: out of host memory");
+        s = mc__fail(MC_ERR_NO_MEMORY, "mc_runner_create: out of host memory");
+        goto fail;
     }
-
-    /* Defaults (docs/RUNNER.md). */
-    mc_runner_desc *d = &r->desc;
-    d->label = r->label;
-    if (!d->iterations_per_dispatch) d->iterations_per_dispatch = 1;
-    if (d->iteration_arg <= 0) d->iteration_arg = -1; /* none: from here on, slots are >= 0 */
-    if (d->control_arg <= 0) d->control_arg = -1;
-    if (!d->in_flight) d->in_flight = DEFAULT_IN_FLIGHT;
-    if (!d->checkpoint_ms) d->checkpoint_ms = DEFAULT_CHECKPOINT_MS;
-    if (!d->max_recoveries) d->max_recoveries = DEFAULT_MAX_RECOVERIES;
-    if (!d->backoff_initial_ms) d->backoff_initial_ms = DEFAULT_BACKOFF_MS;
-    if (!d->backoff_max_ms) d->backoff_max_ms = DEFAULT_BACKOFF_MAX_MS;
-    if (d->backoff_max_ms < d->backoff_initial_ms) d->backoff_max_ms = d->backoff_initial_ms;
-    if (!d->progress_interval_ms) d->progress_interval_ms = DEFAULT_PROGRESS_MS;
-    double limit_ms = ms(info.execution_time_limit_ns);
-    if (!d->max_chunk_ms) d->max_chunk_ms = limit_ms > 0 ? MC__MIN(limit_ms / 10, DEFAULT_CAP_MS) : DEFAULT_CAP_MS;
-    if (limit_ms > 0 && d->max_chunk_ms > limit_ms / 2) {
-        /* The cap is a promise to stay far below the limit. */
-        mc__log(MC_LOG_INFO, "runner.cap_clamped", "runner '%s': max_chunk_ms %.1f lowered to half the limit, %.1f",
-                r->label, d->max_chunk_ms, limit_ms / 2);
-        d->max_chunk_ms = limit_ms / 2;
-    }
-    if (!d->budget_ms) d->budget_ms = DEFAULT_BUDGET_MS;
-    d->budget_ms = MC__MIN(d->budget_ms, d->max_chunk_ms);
-    r->budget_ns = d->budget_ms * 1e6;
-    r->cap_ns = d->max_chunk_ms * 1e6;
-    r->checkpoint_ns = d->checkpoint_ms * 1e6;
-    r->cur_d = 1;
-
     if (r->ckpt_dir && (s = mc__ckpt_prepare_dir(r->ckpt_dir)) != MC_OK) goto fail;
-    if ((s = bind(r)) != MC_OK) goto fail;
-    for (int k = 0; k < 2; k++)
-        for (uint32_t i = 0; i < r->nstate; i++)
-            if (!(r->host[k][i] = mc__malloc(r->state_size[i]))) {
-                s = mc__fail(MC_ERR_NO_MEMORY, "runner '%s': no host memory for a checkpoint of %zu bytes", r->label,
-                             r->state_size[i]);
-                goto fail;
-            }
-    if ((s = make_objects(r)) != MC_OK) goto fail;
-    /* The state setup made is the checkpoint of iteration 0. Taken here,
-     * with setup's own uploads, rather than on the run's clock; the other
-     * host copy is touched now so the first checkpoint does not fault its
-     * pages in while chunks wait. */
-    if ((s = read_state_into_host(r, 0)) != MC_OK) goto fail;
-    for (uint32_t i = 0; i < r->nstate; i++) memset(r->host[1 - r->host_cur][i], 0, r->state_size[i]);
-    if (d->flags & MC_RUNNER_RESUME) {
-        void **spare = r->host[1 - r->host_cur];
-        uint64_t it = 0;
-        bool found = false;
-        s = mc__ckpt_load(r->ckpt_dir, r->label, r->run_params, d->run_params_len, r->state_size, r->nstate, spare,
-                          &it, &found);
-        if (s == MC_OK && found && d->total_iterations && it > d->total_iterations)
-            s = mc__fail(MC_ERR_INVALID_STATE, "runner '%s': the checkpoint in %s is at iteration %llu, past the run's %llu",
-                         r->label, r->ckpt_dir, (unsigned long long)it, (unsigned long long)d->total_iterations);
-        if (s == MC_OK && found) s = mc_runner_restore(r, it, (const void *const *)spare, r->nstate);
-        if (s != MC_OK) goto fail;
-        r->st.resumed_iteration = it;
-        publish_stats_only(r);
-    }
+    r->backend_up = true; /* from here on, release calls destroy */
+    if ((s = ops->init(r, desc->isolate ? NULL : &info)) != MC_OK) goto fail;
+    if ((desc->flags & MC_RUNNER_RESUME) && (s = resume(r)) != MC_OK) goto fail;
+    mc__runner_publish(r, NULL, NULL);
     *out = r;
     return MC_OK;
 fail: {
-    char why[256];
+    char why[1200]; /* a worker's whole error (MC__ISO_TEXT_MAX) and our prefix */
     snprintf(why, sizeof why, "%s", mc_last_error());
     mc_runner_release(r);
     return mc__fail(s, "%s", why);
 }
 }
 
+/* ---- what the back ends call -------------------------------------------- */
+
+void mc__runner_publish(mc_runner *r, const mc_runner_stats *st, const mc_isolate_stats *ist)
+{
+    pthread_mutex_lock(&r->mu);
+    if (st) r->pub = *st;
+    if (ist) r->ipub = *ist;
+    if (r->start_ns) r->pub.elapsed_ms = (double)(mc__now_ns() - r->start_ns) / 1e6;
+    if (r->desc.flags & MC_RUNNER_RESUME) r->pub.resumed_iteration = r->resume_iter;
+    pthread_mutex_unlock(&r->mu);
+}
+
+void mc__runner_report(mc_runner *r, uint64_t iterations, bool done)
+{
+    if (!r->desc.progress) return;
+    mc_runner_stats t;
+    pthread_mutex_lock(&r->mu);
+    t = r->pub;
+    pthread_mutex_unlock(&r->mu);
+    mc_runner_progress p;
+    memset(&p, 0, sizeof p);
+    p.iterations = iterations;
+    p.total_iterations = r->desc.total_iterations;
+    p.elapsed_s = (double)(mc__now_ns() - r->start_ns) / 1e9;
+    /* A resumed run's rate counts only what this run did. */
+    uint64_t from = r->resume_iter;
+    p.rate = p.elapsed_s > 0 && iterations >= from ? (double)(iterations - from) / p.elapsed_s : 0;
+    p.eta_s = done ? 0 : p.total_iterations && p.rate > 0 ? (double)(p.total_iterations - iterations) / p.rate : -1;
+    p.chunks = t.chunks;
+    p.recoveries = t.recoveries;
+    p.worker_restarts = t.worker_restarts;
+    p.done = done;
+    r->desc.progress(r->desc.progress_user, &p);
+}
+
+bool mc__runner_checkpoint_taken(mc_runner *r, uint64_t iteration, const void *const *state)
+{
+    if (r->desc.on_checkpoint)
+        r->desc.on_checkpoint(r->desc.checkpoint_user, iteration, state, r->state_size, r->nstate);
+    if (!r->ckpt_dir) return false;
+    /* On the run's thread, between chunks: the chunks queued behind keep
+     * the device busy while the file is written. */
+    mc_status s =
+        mc__ckpt_write(r->ckpt_dir, r->run_params, r->desc.run_params_len, iteration, state, r->state_size, r->nstate);
+    if (s == MC_OK) return true;
+    if (!r->warned_ckpt_write) {
+        r->warned_ckpt_write = true; /* the run goes on: its memory checkpoints still work */
+        mc__log(MC_LOG_WARN, "runner.checkpoint_write_failed", "runner '%s': %s", r->label, mc_last_error());
+    }
+    return false;
+}
+
+/* ---- the rest of the API ------------------------------------------------- */
+
 mc_status mc_runner_restore(mc_runner *r, uint64_t iteration, const void *const *state, uint32_t count)
 {
-    if (mc__iso_is_runner(r))
-        return mc__fail(MC_ERR_UNSUPPORTED, "mc_runner_restore: an isolated runner restores its own checkpoints");
     if (!runner_ok(r)) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_restore: r is NULL or not a runner");
+    if (r->ops->isolated)
+        return mc__fail(MC_ERR_UNSUPPORTED, "mc_runner_restore: an isolated runner restores its own checkpoints");
     if (atomic_load(&r->ran))
         return mc__fail(MC_ERR_INVALID_STATE, "mc_runner_restore: runner '%s' has begun its run", r->label);
     if (!state || count != r->nstate)
@@ -1250,44 +247,55 @@ mc_status mc_runner_restore(mc_runner *r, uint64_t iteration, const void *const 
     if (r->desc.total_iterations && iteration > r->desc.total_iterations)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_restore: iteration %llu is past total_iterations %llu",
                         (unsigned long long)iteration, (unsigned long long)r->desc.total_iterations);
-    if (!r->bound || lost(r)) return mc__fail(MC_ERR_DEVICE_LOST, "runner '%s': no device", r->label);
-    for (uint32_t i = 0; i < count; i++) memcpy(r->host[r->host_cur][i], state[i], r->state_size[i]);
-    r->host_iter = iteration;
-    mc_status s = restore(r);
-    if (s != MC_OK) return s;
-    r->resume_iter = iteration;
-    r->st.checkpoint_iteration = iteration;
-    return MC_OK;
+    mc_status s = r->ops->restore(r, iteration, state);
+    if (s == MC_OK) r->resume_iter = iteration;
+    return s;
+}
+
+mc_status mc_runner_run(mc_runner *r)
+{
+    if (!runner_ok(r)) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_run: r is NULL or not a runner");
+    if (atomic_exchange(&r->ran, 1))
+        return mc__fail(MC_ERR_INVALID_STATE, "runner '%s' has run already; make a new one", r->label);
+    r->start_ns = mc__now_ns();
+    mc_status s = r->ops->run(r);
+    if (s == MC_OK) mc__clear_error();
+    return s;
 }
 
 mc_status mc_runner_cancel(mc_runner *r)
 {
-    if (mc__iso_is_runner(r)) return mc__iso_runner_cancel(r);
     if (!runner_ok(r)) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_cancel: r is NULL or not a runner");
     atomic_store(&r->cancel, 1);
-    pthread_mutex_lock(&r->mu);
-    /* Past every value a chunk signals: the runner wakes at once. */
-    if (r->timeline) mc_event_signal(r->timeline, UINT64_MAX);
-    pthread_cond_broadcast(&r->cv);
-    pthread_mutex_unlock(&r->mu);
+    r->ops->wake(r);
     return MC_OK;
 }
 
 mc_status mc_runner_get_stats(const mc_runner *r, mc_runner_stats *out)
 {
-    if (mc__iso_is_runner(r)) return mc__iso_runner_get_stats(r, out);
     if (!runner_ok(r)) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_get_stats: r is NULL or not a runner");
     if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_get_stats: out is NULL");
-    mc_runner *m = (mc_runner *)r;
+    mc_runner *m = (mc_runner *)(uintptr_t)r; /* the lock, not the figures, changes */
     pthread_mutex_lock(&m->mu);
     *out = m->pub;
     pthread_mutex_unlock(&m->mu);
     return MC_OK;
 }
 
+mc_status mc_runner_get_isolate_stats(const mc_runner *r, mc_isolate_stats *out)
+{
+    if (!runner_ok(r) || !r->ops->isolated)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_get_isolate_stats: r is not an isolated runner");
+    if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_get_isolate_stats: out is NULL");
+    mc_runner *m = (mc_runner *)(uintptr_t)r;
+    pthread_mutex_lock(&m->mu);
+    *out = m->ipub;
+    pthread_mutex_unlock(&m->mu);
+    return MC_OK;
+}
+
 mc_status mc_runner_state_read(mc_runner *r, uint32_t index, void *dst, size_t len)
 {
-    if (mc__iso_is_runner(r)) return mc__iso_runner_state_read(r, index, dst, len);
     if (!runner_ok(r)) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_state_read: r is NULL or not a runner");
     if (index >= r->nstate)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_state_read: state %u of %u does not exist", index, r->nstate);
@@ -1295,53 +303,27 @@ mc_status mc_runner_state_read(mc_runner *r, uint32_t index, void *dst, size_t l
     if (len > r->state_size[index])
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_state_read: %zu bytes from a state buffer of %zu", len,
                         r->state_size[index]);
-    /* Without a device (it was lost and did not come back), the last
-     * checkpoint is the state. */
-    if (!r->bound || lost(r)) {
-        memcpy(dst, r->host[r->host_cur][index], len);
-        return MC_OK;
-    }
-    return mc_buffer_read(r->bind.state[index], 0, dst, len);
+    return r->ops->state_read(r, index, dst, len);
 }
 
 size_t mc_runner_state_size(const mc_runner *r, uint32_t index)
 {
-    if (mc__iso_is_runner(r)) return mc__iso_runner_state_size(r, index);
     return runner_ok(r) && index < r->nstate ? r->state_size[index] : 0;
 }
 
 mc_device *mc_runner_device(const mc_runner *r)
 {
-    return runner_ok(r) ? r->dev : NULL;
+    return runner_ok(r) ? r->ops->device(r) : NULL;
 }
 
 void mc_runner_release(mc_runner *r)
 {
-    if (mc__iso_is_runner(r)) {
-        mc__iso_runner_release(r);
-        return;
-    }
     if (!runner_ok(r)) return;
-    drain(r);
-    unbind(r);
-    drop_objects(r);
-    mc_device_release(r->dev);
-    for (int k = 0; k < 2; k++)
-        for (uint32_t i = 0; i < MC_RUNNER_MAX_STATE; i++) free(r->host[k][i]);
-    free(r->list);
+    if (r->backend_up) r->ops->destroy(r);
     free(r->label);
     free(r->ckpt_dir);
     free(r->run_params);
     pthread_mutex_destroy(&r->mu);
-    pthread_cond_destroy(&r->cv);
     r->tag = 0;
     free(r);
-}
-
-void mc__runner_checkpoint_past(mc_runner *r, uint64_t iteration)
-{
-    /* A new isolated worker: the run failed past `iteration` last time, so
-     * the first chunk beyond it checkpoints, as recover() does in process. */
-    r->fail_point = iteration;
-    r->force_ckpt = true;
 }

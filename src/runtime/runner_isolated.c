@@ -1,7 +1,8 @@
 /*
  * DOC: The isolated runner
  *
- * An mc_runner whose device work runs in a worker process (docs/ISOLATION.md).
+ * The runner's isolated back end (runner.c is the front end): an mc_runner
+ * whose device work runs in a worker process (docs/ISOLATION.md).
  * The caller's process holds the supervisor: it never opens a device. What
  * this file owns:
  *
@@ -33,6 +34,7 @@
  *    the fault to the new worker's first progress.
  */
 #include "runtime/isolate.h"
+#include "runtime/runner_ops.h"
 #include "engine/trace.h"
 
 #include <errno.h>
@@ -80,9 +82,7 @@ static void make_layout(layout *l, uint32_t n, const uint64_t *sizes)
 }
 
 typedef struct iso_runner {
-    uint32_t tag;
-    char *label;
-    mc_runner_desc desc; /* the caller's, label owned */
+    struct mc_runner b; /* the front end's part; b.desc is the caller's, passed to each worker */
     mc__iso_policy pol;
     mc__iso_launcher launcher;
     runner_shared *sh;
@@ -100,9 +100,8 @@ typedef struct iso_runner {
 
     /* the run: the supervisor's thread only, published under mu */
     int wake[2]; /* cancel writes a byte */
-    _Atomic int cancel, ran;
     bool cancel_sent;
-    uint64_t start_ns, high, restored_iter, final_iter;
+    uint64_t high, restored_iter, final_iter;
     uint32_t in_a_row; /* restarts since an iteration past fail_high was reached */
     uint64_t fail_high; /* the furthest iteration at the last restart */
     mc_runner_stats base, cur; /* finished workers' sums; the current worker's last report */
@@ -115,9 +114,7 @@ typedef struct iso_runner {
     bool have_final;
     bool stopped_early, cancelled;
     mc_status last_failure;
-    pthread_mutex_t mu;
-    mc_runner_stats pub;
-    mc_isolate_stats ipub;
+    bool trace_at_create; /* the launcher's copy tells its workers to relay from their start */
 } iso_runner;
 
 /* ---- the worker ----------------------------------------------------------- */
@@ -129,17 +126,44 @@ typedef struct worker {
     mc_device *dev;
     mc_runner *r;
     pthread_mutex_t r_mu; /* r, for the reader thread's cancel */
+    pthread_mutex_t send_mu; /* one message at a time: trace events may leave from any committing thread */
     uint8_t *area;
     uint64_t heartbeat_ns, last_sent_ns, last_iter;
     uint64_t checkpoint_past; /* after a restart: the next forced checkpoint, past the last failure; 0: none */
+    bool tracing;             /* the supervisor traces: this worker relays its events */
     mc__iso_armed arm;
 } worker;
 
 static bool w_send(worker *w, mc__iso_msg *m)
 {
+    pthread_mutex_lock(&w->send_mu);
     m->t_ns = mc__now_ns();
     w->last_sent_ns = m->t_ns;
-    return mc__iso_send(w->sock, m, -1);
+    bool ok = mc__iso_send(w->sock, m, -1);
+    pthread_mutex_unlock(&w->send_mu);
+    return ok;
+}
+
+/* The events recorded since the last call go to the supervisor, which
+ * puts them in its trace under this worker's pid. On the run's thread,
+ * with every other message, so they arrive before the message that ends
+ * the worker; a worker killed loses only what it recorded since. */
+static void w_ship_trace(worker *w)
+{
+    while (w->tracing) {
+        mc__iso_msg m;
+        mc__iso_msg_init(&m, MC__ISO_TRACE);
+        uint64_t dropped = 0;
+        size_t n = mc__trace_relay_take(m.text, sizeof m.text, &dropped);
+        if (!n && !dropped) return;
+        m.a = dropped;
+        if (!w_send(w, &m) || !n) return;
+    }
+}
+
+static void w_ship_trace_hook(void *ctx)
+{
+    w_ship_trace(ctx);
 }
 
 static int w_error(worker *w, mc_status s, const char *what)
@@ -149,6 +173,7 @@ static int w_error(worker *w, mc_status s, const char *what)
     m.status = s;
     snprintf(m.text, sizeof m.text, "%s%s", what, mc_last_error());
     if (w->r) mc_runner_get_stats(w->r, &m.u.rstats);
+    w_ship_trace(w);
     w_send(w, &m);
     return 0;
 }
@@ -179,6 +204,7 @@ static mc_status w_mirror(worker *w, uint64_t iteration, const void *const *stat
 static void w_progress(void *user, const mc_runner_progress *p)
 {
     worker *w = user;
+    w_ship_trace(w);
     uint64_t now = mc__now_ns();
     if (!p->done && p->iterations == w->last_iter && now - w->last_sent_ns < w->heartbeat_ns) return;
     w->last_iter = p->iterations;
@@ -202,6 +228,7 @@ static void w_checkpoint(void *user, uint64_t iteration, const void *const *stat
     mc__iso_msg_init(&m, MC__ISO_CHECKPOINT);
     m.a = iteration;
     w_send(w, &m);
+    w_ship_trace(w);
 }
 
 /* Reads what the supervisor sends while the run goes on: cancel. The end of
@@ -230,10 +257,7 @@ static void w_cleanup(worker *w)
     if (w->dev) {
         /* The supervisor reports the run's unfired faults, counted over
          * every worker; this device saw only its share. */
-        pthread_mutex_lock(&w->dev->lock);
-        w->dev->nfaults = 0;
-        atomic_store(&w->dev->pending_faults, 0);
-        pthread_mutex_unlock(&w->dev->lock);
+        mc__device_forget_faults(w->dev);
     }
     mc__cache_save_stats(w->dev); /* the process ends by _exit, maybe before the device is destroyed */
     mc_device_release(w->dev);
@@ -249,10 +273,16 @@ static int runner_worker(void *ctx, int sock)
     w.sock = sock;
     w.heartbeat_ns = ir->pol.deadline_ns / 4;
     pthread_mutex_init(&w.r_mu, NULL);
+    pthread_mutex_init(&w.send_mu, NULL);
+    if (ir->trace_at_create) {
+        /* Recorded from here; handed out once the run starts (GO). */
+        mc__trace_relay_start();
+        w.tracing = true;
+    }
 
     mc_status s = mc__iso_open_device(ir->pol.device, ir->pol.time_limit_ms, ir->pol.threads, &w.dev);
     if (s != MC_OK) return w_error(&w, s, "opening the device: ");
-    mc_runner_desc d = ir->desc;
+    mc_runner_desc d = ir->b.desc;
     d.device = w.dev;
     d.isolate = NULL;
     d.flags |= MC_RUNNER_NO_REOPEN;
@@ -289,6 +319,13 @@ static int runner_worker(void *ctx, int sock)
         w_cleanup(&w); /* not wanted after all (QUIT, or the supervisor is gone) */
         return 0;
     }
+    if (m.b && !w.tracing) {
+        mc__trace_relay_start();
+        w.tracing = true;
+    } else if (!m.b && w.tracing) {
+        mc_trace_stop(); /* the supervisor stopped its trace: a relay's stop discards */
+        w.tracing = false;
+    }
     w.area = mc__shm_map_fd(fd, w.lay.area_size);
     close(fd);
     if (!w.area) {
@@ -322,6 +359,13 @@ static int runner_worker(void *ctx, int sock)
         mc__runner_checkpoint_past(r, restored);
         w.checkpoint_past = furthest > restored ? furthest : 0;
     }
+    if (w.tracing) {
+        /* The events so far leave at every commit: a worker killed there
+         * (by a fault or for real) loses only the command buffer that
+         * killed it. */
+        w.arm.before = w_ship_trace_hook;
+        w.arm.before_ctx = &w;
+    }
     mc__iso_arm_faults(&w.arm, w.dev, &ir->sh->base, &ir->pol.faults);
     pthread_t reader;
     if (pthread_create(&reader, NULL, w_reader, &w) != 0) {
@@ -346,6 +390,7 @@ static int runner_worker(void *ctx, int sock)
             m.a = st.iterations;
             m.u.rstats = st;
             snprintf(m.text, sizeof m.text, "%s", why);
+            w_ship_trace(&w);
             w_send(&w, &m);
         }
     } else {
@@ -403,38 +448,12 @@ static void publish(iso_runner *ir)
     uint32_t ck = ir->sh ? atomic_load(&ir->sh->ckpt) : 0;
     t.checkpoint_iteration = ck ? ir->sh->ckpt_iter[ck - 1] : 0;
     t.iterations = ir->have_final ? ir->final_iter : ir->high;
-    t.elapsed_ms = ir->start_ns ? (double)(mc__now_ns() - ir->start_ns) / 1e6 : 0;
     if (ir->last_failure != MC_OK) t.last_failure = ir->last_failure;
     t.stopped_early = ir->stopped_early;
     t.cancelled = ir->cancelled;
     t.worker_restarts = ir->ist.restarts;
     ir->ist.worker_pid = ir->pid;
-    pthread_mutex_lock(&ir->mu);
-    ir->pub = t;
-    ir->ipub = ir->ist;
-    pthread_mutex_unlock(&ir->mu);
-}
-
-static void report(iso_runner *ir, bool done)
-{
-    if (!ir->desc.progress) return;
-    mc_runner_progress p;
-    memset(&p, 0, sizeof p);
-    mc_runner_stats t;
-    pthread_mutex_lock(&ir->mu);
-    t = ir->pub;
-    pthread_mutex_unlock(&ir->mu);
-    p.iterations = ir->high;
-    p.total_iterations = ir->desc.total_iterations;
-    p.elapsed_s = (double)(mc__now_ns() - ir->start_ns) / 1e9;
-    uint64_t from = ir->base.resumed_iteration; /* a resumed run's rate counts only what this run did */
-    p.rate = p.elapsed_s > 0 && p.iterations >= from ? (double)(p.iterations - from) / p.elapsed_s : 0;
-    p.eta_s = done ? 0 : p.total_iterations && p.rate > 0 ? (double)(p.total_iterations - p.iterations) / p.rate : -1;
-    p.chunks = t.chunks;
-    p.recoveries = t.recoveries;
-    p.worker_restarts = ir->ist.restarts;
-    p.done = done;
-    ir->desc.progress(ir->desc.progress_user, &p);
+    mc__runner_publish(&ir->b, &t, &ir->ist);
 }
 
 /* Ends the current worker: at once (kill) or after grace_ms. */
@@ -454,23 +473,25 @@ static void end_worker(iso_runner *ir, bool kill_now, double grace_ms, int *wsta
 static mc_status take_sizes(iso_runner *ir, const mc__iso_msg *m)
 {
     if (m->nstate < 1 || m->nstate > MC_RUNNER_MAX_STATE)
-        return mc__fail(MC_ERR_INVALID_STATE, "runner '%s': the worker reported %u state buffers", ir->label, m->nstate);
+        return mc__fail(MC_ERR_INVALID_STATE, "runner '%s': the worker reported %u state buffers", ir->b.label, m->nstate);
     if (ir->area) {
         bool same = m->nstate == ir->lay.nstate;
         for (uint32_t i = 0; same && i < m->nstate; i++) same = m->sizes[i] == ir->lay.sizes[i];
         if (!same)
             return mc__fail(MC_ERR_INVALID_STATE, "runner '%s': setup made other state buffers in a new worker than in the first",
-                            ir->label);
+                            ir->b.label);
         return MC_OK;
     }
     make_layout(&ir->lay, m->nstate, m->sizes);
+    ir->b.nstate = m->nstate;
+    for (uint32_t i = 0; i < m->nstate; i++) ir->b.state_size[i] = ir->lay.sizes[i];
     ir->area_fd = mc__shm_create_fd(ir->lay.area_size);
     if (ir->area_fd < 0)
         return mc__fail(MC_ERR_NO_MEMORY, "runner '%s': no shared memory for two copies of the state (%zu bytes): %s",
-                        ir->label, ir->lay.area_size, strerror(errno));
+                        ir->b.label, ir->lay.area_size, strerror(errno));
     ir->area = mc__shm_map_fd(ir->area_fd, ir->lay.area_size);
     if (!ir->area)
-        return mc__fail(MC_ERR_NO_MEMORY, "runner '%s': cannot map the state area (%zu bytes): %s", ir->label,
+        return mc__fail(MC_ERR_NO_MEMORY, "runner '%s': cannot map the state area (%zu bytes): %s", ir->b.label,
                         ir->lay.area_size, strerror(errno));
     return MC_OK;
 }
@@ -492,7 +513,7 @@ static int wait_event(iso_runner *ir, mc__iso_msg *m, uint64_t timeout_ns)
             char buf[16];
             while (read(ir->wake[0], buf, sizeof buf) > 0) {
             }
-            if (atomic_load(&ir->cancel) && !ir->cancel_sent) return 2;
+            if (atomic_load(&ir->b.cancel) && !ir->cancel_sent) return 2;
         }
         if (n == 0 && mc__now_ns() >= deadline) return 0;
     }
@@ -544,6 +565,9 @@ static mc_status start_worker(iso_runner *ir, mc__iso_cause *cause, char *text, 
         }
         if (m.type != MC__ISO_READY) continue;
         ir->ready_ns = mc__now_ns();
+        if (MC__TRACING())
+            mc__trace_instant("runner", ir->b.label, "isolate", "worker ready", ir->ready_ns, NULL,
+                              MC__TARGS({"worker", ir->ist.workers}, {"pid", ir->pid}));
         if (ir->ist.workers == 1) ir->ist.start_ms = (double)(ir->ready_ns - t0) / 1e6;
         ir->ist.device = m.u.info;
         if ((s = take_sizes(ir, &m)) != MC_OK) {
@@ -556,65 +580,37 @@ static mc_status start_worker(iso_runner *ir, mc__iso_cause *cause, char *text, 
     }
 }
 
-/* MC_RUNNER_RESUME: the newest valid checkpoint file becomes the last
- * good state in shared memory, which every worker restores at GO. */
-static mc_status resume_from_disk(iso_runner *ir)
+/* Before the run (MC_RUNNER_RESUME): the state becomes the last good one
+ * in shared memory, which every worker restores at GO. */
+static mc_status iso_restore(mc_runner *base, uint64_t iteration, const void *const *state)
 {
-    void *state[MC_RUNNER_MAX_STATE];
-    for (uint32_t i = 0; i < ir->lay.nstate; i++) state[i] = ir->area + ir->lay.offs[i];
-    uint64_t it = 0;
-    bool found = false;
-    mc_status s = mc__ckpt_load(ir->desc.checkpoint_dir, ir->label, ir->desc.run_params, ir->desc.run_params_len,
-                                ir->lay.sizes, ir->lay.nstate, state, &it, &found);
-    if (s != MC_OK || !found) return s;
-    if (ir->desc.total_iterations && it > ir->desc.total_iterations)
-        return mc__fail(MC_ERR_INVALID_STATE, "runner '%s': the checkpoint is at iteration %llu, past the run's %llu",
-                        ir->label, (unsigned long long)it, (unsigned long long)ir->desc.total_iterations);
-    ir->sh->ckpt_iter[0] = it;
+    iso_runner *ir = as_iso(base);
+    for (uint32_t i = 0; i < ir->lay.nstate; i++) memcpy(ir->area + ir->lay.offs[i], state[i], ir->lay.sizes[i]);
+    ir->sh->ckpt_iter[0] = iteration;
     atomic_store_explicit(&ir->sh->ckpt, 1u, memory_order_release);
-    ir->high = ir->restored_iter = it;
-    ir->base.resumed_iteration = it;
+    ir->high = ir->restored_iter = iteration;
     return MC_OK;
 }
 
-mc_status mc__iso_runner_create(const mc_runner_desc *desc, mc_runner **out)
+static mc_status iso_init(mc_runner *base, const mc_device_info *info)
 {
-    if (desc->device)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT,
-                        "mc_runner_create: an isolated runner opens its device in its worker: desc->device must be NULL "
-                        "(name it in isolate->device)");
-    mc_status s = mc__runner_check_desc(desc, NULL);
-    if (s != MC_OK) return s;
-    if (desc->on_checkpoint)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_create: on_checkpoint is the worker's in an isolated runner");
-    if ((s = mc__iso_fork_allowed("mc_runner_create")) != MC_OK) return s;
-    iso_runner *ir = mc__calloc(1, sizeof *ir);
-    if (!ir) return mc__fail(MC_ERR_NO_MEMORY, "mc_runner_create: out of host memory");
-    ir->tag = MC__ISO_RUNNER_TAG;
+    (void)info; /* none: the device is the worker's */
+    iso_runner *ir = as_iso(base);
     ir->area_fd = ir->sock = ir->wake[0] = ir->wake[1] = -1;
     ir->launcher.sock = -1;
-    pthread_mutex_init(&ir->mu, NULL);
-    ir->desc = *desc;
-    ir->label = mc__strdup(desc->label ? desc->label : "runner");
-    ir->desc.label = ir->label;
-    ir->desc.isolate = NULL;
-    if (!ir->label) {
-        s = mc__fail(MC_ERR_NO_MEMORY, "mc_runner_create: out of host memory");
-        goto fail;
-    }
-    if ((s = mc__iso_policy_init(&ir->pol, desc->isolate, "mc_runner_create")) != MC_OK) goto fail;
+    mc_status s = mc__iso_fork_allowed("mc_runner_create");
+    if (s != MC_OK) return s;
+    if ((s = mc__iso_policy_init(&ir->pol, ir->b.desc.isolate, "mc_runner_create")) != MC_OK) return s;
+    ir->b.desc.isolate = NULL; /* the worker's runner is a local one */
     ir->sh = mc__shm_map_anon(sizeof *ir->sh);
-    if (!ir->sh) {
-        s = mc__fail(MC_ERR_NO_MEMORY, "mc_runner_create: no shared memory: %s", strerror(errno));
-        goto fail;
-    }
+    if (!ir->sh) return mc__fail(MC_ERR_NO_MEMORY, "mc_runner_create: no shared memory: %s", strerror(errno));
     ir->sh->base.magic = MC__ISO_MAGIC;
+    /* A worker's setup (compiles, cache hits) is in the trace too when
+     * the trace was on before the launcher was forked. */
+    ir->trace_at_create = mc_trace_active();
     /* The launcher is forked before anything else of ours is open. */
-    if ((s = mc__iso_launcher_start(&ir->launcher, runner_worker, ir)) != MC_OK) goto fail;
-    if (pipe(ir->wake) != 0) {
-        s = mc__fail(MC_ERR_INTERNAL, "mc_runner_create: pipe: %s", strerror(errno));
-        goto fail;
-    }
+    if ((s = mc__iso_launcher_start(&ir->launcher, runner_worker, ir)) != MC_OK) return s;
+    if (pipe(ir->wake) != 0) return mc__fail(MC_ERR_INTERNAL, "mc_runner_create: pipe: %s", strerror(errno));
     for (int i = 0; i < 2; i++) {
         fcntl(ir->wake[i], F_SETFL, fcntl(ir->wake[i], F_GETFL) | O_NONBLOCK);
         fcntl(ir->wake[i], F_SETFD, FD_CLOEXEC);
@@ -623,26 +619,17 @@ mc_status mc__iso_runner_create(const mc_runner_desc *desc, mc_runner **out)
      * ordinary mc_runner_create. */
     mc__iso_cause cause;
     char text[MC__ISO_TEXT_MAX];
-    if ((s = start_worker(ir, &cause, text, sizeof text)) != MC_OK) {
-        s = mc__fail(s, "runner '%s': %s", ir->label, mc__iso_unprefixed(text, "runner", ir->label));
-        goto fail;
-    }
-    if ((ir->desc.flags & MC_RUNNER_RESUME) && (s = resume_from_disk(ir)) != MC_OK) goto fail;
+    if ((s = start_worker(ir, &cause, text, sizeof text)) != MC_OK)
+        return mc__fail(s, "runner '%s': %s", ir->b.label, mc__iso_unprefixed(text, "runner", ir->b.label));
     publish(ir);
-    *out = (mc_runner *)ir;
     return MC_OK;
-fail: {
-    char why[MC__ISO_TEXT_MAX + 128];
-    snprintf(why, sizeof why, "%s", mc_last_error());
-    mc__iso_runner_release((mc_runner *)ir);
-    return mc__fail(s, "%s", why);
-}
 }
 
 /* Replaces the worker after a fault (or gives up): MC_OK to go on. */
 static mc_status restart(iso_runner *ir, mc__iso_cause cause, mc_status status, const char *text, uint64_t fault_ns)
 {
     int ws = 0;
+    pid_t old = ir->pid;
     end_worker(ir, true, 0, &ws);
     uint64_t reaped = mc__now_ns();
     char what[MC__ISO_TEXT_MAX + 64];
@@ -659,7 +646,7 @@ static mc_status restart(iso_runner *ir, mc__iso_cause cause, mc_status status, 
         status = MC_ERR_WORKER_LOST;
     } else {
         snprintf(what, sizeof what, "the worker reported %s: %s", mc_status_name(status),
-                 mc__iso_unprefixed(text, "runner", ir->label));
+                 mc__iso_unprefixed(text, "runner", ir->b.label));
         ir->ist.device_errors++;
     }
     /* The dead worker's figures join the sums. */
@@ -679,15 +666,16 @@ static mc_status restart(iso_runner *ir, mc__iso_cause cause, mc_status status, 
         return mc__fail(status,
                         "runner '%s': gave up after %u worker restarts in a row without progress; the last: %s; last "
                         "good iteration %llu (checkpoint), furthest reached %llu",
-                        ir->label, ir->in_a_row - 1, what, (unsigned long long)good, (unsigned long long)ir->high);
+                        ir->b.label, ir->in_a_row - 1, what, (unsigned long long)good, (unsigned long long)ir->high);
     }
     ir->ist.restarts++;
     if (MC__TRACING())
-        mc__trace_instant("runner", ir->label, "isolate", "worker restart", 0, mc_status_name(status),
-                          MC__TARGS({"worker", ir->ist.workers + 1}, {"from", good}, {"in_a_row", ir->in_a_row}));
-    mc__log(MC_LOG_WARN, "isolate.restart", "runner '%s': %s; starting worker %u from iteration %llu", ir->label, what,
+        mc__trace_instant("runner", ir->b.label, "isolate", "worker restart", 0, mc_status_name(status),
+                          MC__TARGS({"worker", ir->ist.workers + 1}, {"from", good}, {"in_a_row", ir->in_a_row},
+                                    {"old_pid", old}));
+    mc__log(MC_LOG_WARN, "isolate.restart", "runner '%s': %s; starting worker %u from iteration %llu", ir->b.label, what,
             ir->ist.workers + 1, (unsigned long long)good);
-    if (!ir->measuring) ir->stall_ns = ir->progress_ns ? ir->progress_ns : ir->start_ns;
+    if (!ir->measuring) ir->stall_ns = ir->progress_ns ? ir->progress_ns : ir->b.start_ns;
     ir->measuring = true;
     ir->fault_ns = fault_ns;
     ir->reaped_ns = reaped;
@@ -706,29 +694,26 @@ static void warn_unfired(iso_runner *ir)
                            : f->kind == MC__ISO_FAULT_HANG ? "hang"
                                                            : mc__status_word((mc_status)f->kind);
         mc__log(MC_LOG_WARN, "isolate.fault_never_fired",
-                "runner '%s': injected fault %s@%llu never fired: the run committed %llu command buffer%s", ir->label,
+                "runner '%s': injected fault %s@%llu never fired: the run committed %llu command buffer%s", ir->b.label,
                 word ? word : "?", (unsigned long long)f->at, (unsigned long long)done, done == 1 ? "" : "s");
     }
 }
 
-mc_status mc__iso_runner_run(mc_runner *r)
+static mc_status iso_run(mc_runner *base)
 {
-    iso_runner *ir = as_iso(r);
-    if (atomic_exchange(&ir->ran, 1))
-        return mc__fail(MC_ERR_INVALID_STATE, "runner '%s' has run already; make a new one", ir->label);
-    ir->start_ns = mc__now_ns();
-    uint64_t progress_ns = (uint64_t)((ir->desc.progress_interval_ms ? ir->desc.progress_interval_ms : 100.0) * 1e6);
-    uint64_t next_report = ir->start_ns + progress_ns;
+    iso_runner *ir = as_iso(base);
+    uint64_t progress_ns = (uint64_t)((ir->b.desc.progress_interval_ms ? ir->b.desc.progress_interval_ms : 100.0) * 1e6);
+    uint64_t next_report = ir->b.start_ns + progress_ns;
     mc_status result = MC_OK;
     char final_text[MC__ISO_TEXT_MAX] = "";
     for (;;) {
-        if (atomic_load(&ir->cancel) && (ir->pid <= 0 || !ir->go_sent)) {
+        if (atomic_load(&ir->b.cancel) && (ir->pid <= 0 || !ir->go_sent)) {
             end_worker(ir, true, 0, NULL);
             ir->cancelled = true;
             uint32_t ck = atomic_load(&ir->sh->ckpt);
             ir->final_iter = ck ? ir->sh->ckpt_iter[ck - 1] : 0;
             ir->have_final = ck != 0;
-            result = mc__fail(MC_ERR_CANCELLED, "runner '%s': cancelled at iteration %llu", ir->label,
+            result = mc__fail(MC_ERR_CANCELLED, "runner '%s': cancelled at iteration %llu", ir->b.label,
                               (unsigned long long)ir->final_iter);
             break;
         }
@@ -740,8 +725,8 @@ mc_status mc__iso_runner_run(mc_runner *r)
             if (s == MC_ERR_CANCELLED) continue;
             if (s != MC_OK) {
                 if (cause == MC__ISO_CAUSE_ERROR && !mc__iso_restartable(s)) {
-                    result = mc__fail(s, "runner '%s': a new worker failed: %s", ir->label,
-                                      mc__iso_unprefixed(text, "runner", ir->label));
+                    result = mc__fail(s, "runner '%s': a new worker failed: %s", ir->b.label,
+                                      mc__iso_unprefixed(text, "runner", ir->b.label));
                     break;
                 }
                 if ((result = restart(ir, cause, s, text, t)) != MC_OK) break;
@@ -751,6 +736,7 @@ mc_status mc__iso_runner_run(mc_runner *r)
         if (!ir->go_sent) {
             mc__iso_msg m;
             mc__iso_msg_init(&m, MC__ISO_GO);
+            m.b = mc_trace_active();
             uint32_t ck = atomic_load(&ir->sh->ckpt);
             ir->restored_iter = ck ? ir->sh->ckpt_iter[ck - 1] : 0;
             ir->ist.restored_iteration = ir->restored_iter;
@@ -766,7 +752,7 @@ mc_status mc__iso_runner_run(mc_runner *r)
         }
         uint64_t now = mc__now_ns();
         uint64_t dl = ir->last_msg_ns + ir->pol.deadline_ns;
-        uint64_t until = ir->desc.progress ? MC__MIN(dl, next_report) : dl;
+        uint64_t until = ir->b.desc.progress ? MC__MIN(dl, next_report) : dl;
         mc__iso_msg m;
         int e = wait_event(ir, &m, until > now ? until - now : 0);
         now = mc__now_ns();
@@ -794,6 +780,8 @@ mc_status mc__iso_runner_run(mc_runner *r)
                                           ir->ready_ns, now);
                     ir->measuring = false;
                 }
+            } else if (m.type == MC__ISO_TRACE) {
+                mc__trace_import((int)ir->pid, m.text, m.a);
             } else if (m.type == MC__ISO_CHECKPOINT) {
                 if (m.a > ir->restored_iter) ir->in_a_row = 0;
                 if (m.a > ir->high) ir->high = m.a;
@@ -818,16 +806,16 @@ mc_status mc__iso_runner_run(mc_runner *r)
                     uint32_t ck = atomic_load(&ir->sh->ckpt);
                     ir->final_iter = ck ? ir->sh->ckpt_iter[ck - 1] : 0;
                     ir->have_final = true;
-                    result = mc__fail(st, "runner '%s' (in its worker): %s", ir->label,
-                                      mc__iso_unprefixed(m.text, "runner", ir->label));
+                    result = mc__fail(st, "runner '%s' (in its worker): %s", ir->b.label,
+                                      mc__iso_unprefixed(m.text, "runner", ir->b.label));
                     break;
                 }
                 if ((result = restart(ir, MC__ISO_CAUSE_ERROR, st, m.text, m.t_ns)) != MC_OK) break;
             }
         }
-        if (ir->desc.progress && mc__now_ns() >= next_report) {
+        if (ir->b.desc.progress && mc__now_ns() >= next_report) {
             publish(ir);
-            report(ir, false);
+            mc__runner_report(&ir->b, ir->high, false);
             next_report = mc__now_ns() + progress_ns;
         }
     }
@@ -840,72 +828,43 @@ mc_status mc__iso_runner_run(mc_runner *r)
     char why[MC__ISO_TEXT_MAX + 128];
     snprintf(why, sizeof why, "%s", result == MC_ERR_CANCELLED && final_text[0] ? final_text : mc_last_error());
     publish(ir);
-    report(ir, true);
+    mc__runner_report(&ir->b, ir->high, true);
     if (result == MC_OK) mc__clear_error();
     else mc__fail(result, "%s", why);
     return result;
 }
 
-mc_status mc__iso_runner_cancel(mc_runner *r)
+static void iso_wake(mc_runner *base)
 {
-    iso_runner *ir = as_iso(r);
-    atomic_store(&ir->cancel, 1);
+    iso_runner *ir = as_iso(base);
     if (ir->wake[1] >= 0) {
         ssize_t n = write(ir->wake[1], "c", 1);
         (void)n;
     }
-    return MC_OK;
 }
 
-mc_status mc__iso_runner_get_stats(const mc_runner *r, mc_runner_stats *out)
+static mc_status iso_state_read(mc_runner *base, uint32_t index, void *dst, size_t len)
 {
-    if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_get_stats: out is NULL");
-    iso_runner *ir = as_iso(r);
-    pthread_mutex_lock(&ir->mu);
-    *out = ir->pub;
-    pthread_mutex_unlock(&ir->mu);
-    return MC_OK;
-}
-
-mc_status mc_runner_get_isolate_stats(const mc_runner *r, mc_isolate_stats *out)
-{
-    if (!mc__iso_is_runner(r)) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_get_isolate_stats: r is not an isolated runner");
-    if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_get_isolate_stats: out is NULL");
-    iso_runner *ir = as_iso(r);
-    pthread_mutex_lock(&ir->mu);
-    *out = ir->ipub;
-    pthread_mutex_unlock(&ir->mu);
-    return MC_OK;
-}
-
-mc_status mc__iso_runner_state_read(mc_runner *r, uint32_t index, void *dst, size_t len)
-{
-    iso_runner *ir = as_iso(r);
+    iso_runner *ir = as_iso(base);
     const layout *l = &ir->lay;
-    if (index >= l->nstate)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_state_read: state %u of %u does not exist", index, l->nstate);
-    if (!dst && len) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_state_read: dst is NULL");
-    if (len > l->sizes[index])
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_state_read: %zu bytes from a state buffer of %zu", len,
-                        l->sizes[index]);
     uint32_t ck = atomic_load(&ir->sh->ckpt);
-    if (!atomic_load(&ir->ran) || ir->pid > 0 || !ck)
+    if (!atomic_load(&ir->b.ran) || ir->pid > 0 || !ck)
         return mc__fail(MC_ERR_INVALID_STATE,
                         "mc_runner_state_read: the state of isolated runner '%s' is in its worker until the run ends",
-                        ir->label);
+                        ir->b.label);
     memcpy(dst, ir->area + (size_t)(ck - 1) * l->copy_size + l->offs[index], len);
     return MC_OK;
 }
 
-size_t mc__iso_runner_state_size(const mc_runner *r, uint32_t index)
+static mc_device *iso_device(const mc_runner *base)
 {
-    iso_runner *ir = as_iso(r);
-    return index < ir->lay.nstate ? ir->lay.sizes[index] : 0;
+    (void)base;
+    return NULL; /* this process has none */
 }
 
-void mc__iso_runner_release(mc_runner *r)
+static void iso_destroy(mc_runner *base)
 {
-    iso_runner *ir = as_iso(r);
+    iso_runner *ir = as_iso(base);
     if (ir->pid > 0) {
         /* A worker waiting for GO goes quietly; one that runs is ended. */
         if (!ir->go_sent) {
@@ -924,8 +883,17 @@ void mc__iso_runner_release(mc_runner *r)
     for (int i = 0; i < 2; i++)
         if (ir->wake[i] >= 0) close(ir->wake[i]);
     mc__iso_policy_free(&ir->pol);
-    pthread_mutex_destroy(&ir->mu);
-    free(ir->label);
-    ir->tag = 0;
-    free(ir);
 }
+
+const mc__runner_ops mc__runner_isolated_ops = {
+    .kind = "isolated",
+    .size = sizeof(iso_runner),
+    .init = iso_init,
+    .run = iso_run,
+    .wake = iso_wake,
+    .restore = iso_restore,
+    .state_read = iso_state_read,
+    .device = iso_device,
+    .destroy = iso_destroy,
+    .isolated = true,
+};
