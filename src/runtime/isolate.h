@@ -2,8 +2,8 @@
  * DOC: Isolation internals
  *
  * Shared by isolate.c (launcher, channel, shared memory, faults, the
- * supervisor's bookkeeping), isolate_runner.c and isolate_stream.c, and the
- * hooks runner.c and stream.c call to hand an isolated handle over.
+ * supervisor's bookkeeping), isolate_runner.c and stream_isolated.c, and the
+ * hooks runner.c calls to hand an isolated handle over.
  */
 #ifndef MC_ENGINE_ISOLATE_H
 #define MC_ENGINE_ISOLATE_H
@@ -15,16 +15,11 @@
 /* ---- hand-over from the public runner and stream calls ------------------ */
 
 #define MC__ISO_RUNNER_TAG 0x6d634952u /* "mcIR" */
-#define MC__ISO_STREAM_TAG 0x6d634953u /* "mcIS" */
 
-/* True when h is an isolated runner (stream): its first word is the tag. */
+/* True when h is an isolated runner: its first word is the tag. */
 static inline bool mc__iso_is_runner(const void *h)
 {
     return h && *(const uint32_t *)h == MC__ISO_RUNNER_TAG;
-}
-static inline bool mc__iso_is_stream(const void *h)
-{
-    return h && *(const uint32_t *)h == MC__ISO_STREAM_TAG;
 }
 
 mc_status mc__runner_check_desc(const mc_runner_desc *d, const mc_device_info *info); /* runner.c; info may be NULL */
@@ -35,21 +30,6 @@ mc_status mc__iso_runner_get_stats(const mc_runner *r, mc_runner_stats *out);
 mc_status mc__iso_runner_state_read(mc_runner *r, uint32_t index, void *dst, size_t len);
 size_t mc__iso_runner_state_size(const mc_runner *r, uint32_t index);
 void mc__iso_runner_release(mc_runner *r);
-
-mc_status mc__stream_check_desc(const mc_stream_desc *d); /* stream.c: what needs no device */
-/* stream.c, for the worker: the next item submitted gets sequence number
- * next; whether the stream died (and why). */
-mc_status mc__stream_set_sequence(mc_stream *s, uint64_t next);
-bool mc__stream_dead(mc_stream *s, mc_status *status, char *why, size_t cap);
-mc_status mc__iso_stream_create(const mc_stream_desc *desc, mc_stream **out);
-mc_status mc__iso_stream_acquire(mc_stream *s, uint64_t timeout_ns, mc_stream_slot *out);
-mc_status mc__iso_stream_submit(mc_stream *s, uint32_t index, uint64_t tag);
-mc_status mc__iso_stream_discard(mc_stream *s, uint32_t index);
-mc_status mc__iso_stream_pull(mc_stream *s, uint64_t timeout_ns, mc_stream_result *out);
-mc_status mc__iso_stream_release_result(mc_stream *s, const mc_stream_result *r);
-mc_status mc__iso_stream_close(mc_stream *s, bool drain);
-mc_status mc__iso_stream_get_stats(const mc_stream *s, mc_stream_stats *out);
-void mc__iso_stream_release(mc_stream *s);
 
 /* ---- the channel: fixed-size messages over a local stream socket --------- */
 

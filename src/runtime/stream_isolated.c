@@ -1,80 +1,53 @@
 /*
  * DOC: The isolated stream
  *
- * An mc_stream whose device side runs in a worker process
- * (docs/ISOLATION.md). The caller's process keeps the slots, the order and
- * the delivery, exactly once and in sequence order as an ordinary stream
- * does; the worker only runs items. What this file owns:
+ * The back end of mc_stream (runtime/stream.h) whose device side runs in a
+ * worker process (docs/ISOLATION.md). The front end (stream.c) keeps the
+ * book, the order and the delivery in the caller's process, as for a local
+ * stream; the worker only runs items. What this file owns:
  *
- *  - the slots: each slot's input and output live in one anonymous shared
- *    mapping made before the launcher is forked, so every worker sees
- *    them. A producer writes its item straight into shared memory; the
+ *  - the slots' memory: each slot's input and output live in one anonymous
+ *    shared mapping made before the launcher is forked, so every worker
+ *    sees them. A producer writes its item straight into shared memory; the
  *    worker copies it into its own stream's slot, runs it and copies the
- *    output back before it reports the result. Between sending an item and
- *    its result (or the end of that worker) the caller never touches the
- *    slot; after that the worker never does;
- *  - the worker (stream_worker): an ordinary mc_stream with the caller's
- *    setup and MC_STREAM_NO_REOPEN, fed ITEM by ITEM with the caller's
- *    sequence numbers (so MC_STREAM_ARG_SEQUENCE binds the same value in
- *    every worker). A result with an error from a stream that died (its
- *    device lost) is not a result: the worker reports the error and exits;
- *  - the supervisor thread (the stream's thread in the caller's process):
- *    starts workers, resends every item without a result to a new worker in
- *    sequence order, delivers results (the callback runs here), and
- *    replaces a worker that reports a device error, dies, or sends nothing
- *    for the deadline while it has items. Restarts in a row without a
- *    result are bounded; past the bound the stream dies: every item not
- *    finished is delivered with the error.
+ *    output back before it reports the result. While an item is in FLIGHT
+ *    (sent to the current worker) the caller never touches its slot; once
+ *    it has a result, or that worker has ended, the worker never does;
+ *  - the worker (stream_worker): an ordinary local mc_stream with the
+ *    caller's setup and MC_STREAM_NO_REOPEN, fed item by item with the
+ *    caller's sequence numbers (so MC_STREAM_ARG_SEQUENCE binds the same
+ *    value in every worker). A result with an error from a stream that died
+ *    (its device lost) is not a result: the worker reports the error and
+ *    exits;
+ *  - the supervision, as the back end's step on the stream's thread:
+ *    start workers, resend every item without a result to a new worker in
+ *    sequence order (a worker that ends gives its items back: FLIGHT to
+ *    QUEUED), take results, and replace a worker that reports a device
+ *    error, dies, or sends nothing for the deadline while it has items.
+ *    Restarts in a row without a result are bounded; past the bound the
+ *    stream dies. On cancel the worker is ended at once, so the front end
+ *    cancels what it had.
  *
- * Locks: send_mu (the worker's channel and the sequence numbers: items go
- * out in sequence order) is taken before mu (slots, rings, counters).
+ * Items go to the worker under the front end's submit_mu, which also
+ * guards the channel (so producers never write to a descriptor that was
+ * closed or reused).
  */
+#include "runtime/stream.h"
 #include "runtime/isolate.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
-#define DEFAULT_SLOTS 3u
 #define SLOT_ALIGN 64u
 #define HEADER_SIZE 4096u
 
-typedef enum slot_state {
-    SLOT_FREE = 0,
-    SLOT_ACQUIRED,
-    SLOT_QUEUED,   /* submitted; with sent_gen == gen, in the current worker's hands */
-    SLOT_FINISHED, /* its result is in; waiting for its turn */
-    SLOT_DELIVERING,
-    SLOT_READY,
-    SLOT_HELD
-} slot_state;
-
-typedef struct islot {
-    slot_state state;
-    uint64_t seq, tag;
-    uint64_t sent_gen; /* the worker it was last sent to; 0: never sent */
-    uint32_t attempts;
-    mc_status status;
-    char message[256];
-} islot;
-
-typedef struct ring {
-    uint32_t *v;
-    uint32_t head, count, cap;
-} ring;
-
-typedef struct iso_stream {
-    uint32_t tag;
-    char *label;
-    mc_stream_desc desc; /* the caller's, defaults resolved, label owned */
+typedef struct iso {
     mc__iso_policy pol;
     mc__iso_launcher launcher;
 
@@ -82,32 +55,20 @@ typedef struct iso_stream {
     uint8_t *region;
     size_t region_size, in_stride, out_stride;
     mc__iso_shared *sh;
+    uint32_t *sends; /* per slot: times its item was sent to a worker */
 
-    uint32_t nslots;
-    islot *slots;
-    ring free_slots, order, ready;
-
-    pthread_mutex_t send_mu; /* before mu */
+    /* Under submit_mu: the current worker's channel. */
     pid_t pid;
     int sock;
-    uint64_t gen; /* workers started */
     bool worker_ready;
-    uint64_t next_seq;
 
-    pthread_mutex_t mu;
-    pthread_cond_t free_cv, ready_cv, idle_cv;
+    /* Under mu. */
     uint32_t outstanding; /* items with the current worker */
     uint64_t busy_since_ns;
-    bool closed, cancel, quit, dead, delivering;
-    mc_status dead_status;
-    char dead_message[256];
-    mc_stream_stats st;
     mc_stream_stats wbase, wcur; /* finished workers' figures; the current one's */
     mc_isolate_stats ist;
 
-    /* the supervisor thread only */
-    pthread_t thread;
-    bool thread_started;
+    /* The stream's thread only (and open, before it starts). */
     int wake[2];
     uint64_t last_msg_ns;
     uint32_t in_a_row;
@@ -115,59 +76,29 @@ typedef struct iso_stream {
     bool measuring;
     uint64_t fault_ns, reaped_ns, ready_ns;
     uint64_t result_ns, stall_ns; /* the last result; that time at the last fault */
-} iso_stream;
+} iso;
 
-static iso_stream *as_iso(const mc_stream *s)
+static iso *iso_of(const mc_stream *s)
 {
-    return (iso_stream *)(uintptr_t)s;
+    return s->be;
 }
 
-static uint8_t *slot_in(const iso_stream *is, uint32_t i)
+static uint8_t *slot_in(const mc_stream *s, uint32_t i)
 {
+    const iso *is = iso_of(s);
     return is->region + HEADER_SIZE + (size_t)i * is->in_stride;
 }
 
-static uint8_t *slot_out(const iso_stream *is, uint32_t i)
+static uint8_t *slot_out(const mc_stream *s, uint32_t i)
 {
-    return is->region + HEADER_SIZE + (size_t)is->nslots * is->in_stride + (size_t)i * is->out_stride;
-}
-
-static void ring_push(ring *r, uint32_t x)
-{
-    r->v[(r->head + r->count) % r->cap] = x;
-    r->count++;
-}
-
-static uint32_t ring_pop(ring *r)
-{
-    uint32_t x = r->v[r->head];
-    r->head = (r->head + 1) % r->cap;
-    r->count--;
-    return x;
-}
-
-static uint32_t ring_at(const ring *r, uint32_t i)
-{
-    return r->v[(r->head + i) % r->cap];
-}
-
-static void wake(iso_stream *is)
-{
-    if (is->wake[1] >= 0) {
-        ssize_t n = write(is->wake[1], "w", 1);
-        (void)n;
-    }
-}
-
-static bool on_thread(const iso_stream *is)
-{
-    return is->thread_started && pthread_equal(is->thread, pthread_self());
+    const iso *is = iso_of(s);
+    return is->region + HEADER_SIZE + (size_t)s->nslots * is->in_stride + (size_t)i * is->out_stride;
 }
 
 /* ---- the worker ---------------------------------------------------------------- */
 
 typedef struct sworker {
-    iso_stream *is; /* this process's copy, as it was when the launcher was forked */
+    const mc_stream *s; /* this process's copy, as it was when the launcher was forked */
     int sock;
     pthread_mutex_t send_mu;
     mc_device *dev;
@@ -197,7 +128,6 @@ static void sw_error(sworker *w, mc_status s, const char *text)
 static void sw_on_result(void *user, const mc_stream_result *r)
 {
     sworker *w = user;
-    const iso_stream *is = w->is;
     uint32_t slot = (uint32_t)r->tag;
     mc_status dead;
     char why[256];
@@ -208,7 +138,7 @@ static void sw_on_result(void *user, const mc_stream_result *r)
         mc__cache_save_stats(w->dev);
         _exit(0);
     }
-    if (is->desc.result_size && r->output) memcpy(slot_out(is, slot), r->output, is->desc.result_size);
+    if (w->s->desc.result_size && r->output) memcpy(slot_out(w->s, slot), r->output, w->s->desc.result_size);
     mc__iso_msg m;
     mc__iso_msg_init(&m, MC__ISO_RESULT);
     m.slot = slot;
@@ -233,29 +163,30 @@ static void sw_cleanup(sworker *w)
 
 static int stream_worker(void *ctx, int sock)
 {
-    iso_stream *is = ctx;
+    const mc_stream *s = ctx;
+    const iso *is = iso_of(s);
     sworker w;
     memset(&w, 0, sizeof w);
-    w.is = is;
+    w.s = s;
     w.sock = sock;
     pthread_mutex_init(&w.send_mu, NULL);
     char text[MC__ISO_TEXT_MAX];
-    mc_status s = mc__iso_open_device(is->pol.device, is->pol.time_limit_ms, is->pol.threads, &w.dev);
-    if (s != MC_OK) {
+    mc_status st = mc__iso_open_device(is->pol.device, is->pol.time_limit_ms, is->pol.threads, &w.dev);
+    if (st != MC_OK) {
         snprintf(text, sizeof text, "opening the device: %s", mc_last_error());
-        sw_error(&w, s, text);
+        sw_error(&w, st, text);
         return 0;
     }
-    mc_stream_desc d = is->desc;
+    mc_stream_desc d = s->desc;
     d.device = w.dev;
     d.isolate = NULL;
     d.flags |= MC_STREAM_NO_REOPEN;
     d.on_result = sw_on_result;
     d.result_user = &w;
     mc_stream *ws;
-    if ((s = mc_stream_create(&d, &ws)) != MC_OK) {
+    if ((st = mc_stream_create(&d, &ws)) != MC_OK) {
         snprintf(text, sizeof text, "%s", mc_last_error());
-        sw_error(&w, s, text);
+        sw_error(&w, st, text);
         sw_cleanup(&w);
         return 0;
     }
@@ -269,17 +200,17 @@ static int stream_worker(void *ctx, int sock)
     mc__iso_arm_faults(&w.arm, w.dev, is->sh, &is->pol.faults);
     while (ok && mc__iso_recv(sock, &m, NULL)) {
         if (m.type == MC__ISO_QUIT) break;
-        if (m.type != MC__ISO_ITEM || m.slot >= is->nslots) continue;
+        if (m.type != MC__ISO_ITEM || m.slot >= s->nslots) continue;
         mc_stream_slot sl;
-        if ((s = mc_stream_acquire(ws, MC_WAIT_FOREVER, &sl)) == MC_OK) {
-            memcpy(sl.input, slot_in(is, m.slot), is->desc.item_size);
+        if ((st = mc_stream_acquire(ws, MC_WAIT_FOREVER, &sl)) == MC_OK) {
+            memcpy(sl.input, slot_in(s, m.slot), s->desc.item_size);
             mc__stream_set_sequence(ws, m.a);
-            s = mc_stream_submit(ws, sl.index, m.slot);
+            st = mc_stream_submit(ws, sl.index, m.slot);
         }
-        if (s != MC_OK) {
+        if (st != MC_OK) {
             snprintf(text, sizeof text, "%s", mc_last_error());
-            sw_error(&w, s, text);
-            if (mc__iso_restartable(s)) {
+            sw_error(&w, st, text);
+            if (mc__iso_restartable(st)) {
                 mc__cache_save_stats(w.dev);
                 _exit(0);
             }
@@ -290,98 +221,7 @@ static int stream_worker(void *ctx, int sock)
     return 0;
 }
 
-/* ---- delivery (under mu) --------------------------------------------------------- */
-
-static void free_slot(iso_stream *is, islot *sl)
-{
-    sl->state = SLOT_FREE;
-    ring_push(&is->free_slots, (uint32_t)(sl - is->slots));
-    pthread_cond_signal(&is->free_cv);
-}
-
-static bool idle(const iso_stream *is)
-{
-    return is->order.count == 0 && !is->delivering;
-}
-
-static void set_message(islot *sl, mc_status st, const char *msg)
-{
-    sl->status = st;
-    snprintf(sl->message, sizeof sl->message, "%.255s", msg && *msg ? msg : st == MC_OK ? "" : mc_status_text(st));
-}
-
-static void fill_result(const iso_stream *is, const islot *sl, mc_stream_result *r)
-{
-    memset(r, 0, sizeof *r);
-    uint32_t i = (uint32_t)(sl - is->slots);
-    r->sequence = sl->seq;
-    r->tag = sl->tag;
-    r->status = sl->status;
-    r->message = sl->message;
-    r->output = is->desc.result_size ? slot_out(is, i) : NULL;
-    r->output_size = is->desc.result_size;
-    r->input = slot_in(is, i);
-    r->attempts = sl->attempts;
-    r->slot = i;
-}
-
-/* Hands over every finished item at the head of the order. */
-static void deliver(iso_stream *is)
-{
-    while (is->order.count && is->slots[ring_at(&is->order, 0)].state == SLOT_FINISHED && !is->delivering) {
-        uint32_t idx = ring_pop(&is->order);
-        islot *sl = &is->slots[idx];
-        is->st.delivered++;
-        if (sl->status == MC_ERR_CANCELLED) is->st.cancelled++;
-        else if (sl->status != MC_OK) is->st.failed++;
-        if (is->desc.on_result) {
-            sl->state = SLOT_DELIVERING;
-            is->delivering = true;
-            mc_stream_result r;
-            fill_result(is, sl, &r);
-            pthread_mutex_unlock(&is->mu);
-            is->desc.on_result(is->desc.result_user, &r);
-            pthread_mutex_lock(&is->mu);
-            is->delivering = false;
-            free_slot(is, sl);
-        } else {
-            sl->state = SLOT_READY;
-            ring_push(&is->ready, idx);
-            pthread_cond_signal(&is->ready_cv);
-        }
-    }
-    if (idle(is)) {
-        pthread_cond_broadcast(&is->idle_cv);
-        if (is->closed) pthread_cond_broadcast(&is->ready_cv);
-    }
-}
-
-/* Every item not finished ends with st (under mu). */
-static void finish_all(iso_stream *is, mc_status st, const char *why)
-{
-    for (uint32_t i = 0; i < is->order.count; i++) {
-        islot *sl = &is->slots[ring_at(&is->order, i)];
-        if (sl->state == SLOT_QUEUED) {
-            sl->state = SLOT_FINISHED;
-            set_message(sl, st, why);
-        }
-    }
-    is->outstanding = 0;
-}
-
-/* The stream gives up (under mu). */
-static void die(iso_stream *is, mc_status st, const char *why)
-{
-    is->dead = true;
-    is->dead_status = st;
-    snprintf(is->dead_message, sizeof is->dead_message, "stream '%s' gave up: %s", is->label, why);
-    finish_all(is, st, is->dead_message);
-    pthread_cond_broadcast(&is->free_cv);
-    pthread_cond_broadcast(&is->ready_cv);
-    mc__log(MC_LOG_ERROR, "isolate.stream_dead", "%s", is->dead_message);
-}
-
-/* ---- the supervisor thread --------------------------------------------------------- */
+/* ---- the supervision ----------------------------------------------------------------- */
 
 static void add_wstats(mc_stream_stats *t, const mc_stream_stats *c)
 {
@@ -393,32 +233,58 @@ static void add_wstats(mc_stream_stats *t, const mc_stream_stats *c)
     if (c->last_failure != MC_OK) t->last_failure = c->last_failure;
 }
 
-/* Ends the current worker (the channel is closed under send_mu: producers
- * never write to a descriptor that was closed or reused). */
-static void end_worker(iso_stream *is, bool kill_now, double grace_ms, int *wstatus)
+/* Marks item i sent to the current worker. Under mu. */
+static void mark_sent(mc_stream *s, uint32_t i, uint64_t now)
 {
+    iso *is = iso_of(s);
+    if (is->sends[i]++) s->st.replays++;
+    s->slots[i].state = MC__SLOT_FLIGHT;
+    if (!is->outstanding++) is->busy_since_ns = now;
+    if (is->outstanding > s->st.max_in_flight) s->st.max_in_flight = is->outstanding;
+}
+
+static bool send_item(mc_stream *s, uint32_t i)
+{
+    mc__iso_msg m;
+    mc__iso_msg_init(&m, MC__ISO_ITEM);
+    m.slot = i;
+    m.a = s->slots[i].seq;
+    m.b = s->slots[i].tag;
+    return mc__iso_send(iso_of(s)->sock, &m, -1);
+}
+
+/* Ends the current worker; what it had goes back to QUEUED. The channel is
+ * closed under submit_mu: producers never write to a descriptor that was
+ * closed or reused. Without mu. */
+static void end_worker(mc_stream *s, bool kill_now, double grace_ms, int *wstatus)
+{
+    iso *is = iso_of(s);
     if (wstatus) *wstatus = 0;
-    pthread_mutex_lock(&is->send_mu);
+    pthread_mutex_lock(&s->submit_mu);
     pid_t pid = is->pid;
     is->worker_ready = false;
-    pthread_mutex_unlock(&is->send_mu);
+    pthread_mutex_unlock(&s->submit_mu);
     if (pid > 0) mc__iso_launcher_reap(&is->launcher, pid, kill_now, grace_ms, wstatus);
-    pthread_mutex_lock(&is->send_mu);
+    pthread_mutex_lock(&s->submit_mu);
     if (is->sock >= 0) close(is->sock);
     is->sock = -1;
     is->pid = 0;
-    pthread_mutex_unlock(&is->send_mu);
-    pthread_mutex_lock(&is->mu);
+    pthread_mutex_unlock(&s->submit_mu);
+    pthread_mutex_lock(&s->mu);
+    for (uint32_t k = 0; k < s->order.count; k++) {
+        mc__slot *sl = &s->slots[mc__ring_at(&s->order, k)];
+        if (sl->state == MC__SLOT_FLIGHT) sl->state = MC__SLOT_QUEUED;
+    }
     add_wstats(&is->wbase, &is->wcur);
     memset(&is->wcur, 0, sizeof is->wcur);
     is->outstanding = 0;
     is->ist.worker_pid = 0;
-    pthread_mutex_unlock(&is->mu);
+    pthread_mutex_unlock(&s->mu);
 }
 
 /* Waits for the worker's channel or a wake-up: 1 a message, 0 the time ran
  * out, -1 the channel ended, 2 woken. */
-static int wait_event(iso_stream *is, int sock, mc__iso_msg *m, uint64_t timeout_ns)
+static int wait_event(iso *is, int sock, mc__iso_msg *m, uint64_t timeout_ns)
 {
     uint64_t deadline = mc__deadline(timeout_ns);
     for (;;) {
@@ -440,43 +306,54 @@ static int wait_event(iso_stream *is, int sock, mc__iso_msg *m, uint64_t timeout
     }
 }
 
-/* Starts a worker, waits until it is ready, and hands it every item without
- * a result, in order. */
-static mc_status start_worker(iso_stream *is, mc__iso_cause *cause, char *text, size_t cap)
+/* Dies with what ended the worker (already ended). Without mu. */
+static void die_after(mc_stream *s, mc_status st, const char *what, const char *text)
 {
+    char why[MC__ISO_TEXT_MAX + 64];
+    snprintf(why, sizeof why, "%s: %s", what, mc__iso_unprefixed(text, "stream", s->label));
+    pthread_mutex_lock(&s->mu);
+    mc__stream_die_locked(s, st, why);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Starts a worker, waits until it is ready, and hands it every item without
+ * a result, in order. Without mu. */
+static mc_status start_worker(mc_stream *s, mc__iso_cause *cause, char *text, size_t cap)
+{
+    iso *is = iso_of(s);
     *cause = MC__ISO_CAUSE_ERROR;
     text[0] = '\0';
     uint64_t t0 = mc__now_ns();
     pid_t pid;
     int sock;
-    mc_status s = mc__iso_launcher_spawn(&is->launcher, &pid, &sock);
-    if (s != MC_OK) {
+    mc_status st = mc__iso_launcher_spawn(&is->launcher, &pid, &sock);
+    if (st != MC_OK) {
         snprintf(text, cap, "%s", mc_last_error());
-        return s;
+        return st;
     }
-    pthread_mutex_lock(&is->send_mu);
+    pthread_mutex_lock(&s->submit_mu);
     is->pid = pid;
     is->sock = sock;
-    pthread_mutex_unlock(&is->send_mu);
-    pthread_mutex_lock(&is->mu);
+    pthread_mutex_unlock(&s->submit_mu);
+    pthread_mutex_lock(&s->mu);
     is->ist.workers++;
     is->ist.worker_pid = pid;
-    pthread_mutex_unlock(&is->mu);
+    pthread_mutex_unlock(&s->mu);
     for (;;) {
         uint64_t now = mc__now_ns(), until = t0 + is->pol.start_timeout_ns;
         mc__iso_msg m;
         int e = wait_event(is, sock, &m, until > now ? until - now : 0);
         if (e == 2) {
-            pthread_mutex_lock(&is->mu);
-            bool stop = is->quit || is->cancel;
-            pthread_mutex_unlock(&is->mu);
+            pthread_mutex_lock(&s->mu);
+            bool stop = s->quit || s->cancel;
+            pthread_mutex_unlock(&s->mu);
             if (!stop) continue;
-            end_worker(is, true, 0, NULL);
+            end_worker(s, true, 0, NULL);
             snprintf(text, cap, "cancelled while a worker started");
             return MC_ERR_CANCELLED;
         }
         if (e == 0) {
-            end_worker(is, true, 0, NULL);
+            end_worker(s, true, 0, NULL);
             *cause = MC__ISO_CAUSE_HUNG;
             snprintf(text, cap, "the worker was not ready within %.0f ms (opening the device and setup)",
                      (double)is->pol.start_timeout_ns / 1e6);
@@ -484,65 +361,53 @@ static mc_status start_worker(iso_stream *is, mc__iso_cause *cause, char *text, 
         }
         if (e < 0) {
             int ws;
-            end_worker(is, false, 200, &ws);
+            end_worker(s, false, 200, &ws);
             *cause = MC__ISO_CAUSE_DIED;
             char how[128];
             mc__iso_describe_exit(ws, how, sizeof how);
-            pthread_mutex_lock(&is->mu);
+            pthread_mutex_lock(&s->mu);
             if (WIFSIGNALED(ws)) is->ist.last_signal = WTERMSIG(ws);
-            pthread_mutex_unlock(&is->mu);
+            pthread_mutex_unlock(&s->mu);
             snprintf(text, cap, "the worker %s while starting", how);
             return MC_ERR_WORKER_LOST;
         }
         if (m.type == MC__ISO_ERROR) {
-            end_worker(is, false, 1000, NULL);
+            end_worker(s, false, 1000, NULL);
             snprintf(text, cap, "%s", m.text);
             return (mc_status)m.status;
         }
         if (m.type != MC__ISO_READY) continue;
         is->ready_ns = is->last_msg_ns = mc__now_ns();
         /* Everything without a result goes to the new worker, in order. */
-        pthread_mutex_lock(&is->send_mu);
-        pthread_mutex_lock(&is->mu);
+        pthread_mutex_lock(&s->submit_mu);
+        pthread_mutex_lock(&s->mu);
         if (is->ist.workers == 1) is->ist.start_ms = (double)(is->ready_ns - t0) / 1e6;
         is->ist.device = m.u.info;
-        is->gen++;
         is->worker_ready = true;
         uint32_t todo[MC_STREAM_MAX_SLOTS], n = 0;
-        for (uint32_t i = 0; i < is->order.count; i++) {
-            uint32_t idx = ring_at(&is->order, i);
-            islot *sl = &is->slots[idx];
-            if (sl->state != SLOT_QUEUED) continue;
-            if (sl->sent_gen) is->st.replays++;
-            sl->sent_gen = is->gen;
-            todo[n++] = idx;
+        for (uint32_t k = 0; k < s->order.count; k++) {
+            uint32_t i = mc__ring_at(&s->order, k);
+            if (s->slots[i].state != MC__SLOT_QUEUED) continue;
+            mark_sent(s, i, is->ready_ns);
+            todo[n++] = i;
         }
-        is->outstanding = n;
-        if (n) is->busy_since_ns = is->ready_ns;
-        if (n > is->st.max_in_flight) is->st.max_in_flight = n;
-        pthread_mutex_unlock(&is->mu);
-        for (uint32_t i = 0; i < n; i++) {
-            islot *sl = &is->slots[todo[i]];
-            mc__iso_msg it;
-            mc__iso_msg_init(&it, MC__ISO_ITEM);
-            it.slot = todo[i];
-            it.a = sl->seq;
-            it.b = sl->tag;
-            if (!mc__iso_send(is->sock, &it, -1)) break; /* it died: seen on the channel */
-        }
-        pthread_mutex_unlock(&is->send_mu);
+        pthread_mutex_unlock(&s->mu);
+        for (uint32_t k = 0; k < n; k++)
+            if (!send_item(s, todo[k])) break; /* it died: seen on the channel */
+        pthread_mutex_unlock(&s->submit_mu);
         return MC_OK;
     }
 }
 
-/* Replaces the worker after a fault, or gives up. */
-static void restart(iso_stream *is, mc__iso_cause cause, mc_status status, const char *text, uint64_t fault_ns)
+/* Replaces the worker after a fault, or gives up. Without mu. */
+static void restart(mc_stream *s, mc__iso_cause cause, mc_status status, const char *text, uint64_t fault_ns)
 {
+    iso *is = iso_of(s);
     int ws = 0;
-    end_worker(is, true, 0, &ws);
+    end_worker(s, true, 0, &ws);
     uint64_t reaped = mc__now_ns();
     char what[MC__ISO_TEXT_MAX + 64];
-    pthread_mutex_lock(&is->mu);
+    pthread_mutex_lock(&s->mu);
     if (cause == MC__ISO_CAUSE_DIED) {
         char how[128];
         mc__iso_describe_exit(ws, how, sizeof how);
@@ -557,25 +422,23 @@ static void restart(iso_stream *is, mc__iso_cause cause, mc_status status, const
         status = MC_ERR_WORKER_LOST;
     } else {
         snprintf(what, sizeof what, "the worker reported %s: %s", mc_status_name(status),
-                 mc__iso_unprefixed(text, "stream", is->label));
+                 mc__iso_unprefixed(text, "stream", s->label));
         is->ist.device_errors++;
     }
-    is->st.last_failure = status;
+    s->st.last_failure = status;
     is->ist.last_cause = status;
     mc__iso_copy_text(is->ist.last_cause_text, sizeof is->ist.last_cause_text, what);
     is->in_a_row++;
     if (is->in_a_row > is->pol.max_restarts) {
         char why[MC__ISO_TEXT_MAX + 128];
         snprintf(why, sizeof why, "%u worker restarts in a row without a result; the last: %s", is->in_a_row - 1, what);
-        die(is, status, why);
-        deliver(is);
-        pthread_mutex_unlock(&is->mu);
+        mc__stream_die_locked(s, status, why);
+        pthread_mutex_unlock(&s->mu);
         return;
     }
     is->ist.restarts++;
-    is->st.worker_restarts = is->ist.restarts;
-    pthread_mutex_unlock(&is->mu);
-    mc__log(MC_LOG_WARN, "isolate.restart", "stream '%s': %s; starting worker %u", is->label, what,
+    pthread_mutex_unlock(&s->mu);
+    mc__log(MC_LOG_WARN, "isolate.restart", "stream '%s': %s; starting worker %u", s->label, what,
             is->ist.workers + 1);
     if (!is->measuring) is->stall_ns = is->result_ns;
     is->measuring = true;
@@ -583,195 +446,128 @@ static void restart(iso_stream *is, mc__iso_cause cause, mc_status status, const
     is->reaped_ns = reaped;
 }
 
-static void on_result(iso_stream *is, const mc__iso_msg *m, uint64_t now)
+static void take_result(mc_stream *s, const mc__iso_msg *m, uint64_t now)
 {
-    pthread_mutex_lock(&is->mu);
+    iso *is = iso_of(s);
+    pthread_mutex_lock(&s->mu);
     is->wcur = m->u.sstats;
-    if (m->slot < is->nslots) {
-        islot *sl = &is->slots[m->slot];
-        if (sl->state == SLOT_QUEUED && sl->seq == m->a && sl->sent_gen == is->gen) {
-            sl->state = SLOT_FINISHED;
-            sl->attempts += m->attempts;
-            set_message(sl, (mc_status)m->status, m->text);
-            if (is->outstanding) is->outstanding--;
-            is->busy_since_ns = now;
-            is->in_a_row = 0;
-            if (is->measuring) {
-                mc__iso_count_restart(&is->ist, &is->timing, is->stall_ns, is->fault_ns, is->reaped_ns, is->ready_ns,
-                                      now);
-                is->measuring = false;
-            }
-            is->result_ns = now;
+    mc__slot *sl = m->slot < s->nslots ? &s->slots[m->slot] : NULL;
+    /* FLIGHT: sent to this worker (one that ended gave its items back) */
+    if (sl && sl->state == MC__SLOT_FLIGHT && sl->seq == m->a) {
+        sl->state = MC__SLOT_FINISHED;
+        sl->attempts += m->attempts;
+        mc__stream_set_message(sl, (mc_status)m->status, m->text);
+        if (is->outstanding) is->outstanding--;
+        is->busy_since_ns = now;
+        is->in_a_row = 0;
+        if (is->measuring) {
+            mc__iso_count_restart(&is->ist, &is->timing, is->stall_ns, is->fault_ns, is->reaped_ns, is->ready_ns, now);
+            is->measuring = false;
         }
+        is->result_ns = now;
     }
-    deliver(is);
-    pthread_mutex_unlock(&is->mu);
+    pthread_mutex_unlock(&s->mu);
 }
 
-static void *supervisor_main(void *arg)
+/* No worker: start one (even with nothing to run, so the next item finds
+ * it ready). */
+static void step_start(mc_stream *s)
 {
-    iso_stream *is = arg;
-    for (;;) {
-        pthread_mutex_lock(&is->mu);
-        bool quit = is->quit, cancel = is->cancel, dead = is->dead;
-        pthread_mutex_unlock(&is->mu);
-        if (quit) break;
-        if (cancel && is->pid > 0) {
-            /* Nothing more goes to the device, and nothing the worker has
-             * may touch a slot once it is given back: end it first. */
-            end_worker(is, true, 0, NULL);
-            pthread_mutex_lock(&is->mu);
-            finish_all(is, MC_ERR_CANCELLED, "cancelled by mc_stream_close");
-            deliver(is);
-            pthread_mutex_unlock(&is->mu);
-            continue;
-        }
-        if (cancel) {
-            pthread_mutex_lock(&is->mu);
-            finish_all(is, MC_ERR_CANCELLED, "cancelled by mc_stream_close");
-            deliver(is);
-            pthread_mutex_unlock(&is->mu);
-        }
-        if (is->pid <= 0 && !cancel && !dead) {
-            mc__iso_cause cause;
-            char text[MC__ISO_TEXT_MAX];
-            uint64_t t = mc__now_ns();
-            mc_status s = start_worker(is, &cause, text, sizeof text);
-            if (s == MC_ERR_CANCELLED) continue;
-            if (s != MC_OK) {
-                if (cause == MC__ISO_CAUSE_ERROR && !mc__iso_restartable(s)) {
-                    pthread_mutex_lock(&is->mu);
-                    char why[MC__ISO_TEXT_MAX + 64];
-                    snprintf(why, sizeof why, "a new worker failed: %s", mc__iso_unprefixed(text, "stream", is->label));
-                    die(is, s, why);
-                    deliver(is);
-                    pthread_mutex_unlock(&is->mu);
-                } else {
-                    restart(is, cause, s, text, t);
-                }
-                continue;
+    mc__iso_cause cause;
+    char text[MC__ISO_TEXT_MAX];
+    uint64_t t = mc__now_ns();
+    mc_status st = start_worker(s, &cause, text, sizeof text);
+    if (st == MC_OK || st == MC_ERR_CANCELLED) return;
+    if (cause == MC__ISO_CAUSE_ERROR && !mc__iso_restartable(st)) die_after(s, st, "a new worker failed", text);
+    else restart(s, cause, st, text, t);
+}
+
+/* A worker runs: wait for its next message, at least every deadline/4 to
+ * look for a hang. */
+static void step_listen(mc_stream *s)
+{
+    iso *is = iso_of(s);
+    mc__iso_msg m;
+    int e = wait_event(is, is->pid > 0 ? is->sock : -1, &m, is->pol.deadline_ns / 4);
+    uint64_t now = mc__now_ns();
+    if (e == 1) {
+        is->last_msg_ns = now;
+        if (m.type == MC__ISO_RESULT) {
+            take_result(s, &m, now);
+        } else if (m.type == MC__ISO_ERROR) {
+            mc_status st = (mc_status)m.status;
+            if (mc__iso_restartable(st)) {
+                restart(s, MC__ISO_CAUSE_ERROR, st, m.text, m.t_ns);
+            } else {
+                end_worker(s, false, (double)is->pol.deadline_ns / 1e6, NULL);
+                die_after(s, st, "the worker", m.text);
             }
         }
-        /* Wake at least every deadline/4 to look for a hang. */
-        mc__iso_msg m;
-        int e = wait_event(is, is->pid > 0 ? is->sock : -1, &m, is->pol.deadline_ns / 4);
-        uint64_t now = mc__now_ns();
-        if (e == 1) {
-            is->last_msg_ns = now;
-            if (m.type == MC__ISO_RESULT) {
-                on_result(is, &m, now);
-            } else if (m.type == MC__ISO_ERROR) {
-                mc_status st = (mc_status)m.status;
-                if (mc__iso_restartable(st)) {
-                    restart(is, MC__ISO_CAUSE_ERROR, st, m.text, m.t_ns);
-                } else {
-                    end_worker(is, false, (double)is->pol.deadline_ns / 1e6, NULL);
-                    pthread_mutex_lock(&is->mu);
-                    char why[MC__ISO_TEXT_MAX + 64];
-                    snprintf(why, sizeof why, "the worker: %s", mc__iso_unprefixed(m.text, "stream", is->label));
-                    die(is, st, why);
-                    deliver(is);
-                    pthread_mutex_unlock(&is->mu);
-                }
-            }
-        } else if (e < 0 && is->pid > 0) {
-            restart(is, MC__ISO_CAUSE_DIED, MC_OK, "", now);
-        } else if (is->pid > 0) {
-            pthread_mutex_lock(&is->mu);
-            uint64_t since = MC__MAX(is->last_msg_ns, is->busy_since_ns);
-            bool hung = is->outstanding && now > since && now - since >= is->pol.deadline_ns;
-            pthread_mutex_unlock(&is->mu);
-            if (hung) restart(is, MC__ISO_CAUSE_HUNG, MC_OK, "", now);
-        }
+    } else if (e < 0 && is->pid > 0) {
+        restart(s, MC__ISO_CAUSE_DIED, MC_OK, "", now);
+    } else if (is->pid > 0) {
+        pthread_mutex_lock(&s->mu);
+        uint64_t since = MC__MAX(is->last_msg_ns, is->busy_since_ns);
+        bool hung = is->outstanding && now > since && now - since >= is->pol.deadline_ns;
+        pthread_mutex_unlock(&s->mu);
+        if (hung) restart(s, MC__ISO_CAUSE_HUNG, MC_OK, "", now);
     }
-    return NULL;
 }
 
-/* ---- the API ------------------------------------------------------------------------ */
-
-static void destroy(iso_stream *is)
+static void iso_step(mc_stream *s)
 {
-    mc__iso_launcher_stop(&is->launcher);
-    mc__shm_unmap(is->region, is->region_size);
-    for (int i = 0; i < 2; i++)
-        if (is->wake[i] >= 0) close(is->wake[i]);
-    mc__iso_policy_free(&is->pol);
-    free(is->slots);
-    free(is->free_slots.v);
-    free(is->order.v);
-    free(is->ready.v);
-    free(is->label);
-    pthread_mutex_destroy(&is->send_mu);
-    pthread_mutex_destroy(&is->mu);
-    pthread_cond_destroy(&is->free_cv);
-    pthread_cond_destroy(&is->ready_cv);
-    pthread_cond_destroy(&is->idle_cv);
-    is->tag = 0;
-    free(is);
+    iso *is = iso_of(s);
+    bool cancel = s->cancel, dead = s->dead;
+    pthread_mutex_unlock(&s->mu);
+    /* Nothing more goes to the device, and nothing the worker has may touch
+     * a slot once it is given back: end it first; the front end cancels
+     * what it had. */
+    if (cancel && is->pid > 0) end_worker(s, true, 0, NULL);
+    else if (is->pid <= 0 && !cancel && !dead) step_start(s);
+    else step_listen(s);
+    pthread_mutex_lock(&s->mu);
 }
 
-mc_status mc__iso_stream_create(const mc_stream_desc *desc, mc_stream **out)
+/* ---- the operations ---------------------------------------------------------------- */
+
+static mc_status iso_check(const mc_stream_desc *desc, mc_device_info *info)
 {
+    (void)info; /* the device is in the worker */
     if (desc->device)
         return mc__fail(MC_ERR_INVALID_ARGUMENT,
                         "mc_stream_create: an isolated stream opens its device in its worker: desc->device must be NULL "
                         "(name it in isolate->device)");
-    mc_status s = mc__stream_check_desc(desc);
-    if (s != MC_OK) return s;
-    if ((s = mc__iso_fork_allowed("mc_stream_create")) != MC_OK) return s;
-    iso_stream *is = mc__calloc(1, sizeof *is);
+    return MC_OK;
+}
+
+static mc_status iso_open(mc_stream *s, const mc_stream_desc *desc)
+{
+    mc_status st = mc__iso_fork_allowed("mc_stream_create");
+    if (st != MC_OK) return st;
+    iso *is = mc__calloc(1, sizeof *is);
     if (!is) return mc__fail(MC_ERR_NO_MEMORY, "mc_stream_create: out of host memory");
-    is->tag = MC__ISO_STREAM_TAG;
+    s->be = is;
     is->sock = is->wake[0] = is->wake[1] = -1;
     is->launcher.sock = -1;
-    pthread_mutex_init(&is->send_mu, NULL);
-    pthread_mutex_init(&is->mu, NULL);
-    mc__cond_init_monotonic(&is->free_cv);
-    mc__cond_init_monotonic(&is->ready_cv);
-    mc__cond_init_monotonic(&is->idle_cv);
-    is->desc = *desc;
-    is->desc.slots = desc->slots ? desc->slots : DEFAULT_SLOTS;
-    is->desc.isolate = NULL;
-    is->nslots = is->desc.slots;
-    is->label = mc__strdup(desc->label ? desc->label : "stream");
-    is->desc.label = is->label;
-    is->slots = mc__calloc(is->nslots, sizeof *is->slots);
-    is->free_slots.v = mc__calloc(is->nslots, sizeof(uint32_t));
-    is->order.v = mc__calloc(is->nslots, sizeof(uint32_t));
-    is->ready.v = mc__calloc(is->nslots, sizeof(uint32_t));
-    is->free_slots.cap = is->order.cap = is->ready.cap = is->nslots;
-    if (!is->label || !is->slots || !is->free_slots.v || !is->order.v || !is->ready.v) {
-        destroy(is);
-        return mc__fail(MC_ERR_NO_MEMORY, "mc_stream_create: out of host memory");
-    }
-    for (uint32_t i = 0; i < is->nslots; i++) ring_push(&is->free_slots, i);
-    is->st.slots = is->nslots;
-    if ((s = mc__iso_policy_init(&is->pol, desc->isolate, "mc_stream_create")) != MC_OK) {
-        destroy(is);
-        return s;
-    }
-    is->in_stride = (is->desc.item_size + SLOT_ALIGN - 1) / SLOT_ALIGN * SLOT_ALIGN;
-    is->out_stride = (is->desc.result_size + SLOT_ALIGN - 1) / SLOT_ALIGN * SLOT_ALIGN;
-    is->region_size = HEADER_SIZE + (size_t)is->nslots * (is->in_stride + is->out_stride);
+    is->sends = mc__calloc(s->nslots, sizeof *is->sends);
+    if (!is->sends) return mc__fail(MC_ERR_NO_MEMORY, "mc_stream_create: out of host memory");
+    if ((st = mc__iso_policy_init(&is->pol, desc->isolate, "mc_stream_create")) != MC_OK) return st;
+    is->in_stride = (s->desc.item_size + SLOT_ALIGN - 1) / SLOT_ALIGN * SLOT_ALIGN;
+    is->out_stride = (s->desc.result_size + SLOT_ALIGN - 1) / SLOT_ALIGN * SLOT_ALIGN;
+    is->region_size = HEADER_SIZE + (size_t)s->nslots * (is->in_stride + is->out_stride);
     is->region = mc__shm_map_anon(is->region_size);
-    if (!is->region) {
-        s = mc__fail(MC_ERR_NO_MEMORY, "mc_stream_create: no shared memory for the slots (%zu bytes): %s",
-                     is->region_size, strerror(errno));
-        destroy(is);
-        return s;
-    }
+    if (!is->region)
+        return mc__fail(MC_ERR_NO_MEMORY, "mc_stream_create: no shared memory for the slots (%zu bytes): %s",
+                        is->region_size, strerror(errno));
     is->sh = (mc__iso_shared *)is->region;
     is->sh->magic = MC__ISO_MAGIC;
+    for (uint32_t i = 0; i < s->nslots; i++) {
+        s->slots[i].in_host = slot_in(s, i);
+        s->slots[i].out_host = s->desc.result_size ? slot_out(s, i) : NULL;
+    }
     /* The launcher first: it inherits the slots, and nothing else of ours. */
-    if ((s = mc__iso_launcher_start(&is->launcher, stream_worker, is)) != MC_OK) {
-        destroy(is);
-        return s;
-    }
-    if (pipe(is->wake) != 0) {
-        s = mc__fail(MC_ERR_INTERNAL, "mc_stream_create: pipe: %s", strerror(errno));
-        destroy(is);
-        return s;
-    }
+    if ((st = mc__iso_launcher_start(&is->launcher, stream_worker, s)) != MC_OK) return st;
+    if (pipe(is->wake) != 0) return mc__fail(MC_ERR_INTERNAL, "mc_stream_create: pipe: %s", strerror(errno));
     for (int i = 0; i < 2; i++) {
         fcntl(is->wake[i], F_SETFL, fcntl(is->wake[i], F_GETFL) | O_NONBLOCK);
         fcntl(is->wake[i], F_SETFD, FD_CLOEXEC);
@@ -779,195 +575,33 @@ mc_status mc__iso_stream_create(const mc_stream_desc *desc, mc_stream **out)
     /* The first worker now: setup's errors come back from create. */
     mc__iso_cause cause;
     char text[MC__ISO_TEXT_MAX];
-    if ((s = start_worker(is, &cause, text, sizeof text)) != MC_OK) {
-        s = mc__fail(s, "stream '%s': %s", is->label, mc__iso_unprefixed(text, "stream", is->label));
-        char why[MC__ISO_TEXT_MAX + 128];
-        snprintf(why, sizeof why, "%s", mc_last_error());
-        destroy(is);
-        return mc__fail(s, "%s", why);
-    }
-    if (pthread_create(&is->thread, NULL, supervisor_main, is) != 0) {
-        end_worker(is, true, 0, NULL);
-        destroy(is);
-        return mc__fail(MC_ERR_INTERNAL, "stream '%s': cannot start its thread", desc->label ? desc->label : "stream");
-    }
-    is->thread_started = true;
-    *out = (mc_stream *)is;
+    if ((st = start_worker(s, &cause, text, sizeof text)) != MC_OK)
+        return mc__fail(st, "stream '%s': %s", s->label, mc__iso_unprefixed(text, "stream", s->label));
     return MC_OK;
 }
 
-static mc_status refused(const iso_stream *is, const char *fn)
+static void iso_submit(mc_stream *s, uint32_t i)
 {
-    if (is->closed) return mc__fail(MC_ERR_INVALID_STATE, "%s: stream '%s' is closed", fn, is->label);
-    return mc__fail(is->dead_status, "%s: %s", fn, is->dead_message);
+    iso *is = iso_of(s);
+    if (!is->worker_ready) return; /* the next worker gets it when it is ready */
+    pthread_mutex_lock(&s->mu);
+    mark_sent(s, i, mc__now_ns());
+    pthread_mutex_unlock(&s->mu);
+    send_item(s, i); /* a worker gone is seen on the channel, and the item resent */
 }
 
-mc_status mc__iso_stream_acquire(mc_stream *s, uint64_t timeout_ns, mc_stream_slot *out)
+static void iso_wake(mc_stream *s)
 {
-    iso_stream *is = as_iso(s);
-    if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_acquire: out is NULL");
-    memset(out, 0, sizeof *out);
-    if (on_thread(is)) timeout_ns = 0;
-    uint64_t deadline = mc__deadline(timeout_ns);
-    pthread_mutex_lock(&is->mu);
-    for (;;) {
-        if (is->closed || is->dead) {
-            mc_status st = refused(is, "mc_stream_acquire");
-            pthread_mutex_unlock(&is->mu);
-            return st;
-        }
-        if (is->free_slots.count) break;
-        if (!mc__cond_wait_until(&is->free_cv, &is->mu, deadline)) {
-            pthread_mutex_unlock(&is->mu);
-            return mc__fail(MC_ERR_WAIT_TIMEOUT, "stream '%s': all %u slots stayed busy", is->label, is->nslots);
-        }
+    iso *is = iso_of(s);
+    if (is->wake[1] >= 0) {
+        ssize_t n = write(is->wake[1], "w", 1);
+        (void)n;
     }
-    uint32_t idx = ring_pop(&is->free_slots);
-    is->slots[idx].state = SLOT_ACQUIRED;
-    out->index = idx;
-    out->input = slot_in(is, idx);
-    out->size = is->desc.item_size;
-    pthread_mutex_unlock(&is->mu);
-    return MC_OK;
 }
 
-mc_status mc__iso_stream_submit(mc_stream *s, uint32_t index, uint64_t tag)
+static void iso_stats(const mc_stream *s, mc_stream_stats *out)
 {
-    iso_stream *is = as_iso(s);
-    if (index >= is->nslots)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_submit: slot %u of %u does not exist", index, is->nslots);
-    pthread_mutex_lock(&is->send_mu);
-    pthread_mutex_lock(&is->mu);
-    islot *sl = &is->slots[index];
-    if (sl->state != SLOT_ACQUIRED) {
-        pthread_mutex_unlock(&is->mu);
-        pthread_mutex_unlock(&is->send_mu);
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_submit: slot %u is not acquired", index);
-    }
-    if (is->closed || is->dead) {
-        mc_status st = refused(is, "mc_stream_submit");
-        free_slot(is, sl);
-        pthread_mutex_unlock(&is->mu);
-        pthread_mutex_unlock(&is->send_mu);
-        return st;
-    }
-    sl->seq = ++is->next_seq;
-    sl->tag = tag;
-    sl->attempts = 0;
-    sl->sent_gen = 0;
-    set_message(sl, MC_OK, NULL);
-    sl->state = SLOT_QUEUED;
-    ring_push(&is->order, index);
-    is->st.submitted++;
-    bool now = is->worker_ready;
-    if (now) {
-        sl->sent_gen = is->gen;
-        if (!is->outstanding++) is->busy_since_ns = mc__now_ns();
-        if (is->outstanding > is->st.max_in_flight) is->st.max_in_flight = is->outstanding;
-    }
-    pthread_mutex_unlock(&is->mu);
-    if (now) {
-        mc__iso_msg m;
-        mc__iso_msg_init(&m, MC__ISO_ITEM);
-        m.slot = index;
-        m.a = sl->seq;
-        m.b = tag;
-        mc__iso_send(is->sock, &m, -1); /* a worker gone is seen on the channel, and the item resent */
-    }
-    pthread_mutex_unlock(&is->send_mu);
-    mc__clear_error();
-    return MC_OK;
-}
-
-mc_status mc__iso_stream_discard(mc_stream *s, uint32_t index)
-{
-    iso_stream *is = as_iso(s);
-    if (index >= is->nslots)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_discard: slot %u of %u does not exist", index, is->nslots);
-    pthread_mutex_lock(&is->mu);
-    islot *sl = &is->slots[index];
-    if (sl->state != SLOT_ACQUIRED) {
-        pthread_mutex_unlock(&is->mu);
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_discard: slot %u is not acquired", index);
-    }
-    free_slot(is, sl);
-    pthread_mutex_unlock(&is->mu);
-    return MC_OK;
-}
-
-mc_status mc__iso_stream_pull(mc_stream *s, uint64_t timeout_ns, mc_stream_result *out)
-{
-    iso_stream *is = as_iso(s);
-    if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_pull: out is NULL");
-    memset(out, 0, sizeof *out);
-    if (is->desc.on_result)
-        return mc__fail(MC_ERR_INVALID_STATE, "mc_stream_pull: stream '%s' delivers its results to a callback",
-                        is->label);
-    uint64_t deadline = mc__deadline(timeout_ns);
-    pthread_mutex_lock(&is->mu);
-    while (!is->ready.count) {
-        if (is->closed && idle(is)) {
-            pthread_mutex_unlock(&is->mu);
-            return mc__fail(MC_ERR_INVALID_STATE, "mc_stream_pull: stream '%s' is closed and every result was pulled",
-                            is->label);
-        }
-        if (!mc__cond_wait_until(&is->ready_cv, &is->mu, deadline)) {
-            pthread_mutex_unlock(&is->mu);
-            return mc__fail(MC_ERR_WAIT_TIMEOUT, "stream '%s': no result came in time", is->label);
-        }
-    }
-    uint32_t idx = ring_pop(&is->ready);
-    islot *sl = &is->slots[idx];
-    sl->state = SLOT_HELD;
-    fill_result(is, sl, out);
-    pthread_mutex_unlock(&is->mu);
-    return MC_OK;
-}
-
-mc_status mc__iso_stream_release_result(mc_stream *s, const mc_stream_result *r)
-{
-    iso_stream *is = as_iso(s);
-    if (!r) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_release_result: r is NULL");
-    if (r->slot >= is->nslots)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_release_result: slot %u of %u does not exist", r->slot,
-                        is->nslots);
-    pthread_mutex_lock(&is->mu);
-    islot *sl = &is->slots[r->slot];
-    if (sl->state != SLOT_HELD || sl->seq != r->sequence) {
-        pthread_mutex_unlock(&is->mu);
-        return mc__fail(MC_ERR_INVALID_ARGUMENT,
-                        "mc_stream_release_result: item %llu in slot %u is not a result pulled and not yet released",
-                        (unsigned long long)r->sequence, r->slot);
-    }
-    free_slot(is, sl);
-    pthread_mutex_unlock(&is->mu);
-    return MC_OK;
-}
-
-mc_status mc__iso_stream_close(mc_stream *s, bool drain)
-{
-    iso_stream *is = as_iso(s);
-    if (on_thread(is))
-        return mc__fail(MC_ERR_INVALID_STATE, "mc_stream_close: not from the result callback of stream '%s'",
-                        is->label);
-    pthread_mutex_lock(&is->mu);
-    is->closed = true;
-    if (!drain) is->cancel = true;
-    pthread_cond_broadcast(&is->free_cv);
-    pthread_cond_broadcast(&is->ready_cv);
-    wake(is);
-    while (!idle(is)) pthread_cond_wait(&is->idle_cv, &is->mu);
-    pthread_cond_broadcast(&is->ready_cv);
-    pthread_mutex_unlock(&is->mu);
-    return MC_OK;
-}
-
-mc_status mc__iso_stream_get_stats(const mc_stream *s, mc_stream_stats *out)
-{
-    if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_get_stats: out is NULL");
-    iso_stream *is = as_iso(s);
-    pthread_mutex_lock(&is->mu);
-    *out = is->st;
+    const iso *is = iso_of(s);
     mc_stream_stats w = is->wbase;
     add_wstats(&w, &is->wcur);
     out->commits = w.commits;
@@ -976,48 +610,58 @@ mc_status mc__iso_stream_get_stats(const mc_stream *s, mc_stream_stats *out)
     out->recoveries = w.recoveries;
     out->device_reopens = w.device_reopens;
     if (out->last_failure == MC_OK) out->last_failure = w.last_failure;
-    out->slots_in_use = is->nslots - is->free_slots.count;
     out->worker_restarts = is->ist.restarts;
-    pthread_mutex_unlock(&is->mu);
-    return MC_OK;
 }
 
-mc_status mc_stream_get_isolate_stats(const mc_stream *s, mc_isolate_stats *out)
+static mc_device *iso_device(const mc_stream *s)
 {
-    if (!mc__iso_is_stream(s)) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_get_isolate_stats: s is not an isolated stream");
-    if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_get_isolate_stats: out is NULL");
-    iso_stream *is = as_iso(s);
-    pthread_mutex_lock(&is->mu);
-    *out = is->ist;
-    pthread_mutex_unlock(&is->mu);
-    return MC_OK;
+    (void)s; /* in the worker process */
+    return NULL;
 }
 
-void mc__iso_stream_release(mc_stream *s)
+static void iso_destroy(mc_stream *s)
 {
-    iso_stream *is = as_iso(s);
-    if (on_thread(is)) {
-        mc__log(MC_LOG_ERROR, "stream.release_from_callback",
-                "mc_stream_release: not from the result callback of stream '%s'; not released", is->label);
-        return;
-    }
-    pthread_mutex_lock(&is->mu);
-    bool drained = is->closed && !is->cancel;
-    pthread_mutex_unlock(&is->mu);
-    if (!drained) mc__iso_stream_close(s, false);
-    pthread_mutex_lock(&is->mu);
-    is->quit = true;
-    pthread_mutex_unlock(&is->mu);
-    wake(is);
-    if (is->thread_started) pthread_join(is->thread, NULL);
+    iso *is = iso_of(s);
+    if (!is) return;
     if (is->pid > 0) {
         /* Every item was delivered: the worker finishes up and exits. */
         mc__iso_msg m;
         mc__iso_msg_init(&m, MC__ISO_QUIT);
-        pthread_mutex_lock(&is->send_mu);
+        pthread_mutex_lock(&s->submit_mu);
         mc__iso_send(is->sock, &m, -1);
-        pthread_mutex_unlock(&is->send_mu);
-        end_worker(is, false, (double)is->pol.deadline_ns / 1e6, NULL);
+        pthread_mutex_unlock(&s->submit_mu);
+        end_worker(s, false, (double)is->pol.deadline_ns / 1e6, NULL);
     }
-    destroy(is);
+    mc__iso_launcher_stop(&is->launcher);
+    mc__shm_unmap(is->region, is->region_size);
+    for (int i = 0; i < 2; i++)
+        if (is->wake[i] >= 0) close(is->wake[i]);
+    mc__iso_policy_free(&is->pol);
+    free(is->sends);
+    free(is);
+    s->be = NULL;
+}
+
+const mc__stream_ops mc__stream_isolated_ops = {
+    .name = "isolated",
+    .check = iso_check,
+    .open = iso_open,
+    .submit = iso_submit,
+    .step = iso_step,
+    .wake = iso_wake,
+    .stats = iso_stats,
+    .device = iso_device,
+    .destroy = iso_destroy,
+};
+
+mc_status mc_stream_get_isolate_stats(const mc_stream *s, mc_isolate_stats *out)
+{
+    iso *is = mc__stream_backend(s, &mc__stream_isolated_ops);
+    if (!is) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_get_isolate_stats: s is not an isolated stream");
+    if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_get_isolate_stats: out is NULL");
+    mc_stream *m = (mc_stream *)s;
+    pthread_mutex_lock(&m->mu);
+    *out = is->ist;
+    pthread_mutex_unlock(&m->mu);
+    return MC_OK;
 }
