@@ -583,11 +583,12 @@ static mc_status iso_open(mc_stream *s, const mc_stream_desc *desc)
 static void iso_submit(mc_stream *s, uint32_t i)
 {
     iso *is = iso_of(s);
-    if (!is->worker_ready) return; /* the next worker gets it when it is ready */
+    bool now = is->worker_ready; /* else the next worker gets it when it is ready */
     pthread_mutex_lock(&s->mu);
-    mark_sent(s, i, mc__now_ns());
+    is->sends[i] = 0;
+    if (now) mark_sent(s, i, mc__now_ns());
     pthread_mutex_unlock(&s->mu);
-    send_item(s, i); /* a worker gone is seen on the channel, and the item resent */
+    if (now) send_item(s, i); /* a worker gone is seen on the channel, and the item resent */
 }
 
 static void iso_wake(mc_stream *s)
