@@ -188,6 +188,8 @@ mc_status mc_device_open(const mc_device_desc *desc, mc_device **out)
     }
     d->info.kind = hal->kind;
     d->info.index = dd.index;
+    d->opened = dd;
+    d->opened.kind = hal->kind;
     /* Made now, before any other thread can see the device; its thread
      * starts on first use. */
     if ((s = mc__notifier_create(d)) != MC_OK) {
@@ -421,6 +423,69 @@ mc_status mc__device_take_fault(mc_device *d, uint64_t n)
     atomic_store(&d->pending_faults, d->nfaults);
     pthread_mutex_unlock(&d->lock);
     return kind;
+}
+
+bool mc__device_is_lost(const mc_device *d)
+{
+    return mc__object_check(d, MC__TAG_DEVICE) && atomic_load(&((mc_device *)d)->lost);
+}
+
+mc_status mc__device_take_like(mc_device *d, mc__device_like *out)
+{
+    MC__CHECK_HANDLE(d, MC__TAG_DEVICE, "device");
+    if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc__device_take_like: out is NULL");
+    memset(out, 0, sizeof *out);
+    out->desc = d->opened;
+    pthread_mutex_lock(&d->lock);
+    uint64_t done = atomic_load(&d->committed);
+    for (size_t i = 0; i < d->nfaults; i++) {
+        if (d->faults[i].at <= done) continue; /* its commit came and went: nothing to carry */
+        out->faults[out->nfaults].kind = d->faults[i].kind;
+        out->faults[out->nfaults].nth = d->faults[i].at - done;
+        out->nfaults++;
+    }
+    /* Moved, not unfired: the old device does not warn of them. */
+    d->nfaults = 0;
+    atomic_store(&d->pending_faults, 0);
+    pthread_mutex_unlock(&d->lock);
+    return MC_OK;
+}
+
+mc_status mc__device_reopen_like(mc__device_like *like, mc_device **out)
+{
+    if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc__device_reopen_like: out is NULL");
+    *out = NULL;
+    if (!like || like->desc.kind == MC_DEVICE_ANY || like->nfaults > MC__MAX_FAULTS)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc__device_reopen_like: no device recorded to reopen");
+    mc_device *d;
+    mc_status s = mc_device_open(&like->desc, &d);
+    if (s != MC_OK) return s;
+    pthread_mutex_lock(&d->lock);
+    uint64_t base = atomic_load(&d->committed);
+    for (size_t i = 0; i < like->nfaults; i++) {
+        /* Only a full list (MC_INJECT_FAULTS's and these) refuses one: say
+         * so, as a fault that never fires would be said at close. */
+        if (add_fault(d, like->faults[i].kind, base + like->faults[i].nth) == MC_OK)
+            d->faults[d->nfaults - 1].nth = like->faults[i].nth;
+        else
+            mc__log(MC_LOG_WARN, "device.fault_not_carried", "reopening %s:%d: fault %s@%llu dropped: %s",
+                    d->hal->name, d->opened.index,
+                    mc__status_word(like->faults[i].kind) ? mc__status_word(like->faults[i].kind) : "?",
+                    (unsigned long long)like->faults[i].nth, mc_last_error());
+    }
+    pthread_mutex_unlock(&d->lock);
+    like->nfaults = 0;
+    *out = d;
+    return MC_OK;
+}
+
+void mc__device_forget_faults(mc_device *d)
+{
+    if (!mc__object_check(d, MC__TAG_DEVICE)) return;
+    pthread_mutex_lock(&d->lock);
+    d->nfaults = 0;
+    atomic_store(&d->pending_faults, 0);
+    pthread_mutex_unlock(&d->lock);
 }
 
 /* ---- buffers ----------------------------------------------------------- */

@@ -10,22 +10,10 @@
 
 #include "backends/hal.h"
 #include "core/core.h"
+#include "runtime/runtime.h" /* what the engine offers the runtime layer: implemented here */
 
 #include <pthread.h>
 #include <stdatomic.h>
-
-enum mc__tag {
-    MC__TAG_DEVICE = 0x6d634456,
-    MC__TAG_BUFFER = 0x6d634246,
-    MC__TAG_LIBRARY = 0x6d634c42,
-    MC__TAG_PIPELINE = 0x6d63504c,
-    MC__TAG_QUEUE = 0x6d635155,
-    MC__TAG_CMDBUF = 0x6d634342,
-    MC__TAG_EVENT = 0x6d634556,
-    MC__TAG_CMDLIST = 0x6d63434c,
-    MC__TAG_LISTREC = 0x6d634c52, /* a frozen recording of a command list (internal) */
-    MC__TAG_DEAD = 0x64656164
-};
 
 /* Work the device's notifier thread runs: user callbacks (never on the
  * caller's hot path, F143/F680) and destruction that must not happen inside
@@ -52,34 +40,13 @@ typedef struct mc__fault {
     mc_status kind;
 } mc__fault;
 
-#define MC__MAX_FAULTS 64
-
-/* One item of a fault list ("timeout@3,kill@5"): kind is a device error
- * (an mc_status) or MC__FAULT_KILL / MC__FAULT_HANG (faults of a worker
- * process, isolated runs only); at is N as written. */
-typedef struct mc__fault_item {
-    int kind;
-    uint64_t at;
-} mc__fault_item;
-#define MC__FAULT_KILL (-1)
-#define MC__FAULT_HANG (-2)
-/* The largest N a list may name: far past any run, far below where the
- * counters could wrap. */
-#define MC__FAULT_MAX_AT 1000000000000000ull
-/* Parses a whole list before anything is scheduled: refuses unknown words,
- * N that is not a whole number from 1 to MC__FAULT_MAX_AT (signs, "-1",
- * overflow), two faults on one command buffer, more than MC__MAX_FAULTS,
- * and kill/hang unless worker_faults. what names the source in messages
- * ("MC_INJECT_FAULTS"). NULL or "": no faults. */
-const char *mc__status_word(mc_status s); /* status.c: "timeout", NULL for no fault word */
-mc_status mc__fault_list_parse(const char *what, const char *spec, bool worker_faults, mc__fault_item *out,
-                               size_t *n);
 
 struct mc_device {
     mc__object base;
     const mc__hal *hal;
     void *hd;
     mc_device_info info;
+    mc_device_desc opened; /* as opened, kind and index resolved (mc__device_take_like) */
     _Atomic int lost;
     _Atomic uint64_t committed;
     pthread_mutex_t lock; /* faults, notifier start, pending notifications */
@@ -264,16 +231,6 @@ void mc__cmdlist_destroy(mc_cmdlist *l);
 void mc__listrec_destroy(mc__listrec *r);
 /* Takes the fault scheduled for commit number n, if any. */
 mc_status mc__device_take_fault(mc_device *d, uint64_t n);
-/* "cpu", "cuda:1", "any" -> kind and index (mc_device_open_name's form). */
-mc_status mc__device_parse_spec(const char *spec, mc_device_kind *kind, int *index);
-/* Installs the commit hook (above); before the device's first commit. */
-void mc__device_set_commit_hook(mc_device *d, void (*fn)(void *user, uint64_t n), void *user);
-/* A backend that is not fork-safe (hal.h, mc__hal_fork_safe) was asked for
- * its devices in this process: its driver may hold process-wide state, so
- * a forked child could not use it. Names it in why (may be NULL). */
-bool mc__fork_unsafe_backend_used(char *why, size_t cap);
-/* Tests: behave as if backend `name` had been used (NULL: forget). */
-void mc__fork_unsafe_simulate(const char *name);
 mc_status mc__buffer_check_range(const mc_buffer *b, size_t offset, size_t len, const char *what);
 
 /* cmdbuf.c: the recorder (command buffers and command lists) */
@@ -291,17 +248,6 @@ mc_status mc__cmdlist_take(mc_cmdlist *l, mc__listrec **out);
  * copied into the command buffer (lists ended from now on). */
 void mc__cmdlist_test_copy_in(bool on);
 
-/* ckpt_file.c (durable checkpoints) */
-mc_status mc__ckpt_prepare_dir(const char *dir);
-mc_status mc__ckpt_write(const char *dir, const void *params, size_t params_len, uint64_t iteration,
-                         const void *const *state, const size_t *sizes, uint32_t count);
-/* The newest checkpoint in dir that matches: *found false when dir holds
- * none at all; an error naming each file and why when none is usable. */
-mc_status mc__ckpt_load(const char *dir, const char *label, const void *params, size_t params_len,
-                        const size_t *sizes, uint32_t count, void *const *state, uint64_t *iteration, bool *found);
-
-/* cache.c (the pipeline cache) */
-void mc__cache_destroy(struct mc__cache *c);
 
 /* ==== pipeline cache section (runtime/cache.c; docs/CACHE.md) ============ */
 /* Internal entry points shared with the tests, the fuzzer and the CLI. */
@@ -370,9 +316,6 @@ mc_status mc__cache_root(char *out, size_t cap);
 typedef struct mc__cache_totals {
     uint64_t hits_memory, hits_disk, misses, compiles, compile_ns, load_ns, writes, rejected, evictions;
 } mc__cache_totals;
-/* Adds the device's counters not yet saved to its folder's stats file now
- * (also done when the device closes): before a process ends by _exit. */
-void mc__cache_save_stats(mc_device *d);
 /* Reads folder_fd's stats file; zeros when it is missing or unreadable. */
 void mc__cache_read_totals(int folder_fd, mc__cache_totals *out);
 
@@ -395,11 +338,5 @@ const char *mc__cache_untrusted_dir(const struct stat *st, char *why, size_t cap
 mc_status mc__cache_open_root(const char *root, int *fd);
 /* ==== end of the pipeline cache section ================================ */
 
-#define MC__CHECK_HANDLE(h, tag, what)                                                   \
-    do {                                                                                 \
-        if (!mc__object_check((h), (tag)))                                               \
-            return mc__fail(MC_ERR_INVALID_ARGUMENT, "%s: %s is NULL or not a valid handle", \
-                            __func__, what);                                             \
-    } while (0)
 
 #endif

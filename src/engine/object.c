@@ -27,6 +27,24 @@ bool mc__object_check(const void *o, uint32_t tag)
     return o && ((const mc__object *)o)->tag == tag;
 }
 
+mc_device *mc__object_device(const void *h)
+{
+    if (!h) return NULL;
+    const mc__object *o = h;
+    switch (o->tag) {
+    case MC__TAG_DEVICE: return (mc_device *)h;
+    case MC__TAG_BUFFER:
+    case MC__TAG_LIBRARY:
+    case MC__TAG_PIPELINE:
+    case MC__TAG_QUEUE:
+    case MC__TAG_CMDBUF:
+    case MC__TAG_EVENT:
+    case MC__TAG_CMDLIST:
+    case MC__TAG_LISTREC: return o->device;
+    default: return NULL;
+    }
+}
+
 void mc__object_retain(mc__object *o)
 {
     if (o) atomic_fetch_add_explicit(&o->refs, 1, memory_order_relaxed);
