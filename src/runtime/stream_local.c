@@ -59,11 +59,6 @@ typedef struct lane {
     uint64_t next_value;
 } lane;
 
-typedef struct pending_fault {
-    mc_status kind;
-    uint64_t nth;
-} pending_fault;
-
 typedef struct local_slot {
     mc_buffer *in, *out;           /* what the slot's item uses */
     mc_buffer *next_in, *next_out; /* made on a reopened device; swapped in at acquire or commit */
@@ -90,8 +85,8 @@ typedef struct local {
     uint32_t bind_epoch; /* counts binds: a slot's list from an older one is stale */
     char *pass_label[MC_STREAM_MAX_PASSES];
     uint8_t *bytes[MC_STREAM_MAX_PASSES][MC_MAX_BUFFER_ARGS];
-    pending_fault faults[MC__MAX_FAULTS]; /* injected faults carried to a reopened device */
-    size_t nfaults;
+    mc__device_like like; /* how to reopen the device, its pending faults carried (after the first loss) */
+    bool have_like;
 
     /* Under the stream's mu. */
     bool broken;            /* a commit failed: commit nothing until recovered */
@@ -149,14 +144,16 @@ static mc_status check_binding(mc_stream *s)
                         MC_STREAM_MAX_PASSES);
     for (uint32_t p = 0; p < b->pass_count; p++) {
         const mc_stream_pass *ps = &b->passes[p];
-        if (!mc__object_check(ps->pipeline, MC__TAG_PIPELINE) || ps->pipeline->base.device != l->dev)
+        mc_pipeline_info pi;
+        if (!mc__object_check(ps->pipeline, MC__TAG_PIPELINE) || mc__object_device(ps->pipeline) != l->dev ||
+            mc_pipeline_get_info(ps->pipeline, &pi) != MC_OK)
             return mc__fail(MC_ERR_INVALID_ARGUMENT, "stream '%s': pass %u has no pipeline of this device", lb, p);
         mc_size3 g = ps->threadgroups, t = ps->threads_per_threadgroup;
         if (!g.x || !g.y || !g.z)
             return mc__fail(MC_ERR_INVALID_ARGUMENT, "stream '%s': pass %u: threadgroups (%u,%u,%u) has a zero dimension",
                             lb, p, g.x, g.y, g.z);
         uint64_t threads = (uint64_t)t.x * t.y * t.z;
-        uint32_t max = ps->pipeline->info.max_total_threads_per_threadgroup;
+        uint32_t max = pi.max_total_threads_per_threadgroup;
         if (!threads || (max && threads > max))
             return mc__fail(MC_ERR_INVALID_ARGUMENT,
                             "stream '%s': pass %u: threads_per_threadgroup (%u,%u,%u); the pipeline allows 1 to %u", lb,
@@ -183,13 +180,13 @@ static mc_status check_binding(mc_stream *s)
                                     p, i, a->offset, s->desc.result_size);
                 break;
             case MC_STREAM_ARG_BUFFER:
-                if (!mc__object_check(a->buffer, MC__TAG_BUFFER) || a->buffer->base.device != l->dev)
+                if (!mc__object_check(a->buffer, MC__TAG_BUFFER) || mc__object_device(a->buffer) != l->dev)
                     return mc__fail(MC_ERR_INVALID_ARGUMENT, "stream '%s': pass %u slot %u is not a buffer of this device",
                                     lb, p, i);
-                if (a->offset > a->buffer->size)
+                if (a->offset > mc_buffer_size(a->buffer))
                     return mc__fail(MC_ERR_INVALID_ARGUMENT,
                                     "stream '%s': pass %u slot %u: offset %zu past the buffer's %zu bytes", lb, p, i,
-                                    a->offset, a->buffer->size);
+                                    a->offset, mc_buffer_size(a->buffer));
                 break;
             case MC_STREAM_ARG_BYTES:
                 if (!a->bytes || a->len == 0 || a->len > MC_MAX_BYTES_ARG)
@@ -353,45 +350,31 @@ static mc_status make_slot_buffers(mc_stream *s, bool initial)
     return MC_OK;
 }
 
-/* Lets go of a (lost) device. Injected faults scheduled on it but not yet
- * reached move to the next one, so "the Nth command buffer from now" keeps
- * its meaning across a reopen (as the runner does). */
+/* Lets go of a (lost) device, keeping how to open one like it. Injected
+ * faults scheduled on it but not yet reached move to the next one, so "the
+ * Nth command buffer from now" keeps its meaning across a reopen (as the
+ * runner does). */
 static void drop_device(mc_stream *s)
 {
     local *l = local_of(s);
     unbind(s);
     drop_lanes(l);
     if (!l->dev) return;
-    pthread_mutex_lock(&l->dev->lock);
-    uint64_t done = atomic_load(&l->dev->committed);
-    for (size_t i = 0; i < l->dev->nfaults && l->nfaults < MC__MAX_FAULTS; i++) {
-        if (l->dev->faults[i].at <= done) continue;
-        l->faults[l->nfaults].kind = l->dev->faults[i].kind;
-        l->faults[l->nfaults].nth = l->dev->faults[i].at - done;
-        l->nfaults++;
-    }
-    pthread_mutex_unlock(&l->dev->lock);
+    l->have_like = mc__device_take_like(l->dev, &l->like) == MC_OK;
     mc_device_release(l->dev);
     l->dev = NULL;
 }
 
-/* Opens a device like the one lost: same kind, index, time limit. */
+/* Opens a device like the one lost: same kind, index, time limit, workers. */
 static mc_status open_device(mc_stream *s)
 {
     local *l = local_of(s);
-    mc_device_desc dd = MC_DEVICE_DESC_INIT;
-    dd.kind = l->info.kind;
-    dd.index = l->info.index;
-    uint64_t lim = l->info.execution_time_limit_ns;
-    dd.time_limit_ms = lim ? (int64_t)((lim + 999999u) / 1000000u) : MC_TIME_LIMIT_NONE;
-    if (l->info.kind == MC_DEVICE_CPU) dd.threads = l->info.compute_units;
+    if (!l->have_like) return mc__fail(MC_ERR_DEVICE_LOST, "stream '%s': no device to reopen", s->label);
     mc_device *d;
-    mc_status st = mc_device_open(&dd, &d);
+    mc_status st = mc__device_reopen_like(&l->like, &d);
     if (st != MC_OK) return st;
     l->dev = d;
     mc_device_get_info(d, &l->info);
-    for (size_t i = 0; i < l->nfaults; i++) mc_device_inject_fault(d, l->faults[i].kind, l->faults[i].nth);
-    l->nfaults = 0;
     pthread_mutex_lock(&s->mu);
     s->st.device_reopens++;
     pthread_mutex_unlock(&s->mu);
@@ -596,7 +579,7 @@ static void die(mc_stream *s, mc_status st, const char *why)
 
 static bool device_lost(const local *l)
 {
-    return !l->dev || atomic_load(&l->dev->lost);
+    return !l->dev || mc__device_is_lost(l->dev);
 }
 
 /* Recreates what the failure broke. */
