@@ -193,9 +193,9 @@ typedef struct seen {
     uint64_t *seq, *tag;
     mc_status *status;
     uint32_t *attempts;
-    float *outs; /* cap blocks, indexed by the block in the tag's low bits */
-    uint8_t *times; /* deliveries per block */
-    int sleep_ms;   /* slow consumer */
+    float *outs;          /* cap blocks, indexed by the block in the tag's low bits */
+    uint8_t *times;       /* deliveries per block */
+    int sleep_ms;         /* slow consumer */
     uint64_t blocked_seq; /* callback for this item waits for release */
     _Atomic int release;
 } seen;
@@ -339,10 +339,10 @@ typedef struct fx {
     mc_device *dev;      /* LOCAL: the stream's device; ISOLATED: NULL (it is in the worker) */
     mc_isolate_desc iso; /* ISOLATED */
     fir_fixture fir;
-    float *sig;          /* blocks of signal */
+    float *sig; /* blocks of signal */
     uint32_t blocks;
-    seen seen;           /* what the consumer saw */
-    mc_stream_desc sd;   /* the test may change it before fx_create */
+    seen seen;         /* what the consumer saw */
+    mc_stream_desc sd; /* the test may change it before fx_create */
     mc_stream *st;
 } fx;
 
@@ -747,7 +747,7 @@ static int cancel_keeps_what_was_handed_over(backend be)
         if (stats.delivered == 3) break;
         sleep_ms(1);
     }
-    CHECK_EQ(stats.delivered, 3); /* items 2 and 3 wait to be pulled */
+    CHECK_EQ(stats.delivered, 3);            /* items 2 and 3 wait to be pulled */
     CHECK_OK(put_block(st, f.sig, 3, 3, 0)); /* handed over before the cancel, or cancelled */
     CHECK_OK(mc_stream_close(st, false));
     for (uint64_t seq = 2; seq <= 4; seq++) {
@@ -940,8 +940,7 @@ MC_TEST(stream_recording_each_item_gives_the_same_bits_as_replaying_lists)
     enum { N = 24 };
     mc_stream_stats listed, recorded;
     int setups, teardowns;
-    if (two_runs(LOCAL, N, "page-fault@5", MC_STREAM_RECORD_EACH, 1, &listed, &recorded, &setups, &teardowns))
-        return 1;
+    if (two_runs(LOCAL, N, "page-fault@5", MC_STREAM_RECORD_EACH, 1, &listed, &recorded, &setups, &teardowns)) return 1;
     CHECK_EQ(listed.list_commits, N);
     CHECK_EQ(recorded.list_commits, 0);
     CHECK_EQ(recorded.commits, N + recorded.replays);

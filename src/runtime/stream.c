@@ -211,9 +211,10 @@ static mc_status check_desc(const mc_stream_desc *d, const mc_device_info *info)
     if (d->item_size == 0)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_create: item_size is 0; each item needs bytes");
     if (info->max_buffer_size && (d->item_size > info->max_buffer_size || d->result_size > info->max_buffer_size))
-        return mc__fail(MC_ERR_INVALID_ARGUMENT,
-                        "mc_stream_create: item_size %zu / result_size %zu; the device's buffers hold at most %llu bytes",
-                        d->item_size, d->result_size, (unsigned long long)info->max_buffer_size);
+        return mc__fail(
+            MC_ERR_INVALID_ARGUMENT,
+            "mc_stream_create: item_size %zu / result_size %zu; the device's buffers hold at most %llu bytes",
+            d->item_size, d->result_size, (unsigned long long)info->max_buffer_size);
     if (d->slots > MC_STREAM_MAX_SLOTS)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_create: slots is %u; 1 to %d (0 = 3)", d->slots,
                         MC_STREAM_MAX_SLOTS);
@@ -474,8 +475,7 @@ mc_status mc_stream_close(mc_stream *s, bool drain)
 {
     if (!stream_ok(s)) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_stream_close: s is NULL or not a stream");
     if (mc__stream_on_thread(s))
-        return mc__fail(MC_ERR_INVALID_STATE, "mc_stream_close: not from the result callback of stream '%s'",
-                        s->label);
+        return mc__fail(MC_ERR_INVALID_STATE, "mc_stream_close: not from the result callback of stream '%s'", s->label);
     pthread_mutex_lock(&s->mu);
     s->closed = true;
     atomic_store(&s->stop_spin, 1);

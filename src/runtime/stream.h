@@ -41,7 +41,7 @@ typedef struct mc__slot {
     mc__slot_state state;
     void *in_host, *out_host; /* the slot's memory, as the back end placed it */
     uint64_t seq, tag;
-    uint32_t attempts;        /* command buffers committed for the item */
+    uint32_t attempts; /* command buffers committed for the item */
     mc_status status;
     char message[256];
 } mc__slot;
@@ -119,12 +119,12 @@ struct mc_stream {
     mc__ring free_slots, order, ready;
     uint64_t next_seq;
 
-    pthread_mutex_t submit_mu; /* taken before mu */
-    pthread_mutex_t mu;        /* everything below, and every slot's state */
-    pthread_cond_t free_cv;    /* a slot became free; close */
-    pthread_cond_t work_cv;    /* for the stream's thread: an item, close, quit */
-    pthread_cond_t ready_cv;   /* pull: a result is ready; close */
-    pthread_cond_t idle_cv;    /* every submitted item delivered */
+    pthread_mutex_t submit_mu;      /* taken before mu */
+    pthread_mutex_t mu;             /* everything below, and every slot's state */
+    pthread_cond_t free_cv;         /* a slot became free; close */
+    pthread_cond_t work_cv;         /* for the stream's thread: an item, close, quit */
+    pthread_cond_t ready_cv;        /* pull: a result is ready; close */
+    pthread_cond_t idle_cv;         /* every submitted item delivered */
     _Atomic uint32_t nfree, nready; /* the rings' counts, for spinning without mu */
     _Atomic int stop_spin;          /* closed or dead: stop spinning */
     bool delivering;                /* the callback runs */

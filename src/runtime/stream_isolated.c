@@ -291,7 +291,9 @@ static int wait_event(iso *is, int sock, mc__iso_msg *m, uint64_t timeout_ns)
         /* A negative descriptor is ignored by poll(): no worker, only the wake-up. */
         struct pollfd pf[2] = {{sock, POLLIN, 0}, {is->wake[0], POLLIN, 0}};
         uint64_t now = mc__now_ns();
-        int ms = now >= deadline ? 0 : deadline == UINT64_MAX ? -1 : (int)MC__MIN((deadline - now + 999999) / 1000000, 3600000ull);
+        int ms = now >= deadline          ? 0
+                 : deadline == UINT64_MAX ? -1
+                                          : (int)MC__MIN((deadline - now + 999999) / 1000000, 3600000ull);
         int n = poll(pf, 2, ms);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) return -1;
@@ -438,8 +440,7 @@ static void restart(mc_stream *s, mc__iso_cause cause, mc_status status, const c
     }
     is->ist.restarts++;
     pthread_mutex_unlock(&s->mu);
-    mc__log(MC_LOG_WARN, "isolate.restart", "stream '%s': %s; starting worker %u", s->label, what,
-            is->ist.workers + 1);
+    mc__log(MC_LOG_WARN, "isolate.restart", "stream '%s': %s; starting worker %u", s->label, what, is->ist.workers + 1);
     if (!is->measuring) is->stall_ns = is->result_ns;
     is->measuring = true;
     is->fault_ns = fault_ns;
@@ -534,9 +535,10 @@ static mc_status iso_check(const mc_stream_desc *desc, mc_device_info *info)
 {
     (void)info; /* the device is in the worker */
     if (desc->device)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT,
-                        "mc_stream_create: an isolated stream opens its device in its worker: desc->device must be NULL "
-                        "(name it in isolate->device)");
+        return mc__fail(
+            MC_ERR_INVALID_ARGUMENT,
+            "mc_stream_create: an isolated stream opens its device in its worker: desc->device must be NULL "
+            "(name it in isolate->device)");
     return MC_OK;
 }
 

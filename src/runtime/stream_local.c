@@ -67,8 +67,8 @@ typedef struct local_slot {
     uint32_t lane;                 /* of cb (and value) */
     mc_cmdlist *list;              /* the chain recorded for in/out below (see slot_list) */
     const mc_buffer *list_in, *list_out;
-    uint32_t list_epoch;           /* the binding it was recorded from */
-    uint32_t failures;             /* failures it caused itself (not as a victim) */
+    uint32_t list_epoch; /* the binding it was recorded from */
+    uint32_t failures;   /* failures it caused itself (not as a victim) */
 } local_slot;
 
 typedef struct local {
@@ -150,8 +150,8 @@ static mc_status check_binding(mc_stream *s)
             return mc__fail(MC_ERR_INVALID_ARGUMENT, "stream '%s': pass %u has no pipeline of this device", lb, p);
         mc_size3 g = ps->threadgroups, t = ps->threads_per_threadgroup;
         if (!g.x || !g.y || !g.z)
-            return mc__fail(MC_ERR_INVALID_ARGUMENT, "stream '%s': pass %u: threadgroups (%u,%u,%u) has a zero dimension",
-                            lb, p, g.x, g.y, g.z);
+            return mc__fail(MC_ERR_INVALID_ARGUMENT,
+                            "stream '%s': pass %u: threadgroups (%u,%u,%u) has a zero dimension", lb, p, g.x, g.y, g.z);
         uint64_t threads = (uint64_t)t.x * t.y * t.z;
         uint32_t max = pi.max_total_threads_per_threadgroup;
         if (!threads || (max && threads > max))
@@ -162,13 +162,12 @@ static mc_status check_binding(mc_stream *s)
             const mc_stream_arg *a = &ps->args[i];
             switch (a->kind) {
             case MC_STREAM_ARG_NONE:
-            case MC_STREAM_ARG_SEQUENCE:
-                break;
+            case MC_STREAM_ARG_SEQUENCE: break;
             case MC_STREAM_ARG_INPUT:
                 if (a->offset >= s->desc.item_size)
                     return mc__fail(MC_ERR_INVALID_ARGUMENT,
-                                    "stream '%s': pass %u slot %u: input offset %zu is past the item's %zu bytes", lb, p,
-                                    i, a->offset, s->desc.item_size);
+                                    "stream '%s': pass %u slot %u: input offset %zu is past the item's %zu bytes", lb,
+                                    p, i, a->offset, s->desc.item_size);
                 break;
             case MC_STREAM_ARG_OUTPUT:
                 if (!s->desc.result_size)
@@ -176,13 +175,13 @@ static mc_status check_binding(mc_stream *s)
                                     "stream '%s': pass %u slot %u binds the output, but result_size is 0", lb, p, i);
                 if (a->offset >= s->desc.result_size)
                     return mc__fail(MC_ERR_INVALID_ARGUMENT,
-                                    "stream '%s': pass %u slot %u: output offset %zu is past the result's %zu bytes", lb,
-                                    p, i, a->offset, s->desc.result_size);
+                                    "stream '%s': pass %u slot %u: output offset %zu is past the result's %zu bytes",
+                                    lb, p, i, a->offset, s->desc.result_size);
                 break;
             case MC_STREAM_ARG_BUFFER:
                 if (!mc__object_check(a->buffer, MC__TAG_BUFFER) || mc__object_device(a->buffer) != l->dev)
-                    return mc__fail(MC_ERR_INVALID_ARGUMENT, "stream '%s': pass %u slot %u is not a buffer of this device",
-                                    lb, p, i);
+                    return mc__fail(MC_ERR_INVALID_ARGUMENT,
+                                    "stream '%s': pass %u slot %u is not a buffer of this device", lb, p, i);
                 if (a->offset > mc_buffer_size(a->buffer))
                     return mc__fail(MC_ERR_INVALID_ARGUMENT,
                                     "stream '%s': pass %u slot %u: offset %zu past the buffer's %zu bytes", lb, p, i,
@@ -202,8 +201,8 @@ static mc_status check_binding(mc_stream *s)
         for (uint32_t i = 0; i < MC_MAX_THREADGROUP_MEMORY_ARGS; i++)
             if (ps->threadgroup_memory[i] > l->info.threadgroup_memory_size)
                 return mc__fail(MC_ERR_INVALID_ARGUMENT,
-                                "stream '%s': pass %u: threadgroup memory slot %u: %zu bytes, the device has %llu", lb, p,
-                                i, ps->threadgroup_memory[i], (unsigned long long)l->info.threadgroup_memory_size);
+                                "stream '%s': pass %u: threadgroup memory slot %u: %zu bytes, the device has %llu", lb,
+                                p, i, ps->threadgroup_memory[i], (unsigned long long)l->info.threadgroup_memory_size);
     }
     return MC_OK;
 }
