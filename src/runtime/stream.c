@@ -3,7 +3,7 @@
  *
  * Fixed-size items between the CPU and a device through N slots of
  * host-visible memory (Apple's triple buffering, F705). This file is the
- * one front end of mc_stream, whatever runs the items (runtime/stream.h:
+ * one front end of mc_stream, whatever runs the items (runtime/stream_ops.h:
  * stream_local.c on a device of this process, stream_isolated.c in a
  * worker process). What it owns:
  *
@@ -38,7 +38,7 @@
  * a cancel, cancel what is queued; else let the back end step (wait for
  * the device, recover, supervise its worker).
  */
-#include "runtime/stream.h"
+#include "runtime/stream_ops.h"
 #include "engine/trace.h"
 
 #include <stdio.h>

@@ -1,7 +1,7 @@
 /*
  * DOC: The isolated stream
  *
- * The back end of mc_stream (runtime/stream.h) whose device side runs in a
+ * The back end of mc_stream (runtime/stream_ops.h) whose device side runs in a
  * worker process (docs/ISOLATION.md). The front end (stream.c) keeps the
  * book, the order and the delivery in the caller's process, as for a local
  * stream; the worker only runs items. What this file owns:
@@ -32,7 +32,7 @@
  * guards the channel (so producers never write to a descriptor that was
  * closed or reused).
  */
-#include "runtime/stream.h"
+#include "runtime/stream_ops.h"
 #include "runtime/isolate.h"
 
 #include <errno.h>

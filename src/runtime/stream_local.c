@@ -1,7 +1,7 @@
 /*
  * DOC: The local stream
  *
- * The back end of mc_stream (runtime/stream.h) that runs items on a device
+ * The back end of mc_stream (runtime/stream_ops.h) that runs items on a device
  * of this process. The front end (stream.c) keeps the book, the order and
  * the delivery; what this file owns:
  *
@@ -35,7 +35,7 @@
  *    device kills the stream at once (its process is replaced:
  *    stream_isolated.c).
  */
-#include "runtime/stream.h"
+#include "runtime/stream_ops.h"
 
 #include <stdio.h>
 #include <stdlib.h>

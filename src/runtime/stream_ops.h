@@ -14,8 +14,8 @@
  * Locks: submit_mu (sequence numbers and whatever gives items to the
  * device: commits, messages to the worker) is taken before mu (the book).
  */
-#ifndef MC_RUNTIME_STREAM_H
-#define MC_RUNTIME_STREAM_H
+#ifndef MC_RUNTIME_STREAM_OPS_H
+#define MC_RUNTIME_STREAM_OPS_H
 
 #include "runtime/runtime.h"
 
