@@ -8,8 +8,10 @@
  * stream_isolated.c in a supervised worker process (docs/ISOLATION.md).
  * A back end moves items from QUEUED to FLIGHT (gives them to the device),
  * from FLIGHT to FINISHED (the device is done, the status is known) or back
- * to QUEUED (the device failed them and will get them again); everything
- * else about a slot is the front end's.
+ * to QUEUED (the device failed them and will get them again), and from
+ * QUEUED to FINISHED with an error when an item cannot run (its commands
+ * cannot be recorded, it failed past max_retries); everything else about a
+ * slot is the front end's.
  *
  * Locks: submit_mu (sequence numbers and whatever gives items to the
  * device: commits, messages to the worker) is taken before mu (the book).
