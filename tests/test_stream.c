@@ -1,6 +1,10 @@
-/* Streams: order under several producers, backpressure, close, faults that
- * lose nothing and duplicate nothing, argument checks. The items are blocks
- * of an FIR filter (examples/kernels/fir.*) followed by a gain pass. */
+/* Streams: order under several producers, backpressure, close and cancel,
+ * faults that lose nothing and duplicate nothing, argument checks. The
+ * items are blocks of an FIR filter (examples/kernels/fir.*) followed by a
+ * gain pass, through one fixture (fx); what the front end defines (order,
+ * backpressure, close, cancel, the retry bound) runs one test body on both
+ * back ends: the local stream and the isolated one (test names
+ * stream_isolated_*), whose device side is a worker process. */
 #include "mc_test.h"
 
 #include <pthread.h>
@@ -181,20 +185,6 @@ static long check_block(const fir_fixture *f, const float *sig, uint32_t b, cons
     return -1;
 }
 
-static mc_stream_desc fir_desc(mc_device *d, fir_fixture *f, uint32_t slots)
-{
-    mc_stream_desc sd = MC_STREAM_DESC_INIT;
-    sd.device = d;
-    sd.setup = fir_setup;
-    sd.teardown = fir_teardown;
-    sd.user = f;
-    sd.item_size = item_size();
-    sd.result_size = BLOCK * sizeof(float);
-    sd.slots = slots;
-    sd.label = "test";
-    return sd;
-}
-
 /* ---- what a consumer saw ---------------------------------------------------- */
 
 typedef struct seen {
@@ -203,9 +193,9 @@ typedef struct seen {
     uint64_t *seq, *tag;
     mc_status *status;
     uint32_t *attempts;
-    float *outs; /* cap blocks, indexed by the block in the tag's low bits */
-    uint8_t *times; /* deliveries per block */
-    int sleep_ms;   /* slow consumer */
+    float *outs;          /* cap blocks, indexed by the block in the tag's low bits */
+    uint8_t *times;       /* deliveries per block */
+    int sleep_ms;         /* slow consumer */
     uint64_t blocked_seq; /* callback for this item waits for release */
     _Atomic int release;
 } seen;
@@ -321,145 +311,232 @@ static int check_seen(const fir_fixture *f, const float *sig, seen *s, uint32_t 
     return 0;
 }
 
-MC_TEST(stream_delivers_in_order_from_several_producers)
+/* Runs producers threads, each putting each blocks of sig (producer i the
+ * blocks from i * each), and waits for them. */
+static int produce_all(mc_stream *st, const float *sig, uint32_t producers, uint32_t each)
 {
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
-    enum { PRODUCERS = 4, EACH = 50, N = PRODUCERS * EACH };
-    fir_fixture f;
-    fir_fixture_init(&f);
-    float *sig = make_signal(N);
-    seen s;
-    seen_init(&s, N);
-    CHECK(sig && s.outs);
-    mc_stream_desc sd = fir_desc(d, &f, 0);
-    sd.on_result = on_result;
-    sd.result_user = &s;
-    mc_stream *st;
-    CHECK_OK(mc_stream_create(&sd, &st));
-    mc_stream_stats stats;
-    CHECK_OK(mc_stream_get_stats(st, &stats));
-    CHECK_EQ(stats.slots, 3); /* the default: triple buffering */
-    producer p[PRODUCERS];
-    pthread_t t[PRODUCERS];
-    for (uint32_t i = 0; i < PRODUCERS; i++) {
-        p[i] = (producer){st, sig, i, i * EACH, EACH, MC_OK};
+    producer p[8];
+    pthread_t t[8];
+    CHECK_LE(producers, 8);
+    for (uint32_t i = 0; i < producers; i++) {
+        p[i] = (producer){st, sig, i, i * each, each, MC_OK};
         CHECK_EQ(pthread_create(&t[i], NULL, produce, &p[i]), 0);
     }
-    for (uint32_t i = 0; i < PRODUCERS; i++) {
-        pthread_join(t[i], NULL);
-        CHECK_OK(p[i].result);
+    for (uint32_t i = 0; i < producers; i++) pthread_join(t[i], NULL);
+    for (uint32_t i = 0; i < producers; i++) CHECK_OK(p[i].result);
+    return 0;
+}
+
+/* ---- the fixture: one stream of FIR blocks on either back end -------------- */
+
+/* Where the stream's device side runs: here, or in a worker process
+ * (mc/mc_isolate.h). Tests of behaviour the front end defines (order,
+ * backpressure, close and cancel) run one body on both. */
+typedef enum backend { LOCAL = 0, ISOLATED = 1 } backend;
+
+typedef struct fx {
+    backend be;
+    mc_device *dev;      /* LOCAL: the stream's device; ISOLATED: NULL (it is in the worker) */
+    mc_isolate_desc iso; /* ISOLATED */
+    fir_fixture fir;
+    float *sig; /* blocks of signal */
+    uint32_t blocks;
+    seen seen;         /* what the consumer saw */
+    mc_stream_desc sd; /* the test may change it before fx_create */
+    mc_stream *st;
+} fx;
+
+/* The device or the worker's, the FIR fixture, a signal of blocks and a
+ * descriptor with slots; callback: results go to on_result into f->seen,
+ * else they are pulled. */
+static int fx_init(fx *f, backend be, uint32_t blocks, uint32_t slots, bool callback)
+{
+    memset(f, 0, sizeof *f);
+    f->be = be;
+    if (be == LOCAL) {
+        f->dev = mct_open_device(0);
+        CHECK(f->dev);
+    } else {
+        mc_isolate_desc iso = MC_ISOLATE_DESC_INIT;
+        const char *env = getenv("MC_DEVICE");
+        iso.device = env && *env ? env : "cpu";
+        iso.deadline_ms = 1000;
+        f->iso = iso;
     }
-    CHECK_OK(mc_stream_close(st, true));
-    if (check_seen(&f, sig, &s, N)) return 1;
-    CHECK_OK(mc_stream_get_stats(st, &stats));
+    fir_fixture_init(&f->fir);
+    f->blocks = blocks;
+    f->sig = make_signal(blocks);
+    seen_init(&f->seen, blocks);
+    CHECK(f->sig && f->seen.outs);
+    mc_stream_desc sd = MC_STREAM_DESC_INIT;
+    sd.device = f->dev;
+    sd.isolate = be == ISOLATED ? &f->iso : NULL;
+    sd.setup = fir_setup;
+    sd.teardown = fir_teardown;
+    sd.user = &f->fir;
+    sd.item_size = item_size();
+    sd.result_size = BLOCK * sizeof(float);
+    sd.slots = slots;
+    sd.on_result = callback ? on_result : NULL;
+    sd.result_user = callback ? &f->seen : NULL;
+    sd.label = "test";
+    f->sd = sd;
+    return 0;
+}
+
+/* Creates the stream, with faults (NULL: none) counted from its first
+ * command buffer: injected into the device right after create, or into
+ * every worker of the isolated stream's run. */
+static int fx_create(fx *f, const char *faults)
+{
+    f->iso.inject_faults = faults;
+    CHECK_OK(mc_stream_create(&f->sd, &f->st));
+    if (f->be == LOCAL && faults) CHECK_OK(mc_device_inject_faults(f->dev, faults));
+    return 0;
+}
+
+/* Releases the stream (if any) and everything fx_init made. */
+static void fx_free(fx *f)
+{
+    mc_stream_release(f->st);
+    f->st = NULL;
+    seen_free(&f->seen);
+    free(f->sig);
+    mc_device_release(f->dev);
+}
+
+static uint32_t seen_count(seen *s)
+{
+    pthread_mutex_lock(&s->lock);
+    uint32_t c = s->count;
+    pthread_mutex_unlock(&s->lock);
+    return c;
+}
+
+/* Waits (up to 20 s) until the consumer has seen n results. */
+static int wait_seen(seen *s, uint32_t n)
+{
+    for (int i = 0; i < 20000 && seen_count(s) < n; i++) sleep_ms(1);
+    CHECK_GE(seen_count(s), n);
+    return 0;
+}
+
+/* ---- order, on both back ends ------------------------------------------------ */
+
+static int in_order_from_several_producers(backend be)
+{
+    enum { PRODUCERS = 4, EACH = 50, N = PRODUCERS * EACH };
+    fx f;
+    if (fx_init(&f, be, N, 0, true) || fx_create(&f, NULL)) return 1;
+    mc_stream_stats stats;
+    CHECK_OK(mc_stream_get_stats(f.st, &stats));
+    CHECK_EQ(stats.slots, 3); /* the default: triple buffering */
+    if (produce_all(f.st, f.sig, PRODUCERS, EACH)) return 1;
+    CHECK_OK(mc_stream_close(f.st, true));
+    if (check_seen(&f.fir, f.sig, &f.seen, N)) return 1;
+    CHECK_OK(mc_stream_get_stats(f.st, &stats));
     CHECK_EQ(stats.submitted, N);
     CHECK_EQ(stats.delivered, N);
     CHECK_EQ(stats.commits, N);
     CHECK_EQ(stats.failed + stats.cancelled + stats.replays + stats.recoveries, 0);
     CHECK_LE(stats.max_in_flight, 3);
     CHECK_EQ(stats.slots_in_use, 0);
-    mc_stream_release(st);
-    CHECK_EQ(atomic_load(&f.setups), 1);
-    CHECK_EQ(atomic_load(&f.teardowns), 1);
-    seen_free(&s);
-    free(sig);
-    mc_device_release(d);
+    mc_stream_release(f.st);
+    f.st = NULL;
+    if (be == LOCAL) { /* an isolated stream's setup runs in its worker */
+        CHECK_EQ(atomic_load(&f.fir.setups), 1);
+        CHECK_EQ(atomic_load(&f.fir.teardowns), 1);
+    }
+    fx_free(&f);
     return 0;
+}
+
+MC_TEST(stream_delivers_in_order_from_several_producers)
+{
+    return in_order_from_several_producers(LOCAL);
+}
+
+MC_TEST(stream_isolated_delivers_in_order_from_several_producers)
+{
+    return in_order_from_several_producers(ISOLATED);
 }
 
 typedef struct closer {
     mc_stream *st;
-    producer *p;
-    pthread_t *t;
-    int n;
+    const float *sig;
+    uint32_t producers, each;
+    int failed;
     mc_status result;
 } closer;
 
-static void *join_and_close(void *arg)
+static void *produce_then_close(void *arg)
 {
     closer *c = arg;
-    for (int i = 0; i < c->n; i++) pthread_join(c->t[i], NULL);
+    c->failed = produce_all(c->st, c->sig, c->producers, c->each);
     c->result = mc_stream_close(c->st, true);
     return NULL;
 }
 
-MC_TEST(stream_pull_mode_delivers_in_order_until_the_end)
+static int pull_in_order_until_the_end(backend be)
 {
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
     enum { PRODUCERS = 3, EACH = 40, N = PRODUCERS * EACH };
-    fir_fixture f;
-    fir_fixture_init(&f);
-    float *sig = make_signal(N);
-    seen s;
-    seen_init(&s, N);
-    CHECK(sig && s.outs);
-    mc_stream_desc sd = fir_desc(d, &f, 4);
-    mc_stream *st;
-    CHECK_OK(mc_stream_create(&sd, &st));
-    producer p[PRODUCERS];
-    pthread_t t[PRODUCERS], ct;
-    for (uint32_t i = 0; i < PRODUCERS; i++) {
-        p[i] = (producer){st, sig, i, i * EACH, EACH, MC_OK};
-        CHECK_EQ(pthread_create(&t[i], NULL, produce, &p[i]), 0);
-    }
-    closer c = {st, p, t, PRODUCERS, MC_ERR_INTERNAL};
-    CHECK_EQ(pthread_create(&ct, NULL, join_and_close, &c), 0);
+    fx f;
+    if (fx_init(&f, be, N, 4, false) || fx_create(&f, NULL)) return 1;
+    closer c = {f.st, f.sig, PRODUCERS, EACH, 0, MC_ERR_INTERNAL};
+    pthread_t ct;
+    CHECK_EQ(pthread_create(&ct, NULL, produce_then_close, &c), 0);
     mc_stream_result r;
     mc_status ps;
     uint32_t held_max = 0;
-    while ((ps = mc_stream_pull(st, 20ull * 1000000000ull, &r)) == MC_OK) {
+    while ((ps = mc_stream_pull(f.st, 20ull * 1000000000ull, &r)) == MC_OK) {
         CHECK(r.output && r.input);
         CHECK_EQ(r.output_size, BLOCK * sizeof(float));
         CHECK_EQ(r.attempts, 1);
-        record(&s, &r);
+        record(&f.seen, &r);
         mc_stream_stats stats;
-        CHECK_OK(mc_stream_get_stats(st, &stats));
+        CHECK_OK(mc_stream_get_stats(f.st, &stats));
         if (stats.slots_in_use > held_max) held_max = stats.slots_in_use;
-        CHECK_OK(mc_stream_release_result(st, &r));
-        CHECK_STATUS(mc_stream_release_result(st, &r), MC_ERR_INVALID_ARGUMENT); /* once */
+        CHECK_OK(mc_stream_release_result(f.st, &r));
+        CHECK_STATUS(mc_stream_release_result(f.st, &r), MC_ERR_INVALID_ARGUMENT); /* once */
     }
     CHECK_STATUS(ps, MC_ERR_INVALID_STATE); /* closed, every result pulled: the end */
     pthread_join(ct, NULL);
+    CHECK_EQ(c.failed, 0);
     CHECK_OK(c.result);
-    for (int i = 0; i < PRODUCERS; i++) CHECK_OK(p[i].result);
-    if (check_seen(&f, sig, &s, N)) return 1;
+    if (check_seen(&f.fir, f.sig, &f.seen, N)) return 1;
     CHECK_LE(held_max, 4);
-    CHECK_STATUS(mc_stream_pull(st, 0, &r), MC_ERR_INVALID_STATE);
-    mc_stream_release(st);
-    seen_free(&s);
-    free(sig);
-    mc_device_release(d);
+    CHECK_STATUS(mc_stream_pull(f.st, 0, &r), MC_ERR_INVALID_STATE);
+    fx_free(&f);
     return 0;
 }
 
-/* ---- backpressure ------------------------------------------------------------ */
-
-MC_TEST(stream_backpressure_when_the_consumer_is_slow)
+MC_TEST(stream_pull_mode_delivers_in_order_until_the_end)
 {
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
-    enum { N = 16, SLOW_MS = 25 };
-    fir_fixture f;
-    fir_fixture_init(&f);
-    float *sig = make_signal(N);
-    seen s;
-    seen_init(&s, N);
-    CHECK(sig && s.outs);
-    s.sleep_ms = SLOW_MS;
-    mc_stream_desc sd = fir_desc(d, &f, 3);
-    sd.on_result = on_result;
-    sd.result_user = &s;
-    mc_stream *st;
-    CHECK_OK(mc_stream_create(&sd, &st));
+    return pull_in_order_until_the_end(LOCAL);
+}
 
-    /* Three items take the three slots; the first callback holds its slot. */
-    s.blocked_seq = 1;
-    for (uint32_t b = 0; b < 3; b++) CHECK_OK(put_block(st, sig, b, b, 0));
+MC_TEST(stream_isolated_pull_mode_delivers_in_order_until_the_end)
+{
+    return pull_in_order_until_the_end(ISOLATED);
+}
+
+/* ---- backpressure, on both back ends ------------------------------------------ */
+
+static int backpressure_with_a_slow_consumer(backend be)
+{
+    enum { N = 16, SLOW_MS = 25 };
+    fx f;
+    if (fx_init(&f, be, N, 3, true)) return 1;
+    f.seen.sleep_ms = SLOW_MS;
+    f.seen.blocked_seq = 1; /* the first callback holds its slot until release */
+    if (fx_create(&f, NULL)) return 1;
+    mc_stream *st = f.st;
+
+    /* Three items take the three slots. */
+    for (uint32_t b = 0; b < 3; b++) CHECK_OK(put_block(st, f.sig, b, b, 0));
     mc_stream_slot sl;
-    /* Non-blocking: no slot can free until s.release is set below, so a
-     * call that waited would never return (the test's timeout fails it);
+    /* Non-blocking: no slot can free until the release below, so a call
+     * that waited would never return (the test's timeout fails it);
      * asserted by what it does, not by a clock on a loaded machine. */
     for (int i = 0; i < 100; i++) CHECK_STATUS(mc_stream_acquire(st, 0, &sl), MC_ERR_WAIT_TIMEOUT);
     CHECK_STR_CONTAINS(mc_last_error(), "busy");
@@ -469,13 +546,13 @@ MC_TEST(stream_backpressure_when_the_consumer_is_slow)
     mc_stream_stats stats;
     CHECK_OK(mc_stream_get_stats(st, &stats));
     CHECK_EQ(stats.slots_in_use, 3);
-    atomic_store(&s.release, 1);
+    atomic_store(&f.seen.release, 1);
 
     /* The producer runs at the consumer's pace; memory stays at 3 slots. */
     t0 = mc__test_now_ns();
     uint32_t max_in_use = 0;
     for (uint32_t b = 3; b < N; b++) {
-        CHECK_OK(put_block(st, sig, b, b, MC_WAIT_FOREVER));
+        CHECK_OK(put_block(st, f.sig, b, b, MC_WAIT_FOREVER));
         CHECK_OK(mc_stream_get_stats(st, &stats));
         if (stats.slots_in_use > max_in_use) max_in_use = stats.slots_in_use;
     }
@@ -488,36 +565,37 @@ MC_TEST(stream_backpressure_when_the_consumer_is_slow)
     CHECK_LE(stats.max_in_flight, 3);
     CHECK_EQ(stats.delivered, N);
     for (uint32_t b = 0; b < N; b++) {
-        CHECK_EQ(s.times[b], 1);
-        CHECK_EQ(check_block(&f, sig, b, s.outs + (size_t)b * BLOCK), -1);
+        CHECK_EQ(f.seen.times[b], 1);
+        CHECK_EQ(check_block(&f.fir, f.sig, b, f.seen.outs + (size_t)b * BLOCK), -1);
     }
-    mc_stream_release(st);
-    seen_free(&s);
-    free(sig);
-    mc_device_release(d);
+    fx_free(&f);
     return 0;
 }
 
-MC_TEST(stream_pull_mode_backpressure_until_results_are_released)
+MC_TEST(stream_backpressure_when_the_consumer_is_slow)
 {
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
-    fir_fixture f;
-    fir_fixture_init(&f);
-    float *sig = make_signal(4);
-    CHECK(sig);
-    mc_stream_desc sd = fir_desc(d, &f, 2);
-    mc_stream *st;
-    CHECK_OK(mc_stream_create(&sd, &st));
-    CHECK_OK(put_block(st, sig, 0, 0, 0));
-    CHECK_OK(put_block(st, sig, 1, 1, 0));
+    return backpressure_with_a_slow_consumer(LOCAL);
+}
+
+MC_TEST(stream_isolated_backpressure_when_the_consumer_is_slow)
+{
+    return backpressure_with_a_slow_consumer(ISOLATED);
+}
+
+static int pull_backpressure_until_released(backend be)
+{
+    fx f;
+    if (fx_init(&f, be, 4, 2, false) || fx_create(&f, NULL)) return 1;
+    mc_stream *st = f.st;
+    CHECK_OK(put_block(st, f.sig, 0, 0, 0));
+    CHECK_OK(put_block(st, f.sig, 1, 1, 0));
     mc_stream_slot sl;
     CHECK_STATUS(mc_stream_acquire(st, 20000000ull, &sl), MC_ERR_WAIT_TIMEOUT); /* unpulled results hold both */
     mc_stream_result r;
     CHECK_OK(mc_stream_pull(st, MC_WAIT_FOREVER, &r));
     CHECK_EQ(r.sequence, 1);
     CHECK_STATUS(mc_stream_acquire(st, 20000000ull, &sl), MC_ERR_WAIT_TIMEOUT); /* pulled, not released */
-    CHECK_EQ(check_block(&f, sig, 0, r.output), -1);
+    CHECK_EQ(check_block(&f.fir, f.sig, 0, r.output), -1);
     CHECK_OK(mc_stream_release_result(st, &r));
     CHECK_OK(mc_stream_acquire(st, MC_WAIT_FOREVER, &sl));
     CHECK_OK(mc_stream_discard(st, sl.index));
@@ -527,43 +605,38 @@ MC_TEST(stream_pull_mode_backpressure_until_results_are_released)
     CHECK_EQ(r.tag, 1);
     CHECK_OK(mc_stream_release_result(st, &r));
     CHECK_STATUS(mc_stream_pull(st, 1000000ull, &r), MC_ERR_WAIT_TIMEOUT);
-    mc_stream_release(st);
-    free(sig);
-    mc_device_release(d);
+    fx_free(&f);
     return 0;
 }
 
-/* ---- close ----------------------------------------------------------------- */
-
-MC_TEST(stream_close_drains_everything_in_flight)
+MC_TEST(stream_pull_mode_backpressure_until_results_are_released)
 {
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
+    return pull_backpressure_until_released(LOCAL);
+}
+
+MC_TEST(stream_isolated_pull_mode_backpressure_until_results_are_released)
+{
+    return pull_backpressure_until_released(ISOLATED);
+}
+
+/* ---- close and cancel, on both back ends --------------------------------------- */
+
+static int close_drains_everything(backend be)
+{
     enum { N = 12 };
-    fir_fixture f;
-    fir_fixture_init(&f);
-    float *sig = make_signal(N + 1);
-    seen s;
-    seen_init(&s, N + 1);
-    CHECK(sig && s.outs);
-    mc_stream_desc sd = fir_desc(d, &f, 4);
-    sd.on_result = on_result;
-    sd.result_user = &s;
-    mc_stream *st;
-    CHECK_OK(mc_stream_create(&sd, &st));
-    for (uint32_t b = 0; b < N; b++) CHECK_OK(put_block(st, sig, b, b, MC_WAIT_FOREVER));
+    fx f;
+    if (fx_init(&f, be, N, 4, true) || fx_create(&f, NULL)) return 1;
+    mc_stream *st = f.st;
+    for (uint32_t b = 0; b < N; b++) CHECK_OK(put_block(st, f.sig, b, b, MC_WAIT_FOREVER));
     mc_stream_slot held;
     CHECK_OK(mc_stream_acquire(st, MC_WAIT_FOREVER, &held)); /* acquired, not submitted */
     CHECK_OK(mc_stream_close(st, true));
     /* everything submitted was delivered by the time close returned */
-    pthread_mutex_lock(&s.lock);
-    uint32_t count = s.count;
-    pthread_mutex_unlock(&s.lock);
-    CHECK_EQ(count, N);
+    CHECK_EQ(seen_count(&f.seen), N);
     for (uint32_t b = 0; b < N; b++) {
-        CHECK_EQ(s.times[b], 1);
-        CHECK_STATUS(s.status[b], MC_OK);
-        CHECK_EQ(check_block(&f, sig, b, s.outs + (size_t)b * BLOCK), -1);
+        CHECK_EQ(f.seen.times[b], 1);
+        CHECK_STATUS(f.seen.status[b], MC_OK);
+        CHECK_EQ(check_block(&f.fir, f.sig, b, f.seen.outs + (size_t)b * BLOCK), -1);
     }
     /* no more items */
     CHECK_STATUS(mc_stream_submit(st, held.index, N), MC_ERR_INVALID_STATE);
@@ -575,197 +648,226 @@ MC_TEST(stream_close_drains_everything_in_flight)
     CHECK_OK(mc_stream_get_stats(st, &stats));
     CHECK_EQ(stats.submitted, N);
     CHECK_EQ(stats.delivered, N);
+    CHECK_EQ(stats.cancelled, 0);
     CHECK_EQ(stats.slots_in_use, 0); /* the refused slot went back */
-    mc_stream_release(st);
-    seen_free(&s);
-    free(sig);
-    mc_device_release(d);
+    fx_free(&f);
     return 0;
+}
+
+MC_TEST(stream_close_drains_everything_in_flight)
+{
+    return close_drains_everything(LOCAL);
+}
+
+MC_TEST(stream_isolated_close_drains_everything_in_flight)
+{
+    return close_drains_everything(ISOLATED);
 }
 
 typedef struct acquirer {
     mc_stream *st;
+    seen *seen;
     mc_status result;
 } acquirer;
 
-static void *acquire_forever(void *arg)
+/* Waits for a slot (there is none) until close wakes it; by then the
+ * stream is cancelled, and the held callback may return. */
+static void *acquire_then_release(void *arg)
 {
     acquirer *a = arg;
     mc_stream_slot sl;
     a->result = mc_stream_acquire(a->st, MC_WAIT_FOREVER, &sl);
+    atomic_store(&a->seen->release, 1);
     return NULL;
 }
 
-static void *release_later(void *arg)
+/* The cancel rule (mc/mc_stream.h, docs/STREAMS.md): the item whose
+ * callback runs when close cancels keeps its result; every item handed over
+ * after the cancel, run or not, is MC_ERR_CANCELLED; each exactly once, in
+ * order. */
+static int cancel_after_a_held_callback(backend be)
 {
-    seen *s = arg;
-    sleep_ms(50);
-    atomic_store(&s->release, 1);
-    return NULL;
+    enum { N = 8 };
+    fx f;
+    if (fx_init(&f, be, N, N, true)) return 1;
+    f.seen.blocked_seq = 1; /* the first callback holds up delivery; the rest wait behind it */
+    if (fx_create(&f, NULL)) return 1;
+    for (uint32_t b = 0; b < N; b++) CHECK_OK(put_block(f.st, f.sig, b, b, 0));
+    if (wait_seen(&f.seen, 1)) return 1;
+    /* A producer waiting for a slot is woken by close. */
+    acquirer a = {f.st, &f.seen, MC_OK};
+    pthread_t at;
+    CHECK_EQ(pthread_create(&at, NULL, acquire_then_release, &a), 0);
+    CHECK_OK(mc_stream_close(f.st, false)); /* waits for the held callback */
+    pthread_join(at, NULL);
+    CHECK_STATUS(a.result, MC_ERR_INVALID_STATE);
+    CHECK_EQ(f.seen.count, N);
+    for (uint32_t i = 0; i < N; i++) {
+        CHECK_EQ(f.seen.seq[i], i + 1);
+        CHECK_EQ(f.seen.times[i], 1);
+        CHECK_STATUS(f.seen.status[i], i == 0 ? MC_OK : MC_ERR_CANCELLED);
+    }
+    CHECK_EQ(check_block(&f.fir, f.sig, 0, f.seen.outs), -1);
+    mc_stream_stats stats;
+    CHECK_OK(mc_stream_get_stats(f.st, &stats));
+    CHECK_EQ(stats.cancelled, N - 1);
+    CHECK_EQ(stats.failed, 0);
+    CHECK_EQ(stats.delivered, N);
+    CHECK_EQ(stats.slots_in_use, 0);
+    mc_stream_slot sl;
+    CHECK_STATUS(mc_stream_acquire(f.st, 0, &sl), MC_ERR_INVALID_STATE);
+    CHECK_OK(mc_stream_close(f.st, false)); /* again: nothing to wait for */
+    fx_free(&f);
+    return 0;
 }
 
 MC_TEST(stream_close_cancels_what_is_in_flight_exactly_once)
 {
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
-    enum { N = 8 };
-    fir_fixture f;
-    fir_fixture_init(&f);
-    float *sig = make_signal(N);
-    seen s;
-    seen_init(&s, N);
-    CHECK(sig && s.outs);
-    mc_stream_desc sd = fir_desc(d, &f, N);
-    sd.on_result = on_result;
-    sd.result_user = &s;
-    mc_stream *st;
-    CHECK_OK(mc_stream_create(&sd, &st));
-    /* The first callback holds up delivery; the rest finish behind it. */
-    s.blocked_seq = 1;
-    for (uint32_t b = 0; b < N; b++) CHECK_OK(put_block(st, sig, b, b, 0));
-    /* A producer waiting for a slot is woken by close. */
-    acquirer a = {st, MC_OK};
-    pthread_t at;
-    CHECK_EQ(pthread_create(&at, NULL, acquire_forever, &a), 0);
-    for (int i = 0; i < 2000; i++) {
-        pthread_mutex_lock(&s.lock);
-        uint32_t c = s.count;
-        pthread_mutex_unlock(&s.lock);
-        if (c) break;
+    return cancel_after_a_held_callback(LOCAL);
+}
+
+MC_TEST(stream_isolated_close_cancels_what_is_in_flight_exactly_once)
+{
+    return cancel_after_a_held_callback(ISOLATED);
+}
+
+/* Pull mode: results ready to pull before the cancel keep MC_OK; one pulled
+ * and held stays valid until released; then the stream ends. */
+static int cancel_keeps_what_was_handed_over(backend be)
+{
+    fx f;
+    if (fx_init(&f, be, 4, 4, false) || fx_create(&f, NULL)) return 1;
+    mc_stream *st = f.st;
+    for (uint32_t b = 0; b < 3; b++) CHECK_OK(put_block(st, f.sig, b, b, 0));
+    mc_stream_result held, r;
+    CHECK_OK(mc_stream_pull(st, MC_WAIT_FOREVER, &held));
+    mc_stream_stats stats;
+    for (int i = 0; i < 20000; i++) {
+        CHECK_OK(mc_stream_get_stats(st, &stats));
+        if (stats.delivered == 3) break;
         sleep_ms(1);
     }
-    sleep_ms(20);
-    /* close cancels while the first callback still runs, and waits for it */
-    pthread_t rt;
-    CHECK_EQ(pthread_create(&rt, NULL, release_later, &s), 0);
+    CHECK_EQ(stats.delivered, 3);            /* items 2 and 3 wait to be pulled */
+    CHECK_OK(put_block(st, f.sig, 3, 3, 0)); /* handed over before the cancel, or cancelled */
     CHECK_OK(mc_stream_close(st, false));
-    pthread_join(rt, NULL);
-    pthread_join(at, NULL);
-    CHECK_STATUS(a.result, MC_ERR_INVALID_STATE);
-    CHECK_EQ(s.count, N);
-    CHECK_STATUS(s.status[0], MC_OK);
-    uint32_t cancelled = 0;
-    for (uint32_t i = 0; i < N; i++) {
-        CHECK_EQ(s.seq[i], i + 1);
-        CHECK_EQ(s.times[i], 1);
-        if (s.status[i] == MC_ERR_CANCELLED) cancelled++;
-        else CHECK_EQ(cancelled, 0); /* delivered results come first, then the cancelled */
+    for (uint64_t seq = 2; seq <= 4; seq++) {
+        CHECK_OK(mc_stream_pull(st, 0, &r));
+        CHECK_EQ(r.sequence, seq);
+        if (seq < 4 || r.status == MC_OK) {
+            CHECK_OK(r.status);
+            CHECK_EQ(check_block(&f.fir, f.sig, (uint32_t)r.tag, r.output), -1);
+        } else {
+            CHECK_STATUS(r.status, MC_ERR_CANCELLED);
+        }
+        CHECK_OK(mc_stream_release_result(st, &r));
     }
-    CHECK_GE(cancelled, 1);
-    mc_stream_stats stats;
+    CHECK_STATUS(mc_stream_pull(st, 0, &r), MC_ERR_INVALID_STATE); /* the end */
+    CHECK_OK(held.status);
+    CHECK_EQ(held.sequence, 1);
+    CHECK_EQ(check_block(&f.fir, f.sig, 0, held.output), -1);
+    CHECK_OK(mc_stream_release_result(st, &held));
     CHECK_OK(mc_stream_get_stats(st, &stats));
-    CHECK_EQ(stats.cancelled, cancelled);
-    CHECK_EQ(stats.delivered, N);
-    mc_stream_release(st);
-    seen_free(&s);
-    free(sig);
-    mc_device_release(d);
+    CHECK_EQ(stats.delivered, 4);
+    CHECK_LE(stats.cancelled, 1);
+    CHECK_EQ(stats.slots_in_use, 0);
+    fx_free(&f);
+    return 0;
+}
+
+MC_TEST(stream_cancel_keeps_results_handed_over_before_it)
+{
+    return cancel_keeps_what_was_handed_over(LOCAL);
+}
+
+MC_TEST(stream_isolated_cancel_keeps_results_handed_over_before_it)
+{
+    return cancel_keeps_what_was_handed_over(ISOLATED);
+}
+
+/* Cancel while the device side is being rebuilt: the local stream backs
+ * off after access was revoked (F146); the isolated one waits for its
+ * hung worker's deadline. Nothing more is committed. */
+static int cancel_during_recovery(backend be, const char *faults, mc_status want_failure)
+{
+    fx f;
+    if (fx_init(&f, be, 3, 3, false) || fx_create(&f, faults)) return 1;
+    for (uint32_t b = 0; b < 3; b++) CHECK_OK(put_block(f.st, f.sig, b, b, 0));
+    sleep_ms(30);
+    uint64_t t0 = mc__test_now_ns();
+    CHECK_OK(mc_stream_close(f.st, false));
+    CHECK_LT(mc__test_now_ns() - t0, 2000000000ull); /* the wait was cut short */
+    mc_stream_result r;
+    uint32_t attempts = 0;
+    for (uint64_t i = 1; i <= 3; i++) {
+        CHECK_OK(mc_stream_pull(f.st, 0, &r));
+        CHECK_EQ(r.sequence, i);
+        CHECK_STATUS(r.status, MC_ERR_CANCELLED);
+        CHECK_LE(r.attempts, 1); /* committed once, or never: not again */
+        attempts += r.attempts;
+        CHECK_OK(mc_stream_release_result(f.st, &r));
+    }
+    CHECK_STATUS(mc_stream_pull(f.st, 0, &r), MC_ERR_INVALID_STATE);
+    mc_stream_stats stats;
+    CHECK_OK(mc_stream_get_stats(f.st, &stats));
+    CHECK_EQ(stats.commits, attempts);
+    CHECK_EQ(stats.replays, 0);
+    CHECK_EQ(stats.cancelled, 3);
+    CHECK_STATUS(stats.last_failure, want_failure);
+    fx_free(&f);
     return 0;
 }
 
 MC_TEST(stream_cancel_during_recovery_commits_nothing_more)
 {
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
-    fir_fixture f;
-    fir_fixture_init(&f);
-    float *sig = make_signal(3);
-    CHECK(sig);
-    mc_stream_desc sd = fir_desc(d, &f, 3);
-    mc_stream *st;
-    CHECK_OK(mc_stream_create(&sd, &st));
-    /* Access revoked: the stream waits before it rebuilds (F146). */
-    CHECK_OK(mc_device_inject_faults(d, "access-revoked@1"));
-    for (uint32_t b = 0; b < 3; b++) CHECK_OK(put_block(st, sig, b, b, 0));
-    sleep_ms(30);
-    uint64_t t0 = mc__test_now_ns();
-    CHECK_OK(mc_stream_close(st, false));
-    CHECK_LT(mc__test_now_ns() - t0, 2000000000ull); /* the back-off was cut short */
-    mc_stream_result r;
-    uint32_t attempts = 0;
-    for (uint64_t i = 1; i <= 3; i++) {
-        CHECK_OK(mc_stream_pull(st, 0, &r));
-        CHECK_EQ(r.sequence, i);
-        CHECK_STATUS(r.status, MC_ERR_CANCELLED);
-        /* committed once, or refused by the stopped queue: never again */
-        CHECK_EQ(r.attempts, i == 1 ? 1 : r.attempts);
-        CHECK_LE(r.attempts, 1);
-        attempts += r.attempts;
-        CHECK_OK(mc_stream_release_result(st, &r));
-    }
-    CHECK_STATUS(mc_stream_pull(st, 0, &r), MC_ERR_INVALID_STATE);
-    mc_stream_stats stats;
-    CHECK_OK(mc_stream_get_stats(st, &stats));
-    CHECK_EQ(stats.commits, attempts);
-    CHECK_EQ(stats.replays, 0);
-    CHECK_EQ(stats.cancelled, 3);
-    CHECK_EQ(stats.last_failure, MC_ERR_ACCESS_REVOKED);
-    mc_stream_release(st);
-    free(sig);
-    mc_device_release(d);
-    return 0;
+    return cancel_during_recovery(LOCAL, "access-revoked@1", MC_ERR_ACCESS_REVOKED);
+}
+
+MC_TEST(stream_isolated_cancel_with_a_hung_worker_commits_nothing_more)
+{
+    /* cancelled before the hang is noticed: no failure counted */
+    return cancel_during_recovery(ISOLATED, "hang@1", MC_OK);
 }
 
 /* ---- faults ------------------------------------------------------------------ */
 
-/* Streams n blocks from two producers through a fresh stream on d, after
- * scheduling faults (NULL: none). outs receives every block's output. */
-static int run_faulted(mc_device *d, fir_fixture *f, const float *sig, uint32_t n, const char *faults, float *outs,
-                       mc_stream_stats *stats, uint32_t flags, uint32_t lanes)
+/* Streams n blocks from two producers through a fresh stream, with faults
+ * (NULL: none). outs receives every block's output; *setups and
+ * *teardowns are increased by the fixture's calls. */
+static int run_faulted(backend be, uint32_t n, const char *faults, uint32_t flags, uint32_t lanes, float *outs,
+                       mc_stream_stats *stats, int *setups, int *teardowns)
 {
-    seen s;
-    seen_init(&s, n);
-    CHECK(s.outs);
-    mc_stream_desc sd = fir_desc(d, f, 3);
-    sd.on_result = on_result;
-    sd.result_user = &s;
-    sd.flags = flags;
-    sd.lanes = lanes;
-    mc_stream *st;
-    CHECK_OK(mc_stream_create(&sd, &st));
-    if (faults) CHECK_OK(mc_device_inject_faults(d, faults));
-    producer p[2];
-    pthread_t t[2];
-    for (uint32_t i = 0; i < 2; i++) {
-        p[i] = (producer){st, sig, i, i * (n / 2), n / 2, MC_OK};
-        CHECK_EQ(pthread_create(&t[i], NULL, produce, &p[i]), 0);
-    }
-    for (uint32_t i = 0; i < 2; i++) {
-        pthread_join(t[i], NULL);
-        CHECK_OK(p[i].result);
-    }
-    CHECK_OK(mc_stream_close(st, true));
-    if (check_seen(f, sig, &s, n)) return 1; /* exactly once, in order, right */
-    memcpy(outs, s.outs, (size_t)n * BLOCK * sizeof(float));
-    CHECK_OK(mc_stream_get_stats(st, stats));
-    mc_stream_release(st);
-    seen_free(&s);
+    fx f;
+    if (fx_init(&f, be, n, 3, true)) return 1;
+    f.sd.flags = flags;
+    f.sd.lanes = lanes;
+    if (fx_create(&f, faults) || produce_all(f.st, f.sig, 2, n / 2)) return 1;
+    CHECK_OK(mc_stream_close(f.st, true));
+    if (check_seen(&f.fir, f.sig, &f.seen, n)) return 1; /* exactly once, in order, right */
+    memcpy(outs, f.seen.outs, (size_t)n * BLOCK * sizeof(float));
+    CHECK_OK(mc_stream_get_stats(f.st, stats));
+    mc_stream_release(f.st);
+    f.st = NULL;
+    *setups += atomic_load(&f.fir.setups);
+    *teardowns += atomic_load(&f.fir.teardowns);
+    fx_free(&f);
     return 0;
 }
 
-/* n blocks through a fresh stream twice: undisturbed (flags 0, *clean),
- * then with faults and flags (*other). The outputs must match bit for bit:
- * replays give the same bits, and so does recording each item. *setups and
- * *teardowns count the fixture's calls over both. */
-static int two_runs(uint32_t n, const char *faults, uint32_t flags, uint32_t lanes, mc_stream_stats *clean,
+/* n blocks through a fresh stream twice: undisturbed (flags 0, one lane,
+ * *clean), then with faults and flags (*other). The outputs must match bit
+ * for bit: replays give the same bits, and so does recording each item.
+ * *setups and *teardowns count the fixture's calls over both. */
+static int two_runs(backend be, uint32_t n, const char *faults, uint32_t flags, uint32_t lanes, mc_stream_stats *clean,
                     mc_stream_stats *other, int *setups, int *teardowns)
 {
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
-    fir_fixture f;
-    fir_fixture_init(&f);
-    float *sig = make_signal(n);
     float *a = calloc((size_t)n * BLOCK, sizeof(float)), *b = calloc((size_t)n * BLOCK, sizeof(float));
-    CHECK(sig && a && b);
-    if (run_faulted(d, &f, sig, n, NULL, a, clean, 0, 1)) return 1;
-    if (run_faulted(d, &f, sig, n, faults, b, other, flags, lanes)) return 1;
+    CHECK(a && b);
+    *setups = *teardowns = 0;
+    if (run_faulted(be, n, NULL, 0, 1, a, clean, setups, teardowns)) return 1;
+    if (run_faulted(be, n, faults, flags, lanes, b, other, setups, teardowns)) return 1;
     CHECK(memcmp(a, b, (size_t)n * BLOCK * sizeof(float)) == 0);
-    *setups = atomic_load(&f.setups);
-    *teardowns = atomic_load(&f.teardowns);
-    free(sig);
     free(a);
     free(b);
-    mc_device_release(d);
     return 0;
 }
 
@@ -774,7 +876,7 @@ static int fault_test(const char *faults, uint32_t want_recoveries, uint32_t wan
     enum { N = 40 };
     mc_stream_stats st0, st1;
     int setups, teardowns;
-    if (two_runs(N, faults, 0, 1, &st0, &st1, &setups, &teardowns)) return 1;
+    if (two_runs(LOCAL, N, faults, 0, 1, &st0, &st1, &setups, &teardowns)) return 1;
     CHECK_EQ(st0.recoveries, 0);
     if (want_recoveries) CHECK_EQ(st1.recoveries, want_recoveries);
     else CHECK_GE(st1.recoveries, 1);
@@ -815,12 +917,30 @@ MC_TEST(stream_survives_several_faults_across_a_device_loss)
     return fault_test("internal@4,device-lost@12,page-fault@30", 3, 1);
 }
 
+/* The same faults through the isolated back end: a killed worker and a
+ * lost device cost a worker each, a page fault is recovered inside one. */
+MC_TEST(stream_isolated_worker_faults_lose_nothing_and_duplicate_nothing)
+{
+    enum { N = 40 };
+    mc_stream_stats st0, st1;
+    int setups, teardowns;
+    if (two_runs(ISOLATED, N, "kill@7,page-fault@15,device-lost@25", 0, 1, &st0, &st1, &setups, &teardowns)) return 1;
+    CHECK_EQ(st0.worker_restarts, 0);
+    CHECK_EQ(st1.worker_restarts, 2);
+    CHECK_EQ(st1.delivered, N);
+    CHECK_EQ(st1.failed, 0);
+    CHECK_GE(st1.recoveries, 1); /* the page fault, inside a worker */
+    CHECK_GT(st1.replays, 0);
+    CHECK_NE(st1.last_failure, MC_OK);
+    return 0;
+}
+
 MC_TEST(stream_recording_each_item_gives_the_same_bits_as_replaying_lists)
 {
     enum { N = 24 };
     mc_stream_stats listed, recorded;
     int setups, teardowns;
-    if (two_runs(N, "page-fault@5", MC_STREAM_RECORD_EACH, 1, &listed, &recorded, &setups, &teardowns)) return 1;
+    if (two_runs(LOCAL, N, "page-fault@5", MC_STREAM_RECORD_EACH, 1, &listed, &recorded, &setups, &teardowns)) return 1;
     CHECK_EQ(listed.list_commits, N);
     CHECK_EQ(recorded.list_commits, 0);
     CHECK_EQ(recorded.commits, N + recorded.replays);
@@ -836,7 +956,7 @@ MC_TEST(stream_lanes_deliver_in_order_through_faults)
     enum { N = 60 };
     mc_stream_stats one, three;
     int setups, teardowns;
-    if (two_runs(N, "page-fault@9,device-lost@30", 0, 3, &one, &three, &setups, &teardowns)) return 1;
+    if (two_runs(LOCAL, N, "page-fault@9,device-lost@30", 0, 3, &one, &three, &setups, &teardowns)) return 1;
     CHECK_EQ(three.delivered, N);
     CHECK_EQ(three.failed, 0);
     CHECK_GE(three.recoveries, 2);
@@ -847,21 +967,16 @@ MC_TEST(stream_lanes_deliver_in_order_through_faults)
     return 0;
 }
 
-MC_TEST(stream_item_failing_past_the_retry_bound_gets_its_error)
+/* Item 1 alone in flight: its first three command buffers fault; item 3's
+ * fails in a way no retry mends. */
+static int retry_bound(backend be)
 {
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
-    fir_fixture f;
-    fir_fixture_init(&f);
-    float *sig = make_signal(3);
-    CHECK(sig);
-    mc_stream_desc sd = fir_desc(d, &f, 2);
-    sd.max_retries = 2;
-    mc_stream *st;
-    CHECK_OK(mc_stream_create(&sd, &st));
-    /* Item 1 alone in flight: its first three command buffers fault. */
-    CHECK_OK(mc_device_inject_faults(d, "page-fault@1,page-fault@2,page-fault@3"));
-    CHECK_OK(put_block(st, sig, 0, 100, 0));
+    fx f;
+    if (fx_init(&f, be, 3, 2, false)) return 1;
+    f.sd.max_retries = 2;
+    if (fx_create(&f, "page-fault@1,page-fault@2,page-fault@3,invalid-resource@5")) return 1;
+    mc_stream *st = f.st;
+    CHECK_OK(put_block(st, f.sig, 0, 100, 0));
     mc_stream_result r;
     CHECK_OK(mc_stream_pull(st, 10ull * 1000000000ull, &r));
     CHECK_EQ(r.sequence, 1);
@@ -871,17 +986,15 @@ MC_TEST(stream_item_failing_past_the_retry_bound_gets_its_error)
     CHECK_STR_CONTAINS(r.message, "injected");
     CHECK_OK(mc_stream_release_result(st, &r));
     /* The stream goes on. */
-    CHECK_OK(put_block(st, sig, 1, 101, 0));
+    CHECK_OK(put_block(st, f.sig, 1, 101, 0));
     CHECK_OK(mc_stream_pull(st, 10ull * 1000000000ull, &r));
     CHECK_EQ(r.sequence, 2);
     CHECK_OK(r.status);
     CHECK_EQ(r.attempts, 1);
-    CHECK_EQ(check_block(&f, sig, 1, r.output), -1);
+    CHECK_EQ(check_block(&f.fir, f.sig, 1, r.output), -1);
     CHECK_OK(mc_stream_release_result(st, &r));
-
     /* An error no retry mends is delivered at once. */
-    CHECK_OK(mc_device_inject_faults(d, "invalid-resource@1"));
-    CHECK_OK(put_block(st, sig, 2, 102, 0));
+    CHECK_OK(put_block(st, f.sig, 2, 102, 0));
     CHECK_OK(mc_stream_pull(st, 10ull * 1000000000ull, &r));
     CHECK_STATUS(r.status, MC_ERR_INVALID_RESOURCE);
     CHECK_EQ(r.attempts, 1);
@@ -894,33 +1007,37 @@ MC_TEST(stream_item_failing_past_the_retry_bound_gets_its_error)
     CHECK_EQ(stats.delivered, 3);
     CHECK_EQ(stats.recoveries, 4);
     CHECK_EQ(stats.commits, 5);
-    mc_stream_release(st);
-    free(sig);
-    mc_device_release(d);
+    CHECK_EQ(stats.worker_restarts, 0); /* an isolated stream's worker mended them itself */
+    fx_free(&f);
     return 0;
+}
+
+MC_TEST(stream_item_failing_past_the_retry_bound_gets_its_error)
+{
+    return retry_bound(LOCAL);
+}
+
+MC_TEST(stream_isolated_item_failing_past_the_retry_bound_gets_its_error)
+{
+    return retry_bound(ISOLATED);
 }
 
 MC_TEST(stream_gives_up_when_the_device_cannot_be_rebuilt)
 {
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
-    fir_fixture f;
-    fir_fixture_init(&f);
-    f.bad = BIND_ONLY_ONCE;
-    float *sig = make_signal(3);
-    CHECK(sig);
-    mc_stream_desc sd = fir_desc(d, &f, 3);
-    mc_stream *st;
-    CHECK_OK(mc_stream_create(&sd, &st));
-    CHECK_OK(put_block(st, sig, 0, 0, 0));
+    fx f;
+    if (fx_init(&f, LOCAL, 3, 3, false)) return 1;
+    f.fir.bad = BIND_ONLY_ONCE;
+    if (fx_create(&f, NULL)) return 1;
+    mc_stream *st = f.st;
+    CHECK_OK(put_block(st, f.sig, 0, 0, 0));
     mc_stream_result r;
     CHECK_OK(mc_stream_pull(st, 10ull * 1000000000ull, &r));
     CHECK_OK(r.status);
     CHECK_OK(mc_stream_release_result(st, &r));
     /* The device is lost and setup fails on the new one: nothing can run. */
-    CHECK_OK(mc_device_inject_faults(d, "device-lost@1"));
-    CHECK_OK(put_block(st, sig, 1, 1, 0));
-    CHECK_OK(put_block(st, sig, 2, 2, 0));
+    CHECK_OK(mc_device_inject_faults(f.dev, "device-lost@1"));
+    CHECK_OK(put_block(st, f.sig, 1, 1, 0));
+    CHECK_OK(put_block(st, f.sig, 2, 2, 0));
     for (uint64_t i = 2; i <= 3; i++) {
         CHECK_OK(mc_stream_pull(st, 10ull * 1000000000ull, &r));
         CHECK_EQ(r.sequence, i);
@@ -938,10 +1055,10 @@ MC_TEST(stream_gives_up_when_the_device_cannot_be_rebuilt)
     CHECK_OK(mc_stream_close(st, true));
     CHECK_STATUS(mc_stream_pull(st, 0, &r), MC_ERR_INVALID_STATE);
     mc_stream_release(st);
-    CHECK_EQ(atomic_load(&f.setups), 2);
-    CHECK_EQ(atomic_load(&f.teardowns), 1);
-    free(sig);
-    mc_device_release(d);
+    f.st = NULL;
+    CHECK_EQ(atomic_load(&f.fir.setups), 2);
+    CHECK_EQ(atomic_load(&f.fir.teardowns), 1);
+    fx_free(&f);
     return 0;
 }
 
@@ -1036,12 +1153,12 @@ static void close_in_callback(void *user, const mc_stream_result *r)
 
 MC_TEST(stream_rejects_bad_arguments)
 {
-    mc_device *d = mct_open_device(0);
-    CHECK(d);
-    fir_fixture f;
-    fir_fixture_init(&f);
+    fx x;
+    if (fx_init(&x, LOCAL, 1, 3, false)) return 1;
+    mc_device *d = x.dev;
+    fir_fixture *f = &x.fir;
     mc_stream *st = (mc_stream *)1;
-    mc_stream_desc sd = fir_desc(d, &f, 3);
+    mc_stream_desc sd = x.sd;
 
     CHECK_STATUS(mc_stream_create(&sd, NULL), MC_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(mc_stream_create(NULL, &st), MC_ERR_INVALID_ARGUMENT);
@@ -1073,7 +1190,7 @@ MC_TEST(stream_rejects_bad_arguments)
     bad.flags = 0x80u;
     CHECK_STATUS(mc_stream_create(&bad, &st), MC_ERR_INVALID_ARGUMENT);
     CHECK_STR_CONTAINS(mc_last_error(), "flags");
-    CHECK_EQ(atomic_load(&f.setups), 0);
+    CHECK_EQ(atomic_load(&f->setups), 0);
 
     /* What setup makes is checked; a failing setup fails create with its error. */
     static const struct {
@@ -1088,14 +1205,14 @@ MC_TEST(stream_rejects_bad_arguments)
         {BIND_SETUP_FAILS, MC_ERR_NOT_FOUND, "setup failed"},
     };
     for (size_t i = 0; i < sizeof binds / sizeof binds[0]; i++) {
-        f.bad = binds[i].bad;
+        f->bad = binds[i].bad;
         st = (mc_stream *)1;
         CHECK_STATUS(mc_stream_create(&sd, &st), binds[i].want);
         CHECK(st == NULL);
         CHECK_STR_CONTAINS(mc_last_error(), binds[i].says);
     }
-    CHECK_EQ(atomic_load(&f.teardowns), 4); /* every setup that succeeded was torn down */
-    f.bad = BIND_GOOD;
+    CHECK_EQ(atomic_load(&f->teardowns), 4); /* every setup that succeeded was torn down */
+    f->bad = BIND_GOOD;
     bad = sd;
     bad.result_size = 0; /* the passes bind the output */
     CHECK_STATUS(mc_stream_create(&bad, &st), MC_ERR_INVALID_ARGUMENT);
@@ -1134,8 +1251,7 @@ MC_TEST(stream_rejects_bad_arguments)
     CHECK_STATUS(mc_stream_release_result(st, &r), MC_ERR_INVALID_ARGUMENT); /* never pulled */
     CHECK_OK(mc_stream_acquire(st, 0, &sl));
     CHECK_STATUS(mc_stream_release_result(st, &r), MC_ERR_INVALID_ARGUMENT);
-    float *sig = make_signal(1);
-    CHECK(sig);
+    const float *sig = x.sig;
     memcpy(sl.input, sig, item_size());
     CHECK_OK(mc_stream_submit(st, sl.index, 5));
     CHECK_STATUS(mc_stream_submit(st, sl.index, 5), MC_ERR_INVALID_ARGUMENT); /* submitted already */
@@ -1161,7 +1277,19 @@ MC_TEST(stream_rejects_bad_arguments)
     CHECK_STATUS(cb.close, MC_ERR_INVALID_STATE);
     CHECK_OK(cb.acquire); /* a free slot: acquired at once */
     mc_stream_release(cb.st);
-    free(sig);
-    mc_device_release(d);
+
+    /* the back ends' own fields: a local stream needs the device, an
+     * isolated one must not have it (its worker opens it) */
+    mc_isolate_desc iso = MC_ISOLATE_DESC_INIT;
+    bad = sd;
+    bad.on_result = NULL;
+    bad.isolate = &iso;
+    CHECK_STATUS(mc_stream_create(&bad, &st), MC_ERR_INVALID_ARGUMENT);
+    CHECK_STR_CONTAINS(mc_last_error(), "desc->device must be NULL");
+    mc_isolate_stats ist;
+    CHECK_OK(mc_stream_create(&x.sd, &st));
+    CHECK_STATUS(mc_stream_get_isolate_stats(st, &ist), MC_ERR_INVALID_ARGUMENT); /* not an isolated stream */
+    mc_stream_release(st);
+    fx_free(&x);
     return 0;
 }

@@ -234,9 +234,13 @@ MC_API mc_status mc_stream_release_result(mc_stream *s, const mc_stream_result *
 /* No more submissions (they fail with MC_ERR_INVALID_STATE; producers
  * waiting in acquire wake with it). drain = true: waits until every item
  * submitted was delivered (recovering from faults as usual). drain = false
- * (cancel): items not yet committed are delivered at once with
- * MC_ERR_CANCELLED; items in flight once the device has finished with them
- * (their slots are never reused earlier), also with MC_ERR_CANCELLED.
+ * (cancel): items not yet committed never are; items the device has are
+ * waited for until it is done with them (their slots are never reused
+ * earlier; an isolated stream ends its worker at once). Every item handed
+ * over after the cancel is delivered with MC_ERR_CANCELLED, whether it ran
+ * or not, unless it failed with an error of its own; results handed over
+ * before it (the callback running, results waiting to be pulled or held)
+ * keep their status. The same for local and isolated streams.
  * Returns when every item is delivered (in pull mode: ready to pull). A
  * second call waits the same way (cancel may follow drain). Not from the
  * result callback: MC_ERR_INVALID_STATE. */

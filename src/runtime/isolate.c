@@ -5,7 +5,7 @@
  * a worker process, so that a fault that poisons a process (a CUDA context
  * after an illegal address, a Metal process whose access was revoked)
  * costs a worker, not the run. What this file owns, for runner_isolated.c
- * and isolate_stream.c:
+ * and stream_isolated.c:
  *
  *  - the launcher: a small process forked once from the caller when the
  *    isolated object is created, before its supervisor starts any thread.

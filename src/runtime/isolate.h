@@ -2,9 +2,9 @@
  * DOC: Isolation internals
  *
  * Shared by isolate.c (launcher, channel, shared memory, faults, the
- * supervisor's bookkeeping), runner_isolated.c and isolate_stream.c, and the
- * hooks stream.c calls to hand an isolated handle over (the runner's two
- * back ends meet in runner_ops.h instead).
+ * supervisor's bookkeeping), runner_isolated.c and stream_isolated.c (the
+ * runner's and the stream's back ends meet their front ends in runner_ops.h
+ * and stream_ops.h).
  */
 #ifndef MC_ENGINE_ISOLATE_H
 #define MC_ENGINE_ISOLATE_H
@@ -12,31 +12,6 @@
 #include "runtime/runtime.h"
 
 #include <sys/types.h>
-
-/* ---- hand-over from the public runner and stream calls ------------------ */
-
-#define MC__ISO_STREAM_TAG 0x6d634953u /* "mcIS" */
-
-/* True when h is an isolated stream: its first word is the tag. */
-static inline bool mc__iso_is_stream(const void *h)
-{
-    return h && *(const uint32_t *)h == MC__ISO_STREAM_TAG;
-}
-
-mc_status mc__stream_check_desc(const mc_stream_desc *d); /* stream.c: what needs no device */
-/* stream.c, for the worker: the next item submitted gets sequence number
- * next; whether the stream died (and why). */
-mc_status mc__stream_set_sequence(mc_stream *s, uint64_t next);
-bool mc__stream_dead(mc_stream *s, mc_status *status, char *why, size_t cap);
-mc_status mc__iso_stream_create(const mc_stream_desc *desc, mc_stream **out);
-mc_status mc__iso_stream_acquire(mc_stream *s, uint64_t timeout_ns, mc_stream_slot *out);
-mc_status mc__iso_stream_submit(mc_stream *s, uint32_t index, uint64_t tag);
-mc_status mc__iso_stream_discard(mc_stream *s, uint32_t index);
-mc_status mc__iso_stream_pull(mc_stream *s, uint64_t timeout_ns, mc_stream_result *out);
-mc_status mc__iso_stream_release_result(mc_stream *s, const mc_stream_result *r);
-mc_status mc__iso_stream_close(mc_stream *s, bool drain);
-mc_status mc__iso_stream_get_stats(const mc_stream *s, mc_stream_stats *out);
-void mc__iso_stream_release(mc_stream *s);
 
 /* ---- the channel: fixed-size messages over a local stream socket --------- */
 
