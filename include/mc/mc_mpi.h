@@ -56,11 +56,20 @@ typedef struct mc_mpi_binding {
 } mc_mpi_binding;
 
 /* Called on the runner's device with the local grid: width x local_height
- * cells (the slab's rows plus both halos). Runs again after a device loss
- * on the reopened device. */
+ * cells (the slab's rows plus both halos), and with overlap once more for
+ * the boundary bands' grid (width x 3 H radius cells); each call's BYTES
+ * are copied when it returns. Runs again after a device loss on the
+ * reopened device. */
 typedef mc_status (*mc_mpi_bind_fn)(void *user, mc_device *dev, uint32_t width, uint32_t local_height,
                                     mc_mpi_binding *b);
 typedef void (*mc_mpi_unbind_fn)(void *user, mc_mpi_binding *b);
+
+/* How a chunk's halo exchange meets its compute (docs/SCALE.md). */
+typedef enum mc_mpi_overlap {
+    MC_MPI_OVERLAP_AUTO = 0, /* on where it pays: every device but the CPU (see docs/SCALE.md) */
+    MC_MPI_OVERLAP_ON = 1,   /* the boundary bands first, sent while the interior computes */
+    MC_MPI_OVERLAP_OFF = 2   /* the exchange between chunks, the device idle */
+} mc_mpi_overlap;
 
 typedef struct mc_mpi_desc {
     MPI_Comm comm;           /* 0 (or MPI_COMM_NULL) = MPI_COMM_WORLD; duplicated */
@@ -79,6 +88,12 @@ typedef struct mc_mpi_desc {
     uint32_t checkpoint_chunks; /* chunks between coordinated checkpoints; 0 = 16 */
     uint32_t max_recoveries; /* failures in a row without progress before giving up; 0 = 8 */
     const char *inject_faults; /* this rank's faults, "KIND@N,..." counted over its command buffers */
+    /* Overlap: each chunk first computes the rank's boundary bands (the
+     * rows the neighbours need, 3 H radius rows each, on a grid of their
+     * own: bind runs once more for that height) and sends them while the
+     * whole slab computes. Never a send or receive inside a command
+     * buffer: the host posts them between command buffers. */
+    mc_mpi_overlap overlap;
     uint32_t state_arg[2];   /* slots of A and B; both 0 = 0 and 1 */
     uint32_t iteration_arg;  /* slot of the iteration bytes; 0 with state_arg unset = 2 */
     /* Not NULL: durable checkpoints. Each coordinated checkpoint is also
@@ -112,6 +127,7 @@ typedef struct mc_mpi_stats {
     uint32_t own_faults;     /* of them, caused by this rank's device */
     mc_status last_fault;    /* this rank's last device error, MC_OK if none */
     uint64_t halo_bytes_per_chunk; /* this rank sends (and receives) per chunk */
+    bool overlapped;         /* the exchange overlaps the compute (mc_mpi_desc.overlap) */
     double step_ms;          /* measured device time of one step on this rank */
     double exchange_ms_mean; /* wall time of one halo exchange, device copies included */
     double exchange_wait_ms_mean; /* of it, waiting in MPI (the transfer and any peer still computing) */

@@ -41,6 +41,15 @@
  * per 256 steps. */
 #define MAX_AUTO_HALO 256u
 
+/* The kernel bound for one grid height (bind's output and copies of its
+ * BYTES arguments). */
+typedef struct kernel_binding {
+    mc_mpi_binding b;
+    uint8_t *bytes[MC_MAX_BUFFER_ARGS];
+    bool bound;
+    uint32_t height;
+} kernel_binding;
+
 struct mc_mpi_runner {
     mc_mpi_desc d;
     MPI_Comm comm;
@@ -52,13 +61,19 @@ struct mc_mpi_runner {
     mc_device_desc dev_desc;
     mc_device *dev;
     mc_queue *queue;
-    mc_mpi_binding bind;
-    uint8_t *bytes[MC_MAX_BUFFER_ARGS]; /* copies of bind's BYTES args */
-    bool bound;
+    kernel_binding kb;      /* the local grid: the slab and both halos */
+    kernel_binding kb_band; /* a boundary band, 3 hr rows (overlap only) */
     mc_buffer *state[2];
+    mc_buffer *band[2][2];  /* [top, bottom][A, B] (overlap only) */
+    mc_buffer *halo_in;     /* received halos, top then bottom, until the next chunk copies them in */
+    bool overlap;
+    bool halos_ready;       /* overlap: the next chunk's halos are in halo_in */
     uint8_t *ckpt, *ckpt_new; /* own rows */
     uint64_t ckpt_step, step;
     uint8_t *halo[4]; /* send top, send bottom, receive top, receive bottom */
+    MPI_Request xreq[4]; /* the exchange in flight: the receives, then the sends */
+    int xrc, xpending;   /* MPI's error bits; receives not yet written to the device */
+    uint32_t band_steps_per_cb;
     double exch_ms_sum, comp_ms_sum, wait_ms_sum;
     uint64_t exch_n, comp_n;
     mc_mpi_stats st;
@@ -99,49 +114,79 @@ uint32_t mc_mpi_pick_halo(double chunk_ms, double row_ms, uint32_t radius, uint3
 
 /* ---- device objects ------------------------------------------------------ */
 
+static void kernel_unbind(mc_mpi_runner *r, kernel_binding *k)
+{
+    if (k->bound) r->d.unbind(r->d.user, &k->b);
+    k->bound = false;
+    for (int i = 0; i < MC_MAX_BUFFER_ARGS; i++) {
+        free(k->bytes[i]);
+        k->bytes[i] = NULL;
+    }
+}
+
 static void unbind_all(mc_mpi_runner *r)
 {
     for (int i = 0; i < 2; i++) {
         mc_buffer_release(r->state[i]);
         r->state[i] = NULL;
+        for (int j = 0; j < 2; j++) {
+            mc_buffer_release(r->band[i][j]);
+            r->band[i][j] = NULL;
+        }
     }
-    if (r->bound) r->d.unbind(r->d.user, &r->bind);
-    r->bound = false;
-    for (int i = 0; i < MC_MAX_BUFFER_ARGS; i++) {
-        free(r->bytes[i]);
-        r->bytes[i] = NULL;
-    }
+    mc_buffer_release(r->halo_in);
+    r->halo_in = NULL;
+    kernel_unbind(r, &r->kb);
+    kernel_unbind(r, &r->kb_band);
     mc_queue_release(r->queue);
     r->queue = NULL;
+}
+
+/* bind for a grid of `height` rows; BYTES arguments copied, since bind may
+ * point them at memory it rewrites for the next grid. */
+static mc_status kernel_bind(mc_mpi_runner *r, kernel_binding *k, uint32_t height)
+{
+    memset(&k->b, 0, sizeof k->b);
+    mc_status s = r->d.bind(r->d.user, r->dev, r->d.width, height, &k->b);
+    if (s != MC_OK) return s;
+    k->bound = true;
+    if (!k->b.pipeline) return mc__fail(MC_ERR_INVALID_ARGUMENT, "bind set no pipeline");
+    for (int i = 0; i < MC_MAX_BUFFER_ARGS; i++) {
+        const mc_runner_arg *a = &k->b.args[i];
+        if (a->kind != MC_RUNNER_ARG_BYTES) continue;
+        if (!a->bytes || a->len == 0 || a->len > MC_MAX_BYTES_ARG)
+            return mc__fail(MC_ERR_INVALID_ARGUMENT, "bind: slot %d has %zu bytes (1 to %d)", i, a->len,
+                            MC_MAX_BYTES_ARG);
+        if (!(k->bytes[i] = malloc(a->len))) return mc__fail(MC_ERR_NO_MEMORY, "bind: slot %d", i);
+        memcpy(k->bytes[i], a->bytes, a->len);
+    }
+    mc_size3 *t = &k->b.threads_per_threadgroup;
+    if (!t->x) *t = (mc_size3){DEFAULT_GROUP, DEFAULT_GROUP, 1};
+    k->height = height;
+    return MC_OK;
+}
+
+static mc_status state_buffer(mc_mpi_runner *r, uint32_t rows, const char *label, mc_buffer **out)
+{
+    mc_buffer_desc bd = {(size_t)rows * r->row_bytes, MC_STORAGE_PRIVATE, label, NULL};
+    return mc_buffer_create(r->dev, &bd, out);
 }
 
 static mc_status bind_all(mc_mpi_runner *r)
 {
     mc_queue_desc qd = {"mpi runner"};
     mc_status s = mc_queue_create(r->dev, &qd, &r->queue);
-    if (s != MC_OK) return s;
-    memset(&r->bind, 0, sizeof r->bind);
-    s = r->d.bind(r->d.user, r->dev, r->d.width, r->local_h, &r->bind);
-    if (s != MC_OK) return s;
-    r->bound = true;
-    if (!r->bind.pipeline) return mc__fail(MC_ERR_INVALID_ARGUMENT, "bind set no pipeline");
-    for (int i = 0; i < MC_MAX_BUFFER_ARGS; i++) {
-        const mc_runner_arg *a = &r->bind.args[i];
-        if (a->kind != MC_RUNNER_ARG_BYTES) continue;
-        if (!a->bytes || a->len == 0 || a->len > MC_MAX_BYTES_ARG)
-            return mc__fail(MC_ERR_INVALID_ARGUMENT, "bind: slot %d has %zu bytes (1 to %d)", i, a->len,
-                            MC_MAX_BYTES_ARG);
-        if (!(r->bytes[i] = malloc(a->len))) return mc__fail(MC_ERR_NO_MEMORY, "bind: slot %d", i);
-        memcpy(r->bytes[i], a->bytes, a->len);
-    }
-    mc_size3 *t = &r->bind.threads_per_threadgroup;
-    if (!t->x) *t = (mc_size3){DEFAULT_GROUP, DEFAULT_GROUP, 1};
-    size_t bytes = (size_t)r->local_h * r->row_bytes;
+    if (s == MC_OK) s = kernel_bind(r, &r->kb, r->local_h);
     static const char *const labels[2] = {"mpi state A", "mpi state B"};
-    for (int i = 0; i < 2 && s == MC_OK; i++) {
-        mc_buffer_desc bd = {bytes, MC_STORAGE_PRIVATE, labels[i], NULL};
-        s = mc_buffer_create(r->dev, &bd, &r->state[i]);
-    }
+    for (int i = 0; i < 2 && s == MC_OK; i++) s = state_buffer(r, r->local_h, labels[i], &r->state[i]);
+    if (!r->overlap || s != MC_OK) return s;
+    /* The boundary bands: 3 hr rows each, a grid of their own. */
+    s = kernel_bind(r, &r->kb_band, 3 * r->hr);
+    static const char *const band_labels[2][2] = {{"mpi top band A", "mpi top band B"},
+                                                  {"mpi bottom band A", "mpi bottom band B"}};
+    for (int i = 0; i < 2 && s == MC_OK; i++)
+        for (int j = 0; j < 2 && s == MC_OK; j++) s = state_buffer(r, 3 * r->hr, band_labels[i][j], &r->band[i][j]);
+    if (s == MC_OK) s = state_buffer(r, 2 * r->hr, "mpi received halos", &r->halo_in);
     return s;
 }
 
@@ -212,6 +257,7 @@ static mc_status rows_write(mc_mpi_runner *r, mc_buffer *b, uint32_t first, uint
 static mc_status restore(mc_mpi_runner *r)
 {
     r->step = r->ckpt_step;
+    r->halos_ready = false;
     return rows_write(r, cur(r, r->step), r->hr, r->my_rows, r->ckpt);
 }
 
@@ -294,60 +340,95 @@ static mc_status durable_setup(mc_mpi_runner *r, const mc_mpi_desc *d)
 }
 
 /* My top halo is the bottom of the rank above (lower rows, periodic), my
- * bottom halo the top of the rank below. The copies overlap the transfers:
- * both receives are posted first, each band is sent as soon as it is off
- * the device, and each halo goes onto the device as soon as it arrives. */
-static mc_status exchange(mc_mpi_runner *r, uint64_t step)
+ * bottom halo the top of the rank below. exchange_post posts both
+ * receives, then reads each band off the device and sends it at once
+ * (both directions in flight together); exchange_complete writes each halo
+ * onto the device as soon as it arrives. Every rank always takes part, even
+ * one whose device failed (s not MC_OK: nothing is read, the send buffers
+ * go as they are), so that no neighbour blocks; what it sends is thrown
+ * away in the roll-back that follows. */
+static void exchange_post(mc_mpi_runner *r, mc_buffer *top, uint32_t top_row, mc_buffer *bottom,
+                          uint32_t bottom_row, mc_status *s)
 {
     uint64_t t0 = mc__now_ns();
     uint32_t hr = r->hr;
-    /* A rank without a working device still takes part, so no peer blocks;
-     * what it sends is thrown away in the roll-back that follows. */
-    mc_buffer *b = r->bound ? cur(r, step) : NULL;
-    mc_status s = b ? MC_OK : mc__fail(MC_ERR_DEVICE_LOST, "no device");
     int up = (r->rank + r->size - 1) % r->size, down = (r->rank + 1) % r->size;
-    MPI_Request req[4];
-    int rc = MPI_Irecv(r->halo[2], (int)hr, r->row_type, up, 1, r->comm, &req[0]);
-    rc |= MPI_Irecv(r->halo[3], (int)hr, r->row_type, down, 0, r->comm, &req[1]);
-    if (s == MC_OK) s = rows_read(r, b, hr, hr, r->halo[0]);
-    rc |= MPI_Isend(r->halo[0], (int)hr, r->row_type, up, 0, r->comm, &req[2]);
-    if (s == MC_OK) s = rows_read(r, b, r->my_rows, hr, r->halo[1]);
-    rc |= MPI_Isend(r->halo[1], (int)hr, r->row_type, down, 1, r->comm, &req[3]);
-    double wait = 0;
-    for (int n = 0; n < 2 && rc == MPI_SUCCESS; n++) {
-        int which = MPI_UNDEFINED;
-        uint64_t t1 = mc__now_ns();
-        rc |= MPI_Waitany(2, req, &which, MPI_STATUS_IGNORE);
-        wait += ms_since(t1);
-        if (s == MC_OK && which == 0) s = rows_write(r, b, 0, hr, r->halo[2]);
-        if (s == MC_OK && which == 1) s = rows_write(r, b, hr + r->my_rows, hr, r->halo[3]);
-    }
-    uint64_t t1 = mc__now_ns();
-    rc |= MPI_Waitall(2, req + 2, MPI_STATUSES_IGNORE);
-    r->wait_ms_sum += wait + ms_since(t1);
-    if (rc != MPI_SUCCESS) return mc__fail(MC_ERR_IO, "halo exchange: MPI failed");
+    int rc = MPI_Irecv(r->halo[2], (int)hr, r->row_type, up, 1, r->comm, &r->xreq[0]);
+    rc |= MPI_Irecv(r->halo[3], (int)hr, r->row_type, down, 0, r->comm, &r->xreq[1]);
+    if (*s == MC_OK) *s = rows_read(r, top, top_row, hr, r->halo[0]);
+    rc |= MPI_Isend(r->halo[0], (int)hr, r->row_type, up, 0, r->comm, &r->xreq[2]);
+    if (*s == MC_OK) *s = rows_read(r, bottom, bottom_row, hr, r->halo[1]);
+    rc |= MPI_Isend(r->halo[1], (int)hr, r->row_type, down, 1, r->comm, &r->xreq[3]);
+    r->xrc = rc;
+    r->xpending = 2;
     r->exch_ms_sum += ms_since(t0);
+}
+
+/* Writes each halo that has arrived to dst (the top one at top_row, the
+ * bottom one at bottom_row); with wait, until both have. */
+static void exchange_take(mc_mpi_runner *r, mc_buffer *dst, uint32_t top_row, uint32_t bottom_row, mc_status *s,
+                          bool wait)
+{
+    uint64_t t0 = mc__now_ns();
+    double waited = 0;
+    while (r->xpending > 0 && r->xrc == MPI_SUCCESS) {
+        int which = MPI_UNDEFINED, flag = 1;
+        uint64_t t1 = mc__now_ns();
+        if (wait) r->xrc |= MPI_Waitany(2, r->xreq, &which, MPI_STATUS_IGNORE);
+        else r->xrc |= MPI_Testany(2, r->xreq, &which, &flag, MPI_STATUS_IGNORE);
+        waited += ms_since(t1);
+        if (!flag || which == MPI_UNDEFINED) break;
+        r->xpending--;
+        if (*s == MC_OK) *s = rows_write(r, dst, which ? bottom_row : top_row, r->hr, r->halo[2 + which]);
+    }
+    if (wait) r->wait_ms_sum += waited;
+    r->exch_ms_sum += ms_since(t0);
+}
+
+static mc_status exchange_complete(mc_mpi_runner *r, mc_buffer *dst, uint32_t top_row, uint32_t bottom_row,
+                                   mc_status s)
+{
+    exchange_take(r, dst, top_row, bottom_row, &s, true);
+    uint64_t t1 = mc__now_ns();
+    r->xrc |= MPI_Waitall(2, r->xreq + 2, MPI_STATUSES_IGNORE);
+    r->wait_ms_sum += ms_since(t1);
+    r->exch_ms_sum += ms_since(t1);
     r->exch_n++;
+    r->xpending = 0;
+    if (r->xrc != MPI_SUCCESS) return mc__fail(MC_ERR_IO, "halo exchange: MPI failed");
     return s;
+}
+
+/* The exchange between chunks, with the device idle: the halos of `step`
+ * from the neighbours' own rows at `step`, straight into the local grid. */
+static mc_status exchange(mc_mpi_runner *r, uint64_t step)
+{
+    mc_buffer *b = cur(r, step);
+    mc_status s = b ? MC_OK : mc__fail(MC_ERR_DEVICE_LOST, "no device");
+    exchange_post(r, b, r->hr, b, r->my_rows, &s);
+    return exchange_complete(r, b, 0, r->hr + r->my_rows, s);
 }
 
 /* ---- compute --------------------------------------------------------------- */
 
-static mc_status encode(mc_mpi_runner *r, mc_cmdbuf *cb, uint64_t first, uint32_t count)
+/* count steps from `first` on the grid of k (A and B its ping-pong
+ * buffers), one dispatch per step, in one pass. */
+static mc_status encode(mc_mpi_runner *r, mc_cmdbuf *cb, const kernel_binding *k, mc_buffer *a, mc_buffer *b,
+                        uint64_t first, uint32_t count)
 {
     mc_pass *p = NULL;
     mc_status s = mc_cmdbuf_begin_pass(cb, "mpi steps", &p);
     if (s != MC_OK) return s;
-    s = mc_pass_set_pipeline(p, r->bind.pipeline);
+    s = mc_pass_set_pipeline(p, k->b.pipeline);
     for (uint32_t i = 0; i < MC_MAX_BUFFER_ARGS && s == MC_OK; i++) {
-        const mc_runner_arg *a = &r->bind.args[i];
-        if (a->kind == MC_RUNNER_ARG_BUFFER) s = mc_pass_set_buffer(p, i, a->buffer, a->offset);
-        else if (a->kind == MC_RUNNER_ARG_BYTES) s = mc_pass_set_bytes(p, i, r->bytes[i], a->len);
+        const mc_runner_arg *arg = &k->b.args[i];
+        if (arg->kind == MC_RUNNER_ARG_BUFFER) s = mc_pass_set_buffer(p, i, arg->buffer, arg->offset);
+        else if (arg->kind == MC_RUNNER_ARG_BYTES) s = mc_pass_set_bytes(p, i, k->bytes[i], arg->len);
     }
-    if (s == MC_OK) s = mc_pass_set_buffer(p, r->d.state_arg[0], r->state[0], 0);
-    if (s == MC_OK) s = mc_pass_set_buffer(p, r->d.state_arg[1], r->state[1], 0);
-    mc_size3 t = r->bind.threads_per_threadgroup;
-    mc_size3 groups = {(r->d.width + t.x - 1) / t.x, (r->local_h + t.y - 1) / t.y, 1};
+    if (s == MC_OK) s = mc_pass_set_buffer(p, r->d.state_arg[0], a, 0);
+    if (s == MC_OK) s = mc_pass_set_buffer(p, r->d.state_arg[1], b, 0);
+    mc_size3 t = k->b.threads_per_threadgroup;
+    mc_size3 groups = {(r->d.width + t.x - 1) / t.x, (k->height + t.y - 1) / t.y, 1};
     for (uint32_t j = 0; j < count && s == MC_OK; j++) {
         mc_runner_iteration it = {first + j, 1, 0};
         if (j) s = mc_pass_barrier(p);
@@ -366,24 +447,81 @@ typedef struct inflight {
     uint64_t t0;
 } inflight;
 
-/* Commits steps [first, first + count) in command buffers of steps_per_cb
- * steps; the device runs them while the caller does other work. */
-static void submit(mc_mpi_runner *r, uint64_t first, uint32_t count, inflight *f)
+static bool inflight_start(inflight *f, uint32_t ncb)
 {
     memset(f, 0, sizeof *f);
     f->t0 = mc__now_ns();
+    if (!(f->cbs = calloc(ncb, sizeof *f->cbs))) f->status = mc__fail(MC_ERR_NO_MEMORY, "command buffers");
+    return f->cbs != NULL;
+}
+
+static mc_status inflight_add(mc_mpi_runner *r, inflight *f, const char *label, mc_cmdbuf **out)
+{
+    mc_cmdbuf_desc cd = {label, MC_CMDBUF_TIMESTAMPS};
+    mc_status s = mc_cmdbuf_create(r->queue, &cd, &f->cbs[f->made]);
+    if (s == MC_OK) *out = f->cbs[f->made++];
+    return s;
+}
+
+/* Overlap: the halos received during the last chunk go into the local
+ * grid on the device timeline, first thing in the chunk, so the host wrote
+ * them (to halo_in) while the device still computed. */
+static mc_status stage_halos(mc_mpi_runner *r, mc_cmdbuf *cb, uint64_t first)
+{
+    size_t band = (size_t)r->hr * r->row_bytes;
+    mc_status s = mc_cmdbuf_copy_buffer(cb, r->halo_in, 0, cur(r, first), 0, band);
+    if (s == MC_OK)
+        s = mc_cmdbuf_copy_buffer(cb, r->halo_in, band, cur(r, first), (size_t)(r->hr + r->my_rows) * r->row_bytes,
+                                  band);
+    return s;
+}
+
+/* Commits steps [first, first + count) on the local grid in command
+ * buffers of steps_per_cb steps; the device runs them while the caller
+ * does other work. stage: the first one copies the received halos in. */
+static void submit(mc_mpi_runner *r, uint64_t first, uint32_t count, bool stage, inflight *f)
+{
     uint32_t ncb = (count + r->steps_per_cb - 1) / r->steps_per_cb;
-    if (!(f->cbs = calloc(ncb, sizeof *f->cbs))) {
-        f->status = mc__fail(MC_ERR_NO_MEMORY, "command buffers");
-        return;
-    }
+    if (!inflight_start(f, ncb)) return;
     for (uint32_t c = 0; c < ncb && f->status == MC_OK; c++) {
         uint32_t n = MC__MIN(r->steps_per_cb, count - c * r->steps_per_cb);
-        mc_cmdbuf_desc cd = {"mpi chunk", MC_CMDBUF_TIMESTAMPS};
-        mc_status s = mc_cmdbuf_create(r->queue, &cd, &f->cbs[c]);
-        if (s == MC_OK) f->made++;
-        if (s == MC_OK) s = encode(r, f->cbs[c], first + (uint64_t)c * r->steps_per_cb, n);
-        if (s == MC_OK) s = mc_cmdbuf_commit(f->cbs[c]);
+        uint64_t at = first + (uint64_t)c * r->steps_per_cb;
+        mc_cmdbuf *cb = NULL;
+        mc_status s = inflight_add(r, f, "mpi chunk", &cb);
+        if (s == MC_OK && stage && c == 0) s = stage_halos(r, cb, first);
+        if (s == MC_OK) s = encode(r, cb, &r->kb, r->state[0], r->state[1], at, n);
+        if (s == MC_OK) s = mc_cmdbuf_commit(cb);
+        if (s != MC_OK) f->status = s;
+    }
+}
+
+/* Overlap: the boundary bands of the chunk [first, first + count), each a
+ * grid of 3 hr rows of its own copied from the local grid at `first` (the
+ * top band from local row 0, the bottom one from my_rows - hr). After
+ * count <= H steps the middle hr rows of each are exact (a step spoils
+ * radius rows at each end of a grid, as in the slab): the rank's own first
+ * and last hr rows at first + count, what the neighbours need next. They
+ * run first on the queue, so the host sends them while the device computes
+ * the whole local grid (the interior) after them. */
+static void submit_bands(mc_mpi_runner *r, uint64_t first, uint32_t count, bool stage, inflight *f)
+{
+    uint32_t per = r->band_steps_per_cb;
+    uint32_t ncb = (count + per - 1) / per;
+    if (!inflight_start(f, ncb)) return;
+    size_t band = (size_t)3 * r->hr * r->row_bytes;
+    mc_buffer *src = cur(r, first);
+    for (uint32_t c = 0; c < ncb && f->status == MC_OK; c++) {
+        uint32_t n = MC__MIN(per, count - c * per);
+        uint64_t at = first + (uint64_t)c * per;
+        mc_cmdbuf *cb = NULL;
+        mc_status s = inflight_add(r, f, "mpi bands", &cb);
+        if (s == MC_OK && stage && c == 0) s = stage_halos(r, cb, first);
+        if (s == MC_OK && c == 0) s = mc_cmdbuf_copy_buffer(cb, src, 0, r->band[0][first & 1u], 0, band);
+        if (s == MC_OK && c == 0)
+            s = mc_cmdbuf_copy_buffer(cb, src, (size_t)(r->my_rows - r->hr) * r->row_bytes, r->band[1][first & 1u],
+                                      0, band);
+        for (int i = 0; i < 2 && s == MC_OK; i++) s = encode(r, cb, &r->kb_band, r->band[i][0], r->band[i][1], at, n);
+        if (s == MC_OK) s = mc_cmdbuf_commit(cb);
         if (s != MC_OK) f->status = s;
     }
 }
@@ -392,6 +530,7 @@ static void submit(mc_mpi_runner *r, uint64_t first, uint32_t count, inflight *f
  * that failed. */
 static mc_status finish(mc_mpi_runner *r, inflight *f, uint64_t *gpu_ns)
 {
+    (void)r;
     mc_status result = f->status;
     if (gpu_ns) *gpu_ns = 0;
     for (uint32_t c = 0; c < f->made; c++) {
@@ -413,7 +552,7 @@ static mc_status finish(mc_mpi_runner *r, inflight *f, uint64_t *gpu_ns)
 static mc_status compute(mc_mpi_runner *r, uint64_t first, uint32_t count, uint64_t *gpu_ns)
 {
     inflight f;
-    submit(r, first, count, &f);
+    submit(r, first, count, false, &f);
     uint64_t t0 = f.t0;
     mc_status s = finish(r, &f, gpu_ns);
     r->comp_ms_sum += ms_since(t0);
@@ -441,6 +580,23 @@ static mc_status rebuild(mc_mpi_runner *r, mc_status own, uint32_t attempt)
         return bind_all(r);
     }
     return MC_OK;
+}
+
+/* Overlap: while the slab computes, each halo goes to halo_in as it
+ * arrives. MPI is polled between short waits on the device, not waited on:
+ * Open MPI's blocking wait spins, which on the CPU device would take a core
+ * from the compute. */
+#define POLL_NS 100000u
+static void take_while_computing(mc_mpi_runner *r, inflight *f, mc_status *s)
+{
+    if (!f->made) return;
+    mc_cmdbuf *last = f->cbs[f->made - 1];
+    if (mc_cmdbuf_get_state(last) == MC_CMDBUF_NOT_ENQUEUED) return;
+    for (;;) {
+        exchange_take(r, r->halo_in, 0, r->hr, s, false);
+        if (!r->xpending || r->xrc != MPI_SUCCESS) return;
+        if (mc_cmdbuf_wait(last, POLL_NS) != MC_ERR_WAIT_TIMEOUT) return;
+    }
 }
 
 static bool recoverable(mc_status s) { return mc_status_is_device_error(s) || s == MC_ERR_WAIT_TIMEOUT; }
@@ -477,15 +633,33 @@ mc_status mc_mpi_runner_run(mc_mpi_runner *r)
         inflight f = {0};
         uint32_t k = 0;
         mc_status own = MC_OK;
-        bool launched = next < r->d.total_steps;
+        bool launched = next < r->d.total_steps, ahead = false;
         if (launched) {
             k = (uint32_t)MC__MIN((uint64_t)r->st.halo_steps, r->d.total_steps - next);
+            /* Overlap: this chunk's bands give the next chunk's halos, sent
+             * while the interior computes; the last chunk needs none. The
+             * same on every rank, so every rank posts the same exchanges. */
+            ahead = r->overlap && next + k < r->d.total_steps;
             /* Every rank always takes part in the exchange, so that no
-             * neighbour waits for it; a failed durable write counts after. */
-            own = exchange(r, next);
+             * neighbour waits for it; a failed durable write counts after.
+             * With overlap the halos are already there, except after the
+             * start or a roll-back (on every rank alike). */
+            bool staged = r->halos_ready;
+            own = staged ? MC_OK : exchange(r, next);
+            r->halos_ready = false;
             if (pending != MC_OK) own = pending;
             pending = MC_OK;
-            if (own == MC_OK) submit(r, next, k, &f);
+            inflight bands = {0};
+            if (own == MC_OK && ahead) submit_bands(r, next, k, staged, &bands);
+            if (own == MC_OK) submit(r, next, k, staged && !ahead, &f);
+            if (ahead) {
+                uint64_t b0 = mc__now_ns();
+                mc_status b = finish(r, &bands, NULL);
+                if (own == MC_OK) own = b;
+                r->exch_ms_sum += ms_since(b0);
+                uint32_t at = (next + k) & 1u;
+                exchange_post(r, r->band[0][at], r->hr, r->band[1][at], r->hr, &own);
+            }
         }
         /* The previous chunk's outcome, the same on every rank. */
         mc_status all = MC_OK;
@@ -502,10 +676,15 @@ mc_status mc_mpi_runner_run(mc_mpi_runner *r)
         }
         if (launched) {
             uint64_t c0 = f.t0 ? f.t0 : mc__now_ns();
+            if (ahead) take_while_computing(r, &f, &own);
             mc_status done = finish(r, &f, NULL);
             if (own == MC_OK) own = done;
             r->comp_ms_sum += ms_since(c0);
             r->comp_n++;
+            if (ahead) {
+                own = exchange_complete(r, r->halo_in, 0, r->hr, own);
+                r->halos_ready = true;
+            }
         }
         if (all == MC_OK && launched) {
             /* Checkpoint after the same chunk on every rank: the count
@@ -575,6 +754,8 @@ static mc_status check_desc(const mc_mpi_desc *d, int size)
                         d->height, d->cell_bytes);
     if (!d->initial) return mc__fail(MC_ERR_INVALID_ARGUMENT, "initial is NULL");
     if (!d->total_steps) return mc__fail(MC_ERR_INVALID_ARGUMENT, "total_steps is 0");
+    if ((unsigned)d->overlap > MC_MPI_OVERLAP_OFF)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "overlap is %u (AUTO 0, ON 1, OFF 2)", (unsigned)d->overlap);
     if (d->budget_ms < 0 || d->budget_ms > 60000)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "budget_ms is %g (0 to 60000)", d->budget_ms);
     if (d->state_arg[0] >= MC_MAX_BUFFER_ARGS || d->state_arg[1] >= MC_MAX_BUFFER_ARGS ||
@@ -646,7 +827,7 @@ static mc_status setup(mc_mpi_runner *r, const mc_mpi_desc *desc)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "halo of %u steps needs %u rows in every slab; the smallest has %u",
                         r->d.halo_steps, r->d.halo_steps * r->d.radius, min_rows);
     r->max_h = MC__MIN(max_h, MAX_AUTO_HALO);
-    r->steps_per_cb = 1; /* until measured */
+    r->steps_per_cb = r->band_steps_per_cb = 1; /* until measured */
     /* Automatic H is measured at H = 1, then the slab is rebuilt deeper. */
     set_halo(r, r->d.halo_steps ? r->d.halo_steps : 1);
     size_t own = (size_t)r->my_rows * r->row_bytes;
@@ -657,6 +838,7 @@ static mc_status setup(mc_mpi_runner *r, const mc_mpi_desc *desc)
     memcpy(r->ckpt, init + (size_t)r->row0 * r->row_bytes, own);
     r->ckpt_step = 0;
     if ((s = pick_device(r)) != MC_OK) return s;
+    r->overlap = r->d.overlap == MC_MPI_OVERLAP_ON || r->d.overlap == MC_MPI_OVERLAP_AUTO;
     if ((s = open_device(r)) != MC_OK) return s;
     return restore(r);
 }
@@ -667,6 +849,8 @@ static void set_steps_per_cb(mc_mpi_runner *r, double row_ms)
 {
     double step = row_ms * r->local_h;
     r->steps_per_cb = step > 0 ? (uint32_t)MC__MIN(1e6, MC__MAX(1.0, r->d.budget_ms / step)) : 1u;
+    double bands = row_ms * 6.0 * r->hr; /* two bands of 3 hr rows */
+    r->band_steps_per_cb = bands > 0 ? (uint32_t)MC__MIN(1e6, MC__MAX(1.0, r->d.budget_ms / bands)) : 1u;
 }
 
 /* One step on the device, timed (the second of two: the first pays for
@@ -770,6 +954,7 @@ mc_status mc_mpi_runner_create(const mc_mpi_desc *desc, mc_mpi_runner **out)
     r->st.row0 = r->row0;
     r->st.rows = r->my_rows;
     r->st.halo_bytes_per_chunk = 2ull * r->hr * r->row_bytes;
+    r->st.overlapped = r->overlap;
     *out = r;
     return MC_OK;
 fail:
