@@ -146,12 +146,13 @@ static int kmpi_usage(int rc)
     printf("usage: mpirun -n N metal-compute run FILE --mpi --function NAME --arg pair:FIELD.npy --arg iter\n"
            "           --arg TYPE:V,... [--steps N] [--out FILE.npy] [--device D] [--radius R] [--halo H]\n"
            "           [--slab-rows R0,...] [--budget-ms MS] [--checkpoint-chunks C] [--inject-faults SPEC]\n"
-           "           [--checkpoint-dir DIR [--resume]] [--no-overlap]\n\n"
+           "           [--checkpoint-dir DIR [--resume]] [--overlap | --no-overlap]\n\n"
            "Runs your step kernel (as run FILE does) across the ranks: the pair's 2-D grid (H, W) is cut\n"
            "into slabs of rows. In the scalars, u32:height stands for each rank's slab height (halos\n"
            "included): the kernel must wrap rows within the height it is given. --radius: rows a step\n"
            "reads above and below (default 1). The .npy written by rank 0 is the same bytes as run FILE's.\n"
-           "--no-overlap: exchange the halos between chunks instead of while the slab computes.\n");
+           "--overlap: the boundary bands first, sent while the slab computes; --no-overlap: the halos\n"
+           "exchanged between chunks; default: whichever the cost model says is faster.\n");
     return rc;
 }
 
@@ -263,6 +264,8 @@ static int kmpi_run(int argc, char **argv, int rank, int size)
             resume = true;
         } else if (!strcmp(a, "--no-overlap")) {
             overlap = MC_MPI_OVERLAP_OFF;
+        } else if (!strcmp(a, "--overlap")) {
+            overlap = MC_MPI_OVERLAP_ON;
         } else {
             rc = kmpi_fail(rank, "unknown or incomplete option '%s' (see run FILE --mpi --help)", a);
             goto checked;

@@ -66,7 +66,8 @@ typedef void (*mc_mpi_unbind_fn)(void *user, mc_mpi_binding *b);
 
 /* How a chunk's halo exchange meets its compute (docs/SCALE.md). */
 typedef enum mc_mpi_overlap {
-    MC_MPI_OVERLAP_AUTO = 0, /* on where it pays: every device but the CPU (see docs/SCALE.md) */
+    MC_MPI_OVERLAP_AUTO = 0, /* on where the cost model says it pays, from the figures measured at
+                                create (docs/SCALE.md) */
     MC_MPI_OVERLAP_ON = 1,   /* the boundary bands first, sent while the interior computes */
     MC_MPI_OVERLAP_OFF = 2   /* the exchange between chunks, the device idle */
 } mc_mpi_overlap;
@@ -128,6 +129,8 @@ typedef struct mc_mpi_stats {
     mc_status last_fault;    /* this rank's last device error, MC_OK if none */
     uint64_t halo_bytes_per_chunk; /* this rank sends (and receives) per chunk */
     bool overlapped;         /* the exchange overlaps the compute (mc_mpi_desc.overlap) */
+    double model_step_ms[2]; /* the model's ms per step, between chunks and overlapped, each at its
+                                best H (or the given one), from the slowest rank's figures */
     double step_ms;          /* measured device time of one step on this rank */
     double exchange_ms_mean; /* wall time of one halo exchange, device copies included */
     double exchange_wait_ms_mean; /* of it, waiting in MPI (the transfer and any peer still computing) */

@@ -838,7 +838,8 @@ static mc_status setup(mc_mpi_runner *r, const mc_mpi_desc *desc)
     memcpy(r->ckpt, init + (size_t)r->row0 * r->row_bytes, own);
     r->ckpt_step = 0;
     if ((s = pick_device(r)) != MC_OK) return s;
-    r->overlap = r->d.overlap == MC_MPI_OVERLAP_ON || r->d.overlap == MC_MPI_OVERLAP_AUTO;
+    /* Measured without bands; plan() decides (mc_mpi_runner_create). */
+    r->overlap = r->d.overlap == MC_MPI_OVERLAP_ON;
     if ((s = open_device(r)) != MC_OK) return s;
     return restore(r);
 }
@@ -857,7 +858,7 @@ static void set_steps_per_cb(mc_mpi_runner *r, double row_ms)
  * warming up), and what a chunk costs besides its steps: the exchange,
  * submitting and waiting for the command buffer, and the allreduce. Those
  * are paid once per chunk, so they size H (mc_mpi_pick_halo). */
-static mc_status measure(mc_mpi_runner *r, double *step_ms, double *chunk_ms)
+static mc_status measure(mc_mpi_runner *r, double *step_ms, double fixed[3])
 {
     uint64_t ns = 0;
     mc_status s = MC_OK;
@@ -882,10 +883,48 @@ static mc_status measure(mc_mpi_runner *r, double *step_ms, double *chunk_ms)
         x = ms_since(t0);
         best_a = i ? MC__MIN(best_a, x) : x;
     }
-    *chunk_ms = best_x + best_a + MC__MAX(0.0, wall - *step_ms);
+    fixed[0] = MC__MAX(0.0, wall - *step_ms); /* a command buffer's round trip */
+    fixed[1] = best_x;
+    fixed[2] = best_a;
     r->exch_ms_sum = r->comp_ms_sum = r->wait_ms_sum = 0;
     r->exch_n = r->comp_n = 0;
     return s;
+}
+
+/* The cost model of docs/SCALE.md, per step, in ms: rows computed (the
+ * slab, and `extra` rows per halo step: 2 for the halos, 8 with overlap's
+ * two bands of 3) plus what a chunk pays once, over its H steps. */
+static double model_step_ms(const mc_mpi_runner *r, double row_ms, double chunk_ms, uint32_t extra, uint32_t h)
+{
+    return row_ms * ((double)r->my_rows + (double)extra * h * r->d.radius) + chunk_ms / h;
+}
+
+/* H, and whether to overlap, from the slowest rank's figures (so every
+ * rank decides the same): between chunks a chunk pays a round trip, the
+ * exchange and the allreduce; overlapped it pays two round trips (the
+ * bands, the slab) and the allreduce, the exchange hidden behind the slab,
+ * for 6 H radius more rows per step. AUTO takes the cheaper at its best H. */
+static void plan(mc_mpi_runner *r, const double worst[4], uint32_t *h_out, bool *overlap_out)
+{
+    double row = worst[0], chunk[2] = {worst[1] + worst[2] + worst[3], 2 * worst[1] + worst[3]};
+    static const uint32_t extra[2] = {2, 8};
+    uint32_t h[2];
+    double cost[2];
+    for (int m = 0; m < 2; m++) {
+        h[m] = r->d.halo_steps;
+        if (!h[m]) {
+            /* mc_mpi_pick_halo's 2 H radius rows, scaled to these. */
+            h[m] = mc_mpi_pick_halo(chunk[m], row * extra[m] / 2.0, r->d.radius, r->max_h);
+            /* A chunk fits one command buffer of the budget. */
+            h[m] = MC__MAX(1u, MC__MIN(h[m], r->steps_per_cb));
+        }
+        cost[m] = model_step_ms(r, row, chunk[m], extra[m], h[m]);
+    }
+    bool overlap = r->d.overlap == MC_MPI_OVERLAP_ON || (r->d.overlap == MC_MPI_OVERLAP_AUTO && cost[1] < cost[0]);
+    *overlap_out = overlap;
+    *h_out = h[overlap];
+    r->st.model_step_ms[0] = cost[0];
+    r->st.model_step_ms[1] = cost[1];
 }
 
 mc_status mc_mpi_runner_create(const mc_mpi_desc *desc, mc_mpi_runner **out)
@@ -919,25 +958,23 @@ mc_status mc_mpi_runner_create(const mc_mpi_desc *desc, mc_mpi_runner **out)
     if ((s = agree(r, s)) != MC_OK) goto fail;
     if (r->dir && desc->resume && (s = resume(r)) != MC_OK) goto fail;
 
-    double step_ms = 0, chunk_ms = 0;
-    s = measure(r, &step_ms, &chunk_ms);
+    double step_ms = 0, fixed[3] = {0, 0, 0};
+    s = measure(r, &step_ms, fixed);
     if ((s = agree(r, s)) != MC_OK) goto fail;
-    /* H and the command-buffer size from the slowest rank, so every rank
-     * picks the same. */
-    double mine[2] = {step_ms / r->local_h, chunk_ms}, worst[2] = {0, 0};
-    MPI_Allreduce(mine, worst, 2, MPI_DOUBLE, MPI_MAX, r->comm);
+    /* H, overlap and the command-buffer size from the slowest rank, so
+     * every rank picks the same. */
+    double mine[4] = {step_ms / r->local_h, fixed[0], fixed[1], fixed[2]}, worst[4] = {0, 0, 0, 0};
+    MPI_Allreduce(mine, worst, 4, MPI_DOUBLE, MPI_MAX, r->comm);
     set_steps_per_cb(r, worst[0]);
-    uint32_t h = r->d.halo_steps;
-    if (!h) {
-        h = mc_mpi_pick_halo(worst[1], worst[0], r->d.radius, r->max_h);
-        /* A chunk fits one command buffer of the budget. */
-        h = MC__MAX(1u, MC__MIN(h, r->steps_per_cb));
-        if (h > 1) {
-            /* Deeper halos, a taller local grid: bind again for it. */
-            unbind_all(r);
-            set_halo(r, h);
-            s = r->halo[0] ? bind_all(r) : mc__fail(MC_ERR_NO_MEMORY, "halo rows");
-        }
+    uint32_t h = 0;
+    bool overlap = false;
+    plan(r, worst, &h, &overlap);
+    if (h * r->d.radius != r->hr || overlap != r->overlap) {
+        /* Deeper halos, a taller local grid, or the bands: bind again. */
+        unbind_all(r);
+        set_halo(r, h);
+        r->overlap = overlap;
+        s = r->halo[0] ? bind_all(r) : mc__fail(MC_ERR_NO_MEMORY, "halo rows");
     }
     /* Measuring wrote over the state: back to the start (or the resumed step). */
     if (s == MC_OK) s = restore(r);
