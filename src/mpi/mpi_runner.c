@@ -27,6 +27,8 @@
 #include "core/core.h"
 #include "engine/engine.h"
 
+#include <dirent.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -282,6 +284,31 @@ static mc_status checkpoint_commit(mc_mpi_runner *r, uint64_t step)
     return mc__ckpt_write(r->dir, r->params, r->params_len, step, state, &size, 1);
 }
 
+/* A rank's newest checkpoint that no peer holds is renamed with this
+ * suffix at resume (below) rather than deleted, so that an operator can
+ * still look at it if that run fails too. It is stale from then on: the
+ * ranks restart from an earlier step, replay reproduces that step bit for
+ * bit, and the loader never reads these names. So every rank removes its
+ * own at the next start (before resuming) and when a run succeeds. */
+#define AHEAD_SUFFIX ".ahead-of-peers"
+
+static void remove_set_aside(mc_mpi_runner *r)
+{
+    DIR *d = r->dir ? opendir(r->dir) : NULL;
+    if (!d) return;
+    size_t sl = strlen(AHEAD_SUFFIX);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        if (n <= sl || strcmp(e->d_name + n - sl, AHEAD_SUFFIX)) continue;
+        char path[4300];
+        snprintf(path, sizeof path, "%s/%s", r->dir, e->d_name);
+        if (unlink(path) == 0) mc__log(MC_LOG_INFO, "mpi.set_aside_removed", "removed %s (stale)", path);
+        else mc__log(MC_LOG_WARN, "mpi.set_aside_kept", "cannot remove %s: %s", path, strerror(errno));
+    }
+    closedir(d);
+}
+
 /* Every rank loads its newest valid file; they start from the oldest of
  * those steps. All ranks write after the same chunk and keep two, so a
  * rank ahead (killed while the others were still writing) holds that step
@@ -311,7 +338,7 @@ static mc_status resume(mc_mpi_runner *r)
         if (it > lo) {
             char from[4200], to[4220];
             snprintf(from, sizeof from, "%s/checkpoint-%020llu.mcck", r->dir, (unsigned long long)it);
-            snprintf(to, sizeof to, "%s.ahead-of-peers", from);
+            snprintf(to, sizeof to, "%s" AHEAD_SUFFIX, from);
             if (rename(from, to) != 0) s = mc__fail(MC_ERR_IO, "cannot set aside %s", from);
             if (s == MC_OK) s = mc__ckpt_load(r->dir, "mpi", r->params, r->params_len, &size, 1, state, &it, &found);
             if (s == MC_OK && (!found || it != lo))
@@ -741,7 +768,9 @@ mc_status mc_mpi_runner_run(mc_mpi_runner *r)
     }
     r->st.steps = r->step;
     r->st.elapsed_ms = ms_since(t0);
-    return agree(r, pending);
+    mc_status s = agree(r, pending);
+    if (s == MC_OK) remove_set_aside(r);
+    return s;
 }
 
 /* ---- create, gather, release ------------------------------------------------ */
@@ -956,6 +985,7 @@ mc_status mc_mpi_runner_create(const mc_mpi_desc *desc, mc_mpi_runner **out)
         s = mc__fail(MC_ERR_IO, "MPI row type");
     if (s == MC_OK) s = durable_setup(r, desc);
     if ((s = agree(r, s)) != MC_OK) goto fail;
+    remove_set_aside(r);
     if (r->dir && desc->resume && (s = resume(r)) != MC_OK) goto fail;
 
     double step_ms = 0, fixed[3] = {0, 0, 0};
