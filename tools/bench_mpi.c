@@ -235,6 +235,16 @@ int mc_cli_bench_mpi(int argc, char **argv)
                        one, ro, one / n[1], w ? "efficiency" : "speedup",
                        w ? st_weak[1].halo_steps : st_strong[1].halo_steps);
             }
+            /* What the runner's cost model predicted at create, from its own measurements, at the H
+             * in force: compare with the rows above. */
+            for (int w = 0; w < 2; w++) {
+                const mc_mpi_stats *st = w ? st_weak : st_strong;
+                char on[16] = "-";
+                if (!first) snprintf(on, sizeof on, "%.3f", st[0].model_step_ms[1]);
+                printf("%-44s %12s %12.3f\n", w ? "  model, weak (slowest rank's figures)" :
+                                                   "  model, strong (slowest rank's figures)",
+                       on, st[1].model_step_ms[0]);
+            }
             printf("%-44s %12s %12s %12s\n", "", "overlapped", "between", "Sendrecv");
             printf("%-44s %12.1f %12.1f %12.1f  (%u rows x %u cells, each way)\n",
                    "halo exchange per chunk, us (strong grid)", st_strong[0].exchange_ms_mean * 1e3,
