@@ -685,6 +685,7 @@ mc_status mc_mpi_runner_run(mc_mpi_runner *r)
                 if (own == MC_OK) own = b;
                 r->exch_ms_sum += ms_since(b0);
                 uint32_t at = (next + k) & 1u;
+                if (own == MC_OK && !r->band[0][at]) own = mc__fail(MC_ERR_DEVICE_LOST, "no device");
                 exchange_post(r, r->band[0][at], r->hr, r->band[1][at], r->hr, &own);
             }
         }
