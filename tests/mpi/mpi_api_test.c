@@ -138,6 +138,8 @@ static void run_and_compare(const mc_mpi_desc *d, const uint32_t *want, int rank
     CHECK(st.halo_rows == st.halo_steps * 2u);
     if (d->overlap == MC_MPI_OVERLAP_ON) CHECK(st.overlapped);
     if (d->overlap == MC_MPI_OVERLAP_OFF) CHECK(!st.overlapped);
+    /* The default runs whichever the model priced lower. */
+    if (d->overlap == MC_MPI_OVERLAP_AUTO) CHECK(st.overlapped == (st.model_step_ms[1] < st.model_step_ms[0]));
     CHECK(st.model_step_ms[0] > 0 && st.model_step_ms[1] > 0);
     free(got);
     mc_mpi_runner_release(r);
