@@ -9,15 +9,18 @@
 # With "aside", the resumed run is killed too: its set-aside files must
 # still be there for an operator; the next start removes them (that run is
 # killed as well, so only the start can have done it); a last one finishes.
-#   resume.sh BIN [lag|aside]
+# With "overlap", the plain case with the exchange overlapped (--overlap).
+#   resume.sh BIN [lag|aside|overlap]
 set -eu
 bin=$1 mode=${2:-}
+extra=""
+[ "$mode" != overlap ] || extra=--overlap
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 "$bin" run gray-scott --size 50 --steps 60 --out "$dir/plain.png" >/dev/null
 run() {
     mpirun -n 3 --oversubscribe "$bin" run gray-scott --mpi --size 50 --steps 60 --halo 2 --checkpoint-chunks 4 \
-        --checkpoint-dir "$dir/ck" --out "$dir/mpi.png" "$@"
+        --checkpoint-dir "$dir/ck" --out "$dir/mpi.png" $extra "$@"
 }
 killed() {
     if run "$@" >"$dir/killed.txt" 2>&1; then
@@ -43,6 +46,10 @@ fi
 run --resume >"$dir/resumed.txt"
 cat "$dir/resumed.txt"
 grep -qF "resumed from step $want" "$dir/resumed.txt" || { echo "expected a resume from step $want" >&2; exit 1; }
+if [ -n "$extra" ] && ! grep -qF "exchange overlapped" "$dir/resumed.txt"; then
+    echo "expected the overlapped exchange" >&2
+    exit 1
+fi
 [ "$(aside)" -eq 0 ] || { echo "the finished run left $(aside) set-aside files" >&2; exit 1; }
 cmp "$dir/plain.png" "$dir/mpi.png"
 echo "same bytes as the single-process run"
