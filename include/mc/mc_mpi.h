@@ -10,9 +10,10 @@
  * halo rows above and below copied from its neighbours. A chunk runs up to
  * H steps with no communication: every step updates every local row,
  * halo included, so rows near the slab's ends go stale one radius per step
- * and the rank's own rows stay exact for H steps. Halos are exchanged
- * between chunks, on the host, never inside a command buffer (a send or
- * receive inside GPU work can trip the watchdog: mlx issue 1849; F145).
+ * and the rank's own rows stay exact for H steps. Halos are exchanged on
+ * the host, never inside a command buffer (a send or receive inside GPU
+ * work can trip the watchdog: mlx issue 1849; F145): between chunks, or
+ * overlapped with the chunk's compute (mc_mpi_desc.overlap).
  *
  * The step kernel has the runner's ping-pong shape (mc/mc_runner.h): slots
  * state_arg[0] and state_arg[1] get buffers A and B of width x

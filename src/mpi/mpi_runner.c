@@ -9,7 +9,11 @@
  * A chunk is: exchange halos on the host (MPI_Isend/Irecv in both
  * directions at once), then up to H steps in command buffers of at most
  * budget_ms of measured device time, then an MPI_Iallreduce of the chunk's
- * status, waited for only after the next chunk is on the device. No MPI call ever waits inside device work (mlx issue 1849): a
+ * status, waited for only after the next chunk is on the device.
+ * Overlapped (plan() picks it where the cost model says it pays), the
+ * chunk first steps two boundary bands on grids of their own and sends
+ * them while the slab computes; the halos received meanwhile are copied
+ * in on the device at the start of the next chunk (submit_bands). No MPI call ever waits inside device work (mlx issue 1849): a
  * command buffer that blocked on a peer would run into the watchdog (F145,
  * F146). The allreduce takes the largest status code, so every rank sees
  * the same outcome, and after a failure anywhere every rank restores the
