@@ -84,6 +84,13 @@ typedef struct mc_mpi_desc {
     uint32_t radius;         /* rows a step reads on each side; 0 = 1 */
     const void *initial;     /* width * height cells, row-major; read on every rank (its rows and halos) */
     const uint32_t *slab_rows; /* one count per rank, summing to height, each >= radius; NULL = even split */
+    /* > 1: 2-D blocks instead of slabs: ranks_x columns by size / ranks_x
+     * rows of blocks (even splits; rank r at column r % ranks_x), halos of
+     * H radius cells on all four sides, exchanged between chunks in two
+     * phases (columns, then rows with the corners); bind gets the block's
+     * local width, which the kernel must wrap within. No slab_rows, no
+     * overlap. 0 or 1: slabs of whole rows. */
+    uint32_t ranks_x;
     uint64_t total_steps;    /* > 0 */
     uint32_t halo_steps;     /* H; 0 = chosen from the measured step and exchange cost */
     double budget_ms;        /* device time per command buffer; 0 = 25 ms */
@@ -119,6 +126,7 @@ typedef struct mc_mpi_desc {
 typedef struct mc_mpi_stats {
     int rank, size, local_rank;
     uint32_t row0, rows;     /* this rank's slab */
+    uint32_t col0, cols;     /* and its columns (blocks; a slab: 0, width) */
     uint32_t halo_steps;     /* H in force */
     uint32_t halo_rows;      /* H * radius */
     uint64_t steps;          /* done (= total_steps after a successful run) */

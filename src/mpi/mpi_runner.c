@@ -63,7 +63,15 @@ struct mc_mpi_runner {
     int rank, size, local_rank, local_size;
     uint32_t *rows; /* per rank */
     uint32_t row0, my_rows, hr, local_h, steps_per_cb, max_h;
-    size_t row_bytes;
+    /* Blocks (ranks_x > 1): a px x py grid of ranks, this one at (bx, by),
+     * its block my_cols wide from col0, with hc = hr halo columns each
+     * side; slabs: px 1, hc 0, the whole width. */
+    uint32_t px, py, bx, by, col0, my_cols, hc, lw;
+    int up, down, left, right;
+    uint32_t *cols;       /* per rank */
+    uint8_t *colbuf;      /* blocks: column bands packed, send left, send right, receive left, right */
+    size_t row_bytes;     /* a local row: lw cells, halo columns included */
+    size_t own_row_bytes; /* the rank's own cells of a row: my_cols */
     mc_device_desc dev_desc;
     mc_device *dev;
     mc_queue *queue;
@@ -153,7 +161,7 @@ static void unbind_all(mc_mpi_runner *r)
 static mc_status kernel_bind(mc_mpi_runner *r, kernel_binding *k, uint32_t height)
 {
     memset(&k->b, 0, sizeof k->b);
-    mc_status s = r->d.bind(r->d.user, r->dev, r->d.width, height, &k->b);
+    mc_status s = r->d.bind(r->d.user, r->dev, r->lw, height, &k->b);
     if (s != MC_OK) return s;
     k->bound = true;
     if (!k->b.pipeline) return mc__fail(MC_ERR_INVALID_ARGUMENT, "bind set no pipeline");
@@ -260,11 +268,28 @@ static mc_status rows_write(mc_mpi_runner *r, mc_buffer *b, uint32_t first, uint
 
 /* The rank's own rows of the checkpoint go back in place; the halos are
  * filled by the exchange that starts every chunk. */
+/* The rank's own cells (rows hr.., columns hc..) to or from a packed
+ * buffer: one copy for a slab, one per row for a block. */
+static mc_status own_io(mc_mpi_runner *r, mc_buffer *b, uint8_t *packed, bool write)
+{
+    if (!r->hc)
+        return write ? rows_write(r, b, r->hr, r->my_rows, packed) : rows_read(r, b, r->hr, r->my_rows, packed);
+    mc_status s = MC_OK;
+    size_t x0 = (size_t)r->hc * r->d.cell_bytes;
+    for (uint32_t y = 0; y < r->my_rows && s == MC_OK; y++) {
+        size_t at = (size_t)(r->hr + y) * r->row_bytes + x0;
+        uint8_t *p = packed + (size_t)y * r->own_row_bytes;
+        s = write ? mc_buffer_write(b, at, p, r->own_row_bytes) : mc_buffer_read(b, at, p, r->own_row_bytes);
+    }
+    return s;
+}
+
 static mc_status restore(mc_mpi_runner *r)
 {
     r->step = r->ckpt_step;
     r->halos_ready = false;
-    return rows_write(r, cur(r, r->step), r->hr, r->my_rows, r->ckpt);
+    mc_buffer *b = cur(r, r->step);
+    return b ? own_io(r, b, r->ckpt, true) : mc__fail(MC_ERR_DEVICE_LOST, "no device");
 }
 
 /* Copies the rank's rows after `step` aside; checkpoint_commit makes them
@@ -272,7 +297,7 @@ static mc_status restore(mc_mpi_runner *r)
  * all ranks always hold the checkpoint of the same step. */
 static mc_status checkpoint_stage(mc_mpi_runner *r, uint64_t step)
 {
-    return rows_read(r, cur(r, step), r->hr, r->my_rows, r->ckpt_new);
+    return own_io(r, cur(r, step), r->ckpt_new, false);
 }
 
 static mc_status checkpoint_commit(mc_mpi_runner *r, uint64_t step)
@@ -284,7 +309,7 @@ static mc_status checkpoint_commit(mc_mpi_runner *r, uint64_t step)
     r->st.checkpoints++;
     if (!r->dir) return MC_OK;
     const void *state[1] = {r->ckpt};
-    size_t size = (size_t)r->my_rows * r->row_bytes;
+    size_t size = (size_t)r->my_rows * r->own_row_bytes;
     return mc__ckpt_write(r->dir, r->params, r->params_len, step, state, &size, 1);
 }
 
@@ -319,7 +344,7 @@ static void remove_set_aside(mc_mpi_runner *r)
  * as its previous file: the newer one, which no peer has, is set aside. */
 static mc_status resume(mc_mpi_runner *r)
 {
-    size_t size = (size_t)r->my_rows * r->row_bytes;
+    size_t size = (size_t)r->my_rows * r->own_row_bytes;
     void *state[1] = {r->ckpt_new};
     uint64_t it = 0;
     bool found = false;
@@ -362,11 +387,13 @@ static mc_status durable_setup(mc_mpi_runner *r, const mc_mpi_desc *d)
     snprintf(r->dir, n, "%s/rank-%d-of-%d", d->checkpoint_dir, r->rank, r->size);
     if (s == MC_OK) s = mc__ckpt_prepare_dir(r->dir);
     if (s != MC_OK) return s;
-    uint32_t slab[6] = {r->d.width, r->d.height, r->d.cell_bytes, r->d.radius, r->row0, r->my_rows};
-    r->params_len = d->run_params_len + sizeof slab;
+    uint32_t slab[8] = {r->d.width, r->d.height, r->d.cell_bytes, r->d.radius, r->row0, r->my_rows, r->col0,
+                        r->my_cols};
+    size_t slab_len = (r->px > 1 ? 8 : 6) * sizeof *slab; /* slabs: as before blocks existed */
+    r->params_len = d->run_params_len + slab_len;
     if (!(r->params = malloc(r->params_len))) return mc__fail(MC_ERR_NO_MEMORY, "run params");
     if (d->run_params_len) memcpy(r->params, d->run_params, d->run_params_len);
-    memcpy(r->params + d->run_params_len, slab, sizeof slab);
+    memcpy(r->params + d->run_params_len, slab, slab_len);
     return MC_OK;
 }
 
@@ -383,7 +410,7 @@ static void exchange_post(mc_mpi_runner *r, mc_buffer *top, uint32_t top_row, mc
 {
     uint64_t t0 = mc__now_ns();
     uint32_t hr = r->hr;
-    int up = (r->rank + r->size - 1) % r->size, down = (r->rank + 1) % r->size;
+    int up = r->up, down = r->down;
     int rc = MPI_Irecv(r->halo[2], (int)hr, r->row_type, up, 1, r->comm, &r->xreq[0]);
     rc |= MPI_Irecv(r->halo[3], (int)hr, r->row_type, down, 0, r->comm, &r->xreq[1]);
     if (*s == MC_OK) *s = rows_read(r, top, top_row, hr, r->halo[0]);
@@ -430,12 +457,48 @@ static mc_status exchange_complete(mc_mpi_runner *r, mc_buffer *dst, uint32_t to
     return s;
 }
 
+/* Blocks, first phase: the hc columns at each side of the rank's own rows
+ * to its left and right neighbours, packed a row at a time (a column band
+ * is strided on the device). The row phase after it sends whole local
+ * rows, these halo columns included, so the corners arrive too. */
+static mc_status exchange_columns(mc_mpi_runner *r, mc_buffer *b, mc_status s)
+{
+    size_t cell = r->d.cell_bytes, seg = (size_t)r->hc * cell, band = seg * r->my_rows;
+    uint8_t *send_l = r->colbuf, *send_r = send_l + band, *recv_l = send_r + band, *recv_r = recv_l + band;
+    MPI_Request req[4];
+    int n = (int)band;
+    int rc = MPI_Irecv(recv_l, n, MPI_BYTE, r->left, 3, r->comm, &req[0]);
+    rc |= MPI_Irecv(recv_r, n, MPI_BYTE, r->right, 2, r->comm, &req[1]);
+    for (uint32_t y = 0; y < r->my_rows && s == MC_OK; y++) {
+        size_t row = (size_t)(r->hr + y) * r->row_bytes;
+        s = mc_buffer_read(b, row + seg, send_l + y * seg, seg);
+        if (s == MC_OK) s = mc_buffer_read(b, row + (size_t)r->my_cols * cell, send_r + y * seg, seg);
+    }
+    rc |= MPI_Isend(send_l, n, MPI_BYTE, r->left, 2, r->comm, &req[2]);
+    rc |= MPI_Isend(send_r, n, MPI_BYTE, r->right, 3, r->comm, &req[3]);
+    uint64_t t1 = mc__now_ns();
+    rc |= MPI_Waitall(4, req, MPI_STATUSES_IGNORE);
+    r->wait_ms_sum += ms_since(t1);
+    for (uint32_t y = 0; y < r->my_rows && s == MC_OK; y++) {
+        size_t row = (size_t)(r->hr + y) * r->row_bytes;
+        s = mc_buffer_write(b, row, recv_l + y * seg, seg);
+        if (s == MC_OK) s = mc_buffer_write(b, row + (size_t)(r->hc + r->my_cols) * cell, recv_r + y * seg, seg);
+    }
+    if (rc != MPI_SUCCESS) return mc__fail(MC_ERR_IO, "halo exchange: MPI failed");
+    return s;
+}
+
 /* The exchange between chunks, with the device idle: the halos of `step`
  * from the neighbours' own rows at `step`, straight into the local grid. */
 static mc_status exchange(mc_mpi_runner *r, uint64_t step)
 {
     mc_buffer *b = cur(r, step);
     mc_status s = b ? MC_OK : mc__fail(MC_ERR_DEVICE_LOST, "no device");
+    if (r->hc) {
+        uint64_t t0 = mc__now_ns();
+        s = exchange_columns(r, b, s);
+        r->exch_ms_sum += ms_since(t0);
+    }
     exchange_post(r, b, r->hr, b, r->my_rows, &s);
     return exchange_complete(r, b, 0, r->hr + r->my_rows, s);
 }
@@ -459,7 +522,7 @@ static mc_status encode(mc_mpi_runner *r, mc_cmdbuf *cb, const kernel_binding *k
     if (s == MC_OK) s = mc_pass_set_buffer(p, r->d.state_arg[0], a, 0);
     if (s == MC_OK) s = mc_pass_set_buffer(p, r->d.state_arg[1], b, 0);
     mc_size3 t = k->b.threads_per_threadgroup;
-    mc_size3 groups = {(r->d.width + t.x - 1) / t.x, (k->height + t.y - 1) / t.y, 1};
+    mc_size3 groups = {(r->lw + t.x - 1) / t.x, (k->height + t.y - 1) / t.y, 1};
     for (uint32_t j = 0; j < count && s == MC_OK; j++) {
         mc_runner_iteration it = {first + j, 1, 0};
         if (j) s = mc_pass_barrier(p);
@@ -799,7 +862,18 @@ static mc_status check_desc(const mc_mpi_desc *d, int size)
                         d->state_arg[0], d->state_arg[1], d->iteration_arg, MC_MAX_BUFFER_ARGS);
     if ((uint64_t)d->width * d->cell_bytes > (uint64_t)INT32_MAX)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "a row of %u cells of %u bytes is too long", d->width, d->cell_bytes);
-    if ((uint32_t)size > d->height)
+    if (d->ranks_x > 1) {
+        if ((uint32_t)size % d->ranks_x)
+            return mc__fail(MC_ERR_INVALID_ARGUMENT, "ranks_x %u does not divide the %d ranks", d->ranks_x, size);
+        if (d->slab_rows) return mc__fail(MC_ERR_INVALID_ARGUMENT, "slab_rows is for slabs, not blocks (ranks_x)");
+        if (d->overlap == MC_MPI_OVERLAP_ON)
+            return mc__fail(MC_ERR_INVALID_ARGUMENT, "blocks (ranks_x) exchange between chunks: no overlap");
+        if (d->ranks_x > d->width)
+            return mc__fail(MC_ERR_INVALID_ARGUMENT, "%u columns of blocks for %u cells: every block needs a column",
+                            d->ranks_x, d->width);
+    }
+    uint32_t py = d->ranks_x > 1 ? (uint32_t)size / d->ranks_x : (uint32_t)size;
+    if (py > d->height)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "%d ranks for %u rows: every rank needs a row", size, d->height);
     if (d->slab_rows) {
         uint64_t sum = 0;
@@ -817,15 +891,29 @@ static mc_status check_desc(const mc_mpi_desc *d, int size)
 }
 
 /* H steps per chunk: H * radius halo rows on each side. */
-static void set_halo(mc_mpi_runner *r, uint32_t h)
+static mc_status set_halo(mc_mpi_runner *r, uint32_t h)
 {
     r->hr = h * r->d.radius;
+    r->hc = r->px > 1 ? r->hr : 0;
+    r->lw = r->my_cols + 2 * r->hc;
+    r->row_bytes = (size_t)r->lw * r->d.cell_bytes;
     r->local_h = r->my_rows + 2 * r->hr;
     free(r->halo[0]);
     memset(r->halo, 0, sizeof r->halo);
     size_t halo = (size_t)r->hr * r->row_bytes;
     uint8_t *all = malloc(4 * halo);
     for (int i = 0; all && i < 4; i++) r->halo[i] = all + (size_t)i * halo;
+    free(r->colbuf);
+    r->colbuf = r->hc ? malloc(4 * (size_t)r->hc * r->d.cell_bytes * r->my_rows) : NULL;
+    if (!all || (r->hc && !r->colbuf)) return mc__fail(MC_ERR_NO_MEMORY, "halo rows");
+    /* The unit of the row exchange: one local row. */
+    if (r->row_type != MPI_DATATYPE_NULL) MPI_Type_free(&r->row_type);
+    if (MPI_Type_contiguous((int)r->row_bytes, MPI_BYTE, &r->row_type) != MPI_SUCCESS ||
+        MPI_Type_commit(&r->row_type) != MPI_SUCCESS) {
+        r->row_type = MPI_DATATYPE_NULL;
+        return mc__fail(MC_ERR_IO, "MPI row type");
+    }
+    return MC_OK;
 }
 
 static mc_status setup(mc_mpi_runner *r, const mc_mpi_desc *desc)
@@ -842,34 +930,68 @@ static mc_status setup(mc_mpi_runner *r, const mc_mpi_desc *desc)
     }
     mc_status s = check_desc(&r->d, size);
     if (s != MC_OK) return s;
-    r->row_bytes = (size_t)r->d.width * r->d.cell_bytes;
-    if (!(r->rows = malloc((size_t)size * sizeof *r->rows))) return mc__fail(MC_ERR_NO_MEMORY, "slabs");
-    if (desc->slab_rows) memcpy(r->rows, desc->slab_rows, (size_t)size * sizeof *r->rows);
-    else mc_mpi_even_slabs(r->d.height, size, r->rows);
-    uint32_t min_rows = UINT32_MAX;
+    /* Slabs: px 1, rows per rank. Blocks: rows per row of blocks and
+     * columns per column of blocks, both even splits. */
+    r->px = r->d.ranks_x > 1 ? r->d.ranks_x : 1;
+    r->py = (uint32_t)size / r->px;
+    r->bx = (uint32_t)r->rank % r->px;
+    r->by = (uint32_t)r->rank / r->px;
+    r->up = (int)(((r->by + r->py - 1) % r->py) * r->px + r->bx);
+    r->down = (int)(((r->by + 1) % r->py) * r->px + r->bx);
+    r->left = (int)(r->by * r->px + (r->bx + r->px - 1) % r->px);
+    r->right = (int)(r->by * r->px + (r->bx + 1) % r->px);
+    r->rows = malloc((size_t)size * sizeof *r->rows);
+    r->cols = malloc((size_t)size * sizeof *r->cols);
+    uint32_t *split_y = malloc(r->py * sizeof *split_y), *split_x = malloc(r->px * sizeof *split_x);
+    if (!r->rows || !r->cols || !split_y || !split_x) {
+        free(split_y);
+        free(split_x);
+        return mc__fail(MC_ERR_NO_MEMORY, "slabs");
+    }
+    if (desc->slab_rows) memcpy(split_y, desc->slab_rows, (size_t)size * sizeof *r->rows);
+    else mc_mpi_even_slabs(r->d.height, (int)r->py, split_y);
+    mc_mpi_even_slabs(r->d.width, (int)r->px, split_x);
     for (int i = 0; i < size; i++) {
-        if (i < r->rank) r->row0 += r->rows[i];
+        r->rows[i] = split_y[(uint32_t)i / r->px];
+        r->cols[i] = split_x[(uint32_t)i % r->px];
+    }
+    for (uint32_t j = 0; j < r->by; j++) r->row0 += split_y[j];
+    for (uint32_t j = 0; j < r->bx; j++) r->col0 += split_x[j];
+    free(split_y);
+    free(split_x);
+    uint32_t min_rows = UINT32_MAX, min_cols = UINT32_MAX;
+    for (int i = 0; i < size; i++) {
         min_rows = MC__MIN(min_rows, r->rows[i]);
+        min_cols = MC__MIN(min_cols, r->cols[i]);
     }
     if (min_rows < r->d.radius)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "%u rows on %d ranks: a slab has %u rows, fewer than the radius %u",
                         r->d.height, size, min_rows, r->d.radius);
+    if (r->px > 1 && min_cols < r->d.radius)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "%u columns in %u blocks: a block has %u, fewer than the radius %u",
+                        r->d.width, r->px, min_cols, r->d.radius);
     r->my_rows = r->rows[r->rank];
-    /* The halo may not reach past the neighbour's slab. */
+    r->my_cols = r->cols[r->rank];
+    r->own_row_bytes = (size_t)r->my_cols * r->d.cell_bytes;
+    /* The halo may not reach past the neighbour's slab (or block). */
     uint32_t max_h = min_rows / r->d.radius;
+    if (r->px > 1) max_h = MC__MIN(max_h, min_cols / r->d.radius);
     if (r->d.halo_steps > max_h)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "halo of %u steps needs %u rows in every slab; the smallest has %u",
-                        r->d.halo_steps, r->d.halo_steps * r->d.radius, min_rows);
+                        r->d.halo_steps, r->d.halo_steps * r->d.radius, MC__MIN(min_rows, min_cols));
     r->max_h = MC__MIN(max_h, MAX_AUTO_HALO);
     r->steps_per_cb = r->band_steps_per_cb = 1; /* until measured */
     /* Automatic H is measured at H = 1, then the slab is rebuilt deeper. */
-    set_halo(r, r->d.halo_steps ? r->d.halo_steps : 1);
-    size_t own = (size_t)r->my_rows * r->row_bytes;
+    if ((s = set_halo(r, r->d.halo_steps ? r->d.halo_steps : 1)) != MC_OK) return s;
+    size_t own = (size_t)r->my_rows * r->own_row_bytes;
     r->ckpt = malloc(own);
     r->ckpt_new = malloc(own);
-    if (!r->ckpt || !r->ckpt_new || !r->halo[0]) return mc__fail(MC_ERR_NO_MEMORY, "slab of %zu bytes", own);
+    if (!r->ckpt || !r->ckpt_new) return mc__fail(MC_ERR_NO_MEMORY, "slab of %zu bytes", own);
     const uint8_t *init = desc->initial;
-    memcpy(r->ckpt, init + (size_t)r->row0 * r->row_bytes, own);
+    size_t grid_row = (size_t)r->d.width * r->d.cell_bytes;
+    for (uint32_t y = 0; y < r->my_rows; y++)
+        memcpy(r->ckpt + (size_t)y * r->own_row_bytes,
+               init + (size_t)(r->row0 + y) * grid_row + (size_t)r->col0 * r->d.cell_bytes, r->own_row_bytes);
     r->ckpt_step = 0;
     if ((s = pick_device(r)) != MC_OK) return s;
     /* Measured without bands; plan() decides (mc_mpi_runner_create). */
@@ -955,6 +1077,7 @@ static void plan(mc_mpi_runner *r, const double worst[4], uint32_t *h_out, bool 
         cost[m] = model_step_ms(r, row, chunk[m], extra[m], h[m]);
     }
     bool overlap = r->d.overlap == MC_MPI_OVERLAP_ON || (r->d.overlap == MC_MPI_OVERLAP_AUTO && cost[1] < cost[0]);
+    if (r->px > 1) overlap = false; /* blocks: between chunks only */
     *overlap_out = overlap;
     *h_out = h[overlap];
     r->st.model_step_ms[0] = cost[0];
@@ -985,9 +1108,6 @@ mc_status mc_mpi_runner_create(const mc_mpi_desc *desc, mc_mpi_runner **out)
     r->row_type = MPI_DATATYPE_NULL;
 
     mc_status s = setup(r, desc);
-    if (s == MC_OK && (MPI_Type_contiguous((int)r->row_bytes, MPI_BYTE, &r->row_type) != MPI_SUCCESS ||
-                       MPI_Type_commit(&r->row_type) != MPI_SUCCESS))
-        s = mc__fail(MC_ERR_IO, "MPI row type");
     if (s == MC_OK) s = durable_setup(r, desc);
     if ((s = agree(r, s)) != MC_OK) goto fail;
     remove_set_aside(r);
@@ -1007,9 +1127,9 @@ mc_status mc_mpi_runner_create(const mc_mpi_desc *desc, mc_mpi_runner **out)
     if (h * r->d.radius != r->hr || overlap != r->overlap) {
         /* Deeper halos, a taller local grid, or the bands: bind again. */
         unbind_all(r);
-        set_halo(r, h);
         r->overlap = overlap;
-        s = r->halo[0] ? bind_all(r) : mc__fail(MC_ERR_NO_MEMORY, "halo rows");
+        s = set_halo(r, h);
+        if (s == MC_OK) s = bind_all(r);
     }
     /* Measuring wrote over the state: back to the start (or the resumed step). */
     if (s == MC_OK) s = restore(r);
@@ -1025,7 +1145,9 @@ mc_status mc_mpi_runner_create(const mc_mpi_desc *desc, mc_mpi_runner **out)
     r->st.local_rank = r->local_rank;
     r->st.row0 = r->row0;
     r->st.rows = r->my_rows;
-    r->st.halo_bytes_per_chunk = 2ull * r->hr * r->row_bytes;
+    r->st.halo_bytes_per_chunk = 2ull * r->hr * r->row_bytes + 2ull * r->hc * r->d.cell_bytes * r->my_rows;
+    r->st.col0 = r->col0;
+    r->st.cols = r->my_cols;
     r->st.overlapped = r->overlap;
     *out = r;
     return MC_OK;
@@ -1034,16 +1156,58 @@ fail:
     return s;
 }
 
+/* Blocks: every rank's block, packed, to root in rank order (bytes), then
+ * into place. */
+static mc_status gather_blocks(mc_mpi_runner *r, int root, void *out, size_t grid_bytes)
+{
+    mc_status s = MC_OK;
+    int *counts = NULL, *displs = NULL;
+    uint8_t *tmp = NULL;
+    if (grid_bytes > (size_t)INT32_MAX) s = mc__fail(MC_ERR_INVALID_ARGUMENT, "blocks gather at most 2 GiB");
+    if (s == MC_OK && r->rank == root) {
+        counts = malloc((size_t)r->size * sizeof *counts);
+        displs = malloc((size_t)r->size * sizeof *displs);
+        tmp = malloc(grid_bytes);
+        if (!counts || !displs || !tmp) s = mc__fail(MC_ERR_NO_MEMORY, "gather");
+        for (int i = 0, at = 0; s == MC_OK && i < r->size; at += counts[i], i++) {
+            counts[i] = (int)((size_t)r->rows[i] * r->cols[i] * r->d.cell_bytes);
+            displs[i] = at;
+        }
+    }
+    if ((s = agree(r, s)) == MC_OK &&
+        MPI_Gatherv(r->ckpt, (int)((size_t)r->my_rows * r->own_row_bytes), MPI_BYTE, tmp, counts, displs, MPI_BYTE,
+                    root, r->comm) != MPI_SUCCESS)
+        s = mc__fail(MC_ERR_IO, "MPI_Gatherv failed");
+    if (s == MC_OK && r->rank == root) {
+        size_t cell = r->d.cell_bytes, grid_row = (size_t)r->d.width * cell;
+        for (int i = 0; i < r->size; i++) {
+            uint32_t bx = (uint32_t)i % r->px, by = (uint32_t)i / r->px, row0 = 0, col0 = 0;
+            for (uint32_t j = 0; j < by; j++) row0 += r->rows[j * r->px];
+            for (uint32_t j = 0; j < bx; j++) col0 += r->cols[j];
+            size_t own_row = (size_t)r->cols[i] * cell;
+            for (uint32_t y = 0; y < r->rows[i]; y++)
+                memcpy((uint8_t *)out + (size_t)(row0 + y) * grid_row + (size_t)col0 * cell,
+                       tmp + displs[i] + (size_t)y * own_row, own_row);
+        }
+    }
+    free(counts);
+    free(displs);
+    free(tmp);
+    return s;
+}
+
 mc_status mc_mpi_runner_gather(mc_mpi_runner *r, int root, void *out, size_t len)
 {
     if (!r) return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner is NULL");
     mc_status s = MC_OK;
     if (root < 0 || root >= r->size) return mc__fail(MC_ERR_INVALID_ARGUMENT, "root %d of %d ranks", root, r->size);
-    if (r->rank == root && (!out || len < (size_t)r->d.height * r->row_bytes))
-        s = mc__fail(MC_ERR_INVALID_ARGUMENT, "out needs %zu bytes", (size_t)r->d.height * r->row_bytes);
+    size_t grid_bytes = (size_t)r->d.height * r->d.width * r->d.cell_bytes;
+    if (r->rank == root && (!out || len < grid_bytes))
+        s = mc__fail(MC_ERR_INVALID_ARGUMENT, "out needs %zu bytes", grid_bytes);
     /* The last checkpoint holds the rank's rows at the step reached. */
     if (s == MC_OK && r->ckpt_step != r->step) s = mc__fail(MC_ERR_INVALID_STATE, "the run did not finish");
     if ((s = agree(r, s)) != MC_OK) return s;
+    if (r->px > 1) return gather_blocks(r, root, out, grid_bytes);
     int *counts = NULL, *displs = NULL;
     if (r->rank == root) {
         counts = malloc((size_t)r->size * sizeof *counts);
@@ -1081,6 +1245,8 @@ void mc_mpi_runner_release(mc_mpi_runner *r)
     if (r->row_type != MPI_DATATYPE_NULL) MPI_Type_free(&r->row_type);
     MPI_Comm_free(&r->comm);
     free(r->rows);
+    free(r->cols);
+    free(r->colbuf);
     free(r->ckpt);
     free(r->ckpt_new);
     free(r->halo[0]); /* one block for all four */

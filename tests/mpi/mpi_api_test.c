@@ -212,6 +212,10 @@ int main(int argc, char **argv)
     d.initial = NULL;
     CHECK_EQ(mc_mpi_runner_create(&d, &r), MC_ERR_INVALID_ARGUMENT);
     base_desc(&d, &p, init);
+    d.ranks_x = (uint32_t)size + 1; /* does not divide the ranks */
+    CHECK_EQ(mc_mpi_runner_create(&d, &r), MC_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(mc_last_error(), "does not divide") != NULL);
+    base_desc(&d, &p, init);
     d.overlap = (mc_mpi_overlap)7;
     CHECK_EQ(mc_mpi_runner_create(&d, &r), MC_ERR_INVALID_ARGUMENT);
     CHECK(strstr(mc_last_error(), "overlap is 7") != NULL);

@@ -9,12 +9,14 @@
 # With "aside", the resumed run is killed too: its set-aside files must
 # still be there for an operator; the next start removes them (that run is
 # killed as well, so only the start can have done it); a last one finishes.
-# With "overlap", the plain case with the exchange overlapped (--overlap).
-#   resume.sh BIN [lag|aside|overlap]
+# With "overlap", the plain case with the exchange overlapped (--overlap);
+# with "blocks", cut into 3 x 1 blocks (--ranks-x 3).
+#   resume.sh BIN [lag|aside|overlap|blocks]
 set -eu
 bin=$1 mode=${2:-}
 extra=""
 [ "$mode" != overlap ] || extra=--overlap
+[ "$mode" != blocks ] || extra="--ranks-x 3"
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 "$bin" run gray-scott --size 50 --steps 60 --out "$dir/plain.png" >/dev/null
@@ -46,7 +48,7 @@ fi
 run --resume >"$dir/resumed.txt"
 cat "$dir/resumed.txt"
 grep -qF "resumed from step $want" "$dir/resumed.txt" || { echo "expected a resume from step $want" >&2; exit 1; }
-if [ -n "$extra" ] && ! grep -qF "exchange overlapped" "$dir/resumed.txt"; then
+if [ "$mode" = overlap ] && ! grep -qF "exchange overlapped" "$dir/resumed.txt"; then
     echo "expected the overlapped exchange" >&2
     exit 1
 fi
