@@ -84,11 +84,12 @@ def grid_of(N):
 
 
 def t_step_blocks(N, H, W, R, t_c, c0, net):
-    """Not built: 2-D blocks of w x h cells (a Px x Py grid of ranks), the
+    """2-D blocks of w x h cells (a Px x Py grid of ranks, --ranks-x), the
     exchange between chunks in two phases (columns, then rows with the
-    corners), a column band packed on the device into one copy. Against
-    slabs: halo cells 2 H r (w + h) instead of 2 H r W, for twice the
-    copies' and messages' fixed costs."""
+    corners), a column band packed on the device into one copy (the runner
+    as built copies it a row at a time: see docs/SCALE.md). Against slabs:
+    halo cells 2 H r (w + h) instead of 2 H r W, for twice the copies' and
+    messages' fixed costs."""
     px, py = grid_of(N)
     w, h = W / px, R / py
     hr = H * R_STENCIL
@@ -145,7 +146,7 @@ def main():
         W = R
         print("\nstrong scaling, %d x %d grid: speedup, between chunks / overlapped" % (R, R))
         print("%6s " % "GPUs" + " ".join("%14s" % ("H=%d" % h) for h in hs) +
-              "   runner's pick (efficiency)   rows/GPU   blocks, not built (best H)")
+              "   runner's pick (efficiency)   rows/GPU   blocks, packed columns (best H)")
         t1 = T_CELL_GPU * W * R
         for N in gpus:
             net = net_for(N)

@@ -22,7 +22,7 @@
 
 typedef struct bm_opts {
     const char *device;
-    uint32_t strong, weak, steps, halo, threads;
+    uint32_t strong, weak, steps, halo, threads, ranks_x;
     int reps;
     bool only_one; /* --no-overlap: the between-chunks rows only */
 } bm_opts;
@@ -51,6 +51,9 @@ static int bm_run(MPI_Comm comm, const bm_opts *o, mc_mpi_overlap overlap, uint3
     d.total_steps = o->steps;
     d.halo_steps = halo;
     d.overlap = overlap;
+    int n = 1;
+    MPI_Comm_size(comm, &n);
+    d.ranks_x = n > 1 ? o->ranks_x : 0; /* rank 0 alone: one slab */
     mc_mpi_runner *r = NULL;
     if (s == MC_OK) s = mc_mpi_runner_create(&d, &r);
     double *t = calloc((size_t)o->reps, sizeof *t);
@@ -122,7 +125,8 @@ static void bm_usage(void)
            "  --halo H        halo depth in steps (default: chosen by the runner)\n"
            "  --threads T     CPU device workers per rank (default 1: one fixed-size device per rank)\n"
            "  --reps R        runs per figure, median (default 3; --quick 1)\n"
-           "  --no-overlap    only the exchange between chunks (default: overlapped and between, side by side)\n");
+           "  --no-overlap    only the exchange between chunks (default: overlapped and between, side by side)\n"
+           "  --ranks-x P     2-D blocks, P columns of them (between chunks only; default: slabs)\n");
 }
 
 static int bm_parse(int argc, char **argv, bm_opts *o)
@@ -160,6 +164,8 @@ static int bm_parse(int argc, char **argv, bm_opts *o)
             u = &o->halo;
         } else if (i + 1 < argc && !strcmp(a, "--threads")) {
             u = &o->threads;
+        } else if (i + 1 < argc && !strcmp(a, "--ranks-x")) {
+            u = &o->ranks_x;
         }
         if (u) {
             char *end;
@@ -197,7 +203,7 @@ int mc_cli_bench_mpi(int argc, char **argv)
         mc_mpi_stats st_strong[2], st_weak[2], st1;
         memset(st_strong, 0, sizeof st_strong);
         memset(st_weak, 0, sizeof st_weak);
-        int first = o.only_one ? 1 : 0;
+        int first = o.only_one || o.ranks_x > 1 ? 1 : 0;
         static const mc_mpi_overlap mode[2] = {MC_MPI_OVERLAP_ON, MC_MPI_OVERLAP_OFF};
         uint32_t h_strong = o.halo, h_weak = o.halo;
         for (int m = first; m < 2; m++) {
