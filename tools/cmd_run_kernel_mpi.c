@@ -146,11 +146,13 @@ static int kmpi_usage(int rc)
     printf("usage: mpirun -n N metal-compute run FILE --mpi --function NAME --arg pair:FIELD.npy --arg iter\n"
            "           --arg TYPE:V,... [--steps N] [--out FILE.npy] [--device D] [--radius R] [--halo H]\n"
            "           [--slab-rows R0,...] [--budget-ms MS] [--checkpoint-chunks C] [--inject-faults SPEC]\n"
-           "           [--checkpoint-dir DIR [--resume]]\n\n"
+           "           [--checkpoint-dir DIR [--resume]] [--overlap | --no-overlap]\n\n"
            "Runs your step kernel (as run FILE does) across the ranks: the pair's 2-D grid (H, W) is cut\n"
            "into slabs of rows. In the scalars, u32:height stands for each rank's slab height (halos\n"
            "included): the kernel must wrap rows within the height it is given. --radius: rows a step\n"
-           "reads above and below (default 1). The .npy written by rank 0 is the same bytes as run FILE's.\n");
+           "reads above and below (default 1). The .npy written by rank 0 is the same bytes as run FILE's.\n"
+           "--overlap: the boundary bands first, sent while the slab computes; --no-overlap: the halos\n"
+           "exchanged between chunks; default: whichever the cost model says is faster.\n");
     return rc;
 }
 
@@ -183,6 +185,7 @@ static int kmpi_run(int argc, char **argv, int rank, int size)
     uint32_t steps = 1000, radius = 1, halo = 0, ckpt = 0;
     double budget = 0;
     bool resume = false;
+    mc_mpi_overlap overlap = MC_MPI_OVERLAP_AUTO;
     char why[256];
     int rc = 2;
     bool parsed = false;
@@ -259,6 +262,10 @@ static int kmpi_run(int argc, char **argv, int rank, int size)
             ckpt_dir = argv[++i];
         } else if (!strcmp(a, "--resume")) {
             resume = true;
+        } else if (!strcmp(a, "--no-overlap")) {
+            overlap = MC_MPI_OVERLAP_OFF;
+        } else if (!strcmp(a, "--overlap")) {
+            overlap = MC_MPI_OVERLAP_ON;
         } else {
             rc = kmpi_fail(rank, "unknown or incomplete option '%s' (see run FILE --mpi --help)", a);
             goto checked;
@@ -345,6 +352,7 @@ checked:
     snprintf(run_id, sizeof run_id, "run FILE --mpi v1 %s %s steps %u ranks %d", j.path, j.function, steps, size);
     d.checkpoint_dir = ckpt_dir;
     d.resume = resume;
+    d.overlap = overlap;
     d.run_params = run_id;
     d.run_params_len = strlen(run_id);
     mc_mpi_runner *r = NULL;
@@ -369,9 +377,9 @@ checked:
             fprintf(stderr, "metal-compute run: --out %s: %s\n", out, why);
             rc = 1;
         } else {
-            printf("%s %s on %d ranks: %llu steps in %llu chunks of up to %u (halo %u rows), %u recoveries\n",
+            printf("%s %s on %d ranks: %llu steps in %llu chunks of up to %u (halo %u rows%s), %u recoveries\n",
                    j.path, j.function, size, (unsigned long long)st.steps, (unsigned long long)st.chunks,
-                   st.halo_steps, st.halo_rows, st.recoveries);
+                   st.halo_steps, st.halo_rows, st.overlapped ? ", overlapped" : "", st.recoveries);
             if (st.resumed_from) printf("  resumed from step %llu\n", (unsigned long long)st.resumed_from);
             printf("  output %s\n", out);
         }

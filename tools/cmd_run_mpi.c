@@ -51,7 +51,7 @@ static void usage(void)
     printf("usage: mpirun -n N metal-compute run gray-scott --mpi [--device D] [--size N] [--steps N]\n"
            "           [--budget-ms MS] [--halo H] [--slab-rows R0,R1,...] [--checkpoint-chunks C]\n"
            "           [--inject-faults SPEC] [--inject-faults-rank R:SPEC ...] [--checkpoint-dir DIR [--resume]]\n"
-           "           [--out FILE.png]\n\n"
+           "           [--overlap | --no-overlap] [--ranks-x P] [--out FILE.png]\n\n"
            "Runs gray-scott on every rank's device, the grid cut into slabs of rows with halos H steps\n"
            "deep, exchanged between chunks; every rank rolls back together after a fault on any.\n"
            "Writes the same PNG as the single-process run.\n\n"
@@ -66,6 +66,12 @@ static void usage(void)
            "  --inject-faults-rank R:SPEC  rank R only; repeatable\n"
            "  --checkpoint-dir DIR    also write every checkpoint to DIR/rank-R-of-N (atomically; the last two)\n"
            "  --resume                start from the newest step every rank holds in DIR (none: from the start)\n"
+           "  --ranks-x P             2-D blocks: P columns by N/P rows of blocks, halos on four sides\n"
+           "                          (exchanged between chunks; default: slabs of whole rows)\n"
+           "  --overlap               compute the boundary bands first and send them while the slab computes\n"
+           "  --no-overlap            exchange the halos between chunks, the device idle\n"
+           "                          (default: whichever the cost model, from figures measured at the\n"
+           "                          start, says is faster)\n"
            "  --kill-at-step R:S      test hook: rank R dies by SIGKILL at the first chunk boundary at or past S\n"
            "  --out FILE.png          written by rank 0 (default gray-scott.png)\n");
 }
@@ -100,9 +106,10 @@ static bool parse_rows(const char *s, int n, uint32_t *rows)
 
 typedef struct gsm_options {
     const char *device, *out, *faults, *rows, *ckpt_dir;
-    uint32_t size, steps, halo, ckpt;
+    uint32_t size, steps, halo, ckpt, ranks_x;
     double budget;
     bool resume;
+    mc_mpi_overlap overlap;
     int kill_rank; /* -1: none */
     uint32_t kill_step;
     bool bar;       /* rank 0 on a terminal */
@@ -161,6 +168,13 @@ static int parse(int argc, char **argv, int rank, int size, gsm_options *o)
             o->ckpt_dir = argv[++i];
         } else if (!strcmp(a, "--resume")) {
             o->resume = true;
+        } else if (i + 1 < argc && !strcmp(a, "--ranks-x")) {
+            if (!parse_u32(argv[++i], 1, (uint32_t)size, &o->ranks_x) || size % (int)o->ranks_x)
+                bad = "--ranks-x takes a divisor of the number of ranks";
+        } else if (!strcmp(a, "--no-overlap")) {
+            o->overlap = MC_MPI_OVERLAP_OFF;
+        } else if (!strcmp(a, "--overlap")) {
+            o->overlap = MC_MPI_OVERLAP_ON;
         } else if (i + 1 < argc && !strcmp(a, "--kill-at-step")) {
             const char *v = argv[++i];
             char *end;
@@ -240,6 +254,8 @@ static int run(int argc, char **argv, int rank, int size)
     d.budget_ms = o.budget;
     d.checkpoint_chunks = o.ckpt;
     d.inject_faults = o.faults;
+    d.overlap = o.overlap;
+    d.ranks_x = o.ranks_x;
     /* What makes two runs the same run; the runner adds the rank's slab. */
     char run_id[96];
     snprintf(run_id, sizeof run_id, "gray-scott --mpi v1 size %u steps %u ranks %d", o.size, o.steps, size);
@@ -292,10 +308,14 @@ static int run(int argc, char **argv, int rank, int size)
         if (rc == 0) {
             printf("gray-scott %ux%u on %d ranks (%s:%d on rank 0, %s)\n", o.size, o.size, size,
                    mc_device_kind_name(st.device.kind), st.device.index, st.device.name);
-            printf("  steps        %llu in %llu chunks of up to %u steps (halo %u rows)\n",
-                   (unsigned long long)st.steps, (unsigned long long)st.chunks, st.halo_steps, st.halo_rows);
+            if (o.ranks_x > 1) printf("  blocks       %u x %d (rank 0: %u x %u cells)\n", o.ranks_x, size / (int)o.ranks_x, st.cols, st.rows);
+            printf("  steps        %llu in %llu chunks of up to %u steps (halo %u rows, exchange %s)\n",
+                   (unsigned long long)st.steps, (unsigned long long)st.chunks, st.halo_steps, st.halo_rows,
+                   st.overlapped ? "overlapped with compute" : "between chunks");
             printf("  per chunk    exchange %.3f ms (%llu bytes each way), compute %.3f ms (slowest rank)\n",
                    ex_max[0], (unsigned long long)st.halo_bytes_per_chunk / 2, ex_max[1]);
+            printf("  model        %.4f ms per step between chunks, %.4f overlapped (at the start, slowest rank)\n",
+                   st.model_step_ms[0], st.model_step_ms[1]);
             printf("  recoveries   %u (faults on the ranks: %u)\n", st.recoveries, own_all);
             printf("  checkpoints  %llu", (unsigned long long)st.checkpoints);
             if (st.resumed_from) printf(" (resumed from step %llu)", (unsigned long long)st.resumed_from);

@@ -10,9 +10,10 @@
  * halo rows above and below copied from its neighbours. A chunk runs up to
  * H steps with no communication: every step updates every local row,
  * halo included, so rows near the slab's ends go stale one radius per step
- * and the rank's own rows stay exact for H steps. Halos are exchanged
- * between chunks, on the host, never inside a command buffer (a send or
- * receive inside GPU work can trip the watchdog: mlx issue 1849; F145).
+ * and the rank's own rows stay exact for H steps. Halos are exchanged on
+ * the host, never inside a command buffer (a send or receive inside GPU
+ * work can trip the watchdog: mlx issue 1849; F145): between chunks, or
+ * overlapped with the chunk's compute (mc_mpi_desc.overlap).
  *
  * The step kernel has the runner's ping-pong shape (mc/mc_runner.h): slots
  * state_arg[0] and state_arg[1] get buffers A and B of width x
@@ -56,11 +57,21 @@ typedef struct mc_mpi_binding {
 } mc_mpi_binding;
 
 /* Called on the runner's device with the local grid: width x local_height
- * cells (the slab's rows plus both halos). Runs again after a device loss
- * on the reopened device. */
+ * cells (the slab's rows plus both halos), and with overlap once more for
+ * the boundary bands' grid (width x 3 H radius cells); each call's BYTES
+ * are copied when it returns. Runs again after a device loss on the
+ * reopened device. */
 typedef mc_status (*mc_mpi_bind_fn)(void *user, mc_device *dev, uint32_t width, uint32_t local_height,
                                     mc_mpi_binding *b);
 typedef void (*mc_mpi_unbind_fn)(void *user, mc_mpi_binding *b);
+
+/* How a chunk's halo exchange meets its compute (docs/SCALE.md). */
+typedef enum mc_mpi_overlap {
+    MC_MPI_OVERLAP_AUTO = 0, /* on where the cost model says it pays, from the figures measured at
+                                create (docs/SCALE.md) */
+    MC_MPI_OVERLAP_ON = 1,   /* the boundary bands first, sent while the interior computes */
+    MC_MPI_OVERLAP_OFF = 2   /* the exchange between chunks, the device idle */
+} mc_mpi_overlap;
 
 typedef struct mc_mpi_desc {
     MPI_Comm comm;           /* 0 (or MPI_COMM_NULL) = MPI_COMM_WORLD; duplicated */
@@ -73,12 +84,25 @@ typedef struct mc_mpi_desc {
     uint32_t radius;         /* rows a step reads on each side; 0 = 1 */
     const void *initial;     /* width * height cells, row-major; read on every rank (its rows and halos) */
     const uint32_t *slab_rows; /* one count per rank, summing to height, each >= radius; NULL = even split */
+    /* > 1: 2-D blocks instead of slabs: ranks_x columns by size / ranks_x
+     * rows of blocks (even splits; rank r at column r % ranks_x), halos of
+     * H radius cells on all four sides, exchanged between chunks in two
+     * phases (columns, then rows with the corners); bind gets the block's
+     * local width, which the kernel must wrap within. No slab_rows, no
+     * overlap. 0 or 1: slabs of whole rows. */
+    uint32_t ranks_x;
     uint64_t total_steps;    /* > 0 */
     uint32_t halo_steps;     /* H; 0 = chosen from the measured step and exchange cost */
     double budget_ms;        /* device time per command buffer; 0 = 25 ms */
     uint32_t checkpoint_chunks; /* chunks between coordinated checkpoints; 0 = 16 */
     uint32_t max_recoveries; /* failures in a row without progress before giving up; 0 = 8 */
     const char *inject_faults; /* this rank's faults, "KIND@N,..." counted over its command buffers */
+    /* Overlap: each chunk first computes the rank's boundary bands (the
+     * rows the neighbours need, 3 H radius rows each, on a grid of their
+     * own: bind runs once more for that height) and sends them while the
+     * whole slab computes. Never a send or receive inside a command
+     * buffer: the host posts them between command buffers. */
+    mc_mpi_overlap overlap;
     uint32_t state_arg[2];   /* slots of A and B; both 0 = 0 and 1 */
     uint32_t iteration_arg;  /* slot of the iteration bytes; 0 with state_arg unset = 2 */
     /* Not NULL: durable checkpoints. Each coordinated checkpoint is also
@@ -102,6 +126,7 @@ typedef struct mc_mpi_desc {
 typedef struct mc_mpi_stats {
     int rank, size, local_rank;
     uint32_t row0, rows;     /* this rank's slab */
+    uint32_t col0, cols;     /* and its columns (blocks; a slab: 0, width) */
     uint32_t halo_steps;     /* H in force */
     uint32_t halo_rows;      /* H * radius */
     uint64_t steps;          /* done (= total_steps after a successful run) */
@@ -112,6 +137,9 @@ typedef struct mc_mpi_stats {
     uint32_t own_faults;     /* of them, caused by this rank's device */
     mc_status last_fault;    /* this rank's last device error, MC_OK if none */
     uint64_t halo_bytes_per_chunk; /* this rank sends (and receives) per chunk */
+    bool overlapped;         /* the exchange overlaps the compute (mc_mpi_desc.overlap) */
+    double model_step_ms[2]; /* the model's ms per step, between chunks and overlapped, each at its
+                                best H (or the given one), from the slowest rank's figures */
     double step_ms;          /* measured device time of one step on this rank */
     double exchange_ms_mean; /* wall time of one halo exchange, device copies included */
     double exchange_wait_ms_mean; /* of it, waiting in MPI (the transfer and any peer still computing) */

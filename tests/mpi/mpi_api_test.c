@@ -136,6 +136,11 @@ static void run_and_compare(const mc_mpi_desc *d, const uint32_t *want, int rank
     CHECK_EQ(st.steps, STEPS);
     CHECK(st.recoveries >= min_recoveries);
     CHECK(st.halo_rows == st.halo_steps * 2u);
+    if (d->overlap == MC_MPI_OVERLAP_ON) CHECK(st.overlapped);
+    if (d->overlap == MC_MPI_OVERLAP_OFF) CHECK(!st.overlapped);
+    /* The default runs whichever the model priced lower. */
+    if (d->overlap == MC_MPI_OVERLAP_AUTO) CHECK(st.overlapped == (st.model_step_ms[1] < st.model_step_ms[0]));
+    CHECK(st.model_step_ms[0] > 0 && st.model_step_ms[1] > 0);
     free(got);
     mc_mpi_runner_release(r);
 }
@@ -167,6 +172,15 @@ int main(int argc, char **argv)
     d.halo_steps = 2;
     run_and_compare(&d, want, rank, 0);
 
+    /* Both exchanges on the same uneven slabs (radius 2: bands of 3 H 2 rows). */
+    d.overlap = MC_MPI_OVERLAP_ON;
+    run_and_compare(&d, want, rank, 0);
+    d.overlap = MC_MPI_OVERLAP_OFF;
+    run_and_compare(&d, want, rank, 0);
+    d.halo_steps = 0; /* overlapped at the H it picks for overlap */
+    d.overlap = MC_MPI_OVERLAP_ON;
+    run_and_compare(&d, want, rank, 0);
+
     /* Every kind of fault, spread over the ranks: all roll back together. */
     /* Numbered so that no rank gets two faults on one command buffer (a
      * fault list refuses that) for 2 and 3 ranks alike. */
@@ -178,6 +192,8 @@ int main(int argc, char **argv)
     base_desc(&d, &p, init);
     d.halo_steps = 2;
     d.inject_faults = spec;
+    run_and_compare(&d, want, rank, 1);
+    d.overlap = MC_MPI_OVERLAP_ON; /* the same faults, overlapped */
     run_and_compare(&d, want, rank, 1);
 
     /* Refusals: every rank gets the error, none crashes. */
@@ -195,6 +211,14 @@ int main(int argc, char **argv)
     base_desc(&d, &p, init);
     d.initial = NULL;
     CHECK_EQ(mc_mpi_runner_create(&d, &r), MC_ERR_INVALID_ARGUMENT);
+    base_desc(&d, &p, init);
+    d.ranks_x = (uint32_t)size + 1; /* does not divide the ranks */
+    CHECK_EQ(mc_mpi_runner_create(&d, &r), MC_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(mc_last_error(), "does not divide") != NULL);
+    base_desc(&d, &p, init);
+    d.overlap = (mc_mpi_overlap)7;
+    CHECK_EQ(mc_mpi_runner_create(&d, &r), MC_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(mc_last_error(), "overlap is 7") != NULL);
     base_desc(&d, &p, init);
     d.halo_steps = 1000; /* deeper than any slab */
     CHECK_EQ(mc_mpi_runner_create(&d, &r), MC_ERR_INVALID_ARGUMENT);
