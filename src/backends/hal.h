@@ -22,7 +22,7 @@
 
 #include "mc/mc.h"
 
-#define MC__HAL_VERSION 2 /* 2: command lists, MC__OP_EXECUTE_LIST, MC__SUBMIT_VALIDATION */
+#define MC__HAL_VERSION 3 /* 2: command lists, MC__OP_EXECUTE_LIST, MC__SUBMIT_VALIDATION; 3: buffer_wrap */
 
 /* ---- the command stream ------------------------------------------------ */
 
@@ -238,6 +238,14 @@ typedef struct mc__hal {
      * is in flight. */
     mc_status (*cmdlist_create)(void *dev, const mc__list_desc *desc, void **list, uint32_t *caps);
     void (*cmdlist_destroy)(void *dev, void *list);
+
+    /* ---- version 3 ---- */
+    /* A shared buffer over the caller's memory (mc_buffer_create_from_host),
+     * optional: NULL = MC_ERR_UNSUPPORTED. The engine has checked host !=
+     * NULL, size > 0 and MC_HOST_BUFFER_ALIGNMENT; the backend checks its
+     * own rules and names the one broken. The memory is not the backend's:
+     * buffer_destroy lets go of it (unpins, unmaps) and never frees it. */
+    mc_status (*buffer_wrap)(void *dev, void *host, size_t size, const char *label, void **buf);
 } mc__hal;
 
 /* The compiled-in backends, best first (metal, cuda, cpu); NULL-terminated. */
