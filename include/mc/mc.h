@@ -298,6 +298,14 @@ typedef struct mc_host_buffer_desc {
 #define MC_HOST_BUFFER_DESC_INIT MC__DESC_INIT(.pointer = NULL, .size = 0, .release = NULL)
 MC_API mc_status mc_buffer_create_from_host(mc_device *d, const mc_host_buffer_desc *desc, mc_buffer **out);
 
+/* The address kernels on the device use for the buffer's first byte, for
+ * handing device memory to other libraries (DLPack's kDLCUDA): the
+ * CUdeviceptr on cuda (private and shared storage alike), the host address
+ * on the cpu device (private storage too: the CPU has only host memory).
+ * MC_ERR_UNSUPPORTED where the device does not expose one (metal). Valid
+ * while the buffer lives; no ordering against queued work. Thread-safe. */
+MC_API mc_status mc_buffer_device_address(mc_buffer *b, uint64_t *out);
+
 /* ------------------------------------------------------------------------ */
 /* Libraries and pipelines                                                   */
 /* ------------------------------------------------------------------------ */

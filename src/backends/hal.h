@@ -22,7 +22,7 @@
 
 #include "mc/mc.h"
 
-#define MC__HAL_VERSION 3 /* 2: command lists, MC__OP_EXECUTE_LIST, MC__SUBMIT_VALIDATION; 3: buffer_wrap */
+#define MC__HAL_VERSION 3 /* 2: command lists, MC__OP_EXECUTE_LIST, MC__SUBMIT_VALIDATION; 3: buffer_wrap, buffer_device_address */
 
 /* ---- the command stream ------------------------------------------------ */
 
@@ -246,6 +246,9 @@ typedef struct mc__hal {
      * own rules and names the one broken. The memory is not the backend's:
      * buffer_destroy lets go of it (unpins, unmaps) and never frees it. */
     mc_status (*buffer_wrap)(void *dev, void *host, size_t size, const char *label, void **buf);
+    /* The buffer's address on the device (mc_buffer_device_address),
+     * optional: NULL = MC_ERR_UNSUPPORTED. */
+    mc_status (*buffer_device_address)(void *dev, void *buf, uint64_t *addr);
 } mc__hal;
 
 /* The compiled-in backends, best first (metal, cuda, cpu); NULL-terminated. */

@@ -576,6 +576,18 @@ mc_status mc_buffer_create_from_host(mc_device *d, const mc_host_buffer_desc *de
     return MC_OK;
 }
 
+mc_status mc_buffer_device_address(mc_buffer *b, uint64_t *out)
+{
+    MC__CHECK_HANDLE(b, MC__TAG_BUFFER, "buffer");
+    if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_buffer_device_address: out is NULL");
+    *out = 0;
+    mc_device *d = b->base.device;
+    if (d->hal->version < 3 || !d->hal->buffer_device_address)
+        return mc__fail(MC_ERR_UNSUPPORTED, "the %s device does not expose buffers' device addresses",
+                        d->hal->name);
+    return d->hal->buffer_device_address(d->hd, b->hb, out);
+}
+
 /* ---- libraries and pipelines ------------------------------------------- */
 
 static mc_library *library_wrap(mc_device *d, void *hl, mc_language lang, const char *label)

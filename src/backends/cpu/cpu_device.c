@@ -281,6 +281,13 @@ static mc_status cpu_buffer_wrap(void *vdev, void *host, size_t size, const char
     return MC_OK;
 }
 
+static mc_status cpu_buffer_device_address(void *dev, void *vbuf, uint64_t *addr)
+{
+    (void)dev;
+    *addr = (uint64_t)(uintptr_t)((mc__cpu_buffer *)vbuf)->data;
+    return MC_OK;
+}
+
 static mc_status check_range(const mc__cpu_buffer *b, size_t offset, size_t len)
 {
     if (offset > b->size || len > b->size - offset)
@@ -476,4 +483,5 @@ const mc__hal mc__cpu_hal = {
     .cmdlist_create = mc__cpu_cmdlist_create,
     .cmdlist_destroy = mc__cpu_cmdlist_destroy,
     .buffer_wrap = cpu_buffer_wrap,
+    .buffer_device_address = cpu_buffer_device_address,
 };

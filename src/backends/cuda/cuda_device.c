@@ -380,6 +380,13 @@ fail:
     return s;
 }
 
+static mc_status cuda_buffer_device_address(void *devp, void *bp, uint64_t *addr)
+{
+    (void)devp;
+    *addr = (uint64_t)((mc__cuda_buffer *)bp)->dptr;
+    return MC_OK;
+}
+
 static mc_status check_range(const mc__cuda_buffer *b, size_t offset, size_t len, const char *what)
 {
     if (offset > b->size || len > b->size - offset)
@@ -536,4 +543,5 @@ const mc__hal mc__cuda_hal = {
     .cmdlist_create = mc__cuda_cmdlist_create,
     .cmdlist_destroy = mc__cuda_cmdlist_destroy,
     .buffer_wrap = cuda_buffer_wrap,
+    .buffer_device_address = cuda_buffer_device_address,
 };
