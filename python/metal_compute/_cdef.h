@@ -91,6 +91,7 @@ typedef struct mc_host_buffer_desc {
     void *user;
 } mc_host_buffer_desc;
 mc_status mc_buffer_create_from_host(mc_device *d, const mc_host_buffer_desc *desc, mc_buffer **out);
+mc_status mc_buffer_device_address(mc_buffer *b, uint64_t *out);
 
 const char *mc_language_name(mc_language l);
 typedef struct mc_library_desc {

@@ -11,7 +11,7 @@ import weakref
 
 import numpy as np
 
-from . import errors
+from . import _dlpack, errors
 from ._lib import MAX_BYTES_ARG, WAIT_FOREVER, cstr, ffi, lib
 
 _KINDS = {0: "any", 1: "cpu", 2: "cuda", 3: "metal"}
@@ -467,15 +467,38 @@ class Buffer:
     def __buffer__(self, flags):  # Python 3.12+: memoryview(buf)
         return self.memoryview()
 
-    def __dlpack__(self, stream=None):
-        if self.device.info.kind not in ("cpu",) and not self.device.info.unified_memory:
-            raise BufferError("DLPack: this device's shared buffers are not plain host memory; use read()")
-        return self.numpy().__dlpack__()
+    def _dlpack_target(self):
+        info = self.device.info
+        return _dlpack.device_for(info.kind, info.index, self._addr is not None, info.unified_memory)
 
     def __dlpack_device__(self):
-        if self._ptr is None:
-            raise BufferError("private storage has no host address")
-        return (1, 0)  # kDLCPU: the contents are host memory
+        """(kDLCPU, 0) for host memory; (kDLCUDA, device index) for every
+        buffer of a CUDA device, private or shared."""
+        target = self._dlpack_target()
+        if isinstance(target, str):
+            raise BufferError(f"DLPack: {target}")
+        return target
+
+    def __dlpack__(self, stream=None, max_version=None, dl_device=None, copy=None):
+        """A DLPack capsule over the whole buffer as uint8 (no copy); the
+        buffer lives until the consumer lets go. CUDA buffers are exported
+        as device memory at mc_buffer_device_address. The buffer's
+        command buffers must have finished (every wait here does): nothing
+        is ordered against `stream`."""
+        target = self.__dlpack_device__()
+        if dl_device is not None and tuple(dl_device) != target:
+            raise BufferError(f"DLPack: the buffer is on {target}, not {tuple(dl_device)}; copying is not done here")
+        if copy:
+            raise BufferError("DLPack: copy=True is not supported; export without a copy or use read()")
+        if target[0] == _dlpack.KDL_CUDA:
+            addr = ffi.new("uint64_t *")
+            errors.check(lib.mc_buffer_device_address(self.handle, addr), "DLPack: the buffer's device address")
+            address = int(addr[0])
+        else:
+            self.handle  # a released buffer raises
+            address = self._addr
+        versioned = max_version is not None and tuple(max_version)[0] >= 1
+        return _dlpack.export(self, address, self.size, target[0], target[1], versioned)
 
     def write(self, data, offset=0):
         """mc_buffer_write: copies bytes in (any storage)."""
