@@ -6,6 +6,7 @@ mc_device_get_info, CommandBuffer.commit is mc_cmdbuf_commit, ...).
 """
 import itertools
 import os
+import struct
 import threading
 import weakref
 
@@ -655,7 +656,6 @@ class Kernel:
 # arguments, no cffi allocation but the result's out-pointers (one pair
 # per thread), and the queue checked only when a commit fails.
 _tls = threading.local()
-_STRUCT_INT = __import__("struct").Struct
 
 
 def _out_pointers():
@@ -666,7 +666,11 @@ def _out_pointers():
         return out
 
 
-_SCALAR_TYPES = frozenset(np.dtype(c).type for c in "bBhHiIlLqQefdg?")
+# NumPy scalars by exact type -> their bytes through struct, which is many
+# times faster than .tobytes() (NumPy 2 makes an array for it) and gives
+# the same bytes for every value but a NaN (whose payload it may change).
+_SCALAR_PACK = {np.dtype(c).type: struct.Struct("<" + np.dtype(c).char.replace("l", "q").replace("L", "Q")).pack
+                for c in "bBhHiIlLqQefd?"}
 
 # Arrays passed before: id -> (weak reference, Buffer, offset). Finding an
 # array's buffer and offset (its base chain, its address) costs more than
@@ -699,8 +703,9 @@ def _pack_arg(i, a):
     The common kinds first, by exact type: this runs for every argument of
     every call."""
     t = type(a)
-    if t in _SCALAR_TYPES:
-        return (i, a.tobytes())
+    pack = _SCALAR_PACK.get(t)
+    if pack is not None and a == a:  # a NaN keeps its exact bits through tobytes below
+        return (i, pack(a))
     if t is np.ndarray and a.ndim > 0:
         found = _array_binding(a)
         if found is None:
