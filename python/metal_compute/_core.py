@@ -672,10 +672,12 @@ def _out_pointers():
 _SCALAR_PACK = {np.dtype(c).type: struct.Struct("<" + np.dtype(c).char.replace("l", "q").replace("L", "Q")).pack
                 for c in "bBhHiIlLqQefd?"}
 
-# Arrays passed before: id -> (weak reference, Buffer, offset). Finding an
-# array's buffer and offset (its base chain, its address) costs more than
-# the rest of the packing, and a kernel is called with the same arrays
-# again and again. An array's memory never moves; its entry goes with it.
+# Arrays passed before: id -> (weak reference, weak reference to the
+# Buffer, offset). Finding an array's buffer and offset (its base chain,
+# its address) costs more than the rest of the packing, and a kernel is
+# called with the same arrays again and again. An array's memory never
+# moves; its entry goes with it. The Buffer is held weakly: an array that
+# Buffer.from_array wraps must not keep its own buffer alive.
 _array_binds = {}
 
 
@@ -689,12 +691,14 @@ def _array_binding(a):
     key = id(a)
     e = _array_binds.get(key)
     if e is not None and e[0]() is a:
-        return e[1], e[2]
+        buf = e[1]()
+        if buf is not None:
+            return buf, e[2]
     found = buffer_of(a)
     if found is not None:
         if len(_array_binds) >= 4096:
             _array_binds.clear()
-        _array_binds[key] = (weakref.ref(a, lambda r, k=key: _forget_array(r, k)), found[0], found[1])
+        _array_binds[key] = (weakref.ref(a, lambda r, k=key: _forget_array(r, k)), weakref.ref(found[0]), found[1])
     return found
 
 

@@ -87,6 +87,18 @@ def test_the_array_lives_while_the_buffer_does(dev, basic):
     assert _live_wrapped() == before
 
 
+def test_passing_the_wrapped_array_itself_does_not_pin_it(dev, basic):
+    a = _aligned(512)
+    ref = weakref.ref(a.base if a.base is not None else a)
+    buf = mc.Buffer.from_array(dev, a)
+    basic["add_one"](a, np.uint32(512), grid=512)  # the array, not the buffer
+    basic["add_one"](a, np.uint32(512), grid=512)
+    assert (a == 2).all()
+    del a, buf
+    gc.collect()
+    assert _eventually(lambda: ref() is None)
+
+
 def test_a_committed_command_buffer_keeps_the_array(dev, basic):
     a = _aligned(256)
     ref = weakref.ref(a.base if a.base is not None else a)
