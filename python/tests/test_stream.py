@@ -5,6 +5,8 @@ import pytest
 
 import metal_compute as mc
 
+from conftest import cpu_only
+
 N = 256
 
 
@@ -68,6 +70,7 @@ def _isolated_passes(lang):
                 mc.StreamPass(saxpy, mc.OUTPUT, mc.INPUT, np.float32(2), np.uint32(N), grid=N)]
 
 
+@cpu_only()  # forking after this process used a CUDA or Metal device is refused (docs/ISOLATION.md)
 def test_isolated_stream_survives_a_killed_worker(lang):
     blocks = [np.full(N, i, np.float32) for i in range(12)]
     got = []
