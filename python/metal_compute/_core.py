@@ -753,7 +753,7 @@ def _run_once(kernel, shape, binds, launch=None, retry=True):
         st = lib.mc_cmdbuf_begin_pass(cb, kernel._label_c, pp)
         if st == 0:
             p = pp[0]
-            st = lib.mc_pass_set_pipeline(p, kernel.handle)
+            st = lib.mc_pass_set_pipeline(p, kernel._h)
             for b in binds:
                 if st != 0:
                     break
@@ -784,18 +784,16 @@ def _run_once(kernel, shape, binds, launch=None, retry=True):
         while st == 108:  # MC_ERR_WAIT_TIMEOUT: a slice passed; Ctrl-C is seen here
             st = lib.mc_cmdbuf_wait(cb, _SLICE_NS)
         errors.check(st)
-        if launch is not None:
-            st = lib.mc_cmdbuf_status(cb, ffi.NULL)
+        st = lib.mc_cmdbuf_status(cb, ffi.NULL)
+        if launch is not None and st == 0:
             _callbacks.raise_pending()
-            if st != 0:
-                msg = ffi.new("char **")
-                lib.mc_cmdbuf_status(cb, ffi.cast("const char **", msg))
-                raise errors.make_error(st, cstr(msg[0]) or None)
             return None
+        # Kernel(...)'s result, or the error of either with every pass's state.
         done = CommandBuffer._finished(q, cb, kernel.function)
         cb = None  # the CommandBuffer releases it
         _callbacks.raise_pending()
-        done.raise_for_status_if_failed()
+        if st != 0:
+            done.raise_for_status()
         return done
     finally:
         if cb is not None:
@@ -1035,10 +1033,6 @@ class CommandBuffer:
         self.label = label
         self.committed = True
         return self
-
-    def raise_for_status_if_failed(self):
-        if lib.mc_cmdbuf_status(self._h, ffi.NULL) != 0:
-            self.raise_for_status()
 
     def __enter__(self):
         return self

@@ -130,8 +130,9 @@ def test_bound_launch_runs_and_recovers_after_a_fault(dev, basic):
     run()
     assert (a == 2).all()
     dev.inject_faults("timeout@1")
-    with pytest.raises(mc.Timeout):
+    with pytest.raises(mc.Timeout) as e:
         run()
+    assert e.value.pass_states == [("add_one", "faulted")]
     run()  # a new queue replaces the stopped one
     assert (a == 3).all()
     with pytest.raises(TypeError):
@@ -151,8 +152,9 @@ def test_a_plain_call_returns_the_finished_command_buffer_and_raises_its_fault(d
     # by a bound launch on it too.
     run = basic["add_one"].bind(a, np.uint32(32), grid=32)
     dev.inject_faults("timeout@1")
-    with pytest.raises(mc.Timeout):
+    with pytest.raises(mc.Timeout) as e:
         run()
+    assert e.value.pass_states == [("add_one", "faulted")]
     run()
     basic["add_one"](a, np.uint32(32), grid=32)
     assert (a == 3).all()
