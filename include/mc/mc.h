@@ -257,6 +257,55 @@ MC_API void *mc_buffer_contents(mc_buffer *b);                  /* NULL if not h
 MC_API mc_status mc_buffer_write(mc_buffer *b, size_t offset, const void *src, size_t len);
 MC_API mc_status mc_buffer_read(mc_buffer *b, size_t offset, void *dst, size_t len);
 
+/* A buffer over memory the caller already has (a NumPy array, a file
+ * mapping): no allocation and no copy. The buffer has shared storage and
+ * mc_buffer_contents() returns pointer itself.
+ *
+ * Ownership: the memory stays the caller's; the library never frees it.
+ * It must stay valid and must not move until `release` runs. `release`
+ * (optional) runs exactly once, when the buffer is destroyed: after the
+ * last reference went and no command buffer uses it any more, on the
+ * thread that dropped that reference (mc_buffer_release, or the release of
+ * a command buffer that held it) or on the device's notifier thread when
+ * the reference went as a command buffer completed. It must not wait for
+ * work on the device. If the call fails, `release` never runs and the
+ * memory is the caller's at once.
+ *
+ * Rules, checked before anything is made (MC_ERR_INVALID_ARGUMENT names
+ * the rule broken):
+ *  - every device: pointer not NULL, size > 0, pointer a multiple of
+ *    MC_HOST_BUFFER_ALIGNMENT (kernels load up to 16-byte vectors such as
+ *    float4), size at most the device's max_buffer_size;
+ *  - cpu: nothing more; the kernels use the memory directly;
+ *  - cuda: the pages are pinned and mapped into the device
+ *    (cuMemHostRegister + cuMemHostGetDevicePointer); memory already pinned
+ *    (another wrapped range on the same pages, cuMemHostAlloc memory) is
+ *    refused;
+ *  - metal: pointer and size must both be multiples of the page size
+ *    (getpagesize(), 16 KiB on Apple silicon), as
+ *    newBufferWithBytesNoCopy:length: requires. There is no silent copy
+ *    fallback: copy with mc_buffer_create's initial_data instead.
+ * MC_ERR_UNSUPPORTED where a backend cannot wrap host memory. Thread-safe. */
+#define MC_HOST_BUFFER_ALIGNMENT 16
+typedef void (*mc_host_release_fn)(void *user, void *pointer);
+typedef struct mc_host_buffer_desc {
+    void *pointer;              /* size bytes, readable and writable */
+    size_t size;
+    const char *label;
+    mc_host_release_fn release; /* optional: see above */
+    void *user;                 /* passed to release */
+} mc_host_buffer_desc;
+#define MC_HOST_BUFFER_DESC_INIT MC__DESC_INIT(.pointer = NULL, .size = 0, .release = NULL)
+MC_API mc_status mc_buffer_create_from_host(mc_device *d, const mc_host_buffer_desc *desc, mc_buffer **out);
+
+/* The address kernels on the device use for the buffer's first byte, for
+ * handing device memory to other libraries (DLPack's kDLCUDA): the
+ * CUdeviceptr on cuda (private and shared storage alike), the host address
+ * on the cpu device (private storage too: the CPU has only host memory).
+ * MC_ERR_UNSUPPORTED where the device does not expose one (metal). Valid
+ * while the buffer lives; no ordering against queued work. Thread-safe. */
+MC_API mc_status mc_buffer_device_address(mc_buffer *b, uint64_t *out);
+
 /* ------------------------------------------------------------------------ */
 /* Libraries and pipelines                                                   */
 /* ------------------------------------------------------------------------ */

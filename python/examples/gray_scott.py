@@ -48,7 +48,7 @@ def params(n):
 
 
 def simulate(device, size=256, steps=10000, *, language=None, inject_faults=None, isolate=None, progress=None,
-             budget_ms=0.0):
+             budget_ms=0.0, in_flight=0):
     """Runs the simulation; returns (field of shape (size, size, 2), RunnerStats)."""
     language = language or mc.DEFAULT_LANGUAGE
     path = os.path.join(KERNELS, "gray_scott" + EXT[language])
@@ -63,7 +63,7 @@ def simulate(device, size=256, steps=10000, *, language=None, inject_faults=None
         isolate = dict(isolate, inject_faults=inject_faults)
     with mc.Runner(device, kernel, state=[f0, f0], args=[mc.state(0), mc.state(1), None, params(size)],
                    iterations=steps, groups=(-(-size // GROUP), -(-size // GROUP)), group=(GROUP, GROUP),
-                   iteration_arg=2, budget_ms=budget_ms, progress=progress, isolate=isolate,
+                   iteration_arg=2, budget_ms=budget_ms, in_flight=in_flight, progress=progress, isolate=isolate,
                    label="gray-scott") as r:
         stats = r.run()
         # Step i writes B when i is even: after an even number of steps the field is in A.

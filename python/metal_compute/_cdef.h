@@ -82,6 +82,16 @@ size_t mc_buffer_size(const mc_buffer *b);
 void *mc_buffer_contents(mc_buffer *b);
 mc_status mc_buffer_write(mc_buffer *b, size_t offset, const void *src, size_t len);
 mc_status mc_buffer_read(mc_buffer *b, size_t offset, void *dst, size_t len);
+typedef void (*mc_host_release_fn)(void *user, void *pointer);
+typedef struct mc_host_buffer_desc {
+    void *pointer;
+    size_t size;
+    const char *label;
+    mc_host_release_fn release;
+    void *user;
+} mc_host_buffer_desc;
+mc_status mc_buffer_create_from_host(mc_device *d, const mc_host_buffer_desc *desc, mc_buffer **out);
+mc_status mc_buffer_device_address(mc_buffer *b, uint64_t *out);
 
 const char *mc_language_name(mc_language l);
 typedef struct mc_library_desc {
@@ -288,6 +298,24 @@ typedef struct mc_isolate_desc {
     uint32_t max_restarts;
     const char *inject_faults;
 } mc_isolate_desc;
+typedef struct mc_isolate_stats {
+    uint32_t workers;
+    uint32_t restarts;
+    uint32_t device_errors;
+    uint32_t deaths;
+    uint32_t hangs;
+    int last_signal;
+    mc_status last_cause;
+    char last_cause_text[256];
+    double start_ms;
+    double restart_ms_last, restart_ms_mean, restart_ms_max;
+    double reap_ms_last, ready_ms_last, resume_ms_last;
+    double outage_ms_last;
+    uint64_t restored_iteration;
+    mc_device_info device;
+    int worker_pid;
+} mc_isolate_stats;
+mc_status mc_runner_get_isolate_stats(const mc_runner *r, mc_isolate_stats *out);
 
 /* mc_stream.h */
 typedef struct mc_stream mc_stream;
@@ -358,3 +386,4 @@ mc_status mc_stream_release_result(mc_stream *s, const mc_stream_result *r);
 mc_status mc_stream_close(mc_stream *s, _Bool drain);
 mc_status mc_stream_get_stats(const mc_stream *s, mc_stream_stats *out);
 void mc_stream_release(mc_stream *s);
+mc_status mc_stream_get_isolate_stats(const mc_stream *s, mc_isolate_stats *out);

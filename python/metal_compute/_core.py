@@ -4,13 +4,15 @@ Each class wraps one handle of include/mc/mc.h and releases it when the
 object is closed or collected; the names follow the C calls (Device.info is
 mc_device_get_info, CommandBuffer.commit is mc_cmdbuf_commit, ...).
 """
+import itertools
 import os
+import struct
 import threading
 import weakref
 
 import numpy as np
 
-from . import errors
+from . import _dlpack, errors
 from ._lib import MAX_BYTES_ARG, WAIT_FOREVER, cstr, ffi, lib
 
 _KINDS = {0: "any", 1: "cpu", 2: "cuda", 3: "metal"}
@@ -199,10 +201,11 @@ class Device:
         return int(lib.mc_device_committed_count(self.handle))
 
     # -- buffers --------------------------------------------------------
-    def buffer(self, data=None, *, size=None, storage="shared", label=None):
+    def buffer(self, data=None, *, size=None, storage="shared", label=None, copy=True):
         """mc_buffer_create. From `data` (an array or bytes-like: copied in
-        once, as initial_data) or of `size` bytes (zeroed)."""
-        return Buffer(self, data=data, size=size, storage=storage, label=label)
+        once, as initial_data) or of `size` bytes (zeroed). copy=False:
+        a buffer over data's own memory, no copy (Buffer.from_array)."""
+        return Buffer(self, data=data, size=size, storage=storage, label=label, copy=copy)
 
     def empty(self, shape, dtype=np.float32, *, label=None):
         """A NumPy array whose memory is a new shared buffer: fill it in place,
@@ -284,15 +287,74 @@ class Device:
         return Event(self, value)
 
 
+# Arrays that wrapped buffers (Buffer.from_array) live on, by token: the C
+# library runs _host_release once when the buffer dies (after the last
+# command buffer that used it), on the thread that dropped the last
+# reference or the device's notifier thread; cffi takes the GIL there.
+_host_keep = {}
+_host_keep_lock = threading.Lock()
+_host_tokens = itertools.count(1)
+# Wrapped buffers, so an array passed to a kernel finds the buffer over its
+# memory (buffer_of) even though NumPy's base chain does not lead there.
+_wrapped = weakref.WeakSet()
+
+
+def _on_host_release(user, pointer):
+    with _host_keep_lock:
+        keep = _host_keep.pop(int(ffi.cast("uintptr_t", user)), None)
+    del keep  # the array may be freed here, after the device let go of it
+
+
+_host_release_cb = ffi.callback("mc_host_release_fn", _on_host_release)
+
+
+def _wrappable(a):
+    """a as a NumPy array over the same memory, or a clear error why it
+    cannot become a buffer without a copy."""
+    if isinstance(a, (bytearray, memoryview)):
+        a = np.frombuffer(a, np.uint8)
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"from_array takes a NumPy array (or bytearray/memoryview), not {type(a).__name__}")
+    if not a.flags.c_contiguous:
+        raise errors.InvalidArgument(
+            "from_array: the array is not C-contiguous (a strided view or Fortran order); a buffer is one "
+            "contiguous range. np.ascontiguousarray(a) or device.array(a) makes a contiguous copy")
+    if not a.flags.writeable:
+        raise errors.InvalidArgument(
+            "from_array: the array is read-only, and kernels may write a buffer; device.array(a) copies it "
+            "into a new buffer")
+    if a.nbytes == 0:
+        raise errors.InvalidArgument("from_array: the array is empty (0 bytes); a buffer needs at least 1 byte")
+    return a
+
+
 class Buffer:
     """An mc_buffer. Shared storage is host-visible: numpy() views it with
     no copy (the view keeps the buffer alive), as do the buffer protocol
     (Python 3.12+: memoryview(buf); any version: buf.memoryview()) and
-    __dlpack__. Private storage is copied explicitly with read()/write()."""
+    __dlpack__. Private storage is copied explicitly with read()/write().
+    Buffer.from_array(device, a) makes a buffer over an existing array's
+    memory (mc_buffer_create_from_host), no copy."""
 
-    def __init__(self, device, *, data=None, size=None, storage="shared", label=None):
+    @classmethod
+    def from_array(cls, device, a, *, label=None):
+        """A buffer over a's memory, no copy (mc_buffer_create_from_host):
+        kernels read and write the array itself. The array is kept alive
+        until the buffer dies (after the last command buffer that used it
+        finished), even when a and this object are gone. Refused with
+        InvalidArgument: a non-contiguous, read-only or empty array, or one
+        whose address breaks the device's rule (16-byte alignment
+        everywhere; whole pages on Metal; pages pinned twice on CUDA)."""
+        return cls(device, data=a, label=label, copy=False)
+
+    def __init__(self, device, *, data=None, size=None, storage="shared", label=None, copy=True):
         if storage not in ("shared", "private"):
             raise ValueError("storage must be 'shared' or 'private'")
+        if not copy:
+            if data is None or size is not None or storage != "shared":
+                raise ValueError("copy=False wraps an array: give data (the array), no size, shared storage")
+            self._wrap(device, _wrappable(data), label)
+            return
         src = None
         if data is not None:
             if isinstance(data, np.ndarray):
@@ -320,11 +382,41 @@ class Buffer:
         self.size = int(size)
         self.storage = storage
         self.label = label
+        self.wrapped = False
         self._finalizer = weakref.finalize(self, lib.mc_buffer_release, self._h)
         if src is not None and keep is None:
             self.write(src)
         p = lib.mc_buffer_contents(self._h)
         self._ptr = None if p == ffi.NULL else p
+        self._addr = None if self._ptr is None else int(ffi.cast("uintptr_t", p))
+
+    def _wrap(self, device, a, label):
+        token = next(_host_tokens)
+        desc = ffi.new("mc_host_buffer_desc *")
+        desc.pointer = ffi.cast("void *", a.__array_interface__["data"][0])
+        desc.size = a.nbytes
+        label_c = ffi.new("char[]", label.encode()) if label else ffi.NULL
+        desc.label = label_c
+        desc.release = _host_release_cb
+        desc.user = ffi.cast("void *", token)
+        out = ffi.new("mc_buffer **")
+        with _host_keep_lock:
+            _host_keep[token] = a
+        st = lib.mc_buffer_create_from_host(device.handle, desc, out)
+        if st != 0:
+            with _host_keep_lock:  # refused: the release never runs (mc.h)
+                _host_keep.pop(token, None)
+            errors.check(st, f"a buffer over a {a.nbytes}-byte array")
+        self._h = out[0]
+        self.device = device
+        self.size = int(a.nbytes)
+        self.storage = "shared"
+        self.label = label
+        self.wrapped = True
+        self._finalizer = weakref.finalize(self, lib.mc_buffer_release, self._h)
+        self._ptr = lib.mc_buffer_contents(self._h)
+        self._addr = int(ffi.cast("uintptr_t", self._ptr))
+        _wrapped.add(self)
 
     @property
     def handle(self):
@@ -344,7 +436,7 @@ class Buffer:
     @property
     def address(self):
         """The host address of the contents (shared storage), else None."""
-        return int(ffi.cast("uintptr_t", self._ptr)) if self._ptr is not None else None
+        return self._addr
 
     # NumPy: __array_interface__ hands NumPy the address; NumPy keeps this
     # object as the array's base, so the array keeps the buffer alive.
@@ -376,15 +468,38 @@ class Buffer:
     def __buffer__(self, flags):  # Python 3.12+: memoryview(buf)
         return self.memoryview()
 
-    def __dlpack__(self, stream=None):
-        if self.device.info.kind not in ("cpu",) and not self.device.info.unified_memory:
-            raise BufferError("DLPack: this device's shared buffers are not plain host memory; use read()")
-        return self.numpy().__dlpack__()
+    def _dlpack_target(self):
+        info = self.device.info
+        return _dlpack.device_for(info.kind, info.index, self._addr is not None, info.unified_memory)
 
     def __dlpack_device__(self):
-        if self._ptr is None:
-            raise BufferError("private storage has no host address")
-        return (1, 0)  # kDLCPU: the contents are host memory
+        """(kDLCPU, 0) for host memory; (kDLCUDA, device index) for every
+        buffer of a CUDA device, private or shared."""
+        target = self._dlpack_target()
+        if isinstance(target, str):
+            raise BufferError(f"DLPack: {target}")
+        return target
+
+    def __dlpack__(self, stream=None, max_version=None, dl_device=None, copy=None):
+        """A DLPack capsule over the whole buffer as uint8 (no copy); the
+        buffer lives until the consumer lets go. CUDA buffers are exported
+        as device memory at mc_buffer_device_address. The buffer's
+        command buffers must have finished (every wait here does): nothing
+        is ordered against `stream`."""
+        target = self.__dlpack_device__()
+        if dl_device is not None and tuple(dl_device) != target:
+            raise BufferError(f"DLPack: the buffer is on {target}, not {tuple(dl_device)}; copying is not done here")
+        if copy:
+            raise BufferError("DLPack: copy=True is not supported; export without a copy or use read()")
+        if target[0] == _dlpack.KDL_CUDA:
+            addr = ffi.new("uint64_t *")
+            errors.check(lib.mc_buffer_device_address(self.handle, addr), "DLPack: the buffer's device address")
+            address = int(addr[0])
+        else:
+            self.handle  # a released buffer raises
+            address = self._addr
+        versioned = max_version is not None and tuple(max_version)[0] >= 1
+        return _dlpack.export(self, address, self.size, target[0], target[1], versioned)
 
     def write(self, data, offset=0):
         """mc_buffer_write: copies bytes in (any storage)."""
@@ -414,12 +529,18 @@ def buffer_of(a):
     """(Buffer, byte offset) for a NumPy array whose memory lies in a
     Buffer (made by Device.empty/array or Buffer.numpy), else None."""
     base = a
-    while base is not None and not isinstance(base, Buffer):
+    while base is not None and type(base) is not Buffer and not isinstance(base, Buffer):
         base = getattr(base, "base", None)
-    if base is None or base._ptr is None:
-        return None
     addr = a.__array_interface__["data"][0]
-    off = addr - base.address
+    if base is None:
+        # An array that a Buffer.from_array wraps: its memory, not its base.
+        for w in list(_wrapped):
+            if w._h is not None and w._addr <= addr and addr + a.nbytes <= w._addr + w.size:
+                return w, addr - w._addr
+        return None
+    if base._addr is None:
+        return None
+    off = addr - base._addr
     if off < 0 or off + a.nbytes > base.size:
         return None
     return base, off
@@ -462,6 +583,8 @@ class Kernel:
         self.max_total_threads_per_threadgroup = info.max_total_threads_per_threadgroup
         self.simd_width = info.simd_width
         self.argument_count = info.argument_count
+        self._shapes = {}
+        self._label_c = ffi.new("char[]", function.encode())
 
     @property
     def handle(self):
@@ -490,9 +613,33 @@ class Kernel:
         return tuple(g)
 
     def __call__(self, *args, grid=None, groups=None, group=None, threadgroup_memory=None):
-        """Runs the kernel once and waits (Device.dispatch)."""
-        return self.device.dispatch(self, *args, grid=grid, groups=groups, group=group,
-                                    threadgroup_memory=threadgroup_memory)
+        """Runs the kernel once in a command buffer of its own and waits,
+        raising its error; returns the finished CommandBuffer (its passes,
+        GPU time). The launch shape is worked out once per (grid, groups,
+        group) and the arguments packed without intermediate objects, so
+        this costs a few C calls more than a bound Launch (docs/PYTHON.md)."""
+        if threadgroup_memory:
+            return self.device.dispatch(self, *args, grid=grid, groups=groups, group=group,
+                                        threadgroup_memory=threadgroup_memory)
+        try:
+            shape = self._shapes[grid, groups, group]
+        except (KeyError, TypeError):  # TypeError: a list, not hashable
+            shape = self._shape(grid, groups, group)
+        binds = [_pack_arg(i, a) for i, a in enumerate(args) if a is not None] if args else ()
+        return _run_once(self, shape, binds)
+
+    def _shape(self, grid, groups, group):
+        """(owner, threadgroups, threads per threadgroup) as mc_size3 values,
+        cached when the arguments are hashable."""
+        tgs, tg = launch_shape(self, grid, groups, group)
+        owner = ffi.new("mc_size3[2]", [tgs, tg])
+        shape = (owner, owner[0], owner[1])
+        try:
+            if len(self._shapes) < 64:
+                self._shapes[grid, groups, group] = shape
+        except TypeError:
+            pass
+        return shape
 
     def bind(self, *args, grid=None, groups=None, group=None, queue=None):
         """A Launch: this kernel with its arguments and shape bound once, run
@@ -505,64 +652,167 @@ class Kernel:
         return f"<metal_compute.Kernel {self.function} ({self.language})>"
 
 
+# The per-call path of Kernel.__call__: no Python objects but the packed
+# arguments, no cffi allocation but the result's out-pointers (one pair
+# per thread), and the queue checked only when a commit fails.
+_tls = threading.local()
+
+
+def _out_pointers():
+    try:
+        return _tls.out
+    except AttributeError:
+        _tls.out = out = (ffi.new("mc_cmdbuf **"), ffi.new("mc_pass **"))
+        return out
+
+
+# NumPy scalars by exact type -> their bytes through struct, which is many
+# times faster than .tobytes() (NumPy 2 makes an array for it) and gives
+# the same bytes for every value but a NaN (whose payload it may change).
+_SCALAR_PACK = {np.dtype(c).type: struct.Struct("<" + np.dtype(c).char.replace("l", "q").replace("L", "Q")).pack
+                for c in "bBhHiIlLqQefd?"}
+
+# Arrays passed before: id -> (weak reference, weak reference to the
+# Buffer, offset). Finding an array's buffer and offset (its base chain,
+# its address) costs more than the rest of the packing, and a kernel is
+# called with the same arrays again and again. An array's memory never
+# moves; its entry goes with it. The Buffer is held weakly: an array that
+# Buffer.from_array wraps must not keep its own buffer alive.
+_array_binds = {}
+
+
+def _forget_array(ref, key):
+    e = _array_binds.get(key)
+    if e is not None and e[0] is ref:
+        del _array_binds[key]
+
+
+def _array_binding(a):
+    key = id(a)
+    e = _array_binds.get(key)
+    if e is not None and e[0]() is a:
+        buf = e[1]()
+        if buf is not None:
+            return buf, e[2]
+    found = buffer_of(a)
+    if found is not None:
+        if len(_array_binds) >= 4096:
+            _array_binds.clear()
+        _array_binds[key] = (weakref.ref(a, lambda r, k=key: _forget_array(r, k)), weakref.ref(found[0]), found[1])
+    return found
+
+
+def _pack_arg(i, a):
+    """One argument as (index, buffer handle, offset) or (index, bytes).
+    The common kinds first, by exact type: this runs for every argument of
+    every call."""
+    t = type(a)
+    pack = _SCALAR_PACK.get(t)
+    if pack is not None and a == a:  # a NaN keeps its exact bits through tobytes below
+        return (i, pack(a))
+    if t is np.ndarray and a.ndim > 0:
+        found = _array_binding(a)
+        if found is None:
+            raise TypeError(
+                f"argument {i}: this NumPy array's memory is not a device buffer; make it with "
+                "device.array(a) / device.empty(...) (one copy), wrap it with Buffer.from_array(device, a) "
+                "(no copy), or pass a Buffer")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"argument {i}: a kernel sees contiguous memory; this view is strided")
+        return (i, found[0].handle, found[1])
+    if t is Buffer:
+        return (i, a.handle, 0)
+    if t is tuple and len(a) == 2 and isinstance(a[0], Buffer):
+        return (i, a[0].handle, int(a[1]))
+    if isinstance(a, Buffer):
+        return (i, a.handle, 0)
+    if isinstance(a, np.ndarray) and a.ndim > 0:
+        return _pack_arg(i, np.asarray(a))
+    data = scalar_bytes(a)
+    if data is None:
+        raise TypeError(f"argument {i}: cannot pass a {type(a).__name__} to a kernel")
+    if not 0 < len(data) <= MAX_BYTES_ARG:
+        raise ValueError(f"argument {i}: {len(data)} bytes by value (1 .. {MAX_BYTES_ARG})")
+    return (i, data)
+
+
+def _run_once(kernel, shape, binds, launch=None, retry=True):
+    """Records, commits and waits for one command buffer with one pass;
+    raises its error. Returns the finished CommandBuffer, or None for a
+    Launch (which runs on its own queue)."""
+    dev = kernel.device
+    q = dev._queue if launch is None else launch.queue
+    if q is None:
+        q = dev.default_queue
+    cbp, pp = _out_pointers()
+    st = lib.mc_cmdbuf_create(q._h, ffi.NULL, cbp)
+    if st != 0:
+        errors.check(st, "creating a command buffer")
+    cb = cbp[0]
+    try:
+        st = lib.mc_cmdbuf_begin_pass(cb, kernel._label_c, pp)
+        if st == 0:
+            p = pp[0]
+            st = lib.mc_pass_set_pipeline(p, kernel._h)
+            for b in binds:
+                if st != 0:
+                    break
+                if len(b) == 3:
+                    st = lib.mc_pass_set_buffer(p, b[0], b[1], b[2])
+                else:
+                    st = lib.mc_pass_set_bytes(p, b[0], b[1], len(b[1]))
+            if st == 0:
+                st = lib.mc_pass_dispatch(p, shape[1], shape[2])
+            if st == 0:
+                st = lib.mc_pass_end(p)
+        if st != 0:
+            errors.check(st, f"recording {kernel.function}")
+        st = lib.mc_cmdbuf_commit(cb)
+        if st != 0:
+            if retry and lib.mc_queue_check(q._h) != 0 and lib.mc_device_check(dev.handle) == 0:
+                # A fault stopped the queue (F687): nothing of this one ran;
+                # record it again on the replacement queue.
+                lib.mc_cmdbuf_release(cb)
+                cb = None
+                if launch is None:
+                    dev.default_queue
+                else:
+                    launch.queue = dev.default_queue
+                return _run_once(kernel, shape, binds, launch, retry=False)
+            errors.check(st, f"committing {kernel.function}")
+        st = lib.mc_cmdbuf_wait(cb, _SLICE_NS)
+        while st == 108:  # MC_ERR_WAIT_TIMEOUT: a slice passed; Ctrl-C is seen here
+            st = lib.mc_cmdbuf_wait(cb, _SLICE_NS)
+        errors.check(st)
+        st = lib.mc_cmdbuf_status(cb, ffi.NULL)
+        if launch is not None and st == 0:
+            _callbacks.raise_pending()
+            return None
+        # Kernel(...)'s result, or the error of either with every pass's state.
+        done = CommandBuffer._finished(q, cb, kernel.function)
+        cb = None  # the CommandBuffer releases it
+        _callbacks.raise_pending()
+        if st != 0:
+            done.raise_for_status()
+        return done
+    finally:
+        if cb is not None:
+            lib.mc_cmdbuf_release(cb)
+
+
 class Launch:
     """A bound dispatch (Kernel.bind). Calling it records one command buffer
     with one pass, commits it, waits (GIL released) and raises its error."""
 
     def __init__(self, kernel, args, grid, groups, group, queue):
-        tgs, tg = launch_shape(kernel, grid, groups, group)
         self.kernel, self.queue = kernel, queue
-        self._tgs, self._tg = ffi.new("mc_size3 *", tgs), ffi.new("mc_size3 *", tg)
-        self._binds = []  # (index, buffer handle, offset) or (index, bytes)
-        self._keep = []
-        for i, a in enumerate(args):
-            if a is None:
-                continue
-            if isinstance(a, np.ndarray) and a.ndim > 0:
-                found = buffer_of(a)
-                if found is None:
-                    raise TypeError(f"argument {i}: not a device-backed array (device.array / device.empty)")
-                self._keep.append(a)
-                self._binds.append((i, found[0].handle, found[1]))
-            elif isinstance(a, Buffer):
-                self._keep.append(a)
-                self._binds.append((i, a.handle, 0))
-            else:
-                data = scalar_bytes(a)
-                if data is None:
-                    raise TypeError(f"argument {i}: cannot pass a {type(a).__name__}")
-                self._binds.append((i, data))
-        self._cb = ffi.new("mc_cmdbuf **")
-        self._pass = ffi.new("mc_pass **")
-        self._label = ffi.new("char[]", kernel.function.encode())
+        self._shape = kernel._shape(grid, groups, group)
+        # The packed arguments hold buffer handles: keep their owners.
+        self._keep = [a for a in args if isinstance(a, (Buffer, np.ndarray, tuple))]
+        self._binds = [_pack_arg(i, a) for i, a in enumerate(args) if a is not None]
 
     def __call__(self):
-        q = self.queue
-        if lib.mc_queue_check(q._h) != 0:  # a fault stopped it: a new one (F687)
-            q = self.queue = self.kernel.device.default_queue
-        errors.check(lib.mc_cmdbuf_create(q._h, ffi.NULL, self._cb))
-        cb = self._cb[0]
-        try:
-            errors.check(lib.mc_cmdbuf_begin_pass(cb, self._label, self._pass))
-            p = self._pass[0]
-            errors.check(lib.mc_pass_set_pipeline(p, self.kernel.handle))
-            for b in self._binds:
-                if len(b) == 3:
-                    errors.check(lib.mc_pass_set_buffer(p, b[0], b[1], b[2]))
-                else:
-                    errors.check(lib.mc_pass_set_bytes(p, b[0], b[1], len(b[1])))
-            errors.check(lib.mc_pass_dispatch(p, self._tgs[0], self._tg[0]))
-            errors.check(lib.mc_pass_end(p))
-            errors.check(lib.mc_cmdbuf_commit(cb))
-            st = lib.mc_cmdbuf_wait(cb, WAIT_FOREVER)
-            if st == 0:
-                st = lib.mc_cmdbuf_status(cb, ffi.NULL)
-            if st != 0:
-                msg = ffi.new("char **")
-                lib.mc_cmdbuf_status(cb, ffi.cast("const char **", msg))
-                raise errors.make_error(st, cstr(msg[0]) or None)
-        finally:
-            lib.mc_cmdbuf_release(cb)
+        _run_once(self.kernel, self._shape, self._binds, self)
 
 
 def make_pipeline(dev_handle, k):
@@ -771,6 +1021,19 @@ class CommandBuffer:
         self.label = label
         self.committed = False
 
+    @classmethod
+    def _finished(cls, queue, h, label):
+        """A committed, finished command buffer whose handle the caller gives
+        over (Kernel.__call__): no recording state, released by __del__ (a
+        finalizer would cost more than the rest of the call)."""
+        self = cls.__new__(_FinishedCommandBuffer)
+        self.queue = queue
+        self._h = h
+        self._keep = ()
+        self.label = label
+        self.committed = True
+        return self
+
     def __enter__(self):
         return self
 
@@ -880,6 +1143,15 @@ class CommandBuffer:
         st, msg = self.status
         if st != 0:
             raise errors.make_error(st, msg, pass_states=[(p.label, p.state) for p in self.passes])
+
+
+class _FinishedCommandBuffer(CommandBuffer):
+    """What Kernel.__call__ returns: a CommandBuffer that has finished."""
+
+    def __del__(self):
+        h, self._h = self._h, None
+        if h is not None:
+            lib.mc_cmdbuf_release(h)
 
 
 class Event:

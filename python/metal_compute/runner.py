@@ -13,7 +13,7 @@ import threading
 import numpy as np
 
 from . import errors
-from ._core import _SLICE_NS, _lang, launch_shape, make_pipeline, scalar_bytes
+from ._core import _SLICE_NS, DeviceInfo, _lang, launch_shape, make_pipeline, scalar_bytes
 from ._lib import MAX_BUFFER_ARGS, cstr, ffi, lib
 
 
@@ -83,6 +83,41 @@ def _tqdm_progress():
             b.close()
 
     return show
+
+
+def isolate_desc(isolate, keep):
+    """An mc_isolate_desc from a dict of its fields (device, inject_faults,
+    time_limit_ms, threads, deadline_ms, start_timeout_ms, max_restarts)
+    or True (all defaults); what it points to is appended to keep."""
+    iso = {} if isolate is True else dict(isolate)
+    idesc = ffi.new("mc_isolate_desc *")
+    keep.append(idesc)
+    for k, v in iso.items():
+        if k in ("device", "inject_faults"):
+            if v is not None:
+                keep.append(ffi.new("char[]", str(v).encode()))
+                setattr(idesc, k, keep[-1])
+        elif k in ("time_limit_ms", "threads", "deadline_ms", "start_timeout_ms", "max_restarts"):
+            setattr(idesc, k, v)
+        else:
+            raise ValueError(f"isolate: unknown field {k!r}")
+    return idesc
+
+
+_ISOLATE_STATS = ("workers", "restarts", "device_errors", "deaths", "hangs", "last_signal", "start_ms",
+                  "restart_ms_last", "restart_ms_mean", "restart_ms_max", "reap_ms_last", "ready_ms_last",
+                  "resume_ms_last", "outage_ms_last", "restored_iteration", "worker_pid")
+
+
+def isolate_stats_dict(getter, handle):
+    """mc_runner_get_isolate_stats / mc_stream_get_isolate_stats as a dict."""
+    s = ffi.new("mc_isolate_stats *")
+    errors.check(getter(handle, s))
+    d = {n: getattr(s, n) for n in _ISOLATE_STATS}
+    d["last_cause"] = cstr(lib.mc_status_name(s.last_cause))
+    d["last_cause_text"] = ffi.string(s.last_cause_text).decode("utf-8", "replace")
+    d["device"] = DeviceInfo(s.device) if ffi.string(s.device.name) else None  # once a worker was ready
+    return d
 
 
 class Runner:
@@ -187,20 +222,7 @@ class Runner:
         if on_checkpoint is not None:
             d.on_checkpoint = self._checkpoint_cb
         if isolate is not None:
-            iso = {} if isolate is True else dict(isolate)
-            idesc = ffi.new("mc_isolate_desc *")
-            strings = []
-            for k, v in iso.items():
-                if k in ("device", "inject_faults"):
-                    if v is not None:
-                        strings.append(ffi.new("char[]", str(v).encode()))
-                        setattr(idesc, k, strings[-1])
-                elif k in ("time_limit_ms", "threads", "deadline_ms", "start_timeout_ms", "max_restarts"):
-                    setattr(idesc, k, v)
-                else:
-                    raise ValueError(f"isolate: unknown field {k!r}")
-            d.isolate = idesc
-            self._keep += [idesc, strings]
+            d.isolate = isolate_desc(isolate, self._keep)
         out = ffi.new("mc_runner **")
         st = lib.mc_runner_create(d, out)
         if st != 0:
@@ -335,6 +357,12 @@ class Runner:
     def cancel(self):
         """mc_runner_cancel: thread-safe; run() then raises Cancelled."""
         errors.check(lib.mc_runner_cancel(self._h))
+
+    def isolate_stats(self):
+        """mc_runner_get_isolate_stats as a dict (workers, restarts, deaths,
+        hangs, last_cause, restart_ms_last, ..., device: the DeviceInfo the
+        workers opened); isolated runners only (else InvalidArgument)."""
+        return isolate_stats_dict(lib.mc_runner_get_isolate_stats, self._h)
 
     def stats(self):
         out = ffi.new("mc_runner_stats *")

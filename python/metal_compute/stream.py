@@ -10,6 +10,7 @@ import numpy as np
 from . import errors
 from ._core import _lang, _wait_sliced, launch_shape, make_pipeline, scalar_bytes
 from ._lib import MAX_BUFFER_ARGS, WAIT_FOREVER, cstr, ffi, lib
+from .runner import isolate_desc, isolate_stats_dict
 
 
 class _Marker:
@@ -91,12 +92,24 @@ class StreamResult:
 class Stream:
     """mc_stream_create: items of item_shape/item_dtype in, results of
     result_shape/result_dtype out, through `slots` slots (default 3).
-    on_result: fn(StreamResult) on the stream's thread; None: pull."""
+    on_result: fn(StreamResult) on the stream's thread; None: pull.
+    isolate: a dict of mc_isolate_desc fields (device, deadline_ms,
+    max_restarts, inject_faults, time_limit_ms, threads) or True, with
+    device=None: the passes run in a supervised worker process that the
+    stream replaces when it dies, hangs or loses its device (the items
+    without a result are submitted again); the slots are memory shared with
+    it, so acquire() still fills them in place. Create it from the main
+    thread before other threads start (docs/ISOLATION.md)."""
 
     def __init__(self, device, passes, *, item_shape, item_dtype=np.float32, result_shape=None,
-                 result_dtype=np.float32, slots=0, on_result=None, max_retries=0, label=None, lanes=0):
+                 result_dtype=np.float32, slots=0, on_result=None, max_retries=0, label=None, lanes=0,
+                 isolate=None):
         if not 1 <= len(passes) <= 8:
             raise ValueError("passes: 1 to 8 StreamPass")
+        if isolate is None and device is None:
+            raise ValueError("device is required (or isolate=... to run in a worker process)")
+        if isolate is not None and device is not None:
+            raise ValueError("an isolated stream opens its device in the worker: pass device=None")
         self._passes = list(passes)
         self.item_dtype, self.item_shape = np.dtype(item_dtype), tuple(np.atleast_1d(item_shape))
         self.result_dtype = np.dtype(result_dtype)
@@ -112,7 +125,9 @@ class Stream:
         self._teardown_cb = ffi.callback("mc_stream_teardown_fn", self._teardown)
         self._result_cb = ffi.callback("mc_stream_result_fn", self._on_result)
         d = ffi.new("mc_stream_desc *")
-        d.device = device.handle
+        d.device = device.handle if device is not None else ffi.NULL
+        if isolate is not None:
+            d.isolate = isolate_desc(isolate, self._keep)
         d.setup = self._setup_cb
         d.teardown = self._teardown_cb
         d.item_size = item_size
@@ -134,6 +149,7 @@ class Stream:
             raise errors.make_error(st, msg)
         self._h = out[0]
         self.device = device
+        self.isolated = isolate is not None
 
     def _setup(self, user, dev, bind):
         made = []
@@ -263,6 +279,11 @@ class Stream:
         d = {n: int(getattr(s, n)) for n in names}
         d["last_failure"] = cstr(lib.mc_status_name(s.last_failure))
         return d
+
+    def isolate_stats(self):
+        """mc_stream_get_isolate_stats as a dict (workers, restarts, deaths,
+        hangs, last_cause, ...); isolated streams only (else InvalidArgument)."""
+        return isolate_stats_dict(lib.mc_stream_get_isolate_stats, self._h)
 
     def release(self):
         """mc_stream_release (closes with cancel if still open)."""

@@ -1,6 +1,7 @@
-"""The suite runs on MC_PY_DEVICE (default "cpu"); on a GPU host set it to
-"cuda" or "metal". Kernels are in MC_PY_LANG: "msl" (default, one source for
-every device) or the device's native language ("c", "cuda")."""
+"""The suite runs on MC_PY_DEVICE, else MC_DEVICE (default "cpu"); on a GPU
+host set either to "cuda" or "metal"; a test that needs another device says
+so in its skip reason. Kernels are in MC_PY_LANG: "msl" (default, one
+source for every device) or the device's native language ("c", "cuda")."""
 import os
 import sys
 
@@ -13,7 +14,8 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 KERNELS = os.path.join(ROOT, "examples", "kernels")
 sys.path.insert(0, os.path.join(ROOT, "python", "examples"))
 
-DEVICE = os.environ.get("MC_PY_DEVICE", "cpu")
+# MC_PY_DEVICE, else MC_DEVICE (the C tests' variable), else the CPU device.
+DEVICE = os.environ.get("MC_PY_DEVICE") or os.environ.get("MC_DEVICE") or "cpu"
 _NATIVE = {"cpu": "msl", "cuda": "msl", "metal": "msl"}
 _EXT = {"c": ".c", "cuda": ".cu", "msl": ".metal"}
 

@@ -18,3 +18,7 @@ def test_bench_module_runs_and_reports_no_copy(lang):
     assert res["py_call_us"] > 0 and res["py_launch_us"] > 0
     assert res["same_memory"] is True and res["rss_added_mib"] < 16  # 64 MiB viewed, not copied
     assert "macOS" in res["py_metal_compute"] or sys.platform == "darwin"
+    # A NumPy array made a buffer: the array's own memory, nothing copied.
+    assert res["wrap_same_memory"] is True and res["wrap_rss_added_mib"] < 16
+    if lang == "msl":
+        assert res["py_call_args_us"] > 0 and res["py_launch_args_us"] > 0

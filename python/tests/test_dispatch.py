@@ -130,9 +130,48 @@ def test_bound_launch_runs_and_recovers_after_a_fault(dev, basic):
     run()
     assert (a == 2).all()
     dev.inject_faults("timeout@1")
-    with pytest.raises(mc.Timeout):
+    with pytest.raises(mc.Timeout) as e:
         run()
+    assert e.value.pass_states == [("add_one", "faulted")]
     run()  # a new queue replaces the stopped one
     assert (a == 3).all()
     with pytest.raises(TypeError):
         basic["add_one"].bind(np.zeros(4, np.uint32), np.uint32(4), grid=4)
+
+
+def test_a_plain_call_returns_the_finished_command_buffer_and_raises_its_fault(dev, basic):
+    a = dev.zeros(32, np.uint32)
+    cb = basic["add_one"](a, np.uint32(32), grid=32)
+    assert cb.state == "completed" and cb.status[0] == 0
+    assert [(p.label, p.state) for p in cb.passes] == [("add_one", "completed")]
+    dev.inject_faults("page-fault@1")
+    with pytest.raises(mc.PageFault) as e:
+        basic["add_one"](a, np.uint32(32), grid=32)
+    assert e.value.pass_states == [("add_one", "faulted")]
+    # The queue the fault stopped is replaced by the next call (F687), and
+    # by a bound launch on it too.
+    run = basic["add_one"].bind(a, np.uint32(32), grid=32)
+    dev.inject_faults("timeout@1")
+    with pytest.raises(mc.Timeout) as e:
+        run()
+    assert e.value.pass_states == [("add_one", "faulted")]
+    run()
+    basic["add_one"](a, np.uint32(32), grid=32)
+    assert (a == 3).all()
+
+
+def test_plain_call_arguments_are_checked(dev, basic):
+    with pytest.raises(TypeError, match="from_array"):
+        basic["add_one"](np.zeros(4, np.uint32), np.uint32(4), grid=4)
+    with pytest.raises(TypeError, match="cannot pass a list"):
+        basic["add_one"]([1, 2], np.uint32(4), grid=4)
+    with pytest.raises(ValueError, match="strided"):
+        basic["add_one"](dev.zeros(8, np.uint32)[::2], np.uint32(4), grid=4)
+    with pytest.raises(ValueError, match="bytes by value"):
+        basic["add_one"](dev.zeros(8, np.uint32), b"x" * 5000, grid=4)
+    with pytest.raises(TypeError, match="exactly one of grid"):
+        basic["add_one"](dev.zeros(8, np.uint32), np.uint32(8))
+    # A grid given as a list (not hashable) still works, uncached.
+    a = dev.zeros(8, np.uint32)
+    basic["add_one"](a, np.uint32(8), grid=[8])
+    assert (a == 1).all()

@@ -15,7 +15,7 @@ STRUCTS = ["mc_device_info", "mc_device_desc", "mc_buffer_desc", "mc_library_des
            "mc_pipeline_source_desc", "mc_cache_stats", "mc_runner_iteration", "mc_runner_arg",
            "mc_runner_binding", "mc_runner_progress", "mc_runner_desc", "mc_runner_stats", "mc_isolate_desc",
            "mc_stream_arg", "mc_stream_pass", "mc_stream_binding", "mc_stream_result", "mc_stream_desc",
-           "mc_stream_slot", "mc_stream_stats"]
+           "mc_stream_slot", "mc_stream_stats", "mc_host_buffer_desc", "mc_isolate_stats"]
 
 
 def test_struct_layouts_match_the_headers(tmp_path):

@@ -22,8 +22,8 @@
 
 #include "mc/mc.h"
 
-#define MC__HAL_VERSION 3 /* 2: command lists, MC__OP_EXECUTE_LIST, MC__SUBMIT_VALIDATION; 3: default_language,
-                            * kernel_extension, fork_safe */
+#define MC__HAL_VERSION 4 /* 2: command lists, MC__OP_EXECUTE_LIST, MC__SUBMIT_VALIDATION; 3: default_language,
+                            * kernel_extension, fork_safe; 4: buffer_wrap, buffer_device_address */
 
 /* ---- the command stream ------------------------------------------------ */
 
@@ -252,6 +252,16 @@ typedef struct mc__hal {
      * docs/ISOLATION.md). The CUDA driver (cuInit) and Metal (the
      * Objective-C runtime) are not. */
     bool fork_safe;
+    /* ---- version 4 ---- */
+    /* A shared buffer over the caller's memory (mc_buffer_create_from_host),
+     * optional: NULL = MC_ERR_UNSUPPORTED. The engine has checked host !=
+     * NULL, size > 0 and MC_HOST_BUFFER_ALIGNMENT; the backend checks its
+     * own rules and names the one broken. The memory is not the backend's:
+     * buffer_destroy lets go of it (unpins, unmaps) and never frees it. */
+    mc_status (*buffer_wrap)(void *dev, void *host, size_t size, const char *label, void **buf);
+    /* The buffer's address on the device (mc_buffer_device_address),
+     * optional: NULL = MC_ERR_UNSUPPORTED. */
+    mc_status (*buffer_device_address)(void *dev, void *buf, uint64_t *addr);
 } mc__hal;
 
 /* The compiled-in backends, best first (metal, cuda, cpu); NULL-terminated. */

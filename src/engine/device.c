@@ -510,6 +510,7 @@ void mc__buffer_destroy(mc_buffer *b)
 {
     mc_device *d = b->base.device;
     d->hal->buffer_destroy(d->hd, b->hb);
+    if (b->host_release) b->host_release(b->host_user, b->host);
     b->base.tag = MC__TAG_DEAD;
     free(b->base.label);
     free(b);
@@ -575,6 +576,58 @@ mc_status mc_buffer_read(mc_buffer *b, size_t offset, void *dst, size_t len)
     if (s != MC_OK || len == 0) return s;
     mc_device *d = b->base.device;
     return d->hal->buffer_read(d->hd, b->hb, offset, dst, len);
+}
+
+/* mc_buffer_create_from_host: the engine checks what holds on every device
+ * (mc.h), the backend its own rules (Metal's page alignment, CUDA's
+ * pinning), so the message names the rule that failed. */
+mc_status mc_buffer_create_from_host(mc_device *d, const mc_host_buffer_desc *desc, mc_buffer **out)
+{
+    mc_status s = device_usable(d);
+    if (s != MC_OK) return s;
+    if (!desc || !out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_buffer_create_from_host: desc or out is NULL");
+    *out = NULL;
+    if (!desc->pointer) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_buffer_create_from_host: pointer is NULL");
+    if (desc->size == 0) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_buffer_create_from_host: size is 0");
+    if ((uintptr_t)desc->pointer % MC_HOST_BUFFER_ALIGNMENT)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT,
+                        "mc_buffer_create_from_host: pointer %p is not a multiple of %d bytes "
+                        "(MC_HOST_BUFFER_ALIGNMENT: kernels load 16-byte vectors)",
+                        desc->pointer, MC_HOST_BUFFER_ALIGNMENT);
+    if (d->info.max_buffer_size && desc->size > d->info.max_buffer_size)
+        return mc__fail(MC_ERR_OUT_OF_MEMORY, "buffer of %zu bytes is over the device's limit of %llu", desc->size,
+                        (unsigned long long)d->info.max_buffer_size);
+    if (d->hal->version < 3 || !d->hal->buffer_wrap)
+        return mc__fail(MC_ERR_UNSUPPORTED, "the %s device cannot make a buffer over host memory; copy it in with "
+                        "mc_buffer_create's initial_data", d->hal->name);
+    mc_buffer *b = mc__calloc(1, sizeof *b);
+    if (!b) return mc__fail(MC_ERR_NO_MEMORY, "mc_buffer_create_from_host: out of memory");
+    s = d->hal->buffer_wrap(d->hd, desc->pointer, desc->size, desc->label, &b->hb);
+    if (s != MC_OK) {
+        free(b);
+        return s;
+    }
+    mc__object_init(&b->base, MC__TAG_BUFFER, d, desc->label);
+    b->host = desc->pointer;
+    b->size = desc->size;
+    b->storage = MC_STORAGE_SHARED;
+    b->host_release = desc->release;
+    b->host_user = desc->user;
+    mc__object_retain(&d->base);
+    *out = b;
+    return MC_OK;
+}
+
+mc_status mc_buffer_device_address(mc_buffer *b, uint64_t *out)
+{
+    MC__CHECK_HANDLE(b, MC__TAG_BUFFER, "buffer");
+    if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_buffer_device_address: out is NULL");
+    *out = 0;
+    mc_device *d = b->base.device;
+    if (d->hal->version < 3 || !d->hal->buffer_device_address)
+        return mc__fail(MC_ERR_UNSUPPORTED, "the %s device does not expose buffers' device addresses",
+                        d->hal->name);
+    return d->hal->buffer_device_address(d->hd, b->hb, out);
 }
 
 /* ---- libraries and pipelines ------------------------------------------- */

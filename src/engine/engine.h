@@ -69,6 +69,10 @@ struct mc_buffer {
     size_t size;
     mc_storage storage;
     _Atomic int gpu_uses; /* unretained command buffers in flight (validation) */
+    /* mc_buffer_create_from_host: the caller's release, run once after the
+     * backend let go of the memory (NULL for buffers the device allocated). */
+    mc_host_release_fn host_release;
+    void *host_user;
 };
 
 struct mc_library {

@@ -264,6 +264,19 @@ static int test_buffers(void)
     void *big;
     CHECK_STATUS(H->buffer_create(fx.dev, (size_t)1 << 31, MC_STORAGE_PRIVATE, NULL, &big, &host), MC_ERR_OUT_OF_MEMORY);
     H->buffer_destroy(fx.dev, b);
+    /* A buffer over the caller's memory: whole pages only (Metal's rule). */
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    char *mine = aligned_alloc(page, 4 * page);
+    CHECK(mine != NULL);
+    CHECK_STATUS(H->buffer_wrap(fx.dev, mine + 16, 2 * page, "mine", &b), MC_ERR_INVALID_ARGUMENT);
+    CHECK_STR_CONTAINS(mc_last_error(), "page");
+    CHECK_STATUS(H->buffer_wrap(fx.dev, mine, page + 16, "mine", &b), MC_ERR_INVALID_ARGUMENT);
+    CHECK_OK(H->buffer_wrap(fx.dev, mine, 4 * page, "mine", &b));
+    CHECK_OK(H->buffer_write(fx.dev, b, 8, in, sizeof in));
+    CHECK(memcmp(mine + 8, in, sizeof in) == 0); /* the caller's memory itself */
+    H->buffer_destroy(fx.dev, b);
+    mine[0] = 1; /* still the caller's: destroy freed nothing */
+    free(mine);
     close_fixture(&fx);
     return 0;
 }

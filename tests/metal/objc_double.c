@@ -938,6 +938,31 @@ IMP(d_new_buffer)
     RET_OBJ(o);
 }
 
+/* -- newBufferWithBytesNoCopy:length:options:deallocator: (buffers over the
+ * caller's memory, mc_buffer_create_from_host). Metal's documented rules:
+ * the pointer page-aligned, the length a whole number of pages; the memory
+ * stays the caller's (no deallocator from the backend: it frees nothing). */
+IMP(d_new_buffer_nocopy)
+{
+    uintptr_t ptr = a[0];
+    size_t len = a[1];
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    if (a[2] != 0)
+        violation("newBufferWithBytesNoCopy:length:options:deallocator: options 0x%lx: expected shared storage (0)",
+                  (unsigned long)a[2]);
+    if (a[3] != 0) violation("newBufferWithBytesNoCopy:length:options:deallocator: a deallocator block was passed");
+    if (!ptr || ptr % page || len == 0 || len % page) {
+        violation("newBufferWithBytesNoCopy:length:options:deallocator: %p + %zu is not whole pages of %zu bytes",
+                  (void *)ptr, len, page);
+        return; /* nil */
+    }
+    if (len > MCD_MAX_BUFFER) return;
+    obj *o = new_obj(K_BUFFER, "-[MTLDevice newBufferWithBytesNoCopy:length:options:deallocator:]");
+    o->mem = (void *)ptr;
+    o->len = len;
+    RET_OBJ(o);
+}
+
 static void parse_kernels(obj *lib, const char *src)
 {
     const char *p = src;
@@ -2020,6 +2045,7 @@ static const method methods[] = {
     {K_DEVICE, NULL, "hasUnifiedMemory", d_unified, 0},
     {K_DEVICE, NULL, "maxBufferLength", d_max_buffer, 0},
     {K_DEVICE, NULL, "newBufferWithLength:options:", d_new_buffer, 0},
+    {K_DEVICE, NULL, "newBufferWithBytesNoCopy:length:options:deallocator:", d_new_buffer_nocopy, 0},
     {K_DEVICE, NULL, "newLibraryWithSource:options:error:", d_new_library, 0},
     {K_DEVICE, NULL, "newComputePipelineStateWithDescriptor:options:reflection:error:", d_new_pso, 0},
     {K_DEVICE, NULL, "newCommandQueue", d_new_queue, 0},

@@ -63,8 +63,8 @@ typedef struct mc__cpu_job mc__cpu_job;
 typedef struct mc__cpu_event mc__cpu_event;
 
 typedef struct mc__cpu_buffer {
-    void *data; /* 64-byte aligned, zero-filled */
-    void *raw;  /* what to free */
+    void *data; /* 64-byte aligned, zero-filled; a wrapped buffer's: the caller's memory */
+    void *raw;  /* what to free; NULL for a wrapped buffer */
     size_t size;
     mc_storage storage;
 } mc__cpu_buffer;

@@ -263,6 +263,31 @@ void mc__cpu_buffer_destroy(void *dev, void *vbuf)
     free(b);
 }
 
+/* The caller's memory as it is: raw stays NULL, so destroy frees only the
+ * record, never the memory (hal.h buffer_wrap). */
+static mc_status cpu_buffer_wrap(void *vdev, void *host, size_t size, const char *label, void **out)
+{
+    mc__cpu_device *dev = vdev;
+    (void)label;
+    if (size > dev->info.max_buffer_size)
+        return mc__fail(MC_ERR_OUT_OF_MEMORY, "buffer of %zu bytes exceeds the device's %llu", size,
+                        (unsigned long long)dev->info.max_buffer_size);
+    mc__cpu_buffer *b = mc__calloc(1, sizeof *b);
+    if (!b) return mc__fail(MC_ERR_NO_MEMORY, "buffer: out of host memory");
+    b->data = host;
+    b->size = size;
+    b->storage = MC_STORAGE_SHARED;
+    *out = b;
+    return MC_OK;
+}
+
+static mc_status cpu_buffer_device_address(void *dev, void *vbuf, uint64_t *addr)
+{
+    (void)dev;
+    *addr = (uint64_t)(uintptr_t)((mc__cpu_buffer *)vbuf)->data;
+    return MC_OK;
+}
+
 static mc_status check_range(const mc__cpu_buffer *b, size_t offset, size_t len)
 {
     if (offset > b->size || len > b->size - offset)
@@ -460,4 +485,6 @@ const mc__hal mc__cpu_hal = {
     .default_language = MC_LANG_C,
     .kernel_extension = ".c",
     .fork_safe = true,
+    .buffer_wrap = cpu_buffer_wrap,
+    .buffer_device_address = cpu_buffer_device_address,
 };

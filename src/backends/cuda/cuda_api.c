@@ -51,6 +51,8 @@ static const sym cuda_syms[] = {
     CU_SYM(MemHostAlloc, true, "cuMemHostAlloc"),
     CU_SYM(MemFreeHost, true, "cuMemFreeHost"),
     CU_SYM(MemHostGetDevicePointer, true, "cuMemHostGetDevicePointer_v2"),
+    CU_SYM(MemHostRegister, false, "cuMemHostRegister_v2"),
+    CU_SYM(MemHostUnregister, false, "cuMemHostUnregister"),
     CU_SYM(MemcpyHtoDAsync, true, "cuMemcpyHtoDAsync_v2"),
     CU_SYM(MemcpyDtoHAsync, true, "cuMemcpyDtoHAsync_v2"),
     CU_SYM(MemcpyAsync, true, "cuMemcpyAsync"),

@@ -116,6 +116,8 @@ typedef struct mc__cuda_api {
     CUresult (*MemFreeHost)(void *);                                  /* cuMemFreeHost */
     /* cuMemHostGetDevicePointer_v2 */
     CUresult (*MemHostGetDevicePointer)(CUdeviceptr *, void *, unsigned int);
+    CUresult (*MemHostRegister)(void *, size_t, unsigned int);        /* cuMemHostRegister_v2 (optional) */
+    CUresult (*MemHostUnregister)(void *);                            /* cuMemHostUnregister (optional) */
     CUresult (*MemcpyHtoDAsync)(CUdeviceptr, const void *, size_t, CUstream); /* cuMemcpyHtoDAsync_v2 */
     CUresult (*MemcpyDtoHAsync)(void *, CUdeviceptr, size_t, CUstream); /* cuMemcpyDtoHAsync_v2 */
     CUresult (*MemcpyAsync)(CUdeviceptr, CUdeviceptr, size_t, CUstream); /* cuMemcpyAsync */
@@ -257,6 +259,7 @@ typedef struct mc__cuda_buffer {
     void *host; /* shared storage: the pinned host mapping */
     size_t size;
     mc_storage storage;
+    bool registered; /* host is the caller's memory, pinned by cuMemHostRegister (buffer_wrap) */
 } mc__cuda_buffer;
 
 typedef struct mc__cuda_event {

@@ -326,10 +326,65 @@ static void cuda_buffer_destroy(void *devp, void *bp)
     if (!b) return;
     if (mc__cuda_enter(dev) == MC_OK) {
         if (b->storage == MC_STORAGE_PRIVATE) (void)dev->cu->MemFree(b->dptr);
+        else if (b->registered) (void)dev->cu->MemHostUnregister(b->host); /* the caller's memory: unpin only */
         else (void)dev->cu->MemFreeHost(b->host);
         mc__cuda_leave(dev);
     }
     free(b);
+}
+
+/* The caller's memory pinned and mapped into the device: kernels reach it
+ * over the bus through the device pointer, as they do cuMemHostAlloc's
+ * shared storage; the transfers and destroy see b->host as usual. */
+static mc_status cuda_buffer_wrap(void *devp, void *host, size_t size, const char *label, void **out)
+{
+    mc__cuda_device *dev = devp;
+    const mc__cuda_api *cu = dev->cu;
+    (void)label;
+    *out = NULL;
+    if (!cu->MemHostRegister || !cu->MemHostUnregister)
+        return mc__fail(MC_ERR_UNSUPPORTED, "cuda: this driver has no cuMemHostRegister: cannot wrap host memory");
+    mc__cuda_buffer *b = mc__calloc(1, sizeof *b);
+    if (!b) return mc__fail(MC_ERR_NO_MEMORY, "cuda: out of memory");
+    mc_status s = mc__cuda_enter(dev);
+    if (s != MC_OK) {
+        free(b);
+        return s;
+    }
+    CUresult r = cu->MemHostRegister(host, size, CU_MEMHOSTREGISTER_DEVICEMAP | CU_MEMHOSTREGISTER_PORTABLE);
+    if (r == CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED) {
+        s = mc__fail(MC_ERR_INVALID_ARGUMENT, "cuda: the %zu bytes at %p are already pinned (another buffer over "
+                     "the same pages, or cuMemHostAlloc memory): pinned memory cannot be registered twice", size, host);
+        goto fail;
+    }
+    if (r != CUDA_SUCCESS) {
+        s = mc__cuda_fail(dev, r, "cuMemHostRegister (a buffer over host memory)");
+        goto fail;
+    }
+    r = cu->MemHostGetDevicePointer(&b->dptr, host, 0);
+    if (r != CUDA_SUCCESS) {
+        s = mc__cuda_fail(dev, r, "cuMemHostGetDevicePointer (a buffer over host memory)");
+        (void)cu->MemHostUnregister(host);
+        goto fail;
+    }
+    mc__cuda_leave(dev);
+    b->host = host;
+    b->size = size;
+    b->storage = MC_STORAGE_SHARED;
+    b->registered = true;
+    *out = b;
+    return MC_OK;
+fail:
+    mc__cuda_leave(dev);
+    free(b);
+    return s;
+}
+
+static mc_status cuda_buffer_device_address(void *devp, void *bp, uint64_t *addr)
+{
+    (void)devp;
+    *addr = (uint64_t)((mc__cuda_buffer *)bp)->dptr;
+    return MC_OK;
 }
 
 static mc_status check_range(const mc__cuda_buffer *b, size_t offset, size_t len, const char *what)
@@ -490,4 +545,6 @@ const mc__hal mc__cuda_hal = {
     .default_language = MC_LANG_CUDA,
     .kernel_extension = ".cu",
     .fork_safe = false,
+    .buffer_wrap = cuda_buffer_wrap,
+    .buffer_device_address = cuda_buffer_device_address,
 };

@@ -85,6 +85,9 @@ typedef NSInteger MTLGPUFamily;
 struct mc__mtl_block;
 typedef struct mc__mtl_block *MTLCommandBufferHandler;
 typedef struct mc__mtl_block *MTLSharedEventNotificationBlock;
+/* newBufferWithBytesNoCopy's deallocator, void (^)(void *pointer,
+ * NSUInteger length) in Apple's header, which gives it no name. */
+typedef struct mc__mtl_block *MTLBufferDeallocator;
 
 enum {
     MTLResourceStorageModeShared = 0,          /* with default CPU cache and hazard tracking */
@@ -151,6 +154,8 @@ extern id const MTLCommandBufferEncoderInfoErrorKey;
     X(maxBufferLength, "maxBufferLength")                                                    \
     X(supportsFamily_, "supportsFamily:")                                                    \
     X(newBufferWithLength_options_, "newBufferWithLength:options:")                          \
+    X(newBufferWithBytesNoCopy_length_options_deallocator_,                                   \
+      "newBufferWithBytesNoCopy:length:options:deallocator:")                                 \
     X(newLibraryWithSource_options_error_, "newLibraryWithSource:options:error:")            \
     X(newComputePipelineStateWithDescriptor_options_reflection_error_,                       \
       "newComputePipelineStateWithDescriptor:options:reflection:error:")                     \
@@ -475,6 +480,14 @@ static inline id msg_newBufferWithLength_options_(id device, NSUInteger length, 
 {
     return MC__MTL_SEND(id, (id, SEL, NSUInteger, MTLResourceOptions), device, MC__SEL(newBufferWithLength_options_),
                         length, options);
+}
+static inline id msg_newBufferWithBytesNoCopy_length_options_deallocator_(id device, void *pointer, NSUInteger length,
+                                                                          MTLResourceOptions options,
+                                                                          MTLBufferDeallocator deallocator)
+{
+    return MC__MTL_SEND(id, (id, SEL, void *, NSUInteger, MTLResourceOptions, MTLBufferDeallocator), device,
+                        MC__SEL(newBufferWithBytesNoCopy_length_options_deallocator_), pointer, length, options,
+                        deallocator);
 }
 static inline id msg_newLibraryWithSource_options_error_(id device, id source, id options, id *error)
 {

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #define MC__MTL_MAX_DEVICES 16
 /* Apple does not document the GPU watchdog (F145, F146); reports put it at a
@@ -307,6 +308,18 @@ void mc__mtl_residency_commit_locked(mc__mtl_device *dev)
     dev->residency_dirty = false;
 }
 
+/* Every buffer joins the residency set, so it is not paged out while idle. */
+static void residency_add(mc__mtl_device *dev, mc__mtl_buffer *b)
+{
+    if (!dev->residency) return;
+    id pool = mc__mtl_pool_push();
+    pthread_mutex_lock(&dev->lock);
+    msg_addAllocation_(dev->residency, b->buffer);
+    dev->residency_dirty = true;
+    pthread_mutex_unlock(&dev->lock);
+    mc__mtl_pool_pop(pool);
+}
+
 static mc_status mtl_buffer_create(void *vdev, size_t size, mc_storage storage, const char *label, void **out,
                                    void **host)
 {
@@ -329,16 +342,44 @@ static mc_status mtl_buffer_create(void *vdev, size_t size, mc_storage storage, 
         return mc__fail(MC_ERR_OUT_OF_MEMORY, "Metal could not allocate a buffer of %zu bytes (max %llu)", size,
                         (unsigned long long)dev->info.max_buffer_size);
     }
-    if (dev->residency) {
-        pool = mc__mtl_pool_push();
-        pthread_mutex_lock(&dev->lock);
-        msg_addAllocation_(dev->residency, b->buffer);
-        dev->residency_dirty = true;
-        pthread_mutex_unlock(&dev->lock);
-        mc__mtl_pool_pop(pool);
-    }
+    residency_add(dev, b);
     *out = b;
     if (host) *host = b->host;
+    return MC_OK;
+}
+
+/* The caller's memory as an MTLBuffer (hal.h buffer_wrap). Metal takes
+ * only whole pages here (newBufferWithBytesNoCopy:length:); with no
+ * deallocator block it never frees them, and destroy releases the MTLBuffer
+ * as for any other buffer. */
+static mc_status mtl_buffer_wrap(void *vdev, void *host, size_t size, const char *label, void **out)
+{
+    mc__mtl_device *dev = vdev;
+    mc_status s = mc__mtl_device_lost_status(dev);
+    if (s != MC_OK) return s;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    if ((uintptr_t)host % page || size % page)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT,
+                        "metal: a buffer over host memory must start on a page and be whole pages "
+                        "(newBufferWithBytesNoCopy:length:, page size %zu bytes): got %p and %zu bytes; "
+                        "copy instead (initial_data)", page, host, size);
+    mc__mtl_buffer *b = mc__calloc(1, sizeof *b);
+    if (!b) return mc__fail(MC_ERR_NO_MEMORY, "Metal buffer: out of host memory");
+    id pool = mc__mtl_pool_push();
+    b->buffer = msg_newBufferWithBytesNoCopy_length_options_deallocator_(dev->device, host, size,
+                                                                        MTLResourceStorageModeShared, NULL);
+    if (b->buffer) {
+        if (label) msg_setLabel_(b->buffer, mc__mtl_str(label));
+        b->host = host;
+        b->size = size;
+    }
+    mc__mtl_pool_pop(pool);
+    if (!b->buffer) {
+        free(b);
+        return mc__fail(MC_ERR_OUT_OF_MEMORY, "Metal refused a buffer over %zu bytes of host memory at %p", size, host);
+    }
+    residency_add(dev, b);
+    *out = b;
     return MC_OK;
 }
 
@@ -611,4 +652,5 @@ const mc__hal mc__metal_hal = {
     .default_language = MC_LANG_MSL,
     .kernel_extension = ".metal",
     .fork_safe = false,
+    .buffer_wrap = mtl_buffer_wrap,
 };
