@@ -997,7 +997,7 @@ static look disk_lookup(struct mc__cache *c, const req *r, const uint8_t *materi
         return LOOK_REJECTED;
     }
     mc__pipeline_src src = {r->lang, r->source, r->source_len, r->options, r->function, r->max_threads, r->simd,
-                            r->label};
+                            r->label, NULL, 0}; /* no constants: such pipelines are not cached (device.c) */
     mc_status s = d->hal->pipeline_import(d->hd, &src, e.payload, (size_t)e.payload_len, mode == MC_CACHE_REQUIRE,
                                           hl, hp, info);
     free(data);
@@ -1352,7 +1352,7 @@ static mc_status build(struct mc__cache *c, const req *r, const bytes *m, bool a
     void *payload = NULL;
     size_t len = 0;
     mc__pipeline_src src = {r->lang, r->source, r->source_len, r->options, r->function, r->max_threads, r->simd,
-                            r->label};
+                            r->label, NULL, 0}; /* no constants: such pipelines are not cached (device.c) */
     if (d->hal->pipeline_export(d->hd, &src, (*lib_out)->hl, (*out)->hp, &payload, &len) != MC_OK) {
         mc__log(MC_LOG_DEBUG, "cache.export_failed", "pipeline '%s' cannot be archived: %s", r->function,
                 mc_last_error());
