@@ -1453,6 +1453,7 @@ MC__MATS(float) MC__MATS(half)
 #undef MC__MATS
 namespace metal {
 template <class T, int C, int R> using matrix = mc::mat<T, C, R>;
+template <class T, int N> using vec = typename mc::col_of<T, N>::type; /* vec<float, 4> is float4 */
 template <class T, int C, int R> static inline mc::mat<T, R, C> transpose(const mc::mat<T, C, R> &m)
 {
     mc::mat<T, R, C> t;

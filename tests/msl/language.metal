@@ -62,6 +62,7 @@ kernel void matrices(device float *out [[buffer(0)]],
     half2x2 h = half2x2(half2(half(v.x), half(v.y)), half2(half(v.z), half(v.w)));
     half2 hv = h * half2(half(1), half(2));
     matrix<float, 2, 2> g = a;
+    vec<float, 2> one = vec<float, 2>(1.0f);
     g -= b * 2.0f;
     uint o = i * 16;
     out[o + 0] = c[0][0];
@@ -79,5 +80,5 @@ kernel void matrices(device float *out [[buffer(0)]],
     out[o + 12] = float(determinant(h));
     out[o + 13] = float(hv.x) + 10.0f * float(hv.y);
     out[o + 14] = (e * float2(1, 1)).z + (-a)[0][0];
-    out[o + 15] = g[1].y + (2.0f * a)[1][0];
+    out[o + 15] = g[1].y + (2.0f * a)[1][0] + (one.x - one.y);
 }
