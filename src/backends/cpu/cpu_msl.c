@@ -596,11 +596,21 @@ static bool add_instances(xlat *x)
     return true;
 }
 
-/* An instantiation runs as its template does (fibers or a plain loop). */
+/* An instantiation runs as its template does: after the kernels are
+ * analysed (by name, which an instantiation's is not), it takes every
+ * finding of its template's (fibers or a plain loop, ...) but its name. */
 static void inherit_template_fibers(xlat *x)
 {
-    for (size_t k = 0; k < x->nkern; k++)
-        if (x->kerns[k].callee) x->kerns[k].fibers = x->kerns[x->kerns[k].tmpl].fibers;
+    for (size_t k = 0; k < x->nkern; k++) {
+        kern *kn = &x->kerns[k];
+        if (!kn->callee) continue;
+        kern own = *kn;
+        *kn = x->kerns[own.tmpl];
+        kn->name_tok = own.name_tok;
+        kn->is_template = false;
+        kn->callee = own.callee;
+        kn->tmpl = own.tmpl;
+    }
 }
 
 static bool translate_tokens(xlat *x)
