@@ -80,11 +80,11 @@ mc_device *mct_open_device(int64_t time_limit_ms);
 mc_device_kind mct_device_kind(mc_device *d);
 /* The MSL source of examples/kernels/NAME.metal (every device runs it); *lang = MC_LANG_MSL. */
 char *mct_kernel_source(mc_device *d, const char *name, mc_language *lang);
-/* Builds a pipeline for function fn of examples/kernels/NAME.metal; NULL and a message on failure. */
+/* Builds a pipeline for function fn of examples/kernels/NAME.*; NULL and a message on failure. */
 mc_pipeline *mct_pipeline(mc_device *d, const char *file, const char *fn);
 char *mct_read_file(const char *path, size_t *len);
 uint64_t mc__test_now_ns(void);
-/* Host model of rt_step in examples/kernels/runner_test.metal: x[i]'s start value,
+/* Host model of rt_step in examples/kernels/runner_test: x[i]'s start value,
  * and x after iters iterations with spin mixes each (x[n] = iters; free). */
 uint32_t mct_rt_initial(uint32_t i);
 uint32_t *mct_rt_reference(uint32_t n, uint32_t spin, uint64_t iters);
