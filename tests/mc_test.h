@@ -78,7 +78,7 @@
  * limit in ms (0 = default). */
 mc_device *mct_open_device(int64_t time_limit_ms);
 mc_device_kind mct_device_kind(mc_device *d);
-/* The kernel source for the device's language from examples/kernels/NAME.{c,cu,metal}. */
+/* The MSL source of examples/kernels/NAME.metal (every device runs it); *lang = MC_LANG_MSL. */
 char *mct_kernel_source(mc_device *d, const char *name, mc_language *lang);
 /* Builds a pipeline for function fn of examples/kernels/NAME.*; NULL and a message on failure. */
 mc_pipeline *mct_pipeline(mc_device *d, const char *file, const char *fn);

@@ -282,7 +282,7 @@ MC_TEST(checkpoint_dir_bad_arguments)
     return 0;
 }
 
-/* In a child process: makes basic.c's saxpy the README's way
+/* In a child process: makes basic.metal's saxpy the README's way
  * (mc_library_create_from_file + mc_pipeline_create) and exits with
  * 10 + 1 if it came from the disk cache + 2 if it compiled. */
 static int child_build(const char *cache_dir)
@@ -295,8 +295,7 @@ static int child_build(const char *cache_dir)
         mc_device *d = mct_open_device(0);
         if (!d) _exit(1);
         char path[4096];
-        snprintf(path, sizeof path, "%s/examples/kernels/basic%s", MC_SOURCE_DIR,
-                 mc_device_kernel_extension(mct_device_kind(d)));
+        snprintf(path, sizeof path, "%s/examples/kernels/basic.metal", MC_SOURCE_DIR);
         mc_library *lib = NULL;
         mc_pipeline *p = NULL;
         mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;

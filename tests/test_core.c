@@ -211,8 +211,7 @@ MC_TEST(pipelines_and_hints)
     mc_device *d = mct_open_device(0);
     CHECK(d);
     char path[4096];
-    snprintf(path, sizeof path, "%s/examples/kernels/basic%s", MC_SOURCE_DIR,
-             mc_device_kernel_extension(mct_device_kind(d)));
+    snprintf(path, sizeof path, "%s/examples/kernels/basic.metal", MC_SOURCE_DIR);
     mc_library *lib;
     CHECK_OK(mc_library_create_from_file(d, path, MC_LANG_UNSET, NULL, &lib, NULL));
     mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;

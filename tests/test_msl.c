@@ -21,16 +21,24 @@ typedef struct slot {
     size_t len;
 } slot;
 
-/* The device, or a skip where it has no MSL front end yet. */
-static mc_device *msl_device(void)
-{
-    mc_device *d = mct_open_device(0);
-    if (!d) return NULL;
-    return d;
-}
+/* Every object a test makes through the helpers below, released together by
+ * msl_done: each test is its own process, so one list will do. */
+static struct {
+    mc_library *lib[4];
+    mc_pipeline *pl[8];
+    mc_buffer *buf[16];
+    int nlib, npl, nbuf;
+} made;
+
+/* The device named by MC_DEVICE, or a skip where it cannot be opened. */
 #define OPEN_MSL_DEVICE(d)                                                                                           \
-    mc_device *d = msl_device();                                                                                     \
+    mc_device *d = mct_open_device(0);                                                                               \
     if (!d) MC_SKIP("the device named by MC_DEVICE cannot be opened")
+/* The device and tests/msl/FILE built on it. */
+#define OPEN_MSL(d, lib, file)                                                                                       \
+    OPEN_MSL_DEVICE(d);                                                                                              \
+    mc_library *lib = msl_library(d, file);                                                                          \
+    CHECK(lib)
 
 static mc_library *msl_library(mc_device *d, const char *file)
 {
@@ -43,6 +51,7 @@ static mc_library *msl_library(mc_device *d, const char *file)
         mc_free(log);
         return NULL;
     }
+    if (made.nlib < (int)(sizeof made.lib / sizeof made.lib[0])) made.lib[made.nlib++] = lib;
     return lib;
 }
 
@@ -56,6 +65,7 @@ static mc_pipeline *msl_pipeline(mc_device *d, mc_library *lib, const char *fn, 
     pd.constant_count = nfc;
     mc_pipeline *p = NULL;
     if (mc_pipeline_create(d, &pd, &p) != MC_OK) fprintf(stderr, "pipeline %s: %s\n", fn, mc_last_error());
+    if (p && made.npl < (int)(sizeof made.pl / sizeof made.pl[0])) made.pl[made.npl++] = p;
     return p;
 }
 
@@ -94,16 +104,25 @@ static mc_buffer *msl_buffer(mc_device *d, size_t size, const void *init)
         mc_buffer_release(b);
         return NULL;
     }
+    if (made.nbuf < (int)(sizeof made.buf / sizeof made.buf[0])) made.buf[made.nbuf++] = b;
     return b;
+}
+
+/* Releases what the helpers made, then the device; the test's result: 0. */
+static int msl_done(mc_device *d)
+{
+    while (made.nbuf) mc_buffer_release(made.buf[--made.nbuf]);
+    while (made.npl) mc_pipeline_release(made.pl[--made.npl]);
+    while (made.nlib) mc_library_release(made.lib[--made.nlib]);
+    mc_device_release(d);
+    return 0;
 }
 
 /* ---- features.metal ------------------------------------------------------- */
 
 MC_TEST(msl_vectors_swizzles_packed_structs)
 {
-    OPEN_MSL_DEVICE(d);
-    mc_library *lib = msl_library(d, "features.metal");
-    CHECK(lib);
+    OPEN_MSL(d, lib, "features.metal");
     mc_pipeline *p = msl_pipeline(d, lib, "vectors", NULL, 0);
     CHECK(p);
     enum { N = 100 };
@@ -131,12 +150,7 @@ MC_TEST(msl_vectors_swizzles_packed_structs)
         float want[4] = {a[0] + b[3] + dotv, a[1] + b[2] + 5.0f, a[2] + b[1] + crossx, a[3] + b[0] - 4.0f};
         for (int c = 0; c < 4; c++) CHECK_FLOAT_NEAR(out[4 * i + c], want[c], 1e-4);
     }
-    mc_buffer_release(bo);
-    mc_buffer_release(bi);
-    mc_pipeline_release(p);
-    mc_library_release(lib);
-    mc_device_release(d);
-    return 0;
+    return msl_done(d);
 }
 
 static uint32_t rev32(uint32_t x)
@@ -148,9 +162,7 @@ static uint32_t rev32(uint32_t x)
 
 MC_TEST(msl_integer_functions)
 {
-    OPEN_MSL_DEVICE(d);
-    mc_library *lib = msl_library(d, "features.metal");
-    CHECK(lib);
+    OPEN_MSL(d, lib, "features.metal");
     mc_pipeline *p = msl_pipeline(d, lib, "integers", NULL, 0);
     CHECK(p);
     enum { N = 64 };
@@ -178,12 +190,7 @@ MC_TEST(msl_integer_functions)
         uint64_t u = (uint64_t)x << 20;
         CHECK_EQ(wide[i], (int64_t)(u / 3u) - (int64_t)(uint16_t)i);
     }
-    mc_buffer_release(bo);
-    mc_buffer_release(bw);
-    mc_pipeline_release(p);
-    mc_library_release(lib);
-    mc_device_release(d);
-    return 0;
+    return msl_done(d);
 }
 
 /* round-to-nearest-even float -> half -> float, for normal values */
@@ -198,9 +205,7 @@ static float to_half(float f)
 
 MC_TEST(msl_math_precise_fast_half)
 {
-    OPEN_MSL_DEVICE(d);
-    mc_library *lib = msl_library(d, "features.metal");
-    CHECK(lib);
+    OPEN_MSL(d, lib, "features.metal");
     mc_pipeline *p = msl_pipeline(d, lib, "math", NULL, 0);
     CHECK(p);
     enum { N = 32 };
@@ -233,20 +238,12 @@ MC_TEST(msl_math_precise_fast_half)
                                      ((bits >> 13) & 0x3ffu));
         CHECK_EQ(hout[i], want_h);
     }
-    mc_buffer_release(bo);
-    mc_buffer_release(bh);
-    mc_buffer_release(bi);
-    mc_pipeline_release(p);
-    mc_library_release(lib);
-    mc_device_release(d);
-    return 0;
+    return msl_done(d);
 }
 
 MC_TEST(msl_every_compute_attribute)
 {
-    OPEN_MSL_DEVICE(d);
-    mc_library *lib = msl_library(d, "features.metal");
-    CHECK(lib);
+    OPEN_MSL(d, lib, "features.metal");
     mc_pipeline *p = msl_pipeline(d, lib, "attributes", NULL, 0);
     CHECK(p);
     const uint32_t gx = 3, gy = 2, tx = 16, ty = 3; /* 48 threads: a full and a partial SIMD group */
@@ -276,18 +273,12 @@ MC_TEST(msl_every_compute_attribute)
             CHECK_EQ(o[11], 32u);
         }
     free(out);
-    mc_buffer_release(bo);
-    mc_pipeline_release(p);
-    mc_library_release(lib);
-    mc_device_release(d);
-    return 0;
+    return msl_done(d);
 }
 
 MC_TEST(msl_atomics_under_contention)
 {
-    OPEN_MSL_DEVICE(d);
-    mc_library *lib = msl_library(d, "features.metal");
-    CHECK(lib);
+    OPEN_MSL(d, lib, "features.metal");
     mc_pipeline *p = msl_pipeline(d, lib, "atomics", NULL, 0);
     CHECK(p);
     const uint32_t groups = 256, threads = 64, n = groups * threads;
@@ -308,13 +299,7 @@ MC_TEST(msl_atomics_under_contention)
     CHECK_EQ(counts[5], 0xffffffffu);
     CHECK_EQ(counts[6], 2u * n);
     CHECK_FLOAT_NEAR(sum, 0.5 * n, 0.0); /* exact: halves add exactly below 2^24 */
-    mc_buffer_release(bc);
-    mc_buffer_release(bm);
-    mc_buffer_release(bs);
-    mc_pipeline_release(p);
-    mc_library_release(lib);
-    mc_device_release(d);
-    return 0;
+    return msl_done(d);
 }
 
 MC_TEST(msl_function_constants)
@@ -352,21 +337,14 @@ MC_TEST(msl_function_constants)
     mc_pipeline *p3 = NULL;
     CHECK_STATUS(mc_pipeline_create(d, &pd, &p3), MC_ERR_INVALID_ARGUMENT);
     CHECK_STR_CONTAINS(mc_last_error(), "index 200");
-    mc_buffer_release(bo);
-    mc_pipeline_release(p1);
-    mc_pipeline_release(p2);
-    mc_library_release(lib);
-    mc_device_release(d);
-    return 0;
+    return msl_done(d);
 }
 
 /* ---- barriers.metal ----------------------------------------------------------- */
 
 MC_TEST(msl_barrier_tiled_reduction)
 {
-    OPEN_MSL_DEVICE(d);
-    mc_library *lib = msl_library(d, "barriers.metal");
-    CHECK(lib);
+    OPEN_MSL(d, lib, "barriers.metal");
     mc_pipeline *pt = msl_pipeline(d, lib, "reduce_tree", NULL, 0), *ps = msl_pipeline(d, lib, "reduce_simd", NULL, 0);
     CHECK(pt && ps);
     enum { G = 64, T = 256 };
@@ -386,20 +364,12 @@ MC_TEST(msl_barrier_tiled_reduction)
         }
     }
     free(in);
-    mc_buffer_release(bi);
-    mc_buffer_release(bp);
-    mc_pipeline_release(pt);
-    mc_pipeline_release(ps);
-    mc_library_release(lib);
-    mc_device_release(d);
-    return 0;
+    return msl_done(d);
 }
 
 MC_TEST(msl_barrier_scan_and_matmul)
 {
-    OPEN_MSL_DEVICE(d);
-    mc_library *lib = msl_library(d, "barriers.metal");
-    CHECK(lib);
+    OPEN_MSL(d, lib, "barriers.metal");
     mc_pipeline *ps = msl_pipeline(d, lib, "scan", NULL, 0), *pm = msl_pipeline(d, lib, "matmul", NULL, 0);
     CHECK(ps && pm);
     enum { G = 8, T = 128 };
@@ -439,23 +409,12 @@ MC_TEST(msl_barrier_scan_and_matmul)
             CHECK_FLOAT_NEAR(C[r * N + c], want, 0.0);
         }
     free(A);
-    mc_buffer_release(ba);
-    mc_buffer_release(bb);
-    mc_buffer_release(bc);
-    mc_buffer_release(bi);
-    mc_buffer_release(bo);
-    mc_pipeline_release(ps);
-    mc_pipeline_release(pm);
-    mc_library_release(lib);
-    mc_device_release(d);
-    return 0;
+    return msl_done(d);
 }
 
 MC_TEST(msl_simd_groups_non_uniform)
 {
-    OPEN_MSL_DEVICE(d);
-    mc_library *lib = msl_library(d, "barriers.metal");
-    CHECK(lib);
+    OPEN_MSL(d, lib, "barriers.metal");
     mc_pipeline *p = msl_pipeline(d, lib, "simd", NULL, 0);
     CHECK(p);
     enum { G = 2, T = 48 }; /* per group: one full SIMD group and one of 16 lanes */
@@ -502,19 +461,12 @@ MC_TEST(msl_simd_groups_non_uniform)
                 CHECK_EQ(o[9], 1);
             }
         }
-    mc_buffer_release(bi);
-    mc_buffer_release(bo);
-    mc_pipeline_release(p);
-    mc_library_release(lib);
-    mc_device_release(d);
-    return 0;
+    return msl_done(d);
 }
 
 MC_TEST(msl_simd_quad_and_threadgroup_atomics)
 {
-    OPEN_MSL_DEVICE(d);
-    mc_library *lib = msl_library(d, "barriers.metal");
-    CHECK(lib);
+    OPEN_MSL(d, lib, "barriers.metal");
     mc_pipeline *p = msl_pipeline(d, lib, "simd_more", NULL, 0);
     CHECK(p);
     enum { G = 2, T = 64 };
@@ -565,19 +517,12 @@ MC_TEST(msl_simd_quad_and_threadgroup_atomics)
             CHECK_EQ(o[9], any ? 1 : 0);
         }
     }
-    mc_buffer_release(bi);
-    mc_buffer_release(bo);
-    mc_pipeline_release(p);
-    mc_library_release(lib);
-    mc_device_release(d);
-    return 0;
+    return msl_done(d);
 }
 
 MC_TEST(msl_barrier_in_a_helper_function)
 {
-    OPEN_MSL_DEVICE(d);
-    mc_library *lib = msl_library(d, "barriers.metal");
-    CHECK(lib);
+    OPEN_MSL(d, lib, "barriers.metal");
     mc_pipeline *p = msl_pipeline(d, lib, "helper_barrier", NULL, 0);
     CHECK(p);
     enum { G = 3, T = 64 };
@@ -589,11 +534,152 @@ MC_TEST(msl_barrier_in_a_helper_function)
     CHECK_OK(mc_buffer_read(bo, 0, out, sizeof out));
     for (int g = 0; g < G; g++)
         for (int l = 0; l < T; l++) CHECK_EQ(out[g * T + l], 3u * (uint32_t)(g * T + T - 1 - l));
-    mc_buffer_release(bo);
-    mc_pipeline_release(p);
-    mc_library_release(lib);
-    mc_device_release(d);
-    return 0;
+    return msl_done(d);
+}
+
+/* ---- language.metal: kernel templates and matrices ---------------------------------- */
+
+static int expect_refused(mc_device *d, const char *src, const char *want);
+
+MC_TEST(msl_kernel_templates_host_name)
+{
+    OPEN_MSL(d, lib, "language.metal");
+    enum { N = 256 };
+    float fin[N], fout[N], fa = 1.5f;
+    int32_t iin[N], iout[N], ia = -3;
+    uint32_t uin[N], usum[N / 64];
+    for (int i = 0; i < N; i++) {
+        fin[i] = (float)(i % 19) - 7.0f;
+        iin[i] = i * 7 % 23 - 11;
+        uin[i] = (uint32_t)(i * 2654435761u) >> 8;
+    }
+    mc_pipeline *pf = msl_pipeline(d, lib, "axpb_float", NULL, 0), *pi = msl_pipeline(d, lib, "axpb_int", NULL, 0),
+                *pu = msl_pipeline(d, lib, "group_sum_uint_64", NULL, 0),
+                *ps = msl_pipeline(d, lib, "group_sum_float_32", NULL, 0);
+    CHECK(pf && pi && pu && ps);
+    mc_buffer *bfi = msl_buffer(d, sizeof fin, fin), *bfo = msl_buffer(d, sizeof fout, NULL),
+              *bii = msl_buffer(d, sizeof iin, iin), *bio = msl_buffer(d, sizeof iout, NULL),
+              *bui = msl_buffer(d, sizeof uin, uin), *buo = msl_buffer(d, sizeof usum, NULL);
+    CHECK(bfi && bfo && bii && bio && bui && buo);
+    slot sf[3] = {{bfo, NULL, 0}, {bfi, NULL, 0}, {NULL, &fa, sizeof fa}};
+    slot si[3] = {{bio, NULL, 0}, {bii, NULL, 0}, {NULL, &ia, sizeof ia}};
+    CHECK_OK(msl_run(d, pf, sf, 3, (mc_size3){N / 64, 1, 1}, (mc_size3){64, 1, 1}, 0));
+    CHECK_OK(msl_run(d, pi, si, 3, (mc_size3){N / 64, 1, 1}, (mc_size3){64, 1, 1}, 0));
+    CHECK_OK(mc_buffer_read(bfo, 0, fout, sizeof fout));
+    CHECK_OK(mc_buffer_read(bio, 0, iout, sizeof iout));
+    for (int i = 0; i < N; i++) {
+        CHECK_FLOAT_NEAR(fout[i], fin[i] * fa + 1.0f, 0.0);
+        CHECK_EQ(iout[i], iin[i] * ia + 1);
+    }
+    /* the barrier templates: a tree sum per group, 64 uints and 32 floats */
+    slot su[2] = {{bui, NULL, 0}, {buo, NULL, 0}};
+    CHECK_OK(msl_run(d, pu, su, 2, (mc_size3){N / 64, 1, 1}, (mc_size3){64, 1, 1}, 0));
+    CHECK_OK(mc_buffer_read(buo, 0, usum, sizeof usum));
+    for (int g = 0; g < N / 64; g++) {
+        uint32_t want = 0;
+        for (int k = 0; k < 64; k++) want += uin[g * 64 + k];
+        CHECK_EQ(usum[g], want);
+    }
+    float fsum[N / 32];
+    slot ss[2] = {{bfi, NULL, 0}, {bfo, NULL, 0}};
+    CHECK_OK(msl_run(d, ps, ss, 2, (mc_size3){N / 32, 1, 1}, (mc_size3){32, 1, 1}, 0));
+    CHECK_OK(mc_buffer_read(bfo, 0, fsum, sizeof fsum));
+    for (int g = 0; g < N / 32; g++) {
+        float want = 0.0f;
+        for (int k = 0; k < 32; k++) want += fin[g * 32 + k];
+        CHECK_FLOAT_NEAR(fsum[g], want, 0.0); /* small integers: exact in any order */
+    }
+    /* the template itself is no kernel: only its instantiations are */
+    mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
+    pd.library = lib;
+    pd.function = "axpb";
+    mc_pipeline *none = NULL;
+    CHECK_STATUS(mc_pipeline_create(d, &pd, &none), MC_ERR_NOT_FOUND);
+    return msl_done(d);
+}
+
+/* The determinant of the n x n matrix m (column-major), by expansion. */
+static double host_det(const double *m, int n)
+{
+    if (n == 1) return m[0];
+    double d = 0.0, minor[16], sign = 1.0;
+    for (int j = 0; j < n; j++, sign = -sign) {
+        int k = 0;
+        for (int c = 0; c < n; c++) {
+            if (c == j) continue;
+            for (int r = 1; r < n; r++) minor[k * (n - 1) + r - 1] = m[c * n + r];
+            k++;
+        }
+        d += sign * m[j * n] * host_det(minor, n - 1);
+    }
+    return d;
+}
+
+MC_TEST(msl_matrices)
+{
+    OPEN_MSL(d, lib, "language.metal");
+    mc_pipeline *p = msl_pipeline(d, lib, "matrices", NULL, 0);
+    CHECK(p);
+    enum { N = 64 };
+    float in[N * 4], out[N * 16];
+    for (int i = 0; i < N; i++) {
+        in[4 * i + 0] = (float)(i % 5) - 2.0f;
+        in[4 * i + 1] = (float)(i % 3) + 1.0f;
+        in[4 * i + 2] = (float)(i % 7) - 3.0f;
+        in[4 * i + 3] = (float)(i % 4) - 1.0f;
+    }
+    mc_buffer *bo = msl_buffer(d, sizeof out, NULL), *bi = msl_buffer(d, sizeof in, in);
+    CHECK(bo && bi);
+    slot s[2] = {{bo, NULL, 0}, {bi, NULL, 0}};
+    CHECK_OK(msl_run(d, p, s, 2, (mc_size3){N / 32, 1, 1}, (mc_size3){32, 1, 1}, 0));
+    CHECK_OK(mc_buffer_read(bo, 0, out, sizeof out));
+    for (int i = 0; i < N; i++) {
+        double x = in[4 * i], y = in[4 * i + 1], z = in[4 * i + 2], w = in[4 * i + 3];
+        double m3[9] = {2 + x, 0, 0, 0, 2 + y, 0, z, w, 3};
+        double m4[16] = {x, 1, 0, 0, 0, y, 1, 0, 0, 0, z, 1, 1, 0, 0, w};
+        double want[16] = {x + 2 * z, y + 2 * w, 3 * x + 4 * z, 3 * y + 4 * w, /* a * b */
+                           x - z, y - w, x - y, z - w,                         /* a * v, v * a */
+                           host_det(m3, 3), z + 10 * w, w + 8,                 /* det, transpose */
+                           host_det(m4, 4), x * w - z * y,                     /* det 4x4, half det */
+                           (x + 2 * z) + 10 * (y + 2 * w),                     /* half matrix * vector */
+                           z + 2 - x, w - 8 + 2 * z};                          /* 2x3 * vector, -, scalars */
+        for (int k = 0; k < 16; k++)
+            if (out[16 * i + k] != (float)want[k]) {
+                fprintf(stderr, "thread %d, result %d: %g, want %g\n", i, k, out[16 * i + k], want[k]);
+                return 1;
+            }
+    }
+    return msl_done(d);
+}
+
+MC_TEST(msl_kernel_templates_refused_with_the_cause)
+{
+    OPEN_MSL_DEVICE(d);
+    if (mct_device_kind(d) == MC_DEVICE_METAL) MC_SKIP("the messages checked are the MSL front end's, not Metal's");
+    static const char tmpl[] = "template <typename T>\nkernel void k(device T *o [[buffer(0)]]) { o[0] = T(1); }\n";
+    static const struct {
+        const char *inst;
+        const char *want;
+    } cases[] = {
+        {"template [[kernel]] void k<float>(device float *);\n",
+         "program_source:3: error: an instantiated kernel template needs [[host_name(\"name\")]]"},
+        {"template [[host_name(\"k-f\")]] [[kernel]] void k<float>(device float *);\n",
+         "program_source:3: error: [[host_name(\"k-f\")]]: a kernel name is letters, digits and '_'"},
+        {"template [[host_name(\"kf\")]] [[kernel]] void nope<float>(device float *);\n",
+         "program_source:3: error: a kernel instantiation must name a kernel template defined above it"},
+        {"kernel void kf(device float *o [[buffer(0)]]) {}\n"
+         "template [[host_name(\"kf\")]] [[kernel]] decltype(k<float>) k<float>;\n",
+         "program_source:4: error: kernel 'kf' is defined twice"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char src[1024];
+        snprintf(src, sizeof src, "%s%s", tmpl, cases[i].inst);
+        if (expect_refused(d, src, cases[i].want)) {
+            fprintf(stderr, "case %zu\n", i);
+            return 1;
+        }
+    }
+    return msl_done(d);
 }
 
 /* ---- limits and refusals ----------------------------------------------------------- */
@@ -655,8 +741,7 @@ MC_TEST(msl_unsupported_features_refused)
     if (expect_refused(d, "kernel void k(device float *o [[buffer(0)]])\n{\n  o[0] = undefined_name;\n}\n",
                        "program_source:3:"))
         return 1;
-    mc_device_release(d);
-    return 0;
+    return msl_done(d);
 }
 
 MC_TEST(msl_apple_limits_enforced)
@@ -695,11 +780,7 @@ MC_TEST(msl_apple_limits_enforced)
     st = msl_run(d, p, s, 2, (mc_size3){1, 1, 1}, (mc_size3){1025, 1, 1}, 0);
     CHECK(st != MC_OK);
     CHECK_STR_CONTAINS(mc_last_error(), "1024");
-    mc_buffer_release(b);
-    mc_pipeline_release(p);
-    mc_library_release(lib);
-    mc_device_release(d);
-    return 0;
+    return msl_done(d);
 }
 
 /* ---- every .metal file of the repository compiles ------------------------------------ */
@@ -735,8 +816,7 @@ MC_TEST(msl_every_metal_file_compiles)
     fprintf(stderr, "%d .metal files compiled, %d failed\n", walk_count, walk_failed);
     CHECK_GE(walk_count, 7);
     CHECK_EQ(walk_failed, 0);
-    mc_device_release(d);
-    return 0;
+    return msl_done(d);
 }
 
 /* ---- a build killed mid-way leaves no directory behind for good ---------------------- */
@@ -795,8 +875,7 @@ MC_TEST(cpu_orphaned_build_dirs_removed)
     snprintf(path, sizeof path, "%s/mc-cpu-1-live00", tmp);
     CHECK_EQ(rmdir(path), 0);
     CHECK_EQ(rmdir(tmp), 0);
-    mc_device_release(d);
-    return 0;
+    return msl_done(d);
 }
 
 /* ---- the pipeline cache keys MSL builds and loads them back ----------------------------- */
@@ -836,9 +915,8 @@ MC_TEST(msl_pipeline_cache_archives_and_reloads)
         for (uint32_t i = 0; i < 64; i++) CHECK_EQ(out[i], 32u + 2u * i);
         mc_cache_stats st;
         CHECK_OK(mc_cache_get_stats(d, &st));
-        mc_buffer_release(b);
         mc_pipeline_release(p);
-        mc_device_release(d);
+        msl_done(d); /* and b */
     }
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
@@ -885,10 +963,10 @@ MC_TEST(msl_cuda_ptx_assembles)
     CHECK(write_text(path, mc__cpu_kernel_header, strlen(mc__cpu_kernel_header)));
     snprintf(path, sizeof path, "%s/mc_msl_cpu.h", dir);
     CHECK(write_text(path, mc__msl_cpu_header, strlen(mc__msl_cpu_header)));
-    static const char *const files[] = {"tests/msl/features.metal", "tests/msl/barriers.metal",
-                                        "examples/kernels/basic.metal", "examples/kernels/gray_scott.metal",
-                                        "examples/kernels/fir.metal", "examples/kernels/compact.metal",
-                                        "examples/kernels/runner_test.metal"};
+    static const char *const files[] = {"tests/msl/features.metal",        "tests/msl/barriers.metal",
+                                        "tests/msl/language.metal",        "examples/kernels/basic.metal",
+                                        "examples/kernels/gray_scott.metal", "examples/kernels/fir.metal",
+                                        "examples/kernels/compact.metal",  "examples/kernels/runner_test.metal"};
     int failed = 0;
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         snprintf(path, sizeof path, "%s/%s", MC_SOURCE_DIR, files[i]);

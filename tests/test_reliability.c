@@ -194,7 +194,7 @@ static int write_manifest(const char *dir, int kernels)
     char text[2048] = "# the CPU device's example kernels\n", p[8192];
     for (int i = 0; i < kernels; i++) {
         size_t len = strlen(text);
-        snprintf(text + len, sizeof text - len, "%s/examples/kernels/basic.c c %s\n", MC_SOURCE_DIR, fns[i]);
+        snprintf(text + len, sizeof text - len, "%s/examples/kernels/basic.metal msl %s\n", MC_SOURCE_DIR, fns[i]);
     }
     snprintf(p, sizeof p, "%s/manifest", dir);
     return write_text(p, text, strlen(text));

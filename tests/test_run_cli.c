@@ -5,8 +5,9 @@
  * whole process tree killed with SIGKILL at random moments, several times
  * in a row, then resumed, giving the bytes an undisturbed run gives
  * (gray-scott's PNG, a user kernel's .npy, also with --isolate). Runs the
- * built program (MC_BINARY_DIR/metal-compute) on the CPU device: the C
- * twins of the examples' kernels are in tests/kernels. */
+ * built program (MC_BINARY_DIR/metal-compute) on the CPU device, with the
+ * examples' MSL kernels; tests/kernels/life.c is a C kernel for `run`'s C
+ * path. */
 #include "mc_test.h"
 
 #include <dirent.h>
@@ -78,10 +79,11 @@ static bool cpu_device(void)
 }
 
 /* The example `name` (heat or life) against NumPy: init, then the MSL
- * example and its C twin, each checked. */
-static int numpy_example(const char *name, const char *fn, const char *scalars, int steps, const char *alpha)
+ * example, and with_c the C kernel tests/kernels/NAME.c too, each checked. */
+static int numpy_example(const char *name, const char *fn, const char *scalars, int steps, const char *alpha,
+                         bool with_c)
 {
-    if (!cpu_device()) MC_SKIP("the C twins in tests/kernels run on the cpu device");
+    if (!cpu_device()) MC_SKIP("these runs use --device cpu");
     const char *py = numpy_python();
     if (!py) MC_SKIP("no Python 3 with NumPy (apt-get install python3-numpy, or set MC_PYTHON)");
     char dir[512], cmd[4096];
@@ -95,7 +97,7 @@ static int numpy_example(const char *name, const char *fn, const char *scalars, 
     free(out);
     CHECK_EQ(code, 0);
     const char *kernels[] = {EXAMPLES "/%s.metal", KERNELS "/%s.c"};
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < (with_c ? 2 : 1); k++) {
         char kernel[600];
         snprintf(kernel, sizeof kernel, kernels[k], name);
         /* The grid comes from the shape (48 rows, 51 or 53 columns): the
@@ -126,12 +128,12 @@ static int numpy_example(const char *name, const char *fn, const char *scalars, 
 MC_TEST(run_kernel_heat_matches_numpy)
 {
     /* An odd number of steps: the result is in the pair's second buffer. */
-    return numpy_example("heat", "heat_step", "u32:51,u32:48,f32:0.2", 151, "0.2");
+    return numpy_example("heat", "heat_step", "u32:51,u32:48,f32:0.2", 151, "0.2", false);
 }
 
 MC_TEST(run_kernel_life_matches_numpy)
 {
-    return numpy_example("life", "life_step", "u32:53,u32:48", 120, "");
+    return numpy_example("life", "life_step", "u32:53,u32:48", 120, "", true);
 }
 
 /* Writes a uint8 board as .npy (version 1.0) without NumPy. */
@@ -174,19 +176,19 @@ static int expect_refusal(const char *args, int want_code, const char *want_text
 
 MC_TEST(run_kernel_refuses_bad_input_with_the_cause)
 {
-    if (!cpu_device()) MC_SKIP("the C kernels in tests/kernels run on the cpu device");
+    if (!cpu_device()) MC_SKIP("these runs use --device cpu");
     char dir[512], a[4096], p[700];
     temp_dir(dir, sizeof dir);
     CHECK(dir[0]);
     snprintf(p, sizeof p, "%s/board.npy", dir);
     CHECK_EQ(write_board(p, 16, 16), 0);
-    const char *life = KERNELS "/life.c --device cpu --function life_step";
+    const char *life = EXAMPLES "/life.metal --device cpu --function life_step";
 #define REFUSED(code, text, ...)                                  \
     do {                                                          \
         snprintf(a, sizeof a, __VA_ARGS__);                       \
         CHECK_EQ(expect_refusal(a, code, text), 0);               \
     } while (0)
-    REFUSED(2, "--function NAME is required", "%s/life.c --arg %s", KERNELS, p);
+    REFUSED(2, "--function NAME is required", "%s/life.metal --arg %s", EXAMPLES, p);
     REFUSED(2, "no state", "%s --arg iter --arg u32:16,u32:16", life);
     REFUSED(2, "unknown dtype 'float33'", "%s --arg float33[4]", life);
     REFUSED(2, "the shape takes sizes", "%s --arg float32[4,x]", life);
@@ -247,16 +249,16 @@ static double json_number(const char *line, const char *field)
 
 MC_TEST(run_progress_json_one_object_per_line)
 {
-    if (!cpu_device()) MC_SKIP("the C kernels in tests/kernels run on the cpu device");
+    if (!cpu_device()) MC_SKIP("these runs use --device cpu");
     char dir[512], cmd[4096];
     temp_dir(dir, sizeof dir);
     CHECK(dir[0]);
     snprintf(cmd, sizeof cmd, "%s/board.npy", dir);
     CHECK_EQ(write_board(cmd, 128, 128), 0);
     snprintf(cmd, sizeof cmd,
-             "%s run %s/life.c --device cpu --function life_step --arg pair:%s/board.npy --arg iter --arg "
+             "%s run %s/life.metal --device cpu --function life_step --arg pair:%s/board.npy --arg iter --arg "
              "u32:128,u32:128 --steps 3000 --out %s/out.npy --progress json 2>%s/progress.jsonl >/dev/null",
-             CLI, KERNELS, dir, dir, dir);
+             CLI, EXAMPLES, dir, dir, dir);
     CHECK_EQ(system(cmd), 0);
     snprintf(cmd, sizeof cmd, "%s/progress.jsonl", dir);
     char *text = mct_read_file(cmd, NULL);
@@ -291,7 +293,7 @@ MC_TEST(run_progress_json_one_object_per_line)
 
 MC_TEST(run_second_start_loads_the_kernel_from_disk)
 {
-    if (!cpu_device()) MC_SKIP("the C kernels in tests/kernels run on the cpu device");
+    if (!cpu_device()) MC_SKIP("these runs use --device cpu");
     char dir[512], cmd[4096];
     temp_dir(dir, sizeof dir);
     CHECK(dir[0]);
@@ -301,9 +303,9 @@ MC_TEST(run_second_start_loads_the_kernel_from_disk)
     for (int i = 0; i < 2; i++) {
         int code = -1;
         snprintf(cmd, sizeof cmd,
-                 "env -u MC_CACHE MC_CACHE_DIR=%s/cache %s run %s/life.c --device cpu --function life_step --arg "
+                 "env -u MC_CACHE MC_CACHE_DIR=%s/cache %s run %s/life.metal --device cpu --function life_step --arg "
                  "pair:%s/board.npy --arg iter --arg u32:32,u32:32 --steps 10 --out %s/out.npy",
-                 dir, CLI, KERNELS, dir, dir);
+                 dir, CLI, EXAMPLES, dir, dir);
         char *out = run_command(cmd, &code);
         CHECK(out);
         fprintf(stderr, "%s", out);
@@ -473,7 +475,7 @@ MC_TEST(run_sigkill_resume_gray_scott_png_identical)
 
 static int life_kill_test(bool isolate)
 {
-    if (!cpu_device()) MC_SKIP("the C kernels in tests/kernels run on the cpu device");
+    if (!cpu_device()) MC_SKIP("these runs use --device cpu");
     char dir[512], board[600], pair[620];
     temp_dir(dir, sizeof dir);
     CHECK(dir[0]);
@@ -501,36 +503,36 @@ MC_TEST(run_sigkill_resume_isolated_npy_identical)
 
 MC_TEST(run_resume_refuses_other_parameters)
 {
-    if (!cpu_device()) MC_SKIP("the C kernels in tests/kernels run on the cpu device");
+    if (!cpu_device()) MC_SKIP("these runs use --device cpu");
     char dir[512], cmd[4096];
     temp_dir(dir, sizeof dir);
     CHECK(dir[0]);
     snprintf(cmd, sizeof cmd, "%s/board.npy", dir);
     CHECK_EQ(write_board(cmd, 64, 64), 0);
     int code = -1;
-    const char *base = "%s run %s/life.c --device cpu --function life_step --arg pair:%s/board.npy --arg iter --arg "
+    const char *base = "%s run %s/life.metal --device cpu --function life_step --arg pair:%s/board.npy --arg iter --arg "
                        "u32:64,u32:%d --steps %d --out %s/out.npy --checkpoint-dir %s/ck --checkpoint-ms 1 %s";
-    snprintf(cmd, sizeof cmd, base, CLI, KERNELS, dir, 64, 2000, dir, dir, "");
+    snprintf(cmd, sizeof cmd, base, CLI, EXAMPLES, dir, 64, 2000, dir, dir, "");
     char *out = run_command(cmd, &code);
     CHECK(out);
     CHECK_EQ(code, 0);
     CHECK_STR_CONTAINS(out, "checkpoints  ");
     free(out);
     /* Another height in the scalars, then another step count. */
-    snprintf(cmd, sizeof cmd, base, CLI, KERNELS, dir, 63, 2000, dir, dir, "--resume");
+    snprintf(cmd, sizeof cmd, base, CLI, EXAMPLES, dir, 63, 2000, dir, dir, "--resume");
     out = run_command(cmd, &code);
     CHECK(out);
     CHECK_EQ(code, 1);
     CHECK_STR_CONTAINS(out, "parameters differ");
     free(out);
-    snprintf(cmd, sizeof cmd, base, CLI, KERNELS, dir, 64, 2001, dir, dir, "--resume");
+    snprintf(cmd, sizeof cmd, base, CLI, EXAMPLES, dir, 64, 2001, dir, dir, "--resume");
     out = run_command(cmd, &code);
     CHECK(out);
     CHECK_EQ(code, 1);
     CHECK_STR_CONTAINS(out, "parameters differ");
     free(out);
     /* The same run resumes. */
-    snprintf(cmd, sizeof cmd, base, CLI, KERNELS, dir, 64, 2000, dir, dir, "--resume");
+    snprintf(cmd, sizeof cmd, base, CLI, EXAMPLES, dir, 64, 2000, dir, dir, "--resume");
     out = run_command(cmd, &code);
     CHECK(out);
     CHECK_EQ(code, 0);
@@ -544,7 +546,7 @@ MC_TEST(run_resume_refuses_other_parameters)
  * isolated worker killed and hung, give the same bytes. */
 MC_TEST(run_kernel_survives_faults_byte_for_byte)
 {
-    if (!cpu_device()) MC_SKIP("the C kernels in tests/kernels run on the cpu device");
+    if (!cpu_device()) MC_SKIP("these runs use --device cpu");
     char dir[512], cmd[4096];
     temp_dir(dir, sizeof dir);
     CHECK(dir[0]);
@@ -556,9 +558,9 @@ MC_TEST(run_kernel_survives_faults_byte_for_byte)
     for (int i = 0; i < 3; i++) {
         int code = -1;
         snprintf(cmd, sizeof cmd,
-                 "%s run %s/life.c --device cpu --function life_step --arg pair:%s/board.npy --arg iter --arg "
+                 "%s run %s/life.metal --device cpu --function life_step --arg pair:%s/board.npy --arg iter --arg "
                  "u32:96,u32:96 --steps 1001 --budget-ms 1 --out %s/out%d.npy --progress none %s",
-                 CLI, KERNELS, dir, dir, i, extra[i]);
+                 CLI, EXAMPLES, dir, dir, i, extra[i]);
         char *out = run_command(cmd, &code);
         CHECK(out);
         fprintf(stderr, "%s", out);

@@ -1,6 +1,6 @@
 /* Streams: order under several producers, backpressure, close and cancel,
  * faults that lose nothing and duplicate nothing, argument checks. The
- * items are blocks of an FIR filter (examples/kernels/fir.*) followed by a
+ * items are blocks of an FIR filter (examples/kernels/fir.metal) followed by a
  * gain pass, through one fixture (fx); what the front end defines (order,
  * backpressure, close, cancel, the retry bound) runs one test body on both
  * back ends: the local stream and the isolated one (test names
@@ -70,7 +70,7 @@ static mc_status fir_setup(void *user, mc_device *dev, mc_stream_binding *b)
     char path[4096];
     mc_device_info info;
     mc_device_get_info(dev, &info);
-    snprintf(path, sizeof path, "%s/examples/kernels/fir%s", MC_SOURCE_DIR, mc_device_kernel_extension(info.kind));
+    snprintf(path, sizeof path, "%s/examples/kernels/fir.metal", MC_SOURCE_DIR);
     mc_library *lib = NULL;
     char *log = NULL;
     mc_status s = mc_library_create_from_file(dev, path, MC_LANG_UNSET, NULL, &lib, &log);

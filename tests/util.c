@@ -62,18 +62,17 @@ char *mct_read_file(const char *path, size_t *len)
 
 char *mct_kernel_source(mc_device *d, const char *name, mc_language *lang)
 {
-    mc_device_kind k = mct_device_kind(d);
+    (void)d; /* the project's kernels are MSL, which every device runs */
     char path[4096];
-    snprintf(path, sizeof path, "%s/examples/kernels/%s%s", MC_SOURCE_DIR, name, mc_device_kernel_extension(k));
-    if (lang) *lang = k == MC_DEVICE_CPU ? MC_LANG_C : k == MC_DEVICE_CUDA ? MC_LANG_CUDA : MC_LANG_MSL;
+    snprintf(path, sizeof path, "%s/examples/kernels/%s.metal", MC_SOURCE_DIR, name);
+    if (lang) *lang = MC_LANG_MSL;
     return mct_read_file(path, NULL);
 }
 
 mc_pipeline *mct_pipeline(mc_device *d, const char *file, const char *fn)
 {
     char path[4096];
-    snprintf(path, sizeof path, "%s/examples/kernels/%s%s", MC_SOURCE_DIR, file,
-             mc_device_kernel_extension(mct_device_kind(d)));
+    snprintf(path, sizeof path, "%s/examples/kernels/%s.metal", MC_SOURCE_DIR, file);
     mc_library *lib;
     char *log = NULL;
     if (mc_library_create_from_file(d, path, MC_LANG_UNSET, NULL, &lib, &log) != MC_OK) {

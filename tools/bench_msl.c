@@ -1,6 +1,6 @@
 /*
  * bench msl: the same kernels written once in MSL against their hand-written
- * C twins (examples/kernels/NAME.metal vs NAME.c) on the CPU device: Gray-
+ * C twins (examples/kernels/NAME.metal vs benchmarks/baselines/NAME.c) on the CPU device: Gray-
  * Scott steps per second at 256^2 (16x16 groups, one dispatch per step, 100
  * steps per command buffer) and saxpy bandwidth (12 bytes per element).
  * Goal: MSL at least 0.9x of C. Rows only on the CPU device: elsewhere the

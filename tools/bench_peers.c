@@ -562,9 +562,9 @@ out:
 
 /* ---- saxpy ---------------------------------------------------------------------- */
 
-/* basic.c's saxpy as one loop over the group's range, with restrict: the
- * form a C compiler vectorises (the per-thread bounds check in basic.c
- * stops it). Built with -O3 -march=native through the library's options,
+/* The hand-written C saxpy (benchmarks/baselines/basic.c) as one loop over
+ * the group's range, with restrict: the form a C compiler vectorises (a
+ * per-thread bounds check stops it). Built with -O3 -march=native through the library's options,
  * the code generation PoCL gives every OpenCL kernel; the runtime around
  * it is the same. */
 static const char saxpy_range_source[] =

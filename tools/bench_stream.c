@@ -3,7 +3,7 @@
  * stream with 1, 2, 3 and 4 slots, against the naive loop at the same item
  * size (fill, one command buffer, commit, wait, read, per item). The item
  * is a block of audio-rate samples through an FIR filter and a gain
- * (examples/kernels/fir.*, the Anukari use case of F692). Latency is from
+ * (examples/kernels/fir.metal, the Anukari use case of F692). Latency is from
  * the moment the producer starts filling the item to the moment its result
  * is in the consumer's hands. Every output is checked: the stream's must
  * equal the naive loop's for the same block, bit for bit.
@@ -290,7 +290,7 @@ static double raw_stream_rate(mc_bench *b, const sb_ctx *c, int rounds, uint32_t
 {
     if (b->info.kind != MC_DEVICE_CUDA) return -1;
     char path[4096];
-    snprintf(path, sizeof path, "%s/fir%s", mc_cli_kernel_dir(), mc_device_kernel_extension(b->info.kind));
+    snprintf(path, sizeof path, "%s/fir.cu", mc_cli_baseline_dir()); /* the raw driver runs the CUDA twin */
     char *src = mc_cli_read_file(path, NULL);
     mc_raw *r = src ? mc_raw_open(b->info.kind, b->info.index) : NULL;
     double *rate = calloc((size_t)rounds, sizeof *rate), med = -1;

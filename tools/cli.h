@@ -32,11 +32,15 @@ bool mc_cli_is_kernel_file(const char *arg);
 
 /* Directory holding examples/kernels (source tree, else installed). */
 const char *mc_cli_kernel_dir(void);
+/* Directory holding benchmarks/baselines: the hand-written C and CUDA twins
+ * of the MSL kernels, run only as benchmark baselines. */
+const char *mc_cli_baseline_dir(void);
 /* Opens a device by name ("" or NULL = default) and reports failures. */
 mc_device *mc_cli_open_device(const char *spec, int64_t time_limit_ms);
-/* Builds function fn from kernels/FILE.<ext for the device>; NULL on error. */
+/* Builds function fn from kernels/FILE.metal (every device runs MSL); NULL on error. */
 mc_pipeline *mc_cli_pipeline(mc_device *d, const char *file, const char *fn);
-/* The same from kernels/FILE<ext> (e.g. ".metal"), whatever the device's own language. */
+/* The same from FILE<ext>: ".metal" from the kernels, ".c" or ".cu" (the
+ * hand-written twins) from the baselines. */
 mc_pipeline *mc_cli_pipeline_ext(mc_device *d, const char *file, const char *ext, const char *fn);
 /* Prints "metal-compute: <what>: <status> (<detail>)" to stderr; returns 1. */
 int mc_cli_fail(const char *what, mc_status s);

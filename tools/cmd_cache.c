@@ -364,7 +364,8 @@ static int cmd_build(int argc, char **argv)
                "Compiles every kernel MANIFEST lists for device D (default: $MC_DEVICE, else the best)\n"
                "into the on-disk archive, in parallel, so programs find them there and never compile\n"
                "at run time (run them with MC_CACHE=require to make sure). Kernels already archived\n"
-               "are left as they are; kernels in another device's language are skipped.\n\n"
+               "are left as they are; kernels in another device's native language are skipped\n"
+               "(MSL builds everywhere).\n\n"
                "MANIFEST: one kernel a line, '#' starts a comment:\n"
                "  FILE LANGUAGE FUNCTION [OPTIONS...]\n"
                "FILE is relative to the manifest's folder; LANGUAGE is c, cuda, msl or auto (from the\n"
@@ -373,10 +374,10 @@ static int cmd_build(int argc, char **argv)
                "  mc:simd-multiple    threadgroup size is a multiple of the SIMD width\n"
                "  mc:label=TEXT       the pipeline's label\n"
                "example:\n"
-               "  # kernels for the CPU and CUDA builds\n"
-               "  kernels/basic.c   c    saxpy\n"
-               "  kernels/basic.c   c    add_one -DWIDE=1 mc:threads=256\n"
-               "  kernels/basic.cu  cuda saxpy   --use_fast_math\n");
+               "  # the project's kernels: MSL, which every device runs\n"
+               "  kernels/basic.metal  msl  saxpy\n"
+               "  kernels/basic.metal  msl  add_one -DWIDE=1 mc:threads=256\n"
+               "  kernels/fir.metal    auto fir\n");
         return 0;
     }
     const char *device = NULL, *manifest = NULL;
@@ -407,8 +408,8 @@ static int cmd_build(int argc, char **argv)
     mc_cache_set_mode(d, MC_CACHE_REQUIRE);
     for (size_t i = 0; i < n; i++) {
         manifest_entry *e = &es[i];
-        if (e->language != lang) {
-            printf("  skip     %s:%d %s (%s; this device compiles %s)\n", manifest, e->line, e->function,
+        if (e->language != lang && e->language != MC_LANG_MSL) { /* every device compiles MSL */
+            printf("  skip     %s:%d %s (%s; this device compiles %s and msl)\n", manifest, e->line, e->function,
                    mc_language_name(e->language), mc_language_name(lang));
             skipped++;
             continue;
@@ -445,7 +446,7 @@ static int cmd_build(int argc, char **argv)
     double t0 = mc_bench_now_us();
     for (size_t i = 0; i < n; i++) {
         manifest_entry *e = &es[i];
-        if (e->language != lang || !e->source || e->present) continue;
+        if ((e->language != lang && e->language != MC_LANG_MSL) || !e->source || e->present) continue;
         mc_pipeline_source_desc desc = entry_desc(e);
         mc_status s = mc_pipeline_create_async(d, &desc, &e->future);
         if (s != MC_OK) {

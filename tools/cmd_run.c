@@ -2,7 +2,7 @@
  * metal-compute run: long computations through the runner (docs/RUNNER.md).
  *
  * run gray-scott: a Gray-Scott reaction-diffusion simulation, one step per
- * dispatch (examples/kernels/gray_scott.*), written out as a colour-mapped
+ * dispatch (examples/kernels/gray_scott.metal), written out as a colour-mapped
  * PNG of the V chemical. The field is seeded from a fixed-seed generator, so
  * a run gives the same image every time on a device, also when faults are
  * injected: the runner restores its last checkpoint and replays.
@@ -107,10 +107,8 @@ static float *gs_seed(uint32_t n)
  * the on-disk archive instead of compiling it again. */
 static mc_pipeline *gs_cached_pipeline(mc_device *dev)
 {
-    mc_device_info info;
-    mc_device_get_info(dev, &info);
     char path[4096];
-    snprintf(path, sizeof path, "%s/gray_scott%s", mc_cli_kernel_dir(), mc_device_kernel_extension(info.kind));
+    snprintf(path, sizeof path, "%s/gray_scott.metal", mc_cli_kernel_dir());
     FILE *f = fopen(path, "rb");
     if (!f) {
         fprintf(stderr, "metal-compute run: cannot read %s\n", path);
@@ -135,6 +133,7 @@ static mc_pipeline *gs_cached_pipeline(mc_device *dev)
     mc_pipeline_source_desc d = MC_PIPELINE_SOURCE_DESC_INIT;
     d.source = src;
     d.source_len = len;
+    d.language = MC_LANG_MSL;
     d.function = "gray_scott_step";
     mc_pipeline *p = NULL;
     char *log = NULL;

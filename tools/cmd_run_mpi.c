@@ -3,7 +3,7 @@
  * one device each (include/mc/mc_mpi.h, docs/SCALE.md).
  *
  * Every rank seeds the same field as the single-process run, runs the same
- * kernel file (examples/kernels/gray_scott.*) on its slab with the local
+ * kernel file (examples/kernels/gray_scott.metal) on its slab with the local
  * height in the parameters, and rank 0 gathers the field and writes the PNG
  * with the single-process run's palette and encoder: the same bytes for any
  * number of ranks, slab sizes, halo depth and injected faults.

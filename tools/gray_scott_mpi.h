@@ -6,7 +6,7 @@
 #include "cli.h"
 #include "mc/mc_mpi.h"
 
-/* The kernel's parameter bytes (examples/kernels/gray_scott.*). */
+/* The kernel's parameter bytes (examples/kernels/gray_scott.metal). */
 typedef struct mc_cli_gsm_params {
     uint32_t width, height;
     float du, dv, feed, kill, dt;

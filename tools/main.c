@@ -94,6 +94,15 @@ const char *mc_cli_kernel_dir(void)
     return MC_KERNEL_DIR;
 }
 
+const char *mc_cli_baseline_dir(void)
+{
+    const char *env = getenv("MC_BASELINE_DIR");
+    if (env && *env) return env;
+    struct stat st;
+    if (stat(MC_SOURCE_DIR "/benchmarks/baselines", &st) == 0) return MC_SOURCE_DIR "/benchmarks/baselines";
+    return MC_BASELINE_DIR;
+}
+
 char *mc_cli_read_file(const char *path, size_t *len)
 {
     if (len) *len = 0;
@@ -154,15 +163,15 @@ mc_device *mc_cli_open_device(const char *spec, int64_t time_limit_ms)
 
 mc_pipeline *mc_cli_pipeline(mc_device *d, const char *file, const char *fn)
 {
-    mc_device_info info;
-    mc_device_get_info(d, &info);
-    return mc_cli_pipeline_ext(d, file, mc_device_kernel_extension(info.kind), fn);
+    return mc_cli_pipeline_ext(d, file, ".metal", fn); /* the project's kernels are MSL, run on every device */
 }
 
 mc_pipeline *mc_cli_pipeline_ext(mc_device *d, const char *file, const char *ext, const char *fn)
 {
     char path[4096];
-    snprintf(path, sizeof path, "%s/%s%s", mc_cli_kernel_dir(), file, ext);
+    /* MSL from the kernels; the hand-written C and CUDA twins are benchmark baselines */
+    const char *dir = !strcmp(ext, ".metal") ? mc_cli_kernel_dir() : mc_cli_baseline_dir();
+    snprintf(path, sizeof path, "%s/%s%s", dir, file, ext);
     mc_library *lib;
     char *log = NULL;
     mc_status s = mc_library_create_from_file(d, path, MC_LANG_UNSET, NULL, &lib, &log);

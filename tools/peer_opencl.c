@@ -4,7 +4,7 @@
  * needs no OpenCL at build time and runs where it is absent. The handful of
  * types, constants and entry points used here are declared from the OpenCL
  * 1.2 specification; no header is needed. The kernels are the OpenCL C
- * twins of examples/kernels/basic.c.
+ * twins of examples/kernels/basic.metal.
  */
 #include "peer.h"
 
@@ -68,7 +68,7 @@ typedef struct cl_api {
 #undef X
 } cl_api;
 
-/* The OpenCL C twins of examples/kernels/basic.c: same names, same
+/* The OpenCL C twins of examples/kernels/basic.metal: same names, same
  * argument order. */
 static const char cl_source[] =
     "__kernel void empty(void) {}\n"

@@ -22,7 +22,7 @@ const char *mc_raw_saxpy_name(const mc_raw *r);
 
 /* The stream benchmark's work for a raw baseline: items blocks (cycling
  * through nblocks, each block_floats long) through the fir then the gain
- * kernel of `source` (examples/kernels/fir.cu), slots of them in flight.
+ * kernel of `source` (benchmarks/baselines/fir.cu), slots of them in flight.
  * want[b] is the sum of block b's output from the runtime's naive loop:
  * every output is checked against it. */
 typedef struct mc_raw_stream_work {

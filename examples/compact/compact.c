@@ -64,7 +64,7 @@ int main(int argc, char **argv)
     mc_device_info info;
     CHECK(mc_device_get_info(dev, &info));
     char path[4096];
-    snprintf(path, sizeof path, "%s/compact%s", kernel_dir, mc_device_kernel_extension(info.kind));
+    snprintf(path, sizeof path, "%s/compact.metal", kernel_dir); /* MSL: one source for every device */
     mc_library *lib;
     char *log = NULL;
     mc_status s = mc_library_create_from_file(dev, path, MC_LANG_UNSET, NULL, &lib, &log);

@@ -1,5 +1,6 @@
-// The basic example and test kernels in the Metal Shading Language, with
-// the same argument slots as basic.c (CPU) and basic.cu (CUDA): 1-D grids,
+// The basic example and test kernels in the Metal Shading Language, the one
+// source every device runs (benchmarks/baselines/basic.c and basic.cu are
+// hand-written twins kept as benchmark baselines only): 1-D grids,
 // buffers bound with mc_pass_set_buffer, scalars passed by value with
 // mc_pass_set_bytes (read here as `constant T&`).
 #include <metal_stdlib>

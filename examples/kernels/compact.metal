@@ -1,6 +1,19 @@
-// Stream compaction in three stages in the Metal Shading Language; same
-// names and argument slots as compact.c and compact.cu. See compact.c for
-// what each stage does.
+// Stream compaction in three stages in the Metal Shading Language, the one
+// source every device runs. One command buffer runs them with no CPU wait
+// between (F674): the first stage sizes the last (examples/compact).
+//
+//   compact_filter   keeps the values over a threshold, appending them to
+//                    `kept` through an atomic counter (any order);
+//   compact_args     one thread: turns the count into the threadgroup grid of
+//                    the next stage (three uint, F148), and into a command
+//                    range {0, threadgroups} for a command list holding one
+//                    command per threadgroup of survivors (F149);
+//   compact_square   runs indirectly over exactly the survivors: survivor
+//                    base + thread index.
+//
+// store_words is a helper for tests: one thread copies words given by value
+// into a buffer, so a kernel in the same command buffer writes a grid or a
+// range.
 #include <metal_stdlib>
 using namespace metal;
 

@@ -1,6 +1,13 @@
-// Streaming filter kernels in the Metal Shading Language. Same names,
-// argument slots and arithmetic as fir.c (CPU) and fir.cu (CUDA); see fir.c
-// for the layout of a block (its history first). Buffers are bound with
+// Streaming filter kernels in the Metal Shading Language, the one source
+// every device runs (benchmarks/baselines/fir.c and fir.cu are hand-written
+// twins kept as benchmark baselines only). Used by examples/stream_filter,
+// the stream tests and the stream benchmark.
+//
+// Each block carries its own history: in[0 .. ntaps-2] are the last
+// ntaps-1 samples of the block before it, in[ntaps-1 ..] the block's n
+// samples. So an output depends only on its item's input, and a block
+// computed again (after a fault) or out of order gives the same samples.
+// Buffers are bound with
 // mc_pass_set_buffer, scalars passed by value with mc_pass_set_bytes (read
 // here as `constant T&`). The compiler may fuse a * b + c: compare across
 // devices with a tolerance.

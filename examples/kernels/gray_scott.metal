@@ -1,6 +1,18 @@
 /*
  * Gray-Scott reaction-diffusion, one time step per dispatch (Metal Shading
- * Language). Same kernel and slots as gray_scott.c; see there for the model.
+ * Language), the one source every device runs: `metal-compute run
+ * gray-scott` binds alike everywhere. benchmarks/baselines/gray_scott.c and
+ * .cu are hand-written twins kept as benchmark baselines only.
+ *
+ * Two chemicals U and V on a periodic width x height grid, stored as
+ * (u, v) float pairs. Step i reads state A and writes state B when i is
+ * even, the other way round when odd: the dispatch boundary is the only
+ * grid-wide barrier, so one dispatch runs one step (count 1).
+ *   u' = u + dt (du lap(u) - u v^2 + feed (1 - u))
+ *   v' = v + dt (dv lap(v) + u v^2 - (feed + kill) v)
+ * lap is the 3x3 stencil (centre -1, sides 0.2, corners 0.05). Every cell
+ * depends only on the previous step: the result is the same bits whatever
+ * the threads, chunks or replays.
  *   [0] float *a        width*height (u, v) pairs
  *   [1] float *b        width*height (u, v) pairs
  *   [2] iteration bytes { uint64 first; uint32 count; uint32 pad }

@@ -1,10 +1,18 @@
 /*
- * A step kernel for the runner's tests (Metal Shading Language). Same
- * kernel and slots as runner_test.c; see there.
+ * A step kernel for the runner's tests (Metal Shading Language, the one
+ * source every device runs).
+ *
+ * rt_step: each iteration mixes every element of x with the iteration
+ * number `spin` times (deterministic, order-sensitive: a skipped, repeated
+ * or reordered iteration changes the result), and thread 0 adds one to the
+ * work counter x[n]. At iteration stop_at (when not 0) it stops the run on
+ * the device instead: the control block's grid goes to zero, so dispatches
+ * already queued run nothing.
  *   [0] uint32 *x            n elements, then the work counter
  *   [1] iteration bytes      { uint64 first; uint32 count; uint32 pad }
  *   [2] control buffer       { uint32 groups[3]; uint32 stopped; uint64 stop_iteration }
  *   [3] parameter bytes      { uint32 n; uint32 spin; uint64 stop_at }
+ * Grid: 1-D, any threadgroup size, at least n threads.
  */
 #include <metal_stdlib>
 using namespace metal;

@@ -59,11 +59,9 @@ typedef struct made {
 static mc_status setup(void *user, mc_device *dev, mc_stream_binding *b)
 {
     filter *f = user;
-    mc_device_info info;
-    mc_status s = mc_device_get_info(dev, &info);
-    if (s != MC_OK) return s;
+    mc_status s;
     char path[4096];
-    snprintf(path, sizeof path, "%s/fir%s", f->kernel_dir, mc_device_kernel_extension(info.kind));
+    snprintf(path, sizeof path, "%s/fir.metal", f->kernel_dir); /* MSL: one source for every device */
     mc_library *lib;
     char *log = NULL;
     s = mc_library_create_from_file(dev, path, MC_LANG_UNSET, NULL, &lib, &log);

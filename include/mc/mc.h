@@ -342,7 +342,8 @@ MC_API mc_status mc_library_create(mc_device *d, const mc_library_desc *desc, mc
  * the cache's key). */
 MC_API mc_status mc_library_create_from_file(mc_device *d, const char *path, mc_language language,
                                              const char *options, mc_library **out, char **log);
-/* The source extension kernels of device kind k use: ".c", ".cu", ".metal". */
+/* The extension of device kind k's native kernel language: ".c", ".cu", ".metal".
+ * Every device also runs MSL (".metal"), the language of the project's kernels. */
 MC_API const char *mc_device_kernel_extension(mc_device_kind k);
 MC_API void mc_library_retain(mc_library *l);
 MC_API void mc_library_release(mc_library *l);

@@ -18,8 +18,17 @@ import numpy as np
 
 import metal_compute as mc
 
-KERNELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples", "kernels")
+_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+KERNELS = os.path.join(_ROOT, "examples", "kernels")
+# The kernel is MSL, which every device runs; the hand-written C and CUDA
+# twins are benchmark baselines (benchmarks/baselines), still usable here.
+BASELINES = os.path.join(_ROOT, "benchmarks", "baselines")
 EXT = {"msl": ".metal", "c": ".c", "cuda": ".cu"}
+
+
+def kernel_path(language):
+    """gray_scott's source in `language` (msl, c or cuda)."""
+    return os.path.join(KERNELS if language == "msl" else BASELINES, "gray_scott" + EXT[language])
 GROUP = 16
 
 
@@ -51,7 +60,7 @@ def simulate(device, size=256, steps=10000, *, language=None, inject_faults=None
              budget_ms=0.0, in_flight=0):
     """Runs the simulation; returns (field of shape (size, size, 2), RunnerStats)."""
     language = language or mc.DEFAULT_LANGUAGE
-    path = os.path.join(KERNELS, "gray_scott" + EXT[language])
+    path = kernel_path(language)
     # The kernel is compiled on `device` (or a CPU device, to hand its
     # source to an isolated runner, which compiles it again in the worker).
     kdev = device if device is not None else mc.Device("cpu")

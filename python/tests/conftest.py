@@ -12,6 +12,8 @@ import metal_compute as mc
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 KERNELS = os.path.join(ROOT, "examples", "kernels")
+# MC_PY_LANG c or cuda: the hand-written twins, kept as benchmark baselines.
+BASELINES = os.path.join(ROOT, "benchmarks", "baselines")
 sys.path.insert(0, os.path.join(ROOT, "python", "examples"))
 
 # MC_PY_DEVICE, else MC_DEVICE (the C tests' variable), else the CPU device.
@@ -33,7 +35,7 @@ def dev():
 
 
 def kernel_path(name, language):
-    return os.path.join(KERNELS, name + _EXT[language])
+    return os.path.join(KERNELS if language == "msl" else BASELINES, name + _EXT[language])
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ def test_faults_injected_from_python_recover_bit_identically(dev, lang, referenc
 
 
 def test_exhausted_recoveries_raise_the_cause(dev, lang):
-    k = dev.kernel(path=gray_scott.KERNELS + "/gray_scott" + gray_scott.EXT[lang], function="gray_scott_step")
+    k = dev.kernel(path=gray_scott.kernel_path(lang), function="gray_scott_step")
     f0 = gray_scott.seed(SIZE)
     dev.inject_faults(",".join(f"page-fault@{i}" for i in range(2, 12)))
     with mc.Runner(dev, k, state=[f0, f0], args=[mc.state(0), mc.state(1), None, gray_scott.params(SIZE)],
@@ -52,7 +52,7 @@ def test_exhausted_recoveries_raise_the_cause(dev, lang):
 
 
 def test_keyboard_interrupt_cancels_cleanly(dev, lang):
-    k = dev.kernel(path=gray_scott.KERNELS + "/gray_scott" + gray_scott.EXT[lang], function="gray_scott_step")
+    k = dev.kernel(path=gray_scott.kernel_path(lang), function="gray_scott_step")
     f0 = gray_scott.seed(64)
     calls = []
 
@@ -76,7 +76,7 @@ def test_keyboard_interrupt_cancels_cleanly(dev, lang):
 
 
 def test_cancel_from_another_thread_raises_cancelled(dev, lang):
-    k = dev.kernel(path=gray_scott.KERNELS + "/gray_scott" + gray_scott.EXT[lang], function="gray_scott_step")
+    k = dev.kernel(path=gray_scott.kernel_path(lang), function="gray_scott_step")
     f0 = gray_scott.seed(64)
     r = mc.Runner(dev, k, state=[f0, f0], args=[mc.state(0), mc.state(1), None, gray_scott.params(64)],
                   iterations=10_000_000, groups=(4, 4), group=(16, 16), iteration_arg=2)

@@ -154,6 +154,10 @@ typedef struct mc__pipeline_src {
     uint32_t max_total_threads_per_threadgroup;
     bool threadgroup_size_is_multiple_of_simd_width;
     const char *label;    /* may be NULL */
+    /* MSL function constants the pipeline specialises (none: NULL, 0); part
+     * of what an archive holds, so export and import pass them alike. */
+    const mc_function_constant *constants;
+    uint32_t constant_count;
 } mc__pipeline_src;
 
 /* ---- the table --------------------------------------------------------- */

@@ -329,6 +329,172 @@ template <class To, class From> static inline To as_type(const From &f)
     return t;
 }
 
+/* ---- matrices: floatCxR and halfCxR (C columns of R rows), column-major ----
+ * m[c] is column c (a vector), m[c][r] one element. Built from a scalar (the
+ * diagonal), from C column vectors or from C*R scalars in column order.
+ * Arithmetic is in float; half matrices round at every store, like half. */
+namespace mc {
+template <class T, int R> struct col_of { typedef vec<T, R> type; };
+template <int R> struct col_of<half, R> { typedef hvec<R> type; };
+template <class V> static inline float melem(const V &v, int i) { return (float)v[i]; }
+template <int N> static inline float melem(const hvec<N> &v, int i) { return float(at(v, i)); }
+template <class V> static inline void mset(V &v, int i, float f) { v[i] = f; }
+template <int N> static inline void mset(hvec<N> &v, int i, float f) { at(v, i) = half(f); }
+template <class T, int C, int R> struct mat {
+    typedef typename col_of<T, R>::type column;
+    column columns[C];
+    mat() = default;
+    template <class A0, class... A> explicit mat(const A0 &a0, const A &...a)
+    {
+        if constexpr (sizeof...(A) == 0 && !is_vec<A0>) { /* the diagonal */
+            for (int c = 0; c < C; c++)
+                for (int r = 0; r < R; r++) set(c, r, c == r ? (float)a0 : 0.0f);
+        } else if constexpr (sizeof...(A) + 1 == C && is_vec<A0>) { /* columns */
+            static_assert(((vec_traits<A>::n == R) && ...) && vec_traits<A0>::n == R,
+                          "a matrix's columns are vectors of its row count");
+            put_column(0, a0);
+            int c = 1;
+            (put_column(c++, a), ...);
+        } else { /* every element, column by column */
+            static_assert(sizeof...(A) + 1 == C * R, "a matrix takes one scalar, its columns or every element");
+            float e[C * R] = {(float)a0, (float)a...};
+            for (int k = 0; k < C * R; k++) set(k / R, k % R, e[k]);
+        }
+    }
+    template <class V> void put_column(int c, const V &v)
+    {
+        for (int r = 0; r < R; r++) set(c, r, melem(v, r));
+    }
+    float get(int c, int r) const { return melem(columns[c], r); }
+    void set(int c, int r, float f) { mset(columns[c], r, f); }
+    column &operator[](int c) { return columns[c]; }
+    const column &operator[](int c) const { return columns[c]; }
+};
+template <class T> struct is_mat_t { static constexpr bool value = false; };
+template <class T, int C, int R> struct is_mat_t<mat<T, C, R>> { static constexpr bool value = true; };
+template <class T> constexpr bool is_mat = is_mat_t<T>::value;
+
+#define MC__MAT_EW(op)                                                                                            \
+    template <class T, int C, int R> static inline mat<T, C, R> operator op(const mat<T, C, R> &a,               \
+                                                                            const mat<T, C, R> &b)               \
+    {                                                                                                             \
+        mat<T, C, R> m;                                                                                           \
+        for (int c = 0; c < C; c++)                                                                               \
+            for (int r = 0; r < R; r++) m.set(c, r, a.get(c, r) op b.get(c, r));                                  \
+        return m;                                                                                                 \
+    }                                                                                                             \
+    template <class T, int C, int R> static inline mat<T, C, R> &operator op##=(mat<T, C, R> &a,                 \
+                                                                                const mat<T, C, R> &b)           \
+    { return a = a op b; }
+MC__MAT_EW(+) MC__MAT_EW(-)
+#undef MC__MAT_EW
+template <class T, int C, int R> static inline mat<T, C, R> operator-(const mat<T, C, R> &a)
+{
+    mat<T, C, R> m;
+    for (int c = 0; c < C; c++)
+        for (int r = 0; r < R; r++) m.set(c, r, -a.get(c, r));
+    return m;
+}
+/* matrix * scalar, scalar * matrix */
+template <class T, int C, int R, class S, class = typename enable_if<!is_vec<S> && !is_mat<S>>::type>
+static inline mat<T, C, R> operator*(const mat<T, C, R> &a, const S &s)
+{
+    mat<T, C, R> m;
+    for (int c = 0; c < C; c++)
+        for (int r = 0; r < R; r++) m.set(c, r, a.get(c, r) * (float)s);
+    return m;
+}
+template <class T, int C, int R, class S, class = typename enable_if<!is_vec<S> && !is_mat<S>>::type>
+static inline mat<T, C, R> operator*(const S &s, const mat<T, C, R> &a)
+{
+    return a * s;
+}
+/* matrix * column vector (C components) -> R components */
+template <class T, int C, int R, class V, class = typename enable_if<vec_traits<V>::n == C>::type>
+static inline typename col_of<T, R>::type operator*(const mat<T, C, R> &a, const V &v)
+{
+    typename col_of<T, R>::type out;
+    for (int r = 0; r < R; r++) {
+        float acc = 0.0f;
+        for (int c = 0; c < C; c++) acc += a.get(c, r) * melem(v, c);
+        mset(out, r, acc);
+    }
+    return out;
+}
+/* row vector (R components) * matrix -> C components */
+template <class T, int C, int R, class V, class = typename enable_if<vec_traits<V>::n == R>::type>
+static inline typename col_of<T, C>::type operator*(const V &v, const mat<T, C, R> &a)
+{
+    typename col_of<T, C>::type out;
+    for (int c = 0; c < C; c++) {
+        float acc = 0.0f;
+        for (int r = 0; r < R; r++) acc += melem(v, r) * a.get(c, r);
+        mset(out, c, acc);
+    }
+    return out;
+}
+/* (K columns, R rows) = (C columns, R rows) * (K columns, C rows) */
+template <class T, int C, int R, int K> static inline mat<T, K, R> operator*(const mat<T, C, R> &a,
+                                                                            const mat<T, K, C> &b)
+{
+    mat<T, K, R> m;
+    for (int k = 0; k < K; k++)
+        for (int r = 0; r < R; r++) {
+            float acc = 0.0f;
+            for (int c = 0; c < C; c++) acc += a.get(c, r) * b.get(k, c);
+            m.set(k, r, acc);
+        }
+    return m;
+}
+template <class T, int C, int R, class S, class = typename enable_if<!is_vec<S>>::type>
+static inline mat<T, C, R> &operator*=(mat<T, C, R> &a, const S &s)
+{
+    return a = a * s;
+}
+template <class T, int N> static inline float det(const mat<T, N, N> &m)
+{
+    if constexpr (N == 2) {
+        return m.get(0, 0) * m.get(1, 1) - m.get(1, 0) * m.get(0, 1);
+    } else {
+        float d = 0.0f, sign = 1.0f; /* expansion along row 0 */
+        for (int j = 0; j < N; j++, sign = -sign) {
+            mat<float, N - 1, N - 1> minor;
+            for (int c = 0, k = 0; c < N; c++) {
+                if (c == j) continue;
+                for (int r = 1; r < N; r++) minor.set(k, r - 1, m.get(c, r));
+                k++;
+            }
+            d += sign * m.get(j, 0) * det(minor);
+        }
+        return d;
+    }
+}
+} // namespace mc
+#define MC__MATS(T)                                                                                               \
+    typedef mc::mat<T, 2, 2> T##2x2;                                                                             \
+    typedef mc::mat<T, 2, 3> T##2x3;                                                                             \
+    typedef mc::mat<T, 2, 4> T##2x4;                                                                             \
+    typedef mc::mat<T, 3, 2> T##3x2;                                                                             \
+    typedef mc::mat<T, 3, 3> T##3x3;                                                                             \
+    typedef mc::mat<T, 3, 4> T##3x4;                                                                             \
+    typedef mc::mat<T, 4, 2> T##4x2;                                                                             \
+    typedef mc::mat<T, 4, 3> T##4x3;                                                                             \
+    typedef mc::mat<T, 4, 4> T##4x4;
+MC__MATS(float) MC__MATS(half)
+#undef MC__MATS
+namespace metal {
+template <class T, int C, int R> using matrix = mc::mat<T, C, R>;
+template <class T, int N> using vec = typename mc::col_of<T, N>::type; /* vec<float, 4> is float4 */
+template <class T, int C, int R> static inline mc::mat<T, R, C> transpose(const mc::mat<T, C, R> &m)
+{
+    mc::mat<T, R, C> t;
+    for (int c = 0; c < C; c++)
+        for (int r = 0; r < R; r++) t.set(r, c, m.get(c, r));
+    return t;
+}
+template <class T, int N> static inline T determinant(const mc::mat<T, N, N> &m) { return T(mc::det(m)); }
+} // namespace metal
+
 namespace metal {
 /* ---- math ------------------------------------------------------------------ */
 #define MC__UNARY(name, fn)                                                                                       \

@@ -1,7 +1,8 @@
 /*
  * Conway's game of life on a periodic grid of uint8 cells (0 dead, 1
- * alive), one generation per dispatch: the C twin of
- * examples/kernels/life.metal (same slots). Run as
+ * alive), one generation per dispatch, in C: the kernel that tests `run`
+ * on the C language (MC_LANG_C) against the same NumPy reference as
+ * examples/kernels/life.metal, the project's kernel (same slots). Run as
  *   metal-compute run life.c --function life_step --arg pair:BOARD.npy --arg iter
  *       --arg u32:W,u32:H --steps N
  *   [0] uint8 *a   [1] uint8 *b   (a pair: generation i reads a, writes b when i is even)

@@ -619,7 +619,7 @@ static int test_archive(const mcd_os *os)
 
     size_t len;
     char *src = basic_source(&len);
-    mc__pipeline_src ps = {MC_LANG_MSL, src, len, "", "add_one", 256, true, "add_one"};
+    mc__pipeline_src ps = {MC_LANG_MSL, src, len, "", "add_one", 256, true, "add_one", NULL, 0};
     void *bytes = NULL;
     size_t n = 0;
     if (os->paravirtual) { /* no MTLBinaryArchive: refused with the reason, nothing sent */
@@ -665,6 +665,90 @@ static int test_archive(const mcd_os *os)
     CHECK_STATUS(H->pipeline_import(fx.dev, &ps, bytes, n, false, &lib, &pl, &pi), MC_ERR_IO);
     free(bytes);
     free(src);
+    close_fixture(&fx);
+    return 0;
+}
+
+/* ---- function constants -------------------------------------------------------------- */
+
+static const char fc_source[] =
+    "#include <metal_stdlib>\nusing namespace metal;\n"
+    "constant uint fc_mul [[function_constant(0)]];\n"
+    "constant bool fc_neg [[function_constant(1)]];\n"
+    "kernel void fc_scale(device int *out [[buffer(0)]], uint i [[thread_position_in_grid]])\n"
+    "{ int v = int(i * fc_mul); out[i] = is_function_constant_defined(fc_neg) && fc_neg ? -v : v; }\n";
+
+/* Runs fc_scale over 64 ints of buf with pipeline p; 0 when out[i] = want * i. */
+static int fc_run(fixture *fx, void *q, void *p, void *buf, const void *host, int32_t want)
+{
+    tsub t;
+    t_init(&t, "fc");
+    t_pass(&t, MC__PASS_COMPUTE, "fc");
+    t_pipeline(&t, p);
+    t_buffer(&t, 0, buf, 0);
+    t_dispatch(&t, 1, 64);
+    CHECK_OK(H->submit(fx->dev, q, &t.sub));
+    CHECK_DONE(&t, MC_OK);
+    const int32_t *out = host;
+    for (int32_t i = 0; i < 64; i++) CHECK_EQ(out[i], want * i);
+    return 0;
+}
+
+/* mc_pipeline_desc.constants specialise the function, each value under the
+ * type the function declares; an archive holds the specialised pipeline. */
+static int test_function_constants(const mcd_os *os)
+{
+    fixture fx;
+    if (open_fixture(&fx)) return 1;
+    void *lib, *q, *buf, *host, *p;
+    char *log = NULL;
+    CHECK_OK(H->library_create(fx.dev, MC_LANG_MSL, fc_source, strlen(fc_source), "", &lib, &log));
+    CHECK_OK(H->queue_create(fx.dev, "fc", &q));
+    CHECK_OK(H->buffer_create(fx.dev, 256, MC_STORAGE_SHARED, "fc out", &buf, &host));
+    uint32_t mul = 3;
+    bool neg = true;
+    mc_function_constant fc[2] = {{0, sizeof mul, &mul}, {1, sizeof neg, &neg}};
+    mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
+    pd.function = "fc_scale";
+    pd.constants = fc;
+    pd.constant_count = 2;
+    mc_pipeline_info pi;
+    CHECK_OK(H->pipeline_create(fx.dev, lib, &pd, &p, &pi));
+    if (fc_run(&fx, q, p, buf, host, -3)) return 1;
+    H->pipeline_destroy(fx.dev, p);
+    pd.constant_count = 1; /* fc_neg undefined */
+    CHECK_OK(H->pipeline_create(fx.dev, lib, &pd, &p, &pi));
+    if (fc_run(&fx, q, p, buf, host, 3)) return 1;
+    H->pipeline_destroy(fx.dev, p);
+    /* refused with the cause: a size that is not the declared type's, a bad index */
+    uint16_t small = 3;
+    mc_function_constant wrong = {0, sizeof small, &small}, far = {200, 4, &mul};
+    pd.constants = &wrong;
+    CHECK_STATUS(H->pipeline_create(fx.dev, lib, &pd, &p, &pi), MC_ERR_INVALID_ARGUMENT);
+    CHECK_STR_CONTAINS(mc_last_error(), "function constant 0 of 'fc_scale' is 4 bytes, but 2 were given");
+    pd.constants = &far;
+    CHECK_STATUS(H->pipeline_create(fx.dev, lib, &pd, &p, &pi), MC_ERR_INVALID_ARGUMENT);
+    CHECK_STR_CONTAINS(mc_last_error(), "index 200");
+    if (!os->paravirtual) { /* the archive holds the pipeline for these values only */
+        mc__pipeline_src ps = {MC_LANG_MSL, fc_source, strlen(fc_source), "", "fc_scale", 0, false, "fc", fc, 2};
+        void *bytes = NULL, *lib2, *p2;
+        size_t n = 0;
+        CHECK_OK(H->pipeline_export(fx.dev, &ps, lib, NULL, &bytes, &n));
+        unsigned hits = mcd_get_stats()->archive_hits;
+        CHECK_OK(H->pipeline_import(fx.dev, &ps, bytes, n, true, &lib2, &p2, &pi));
+        CHECK_EQ(mcd_get_stats()->archive_hits, hits + 1);
+        if (fc_run(&fx, q, p2, buf, host, -3)) return 1;
+        H->pipeline_destroy(fx.dev, p2);
+        H->library_destroy(fx.dev, lib2);
+        uint32_t other = 4;
+        mc_function_constant fc2[2] = {{0, sizeof other, &other}, {1, sizeof neg, &neg}};
+        ps.constants = fc2;
+        CHECK_STATUS(H->pipeline_import(fx.dev, &ps, bytes, n, true, &lib2, &p2, &pi), MC_ERR_CACHE_MISS);
+        free(bytes);
+    }
+    H->buffer_destroy(fx.dev, buf);
+    H->queue_destroy(fx.dev, q);
+    H->library_destroy(fx.dev, lib);
     close_fixture(&fx);
     return 0;
 }
@@ -936,6 +1020,7 @@ static int scenario(const char *name, const mcd_os *os)
     rc |= test_cmdlist(os);
     rc |= test_errors();
     rc |= test_archive(os);
+    rc |= test_function_constants(os);
     rc |= test_events(os);
     int v = mcd_end();
     const mcd_stats *st = mcd_get_stats();

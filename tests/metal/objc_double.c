@@ -35,7 +35,7 @@
 enum kind {
     K_CLASS = 1, K_POOL, K_STRING, K_URL, K_ARRAY, K_DICT, K_ERROR, K_PROCINFO, K_DEVICE, K_ARCH, K_BUFFER,
     K_COPTS, K_LIBRARY, K_FUNCTION, K_PDESC, K_PSO, K_ADESC, K_ARCHIVE, K_QUEUE, K_CBDESC, K_CMDBUF, K_CENC,
-    K_BENC, K_EVENT, K_LISTENER, K_RDESC, K_RSET, K_EINFO, K_ICBDESC, K_ICB, K_ICMD, K_COUNT
+    K_BENC, K_EVENT, K_LISTENER, K_RDESC, K_RSET, K_EINFO, K_ICBDESC, K_ICB, K_ICMD, K_FCVALUES, K_FCONST, K_COUNT
 };
 
 static const char *const kind_names[K_COUNT] = {
@@ -45,10 +45,11 @@ static const char *const kind_names[K_COUNT] = {
     "MTLCommandQueue", "MTLCommandBufferDescriptor", "MTLCommandBuffer", "MTLComputeCommandEncoder",
     "MTLBlitCommandEncoder", "MTLSharedEvent", "MTLSharedEventListener", "MTLResidencySetDescriptor",
     "MTLResidencySet", "MTLCommandBufferEncoderInfo", "MTLIndirectCommandBufferDescriptor",
-    "MTLIndirectCommandBuffer", "MTLIndirectComputeCommand"};
+    "MTLIndirectCommandBuffer", "MTLIndirectComputeCommand", "MTLFunctionConstantValues", "MTLFunctionConstant"};
 
 #define MCD_MAGIC 0x6d63644fu
 #define MAX_SLOTS 31
+#define MAX_FC 8 /* function constants a library may declare, here */
 
 typedef struct obj obj;
 typedef struct op op;
@@ -138,6 +139,15 @@ struct obj {
     size_t bind_len[MAX_SLOTS];
     unsigned char **allocs;
     size_t nallocs;
+    /* function constants: declared by a library (types), declared and set
+     * for a function or pipeline, set in MTLFunctionConstantValues, one for
+     * an MTLFunctionConstant */
+    unsigned fc_index[MAX_FC];
+    unsigned long fc_type[MAX_FC];
+    uint64_t fc_value[MAX_FC];
+    bool fc_set[MAX_FC];
+    char fc_name[MAX_FC][32];
+    size_t nfc;
     obj **used;                /* compute encoder: resources passed to useResources:count:usage: */
     size_t nused;
     /* indirect command buffers (F670): descriptor, ICB, its commands */
@@ -734,7 +744,8 @@ static int alloc_kind(const char *cls)
         {"NSAutoreleasePool", K_POOL}, {"MTLCompileOptions", K_COPTS}, {"MTLComputePipelineDescriptor", K_PDESC},
         {"MTLBinaryArchiveDescriptor", K_ADESC}, {"MTLCommandBufferDescriptor", K_CBDESC},
         {"MTLSharedEventListener", K_LISTENER}, {"MTLResidencySetDescriptor", K_RDESC},
-        {"MTLIndirectCommandBufferDescriptor", K_ICBDESC}};
+        {"MTLIndirectCommandBufferDescriptor", K_ICBDESC}, {"MTLFunctionConstantValues", K_FCVALUES},
+        {"MTLFunctionConstant", K_FCONST}};
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
         if (!strcmp(t[i].cls, cls)) return t[i].kind;
     return 0;
@@ -961,10 +972,57 @@ IMP(d_new_buffer_nocopy)
     o->mem = (void *)ptr;
     o->len = len;
     RET_OBJ(o);
+/* MTLDataType of an MSL scalar type name (MTLDataType.h); 0 if not one. */
+static unsigned long msl_data_type(const char *t, size_t n)
+{
+    static const struct { const char *name; unsigned long type; } m[] = {
+        {"float", 3}, {"half", 16}, {"int", 29}, {"uint", 33}, {"short", 37}, {"ushort", 41},
+        {"char", 45}, {"uchar", 49}, {"bool", 53}, {"long", 81}, {"ulong", 85}};
+    for (size_t i = 0; i < sizeof m / sizeof m[0]; i++)
+        if (strlen(m[i].name) == n && !memcmp(m[i].name, t, n)) return m[i].type;
+    return 0;
+}
+
+static size_t data_type_size(unsigned long t)
+{
+    switch (t) {
+    case 53: case 45: case 49: return 1;
+    case 16: case 37: case 41: return 2;
+    case 3: case 29: case 33: return 4;
+    case 81: case 85: return 8;
+    default: return 0;
+    }
+}
+
+static bool ident_char(char c)
+{
+    return c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+/* `constant TYPE NAME [[function_constant(N)]];` declarations, in order. */
+static void parse_function_constants(obj *lib, const char *src)
+{
+    const char *p = src, *tag = "[[function_constant(";
+    while ((p = strstr(p, tag)) != NULL && lib->nfc < MAX_FC) {
+        const char *q = p;
+        while (q > src && q[-1] == ' ') q--;
+        const char *ne = q;
+        while (q > src && ident_char(q[-1])) q--;
+        const char *nb = q;
+        while (q > src && q[-1] == ' ') q--;
+        const char *te = q;
+        while (q > src && ident_char(q[-1])) q--;
+        size_t k = lib->nfc++;
+        lib->fc_index[k] = (unsigned)strtoul(p + strlen(tag), NULL, 10);
+        lib->fc_type[k] = msl_data_type(q, (size_t)(te - q));
+        snprintf(lib->fc_name[k], sizeof lib->fc_name[k], "%.*s", (int)(ne - nb), nb);
+        p += strlen(tag);
+    }
 }
 
 static void parse_kernels(obj *lib, const char *src)
 {
+    parse_function_constants(lib, src);
     const char *p = src;
     while ((p = strstr(p, "kernel void ")) != NULL) {
         p += strlen("kernel void ");
@@ -1015,6 +1073,16 @@ IMP(d_new_library)
     RET_OBJ(lib);
 }
 
+static void copy_constants(obj *to, const obj *from)
+{
+    to->nfc = from->nfc;
+    memcpy(to->fc_index, from->fc_index, sizeof to->fc_index);
+    memcpy(to->fc_type, from->fc_type, sizeof to->fc_type);
+    memcpy(to->fc_value, from->fc_value, sizeof to->fc_value);
+    memcpy(to->fc_set, from->fc_set, sizeof to->fc_set);
+    memcpy(to->fc_name, from->fc_name, sizeof to->fc_name);
+}
+
 IMP(l_new_function)
 {
     obj *name = ARG_OBJ(0);
@@ -1023,14 +1091,109 @@ IMP(l_new_function)
         if (!strcmp(self->names[i], name->str)) {
             obj *fn = new_obj(K_FUNCTION, "-[MTLLibrary newFunctionWithName:]");
             fn->str = strdup(name->str);
+            copy_constants(fn, self);
             RET_OBJ(fn);
             return;
         }
 }
 
+/* An MTLFunction made with MTLFunctionConstantValues: each value must have
+ * the type the library declares for its index (Metal refuses another). */
+IMP(l_new_function_cv)
+{
+    obj *name = ARG_OBJ(0), *vals = ARG_OBJ(1);
+    const char *sel = "newFunctionWithName:constantValues:error:";
+    if (!want_kind(sel, name, K_STRING, false) || !want_kind(sel, vals, K_FCVALUES, false)) return;
+    size_t i = 0;
+    while (i < self->nnames && strcmp(self->names[i], name->str)) i++;
+    if (i == self->nnames) {
+        set_error(a[2], 1, "MTLLibraryErrorDomain", "function not found", sel);
+        return;
+    }
+    obj *fn = new_obj(K_FUNCTION, "-[MTLLibrary newFunctionWithName:constantValues:error:]");
+    fn->str = strdup(name->str);
+    copy_constants(fn, self);
+    for (size_t v = 0; v < vals->nfc; v++)
+        for (size_t d = 0; d < fn->nfc; d++) {
+            if (fn->fc_index[d] != vals->fc_index[v]) continue;
+            if (fn->fc_type[d] != vals->fc_type[v])
+                violation("%s: function constant %u ('%s') is declared with MTLDataType %lu but set as %lu", sel,
+                          fn->fc_index[d], fn->fc_name[d], fn->fc_type[d], vals->fc_type[v]);
+            fn->fc_value[d] = vals->fc_value[v];
+            fn->fc_set[d] = true;
+        }
+    RET_OBJ(fn);
+}
+
+/* functionConstantsDictionary: name -> MTLFunctionConstant, autoreleased. */
+IMP(f_constants)
+{
+    (void)a;
+    obj *dict = new_obj(K_DICT, "-[MTLFunction functionConstantsDictionary]");
+    for (size_t d = 0; d < self->nfc; d++) {
+        obj *c = new_obj(K_FCONST, "-[MTLFunction functionConstantsDictionary] entry");
+        c->nfc = 1;
+        c->fc_index[0] = self->fc_index[d];
+        c->fc_type[0] = self->fc_type[d];
+        push_item(dict, c, false);
+        dict->keys[dict->n - 1] = new_string(self->fc_name[d], "functionConstantsDictionary key");
+    }
+    autorelease(dict);
+    RET_OBJ(dict);
+}
+IMP(dict_all_values)
+{
+    (void)a;
+    obj *arr = new_obj(K_ARRAY, "-[NSDictionary allValues]");
+    for (size_t i = 0; i < self->n; i++) push_item(arr, self->items[i], true);
+    autorelease(arr);
+    RET_OBJ(arr);
+}
+IMP(fc_index)
+{
+    (void)a;
+    r->i = self->fc_index[0];
+}
+IMP(fc_type)
+{
+    (void)a;
+    r->i = self->fc_type[0];
+}
+IMP(fcv_set)
+{
+    const void *value = (const void *)a[0];
+    unsigned long type = a[1];
+    unsigned index = (unsigned)a[2];
+    size_t size = data_type_size(type);
+    if (!value || !size) {
+        violation("setConstantValue:type:atIndex: with %s value and MTLDataType %lu", value ? "a" : "a NULL", type);
+        return;
+    }
+    size_t k = 0;
+    while (k < self->nfc && self->fc_index[k] != index) k++;
+    if (k == self->nfc) {
+        if (k == MAX_FC) {
+            violation("setConstantValue:type:atIndex: more than %d constants", MAX_FC);
+            return;
+        }
+        self->nfc++;
+    }
+    self->fc_index[k] = index;
+    self->fc_type[k] = type;
+    self->fc_value[k] = 0;
+    memcpy(&self->fc_value[k], value, size);
+    self->fc_set[k] = true;
+}
+
+/* What identifies an archived pipeline: the function with its constant
+ * values, and the descriptor's hints. */
 static void archive_key(const obj *desc, char *out, size_t cap)
 {
-    snprintf(out, cap, "%s|%lu|%d", desc->a ? desc->a->str : "?", desc->maxt, desc->simd ? 1 : 0);
+    int n = snprintf(out, cap, "%s|%lu|%d", desc->a ? desc->a->str : "?", desc->maxt, desc->simd ? 1 : 0);
+    for (size_t i = 0; desc->a && i < desc->a->nfc && n > 0 && (size_t)n < cap; i++)
+        if (desc->a->fc_set[i])
+            n += snprintf(out + n, cap - (size_t)n, "|c%u=%llx", desc->a->fc_index[i],
+                          (unsigned long long)desc->a->fc_value[i]);
 }
 
 IMP(d_new_pso)
@@ -1064,6 +1227,7 @@ IMP(d_new_pso)
     }
     obj *pso = new_obj(K_PSO, "-[MTLDevice newComputePipelineStateWithDescriptor:options:reflection:error:]");
     pso->str = strdup(desc->a->str);
+    copy_constants(pso, desc->a);
     pso->maxt = desc->maxt ? desc->maxt : 1024;
     pso->simd = desc->simd;
     pso->icb_ok = desc->icb_ok;
@@ -2060,6 +2224,14 @@ static const method methods[] = {
     {K_COPTS, NULL, "setFastMathEnabled:", co_fast, 0},
     {K_COPTS, NULL, "setPreprocessorMacros:", co_macros, 0},
     {K_LIBRARY, NULL, "newFunctionWithName:", l_new_function, 0},
+    {K_LIBRARY, NULL, "newFunctionWithName:constantValues:error:", l_new_function_cv, 0},
+    {K_FUNCTION, NULL, "functionConstantsDictionary", f_constants, 0},
+    {K_DICT, NULL, "allValues", dict_all_values, 0},
+    {K_FCONST, NULL, "index", fc_index, 0},
+    {K_FCONST, NULL, "type", fc_type, 0},
+    {K_CLASS, "MTLFunctionConstantValues", "alloc", c_alloc, 0},
+    {K_FCVALUES, NULL, "init", i_init, 0},
+    {K_FCVALUES, NULL, "setConstantValue:type:atIndex:", fcv_set, 0},
     {K_PDESC, NULL, "setComputeFunction:", pd_function, 0},
     {K_PDESC, NULL, "setLabel:", x_set_label, 0},
     {K_PDESC, NULL, "setMaxTotalThreadsPerThreadgroup:", pd_max, 0},
@@ -2336,7 +2508,7 @@ Class objc_getClass(const char *name)
         "NSAutoreleasePool", "NSString", "NSURL", "NSArray", "NSDictionary", "NSProcessInfo", "MTLCompileOptions",
         "MTLComputePipelineDescriptor", "MTLBinaryArchiveDescriptor", "MTLCommandBufferDescriptor",
         "MTLSharedEventListener", "MTLResidencySetDescriptor", "MTLIndirectCommandBufferDescriptor", "NSObject",
-        "NSError"};
+        "NSError", "MTLFunctionConstantValues", "MTLFunctionConstant"};
     pthread_mutex_lock(&G);
     load_docs();
     obj *found = NULL;
@@ -2542,6 +2714,17 @@ static uint32_t arg_u32(kctx *k, int slot)
 static void run_kernel(kctx *k, const char *fn, uint64_t tid)
 {
     if (!strcmp(fn, "empty")) return;
+    if (!strcmp(fn, "fc_scale")) { /* out[i] = i * fc_mul, negated when fc_neg is set and true */
+        const obj *p = k->o->pso;
+        uint64_t mul = 0, neg = 0;
+        for (size_t i = 0; i < p->nfc; i++) {
+            if (p->fc_set[i] && p->fc_index[i] == 0) mul = p->fc_value[i];
+            if (p->fc_set[i] && p->fc_index[i] == 1) neg = p->fc_value[i] & 0xff;
+        }
+        int32_t v = (int32_t)((uint32_t)tid * (uint32_t)mul), *o;
+        if ((o = arg_mem(k, 0, tid * 4, 4))) *o = neg ? -v : v;
+        return;
+    }
     if (!strcmp(fn, "add_one")) {
         uint32_t n = arg_u32(k, 1), *p;
         if (tid < n && (p = arg_mem(k, 0, tid * 4, 4))) *p += 1;

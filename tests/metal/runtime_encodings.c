@@ -225,6 +225,7 @@ int mc_mtl_runtime_encodings(void)
                   ? msg_newResidencySetWithDescriptor_error_(dev, rdesc, &err)
                   : nil_;
     id NSObject_ = (id)objc_getClass("NSObject"), NSError_ = (id)objc_getClass("NSError");
+    id MTLFunctionConstant_ = (id)objc_getClass("MTLFunctionConstant");
 
     /* NSObject, NSAutoreleasePool */
     ON_META(NSObject_, msg_alloc(nil_));
@@ -277,6 +278,13 @@ int mc_mtl_runtime_encodings(void)
     ON_CLASS(mc__mtl_cls.MTLCompileOptions, msg_setFastMathEnabled_(nil_, MC__MTL_NO));
     ON_CLASS(mc__mtl_cls.MTLCompileOptions, msg_setPreprocessorMacros_(nil_, nil_));
     ON(lib, msg_newFunctionWithName_(nil_, nil_));
+    /* function constants */
+    ON(lib, msg_newFunctionWithName_constantValues_error_(nil_, nil_, nil_, NULL));
+    ON(fn, msg_functionConstantsDictionary(nil_));
+    ON_CLASS(mc__mtl_cls.NSDictionary, msg_allValues(nil_));
+    ON_CLASS(mc__mtl_cls.MTLFunctionConstantValues, msg_setConstantValue_type_atIndex_(nil_, NULL, 0, 0));
+    ON_CLASS(MTLFunctionConstant_, msg_index(nil_));
+    ON_CLASS(MTLFunctionConstant_, msg_type(nil_));
     /* MTLComputePipelineDescriptor, MTLComputePipelineState */
     ON_CLASS(mc__mtl_cls.MTLComputePipelineDescriptor, msg_setComputeFunction_(nil_, nil_));
     ON_CLASS(mc__mtl_cls.MTLComputePipelineDescriptor, msg_setLabel_(nil_, nil_));

@@ -1,5 +1,5 @@
 #!/bin/sh
-# run FILE --mpi against run FILE: the heat kernel (tests/kernels/heat.c) on
+# run FILE --mpi against run FILE: the heat kernel (examples/kernels/heat.metal) on
 # a random 48 x 51 float32 field, once in one process and once under mpirun
 # with the given ranks and options; the .npy files must be the same bytes.
 #   kernel_compare.sh BIN KERNEL RANKS [--mpi options...]

@@ -808,7 +808,8 @@ mc_status mc__cpu_pipeline_import(void *vdev, const mc__pipeline_src *src, const
         free(why);
         return st;
     }
-    st = make_pipeline(l, src->function, src->max_total_threads_per_threadgroup, NULL, 0, out_pl, info);
+    st = make_pipeline(l, src->function, src->max_total_threads_per_threadgroup, src->constants, src->constant_count,
+                       out_pl, info);
     if (st != MC_OK) {
         lib_unref(l);
         return st;

@@ -231,6 +231,12 @@ typedef struct kern {
     bool fibers; /* it or a function it calls uses barriers or SIMD-group functions */
     uint32_t nparam;
     param params[MAX_PARAMS];
+    /* templates: a kernel template has no entry point of its own; each
+     * [[host_name("NAME")]] instantiation is a kernel named NAME (name_tok)
+     * that calls `callee` (e.g. "add<float>"), a copy of kern `tmpl` */
+    bool is_template;
+    char *callee;
+    uint32_t tmpl;
 } kern;
 
 typedef struct xlat {
@@ -242,6 +248,9 @@ typedef struct xlat {
     char *error;
     kern *kerns;
     size_t nkern, kcap;
+    size_t tmpl_end; /* the '>' closing the last `template <...>` at file scope, or SIZE_MAX */
+    struct instance { uint32_t tmpl, host_start, host_len, line; char *callee; } *insts;
+    size_t ninst, icap;
     bool fibers;
     mc__msl_target target;
 } xlat;
@@ -436,6 +445,174 @@ static bool refuse_features(xlat *x)
     return true;
 }
 
+/* ---- kernel templates and [[host_name]] instantiations ------------------------- */
+
+static bool same_ident(const xlat *x, size_t a, size_t b);
+
+/* The index of the token closing the bracket opened at i ('<' or '('), or
+ * x->L.n. Angle brackets nest with parentheses inside them. */
+static size_t close_of(const xlat *x, size_t i)
+{
+    int angle = 0, paren = 0;
+    for (size_t k = i; k < x->L.n; k++) {
+        if (punct(x, k, '(')) paren++;
+        else if (punct(x, k, ')')) paren--;
+        else if (paren == 0 && punct(x, k, '<')) angle++;
+        else if (paren == 0 && punct(x, k, '>') && --angle == 0) return k;
+        if (punct(x, k, ';') || punct(x, k, '{')) break;
+    }
+    return x->L.n;
+}
+
+/* The kernel just parsed (starting at token start) follows `template <...>`:
+ * it is a template, with no entry point until it is instantiated. */
+static void mark_template_kernel(xlat *x, size_t start)
+{
+    if (x->tmpl_end == SIZE_MAX || start != x->tmpl_end + 1) return;
+    x->kerns[x->nkern - 1].is_template = true;
+    x->tmpl_end = SIZE_MAX;
+}
+
+static bool host_name_ok(const char *s, size_t n)
+{
+    if (!n || isdigit((unsigned char)s[0])) return false;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)s[i]) && s[i] != '_') return false;
+    return true;
+}
+
+/* `template` at file scope, token *i: `template <...>` (a template follows;
+ * a kernel right after it is a kernel template) or an explicit
+ * instantiation, `template [[host_name("NAME")]] [[kernel]] void k<T>(...);`
+ * or `... decltype(k<T>) k<T>;` (MLX's form). An instantiation of a kernel
+ * template becomes a kernel named NAME; the statement itself is dropped
+ * (the entry point instantiates the template), its lines kept. */
+static bool template_at(xlat *x, size_t *i)
+{
+    size_t t0 = *i;
+    uint32_t line = x->L.t[t0].line;
+    if (punct(x, t0 + 1, '<')) {
+        size_t e = close_of(x, t0 + 1);
+        if (e >= x->L.n) return fail_at(x, line, "unterminated template parameter list");
+        x->tmpl_end = e;
+        *i = e;
+        return true;
+    }
+    size_t k = t0 + 1, an, aa, ae, host = 0;
+    bool is_kernel = false;
+    while (attr_at(x, k, &an, &aa, &ae)) {
+        if (is(x, an, "host_name")) {
+            if (!aa || x->L.t[aa].kind != T_STRING || x->L.t[aa].len < 2 || x->s[x->L.t[aa].start] != '"')
+                return fail_at(x, line, "[[host_name(...)]] takes the kernel's name as a string literal");
+            host = aa;
+        } else if (is(x, an, "kernel")) {
+            is_kernel = true;
+        }
+        k = ae;
+    }
+    size_t semi = k;
+    while (semi < x->L.n && !punct(x, semi, ';') && !punct(x, semi, '{')) semi++;
+    if (semi >= x->L.n || !punct(x, semi, ';')) {
+        if (host || is_kernel) return fail_at(x, line, "a kernel instantiation must end with ';'");
+        return true; /* not ours: C++ as written */
+    }
+    /* the first `NAME <` naming a kernel template */
+    size_t nm = 0;
+    uint32_t tmpl = 0;
+    for (size_t j = k; j < semi && !nm; j++) {
+        if (x->L.t[j].kind != T_IDENT || !punct(x, j + 1, '<')) continue;
+        for (size_t q = 0; q < x->nkern; q++)
+            if (x->kerns[q].is_template && same_ident(x, j, x->kerns[q].name_tok)) {
+                nm = j;
+                tmpl = (uint32_t)q;
+                break;
+            }
+    }
+    if (!nm) {
+        if (host || is_kernel)
+            return fail_at(x, line, "a kernel instantiation must name a kernel template defined above it");
+        *i = semi;
+        return true; /* an ordinary explicit instantiation */
+    }
+    if (!host)
+        return fail_at(x, line, "an instantiated kernel template needs [[host_name(\"name\")]], the name pipelines "
+                                "find it by");
+    const tok *ht = &x->L.t[host];
+    if (!host_name_ok(x->s + ht->start + 1, ht->len - 2))
+        return fail_at(x, line, "[[host_name(%.*s)]]: a kernel name is letters, digits and '_'", (int)ht->len,
+                       x->s + ht->start);
+    size_t ce = close_of(x, nm + 1);
+    if (ce >= semi) return fail_at(x, line, "unterminated template argument list");
+    if (x->ninst == x->icap) {
+        size_t ncap = x->icap ? x->icap * 2 : 8;
+        struct instance *p = realloc(x->insts, ncap * sizeof *p);
+        if (!p) return fail_at(x, line, "out of host memory");
+        x->insts = p;
+        x->icap = ncap;
+    }
+    size_t clen = x->L.t[ce].start + 1 - x->L.t[nm].start;
+    char *callee = malloc(clen + 1);
+    if (!callee) return fail_at(x, line, "out of host memory");
+    memcpy(callee, x->s + x->L.t[nm].start, clen);
+    callee[clen] = '\0';
+    x->insts[x->ninst++] = (struct instance){tmpl, ht->start + 1, ht->len - 2, line, callee};
+    copy_to(x, x->L.t[t0].start);
+    for (uint32_t l = line; l < x->L.t[semi].line; l++) put(&x->out, "\n", 1);
+    x->pos = x->L.t[semi].start + 1;
+    *i = semi;
+    return true;
+}
+
+/* Each instantiation becomes a kernel: its name a token over the host name
+ * (appended after the source's tokens), its parameters the template's. */
+static bool add_instances(xlat *x)
+{
+    for (size_t k = 0; k < x->ninst; k++) {
+        struct instance *in = &x->insts[k];
+        for (size_t q = 0; q < x->nkern; q++) {
+            const tok *nt = &x->L.t[x->kerns[q].name_tok];
+            if (!x->kerns[q].is_template && nt->len == in->host_len &&
+                !memcmp(x->s + nt->start, x->s + in->host_start, in->host_len))
+                return fail_at(x, in->line, "kernel '%.*s' is defined twice", (int)in->host_len,
+                               x->s + in->host_start);
+        }
+        if (!push_tok(&x->L, T_IDENT, in->host_start, in->host_len, in->line))
+            return fail_at(x, in->line, "out of host memory");
+        if (x->nkern == x->kcap) {
+            size_t ncap = x->kcap ? x->kcap * 2 : 8;
+            kern *p = realloc(x->kerns, ncap * sizeof *p);
+            if (!p) return fail_at(x, in->line, "out of host memory");
+            x->kerns = p;
+            x->kcap = ncap;
+        }
+        kern *kn = &x->kerns[x->nkern++];
+        *kn = x->kerns[in->tmpl];
+        kn->is_template = false;
+        kn->name_tok = (uint32_t)(x->L.n - 1);
+        kn->tmpl = in->tmpl;
+        kn->callee = in->callee;
+        in->callee = NULL;
+    }
+    return true;
+}
+
+/* An instantiation runs as its template does: after the kernels are
+ * analysed (by name, which an instantiation's is not), it takes every
+ * finding of its template's (fibers or a plain loop, ...) but its name. */
+static void inherit_template_fibers(xlat *x)
+{
+    for (size_t k = 0; k < x->nkern; k++) {
+        kern *kn = &x->kerns[k];
+        if (!kn->callee) continue;
+        kern own = *kn;
+        *kn = x->kerns[own.tmpl];
+        kn->name_tok = own.name_tok;
+        kn->is_template = false;
+        kn->callee = own.callee;
+        kn->tmpl = own.tmpl;
+    }
+}
+
 static bool translate_tokens(xlat *x)
 {
     if (!refuse_features(x)) return false;
@@ -487,13 +664,14 @@ static bool translate_tokens(xlat *x)
                 if (is(x, an, "kernel") && depth == 0) {
                     /* [[kernel]] void name(...) */
                     replace_tok(x, i, "");
-                    copy_to(x, x->L.t[ae - 1].start + 1);
+                    x->pos = x->L.t[ae - 1].start + 1; /* the whole attribute goes */
                     size_t nm = ae + 1;
                     if (!is(x, ae, "void") || nm >= x->L.n || x->L.t[nm].kind != T_IDENT || !punct(x, nm + 1, '('))
                         return fail_at(x, at->line, "a kernel must be 'kernel void name(...)'");
                     replace_tok(x, ae, "__attribute__((always_inline)) inline void");
                     size_t close;
                     if (!parse_kernel(x, nm, nm + 1, &close)) return false;
+                    mark_template_kernel(x, i);
                     i = nm;
                     continue;
                 }
@@ -525,12 +703,17 @@ static bool translate_tokens(xlat *x)
         }
         if (t->len > 5 && (!strncmp(ts, "simd_", 5) || !strncmp(ts, "quad_", 5))) x->fibers = true;
         if (is(x, i, "threadgroup_barrier") || is(x, i, "simdgroup_barrier")) x->fibers = true;
+        if (is(x, i, "template") && depth == 0) {
+            if (!template_at(x, &i)) return false;
+            continue;
+        }
         if (is(x, i, "kernel") && depth == 0) {
             size_t nm = i + 2;
             if (!is(x, i + 1, "void") || nm >= x->L.n || x->L.t[nm].kind != T_IDENT || !punct(x, nm + 1, '('))
                 return fail_at(x, t->line, "a kernel must be 'kernel void name(...)'");
             size_t close;
             if (!parse_kernel(x, nm, nm + 1, &close)) return false;
+            mark_template_kernel(x, i);
             continue;
         }
         if (is(x, i, "constant") && depth == 0 && stmt_start) {
@@ -612,6 +795,9 @@ static bool emit_cuda_wrappers(xlat *x)
         const tok *nt = &x->L.t[kn->name_tok];
         int nl = (int)nt->len;
         const char *nm = x->s + nt->start;
+        if (kn->is_template) continue;
+        int cl = kn->callee ? (int)strlen(kn->callee) : nl; /* the C++ function the entry point calls */
+        const char *cn = kn->callee ? kn->callee : nm;
         int32_t param_of[MC_CPU_MAX_ARGS];
         uint32_t nslots = 0;
         for (uint32_t s = 0; s < MC_CPU_MAX_ARGS; s++) param_of[s] = -1;
@@ -625,7 +811,7 @@ static bool emit_cuda_wrappers(xlat *x)
                                             "threadgroup slot 0 only", nl, nm, pa->slot);
             }
         }
-        putf(o, "typedef mc::params<decltype(mc_user::%.*s)> mc_P_%.*s;\n", nl, nm, nl, nm);
+        putf(o, "typedef mc::params<decltype(mc_user::%.*s)> mc_P_%.*s;\n", cl, cn, nl, nm);
         putf(o, "extern \"C\" __attribute__((__global__)) void %.*s(", nl, nm);
         for (uint32_t s = 0; s < nslots; s++) {
             if (param_of[s] >= 0)
@@ -633,7 +819,7 @@ static bool emit_cuda_wrappers(xlat *x)
             else
                 putf(o, "%sunsigned long long s%u", s ? ", " : "", s);
         }
-        putf(o, ")\n{\n    mc::ids t = mc::cuda_ids();\n    (void)t;\n    mc_user::%.*s(", nl, nm);
+        putf(o, ")\n{\n    mc::ids t = mc::cuda_ids();\n    (void)t;\n    mc_user::%.*s(", cl, cn);
         for (uint32_t p = 0; p < kn->nparam; p++) {
             const param *pa = &kn->params[p];
             if (pa->kind == P_BUILTIN)
@@ -739,12 +925,15 @@ static void emit_wrappers(xlat *x)
         const tok *nt = &x->L.t[kn->name_tok];
         int nl = (int)nt->len;
         const char *nm = x->s + nt->start;
+        if (kn->is_template) continue;
+        int cl = kn->callee ? (int)strlen(kn->callee) : nl; /* the C++ function the entry point calls */
+        const char *cn = kn->callee ? kn->callee : nm;
         int32_t argc = 0;
         for (uint32_t p = 0; p < kn->nparam; p++)
             if (kn->params[p].kind == P_BUFFER) argc = (int32_t)MC__MAX((uint32_t)argc, kn->params[p].slot + 1);
         putf(o, "extern \"C\" MC_KERNEL_EXPORT const int32_t %.*s__mc_argc = %d;\n", nl, nm, argc);
         putf(o, "extern \"C\" MC_KERNEL_EXPORT void %.*s(const mc_cpu_ctx *ctx)\n{\n", nl, nm);
-        putf(o, "    typedef mc::params<decltype(mc_user::%.*s)> P;\n    mc::fc_enter(ctx);\n", nl, nm);
+        putf(o, "    typedef mc::params<decltype(mc_user::%.*s)> P;\n    mc::fc_enter(ctx);\n", cl, cn);
         for (uint32_t p = 0; p < kn->nparam; p++) {
             const param *pa = &kn->params[p];
             if (pa->kind == P_BUFFER)
@@ -754,7 +943,7 @@ static void emit_wrappers(xlat *x)
                 putf(o, "    P::at<%u>::raw a%u = mc::tg_arg<P::at<%u>::raw>(ctx, %u);\n", p, p, p, pa->slot);
         }
         putf(o, "    auto body = [&](const mc::ids &t) __attribute__((always_inline)) {\n        (void)t;\n");
-        putf(o, "        mc_user::%.*s(", nl, nm);
+        putf(o, "        mc_user::%.*s(", cl, cn);
         for (uint32_t p = 0; p < kn->nparam; p++) {
             const param *pa = &kn->params[p];
             if (pa->kind == P_BUILTIN) putf(o, "%smc::attr<P::at<%u>::raw>(%s)", p ? ", " : "", p, pa->expr);
@@ -790,16 +979,21 @@ mc_status mc__msl_translate(const char *source, size_t len, mc__msl_target targe
     static const char cuda_head[] = "#pragma clang force_cuda_host_device begin\nnamespace mc_user {\n#line 1 \"program_source\"\n";
     if (target == MC__MSL_CUDA) put(&x.out, cuda_head, sizeof cuda_head - 1);
     else put(&x.out, head, sizeof head - 1);
-    bool ok = translate_tokens(&x);
+    x.tmpl_end = SIZE_MAX;
+    bool ok = translate_tokens(&x) && add_instances(&x);
     if (ok) {
         copy_to(&x, len);
         if (!x.nkern) ok = fail_at(&x, 1, "no kernel function ('kernel void name(...)') in the source");
     }
     if (ok) mark_fiber_kernels(&x);
+    if (ok) inherit_template_fibers(&x);
     if (ok && target == MC__MSL_CUDA) ok = emit_cuda_wrappers(&x);
     else if (ok) emit_wrappers(&x);
     free(x.L.t);
+    for (size_t k = 0; k < x.nkern; k++) free(x.kerns[k].callee);
+    for (size_t k = 0; k < x.ninst; k++) free(x.insts[k].callee);
     free(x.kerns);
+    free(x.insts);
     if (!ok) {
         free(x.out.p);
         mc_status st = mc__fail(MC_ERR_COMPILE, "%s", x.error ? x.error : "out of host memory");

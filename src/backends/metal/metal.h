@@ -75,6 +75,22 @@ typedef NSUInteger MTLCommandBufferStatus;
 typedef NSInteger MTLCommandEncoderErrorState;
 typedef NSUInteger MTLIndirectCommandType;
 typedef NSUInteger MTLResourceUsage;
+typedef NSUInteger MTLDataType;
+/* The scalar MTLDataType values a function constant may have (MTLDataType.h;
+ * older SDKs: MTLArgument.h). */
+enum {
+    MTLDataTypeFloat = 3,
+    MTLDataTypeHalf = 16,
+    MTLDataTypeInt = 29,
+    MTLDataTypeUInt = 33,
+    MTLDataTypeShort = 37,
+    MTLDataTypeUShort = 41,
+    MTLDataTypeChar = 45,
+    MTLDataTypeUChar = 49,
+    MTLDataTypeBool = 53,
+    MTLDataTypeLong = 81,
+    MTLDataTypeULong = 85
+};
 /* What executeCommandsInBuffer:indirectBuffer:indirectBufferOffset: reads. */
 typedef struct MTLIndirectCommandBufferExecutionRange {
     uint32_t location, length;
@@ -174,6 +190,13 @@ extern id const MTLCommandBufferEncoderInfoErrorKey;
     X(setFastMathEnabled_, "setFastMathEnabled:")                                            \
     X(setPreprocessorMacros_, "setPreprocessorMacros:")                                      \
     X(newFunctionWithName_, "newFunctionWithName:")                                          \
+    /* function constants: MTLFunction, NSDictionary, MTLFunctionConstant(Values) */         \
+    X(newFunctionWithName_constantValues_error_, "newFunctionWithName:constantValues:error:") \
+    X(functionConstantsDictionary, "functionConstantsDictionary")                            \
+    X(allValues, "allValues")                                                                \
+    X(index, "index")                                                                        \
+    X(type, "type")                                                                          \
+    X(setConstantValue_type_atIndex_, "setConstantValue:type:atIndex:")                      \
     /* MTLComputePipelineDescriptor, MTLComputePipelineState */                              \
     X(setComputeFunction_, "setComputeFunction:")                                            \
     X(setMaxTotalThreadsPerThreadgroup_, "setMaxTotalThreadsPerThreadgroup:")                \
@@ -259,6 +282,7 @@ extern id const MTLCommandBufferEncoderInfoErrorKey;
     X(NSProcessInfo)                                                                         \
     X(MTLCompileOptions)                                                                     \
     X(MTLComputePipelineDescriptor)                                                          \
+    X(MTLFunctionConstantValues)                                                             \
     X(MTLBinaryArchiveDescriptor)                                                            \
     X(MTLCommandBufferDescriptor)                                                            \
     X(MTLSharedEventListener)                                                                \
@@ -560,6 +584,35 @@ static inline void msg_setPreprocessorMacros_(id options, id dict)
 static inline id msg_newFunctionWithName_(id library, id name)
 {
     return MC__MTL_SEND(id, (id, SEL, id), library, MC__SEL(newFunctionWithName_), name);
+}
+/* Function constants: the function specialised with values (+1), the
+ * constants a function declares (NSDictionary of name -> MTLFunctionConstant,
+ * autoreleased) and each one's index and type. */
+static inline id msg_newFunctionWithName_constantValues_error_(id library, id name, id values, id *error)
+{
+    return MC__MTL_SEND(id, (id, SEL, id, id, id *), library, MC__SEL(newFunctionWithName_constantValues_error_),
+                        name, values, error);
+}
+static inline id msg_functionConstantsDictionary(id function)
+{
+    return MC__MTL_SEND(id, (id, SEL), function, MC__SEL(functionConstantsDictionary));
+}
+static inline id msg_allValues(id dictionary)
+{
+    return MC__MTL_SEND(id, (id, SEL), dictionary, MC__SEL(allValues));
+}
+static inline NSUInteger msg_index(id constant)
+{
+    return MC__MTL_SEND(NSUInteger, (id, SEL), constant, MC__SEL(index));
+}
+static inline MTLDataType msg_type(id constant)
+{
+    return MC__MTL_SEND(MTLDataType, (id, SEL), constant, MC__SEL(type));
+}
+static inline void msg_setConstantValue_type_atIndex_(id values, const void *value, MTLDataType type, NSUInteger index)
+{
+    MC__MTL_SEND(void, (id, SEL, const void *, MTLDataType, NSUInteger), values,
+                 MC__SEL(setConstantValue_type_atIndex_), value, type, index);
 }
 
 /* MTLComputePipelineDescriptor, MTLComputePipelineState */

@@ -20,6 +20,14 @@
  * set is silently useless) and, when asked, forbids compiling with
  * MTLPipelineOptionFailOnBinaryArchiveMiss (F700). The MSL front end still
  * runs on import: the archive holds the GPU binary, not the library (F702).
+ *
+ * Function constants (mc_pipeline_desc.constants) specialise the function:
+ * newFunctionWithName:constantValues:error: with an MTLFunctionConstantValues
+ * that holds each value under the type the function declares for its index
+ * (read from functionConstantsDictionary: Metal refuses a value of another
+ * type, and the API gives sizes, not types). The specialised function goes
+ * into the pipeline descriptor, so an archive filled from it is looked up
+ * with the same constants.
  */
 #include "backends/metal/metal.h"
 
@@ -209,6 +217,8 @@ void mc__mtl_library_destroy(void *vdev, void *vlib)
 typedef struct pso_request {
     id library;
     const char *function;
+    const mc_function_constant *constants;
+    uint32_t constant_count;
     const char *label;
     uint32_t max_threads;
     bool simd_multiple;
@@ -232,12 +242,86 @@ static id make_pipeline_descriptor(const mc__mtl_device *dev, id fn, const char 
     return desc;
 }
 
-/* The function (+1); NOT_FOUND with a message when missing. Pool held. */
-static mc_status find_function(id library, const char *name, id *fn)
+#define MC__MTL_MAX_CONSTANT_INDEX 128u /* mc_function_constant.index is below this */
+
+/* The size of a scalar function constant of Metal type t; 0 for any other. */
+static uint32_t constant_type_size(MTLDataType t)
 {
-    *fn = msg_newFunctionWithName_(library, mc__mtl_str(name));
-    if (!*fn) return mc__fail(MC_ERR_NOT_FOUND, "function '%s' is not in the MSL library", name);
+    switch (t) {
+    case MTLDataTypeBool:
+    case MTLDataTypeChar:
+    case MTLDataTypeUChar: return 1;
+    case MTLDataTypeShort:
+    case MTLDataTypeUShort:
+    case MTLDataTypeHalf: return 2;
+    case MTLDataTypeInt:
+    case MTLDataTypeUInt:
+    case MTLDataTypeFloat: return 4;
+    case MTLDataTypeLong:
+    case MTLDataTypeULong: return 8;
+    default: return 0;
+    }
+}
+
+/* Fills values (MTLFunctionConstantValues) from the constants the function
+ * declares: each given value under its declared type. Values for indices
+ * the function does not declare are left out, as Metal ignores them.
+ * Pool held. */
+static mc_status fill_constants(id base, const char *name, const mc_function_constant *fc, uint32_t n, id values)
+{
+    id dict = msg_functionConstantsDictionary(base);
+    id decl = dict ? msg_allValues(dict) : (id)0;
+    NSUInteger ndecl = decl ? msg_count(decl) : 0;
+    for (uint32_t i = 0; i < n; i++) {
+        for (NSUInteger k = 0; k < ndecl; k++) {
+            id c = msg_objectAtIndex_(decl, k);
+            if (msg_index(c) != fc[i].index) continue;
+            MTLDataType t = msg_type(c);
+            uint32_t size = constant_type_size(t);
+            if (!size)
+                return mc__fail(MC_ERR_INVALID_ARGUMENT, "function constant %u of '%s' has Metal data type %lu, not a "
+                                "scalar (only scalar constants can be set)", fc[i].index, name, (unsigned long)t);
+            if (size != fc[i].size)
+                return mc__fail(MC_ERR_INVALID_ARGUMENT, "function constant %u of '%s' is %u bytes, but %u were given",
+                                fc[i].index, name, size, fc[i].size);
+            msg_setConstantValue_type_atIndex_(values, fc[i].value, t, fc[i].index);
+        }
+    }
     return MC_OK;
+}
+
+/* The function (+1), specialised with the constants if any; NOT_FOUND with
+ * a message when missing. Pool held. */
+static mc_status find_function(id library, const char *name, const mc_function_constant *fc, uint32_t n, id *fn)
+{
+    *fn = (id)0;
+    if (n && !fc) return mc__fail(MC_ERR_INVALID_ARGUMENT, "constant_count is %u but constants is NULL", n);
+    for (uint32_t i = 0; i < n; i++)
+        if (fc[i].index >= MC__MTL_MAX_CONSTANT_INDEX || fc[i].size < 1 || fc[i].size > 8 || !fc[i].value)
+            return mc__fail(MC_ERR_INVALID_ARGUMENT,
+                            "function constant %u: index %u (below %u), size %u (1 to 8 bytes) and a value are needed",
+                            i, fc[i].index, MC__MTL_MAX_CONSTANT_INDEX, fc[i].size);
+    id base = msg_newFunctionWithName_(library, mc__mtl_str(name));
+    if (!base) return mc__fail(MC_ERR_NOT_FOUND, "function '%s' is not in the MSL library", name);
+    if (!n) {
+        *fn = base;
+        return MC_OK;
+    }
+    id values = msg_init(msg_alloc(mc__mtl_cls.MTLFunctionConstantValues));
+    mc_status s = values ? fill_constants(base, name, fc, n, values)
+                         : mc__fail(MC_ERR_INTERNAL, "Metal: cannot make MTLFunctionConstantValues");
+    mc__mtl_release(base);
+    if (s == MC_OK) {
+        id err = (id)0;
+        *fn = msg_newFunctionWithName_constantValues_error_(library, mc__mtl_str(name), values, &err);
+        if (!*fn) {
+            char text[256];
+            mc__mtl_error_text(err, text, sizeof text);
+            s = mc__fail(MC_ERR_COMPILE, "Metal cannot specialise '%s' with its function constants: %s", name, text);
+        }
+    }
+    mc__mtl_release(values);
+    return s;
 }
 
 static mc_status make_pso(mc__mtl_device *dev, const pso_request *r, id *pso, mc_pipeline_info *info)
@@ -245,7 +329,7 @@ static mc_status make_pso(mc__mtl_device *dev, const pso_request *r, id *pso, mc
     *pso = (id)0;
     id pool = mc__mtl_pool_push();
     id fn, desc = (id)0, err = (id)0;
-    mc_status s = find_function(r->library, r->function, &fn);
+    mc_status s = find_function(r->library, r->function, r->constants, r->constant_count, &fn);
     if (s == MC_OK) {
         desc = make_pipeline_descriptor(dev, fn, r->label, r->max_threads, r->simd_multiple);
         if (!desc) s = mc__fail(MC_ERR_INTERNAL, "Metal: cannot make MTLComputePipelineDescriptor");
@@ -298,9 +382,9 @@ mc_status mc__mtl_pipeline_create(void *vdev, void *vlib, const mc_pipeline_desc
     mc__mtl_device *dev = vdev;
     mc_status s = mc__mtl_device_lost_status(dev);
     if (s != MC_OK) return s;
-    pso_request r = {((mc__mtl_library *)vlib)->library, desc->function, desc->label,
-                     desc->max_total_threads_per_threadgroup, desc->threadgroup_size_is_multiple_of_simd_width,
-                     (id)0, false};
+    pso_request r = {((mc__mtl_library *)vlib)->library, desc->function, desc->constants, desc->constant_count,
+                     desc->label, desc->max_total_threads_per_threadgroup,
+                     desc->threadgroup_size_is_multiple_of_simd_width, (id)0, false};
     id pso;
     mc_pipeline_info pi;
     if ((s = make_pso(dev, &r, &pso, &pi)) != MC_OK) return s;
@@ -377,7 +461,7 @@ id mc__mtl_util_pipeline(mc__mtl_device *dev, int which)
             "metal-compute copy_bytes", "metal-compute fill_bytes", "metal-compute clamp_range",
             "metal-compute check_grid"};
         for (int i = 0; s == MC_OK && i < MC__MTL_UTIL_COUNT; i++) {
-            pso_request r = {library, fn[i], label[i], 256, i <= MC__MTL_UTIL_FILL, (id)0, false};
+            pso_request r = {library, fn[i], NULL, 0, label[i], 256, i <= MC__MTL_UTIL_FILL, (id)0, false};
             if (!dev->util_pso[i]) s = make_pso(dev, &r, &dev->util_pso[i], NULL);
         }
         mc__mtl_release(library); /* the pipelines keep what they need */
@@ -467,7 +551,8 @@ mc_status mc__mtl_pipeline_export(void *vdev, const mc__pipeline_src *src, void 
         mc__mtl_error_text(err, text, sizeof text);
         s = mc__fail(MC_ERR_INTERNAL, "Metal cannot make a binary archive: %s", text);
     }
-    if (s == MC_OK) s = find_function(((mc__mtl_library *)vlib)->library, src->function, &fn);
+    if (s == MC_OK)
+        s = find_function(((mc__mtl_library *)vlib)->library, src->function, src->constants, src->constant_count, &fn);
     if (s == MC_OK) {
         desc = make_pipeline_descriptor(dev, fn, src->label, src->max_total_threads_per_threadgroup,
                                         src->threadgroup_size_is_multiple_of_simd_width);
@@ -532,8 +617,9 @@ mc_status mc__mtl_pipeline_import(void *vdev, const mc__pipeline_src *src, const
     }
     if (s == MC_OK) s = mc__mtl_compile(dev, src->source, src->source_len, src->options, &library, NULL);
     if (s == MC_OK) {
-        pso_request r = {library, src->function, src->label, src->max_total_threads_per_threadgroup,
-                         src->threadgroup_size_is_multiple_of_simd_width, archive, fail_on_miss};
+        pso_request r = {library, src->function, src->constants, src->constant_count, src->label,
+                         src->max_total_threads_per_threadgroup, src->threadgroup_size_is_multiple_of_simd_width,
+                         archive, fail_on_miss};
         s = make_pso(dev, &r, &pso, &pi);
     }
     mc__mtl_release(archive); /* pipelines keep what they need (F706) */

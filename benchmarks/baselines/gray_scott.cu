@@ -1,6 +1,7 @@
 /*
- * Gray-Scott reaction-diffusion, one time step per dispatch (CUDA C). Same
- * kernel and slots as gray_scott.c; see there for the model.
+ * A benchmark baseline (README.md here): Gray-Scott reaction-diffusion, one
+ * time step per dispatch, written by hand in CUDA C; the same kernel and
+ * slots as examples/kernels/gray_scott.metal (see there for the model).
  *   [0] float *a        width*height (u, v) pairs
  *   [1] float *b        width*height (u, v) pairs
  *   [2] iteration bytes { uint64 first; uint32 count; uint32 pad }

@@ -1,7 +1,8 @@
 /*
- * Streaming filter kernels for the CUDA device (CUDA C, compiled at run time
- * by NVRTC). Same names, argument slots and arithmetic as fir.c (CPU) and
- * fir.metal; see fir.c for the layout of a block (its history first).
+ * A benchmark baseline (README.md here): the streaming filter kernels of
+ * examples/kernels/fir.metal written by hand in CUDA C (compiled at run time
+ * by NVRTC), same names, argument slots and arithmetic; see fir.metal for
+ * the layout of a block (its history first).
  * NVRTC contracts a * b + c into one fused multiply-add, so the last bits
  * may differ from another device's: compare across devices with a
  * tolerance. On one device a block computed again gives the same bits.

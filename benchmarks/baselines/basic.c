@@ -1,7 +1,7 @@
 /*
- * Basic kernels for the CPU device (C, see mc/mc_cpu_kernel.h). The CUDA and
- * Metal versions (basic.cu, basic.metal) have the same names and argument
- * slots: a program binds the same way on every device. Grids are 1-D.
+ * A benchmark baseline (README.md here): the basic kernels of
+ * examples/kernels/basic.metal written by hand in C for the CPU device (see
+ * mc/mc_cpu_kernel.h), same names and argument slots. Grids are 1-D.
  */
 #include <mc/mc_cpu_kernel.h>
 

@@ -1,7 +1,8 @@
 /*
- * Gray-Scott reaction-diffusion, one time step per dispatch (CPU device,
- * C). gray_scott.cu and gray_scott.metal are the same kernel with the same
- * slots, so `metal-compute run gray-scott` binds alike on every device.
+ * A benchmark baseline (README.md here): Gray-Scott reaction-diffusion, one
+ * time step per dispatch, written by hand in C for the CPU device; the same
+ * kernel and slots as examples/kernels/gray_scott.metal, which the project
+ * runs.
  *
  * Two chemicals U and V on a periodic width x height grid, stored as
  * (u, v) float pairs. Step i reads state A and writes state B when i is

@@ -1,7 +1,7 @@
 /*
- * Basic kernels for the CUDA device (CUDA C, compiled at run time by NVRTC).
- * Same names and argument slots as basic.c (CPU) and basic.metal: a program
- * binds the same way on every device. Grids are 1-D.
+ * A benchmark baseline (README.md here): the basic kernels of
+ * examples/kernels/basic.metal written by hand in CUDA C (compiled at run
+ * time by NVRTC), same names and argument slots. Grids are 1-D.
  *
  * Rules of the CUDA device (see src/backends/cuda/cuda_be.h):
  *  - kernels are declared extern "C" __global__ so they are found by name;
