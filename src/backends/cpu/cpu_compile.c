@@ -83,7 +83,7 @@ static const char *msl_compiler_command(void)
 
 /* Fixed flags of an MSL build: part of the compiler identity. Unknown
  * attributes are MSL's [[buffer(n)]] and friends, read by cpu_msl.c. */
-#define MSL_FLAGS "-O3 -fno-math-errno -std=c++17 -fPIC -shared -fno-exceptions -fno-rtti -Wno-unknown-attributes -Wno-duplicate-decl-specifier"
+#define MSL_FLAGS "-O3 -fno-math-errno -std=c++17 -fcoroutines-ts -fPIC -shared -fno-exceptions -fno-rtti -Wno-unknown-attributes -Wno-duplicate-decl-specifier"
 
 typedef struct run_result {
     bool ran;        /* the program started */

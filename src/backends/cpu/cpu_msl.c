@@ -229,6 +229,7 @@ typedef struct param {
 typedef struct kern {
     uint32_t name_tok;
     bool fibers; /* it or a function it calls uses barriers or SIMD-group functions */
+    bool coro;   /* its threads run as coroutines (plan_coroutines) */
     uint32_t nparam;
     param params[MAX_PARAMS];
 } kern;
@@ -244,6 +245,7 @@ typedef struct xlat {
     size_t nkern, kcap;
     bool fibers;
     mc__msl_target target;
+    struct fn_bodies *fns; /* top-level functions (find_functions) */
 } xlat;
 
 static bool is(const xlat *x, size_t i, const char *word)
@@ -436,6 +438,8 @@ static bool refuse_features(xlat *x)
     return true;
 }
 
+static bool coro_rewrite(xlat *x, size_t i);
+
 static bool translate_tokens(xlat *x)
 {
     if (!refuse_features(x)) return false;
@@ -514,6 +518,7 @@ static bool translate_tokens(xlat *x)
             continue;
         }
         if (t->kind != T_IDENT) continue;
+        if (coro_rewrite(x, i)) continue;
         bool stmt_start = i == 0 || punct(x, i - 1, ';') || punct(x, i - 1, '}') || punct(x, i - 1, ']') ||
                           x->L.t[i - 1].kind == T_PP;
         if (depth == 0 && stmt_start) {
@@ -662,18 +667,23 @@ static bool same_ident(const xlat *x, size_t a, size_t b)
     return x->L.t[a].len == x->L.t[b].len && !memcmp(x->s + x->L.t[a].start, x->s + x->L.t[b].start, x->L.t[a].len);
 }
 
-/* Which kernels need every thread of a group at once: those whose body, or
- * the body of a function they call (by name, transitively), uses a
- * barrier or a SIMD-group function. The others run as a plain loop. Code
- * that cannot be attributed to a top-level function (methods, namespaces)
- * makes every kernel of the source use fibers. */
-static void mark_fiber_kernels(xlat *x)
+/* Top-level functions: name token, body braces and whether the body, or
+ * a function it calls (by name, transitively), uses a barrier or a
+ * SIMD-group function. Code that cannot be attributed to a top-level
+ * function (methods, namespaces) sets global. */
+#define MAX_FNS 512
+typedef struct fn_bodies {
+    size_t n;
+    bool global;
+    size_t name[MAX_FNS], body_b[MAX_FNS], body_e[MAX_FNS];
+    bool uses[MAX_FNS];
+    bool coro[MAX_FNS]; /* a kernel whose threads run as coroutines */
+} fn_bodies;
+
+static void find_functions(const xlat *x, fn_bodies *F)
 {
-    enum { MAXF = 512 };
-    size_t name[MAXF], body_b[MAXF], body_e[MAXF];
-    bool uses[MAXF];
-    size_t nf = 0;
-    bool global = false;
+    F->n = 0;
+    F->global = false;
     for (size_t i = 0; i < x->L.n; i++) {
         if (!punct(x, i, '{')) continue;
         /* the matching brace */
@@ -700,34 +710,120 @@ static void mark_fiber_kernels(xlat *x)
                 fn = true;
             }
         }
-        if (fn && nf < MAXF) {
-            name[nf] = nm, body_b[nf] = i, body_e[nf] = e, uses[nf] = any;
-            nf++;
+        if (fn && F->n < MAX_FNS) {
+            F->name[F->n] = nm, F->body_b[F->n] = i, F->body_e[F->n] = e, F->uses[F->n] = any;
+            F->coro[F->n] = false;
+            F->n++;
         } else if (any) {
-            global = true;
+            F->global = true;
         }
         i = e; /* top-level bodies only */
     }
     for (bool changed = true; changed;) {
         changed = false;
-        for (size_t f = 0; f < nf; f++) {
-            if (uses[f]) continue;
-            for (size_t k = body_b[f]; k < body_e[f] && !uses[f]; k++) {
+        for (size_t f = 0; f < F->n; f++) {
+            if (F->uses[f]) continue;
+            for (size_t k = F->body_b[f]; k < F->body_e[f] && !F->uses[f]; k++) {
                 if (x->L.t[k].kind != T_IDENT || !punct(x, k + 1, '(')) continue;
-                for (size_t g = 0; g < nf; g++)
-                    if (uses[g] && same_ident(x, k, name[g])) {
-                        uses[f] = changed = true;
+                for (size_t g = 0; g < F->n; g++)
+                    if (F->uses[g] && same_ident(x, k, F->name[g])) {
+                        F->uses[f] = changed = true;
                         break;
                     }
             }
         }
     }
+}
+
+/* Which kernels need every thread of a group at once: those that use a
+ * barrier or a SIMD-group function, themselves or through a function they
+ * call. The others run as a plain loop; the coroutine kernels (below) run
+ * their threads as coroutines, the rest as fibers. */
+static void mark_fiber_kernels(xlat *x)
+{
+    const fn_bodies *F = x->fns;
     for (size_t k = 0; k < x->nkern; k++) {
         kern *kn = &x->kerns[k];
-        kn->fibers = global || nf == MAXF;
-        for (size_t f = 0; f < nf && !kn->fibers; f++)
-            if (uses[f] && same_ident(x, name[f], kn->name_tok)) kn->fibers = true;
+        kn->fibers = F->global || F->n == MAX_FNS;
+        for (size_t f = 0; f < F->n && !kn->fibers; f++)
+            if (F->uses[f] && same_ident(x, F->name[f], kn->name_tok)) {
+                kn->fibers = true;
+                kn->coro = F->coro[f];
+            }
     }
+}
+
+/* ---- coroutine kernels --------------------------------------------------------
+ * Barriers need every thread of a group to stop at them; a fiber per thread
+ * does that for any code, at the price of a stack per thread and a context
+ * switch per thread per barrier. Where the barriers are calls in the
+ * kernel's own body, the kernel is compiled as a C++ coroutine instead
+ * (`mc::coro`, the header's section "threadgroups as coroutines"): each
+ * barrier becomes a suspension point, and resuming a thread costs a call.
+ * The rewrite is by token, so it is limited to bodies where every
+ * `return` is the kernel's and every barrier a plain call: no lambdas, no
+ * local classes, no templates (their instantiations would need the same
+ * return type), no SIMD-group functions (their lanes exchange values:
+ * fibers), and no call to a function that uses a barrier or a SIMD-group
+ * function. Everything else keeps fibers. */
+static bool coro_eligible(const xlat *x, const fn_bodies *F, size_t f)
+{
+    size_t nm = F->name[f];
+    if (F->global || F->uses[f] == false || nm < 2 || !is(x, nm - 1, "void") || !is(x, nm - 2, "kernel")) return false;
+    if (nm >= 3 && punct(x, nm - 3, '>')) return false; /* a template */
+    bool barrier = false;
+    for (size_t k = F->body_b[f] + 1; k < F->body_e[f]; k++) {
+        const tok *t = &x->L.t[k];
+        if (t->kind == T_PUNCT && punct(x, k, '[') && !punct(x, k + 1, '[') && !punct(x, k - 1, '[')) {
+            const tok *pt = &x->L.t[k - 1];
+            if (!(pt->kind == T_IDENT || punct(x, k - 1, ']') || punct(x, k - 1, ')'))) return false; /* a lambda */
+        }
+        if (t->kind != T_IDENT) continue;
+        if (is(x, k, "threadgroup_barrier")) {
+            if (!punct(x, k + 1, '(')) return false;
+            barrier = true;
+            continue;
+        }
+        if (is_fiber_token(x, k) || is(x, k, "struct") || is(x, k, "class") || is(x, k, "union") ||
+            (t->len > 3 && !strncmp(x->s + t->start, "co_", 3)))
+            return false;
+        if (!punct(x, k + 1, '(')) continue;
+        for (size_t g = 0; g < F->n; g++)
+            if (F->uses[g] && same_ident(x, k, F->name[g])) return false;
+    }
+    return barrier;
+}
+
+static void plan_coroutines(xlat *x)
+{
+    fn_bodies *F = x->fns;
+    for (size_t f = 0; f < F->n && F->n < MAX_FNS; f++) F->coro[f] = coro_eligible(x, F, f);
+}
+
+/* Token i of a coroutine kernel, rewritten: its return type, its barriers
+ * and its returns. True when replaced. */
+static bool coro_rewrite(xlat *x, size_t i)
+{
+    const fn_bodies *F = x->fns;
+    if (!F) return false;
+    for (size_t f = 0; f < F->n; f++) {
+        if (!F->coro[f]) continue;
+        if (i == F->name[f] - 1) {
+            replace_tok(x, i, "mc::coro");
+            return true;
+        }
+        if (i <= F->body_b[f] || i >= F->body_e[f]) continue;
+        if (is(x, i, "threadgroup_barrier")) {
+            replace_tok(x, i, "co_await mc::co_barrier");
+            return true;
+        }
+        if (is(x, i, "return")) {
+            replace_tok(x, i, "co_return");
+            return true;
+        }
+        return false;
+    }
+    return false;
 }
 
 static void emit_wrappers(xlat *x)
@@ -754,13 +850,13 @@ static void emit_wrappers(xlat *x)
                 putf(o, "    P::at<%u>::raw a%u = mc::tg_arg<P::at<%u>::raw>(ctx, %u);\n", p, p, p, pa->slot);
         }
         putf(o, "    auto body = [&](const mc::ids &t) __attribute__((always_inline)) {\n        (void)t;\n");
-        putf(o, "        mc_user::%.*s(", nl, nm);
+        putf(o, "        %smc_user::%.*s(", kn->coro ? "return " : "", nl, nm);
         for (uint32_t p = 0; p < kn->nparam; p++) {
             const param *pa = &kn->params[p];
             if (pa->kind == P_BUILTIN) putf(o, "%smc::attr<P::at<%u>::raw>(%s)", p ? ", " : "", p, pa->expr);
             else putf(o, "%sa%u", p ? ", " : "", p);
         }
-        putf(o, ");\n    };\n    mc::%s(ctx, body);\n}\n", kn->fibers ? "run_group" : "run_loop");
+        putf(o, ");\n    };\n    mc::%s(ctx, body);\n}\n", kn->coro ? "run_group_coro" : kn->fibers ? "run_group" : "run_loop");
     }
 }
 
@@ -790,6 +886,14 @@ mc_status mc__msl_translate(const char *source, size_t len, mc__msl_target targe
     static const char cuda_head[] = "#pragma clang force_cuda_host_device begin\nnamespace mc_user {\n#line 1 \"program_source\"\n";
     if (target == MC__MSL_CUDA) put(&x.out, cuda_head, sizeof cuda_head - 1);
     else put(&x.out, head, sizeof head - 1);
+    fn_bodies *fns = mc__calloc(1, sizeof *fns);
+    if (!fns) {
+        free(x.L.t);
+        return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
+    }
+    find_functions(&x, fns);
+    x.fns = fns;
+    if (target == MC__MSL_CPU) plan_coroutines(&x);
     bool ok = translate_tokens(&x);
     if (ok) {
         copy_to(&x, len);
@@ -800,6 +904,7 @@ mc_status mc__msl_translate(const char *source, size_t len, mc__msl_target targe
     else if (ok) emit_wrappers(&x);
     free(x.L.t);
     free(x.kerns);
+    free(fns);
     if (!ok) {
         free(x.out.p);
         mc_status st = mc__fail(MC_ERR_COMPILE, "%s", x.error ? x.error : "out of host memory");
