@@ -1,0 +1,198 @@
+/*
+ * How the CPU device runs an MSL kernel's threads: as a plain loop (no
+ * barrier, no SIMD-group function), as coroutines (barriers called in the
+ * kernel's own body) or as fibers (everything else: SIMD-group functions,
+ * barriers in helpers or lambdas). The front end's choice is checked on
+ * the generated entry points; the coroutine path is run against a host
+ * reference with threads that leave early, barriers in a loop, private
+ * state kept across barriers, 2-D groups of 1024 threads and several
+ * groups in flight on the workers.
+ */
+#include "mc_test.h"
+
+#include "msl/msl.h"
+
+#include <string.h>
+
+/* The entry point's runner for kernel name in the C++ the front end made. */
+static const char *runner_of(const char *cpp, const char *name, char *out, size_t cap)
+{
+    char head[160];
+    snprintf(head, sizeof head, "MC_KERNEL_EXPORT void %s(const mc_cpu_ctx *ctx)", name);
+    const char *at = strstr(cpp, head);
+    if (!at) return NULL;
+    const char *r = strstr(at, "mc::run_");
+    if (!r) return NULL;
+    size_t n = strcspn(r, "(");
+    snprintf(out, cap, "%.*s", (int)(n < cap ? n : cap - 1), r);
+    return out;
+}
+
+static const char paths_src[] =
+    "#include <metal_stdlib>\n"
+    "using namespace metal;\n"
+    "static void sync_all() { threadgroup_barrier(mem_flags::mem_threadgroup); }\n"
+    "kernel void plain(device float *o [[buffer(0)]], uint i [[thread_position_in_grid]]) { o[i] = 1.0f; }\n"
+    "kernel void own_barriers(device float *o [[buffer(0)]], uint i [[thread_position_in_grid]],\n"
+    "                         uint l [[thread_position_in_threadgroup]]) {\n"
+    "    threadgroup float t[64];\n"
+    "    if (l >= 64u) return;\n"
+    "    t[l] = o[i];\n"
+    "    threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+    "    for (uint s = 0; s < 2u; s++) threadgroup_barrier(mem_flags::mem_device | mem_flags::mem_threadgroup);\n"
+    "    o[i] = t[63u - l];\n"
+    "}\n"
+    "kernel void in_helper(device float *o [[buffer(0)]], uint i [[thread_position_in_grid]]) {\n"
+    "    sync_all();\n"
+    "    o[i] = 2.0f;\n"
+    "}\n"
+    "kernel void with_simd(device float *o [[buffer(0)]], uint i [[thread_position_in_grid]]) {\n"
+    "    threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+    "    o[i] = simd_sum(o[i]);\n"
+    "}\n"
+    "kernel void with_lambda(device float *o [[buffer(0)]], uint i [[thread_position_in_grid]]) {\n"
+    "    auto f = [&](uint k) { return o[k] * 2.0f; };\n"
+    "    threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+    "    o[i] = f(i);\n"
+    "}\n";
+
+MC_TEST(msl_exec_path_per_kernel)
+{
+    char *cpp = NULL, *log = NULL;
+    size_t len = 0;
+    mc_status s = mc__msl_translate(paths_src, strlen(paths_src), MC__MSL_CPU, &cpp, &len, &log);
+    if (s != MC_OK) fprintf(stderr, "%s\n", log ? log : mc_last_error());
+    free(log);
+    CHECK_OK(s);
+    char r[64];
+    CHECK(runner_of(cpp, "plain", r, sizeof r));
+    CHECK_STR_CONTAINS(r, "mc::run_loop");
+    CHECK(runner_of(cpp, "own_barriers", r, sizeof r));
+    CHECK_STR_CONTAINS(r, "mc::run_group_coro");
+    /* its barriers suspend, its return ends the coroutine */
+    CHECK_STR_CONTAINS(cpp, "kernel mc::coro own_barriers(");
+    CHECK_STR_CONTAINS(cpp, "if (l >= 64u) co_return;");
+    CHECK_STR_CONTAINS(cpp, "co_await mc::co_barrier(mem_flags::mem_threadgroup);");
+    /* the others keep fibers, and their barriers stay calls */
+    static const char *const fibers[] = {"in_helper", "with_simd", "with_lambda"};
+    for (size_t k = 0; k < 3; k++) {
+        CHECK(runner_of(cpp, fibers[k], r, sizeof r));
+        if (strcmp(r, "mc::run_group") != 0) fprintf(stderr, "%s runs with %s\n", fibers[k], r);
+        CHECK(strcmp(r, "mc::run_group") == 0);
+    }
+    CHECK_STR_CONTAINS(cpp, "static void sync_all() { threadgroup_barrier(");
+    free(cpp);
+    return 0;
+}
+
+/* Threads at or past `live` return before the first barrier. The live ones
+ * pass a value through threadgroup memory 8 times (16 barriers in a loop)
+ * and keep a private array, indexed at run time, across the barriers. */
+static const char coro_src[] =
+    "#include <metal_stdlib>\n"
+    "using namespace metal;\n"
+    "kernel void coro_mix(device uint *out [[buffer(0)]], constant uint &live [[buffer(1)]],\n"
+    "                     uint2 lid [[thread_position_in_threadgroup]], uint2 tptg [[threads_per_threadgroup]],\n"
+    "                     uint li [[thread_index_in_threadgroup]], uint2 group [[threadgroup_position_in_grid]],\n"
+    "                     uint2 gid [[thread_position_in_grid]], uint2 grid [[threads_per_grid]])\n"
+    "{\n"
+    "    threadgroup uint t[1024];\n"
+    "    uint at = gid.y * grid.x + gid.x;\n"
+    "    if (lid.y * tptg.x + lid.x != li) { out[at] = 0xdeadu; return; }\n"
+    "    uint mine[320];\n"
+    "    for (uint k = 0; k < 320u; k++) mine[k] = li * 320u + k;\n"
+    "    if (li >= live) { out[at] = 0xffffffffu; return; }\n"
+    "    uint g = group.x * 1000000u + group.y * 100000u;\n"
+    "    for (uint round = 0; round < 8u; round++) {\n"
+    "        uint k = (round * 40u + li) % 320u;\n"
+    "        t[li] = mine[k] + g;\n"
+    "        threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+    "        mine[k] = t[(live - 1u) - li];\n"
+    "        threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+    "    }\n"
+    "    uint s = 0;\n"
+    "    for (uint k = 0; k < 320u; k++) s += mine[k];\n"
+    "    out[at] = s;\n"
+    "}\n";
+
+MC_TEST(msl_coroutine_threads_cross_barriers)
+{
+    mc_device *d = mct_open_device(0);
+    if (!d) MC_SKIP("the device named by MC_DEVICE cannot be opened");
+    mc_device_info info;
+    CHECK_OK(mc_device_get_info(d, &info));
+    if (info.kind != MC_DEVICE_CPU) {
+        mc_device_release(d);
+        MC_SKIP("coroutine threads are the CPU device's way to run barriers");
+    }
+    mc_library_desc ld = MC_LIBRARY_DESC_INIT;
+    ld.language = MC_LANG_MSL;
+    ld.source = coro_src;
+    mc_library *lib = NULL;
+    char *log = NULL;
+    mc_status s = mc_library_create(d, &ld, &lib, &log);
+    if (s != MC_OK) fprintf(stderr, "%s\n%s\n", mc_last_error(), log ? log : "");
+    mc_free(log);
+    CHECK_OK(s);
+    mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
+    pd.library = lib;
+    pd.function = "coro_mix";
+    mc_pipeline *p = NULL;
+    CHECK_OK(mc_pipeline_create(d, &pd, &p));
+    enum { TX = 32, TY = 32, GX = 3, GY = 2, N = TX * TY, W = TX * GX, H = TY * GY };
+    const uint32_t live = N - 77; /* not a multiple of 32: the last threads leave early */
+    mc_buffer_desc bd = MC_BUFFER_DESC_INIT;
+    bd.size = sizeof(uint32_t) * W * H;
+    mc_buffer *bo = NULL;
+    CHECK_OK(mc_buffer_create(d, &bd, &bo));
+    mc_queue *q = NULL;
+    mc_cmdbuf *cb = NULL;
+    mc_pass *pass = NULL;
+    CHECK_OK(mc_queue_create(d, NULL, &q));
+    CHECK_OK(mc_cmdbuf_create(q, NULL, &cb));
+    CHECK_OK(mc_cmdbuf_begin_pass(cb, "coro", &pass));
+    CHECK_OK(mc_pass_set_pipeline(pass, p));
+    CHECK_OK(mc_pass_set_buffer(pass, 0, bo, 0));
+    CHECK_OK(mc_pass_set_bytes(pass, 1, &live, sizeof live));
+    CHECK_OK(mc_pass_dispatch(pass, (mc_size3){GX, GY, 1}, (mc_size3){TX, TY, 1}));
+    CHECK_OK(mc_pass_end(pass));
+    CHECK_OK(mc_cmdbuf_commit(cb));
+    CHECK_OK(mc_cmdbuf_wait(cb, MC_WAIT_FOREVER));
+    CHECK_OK(mc_cmdbuf_status(cb, NULL));
+    uint32_t *out = malloc(bd.size), *mine = malloc(sizeof(uint32_t) * N * 320), *t = malloc(sizeof(uint32_t) * N);
+    CHECK(out && mine && t);
+    CHECK_OK(mc_buffer_read(bo, 0, out, bd.size));
+    /* the host reference: the same phases, thread by thread */
+    int bad = 0;
+    for (uint32_t gy = 0; gy < GY; gy++)
+        for (uint32_t gx = 0; gx < GX; gx++) {
+            uint32_t g = gx * 1000000u + gy * 100000u;
+            for (uint32_t li = 0; li < N; li++)
+                for (uint32_t k = 0; k < 320; k++) mine[li * 320 + k] = li * 320 + k;
+            for (uint32_t round = 0; round < 8; round++) {
+                for (uint32_t li = 0; li < live; li++) t[li] = mine[li * 320 + (round * 40 + li) % 320] + g;
+                for (uint32_t li = 0; li < live; li++) mine[li * 320 + (round * 40 + li) % 320] = t[live - 1 - li];
+            }
+            for (uint32_t li = 0; li < N; li++) {
+                uint32_t want = 0xffffffffu;
+                if (li < live) {
+                    want = 0;
+                    for (uint32_t k = 0; k < 320; k++) want += mine[li * 320 + k];
+                }
+                uint32_t x = gx * TX + li % TX, y = gy * TY + li / TX;
+                if (out[y * W + x] != want && bad++ < 5)
+                    fprintf(stderr, "group (%u, %u) thread %u: %u, want %u\n", gx, gy, li, out[y * W + x], want);
+            }
+        }
+    CHECK_EQ(bad, 0);
+    free(out);
+    free(mine);
+    free(t);
+    mc_cmdbuf_release(cb);
+    mc_queue_release(q);
+    mc_buffer_release(bo);
+    mc_pipeline_release(p);
+    mc_library_release(lib);
+    mc_device_release(d);
+    return 0;
+}
