@@ -1254,16 +1254,23 @@ template <class F> static inline void run_loop(const mc_cpu_ctx *ctx, F &&f)
         }
         return;
     }
+    /* A row's ids are set outside the loop over x and only the x parts
+     * inside it, in scalars: what depends on y alone (row pointers, the
+     * periodic edge in y) stays out of the inner loop. */
+    const uint nx = t.tptg.x, bx = base.x;
     for (uint z = 0; z < t.tptg.z; z++)
         for (uint y = 0; y < t.tptg.y; y++) {
-            uint row = (z * t.tptg.y + y) * t.tptg.x;
-            for (uint x = 0; x < t.tptg.x; x++) {
-                ids u = t;
-                u.tpitg = uint3{x, y, z};
-                u.tpig = base + u.tpitg;
+            const uint row = (z * t.tptg.y + y) * nx;
+            ids r = t;
+            r.tpitg = uint3{0u, y, z};
+            r.tpig = uint3{bx, base.y + y, base.z + z};
+            for (uint x = 0; x < nx; x++) {
+                ids u = r;
+                u.tpitg.x = x;
+                u.tpig.x = bx + x;
                 u.tiitg = row + x;
-                u.tiisg = u.tiitg & 31u;
-                u.sgiitg = u.tiitg >> 5;
+                u.tiisg = (row + x) & 31u;
+                u.sgiitg = (row + x) >> 5;
                 f(u);
             }
         }
