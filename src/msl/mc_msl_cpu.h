@@ -1369,13 +1369,16 @@ struct coro_arena {
     }
 };
 inline thread_local coro_arena coro_frames;
+/* the running group's arena: a plain pointer, so taking a frame needs no
+ * thread-local initialisation check (coro_frames has a destructor) */
+inline thread_local coro_arena *coro_frames_now = nullptr;
 struct coro_never { bool await_ready() const noexcept { return true; } void await_suspend(std::coroutine_handle<>) const noexcept {} void await_resume() const noexcept {} };
 struct coro_always { bool await_ready() const noexcept { return false; } void await_suspend(std::coroutine_handle<>) const noexcept {} void await_resume() const noexcept {} };
 /* One thread of a group: runs at once up to its first barrier, and stays
  * suspended at its end until the group is done. */
 struct coro {
     struct promise_type {
-        static void *operator new(size_t n) noexcept { return coro_frames.take(n); }
+        static void *operator new(size_t n) noexcept { return coro_frames_now->take(n); }
         static void operator delete(void *) noexcept {}
         static coro get_return_object_on_allocation_failure() noexcept { return coro{nullptr}; }
         coro get_return_object() noexcept { return coro{__builtin_coro_promise((char *)this, __alignof(promise_type), true)}; }
@@ -1386,6 +1389,13 @@ struct coro {
     };
     void *frame;
 };
+/* p, as a value the compiler cannot see through (see coro_tg_var in the
+ * front end) */
+template <class T> static inline T *opaque(T *p)
+{
+    __asm__("" : "+r"(p));
+    return p;
+}
 /* threadgroup_barrier(flags) in a coroutine kernel: suspends the thread;
  * every thread's memory is the one memory here, so the flags order nothing
  * more. */
@@ -1400,8 +1410,10 @@ struct co_barrier {
 template <class F> static inline bool run_coro(const mc_cpu_ctx *ctx, F &&f)
 {
     const uint32_t n = ctx->group_size[0] * ctx->group_size[1] * ctx->group_size[2];
-    coro_frames.reset();
-    void **frame = (void **)coro_frames.take((size_t)n * sizeof(void *));
+    coro_arena *arena = &coro_frames;
+    coro_frames_now = arena;
+    arena->reset();
+    void **frame = (void **)arena->take((size_t)n * sizeof(void *));
     if (!frame) return false;
     ids u;
     u.tptg = uint3{ctx->group_size[0], ctx->group_size[1], ctx->group_size[2]};

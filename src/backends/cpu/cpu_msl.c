@@ -439,6 +439,7 @@ static bool refuse_features(xlat *x)
 }
 
 static bool coro_rewrite(xlat *x, size_t i);
+static bool coro_tg_var(xlat *x, size_t i, size_t name, size_t semi);
 
 static bool translate_tokens(xlat *x)
 {
@@ -585,7 +586,7 @@ static bool translate_tokens(xlat *x)
             if (depth == 0 || !name || !punct(x, k, ';'))
                 return fail_at(x, t->line, "threadgroup variables are declared one per statement inside a kernel");
             replace_tok(x, i, "MC_TG_VAR");
-            copy_to(x, x->L.t[k].start + 1);
+            if (!coro_tg_var(x, i, name, k)) copy_to(x, x->L.t[k].start + 1);
             size_t used = strlen(tg_sum);
             snprintf(tg_sum + used, sizeof tg_sum - used, "%ssizeof(%.*s)", used ? " + " : "", (int)x->L.t[name].len,
                      x->s + x->L.t[name].start);
@@ -798,6 +799,32 @@ static void plan_coroutines(xlat *x)
 {
     fn_bodies *F = x->fns;
     for (size_t f = 0; f < F->n && F->n < MAX_FNS; f++) F->coro[f] = coro_eligible(x, F, f);
+}
+
+/* The coroutine kernel whose body holds token i, or -1. */
+static ptrdiff_t coro_body_of(const xlat *x, size_t i)
+{
+    const fn_bodies *F = x->fns;
+    for (size_t f = 0; F && f < F->n; f++)
+        if (F->coro[f] && i > F->body_b[f] && i < F->body_e[f]) return (ptrdiff_t)f;
+    return -1;
+}
+
+/* A threadgroup variable of a coroutine kernel (`threadgroup T name[...];`
+ * at token i, its name and semicolon): the thread-local variable gets
+ * another name and `name` becomes a reference to it, which the frame
+ * keeps, so a resumed thread reaches it without a thread-local lookup
+ * (mc::opaque: else the compiler folds the reference back into one). */
+static bool coro_tg_var(xlat *x, size_t i, size_t name, size_t semi)
+{
+    if (coro_body_of(x, i) < 0) return false;
+    const tok *nt = &x->L.t[name];
+    copy_to(x, nt->start);
+    put(&x->out, "mc_tg_", 6);
+    copy_to(x, x->L.t[semi].start + 1);
+    putf(&x->out, " auto &%.*s = *mc::opaque(&mc_tg_%.*s);", (int)nt->len, x->s + nt->start, (int)nt->len,
+         x->s + nt->start);
+    return true;
 }
 
 /* Token i of a coroutine kernel, rewritten: its return type, its barriers
