@@ -196,3 +196,137 @@ MC_TEST(msl_coroutine_threads_cross_barriers)
     mc_device_release(d);
     return 0;
 }
+
+/* ---- hoisted bounds tests ----------------------------------------------------------- */
+
+static const char guard_src[] =
+    "#include <metal_stdlib>\n"
+    "using namespace metal;\n"
+    "struct lim { uint n, pad; };\n"
+    "kernel void below(device float *y [[buffer(0)]], device const float *x [[buffer(1)]],\n"
+    "                  constant lim &p [[buffer(2)]], uint i [[thread_position_in_grid]])\n"
+    "{\n"
+    "    if (i < p.n - 1u) y[i] = 2.0f * x[i] + y[i];\n"
+    "    else y[i] = -1.0f;\n"
+    "}\n"
+    "kernel void leave(device uint *y [[buffer(0)]], constant int &n [[buffer(1)]],\n"
+    "                  uint i [[thread_position_in_grid]])\n"
+    "{\n"
+    "    if (i >= n) return;\n"
+    "    y[i] += i;\n"
+    "}\n"
+    /* not hoisted: a device value, a call, a signed id, another attribute */
+    "kernel void k_device(device uint *y [[buffer(0)]], device const uint *n [[buffer(1)]],\n"
+    "                     uint i [[thread_position_in_grid]]) { if (i < n[0]) y[i] = 1u; }\n"
+    "kernel void k_call(device uint *y [[buffer(0)]], constant uint &n [[buffer(1)]],\n"
+    "                   uint i [[thread_position_in_grid]]) { if (i < min(n, 8u)) y[i] = 1u; }\n"
+    "kernel void k_int(device uint *y [[buffer(0)]], constant int &n [[buffer(1)]],\n"
+    "                  int i [[thread_position_in_grid]]) { if (i < n) y[i] = 1u; }\n"
+    "kernel void k_local(device uint *y [[buffer(0)]], constant uint &n [[buffer(1)]],\n"
+    "                    uint i [[thread_position_in_threadgroup]]) { if (i < n) y[i] = 1u; }\n";
+
+MC_TEST(msl_bounds_test_hoisted_where_exact)
+{
+    char *cpp = NULL, *log = NULL;
+    size_t len = 0;
+    mc_status s = mc__msl_translate(guard_src, strlen(guard_src), MC__MSL_CPU, &cpp, &len, &log);
+    if (s != MC_OK) fprintf(stderr, "%s\n", log ? log : mc_last_error());
+    free(log);
+    CHECK_OK(s);
+    char r[64];
+    CHECK(runner_of(cpp, "below", r, sizeof r));
+    CHECK_STR_CONTAINS(r, "mc::run_loop_guarded");
+    CHECK_STR_CONTAINS(cpp, "if (mc_full || (i < p.n - 1u)) y[i]");
+    CHECK_STR_CONTAINS(cpp, "return mc_id < (p . n - 1u);");
+    CHECK(runner_of(cpp, "leave", r, sizeof r));
+    CHECK_STR_CONTAINS(r, "mc::run_loop_guarded");
+    CHECK_STR_CONTAINS(cpp, "if (!mc_full && (i >= n)) return;");
+    static const char *const kept[] = {"k_device", "k_call", "k_int", "k_local"};
+    for (size_t k = 0; k < 4; k++) {
+        CHECK(runner_of(cpp, kept[k], r, sizeof r));
+        if (strcmp(r, "mc::run_loop") != 0) fprintf(stderr, "%s runs with %s\n", kept[k], r);
+        CHECK(strcmp(r, "mc::run_loop") == 0);
+    }
+    free(cpp);
+
+    /* run: the groups that pass whole, the one that does not, and a signed
+     * bound below zero (every thread leaves: int n converts to a huge uint
+     * in `i >= n`, so nobody does, as MSL's conversions say) */
+    mc_device *d = mct_open_device(0);
+    if (!d) MC_SKIP("the device named by MC_DEVICE cannot be opened");
+    mc_library_desc ld = MC_LIBRARY_DESC_INIT;
+    ld.language = MC_LANG_MSL;
+    ld.source = guard_src;
+    mc_library *lib = NULL;
+    log = NULL;
+    s = mc_library_create(d, &ld, &lib, &log);
+    if (s != MC_OK) fprintf(stderr, "%s\n%s\n", mc_last_error(), log ? log : "");
+    mc_free(log);
+    CHECK_OK(s);
+    mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
+    pd.library = lib;
+    mc_pipeline *pb = NULL, *pl = NULL;
+    pd.function = "below";
+    CHECK_OK(mc_pipeline_create(d, &pd, &pb));
+    pd.function = "leave";
+    CHECK_OK(mc_pipeline_create(d, &pd, &pl));
+    enum { T = 64, G = 5, N = T * G };
+    static const uint32_t limits[] = {N + 1, N - T + 1, 37, 1, 0};
+    float x[N], y[N];
+    uint32_t u[N];
+    for (int i = 0; i < N; i++) x[i] = (float)i;
+    mc_buffer_desc bd = MC_BUFFER_DESC_INIT;
+    bd.size = sizeof y;
+    mc_buffer *bx = NULL, *by = NULL, *bu = NULL;
+    CHECK_OK(mc_buffer_create(d, &bd, &bx));
+    CHECK_OK(mc_buffer_create(d, &bd, &by));
+    CHECK_OK(mc_buffer_create(d, &bd, &bu));
+    CHECK_OK(mc_buffer_write(bx, 0, x, sizeof x));
+    mc_queue *q = NULL;
+    CHECK_OK(mc_queue_create(d, NULL, &q));
+    for (size_t k = 0; k < sizeof limits / sizeof limits[0]; k++) {
+        uint32_t lim[2] = {limits[k], 0};
+        int32_t n = k == 4 ? -5 : (int32_t)limits[k];
+        for (int i = 0; i < N; i++) y[i] = 1.0f, u[i] = 7u;
+        CHECK_OK(mc_buffer_write(by, 0, y, sizeof y));
+        CHECK_OK(mc_buffer_write(bu, 0, u, sizeof u));
+        mc_cmdbuf *cb = NULL;
+        mc_pass *pass = NULL;
+        CHECK_OK(mc_cmdbuf_create(q, NULL, &cb));
+        CHECK_OK(mc_cmdbuf_begin_pass(cb, "guards", &pass));
+        CHECK_OK(mc_pass_set_pipeline(pass, pb));
+        CHECK_OK(mc_pass_set_buffer(pass, 0, by, 0));
+        CHECK_OK(mc_pass_set_buffer(pass, 1, bx, 0));
+        CHECK_OK(mc_pass_set_bytes(pass, 2, lim, sizeof lim));
+        CHECK_OK(mc_pass_dispatch(pass, (mc_size3){G, 1, 1}, (mc_size3){T, 1, 1}));
+        CHECK_OK(mc_pass_set_pipeline(pass, pl));
+        CHECK_OK(mc_pass_set_buffer(pass, 0, bu, 0));
+        CHECK_OK(mc_pass_set_bytes(pass, 1, &n, sizeof n));
+        CHECK_OK(mc_pass_dispatch(pass, (mc_size3){G, 1, 1}, (mc_size3){T, 1, 1}));
+        CHECK_OK(mc_pass_end(pass));
+        CHECK_OK(mc_cmdbuf_commit(cb));
+        CHECK_OK(mc_cmdbuf_wait(cb, MC_WAIT_FOREVER));
+        CHECK_OK(mc_cmdbuf_status(cb, NULL));
+        mc_cmdbuf_release(cb);
+        CHECK_OK(mc_buffer_read(by, 0, y, sizeof y));
+        CHECK_OK(mc_buffer_read(bu, 0, u, sizeof u));
+        int bad = 0;
+        for (uint32_t i = 0; i < N; i++) {
+            float want_y = i < lim[0] - 1u ? 2.0f * (float)i + 1.0f : -1.0f;
+            uint32_t want_u = i >= (uint32_t)n ? 7u : 7u + i;
+            if ((y[i] != want_y || u[i] != want_u) && bad++ < 5)
+                fprintf(stderr, "limit %u, n %d, thread %u: y %g (want %g), u %u (want %u)\n", lim[0], n, i, y[i],
+                        want_y, u[i], want_u);
+        }
+        CHECK_EQ(bad, 0);
+    }
+    mc_queue_release(q);
+    mc_buffer_release(bx);
+    mc_buffer_release(by);
+    mc_buffer_release(bu);
+    mc_pipeline_release(pb);
+    mc_pipeline_release(pl);
+    mc_library_release(lib);
+    mc_device_release(d);
+    return 0;
+}

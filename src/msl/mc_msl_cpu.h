@@ -1275,6 +1275,17 @@ template <class F> static inline void run_loop(const mc_cpu_ctx *ctx, F &&f)
             }
         }
 }
+/* A kernel whose bounds test the front end hoisted (cpu_msl.c, "hoisted
+ * bounds tests"): pass(id) is the test, monotone in the x position; a
+ * group whose last thread in x passes runs the kernel with the test taken
+ * as passed (full), a loop without a branch. */
+template <class F, class G, class C>
+static inline void run_loop_guarded(const mc_cpu_ctx *ctx, F &&checked, G &&full, C &&pass)
+{
+    const uint nx = ctx->group_size[0];
+    if (nx && pass(ctx->group_id[0] * nx + (nx - 1u))) run_loop(ctx, full);
+    else run_loop(ctx, checked);
+}
 template <class F> struct fiber_closure {
     const mc_cpu_ctx *ctx;
     F *f;

@@ -230,6 +230,7 @@ typedef struct kern {
     uint32_t name_tok;
     bool fibers; /* it or a function it calls uses barriers or SIMD-group functions */
     bool coro;   /* its threads run as coroutines (plan_coroutines) */
+    int32_t guard; /* its function in fn_bodies when its bounds test is hoisted (plan_guards), else -1 */
     uint32_t nparam;
     param params[MAX_PARAMS];
 } kern;
@@ -439,6 +440,7 @@ static bool refuse_features(xlat *x)
 }
 
 static bool coro_rewrite(xlat *x, size_t i);
+static bool guard_rewrite(xlat *x, size_t i);
 static bool coro_tg_var(xlat *x, size_t i, size_t name, size_t semi);
 
 static bool translate_tokens(xlat *x)
@@ -482,6 +484,7 @@ static bool translate_tokens(xlat *x)
             } else if (c == ')') {
                 paren--;
             }
+            if ((c == '(' || c == ')') && guard_rewrite(x, i)) continue;
             size_t an, aa, ae;
             if (c == '[' && attr_at(x, i, &an, &aa, &ae)) {
                 const tok *at = &x->L.t[an];
@@ -679,6 +682,7 @@ typedef struct fn_bodies {
     size_t name[MAX_FNS], body_b[MAX_FNS], body_e[MAX_FNS];
     bool uses[MAX_FNS];
     bool coro[MAX_FNS]; /* a kernel whose threads run as coroutines */
+    struct guard_plan *guard[MAX_FNS]; /* a kernel whose bounds test is hoisted, else NULL */
 } fn_bodies;
 
 static void find_functions(const xlat *x, fn_bodies *F)
@@ -714,6 +718,7 @@ static void find_functions(const xlat *x, fn_bodies *F)
         if (fn && F->n < MAX_FNS) {
             F->name[F->n] = nm, F->body_b[F->n] = i, F->body_e[F->n] = e, F->uses[F->n] = any;
             F->coro[F->n] = false;
+            F->guard[F->n] = NULL;
             F->n++;
         } else if (any) {
             F->global = true;
@@ -746,11 +751,14 @@ static void mark_fiber_kernels(xlat *x)
     for (size_t k = 0; k < x->nkern; k++) {
         kern *kn = &x->kerns[k];
         kn->fibers = F->global || F->n == MAX_FNS;
+        kn->guard = -1;
         for (size_t f = 0; f < F->n && !kn->fibers; f++)
             if (F->uses[f] && same_ident(x, F->name[f], kn->name_tok)) {
                 kn->fibers = true;
                 kn->coro = F->coro[f];
             }
+        for (size_t f = 0; f < F->n && !kn->fibers; f++)
+            if (F->guard[f] && F->name[f] == kn->name_tok) kn->guard = (int32_t)f;
     }
 }
 
@@ -853,6 +861,184 @@ static bool coro_rewrite(xlat *x, size_t i)
     return false;
 }
 
+/* ---- hoisted bounds tests -------------------------------------------------------
+ * `if (i < n) y[i] = ...` is a conditional store, which baseline x86-64
+ * cannot vectorise (no masked stores; AVX's are slower than scalar code on
+ * AMD). Where a plain-loop kernel's first statement is `if (ID < E)` or
+ * `if (ID >= E)`, ID its `uint [[thread_position_in_grid]]` and E an
+ * expression of its `constant T&` arguments (names, members, integer
+ * literals, arithmetic), the test is monotone in ID and the same for the
+ * whole dispatch: a group whose last thread in x passes has every thread
+ * pass. The kernel gets a last parameter `bool mc_full = false`, the test
+ * becomes `(mc_full || (ID < E))` (or `(!mc_full && (ID >= E))`), and the
+ * entry point evaluates E itself to run such groups with mc_full = true:
+ * a loop without a branch. Other groups keep the test. */
+#define GUARD_MAX_NAMES 8
+typedef struct guard_plan {
+    size_t close;      /* the ')' of the kernel's parameter list */
+    size_t lp, rp;     /* the if's parentheses */
+    bool ge;           /* `>=`: the test says who leaves */
+    size_t e_b, e_e;   /* E: tokens [e_b, e_e) */
+    uint32_t nnames;
+    size_t name_tok[GUARD_MAX_NAMES];
+    uint32_t name_param[GUARD_MAX_NAMES]; /* the parameter each name is */
+} guard_plan;
+
+/* Parameter p of the list (open, close): its tokens [b, e). */
+static bool param_range(const xlat *x, size_t open, size_t close, uint32_t p, size_t *b, size_t *e)
+{
+    uint32_t k = 0;
+    int d = 0;
+    size_t start = open + 1;
+    for (size_t i = open + 1; i <= close; i++) {
+        if (punct(x, i, '(') || punct(x, i, '[') || punct(x, i, '<')) d++;
+        else if ((punct(x, i, ')') || punct(x, i, ']') || punct(x, i, '>')) && d > 0) d--;
+        else if (d == 0 && (punct(x, i, ',') || i == close)) {
+            if (k == p) {
+                *b = start, *e = i;
+                return true;
+            }
+            k++;
+            start = i + 1;
+        }
+    }
+    return false;
+}
+
+/* The parameter's name: the identifier before its attribute. */
+static size_t param_name(const xlat *x, size_t b, size_t e)
+{
+    for (size_t i = b + 1; i < e; i++)
+        if (punct(x, i, '[') && punct(x, i + 1, '[') && x->L.t[i - 1].kind == T_IDENT) return i - 1;
+    return 0;
+}
+
+static bool is_int_literal(const xlat *x, size_t i)
+{
+    const tok *t = &x->L.t[i];
+    const char *s = x->s + t->start;
+    bool hex = t->len > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X');
+    for (uint32_t k = 0; k < t->len; k++) {
+        char c = s[k];
+        if (c == '.' || (!hex && strchr("eEhHfF", c)) || c == '\'') return false;
+    }
+    return true;
+}
+
+static guard_plan *guard_eligible(const xlat *x, const fn_bodies *F, size_t f)
+{
+    size_t nm = F->name[f], open = nm + 1, close = open;
+    if (F->uses[f] || F->global || nm < 2 || !is(x, nm - 1, "void") || !is(x, nm - 2, "kernel")) return NULL;
+    if (nm >= 3 && punct(x, nm - 3, '>')) return NULL; /* a template */
+    for (int d = 0; close < x->L.n; close++) {
+        if (punct(x, close, '(')) d++;
+        else if (punct(x, close, ')') && --d == 0) break;
+    }
+    size_t b = F->body_b[f];
+    if (close + 1 != b || !is(x, b + 1, "if") || !punct(x, b + 2, '(') || x->L.t[b + 3].kind != T_IDENT) return NULL;
+    size_t lp = b + 2, id = b + 3, op = b + 4, e_b;
+    bool ge;
+    if (punct(x, op, '<') && !punct(x, op + 1, '<') && !punct(x, op + 1, '=')) ge = false, e_b = op + 1;
+    else if (punct(x, op, '>') && punct(x, op + 1, '=') && x->L.t[op + 1].start == x->L.t[op].start + 1)
+        ge = true, e_b = op + 2;
+    else return NULL;
+    guard_plan g = {.close = close, .lp = lp, .ge = ge, .e_b = e_b};
+    int d = 0;
+    size_t i = e_b;
+    for (; i < F->body_e[f]; i++) {
+        if (punct(x, i, '(')) d++;
+        else if (punct(x, i, ')') && d-- == 0) break;
+    }
+    if (i >= F->body_e[f] || i == e_b) return NULL;
+    g.rp = i;
+    g.e_e = i;
+    /* ID: a `uint NAME [[thread_position_in_grid]]` parameter */
+    bool id_ok = false;
+    size_t pb, pe;
+    for (uint32_t p = 0; param_range(x, open, close, p, &pb, &pe); p++) {
+        size_t pn = param_name(x, pb, pe);
+        if (pn && same_ident(x, pn, id))
+            id_ok = pe - pb >= 5 && pn == pb + 1 && is(x, pb, "uint") && is(x, pb + 4, "thread_position_in_grid");
+    }
+    if (!id_ok) return NULL;
+    /* E: integer literals, arithmetic, members, and `constant T&` parameters */
+    for (size_t k = e_b; k < g.e_e; k++) {
+        const tok *t = &x->L.t[k];
+        if (t->kind == T_NUMBER) {
+            if (!is_int_literal(x, k)) return NULL;
+            continue;
+        }
+        if (t->kind == T_PUNCT) {
+            if (!strchr("+-*/%()&|^~.", x->s[t->start])) return NULL;
+            continue;
+        }
+        if (t->kind != T_IDENT) return NULL;
+        if (punct(x, k - 1, '.')) continue; /* a member */
+        if (punct(x, k + 1, '(') || g.nnames == GUARD_MAX_NAMES) return NULL;
+        bool found = false;
+        for (uint32_t p = 0; !found && param_range(x, open, close, p, &pb, &pe); p++) {
+            size_t pn = param_name(x, pb, pe);
+            if (!pn || !same_ident(x, pn, k)) continue;
+            if (!is(x, pb, "constant") || !punct(x, pn - 1, '&')) return NULL;
+            for (size_t q = pb; q < pn; q++)
+                if (punct(x, q, '*')) return NULL;
+            g.name_tok[g.nnames] = k;
+            g.name_param[g.nnames++] = p;
+            found = true;
+        }
+        if (!found) return NULL;
+    }
+    guard_plan *out = malloc(sizeof *out);
+    if (out) *out = g;
+    return out;
+}
+
+static void plan_guards(xlat *x)
+{
+    fn_bodies *F = x->fns;
+    for (size_t f = 0; f < F->n && F->n < MAX_FNS; f++) F->guard[f] = guard_eligible(x, F, f);
+}
+
+static void free_guards(fn_bodies *F)
+{
+    for (size_t f = 0; F && f < F->n; f++) free(F->guard[f]);
+}
+
+/* The parentheses of a hoisted test, and the end of its kernel's
+ * parameter list. True when replaced. */
+static bool guard_rewrite(xlat *x, size_t i)
+{
+    const fn_bodies *F = x->fns;
+    for (size_t f = 0; F && f < F->n; f++) {
+        const guard_plan *g = F->guard[f];
+        if (!g) continue;
+        if (i == g->close) replace_tok(x, i, ", bool mc_full = false)");
+        else if (i == g->lp) replace_tok(x, i, g->ge ? "(!mc_full && (" : "(mc_full || (");
+        else if (i == g->rp) replace_tok(x, i, "))");
+        else continue;
+        return true;
+    }
+    return false;
+}
+
+static void emit_guard_test(xlat *x, const kern *kn)
+{
+    sbuf *o = &x->out;
+    const guard_plan *g = x->fns->guard[kn->guard];
+    putf(o, "    auto pass = [&](uint mc_id) __attribute__((always_inline)) -> bool {\n");
+    for (uint32_t k = 0; k < g->nnames; k++) {
+        const tok *t = &x->L.t[g->name_tok[k]];
+        putf(o, "        auto &&%.*s = a%u;\n        (void)%.*s;\n", (int)t->len, x->s + t->start, g->name_param[k],
+             (int)t->len, x->s + t->start);
+    }
+    putf(o, "        return %smc_id %s (", g->ge ? "!(" : "", g->ge ? ">=" : "<");
+    for (size_t k = g->e_b; k < g->e_e; k++) {
+        const tok *t = &x->L.t[k];
+        putf(o, "%s%.*s", k > g->e_b ? " " : "", (int)t->len, x->s + t->start);
+    }
+    putf(o, ")%s;\n    };\n", g->ge ? ")" : "");
+}
+
 static void emit_wrappers(xlat *x)
 {
     sbuf *o = &x->out;
@@ -876,14 +1062,23 @@ static void emit_wrappers(xlat *x)
             else if (pa->kind == P_TG)
                 putf(o, "    P::at<%u>::raw a%u = mc::tg_arg<P::at<%u>::raw>(ctx, %u);\n", p, p, p, pa->slot);
         }
-        putf(o, "    auto body = [&](const mc::ids &t) __attribute__((always_inline)) {\n        (void)t;\n");
-        putf(o, "        %smc_user::%.*s(", kn->coro ? "return " : "", nl, nm);
-        for (uint32_t p = 0; p < kn->nparam; p++) {
-            const param *pa = &kn->params[p];
-            if (pa->kind == P_BUILTIN) putf(o, "%smc::attr<P::at<%u>::raw>(%s)", p ? ", " : "", p, pa->expr);
-            else putf(o, "%sa%u", p ? ", " : "", p);
+        for (int full = 0; full <= (kn->guard >= 0); full++) {
+            putf(o, "    auto body%s = [&](const mc::ids &t) __attribute__((always_inline)) {\n        (void)t;\n",
+                 full ? "_full" : "");
+            putf(o, "        %smc_user::%.*s(", kn->coro ? "return " : "", nl, nm);
+            for (uint32_t p = 0; p < kn->nparam; p++) {
+                const param *pa = &kn->params[p];
+                if (pa->kind == P_BUILTIN) putf(o, "%smc::attr<P::at<%u>::raw>(%s)", p ? ", " : "", p, pa->expr);
+                else putf(o, "%sa%u", p ? ", " : "", p);
+            }
+            putf(o, "%s);\n    };\n", kn->guard < 0 ? "" : full ? ", true" : ", false");
         }
-        putf(o, ");\n    };\n    mc::%s(ctx, body);\n}\n", kn->coro ? "run_group_coro" : kn->fibers ? "run_group" : "run_loop");
+        if (kn->guard >= 0) {
+            emit_guard_test(x, kn);
+            putf(o, "    mc::run_loop_guarded(ctx, body, body_full, pass);\n}\n");
+        } else {
+            putf(o, "    mc::%s(ctx, body);\n}\n", kn->coro ? "run_group_coro" : kn->fibers ? "run_group" : "run_loop");
+        }
     }
 }
 
@@ -920,7 +1115,10 @@ mc_status mc__msl_translate(const char *source, size_t len, mc__msl_target targe
     }
     find_functions(&x, fns);
     x.fns = fns;
-    if (target == MC__MSL_CPU) plan_coroutines(&x);
+    if (target == MC__MSL_CPU) {
+        plan_coroutines(&x);
+        plan_guards(&x);
+    }
     bool ok = translate_tokens(&x);
     if (ok) {
         copy_to(&x, len);
@@ -931,6 +1129,7 @@ mc_status mc__msl_translate(const char *source, size_t len, mc__msl_target targe
     else if (ok) emit_wrappers(&x);
     free(x.L.t);
     free(x.kerns);
+    free_guards(fns);
     free(fns);
     if (!ok) {
         free(x.out.p);
