@@ -1386,8 +1386,10 @@ inline thread_local coro_arena *coro_frames_now = nullptr;
 struct coro_never { bool await_ready() const noexcept { return true; } void await_suspend(std::coroutine_handle<>) const noexcept {} void await_resume() const noexcept {} };
 struct coro_always { bool await_ready() const noexcept { return false; } void await_suspend(std::coroutine_handle<>) const noexcept {} void await_resume() const noexcept {} };
 /* One thread of a group: runs at once up to its first barrier, and stays
- * suspended at its end until the group is done. */
-struct coro {
+ * suspended at its end until the group is done. nodiscard: an entry point
+ * that called a coroutine kernel as a plain function would leave its
+ * threads at their first barrier, so that is a compile error. */
+struct [[nodiscard]] coro {
     struct promise_type {
         static void *operator new(size_t n) noexcept { return coro_frames_now->take(n); }
         static void operator delete(void *) noexcept {}

@@ -753,10 +753,10 @@ static void mark_fiber_kernels(xlat *x)
         kn->fibers = F->global || F->n == MAX_FNS;
         kn->guard = -1;
         for (size_t f = 0; f < F->n && !kn->fibers; f++)
-            if (F->uses[f] && same_ident(x, F->name[f], kn->name_tok)) {
-                kn->fibers = true;
-                kn->coro = F->coro[f];
-            }
+            if (F->uses[f] && same_ident(x, F->name[f], kn->name_tok)) kn->fibers = true;
+        /* the body that was rewritten is this kernel's own (not a namesake's) */
+        for (size_t f = 0; f < F->n && kn->fibers; f++)
+            if (F->coro[f] && F->name[f] == kn->name_tok) kn->coro = true;
         for (size_t f = 0; f < F->n && !kn->fibers; f++)
             if (F->guard[f] && F->name[f] == kn->name_tok) kn->guard = (int32_t)f;
     }
@@ -1042,7 +1042,10 @@ static void emit_guard_test(xlat *x, const kern *kn)
 static void emit_wrappers(xlat *x)
 {
     sbuf *o = &x->out;
-    putf(o, "\n} /* namespace mc_user */\n#line 1 \"entry points\"\n");
+    /* a coroutine kernel called as a plain function (mc::coro is nodiscard)
+     * would leave its threads at their first barrier: an error, not a warning */
+    putf(o, "\n} /* namespace mc_user */\n#pragma clang diagnostic error \"-Wunused-result\"\n");
+    putf(o, "#line 1 \"entry points\"\n");
     for (size_t k = 0; k < x->nkern; k++) {
         const kern *kn = &x->kerns[k];
         const tok *nt = &x->L.t[kn->name_tok];
