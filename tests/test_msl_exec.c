@@ -12,7 +12,9 @@
 
 #include "msl/msl.h"
 
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* The entry point's runner for kernel name in the C++ the front end made. */
 static const char *runner_of(const char *cpp, const char *name, char *out, size_t cap)
@@ -70,9 +72,9 @@ MC_TEST(msl_exec_path_per_kernel)
     CHECK(runner_of(cpp, "own_barriers", r, sizeof r));
     CHECK_STR_CONTAINS(r, "mc::run_group_coro");
     /* its barriers suspend, its return ends the coroutine */
-    CHECK_STR_CONTAINS(cpp, "kernel mc::coro own_barriers(");
-    CHECK_STR_CONTAINS(cpp, "if (l >= 64u) co_return;");
-    CHECK_STR_CONTAINS(cpp, "co_await mc::co_barrier(mem_flags::mem_threadgroup);");
+    CHECK_STR_CONTAINS(cpp, "kernel MC_CORO own_barriers(");
+    CHECK_STR_CONTAINS(cpp, "if (l >= 64u) MC_CO_RETURN;");
+    CHECK_STR_CONTAINS(cpp, "MC_CO_BARRIER(mem_flags::mem_threadgroup);");
     /* the others keep fibers, and their barriers stay calls */
     static const char *const fibers[] = {"in_helper", "with_simd", "with_lambda"};
     for (size_t k = 0; k < 3; k++) {
@@ -115,7 +117,22 @@ static const char coro_src[] =
     "    out[at] = s;\n"
     "}\n";
 
+/* options: the library's compiler options (NULL: none) */
+static int run_coro_mix(const char *options);
+
 MC_TEST(msl_coroutine_threads_cross_barriers)
+{
+    return run_coro_mix(NULL);
+}
+
+/* The same kernel where the compiler has no coroutines (the header then
+ * spells it for fibers): the same results. */
+MC_TEST(msl_coroutine_kernel_without_coroutines_runs_as_fibers)
+{
+    return run_coro_mix("-U__cpp_coroutines -U__cpp_impl_coroutine");
+}
+
+static int run_coro_mix(const char *options)
 {
     mc_device *d = mct_open_device(0);
     if (!d) MC_SKIP("the device named by MC_DEVICE cannot be opened");
@@ -128,6 +145,7 @@ MC_TEST(msl_coroutine_threads_cross_barriers)
     mc_library_desc ld = MC_LIBRARY_DESC_INIT;
     ld.language = MC_LANG_MSL;
     ld.source = coro_src;
+    ld.options = options;
     mc_library *lib = NULL;
     char *log = NULL;
     mc_status s = mc_library_create(d, &ld, &lib, &log);
@@ -195,6 +213,43 @@ MC_TEST(msl_coroutine_threads_cross_barriers)
     mc_library_release(lib);
     mc_device_release(d);
     return 0;
+}
+
+/* A compiler that has dropped -fcoroutines-ts (clang 17 on): the flag is
+ * not passed, the kernel runs as fibers, with the same results. The stand-in
+ * says it is clang 17 and logs its arguments, then runs this clang++ without
+ * the flag if it came. */
+MC_TEST(msl_coroutine_flag_follows_the_compiler_version)
+{
+    if (system("clang++ --version >/dev/null 2>&1") != 0) MC_SKIP("no clang++ here");
+    char dir[] = "/tmp/mc-msl-cxx-XXXXXX";
+    CHECK(mkdtemp(dir));
+    char script[256], args[256];
+    snprintf(script, sizeof script, "%s/cxx", dir);
+    snprintf(args, sizeof args, "%s/args", dir);
+    FILE *f = fopen(script, "w");
+    CHECK(f);
+    fprintf(f,
+            "#!/bin/sh\n"
+            "if [ \"$1\" = --version ]; then echo 'clang version 17.0.6'; exit 0; fi\n"
+            "echo \"$@\" >> '%s'\n"
+            "exec clang++ \"$@\"\n",
+            args);
+    CHECK_EQ(fclose(f), 0);
+    CHECK_EQ(chmod(script, 0700), 0);
+    setenv("MC_MSL_CXX", script, 1);
+    setenv("MC_CACHE", "off", 1);
+    int rc = run_coro_mix(NULL);
+    size_t len = 0;
+    char *logged = mct_read_file(args, &len);
+    CHECK(logged);
+    CHECK_STR_CONTAINS(logged, "-std=c++17");
+    CHECK(!strstr(logged, "-fcoroutines-ts"));
+    free(logged);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK_EQ(system(cmd), 0);
+    return rc;
 }
 
 /* ---- hoisted bounds tests ----------------------------------------------------------- */

@@ -1317,6 +1317,17 @@ template <class F> static inline void run_group(const mc_cpu_ctx *ctx, F &&f)
 } // namespace mc
 
 #ifndef __CUDA__
+namespace mc {
+/* p, as a value the compiler cannot see through (see coro_tg_var in the
+ * front end) */
+template <class T> static inline T *opaque(T *p)
+{
+    __asm__("" : "+r"(p));
+    return p;
+}
+} // namespace mc
+#endif
+#if !defined(__CUDA__) && (defined(__cpp_impl_coroutine) || defined(__cpp_coroutines))
 /* ---- threadgroups as coroutines ----------------------------------------------
  * A kernel whose own body holds its threadgroup barriers (and no SIMD-group
  * function, no call to a function that uses either) is compiled as a C++
@@ -1327,9 +1338,13 @@ template <class F> static inline void run_group(const mc_cpu_ctx *ctx, F &&f)
  * on the suspension point, a few ns, where a fiber switch also saves and
  * restores registers on a stack of its own (docs/MSL.md). The semantics
  * are the fibers': a barrier releases once every live thread waits at one.
- * Built with -fcoroutines-ts (C++17 stays the language); the two library
- * names the compiler looks up are declared here, so no C++ library header
- * is needed. */
+ * Built with -fcoroutines-ts (C++17 stays the language) where clang has it
+ * (14 to 16); the two library names the compiler looks up are declared
+ * here, so no C++ library header is needed. A compiler without coroutines
+ * gets the fibers' spelling of the same kernel (the #else below). */
+#define MC_CORO mc::coro
+#define MC_CO_BARRIER co_await mc::co_barrier
+#define MC_CO_RETURN co_return
 namespace std {
 template <class R, class... A> struct coroutine_traits { typedef typename R::promise_type promise_type; };
 template <class P = void> struct coroutine_handle;
@@ -1402,13 +1417,6 @@ struct [[nodiscard]] coro {
     };
     void *frame;
 };
-/* p, as a value the compiler cannot see through (see coro_tg_var in the
- * front end) */
-template <class T> static inline T *opaque(T *p)
-{
-    __asm__("" : "+r"(p));
-    return p;
-}
 /* threadgroup_barrier(flags) in a coroutine kernel: suspends the thread;
  * every thread's memory is the one memory here, so the flags order nothing
  * more. */
@@ -1466,6 +1474,14 @@ template <class F> static inline void run_group_coro(const mc_cpu_ctx *ctx, F &&
 {
     if (!run_coro(ctx, f)) abort(); /* no memory for the frames, as run_group */
 }
+} // namespace mc
+#elif !defined(__CUDA__)
+/* no coroutines in this compiler: coroutine kernels run as fibers */
+#define MC_CORO void
+#define MC_CO_BARRIER threadgroup_barrier
+#define MC_CO_RETURN return
+namespace mc {
+template <class F> static inline void run_group_coro(const mc_cpu_ctx *ctx, F &&f) { run_group(ctx, f); }
 } // namespace mc
 #endif /* !__CUDA__ */
 

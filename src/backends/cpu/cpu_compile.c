@@ -83,7 +83,7 @@ static const char *msl_compiler_command(void)
 
 /* Fixed flags of an MSL build: part of the compiler identity. Unknown
  * attributes are MSL's [[buffer(n)]] and friends, read by cpu_msl.c. */
-#define MSL_FLAGS "-O3 -fno-math-errno -std=c++17 -fcoroutines-ts -fPIC -shared -fno-exceptions -fno-rtti -Wno-unknown-attributes -Wno-duplicate-decl-specifier"
+#define MSL_FLAGS "-O3 -fno-math-errno -std=c++17 -fPIC -shared -fno-exceptions -fno-rtti -Wno-unknown-attributes -Wno-duplicate-decl-specifier"
 
 typedef struct run_result {
     bool ran;        /* the program started */
@@ -422,6 +422,41 @@ static mc_status lib_from_object(void *so, size_t so_len, mc__cpu_library **out,
 }
 
 /* Compiles source in dir; on success *so holds the object's bytes. */
+/* -fcoroutines-ts where the MSL compiler has it, clang 14 to 16: kernels
+ * whose barriers are in their own body run as coroutines (docs/MSL.md).
+ * Clang 17 dropped the flag (coroutines are C++20 there; MSL stays C++17):
+ * those kernels then run as fibers. Decided from `--version` (part of the
+ * cache key), once per compiler command. */
+static bool msl_coroutines_flag(const char *command)
+{
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static char known_for[256];
+    static bool known_flag;
+    bool flag = false;
+    pthread_mutex_lock(&lock);
+    if (known_for[0] && !strcmp(known_for, command)) {
+        flag = known_flag;
+    } else {
+        char *cc = mc__strdup(command);
+        static char version[] = "--version";
+        argv_list a = {.n = 0};
+        run_result r = {.out = NULL};
+        if (cc && push_words(&a, cc) && a.n && push_arg(&a, version) && run_capture(a.v, NULL, &r) == MC_OK &&
+            r.ran && r.exit_code == 0 && r.out) {
+            const char *v = strstr(r.out, "clang version ");
+            int major = v ? atoi(v + 14) : 0;
+            bool apple = strstr(r.out, "Apple clang") != NULL; /* Apple's 16 is LLVM 17 */
+            flag = major >= 14 && major < (apple ? 16 : 17);
+        }
+        free(r.out);
+        free(cc);
+        snprintf(known_for, sizeof known_for, "%s", command);
+        known_flag = flag;
+    }
+    pthread_mutex_unlock(&lock);
+    return flag;
+}
+
 static mc_status compile_in(const char *dir, mc_language lang, const char *source, size_t len, const char *options,
                             void **so, size_t *so_len, char **log)
 {
@@ -462,7 +497,7 @@ static mc_status compile_in(const char *dir, mc_language lang, const char *sourc
     join_path(src, sizeof src, dir, msl ? "kernel.cpp" : "kernel.c");
 #endif
     char msl_flags[] = MSL_FLAGS, msl_include[] = "-include", msl_header[] = "mc_msl_cpu.h",
-         boost[] = "-lboost_context";
+         boost[] = "-lboost_context", coro[] = "-fcoroutines-ts";
     static char opt[] = "-O3", std[] = "-std=c11", pic[] = "-fPIC", shared[] = "-shared", o[] = "-o", lm[] = "-lm";
     argv_list a = {.n = 0};
     bool ok = cc && opts && push_words(&a, cc) && a.n > 0;
@@ -470,7 +505,8 @@ static mc_status compile_in(const char *dir, mc_language lang, const char *sourc
         /* the header is found through -I. (the compiler runs in dir) */
         ok = ok && push_words(&a, msl_flags) && push_arg(&a, inc) && push_arg(&a, msl_include) &&
              push_arg(&a, msl_header) && push_words(&a, opts) && push_arg(&a, o) && push_arg(&a, out) &&
-             push_arg(&a, src) && push_arg(&a, boost) && push_arg(&a, lm);
+             push_arg(&a, src) && push_arg(&a, boost) && push_arg(&a, lm) &&
+             (!msl_coroutines_flag(msl_compiler_command()) || push_arg(&a, coro));
     else
         ok = ok && push_arg(&a, opt) && push_arg(&a, std) && push_arg(&a, pic) && push_arg(&a, shared) &&
              push_arg(&a, inc) && push_words(&a, opts) && push_arg(&a, o) && push_arg(&a, out) && push_arg(&a, src) &&

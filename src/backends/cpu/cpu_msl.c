@@ -767,8 +767,10 @@ static void mark_fiber_kernels(xlat *x)
  * does that for any code, at the price of a stack per thread and a context
  * switch per thread per barrier. Where the barriers are calls in the
  * kernel's own body, the kernel is compiled as a C++ coroutine instead
- * (`mc::coro`, the header's section "threadgroups as coroutines"): each
- * barrier becomes a suspension point, and resuming a thread costs a call.
+ * (MC_CORO, MC_CO_BARRIER, MC_CO_RETURN: the header's section "threadgroups
+ * as coroutines", which falls back to fibers where the compiler has no
+ * coroutines): each barrier becomes a suspension point, and resuming a
+ * thread costs a call.
  * The rewrite is by token, so it is limited to bodies where every
  * `return` is the kernel's and every barrier a plain call: no lambdas, no
  * local classes, no templates (their instantiations would need the same
@@ -844,16 +846,16 @@ static bool coro_rewrite(xlat *x, size_t i)
     for (size_t f = 0; f < F->n; f++) {
         if (!F->coro[f]) continue;
         if (i == F->name[f] - 1) {
-            replace_tok(x, i, "mc::coro");
+            replace_tok(x, i, "MC_CORO");
             return true;
         }
         if (i <= F->body_b[f] || i >= F->body_e[f]) continue;
         if (is(x, i, "threadgroup_barrier")) {
-            replace_tok(x, i, "co_await mc::co_barrier");
+            replace_tok(x, i, "MC_CO_BARRIER");
             return true;
         }
         if (is(x, i, "return")) {
-            replace_tok(x, i, "co_return");
+            replace_tok(x, i, "MC_CO_RETURN");
             return true;
         }
         return false;
