@@ -385,3 +385,96 @@ MC_TEST(msl_bounds_test_hoisted_where_exact)
     mc_device_release(d);
     return 0;
 }
+
+/* ---- groups run row by row ------------------------------------------------------------ */
+
+/* A plain-loop kernel: the CPU device runs the groups of a chunk that share
+ * a row of groups through NAME__mc_rows, one loop per row of threads across
+ * them. Every thread must still see its own ids and run once. */
+static const char rows_src[] =
+    "#include <metal_stdlib>\n"
+    "using namespace metal;\n"
+    "kernel void ids(device uint4 *out [[buffer(0)]], device atomic_uint *runs [[buffer(1)]],\n"
+    "                uint2 gid [[thread_position_in_grid]], uint2 grid [[threads_per_grid]],\n"
+    "                uint2 group [[threadgroup_position_in_grid]], uint2 lid [[thread_position_in_threadgroup]],\n"
+    "                uint li [[thread_index_in_threadgroup]], uint2 tptg [[threads_per_threadgroup]])\n"
+    "{\n"
+    "    uint at = gid.y * grid.x + gid.x;\n"
+    "    out[at] = uint4(group.x, group.y, lid.x | (lid.y << 8), li | (tptg.x << 16));\n"
+    "    atomic_fetch_add_explicit(&runs[at], 1u, memory_order_relaxed);\n"
+    "}\n";
+
+MC_TEST(msl_plain_groups_run_row_by_row)
+{
+    mc_device *d = mct_open_device(0);
+    if (!d) MC_SKIP("the device named by MC_DEVICE cannot be opened");
+    mc_library_desc ld = MC_LIBRARY_DESC_INIT;
+    ld.language = MC_LANG_MSL;
+    ld.source = rows_src;
+    mc_library *lib = NULL;
+    char *log = NULL;
+    mc_status s = mc_library_create(d, &ld, &lib, &log);
+    if (s != MC_OK) fprintf(stderr, "%s\n%s\n", mc_last_error(), log ? log : "");
+    mc_free(log);
+    CHECK_OK(s);
+    mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
+    pd.library = lib;
+    pd.function = "ids";
+    mc_pipeline *p = NULL;
+    CHECK_OK(mc_pipeline_create(d, &pd, &p));
+    /* 37 x 23 groups of 7 x 5: chunks of several groups, rows that end
+     * inside a chunk, and two dispatches (the second knows the group time) */
+    enum { GX = 37, GY = 23, TX = 7, TY = 5, W = GX * TX, H = GY * TY };
+    mc_buffer_desc bd = MC_BUFFER_DESC_INIT;
+    bd.size = sizeof(uint32_t) * 4 * W * H;
+    mc_buffer *bo = NULL, *br = NULL;
+    CHECK_OK(mc_buffer_create(d, &bd, &bo));
+    bd.size = sizeof(uint32_t) * W * H;
+    uint32_t *zero = calloc(W * H, sizeof(uint32_t));
+    CHECK(zero);
+    bd.initial_data = zero;
+    CHECK_OK(mc_buffer_create(d, &bd, &br));
+    free(zero);
+    mc_queue *q = NULL;
+    mc_cmdbuf *cb = NULL;
+    mc_pass *pass = NULL;
+    CHECK_OK(mc_queue_create(d, NULL, &q));
+    CHECK_OK(mc_cmdbuf_create(q, NULL, &cb));
+    CHECK_OK(mc_cmdbuf_begin_pass(cb, "rows", &pass));
+    CHECK_OK(mc_pass_set_pipeline(pass, p));
+    CHECK_OK(mc_pass_set_buffer(pass, 0, bo, 0));
+    CHECK_OK(mc_pass_set_buffer(pass, 1, br, 0));
+    CHECK_OK(mc_pass_dispatch(pass, (mc_size3){GX, GY, 1}, (mc_size3){TX, TY, 1}));
+    CHECK_OK(mc_pass_barrier(pass));
+    CHECK_OK(mc_pass_dispatch(pass, (mc_size3){GX, GY, 1}, (mc_size3){TX, TY, 1}));
+    CHECK_OK(mc_pass_end(pass));
+    CHECK_OK(mc_cmdbuf_commit(cb));
+    CHECK_OK(mc_cmdbuf_wait(cb, MC_WAIT_FOREVER));
+    CHECK_OK(mc_cmdbuf_status(cb, NULL));
+    uint32_t *out = malloc(sizeof(uint32_t) * 4 * W * H), *runs = malloc(sizeof(uint32_t) * W * H);
+    CHECK(out && runs);
+    CHECK_OK(mc_buffer_read(bo, 0, out, sizeof(uint32_t) * 4 * W * H));
+    CHECK_OK(mc_buffer_read(br, 0, runs, sizeof(uint32_t) * W * H));
+    int bad = 0;
+    for (uint32_t y = 0; y < H; y++)
+        for (uint32_t x = 0; x < W; x++) {
+            uint32_t at = y * W + x, lx = x % TX, ly = y % TY;
+            const uint32_t *o = out + 4 * at;
+            bool ok = o[0] == x / TX && o[1] == y / TY && o[2] == (lx | ly << 8) && o[3] == ((ly * TX + lx) | TX << 16) &&
+                      runs[at] == 2;
+            if (!ok && bad++ < 5)
+                fprintf(stderr, "thread (%u, %u): group (%u, %u) lid %#x index %#x runs %u\n", x, y, o[0], o[1], o[2],
+                        o[3], runs[at]);
+        }
+    CHECK_EQ(bad, 0);
+    free(out);
+    free(runs);
+    mc_cmdbuf_release(cb);
+    mc_queue_release(q);
+    mc_buffer_release(bo);
+    mc_buffer_release(br);
+    mc_pipeline_release(p);
+    mc_library_release(lib);
+    mc_device_release(d);
+    return 0;
+}

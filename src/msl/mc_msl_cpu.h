@@ -1275,6 +1275,40 @@ template <class F> static inline void run_loop(const mc_cpu_ctx *ctx, F &&f)
             }
         }
 }
+/* count groups from ctx->group_id along x, as one loop per row of threads
+ * across all of them (NAME__mc_rows): the order of threads is free in a
+ * kernel without barriers, and long rows are what the prefetcher follows
+ * (a 16x16 group alone reads 18 rows, 16 cells at a time). */
+template <class F> static inline void run_rows(const mc_cpu_ctx *ctx, uint32_t count, F &&f)
+{
+    ids t;
+    t.tptg = uint3{ctx->group_size[0], ctx->group_size[1], ctx->group_size[2]};
+    t.tgpg = uint3{ctx->groups[0], ctx->groups[1], ctx->groups[2]};
+    t.tgpig = uint3{ctx->group_id[0], ctx->group_id[1], ctx->group_id[2]};
+    t.tpg = t.tptg * t.tgpg;
+    t.sgptg = (t.tptg.x * t.tptg.y * t.tptg.z + 31u) / 32u;
+    const uint nx = t.tptg.x, g0 = ctx->group_id[0], by = t.tgpig.y * t.tptg.y, bz = t.tgpig.z * t.tptg.z;
+    for (uint z = 0; z < t.tptg.z; z++)
+        for (uint y = 0; y < t.tptg.y; y++) {
+            const uint row = (z * t.tptg.y + y) * nx;
+            ids r = t;
+            r.tpitg = uint3{0u, y, z};
+            for (uint g = 0; g < count; g++) {
+                const uint bx = (g0 + g) * nx;
+                r.tgpig.x = g0 + g;
+                r.tpig = uint3{bx, by + y, bz + z};
+                for (uint x = 0; x < nx; x++) {
+                    ids u = r;
+                    u.tpitg.x = x;
+                    u.tpig.x = bx + x;
+                    u.tiitg = row + x;
+                    u.tiisg = (row + x) & 31u;
+                    u.sgiitg = (row + x) >> 5;
+                    f(u);
+                }
+            }
+        }
+}
 /* A kernel whose bounds test the front end hoisted (cpu_msl.c, "hoisted
  * bounds tests"): pass(id) is the test, monotone in the x position; a
  * group whose last thread in x passes runs the kernel with the test taken

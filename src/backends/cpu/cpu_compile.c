@@ -682,6 +682,7 @@ static mc_status make_pipeline(mc__cpu_library *l, const char *function, uint32_
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "max_total_threads_per_threadgroup %u exceeds the device's %u",
                         max_threads, MC__CPU_MAX_THREADS);
     mc_cpu_kernel_fn fn = NULL;
+    mc__cpu_rows_fn rows = NULL;
     int32_t argc = -1;
     if (l->dl) {
         void *sym = dlsym(l->dl, function);
@@ -693,6 +694,11 @@ static mc_status make_pipeline(mc__cpu_library *l, const char *function, uint32_
         if (snprintf(argc_name, sizeof argc_name, "%s__mc_argc", function) < (int)sizeof argc_name) {
             const int32_t *n = dlsym(l->dl, argc_name);
             if (n) argc = *n;
+        }
+        /* optional: MSL plain-loop kernels run several groups row by row */
+        if (fn && snprintf(argc_name, sizeof argc_name, "%s__mc_rows", function) < (int)sizeof argc_name) {
+            void *r = dlsym(l->dl, argc_name);
+            if (r && defined_in(l->dl, r)) memcpy(&rows, &r, sizeof rows);
         }
     } else {
         for (size_t i = 0; i < l->nbuiltin; i++) {
@@ -716,6 +722,7 @@ static mc_status make_pipeline(mc__cpu_library *l, const char *function, uint32_
     atomic_fetch_add(&l->refs, 1);
     p->lib = l;
     p->fn = fn;
+    p->rows = rows;
     p->max_threads = max_threads ? max_threads : MC__CPU_MAX_THREADS;
     p->argc = argc;
     if (info) {

@@ -190,7 +190,7 @@ static uint64_t run_groups(mc__cpu_worker *w, mc__cpu_dispatch *d)
         uint64_t g = atomic_fetch_add_explicit(&d->next_group, d->chunk, memory_order_relaxed);
         if (g >= d->total) return ran;
         uint64_t end = MC__MIN(g + d->chunk, d->total);
-        for (; g < end; g++) {
+        while (g < end) {
             if (atomic_load_explicit(&d->abort, memory_order_relaxed)) return ran;
             if (timed && mc__now_ns() > d->deadline_ns) {
                 atomic_store(&d->abort, true);
@@ -200,8 +200,14 @@ static uint64_t run_groups(mc__cpu_worker *w, mc__cpu_dispatch *d)
             ctx.group_id[0] = (uint32_t)(g % gx);
             ctx.group_id[1] = (uint32_t)(rest % gy);
             ctx.group_id[2] = (uint32_t)(rest / gy);
-            d->fn(&ctx);
-            ran++;
+            /* the groups of the chunk in this row of groups, row by row
+             * across them: long runs along x for the prefetcher, where a
+             * 16x16 group alone reads 18 rows 16 cells at a time */
+            uint64_t run = d->rows ? MC__MIN(end - g, gx - ctx.group_id[0]) : 1;
+            if (run > 1) d->rows(&ctx, (uint32_t)run);
+            else d->fn(&ctx);
+            ran += run;
+            g += run;
         }
     }
 }
@@ -401,6 +407,7 @@ static int dispatch(mc__cpu_worker *w, mc__cpu_job *job, uint32_t pass, mc_size3
                         job->sub->passes[pass].label, MC__CPU_TGMEM_SIZE);
     }
     d->fn = pl->fn;
+    d->rows = pl->rows;
     d->constants = pl->constants;
     d->args = job->args;
     d->groups[0] = groups.x, d->groups[1] = groups.y, d->groups[2] = groups.z;

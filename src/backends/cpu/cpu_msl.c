@@ -1041,6 +1041,35 @@ static void emit_guard_test(xlat *x, const kern *kn)
     putf(o, ")%s;\n    };\n", g->ge ? ")" : "");
 }
 
+/* NAME__mc_rows(ctx, count): the plain-loop kernel over count groups along
+ * x, row by row across them (mc::run_rows); the CPU device calls it for the
+ * groups of a chunk that share a row of groups (cpu_exec.c). */
+static void emit_rows_entry(xlat *x, const kern *kn)
+{
+    sbuf *o = &x->out;
+    const tok *nt = &x->L.t[kn->name_tok];
+    int nl = (int)nt->len;
+    const char *nm = x->s + nt->start;
+    putf(o, "extern \"C\" MC_KERNEL_EXPORT void %.*s__mc_rows(const mc_cpu_ctx *ctx, uint32_t count)\n{\n", nl, nm);
+    putf(o, "    typedef mc::params<decltype(mc_user::%.*s)> P;\n    mc::fc_enter(ctx);\n", nl, nm);
+    for (uint32_t p = 0; p < kn->nparam; p++) {
+        const param *pa = &kn->params[p];
+        if (pa->kind == P_BUFFER)
+            putf(o, "    mc::arg_store<P::at<%u>::raw>::type a%u = mc::buffer_arg<P::at<%u>::raw>(ctx, %u);\n", p, p, p,
+                 pa->slot);
+        else if (pa->kind == P_TG)
+            putf(o, "    P::at<%u>::raw a%u = mc::tg_arg<P::at<%u>::raw>(ctx, %u);\n", p, p, p, pa->slot);
+    }
+    putf(o, "    auto body = [&](const mc::ids &t) __attribute__((always_inline)) {\n        (void)t;\n");
+    putf(o, "        mc_user::%.*s(", nl, nm);
+    for (uint32_t p = 0; p < kn->nparam; p++) {
+        const param *pa = &kn->params[p];
+        if (pa->kind == P_BUILTIN) putf(o, "%smc::attr<P::at<%u>::raw>(%s)", p ? ", " : "", p, pa->expr);
+        else putf(o, "%sa%u", p ? ", " : "", p);
+    }
+    putf(o, ");\n    };\n    mc::run_rows(ctx, count, body);\n}\n");
+}
+
 static void emit_wrappers(xlat *x)
 {
     sbuf *o = &x->out;
@@ -1084,6 +1113,7 @@ static void emit_wrappers(xlat *x)
         } else {
             putf(o, "    mc::%s(ctx, body);\n}\n", kn->coro ? "run_group_coro" : kn->fibers ? "run_group" : "run_loop");
         }
+        if (!kn->fibers && kn->guard < 0) emit_rows_entry(x, kn);
     }
 }
 
