@@ -20,9 +20,11 @@
  *
  * The Apple GPU's rules are enforced here (F144-F146, F685-F687):
  *  - an execution-time limit per command buffer, checked before every
- *    command and between threadgroups; parked time does not count. A single
- *    threadgroup that never returns cannot be stopped (there is no safe way
- *    to kill a thread), so kernels must keep threadgroups short;
+ *    command and between threadgroups (between runs of at most a chunk of
+ *    groups where an MSL kernel runs them row by row, see run_groups);
+ *    parked time does not count. A single threadgroup that never returns
+ *    cannot be stopped (there is no safe way to kill a thread), so kernels
+ *    must keep threadgroups short;
  *  - after a failure the queue's later submissions complete with
  *    MC_ERR_PRIOR_ERROR without running (IOAF codes 4/5, F144);
  *  - repeated timeouts revoke access for a cool-down (F146, F685);
