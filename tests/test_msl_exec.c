@@ -460,8 +460,8 @@ MC_TEST(msl_plain_groups_run_row_by_row)
         for (uint32_t x = 0; x < W; x++) {
             uint32_t at = y * W + x, lx = x % TX, ly = y % TY;
             const uint32_t *o = out + 4 * at;
-            bool ok = o[0] == x / TX && o[1] == y / TY && o[2] == (lx | ly << 8) && o[3] == ((ly * TX + lx) | TX << 16) &&
-                      runs[at] == 2;
+            bool ok = o[0] == x / TX && o[1] == y / TY && o[2] == (lx | ly << 8) &&
+                      o[3] == ((ly * TX + lx) | TX << 16) && runs[at] == 2;
             if (!ok && bad++ < 5)
                 fprintf(stderr, "thread (%u, %u): group (%u, %u) lid %#x index %#x runs %u\n", x, y, o[0], o[1], o[2],
                         o[3], runs[at]);

@@ -1432,8 +1432,13 @@ inline thread_local coro_arena coro_frames;
 /* the running group's arena: a plain pointer, so taking a frame needs no
  * thread-local initialisation check (coro_frames has a destructor) */
 inline thread_local coro_arena *coro_frames_now = nullptr;
-struct coro_never { bool await_ready() const noexcept { return true; } void await_suspend(std::coroutine_handle<>) const noexcept {} void await_resume() const noexcept {} };
-struct coro_always { bool await_ready() const noexcept { return false; } void await_suspend(std::coroutine_handle<>) const noexcept {} void await_resume() const noexcept {} };
+template <bool Ready> struct coro_suspend {
+    bool await_ready() const noexcept { return Ready; }
+    void await_suspend(std::coroutine_handle<>) const noexcept {}
+    void await_resume() const noexcept {}
+};
+typedef coro_suspend<true> coro_never;
+typedef coro_suspend<false> coro_always;
 /* One thread of a group: runs at once up to its first barrier, and stays
  * suspended at its end until the group is done. nodiscard: an entry point
  * that called a coroutine kernel as a plain function would leave its
@@ -1443,7 +1448,10 @@ struct [[nodiscard]] coro {
         static void *operator new(size_t n) noexcept { return coro_frames_now->take(n); }
         static void operator delete(void *) noexcept {}
         static coro get_return_object_on_allocation_failure() noexcept { return coro{nullptr}; }
-        coro get_return_object() noexcept { return coro{__builtin_coro_promise((char *)this, __alignof(promise_type), true)}; }
+        coro get_return_object() noexcept
+        {
+            return coro{__builtin_coro_promise((char *)this, __alignof(promise_type), true)};
+        }
         coro_never initial_suspend() noexcept { return {}; }
         coro_always final_suspend() noexcept { return {}; }
         void return_void() noexcept {}
