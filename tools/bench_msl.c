@@ -8,7 +8,9 @@
  * plain OpenMP loop of the same step (same stencil, layout and periodic
  * edges) at 256^2 and 2048^2: what a CPU user would write by hand; and a
  * barrier-heavy tree reduction (256-thread groups, 9 barriers each) against
- * the same reduction in OpenCL C on PoCL (goal: 0.5x).
+ * the same reduction in OpenCL C on PoCL (goal: 0.5x). The "runner" rows run
+ * the MSL Gray-Scott through mc_runner_run, as `run gray-scott` does (goal:
+ * 0.9x of the OpenMP loop at both sizes).
  */
 #include "bench.h"
 #include "peer.h"
@@ -156,6 +158,112 @@ out:
     free(m);
     mc_buffer_release(ga);
     mc_buffer_release(gb);
+    return rc;
+}
+
+/* ---- Gray-Scott through the runner ------------------------------------------------ */
+
+typedef struct gs_runner_user {
+    mc_pipeline *pl;
+    uint32_t n;
+    gs_params prm;
+    const float *seed;
+    mc_buffer *a, *b;
+} gs_runner_user;
+
+static mc_status gs_runner_setup(void *user, mc_device *dev, mc_runner_binding *bind)
+{
+    gs_runner_user *g = user;
+    mc_buffer_desc d = {(size_t)g->n * g->n * 2 * sizeof(float), MC_STORAGE_SHARED, "gray-scott", g->seed};
+    mc_status s = mc_buffer_create(dev, &d, &g->a);
+    if (s == MC_OK) s = mc_buffer_create(dev, &d, &g->b);
+    if (s != MC_OK) return s;
+    bind->pipeline = g->pl;
+    bind->state[0] = g->a;
+    bind->state[1] = g->b;
+    bind->state_count = 2;
+    bind->args[0].kind = bind->args[1].kind = MC_RUNNER_ARG_BUFFER;
+    bind->args[0].buffer = g->a;
+    bind->args[1].buffer = g->b;
+    bind->args[3].kind = MC_RUNNER_ARG_BYTES;
+    bind->args[3].bytes = &g->prm;
+    bind->args[3].len = sizeof g->prm;
+    return MC_OK;
+}
+
+static void gs_runner_teardown(void *user, mc_runner_binding *bind)
+{
+    gs_runner_user *g = user;
+    (void)bind;
+    mc_buffer_release(g->a);
+    mc_buffer_release(g->b);
+    g->a = g->b = NULL;
+}
+
+/* Seconds for steps Gray-Scott steps through mc_runner_run with its
+ * defaults (chunks of about 25 ms, three in flight, checkpoints). */
+static double gs_run_runner(mc_bench *b, gs_runner_user *g, uint32_t steps)
+{
+    mc_runner_desc desc = MC_RUNNER_DESC_INIT;
+    desc.device = b->dev;
+    desc.setup = gs_runner_setup;
+    desc.teardown = gs_runner_teardown;
+    desc.user = g;
+    desc.threadgroups = (mc_size3){(g->n + 15) / 16, (g->n + 15) / 16, 1};
+    desc.threads_per_threadgroup = (mc_size3){16, 16, 1};
+    desc.total_iterations = steps;
+    desc.iteration_arg = 2;
+    desc.label = "bench msl";
+    mc_runner *r = NULL;
+    if (mc_runner_create(&desc, &r) != MC_OK) return -1.0;
+    double t0 = mc_bench_now_us();
+    mc_status s = mc_runner_run(r);
+    double t = (mc_bench_now_us() - t0) / 1e6;
+    mc_runner_release(r);
+    return s == MC_OK ? t : -1.0;
+}
+
+/* MSL Gray-Scott through the runner vs the OpenMP loop, steps/s at n^2;
+ * each side's repetitions after the other's have gone quiet, as above. */
+static int vs_openmp_runner(mc_bench *b, mc_pipeline *pl, uint32_t n, uint32_t steps, int reps)
+{
+    size_t bytes = (size_t)n * n * 2 * sizeof(float);
+    float *seed0 = malloc(bytes), *ha = malloc(bytes), *hb = malloc(bytes);
+    double *m = calloc((size_t)reps * 2, sizeof *m);
+    int rc = 0;
+    if (!seed0 || !ha || !hb || !m) {
+        rc = mc_cli_fail("msl runner vs OpenMP setup", MC_ERR_OUT_OF_MEMORY);
+        goto out;
+    }
+    seed(seed0, n);
+    seed(ha, n);
+    gs_runner_user g = {pl, n, {n, n, 1.0f, 0.5f, 0.0545f, 0.062f, 1.0f, 0}, seed0, NULL, NULL};
+    for (int i = -1; i < reps; i++) {
+        double t = gs_run_runner(b, &g, steps);
+        if (t <= 0) {
+            rc = mc_cli_fail("msl gray-scott through the runner", MC_ERR_INTERNAL);
+            goto out;
+        }
+        if (i >= 0) m[i] = steps / t;
+    }
+    usleep(50000);
+    for (int i = -1; i < reps; i++) {
+        double t0 = mc_bench_now_us();
+        for (uint32_t k = 0; k < steps; k++) omp_step(k & 1 ? hb : ha, k & 1 ? ha : hb, n, n, &g.prm);
+        double t_omp = (mc_bench_now_us() - t0) / 1e6;
+        if (i >= 0) m[reps + i] = steps / t_omp;
+    }
+    usleep(50000);
+    char name[48];
+    snprintf(name, sizeof name, "msl gray-scott %u^2 runner vs OpenMP", n);
+    mc_bench_add(b, name, "steps/s, MSL kernel through mc_runner_run vs a plain OpenMP loop", "steps/s",
+                 mc_bench_median(m, reps), mc_bench_iqr(m, reps), mc_bench_median(m + reps, reps),
+                 mc_bench_iqr(m + reps, reps), "OpenMP", true);
+out:
+    free(seed0);
+    free(ha);
+    free(hb);
+    free(m);
     return rc;
 }
 
@@ -307,6 +415,8 @@ int mc_bench_msl(mc_bench *b)
     if (b->peers) {
         rc = vs_openmp(b, q, gs_msl, 256, steps, reps);
         if (!rc) rc = vs_openmp(b, q, gs_msl, 2048, b->quick ? 2 : 10, reps);
+        if (!rc) rc = vs_openmp_runner(b, gs_msl, 256, b->quick ? 50 : 500, reps);
+        if (!rc) rc = vs_openmp_runner(b, gs_msl, 2048, b->quick ? 2 : 10, reps);
         if (!rc) rc = vs_pocl(b, q, reps);
     }
 out:

@@ -1420,19 +1420,71 @@ template <class F> static inline void run_loop(const mc_cpu_ctx *ctx, F &&f)
         }
         return;
     }
+    /* A row's ids are set outside the loop over x and only the x parts
+     * inside it, in scalars: what depends on y alone (row pointers, the
+     * periodic edge in y) stays out of the inner loop. */
+    const uint nx = t.tptg.x, bx = base.x;
     for (uint z = 0; z < t.tptg.z; z++)
         for (uint y = 0; y < t.tptg.y; y++) {
-            uint row = (z * t.tptg.y + y) * t.tptg.x;
-            for (uint x = 0; x < t.tptg.x; x++) {
-                ids u = t;
-                u.tpitg = uint3{x, y, z};
-                u.tpig = base + u.tpitg;
+            const uint row = (z * t.tptg.y + y) * nx;
+            ids r = t;
+            r.tpitg = uint3{0u, y, z};
+            r.tpig = uint3{bx, base.y + y, base.z + z};
+            for (uint x = 0; x < nx; x++) {
+                ids u = r;
+                u.tpitg.x = x;
+                u.tpig.x = bx + x;
                 u.tiitg = row + x;
-                u.tiisg = u.tiitg & 31u;
-                u.sgiitg = u.tiitg >> 5;
+                u.tiisg = (row + x) & 31u;
+                u.sgiitg = (row + x) >> 5;
                 f(u);
             }
         }
+}
+/* count groups from ctx->group_id along x, as one loop per row of threads
+ * across all of them (NAME__mc_rows): the order of threads is free in a
+ * kernel without barriers, and long rows are what the prefetcher follows
+ * (a 16x16 group alone reads 18 rows, 16 cells at a time). */
+template <class F> static inline void run_rows(const mc_cpu_ctx *ctx, uint32_t count, F &&f)
+{
+    ids t;
+    t.tptg = uint3{ctx->group_size[0], ctx->group_size[1], ctx->group_size[2]};
+    t.tgpg = uint3{ctx->groups[0], ctx->groups[1], ctx->groups[2]};
+    t.tgpig = uint3{ctx->group_id[0], ctx->group_id[1], ctx->group_id[2]};
+    t.tpg = t.tptg * t.tgpg;
+    t.sgptg = (t.tptg.x * t.tptg.y * t.tptg.z + 31u) / 32u;
+    const uint nx = t.tptg.x, g0 = ctx->group_id[0], by = t.tgpig.y * t.tptg.y, bz = t.tgpig.z * t.tptg.z;
+    for (uint z = 0; z < t.tptg.z; z++)
+        for (uint y = 0; y < t.tptg.y; y++) {
+            const uint row = (z * t.tptg.y + y) * nx;
+            ids r = t;
+            r.tpitg = uint3{0u, y, z};
+            for (uint g = 0; g < count; g++) {
+                const uint bx = (g0 + g) * nx;
+                r.tgpig.x = g0 + g;
+                r.tpig = uint3{bx, by + y, bz + z};
+                for (uint x = 0; x < nx; x++) {
+                    ids u = r;
+                    u.tpitg.x = x;
+                    u.tpig.x = bx + x;
+                    u.tiitg = row + x;
+                    u.tiisg = (row + x) & 31u;
+                    u.sgiitg = (row + x) >> 5;
+                    f(u);
+                }
+            }
+        }
+}
+/* A kernel whose bounds test the front end hoisted (cpu_msl.c, "hoisted
+ * bounds tests"): pass(id) is the test, monotone in the x position; a
+ * group whose last thread in x passes runs the kernel with the test taken
+ * as passed (full), a loop without a branch. */
+template <class F, class G, class C>
+static inline void run_loop_guarded(const mc_cpu_ctx *ctx, F &&checked, G &&full, C &&pass)
+{
+    const uint nx = ctx->group_size[0];
+    if (nx && pass(ctx->group_id[0] * nx + (nx - 1u))) run_loop(ctx, full);
+    else run_loop(ctx, checked);
 }
 template <class F> struct fiber_closure {
     const mc_cpu_ctx *ctx;
@@ -1463,6 +1515,183 @@ template <class F> static inline void run_group(const mc_cpu_ctx *ctx, F &&f)
 }
 #endif /* __CUDA__ */
 } // namespace mc
+
+#ifndef __CUDA__
+namespace mc {
+/* p, as a value the compiler cannot see through (see coro_tg_var in the
+ * front end) */
+template <class T> static inline T *opaque(T *p)
+{
+    __asm__("" : "+r"(p));
+    return p;
+}
+} // namespace mc
+#endif
+#if !defined(__CUDA__) && (defined(__cpp_impl_coroutine) || defined(__cpp_coroutines))
+/* ---- threadgroups as coroutines ----------------------------------------------
+ * A kernel whose own body holds its threadgroup barriers (and no SIMD-group
+ * function, no call to a function that uses either) is compiled as a C++
+ * coroutine by the front end: each barrier becomes `co_await
+ * mc::co_barrier(...)`, each return `co_return`. The group's threads are
+ * coroutine frames in one per-worker arena, resumed in turn: a resume runs
+ * a thread from one barrier to the next, which costs a call and a switch
+ * on the suspension point, a few ns, where a fiber switch also saves and
+ * restores registers on a stack of its own (docs/MSL.md). The semantics
+ * are the fibers': a barrier releases once every live thread waits at one.
+ * Built with -fcoroutines-ts (C++17 stays the language) where clang has it
+ * (14 to 16); the two library names the compiler looks up are declared
+ * here, so no C++ library header is needed. A compiler without coroutines
+ * gets the fibers' spelling of the same kernel (the #else below). */
+#define MC_CORO mc::coro
+#define MC_CO_BARRIER co_await mc::co_barrier
+#define MC_CO_RETURN co_return
+namespace std {
+template <class R, class... A> struct coroutine_traits { typedef typename R::promise_type promise_type; };
+template <class P = void> struct coroutine_handle;
+template <> struct coroutine_handle<void> {
+    void *p = nullptr;
+    static coroutine_handle from_address(void *a) noexcept { coroutine_handle h; h.p = a; return h; }
+    void *address() const noexcept { return p; }
+};
+template <class P> struct coroutine_handle : coroutine_handle<void> {
+    static coroutine_handle from_address(void *a) noexcept { coroutine_handle h; h.p = a; return h; }
+};
+} // namespace std
+namespace mc {
+/* Frames of one worker's coroutines: chunks kept between groups, reused
+ * from the first at every group. */
+struct coro_arena {
+    struct chunk { chunk *next; size_t cap, used; };
+    chunk *head = nullptr, *cur = nullptr;
+    ~coro_arena()
+    {
+        for (chunk *c = head, *n; c; c = n) { n = c->next; free(c); }
+    }
+    void reset()
+    {
+        cur = head;
+        if (cur) cur->used = 0;
+    }
+    void *take(size_t n)
+    {
+        n = (n + 63) & ~(size_t)63;
+        while (cur && cur->used + n > cur->cap) {
+            if (!cur->next) break;
+            cur = cur->next;
+            cur->used = 0;
+        }
+        if (!cur || cur->used + n > cur->cap) {
+            size_t cap = n > ((size_t)1 << 20) ? n : ((size_t)1 << 20);
+            chunk *c = (chunk *)aligned_alloc(64, 64 + cap);
+            if (!c) return nullptr;
+            c->cap = cap, c->used = 0;
+            if (cur) { c->next = cur->next; cur->next = c; }
+            else { c->next = head; head = c; }
+            cur = c;
+        }
+        void *r = (char *)cur + 64 + cur->used;
+        cur->used += n;
+        return r;
+    }
+};
+inline thread_local coro_arena coro_frames;
+/* the running group's arena: a plain pointer, so taking a frame needs no
+ * thread-local initialisation check (coro_frames has a destructor) */
+inline thread_local coro_arena *coro_frames_now = nullptr;
+template <bool Ready> struct coro_suspend {
+    bool await_ready() const noexcept { return Ready; }
+    void await_suspend(std::coroutine_handle<>) const noexcept {}
+    void await_resume() const noexcept {}
+};
+typedef coro_suspend<true> coro_never;
+typedef coro_suspend<false> coro_always;
+/* One thread of a group: runs at once up to its first barrier, and stays
+ * suspended at its end until the group is done. nodiscard: an entry point
+ * that called a coroutine kernel as a plain function would leave its
+ * threads at their first barrier, so that is a compile error. */
+struct [[nodiscard]] coro {
+    struct promise_type {
+        static void *operator new(size_t n) noexcept { return coro_frames_now->take(n); }
+        static void operator delete(void *) noexcept {}
+        static coro get_return_object_on_allocation_failure() noexcept { return coro{nullptr}; }
+        coro get_return_object() noexcept
+        {
+            return coro{__builtin_coro_promise((char *)this, __alignof(promise_type), true)};
+        }
+        coro_never initial_suspend() noexcept { return {}; }
+        coro_always final_suspend() noexcept { return {}; }
+        void return_void() noexcept {}
+        void unhandled_exception() noexcept {}
+    };
+    void *frame;
+};
+/* threadgroup_barrier(flags) in a coroutine kernel: suspends the thread;
+ * every thread's memory is the one memory here, so the flags order nothing
+ * more. */
+struct co_barrier {
+    explicit co_barrier(mem_flags = mem_none) {}
+    bool await_ready() const noexcept { return false; }
+    void await_suspend(std::coroutine_handle<>) const noexcept {}
+    void await_resume() const noexcept {}
+};
+/* Every thread of the group, in linear order, from barrier to barrier
+ * until each has returned; false when there is no memory for the frames. */
+template <class F> static inline bool run_coro(const mc_cpu_ctx *ctx, F &&f)
+{
+    const uint32_t n = ctx->group_size[0] * ctx->group_size[1] * ctx->group_size[2];
+    coro_arena *arena = &coro_frames;
+    coro_frames_now = arena;
+    arena->reset();
+    void **frame = (void **)arena->take((size_t)n * sizeof(void *));
+    if (!frame) return false;
+    ids u;
+    u.tptg = uint3{ctx->group_size[0], ctx->group_size[1], ctx->group_size[2]};
+    u.tgpg = uint3{ctx->groups[0], ctx->groups[1], ctx->groups[2]};
+    u.tgpig = uint3{ctx->group_id[0], ctx->group_id[1], ctx->group_id[2]};
+    u.tpg = u.tptg * u.tgpg;
+    u.sgptg = (u.tptg.x * u.tptg.y * u.tptg.z + 31u) / 32u;
+    uint32_t made = 0;
+    bool ok = true;
+    for (uint32_t z = 0; z < u.tptg.z && ok; z++)
+        for (uint32_t y = 0; y < u.tptg.y && ok; y++)
+            for (uint32_t x = 0; x < u.tptg.x; x++) {
+                u.tpitg = uint3{x, y, z};
+                u.tpig = u.tgpig * u.tptg + u.tpitg;
+                u.tiitg = made;
+                u.tiisg = made & 31u;
+                u.sgiitg = made >> 5;
+                frame[made] = f(u).frame;
+                if (!frame[made]) {
+                    ok = false;
+                    break;
+                }
+                made++;
+            }
+    for (bool live = ok; live;) {
+        live = false;
+        for (uint32_t i = 0; i < n; i++) {
+            if (__builtin_coro_done(frame[i])) continue;
+            __builtin_coro_resume(frame[i]);
+            live = true;
+        }
+    }
+    for (uint32_t i = 0; i < made; i++) __builtin_coro_destroy(frame[i]);
+    return ok;
+}
+template <class F> static inline void run_group_coro(const mc_cpu_ctx *ctx, F &&f)
+{
+    if (!run_coro(ctx, f)) abort(); /* no memory for the frames, as run_group */
+}
+} // namespace mc
+#elif !defined(__CUDA__)
+/* no coroutines in this compiler: coroutine kernels run as fibers */
+#define MC_CORO void
+#define MC_CO_BARRIER threadgroup_barrier
+#define MC_CO_RETURN return
+namespace mc {
+template <class F> static inline void run_group_coro(const mc_cpu_ctx *ctx, F &&f) { run_group(ctx, f); }
+} // namespace mc
+#endif /* !__CUDA__ */
 
 #ifdef __CUDA__
 #pragma clang force_cuda_host_device end

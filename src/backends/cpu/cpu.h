@@ -84,9 +84,14 @@ typedef struct mc__cpu_library {
     int32_t *argc;
 } mc__cpu_library;
 
+/* Runs `count` threadgroups from ctx->group_id along x, row by row across
+ * all of them (an MSL plain-loop kernel's NAME__mc_rows, cpu_msl.c). */
+typedef void (*mc__cpu_rows_fn)(const mc_cpu_ctx *ctx, uint32_t count);
+
 typedef struct mc__cpu_pipeline {
     mc__cpu_library *lib;
     mc_cpu_kernel_fn fn;
+    mc__cpu_rows_fn rows; /* NAME__mc_rows of an MSL plain-loop kernel, else NULL (cpu_exec.c) */
     uint32_t max_threads; /* per threadgroup */
     int32_t argc;
     const mc_cpu_constants *constants; /* MSL function constants; NULL: none */
@@ -112,6 +117,7 @@ typedef struct mc__cpu_dispatch {
     struct mc__cpu_dispatch *prev, *next; /* dev->dispatches, under dev->lock */
     bool listed;
     mc_cpu_kernel_fn fn;
+    mc__cpu_rows_fn rows;
     const mc_cpu_constants *constants;
     const mc_cpu_arg *args;
     size_t tg_offset[MC_CPU_MAX_TG_MEM];

@@ -422,6 +422,41 @@ static mc_status lib_from_object(void *so, size_t so_len, mc__cpu_library **out,
 }
 
 /* Compiles source in dir; on success *so holds the object's bytes. */
+/* -fcoroutines-ts where the MSL compiler has it, clang 14 to 16: kernels
+ * whose barriers are in their own body run as coroutines (docs/MSL.md).
+ * Clang 17 dropped the flag (coroutines are C++20 there; MSL stays C++17):
+ * those kernels then run as fibers. Decided from `--version` (part of the
+ * cache key), once per compiler command. */
+static bool msl_coroutines_flag(const char *command)
+{
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static char known_for[256];
+    static bool known_flag;
+    bool flag = false;
+    pthread_mutex_lock(&lock);
+    if (known_for[0] && !strcmp(known_for, command)) {
+        flag = known_flag;
+    } else {
+        char *cc = mc__strdup(command);
+        static char version[] = "--version";
+        argv_list a = {.n = 0};
+        run_result r = {.out = NULL};
+        if (cc && push_words(&a, cc) && a.n && push_arg(&a, version) && run_capture(a.v, NULL, &r) == MC_OK &&
+            r.ran && r.exit_code == 0 && r.out) {
+            const char *v = strstr(r.out, "clang version ");
+            int major = v ? atoi(v + 14) : 0;
+            bool apple = strstr(r.out, "Apple clang") != NULL; /* Apple's 16 is LLVM 17 */
+            flag = major >= 14 && major < (apple ? 16 : 17);
+        }
+        free(r.out);
+        free(cc);
+        snprintf(known_for, sizeof known_for, "%s", command);
+        known_flag = flag;
+    }
+    pthread_mutex_unlock(&lock);
+    return flag;
+}
+
 static mc_status compile_in(const char *dir, mc_language lang, const char *source, size_t len, const char *options,
                             void **so, size_t *so_len, char **log)
 {
@@ -462,7 +497,7 @@ static mc_status compile_in(const char *dir, mc_language lang, const char *sourc
     join_path(src, sizeof src, dir, msl ? "kernel.cpp" : "kernel.c");
 #endif
     char msl_flags[] = MSL_FLAGS, msl_include[] = "-include", msl_header[] = "mc_msl_cpu.h",
-         boost[] = "-lboost_context";
+         boost[] = "-lboost_context", coro[] = "-fcoroutines-ts";
     static char opt[] = "-O3", std[] = "-std=c11", pic[] = "-fPIC", shared[] = "-shared", o[] = "-o", lm[] = "-lm";
     argv_list a = {.n = 0};
     bool ok = cc && opts && push_words(&a, cc) && a.n > 0;
@@ -470,7 +505,8 @@ static mc_status compile_in(const char *dir, mc_language lang, const char *sourc
         /* the header is found through -I. (the compiler runs in dir) */
         ok = ok && push_words(&a, msl_flags) && push_arg(&a, inc) && push_arg(&a, msl_include) &&
              push_arg(&a, msl_header) && push_words(&a, opts) && push_arg(&a, o) && push_arg(&a, out) &&
-             push_arg(&a, src) && push_arg(&a, boost) && push_arg(&a, lm);
+             push_arg(&a, src) && push_arg(&a, boost) && push_arg(&a, lm) &&
+             (!msl_coroutines_flag(msl_compiler_command()) || push_arg(&a, coro));
     else
         ok = ok && push_arg(&a, opt) && push_arg(&a, std) && push_arg(&a, pic) && push_arg(&a, shared) &&
              push_arg(&a, inc) && push_words(&a, opts) && push_arg(&a, o) && push_arg(&a, out) && push_arg(&a, src) &&
@@ -646,6 +682,7 @@ static mc_status make_pipeline(mc__cpu_library *l, const char *function, uint32_
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "max_total_threads_per_threadgroup %u exceeds the device's %u",
                         max_threads, MC__CPU_MAX_THREADS);
     mc_cpu_kernel_fn fn = NULL;
+    mc__cpu_rows_fn rows = NULL;
     int32_t argc = -1;
     if (l->dl) {
         void *sym = dlsym(l->dl, function);
@@ -657,6 +694,11 @@ static mc_status make_pipeline(mc__cpu_library *l, const char *function, uint32_
         if (snprintf(argc_name, sizeof argc_name, "%s__mc_argc", function) < (int)sizeof argc_name) {
             const int32_t *n = dlsym(l->dl, argc_name);
             if (n) argc = *n;
+        }
+        /* optional: MSL plain-loop kernels run several groups row by row */
+        if (fn && snprintf(argc_name, sizeof argc_name, "%s__mc_rows", function) < (int)sizeof argc_name) {
+            void *r = dlsym(l->dl, argc_name);
+            if (r && defined_in(l->dl, r)) memcpy(&rows, &r, sizeof rows);
         }
     } else {
         for (size_t i = 0; i < l->nbuiltin; i++) {
@@ -680,6 +722,7 @@ static mc_status make_pipeline(mc__cpu_library *l, const char *function, uint32_
     atomic_fetch_add(&l->refs, 1);
     p->lib = l;
     p->fn = fn;
+    p->rows = rows;
     p->max_threads = max_threads ? max_threads : MC__CPU_MAX_THREADS;
     p->argc = argc;
     if (info) {

@@ -1,0 +1,480 @@
+/*
+ * How the CPU device runs an MSL kernel's threads: as a plain loop (no
+ * barrier, no SIMD-group function), as coroutines (barriers called in the
+ * kernel's own body) or as fibers (everything else: SIMD-group functions,
+ * barriers in helpers or lambdas). The front end's choice is checked on
+ * the generated entry points; the coroutine path is run against a host
+ * reference with threads that leave early, barriers in a loop, private
+ * state kept across barriers, 2-D groups of 1024 threads and several
+ * groups in flight on the workers.
+ */
+#include "mc_test.h"
+
+#include "msl/msl.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+/* The entry point's runner for kernel name in the C++ the front end made. */
+static const char *runner_of(const char *cpp, const char *name, char *out, size_t cap)
+{
+    char head[160];
+    snprintf(head, sizeof head, "MC_KERNEL_EXPORT void %s(const mc_cpu_ctx *ctx)", name);
+    const char *at = strstr(cpp, head);
+    if (!at) return NULL;
+    const char *r = strstr(at, "mc::run_");
+    if (!r) return NULL;
+    size_t n = strcspn(r, "(");
+    snprintf(out, cap, "%.*s", (int)(n < cap ? n : cap - 1), r);
+    return out;
+}
+
+static const char paths_src[] =
+    "#include <metal_stdlib>\n"
+    "using namespace metal;\n"
+    "static void sync_all() { threadgroup_barrier(mem_flags::mem_threadgroup); }\n"
+    "kernel void plain(device float *o [[buffer(0)]], uint i [[thread_position_in_grid]]) { o[i] = 1.0f; }\n"
+    "kernel void own_barriers(device float *o [[buffer(0)]], uint i [[thread_position_in_grid]],\n"
+    "                         uint l [[thread_position_in_threadgroup]]) {\n"
+    "    threadgroup float t[64];\n"
+    "    if (l >= 64u) return;\n"
+    "    t[l] = o[i];\n"
+    "    threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+    "    for (uint s = 0; s < 2u; s++) threadgroup_barrier(mem_flags::mem_device | mem_flags::mem_threadgroup);\n"
+    "    o[i] = t[63u - l];\n"
+    "}\n"
+    "kernel void in_helper(device float *o [[buffer(0)]], uint i [[thread_position_in_grid]]) {\n"
+    "    sync_all();\n"
+    "    o[i] = 2.0f;\n"
+    "}\n"
+    "kernel void with_simd(device float *o [[buffer(0)]], uint i [[thread_position_in_grid]]) {\n"
+    "    threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+    "    o[i] = simd_sum(o[i]);\n"
+    "}\n"
+    "kernel void with_lambda(device float *o [[buffer(0)]], uint i [[thread_position_in_grid]]) {\n"
+    "    auto f = [&](uint k) { return o[k] * 2.0f; };\n"
+    "    threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+    "    o[i] = f(i);\n"
+    "}\n";
+
+MC_TEST(msl_exec_path_per_kernel)
+{
+    char *cpp = NULL, *log = NULL;
+    size_t len = 0;
+    mc_status s = mc__msl_translate(paths_src, strlen(paths_src), MC__MSL_CPU, &cpp, &len, &log);
+    if (s != MC_OK) fprintf(stderr, "%s\n", log ? log : mc_last_error());
+    free(log);
+    CHECK_OK(s);
+    char r[64];
+    CHECK(runner_of(cpp, "plain", r, sizeof r));
+    CHECK_STR_CONTAINS(r, "mc::run_loop");
+    CHECK(runner_of(cpp, "own_barriers", r, sizeof r));
+    CHECK_STR_CONTAINS(r, "mc::run_group_coro");
+    /* its barriers suspend, its return ends the coroutine */
+    CHECK_STR_CONTAINS(cpp, "kernel MC_CORO own_barriers(");
+    CHECK_STR_CONTAINS(cpp, "if (l >= 64u) MC_CO_RETURN;");
+    CHECK_STR_CONTAINS(cpp, "MC_CO_BARRIER(mem_flags::mem_threadgroup);");
+    /* the others keep fibers, and their barriers stay calls */
+    static const char *const fibers[] = {"in_helper", "with_simd", "with_lambda"};
+    for (size_t k = 0; k < 3; k++) {
+        CHECK(runner_of(cpp, fibers[k], r, sizeof r));
+        if (strcmp(r, "mc::run_group") != 0) fprintf(stderr, "%s runs with %s\n", fibers[k], r);
+        CHECK(strcmp(r, "mc::run_group") == 0);
+    }
+    CHECK_STR_CONTAINS(cpp, "static void sync_all() { threadgroup_barrier(");
+    free(cpp);
+    return 0;
+}
+
+/* Threads at or past `live` return before the first barrier. The live ones
+ * pass a value through threadgroup memory 8 times (16 barriers in a loop)
+ * and keep a private array, indexed at run time, across the barriers. */
+static const char coro_src[] =
+    "#include <metal_stdlib>\n"
+    "using namespace metal;\n"
+    "kernel void coro_mix(device uint *out [[buffer(0)]], constant uint &live [[buffer(1)]],\n"
+    "                     uint2 lid [[thread_position_in_threadgroup]], uint2 tptg [[threads_per_threadgroup]],\n"
+    "                     uint li [[thread_index_in_threadgroup]], uint2 group [[threadgroup_position_in_grid]],\n"
+    "                     uint2 gid [[thread_position_in_grid]], uint2 grid [[threads_per_grid]])\n"
+    "{\n"
+    "    threadgroup uint t[1024];\n"
+    "    uint at = gid.y * grid.x + gid.x;\n"
+    "    if (lid.y * tptg.x + lid.x != li) { out[at] = 0xdeadu; return; }\n"
+    "    uint mine[320];\n"
+    "    for (uint k = 0; k < 320u; k++) mine[k] = li * 320u + k;\n"
+    "    if (li >= live) { out[at] = 0xffffffffu; return; }\n"
+    "    uint g = group.x * 1000000u + group.y * 100000u;\n"
+    "    for (uint round = 0; round < 8u; round++) {\n"
+    "        uint k = (round * 40u + li) % 320u;\n"
+    "        t[li] = mine[k] + g;\n"
+    "        threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+    "        mine[k] = t[(live - 1u) - li];\n"
+    "        threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+    "    }\n"
+    "    uint s = 0;\n"
+    "    for (uint k = 0; k < 320u; k++) s += mine[k];\n"
+    "    out[at] = s;\n"
+    "}\n";
+
+/* options: the library's compiler options (NULL: none) */
+static int run_coro_mix(const char *options);
+
+MC_TEST(msl_coroutine_threads_cross_barriers)
+{
+    return run_coro_mix(NULL);
+}
+
+/* The same kernel where the compiler has no coroutines (the header then
+ * spells it for fibers): the same results. */
+MC_TEST(msl_coroutine_kernel_without_coroutines_runs_as_fibers)
+{
+    return run_coro_mix("-U__cpp_coroutines -U__cpp_impl_coroutine");
+}
+
+static int run_coro_mix(const char *options)
+{
+    mc_device *d = mct_open_device(0);
+    if (!d) MC_SKIP("the device named by MC_DEVICE cannot be opened");
+    mc_device_info info;
+    CHECK_OK(mc_device_get_info(d, &info));
+    if (info.kind != MC_DEVICE_CPU) {
+        mc_device_release(d);
+        MC_SKIP("coroutine threads are the CPU device's way to run barriers");
+    }
+    mc_library_desc ld = MC_LIBRARY_DESC_INIT;
+    ld.language = MC_LANG_MSL;
+    ld.source = coro_src;
+    ld.options = options;
+    mc_library *lib = NULL;
+    char *log = NULL;
+    mc_status s = mc_library_create(d, &ld, &lib, &log);
+    if (s != MC_OK) fprintf(stderr, "%s\n%s\n", mc_last_error(), log ? log : "");
+    mc_free(log);
+    CHECK_OK(s);
+    mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
+    pd.library = lib;
+    pd.function = "coro_mix";
+    mc_pipeline *p = NULL;
+    CHECK_OK(mc_pipeline_create(d, &pd, &p));
+    enum { TX = 32, TY = 32, GX = 3, GY = 2, N = TX * TY, W = TX * GX, H = TY * GY };
+    const uint32_t live = N - 77; /* not a multiple of 32: the last threads leave early */
+    mc_buffer_desc bd = MC_BUFFER_DESC_INIT;
+    bd.size = sizeof(uint32_t) * W * H;
+    mc_buffer *bo = NULL;
+    CHECK_OK(mc_buffer_create(d, &bd, &bo));
+    mc_queue *q = NULL;
+    mc_cmdbuf *cb = NULL;
+    mc_pass *pass = NULL;
+    CHECK_OK(mc_queue_create(d, NULL, &q));
+    CHECK_OK(mc_cmdbuf_create(q, NULL, &cb));
+    CHECK_OK(mc_cmdbuf_begin_pass(cb, "coro", &pass));
+    CHECK_OK(mc_pass_set_pipeline(pass, p));
+    CHECK_OK(mc_pass_set_buffer(pass, 0, bo, 0));
+    CHECK_OK(mc_pass_set_bytes(pass, 1, &live, sizeof live));
+    CHECK_OK(mc_pass_dispatch(pass, (mc_size3){GX, GY, 1}, (mc_size3){TX, TY, 1}));
+    CHECK_OK(mc_pass_end(pass));
+    CHECK_OK(mc_cmdbuf_commit(cb));
+    CHECK_OK(mc_cmdbuf_wait(cb, MC_WAIT_FOREVER));
+    CHECK_OK(mc_cmdbuf_status(cb, NULL));
+    uint32_t *out = malloc(bd.size), *mine = malloc(sizeof(uint32_t) * N * 320), *t = malloc(sizeof(uint32_t) * N);
+    CHECK(out && mine && t);
+    CHECK_OK(mc_buffer_read(bo, 0, out, bd.size));
+    /* the host reference: the same phases, thread by thread */
+    int bad = 0;
+    for (uint32_t gy = 0; gy < GY; gy++)
+        for (uint32_t gx = 0; gx < GX; gx++) {
+            uint32_t g = gx * 1000000u + gy * 100000u;
+            for (uint32_t li = 0; li < N; li++)
+                for (uint32_t k = 0; k < 320; k++) mine[li * 320 + k] = li * 320 + k;
+            for (uint32_t round = 0; round < 8; round++) {
+                for (uint32_t li = 0; li < live; li++) t[li] = mine[li * 320 + (round * 40 + li) % 320] + g;
+                for (uint32_t li = 0; li < live; li++) mine[li * 320 + (round * 40 + li) % 320] = t[live - 1 - li];
+            }
+            for (uint32_t li = 0; li < N; li++) {
+                uint32_t want = 0xffffffffu;
+                if (li < live) {
+                    want = 0;
+                    for (uint32_t k = 0; k < 320; k++) want += mine[li * 320 + k];
+                }
+                uint32_t x = gx * TX + li % TX, y = gy * TY + li / TX;
+                if (out[y * W + x] != want && bad++ < 5)
+                    fprintf(stderr, "group (%u, %u) thread %u: %u, want %u\n", gx, gy, li, out[y * W + x], want);
+            }
+        }
+    CHECK_EQ(bad, 0);
+    free(out);
+    free(mine);
+    free(t);
+    mc_cmdbuf_release(cb);
+    mc_queue_release(q);
+    mc_buffer_release(bo);
+    mc_pipeline_release(p);
+    mc_library_release(lib);
+    mc_device_release(d);
+    return 0;
+}
+
+/* A compiler that has dropped -fcoroutines-ts (clang 17 on): the flag is
+ * not passed, the kernel runs as fibers, with the same results. The stand-in
+ * says it is clang 17 and logs its arguments, then runs this clang++ without
+ * the flag if it came. */
+MC_TEST(msl_coroutine_flag_follows_the_compiler_version)
+{
+    if (system("clang++ --version >/dev/null 2>&1") != 0) MC_SKIP("no clang++ here");
+    char dir[] = "/tmp/mc-msl-cxx-XXXXXX";
+    CHECK(mkdtemp(dir));
+    char script[256], args[256];
+    snprintf(script, sizeof script, "%s/cxx", dir);
+    snprintf(args, sizeof args, "%s/args", dir);
+    FILE *f = fopen(script, "w");
+    CHECK(f);
+    fprintf(f,
+            "#!/bin/sh\n"
+            "if [ \"$1\" = --version ]; then echo 'clang version 17.0.6'; exit 0; fi\n"
+            "echo \"$@\" >> '%s'\n"
+            "exec clang++ \"$@\"\n",
+            args);
+    CHECK_EQ(fclose(f), 0);
+    CHECK_EQ(chmod(script, 0700), 0);
+    setenv("MC_MSL_CXX", script, 1);
+    setenv("MC_CACHE", "off", 1);
+    int rc = run_coro_mix(NULL);
+    size_t len = 0;
+    char *logged = mct_read_file(args, &len);
+    CHECK(logged);
+    CHECK_STR_CONTAINS(logged, "-std=c++17");
+    CHECK(!strstr(logged, "-fcoroutines-ts"));
+    free(logged);
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK_EQ(system(cmd), 0);
+    return rc;
+}
+
+/* ---- hoisted bounds tests ----------------------------------------------------------- */
+
+static const char guard_src[] =
+    "#include <metal_stdlib>\n"
+    "using namespace metal;\n"
+    "struct lim { uint n, pad; };\n"
+    "kernel void below(device float *y [[buffer(0)]], device const float *x [[buffer(1)]],\n"
+    "                  constant lim &p [[buffer(2)]], uint i [[thread_position_in_grid]])\n"
+    "{\n"
+    "    if (i < p.n - 1u) y[i] = 2.0f * x[i] + y[i];\n"
+    "    else y[i] = -1.0f;\n"
+    "}\n"
+    "kernel void leave(device uint *y [[buffer(0)]], constant int &n [[buffer(1)]],\n"
+    "                  uint i [[thread_position_in_grid]])\n"
+    "{\n"
+    "    if (i >= n) return;\n"
+    "    y[i] += i;\n"
+    "}\n"
+    /* not hoisted: a device value, a call, a signed id, another attribute */
+    "kernel void k_device(device uint *y [[buffer(0)]], device const uint *n [[buffer(1)]],\n"
+    "                     uint i [[thread_position_in_grid]]) { if (i < n[0]) y[i] = 1u; }\n"
+    "kernel void k_call(device uint *y [[buffer(0)]], constant uint &n [[buffer(1)]],\n"
+    "                   uint i [[thread_position_in_grid]]) { if (i < min(n, 8u)) y[i] = 1u; }\n"
+    "kernel void k_int(device uint *y [[buffer(0)]], constant int &n [[buffer(1)]],\n"
+    "                  int i [[thread_position_in_grid]]) { if (i < n) y[i] = 1u; }\n"
+    "kernel void k_local(device uint *y [[buffer(0)]], constant uint &n [[buffer(1)]],\n"
+    "                    uint i [[thread_position_in_threadgroup]]) { if (i < n) y[i] = 1u; }\n";
+
+MC_TEST(msl_bounds_test_hoisted_where_exact)
+{
+    char *cpp = NULL, *log = NULL;
+    size_t len = 0;
+    mc_status s = mc__msl_translate(guard_src, strlen(guard_src), MC__MSL_CPU, &cpp, &len, &log);
+    if (s != MC_OK) fprintf(stderr, "%s\n", log ? log : mc_last_error());
+    free(log);
+    CHECK_OK(s);
+    char r[64];
+    CHECK(runner_of(cpp, "below", r, sizeof r));
+    CHECK_STR_CONTAINS(r, "mc::run_loop_guarded");
+    CHECK_STR_CONTAINS(cpp, "if (mc_full || (i < p.n - 1u)) y[i]");
+    CHECK_STR_CONTAINS(cpp, "return mc_id < (p . n - 1u);");
+    CHECK(runner_of(cpp, "leave", r, sizeof r));
+    CHECK_STR_CONTAINS(r, "mc::run_loop_guarded");
+    CHECK_STR_CONTAINS(cpp, "if (!mc_full && (i >= n)) return;");
+    static const char *const kept[] = {"k_device", "k_call", "k_int", "k_local"};
+    for (size_t k = 0; k < 4; k++) {
+        CHECK(runner_of(cpp, kept[k], r, sizeof r));
+        if (strcmp(r, "mc::run_loop") != 0) fprintf(stderr, "%s runs with %s\n", kept[k], r);
+        CHECK(strcmp(r, "mc::run_loop") == 0);
+    }
+    free(cpp);
+
+    /* run: the groups that pass whole, the one that does not, and a signed
+     * bound below zero (every thread leaves: int n converts to a huge uint
+     * in `i >= n`, so nobody does, as MSL's conversions say) */
+    mc_device *d = mct_open_device(0);
+    if (!d) MC_SKIP("the device named by MC_DEVICE cannot be opened");
+    mc_library_desc ld = MC_LIBRARY_DESC_INIT;
+    ld.language = MC_LANG_MSL;
+    ld.source = guard_src;
+    mc_library *lib = NULL;
+    log = NULL;
+    s = mc_library_create(d, &ld, &lib, &log);
+    if (s != MC_OK) fprintf(stderr, "%s\n%s\n", mc_last_error(), log ? log : "");
+    mc_free(log);
+    CHECK_OK(s);
+    mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
+    pd.library = lib;
+    mc_pipeline *pb = NULL, *pl = NULL;
+    pd.function = "below";
+    CHECK_OK(mc_pipeline_create(d, &pd, &pb));
+    pd.function = "leave";
+    CHECK_OK(mc_pipeline_create(d, &pd, &pl));
+    enum { T = 64, G = 5, N = T * G };
+    static const uint32_t limits[] = {N + 1, N - T + 1, 37, 1, 0};
+    float x[N], y[N];
+    uint32_t u[N];
+    for (int i = 0; i < N; i++) x[i] = (float)i;
+    mc_buffer_desc bd = MC_BUFFER_DESC_INIT;
+    bd.size = sizeof y;
+    mc_buffer *bx = NULL, *by = NULL, *bu = NULL;
+    CHECK_OK(mc_buffer_create(d, &bd, &bx));
+    CHECK_OK(mc_buffer_create(d, &bd, &by));
+    CHECK_OK(mc_buffer_create(d, &bd, &bu));
+    CHECK_OK(mc_buffer_write(bx, 0, x, sizeof x));
+    mc_queue *q = NULL;
+    CHECK_OK(mc_queue_create(d, NULL, &q));
+    for (size_t k = 0; k < sizeof limits / sizeof limits[0]; k++) {
+        uint32_t lim[2] = {limits[k], 0};
+        int32_t n = k == 4 ? -5 : (int32_t)limits[k];
+        for (int i = 0; i < N; i++) y[i] = 1.0f, u[i] = 7u;
+        CHECK_OK(mc_buffer_write(by, 0, y, sizeof y));
+        CHECK_OK(mc_buffer_write(bu, 0, u, sizeof u));
+        mc_cmdbuf *cb = NULL;
+        mc_pass *pass = NULL;
+        CHECK_OK(mc_cmdbuf_create(q, NULL, &cb));
+        CHECK_OK(mc_cmdbuf_begin_pass(cb, "guards", &pass));
+        CHECK_OK(mc_pass_set_pipeline(pass, pb));
+        CHECK_OK(mc_pass_set_buffer(pass, 0, by, 0));
+        CHECK_OK(mc_pass_set_buffer(pass, 1, bx, 0));
+        CHECK_OK(mc_pass_set_bytes(pass, 2, lim, sizeof lim));
+        CHECK_OK(mc_pass_dispatch(pass, (mc_size3){G, 1, 1}, (mc_size3){T, 1, 1}));
+        CHECK_OK(mc_pass_set_pipeline(pass, pl));
+        CHECK_OK(mc_pass_set_buffer(pass, 0, bu, 0));
+        CHECK_OK(mc_pass_set_bytes(pass, 1, &n, sizeof n));
+        CHECK_OK(mc_pass_dispatch(pass, (mc_size3){G, 1, 1}, (mc_size3){T, 1, 1}));
+        CHECK_OK(mc_pass_end(pass));
+        CHECK_OK(mc_cmdbuf_commit(cb));
+        CHECK_OK(mc_cmdbuf_wait(cb, MC_WAIT_FOREVER));
+        CHECK_OK(mc_cmdbuf_status(cb, NULL));
+        mc_cmdbuf_release(cb);
+        CHECK_OK(mc_buffer_read(by, 0, y, sizeof y));
+        CHECK_OK(mc_buffer_read(bu, 0, u, sizeof u));
+        int bad = 0;
+        for (uint32_t i = 0; i < N; i++) {
+            float want_y = i < lim[0] - 1u ? 2.0f * (float)i + 1.0f : -1.0f;
+            uint32_t want_u = i >= (uint32_t)n ? 7u : 7u + i;
+            if ((y[i] != want_y || u[i] != want_u) && bad++ < 5)
+                fprintf(stderr, "limit %u, n %d, thread %u: y %g (want %g), u %u (want %u)\n", lim[0], n, i, y[i],
+                        want_y, u[i], want_u);
+        }
+        CHECK_EQ(bad, 0);
+    }
+    mc_queue_release(q);
+    mc_buffer_release(bx);
+    mc_buffer_release(by);
+    mc_buffer_release(bu);
+    mc_pipeline_release(pb);
+    mc_pipeline_release(pl);
+    mc_library_release(lib);
+    mc_device_release(d);
+    return 0;
+}
+
+/* ---- groups run row by row ------------------------------------------------------------ */
+
+/* A plain-loop kernel: the CPU device runs the groups of a chunk that share
+ * a row of groups through NAME__mc_rows, one loop per row of threads across
+ * them. Every thread must still see its own ids and run once. */
+static const char rows_src[] =
+    "#include <metal_stdlib>\n"
+    "using namespace metal;\n"
+    "kernel void ids(device uint4 *out [[buffer(0)]], device atomic_uint *runs [[buffer(1)]],\n"
+    "                uint2 gid [[thread_position_in_grid]], uint2 grid [[threads_per_grid]],\n"
+    "                uint2 group [[threadgroup_position_in_grid]], uint2 lid [[thread_position_in_threadgroup]],\n"
+    "                uint li [[thread_index_in_threadgroup]], uint2 tptg [[threads_per_threadgroup]])\n"
+    "{\n"
+    "    uint at = gid.y * grid.x + gid.x;\n"
+    "    out[at] = uint4(group.x, group.y, lid.x | (lid.y << 8), li | (tptg.x << 16));\n"
+    "    atomic_fetch_add_explicit(&runs[at], 1u, memory_order_relaxed);\n"
+    "}\n";
+
+MC_TEST(msl_plain_groups_run_row_by_row)
+{
+    mc_device *d = mct_open_device(0);
+    if (!d) MC_SKIP("the device named by MC_DEVICE cannot be opened");
+    mc_library_desc ld = MC_LIBRARY_DESC_INIT;
+    ld.language = MC_LANG_MSL;
+    ld.source = rows_src;
+    mc_library *lib = NULL;
+    char *log = NULL;
+    mc_status s = mc_library_create(d, &ld, &lib, &log);
+    if (s != MC_OK) fprintf(stderr, "%s\n%s\n", mc_last_error(), log ? log : "");
+    mc_free(log);
+    CHECK_OK(s);
+    mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
+    pd.library = lib;
+    pd.function = "ids";
+    mc_pipeline *p = NULL;
+    CHECK_OK(mc_pipeline_create(d, &pd, &p));
+    /* 37 x 23 groups of 7 x 5: chunks of several groups, rows that end
+     * inside a chunk, and two dispatches (the second knows the group time) */
+    enum { GX = 37, GY = 23, TX = 7, TY = 5, W = GX * TX, H = GY * TY };
+    mc_buffer_desc bd = MC_BUFFER_DESC_INIT;
+    bd.size = sizeof(uint32_t) * 4 * W * H;
+    mc_buffer *bo = NULL, *br = NULL;
+    CHECK_OK(mc_buffer_create(d, &bd, &bo));
+    bd.size = sizeof(uint32_t) * W * H;
+    uint32_t *zero = calloc(W * H, sizeof(uint32_t));
+    CHECK(zero);
+    bd.initial_data = zero;
+    CHECK_OK(mc_buffer_create(d, &bd, &br));
+    free(zero);
+    mc_queue *q = NULL;
+    mc_cmdbuf *cb = NULL;
+    mc_pass *pass = NULL;
+    CHECK_OK(mc_queue_create(d, NULL, &q));
+    CHECK_OK(mc_cmdbuf_create(q, NULL, &cb));
+    CHECK_OK(mc_cmdbuf_begin_pass(cb, "rows", &pass));
+    CHECK_OK(mc_pass_set_pipeline(pass, p));
+    CHECK_OK(mc_pass_set_buffer(pass, 0, bo, 0));
+    CHECK_OK(mc_pass_set_buffer(pass, 1, br, 0));
+    CHECK_OK(mc_pass_dispatch(pass, (mc_size3){GX, GY, 1}, (mc_size3){TX, TY, 1}));
+    CHECK_OK(mc_pass_barrier(pass));
+    CHECK_OK(mc_pass_dispatch(pass, (mc_size3){GX, GY, 1}, (mc_size3){TX, TY, 1}));
+    CHECK_OK(mc_pass_end(pass));
+    CHECK_OK(mc_cmdbuf_commit(cb));
+    CHECK_OK(mc_cmdbuf_wait(cb, MC_WAIT_FOREVER));
+    CHECK_OK(mc_cmdbuf_status(cb, NULL));
+    uint32_t *out = malloc(sizeof(uint32_t) * 4 * W * H), *runs = malloc(sizeof(uint32_t) * W * H);
+    CHECK(out && runs);
+    CHECK_OK(mc_buffer_read(bo, 0, out, sizeof(uint32_t) * 4 * W * H));
+    CHECK_OK(mc_buffer_read(br, 0, runs, sizeof(uint32_t) * W * H));
+    int bad = 0;
+    for (uint32_t y = 0; y < H; y++)
+        for (uint32_t x = 0; x < W; x++) {
+            uint32_t at = y * W + x, lx = x % TX, ly = y % TY;
+            const uint32_t *o = out + 4 * at;
+            bool ok = o[0] == x / TX && o[1] == y / TY && o[2] == (lx | ly << 8) &&
+                      o[3] == ((ly * TX + lx) | TX << 16) && runs[at] == 2;
+            if (!ok && bad++ < 5)
+                fprintf(stderr, "thread (%u, %u): group (%u, %u) lid %#x index %#x runs %u\n", x, y, o[0], o[1], o[2],
+                        o[3], runs[at]);
+        }
+    CHECK_EQ(bad, 0);
+    free(out);
+    free(runs);
+    mc_cmdbuf_release(cb);
+    mc_queue_release(q);
+    mc_buffer_release(bo);
+    mc_buffer_release(br);
+    mc_pipeline_release(p);
+    mc_library_release(lib);
+    mc_device_release(d);
+    return 0;
+}
