@@ -13,6 +13,7 @@
  *   cuda_library.c  NVRTC compilation, modules, pipelines, the archive
  *   cuda_queue.c    queues, command execution, completion, indirect dispatch
  *   cuda_list.c     command lists as CUDA graphs
+ *   cuda_replay.c   repeated command buffers replayed as CUDA graphs
  *
  * How the Metal model maps (DESIGN.md, "The HAL, Metal-shaped"):
  *  - device: the primary context of a CUdevice, pushed around every call
@@ -53,6 +54,9 @@
  *                           pass that failed (costs one stream memory
  *                           operation per pass; off by default)
  *   MC_CUDA_SPIN_US=n       how long waiters spin before sleeping (100)
+ *   MC_CUDA_REPLAY=0        launch every command buffer one kernel at a
+ *                           time (by default a repeated one is replayed as
+ *                           a CUDA graph, cuda_replay.c)
  *   MC_CUDA_BATCH_MEMOPS=0  write a closing signal and the completion
  *                           marker separately (for comparison)
  *   MC_CUDA_INDIRECT=sync   force the CPU fallback for indirect dispatch
@@ -67,6 +71,7 @@
 #ifndef MC_BACKENDS_CUDA_CUDA_BE_H
 #define MC_BACKENDS_CUDA_CUDA_BE_H
 
+#include "backends/cuda/cuda_replay.h"
 #include "backends/hal.h"
 #include "core/core.h"
 
@@ -184,6 +189,14 @@ typedef struct mc__nvrtc_api {
 const mc__cuda_api *mc__cuda_driver(const char **why);
 /* NVRTC, loaded on first use; NULL (and why) when it cannot be found. */
 const mc__nvrtc_api *mc__cuda_nvrtc(const char **why);
+/* The NVRTC library file the loader will open, found without loading it
+ * (the real path), or NULL when the search finds none: the cache keys CUDA C
+ * by this file's identity, so a disk hit never loads NVRTC. */
+const char *mc__cuda_nvrtc_file(void);
+/* The search behind it, into out (not cached; false when nothing is found). */
+bool mc__cuda_nvrtc_find(char *out, size_t cap);
+/* "file REALPATH size N mtime S.NS": a file's identity for a cache key. */
+mc_status mc__cuda_file_identity(const char *path, char *out, size_t cap);
 
 /* ---- objects ------------------------------------------------------------ */
 
@@ -192,6 +205,7 @@ typedef struct mc__cuda_queue mc__cuda_queue;
 typedef struct mc__cuda_rec mc__cuda_rec;
 typedef struct mc__cuda_slot mc__cuda_slot;
 typedef struct mc__cuda_list mc__cuda_list;
+typedef struct mc__cuda_replay mc__cuda_replay;
 
 /* dev->lost */
 enum { MC__CUDA_ALIVE = 0, MC__CUDA_LOST_INJECTED = 1, MC__CUDA_LOST_DEAD = 2 };
@@ -230,6 +244,7 @@ struct mc__cuda_device {
 
     /* settings from the environment */
     bool pass_markers;
+    bool replay; /* MC_CUDA_REPLAY (on): repeated command buffers as graphs */
     uint64_t spin_ns;
 
     /* queues and the completion thread */
@@ -345,6 +360,10 @@ struct mc__cuda_queue {
     mc__cuda_slot *slots;
     mc__cuda_slot **used; /* slots launched by the submission being encoded */
     uint32_t nused, used_cap;
+    /* graph replay of repeated command buffers (cuda_replay.c) */
+    mc__cuda_replay *replay;
+    bool collecting;   /* launch() collects instead of launching */
+    uint32_t cur_pass; /* the pass being encoded */
 
     /* completion side, under mu */
     pthread_mutex_t mu;
@@ -439,6 +458,21 @@ void mc__cuda_cmdlist_destroy(void *dev, void *list);
 /* EXECUTE_LIST in pass p of r (submit_mu held, context current). */
 mc_status mc__cuda_list_execute(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r, const mc__cmd *c,
                                 uint32_t pass_index, const mc__pass *ps);
+
+/* cuda_replay.c: command buffers replayed as graphs (submit_mu held,
+ * context current). */
+bool mc__cuda_replay_enabled(const mc__cuda_device *dev);
+bool mc__cuda_replay_eligible(const mc__submission *sub, uint32_t nrun);
+mc_status mc__cuda_replay_begin(mc__cuda_device *dev, mc__cuda_queue *q);
+void mc__cuda_replay_collect(mc__cuda_queue *q, mc__cuda_pipeline *pl, mc_size3 g, mc_size3 t, unsigned smem,
+                             void **params, uint32_t pass);
+/* Sends what was collected (as a graph or one by one). `encoded`: the
+ * encoding's outcome (a failed pass still runs the launches before it).
+ * MC_ERR_UNSUPPORTED: nothing was sent, encode again without collecting. */
+mc_status mc__cuda_replay_end(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r, const mc__submission *sub,
+                              mc_status encoded, uint32_t *fault);
+void mc__cuda_replay_forget(mc__cuda_queue *q, const mc__cuda_pipeline *pl);
+void mc__cuda_replay_free(mc__cuda_queue *q);
 
 /* Forgets the cached indirect-dispatch graphs of a pipeline being destroyed. */
 void mc__cuda_forget_pipeline(mc__cuda_device *dev, mc__cuda_pipeline *pl);

@@ -231,6 +231,8 @@ static mc_status cuda_device_open(int index, const mc_device_desc *desc, void **
                 "cuda:%d lacks 64-bit stream memory operations: events and completion use one-thread kernels", index);
 
     dev->pass_markers = mc__env_int("MC_CUDA_PASS_MARKERS", 0) != 0;
+    dev->replay = mc__env_int("MC_CUDA_REPLAY", 1) != 0;
+    dev->replay = mc__cuda_replay_enabled(dev); /* and the driver has graphs */
     long long spin_us = mc__env_int("MC_CUDA_SPIN_US", 100);
     dev->spin_ns = (uint64_t)(spin_us > 0 ? spin_us : 0) * 1000u;
     atomic_store(&dev->indirect, MC__CUDA_IND_UNKNOWN);

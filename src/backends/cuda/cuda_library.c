@@ -472,6 +472,14 @@ mc_status mc__cuda_compiler_identity(void *devp, mc_language lang, char *out, si
     }
     if (lang != MC_LANG_CUDA)
         return mc__fail(MC_ERR_UNSUPPORTED, "the CUDA device compiles CUDA C and MSL, not %s", mc_language_name(lang));
+    /* Cache key material (issue 21): NVRTC's file, not its version, so a
+     * disk hit never loads NVRTC (cuda_api.c, "NVRTC's identity"). */
+    const char *file = mc__cuda_nvrtc_file();
+    char id[640];
+    if (file && mc__cuda_file_identity(file, id, sizeof id) == MC_OK) {
+        snprintf(out, cap, "nvrtc %s %s", id, dev->arch);
+        return MC_OK;
+    }
     const char *why = "";
     const mc__nvrtc_api *rtc = mc__cuda_nvrtc(&why);
     if (!rtc) return mc__fail(MC_ERR_UNSUPPORTED, "cuda: %s", why);

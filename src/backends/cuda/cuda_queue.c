@@ -604,6 +604,10 @@ static mc_status launch(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r
     if (!g.x || !g.y || !g.z) return MC_OK; /* nothing to run */
     void **params;
     if ((s = build_params(q, r, pl, &params)) != MC_OK) return s;
+    if (q->collecting) { /* replayed as a graph, maybe (cuda_replay.c) */
+        mc__cuda_replay_collect(q, pl, g, t, (unsigned)smem, params, q->cur_pass);
+        return MC_OK;
+    }
     CUresult res = dev->cu->LaunchKernel(pl->fn, g.x, g.y, g.z, t.x, t.y, t.z, (unsigned)smem, q->stream, params, NULL);
     if (res != CUDA_SUCCESS) {
         char what[160];
@@ -1048,8 +1052,14 @@ static void encode(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r, mc_
         }
     }
     uint32_t nmarkers = 0;
+    /* A command buffer of plain dispatches is collected first: seen before,
+     * it goes out as one graph launch (cuda_replay.c). */
+    bool collect = dev->replay && !r->pass_events && !dev->pass_markers && sub->inject == MC_OK &&
+                   mc__cuda_replay_eligible(sub, nrun) && mc__cuda_replay_begin(dev, q) == MC_OK;
+again:
     for (uint32_t p = 0; p < nrun && s == MC_OK; p++) {
         if (r->pass_events && timing && !rec_event(dev, q, r)) timing = r->pass_events = false;
+        q->cur_pass = p;
         s = encode_pass(dev, q, r, sub, p);
         if (s != MC_OK) {
             /* a sticky error here is an earlier command's fault, not p's */
@@ -1068,6 +1078,17 @@ static void encode(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r, mc_
             atomic_store(&q->marker, m);
             if (nmarkers++ == 0) r->first_marker = m;
         }
+    }
+    if (collect) {
+        collect = false;
+        mc_status rs = mc__cuda_replay_end(dev, q, r, sub, s, &fault);
+        if (rs == MC_ERR_UNSUPPORTED) { /* nothing went out: the plain way */
+            s = MC_OK;
+            fault = NO_PASS;
+            r->nran = 0;
+            goto again;
+        }
+        s = rs;
     }
     if (timing && !rec_event(dev, q, r)) timing = false;
     if (!timing) {
@@ -1409,6 +1430,7 @@ static void queue_free(mc__cuda_queue *q)
     mc__cuda_device *dev = q->dev;
     const mc__cuda_api *cu = dev->cu;
     bool ctx = mc__cuda_enter(dev) == MC_OK;
+    if (ctx) mc__cuda_replay_free(q);
     while (q->slots) {
         mc__cuda_slot *s = q->slots;
         q->slots = s->next;
@@ -1565,13 +1587,15 @@ mc_status mc__cuda_submission_wait(void *devp, void *qp, mc__submission *sub, ui
 
 void mc__cuda_forget_pipeline(mc__cuda_device *dev, mc__cuda_pipeline *pl)
 {
-    if (atomic_load(&dev->indirect) != MC__CUDA_IND_GRAPH) return; /* no graphs were ever made */
+    if (atomic_load(&dev->indirect) != MC__CUDA_IND_GRAPH && !dev->replay) return; /* no graphs were ever made */
     /* Lock order dev->mu -> q->submit_mu: submit never takes dev->mu while
      * holding its queue's submit_mu. */
     pthread_mutex_lock(&dev->mu);
     bool ctx = false;
     for (mc__cuda_queue *q = dev->queues; q; q = q->next) {
         pthread_mutex_lock(&q->submit_mu);
+        if (q->replay && !ctx) ctx = mc__cuda_enter(dev) == MC_OK;
+        if (q->replay && ctx) mc__cuda_replay_forget(q, pl);
         bool any = false;
         for (mc__cuda_slot *s = q->slots; s && !any; s = s->next) any = s->pl == pl;
         if (any && !ctx) ctx = mc__cuda_enter(dev) == MC_OK;
