@@ -1072,7 +1072,12 @@ mc_status mc_stream_create(const mc_stream_desc *desc, mc_stream **out)
     s->desc.slots = desc->slots ? desc->slots : DEFAULT_SLOTS;
     s->desc.max_retries = desc->max_retries ? desc->max_retries : DEFAULT_RETRIES;
     s->nslots = s->desc.slots;
-    s->desc.lanes = desc->lanes ? desc->lanes : 1;
+    /* 0: the device's default. On a CUDA GPU one lane per slot: small items
+     * overlap there (2.23x against 1.78x the naive loop with 3 slots, H100,
+     * docs/PERFORMANCE.md); elsewhere one queue. */
+    s->desc.lanes = desc->lanes                      ? desc->lanes
+                    : info.kind == MC_DEVICE_CUDA ? MC__MIN(s->desc.slots, MC_STREAM_MAX_LANES)
+                                                  : 1;
     s->nlanes = s->desc.lanes;
     s->label = mc__strdup(desc->label ? desc->label : "stream");
     s->desc.label = s->label;

@@ -15,6 +15,7 @@
 #include "backends/cuda/cuda_be.h"
 
 #include <dlfcn.h>
+#include <sched.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -70,6 +71,7 @@ static const sym cuda_syms[] = {
     CU_SYM(EventCreate, true, "cuEventCreate"),
     CU_SYM(EventDestroy, true, "cuEventDestroy_v2"),
     CU_SYM(EventRecord, true, "cuEventRecord"),
+    CU_SYM(EventQuery, true, "cuEventQuery"),
     /* _v2 (12.8) has the same prototype; the unversioned one is older. */
     CU_SYM(EventElapsedTime, true, "cuEventElapsedTime_v2", "cuEventElapsedTime"),
     CU_SYM(ModuleLoadData, true, "cuModuleLoadData"),
@@ -468,6 +470,13 @@ mc_status mc__cuda_enter(mc__cuda_device *dev)
 {
     CUcontext cur = NULL;
     bool push = enter_depth >= 64 || dev->cu->CtxGetCurrent(&cur) != CUDA_SUCCESS || cur != dev->ctx;
+    if (push && !cur && enter_depth == 0 && dev->cu->CtxSetCurrent(dev->ctx) == CUDA_SUCCESS) {
+        /* A thread with no context at all keeps the device's primary one
+         * (what the CUDA runtime would make current there anyway): its
+         * next calls cost one query, not a push and a pop (issue 21, the
+         * round trip). */
+        push = false;
+    }
     if (push) {
         CUresult r = dev->cu->CtxPushCurrent(dev->ctx);
         if (r != CUDA_SUCCESS) return mc__cuda_fail(dev, r, "cuCtxPushCurrent");
@@ -496,6 +505,7 @@ void mc__cuda_backoff_init(mc__cuda_backoff *b)
 {
     b->start = mc__now_ns();
     b->sleep_ns = 0;
+    b->yield_ns = 0;
 }
 
 void mc__cuda_backoff_step(mc__cuda_backoff *b, uint64_t spin_ns, uint64_t max_sleep_ns, uint64_t deadline)
@@ -503,6 +513,13 @@ void mc__cuda_backoff_step(mc__cuda_backoff *b, uint64_t spin_ns, uint64_t max_s
     uint64_t now = mc__now_ns();
     if (now - b->start < spin_ns) {
         for (int i = 0; i < 32; i++) mc__cpu_relax();
+        return;
+    }
+    if (now - b->start < b->yield_ns) {
+        /* A waiter past its spin: give the core away but stay runnable, as
+         * cuStreamSynchronize does. Sleeping here overshot a 1 ms kernel by
+         * up to the 100 us sleep cap plus the timer's slack (saxpy, issue 21). */
+        sched_yield();
         return;
     }
     b->sleep_ns = b->sleep_ns ? MC__MIN(b->sleep_ns * 2, max_sleep_ns) : MC__MIN((uint64_t)2000, max_sleep_ns);

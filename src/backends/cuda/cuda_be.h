@@ -17,7 +17,8 @@
  *
  * How the Metal model maps (DESIGN.md, "The HAL, Metal-shaped"):
  *  - device: the primary context of a CUdevice, pushed around every call
- *    that needs it (the caller's own current context is left alone);
+ *    that needs it (the caller's own current context is left alone; a
+ *    thread with none keeps the primary context current);
  *  - buffers: private storage is cuMemAlloc memory; shared storage is pinned
  *    host memory mapped into the device (cuMemHostAlloc DEVICEMAP);
  *  - kernels: CUDA C declared extern "C" __global__, compiled by NVRTC for the
@@ -54,9 +55,14 @@
  *                           pass that failed (costs one stream memory
  *                           operation per pass; off by default)
  *   MC_CUDA_SPIN_US=n       how long waiters spin before sleeping (100)
+ *   MC_CUDA_YIELD_US=n      how long a thread waiting for a command buffer
+ *                           keeps yielding the core before it sleeps (20000)
  *   MC_CUDA_REPLAY=0        launch every command buffer one kernel at a
  *                           time (by default a repeated one is replayed as
  *                           a CUDA graph, cuda_replay.c)
+ *   MC_CUDA_DONE=event      a command buffer's completion is an event the
+ *                           pollers query (cuEventQuery) instead of a
+ *                           marker the GPU writes (MC_CUDA_DONE=marker)
  *   MC_CUDA_BATCH_MEMOPS=0  write a closing signal and the completion
  *                           marker separately (for comparison)
  *   MC_CUDA_INDIRECT=sync   force the CPU fallback for indirect dispatch
@@ -137,6 +143,7 @@ typedef struct mc__cuda_api {
     CUresult (*EventCreate)(CUevent *, unsigned int);                 /* cuEventCreate */
     CUresult (*EventDestroy)(CUevent);                                /* cuEventDestroy_v2 */
     CUresult (*EventRecord)(CUevent, CUstream);                       /* cuEventRecord */
+    CUresult (*EventQuery)(CUevent);                                  /* cuEventQuery */
     CUresult (*EventElapsedTime)(float *, CUevent, CUevent);          /* cuEventElapsedTime_v2 | cuEventElapsedTime */
     CUresult (*ModuleLoadData)(CUmodule *, const void *);             /* cuModuleLoadData */
     CUresult (*ModuleUnload)(CUmodule);                               /* cuModuleUnload */
@@ -244,7 +251,9 @@ struct mc__cuda_device {
 
     /* settings from the environment */
     bool pass_markers;
+    uint64_t yield_ns; /* MC_CUDA_YIELD_US: how long a waiter yields before sleeping */
     bool replay; /* MC_CUDA_REPLAY (on): repeated command buffers as graphs */
+    bool done_events; /* MC_CUDA_DONE=event: completion by event, not marker */
     uint64_t spin_ns;
 
     /* queues and the completion thread */
@@ -327,6 +336,7 @@ struct mc__cuda_rec {
     bool scheduled;        /* sub->scheduled was called */
     bool indirect;         /* has GPU-side indirect dispatches */
     bool pass_events;      /* ev[i] is the start of pass i */
+    CUevent done_ev;       /* MC_CUDA_DONE=event: recorded after the work (no marker) */
     CUevent *ev;           /* timing events, first = start, last = end */
     uint32_t nev, ev_cap;
     char msg[256];
@@ -371,6 +381,8 @@ struct mc__cuda_queue {
     bool reaping; /* one thread completes records at a time, in order */
     CUevent *evpool;
     uint32_t nevpool, evpool_cap;
+    CUevent *donepool; /* completion events (no timing), MC_CUDA_DONE=event */
+    uint32_t ndonepool, donepool_cap;
     _Atomic size_t nrec;
     _Atomic uint64_t head_marker;   /* last_marker of the head record, UINT64_MAX if none */
     _Atomic uint64_t completed_seq; /* sub_seq of the last completed submission */
@@ -483,9 +495,11 @@ extern const char mc__cuda_builtin_ptx[];
 typedef struct mc__cuda_backoff {
     uint64_t start;
     uint64_t sleep_ns;
+    uint64_t yield_ns; /* 0 but for waiters: until then yield instead of sleeping */
 } mc__cuda_backoff;
 void mc__cuda_backoff_init(mc__cuda_backoff *b);
-/* spin_ns of spinning, then sleeps growing to max_sleep_ns (never past deadline). */
+/* spin_ns of spinning, then yields until yield_ns (counted from the start),
+ * then sleeps growing to max_sleep_ns (never past deadline). */
 void mc__cuda_backoff_step(mc__cuda_backoff *b, uint64_t spin_ns, uint64_t max_sleep_ns, uint64_t deadline);
 
 #endif

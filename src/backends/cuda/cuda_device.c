@@ -232,7 +232,10 @@ static mc_status cuda_device_open(int index, const mc_device_desc *desc, void **
 
     dev->pass_markers = mc__env_int("MC_CUDA_PASS_MARKERS", 0) != 0;
     dev->replay = mc__env_int("MC_CUDA_REPLAY", 1) != 0;
+    dev->done_events = strcmp(mc__env_str("MC_CUDA_DONE", "marker"), "event") == 0;
     dev->replay = mc__cuda_replay_enabled(dev); /* and the driver has graphs */
+    long long yield_us = mc__env_int("MC_CUDA_YIELD_US", 20000);
+    dev->yield_ns = (uint64_t)(yield_us > 0 ? yield_us : 0) * 1000u;
     long long spin_us = mc__env_int("MC_CUDA_SPIN_US", 100);
     dev->spin_ns = (uint64_t)(spin_us > 0 ? spin_us : 0) * 1000u;
     atomic_store(&dev->indirect, MC__CUDA_IND_UNKNOWN);
@@ -444,6 +447,7 @@ static mc_status cuda_event_wait(void *devp, void *ep, uint64_t value, uint64_t 
     uint64_t deadline = mc__deadline(timeout_ns);
     mc__cuda_backoff b;
     mc__cuda_backoff_init(&b);
+    b.yield_ns = dev->yield_ns;
     for (;;) {
         if (__atomic_load_n(e->host, __ATOMIC_ACQUIRE) >= value) return MC_OK;
         if (atomic_load(&dev->lost) != MC__CUDA_ALIVE) {

@@ -445,6 +445,31 @@ static void ev_give(mc__cuda_device *dev, mc__cuda_queue *q, CUevent e)
     if (e) (void)dev->cu->EventDestroy(e);
 }
 
+/* Completion events (MC_CUDA_DONE=event): no timing, pooled per queue. */
+static CUevent done_take(mc__cuda_device *dev, mc__cuda_queue *q)
+{
+    CUevent e = NULL;
+    pthread_mutex_lock(&q->mu);
+    if (q->ndonepool) e = q->donepool[--q->ndonepool];
+    pthread_mutex_unlock(&q->mu);
+    if (!e && dev->cu->EventCreate(&e, CU_EVENT_DISABLE_TIMING) != CUDA_SUCCESS) e = NULL;
+    return e;
+}
+
+/* q->mu held. Never destroys (no context needed); an event that cannot be
+ * pooled is left to the context's teardown. */
+static void done_give_locked(mc__cuda_queue *q, CUevent e)
+{
+    if (q->ndonepool == q->donepool_cap) {
+        uint32_t ncap = q->donepool_cap ? q->donepool_cap * 2 : 16;
+        CUevent *n = mc__realloc(q->donepool, ncap * sizeof *n);
+        if (!n) return;
+        q->donepool = n;
+        q->donepool_cap = ncap;
+    }
+    q->donepool[q->ndonepool++] = e;
+}
+
 /* Records a timing event on the stream into r; false if that failed. */
 static bool rec_event(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r)
 {
@@ -1115,7 +1140,16 @@ again:
         res = dev->batch64(q->stream, 2, ops, 0); /* enqueued in this order */
         if (res == CUDA_SUCCESS) r->nran = np;
     } else {
-        res = write_marker(dev, q, m); /* without fold, or a pass failed: the signal never ran */
+        /* without fold, or a pass failed: the signal never ran */
+        r->done_ev = dev->done_events ? done_take(dev, q) : NULL;
+        res = r->done_ev ? cu->EventRecord(r->done_ev, q->stream) : CUDA_ERROR_NOT_SUPPORTED;
+        if (res != CUDA_SUCCESS && r->done_ev) {
+            pthread_mutex_lock(&q->mu);
+            done_give_locked(q, r->done_ev);
+            pthread_mutex_unlock(&q->mu);
+            r->done_ev = NULL;
+        }
+        if (!r->done_ev) res = write_marker(dev, q, m);
     }
     if (res != CUDA_SUCCESS) {
         char t[120];
@@ -1368,6 +1402,8 @@ static bool reap(mc__cuda_device *dev, mc__cuda_queue *q)
         if (!q->head) q->tail = NULL;
         atomic_store(&q->head_marker, q->head ? q->head->last_marker : UINT64_MAX);
         r->sub = NULL;
+        if (r->done_ev) done_give_locked(q, r->done_ev);
+        r->done_ev = NULL;
         r->next = q->free_recs;
         q->free_recs = r;
         atomic_fetch_sub(&q->nrec, 1);
@@ -1394,7 +1430,8 @@ static bool stall_check(mc__cuda_device *dev, mc__cuda_queue *q)
         /* Everything enqueued before the query ran, markers included. */
         uint64_t cur = load_done(q);
         if (cur >= issued) return false;
-        mc__log(MC_LOG_WARN, "cuda.marker_lost", "cuda:%d: queue idle at marker %llu of %llu; moving it", dev->index,
+        if (!dev->done_events) /* with completion events nothing writes the marker: not a loss */
+            mc__log(MC_LOG_WARN, "cuda.marker_lost", "cuda:%d: queue idle at marker %llu of %llu; moving it", dev->index,
                 (unsigned long long)cur, (unsigned long long)issued);
         while (cur < issued &&
                !__atomic_compare_exchange_n(q->done, &cur, issued, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
@@ -1411,11 +1448,38 @@ static bool stall_check(mc__cuda_device *dev, mc__cuda_queue *q)
 /* Reaps q when its head is finished (checked without locks, so spinning
  * pollers do not contend with submitters) and, when it is stuck, checks
  * now and then whether the context died. True if anything completed. */
+/* MC_CUDA_DONE=event: the head record's completion event has fired; moves
+ * the marker to the record's, as the GPU would have. True if it moved (or
+ * the device was found dead). */
+static bool done_by_event(mc__cuda_device *dev, mc__cuda_queue *q)
+{
+    if (mc__cuda_enter(dev) != MC_OK) return false;
+    pthread_mutex_lock(&q->mu); /* the head record is not recycled meanwhile */
+    mc__cuda_rec *r = q->head;
+    uint64_t m = r ? r->last_marker : 0;
+    CUresult res = r && r->done_ev ? dev->cu->EventQuery(r->done_ev) : CUDA_ERROR_NOT_READY;
+    pthread_mutex_unlock(&q->mu);
+    mc__cuda_leave(dev);
+    if (res == CUDA_SUCCESS) {
+        uint64_t cur = load_done(q);
+        while (cur < m &&
+               !__atomic_compare_exchange_n(q->done, &cur, m, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        }
+        return true;
+    }
+    if (res != CUDA_ERROR_NOT_READY && mc__cuda_is_sticky(res)) {
+        mc__cuda_set_dead(dev, res, "a command on the device failed");
+        return true;
+    }
+    return false;
+}
+
 static bool queue_poll(mc__cuda_device *dev, mc__cuda_queue *q)
 {
     if (atomic_load(&q->nrec) == 0) return false;
     if (load_done(q) >= atomic_load(&q->head_marker) || atomic_load(&dev->lost) != MC__CUDA_ALIVE)
         return reap(dev, q);
+    if (dev->done_events && done_by_event(dev, q)) return reap(dev, q);
     uint64_t now = mc__now_ns(), last = atomic_load(&q->last_check_ns);
     if (now - last >= CHECK_NS && atomic_compare_exchange_strong(&q->last_check_ns, &last, now) &&
         stall_check(dev, q))
@@ -1439,6 +1503,7 @@ static void queue_free(mc__cuda_queue *q)
     }
     if (ctx) {
         for (uint32_t i = 0; i < q->nevpool; i++) (void)cu->EventDestroy(q->evpool[i]);
+        for (uint32_t i = 0; i < q->ndonepool; i++) (void)cu->EventDestroy(q->donepool[i]);
         if (q->anchor) (void)cu->EventDestroy(q->anchor);
         if (q->stream) (void)cu->StreamDestroy(q->stream);
         if (q->block) (void)cu->MemFreeHost(q->block);
@@ -1451,6 +1516,7 @@ static void queue_free(mc__cuda_queue *q)
         free(r);
     }
     free(q->evpool);
+    free(q->donepool);
     free(q->params);
     free(q->staging);
     free(q->used);
@@ -1567,6 +1633,7 @@ mc_status mc__cuda_submission_wait(void *devp, void *qp, mc__submission *sub, ui
     uint64_t deadline = mc__deadline(timeout_ns);
     mc__cuda_backoff b;
     mc__cuda_backoff_init(&b);
+    b.yield_ns = dev->yield_ns;
     mc_status s = MC_OK;
     for (;;) {
         if (atomic_load(&q->completed_seq) >= target) break;
