@@ -209,7 +209,7 @@ static const char *const nvrtc_names[] = {"libnvrtc.so", "libnvrtc.so.13", "libn
  * version (nvrtc_load's own search, e.g. through ld.so.cache). */
 
 static pthread_once_t nvrtc_file_once = PTHREAD_ONCE_INIT;
-static char nvrtc_file[512]; /* the real path, or "" when none was found */
+static char nvrtc_file[PATH_MAX]; /* the real path, or "" when none was found */
 
 static bool regular_file(const char *path, struct stat *st)
 {
