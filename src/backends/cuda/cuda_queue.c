@@ -501,7 +501,9 @@ static void compute_times(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec 
     const mc__cuda_api *cu = dev->cu;
     float ms = 0;
     if (r->nev < 2 || !q->anchor || cu->EventElapsedTime(&ms, q->anchor, r->ev[0]) != CUDA_SUCCESS) return;
-    uint64_t start = q->anchor_ns + ms_to_ns(ms);
+    /* The anchor is the previous timed command buffer's end: this one starts
+     * after it, never on it (touching spans read as nested in a trace). */
+    uint64_t start = q->anchor_ns + MC__MAX(ms_to_ns(ms), (uint64_t)1);
     uint64_t prev = start;
     uint64_t t_end = start;
     for (uint32_t i = 0; i < r->nev; i++) {
