@@ -77,6 +77,7 @@ static const sym cuda_syms[] = {
     CU_SYM(ModuleLoadData, true, "cuModuleLoadData"),
     CU_SYM(ModuleUnload, true, "cuModuleUnload"),
     CU_SYM(ModuleGetFunction, true, "cuModuleGetFunction"),
+    CU_SYM(ModuleGetGlobal, false, "cuModuleGetGlobal_v2"),
     CU_SYM(FuncGetAttribute, true, "cuFuncGetAttribute"),
     CU_SYM(FuncSetAttribute, true, "cuFuncSetAttribute"),
     CU_SYM(FuncGetParamInfo, false, "cuFuncGetParamInfo"),

@@ -148,6 +148,7 @@ typedef struct mc__cuda_api {
     CUresult (*ModuleLoadData)(CUmodule *, const void *);             /* cuModuleLoadData */
     CUresult (*ModuleUnload)(CUmodule);                               /* cuModuleUnload */
     CUresult (*ModuleGetFunction)(CUfunction *, CUmodule, const char *); /* cuModuleGetFunction */
+    CUresult (*ModuleGetGlobal)(CUdeviceptr *, size_t *, CUmodule, const char *); /* cuModuleGetGlobal_v2 (optional) */
     CUresult (*FuncGetAttribute)(int *, CUfunction_attribute, CUfunction); /* cuFuncGetAttribute */
     CUresult (*FuncSetAttribute)(CUfunction, CUfunction_attribute, int); /* cuFuncSetAttribute */
     CUresult (*FuncGetParamInfo)(CUfunction, size_t, size_t *, size_t *); /* cuFuncGetParamInfo (12.4, optional) */
