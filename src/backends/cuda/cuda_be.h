@@ -60,6 +60,8 @@
  *   MC_CUDA_REPLAY=0        launch every command buffer one kernel at a
  *                           time (by default a repeated one is replayed as
  *                           a CUDA graph, cuda_replay.c)
+ *   MC_CUDA_DEFER=1         the completion thread does not poll a queue
+ *                           that a thread is waiting on (for comparison)
  *   MC_CUDA_DONE=event      a command buffer's completion is an event the
  *                           pollers query (cuEventQuery) instead of a
  *                           marker the GPU writes (MC_CUDA_DONE=marker)
@@ -255,6 +257,7 @@ struct mc__cuda_device {
     uint64_t yield_ns; /* MC_CUDA_YIELD_US: how long a waiter yields before sleeping */
     bool replay; /* MC_CUDA_REPLAY (on): repeated command buffers as graphs */
     bool done_events; /* MC_CUDA_DONE=event: completion by event, not marker */
+    bool defer_to_waiters; /* MC_CUDA_DEFER=1: the completion thread leaves a waited queue to its waiter */
     uint64_t spin_ns;
 
     /* queues and the completion thread */
@@ -385,6 +388,7 @@ struct mc__cuda_queue {
     CUevent *donepool; /* completion events (no timing), MC_CUDA_DONE=event */
     uint32_t ndonepool, donepool_cap;
     _Atomic size_t nrec;
+    _Atomic int waiters; /* threads in submission_wait on this queue */
     _Atomic uint64_t head_marker;   /* last_marker of the head record, UINT64_MAX if none */
     _Atomic uint64_t completed_seq; /* sub_seq of the last completed submission */
     _Atomic uint64_t last_check_ns;

@@ -232,6 +232,7 @@ static mc_status cuda_device_open(int index, const mc_device_desc *desc, void **
 
     dev->pass_markers = mc__env_int("MC_CUDA_PASS_MARKERS", 0) != 0;
     dev->replay = mc__env_int("MC_CUDA_REPLAY", 1) != 0;
+    dev->defer_to_waiters = mc__env_int("MC_CUDA_DEFER", 0) != 0;
     dev->done_events = strcmp(mc__env_str("MC_CUDA_DONE", "marker"), "event") == 0;
     dev->replay = mc__cuda_replay_enabled(dev); /* and the driver has graphs */
     long long yield_us = mc__env_int("MC_CUDA_YIELD_US", 20000);

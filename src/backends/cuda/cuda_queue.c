@@ -1637,6 +1637,7 @@ mc_status mc__cuda_submission_wait(void *devp, void *qp, mc__submission *sub, ui
     mc__cuda_backoff_init(&b);
     b.yield_ns = dev->yield_ns;
     mc_status s = MC_OK;
+    atomic_fetch_add(&q->waiters, 1);
     for (;;) {
         if (atomic_load(&q->completed_seq) >= target) break;
         queue_poll(dev, q);
@@ -1647,6 +1648,7 @@ mc_status mc__cuda_submission_wait(void *devp, void *qp, mc__submission *sub, ui
         }
         mc__cuda_backoff_step(&b, dev->spin_ns, WAITER_MAX_SLEEP_NS, deadline);
     }
+    atomic_fetch_sub(&q->waiters, 1);
     pthread_mutex_lock(&dev->mu);
     bool free_it = unpin_locked(q);
     pthread_mutex_unlock(&dev->mu);
@@ -1717,7 +1719,9 @@ void *mc__cuda_completion_main(void *arg)
         mc__cuda_backoff_init(&b);
         while (atomic_load(&dev->inflight) != 0 && atomic_load(&dev->queues_gen) == gen && !atomic_load(&dev->stop)) {
             bool progress = false;
-            for (size_t i = 0; i < n; i++) progress |= queue_poll(dev, dev->poll[i]);
+            for (size_t i = 0; i < n; i++)
+                if (!dev->defer_to_waiters || atomic_load(&dev->poll[i]->waiters) == 0)
+                    progress |= queue_poll(dev, dev->poll[i]);
             if (progress) mc__cuda_backoff_init(&b);
             else mc__cuda_backoff_step(&b, dev->spin_ns, THREAD_MAX_SLEEP_NS, UINT64_MAX);
         }
