@@ -515,7 +515,10 @@ static void compute_times(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec 
         prev = t;
         if (r->pass_events && sub->pass_time && i < sub->npass) sub->pass_time[2 * i] = t;
         if (r->pass_events && sub->pass_time && i > 0 && i - 1 < sub->npass && i - 1 < r->nran)
-            sub->pass_time[2 * (i - 1) + 1] = t;
+            /* one event ends pass i-1 and starts pass i: the end is put 1 ns
+             * before, so the spans do not touch (a trace reads touching
+             * spans as overlapping) */
+            sub->pass_time[2 * (i - 1) + 1] = MC__MAX(t - 1, sub->pass_time[2 * (i - 1)]);
         t_end = t;
     }
     /* a pass that started but did not finish has no end */
