@@ -165,10 +165,10 @@ MC_TEST(bench_cli_stream_rows)
     char *j = mct_read_file(json, NULL);
     remove(json);
     CHECK(j);
-    /* 1-4 slots x (rate, median, p99); recorded anew, 3 lanes, the ceiling
-     * and the share of it; on CUDA also the raw driver's pipeline */
+    /* 1-4 slots x (rate, median, p99); recorded anew, 1 lane, 3 lanes, the
+     * ceiling and the share of it; on CUDA also the raw driver's pipeline */
     bool cuda = strstr(j, "\"device_kind\": \"cuda\"") != NULL;
-    CHECK_EQ(json_rows(j), 4 * 3 + 4 + (cuda ? 1 : 0));
+    CHECK_EQ(json_rows(j), 4 * 3 + 5 + (cuda ? 1 : 0));
     CHECK_EQ(strstr(j, "vs the raw driver") != NULL, cuda);
     for (int slots = 1; slots <= 4; slots++) {
         char m[96];
@@ -181,6 +181,7 @@ MC_TEST(bench_cli_stream_rows)
     }
     CHECK_STR_CONTAINS(j, "\"baseline_name\": \"naive loop\"");
     CHECK_STR_CONTAINS(j, "each item recorded anew");
+    CHECK_STR_CONTAINS(j, "3 slots, 1 lane (one queue)");
     CHECK_STR_CONTAINS(j, "3 lanes");
     CHECK_STR_CONTAINS(j, "device ceiling (one queue)");
     CHECK_EQ(count(j, "\"ours\": 0,"), 0); /* every rate and latency was measured */

@@ -305,10 +305,6 @@ MC_TEST(msl_atomics_under_contention)
 MC_TEST(msl_function_constants)
 {
     OPEN_MSL_DEVICE(d);
-    if (mct_device_kind(d) == MC_DEVICE_CUDA) {
-        mc_device_release(d);
-        MC_SKIP("function constants are not on the cuda device yet");
-    }
     mc_library *lib = msl_library(d, "features.metal");
     CHECK(lib);
     uint32_t mul = 3;

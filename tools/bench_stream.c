@@ -427,7 +427,12 @@ int mc_bench_stream(mc_bench *b)
     mc_bench_add(b, "stream", "items/s, 3 slots, each item recorded anew", "items/s", mc_bench_median(pl.rate_o, pl.rounds),
                  mc_bench_iqr(pl.rate_o, pl.rounds), mc_bench_median(pl.rate_n, pl.rounds),
                  mc_bench_iqr(pl.rate_n, pl.rounds), "naive loop", true);
-    /* What lanes are worth: each slot's items on a queue of their own. */
+    /* What lanes are worth: 3 slots on one queue, and on 3 (the default
+     * on a CUDA GPU is one lane per slot, the rows above). */
+    if ((rc = measure(b, &c, &nv, &run, &pl, 3, 0, 1)) != 0) goto out;
+    mc_bench_add(b, "stream", "items/s, 3 slots, 1 lane (one queue)", "items/s", mc_bench_median(pl.rate_o, pl.rounds),
+                 mc_bench_iqr(pl.rate_o, pl.rounds), mc_bench_median(pl.rate_n, pl.rounds),
+                 mc_bench_iqr(pl.rate_n, pl.rounds), "naive loop", true);
     if ((rc = measure(b, &c, &nv, &run, &pl, 3, 0, 3)) != 0) goto out;
     mc_bench_add(b, "stream", "items/s, 3 slots, 3 lanes (queues)", "items/s", mc_bench_median(pl.rate_o, pl.rounds),
                  mc_bench_iqr(pl.rate_o, pl.rounds), mc_bench_median(pl.rate_n, pl.rounds),

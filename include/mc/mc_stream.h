@@ -158,9 +158,11 @@ typedef struct mc_stream_desc {
      * and teardown run in the worker, on_result in the caller's process on
      * the stream's thread. */
     const struct mc_isolate_desc *isolate;
-    /* Queues the items are spread over, round robin in sequence order: 0 =
-     * 1 (every item after the one before, in one queue); 1 ..
-     * MC_STREAM_MAX_LANES, at most slots. Items of different lanes may run
+    /* Queues the items are spread over, round robin in sequence order: 1
+     * (every item after the one before, in one queue) .. MC_STREAM_MAX_LANES,
+     * at most slots; 0 = the device's default: one lane per slot (at most
+     * MC_STREAM_MAX_LANES) on a CUDA GPU, where that was measured faster,
+     * else 1. Items of different lanes may run
      * at the same time on the device (items are independent: the replay
      * rule above), so small items can overlap their latencies; results
      * still come back in submission order. */

@@ -23,7 +23,8 @@
 #include "mc/mc.h"
 
 #define MC__HAL_VERSION 4 /* 2: command lists, MC__OP_EXECUTE_LIST, MC__SUBMIT_VALIDATION; 3: default_language,
-                            * kernel_extension, fork_safe; 4: buffer_wrap, buffer_device_address */
+                            * kernel_extension, fork_safe; 4: buffer_wrap, buffer_device_address,
+                            * queues_overlap */
 
 /* ---- the command stream ------------------------------------------------ */
 
@@ -266,6 +267,9 @@ typedef struct mc__hal {
     /* The buffer's address on the device (mc_buffer_device_address),
      * optional: NULL = MC_ERR_UNSUPPORTED. */
     mc_status (*buffer_device_address)(void *dev, void *buf, uint64_t *addr);
+    /* Small work on separate queues of one device runs concurrently (CUDA
+     * streams): a stream then gives each slot its own queue by default. */
+    bool queues_overlap;
 } mc__hal;
 
 /* The compiled-in backends, best first (metal, cuda, cpu); NULL-terminated. */

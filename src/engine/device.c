@@ -402,6 +402,11 @@ mc_status mc__device_take_fault(mc_device *d, uint64_t n)
     return kind;
 }
 
+bool mc__device_queues_overlap(const mc_device *d)
+{
+    return d->hal->version >= 4 && d->hal->queues_overlap;
+}
+
 bool mc__device_is_lost(const mc_device *d)
 {
     return mc__object_check(d, MC__TAG_DEVICE) && atomic_load(&((mc_device *)d)->lost);

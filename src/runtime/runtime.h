@@ -54,6 +54,9 @@ mc_device *mc__object_device(const void *h);
 
 /* The device was lost (sticky). false for a handle that is not a device. */
 bool mc__device_is_lost(const mc_device *d);
+/* Whether separate queues of d run small work concurrently (the backend
+ * table's queues_overlap): a stream's default lane count follows it. */
+bool mc__device_queues_overlap(const mc_device *d);
 /* The language of a kernel source that names none, on d's kind of device
  * (its backend says, hal.h); MC_LANG_UNSET for a bad handle. */
 mc_language mc__device_default_language(const mc_device *d);

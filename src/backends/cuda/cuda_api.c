@@ -15,10 +15,14 @@
 #include "backends/cuda/cuda_be.h"
 
 #include <dlfcn.h>
+#include <sched.h>
+#include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* ---- symbol tables ------------------------------------------------------ */
 
@@ -69,11 +73,13 @@ static const sym cuda_syms[] = {
     CU_SYM(EventCreate, true, "cuEventCreate"),
     CU_SYM(EventDestroy, true, "cuEventDestroy_v2"),
     CU_SYM(EventRecord, true, "cuEventRecord"),
+    CU_SYM(EventQuery, true, "cuEventQuery"),
     /* _v2 (12.8) has the same prototype; the unversioned one is older. */
     CU_SYM(EventElapsedTime, true, "cuEventElapsedTime_v2", "cuEventElapsedTime"),
     CU_SYM(ModuleLoadData, true, "cuModuleLoadData"),
     CU_SYM(ModuleUnload, true, "cuModuleUnload"),
     CU_SYM(ModuleGetFunction, true, "cuModuleGetFunction"),
+    CU_SYM(ModuleGetGlobal, false, "cuModuleGetGlobal_v2"),
     CU_SYM(FuncGetAttribute, true, "cuFuncGetAttribute"),
     CU_SYM(FuncSetAttribute, true, "cuFuncSetAttribute"),
     CU_SYM(FuncGetParamInfo, false, "cuFuncGetParamInfo"),
@@ -194,25 +200,116 @@ static void *open_in_dir(const char *dir, const char *file)
     return open_lib(path);
 }
 
+static const char *const nvrtc_names[] = {"libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11.2"};
+
+/* ---- NVRTC's identity without loading it ----------------------------------
+ * The pipeline cache keys CUDA C by the compiler that would build it. Asking
+ * NVRTC its version means loading it (about 8 ms, more than the whole disk
+ * hit it decides), so the key names the library file instead: its real
+ * path, size and modification time, found the way the loader below looks for
+ * it, and the loader then opens exactly that file. A new toolkit is a new
+ * file, so a new key. Only when no file is found is NVRTC loaded for its
+ * version (nvrtc_load's own search, e.g. through ld.so.cache). */
+
+static pthread_once_t nvrtc_file_once = PTHREAD_ONCE_INIT;
+static char nvrtc_file[PATH_MAX]; /* the real path, or "" when none was found */
+
+static bool regular_file(const char *path, struct stat *st)
+{
+    return stat(path, st) == 0 && S_ISREG(st->st_mode);
+}
+
+/* dir/name into out when it is a regular file. */
+static bool find_in_dir(const char *dir, size_t dir_len, const char *name, char *out, size_t cap)
+{
+    struct stat st;
+    if (!dir_len) return false;
+    int n = snprintf(out, cap, "%.*s/%s", (int)dir_len, dir, name);
+    return n > 0 && (size_t)n < cap && regular_file(out, &st);
+}
+
+bool mc__cuda_nvrtc_find(char *out, size_t cap)
+{
+    struct stat st;
+    const char *explicit_path = mc__env_str("MC_NVRTC_LIBRARY", NULL);
+    if (explicit_path) {
+        /* what dlopen would do with it: a name without '/' is searched */
+        if (strchr(explicit_path, '/')) return snprintf(out, cap, "%s", explicit_path) < (int)cap &&
+                                               regular_file(out, &st);
+    }
+    static const char *const std_dirs[] = {"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu",
+                                           "/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
+                                           "/lib64", "/usr/lib64", "/lib", "/usr/lib"};
+    const char *ld = getenv("LD_LIBRARY_PATH");
+    const char *cuda_path = getenv("CUDA_PATH");
+    char buf[400];
+    size_t first = explicit_path ? 0 : 1; /* a bare explicit name is searched first */
+    for (size_t i = first; i < MC__ARRAY_LEN(nvrtc_names) + 1; i++) {
+        const char *name = i == 0 ? explicit_path : nvrtc_names[i - 1];
+        for (const char *p = ld; p && *p;) {
+            size_t len = strcspn(p, ":");
+            if (find_in_dir(p, len, name, out, cap)) return true;
+            p += len + (p[len] == ':');
+        }
+        for (size_t k = 0; k < MC__ARRAY_LEN(std_dirs); k++)
+            if (find_in_dir(std_dirs[k], strlen(std_dirs[k]), name, out, cap)) return true;
+        if (cuda_path && *cuda_path) {
+            snprintf(buf, sizeof buf, "%s/lib64", cuda_path);
+            if (find_in_dir(buf, strlen(buf), name, out, cap)) return true;
+            snprintf(buf, sizeof buf, "%s/lib", cuda_path);
+            if (find_in_dir(buf, strlen(buf), name, out, cap)) return true;
+        }
+        if (find_in_dir("/usr/local/cuda/lib64", strlen("/usr/local/cuda/lib64"), name, out, cap)) return true;
+    }
+    return false;
+}
+
+mc_status mc__cuda_file_identity(const char *path, char *out, size_t cap)
+{
+    if (!path || !out || !cap) return mc__fail(MC_ERR_INVALID_ARGUMENT, "cuda: no file to identify");
+    char real[PATH_MAX];
+    struct stat st;
+    if (!realpath(path, real) || !regular_file(real, &st))
+        return mc__fail(MC_ERR_IO, "cuda: cannot identify '%s': %s", path, strerror(errno));
+    int n = snprintf(out, cap, "file %s size %lld mtime %lld.%09ld", real, (long long)st.st_size,
+                     (long long)st.st_mtim.tv_sec, (long)st.st_mtim.tv_nsec);
+    if (n < 0 || (size_t)n >= cap) return mc__fail(MC_ERR_INVALID_ARGUMENT, "cuda: identity of '%s' too long", path);
+    return MC_OK;
+}
+
+static void nvrtc_file_find(void)
+{
+    char found[512];
+    if (mc__cuda_nvrtc_find(found, sizeof found) && realpath(found, nvrtc_file) == NULL) nvrtc_file[0] = '\0';
+}
+
+const char *mc__cuda_nvrtc_file(void)
+{
+    pthread_once(&nvrtc_file_once, nvrtc_file_find);
+    return nvrtc_file[0] ? nvrtc_file : NULL;
+}
+
 static void nvrtc_load(void)
 {
-    static const char *const names[] = {"libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so.11.2"};
     void *h = NULL;
+    /* the file the cache key names, when there is one (see above) */
+    const char *keyed = mc__cuda_nvrtc_file();
+    if (keyed) h = open_lib(keyed);
     const char *explicit_path = mc__env_str("MC_NVRTC_LIBRARY", NULL);
-    if (explicit_path) h = open_lib(explicit_path);
-    for (size_t i = 0; !h && i < MC__ARRAY_LEN(names); i++) h = open_lib(names[i]);
+    if (!h && explicit_path) h = open_lib(explicit_path);
+    for (size_t i = 0; !h && i < MC__ARRAY_LEN(nvrtc_names); i++) h = open_lib(nvrtc_names[i]);
     const char *cuda_path = getenv("CUDA_PATH");
     char dir[400];
-    for (size_t i = 0; !h && i < MC__ARRAY_LEN(names); i++) {
+    for (size_t i = 0; !h && i < MC__ARRAY_LEN(nvrtc_names); i++) {
         if (cuda_path && *cuda_path) {
             snprintf(dir, sizeof dir, "%s/lib64", cuda_path);
-            h = open_in_dir(dir, names[i]);
+            h = open_in_dir(dir, nvrtc_names[i]);
             if (!h) {
                 snprintf(dir, sizeof dir, "%s/lib", cuda_path);
-                h = open_in_dir(dir, names[i]);
+                h = open_in_dir(dir, nvrtc_names[i]);
             }
         }
-        if (!h) h = open_in_dir("/usr/local/cuda/lib64", names[i]);
+        if (!h) h = open_in_dir("/usr/local/cuda/lib64", nvrtc_names[i]);
     }
     if (!h) {
         snprintf(nvrtc_why, sizeof nvrtc_why,
@@ -376,6 +473,13 @@ mc_status mc__cuda_enter(mc__cuda_device *dev)
 {
     CUcontext cur = NULL;
     bool push = enter_depth >= 64 || dev->cu->CtxGetCurrent(&cur) != CUDA_SUCCESS || cur != dev->ctx;
+    if (push && !cur && enter_depth == 0 && dev->cu->CtxSetCurrent(dev->ctx) == CUDA_SUCCESS) {
+        /* A thread with no context at all keeps the device's primary one
+         * (what the CUDA runtime would make current there anyway): its
+         * next calls cost one query, not a push and a pop (issue 21, the
+         * round trip). */
+        push = false;
+    }
     if (push) {
         CUresult r = dev->cu->CtxPushCurrent(dev->ctx);
         if (r != CUDA_SUCCESS) return mc__cuda_fail(dev, r, "cuCtxPushCurrent");
@@ -404,6 +508,7 @@ void mc__cuda_backoff_init(mc__cuda_backoff *b)
 {
     b->start = mc__now_ns();
     b->sleep_ns = 0;
+    b->yield_ns = 0;
 }
 
 void mc__cuda_backoff_step(mc__cuda_backoff *b, uint64_t spin_ns, uint64_t max_sleep_ns, uint64_t deadline)
@@ -411,6 +516,13 @@ void mc__cuda_backoff_step(mc__cuda_backoff *b, uint64_t spin_ns, uint64_t max_s
     uint64_t now = mc__now_ns();
     if (now - b->start < spin_ns) {
         for (int i = 0; i < 32; i++) mc__cpu_relax();
+        return;
+    }
+    if (now - b->start < b->yield_ns) {
+        /* A waiter past its spin: give the core away but stay runnable, as
+         * cuStreamSynchronize does. Sleeping here overshot a 1 ms kernel by
+         * up to the 100 us sleep cap plus the timer's slack (saxpy, issue 21). */
+        sched_yield();
         return;
     }
     b->sleep_ns = b->sleep_ns ? MC__MIN(b->sleep_ns * 2, max_sleep_ns) : MC__MIN((uint64_t)2000, max_sleep_ns);

@@ -13,10 +13,12 @@
  *   cuda_library.c  NVRTC compilation, modules, pipelines, the archive
  *   cuda_queue.c    queues, command execution, completion, indirect dispatch
  *   cuda_list.c     command lists as CUDA graphs
+ *   cuda_replay.c   repeated command buffers replayed as CUDA graphs
  *
  * How the Metal model maps (DESIGN.md, "The HAL, Metal-shaped"):
  *  - device: the primary context of a CUdevice, pushed around every call
- *    that needs it (the caller's own current context is left alone);
+ *    that needs it (the caller's own current context is left alone; a
+ *    thread with none keeps the primary context current);
  *  - buffers: private storage is cuMemAlloc memory; shared storage is pinned
  *    host memory mapped into the device (cuMemHostAlloc DEVICEMAP);
  *  - kernels: CUDA C declared extern "C" __global__, compiled by NVRTC for the
@@ -53,6 +55,16 @@
  *                           pass that failed (costs one stream memory
  *                           operation per pass; off by default)
  *   MC_CUDA_SPIN_US=n       how long waiters spin before sleeping (100)
+ *   MC_CUDA_YIELD_US=n      how long a thread waiting for a command buffer
+ *                           keeps yielding the core before it sleeps (20000)
+ *   MC_CUDA_REPLAY=0        launch every command buffer one kernel at a
+ *                           time (by default a repeated one is replayed as
+ *                           a CUDA graph, cuda_replay.c)
+ *   MC_CUDA_DEFER=1         the completion thread does not poll a queue
+ *                           that a thread is waiting on (for comparison)
+ *   MC_CUDA_DONE=event      a command buffer's completion is an event the
+ *                           pollers query (cuEventQuery) instead of a
+ *                           marker the GPU writes (MC_CUDA_DONE=marker)
  *   MC_CUDA_BATCH_MEMOPS=0  write a closing signal and the completion
  *                           marker separately (for comparison)
  *   MC_CUDA_INDIRECT=sync   force the CPU fallback for indirect dispatch
@@ -67,6 +79,7 @@
 #ifndef MC_BACKENDS_CUDA_CUDA_BE_H
 #define MC_BACKENDS_CUDA_CUDA_BE_H
 
+#include "backends/cuda/cuda_replay.h"
 #include "backends/hal.h"
 #include "core/core.h"
 
@@ -134,10 +147,12 @@ typedef struct mc__cuda_api {
     CUresult (*EventCreate)(CUevent *, unsigned int);                 /* cuEventCreate */
     CUresult (*EventDestroy)(CUevent);                                /* cuEventDestroy_v2 */
     CUresult (*EventRecord)(CUevent, CUstream);                       /* cuEventRecord */
+    CUresult (*EventQuery)(CUevent);                                  /* cuEventQuery */
     CUresult (*EventElapsedTime)(float *, CUevent, CUevent);          /* cuEventElapsedTime_v2 | cuEventElapsedTime */
     CUresult (*ModuleLoadData)(CUmodule *, const void *);             /* cuModuleLoadData */
     CUresult (*ModuleUnload)(CUmodule);                               /* cuModuleUnload */
     CUresult (*ModuleGetFunction)(CUfunction *, CUmodule, const char *); /* cuModuleGetFunction */
+    CUresult (*ModuleGetGlobal)(CUdeviceptr *, size_t *, CUmodule, const char *); /* cuModuleGetGlobal_v2 (optional) */
     CUresult (*FuncGetAttribute)(int *, CUfunction_attribute, CUfunction); /* cuFuncGetAttribute */
     CUresult (*FuncSetAttribute)(CUfunction, CUfunction_attribute, int); /* cuFuncSetAttribute */
     CUresult (*FuncGetParamInfo)(CUfunction, size_t, size_t *, size_t *); /* cuFuncGetParamInfo (12.4, optional) */
@@ -186,6 +201,14 @@ typedef struct mc__nvrtc_api {
 const mc__cuda_api *mc__cuda_driver(const char **why);
 /* NVRTC, loaded on first use; NULL (and why) when it cannot be found. */
 const mc__nvrtc_api *mc__cuda_nvrtc(const char **why);
+/* The NVRTC library file the loader will open, found without loading it
+ * (the real path), or NULL when the search finds none: the cache keys CUDA C
+ * by this file's identity, so a disk hit never loads NVRTC. */
+const char *mc__cuda_nvrtc_file(void);
+/* The search behind it, into out (not cached; false when nothing is found). */
+bool mc__cuda_nvrtc_find(char *out, size_t cap);
+/* "file REALPATH size N mtime S.NS": a file's identity for a cache key. */
+mc_status mc__cuda_file_identity(const char *path, char *out, size_t cap);
 
 /* ---- objects ------------------------------------------------------------ */
 
@@ -194,6 +217,7 @@ typedef struct mc__cuda_queue mc__cuda_queue;
 typedef struct mc__cuda_rec mc__cuda_rec;
 typedef struct mc__cuda_slot mc__cuda_slot;
 typedef struct mc__cuda_list mc__cuda_list;
+typedef struct mc__cuda_replay mc__cuda_replay;
 
 /* dev->lost */
 enum { MC__CUDA_ALIVE = 0, MC__CUDA_LOST_INJECTED = 1, MC__CUDA_LOST_DEAD = 2 };
@@ -232,6 +256,10 @@ struct mc__cuda_device {
 
     /* settings from the environment */
     bool pass_markers;
+    uint64_t yield_ns; /* MC_CUDA_YIELD_US: how long a waiter yields before sleeping */
+    bool replay; /* MC_CUDA_REPLAY (on): repeated command buffers as graphs */
+    bool done_events; /* MC_CUDA_DONE=event: completion by event, not marker */
+    bool defer_to_waiters; /* MC_CUDA_DEFER=1: the completion thread leaves a waited queue to its waiter */
     uint64_t spin_ns;
 
     /* queues and the completion thread */
@@ -315,6 +343,7 @@ struct mc__cuda_rec {
     bool scheduled;        /* sub->scheduled was called */
     bool indirect;         /* has GPU-side indirect dispatches */
     bool pass_events;      /* ev[i] is the start of pass i */
+    CUevent done_ev;       /* MC_CUDA_DONE=event: recorded after the work (no marker) */
     CUevent *ev;           /* timing events, first = start, last = end */
     uint32_t nev, ev_cap;
     char msg[256];
@@ -348,6 +377,10 @@ struct mc__cuda_queue {
     mc__cuda_slot *slots;
     mc__cuda_slot **used; /* slots launched by the submission being encoded */
     uint32_t nused, used_cap;
+    /* graph replay of repeated command buffers (cuda_replay.c) */
+    mc__cuda_replay *replay;
+    bool collecting;   /* launch() collects instead of launching */
+    uint32_t cur_pass; /* the pass being encoded */
 
     /* completion side, under mu */
     pthread_mutex_t mu;
@@ -355,7 +388,10 @@ struct mc__cuda_queue {
     bool reaping; /* one thread completes records at a time, in order */
     CUevent *evpool;
     uint32_t nevpool, evpool_cap;
+    CUevent *donepool; /* completion events (no timing), MC_CUDA_DONE=event */
+    uint32_t ndonepool, donepool_cap;
     _Atomic size_t nrec;
+    _Atomic int waiters; /* threads in submission_wait on this queue */
     _Atomic uint64_t head_marker;   /* last_marker of the head record, UINT64_MAX if none */
     _Atomic uint64_t completed_seq; /* sub_seq of the last completed submission */
     _Atomic uint64_t last_check_ns;
@@ -443,6 +479,21 @@ void mc__cuda_cmdlist_destroy(void *dev, void *list);
 mc_status mc__cuda_list_execute(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r, const mc__cmd *c,
                                 uint32_t pass_index, const mc__pass *ps);
 
+/* cuda_replay.c: command buffers replayed as graphs (submit_mu held,
+ * context current). */
+bool mc__cuda_replay_enabled(const mc__cuda_device *dev);
+bool mc__cuda_replay_eligible(const mc__submission *sub, uint32_t nrun);
+mc_status mc__cuda_replay_begin(mc__cuda_device *dev, mc__cuda_queue *q);
+void mc__cuda_replay_collect(mc__cuda_queue *q, mc__cuda_pipeline *pl, mc_size3 g, mc_size3 t, unsigned smem,
+                             void **params, uint32_t pass);
+/* Sends what was collected (as a graph or one by one). `encoded`: the
+ * encoding's outcome (a failed pass still runs the launches before it).
+ * MC_ERR_UNSUPPORTED: nothing was sent, encode again without collecting. */
+mc_status mc__cuda_replay_end(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r, const mc__submission *sub,
+                              mc_status encoded, uint32_t *fault);
+void mc__cuda_replay_forget(mc__cuda_queue *q, const mc__cuda_pipeline *pl);
+void mc__cuda_replay_free(mc__cuda_queue *q);
+
 /* Forgets the cached indirect-dispatch graphs of a pipeline being destroyed. */
 void mc__cuda_forget_pipeline(mc__cuda_device *dev, mc__cuda_pipeline *pl);
 /* The built-in PTX (event kernels), loaded at device open. */
@@ -452,9 +503,11 @@ extern const char mc__cuda_builtin_ptx[];
 typedef struct mc__cuda_backoff {
     uint64_t start;
     uint64_t sleep_ns;
+    uint64_t yield_ns; /* 0 but for waiters: until then yield instead of sleeping */
 } mc__cuda_backoff;
 void mc__cuda_backoff_init(mc__cuda_backoff *b);
-/* spin_ns of spinning, then sleeps growing to max_sleep_ns (never past deadline). */
+/* spin_ns of spinning, then yields until yield_ns (counted from the start),
+ * then sleeps growing to max_sleep_ns (never past deadline). */
 void mc__cuda_backoff_step(mc__cuda_backoff *b, uint64_t spin_ns, uint64_t max_sleep_ns, uint64_t deadline);
 
 #endif

@@ -231,6 +231,12 @@ static mc_status cuda_device_open(int index, const mc_device_desc *desc, void **
                 "cuda:%d lacks 64-bit stream memory operations: events and completion use one-thread kernels", index);
 
     dev->pass_markers = mc__env_int("MC_CUDA_PASS_MARKERS", 0) != 0;
+    dev->replay = mc__env_int("MC_CUDA_REPLAY", 1) != 0;
+    dev->defer_to_waiters = mc__env_int("MC_CUDA_DEFER", 0) != 0;
+    dev->done_events = strcmp(mc__env_str("MC_CUDA_DONE", "marker"), "event") == 0;
+    dev->replay = mc__cuda_replay_enabled(dev); /* and the driver has graphs */
+    long long yield_us = mc__env_int("MC_CUDA_YIELD_US", 20000);
+    dev->yield_ns = (uint64_t)(yield_us > 0 ? yield_us : 0) * 1000u;
     long long spin_us = mc__env_int("MC_CUDA_SPIN_US", 100);
     dev->spin_ns = (uint64_t)(spin_us > 0 ? spin_us : 0) * 1000u;
     atomic_store(&dev->indirect, MC__CUDA_IND_UNKNOWN);
@@ -497,6 +503,7 @@ static mc_status cuda_event_wait(void *devp, void *ep, uint64_t value, uint64_t 
     uint64_t deadline = mc__deadline(timeout_ns);
     mc__cuda_backoff b;
     mc__cuda_backoff_init(&b);
+    b.yield_ns = dev->yield_ns;
     for (;;) {
         if (__atomic_load_n(e->host, __ATOMIC_ACQUIRE) >= value) return MC_OK;
         if (atomic_load(&dev->lost) != MC__CUDA_ALIVE) {
@@ -545,6 +552,7 @@ const mc__hal mc__cuda_hal = {
     .default_language = MC_LANG_CUDA,
     .kernel_extension = ".cu",
     .fork_safe = false,
+    .queues_overlap = true,
     .buffer_wrap = cuda_buffer_wrap,
     .buffer_device_address = cuda_buffer_device_address,
 };

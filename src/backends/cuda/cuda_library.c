@@ -21,6 +21,7 @@
  * it.
  */
 #include "backends/cuda/cuda_be.h"
+#include "mc/mc_cpu_kernel.h"
 #include "msl/msl.h"
 
 #include <ctype.h>
@@ -418,14 +419,75 @@ static int regs_for(const mc__cuda_device *dev, uint32_t threads)
     return MC__MIN(r, 255);
 }
 
+/* MSL function constants on CUDA: the kernels read them from the module's
+ * __constant__ mc_function_constants (src/msl/mc_msl_cpu.h), so a pipeline
+ * with constants loads the library's PTX as a module of its own and fills
+ * that variable once. */
+static mc_status constants_pipeline(mc__cuda_device *dev, mc__cuda_library *lib, const mc_pipeline_desc *desc,
+                                    mc__cuda_pipeline **out, mc_pipeline_info *info)
+{
+    *out = NULL;
+    const mc_function_constant *fc = desc->constants;
+    if (!fc) return mc__fail(MC_ERR_INVALID_ARGUMENT, "constant_count is %u but constants is NULL", desc->constant_count);
+    mc_cpu_constants c;
+    memset(&c, 0, sizeof c);
+    for (uint32_t i = 0; i < desc->constant_count; i++) {
+        if (fc[i].index >= MC_CPU_MAX_CONSTANTS || !fc[i].value || fc[i].size == 0 || fc[i].size > 8)
+            return mc__fail(MC_ERR_INVALID_ARGUMENT,
+                            "function constant %u: index %u (below %u), size %u (1 to 8 bytes) and a value are needed",
+                            i, fc[i].index, MC_CPU_MAX_CONSTANTS, fc[i].size);
+        c.defined[fc[i].index / 64] |= 1ull << (fc[i].index % 64);
+        memcpy(&c.value[fc[i].index], fc[i].value, fc[i].size);
+    }
+    if (!lib->image || !lib->image_len || !dev->cu->ModuleGetGlobal)
+        return mc__fail(MC_ERR_UNSUPPORTED, "cuda: function constants need an MSL library and cuModuleGetGlobal");
+    void *image = mc__malloc(lib->image_len + 1);
+    if (!image) return mc__fail(MC_ERR_NO_MEMORY, "cuda: out of memory");
+    memcpy(image, lib->image, lib->image_len);
+    ((char *)image)[lib->image_len] = '\0';
+    mc__cuda_library *own;
+    mc_status s = library_from_image(dev, image, lib->image_len, &own);
+    if (s != MC_OK) return s;
+    mc__cuda_pipeline *pl = NULL;
+    s = pipeline_make(dev, own, desc->function, desc->max_total_threads_per_threadgroup, &pl, info, NULL);
+    library_unref(own); /* the pipeline holds it */
+    if (s != MC_OK) return s;
+    if ((s = mc__cuda_enter(dev)) != MC_OK) {
+        pipeline_free(pl);
+        return s;
+    }
+    CUdeviceptr at = 0;
+    size_t size = 0;
+    CUresult r = dev->cu->ModuleGetGlobal(&at, &size, own->mod, "mc_function_constants");
+    if (r != CUDA_SUCCESS || size != sizeof c) {
+        mc__cuda_leave(dev);
+        pipeline_free(pl);
+        return mc__fail(MC_ERR_INVALID_ARGUMENT,
+                        "cuda: '%s' has no function constants to set (only MSL libraries take them)", desc->function);
+    }
+    r = dev->cu->MemcpyHtoDAsync(at, &c, sizeof c, dev->xfer);
+    if (r == CUDA_SUCCESS) r = dev->cu->StreamSynchronize(dev->xfer);
+    mc__cuda_leave(dev);
+    if (r != CUDA_SUCCESS) {
+        pipeline_free(pl);
+        return mc__cuda_fail(dev, r, "setting function constants");
+    }
+    *out = pl;
+    return MC_OK;
+}
+
 mc_status mc__cuda_pipeline_create(void *devp, void *libp, const mc_pipeline_desc *desc, void **out,
                                    mc_pipeline_info *info)
 {
     mc__cuda_device *dev = devp;
     mc__cuda_library *lib = libp;
     *out = NULL;
-    if (desc->constant_count)
-        return mc__fail(MC_ERR_UNSUPPORTED, "cuda: function constants are not supported on this device yet");
+    if (desc->constant_count) {
+        mc__cuda_pipeline *cpl;
+        mc_status cs = constants_pipeline(dev, lib, desc, &cpl, info);
+        if (cs == MC_OK) *out = cpl;
+        return cs;
+    }
     uint32_t want = desc->max_total_threads_per_threadgroup, fmax = 0;
     mc__cuda_pipeline *pl;
     mc_status s = pipeline_make(dev, lib, desc->function, want, &pl, info, &fmax);
@@ -472,6 +534,14 @@ mc_status mc__cuda_compiler_identity(void *devp, mc_language lang, char *out, si
     }
     if (lang != MC_LANG_CUDA)
         return mc__fail(MC_ERR_UNSUPPORTED, "the CUDA device compiles CUDA C and MSL, not %s", mc_language_name(lang));
+    /* Cache key material (issue 21): NVRTC's file, not its version, so a
+     * disk hit never loads NVRTC (cuda_api.c, "NVRTC's identity"). */
+    const char *file = mc__cuda_nvrtc_file();
+    char id[640];
+    if (file && mc__cuda_file_identity(file, id, sizeof id) == MC_OK) {
+        snprintf(out, cap, "nvrtc %s %s", id, dev->arch);
+        return MC_OK;
+    }
     const char *why = "";
     const mc__nvrtc_api *rtc = mc__cuda_nvrtc(&why);
     if (!rtc) return mc__fail(MC_ERR_UNSUPPORTED, "cuda: %s", why);

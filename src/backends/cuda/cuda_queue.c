@@ -445,6 +445,31 @@ static void ev_give(mc__cuda_device *dev, mc__cuda_queue *q, CUevent e)
     if (e) (void)dev->cu->EventDestroy(e);
 }
 
+/* Completion events (MC_CUDA_DONE=event): no timing, pooled per queue. */
+static CUevent done_take(mc__cuda_device *dev, mc__cuda_queue *q)
+{
+    CUevent e = NULL;
+    pthread_mutex_lock(&q->mu);
+    if (q->ndonepool) e = q->donepool[--q->ndonepool];
+    pthread_mutex_unlock(&q->mu);
+    if (!e && dev->cu->EventCreate(&e, CU_EVENT_DISABLE_TIMING) != CUDA_SUCCESS) e = NULL;
+    return e;
+}
+
+/* q->mu held. Never destroys (no context needed); an event that cannot be
+ * pooled is left to the context's teardown. */
+static void done_give_locked(mc__cuda_queue *q, CUevent e)
+{
+    if (q->ndonepool == q->donepool_cap) {
+        uint32_t ncap = q->donepool_cap ? q->donepool_cap * 2 : 16;
+        CUevent *n = mc__realloc(q->donepool, ncap * sizeof *n);
+        if (!n) return;
+        q->donepool = n;
+        q->donepool_cap = ncap;
+    }
+    q->donepool[q->ndonepool++] = e;
+}
+
 /* Records a timing event on the stream into r; false if that failed. */
 static bool rec_event(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r)
 {
@@ -476,7 +501,9 @@ static void compute_times(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec 
     const mc__cuda_api *cu = dev->cu;
     float ms = 0;
     if (r->nev < 2 || !q->anchor || cu->EventElapsedTime(&ms, q->anchor, r->ev[0]) != CUDA_SUCCESS) return;
-    uint64_t start = q->anchor_ns + ms_to_ns(ms);
+    /* The anchor is the previous timed command buffer's end: this one starts
+     * after it, never on it (touching spans read as nested in a trace). */
+    uint64_t start = q->anchor_ns + MC__MAX(ms_to_ns(ms), (uint64_t)1);
     uint64_t prev = start;
     uint64_t t_end = start;
     for (uint32_t i = 0; i < r->nev; i++) {
@@ -488,7 +515,10 @@ static void compute_times(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec 
         prev = t;
         if (r->pass_events && sub->pass_time && i < sub->npass) sub->pass_time[2 * i] = t;
         if (r->pass_events && sub->pass_time && i > 0 && i - 1 < sub->npass && i - 1 < r->nran)
-            sub->pass_time[2 * (i - 1) + 1] = t;
+            /* one event ends pass i-1 and starts pass i: the end is put 1 ns
+             * before, so the spans do not touch (a trace reads touching
+             * spans as overlapping) */
+            sub->pass_time[2 * (i - 1) + 1] = MC__MAX(t - 1, sub->pass_time[2 * (i - 1)]);
         t_end = t;
     }
     /* a pass that started but did not finish has no end */
@@ -604,6 +634,10 @@ static mc_status launch(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r
     if (!g.x || !g.y || !g.z) return MC_OK; /* nothing to run */
     void **params;
     if ((s = build_params(q, r, pl, &params)) != MC_OK) return s;
+    if (q->collecting) { /* replayed as a graph, maybe (cuda_replay.c) */
+        mc__cuda_replay_collect(q, pl, g, t, (unsigned)smem, params, q->cur_pass);
+        return MC_OK;
+    }
     CUresult res = dev->cu->LaunchKernel(pl->fn, g.x, g.y, g.z, t.x, t.y, t.z, (unsigned)smem, q->stream, params, NULL);
     if (res != CUDA_SUCCESS) {
         char what[160];
@@ -1048,8 +1082,14 @@ static void encode(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r, mc_
         }
     }
     uint32_t nmarkers = 0;
+    /* A command buffer of plain dispatches is collected first: seen before,
+     * it goes out as one graph launch (cuda_replay.c). */
+    bool collect = dev->replay && !r->pass_events && !dev->pass_markers && sub->inject == MC_OK &&
+                   mc__cuda_replay_eligible(sub, nrun) && mc__cuda_replay_begin(dev, q) == MC_OK;
+again:
     for (uint32_t p = 0; p < nrun && s == MC_OK; p++) {
         if (r->pass_events && timing && !rec_event(dev, q, r)) timing = r->pass_events = false;
+        q->cur_pass = p;
         s = encode_pass(dev, q, r, sub, p);
         if (s != MC_OK) {
             /* a sticky error here is an earlier command's fault, not p's */
@@ -1068,6 +1108,17 @@ static void encode(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r, mc_
             atomic_store(&q->marker, m);
             if (nmarkers++ == 0) r->first_marker = m;
         }
+    }
+    if (collect) {
+        collect = false;
+        mc_status rs = mc__cuda_replay_end(dev, q, r, sub, s, &fault);
+        if (rs == MC_ERR_UNSUPPORTED) { /* nothing went out: the plain way */
+            s = MC_OK;
+            fault = NO_PASS;
+            r->nran = 0;
+            goto again;
+        }
+        s = rs;
     }
     if (timing && !rec_event(dev, q, r)) timing = false;
     if (!timing) {
@@ -1094,7 +1145,16 @@ static void encode(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r, mc_
         res = dev->batch64(q->stream, 2, ops, 0); /* enqueued in this order */
         if (res == CUDA_SUCCESS) r->nran = np;
     } else {
-        res = write_marker(dev, q, m); /* without fold, or a pass failed: the signal never ran */
+        /* without fold, or a pass failed: the signal never ran */
+        r->done_ev = dev->done_events ? done_take(dev, q) : NULL;
+        res = r->done_ev ? cu->EventRecord(r->done_ev, q->stream) : CUDA_ERROR_NOT_SUPPORTED;
+        if (res != CUDA_SUCCESS && r->done_ev) {
+            pthread_mutex_lock(&q->mu);
+            done_give_locked(q, r->done_ev);
+            pthread_mutex_unlock(&q->mu);
+            r->done_ev = NULL;
+        }
+        if (!r->done_ev) res = write_marker(dev, q, m);
     }
     if (res != CUDA_SUCCESS) {
         char t[120];
@@ -1347,6 +1407,8 @@ static bool reap(mc__cuda_device *dev, mc__cuda_queue *q)
         if (!q->head) q->tail = NULL;
         atomic_store(&q->head_marker, q->head ? q->head->last_marker : UINT64_MAX);
         r->sub = NULL;
+        if (r->done_ev) done_give_locked(q, r->done_ev);
+        r->done_ev = NULL;
         r->next = q->free_recs;
         q->free_recs = r;
         atomic_fetch_sub(&q->nrec, 1);
@@ -1373,7 +1435,8 @@ static bool stall_check(mc__cuda_device *dev, mc__cuda_queue *q)
         /* Everything enqueued before the query ran, markers included. */
         uint64_t cur = load_done(q);
         if (cur >= issued) return false;
-        mc__log(MC_LOG_WARN, "cuda.marker_lost", "cuda:%d: queue idle at marker %llu of %llu; moving it", dev->index,
+        if (!dev->done_events) /* with completion events nothing writes the marker: not a loss */
+            mc__log(MC_LOG_WARN, "cuda.marker_lost", "cuda:%d: queue idle at marker %llu of %llu; moving it", dev->index,
                 (unsigned long long)cur, (unsigned long long)issued);
         while (cur < issued &&
                !__atomic_compare_exchange_n(q->done, &cur, issued, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
@@ -1390,11 +1453,38 @@ static bool stall_check(mc__cuda_device *dev, mc__cuda_queue *q)
 /* Reaps q when its head is finished (checked without locks, so spinning
  * pollers do not contend with submitters) and, when it is stuck, checks
  * now and then whether the context died. True if anything completed. */
+/* MC_CUDA_DONE=event: the head record's completion event has fired; moves
+ * the marker to the record's, as the GPU would have. True if it moved (or
+ * the device was found dead). */
+static bool done_by_event(mc__cuda_device *dev, mc__cuda_queue *q)
+{
+    if (mc__cuda_enter(dev) != MC_OK) return false;
+    pthread_mutex_lock(&q->mu); /* the head record is not recycled meanwhile */
+    mc__cuda_rec *r = q->head;
+    uint64_t m = r ? r->last_marker : 0;
+    CUresult res = r && r->done_ev ? dev->cu->EventQuery(r->done_ev) : CUDA_ERROR_NOT_READY;
+    pthread_mutex_unlock(&q->mu);
+    mc__cuda_leave(dev);
+    if (res == CUDA_SUCCESS) {
+        uint64_t cur = load_done(q);
+        while (cur < m &&
+               !__atomic_compare_exchange_n(q->done, &cur, m, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        }
+        return true;
+    }
+    if (res != CUDA_ERROR_NOT_READY && mc__cuda_is_sticky(res)) {
+        mc__cuda_set_dead(dev, res, "a command on the device failed");
+        return true;
+    }
+    return false;
+}
+
 static bool queue_poll(mc__cuda_device *dev, mc__cuda_queue *q)
 {
     if (atomic_load(&q->nrec) == 0) return false;
     if (load_done(q) >= atomic_load(&q->head_marker) || atomic_load(&dev->lost) != MC__CUDA_ALIVE)
         return reap(dev, q);
+    if (dev->done_events && done_by_event(dev, q)) return reap(dev, q);
     uint64_t now = mc__now_ns(), last = atomic_load(&q->last_check_ns);
     if (now - last >= CHECK_NS && atomic_compare_exchange_strong(&q->last_check_ns, &last, now) &&
         stall_check(dev, q))
@@ -1409,6 +1499,7 @@ static void queue_free(mc__cuda_queue *q)
     mc__cuda_device *dev = q->dev;
     const mc__cuda_api *cu = dev->cu;
     bool ctx = mc__cuda_enter(dev) == MC_OK;
+    if (ctx) mc__cuda_replay_free(q);
     while (q->slots) {
         mc__cuda_slot *s = q->slots;
         q->slots = s->next;
@@ -1417,6 +1508,7 @@ static void queue_free(mc__cuda_queue *q)
     }
     if (ctx) {
         for (uint32_t i = 0; i < q->nevpool; i++) (void)cu->EventDestroy(q->evpool[i]);
+        for (uint32_t i = 0; i < q->ndonepool; i++) (void)cu->EventDestroy(q->donepool[i]);
         if (q->anchor) (void)cu->EventDestroy(q->anchor);
         if (q->stream) (void)cu->StreamDestroy(q->stream);
         if (q->block) (void)cu->MemFreeHost(q->block);
@@ -1429,6 +1521,7 @@ static void queue_free(mc__cuda_queue *q)
         free(r);
     }
     free(q->evpool);
+    free(q->donepool);
     free(q->params);
     free(q->staging);
     free(q->used);
@@ -1545,7 +1638,9 @@ mc_status mc__cuda_submission_wait(void *devp, void *qp, mc__submission *sub, ui
     uint64_t deadline = mc__deadline(timeout_ns);
     mc__cuda_backoff b;
     mc__cuda_backoff_init(&b);
+    b.yield_ns = dev->yield_ns;
     mc_status s = MC_OK;
+    atomic_fetch_add(&q->waiters, 1);
     for (;;) {
         if (atomic_load(&q->completed_seq) >= target) break;
         queue_poll(dev, q);
@@ -1556,6 +1651,7 @@ mc_status mc__cuda_submission_wait(void *devp, void *qp, mc__submission *sub, ui
         }
         mc__cuda_backoff_step(&b, dev->spin_ns, WAITER_MAX_SLEEP_NS, deadline);
     }
+    atomic_fetch_sub(&q->waiters, 1);
     pthread_mutex_lock(&dev->mu);
     bool free_it = unpin_locked(q);
     pthread_mutex_unlock(&dev->mu);
@@ -1565,13 +1661,15 @@ mc_status mc__cuda_submission_wait(void *devp, void *qp, mc__submission *sub, ui
 
 void mc__cuda_forget_pipeline(mc__cuda_device *dev, mc__cuda_pipeline *pl)
 {
-    if (atomic_load(&dev->indirect) != MC__CUDA_IND_GRAPH) return; /* no graphs were ever made */
+    if (atomic_load(&dev->indirect) != MC__CUDA_IND_GRAPH && !dev->replay) return; /* no graphs were ever made */
     /* Lock order dev->mu -> q->submit_mu: submit never takes dev->mu while
      * holding its queue's submit_mu. */
     pthread_mutex_lock(&dev->mu);
     bool ctx = false;
     for (mc__cuda_queue *q = dev->queues; q; q = q->next) {
         pthread_mutex_lock(&q->submit_mu);
+        if (q->replay && !ctx) ctx = mc__cuda_enter(dev) == MC_OK;
+        if (q->replay && ctx) mc__cuda_replay_forget(q, pl);
         bool any = false;
         for (mc__cuda_slot *s = q->slots; s && !any; s = s->next) any = s->pl == pl;
         if (any && !ctx) ctx = mc__cuda_enter(dev) == MC_OK;
@@ -1624,7 +1722,9 @@ void *mc__cuda_completion_main(void *arg)
         mc__cuda_backoff_init(&b);
         while (atomic_load(&dev->inflight) != 0 && atomic_load(&dev->queues_gen) == gen && !atomic_load(&dev->stop)) {
             bool progress = false;
-            for (size_t i = 0; i < n; i++) progress |= queue_poll(dev, dev->poll[i]);
+            for (size_t i = 0; i < n; i++)
+                if (!dev->defer_to_waiters || atomic_load(&dev->poll[i]->waiters) == 0)
+                    progress |= queue_poll(dev, dev->poll[i]);
             if (progress) mc__cuda_backoff_init(&b);
             else mc__cuda_backoff_step(&b, dev->spin_ns, THREAD_MAX_SLEEP_NS, UINT64_MAX);
         }
