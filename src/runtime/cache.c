@@ -168,6 +168,8 @@ mc_status mc__cache_make_req(mc_device *d, const mc_pipeline_source_desc *desc, 
     r->max_total_threads_per_threadgroup = desc->max_total_threads_per_threadgroup;
     r->threadgroup_size_is_multiple_of_simd_width = desc->threadgroup_size_is_multiple_of_simd_width;
     r->label = desc->label;
+    r->constants = NULL; /* pipelines with function constants are not cached (device.c) */
+    r->constant_count = 0;
     return MC_OK;
 }
 

@@ -972,6 +972,8 @@ IMP(d_new_buffer_nocopy)
     o->mem = (void *)ptr;
     o->len = len;
     RET_OBJ(o);
+}
+
 /* MTLDataType of an MSL scalar type name (MTLDataType.h); 0 if not one. */
 static unsigned long msl_data_type(const char *t, size_t n)
 {
