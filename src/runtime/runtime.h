@@ -10,7 +10,9 @@
  * this header itself, so the two never disagree.
  *
  * Nothing here shows a struct's inside: a runtime file that needs more
- * than this asks for a function here, not for engine.h.
+ * than this asks for a function here, not for engine.h. The one exception
+ * is the pipeline cache (cache.h), which extends pipeline creation and
+ * builds engine objects itself.
  */
 #ifndef MC_RUNTIME_RUNTIME_H
 #define MC_RUNTIME_RUNTIME_H
@@ -145,10 +147,5 @@ void mc__cache_destroy(struct mc__cache *c);
 /* Adds the device's counters not yet saved to its folder's stats file now
  * (also done when the device closes): before a process ends by _exit. */
 void mc__cache_save_stats(mc_device *d);
-
-/* Transitional: runtime files that still read engine structs get them
- * from here until they use only the declarations above; then this line
- * goes (docs/ARCHITECTURE.md). */
-#include "engine/engine.h"
 
 #endif

@@ -37,6 +37,7 @@
  */
 #include "runtime/stream_ops.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
