@@ -171,7 +171,7 @@ static mc_cache_stats stats_of(mc_device *d)
 static int entries(mc_device *d, char names[][65], int max, int *tmp_files)
 {
     char dir[1024];
-    if (mc_cache_dir(d, dir, sizeof dir) != MC_OK) return -1;
+    if (mc_cache_get_dir(d, dir, sizeof dir) != MC_OK) return -1;
     DIR *dp = opendir(dir);
     if (tmp_files) *tmp_files = 0;
     if (!dp) return 0;
@@ -200,7 +200,7 @@ static int entries(mc_device *d, char names[][65], int max, int *tmp_files)
 static void entry_path(mc_device *d, const char *name, char *out, size_t cap)
 {
     char dir[1024];
-    mc_cache_dir(d, dir, sizeof dir);
+    mc_cache_get_dir(d, dir, sizeof dir);
     if (strlen(dir) + strlen(name) + 2 > cap) {
         fprintf(stderr, "entry path too long\n");
         exit(1);
@@ -373,9 +373,9 @@ MC_TEST(cache_bad_arguments)
     CHECK_STATUS(mc_cache_set_mode(d, (mc_cache_mode)9), MC_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(mc_cache_get_stats(d, NULL), MC_ERR_INVALID_ARGUMENT);
     char small[4];
-    CHECK_STATUS(mc_cache_dir(d, small, sizeof small), MC_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(mc_cache_get_dir(d, small, sizeof small), MC_ERR_INVALID_ARGUMENT);
     char dir[1024];
-    CHECK_OK(mc_cache_dir(NULL, dir, sizeof dir));
+    CHECK_OK(mc_cache_get_dir(NULL, dir, sizeof dir));
     CHECK(!strcmp(dir, cache_root));
     CHECK(!strcmp(mc_cache_mode_name(MC_CACHE_REQUIRE), "require"));
     return close_fixture(d, &k);
@@ -778,7 +778,7 @@ MC_TEST(cache_unwritable_device_folder_warns_once)
     mc_device *d = mct_open_device(0);
     CHECK(d);
     char dir[1024];
-    CHECK_OK(mc_cache_dir(d, dir, sizeof dir));
+    CHECK_OK(mc_cache_get_dir(d, dir, sizeof dir));
     mc_device_release(d);
     CHECK_EQ(mkdir(dir, 0500), 0);
     if (memory_only_with_one_warning()) return 1;
@@ -1081,7 +1081,7 @@ MC_TEST(cache_statistics)
     /* totals kept across processes, in the folder's stats file */
     char dir[1024];
     CHECK((d = mct_open_device(0)));
-    CHECK_OK(mc_cache_dir(d, dir, sizeof dir));
+    CHECK_OK(mc_cache_get_dir(d, dir, sizeof dir));
     mc_device_release(d);
     int fd = open(dir, O_RDONLY | O_DIRECTORY);
     CHECK(fd >= 0);
@@ -1270,7 +1270,7 @@ MC_TEST(cache_async_abandoned_future_then_device)
     kernel k;
     if (open_fixture(&d, &k)) return 1;
     char dir[1024];
-    CHECK_OK(mc_cache_dir(d, dir, sizeof dir));
+    CHECK_OK(mc_cache_get_dir(d, dir, sizeof dir));
     for (int i = 0; i < 4; i++) {
         mc_pipeline_source_desc desc = desc_for(&k, "iota");
         char opt[32];

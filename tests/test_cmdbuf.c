@@ -91,11 +91,11 @@ MC_TEST(saxpy_matches_reference)
     CHECK_OK(mc_cmdbuf_status(cb, &msg));
     CHECK_EQ(mc_cmdbuf_pass_count(cb), 1);
     mc_pass_info pi;
-    CHECK_OK(mc_cmdbuf_pass_info(cb, 0, &pi));
+    CHECK_OK(mc_cmdbuf_get_pass_info(cb, 0, &pi));
     CHECK(strcmp(pi.label, "saxpy-pass") == 0);
     CHECK_EQ(pi.state, MC_PASS_COMPLETED);
     uint64_t t0, t1;
-    CHECK_OK(mc_cmdbuf_gpu_time(cb, &t0, &t1));
+    CHECK_OK(mc_cmdbuf_get_gpu_time(cb, &t0, &t1));
     CHECK_GE(t1, t0);
     CHECK_GT(t1, 0);
     CHECK_OK(mc_buffer_read(by, 0, out, n * 4));
@@ -144,13 +144,13 @@ MC_TEST(passes_run_in_order_with_copies_and_fills)
     CHECK_EQ(mc_cmdbuf_pass_count(cb), 4);
     for (size_t i = 0; i < 4; i++) {
         mc_pass_info pi;
-        CHECK_OK(mc_cmdbuf_pass_info(cb, i, &pi));
+        CHECK_OK(mc_cmdbuf_get_pass_info(cb, i, &pi));
         CHECK_EQ(pi.state, MC_PASS_COMPLETED);
     }
     mc_pass_info pi;
-    CHECK_OK(mc_cmdbuf_pass_info(cb, 0, &pi));
+    CHECK_OK(mc_cmdbuf_get_pass_info(cb, 0, &pi));
     CHECK(strcmp(pi.label, "fill") == 0);
-    CHECK_STATUS(mc_cmdbuf_pass_info(cb, 4, &pi), MC_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(mc_cmdbuf_get_pass_info(cb, 4, &pi), MC_ERR_INVALID_ARGUMENT);
     uint32_t *va = mc_buffer_contents(a), *vb = mc_buffer_contents(b);
     for (uint32_t i = 0; i < n; i++) {
         CHECK_EQ(va[i], base + i + 2);
@@ -401,7 +401,7 @@ MC_TEST(reused_command_buffers_start_clean)
         CHECK_STR_CONTAINS(mc_cmdbuf_label(cb), label);
         CHECK_STATUS(mc_cmdbuf_status(cb, NULL), MC_ERR_INVALID_STATE);
         mc_pass_info pi;
-        CHECK_STATUS(mc_cmdbuf_pass_info(cb, 0, &pi), MC_ERR_INVALID_ARGUMENT);
+        CHECK_STATUS(mc_cmdbuf_get_pass_info(cb, 0, &pi), MC_ERR_INVALID_ARGUMENT);
         /* every third one fails by injection, the rest run one or two passes */
         if (round % 3 == 1) CHECK_OK(mc_device_inject_fault(f.d, MC_ERR_PAGE_FAULT, 1));
         uint32_t passes = 1 + (uint32_t)(round % 2);
@@ -419,7 +419,7 @@ MC_TEST(reused_command_buffers_start_clean)
         }
         CHECK_OK(mc_cmdbuf_status(cb, NULL));
         for (uint32_t p = 0; p < passes; p++) {
-            CHECK_OK(mc_cmdbuf_pass_info(cb, p, &pi));
+            CHECK_OK(mc_cmdbuf_get_pass_info(cb, p, &pi));
             CHECK_EQ(pi.state, MC_PASS_COMPLETED);
         }
         const uint32_t *v = mc_buffer_contents(a);

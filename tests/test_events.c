@@ -18,7 +18,7 @@ MC_TEST(event_cpu_signal_and_wait)
     mc_event *e;
     CHECK_OK(mc_event_create(d, 5, &e));
     uint64_t v;
-    CHECK_OK(mc_event_value(e, &v));
+    CHECK_OK(mc_event_get_value(e, &v));
     CHECK_EQ(v, 5);
     CHECK_OK(mc_event_wait(e, 5, 0));
     CHECK_STATUS(mc_event_wait(e, 6, 1000000), MC_ERR_WAIT_TIMEOUT);
@@ -26,7 +26,7 @@ MC_TEST(event_cpu_signal_and_wait)
     CHECK_OK(mc_event_wait(e, 7, 0));
     CHECK_STATUS(mc_event_signal(e, 8), MC_ERR_INVALID_ARGUMENT); /* only forward */
     CHECK_STR_CONTAINS(mc_last_error(), "forward");
-    CHECK_OK(mc_event_value(e, &v));
+    CHECK_OK(mc_event_get_value(e, &v));
     CHECK_EQ(v, 9);
     mc_event_release(e);
     mc_device_release(d);
@@ -69,7 +69,7 @@ MC_TEST(event_gpu_wait_holds_a_command_buffer_until_signalled)
     CHECK_OK(mc_cmdbuf_status(cb, NULL));
     CHECK_EQ(((uint32_t *)mc_buffer_contents(b))[n - 1], base + n - 1);
     uint64_t v;
-    CHECK_OK(mc_event_value(e, &v));
+    CHECK_OK(mc_event_get_value(e, &v));
     CHECK_EQ(v, 10); /* the GPU-side signal */
     mc_cmdbuf_release(cb);
     mc_buffer_release(b);

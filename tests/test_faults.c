@@ -64,18 +64,18 @@ MC_TEST(watchdog_times_out_long_command_buffers)
     CHECK_LT(took, 5ull * 1000000000ull); /* stopped near the 200 ms limit, not after the work */
     CHECK_EQ(mc_cmdbuf_get_state(cb), MC_CMDBUF_ERROR);
     mc_pass_info pi;
-    CHECK_OK(mc_cmdbuf_pass_info(cb, 0, &pi));
+    CHECK_OK(mc_cmdbuf_get_pass_info(cb, 0, &pi));
     CHECK_EQ(pi.state, MC_PASS_COMPLETED);
-    CHECK_OK(mc_cmdbuf_pass_info(cb, 1, &pi));
+    CHECK_OK(mc_cmdbuf_get_pass_info(cb, 1, &pi));
     CHECK_EQ(pi.state, MC_PASS_FAULTED);
     CHECK(strcmp(pi.label, "forever") == 0);
-    CHECK_OK(mc_cmdbuf_pass_info(cb, 2, &pi));
+    CHECK_OK(mc_cmdbuf_get_pass_info(cb, 2, &pi));
     CHECK_EQ(pi.state, MC_PASS_PENDING);
 
     /* The command buffer queued behind it is a victim and did not run. */
     CHECK_OK(mc_cmdbuf_wait(victim, MC_WAIT_FOREVER));
     CHECK_STATUS(mc_cmdbuf_status(victim, NULL), MC_ERR_PRIOR_ERROR);
-    CHECK_OK(mc_cmdbuf_pass_info(victim, 0, &pi));
+    CHECK_OK(mc_cmdbuf_get_pass_info(victim, 0, &pi));
     CHECK_EQ(pi.state, MC_PASS_PENDING);
     uint32_t *v = mc_buffer_contents(b);
     CHECK_EQ(v[n - 1] >= 1, 1);
@@ -125,7 +125,7 @@ MC_TEST(repeated_timeouts_revoke_access_for_a_cooldown)
     mc_cmdbuf *cb;
     CHECK_STATUS(run_one(q, add, b, 1024, &cb), MC_ERR_ACCESS_REVOKED);
     mc_pass_info pi;
-    CHECK_OK(mc_cmdbuf_pass_info(cb, 0, &pi));
+    CHECK_OK(mc_cmdbuf_get_pass_info(cb, 0, &pi));
     CHECK_EQ(pi.state, MC_PASS_PENDING); /* nothing ran */
     mc_cmdbuf_release(cb);
     mc_queue_release(q);
@@ -174,11 +174,11 @@ MC_TEST(injected_faults_fail_the_chosen_command_buffer)
         CHECK_STATUS(mc_cmdbuf_status(cb, &msg), kinds[k]);
         CHECK(msg[0] != '\0');
         mc_pass_info pi;
-        CHECK_OK(mc_cmdbuf_pass_info(cb, 0, &pi));
+        CHECK_OK(mc_cmdbuf_get_pass_info(cb, 0, &pi));
         CHECK_EQ(pi.state, MC_PASS_COMPLETED);
-        CHECK_OK(mc_cmdbuf_pass_info(cb, 1, &pi));
+        CHECK_OK(mc_cmdbuf_get_pass_info(cb, 1, &pi));
         CHECK_EQ(pi.state, MC_PASS_FAULTED);
-        CHECK_OK(mc_cmdbuf_pass_info(cb, 2, &pi));
+        CHECK_OK(mc_cmdbuf_get_pass_info(cb, 2, &pi));
         CHECK_EQ(pi.state, MC_PASS_PENDING);
         CHECK_EQ(((uint32_t *)mc_buffer_contents(b))[0], before + 1); /* partial work, as on a real fault */
         mc_cmdbuf_release(cb);

@@ -33,7 +33,7 @@ MC_TEST(cuda_out_of_bounds_write_is_device_lost)
     CHECK_STATUS(mc_cmdbuf_status(cb, &msg), MC_ERR_DEVICE_LOST);
     fprintf(stderr, "fault reported as: %s\n", msg);
     mc_pass_info pi;
-    CHECK_OK(mc_cmdbuf_pass_info(cb, 0, &pi));
+    CHECK_OK(mc_cmdbuf_get_pass_info(cb, 0, &pi));
     CHECK_EQ(pi.state, MC_PASS_FAULTED);
     CHECK(strcmp(pi.label, "wild-write") == 0);
     CHECK_STATUS(mc_device_check(d), MC_ERR_DEVICE_LOST);

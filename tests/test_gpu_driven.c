@@ -239,7 +239,7 @@ MC_TEST(validation_refuses_indirect_counts_over_the_limit)
         CHECK_STR_CONTAINS(msg, "65535");
         CHECK_STR_CONTAINS(msg, "too big");
         mc_pass_info pi;
-        CHECK_OK(mc_cmdbuf_pass_info(cb, 0, &pi));
+        CHECK_OK(mc_cmdbuf_get_pass_info(cb, 0, &pi));
         CHECK_EQ(pi.state, MC_PASS_FAULTED);
         mc_cmdbuf_release(cb);
         mc_queue_release(q);
@@ -310,7 +310,7 @@ MC_TEST(cmdlist_static_ranges_run_without_encoding_again)
     CHECK_OK(run(cb));
     for (size_t i = 0; i < 6; i++) {
         mc_pass_info pi;
-        CHECK_OK(mc_cmdbuf_pass_info(cb, i, &pi));
+        CHECK_OK(mc_cmdbuf_get_pass_info(cb, i, &pi));
         CHECK(strcmp(pi.label, "count") == 0); /* each execution is a pass labelled with the list */
         CHECK_EQ(pi.state, MC_PASS_COMPLETED);
     }
@@ -422,7 +422,7 @@ MC_TEST(cmdlist_ranges_chosen_by_the_gpu)
     CHECK_OK(run(cb));
     for (size_t i = 0; i < mc_cmdbuf_pass_count(cb); i++) {
         mc_pass_info pi;
-        CHECK_OK(mc_cmdbuf_pass_info(cb, i, &pi));
+        CHECK_OK(mc_cmdbuf_get_pass_info(cb, i, &pi));
         CHECK_EQ(pi.state, MC_PASS_COMPLETED);
     }
     mc_cmdbuf_release(cb);

@@ -256,34 +256,34 @@ MC_TEST(host_buffer_overlapping_ranges)
     return 0;
 }
 
-/* mc_buffer_device_address: the host address on the CPU device (private
+/* mc_buffer_get_device_address: the host address on the CPU device (private
  * storage too), a device pointer on CUDA, refused where none exists. */
 MC_TEST(buffer_device_address_per_device)
 {
     mc_device *d = mct_open_device(0);
     CHECK(d);
     uint64_t addr = 1;
-    CHECK_STATUS(mc_buffer_device_address(NULL, &addr), MC_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(mc_buffer_get_device_address(NULL, &addr), MC_ERR_INVALID_ARGUMENT);
     mc_buffer_desc bd = MC_BUFFER_DESC_INIT;
     bd.size = 4096;
     mc_buffer *shared = NULL, *priv = NULL;
     CHECK_OK(mc_buffer_create(d, &bd, &shared));
     bd.storage = MC_STORAGE_PRIVATE;
     CHECK_OK(mc_buffer_create(d, &bd, &priv));
-    CHECK_STATUS(mc_buffer_device_address(shared, NULL), MC_ERR_INVALID_ARGUMENT);
+    CHECK_STATUS(mc_buffer_get_device_address(shared, NULL), MC_ERR_INVALID_ARGUMENT);
     CHECK_STR_CONTAINS(mc_last_error(), "out is NULL");
-    mc_status s = mc_buffer_device_address(shared, &addr);
+    mc_status s = mc_buffer_get_device_address(shared, &addr);
     switch (mct_device_kind(d)) {
     case MC_DEVICE_CPU:
         CHECK_OK(s);
         CHECK_EQ(addr, (uint64_t)(uintptr_t)mc_buffer_contents(shared));
-        CHECK_OK(mc_buffer_device_address(priv, &addr));
+        CHECK_OK(mc_buffer_get_device_address(priv, &addr));
         CHECK_NE(addr, 0);
         break;
     case MC_DEVICE_CUDA:
         CHECK_OK(s);
         CHECK_NE(addr, 0);
-        CHECK_OK(mc_buffer_device_address(priv, &addr));
+        CHECK_OK(mc_buffer_get_device_address(priv, &addr));
         CHECK_NE(addr, 0);
         break;
     default:

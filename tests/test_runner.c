@@ -65,7 +65,7 @@ static mc_status rt_plain(mc_device *d, const rt_params *p, uint64_t iters, doub
     if (s == MC_OK && result) s = mc_buffer_read(x, 0, result, (p->n + 1) * sizeof *result);
     if (gpu_ms && cb) {
         uint64_t t0 = 0, t1 = 0;
-        if (mc_cmdbuf_gpu_time(cb, &t0, &t1) == MC_OK) *gpu_ms = (double)(t1 - t0) / 1e6;
+        if (mc_cmdbuf_get_gpu_time(cb, &t0, &t1) == MC_OK) *gpu_ms = (double)(t1 - t0) / 1e6;
     }
     free(init);
     mc_cmdbuf_release(cb);

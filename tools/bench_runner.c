@@ -166,7 +166,7 @@ static mc_status naive_gap(mc_bench *b, gs_bench *g, uint64_t per, int chunks, d
         if (s == MC_OK) s = mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
         if (s == MC_OK) s = mc_cmdbuf_status(cb, NULL);
         uint64_t t0 = 0, t1 = 0;
-        if (s == MC_OK) s = mc_cmdbuf_gpu_time(cb, &t0, &t1);
+        if (s == MC_OK) s = mc_cmdbuf_get_gpu_time(cb, &t0, &t1);
         if (s == MC_OK && k > 0 && t0 >= prev_end) {
             sum += (double)(t0 - prev_end) / 1e3;
             n++;

@@ -222,7 +222,7 @@ static double ceiling_run(sb_ctx *c, sb_naive *nv, uint32_t count)
         if (s == MC_OK) s = mc_cmdbuf_commit(cb);
         if (s == MC_OK) s = mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
         if (s == MC_OK) s = mc_cmdbuf_status(cb, NULL);
-        if (s == MC_OK) s = mc_cmdbuf_gpu_time(cb, &t0, &t1);
+        if (s == MC_OK) s = mc_cmdbuf_get_gpu_time(cb, &t0, &t1);
         mc_cmdbuf_release(cb);
         double rate = s == MC_OK && t1 > t0 ? count / ((double)(t1 - t0) / 1e9) : -1;
         if (rate > best) best = rate;

@@ -398,7 +398,7 @@ static int cmd_build(int argc, char **argv)
     mc_device_info info;
     mc_device_get_info(d, &info);
     char dir[PATH_MAX];
-    mc_cache_dir(d, dir, sizeof dir);
+    mc_cache_get_dir(d, dir, sizeof dir);
     printf("building %zu kernel%s for %s:%d (%s) into %s\n", n, n == 1 ? "" : "s", mc_device_kind_name(info.kind),
            info.index, info.identity, dir);
 
@@ -572,7 +572,7 @@ static int folder_of(const char *device, char *out, size_t cap, const char **onl
     mc_device *d = mc_cli_open_device(device, 0);
     if (!d) return 1;
     char dir[PATH_MAX];
-    mc_status s = mc_cache_dir(d, dir, sizeof dir);
+    mc_status s = mc_cache_get_dir(d, dir, sizeof dir);
     mc_device_release(d);
     if (s != MC_OK) return mc_cli_fail("the cache folder", s);
     const char *slash = strrchr(dir, '/');

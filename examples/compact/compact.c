@@ -149,7 +149,7 @@ int main(int argc, char **argv)
             return 1;
         }
         uint64_t t0, t1;
-        CHECK(mc_cmdbuf_gpu_time(cb, &t0, &t1));
+        CHECK(mc_cmdbuf_get_gpu_time(cb, &t0, &t1));
         mc_cmdbuf_release(cb);
 
         uint32_t count, grid[3];

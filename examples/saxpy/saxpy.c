@@ -81,7 +81,7 @@ int main(int argc, char **argv)
     const char *msg;
     CHECK(mc_cmdbuf_status(cb, &msg));
     uint64_t t0, t1;
-    CHECK(mc_cmdbuf_gpu_time(cb, &t0, &t1));
+    CHECK(mc_cmdbuf_get_gpu_time(cb, &t0, &t1));
     CHECK(mc_buffer_read(y, 0, out, bd.size));
 
     size_t bad = 0;

@@ -11,11 +11,15 @@
  *    no-op; every release returns nothing. Three handles are not counted:
  *    mc_runner, mc_stream and mc_pipeline_future have one owner, no
  *    retain, and their release destroys them (each runs or waits on a
- *    thread of its own, whose end a shared reference would blur). A committed command buffer holds its own references to every
- *    buffer, pipeline and event it uses, so callers may release those right
- *    after commit.
+ *    thread of its own, whose end a shared reference would blur). A
+ *    committed command buffer holds its own references to every buffer,
+ *    pipeline and event it uses, so callers may release those right after
+ *    commit.
  *  - Descriptor structs: all-zero means "defaults"; use the MC_*_DESC_INIT
  *    macros. Enum value 0 always means "unset / default".
+ *  - Getters: one that fills an out-parameter and returns a status is
+ *    mc_OBJECT_get_WHAT (mc_device_get_info, mc_event_get_value); one that
+ *    returns a plain value and cannot fail is mc_OBJECT_WHAT (mc_buffer_size).
  *  - Thread safety: devices, buffers, libraries, pipelines, queues and events
  *    may be used from any thread. A command buffer is recorded by one thread
  *    at a time; after commit, wait/state/error queries are thread-safe.
@@ -304,7 +308,7 @@ MC_API mc_status mc_buffer_create_from_host(mc_device *d, const mc_host_buffer_d
  * on the cpu device (private storage too: the CPU has only host memory).
  * MC_ERR_UNSUPPORTED where the device does not expose one (metal). Valid
  * while the buffer lives; no ordering against queued work. Thread-safe. */
-MC_API mc_status mc_buffer_device_address(mc_buffer *b, uint64_t *out);
+MC_API mc_status mc_buffer_get_device_address(mc_buffer *b, uint64_t *out);
 
 /* ------------------------------------------------------------------------ */
 /* Libraries and pipelines                                                   */
@@ -513,10 +517,10 @@ typedef struct mc_pass_info {
     mc_pass_state state;
     uint64_t gpu_start_ns, gpu_end_ns; /* with MC_CMDBUF_PASS_TIMESTAMPS, else 0 */
 } mc_pass_info;
-MC_API mc_status mc_cmdbuf_pass_info(const mc_cmdbuf *cb, size_t index, mc_pass_info *out);
+MC_API mc_status mc_cmdbuf_get_pass_info(const mc_cmdbuf *cb, size_t index, mc_pass_info *out);
 /* GPU start and end of a finished command buffer on the device's clock, in
  * nanoseconds; only the difference is portable. */
-MC_API mc_status mc_cmdbuf_gpu_time(const mc_cmdbuf *cb, uint64_t *start_ns, uint64_t *end_ns);
+MC_API mc_status mc_cmdbuf_get_gpu_time(const mc_cmdbuf *cb, uint64_t *start_ns, uint64_t *end_ns);
 MC_API const char *mc_cmdbuf_label(const mc_cmdbuf *cb);
 
 /* ------------------------------------------------------------------------ */
@@ -525,7 +529,7 @@ MC_API const char *mc_cmdbuf_label(const mc_cmdbuf *cb);
 MC_API mc_status mc_event_create(mc_device *d, uint64_t initial_value, mc_event **out);
 MC_API void mc_event_retain(mc_event *e);
 MC_API void mc_event_release(mc_event *e);
-MC_API mc_status mc_event_value(const mc_event *e, uint64_t *out);
+MC_API mc_status mc_event_get_value(const mc_event *e, uint64_t *out);
 /* CPU signal. Values only move forward: a smaller value is refused. */
 MC_API mc_status mc_event_signal(mc_event *e, uint64_t value);
 /* MC_OK once value >= target, else MC_ERR_WAIT_TIMEOUT. */

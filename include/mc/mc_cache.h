@@ -137,7 +137,7 @@ MC_API mc_status mc_cache_get_stats(mc_device *d, mc_cache_stats *out);
 MC_API mc_status mc_cache_clear(mc_device *d);
 /* The cache folder: with d == NULL the root, else that device's folder
  * (which may not exist yet). MC_ERR_INVALID_ARGUMENT if it does not fit. */
-MC_API mc_status mc_cache_dir(const mc_device *d, char *out, size_t cap);
+MC_API mc_status mc_cache_get_dir(const mc_device *d, char *out, size_t cap);
 
 #ifdef __cplusplus
 }

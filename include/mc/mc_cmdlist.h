@@ -42,7 +42,7 @@
  * the device (F149: an earlier kernel of the same command buffer may write
  * them); the range is clamped the same way, so first past the end or a
  * count of 0 runs nothing. Each execution is its own pass, labelled with
- * the list's label, for mc_cmdbuf_pass_info.
+ * the list's label, for mc_cmdbuf_get_pass_info.
  *
  * Lifetimes. The list holds references to the pipelines and buffers it
  * uses until it is reset or released. A command buffer holds the list and

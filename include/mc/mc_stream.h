@@ -133,7 +133,7 @@ typedef void (*mc_stream_result_fn)(void *user, const mc_stream_result *r);
  * the binding work. Chains that bind MC_STREAM_ARG_SEQUENCE (a value that
  * changes per item) are always recorded anew. For comparison and debugging:
  * with lists an item's command buffer has one pass (the list) instead of
- * one per pass of the chain, as mc_cmdbuf_pass_info reports it. */
+ * one per pass of the chain, as mc_cmdbuf_get_pass_info reports it. */
 #define MC_STREAM_RECORD_EACH 0x2u
 
 struct mc_isolate_desc; /* mc/mc_isolate.h */

@@ -91,7 +91,7 @@ typedef struct mc_host_buffer_desc {
     void *user;
 } mc_host_buffer_desc;
 mc_status mc_buffer_create_from_host(mc_device *d, const mc_host_buffer_desc *desc, mc_buffer **out);
-mc_status mc_buffer_device_address(mc_buffer *b, uint64_t *out);
+mc_status mc_buffer_get_device_address(mc_buffer *b, uint64_t *out);
 
 const char *mc_language_name(mc_language l);
 typedef struct mc_library_desc {
@@ -164,12 +164,12 @@ typedef struct mc_pass_info {
     mc_pass_state state;
     uint64_t gpu_start_ns, gpu_end_ns;
 } mc_pass_info;
-mc_status mc_cmdbuf_pass_info(const mc_cmdbuf *cb, size_t index, mc_pass_info *out);
-mc_status mc_cmdbuf_gpu_time(const mc_cmdbuf *cb, uint64_t *start_ns, uint64_t *end_ns);
+mc_status mc_cmdbuf_get_pass_info(const mc_cmdbuf *cb, size_t index, mc_pass_info *out);
+mc_status mc_cmdbuf_get_gpu_time(const mc_cmdbuf *cb, uint64_t *start_ns, uint64_t *end_ns);
 
 mc_status mc_event_create(mc_device *d, uint64_t initial_value, mc_event **out);
 void mc_event_release(mc_event *e);
-mc_status mc_event_value(const mc_event *e, uint64_t *out);
+mc_status mc_event_get_value(const mc_event *e, uint64_t *out);
 mc_status mc_event_signal(mc_event *e, uint64_t value);
 mc_status mc_event_wait(mc_event *e, uint64_t target, uint64_t timeout_ns);
 typedef void (*mc_event_fn)(void *user, mc_event *e, uint64_t value);

@@ -483,7 +483,7 @@ class Buffer:
     def __dlpack__(self, stream=None, max_version=None, dl_device=None, copy=None):
         """A DLPack capsule over the whole buffer as uint8 (no copy); the
         buffer lives until the consumer lets go. CUDA buffers are exported
-        as device memory at mc_buffer_device_address. The buffer's
+        as device memory at mc_buffer_get_device_address. The buffer's
         command buffers must have finished (every wait here does): nothing
         is ordered against `stream`."""
         target = self.__dlpack_device__()
@@ -493,7 +493,7 @@ class Buffer:
             raise BufferError("DLPack: copy=True is not supported; export without a copy or use read()")
         if target[0] == _dlpack.KDL_CUDA:
             addr = ffi.new("uint64_t *")
-            errors.check(lib.mc_buffer_device_address(self.handle, addr), "DLPack: the buffer's device address")
+            errors.check(lib.mc_buffer_get_device_address(self.handle, addr), "DLPack: the buffer's device address")
             address = int(addr[0])
         else:
             self.handle  # a released buffer raises
@@ -1124,11 +1124,11 @@ class CommandBuffer:
 
     @property
     def passes(self):
-        """mc_cmdbuf_pass_info for every pass: PassInfo(label, state, ...)."""
+        """mc_cmdbuf_get_pass_info for every pass: PassInfo(label, state, ...)."""
         out = []
         info = ffi.new("mc_pass_info *")
         for i in range(lib.mc_cmdbuf_pass_count(self._h)):
-            errors.check(lib.mc_cmdbuf_pass_info(self._h, i, info))
+            errors.check(lib.mc_cmdbuf_get_pass_info(self._h, i, info))
             out.append(PassInfo(cstr(info.label), _PASS_STATES.get(info.state, "unknown"),
                                 info.gpu_start_ns, info.gpu_end_ns))
         return out
@@ -1136,7 +1136,7 @@ class CommandBuffer:
     @property
     def gpu_time_ns(self):
         a, b = ffi.new("uint64_t *"), ffi.new("uint64_t *")
-        errors.check(lib.mc_cmdbuf_gpu_time(self._h, a, b))
+        errors.check(lib.mc_cmdbuf_get_gpu_time(self._h, a, b))
         return int(b[0] - a[0])
 
     def raise_for_status(self):
@@ -1166,7 +1166,7 @@ class Event:
     @property
     def value(self):
         v = ffi.new("uint64_t *")
-        errors.check(lib.mc_event_value(self._h, v))
+        errors.check(lib.mc_event_get_value(self._h, v))
         return int(v[0])
 
     def signal(self, value):

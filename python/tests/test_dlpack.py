@@ -107,6 +107,6 @@ def test_cuda_buffers_export_device_memory(dev, storage):
     cap = buf.__dlpack__()
     m = _dlpack.ffi.cast("DLManagedTensor *", _dlpack._capsule_pointer(id(cap), b"dltensor"))  # unversioned
     addr = ffi.new("uint64_t *")
-    assert lib.mc_buffer_device_address(buf.handle, addr) == 0
+    assert lib.mc_buffer_get_device_address(buf.handle, addr) == 0
     assert int(_dlpack.ffi.cast("uintptr_t", m.dl_tensor.data)) == addr[0]
     assert m.dl_tensor.device.device_type == 2 and m.dl_tensor.shape[0] == 1024

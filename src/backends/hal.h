@@ -264,7 +264,7 @@ typedef struct mc__hal {
      * own rules and names the one broken. The memory is not the backend's:
      * buffer_destroy lets go of it (unpins, unmaps) and never frees it. */
     mc_status (*buffer_wrap)(void *dev, void *host, size_t size, const char *label, void **buf);
-    /* The buffer's address on the device (mc_buffer_device_address),
+    /* The buffer's address on the device (mc_buffer_get_device_address),
      * optional: NULL = MC_ERR_UNSUPPORTED. */
     mc_status (*buffer_device_address)(void *dev, void *buf, uint64_t *addr);
     /* Small work on separate queues of one device runs concurrently (CUDA

@@ -1011,10 +1011,10 @@ size_t mc_cmdbuf_pass_count(const mc_cmdbuf *cb)
     return mc__object_check(cb, MC__TAG_CMDBUF) ? cb->rec.npass : 0;
 }
 
-mc_status mc_cmdbuf_pass_info(const mc_cmdbuf *cb, size_t index, mc_pass_info *out)
+mc_status mc_cmdbuf_get_pass_info(const mc_cmdbuf *cb, size_t index, mc_pass_info *out)
 {
     MC__CHECK_HANDLE(cb, MC__TAG_CMDBUF, "command buffer");
-    if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_cmdbuf_pass_info: out is NULL");
+    if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_cmdbuf_get_pass_info: out is NULL");
     if (index >= cb->rec.npass)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "pass %zu of %u does not exist", index, cb->rec.npass);
     out->label = cb->rec.passes[index].label;
@@ -1025,10 +1025,10 @@ mc_status mc_cmdbuf_pass_info(const mc_cmdbuf *cb, size_t index, mc_pass_info *o
     return MC_OK;
 }
 
-mc_status mc_cmdbuf_gpu_time(const mc_cmdbuf *cb, uint64_t *start_ns, uint64_t *end_ns)
+mc_status mc_cmdbuf_get_gpu_time(const mc_cmdbuf *cb, uint64_t *start_ns, uint64_t *end_ns)
 {
     MC__CHECK_HANDLE(cb, MC__TAG_CMDBUF, "command buffer");
-    if (!start_ns || !end_ns) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_cmdbuf_gpu_time: NULL output");
+    if (!start_ns || !end_ns) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_cmdbuf_get_gpu_time: NULL output");
     if (!finished(cb)) return mc__fail(MC_ERR_INVALID_STATE, "command buffer '%s' has not finished", cb->base.label);
     *start_ns = cb->sub.gpu_start_ns;
     *end_ns = cb->sub.gpu_end_ns;

@@ -623,10 +623,10 @@ mc_status mc_buffer_create_from_host(mc_device *d, const mc_host_buffer_desc *de
     return MC_OK;
 }
 
-mc_status mc_buffer_device_address(mc_buffer *b, uint64_t *out)
+mc_status mc_buffer_get_device_address(mc_buffer *b, uint64_t *out)
 {
     MC__CHECK_HANDLE(b, MC__TAG_BUFFER, "buffer");
-    if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_buffer_device_address: out is NULL");
+    if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_buffer_get_device_address: out is NULL");
     *out = 0;
     mc_device *d = b->base.device;
     if (d->hal->version < 3 || !d->hal->buffer_device_address)
@@ -954,10 +954,10 @@ void mc_event_release(mc_event *e)
     if (mc__object_check(e, MC__TAG_EVENT)) mc__object_release(&e->base);
 }
 
-mc_status mc_event_value(const mc_event *e, uint64_t *out)
+mc_status mc_event_get_value(const mc_event *e, uint64_t *out)
 {
     MC__CHECK_HANDLE(e, MC__TAG_EVENT, "event");
-    if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_event_value: out is NULL");
+    if (!out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_event_get_value: out is NULL");
     mc_device *d = e->base.device;
     *out = d->hal->event_value(d->hd, e->he);
     return MC_OK;

@@ -633,7 +633,7 @@ static mc_status finish(mc_mpi_runner *r, inflight *f, uint64_t *gpu_ns)
             mc_status s = mc_cmdbuf_status(f->cbs[c], NULL);
             if (s != MC_OK && s != MC_ERR_INVALID_STATE && result == MC_OK) result = s;
             uint64_t a = 0, b = 0;
-            if (s == MC_OK && gpu_ns && mc_cmdbuf_gpu_time(f->cbs[c], &a, &b) == MC_OK && b > a) *gpu_ns += b - a;
+            if (s == MC_OK && gpu_ns && mc_cmdbuf_get_gpu_time(f->cbs[c], &a, &b) == MC_OK && b > a) *gpu_ns += b - a;
         }
         mc_cmdbuf_release(f->cbs[c]);
     }

@@ -279,15 +279,15 @@ mc_status mc_cache_clear(mc_device *d)
     return mc__cache_disk_clear(c);
 }
 
-mc_status mc_cache_dir(const mc_device *d, char *out, size_t cap)
+mc_status mc_cache_get_dir(const mc_device *d, char *out, size_t cap)
 {
-    if (!out || !cap) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_cache_dir: out is NULL or cap is 0");
+    if (!out || !cap) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_cache_get_dir: out is NULL or cap is 0");
     out[0] = '\0';
     char root[PATH_MAX];
     mc_status s = mc__cache_root(root, sizeof root);
     if (s != MC_OK) return s;
     if (!d) {
-        if (strlen(root) >= cap) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_cache_dir: %zu bytes do not fit", cap);
+        if (strlen(root) >= cap) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_cache_get_dir: %zu bytes do not fit", cap);
         memcpy(out, root, strlen(root) + 1);
         return MC_OK;
     }
@@ -297,7 +297,7 @@ mc_status mc_cache_dir(const mc_device *d, char *out, size_t cap)
     int n = snprintf(out, cap, "%s/%s", root, folder);
     if (n < 0 || (size_t)n >= cap) {
         out[0] = '\0';
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_cache_dir: %zu bytes do not fit", cap);
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_cache_get_dir: %zu bytes do not fit", cap);
     }
     return MC_OK;
 }

@@ -130,7 +130,7 @@ static void wake_runner(void *user, mc_cmdbuf *cb)
          * the value it waits for. Values only move forward; a value
          * already passed (cancel) is left alone. */
         uint64_t cur = 0;
-        if (mc_event_value(n->event, &cur) == MC_OK && cur < n->value) mc_event_signal(n->event, n->value);
+        if (mc_event_get_value(n->event, &cur) == MC_OK && cur < n->value) mc_event_signal(n->event, n->value);
     }
     mc_event_release(n->event);
     free(n);
@@ -329,7 +329,7 @@ static void take_checkpoint(local_runner *r, const chunk *c)
 static void harvest(local_runner *r, chunk *c)
 {
     uint64_t t0 = 0, t1 = 0;
-    bool timed = mc_cmdbuf_gpu_time(c->cb, &t0, &t1) == MC_OK && t0 && t1 >= t0;
+    bool timed = mc_cmdbuf_get_gpu_time(c->cb, &t0, &t1) == MC_OK && t0 && t1 >= t0;
     double t = timed ? (double)(t1 - t0) : 0;
     if (MC__TRACING())
         mc__trace_span("runner", r->b.label, "runner", "chunk", 0, t0, t1, mc_status_name(MC_OK),
@@ -415,12 +415,12 @@ static void settle_all(local_runner *r, failure *f)
             f->iters = c->iters;
             f->dispatches = c->dispatches;
             uint64_t t0 = 0, t1 = 0;
-            mc_cmdbuf_gpu_time(c->cb, &t0, &t1);
+            mc_cmdbuf_get_gpu_time(c->cb, &t0, &t1);
             f->gpu_ns = t1 > t0 ? (double)(t1 - t0) : 0;
         }
         if (MC__TRACING()) {
             uint64_t t0 = 0, t1 = 0;
-            mc_cmdbuf_gpu_time(c->cb, &t0, &t1);
+            mc_cmdbuf_get_gpu_time(c->cb, &t0, &t1);
             mc__trace_span("runner", r->b.label, "runner", "chunk", 0, t0, t1, mc_status_name(s),
                            MC__TARGS({"chunk", c->number}, {"first", c->first}, {"iters", c->iters},
                                      {"dispatches", c->dispatches}, {"replayed", 1}));
@@ -669,7 +669,7 @@ static mc_status local_run(mc_runner *base)
             if (c) mc_event_wait(r->timeline, c->value, timeout);
             else mc_cmdbuf_wait(r->list[0].cb, timeout); /* signalled, completing now */
             uint64_t v = 0;
-            mc_event_value(r->timeline, &v);
+            mc_event_get_value(r->timeline, &v);
             if (v >= r->next_value || atomic_load(&r->b.cancel)) continue; /* only cancel goes that far */
             for (uint32_t i = 0; i < r->nlist; i++) {
                 chunk *k = &r->list[i];
