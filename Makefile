@@ -30,7 +30,7 @@ run: build
 # TLS roots it can only report more, never miss a leak (what other
 # libraries keep per thread is suppressed in tests/lsan.supp).
 ifneq ($(findstring address,$(SANITIZE)),)
-TEST_ENV = LSAN_OPTIONS=$${LSAN_OPTIONS:-use_tls=0:suppressions=$(CURDIR)/tests/lsan.supp}
+TEST_ENV = LSAN_OPTIONS=$${LSAN_OPTIONS:-use_tls=0:print_suppressions=0:suppressions=$(CURDIR)/tests/lsan.supp}
 endif
 
 test: build
