@@ -30,6 +30,33 @@ static const char *runner_of(const char *cpp, const char *name, char *out, size_
     return out;
 }
 
+/* src translated for the CPU device (the C++ the compiler gets), or NULL
+ * with the front end's log printed. */
+static char *translate_cpu(const char *src)
+{
+    char *cpp = NULL, *log = NULL;
+    size_t len = 0;
+    mc_status s = mc__msl_translate(src, strlen(src), MC__MSL_CPU, &cpp, &len, &log);
+    if (s != MC_OK) fprintf(stderr, "%s\n", log ? log : mc_last_error());
+    free(log);
+    return s == MC_OK ? cpp : NULL;
+}
+
+/* An MSL library of src on d, or NULL with the compiler's log printed. */
+static mc_library *msl_lib(mc_device *d, const char *src, const char *options)
+{
+    mc_library_desc ld = MC_LIBRARY_DESC_INIT;
+    ld.language = MC_LANG_MSL;
+    ld.source = src;
+    ld.options = options;
+    mc_library *lib = NULL;
+    char *log = NULL;
+    mc_status s = mc_library_create(d, &ld, &lib, &log);
+    if (s != MC_OK) fprintf(stderr, "%s\n%s\n", mc_last_error(), log ? log : "");
+    mc_free(log);
+    return s == MC_OK ? lib : NULL;
+}
+
 static const char paths_src[] =
     "#include <metal_stdlib>\n"
     "using namespace metal;\n"
@@ -60,12 +87,8 @@ static const char paths_src[] =
 
 MC_TEST(msl_exec_path_per_kernel)
 {
-    char *cpp = NULL, *log = NULL;
-    size_t len = 0;
-    mc_status s = mc__msl_translate(paths_src, strlen(paths_src), MC__MSL_CPU, &cpp, &len, &log);
-    if (s != MC_OK) fprintf(stderr, "%s\n", log ? log : mc_last_error());
-    free(log);
-    CHECK_OK(s);
+    char *cpp = translate_cpu(paths_src);
+    CHECK(cpp);
     char r[64];
     CHECK(runner_of(cpp, "plain", r, sizeof r));
     CHECK_STR_CONTAINS(r, "mc::run_loop");
@@ -142,16 +165,8 @@ static int run_coro_mix(const char *options)
         mc_device_release(d);
         MC_SKIP("coroutine threads are the CPU device's way to run barriers");
     }
-    mc_library_desc ld = MC_LIBRARY_DESC_INIT;
-    ld.language = MC_LANG_MSL;
-    ld.source = coro_src;
-    ld.options = options;
-    mc_library *lib = NULL;
-    char *log = NULL;
-    mc_status s = mc_library_create(d, &ld, &lib, &log);
-    if (s != MC_OK) fprintf(stderr, "%s\n%s\n", mc_last_error(), log ? log : "");
-    mc_free(log);
-    CHECK_OK(s);
+    mc_library *lib = msl_lib(d, coro_src, options);
+    CHECK(lib);
     mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
     pd.library = lib;
     pd.function = "coro_mix";
@@ -282,12 +297,8 @@ static const char guard_src[] =
 
 MC_TEST(msl_bounds_test_hoisted_where_exact)
 {
-    char *cpp = NULL, *log = NULL;
-    size_t len = 0;
-    mc_status s = mc__msl_translate(guard_src, strlen(guard_src), MC__MSL_CPU, &cpp, &len, &log);
-    if (s != MC_OK) fprintf(stderr, "%s\n", log ? log : mc_last_error());
-    free(log);
-    CHECK_OK(s);
+    char *cpp = translate_cpu(guard_src);
+    CHECK(cpp);
     char r[64];
     CHECK(runner_of(cpp, "below", r, sizeof r));
     CHECK_STR_CONTAINS(r, "mc::run_loop_guarded");
@@ -309,15 +320,8 @@ MC_TEST(msl_bounds_test_hoisted_where_exact)
      * in `i >= n`, so nobody does, as MSL's conversions say) */
     mc_device *d = mct_open_device(0);
     if (!d) MC_SKIP("the device named by MC_DEVICE cannot be opened");
-    mc_library_desc ld = MC_LIBRARY_DESC_INIT;
-    ld.language = MC_LANG_MSL;
-    ld.source = guard_src;
-    mc_library *lib = NULL;
-    log = NULL;
-    s = mc_library_create(d, &ld, &lib, &log);
-    if (s != MC_OK) fprintf(stderr, "%s\n%s\n", mc_last_error(), log ? log : "");
-    mc_free(log);
-    CHECK_OK(s);
+    mc_library *lib = msl_lib(d, guard_src, NULL);
+    CHECK(lib);
     mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
     pd.library = lib;
     mc_pipeline *pb = NULL, *pl = NULL;
@@ -408,15 +412,8 @@ MC_TEST(msl_plain_groups_run_row_by_row)
 {
     mc_device *d = mct_open_device(0);
     if (!d) MC_SKIP("the device named by MC_DEVICE cannot be opened");
-    mc_library_desc ld = MC_LIBRARY_DESC_INIT;
-    ld.language = MC_LANG_MSL;
-    ld.source = rows_src;
-    mc_library *lib = NULL;
-    char *log = NULL;
-    mc_status s = mc_library_create(d, &ld, &lib, &log);
-    if (s != MC_OK) fprintf(stderr, "%s\n%s\n", mc_last_error(), log ? log : "");
-    mc_free(log);
-    CHECK_OK(s);
+    mc_library *lib = msl_lib(d, rows_src, NULL);
+    CHECK(lib);
     mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
     pd.library = lib;
     pd.function = "ids";
