@@ -13,15 +13,7 @@ static char *run_command(const char *cmd, int *status)
 {
     char full[8192];
     snprintf(full, sizeof full, "%s 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    if (!p) return NULL;
-    size_t cap = 1 << 20, len = 0, n;
-    char *out = malloc(cap);
-    while (out && (n = fread(out + len, 1, cap - 1 - len, p)) > 0) len += n;
-    int st = pclose(p);
-    if (status) *status = st;
-    if (out) out[len] = '\0';
-    return out;
+    return mct_command(full, status);
 }
 
 static int count(const char *hay, const char *needle)

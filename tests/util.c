@@ -199,7 +199,7 @@ char *mct_command(const char *cmd, int *status)
 {
     FILE *p = popen(cmd, "r");
     if (!p) return NULL;
-    size_t cap = 1 << 16, len = 0, n;
+    size_t cap = 1 << 20, len = 0, n; /* bench prints whole tables */
     char *out = malloc(cap);
     while (out && (n = fread(out + len, 1, cap - 1 - len, p)) > 0) len += n;
     int st = pclose(p);
