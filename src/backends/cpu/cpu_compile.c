@@ -341,6 +341,32 @@ static const char *elf_problem(const void *bytes, size_t len)
     return NULL;
 }
 
+/* Kernel libraries are opened and closed under one lock. The dynamic
+ * loader serialises these calls itself, but ThreadSanitizer cannot see its
+ * lock and reports the loader's own bookkeeping as a race when two devices
+ * drop their last library on two threads (the notifier thread can release
+ * a device). The calls are rare and slow anyway. */
+static pthread_mutex_t loader_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void *loader_open(const char *path, char **why)
+{
+    pthread_mutex_lock(&loader_lock);
+    void *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL | MC__DLOPEN_KEEP);
+    if (!dl) {
+        const char *e = dlerror();
+        *why = mc__strdup(e ? e : "dlopen failed");
+    }
+    pthread_mutex_unlock(&loader_lock);
+    return dl;
+}
+
+static void loader_close(void *dl)
+{
+    pthread_mutex_lock(&loader_lock);
+    dlclose(dl);
+    pthread_mutex_unlock(&loader_lock);
+}
+
 /* dlopens a shared object held in memory: through a memfd where there is
  * one, else a private temporary file unlinked right after loading.
  *
@@ -381,11 +407,7 @@ static mc_status load_object(const void *bytes, size_t len, void **dl, int *keep
         left -= (size_t)n;
     }
     if (!left) {
-        *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL | MC__DLOPEN_KEEP);
-        if (!*dl) {
-            const char *e = dlerror();
-            *why = mc__strdup(e ? e : "dlopen failed");
-        }
+        *dl = loader_open(path, why);
     } else {
         *why = mc__asprintf("cannot write the shared object: %s", strerror(errno));
     }
@@ -400,7 +422,7 @@ static mc_status load_object(const void *bytes, size_t len, void **dl, int *keep
 static void lib_unref(mc__cpu_library *l)
 {
     if (!l || atomic_fetch_sub(&l->refs, 1) != 1) return;
-    if (l->dl) dlclose(l->dl);
+    if (l->dl) loader_close(l->dl);
     if (l->fd >= 0) close(l->fd); /* after dlclose: see load_object */
     free(l->so);
     for (size_t i = 0; i < l->nbuiltin; i++) free(l->names[i]);
@@ -422,7 +444,7 @@ static mc_status lib_from_object(void *so, size_t so_len, mc__cpu_library **out,
     }
     mc__cpu_library *l = mc__calloc(1, sizeof *l);
     if (!l) {
-        dlclose(dl);
+        loader_close(dl);
         if (fd >= 0) close(fd);
         free(so);
         return MC_ERR_NO_MEMORY;
