@@ -154,6 +154,10 @@ class Device:
         self._h = out[0]
         self._queue = None
         self._lock = threading.Lock()
+        # Every queue made here, so a DLPack export can wait for the work
+        # that may still write the buffer (Buffer.__dlpack__).
+        self._queues = weakref.WeakSet()
+        self._queues_lock = threading.Lock()  # default_queue makes a Queue under _lock
         self._finalizer = weakref.finalize(self, lib.mc_device_release, self._h)
 
     @property
@@ -483,10 +487,18 @@ class Buffer:
     def __dlpack__(self, stream=None, max_version=None, dl_device=None, copy=None):
         """A DLPack capsule over the whole buffer as uint8 (no copy); the
         buffer lives until the consumer lets go. CUDA buffers are exported
-        as device memory at mc_buffer_get_device_address. The buffer's
-        command buffers must have finished (every wait here does): nothing
-        is ordered against `stream`."""
+        as device memory at mc_buffer_get_device_address.
+
+        Ordering (the DLPack protocol's `stream`): unless the consumer
+        passes stream=-1 ("do not synchronise"), the export first waits
+        until every queue of this device made from Python is idle, so any
+        work that writes the buffer has finished before the consumer's
+        stream (or its host code) reads it. For a CUDA buffer `stream` is
+        None, -1 or a stream number >= 1 (1 and 2 are CUDA's default
+        streams); 0 is refused, as the protocol says. A host buffer takes
+        None or -1."""
         target = self.__dlpack_device__()
+        self._dlpack_order(stream, target[0])
         if dl_device is not None and tuple(dl_device) != target:
             raise BufferError(f"DLPack: the buffer is on {target}, not {tuple(dl_device)}; copying is not done here")
         if copy:
@@ -500,6 +512,23 @@ class Buffer:
             address = self._addr
         versioned = max_version is not None and tuple(max_version)[0] >= 1
         return _dlpack.export(self, address, self.size, target[0], target[1], versioned)
+
+    def _dlpack_order(self, stream, kind):
+        if stream is not None and (isinstance(stream, bool) or not isinstance(stream, int)):
+            raise TypeError(f"DLPack: stream must be None or an int, got {type(stream).__name__}")
+        if kind == _dlpack.KDL_CUDA and stream == 0:
+            raise BufferError("DLPack: stream 0 is ambiguous for CUDA (use 1 for the legacy default stream, "
+                              "2 for the per-thread one)")
+        if kind != _dlpack.KDL_CUDA and stream not in (None, -1):
+            raise BufferError(f"DLPack: the buffer is host memory; stream must be None or -1, got {stream}")
+        if stream == -1:
+            return
+        dev = self.device
+        with dev._queues_lock:
+            queues = list(dev._queues)
+        for q in queues:
+            if q._finalizer.alive:
+                q.wait_idle()
 
     def write(self, data, offset=0):
         """mc_buffer_write: copies bytes in (any storage)."""
@@ -897,6 +926,8 @@ class Queue:
         errors.check(lib.mc_queue_create(device.handle, desc, out))
         self._h = out[0]
         self._finalizer = weakref.finalize(self, lib.mc_queue_release, self._h)
+        with device._queues_lock:
+            device._queues.add(self)
 
     def close(self):
         self._finalizer()

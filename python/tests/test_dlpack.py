@@ -110,3 +110,51 @@ def test_cuda_buffers_export_device_memory(dev, storage):
     assert lib.mc_buffer_get_device_address(buf.handle, addr) == 0
     assert int(_dlpack.ffi.cast("uintptr_t", m.dl_tensor.data)) == addr[0]
     assert m.dl_tensor.device.device_type == 2 and m.dl_tensor.shape[0] == 1024
+
+
+def _spin_reference(n, iters):
+    acc = np.arange(n, dtype=np.uint32)
+    for _ in range(iters):
+        acc = acc * np.uint32(1664525) + np.uint32(1013904223)
+    return acc
+
+
+@NOT_CUDA
+def test_export_waits_for_the_work_that_writes_the_buffer(dev, basic):
+    n, iters = 4096, 40000  # tens of milliseconds of device time
+    out = dev.buffer(size=4 * n)
+    cb = dev.command_buffer("spin")
+    cb.dispatch(basic["spin"], out, np.uint32(iters), grid=n)
+    cb.commit()
+    a = np.from_dlpack(out)  # no stream: the export orders itself after the spin
+    assert cb.wait(timeout=0), "the export returned while the command buffer still ran"
+    assert (a.view(np.uint32) == _spin_reference(n, iters)).all()
+
+
+@NOT_CUDA
+def test_stream_minus_one_exports_without_waiting(dev, basic):
+    n = 4096
+    out = dev.buffer(size=4 * n)
+    q = dev.queue("held")
+    ev = dev.event(0)
+    cb = q.command_buffer("held back")
+    cb.wait_event(ev, 1)  # cannot finish until the event is signalled
+    cb.dispatch(basic["spin"], out, np.uint32(1), grid=n)
+    cb.commit()
+    cap = out.__dlpack__(stream=-1)  # would wait forever for the queue otherwise
+    assert "dltensor" in repr(cap)
+    assert not cb.wait(timeout=0)
+    ev.signal(1)
+    assert cb.wait(timeout=10)
+
+
+def test_stream_argument_checked(dev):
+    buf = dev.buffer(size=64)
+    with pytest.raises(TypeError, match="stream"):
+        buf.__dlpack__(stream="1")
+    if ON_CUDA:
+        with pytest.raises(BufferError, match="stream 0"):
+            buf.__dlpack__(stream=0)
+    else:
+        with pytest.raises(BufferError, match="host memory"):
+            buf.__dlpack__(stream=3)
