@@ -3,6 +3,7 @@
 #define MC_TOOLS_CLI_H
 
 #include "mc/mc.h"
+#include "mc/mc_isolate.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -37,6 +38,12 @@ const char *mc_cli_kernel_dir(void);
 const char *mc_cli_baseline_dir(void);
 /* Opens a device by name ("" or NULL = default) and reports failures. */
 mc_device *mc_cli_open_device(const char *spec, int64_t time_limit_ms);
+/* Where a run job's runner works. Isolated, a worker process opens the
+ * device: *iso is filled in and *dev stays NULL. Otherwise the device is
+ * opened here and its info read into *info. Returns 0, or 1 after
+ * reporting the failure. */
+int mc_cli_open_target(const char *device, bool isolate, double deadline_ms, uint32_t max_restarts,
+                       const char *faults, mc_device **dev, mc_device_info *info, mc_isolate_desc *iso);
 /* Builds function fn from kernels/FILE.metal (every device runs MSL); NULL on error. */
 mc_pipeline *mc_cli_pipeline(mc_device *d, const char *file, const char *fn);
 /* The same from FILE<ext>: ".metal" from the kernels, ".c" or ".cu" (the

@@ -465,22 +465,14 @@ static int run_gray_scott(int argc, char **argv)
     }
 
     /* Isolated, the worker opens the device; this process never does. */
-    mc_device *dev = NULL;
+    mc_device *dev;
     mc_device_info info;
-    memset(&info, 0, sizeof info);
-    mc_isolate_desc iso = MC_ISOLATE_DESC_INIT;
-    if (isolate) {
-        iso.device = device;
-        iso.deadline_ms = deadline;
-        iso.max_restarts = max_restarts;
-        iso.inject_faults = faults;
-    } else {
-        dev = mc_cli_open_device(device, 0);
-        if (!dev) {
-            gs_job_free(&job);
-            return 1;
-        }
-        mc_device_get_info(dev, &info);
+    mc_isolate_desc iso;
+    if (mc_cli_open_target(device, isolate, deadline, max_restarts, faults, &dev, &info, &iso)) {
+        gs_job_free(&job);
+        return 1;
+    }
+    if (dev) {
         if ((mrc = gs_check_memory(size, false, device, &info)) != 0) {
             mc_device_release(dev);
             gs_job_free(&job);

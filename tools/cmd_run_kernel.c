@@ -595,23 +595,13 @@ int mc_cli_run_kernel(int argc, char **argv)
         rc = 1;
         goto out;
     }
-    mc_device *dev = NULL;
+    mc_device *dev;
     mc_device_info info;
-    memset(&info, 0, sizeof info);
-    mc_isolate_desc iso = MC_ISOLATE_DESC_INIT;
-    if (isolate) {
-        iso.device = device;
-        iso.deadline_ms = deadline;
-        iso.max_restarts = max_restarts;
-        iso.inject_faults = faults;
-    } else {
-        dev = mc_cli_open_device(device, 0);
-        if (!dev) {
-            free(params);
-            rc = 1;
-            goto out;
-        }
-        mc_device_get_info(dev, &info);
+    mc_isolate_desc iso;
+    if (mc_cli_open_target(device, isolate, deadline, max_restarts, faults, &dev, &info, &iso)) {
+        free(params);
+        rc = 1;
+        goto out;
     }
     mc_run_report report;
     mc_run_report_init(&report, pmode);

@@ -161,6 +161,25 @@ mc_device *mc_cli_open_device(const char *spec, int64_t time_limit_ms)
     return d;
 }
 
+int mc_cli_open_target(const char *device, bool isolate, double deadline_ms, uint32_t max_restarts,
+                       const char *faults, mc_device **dev, mc_device_info *info, mc_isolate_desc *iso)
+{
+    *dev = NULL;
+    memset(info, 0, sizeof *info);
+    *iso = (mc_isolate_desc)MC_ISOLATE_DESC_INIT;
+    if (isolate) {
+        iso->device = device;
+        iso->deadline_ms = deadline_ms;
+        iso->max_restarts = max_restarts;
+        iso->inject_faults = faults;
+        return 0;
+    }
+    *dev = mc_cli_open_device(device, 0);
+    if (!*dev) return 1;
+    mc_device_get_info(*dev, info);
+    return 0;
+}
+
 mc_pipeline *mc_cli_pipeline(mc_device *d, const char *file, const char *fn)
 {
     return mc_cli_pipeline_ext(d, file, ".metal", fn); /* the project's kernels are MSL, run on every device */
