@@ -28,10 +28,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#ifdef __APPLE__
-#include <mach-o/dyld.h>
-#endif
-
 extern char **environ;
 
 #define FUNCTION "saxpy"
@@ -121,19 +117,6 @@ int mc_bench_pipeline_cache_child(int argc, char **argv)
     return rc;
 }
 
-static bool self_exe(char *out, size_t cap)
-{
-#ifdef __APPLE__
-    uint32_t size = (uint32_t)cap;
-    return _NSGetExecutablePath(out, &size) == 0;
-#else
-    ssize_t n = readlink("/proc/self/exe", out, cap - 1);
-    if (n <= 0) return false;
-    out[n] = '\0';
-    return true;
-#endif
-}
-
 /* Runs the child once; appends its samples to v. */
 static int run_child(const char *exe, const char *device, const char *kernel, int n, const char *mode, double *v,
                      int *nv)
@@ -208,7 +191,7 @@ int mc_bench_pipeline_cache(mc_bench *b)
     snprintf(device, sizeof device, "%s:%d", mc_device_kind_name(b->info.kind), b->info.index);
     const char *tmp = getenv("TMPDIR");
     snprintf(root, sizeof root, "%s/mc-bench-cache-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    if (!self_exe(exe, sizeof exe)) {
+    if (!mc_cli_self_exe(exe, sizeof exe)) {
         fprintf(stderr, "bench pipeline-cache: cannot find this program's own path\n");
         return 1;
     }

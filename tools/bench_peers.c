@@ -31,10 +31,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifdef __APPLE__
-#include <mach-o/dyld.h>
-#endif
-
 extern char **environ;
 
 #define SETTLE_MS 20
@@ -177,26 +173,13 @@ static double iqr(double *v, int n)
 
 /* ---- child processes ------------------------------------------------------- */
 
-static bool self_exe(char *out, size_t cap)
-{
-#ifdef __APPLE__
-    uint32_t size = (uint32_t)cap;
-    return _NSGetExecutablePath(out, &size) == 0;
-#else
-    ssize_t n = readlink("/proc/self/exe", out, cap - 1);
-    if (n <= 0) return false;
-    out[n] = '\0';
-    return true;
-#endif
-}
-
 /* Runs `metal-compute bench __peer-child ARGS...` with extra environment
  * (NAME=VALUE, may be NULL) and appends the numbers it prints to v (at most
  * cap). Returns how many, or -1 when it failed. */
 static int run_child(const char *const *args, int nargs, const char *extra_env, double *v, int cap)
 {
     char exe[PATH_MAX];
-    if (!self_exe(exe, sizeof exe)) {
+    if (!mc_cli_self_exe(exe, sizeof exe)) {
         fprintf(stderr, "bench --peers: cannot find this program's own path\n");
         return -1;
     }

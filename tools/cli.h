@@ -36,6 +36,8 @@ const char *mc_cli_kernel_dir(void);
 /* Directory holding benchmarks/baselines: the hand-written C and CUDA twins
  * of the MSL kernels, run only as benchmark baselines. */
 const char *mc_cli_baseline_dir(void);
+/* The running program's own path (benchmarks start copies of it). */
+bool mc_cli_self_exe(char *out, size_t cap);
 /* Opens a device by name ("" or NULL = default) and reports failures. */
 mc_device *mc_cli_open_device(const char *spec, int64_t time_limit_ms);
 /* Where a run job's runner works. Isolated, a worker process opens the

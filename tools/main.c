@@ -7,6 +7,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#ifdef __APPLE__
+#include <mach-o/dyld.h>
+#endif
+
 /* AddressSanitizer builds (CI): the runtime of gcc <= 13 and LLVM <= 16
  * misreads a dynamic TLS block that malloc happens to place at a certain
  * page offset as an old glibc header, and LeakSanitizer's tracer then
@@ -159,6 +163,19 @@ mc_device *mc_cli_open_device(const char *spec, int64_t time_limit_ms)
         return NULL;
     }
     return d;
+}
+
+bool mc_cli_self_exe(char *out, size_t cap)
+{
+#ifdef __APPLE__
+    uint32_t size = (uint32_t)cap;
+    return _NSGetExecutablePath(out, &size) == 0;
+#else
+    ssize_t n = readlink("/proc/self/exe", out, cap - 1);
+    if (n <= 0) return false;
+    out[n] = '\0';
+    return true;
+#endif
 }
 
 int mc_cli_open_target(const char *device, bool isolate, double deadline_ms, uint32_t max_restarts,
