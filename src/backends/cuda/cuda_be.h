@@ -15,6 +15,7 @@
  *   cuda_submit.c   submission: command buffers encoded onto the stream
  *   cuda_indirect.c indirect dispatch (GPU-read counts) and its PTX
  *   cuda_timing.c   the queue's CUDA events, GPU times of command buffers
+ *   cuda_clock.c    event times on the host clock (no CUDA: cuda_clock.h)
  *   cuda_list.c     command lists as CUDA graphs
  *   cuda_replay.c   repeated command buffers replayed as CUDA graphs
  *

@@ -9,10 +9,14 @@
  * creation, and durations from the command buffer's own start: cuda's float
  * milliseconds keep their resolution however long the queue lives.
  *
+ * The arithmetic (the rules that keep traced spans apart) is in
+ * cuda_clock.c, free of CUDA, so it is tested without a GPU.
+ *
  * Completion events (MC_CUDA_DONE=event) record no time and have a pool
  * of their own.
  */
 #include "backends/cuda/cuda_be.h"
+#include "backends/cuda/cuda_clock.h"
 
 #include <stdlib.h>
 
@@ -92,45 +96,36 @@ bool mc__cuda_ev_record(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r
     return true;
 }
 
-static uint64_t ms_to_ns(float ms)
-{
-    return ms > 0.0f ? (uint64_t)((double)ms * 1e6) : 0;
-}
-
-/* GPU times of a finished record (context current, reaping thread only). */
+/* GPU times of a finished record (context current, reaping thread only):
+ * the differences between its events from CUDA, their host times from
+ * cuda_clock.c. */
 void mc__cuda_compute_times(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r, mc__submission *sub)
 {
     const mc__cuda_api *cu = dev->cu;
     float ms = 0;
     if (r->nev < 2 || !q->anchor || cu->EventElapsedTime(&ms, q->anchor, r->ev[0]) != CUDA_SUCCESS) return;
-    /* The anchor is the previous timed command buffer's end: this one starts
-     * after it, never on it (touching spans read as nested in a trace). */
-    uint64_t start = q->anchor_ns + MC__MAX(ms_to_ns(ms), (uint64_t)1);
-    uint64_t prev = start;
-    uint64_t t_end = start;
-    for (uint32_t i = 0; i < r->nev; i++) {
-        uint64_t t = start;
-        if (i > 0) {
-            if (cu->EventElapsedTime(&ms, r->ev[0], r->ev[i]) != CUDA_SUCCESS) return;
-            t = MC__MAX(start + ms_to_ns(ms), prev);
-        }
-        prev = t;
-        if (r->pass_events && sub->pass_time && i < sub->npass) sub->pass_time[2 * i] = t;
-        if (r->pass_events && sub->pass_time && i > 0 && i - 1 < sub->npass && i - 1 < r->nran)
-            /* one event ends pass i-1 and starts pass i: the end is put 1 ns
-             * before, so the spans do not touch (a trace reads touching
-             * spans as overlapping) */
-            sub->pass_time[2 * (i - 1) + 1] = MC__MAX(t - 1, sub->pass_time[2 * (i - 1)]);
-        t_end = t;
+    uint64_t local[32];
+    uint64_t *from_first = r->nev <= MC__ARRAY_LEN(local) ? local : mc__malloc(r->nev * sizeof *from_first);
+    if (!from_first) return;
+    mc__cuda_clock_in in = {.anchor_ns = q->anchor_ns,
+                            .to_first_ns = mc__cuda_ms_to_ns(ms),
+                            .from_first_ns = from_first,
+                            .nev = r->nev,
+                            .pass_events = r->pass_events,
+                            .npass = sub->npass,
+                            .nran = r->nran};
+    bool ok = true;
+    from_first[0] = 0;
+    for (uint32_t i = 1; i < r->nev && ok; i++) {
+        ok = cu->EventElapsedTime(&ms, r->ev[0], r->ev[i]) == CUDA_SUCCESS;
+        from_first[i] = mc__cuda_ms_to_ns(ms);
     }
-    /* a pass that started but did not finish has no end */
-    if (r->pass_events && sub->pass_time)
-        for (uint32_t p = r->nran; p < sub->npass; p++) sub->pass_time[2 * p] = sub->pass_time[2 * p + 1] = 0;
-    sub->gpu_start_ns = start;
-    sub->gpu_end_ns = t_end;
+    ok = ok && mc__cuda_clock_times(&in, sub->pass_time, &sub->gpu_start_ns, &sub->gpu_end_ns);
+    if (from_first != local) free(from_first);
+    if (!ok) return;
     /* The newest completed event becomes the anchor. */
     CUevent old = q->anchor;
     q->anchor = r->ev[r->nev - 1];
-    q->anchor_ns = t_end;
+    q->anchor_ns = sub->gpu_end_ns;
     r->ev[r->nev - 1] = old;
 }
