@@ -22,7 +22,7 @@ typedef struct span {
 /* A queue's timeline as the backend keeps it: the anchor's host time. */
 typedef struct timeline {
     uint64_t anchor_ns;
-    span spans[4096];
+    span spans[16384];
     size_t n;
     uint64_t last_end; /* end of the previous command buffer, 0 before the first */
 } timeline;
@@ -49,6 +49,7 @@ static int run_cmdbuf(timeline *tl, uint64_t to_first, const uint64_t *from_firs
     CHECK_GT(start, tl->anchor_ns);
     CHECK_LE(start, end);
     if (tl->last_end) CHECK_LT(tl->last_end, start);
+    CHECK_LT(tl->n + 1 + npass, sizeof tl->spans / sizeof tl->spans[0]);
     tl->spans[tl->n++] = (span){start, end, 1};
     if (!pass_events) {
         for (uint32_t i = 0; i < 2 * npass; i++) CHECK_EQ(pass_time[i], 0xdeadbeefu); /* not touched */
@@ -68,7 +69,6 @@ static int run_cmdbuf(timeline *tl, uint64_t to_first, const uint64_t *from_firs
             if (p) CHECK_LT(prev_end, a); /* apart from the one before */
             prev_end = b;
             prev_start = a;
-            CHECK_LT(tl->n, sizeof tl->spans / sizeof tl->spans[0]);
             tl->spans[tl->n++] = (span){a, b, 0};
         }
     }
