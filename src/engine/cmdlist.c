@@ -1,7 +1,7 @@
 /*
  * DOC: Command lists
  *
- * A list is recorded through the shared recorder (cmdbuf.c) in snapshot
+ * A list is recorded through the shared recorder (recorder.c) in snapshot
  * mode, so each command is a self-contained group that carries its own
  * pipeline, arguments and barrier (hal.h, "command lists"). mc_cmdlist_end
  * freezes the recording into an immutable mc__listrec and asks the backend

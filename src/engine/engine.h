@@ -107,7 +107,7 @@ struct mc_queue {
     uint32_t npool;
 };
 
-/* The recording shared by command buffers and command lists (cmdbuf.c):
+/* The recording shared by command buffers and command lists (recorder.c):
  * the command stream, the bytes arena, the passes, the references, and the
  * state of the open pass that the mc_pass_* checks use. */
 typedef struct mc__recorder {
@@ -237,7 +237,15 @@ void mc__listrec_destroy(mc__listrec *r);
 mc_status mc__device_take_fault(mc_device *d, uint64_t n);
 mc_status mc__buffer_check_range(const mc_buffer *b, size_t offset, size_t len, const char *what);
 
-/* cmdbuf.c: the recorder (command buffers and command lists) */
+/* cmdbuf.c */
+/* Frees a command buffer taken from its queue's pool (queue.c). */
+void mc__cmdbuf_free(mc_cmdbuf *cb);
+
+/* recorder.c: the recorder (command buffers and command lists) */
+/* MC_OK while cb can still be recorded into; else an error naming fn. */
+mc_status mc__cmdbuf_recordable(const mc_cmdbuf *cb, const char *fn);
+/* The name of what is being recorded into, for messages. */
+const char *mc__recorder_pass_label(const mc__recorder *rec);
 void mc__recorder_init(mc__recorder *rec, mc__object *owner, bool snapshot, bool unretained, uint32_t max_dispatches);
 /* Releases what the recording holds and frees its arrays. */
 void mc__recorder_clear(mc__recorder *rec); /* empty, keeping the arrays' memory */

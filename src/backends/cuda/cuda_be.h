@@ -11,7 +11,11 @@
  *   cuda_api.c      loading libcuda and NVRTC, CUresult -> mc_status
  *   cuda_device.c   devices, buffers, events and the HAL table
  *   cuda_library.c  NVRTC compilation, modules, pipelines, the archive
- *   cuda_queue.c    queues, command execution, completion, indirect dispatch
+ *   cuda_queue.c    queues, completion and its thread, errors after submit
+ *   cuda_submit.c   submission: command buffers encoded onto the stream
+ *   cuda_indirect.c indirect dispatch (GPU-read counts) and its PTX
+ *   cuda_timing.c   the queue's CUDA events, GPU times of command buffers
+ *   cuda_clock.c    event times on the host clock (no CUDA: cuda_clock.h)
  *   cuda_list.c     command lists as CUDA graphs
  *   cuda_replay.c   repeated command buffers replayed as CUDA graphs
  *
@@ -41,7 +45,7 @@
  *  - indirect dispatch: a two-node CUDA graph per (pipeline, block, shared
  *    memory) whose first node, a trampoline kernel, reads the three counts on
  *    the GPU and sets the second node's grid with the device-side graph
- *    update API (CUDA 12.4); see cuda_queue.c for the fallback;
+ *    update API (CUDA 12.4); see cuda_indirect.c for the fallback;
  *  - command lists: a CUDA graph per range executed, built from the
  *    recording once and launched with cuGraphLaunch; a range the device
  *    chooses is a graph whose first node enables the chosen commands with
@@ -441,26 +445,69 @@ mc_status mc__cuda_pipeline_import(void *dev, const mc__pipeline_src *src, const
 /* Loads PTX text (or a cubin) as a module in the current context. */
 CUresult mc__cuda_load_module(mc__cuda_device *dev, const char *image, CUmodule *mod);
 
+/* The queue's pinned page: [0] marker, [8] indirect error, [16] counts. */
+#define MC__CUDA_BLOCK_BYTES 4096u
+#define MC__CUDA_BLOCK_ERR 8u
+#define MC__CUDA_BLOCK_COUNTS 16u
+/* Indirect error tag: submission sequence (40 bits) << 24 | pass (24 bits). */
+#define MC__CUDA_TAG_SHIFT 24
+#define MC__CUDA_TAG_SEQ_MASK ((1ull << 40) - 1)
+#define MC__CUDA_TAG_PASS_MASK ((1ull << MC__CUDA_TAG_SHIFT) - 1)
+/* r->fault_pass when no pass faulted. */
+#define MC__CUDA_NO_PASS UINT32_MAX
+
+/* The marker the GPU has reached on q. */
+static inline uint64_t mc__cuda_load_done(const mc__cuda_queue *q)
+{
+    return __atomic_load_n(q->done, __ATOMIC_ACQUIRE);
+}
+
+/* r failed: the submissions after it on q complete with MC_ERR_PRIOR_ERROR
+ * (the first failure is kept). */
+static inline void mc__cuda_mark_failed(mc__cuda_queue *q, const mc__cuda_rec *r)
+{
+    uint64_t zero = 0;
+    atomic_compare_exchange_strong(&q->fail_seq, &zero, r->sub_seq);
+}
+
 /* cuda_queue.c */
 mc_status mc__cuda_queue_create(void *dev, const char *label, void **queue);
 void mc__cuda_queue_destroy(void *dev, void *queue);
-mc_status mc__cuda_submit(void *dev, void *queue, mc__submission *sub);
 mc_status mc__cuda_submission_wait(void *dev, void *queue, mc__submission *sub, uint64_t timeout_ns);
 /* Polls every queue with work in flight until the device closes. */
 void *mc__cuda_completion_main(void *dev);
-/* The queue's pinned page: [0] marker, [8] indirect error, [16] counts. */
-#define MC__CUDA_BLOCK_ERR 8u
+
+/* cuda_submit.c */
+mc_status mc__cuda_submit(void *dev, void *queue, mc__submission *sub);
+/* Fills r->msg from fmt and returns s: a refusal while encoding r. */
+mc_status mc__cuda_refuse(mc__cuda_rec *r, mc_status s, const char *fmt, ...) MC__PRINTF(3, 4);
+/* A CUDA call made while encoding pass ps of r failed: fills r->msg, marks
+ * the device lost on a sticky error, returns the status. */
+mc_status mc__cuda_enc_fail(mc__cuda_device *dev, mc__cuda_rec *r, CUresult res, const char *what, const mc__pass *ps);
+
+/* cuda_timing.c: the queue's events (submit_mu or the reaping thread; the
+ * pools themselves are under q->mu). */
+/* Records a timing event on q's stream into r; false if that failed. */
+bool mc__cuda_ev_record(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r);
+/* Back to the pool (context current: one that cannot be pooled is destroyed). */
+void mc__cuda_ev_give(mc__cuda_device *dev, mc__cuda_queue *q, CUevent e);
+/* Completion events (MC_CUDA_DONE=event): no timing; NULL if none could be made. */
+CUevent mc__cuda_done_take(mc__cuda_device *dev, mc__cuda_queue *q);
+/* q->mu held; never destroys (no context needed). */
+void mc__cuda_done_give_locked(mc__cuda_queue *q, CUevent e);
+/* GPU times of a finished record into sub; moves the queue's anchor (context
+ * current, reaping thread only). */
+void mc__cuda_compute_times(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r, mc__submission *sub);
+
+/* cuda_indirect.c */
 /* How indirect dispatch runs on the device (MC__CUDA_IND_*), decided on first
  * use (context current). */
 int mc__cuda_indirect_mode(mc__cuda_device *dev);
 /* The tag an over-limit indirect dispatch of pass `pass` of r writes into the
  * queue's error word (finish() then fails r). */
 uint64_t mc__cuda_indirect_tag(const mc__cuda_rec *r, uint32_t pass);
-/* A CUDA call made while encoding pass ps of r failed: fills r->msg, marks
- * the device lost on a sticky error, returns the status. */
-mc_status mc__cuda_enc_fail(mc__cuda_device *dev, mc__cuda_rec *r, CUresult res, const char *what, const mc__pass *ps);
-/* One indirect dispatch as a two-node graph (cuda_queue.c, "Indirect
- * dispatch"); MC_ERR_UNSUPPORTED (nothing enqueued) when the device cannot. */
+/* One indirect dispatch as a two-node graph (cuda_indirect.c);
+ * MC_ERR_UNSUPPORTED (nothing enqueued) when the device cannot. */
 mc_status mc__cuda_indirect_graph(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r,
                                   const mc__cuda_pipeline *pl, CUdeviceptr counts, mc_size3 t, unsigned smem,
                                   void **params, uint32_t pass_index, const mc__pass *ps);
@@ -471,6 +518,12 @@ mc_status mc__cuda_read_sync(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_r
 /* Threadgroup counts read on the CPU against the grid limits: MC_OK, or the
  * refusal (MC_ERR_VALIDATION in validation mode) with r->msg filled. */
 mc_status mc__cuda_check_counts(mc__cuda_rec *r, const uint32_t n[3], const mc__pass *ps);
+/* The graphs the submission just encoded launched stay busy until its
+ * marker (submit_mu held). */
+void mc__cuda_slots_settle(mc__cuda_queue *q);
+/* Frees the queue's graphs (ctx: the context is current, so they can be
+ * destroyed; without it only the host memory is freed). */
+void mc__cuda_slots_free(mc__cuda_queue *q, bool ctx);
 
 /* cuda_list.c */
 mc_status mc__cuda_cmdlist_create(void *dev, const mc__list_desc *desc, void **list, uint32_t *caps);
@@ -494,10 +547,9 @@ mc_status mc__cuda_replay_end(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_
 void mc__cuda_replay_forget(mc__cuda_queue *q, const mc__cuda_pipeline *pl);
 void mc__cuda_replay_free(mc__cuda_queue *q);
 
-/* Forgets the cached indirect-dispatch graphs of a pipeline being destroyed. */
+/* Forgets the cached graphs (indirect dispatch, replay) of a pipeline being
+ * destroyed (cuda_indirect.c). */
 void mc__cuda_forget_pipeline(mc__cuda_device *dev, mc__cuda_pipeline *pl);
-/* The built-in PTX (event kernels), loaded at device open. */
-extern const char mc__cuda_builtin_ptx[];
 
 /* Spin, then sleep with a growing interval (shared by every waiter). */
 typedef struct mc__cuda_backoff {

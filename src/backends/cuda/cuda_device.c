@@ -83,6 +83,41 @@ static mc_status query_info(const mc__cuda_api *cu, int index, CUdevice *out_dev
     return MC_OK;
 }
 
+/* ---- built-in PTX --------------------------------------------------------- */
+
+/* Event signal and wait as one-thread kernels, for devices without 64-bit
+ * stream memory operations. PTX 6.0 / sm_50: any driver JIT-compiles it. */
+static const char builtin_ptx[] =
+    ".version 6.0\n"
+    ".target sm_50\n"
+    ".address_size 64\n"
+    ".visible .entry mc_event_signal(.param .u64 p_addr, .param .u64 p_value)\n"
+    "{\n"
+    "  .reg .b64 %rd<4>;\n"
+    "  ld.param.u64 %rd1, [p_addr];\n"
+    "  ld.param.u64 %rd2, [p_value];\n"
+    "  cvta.to.global.u64 %rd3, %rd1;\n"
+    "  membar.sys;\n"
+    "  st.volatile.global.u64 [%rd3], %rd2;\n"
+    "  membar.sys;\n"
+    "  ret;\n"
+    "}\n"
+    ".visible .entry mc_event_wait(.param .u64 p_addr, .param .u64 p_value)\n"
+    "{\n"
+    "  .reg .pred %p<2>;\n"
+    "  .reg .b64 %rd<6>;\n"
+    "  ld.param.u64 %rd3, [p_addr];\n"
+    "  ld.param.u64 %rd2, [p_value];\n"
+    "  cvta.to.global.u64 %rd1, %rd3;\n"
+    "$L_wait:\n"
+    "  ld.volatile.global.u64 %rd4, [%rd1];\n"
+    "  sub.s64 %rd5, %rd4, %rd2;\n"
+    "  setp.lt.s64 %p1, %rd5, 0;\n"
+    "  @%p1 bra $L_wait;\n"
+    "  membar.sys;\n"
+    "  ret;\n"
+    "}\n";
+
 /* ---- devices -------------------------------------------------------------- */
 
 static int cuda_device_count(void)
@@ -206,7 +241,7 @@ static mc_status cuda_device_open(int index, const mc_device_desc *desc, void **
     }
     /* The one-thread event kernels: only needed without memory operations,
      * but cheap to have (the driver JIT-compiles a few lines of PTX). */
-    r = mc__cuda_load_module(dev, mc__cuda_builtin_ptx, &dev->builtin);
+    r = mc__cuda_load_module(dev, builtin_ptx, &dev->builtin);
     if (r == CUDA_SUCCESS) {
         if (cu->ModuleGetFunction(&dev->k_signal, dev->builtin, "mc_event_signal") != CUDA_SUCCESS ||
             cu->ModuleGetFunction(&dev->k_wait, dev->builtin, "mc_event_wait") != CUDA_SUCCESS) {

@@ -16,7 +16,7 @@
  * commands without one do not overlap here.
  *
  * Device-side parts use the device graph update API (CUDA 12.4) that
- * indirect dispatch already uses (cuda_queue.c):
+ * indirect dispatch already uses (cuda_indirect.c):
  *  - an indirect dispatch is a trampoline node (mc_list_indirect) before a
  *    device-updatable kernel node: it reads the counts when it runs and
  *    sets the kernel's grid, or disables it for a zero count or counts over
@@ -113,7 +113,7 @@ typedef struct argval {
     CUdeviceptr ptr; /* buffer arguments: the value */
 } argval;
 
-/* The kernelParams of one command, as build_params (cuda_queue.c) makes
+/* The kernelParams of one command, as build_params (cuda_submit.c) makes
  * them for a pass: parameter i from slot i, shorter values and unbound
  * parameters padded with zeros. */
 static mc_status make_params(const mc__list_desc *d, lcmd *c, argval *av, uint32_t bound, uint32_t k)

@@ -1,7 +1,7 @@
 /*
  * DOC: Command buffers replayed as CUDA graphs (see cuda_replay.h)
  *
- * While a replayable command buffer is encoded (cuda_queue.c's encode with
+ * While a replayable command buffer is encoded (cuda_submit.c's encode with
  * q->collecting set), each launch is collected instead of sent: its
  * pipeline, grid, threadgroup, threadgroup memory and a copy of its
  * arguments, padded to the kernel's parameter sizes. Then the queue's shape
