@@ -104,8 +104,12 @@ void mc__mpi_close_device(mc_mpi_runner *r)
     r->dev = NULL;
 }
 
-/* Ranks of one host share its devices by local rank; a CPU device gets its
- * share of the cores so that ranks do not fight over them. */
+/* Ranks of one host share its devices by local rank, and its cores: a
+ * device that computes on the host's cores gets the rank's share of them
+ * so that ranks do not fight over them. desc.threads says that share, and
+ * only such a device reads it (the CPU backend's workers; a GPU's backend
+ * ignores it), so it is set whatever the device rather than asking its
+ * kind: only a backend knows what its kind means (docs/ARCHITECTURE.md). */
 mc_status mc__mpi_pick_device(mc_mpi_runner *r)
 {
     mc_device_desc *dd = &r->dev_desc;
@@ -129,11 +133,9 @@ mc_status mc__mpi_pick_device(mc_mpi_runner *r)
         for (size_t i = 0; i < n && i < 64; i++) same += list[i].kind == dd->kind;
         dd->index = same ? r->local_rank % (int)same : 0;
     }
-    if (dd->kind == MC_DEVICE_CPU) {
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        long share = cores > 0 ? cores / r->local_size : 1;
-        dd->threads = r->d.cpu_threads ? r->d.cpu_threads : share > 0 ? (uint32_t)share : 1u;
-    }
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    long share = cores > 0 ? cores / r->local_size : 1;
+    dd->threads = r->d.cpu_threads ? r->d.cpu_threads : share > 0 ? (uint32_t)share : 1u;
     return MC_OK;
 }
 
