@@ -612,19 +612,29 @@ mc_status mc__iso_note_cause(mc_isolate_stats *st, mc__iso_cause cause, mc_statu
     return status;
 }
 
-void mc__iso_count_restart(mc_isolate_stats *st, mc__iso_timing *t, uint64_t stall_ns, uint64_t fault_ns,
-                           uint64_t reaped_ns, uint64_t ready_ns, uint64_t progress_ns)
+void mc__iso_clock_fault(mc__iso_clock *c, uint64_t last_progress_ns, uint64_t fault_ns, uint64_t reaped_ns)
 {
-    st->outage_ms_last = stall_ns && stall_ns <= progress_ns ? (double)(progress_ns - stall_ns) / 1e6 : 0;
-    double total = (double)(progress_ns - fault_ns) / 1e6;
+    /* Faults in a row are one outage: it began when work last advanced. */
+    if (!c->measuring) c->stall_ns = last_progress_ns;
+    c->measuring = true;
+    c->fault_ns = fault_ns;
+    c->reaped_ns = reaped_ns;
+}
+
+void mc__iso_clock_progress(mc__iso_clock *c, mc_isolate_stats *st, uint64_t now_ns)
+{
+    if (!c->measuring) return;
+    c->measuring = false;
+    st->outage_ms_last = c->stall_ns && c->stall_ns <= now_ns ? (double)(now_ns - c->stall_ns) / 1e6 : 0;
+    double total = (double)(now_ns - c->fault_ns) / 1e6;
     st->restart_ms_last = total;
     if (total > st->restart_ms_max) st->restart_ms_max = total;
-    t->sum_ms += total;
-    t->n++;
-    st->restart_ms_mean = t->sum_ms / t->n;
-    st->reap_ms_last = (double)(reaped_ns - fault_ns) / 1e6;
-    st->ready_ms_last = (double)(ready_ns - reaped_ns) / 1e6;
-    st->resume_ms_last = (double)(progress_ns - ready_ns) / 1e6;
+    c->sum_ms += total;
+    c->n++;
+    st->restart_ms_mean = c->sum_ms / c->n;
+    st->reap_ms_last = (double)(c->reaped_ns - c->fault_ns) / 1e6;
+    st->ready_ms_last = (double)(c->ready_ns - c->reaped_ns) / 1e6;
+    st->resume_ms_last = (double)(now_ns - c->ready_ns) / 1e6;
     mc__log(MC_LOG_INFO, "isolate.restart_cost",
             "restart: %.1f ms from the fault to progress (reap %.1f, start %.1f, resume %.1f); %.1f ms without progress",
             total, st->reap_ms_last, st->ready_ms_last, st->resume_ms_last, st->outage_ms_last);

@@ -213,14 +213,23 @@ mc_status mc__iso_await_ready(const mc__iso_waiter *w, int sock, uint64_t t0, ui
 mc_status mc__iso_note_cause(mc_isolate_stats *st, mc__iso_cause cause, mc_status status, int wstatus,
                              uint64_t deadline_ns, const char *hung_while, const char *text, char *what, size_t cap);
 
-/* The stats' restart figures: a fault became known at fault_ns; the old
- * worker was reaped at reaped_ns, the new one ready at ready_ns and
- * progressing at progress_ns. */
-typedef struct mc__iso_timing {
+/* The stats' restart figures, the same for runner and stream: the cost of
+ * a restart from the fault to the new worker's first progress, in parts
+ * (reap, start, resume), and the whole time without progress. The
+ * supervisor's thread only. */
+typedef struct mc__iso_clock {
+    bool measuring;               /* a restart happened, its cost not yet counted */
+    uint64_t stall_ns;            /* work last advanced (before the first of the faults in a row) */
+    uint64_t fault_ns;            /* the fault became known */
+    uint64_t reaped_ns, ready_ns; /* the old worker reaped; the new one ready (set by the caller) */
     double sum_ms;
     uint32_t n;
-} mc__iso_timing;
-void mc__iso_count_restart(mc_isolate_stats *st, mc__iso_timing *t, uint64_t stall_ns, uint64_t fault_ns,
-                           uint64_t reaped_ns, uint64_t ready_ns, uint64_t progress_ns);
+} mc__iso_clock;
+/* A worker was replaced: the fault became known at fault_ns, it was reaped
+ * at reaped_ns; work last advanced at last_progress_ns. */
+void mc__iso_clock_fault(mc__iso_clock *c, uint64_t last_progress_ns, uint64_t fault_ns, uint64_t reaped_ns);
+/* Work advanced at now_ns: if a restart is being measured, its figures go
+ * to st (and the log). */
+void mc__iso_clock_progress(mc__iso_clock *c, mc_isolate_stats *st, uint64_t now_ns);
 
 #endif

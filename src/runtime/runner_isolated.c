@@ -106,10 +106,8 @@ typedef struct iso_runner {
     uint64_t fail_high; /* the furthest iteration at the last restart */
     mc_runner_stats base, cur; /* finished workers' sums; the current worker's last report */
     mc_isolate_stats ist;
-    mc__iso_timing timing;
-    bool measuring;
-    uint64_t fault_ns, reaped_ns, ready_ns;
-    uint64_t progress_ns, stall_ns; /* the last time iterations advanced; that time at the last fault */
+    mc__iso_clock clock;
+    uint64_t progress_ns;           /* the last time iterations advanced */
     uint64_t worker_iter;           /* the current worker's last report */
     bool have_final;
     bool stopped_early, cancelled;
@@ -540,18 +538,18 @@ static mc_status start_worker(iso_runner *ir, mc__iso_cause *cause, char *text, 
     s = mc__iso_await_ready(&w, ir->sock, t0, ir->pol.start_timeout_ns, &m, cause, &ws, text, cap);
     if (*cause == MC__ISO_CAUSE_DIED && WIFSIGNALED(ws)) ir->ist.last_signal = WTERMSIG(ws);
     if (s != MC_OK) return s;
-    ir->ready_ns = mc__now_ns();
+    uint64_t ready_ns = ir->clock.ready_ns = mc__now_ns();
     if (MC__TRACING())
-        mc__trace_instant("runner", ir->b.label, "isolate", "worker ready", ir->ready_ns, NULL,
+        mc__trace_instant("runner", ir->b.label, "isolate", "worker ready", ready_ns, NULL,
                           MC__TARGS({"worker", ir->ist.workers}, {"pid", ir->pid}));
-    if (ir->ist.workers == 1) ir->ist.start_ms = (double)(ir->ready_ns - t0) / 1e6;
+    if (ir->ist.workers == 1) ir->ist.start_ms = (double)(ready_ns - t0) / 1e6;
     ir->ist.device = m.u.info;
     if ((s = take_sizes(ir, &m)) != MC_OK) {
         end_worker(ir, true, 0, NULL);
         snprintf(text, cap, "%s", mc_last_error());
         return s;
     }
-    ir->last_msg_ns = ir->ready_ns;
+    ir->last_msg_ns = ready_ns;
     return MC_OK;
 }
 
@@ -630,10 +628,7 @@ static mc_status restart(iso_runner *ir, mc__iso_cause cause, mc_status status, 
                                     {"old_pid", old}));
     mc__log(MC_LOG_WARN, "isolate.restart", "runner '%s': %s; starting worker %u from iteration %llu", ir->b.label, what,
             ir->ist.workers + 1, (unsigned long long)good);
-    if (!ir->measuring) ir->stall_ns = ir->progress_ns ? ir->progress_ns : ir->b.start_ns;
-    ir->measuring = true;
-    ir->fault_ns = fault_ns;
-    ir->reaped_ns = reaped;
+    mc__iso_clock_fault(&ir->clock, ir->progress_ns ? ir->progress_ns : ir->b.start_ns, fault_ns, reaped);
     publish(ir);
     return MC_OK;
 }
@@ -730,11 +725,7 @@ static mc_status iso_run(mc_runner *base)
                 if (m.a > ir->fail_high) ir->in_a_row = 0;
                 if (m.a > ir->worker_iter) ir->progress_ns = now;
                 if (m.a > ir->worker_iter) ir->worker_iter = m.a;
-                if (ir->measuring && m.a > ir->restored_iter) {
-                    mc__iso_count_restart(&ir->ist, &ir->timing, ir->stall_ns, ir->fault_ns, ir->reaped_ns,
-                                          ir->ready_ns, now);
-                    ir->measuring = false;
-                }
+                if (m.a > ir->restored_iter) mc__iso_clock_progress(&ir->clock, &ir->ist, now);
             } else if (m.type == MC__ISO_TRACE) {
                 mc__trace_import((int)ir->pid, m.text, m.a);
             } else if (m.type == MC__ISO_CHECKPOINT) {

@@ -72,10 +72,8 @@ typedef struct iso {
     int wake[2];
     uint64_t last_msg_ns;
     uint32_t in_a_row;
-    mc__iso_timing timing;
-    bool measuring;
-    uint64_t fault_ns, reaped_ns, ready_ns;
-    uint64_t result_ns, stall_ns; /* the last result; that time at the last fault */
+    mc__iso_clock clock;
+    uint64_t result_ns; /* the last result */
 } iso;
 
 static iso *iso_of(const mc_stream *s)
@@ -340,18 +338,18 @@ static mc_status start_worker(mc_stream *s, mc__iso_cause *cause, char *text, si
         pthread_mutex_unlock(&s->mu);
     }
     if (st != MC_OK) return st;
-    is->ready_ns = is->last_msg_ns = mc__now_ns();
+    uint64_t ready_ns = is->clock.ready_ns = is->last_msg_ns = mc__now_ns();
     /* Everything without a result goes to the new worker, in order. */
     pthread_mutex_lock(&s->submit_mu);
     pthread_mutex_lock(&s->mu);
-    if (is->ist.workers == 1) is->ist.start_ms = (double)(is->ready_ns - t0) / 1e6;
+    if (is->ist.workers == 1) is->ist.start_ms = (double)(ready_ns - t0) / 1e6;
     is->ist.device = m.u.info;
     is->worker_ready = true;
     uint32_t todo[MC_STREAM_MAX_SLOTS], n = 0;
     for (uint32_t k = 0; k < s->order.count; k++) {
         uint32_t i = mc__ring_at(&s->order, k);
         if (s->slots[i].state != MC__SLOT_QUEUED) continue;
-        mark_sent(s, i, is->ready_ns);
+        mark_sent(s, i, ready_ns);
         todo[n++] = i;
     }
     pthread_mutex_unlock(&s->mu);
@@ -384,10 +382,7 @@ static void restart(mc_stream *s, mc__iso_cause cause, mc_status status, const c
     is->ist.restarts++;
     pthread_mutex_unlock(&s->mu);
     mc__log(MC_LOG_WARN, "isolate.restart", "stream '%s': %s; starting worker %u", s->label, what, is->ist.workers + 1);
-    if (!is->measuring) is->stall_ns = is->result_ns;
-    is->measuring = true;
-    is->fault_ns = fault_ns;
-    is->reaped_ns = reaped;
+    mc__iso_clock_fault(&is->clock, is->result_ns, fault_ns, reaped);
 }
 
 static void take_result(mc_stream *s, const mc__iso_msg *m, uint64_t now)
@@ -404,10 +399,7 @@ static void take_result(mc_stream *s, const mc__iso_msg *m, uint64_t now)
         if (is->outstanding) is->outstanding--;
         is->busy_since_ns = now;
         is->in_a_row = 0;
-        if (is->measuring) {
-            mc__iso_count_restart(&is->ist, &is->timing, is->stall_ns, is->fault_ns, is->reaped_ns, is->ready_ns, now);
-            is->measuring = false;
-        }
+        mc__iso_clock_progress(&is->clock, &is->ist, now);
         is->result_ns = now;
     }
     pthread_mutex_unlock(&s->mu);
