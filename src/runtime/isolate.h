@@ -2,7 +2,7 @@
  * DOC: Isolation internals
  *
  * Shared by isolate.c (launcher, channel, shared memory, faults, the
- * supervisor's bookkeeping), runner_isolated.c and stream_isolated.c (the
+ * supervisor's waits and bookkeeping), runner_isolated.c and stream_isolated.c (the
  * runner's and the stream's back ends meet their front ends in runner_ops.h
  * and stream_ops.h).
  */
