@@ -22,7 +22,11 @@
  *    faults in the same spec go to the worker's device;
  *  - the supervisor's bookkeeping shared by runner and stream: the policy
  *    (deadlines, restart bound), which errors a restart may mend, and the
- *    cost of a restart.
+ *    cost of a restart;
+ *  - the supervisor's waits, one loop for both: poll() on the worker's
+ *    channel and a wake-up pipe with a deadline, a new worker awaited until
+ *    it is ready (or hangs, dies, reports an error), and the cause of a
+ *    restart counted and put in words.
  */
 #include "runtime/isolate.h"
 
@@ -179,24 +183,6 @@ bool mc__iso_recv(int sock, mc__iso_msg *m, int *fd)
     }
     m->text[sizeof m->text - 1] = '\0';
     return true;
-}
-
-int mc__iso_recv_timed(int sock, mc__iso_msg *m, uint64_t timeout_ns)
-{
-    uint64_t deadline = mc__deadline(timeout_ns);
-    for (;;) {
-        uint64_t now = mc__now_ns();
-        int ms = deadline == UINT64_MAX ? -1 : now >= deadline ? 0 : (int)MC__MIN((deadline - now + 999999) / 1000000, 1000000ull);
-        struct pollfd pf = {sock, POLLIN, 0};
-        int r = poll(&pf, 1, ms);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0) return -1;
-        if (r == 0) {
-            if (mc__now_ns() >= deadline) return 0;
-            continue;
-        }
-        return mc__iso_recv(sock, m, NULL) ? 1 : -1;
-    }
 }
 
 /* ---- the launcher ----------------------------------------------------------- */
@@ -509,19 +495,146 @@ void mc__iso_describe_exit(int ws, char *out, size_t cap)
         snprintf(out, cap, "ended (wait status 0x%x)", (unsigned)ws);
 }
 
-void mc__iso_count_restart(mc_isolate_stats *st, mc__iso_timing *t, uint64_t stall_ns, uint64_t fault_ns,
-                           uint64_t reaped_ns, uint64_t ready_ns, uint64_t progress_ns)
+/* ---- the supervisor's waits -------------------------------------------------------- */
+
+mc_status mc__iso_wake_open(int wake[2], const char *what)
 {
-    st->outage_ms_last = stall_ns && stall_ns <= progress_ns ? (double)(progress_ns - stall_ns) / 1e6 : 0;
-    double total = (double)(progress_ns - fault_ns) / 1e6;
+    if (pipe(wake) != 0) {
+        wake[0] = wake[1] = -1;
+        return mc__fail(MC_ERR_INTERNAL, "%s: pipe: %s", what, strerror(errno));
+    }
+    for (int i = 0; i < 2; i++) {
+        fcntl(wake[i], F_SETFL, fcntl(wake[i], F_GETFL) | O_NONBLOCK);
+        fcntl(wake[i], F_SETFD, FD_CLOEXEC);
+    }
+    return MC_OK;
+}
+
+void mc__iso_wake_signal(const int wake[2])
+{
+    if (wake[1] >= 0) {
+        ssize_t n = write(wake[1], "w", 1);
+        (void)n; /* full: a wake-up is pending anyway */
+    }
+}
+
+void mc__iso_wake_close(int wake[2])
+{
+    for (int i = 0; i < 2; i++) {
+        if (wake[i] >= 0) close(wake[i]);
+        wake[i] = -1;
+    }
+}
+
+int mc__iso_wait(const mc__iso_waiter *w, int sock, mc__iso_msg *m, uint64_t timeout_ns)
+{
+    uint64_t deadline = mc__deadline(timeout_ns);
+    for (;;) {
+        /* A negative descriptor is ignored by poll(): no worker, only the wake-up. */
+        struct pollfd pf[2] = {{sock, POLLIN, 0}, {w->wake_fd, POLLIN, 0}};
+        uint64_t now = mc__now_ns();
+        int ms = now >= deadline          ? 0
+                 : deadline == UINT64_MAX ? -1
+                                          : (int)MC__MIN((deadline - now + 999999) / 1000000, 3600000ull);
+        int n = poll(pf, 2, ms);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return -1;
+        if (sock >= 0 && pf[0].revents) return mc__iso_recv(sock, m, NULL) ? 1 : -1;
+        if (pf[1].revents) {
+            char buf[64];
+            while (read(w->wake_fd, buf, sizeof buf) > 0) {
+            }
+            if (!w->stop || w->stop(w->ctx)) return 2;
+        }
+        if (n == 0 && mc__now_ns() >= deadline) return 0;
+    }
+}
+
+mc_status mc__iso_await_ready(const mc__iso_waiter *w, int sock, uint64_t t0, uint64_t timeout_ns, mc__iso_msg *ready,
+                              mc__iso_cause *cause, int *wstatus, char *text, size_t cap)
+{
+    *cause = MC__ISO_CAUSE_ERROR;
+    *wstatus = 0;
+    text[0] = '\0';
+    for (;;) {
+        uint64_t now = mc__now_ns(), until = t0 + timeout_ns;
+        int e = mc__iso_wait(w, sock, ready, until > now ? until - now : 0);
+        if (e == 2) {
+            w->end_worker(w->ctx, true, 0, NULL);
+            snprintf(text, cap, "cancelled while a worker started");
+            return MC_ERR_CANCELLED;
+        }
+        if (e == 0) {
+            w->end_worker(w->ctx, true, 0, NULL);
+            *cause = MC__ISO_CAUSE_HUNG;
+            snprintf(text, cap, "the worker was not ready within %.0f ms (opening the device and setup)",
+                     (double)timeout_ns / 1e6);
+            return MC_ERR_WORKER_LOST;
+        }
+        if (e < 0) {
+            /* It may still be writing its last words: a short grace. */
+            w->end_worker(w->ctx, false, 200, wstatus);
+            *cause = MC__ISO_CAUSE_DIED;
+            char how[128];
+            mc__iso_describe_exit(*wstatus, how, sizeof how);
+            snprintf(text, cap, "the worker %s while starting", how);
+            return MC_ERR_WORKER_LOST;
+        }
+        if (ready->type == MC__ISO_ERROR) {
+            w->end_worker(w->ctx, false, 1000, NULL);
+            snprintf(text, cap, "%s", ready->text);
+            return (mc_status)ready->status;
+        }
+        if (ready->type == MC__ISO_READY) return MC_OK;
+    }
+}
+
+mc_status mc__iso_note_cause(mc_isolate_stats *st, mc__iso_cause cause, mc_status status, int wstatus,
+                             uint64_t deadline_ns, const char *hung_while, const char *text, char *what, size_t cap)
+{
+    if (cause == MC__ISO_CAUSE_DIED) {
+        char how[128];
+        mc__iso_describe_exit(wstatus, how, sizeof how);
+        if (WIFSIGNALED(wstatus)) st->last_signal = WTERMSIG(wstatus);
+        snprintf(what, cap, "the worker %s", how);
+        st->deaths++;
+        status = MC_ERR_WORKER_LOST;
+    } else if (cause == MC__ISO_CAUSE_HUNG) {
+        snprintf(what, cap, "the worker sent nothing for %.0f ms%s", (double)deadline_ns / 1e6, hung_while);
+        st->hangs++;
+        status = MC_ERR_WORKER_LOST;
+    } else {
+        snprintf(what, cap, "the worker reported %s: %s", mc_status_name(status), text);
+        st->device_errors++;
+    }
+    st->last_cause = status;
+    mc__iso_copy_text(st->last_cause_text, sizeof st->last_cause_text, what);
+    return status;
+}
+
+void mc__iso_clock_fault(mc__iso_clock *c, uint64_t last_progress_ns, uint64_t fault_ns, uint64_t reaped_ns)
+{
+    /* Faults in a row are one outage: it began when work last advanced. */
+    if (!c->measuring) c->stall_ns = last_progress_ns;
+    c->measuring = true;
+    c->fault_ns = fault_ns;
+    c->reaped_ns = reaped_ns;
+}
+
+void mc__iso_clock_progress(mc__iso_clock *c, mc_isolate_stats *st, uint64_t now_ns)
+{
+    if (!c->measuring) return;
+    c->measuring = false;
+    st->outage_ms_last = c->stall_ns && c->stall_ns <= now_ns ? (double)(now_ns - c->stall_ns) / 1e6 : 0;
+    double total = (double)(now_ns - c->fault_ns) / 1e6;
     st->restart_ms_last = total;
     if (total > st->restart_ms_max) st->restart_ms_max = total;
-    t->sum_ms += total;
-    t->n++;
-    st->restart_ms_mean = t->sum_ms / t->n;
-    st->reap_ms_last = (double)(reaped_ns - fault_ns) / 1e6;
-    st->ready_ms_last = (double)(ready_ns - reaped_ns) / 1e6;
-    st->resume_ms_last = (double)(progress_ns - ready_ns) / 1e6;
+    c->sum_ms += total;
+    c->n++;
+    st->restart_ms_mean = c->sum_ms / c->n;
+    st->reap_ms_last = (double)(c->reaped_ns - c->fault_ns) / 1e6;
+    st->ready_ms_last = (double)(c->ready_ns - c->reaped_ns) / 1e6;
+    st->resume_ms_last = (double)(now_ns - c->ready_ns) / 1e6;
     mc__log(MC_LOG_INFO, "isolate.restart_cost",
             "restart: %.1f ms from the fault to progress (reap %.1f, start %.1f, resume %.1f); %.1f ms without progress",
             total, st->reap_ms_last, st->ready_ms_last, st->resume_ms_last, st->outage_ms_last);

@@ -2,7 +2,7 @@
  * DOC: Isolation internals
  *
  * Shared by isolate.c (launcher, channel, shared memory, faults, the
- * supervisor's bookkeeping), runner_isolated.c and stream_isolated.c (the
+ * supervisor's waits and bookkeeping), runner_isolated.c and stream_isolated.c (the
  * runner's and the stream's back ends meet their front ends in runner_ops.h
  * and stream_ops.h).
  */
@@ -73,9 +73,6 @@ bool mc__iso_send(int sock, const mc__iso_msg *m, int fd_to_pass);
 /* Blocks for one whole message; *fd (may be NULL) receives a descriptor
  * that came with it, else -1. false at the end of the stream or an error. */
 bool mc__iso_recv(int sock, mc__iso_msg *m, int *fd);
-/* Waits up to timeout_ns for a whole message (UINT64_MAX: for ever). 1: a
- * message; 0: none in time; -1: the end of the stream. */
-int mc__iso_recv_timed(int sock, mc__iso_msg *m, uint64_t timeout_ns);
 
 /* ---- the launcher -------------------------------------------------------- */
 
@@ -175,14 +172,64 @@ bool mc__iso_restartable(mc_status s);
 /* "killed by signal 9 (Killed)", "exited with code 3" */
 void mc__iso_describe_exit(int wstatus, char *out, size_t cap);
 
-/* The stats' restart figures: a fault became known at fault_ns; the old
- * worker was reaped at reaped_ns, the new one ready at ready_ns and
- * progressing at progress_ns. */
-typedef struct mc__iso_timing {
+/* ---- the supervisor's waits: one loop for the runner and the stream -------- */
+
+/* A supervisor sleeps in poll() on its worker's channel and on a pipe that
+ * another thread writes a byte to (cancel, close, new work). */
+mc_status mc__iso_wake_open(int wake[2], const char *what);
+void mc__iso_wake_signal(const int wake[2]);
+void mc__iso_wake_close(int wake[2]);
+
+/* How a supervisor waits for its worker. */
+typedef struct mc__iso_waiter {
+    int wake_fd; /* the read end of the wake-up pipe */
+    /* Woken: whether that ends the wait (2); else it goes on. NULL: every
+     * wake-up ends it. */
+    bool (*stop)(void *ctx);
+    /* Ends the worker being started: at once (kill_now) or after grace_ms;
+     * *wstatus (may be NULL) gets its wait status. */
+    void (*end_worker)(void *ctx, bool kill_now, double grace_ms, int *wstatus);
+    void *ctx;
+} mc__iso_waiter;
+
+/* Waits up to timeout_ns (UINT64_MAX: for ever) for a whole message on
+ * sock (negative: no worker, only the wake-up): 1 a message in *m, 0 the
+ * time ran out, -1 the channel ended, 2 woken (and stop said so). */
+int mc__iso_wait(const mc__iso_waiter *w, int sock, mc__iso_msg *m, uint64_t timeout_ns);
+
+/* Waits until the worker just spawned on sock reports READY (then MC_OK,
+ * the message in *ready), at most timeout_ns from t0. Otherwise the worker
+ * is ended (w->end_worker) and the result says why, with *cause and text:
+ * MC_ERR_CANCELLED (woken and stop), MC_ERR_WORKER_LOST (it hung, or it
+ * died: *wstatus), or the error the worker reported. */
+mc_status mc__iso_await_ready(const mc__iso_waiter *w, int sock, uint64_t t0, uint64_t timeout_ns, mc__iso_msg *ready,
+                              mc__iso_cause *cause, int *wstatus, char *text, size_t cap);
+
+/* A worker is being replaced: counts the cause in st (deaths, hangs,
+ * device errors, the last signal, cause and its text) and writes into
+ * what[cap] the sentence the restart is logged with. text: what the worker
+ * reported (ERROR), hung_while: said after the deadline of a hang. The
+ * status the run records: MC_ERR_WORKER_LOST for a death or a hang. */
+mc_status mc__iso_note_cause(mc_isolate_stats *st, mc__iso_cause cause, mc_status status, int wstatus,
+                             uint64_t deadline_ns, const char *hung_while, const char *text, char *what, size_t cap);
+
+/* The stats' restart figures, the same for runner and stream: the cost of
+ * a restart from the fault to the new worker's first progress, in parts
+ * (reap, start, resume), and the whole time without progress. The
+ * supervisor's thread only. */
+typedef struct mc__iso_clock {
+    bool measuring;               /* a restart happened, its cost not yet counted */
+    uint64_t stall_ns;            /* work last advanced (before the first of the faults in a row) */
+    uint64_t fault_ns;            /* the fault became known */
+    uint64_t reaped_ns, ready_ns; /* the old worker reaped; the new one ready (set by the caller) */
     double sum_ms;
     uint32_t n;
-} mc__iso_timing;
-void mc__iso_count_restart(mc_isolate_stats *st, mc__iso_timing *t, uint64_t stall_ns, uint64_t fault_ns,
-                           uint64_t reaped_ns, uint64_t ready_ns, uint64_t progress_ns);
+} mc__iso_clock;
+/* A worker was replaced: the fault became known at fault_ns, it was reaped
+ * at reaped_ns; work last advanced at last_progress_ns. */
+void mc__iso_clock_fault(mc__iso_clock *c, uint64_t last_progress_ns, uint64_t fault_ns, uint64_t reaped_ns);
+/* Work advanced at now_ns: if a restart is being measured, its figures go
+ * to st (and the log). */
+void mc__iso_clock_progress(mc__iso_clock *c, mc_isolate_stats *st, uint64_t now_ns);
 
 #endif

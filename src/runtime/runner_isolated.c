@@ -38,8 +38,6 @@
 #include "engine/trace.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -106,10 +104,8 @@ typedef struct iso_runner {
     uint64_t fail_high; /* the furthest iteration at the last restart */
     mc_runner_stats base, cur; /* finished workers' sums; the current worker's last report */
     mc_isolate_stats ist;
-    mc__iso_timing timing;
-    bool measuring;
-    uint64_t fault_ns, reaped_ns, ready_ns;
-    uint64_t progress_ns, stall_ns; /* the last time iterations advanced; that time at the last fault */
+    mc__iso_clock clock;
+    uint64_t progress_ns;           /* the last time iterations advanced */
     uint64_t worker_iter;           /* the current worker's last report */
     bool have_final;
     bool stopped_early, cancelled;
@@ -496,27 +492,29 @@ static mc_status take_sizes(iso_runner *ir, const mc__iso_msg *m)
     return MC_OK;
 }
 
+/* Woken: cancel that the worker has not been told of yet ends a wait. */
+static bool cancel_pending(void *ctx)
+{
+    iso_runner *ir = ctx;
+    return atomic_load(&ir->b.cancel) && !ir->cancel_sent;
+}
+
+static void end_worker_cb(void *ctx, bool kill_now, double grace_ms, int *wstatus)
+{
+    end_worker(ctx, kill_now, grace_ms, wstatus);
+}
+
+static mc__iso_waiter waiter(iso_runner *ir)
+{
+    return (mc__iso_waiter){.wake_fd = ir->wake[0], .stop = cancel_pending, .end_worker = end_worker_cb, .ctx = ir};
+}
+
 /* Waits for the worker's channel or cancel: 1 a message in *m, 0 the time
  * ran out, -1 the channel ended, 2 cancel. */
 static int wait_event(iso_runner *ir, mc__iso_msg *m, uint64_t timeout_ns)
 {
-    uint64_t deadline = mc__deadline(timeout_ns);
-    for (;;) {
-        struct pollfd pf[2] = {{ir->sock, POLLIN, 0}, {ir->wake[0], POLLIN, 0}};
-        uint64_t now = mc__now_ns();
-        int ms = now >= deadline ? 0 : deadline == UINT64_MAX ? -1 : (int)MC__MIN((deadline - now + 999999) / 1000000, 3600000ull);
-        int n = poll(pf, 2, ms);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return -1;
-        if (pf[0].revents) return mc__iso_recv(ir->sock, m, NULL) ? 1 : -1;
-        if (pf[1].revents) {
-            char buf[16];
-            while (read(ir->wake[0], buf, sizeof buf) > 0) {
-            }
-            if (atomic_load(&ir->b.cancel) && !ir->cancel_sent) return 2;
-        }
-        if (n == 0 && mc__now_ns() >= deadline) return 0;
-    }
+    mc__iso_waiter w = waiter(ir);
+    return mc__iso_wait(&w, ir->sock, m, timeout_ns);
 }
 
 /* Starts a worker and waits until it is ready (or fails). *cause and
@@ -532,52 +530,25 @@ static mc_status start_worker(iso_runner *ir, mc__iso_cause *cause, char *text, 
         return s;
     }
     ir->ist.workers++;
-    for (;;) {
-        uint64_t now = mc__now_ns(), until = t0 + ir->pol.start_timeout_ns;
-        mc__iso_msg m;
-        int e = wait_event(ir, &m, until > now ? until - now : 0);
-        if (e == 2) {
-            end_worker(ir, true, 0, NULL);
-            snprintf(text, cap, "cancelled while a worker started");
-            return MC_ERR_CANCELLED;
-        }
-        if (e == 0) {
-            end_worker(ir, true, 0, NULL);
-            *cause = MC__ISO_CAUSE_HUNG;
-            snprintf(text, cap, "the worker was not ready within %.0f ms (opening the device and setup)",
-                     (double)ir->pol.start_timeout_ns / 1e6);
-            return MC_ERR_WORKER_LOST;
-        }
-        if (e < 0) {
-            int ws;
-            end_worker(ir, false, 200, &ws);
-            *cause = MC__ISO_CAUSE_DIED;
-            char how[128];
-            mc__iso_describe_exit(ws, how, sizeof how);
-            if (WIFSIGNALED(ws)) ir->ist.last_signal = WTERMSIG(ws);
-            snprintf(text, cap, "the worker %s while starting", how);
-            return MC_ERR_WORKER_LOST;
-        }
-        if (m.type == MC__ISO_ERROR) {
-            end_worker(ir, false, 1000, NULL);
-            snprintf(text, cap, "%s", m.text);
-            return (mc_status)m.status;
-        }
-        if (m.type != MC__ISO_READY) continue;
-        ir->ready_ns = mc__now_ns();
-        if (MC__TRACING())
-            mc__trace_instant("runner", ir->b.label, "isolate", "worker ready", ir->ready_ns, NULL,
-                              MC__TARGS({"worker", ir->ist.workers}, {"pid", ir->pid}));
-        if (ir->ist.workers == 1) ir->ist.start_ms = (double)(ir->ready_ns - t0) / 1e6;
-        ir->ist.device = m.u.info;
-        if ((s = take_sizes(ir, &m)) != MC_OK) {
-            end_worker(ir, true, 0, NULL);
-            snprintf(text, cap, "%s", mc_last_error());
-            return s;
-        }
-        ir->last_msg_ns = ir->ready_ns;
-        return MC_OK;
+    mc__iso_waiter w = waiter(ir);
+    mc__iso_msg m;
+    int ws = 0;
+    s = mc__iso_await_ready(&w, ir->sock, t0, ir->pol.start_timeout_ns, &m, cause, &ws, text, cap);
+    if (*cause == MC__ISO_CAUSE_DIED && WIFSIGNALED(ws)) ir->ist.last_signal = WTERMSIG(ws);
+    if (s != MC_OK) return s;
+    uint64_t ready_ns = ir->clock.ready_ns = mc__now_ns();
+    if (MC__TRACING())
+        mc__trace_instant("runner", ir->b.label, "isolate", "worker ready", ready_ns, NULL,
+                          MC__TARGS({"worker", ir->ist.workers}, {"pid", ir->pid}));
+    if (ir->ist.workers == 1) ir->ist.start_ms = (double)(ready_ns - t0) / 1e6;
+    ir->ist.device = m.u.info;
+    if ((s = take_sizes(ir, &m)) != MC_OK) {
+        end_worker(ir, true, 0, NULL);
+        snprintf(text, cap, "%s", mc_last_error());
+        return s;
     }
+    ir->last_msg_ns = ready_ns;
+    return MC_OK;
 }
 
 /* Before the run (MC_RUNNER_RESUME): the state becomes the last good one
@@ -610,11 +581,7 @@ static mc_status iso_init(mc_runner *base, const mc_device_info *info)
     ir->trace_at_create = mc_trace_active();
     /* The launcher is forked before anything else of ours is open. */
     if ((s = mc__iso_launcher_start(&ir->launcher, runner_worker, ir)) != MC_OK) return s;
-    if (pipe(ir->wake) != 0) return mc__fail(MC_ERR_INTERNAL, "mc_runner_create: pipe: %s", strerror(errno));
-    for (int i = 0; i < 2; i++) {
-        fcntl(ir->wake[i], F_SETFL, fcntl(ir->wake[i], F_GETFL) | O_NONBLOCK);
-        fcntl(ir->wake[i], F_SETFD, FD_CLOEXEC);
-    }
+    if ((s = mc__iso_wake_open(ir->wake, "mc_runner_create")) != MC_OK) return s;
     /* The first worker: setup's errors come back from here, as from an
      * ordinary mc_runner_create. */
     mc__iso_cause cause;
@@ -633,28 +600,12 @@ static mc_status restart(iso_runner *ir, mc__iso_cause cause, mc_status status, 
     end_worker(ir, true, 0, &ws);
     uint64_t reaped = mc__now_ns();
     char what[MC__ISO_TEXT_MAX + 64];
-    if (cause == MC__ISO_CAUSE_DIED) {
-        char how[128];
-        mc__iso_describe_exit(ws, how, sizeof how);
-        if (WIFSIGNALED(ws)) ir->ist.last_signal = WTERMSIG(ws);
-        snprintf(what, sizeof what, "the worker %s", how);
-        ir->ist.deaths++;
-        status = MC_ERR_WORKER_LOST;
-    } else if (cause == MC__ISO_CAUSE_HUNG) {
-        snprintf(what, sizeof what, "the worker sent nothing for %.0f ms", (double)ir->pol.deadline_ns / 1e6);
-        ir->ist.hangs++;
-        status = MC_ERR_WORKER_LOST;
-    } else {
-        snprintf(what, sizeof what, "the worker reported %s: %s", mc_status_name(status),
-                 mc__iso_unprefixed(text, "runner", ir->b.label));
-        ir->ist.device_errors++;
-    }
+    status = mc__iso_note_cause(&ir->ist, cause, status, ws, ir->pol.deadline_ns, "",
+                                mc__iso_unprefixed(text, "runner", ir->b.label), what, sizeof what);
     /* The dead worker's figures join the sums. */
     add_stats(&ir->base, &ir->cur);
     memset(&ir->cur, 0, sizeof ir->cur);
     ir->last_failure = status;
-    ir->ist.last_cause = status;
-    mc__iso_copy_text(ir->ist.last_cause_text, sizeof ir->ist.last_cause_text, what);
     ir->in_a_row++;
     atomic_store(&ir->sh->furthest, ir->high);
     atomic_fetch_add(&ir->sh->restarts, 1);
@@ -675,10 +626,7 @@ static mc_status restart(iso_runner *ir, mc__iso_cause cause, mc_status status, 
                                     {"old_pid", old}));
     mc__log(MC_LOG_WARN, "isolate.restart", "runner '%s': %s; starting worker %u from iteration %llu", ir->b.label, what,
             ir->ist.workers + 1, (unsigned long long)good);
-    if (!ir->measuring) ir->stall_ns = ir->progress_ns ? ir->progress_ns : ir->b.start_ns;
-    ir->measuring = true;
-    ir->fault_ns = fault_ns;
-    ir->reaped_ns = reaped;
+    mc__iso_clock_fault(&ir->clock, ir->progress_ns ? ir->progress_ns : ir->b.start_ns, fault_ns, reaped);
     publish(ir);
     return MC_OK;
 }
@@ -775,11 +723,7 @@ static mc_status iso_run(mc_runner *base)
                 if (m.a > ir->fail_high) ir->in_a_row = 0;
                 if (m.a > ir->worker_iter) ir->progress_ns = now;
                 if (m.a > ir->worker_iter) ir->worker_iter = m.a;
-                if (ir->measuring && m.a > ir->restored_iter) {
-                    mc__iso_count_restart(&ir->ist, &ir->timing, ir->stall_ns, ir->fault_ns, ir->reaped_ns,
-                                          ir->ready_ns, now);
-                    ir->measuring = false;
-                }
+                if (m.a > ir->restored_iter) mc__iso_clock_progress(&ir->clock, &ir->ist, now);
             } else if (m.type == MC__ISO_TRACE) {
                 mc__trace_import((int)ir->pid, m.text, m.a);
             } else if (m.type == MC__ISO_CHECKPOINT) {
@@ -836,11 +780,7 @@ static mc_status iso_run(mc_runner *base)
 
 static void iso_wake(mc_runner *base)
 {
-    iso_runner *ir = as_iso(base);
-    if (ir->wake[1] >= 0) {
-        ssize_t n = write(ir->wake[1], "c", 1);
-        (void)n;
-    }
+    mc__iso_wake_signal(as_iso(base)->wake);
 }
 
 static mc_status iso_state_read(mc_runner *base, uint32_t index, void *dst, size_t len)
@@ -880,8 +820,7 @@ static void iso_destroy(mc_runner *base)
     if (ir->area_fd >= 0) close(ir->area_fd);
     mc__shm_unmap(ir->area, ir->lay.area_size);
     mc__shm_unmap(ir->sh, sizeof *ir->sh);
-    for (int i = 0; i < 2; i++)
-        if (ir->wake[i] >= 0) close(ir->wake[i]);
+    mc__iso_wake_close(ir->wake);
     mc__iso_policy_free(&ir->pol);
 }
 

@@ -36,8 +36,6 @@
 #include "runtime/isolate.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,10 +70,8 @@ typedef struct iso {
     int wake[2];
     uint64_t last_msg_ns;
     uint32_t in_a_row;
-    mc__iso_timing timing;
-    bool measuring;
-    uint64_t fault_ns, reaped_ns, ready_ns;
-    uint64_t result_ns, stall_ns; /* the last result; that time at the last fault */
+    mc__iso_clock clock;
+    uint64_t result_ns; /* the last result */
 } iso;
 
 static iso *iso_of(const mc_stream *s)
@@ -282,30 +278,19 @@ static void end_worker(mc_stream *s, bool kill_now, double grace_ms, int *wstatu
     pthread_mutex_unlock(&s->mu);
 }
 
-/* Waits for the worker's channel or a wake-up: 1 a message, 0 the time ran
- * out, -1 the channel ended, 2 woken. */
-static int wait_event(iso *is, int sock, mc__iso_msg *m, uint64_t timeout_ns)
+static void end_worker_cb(void *ctx, bool kill_now, double grace_ms, int *wstatus)
 {
-    uint64_t deadline = mc__deadline(timeout_ns);
-    for (;;) {
-        /* A negative descriptor is ignored by poll(): no worker, only the wake-up. */
-        struct pollfd pf[2] = {{sock, POLLIN, 0}, {is->wake[0], POLLIN, 0}};
-        uint64_t now = mc__now_ns();
-        int ms = now >= deadline          ? 0
-                 : deadline == UINT64_MAX ? -1
-                                          : (int)MC__MIN((deadline - now + 999999) / 1000000, 3600000ull);
-        int n = poll(pf, 2, ms);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return -1;
-        if (sock >= 0 && pf[0].revents) return mc__iso_recv(sock, m, NULL) ? 1 : -1;
-        if (pf[1].revents) {
-            char buf[64];
-            while (read(is->wake[0], buf, sizeof buf) > 0) {
-            }
-            return 2;
-        }
-        if (n == 0 && mc__now_ns() >= deadline) return 0;
-    }
+    end_worker(ctx, kill_now, grace_ms, wstatus);
+}
+
+/* Woken while a worker starts: only closing or cancel ends that wait. */
+static bool quitting(void *ctx)
+{
+    mc_stream *s = ctx;
+    pthread_mutex_lock(&s->mu);
+    bool stop = s->quit || s->cancel;
+    pthread_mutex_unlock(&s->mu);
+    return stop;
 }
 
 /* Dies with what ended the worker (already ended). Without mu. */
@@ -341,64 +326,35 @@ static mc_status start_worker(mc_stream *s, mc__iso_cause *cause, char *text, si
     is->ist.workers++;
     is->ist.worker_pid = pid;
     pthread_mutex_unlock(&s->mu);
-    for (;;) {
-        uint64_t now = mc__now_ns(), until = t0 + is->pol.start_timeout_ns;
-        mc__iso_msg m;
-        int e = wait_event(is, sock, &m, until > now ? until - now : 0);
-        if (e == 2) {
-            pthread_mutex_lock(&s->mu);
-            bool stop = s->quit || s->cancel;
-            pthread_mutex_unlock(&s->mu);
-            if (!stop) continue;
-            end_worker(s, true, 0, NULL);
-            snprintf(text, cap, "cancelled while a worker started");
-            return MC_ERR_CANCELLED;
-        }
-        if (e == 0) {
-            end_worker(s, true, 0, NULL);
-            *cause = MC__ISO_CAUSE_HUNG;
-            snprintf(text, cap, "the worker was not ready within %.0f ms (opening the device and setup)",
-                     (double)is->pol.start_timeout_ns / 1e6);
-            return MC_ERR_WORKER_LOST;
-        }
-        if (e < 0) {
-            int ws;
-            end_worker(s, false, 200, &ws);
-            *cause = MC__ISO_CAUSE_DIED;
-            char how[128];
-            mc__iso_describe_exit(ws, how, sizeof how);
-            pthread_mutex_lock(&s->mu);
-            if (WIFSIGNALED(ws)) is->ist.last_signal = WTERMSIG(ws);
-            pthread_mutex_unlock(&s->mu);
-            snprintf(text, cap, "the worker %s while starting", how);
-            return MC_ERR_WORKER_LOST;
-        }
-        if (m.type == MC__ISO_ERROR) {
-            end_worker(s, false, 1000, NULL);
-            snprintf(text, cap, "%s", m.text);
-            return (mc_status)m.status;
-        }
-        if (m.type != MC__ISO_READY) continue;
-        is->ready_ns = is->last_msg_ns = mc__now_ns();
-        /* Everything without a result goes to the new worker, in order. */
-        pthread_mutex_lock(&s->submit_mu);
+    mc__iso_waiter w = {.wake_fd = is->wake[0], .stop = quitting, .end_worker = end_worker_cb, .ctx = s};
+    mc__iso_msg m;
+    int ws = 0;
+    st = mc__iso_await_ready(&w, sock, t0, is->pol.start_timeout_ns, &m, cause, &ws, text, cap);
+    if (*cause == MC__ISO_CAUSE_DIED && WIFSIGNALED(ws)) {
         pthread_mutex_lock(&s->mu);
-        if (is->ist.workers == 1) is->ist.start_ms = (double)(is->ready_ns - t0) / 1e6;
-        is->ist.device = m.u.info;
-        is->worker_ready = true;
-        uint32_t todo[MC_STREAM_MAX_SLOTS], n = 0;
-        for (uint32_t k = 0; k < s->order.count; k++) {
-            uint32_t i = mc__ring_at(&s->order, k);
-            if (s->slots[i].state != MC__SLOT_QUEUED) continue;
-            mark_sent(s, i, is->ready_ns);
-            todo[n++] = i;
-        }
+        is->ist.last_signal = WTERMSIG(ws);
         pthread_mutex_unlock(&s->mu);
-        for (uint32_t k = 0; k < n; k++)
-            if (!send_item(s, todo[k])) break; /* it died: seen on the channel */
-        pthread_mutex_unlock(&s->submit_mu);
-        return MC_OK;
     }
+    if (st != MC_OK) return st;
+    uint64_t ready_ns = is->clock.ready_ns = is->last_msg_ns = mc__now_ns();
+    /* Everything without a result goes to the new worker, in order. */
+    pthread_mutex_lock(&s->submit_mu);
+    pthread_mutex_lock(&s->mu);
+    if (is->ist.workers == 1) is->ist.start_ms = (double)(ready_ns - t0) / 1e6;
+    is->ist.device = m.u.info;
+    is->worker_ready = true;
+    uint32_t todo[MC_STREAM_MAX_SLOTS], n = 0;
+    for (uint32_t k = 0; k < s->order.count; k++) {
+        uint32_t i = mc__ring_at(&s->order, k);
+        if (s->slots[i].state != MC__SLOT_QUEUED) continue;
+        mark_sent(s, i, ready_ns);
+        todo[n++] = i;
+    }
+    pthread_mutex_unlock(&s->mu);
+    for (uint32_t k = 0; k < n; k++)
+        if (!send_item(s, todo[k])) break; /* it died: seen on the channel */
+    pthread_mutex_unlock(&s->submit_mu);
+    return MC_OK;
 }
 
 /* Replaces the worker after a fault, or gives up. Without mu. */
@@ -410,26 +366,9 @@ static void restart(mc_stream *s, mc__iso_cause cause, mc_status status, const c
     uint64_t reaped = mc__now_ns();
     char what[MC__ISO_TEXT_MAX + 64];
     pthread_mutex_lock(&s->mu);
-    if (cause == MC__ISO_CAUSE_DIED) {
-        char how[128];
-        mc__iso_describe_exit(ws, how, sizeof how);
-        if (WIFSIGNALED(ws)) is->ist.last_signal = WTERMSIG(ws);
-        snprintf(what, sizeof what, "the worker %s", how);
-        is->ist.deaths++;
-        status = MC_ERR_WORKER_LOST;
-    } else if (cause == MC__ISO_CAUSE_HUNG) {
-        snprintf(what, sizeof what, "the worker sent nothing for %.0f ms while it had items",
-                 (double)is->pol.deadline_ns / 1e6);
-        is->ist.hangs++;
-        status = MC_ERR_WORKER_LOST;
-    } else {
-        snprintf(what, sizeof what, "the worker reported %s: %s", mc_status_name(status),
-                 mc__iso_unprefixed(text, "stream", s->label));
-        is->ist.device_errors++;
-    }
+    status = mc__iso_note_cause(&is->ist, cause, status, ws, is->pol.deadline_ns, " while it had items",
+                                mc__iso_unprefixed(text, "stream", s->label), what, sizeof what);
     s->st.last_failure = status;
-    is->ist.last_cause = status;
-    mc__iso_copy_text(is->ist.last_cause_text, sizeof is->ist.last_cause_text, what);
     is->in_a_row++;
     if (is->in_a_row > is->pol.max_restarts) {
         char why[MC__ISO_TEXT_MAX + 128];
@@ -441,10 +380,7 @@ static void restart(mc_stream *s, mc__iso_cause cause, mc_status status, const c
     is->ist.restarts++;
     pthread_mutex_unlock(&s->mu);
     mc__log(MC_LOG_WARN, "isolate.restart", "stream '%s': %s; starting worker %u", s->label, what, is->ist.workers + 1);
-    if (!is->measuring) is->stall_ns = is->result_ns;
-    is->measuring = true;
-    is->fault_ns = fault_ns;
-    is->reaped_ns = reaped;
+    mc__iso_clock_fault(&is->clock, is->result_ns, fault_ns, reaped);
 }
 
 static void take_result(mc_stream *s, const mc__iso_msg *m, uint64_t now)
@@ -461,10 +397,7 @@ static void take_result(mc_stream *s, const mc__iso_msg *m, uint64_t now)
         if (is->outstanding) is->outstanding--;
         is->busy_since_ns = now;
         is->in_a_row = 0;
-        if (is->measuring) {
-            mc__iso_count_restart(&is->ist, &is->timing, is->stall_ns, is->fault_ns, is->reaped_ns, is->ready_ns, now);
-            is->measuring = false;
-        }
+        mc__iso_clock_progress(&is->clock, &is->ist, now);
         is->result_ns = now;
     }
     pthread_mutex_unlock(&s->mu);
@@ -489,7 +422,9 @@ static void step_listen(mc_stream *s)
 {
     iso *is = iso_of(s);
     mc__iso_msg m;
-    int e = wait_event(is, is->pid > 0 ? is->sock : -1, &m, is->pol.deadline_ns / 4);
+    /* Any wake-up ends the wait: the front end looks at what changed. */
+    mc__iso_waiter w = {.wake_fd = is->wake[0]};
+    int e = mc__iso_wait(&w, is->pid > 0 ? is->sock : -1, &m, is->pol.deadline_ns / 4);
     uint64_t now = mc__now_ns();
     if (e == 1) {
         is->last_msg_ns = now;
@@ -569,11 +504,7 @@ static mc_status iso_open(mc_stream *s, const mc_stream_desc *desc)
     }
     /* The launcher first: it inherits the slots, and nothing else of ours. */
     if ((st = mc__iso_launcher_start(&is->launcher, stream_worker, s)) != MC_OK) return st;
-    if (pipe(is->wake) != 0) return mc__fail(MC_ERR_INTERNAL, "mc_stream_create: pipe: %s", strerror(errno));
-    for (int i = 0; i < 2; i++) {
-        fcntl(is->wake[i], F_SETFL, fcntl(is->wake[i], F_GETFL) | O_NONBLOCK);
-        fcntl(is->wake[i], F_SETFD, FD_CLOEXEC);
-    }
+    if ((st = mc__iso_wake_open(is->wake, "mc_stream_create")) != MC_OK) return st;
     /* The first worker now: setup's errors come back from create. */
     mc__iso_cause cause;
     char text[MC__ISO_TEXT_MAX];
@@ -595,11 +526,7 @@ static void iso_submit(mc_stream *s, uint32_t i)
 
 static void iso_wake(mc_stream *s)
 {
-    iso *is = iso_of(s);
-    if (is->wake[1] >= 0) {
-        ssize_t n = write(is->wake[1], "w", 1);
-        (void)n;
-    }
+    mc__iso_wake_signal(iso_of(s)->wake);
 }
 
 static void iso_stats(const mc_stream *s, mc_stream_stats *out)
@@ -637,8 +564,7 @@ static void iso_destroy(mc_stream *s)
     }
     mc__iso_launcher_stop(&is->launcher);
     mc__shm_unmap(is->region, is->region_size);
-    for (int i = 0; i < 2; i++)
-        if (is->wake[i] >= 0) close(is->wake[i]);
+    mc__iso_wake_close(is->wake);
     mc__iso_policy_free(&is->pol);
     free(is->sends);
     free(is);

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int failures;
 #define CHECK(cond)                                                                           \
@@ -145,6 +146,18 @@ static void run_and_compare(const mc_mpi_desc *d, const uint32_t *want, int rank
     mc_mpi_runner_release(r);
 }
 
+/* The CPU device's workers (its compute units) after create. */
+static void check_cpu_workers(const mc_mpi_desc *d, uint32_t want)
+{
+    mc_mpi_runner *r = NULL;
+    CHECK_EQ(mc_mpi_runner_create(d, &r), MC_OK);
+    if (!r) return;
+    mc_mpi_stats st;
+    CHECK_EQ(mc_mpi_runner_get_stats(r, &st), MC_OK);
+    CHECK_EQ(st.device.compute_units, want);
+    mc_mpi_runner_release(r);
+}
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
@@ -160,6 +173,13 @@ int main(int argc, char **argv)
     /* The even split and the chosen H. */
     base_desc(&d, &p, init);
     run_and_compare(&d, want, rank, 0);
+
+    /* Ranks of one host split its cores (every rank is on this host here),
+     * unless cpu_threads says how many workers each gets. */
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    check_cpu_workers(&d, cores / size > 1 ? (uint32_t)(cores / size) : 1u);
+    d.cpu_threads = 3;
+    check_cpu_workers(&d, 3);
 
     /* Uneven slabs (the last rank gets the rest), H = 2 (4 halo rows). */
     uint32_t rows[8];
