@@ -336,6 +336,56 @@ MC_TEST(msl_function_constants)
     return msl_done(d);
 }
 
+MC_TEST(msl_vector_function_constants)
+{
+    OPEN_MSL_DEVICE(d);
+    mc_library *lib = msl_library(d, "features.metal");
+    CHECK(lib);
+    const float f2[2] = {1.5f, -2.0f};
+    const int32_t i3[4] = {7, -8, 9, 0};                      /* int3: 16 bytes, as in Metal */
+    const uint16_t h4[4] = {0x3800u, 0x3c00u, 0xc000u, 0x4200u}; /* 0.5, 1, -2, 3 */
+    const uint8_t b2[2] = {1, 0};                             /* bool2: a byte a component */
+    const uint32_t u4[4] = {1u, 2u, 3u, 4000000000u};
+    mc_function_constant fc[5] = {
+        {10, sizeof f2, f2}, {11, sizeof i3, i3}, {12, sizeof h4, h4}, {13, sizeof b2, b2}, {14, sizeof u4, u4}};
+    mc_pipeline *p = msl_pipeline(d, lib, "vector_constants", fc, 5);
+    mc_pipeline *pn = msl_pipeline(d, lib, "vector_constants", NULL, 0);
+    CHECK(p && pn);
+    float out[16];
+    mc_buffer *bo = msl_buffer(d, sizeof out, NULL);
+    CHECK(bo);
+    slot s[1] = {{bo, NULL, 0}};
+    CHECK_OK(msl_run(d, p, s, 1, (mc_size3){1, 1, 1}, (mc_size3){32, 1, 1}, 0));
+    CHECK_OK(mc_buffer_read(bo, 0, out, sizeof out));
+    const float want[16] = {1.5f, -2.0f, 7, -8, 9, 0.5f, 1, -2, 3, 1, 0, 1, 2, 3, 4000000000.0f, 1};
+    for (int i = 0; i < 16; i++) CHECK_FLOAT_NEAR(out[i], want[i], 0.0);
+    /* none given: every component reads 0, and the constant is undefined */
+    CHECK_OK(msl_run(d, pn, s, 1, (mc_size3){1, 1, 1}, (mc_size3){32, 1, 1}, 0));
+    CHECK_OK(mc_buffer_read(bo, 0, out, sizeof out));
+    for (int i = 0; i < 16; i++) CHECK_FLOAT_NEAR(out[i], 0.0f, 0.0);
+    /* a value of another size than the declared type's is refused, naming
+     * the constant, its type and both sizes */
+    mc_device_kind kind = mct_device_kind(d);
+    const struct {
+        mc_function_constant fc;
+        const char *want;
+    } bad[3] = {{{10, 4, f2}, "declared 'float2 vc_f2', a value of 8 bytes; the value given has 4 bytes"},
+                {{13, 8, i3}, "declared 'bool2 vc_b2', a value of 2 bytes; the value given has 8 bytes"},
+                {{11, 12, i3}, "declared 'int3 vc_i3', a value of 16 bytes; the value given has 12 bytes"}};
+    for (int i = 0; i < 3 && kind == MC_DEVICE_CPU; i++) {
+        mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
+        pd.library = lib;
+        pd.function = "vector_constants";
+        pd.constants = &bad[i].fc;
+        pd.constant_count = 1;
+        mc_pipeline *pb = NULL;
+        CHECK_STATUS(mc_pipeline_create(d, &pd, &pb), MC_ERR_INVALID_ARGUMENT);
+        CHECK_STR_CONTAINS(mc_last_error(), bad[i].want);
+        CHECK(!pb);
+    }
+    return msl_done(d);
+}
+
 /* ---- barriers.metal ----------------------------------------------------------- */
 
 MC_TEST(msl_barrier_tiled_reduction)

@@ -1319,28 +1319,47 @@ namespace mc {
 /* set by the CUDA device before a launch (cuModuleGetGlobal) */
 extern "C" __attribute__((__constant__)) mc_cpu_constants mc_function_constants;
 static inline bool fc_defined(uint32_t i) { return i < MC_CPU_MAX_CONSTANTS && (mc_function_constants.defined[i / 64] >> (i % 64) & 1); }
-template <class T> static inline T fc_value(uint32_t i)
-{
-    T v{};
-    if (fc_defined(i)) __builtin_memcpy(&v, (const void *)&mc_function_constants.value[i], sizeof v);
-    return v;
-}
+static inline const void *fc_slot(uint32_t i) { return (const void *)&mc_function_constants.value[i]; }
 #else
 inline thread_local const mc_cpu_constants *fconsts = nullptr;
 static inline void fc_enter(const mc_cpu_ctx *ctx) { fconsts = ctx->constants; }
 static inline bool fc_defined(uint32_t i) { return fconsts && i < MC_CPU_MAX_CONSTANTS && (fconsts->defined[i / 64] >> (i % 64) & 1); }
+static inline const void *fc_slot(uint32_t i) { return &fconsts->value[i]; }
+#endif
+/* Scalars and vectors: the value's bytes as the kernel lays the type out
+ * (a 3-vector of 32-bit components is 16 bytes, as in Metal). */
 template <class T> static inline T fc_value(uint32_t i)
 {
+    static_assert(sizeof(T) <= MC_CPU_CONSTANT_SIZE,
+                  "a function constant is at most 16 bytes (a 4-vector of 32-bit components)");
     T v{};
-    static_assert(sizeof(T) <= 8, "function constants are scalars");
-    if (fc_defined(i)) __builtin_memcpy(&v, &fconsts->value[i], sizeof v);
+    if (fc_defined(i)) __builtin_memcpy((void *)&v, fc_slot(i), sizeof v);
     return v;
 }
-#endif
+/* bool2/3/4: one byte a component through the API (Metal's layout), a mask
+ * vector in the kernel (bool vectors are integer masks here) */
+template <int N> static inline vec<int, N> fc_bools(uint32_t i)
+{
+    vec<int, N> v = 0;
+    if (!fc_defined(i)) return v;
+    const unsigned char *b = (const unsigned char *)fc_slot(i);
+    for (int k = 0; k < N; k++) v[k] = b[k] ? -1 : 0;
+    return v;
+}
+/* The size of the value the API passes for a constant of type T: what the
+ * CPU device checks at pipeline creation (mc__function_constants). */
+template <class T> struct fc_api_size { static constexpr uint32_t value = sizeof(T); };
+template <> struct fc_api_size<hvec<3>> { static constexpr uint32_t value = 8; }; /* Metal's half3: 4 halves */
 } // namespace mc
 #define MC_FUNCTION_CONSTANT(T, name, idx)                                                                       \
     struct mc_fc_##name {                                                                                         \
         operator mc::remove_cv<T>::type() const { return mc::fc_value<mc::remove_cv<T>::type>(idx); }             \
+        bool mc_defined() const { return mc::fc_defined(idx); }                                                   \
+    };                                                                                                            \
+    static const mc_fc_##name name = {}
+#define MC_FUNCTION_CONSTANT_BOOLS(N, name, idx)                                                                  \
+    struct mc_fc_##name {                                                                                         \
+        operator mc::vec<int, N>() const { return mc::fc_bools<N>(idx); }                                        \
         bool mc_defined() const { return mc::fc_defined(idx); }                                                   \
     };                                                                                                            \
     static const mc_fc_##name name = {}

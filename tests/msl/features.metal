@@ -120,3 +120,36 @@ kernel void constants(device int *out [[buffer(0)]], uint i [[thread_position_in
     if (is_function_constant_defined(fc_negate) && fc_negate) v = -v;
     out[i] = v;
 }
+
+// Vector-typed function constants (and a bool vector, one byte a component
+// through the API), set through pipeline creation like scalar ones.
+constant float2 vc_f2 [[function_constant(10)]];
+constant int3 vc_i3 [[function_constant(11)]];
+constant half4 vc_h4 [[function_constant(12)]];
+constant bool2 vc_b2 [[function_constant(13)]];
+constant uint4 vc_u4 [[function_constant(14)]];
+kernel void vector_constants(device float *o [[buffer(0)]], uint i [[thread_position_in_grid]])
+{
+    if (i != 0) return;
+    float2 f = vc_f2;
+    int3 n = vc_i3;
+    half4 h = vc_h4;
+    bool2 b = vc_b2;
+    uint4 u = vc_u4;
+    o[0] = f.x;
+    o[1] = f.y;
+    o[2] = float(n.x);
+    o[3] = float(n.y);
+    o[4] = float(n.z);
+    o[5] = float(h.x);
+    o[6] = float(h.y);
+    o[7] = float(h.z);
+    o[8] = float(h.w);
+    o[9] = b.x ? 1.0f : 0.0f;
+    o[10] = b.y ? 1.0f : 0.0f;
+    o[11] = float(u.x);
+    o[12] = float(u.y);
+    o[13] = float(u.z);
+    o[14] = float(u.w);
+    o[15] = is_function_constant_defined(vc_f2) ? 1.0f : 0.0f;
+}
