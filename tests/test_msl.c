@@ -336,6 +336,67 @@ MC_TEST(msl_function_constants)
     return msl_done(d);
 }
 
+static int expect_refused(mc_device *d, const char *src, const char *want);
+
+/* float <-> half bits for values a half holds exactly (normal or zero) */
+static uint16_t exact_half(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if (!(x & 0x7fffffffu)) return (uint16_t)(x >> 16);
+    return (uint16_t)(((x >> 16) & 0x8000u) | ((((x >> 23) & 0xffu) - 112u) << 10) | ((x >> 13) & 0x3ffu));
+}
+
+static float half_value(uint16_t h)
+{
+    uint32_t x = (uint32_t)(h & 0x8000u) << 16;
+    if (h & 0x7fffu) x |= ((((h >> 10) & 0x1fu) + 112u) << 23) | ((uint32_t)(h & 0x3ffu) << 13);
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+MC_TEST(msl_half_vector_swizzles)
+{
+    OPEN_MSL(d, lib, "features.metal");
+    mc_pipeline *p = msl_pipeline(d, lib, "half_swizzles", NULL, 0);
+    CHECK(p);
+    enum { N = 64 };
+    /* quarters from -8 to 8: every sum and product below is exact in half */
+    float a[N][4];
+    uint16_t in[N * 4], out[N * 12];
+    float f[N * 4];
+    for (int i = 0; i < N; i++)
+        for (int k = 0; k < 4; k++) {
+            a[i][k] = (float)((i * 7 + k * 13) % 65 - 32) * 0.25f;
+            in[i * 4 + k] = exact_half(a[i][k]);
+        }
+    mc_buffer *bi = msl_buffer(d, sizeof in, in), *bo = msl_buffer(d, sizeof out, NULL), *bf = msl_buffer(d, sizeof f, NULL);
+    CHECK(bi && bo && bf);
+    slot s[3] = {{bi, NULL, 0}, {bo, NULL, 0}, {bf, NULL, 0}};
+    CHECK_OK(msl_run(d, p, s, 3, (mc_size3){2, 1, 1}, (mc_size3){32, 1, 1}, 0));
+    CHECK_OK(mc_buffer_read(bo, 0, out, sizeof out));
+    CHECK_OK(mc_buffer_read(bf, 0, f, sizeof f));
+    for (int i = 0; i < N; i++) {
+        float x = a[i][0], y = a[i][1], z = a[i][2], w = a[i][3];
+        /* b = xxxx; b.zyx = 2 * (x, y, z); b.xy = b.yx; c = (w, z, 1);
+         * d = (x + z, y + w); d.yx += (w, w) */
+        float dx = x + z + w, dy = y + w + w;
+        const float want[12] = {2 * y, 2 * z, 2 * x, x, w, z, 1, dx, dx, dy, y, w};
+        for (int k = 0; k < 12; k++) CHECK_FLOAT_NEAR(half_value(out[i * 12 + k]), want[k], 0.0);
+        const float wantf[4] = {z + 1, w + z, x + w, y + dy};
+        for (int k = 0; k < 4; k++) CHECK_FLOAT_NEAR(f[i * 4 + k], wantf[k], 0.0);
+    }
+    /* writing through a swizzle that names a component twice is an error, as in MSL */
+    if (mct_device_kind(d) != MC_DEVICE_METAL &&
+        expect_refused(d,
+                       "kernel void k(device half4 *o [[buffer(0)]]) {\n  half4 h = o[0];\n  h.xx = half2(1.0h);\n"
+                       "  o[0] = h;\n}\n",
+                       "names a component twice"))
+        return 1;
+    return msl_done(d);
+}
+
 MC_TEST(msl_vector_function_constants)
 {
     OPEN_MSL_DEVICE(d);

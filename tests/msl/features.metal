@@ -153,3 +153,21 @@ kernel void vector_constants(device float *o [[buffer(0)]], uint i [[thread_posi
     o[14] = float(u.w);
     o[15] = is_function_constant_defined(vc_f2) ? 1.0f : 0.0f;
 }
+
+// half vector swizzles: read (xy, zyx, xxxx, rgba names), write (zyx = ...,
+// a swap through itself, compound), in constructors and mixed with float.
+kernel void half_swizzles(device const half4 *in [[buffer(0)]], device half4 *out [[buffer(1)]],
+                          device float4 *f [[buffer(2)]], uint i [[thread_position_in_grid]])
+{
+    half4 a = in[i];
+    half4 b = a.xxxx;
+    b.zyx = a.xyz * 2.0h;
+    b.xy = b.yx;
+    half3 c = half3(a.wz, 1.0h);
+    half2 d = a.rg + a.ba;
+    d.yx += half2(a.ww);
+    out[3 * i + 0] = b;
+    out[3 * i + 1] = half4(c, d.x);
+    out[3 * i + 2] = half4(d, a.yw);
+    f[i] = float4(a.zw, float2(a.xy)) + float4(float3(c.zyx), float(d.y));
+}
