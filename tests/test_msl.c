@@ -474,6 +474,43 @@ MC_TEST(msl_barrier_tiled_reduction)
     return msl_done(d);
 }
 
+MC_TEST(msl_threadgroup_slots_above_zero)
+{
+    OPEN_MSL(d, lib, "barriers.metal");
+    mc_pipeline *p = msl_pipeline(d, lib, "tg_slots", NULL, 0);
+    CHECK(p);
+    enum { G = 3, T = 64 };
+    int32_t in[G * T], out[G * T];
+    for (int i = 0; i < G * T; i++) in[i] = (i * 29 % 101) - 50;
+    mc_buffer *bi = msl_buffer(d, sizeof in, in), *bo = msl_buffer(d, sizeof out, NULL);
+    CHECK(bi && bo);
+    mc_queue *q = NULL;
+    mc_cmdbuf *cb = NULL;
+    mc_pass *pass = NULL;
+    CHECK_OK(mc_queue_create(d, NULL, &q));
+    CHECK_OK(mc_cmdbuf_create(q, NULL, &cb));
+    CHECK_OK(mc_cmdbuf_begin_pass(cb, "tg_slots", &pass));
+    CHECK_OK(mc_pass_set_pipeline(pass, p));
+    CHECK_OK(mc_pass_set_buffer(pass, 0, bi, 0));
+    CHECK_OK(mc_pass_set_buffer(pass, 1, bo, 0));
+    /* slot 1 is set but unused: slot 2 comes after it, at 256 + 112 bytes on CUDA */
+    CHECK_OK(mc_pass_set_threadgroup_memory(pass, 0, T * sizeof(int32_t)));
+    CHECK_OK(mc_pass_set_threadgroup_memory(pass, 1, 100));
+    CHECK_OK(mc_pass_set_threadgroup_memory(pass, 2, T * sizeof(int32_t)));
+    CHECK_OK(mc_pass_dispatch(pass, (mc_size3){G, 1, 1}, (mc_size3){T, 1, 1}));
+    CHECK_OK(mc_pass_end(pass));
+    CHECK_OK(mc_cmdbuf_commit(cb));
+    CHECK_OK(mc_cmdbuf_wait(cb, MC_WAIT_FOREVER));
+    CHECK_OK(mc_cmdbuf_status(cb, NULL));
+    mc_cmdbuf_release(cb);
+    mc_queue_release(q);
+    CHECK_OK(mc_buffer_read(bo, 0, out, sizeof out));
+    for (int g = 0; g < G; g++)
+        for (int l = 0; l < T; l++)
+            CHECK_EQ(out[g * T + l], in[g * T + (T - 1 - l)] + 10 * in[g * T + (l + 1) % T]);
+    return msl_done(d);
+}
+
 MC_TEST(msl_barrier_scan_and_matmul)
 {
     OPEN_MSL(d, lib, "barriers.metal");

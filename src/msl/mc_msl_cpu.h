@@ -1322,10 +1322,20 @@ namespace mc {
  * taking part, as on Apple GPUs. Reductions walk the active lanes in lane
  * order, so float results match the CPU device's bit for bit. */
 static inline uint lane_id() { return __nvvm_read_ptx_sreg_laneid(); }
+/* activemask reads the lanes that execute this very instruction, so it
+ * must stay where the call is. LLVM's SimplifyCFG hoists instructions that
+ * begin both arms of an if, identically, above the branch: the two copies
+ * of a SIMD-group function's first instruction in `if (lane % 2 == 0) a =
+ * simd_sum(v); else b = simd_min(v);` became one activemask before the
+ * branch, which read all 32 lanes, and each arm then reduced over both
+ * (msl_simd_groups_non_uniform on an H100: 55 where 19 is right). A local's
+ * address as an operand makes every inlined copy a distinct instruction,
+ * which is never merged with another or moved out of its arm (volatile). */
 static inline uint active_mask()
 {
     uint m;
-    asm volatile("activemask.b32 %0;" : "=r"(m));
+    char here;
+    asm volatile("activemask.b32 %0;" : "=r"(m) : "l"(&here));
     return m;
 }
 template <class T> static inline T shfl(uint mask, T v, uint src)
@@ -1527,7 +1537,28 @@ template <class P> static inline P attr(uint v) { return (P)v; }
  * `constant T&` by value (the bytes bound to the slot). */
 template <class P> struct cuda_param { typedef typename remove_cv<typename remove_ref<P>::type>::type type; };
 template <class P> struct cuda_param<P *> { typedef P *type; };
-extern "C" __attribute__((__shared__)) char mc_threadgroup_memory[];
+extern "C" __attribute__((__shared__)) __attribute__((aligned(16))) char mc_threadgroup_memory[];
+/* [[threadgroup(n)]] slots share the one dynamic shared block, slot 0
+ * first, each rounded up to 16 bytes: the CUDA device's layout (tg_total
+ * in src/backends/cuda/cuda_queue.c). A kernel that uses a slot above 0
+ * needs the sizes the pass set to find it: they are its parameter 31,
+ * after the 31 buffer slots (tg_sizes). */
+struct tg_sizes {
+    uint size[MC_CPU_MAX_TG_MEM];
+};
+static inline char *tg_slot(const tg_sizes &s, uint slot)
+{
+    uint off = 0, any = 0, dyn;
+    for (uint j = 0; j < MC_CPU_MAX_TG_MEM; j++) {
+        if (j < slot) off += (s.size[j] + 15u) & ~15u;
+        any |= s.size[j];
+    }
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
+    /* memory was set but no sizes came: every slot would start at 0 and
+     * overlap, a wrong result; stop the kernel instead */
+    if (!any && dyn) __builtin_trap();
+    return mc_threadgroup_memory + off;
+}
 static inline ids cuda_ids()
 {
     ids t;
