@@ -40,6 +40,13 @@ static bool build_material(mc_device *d, const mc__cache_req *r, mc__bytes *m, b
         compiler[sizeof compiler - 1] = '\0';
     }
     const char *comp = *identity_known ? compiler : "(unknown compiler)";
+    /* function constants in one order whatever order they came in, so
+     * the same set hits and two sets never share an entry */
+    mc__bytes fc = {NULL, 0, 0, false};
+    if (!mc__cache_encode_constants(r->constants, r->constant_count, &fc)) {
+        free(fc.p);
+        return false;
+    }
     mc__cache_material mat = {
         .runtime = {MC_VERSION_STRING, strlen(MC_VERSION_STRING)}, /* backends' import formats may change */
         .backend = {d->hal->name, strlen(d->hal->name)},
@@ -51,8 +58,10 @@ static bool build_material(mc_device *d, const mc__cache_req *r, mc__bytes *m, b
         .function = {r->function, strlen(r->function)},
         .max_total_threads_per_threadgroup = r->max_total_threads_per_threadgroup,
         .simd_multiple = r->threadgroup_size_is_multiple_of_simd_width ? 1u : 0u,
+        .constants = {(const char *)fc.p, fc.n},
     };
     mc__cache_encode_material(&mat, m);
+    free(fc.p);
     return !m->oom;
 }
 
@@ -64,6 +73,8 @@ static mc_status pipeline_from_lib(mc_device *d, mc_library *lib, const mc__cach
     pd.max_total_threads_per_threadgroup = r->max_total_threads_per_threadgroup;
     pd.threadgroup_size_is_multiple_of_simd_width = r->threadgroup_size_is_multiple_of_simd_width;
     pd.label = r->label;
+    pd.constants = r->constants;
+    pd.constant_count = r->constant_count;
     return mc_pipeline_create(d, &pd, out);
 }
 
@@ -152,7 +163,17 @@ static mc_status build(struct mc__cache *c, const mc__cache_req *r, const mc__by
                 d->hal->library_destroy(d->hd, hl);
                 return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
             }
-            mc_status s = pipeline_wrap(d, lib, hp, &info, r, out);
+            /* With function constants the pipeline is made again from the
+             * archived library by pipeline creation, which specialises it
+             * on every device; an import need not (CUDA's makes the plain
+             * function), and a plain pipeline would silently ignore them. */
+            mc_status s;
+            if (r->constant_count) {
+                d->hal->pipeline_destroy(d->hd, hp);
+                s = pipeline_from_lib(d, lib, r, out);
+            } else {
+                s = pipeline_wrap(d, lib, hp, &info, r, out);
+            }
             if (s != MC_OK) {
                 mc__cache_lib_final(d, lib);
                 return s;
