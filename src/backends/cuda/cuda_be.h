@@ -331,6 +331,22 @@ typedef struct mc__cuda_pipeline {
     _Atomic int dyn_smem; /* dynamic shared memory the function is opted in to */
 } mc__cuda_pipeline;
 
+/* An MSL kernel with a [[threadgroup(n)]] slot above 0 takes the lengths
+ * of the pass's threadgroup slots as its last parameter, 31: eight
+ * uint32_t, so each slot lies at its offset in the one dynamic shared
+ * block (the CUDA entry points of src/backends/cpu/cpu_msl_cuda.c). Told
+ * from the function's parameters: 32, the last of 32 bytes. */
+#define MC__CUDA_TG_SIZES_PARAM 31u
+static inline bool mc__cuda_takes_tg_sizes(const mc__cuda_pipeline *pl)
+{
+    return pl->nparams == (int32_t)MC__CUDA_TG_SIZES_PARAM + 1 && pl->param_size &&
+           pl->param_size[MC__CUDA_TG_SIZES_PARAM] == MC__CUDA_MAX_TG * sizeof(uint32_t);
+}
+static inline void mc__cuda_tg_sizes(const size_t tg[MC__CUDA_MAX_TG], uint32_t out[MC__CUDA_MAX_TG])
+{
+    for (uint32_t i = 0; i < MC__CUDA_MAX_TG; i++) out[i] = (uint32_t)tg[i];
+}
+
 /* One submission in flight on a queue. */
 struct mc__cuda_rec {
     mc__cuda_rec *next;

@@ -432,10 +432,11 @@ static mc_status constants_pipeline(mc__cuda_device *dev, mc__cuda_library *lib,
     mc_cpu_constants c;
     memset(&c, 0, sizeof c);
     for (uint32_t i = 0; i < desc->constant_count; i++) {
-        if (fc[i].index >= MC_CPU_MAX_CONSTANTS || !fc[i].value || fc[i].size == 0 || fc[i].size > 8)
+        if (fc[i].index >= MC_CPU_MAX_CONSTANTS || !fc[i].value || fc[i].size == 0 ||
+            fc[i].size > MC_CPU_CONSTANT_SIZE)
             return mc__fail(MC_ERR_INVALID_ARGUMENT,
-                            "function constant %u: index %u (below %u), size %u (1 to 8 bytes) and a value are needed",
-                            i, fc[i].index, MC_CPU_MAX_CONSTANTS, fc[i].size);
+                            "function constant %u: index %u (below %u), size %u (1 to %u bytes) and a value are needed",
+                            i, fc[i].index, MC_CPU_MAX_CONSTANTS, fc[i].size, MC_CPU_CONSTANT_SIZE);
         c.defined[fc[i].index / 64] |= 1ull << (fc[i].index % 64);
         memcpy(&c.value[fc[i].index], fc[i].value, fc[i].size);
     }

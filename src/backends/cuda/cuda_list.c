@@ -300,7 +300,13 @@ mc_status mc__cuda_cmdlist_create(void *devp, const mc__list_desc *d, void **out
                 l->has_indirect = true;
             }
             s = check_cmd(dev, d, lc, k);
-            if (s == MC_OK) s = make_params(d, lc, av, bound, k);
+            uint32_t tg_sizes[MC__CUDA_MAX_TG], lbound = bound;
+            if (mc__cuda_takes_tg_sizes(pl) && !((bound >> MC__CUDA_TG_SIZES_PARAM) & 1u)) {
+                mc__cuda_tg_sizes(tg, tg_sizes); /* copied by make_params */
+                av[MC__CUDA_TG_SIZES_PARAM] = (argval){.p = tg_sizes, .len = sizeof tg_sizes};
+                lbound |= 1u << MC__CUDA_TG_SIZES_PARAM;
+            }
+            if (s == MC_OK) s = make_params(d, lc, av, lbound, k);
             k++;
             break;
         }

@@ -93,11 +93,17 @@ static mc_status build_params(mc__cuda_queue *q, mc__cuda_rec *r, const mc__cuda
         q->params_cap = ncap;
     }
     size_t used = 0;
+    uint32_t tg_sizes[MC__CUDA_MAX_TG];
+    bool pass_tg_sizes = mc__cuda_takes_tg_sizes(pl) && !((q->bound >> MC__CUDA_TG_SIZES_PARAM) & 1u);
+    if (pass_tg_sizes) mc__cuda_tg_sizes(q->tg, tg_sizes);
     for (uint32_t i = 0; i < n; i++) {
         size_t need = (pl->param_size && (int32_t)i < pl->nparams) ? pl->param_size[i] : 0;
         const void *src = NULL;
         size_t have = 0;
-        if (i < MC__CUDA_MAX_SLOTS && ((q->bound >> i) & 1u)) {
+        if (pass_tg_sizes && i == MC__CUDA_TG_SIZES_PARAM) {
+            src = tg_sizes; /* on the stack: copied into the staging area below */
+            have = need;
+        } else if (i < MC__CUDA_MAX_SLOTS && ((q->bound >> i) & 1u)) {
             if (q->arg_kind[i] == ARG_PTR) {
                 src = &q->arg_ptr[i];
                 have = sizeof(CUdeviceptr);
@@ -106,7 +112,7 @@ static mc_status build_params(mc__cuda_queue *q, mc__cuda_rec *r, const mc__cuda
                 have = q->arg_len[i];
             }
         }
-        if (src && have >= need) {
+        if (src && have >= need && src != (const void *)tg_sizes) {
             q->params[i] = (void *)src; /* only read by the driver */
             continue;
         }
