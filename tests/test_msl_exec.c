@@ -87,6 +87,9 @@ static const char paths_src[] =
 
 MC_TEST(msl_exec_path_per_kernel)
 {
+    /* own_barriers would run as region loops (msl_regions_path_per_kernel):
+     * this test is about the coroutine rewrite */
+    setenv("MC_MSL_REGIONS", "0", 1);
     char *cpp = translate_cpu(paths_src);
     CHECK(cpp);
     char r[64];
@@ -473,5 +476,312 @@ MC_TEST(msl_plain_groups_run_row_by_row)
     mc_pipeline_release(p);
     mc_library_release(lib);
     mc_device_release(d);
+    return 0;
+}
+
+/* ---- region loops ------------------------------------------------------------------- */
+
+/* Kernels whose barriers sit at the top level of their body, or at the top
+ * level of a loop there with a header every thread evaluates alike, run as
+ * region loops: each stretch between barriers is one loop over the group's
+ * threads (src/backends/cpu/cpu_msl_regions.c). Each runs here against a
+ * host reference and against the coroutine path (MC_MSL_REGIONS=0), which
+ * must give the same bits. */
+/* tests/msl/regions.metal, or NULL */
+static char *regions_source(void)
+{
+    size_t len = 0;
+    return mct_read_file(MC_SOURCE_DIR "/tests/msl/regions.metal", &len);
+}
+
+/* One argument of a region test: a buffer (its bytes; read back after the
+ * run into `back` if not NULL), bytes by value, or threadgroup memory of
+ * `size` bytes. */
+enum { RK_BUF, RK_BYTES, RK_TG };
+typedef struct rk_arg {
+    int kind;
+    const void *data;
+    size_t size;
+    void *back;
+} rk_arg;
+
+/* Runs fn of tests/msl/regions.metal on the CPU device with region loops on or off,
+ * after checking from the translation that it takes that path. 77: not
+ * the CPU device. */
+static int rk_run(const char *fn, bool regions, mc_size3 groups, mc_size3 threads, rk_arg *args, uint32_t nargs)
+{
+    setenv("MC_MSL_REGIONS", regions ? "1" : "0", 1);
+    char *src = regions_source();
+    CHECK(src);
+    char *cpp = translate_cpu(src);
+    CHECK(cpp);
+    char r[64];
+    CHECK(runner_of(cpp, fn, r, sizeof r));
+    if (strcmp(r, regions ? "mc::run_regions" : "mc::run_group_coro") != 0) fprintf(stderr, "%s runs with %s\n", fn, r);
+    CHECK(strcmp(r, regions ? "mc::run_regions" : "mc::run_group_coro") == 0);
+    free(cpp);
+    mc_device *d = mct_open_device(0);
+    if (!d) MC_SKIP("the device named by MC_DEVICE cannot be opened");
+    if (mct_device_kind(d) != MC_DEVICE_CPU) {
+        mc_device_release(d);
+        MC_SKIP("region loops are the CPU device's way to run barriers");
+    }
+    mc_library *lib = msl_lib(d, src, NULL);
+    free(src);
+    CHECK(lib);
+    mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
+    pd.library = lib;
+    pd.function = fn;
+    mc_pipeline *p = NULL;
+    CHECK_OK(mc_pipeline_create(d, &pd, &p));
+    mc_buffer *bufs[8] = {NULL};
+    mc_queue *q = NULL;
+    mc_cmdbuf *cb = NULL;
+    mc_pass *pass = NULL;
+    CHECK_OK(mc_queue_create(d, NULL, &q));
+    CHECK_OK(mc_cmdbuf_create(q, NULL, &cb));
+    CHECK_OK(mc_cmdbuf_begin_pass(cb, fn, &pass));
+    CHECK_OK(mc_pass_set_pipeline(pass, p));
+    uint32_t slot = 0;
+    for (uint32_t a = 0; a < nargs && a < 8; a++) {
+        if (args[a].kind == RK_TG) {
+            CHECK_OK(mc_pass_set_threadgroup_memory(pass, 0, args[a].size));
+            continue;
+        }
+        if (args[a].kind == RK_BYTES) {
+            CHECK_OK(mc_pass_set_bytes(pass, slot++, args[a].data, args[a].size));
+            continue;
+        }
+        mc_buffer_desc bd = MC_BUFFER_DESC_INIT;
+        bd.size = args[a].size;
+        bd.initial_data = args[a].data;
+        CHECK_OK(mc_buffer_create(d, &bd, &bufs[a]));
+        CHECK_OK(mc_pass_set_buffer(pass, slot++, bufs[a], 0));
+    }
+    CHECK_OK(mc_pass_dispatch(pass, groups, threads));
+    CHECK_OK(mc_pass_end(pass));
+    CHECK_OK(mc_cmdbuf_commit(cb));
+    CHECK_OK(mc_cmdbuf_wait(cb, MC_WAIT_FOREVER));
+    CHECK_OK(mc_cmdbuf_status(cb, NULL));
+    for (uint32_t a = 0; a < nargs && a < 8; a++) {
+        if (!bufs[a]) continue;
+        if (args[a].back) CHECK_OK(mc_buffer_read(bufs[a], 0, args[a].back, args[a].size));
+        mc_buffer_release(bufs[a]);
+    }
+    mc_cmdbuf_release(cb);
+    mc_queue_release(q);
+    mc_pipeline_release(p);
+    mc_library_release(lib);
+    mc_device_release(d);
+    unsetenv("MC_MSL_REGIONS");
+    return 0;
+}
+
+/* Runs fn both ways; out (the buffer argument `which`, n bytes) must be
+ * want on both and the same bits on both. */
+static int rk_both(const char *fn, mc_size3 groups, mc_size3 threads, rk_arg *args, uint32_t nargs, uint32_t which,
+                   const void *want, size_t n)
+{
+    void *got[2];
+    for (int way = 0; way < 2; way++) {
+        got[way] = calloc(1, n);
+        CHECK(got[way]);
+        args[which].back = got[way];
+        int rc = rk_run(fn, way == 0, groups, threads, args, nargs);
+        if (rc) return rc;
+    }
+    bool same = memcmp(got[0], got[1], n) == 0, right = memcmp(got[0], want, n) == 0;
+    if (!same || !right) {
+        const uint32_t *g0 = got[0], *g1 = got[1], *w = want;
+        for (size_t i = 0, bad = 0; i < n / 4 && bad < 5; i++)
+            if (g0[i] != w[i] || g1[i] != w[i])
+                fprintf(stderr, "%s [%zu]: regions %#x, coroutines %#x, want %#x\n", fn, i, g0[i], g1[i], w[i]), bad++;
+    }
+    free(got[0]);
+    free(got[1]);
+    CHECK(same);
+    CHECK(right);
+    return 0;
+}
+
+/* The tree reduction of `bench msl`, in groups of 256 and of 48 (not a
+ * multiple of 32: its odd steps drop values, as the kernel says). */
+MC_TEST(msl_regions_tree_reduction)
+{
+    static const uint32_t sizes[] = {256, 48, 1024};
+    for (size_t k = 0; k < 3; k++) {
+        const uint32_t T = sizes[k], G = 7, N = T * G;
+        float *in = malloc(N * sizeof *in), *want = calloc(G, sizeof *want), *s = malloc(T * sizeof *s);
+        CHECK(in && want && s);
+        for (uint32_t i = 0; i < N; i++) in[i] = (float)((i * 37u) % 11u) - 5.0f;
+        for (uint32_t g = 0; g < G; g++) {
+            memcpy(s, in + g * T, T * sizeof *s);
+            for (uint32_t st = T / 2; st > 0; st >>= 1)
+                for (uint32_t l = 0; l < st; l++) s[l] += s[l + st];
+            want[g] = s[0];
+        }
+        rk_arg args[] = {{RK_BUF, in, N * sizeof *in, NULL}, {RK_BUF, want, G * sizeof *want, NULL}};
+        int rc = rk_both("rg_reduce", (mc_size3){G, 1, 1}, (mc_size3){T, 1, 1}, args, 2, 1, want, G * sizeof *want);
+        free(in);
+        free(want);
+        free(s);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+MC_TEST(msl_regions_hillis_steele_scan)
+{
+    static const uint32_t sizes[] = {256, 100};
+    for (size_t k = 0; k < 2; k++) {
+        const uint32_t T = sizes[k], G = 5, N = T * G;
+        uint32_t *in = malloc(N * 4), *want = malloc(N * 4);
+        CHECK(in && want);
+        for (uint32_t i = 0; i < N; i++) in[i] = (i * 2654435761u) >> 20;
+        for (uint32_t g = 0; g < G; g++) {
+            uint32_t acc = 0;
+            for (uint32_t l = 0; l < T; l++) {
+                want[g * T + l] = acc; /* exclusive within the group */
+                acc += in[g * T + l];
+            }
+        }
+        rk_arg args[] = {{RK_BUF, in, N * 4, NULL}, {RK_BUF, want, N * 4, NULL}, {RK_TG, NULL, 2 * T * 4, NULL}};
+        int rc = rk_both("rg_hillis", (mc_size3){G, 1, 1}, (mc_size3){T, 1, 1}, args, 3, 1, want, N * 4);
+        free(in);
+        free(want);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+MC_TEST(msl_regions_blelloch_scan)
+{
+    static const uint32_t sizes[] = {128, 1024, 32};
+    for (size_t k = 0; k < 3; k++) {
+        const uint32_t T = sizes[k], G = 3, N = 2 * T * G;
+        uint32_t *in = malloc(N * 4), *want = malloc(N * 4);
+        CHECK(in && want);
+        for (uint32_t i = 0; i < N; i++) in[i] = (i * 40503u + 7u) % 1000u;
+        for (uint32_t g = 0; g < G; g++) {
+            uint32_t acc = 0;
+            for (uint32_t l = 0; l < 2 * T; l++) {
+                want[g * 2 * T + l] = acc;
+                acc += in[g * 2 * T + l];
+            }
+        }
+        rk_arg args[] = {{RK_BUF, in, N * 4, NULL}, {RK_BUF, want, N * 4, NULL}};
+        int rc = rk_both("rg_blelloch", (mc_size3){G, 1, 1}, (mc_size3){T, 1, 1}, args, 2, 1, want, N * 4);
+        free(in);
+        free(want);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+MC_TEST(msl_regions_tiled_matmul)
+{
+    enum { n = 64 };
+    float *A = malloc(n * n * 4), *B = malloc(n * n * 4), *C = malloc(n * n * 4);
+    CHECK(A && B && C);
+    for (uint32_t i = 0; i < n * n; i++) {
+        A[i] = (float)((i * 7u) % 5u) - 2.0f; /* small integers: every sum exact */
+        B[i] = (float)((i * 3u) % 7u) - 3.0f;
+    }
+    for (uint32_t y = 0; y < n; y++)
+        for (uint32_t x = 0; x < n; x++) {
+            float acc = 0.0f;
+            for (uint32_t k = 0; k < n; k++) acc += A[y * n + k] * B[k * n + x];
+            C[y * n + x] = acc;
+        }
+    uint32_t nn = n;
+    rk_arg args[] = {{RK_BUF, A, n * n * 4, NULL},
+                     {RK_BUF, B, n * n * 4, NULL},
+                     {RK_BUF, C, n * n * 4, NULL},
+                     {RK_BYTES, &nn, 4, NULL}};
+    int rc = rk_both("rg_matmul", (mc_size3){n / 16, n / 16, 1}, (mc_size3){16, 16, 1}, args, 4, 2, C, n * n * 4);
+    free(A);
+    free(B);
+    free(C);
+    return rc;
+}
+
+/* Threads leave before the first barrier and between the two; in groups
+ * of 100 (not a multiple of 32) and 1024. */
+MC_TEST(msl_regions_early_returns)
+{
+    static const uint32_t sizes[] = {100, 1024, 100};
+    static const uint32_t lives[] = {77, 1000, 100};
+    for (size_t k = 0; k < 3; k++) {
+        const uint32_t T = sizes[k], G = 3, N = T * G, live = lives[k];
+        uint32_t *want = malloc(N * 4), *b = malloc(T * 4);
+        CHECK(want && b);
+        for (uint32_t g = 0; g < G; g++) {
+            for (uint32_t l = 0; l < live; l++) b[l] = ((l + 1) % live) * 7u + 1u + l * 7u + 1u;
+            for (uint32_t l = 0; l < T; l++) {
+                uint32_t *o = &want[g * T + l];
+                if (l >= live) *o = 0xffffffffu;
+                else if (l % 3u == 1u) *o = ((l + 1) % live) * 7u + 1u;
+                else *o = b[(l + 2) % live] ^ (l * 7u + 1u);
+            }
+        }
+        rk_arg args[] = {{RK_BUF, want, N * 4, NULL}, {RK_BYTES, &live, 4, NULL}};
+        int rc = rk_both("rg_returns", (mc_size3){G, 1, 1}, (mc_size3){T, 1, 1}, args, 2, 0, want, N * 4);
+        free(want);
+        free(b);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+/* 1024-thread 2-D groups, 2 x 3 of them. */
+MC_TEST(msl_regions_2d_groups_of_1024)
+{
+    enum { TX = 32, TY = 32, GX = 2, GY = 3, W = TX * GX, H = TY * GY };
+    uint32_t *in = malloc(W * H * 4), *want = malloc(W * H * 4);
+    CHECK(in && want);
+    for (uint32_t i = 0; i < W * H; i++) in[i] = (i * 2246822519u) >> 22;
+    for (uint32_t gy = 0; gy < GY; gy++)
+        for (uint32_t gx = 0; gx < GX; gx++)
+            for (uint32_t ly = 0; ly < TY; ly++) {
+                uint32_t rowsum = 0;
+                for (uint32_t lx = 0; lx < TX; lx++) /* row ly of the transposed tile */
+                    rowsum += in[(gy * TY + lx) * W + gx * TX + ly];
+                for (uint32_t lx = 0; lx < TX; lx++) {
+                    uint32_t v = in[(gy * TY + ly) * W + gx * TX + lx];
+                    uint32_t tv = in[(gy * TY + lx) * W + gx * TX + ly];
+                    want[(gy * TY + ly) * W + gx * TX + lx] = (tv << 8) ^ rowsum ^ (ly * TX + lx) ^ (v << 20);
+                }
+            }
+    rk_arg args[] = {{RK_BUF, in, W * H * 4, NULL}, {RK_BUF, want, W * H * 4, NULL}};
+    int rc = rk_both("rg_tile2d", (mc_size3){GX, GY, 1}, (mc_size3){TX, TY, 1}, args, 2, 1, want, W * H * 4);
+    free(in);
+    free(want);
+    return rc;
+}
+
+/* Barriers in a while loop, in groups of 256 and 100 (odd widths). */
+MC_TEST(msl_regions_while_loop)
+{
+    static const uint32_t sizes[] = {256, 100};
+    for (size_t k = 0; k < 2; k++) {
+        const uint32_t T = sizes[k], G = 4, N = T * G;
+        uint32_t *in = malloc(N * 4), *want = malloc(G * 4), *v = malloc(T * 4);
+        CHECK(in && want && v);
+        for (uint32_t i = 0; i < N; i++) in[i] = (i * 2654435761u) >> 24;
+        for (uint32_t g = 0; g < G; g++) {
+            memcpy(v, in + g * T, T * 4);
+            for (uint32_t w = T; w > 1; w = (w + 1) / 2) {
+                uint32_t h = (w + 1) / 2;
+                for (uint32_t l = 0; l < w / 2; l++) v[l] = (v[l] > v[l + h] ? v[l] : v[l + h]) + 1;
+            }
+            want[g] = v[0];
+        }
+        rk_arg args[] = {{RK_BUF, in, N * 4, NULL}, {RK_BUF, want, G * 4, NULL}};
+        int rc = rk_both("rg_while", (mc_size3){G, 1, 1}, (mc_size3){T, 1, 1}, args, 2, 1, want, G * 4);
+        free(in);
+        free(want);
+        free(v);
+        if (rc) return rc;
+    }
     return 0;
 }

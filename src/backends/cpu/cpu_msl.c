@@ -230,6 +230,7 @@ typedef struct kern {
     uint32_t name_tok;
     bool fibers; /* it or a function it calls uses barriers or SIMD-group functions */
     bool coro;   /* its threads run as coroutines (plan_coroutines) */
+    bool regions; /* it runs as region loops (plan_regions, cpu_msl_regions.c) */
     int32_t guard; /* its function in fn_bodies when its bounds test is hoisted (plan_guards), else -1 */
     uint32_t nparam;
     param params[MAX_PARAMS];
@@ -617,6 +618,7 @@ static void inherit_template_fibers(xlat *x)
 }
 
 static bool coro_rewrite(xlat *x, size_t i);
+static bool regions_rewrite(xlat *x, size_t *i);
 static bool guard_rewrite(xlat *x, size_t i);
 static bool coro_tg_var(xlat *x, size_t i, size_t name, size_t semi);
 
@@ -628,6 +630,7 @@ static bool translate_tokens(xlat *x)
     int fn_depth = -1;    /* brace depth of the current function body at depth 0 -> 1 */
     char tg_sum[2048] = ""; /* sizeof() terms of this function's threadgroup variables */
     for (size_t i = 0; i < x->L.n && !x->error; i++) {
+        if (regions_rewrite(x, &i)) continue;
         const tok *t = &x->L.t[i];
         const char *ts = x->s + t->start;
         if (t->kind == T_PP) {
@@ -869,6 +872,7 @@ typedef struct fn_bodies {
     bool uses[MAX_FNS];
     bool coro[MAX_FNS]; /* a kernel whose threads run as coroutines */
     struct guard_plan *guard[MAX_FNS]; /* a kernel whose bounds test is hoisted, else NULL */
+    struct region_plan *regions[MAX_FNS]; /* a kernel run as region loops, else NULL */
 } fn_bodies;
 
 static void find_functions(const xlat *x, fn_bodies *F)
@@ -905,6 +909,7 @@ static void find_functions(const xlat *x, fn_bodies *F)
             F->name[F->n] = nm, F->body_b[F->n] = i, F->body_e[F->n] = e, F->uses[F->n] = any;
             F->coro[F->n] = false;
             F->guard[F->n] = NULL;
+            F->regions[F->n] = NULL;
             F->n++;
         } else if (any) {
             F->global = true;
@@ -943,6 +948,8 @@ static void mark_fiber_kernels(xlat *x)
         /* the body that was rewritten is this kernel's own (not a namesake's) */
         for (size_t f = 0; f < F->n && kn->fibers; f++)
             if (F->coro[f] && F->name[f] == kn->name_tok) kn->coro = true;
+        for (size_t f = 0; f < F->n && kn->fibers; f++)
+            if (F->regions[f] && F->name[f] == kn->name_tok) kn->regions = true;
         for (size_t f = 0; f < F->n && !kn->fibers; f++)
             if (F->guard[f] && F->name[f] == kn->name_tok) kn->guard = (int32_t)f;
     }
@@ -1300,11 +1307,15 @@ static void emit_wrappers(xlat *x)
             emit_guard_test(x, kn);
             putf(o, "    mc::run_loop_guarded(ctx, body, body_full, pass);\n}\n");
         } else {
-            putf(o, "    mc::%s(ctx, body);\n}\n", kn->coro ? "run_group_coro" : kn->fibers ? "run_group" : "run_loop");
+            putf(o, "    mc::%s(ctx, body);\n}\n",
+                 kn->regions ? "run_regions" : kn->coro ? "run_group_coro" : kn->fibers ? "run_group" : "run_loop");
         }
         if (!kn->fibers && kn->guard < 0 && !kn->callee) emit_rows_entry(x, kn); /* rows call the kernel by its own name */
     }
 }
+
+#define MC__MSL_REGIONS_INLINE
+#include "backends/cpu/cpu_msl_regions.c" /* until the front end is split into files */
 
 mc_status mc__cpu_msl_translate(const char *source, size_t len, char **cpp, size_t *cpp_len, char **log)
 {
@@ -1341,6 +1352,7 @@ mc_status mc__msl_translate(const char *source, size_t len, mc__msl_target targe
     x.fns = fns;
     if (target == MC__MSL_CPU) {
         plan_coroutines(&x);
+        plan_regions(&x);
         plan_guards(&x);
     }
     x.tmpl_end = SIZE_MAX;
@@ -1359,6 +1371,7 @@ mc_status mc__msl_translate(const char *source, size_t len, mc__msl_target targe
     free(x.kerns);
     free(x.insts);
     free_guards(fns);
+    free_regions(fns);
     free(fns);
     if (!ok) {
         free(x.out.p);
