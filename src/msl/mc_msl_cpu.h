@@ -1475,7 +1475,7 @@ template <class F> static inline void run_rows(const mc_cpu_ctx *ctx, uint32_t c
             }
         }
 }
-/* A kernel whose bounds test the front end hoisted (cpu_msl.c, "hoisted
+/* A kernel whose bounds test the front end hoisted (cpu_msl_paths.c, "hoisted
  * bounds tests"): pass(id) is the test, monotone in the x position; a
  * group whose last thread in x passes runs the kernel with the test taken
  * as passed (full), a loop without a branch. */

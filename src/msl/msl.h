@@ -1,5 +1,5 @@
 /*
- * The MSL front end (src/backends/cpu/cpu_msl.c), shared by the devices
+ * The MSL front end (src/backends/cpu/cpu_msl*.c), shared by the devices
  * that compile MSL with clang against src/msl/mc_msl_cpu.h: the CPU device
  * (C++ into a shared object) and the CUDA device (clang's CUDA mode into
  * PTX). It rewrites what C++ cannot take as written and appends one entry

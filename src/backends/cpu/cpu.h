@@ -10,7 +10,10 @@
  * Files:
  *   cpu_device.c   devices, buffers, events and the HAL table
  *   cpu_exec.c     the worker pool, queues, command execution, command lists
- *   cpu_compile.c  libraries (system C compiler + dlopen), pipelines, archive
+ *   cpu_compile.c  running the compilers (C, MSL, MSL to PTX), compiler identity
+ *   cpu_loader.c   loading kernel objects (memfd + dlopen, under loader_lock)
+ *   cpu_library.c  libraries, pipelines, the archive
+ *   cpu_msl*.c     the MSL front end (its parts: cpu_msl.h)
  *
  * Configuration (environment, read at device open):
  *   MC_TIME_LIMIT_MS       execution-time limit when the descriptor leaves
@@ -242,6 +245,16 @@ mc__cpu_job *mc__cpu_event_raise(mc__cpu_event *ev, uint64_t v);
 mc_status mc__cpu_msl_translate(const char *source, size_t len, char **cpp, size_t *cpp_len, char **log);
 /* MSL kernels may run as region loops (cpu_msl_regions.c): MC_MSL_REGIONS is not 0 or off */
 bool mc__cpu_msl_regions_on(void);
+
+/* cpu_compile.c: a C or MSL source -> the bytes of a shared object
+ * (*so, malloc'd), or MC_ERR_COMPILE with the compiler's output in *log. */
+mc_status mc__cpu_compile_object(mc_language lang, const char *source, size_t len, const char *options, void **so,
+                                 size_t *so_len, char **log);
+
+/* cpu_loader.c: dlopens the shared object in bytes (checked first); *keep_fd
+ * stays open while it is loaded (-1: none); *why (malloc'd) on failure. */
+mc_status mc__cpu_load_object(const void *bytes, size_t len, void **dl, int *keep_fd, char **why);
+void mc__cpu_loader_close(void *dl);
 
 /* cpu_exec.c */
 mc_status mc__cpu_pool_start(mc__cpu_device *dev);

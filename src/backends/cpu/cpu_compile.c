@@ -1,12 +1,14 @@
 /*
- * DOC: CPU device: libraries, pipelines and the pipeline archive
+ * DOC: CPU device: running the compilers
  *
- * C kernels are built by the system C compiler into a shared object in a
- * private temporary directory and loaded from memory (memfd), the same way
- * an archived pipeline is loaded back, so a compiled library and an
- * imported one are the same thing. The object's bytes stay with the
- * library: they are what pipeline_export archives. Kernels are plain -O3
- * code (vectorised, portable: no -march); none of the host build's flags (sanitizers included) reach them.
+ * C kernels are built by the system C compiler, MSL kernels (translated by
+ * cpu_msl.c) by clang++, into a shared object in a private temporary
+ * directory; its bytes go to cpu_library.c, which loads them (through
+ * cpu_loader.c) the same way an archived pipeline is loaded back. Kernels
+ * are plain -O3 code (vectorised, portable: no -march); none of the host
+ * build's flags (sanitizers included) reach them. Also here: the compiler
+ * identity that keys the pipeline cache, and MSL for the CUDA device (PTX
+ * from clang's CUDA mode), which runs the same compiler.
  *
  * The compiler is $CC, else the one this library was built with, else cc.
  * Options are split at white space; quoting is not supported.
@@ -14,38 +16,19 @@
 #include "backends/cpu/cpu.h"
 #include "msl/msl.h"
 
-#include <dlfcn.h>
 #include <dirent.h>
-#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
 #include <signal.h>
-#include <link.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-/* Under AddressSanitizer a kernel library stays mapped after dlclose: MSL
- * kernels are C++ with thread-local storage, and LeakSanitizer's exit-time
- * scan reads each thread's dynamic TLS blocks, which dlclose would unmap
- * under it (the scan then crashes, about one run in six). */
-#if defined(__SANITIZE_ADDRESS__)
-#define MC__DLOPEN_KEEP RTLD_NODELETE
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define MC__DLOPEN_KEEP RTLD_NODELETE
-#endif
-#endif
-#ifndef MC__DLOPEN_KEEP
-#define MC__DLOPEN_KEEP 0
-#endif
 
 #ifndef MC_CC_DEFAULT
 #define MC_CC_DEFAULT "cc"
@@ -98,12 +81,14 @@ static const char *msl_compiler_command(void)
 
 /* Fixed flags of an MSL build: part of the compiler identity. Unknown
  * attributes are MSL's [[buffer(n)]] and friends, read by cpu_msl.c. */
-#define MSL_FLAGS "-O3 -fno-math-errno -std=c++17 -fPIC -shared -fno-exceptions -fno-rtti -Wno-unknown-attributes -Wno-duplicate-decl-specifier"
+#define MSL_FLAGS                                                                                     \
+    "-O3 -fno-math-errno -std=c++17 -fPIC -shared -fno-exceptions -fno-rtti -Wno-unknown-attributes " \
+    "-Wno-duplicate-decl-specifier"
 
 typedef struct run_result {
-    bool ran;        /* the program started */
-    int exit_code;   /* -1 when killed by a signal */
-    char *out;       /* stdout and stderr, NUL-terminated (malloc'd) */
+    bool ran;      /* the program started */
+    int exit_code; /* -1 when killed by a signal */
+    char *out;     /* stdout and stderr, NUL-terminated (malloc'd) */
     size_t out_len;
 } run_result;
 
@@ -290,175 +275,11 @@ static mc_status make_temp_dir(char *dir, size_t cap)
     pthread_once(&orphans_once, remove_orphans_once);
     int n = snprintf(dir, cap, "%s/mc-cpu-%ld-XXXXXX", mc__env_str("TMPDIR", "/tmp"), (long)getpid());
     if (n < 0 || (size_t)n >= cap) return mc__fail(MC_ERR_IO, "$TMPDIR is too long");
-    if (!mkdtemp(dir)) return mc__fail(MC_ERR_IO, "cannot create a directory under %s: %s",
-                                       mc__env_str("TMPDIR", "/tmp"), strerror(errno));
+    if (!mkdtemp(dir))
+        return mc__fail(MC_ERR_IO, "cannot create a directory under %s: %s", mc__env_str("TMPDIR", "/tmp"),
+                        strerror(errno));
     return MC_OK;
 }
-
-/* ---- loading ------------------------------------------------------------------ */
-
-#if defined(__x86_64__)
-#define NATIVE_MACHINE EM_X86_64
-#elif defined(__aarch64__)
-#define NATIVE_MACHINE EM_AARCH64
-#elif defined(__i386__)
-#define NATIVE_MACHINE EM_386
-#elif defined(__arm__)
-#define NATIVE_MACHINE EM_ARM
-#elif defined(__riscv)
-#define NATIVE_MACHINE EM_RISCV
-#elif defined(__powerpc64__)
-#define NATIVE_MACHINE EM_PPC64
-#endif
-
-/* Checks that an object is a shared library for this machine and that
- * everything its headers point at lies inside it: the loader maps a
- * truncated object and dies of SIGBUS on the missing pages. */
-static const char *elf_problem(const void *bytes, size_t len)
-{
-    ElfW(Ehdr) eh;
-    if (len < sizeof eh) return "too short for an ELF header";
-    memcpy(&eh, bytes, sizeof eh);
-    if (memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0) return "not a shared object (no ELF header)";
-    if (eh.e_ident[EI_CLASS] != (sizeof(void *) == 8 ? ELFCLASS64 : ELFCLASS32)) return "wrong ELF class";
-    if (eh.e_ident[EI_DATA] != (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ ? ELFDATA2LSB : ELFDATA2MSB))
-        return "wrong byte order";
-    if (eh.e_type != ET_DYN) return "not a shared object";
-#ifdef NATIVE_MACHINE
-    if (eh.e_machine != NATIVE_MACHINE) return "built for another machine";
-#endif
-    if (eh.e_phentsize != sizeof(ElfW(Phdr)) || eh.e_phoff > len ||
-        (size_t)eh.e_phnum * sizeof(ElfW(Phdr)) > len - eh.e_phoff)
-        return "program headers outside the object";
-    if (eh.e_shoff && (eh.e_shoff > len || (size_t)eh.e_shnum * eh.e_shentsize > len - eh.e_shoff))
-        return "section headers outside the object (truncated)";
-    for (size_t i = 0; i < eh.e_phnum; i++) {
-        ElfW(Phdr) ph;
-        memcpy(&ph, (const char *)bytes + eh.e_phoff + i * sizeof ph, sizeof ph);
-        if (ph.p_type != PT_NULL && (ph.p_offset > len || ph.p_filesz > len - ph.p_offset))
-            return "a segment lies outside the object (truncated)";
-    }
-    return NULL;
-}
-
-/* Kernel libraries are opened and closed under one lock. The dynamic
- * loader serialises these calls itself, but ThreadSanitizer cannot see its
- * lock and reports the loader's own bookkeeping as a race when two devices
- * drop their last library on two threads (the notifier thread can release
- * a device). The calls are rare and slow anyway. */
-static pthread_mutex_t loader_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static void *loader_open(const char *path, char **why)
-{
-    pthread_mutex_lock(&loader_lock);
-    void *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL | MC__DLOPEN_KEEP);
-    if (!dl) {
-        const char *e = dlerror();
-        *why = mc__strdup(e ? e : "dlopen failed");
-    }
-    pthread_mutex_unlock(&loader_lock);
-    return dl;
-}
-
-static void loader_close(void *dl)
-{
-    pthread_mutex_lock(&loader_lock);
-    dlclose(dl);
-    pthread_mutex_unlock(&loader_lock);
-}
-
-/* dlopens a shared object held in memory: through a memfd where there is
- * one, else a private temporary file unlinked right after loading.
- *
- * The memfd stays open (*fd) while the object is loaded: the dynamic
- * loader knows objects by the name they were opened with, and
- * "/proc/self/fd/N" must not name a second object while the first lives,
- * or dlopen hands back the first. */
-static mc_status load_object(const void *bytes, size_t len, void **dl, int *keep_fd, char **why)
-{
-    *dl = NULL;
-    *keep_fd = -1;
-    *why = NULL;
-    const char *bad = elf_problem(bytes, len);
-    if (bad) {
-        *why = mc__strdup(bad);
-        return MC_ERR_IO;
-    }
-    char path[PATH_MAX];
-    bool temp_file = false;
-    int fd = memfd_create("mc-kernel", MFD_CLOEXEC);
-    if (fd < 0) {
-        int n = snprintf(path, sizeof path, "%s/mc-kernel-XXXXXX", mc__env_str("TMPDIR", "/tmp"));
-        if (n < 0 || (size_t)n >= sizeof path || (fd = mkostemp(path, O_CLOEXEC)) < 0) {
-            *why = mc__asprintf("cannot create a file to load from: %s", strerror(errno));
-            return MC_ERR_IO;
-        }
-        temp_file = true;
-    } else {
-        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-    }
-    const char *p = bytes;
-    size_t left = len;
-    while (left) {
-        ssize_t n = write(fd, p, left);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        p += n;
-        left -= (size_t)n;
-    }
-    if (!left) {
-        *dl = loader_open(path, why);
-    } else {
-        *why = mc__asprintf("cannot write the shared object: %s", strerror(errno));
-    }
-    if (temp_file) unlink(path); /* a random name: reuse while loaded is not a concern */
-    if (*dl && !temp_file) *keep_fd = fd;
-    else close(fd);
-    return *dl ? MC_OK : MC_ERR_IO;
-}
-
-/* ---- libraries ------------------------------------------------------------------ */
-
-static void lib_unref(mc__cpu_library *l)
-{
-    if (!l || atomic_fetch_sub(&l->refs, 1) != 1) return;
-    if (l->dl) loader_close(l->dl);
-    if (l->fd >= 0) close(l->fd); /* after dlclose: see load_object */
-    free(l->so);
-    for (size_t i = 0; i < l->nbuiltin; i++) free(l->names[i]);
-    free(l->names);
-    free(l->fns);
-    free(l->argc);
-    free(l);
-}
-
-/* Loads so (taken over) into a new library. */
-static mc_status lib_from_object(void *so, size_t so_len, mc__cpu_library **out, char **why)
-{
-    void *dl;
-    int fd;
-    mc_status st = load_object(so, so_len, &dl, &fd, why);
-    if (st != MC_OK) {
-        free(so);
-        return st;
-    }
-    mc__cpu_library *l = mc__calloc(1, sizeof *l);
-    if (!l) {
-        loader_close(dl);
-        if (fd >= 0) close(fd);
-        free(so);
-        return MC_ERR_NO_MEMORY;
-    }
-    atomic_init(&l->refs, 1);
-    l->so = so;
-    l->so_len = so_len;
-    l->dl = dl;
-    l->fd = fd;
-    *out = l;
-    return MC_OK;
-}
-
-/* Compiles source in dir; on success *so holds the object's bytes. */
 /* -fcoroutines-ts where the MSL compiler has it, clang 14 to 16: kernels
  * whose barriers are in their own body run as coroutines (docs/MSL.md).
  * Clang 17 dropped the flag (coroutines are C++20 there; MSL stays C++17):
@@ -478,8 +299,8 @@ static bool msl_coroutines_flag(const char *command)
         static char version[] = "--version";
         argv_list a = {.n = 0};
         run_result r = {.out = NULL};
-        if (cc && push_words(&a, cc) && a.n && push_arg(&a, version) && run_capture(a.v, NULL, &r) == MC_OK &&
-            r.ran && r.exit_code == 0 && r.out) {
+        if (cc && push_words(&a, cc) && a.n && push_arg(&a, version) && run_capture(a.v, NULL, &r) == MC_OK && r.ran &&
+            r.exit_code == 0 && r.out) {
             const char *v = strstr(r.out, "clang version ");
             int major = v ? atoi(v + 14) : 0;
             bool apple = strstr(r.out, "Apple clang") != NULL; /* Apple's 16 is LLVM 17 */
@@ -494,6 +315,7 @@ static bool msl_coroutines_flag(const char *command)
     return flag;
 }
 
+/* Compiles source in dir; on success *so holds the object's bytes. */
 static mc_status compile_in(const char *dir, mc_language lang, const char *source, size_t len, const char *options,
                             void **so, size_t *so_len, char **log)
 {
@@ -538,8 +360,7 @@ static mc_status compile_in(const char *dir, mc_language lang, const char *sourc
     static char opt[] = "-O3", std[] = "-std=c11", pic[] = "-fPIC", shared[] = "-shared", o[] = "-o", lm[] = "-lm";
     argv_list a = {.n = 0};
     bool ok = cc && opts && push_words(&a, cc) && a.n > 0;
-    if (msl)
-        /* the header is found through -I. (the compiler runs in dir) */
+    if (msl) /* the header is found through -I. (the compiler runs in dir) */
         ok = ok && push_words(&a, msl_flags) && push_arg(&a, inc) && push_arg(&a, msl_include) &&
              push_arg(&a, msl_header) && push_words(&a, opts) && push_arg(&a, o) && push_arg(&a, out) &&
              push_arg(&a, src) && push_arg(&a, boost) && push_arg(&a, lm) &&
@@ -574,12 +395,13 @@ static mc_status compile_in(const char *dir, mc_language lang, const char *sourc
         if (log) *log = r.out;
         else free(r.out);
         if (!r.ran)
-            return mc__fail(MC_ERR_COMPILE, msl ? "cannot run the MSL compiler '%s' (install clang or set $MC_MSL_CXX)"
-                                                : "cannot run the C compiler '%s' (set $CC)",
+            return mc__fail(MC_ERR_COMPILE,
+                            msl ? "cannot run the MSL compiler '%s' (install clang or set $MC_MSL_CXX)"
+                                : "cannot run the C compiler '%s' (set $CC)",
                             cc_name);
         if (r.exit_code != 0)
-            return mc__fail(MC_ERR_COMPILE, "%s failed (exit %d)%s%.*s", cc_name, r.exit_code, first ? ": " : "",
-                            flen, first ? first : "");
+            return mc__fail(MC_ERR_COMPILE, "%s failed (exit %d)%s%.*s", cc_name, r.exit_code, first ? ": " : "", flen,
+                            first ? first : "");
         return mc__fail(MC_ERR_COMPILE, "%s produced no shared object", cc_name);
     }
     if (r.out_len) mc__log(MC_LOG_DEBUG, "cpu.compile_output", "%s", r.out);
@@ -587,16 +409,9 @@ static mc_status compile_in(const char *dir, mc_language lang, const char *sourc
     return MC_OK;
 }
 
-mc_status mc__cpu_library_create(void *vdev, mc_language lang, const char *source, size_t len, const char *options,
-                                 void **out, char **log)
+mc_status mc__cpu_compile_object(mc_language lang, const char *source, size_t len, const char *options, void **so,
+                                 size_t *so_len, char **log)
 {
-    (void)vdev;
-    if (log) *log = NULL;
-    if (lang != MC_LANG_C && lang != MC_LANG_MSL)
-        return mc__fail(MC_ERR_UNSUPPORTED, "the cpu device compiles MSL and C kernels, not %s",
-                        mc_language_name(lang));
-    if (!source || !out) return mc__fail(MC_ERR_INVALID_ARGUMENT, "no source or no result pointer");
-    if (!len) len = strlen(source);
     char *cpp = NULL;
     if (lang == MC_LANG_MSL) {
         size_t cpp_len = 0;
@@ -612,184 +427,10 @@ mc_status mc__cpu_library_create(void *vdev, mc_language lang, const char *sourc
         free(cpp);
         return st;
     }
-    void *so = NULL;
-    size_t so_len = 0;
-    uint64_t t0 = mc__now_ns();
-    st = compile_in(dir, lang, source, len, options, &so, &so_len, log);
+    st = compile_in(dir, lang, source, len, options, so, so_len, log);
     free(cpp);
     remove_tree(dir);
-    if (st != MC_OK) return st;
-
-    mc__cpu_library *l = NULL;
-    char *why = NULL;
-    st = lib_from_object(so, so_len, &l, &why);
-    if (st == MC_ERR_NO_MEMORY) return mc__fail(st, "out of host memory");
-    if (st != MC_OK) {
-        /* e.g. an undefined symbol: a link error, reported like a compile error */
-        st = mc__fail(MC_ERR_COMPILE, "cannot load the compiled kernel: %s", why ? why : "?");
-        if (log) *log = why;
-        else free(why);
-        return st;
-    }
-    mc__log(MC_LOG_DEBUG, "cpu.compiled", "%s library compiled in %.1f ms (%zu bytes)", mc_language_name(lang),
-            (double)(mc__now_ns() - t0) / 1e6, so_len);
-    *out = l;
-    return MC_OK;
-}
-
-mc_status mc__cpu_library_create_builtin(void *vdev, const char *const *names, const mc_cpu_kernel_fn *fns,
-                                         const int32_t *argc, size_t n, void **out)
-{
-    (void)vdev;
-    if (!n || !names || !fns) return mc__fail(MC_ERR_INVALID_ARGUMENT, "no functions given");
-    mc__cpu_library *l = mc__calloc(1, sizeof *l);
-    if (!l) return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
-    atomic_init(&l->refs, 1);
-    l->fd = -1;
-    l->names = mc__calloc(n, sizeof *l->names);
-    l->fns = mc__calloc(n, sizeof *l->fns);
-    l->argc = mc__calloc(n, sizeof *l->argc);
-    if (!l->names || !l->fns || !l->argc) {
-        lib_unref(l);
-        return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (!names[i] || !fns[i]) {
-            lib_unref(l);
-            return mc__fail(MC_ERR_INVALID_ARGUMENT, "function %zu has no name or no code", i);
-        }
-        l->names[i] = mc__strdup(names[i]);
-        l->nbuiltin = i + 1; /* so lib_unref frees what is there */
-        if (!l->names[i]) {
-            lib_unref(l);
-            return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
-        }
-        l->fns[i] = fns[i];
-        l->argc[i] = argc ? argc[i] : -1;
-    }
-    *out = l;
-    return MC_OK;
-}
-
-void mc__cpu_library_destroy(void *vdev, void *vlib)
-{
-    (void)vdev;
-    lib_unref(vlib); /* pipelines made from it keep the code loaded */
-}
-
-/* ---- pipelines ------------------------------------------------------------------ */
-
-/* dlsym also searches the object's dependencies: a kernel named like a C
- * library function must not resolve to that function. */
-static bool defined_in(void *dl, const void *sym)
-{
-    struct link_map *lm = NULL;
-    Dl_info di;
-    if (dlinfo(dl, RTLD_DI_LINKMAP, &lm) != 0 || !lm || !dladdr(sym, &di)) return true; /* cannot tell */
-    return di.dli_fbase == (void *)lm->l_addr || (di.dli_fname && lm->l_name && !strcmp(di.dli_fname, lm->l_name));
-}
-
-/* The pipeline's function constants in the layout kernels read. */
-static mc_status make_constants(const mc_function_constant *fc, uint32_t n, mc_cpu_constants **out)
-{
-    *out = NULL;
-    if (!n) return MC_OK;
-    if (!fc) return mc__fail(MC_ERR_INVALID_ARGUMENT, "constant_count is %u but constants is NULL", n);
-    mc_cpu_constants *c = mc__calloc(1, sizeof *c);
-    if (!c) return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
-    for (uint32_t i = 0; i < n; i++) {
-        if (fc[i].index >= MC_CPU_MAX_CONSTANTS || !fc[i].value || fc[i].size == 0 || fc[i].size > 8) {
-            free(c);
-            return mc__fail(MC_ERR_INVALID_ARGUMENT,
-                            "function constant %u: index %u (below %u), size %u (1 to 8 bytes) and a value are needed",
-                            i, fc[i].index, MC_CPU_MAX_CONSTANTS, fc[i].size);
-        }
-        c->defined[fc[i].index / 64] |= 1ull << (fc[i].index % 64);
-        memcpy(&c->value[fc[i].index], fc[i].value, fc[i].size);
-    }
-    *out = c;
-    return MC_OK;
-}
-
-static mc_status make_pipeline(mc__cpu_library *l, const char *function, uint32_t max_threads,
-                               const mc_function_constant *fc, uint32_t nfc, void **out, mc_pipeline_info *info)
-{
-    if (!function || !function[0]) return mc__fail(MC_ERR_INVALID_ARGUMENT, "no function name");
-    if (max_threads > MC__CPU_MAX_THREADS)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "max_total_threads_per_threadgroup %u exceeds the device's %u",
-                        max_threads, MC__CPU_MAX_THREADS);
-    mc_cpu_kernel_fn fn = NULL;
-    mc__cpu_rows_fn rows = NULL;
-    int32_t argc = -1;
-    if (l->dl) {
-        void *sym = dlsym(l->dl, function);
-        if (sym && !defined_in(l->dl, sym))
-            return mc__fail(MC_ERR_NOT_FOUND, "'%s' is not a kernel of the library (it comes from a library it uses)",
-                            function);
-        if (sym) memcpy(&fn, &sym, sizeof fn); /* POSIX: data and code pointers convert */
-        char argc_name[256];
-        if (snprintf(argc_name, sizeof argc_name, "%s__mc_argc", function) < (int)sizeof argc_name) {
-            const int32_t *n = dlsym(l->dl, argc_name);
-            if (n) argc = *n;
-        }
-        /* optional: MSL plain-loop kernels run several groups row by row */
-        if (fn && snprintf(argc_name, sizeof argc_name, "%s__mc_rows", function) < (int)sizeof argc_name) {
-            void *r = dlsym(l->dl, argc_name);
-            if (r && defined_in(l->dl, r)) memcpy(&rows, &r, sizeof rows);
-        }
-    } else {
-        for (size_t i = 0; i < l->nbuiltin; i++) {
-            if (strcmp(l->names[i], function) == 0) {
-                fn = l->fns[i];
-                argc = l->argc[i];
-                break;
-            }
-        }
-    }
-    if (!fn) return mc__fail(MC_ERR_NOT_FOUND, "no kernel function '%s' in the library", function);
-    mc_cpu_constants *constants = NULL;
-    mc_status st = make_constants(fc, nfc, &constants);
-    if (st != MC_OK) return st;
-    mc__cpu_pipeline *p = mc__calloc(1, sizeof *p);
-    if (!p) {
-        free(constants);
-        return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
-    }
-    p->constants = constants;
-    atomic_fetch_add(&l->refs, 1);
-    p->lib = l;
-    p->fn = fn;
-    p->rows = rows;
-    p->max_threads = max_threads ? max_threads : MC__CPU_MAX_THREADS;
-    p->argc = argc;
-    if (info) {
-        memset(info, 0, sizeof *info);
-        info->max_total_threads_per_threadgroup = p->max_threads;
-        info->simd_width = MC__CPU_SIMD_WIDTH;
-        info->static_threadgroup_memory = 0;
-        info->argument_count = argc;
-    }
-    *out = p;
-    return MC_OK;
-}
-
-mc_status mc__cpu_pipeline_create(void *vdev, void *vlib, const mc_pipeline_desc *desc, void **out,
-                                  mc_pipeline_info *info)
-{
-    (void)vdev;
-    if (!vlib || !desc) return mc__fail(MC_ERR_INVALID_ARGUMENT, "no library or no descriptor");
-    return make_pipeline(vlib, desc->function, desc->max_total_threads_per_threadgroup, desc->constants,
-                         desc->constant_count, out, info);
-}
-
-void mc__cpu_pipeline_destroy(void *vdev, void *vpl)
-{
-    mc__cpu_pipeline *p = vpl;
-    (void)vdev;
-    if (!p) return;
-    lib_unref(p->lib);
-    free((void *)p->constants);
-    free(p);
+    return st;
 }
 
 /* ---- the archive ------------------------------------------------------------------ */
@@ -825,8 +466,8 @@ mc_status mc__cpu_compiler_identity(void *vdev, mc_language lang, char *out, siz
             st = mc__fail(MC_ERR_INVALID_ARGUMENT, msl ? "empty $MC_MSL_CXX" : "empty $CC");
         } else if ((st = run_capture(a.v, NULL, &r)) == MC_OK) {
             if (!r.ran || r.exit_code != 0 || !r.out_len) {
-                st = mc__fail(MC_ERR_UNSUPPORTED, "cannot ask the %s compiler '%s' for its version",
-                              msl ? "MSL" : "C", a.v[0]);
+                st = mc__fail(MC_ERR_UNSUPPORTED, "cannot ask the %s compiler '%s' for its version", msl ? "MSL" : "C",
+                              a.v[0]);
             } else {
                 /* The key must change with anything that changes the
                  * shared object: the whole command (flags in it too), our
@@ -852,51 +493,6 @@ mc_status mc__cpu_compiler_identity(void *vdev, mc_language lang, char *out, siz
     if (st == MC_OK) snprintf(out, cap, "%s%s", identity, msl && !mc__cpu_msl_regions_on() ? " | regions off" : "");
     pthread_mutex_unlock(&dev->cc_lock);
     return st;
-}
-
-mc_status mc__cpu_pipeline_export(void *vdev, const mc__pipeline_src *src, void *vlib, void *vpl, void **bytes,
-                                  size_t *len)
-{
-    (void)vdev;
-    (void)src;
-    mc__cpu_pipeline *p = vpl;
-    mc__cpu_library *l = p ? p->lib : vlib;
-    if (!l) return mc__fail(MC_ERR_INVALID_ARGUMENT, "nothing to export");
-    if (!l->so) return mc__fail(MC_ERR_UNSUPPORTED, "built-in kernels are linked into the program: nothing to archive");
-    void *copy = mc__malloc(l->so_len);
-    if (!copy) return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
-    memcpy(copy, l->so, l->so_len);
-    *bytes = copy;
-    *len = l->so_len;
-    return MC_OK;
-}
-
-mc_status mc__cpu_pipeline_import(void *vdev, const mc__pipeline_src *src, const void *bytes, size_t len,
-                                  bool fail_on_miss, void **out_lib, void **out_pl, mc_pipeline_info *info)
-{
-    (void)vdev;
-    (void)fail_on_miss; /* importing never compiles on the CPU */
-    if (!src || !bytes) return mc__fail(MC_ERR_INVALID_ARGUMENT, "nothing to import");
-    void *so = mc__malloc(len ? len : 1);
-    if (!so) return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
-    memcpy(so, bytes, len);
-    mc__cpu_library *l = NULL;
-    char *why = NULL;
-    mc_status st = lib_from_object(so, len, &l, &why);
-    if (st == MC_ERR_NO_MEMORY) return mc__fail(st, "out of host memory");
-    if (st != MC_OK) {
-        st = mc__fail(MC_ERR_IO, "archived kernel does not load: %s", why ? why : "?");
-        free(why);
-        return st;
-    }
-    st = make_pipeline(l, src->function, src->max_total_threads_per_threadgroup, src->constants, src->constant_count,
-                       out_pl, info);
-    if (st != MC_OK) {
-        lib_unref(l);
-        return st;
-    }
-    *out_lib = l;
-    return MC_OK;
 }
 
 /* ---- MSL for the CUDA device: PTX from clang's CUDA mode ------------------------ */
@@ -925,7 +521,8 @@ static mc_status build_ptx_in(const char *dir, const char *cpp, size_t cpp_len, 
                               const char *options, char **ptx, size_t *ptx_len, char **log)
 {
     char path[PATH_MAX];
-    if (!join_path(path, sizeof path, dir, "mc/mc_cpu_kernel.h")) return mc__fail(MC_ERR_IO, "temporary directory name too long");
+    if (!join_path(path, sizeof path, dir, "mc/mc_cpu_kernel.h"))
+        return mc__fail(MC_ERR_IO, "temporary directory name too long");
     join_path(path, sizeof path, dir, "kernel.cu");
     mc_status st = write_file(path, cpp, cpp_len);
     if (st != MC_OK) return st;
@@ -987,8 +584,9 @@ mc_status mc__msl_build_ptx(const char *source, size_t len, const char *options,
     *ptx_len = 0;
     char libdevice[PATH_MAX];
     if (!find_libdevice(libdevice, sizeof libdevice))
-        return mc__fail(MC_ERR_UNSUPPORTED, "MSL on the cuda device needs libdevice.10.bc from the CUDA toolkit "
-                                            "(set $MC_LIBDEVICE or $CUDA_PATH)");
+        return mc__fail(MC_ERR_UNSUPPORTED,
+                        "MSL on the cuda device needs libdevice.10.bc from the CUDA toolkit "
+                        "(set $MC_LIBDEVICE or $CUDA_PATH)");
     char *cpp = NULL;
     size_t cpp_len = 0;
     mc_status st = mc__msl_translate(source, len ? len : strlen(source), MC__MSL_CUDA, &cpp, &cpp_len, log);

@@ -41,7 +41,9 @@
  * MC_MSL_REGIONS=0 turns the path off (every such kernel then runs as
  * coroutines); it is part of the compiler's identity in the pipeline cache.
  */
-#ifdef MC__MSL_REGIONS_INLINE
+#include "backends/cpu/cpu_msl.h"
+
+#include <ctype.h>
 
 /* ---- the plan: edits at tokens ---------------------------------------------------- */
 
@@ -194,9 +196,44 @@ static bool rg_is_matrix_word(const xlat *x, size_t i)
     return b && s[b] >= '2' && s[b] <= '4' && s[b + 1] == 'x' && s[b + 2] >= '2' && s[b + 2] <= '4';
 }
 
+/* float4, packed_uint3, ...: a scalar word (or packed_ and one) and 2 to 4 */
+static bool rg_is_vector_word(const xlat *x, size_t i)
+{
+    const tok *t = &x->L.t[i];
+    const char *s = x->s + t->start;
+    if (t->kind != T_IDENT || t->len < 2 || s[t->len - 1] < '2' || s[t->len - 1] > '4') return false;
+    size_t skip = t->len > 7 && !memcmp(s, "packed_", 7) ? 7 : 0;
+    for (size_t k = 0; k < MC__ARRAY_LEN(rg_scalar_words); k++)
+        if (strlen(rg_scalar_words[k]) == t->len - 1 - skip && !memcmp(s + skip, rg_scalar_words[k], t->len - 1 - skip))
+            return true;
+    return false;
+}
+
 static bool rg_is_type_word(const xlat *x, size_t i)
 {
-    return rg_is_scalar_word(x, i) || is_vector_type(x, i) || rg_is_matrix_word(x, i);
+    return rg_is_scalar_word(x, i) || rg_is_vector_word(x, i) || rg_is_matrix_word(x, i);
+}
+
+/* Parameter p of the list (open, close): its tokens [b, e); false past the last. */
+static bool rg_param_range(const xlat *x, size_t open, size_t close, uint32_t p, size_t *b, size_t *e)
+{
+    uint32_t k = 0;
+    size_t start = open + 1;
+    for (size_t i = open + 1; i <= close;) {
+        if (i < close && (punct(x, i, '(') || punct(x, i, '['))) {
+            i = rg_past(x, i);
+            continue;
+        }
+        if (i == close || punct(x, i, ',')) {
+            if (k++ == p) {
+                *b = start, *e = i;
+                return true;
+            }
+            start = i + 1;
+        }
+        i++;
+    }
+    return false;
 }
 
 /* ---- the kernel's shape ----------------------------------------------------------------- */
@@ -276,10 +313,12 @@ static const char *const rg_uniform_attrs[] = {"threads_per_threadgroup",    "th
 static bool rg_params(const xlat *x, rg_shape *S)
 {
     size_t pb, pe;
-    for (uint32_t p = 0; param_range(x, S->open, S->close, p, &pb, &pe); p++) {
-        if (pb == pe) continue; /* `()` */
-        size_t pn = param_name(x, pb, pe), an, aa, ae;
-        if (!pn || !attr_at(x, pn + 1, &an, &aa, &ae) || S->nparams == MAX_PARAMS) return false;
+    for (uint32_t p = 0; rg_param_range(x, S->open, S->close, p, &pb, &pe); p++) {
+        if (pb == pe) continue;    /* `()` */
+        size_t pn = 0, an, aa, ae; /* the name: the identifier before the attribute */
+        for (size_t k = pb + 1; k < pe && !pn; k++)
+            if (punct(x, k, '[') && punct(x, k + 1, '[') && x->L.t[k - 1].kind == T_IDENT) pn = k - 1;
+        if (!pn || !mc__msl_attr_at(x, pn + 1, &an, &aa, &ae) || S->nparams == MAX_PARAMS) return false;
         S->params[S->nparams++] = pn;
         if (is(x, an, "buffer")) {
             /* `constant T &name`: a value for the whole dispatch */
@@ -293,9 +332,7 @@ static bool rg_params(const xlat *x, rg_shape *S)
             if (!rg_add_uniform(S, pn)) return false;
             continue;
         }
-        const char *expr = NULL;
-        for (size_t b = 0; b < MC__ARRAY_LEN(builtin_attrs); b++)
-            if (is(x, an, builtin_attrs[b].name)) expr = builtin_attrs[b].expr;
+        const char *expr = mc__msl_builtin_expr(x, an);
         if (!expr) return false;
         S->builtin[S->nbuiltin] = pn;
         S->builtin_expr[S->nbuiltin++] = expr;
@@ -442,9 +479,7 @@ static bool rg_declaration(const xlat *x, rg_shape *S, size_t b, size_t e, int r
         } else if (punct(x, k, ':') && punct(x, k + 1, ':')) {
             k += 2;
         } else if (punct(x, k, '<') && idents) {
-            size_t c = close_of(x, k);
-            if (c >= e) return false;
-            k = c + 1;
+            return false; /* a template's arguments: not read here */
         } else {
             break;
         }
@@ -890,7 +925,7 @@ bool mc__cpu_msl_regions_on(void)
     return strcmp(env, "0") != 0 && strcmp(env, "off") != 0;
 }
 
-static void plan_regions(xlat *x)
+void mc__msl_plan_regions(xlat *x)
 {
     fn_bodies *F = x->fns;
     if (!mc__cpu_msl_regions_on()) return;
@@ -900,14 +935,14 @@ static void plan_regions(xlat *x)
     }
 }
 
-static void free_regions(fn_bodies *F)
+void mc__msl_free_regions(fn_bodies *F)
 {
     for (size_t f = 0; F && f < F->n; f++) free_region_plan(F->regions[f]);
 }
 
 /* Applies the edits at token *i; true when the token was consumed (then
  * *i is the last token consumed). */
-static bool regions_rewrite(xlat *x, size_t *i)
+bool mc__msl_regions_rewrite(xlat *x, size_t *i)
 {
     const fn_bodies *F = x->fns;
     for (size_t f = 0; F && f < F->n; f++) {
@@ -942,6 +977,3 @@ static bool regions_rewrite(xlat *x, size_t *i)
     }
     return false;
 }
-#else
-typedef int mc__msl_regions_unused; /* compiled inside cpu_msl.c for now */
-#endif

@@ -1,0 +1,234 @@
+/*
+ * The MSL front end's private header: the tokens, the output buffer and the
+ * translation's state that its parts share. The parts, in the order a
+ * source goes through them:
+ *
+ *   cpu_msl.c          the tokenizer, the lexical rewrites of the source
+ *                      (translate_tokens) and mc__msl_translate, which runs
+ *                      the others
+ *   cpu_msl_kernels.c  what the subset holds (built-in attributes, refused
+ *                      features), kernel signatures and the attribute of
+ *                      each parameter, kernel templates and their
+ *                      [[host_name]] instantiations
+ *   cpu_msl_paths.c    how each kernel runs on the CPU device (plain loop,
+ *                      coroutines or fibers; hoisted bounds tests) and its
+ *                      C entry points
+ *   cpu_msl_cuda.c     the CUDA form's entry points
+ */
+#ifndef MC_CPU_MSL_H
+#define MC_CPU_MSL_H
+
+#include "backends/cpu/cpu.h"
+#include "msl/msl.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum tok_kind { T_IDENT, T_NUMBER, T_STRING, T_PUNCT, T_PP };
+
+typedef struct tok {
+    uint8_t kind;
+    uint32_t start, len, line;
+} tok;
+
+typedef struct lexed {
+    tok *t;
+    size_t n, cap;
+} lexed;
+
+/* ---- output ------------------------------------------------------------------ */
+
+typedef struct sbuf {
+    char *p;
+    size_t n, cap;
+    bool oom;
+} sbuf;
+
+static inline void put(sbuf *b, const char *s, size_t n)
+{
+    if (b->oom) return;
+    if (b->n + n + 1 > b->cap) {
+        size_t ncap = MC__MAX(b->cap * 2, b->n + n + 1024);
+        char *p = realloc(b->p, ncap);
+        if (!p) {
+            b->oom = true;
+            return;
+        }
+        b->p = p;
+        b->cap = ncap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = '\0';
+}
+
+static inline void putf(sbuf *b, const char *fmt, ...)
+{
+    char tmp[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (k > 0) put(b, tmp, MC__MIN((size_t)k, sizeof tmp - 1));
+}
+
+/* ---- the translation's state --------------------------------------------------- */
+
+#define MAX_PARAMS 64
+
+typedef struct param {
+    enum { P_BUFFER, P_TG, P_BUILTIN } kind;
+    uint32_t slot;
+    const char *expr;
+} param;
+
+typedef struct kern {
+    uint32_t name_tok;
+    bool fibers;   /* it or a function it calls uses barriers or SIMD-group functions */
+    bool coro;     /* its threads run as coroutines (mc__msl_plan_coroutines) */
+    bool regions;  /* it runs as region loops (mc__msl_plan_regions) */
+    int32_t guard; /* its function in fn_bodies when its bounds test is hoisted (mc__msl_plan_guards), else -1 */
+    uint32_t nparam;
+    param params[MAX_PARAMS];
+    /* templates: a kernel template has no entry point of its own; each
+     * [[host_name("NAME")]] instantiation is a kernel named NAME (name_tok)
+     * that calls `callee` (e.g. "add<float>"), a copy of kern `tmpl` */
+    bool is_template;
+    char *callee;
+    uint32_t tmpl;
+} kern;
+
+typedef struct xlat {
+    const char *s;
+    size_t n;
+    lexed L;
+    sbuf out;
+    size_t pos; /* source copied up to here */
+    char *error;
+    kern *kerns;
+    size_t nkern, kcap;
+    size_t tmpl_end; /* the '>' closing the last `template <...>` at file scope, or SIZE_MAX */
+    struct instance {
+        uint32_t tmpl, host_start, host_len, line;
+        char *callee;
+    } * insts;
+    size_t ninst, icap;
+    bool fibers;
+    mc__msl_target target;
+    struct fn_bodies *fns; /* top-level functions (mc__msl_find_functions) */
+} xlat;
+
+static inline bool is(const xlat *x, size_t i, const char *word)
+{
+    if (i >= x->L.n) return false;
+    const tok *t = &x->L.t[i];
+    size_t k = strlen(word);
+    return t->len == k && !memcmp(x->s + t->start, word, k);
+}
+
+static inline bool punct(const xlat *x, size_t i, char c)
+{
+    return i < x->L.n && x->L.t[i].kind == T_PUNCT && x->s[x->L.t[i].start] == c;
+}
+
+static inline bool fail_at(xlat *x, uint32_t line, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (!x->error) x->error = mc__asprintf("program_source:%u: error: %s", line, msg);
+    return false;
+}
+
+/* copies the source up to token i's start, then text in its place */
+static inline void replace_tok(xlat *x, size_t i, const char *text)
+{
+    const tok *t = &x->L.t[i];
+    put(&x->out, x->s + x->pos, t->start - x->pos);
+    put(&x->out, text, strlen(text));
+    x->pos = t->start + t->len;
+}
+
+static inline void copy_to(xlat *x, size_t off)
+{
+    put(&x->out, x->s + x->pos, off - x->pos);
+    x->pos = off;
+}
+
+/* a barrier or a SIMD-group function: the thread cannot run alone */
+static inline bool is_fiber_token(const xlat *x, size_t i)
+{
+    const tok *t = &x->L.t[i];
+    if (t->kind != T_IDENT) return false;
+    const char *ts = x->s + t->start;
+    return (t->len > 5 && (!strncmp(ts, "simd_", 5) || !strncmp(ts, "quad_", 5))) || is(x, i, "threadgroup_barrier") ||
+           is(x, i, "simdgroup_barrier");
+}
+
+static inline bool same_ident(const xlat *x, size_t a, size_t b)
+{
+    return x->L.t[a].len == x->L.t[b].len && !memcmp(x->s + x->L.t[a].start, x->s + x->L.t[b].start, x->L.t[a].len);
+}
+
+/* Top-level functions: name token, body braces and whether the body, or
+ * a function it calls (by name, transitively), uses a barrier or a
+ * SIMD-group function. Code that cannot be attributed to a top-level
+ * function (methods, namespaces) sets global. */
+#define MAX_FNS 512
+typedef struct fn_bodies {
+    size_t n;
+    bool global;
+    size_t name[MAX_FNS], body_b[MAX_FNS], body_e[MAX_FNS];
+    bool uses[MAX_FNS];
+    bool coro[MAX_FNS];                /* a kernel whose threads run as coroutines */
+    struct guard_plan *guard[MAX_FNS]; /* a kernel whose bounds test is hoisted, else NULL */
+    struct region_plan *regions[MAX_FNS]; /* a kernel run as region loops, else NULL */
+} fn_bodies;
+
+/* ---- cpu_msl.c ---- */
+bool mc__msl_push_tok(lexed *L, uint8_t kind, size_t start, size_t len, uint32_t line);
+
+/* ---- cpu_msl_kernels.c ---- */
+/* [[ at i: the attribute's name token and the index past ]]; false if not one */
+bool mc__msl_attr_at(const xlat *x, size_t i, size_t *name, size_t *arg, size_t *end);
+bool mc__msl_tok_uint(const xlat *x, size_t i, uint32_t *v);
+/* true (and x->error set) when attribute name token an is a refused feature's */
+bool mc__msl_attr_refused(xlat *x, size_t an);
+bool mc__msl_refuse_features(xlat *x);
+bool mc__msl_parse_kernel(xlat *x, size_t name_tok, size_t open, size_t *close);
+/* the ids expression of built-in attribute name token an (from mc::ids t), or NULL */
+const char *mc__msl_builtin_expr(const xlat *x, size_t an);
+void mc__msl_mark_template_kernel(xlat *x, size_t start);
+bool mc__msl_template_at(xlat *x, size_t *i);
+bool mc__msl_add_instances(xlat *x);
+void mc__msl_inherit_template_fibers(xlat *x);
+
+/* ---- cpu_msl_paths.c ---- */
+void mc__msl_find_functions(const xlat *x, fn_bodies *F);
+void mc__msl_mark_fiber_kernels(xlat *x);
+void mc__msl_plan_coroutines(xlat *x);
+void mc__msl_plan_guards(xlat *x);
+void mc__msl_free_guards(fn_bodies *F);
+/* token rewrites of the planned kernels, called by translate_tokens: true
+ * when the token was replaced */
+bool mc__msl_coro_rewrite(xlat *x, size_t i);
+bool mc__msl_guard_rewrite(xlat *x, size_t i);
+bool mc__msl_coro_tg_var(xlat *x, size_t i, size_t name, size_t semi);
+void mc__msl_emit_cpu_entries(xlat *x);
+
+/* ---- cpu_msl_regions.c ---- */
+/* which coroutine kernels run as region loops instead (after plan_coroutines) */
+void mc__msl_plan_regions(xlat *x);
+void mc__msl_free_regions(fn_bodies *F);
+/* the region loops' edits at token *i, called by translate_tokens: true
+ * when tokens up to *i were consumed */
+bool mc__msl_regions_rewrite(xlat *x, size_t *i);
+
+/* ---- cpu_msl_cuda.c ---- */
+bool mc__msl_emit_cuda_entries(xlat *x);
+
+#endif
