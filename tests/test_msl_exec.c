@@ -785,3 +785,236 @@ MC_TEST(msl_regions_while_loop)
     }
     return 0;
 }
+
+/* ---- which kernels take region loops ----------------------------------------------- */
+
+/* The runner of kernel `k` in the MSL source made of head and body must be
+ * `want` (region loops on). */
+static int rg_expect(const char *head, const char *params, const char *body, const char *want)
+{
+    char src[4096];
+    snprintf(src, sizeof src,
+             "#include <metal_stdlib>\nusing namespace metal;\n%s\n"
+             "kernel void k(device uint *out [[buffer(0)]], device const uint *in [[buffer(1)]],\n"
+             "              constant uint &n [[buffer(2)]], uint lid [[thread_position_in_threadgroup]],\n"
+             "              uint gid [[thread_position_in_grid]], uint size [[threads_per_threadgroup]]%s)\n"
+             "{\n    threadgroup uint t[256];\n%s}\n",
+             head, params, body);
+    setenv("MC_MSL_REGIONS", "1", 1);
+    char *cpp = translate_cpu(src);
+    CHECK(cpp);
+    char r[64];
+    CHECK(runner_of(cpp, "k", r, sizeof r));
+    if (strcmp(r, want) != 0) fprintf(stderr, "k runs with %s, not %s:\n%s\n", r, want, src);
+    CHECK(strcmp(r, want) == 0);
+    if (!strcmp(want, "mc::run_regions")) CHECK(!strstr(cpp, "threadgroup_barrier(")); /* every barrier is gone */
+    else CHECK_STR_CONTAINS(cpp, "MC_CO_BARRIER(");
+    free(cpp);
+    return 0;
+}
+
+#define RG_CORO "mc::run_group_coro"
+
+MC_TEST(msl_regions_path_per_kernel)
+{
+    /* the shapes that take region loops: top-level barriers and returns, a
+     * loop whose only statement is a barrier, a top-level constexpr and a
+     * numeric macro in a header, a pointer to constant device memory and an
+     * array living across barriers */
+    int rc = rg_expect("#define STEPS 3", "",
+                       "    if (lid >= n) return;\n"
+                       "    device const uint *p = in + gid;\n"
+                       "    uint acc[2] = {0u, 1u};\n"
+                       "    uint keep[2];\n"
+                       "    keep[0] = acc[1];\n"
+                       "    constexpr uint K = 2;\n"
+                       "    t[lid] = *p;\n"
+                       "    threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+                       "    for (uint s = 0; s < STEPS * K; s++) threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+                       "    while (t[0] > size) threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+                       "    out[gid] = t[(lid + 1) % n] + *p + keep[0];\n",
+                       "mc::run_regions");
+    if (rc) return rc;
+    /* the kernel of the coroutine tests stays a coroutine: a local of its
+     * barrier loop crosses the loop's barrier */
+    char *cpp = translate_cpu(coro_src);
+    CHECK(cpp);
+    char r[64];
+    CHECK(runner_of(cpp, "coro_mix", r, sizeof r));
+    CHECK(strcmp(r, RG_CORO) == 0);
+    free(cpp);
+    return 0;
+}
+
+/* One test per reason a kernel keeps the coroutine path. */
+MC_TEST(msl_regions_fallback_barrier_under_if)
+{
+    return rg_expect("", "",
+                     "    if (n > 1) { t[lid] = 1; threadgroup_barrier(mem_flags::mem_threadgroup); }\n"
+                     "    out[gid] = t[0];\n",
+                     RG_CORO);
+}
+
+MC_TEST(msl_regions_fallback_barrier_in_nested_loop)
+{
+    return rg_expect("", "",
+                     "    for (uint i = 0; i < n; i++)\n"
+                     "        for (uint j = 0; j < n; j++) threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+                     "    out[gid] = 1;\n",
+                     RG_CORO);
+}
+
+MC_TEST(msl_regions_fallback_barrier_in_do_loop)
+{
+    return rg_expect("", "",
+                     "    uint i = 0;\n    do { threadgroup_barrier(mem_flags::mem_threadgroup); } while (++i < n);\n"
+                     "    out[gid] = i;\n",
+                     RG_CORO);
+}
+
+MC_TEST(msl_regions_fallback_header_reads_a_thread_id)
+{
+    return rg_expect("", "",
+                     "    for (uint i = lid; i < n; i += size) threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+                     "    out[gid] = 1;\n",
+                     RG_CORO);
+}
+
+MC_TEST(msl_regions_fallback_header_reads_a_local)
+{
+    return rg_expect("", "",
+                     "    uint m = n;\n"
+                     "    for (uint i = 0; i < m; i++) threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+                     "    out[gid] = m;\n",
+                     RG_CORO);
+}
+
+MC_TEST(msl_regions_fallback_header_reads_device_memory)
+{
+    return rg_expect("", "",
+                     "    while (in[0] > lid) threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+                     "    out[gid] = 1;\n",
+                     RG_CORO);
+}
+
+MC_TEST(msl_regions_fallback_header_calls_a_function)
+{
+    return rg_expect("static uint steps(uint x) { return x / 2; }", "",
+                     "    for (uint i = 0; i < steps(n); i++) threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+                     "    out[gid] = 1;\n",
+                     RG_CORO);
+}
+
+MC_TEST(msl_regions_fallback_loop_variable_written)
+{
+    return rg_expect("", "",
+                     "    for (uint i = 0; i < n; i++) {\n"
+                     "        threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+                     "        if (n > 4) i++;\n"
+                     "    }\n    out[gid] = 1;\n",
+                     RG_CORO);
+}
+
+MC_TEST(msl_regions_fallback_auto_local_crosses)
+{
+    return rg_expect("", "",
+                     "    auto v = in[gid];\n    threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+                     "    out[gid] = v;\n",
+                     RG_CORO);
+}
+
+MC_TEST(msl_regions_fallback_reference_crosses)
+{
+    return rg_expect("", "",
+                     "    uint v = in[gid];\n    thread uint &r = v;\n"
+                     "    threadgroup_barrier(mem_flags::mem_threadgroup);\n    out[gid] = r;\n",
+                     RG_CORO);
+}
+
+MC_TEST(msl_regions_fallback_const_local_crosses)
+{
+    return rg_expect("", "",
+                     "    const uint v = in[gid];\n    threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+                     "    out[gid] = v;\n",
+                     RG_CORO);
+}
+
+MC_TEST(msl_regions_fallback_brace_initialised_array_crosses)
+{
+    return rg_expect("", "",
+                     "    uint v[2] = {in[gid], 1u};\n    threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+                     "    out[gid] = v[0];\n",
+                     RG_CORO);
+}
+
+MC_TEST(msl_regions_fallback_struct_local_crosses)
+{
+    return rg_expect("struct pair { uint a, b; };", "",
+                     "    pair p;\n    p.a = in[gid];\n    threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+                     "    out[gid] = p.a;\n",
+                     RG_CORO);
+}
+
+MC_TEST(msl_regions_fallback_pointer_to_thread_memory_crosses)
+{
+    return rg_expect("", "",
+                     "    uint v = in[gid];\n    thread uint *p = &v;\n"
+                     "    threadgroup_barrier(mem_flags::mem_threadgroup);\n    out[gid] = *p;\n",
+                     RG_CORO);
+}
+
+MC_TEST(msl_regions_fallback_loop_local_crosses_its_barrier)
+{
+    return rg_expect("", "",
+                     "    for (uint i = 0; i < n; i++) {\n        uint v = t[i];\n"
+                     "        threadgroup_barrier(mem_flags::mem_threadgroup);\n        t[lid] = v;\n"
+                     "        threadgroup_barrier(mem_flags::mem_threadgroup);\n    }\n    out[gid] = t[lid];\n",
+                     RG_CORO);
+}
+
+MC_TEST(msl_regions_fallback_goto)
+{
+    return rg_expect("", "",
+                     "    if (lid > n) goto done;\n    t[lid] = 1;\ndone:\n"
+                     "    threadgroup_barrier(mem_flags::mem_threadgroup);\n    out[gid] = t[0];\n",
+                     RG_CORO);
+}
+
+MC_TEST(msl_regions_fallback_return_in_barrier_loop)
+{
+    return rg_expect("", "",
+                     "    for (uint i = 0; i < n; i++) {\n        if (lid == i) return;\n"
+                     "        threadgroup_barrier(mem_flags::mem_threadgroup);\n    }\n    out[gid] = 1;\n",
+                     RG_CORO);
+}
+
+MC_TEST(msl_regions_fallback_break_in_barrier_loop)
+{
+    return rg_expect("", "",
+                     "    for (uint i = 0; i < n; i++) {\n        threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+                     "        if (t[0] == i) break;\n    }\n    out[gid] = 1;\n",
+                     RG_CORO);
+}
+
+MC_TEST(msl_regions_fallback_macro_in_body)
+{
+    return rg_expect("#define SYNC() threadgroup_barrier(mem_flags::mem_threadgroup)", "",
+                     "    t[lid] = 1;\n    threadgroup_barrier(mem_flags::mem_threadgroup);\n    SYNC();\n"
+                     "    out[gid] = t[0];\n",
+                     RG_CORO);
+}
+
+MC_TEST(msl_regions_fallback_preprocessor_line_in_body)
+{
+    return rg_expect("", "",
+                     "    t[lid] = 1;\n#if 1\n    threadgroup_barrier(mem_flags::mem_threadgroup);\n#endif\n"
+                     "    out[gid] = t[0];\n",
+                     RG_CORO);
+}
+
+MC_TEST(msl_regions_fallback_reference_attribute)
+{
+    return rg_expect("", ", const thread uint &li [[thread_index_in_threadgroup]]",
+                     "    t[lid] = li;\n    threadgroup_barrier(mem_flags::mem_threadgroup);\n    out[gid] = t[0];\n",
+                     RG_CORO);
+}

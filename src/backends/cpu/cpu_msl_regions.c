@@ -334,6 +334,8 @@ static bool rg_params(const xlat *x, rg_shape *S)
         }
         const char *expr = mc__msl_builtin_expr(x, an);
         if (!expr) return false;
+        for (size_t q = pb; q < pn; q++)
+            if (!(x->L.t[q].kind == T_IDENT || punct(x, q, ':'))) return false; /* a reference: bound by value here */
         S->builtin[S->nbuiltin] = pn;
         S->builtin_expr[S->nbuiltin++] = expr;
         for (size_t u = 0; u < MC__ARRAY_LEN(rg_uniform_attrs); u++)
@@ -369,7 +371,7 @@ static bool rg_file_constants(const xlat *x, rg_shape *S)
 
 /* `#define NAME` for a NAME used in the body: only a number is taken (it
  * reads as one); any other macro may hide a barrier, a return or a brace. */
-static bool rg_macros_ok(const xlat *x, const rg_shape *S)
+static bool rg_macros_ok(const xlat *x, rg_shape *S)
 {
     for (size_t i = 0; i < x->L.n; i++) {
         const tok *t = &x->L.t[i];
@@ -390,12 +392,16 @@ static bool rg_macros_ok(const xlat *x, const rg_shape *S)
             const char *vb = p;
             while (p < end && (isalnum((unsigned char)*p) || *p == '.' || *p == '(' || *p == ')')) p++;
             while (p < end && (*p == ' ' || *p == '\t' || *p == '\r')) p++;
-            number = p == end && vb < end && (isdigit((unsigned char)vb[0]) || vb[0] == '(');
+            while (vb < end && *vb == '(') vb++;
+            number = p == end && vb < end && isdigit((unsigned char)*vb);
         }
-        if (number) continue;
-        for (size_t k = S->body_b; k < S->body_e; k++)
-            if (x->L.t[k].kind == T_IDENT && x->L.t[k].len == nlen && !memcmp(x->s + x->L.t[k].start, nb, nlen))
-                return false;
+        for (size_t k = S->body_b; k < S->body_e; k++) {
+            if (x->L.t[k].kind != T_IDENT || x->L.t[k].len != nlen || memcmp(x->s + x->L.t[k].start, nb, nlen))
+                continue;
+            if (!number) return false;
+            if (!rg_add_uniform(S, k)) return false; /* a number: the same for every thread */
+            break;
+        }
     }
     return true;
 }
@@ -467,7 +473,10 @@ static bool rg_declaration(const xlat *x, rg_shape *S, size_t b, size_t e, int r
     *decl = false;
     static const char *const not_decl[] = {"return", "if",       "for",  "while",   "do",     "switch", "else",
                                            "break",  "continue", "case", "default", "sizeof", "delete", "new"};
+    /* `[[attr]] T x`, `::T x`: declarations this pass does not read */
+    if (punct(x, b, '[') || punct(x, b, ':')) return false;
     if (x->L.t[b].kind != T_IDENT) return true;
+    if (is(x, b, "decltype") || is(x, b, "alignas") || is(x, b, "__attribute__") || is(x, b, "typename")) return false;
     for (size_t k = 0; k < MC__ARRAY_LEN(not_decl); k++)
         if (is(x, b, not_decl[k])) return true;
     /* the leading identifiers (with ::, <...>) up to a declarator's punctuation */
@@ -528,19 +537,19 @@ static bool rg_declaration(const xlat *x, rg_shape *S, size_t b, size_t e, int r
  * gives the same value as its initialisation. */
 static bool rg_frame_ok(const xlat *x, const rg_shape *S, const rg_local *L)
 {
-    bool space = false, type = false;
+    bool space = false, type = false, cnst = false;
     for (size_t k = L->spec_b; k < L->spec_e; k++) {
         if (is(x, k, "device") || is(x, k, "threadgroup") || is(x, k, "constant")) space = true;
         else if (rg_is_type_word(x, k)) type = true;
-        else if (is(x, k, "thread")) continue;
-        else return false; /* auto, const, static, a user type, ... */
+        else if (is(x, k, "const")) cnst = true;    /* of the pointee, when a pointer */
+        else if (!is(x, k, "thread")) return false; /* auto, static, a user type, ... */
     }
     bool ptr = false;
     for (size_t k = L->decl_b; k < L->name; k++) {
         if (!punct(x, k, '*')) return false; /* a reference, a const pointer */
         ptr = true;
     }
-    if (!type || (ptr != space)) return false; /* a pointer to thread memory; constant T: const */
+    if (!type || ptr != space || (cnst && !ptr)) return false; /* a pointer to thread memory; a const local */
     size_t end = L->init ? L->init : L->decl_e;
     for (size_t k = L->name + 1; k < end; k++) {
         if (x->L.t[k].kind != T_IDENT) continue;
@@ -707,6 +716,9 @@ static bool rg_frames(const xlat *x, rg_shape *S)
      * reads no local (one may be named like a file-scope constant) */
     for (size_t k = 0; k < S->nitems; k++) {
         const rg_item *it = &S->items[k];
+        if (it->kind == I_GROUP) /* `constexpr uint k = sizeof(local)`: out of the local's scope here */
+            for (size_t l = 0; l < S->nlocals; l++)
+                if (rg_used(x, it->b, it->e, S->locals[l].name)) return false;
         if (it->kind != I_LOOP) continue;
         for (size_t l = 0; l < S->nlocals; l++)
             if (rg_used(x, it->b + 1, it->hdr_e, S->locals[l].name)) return false;
