@@ -820,13 +820,14 @@ MC_TEST(msl_regions_path_per_kernel)
     /* the shapes that take region loops: top-level barriers and returns, a
      * loop whose only statement is a barrier, a top-level constexpr and a
      * numeric macro in a header, a pointer to constant device memory and an
-     * array living across barriers */
+     * array living across barriers, a declaration of two locals of which
+     * one crosses a barrier */
     int rc = rg_expect("#define STEPS 3", "",
                        "    if (lid >= n) return;\n"
                        "    device const uint *p = in + gid;\n"
                        "    uint acc[2] = {0u, 1u};\n"
-                       "    uint keep[2];\n"
-                       "    keep[0] = acc[1];\n"
+                       "    uint keep[2], once = 3u;\n"
+                       "    keep[0] = acc[1] + once;\n"
                        "    constexpr uint K = 2;\n"
                        "    t[lid] = *p;\n"
                        "    threadgroup_barrier(mem_flags::mem_threadgroup);\n"

@@ -710,8 +710,15 @@ static bool rg_frames(const xlat *x, rg_shape *S)
             if (R->loop >= 0 && S->regions[r].loop != R->loop) break;
             if (rg_used(x, S->regions[r].first, S->regions[r].last_end, L->name)) L->frame = true;
         }
-        if (L->frame && (R->loop >= 0 || !rg_frame_ok(x, S, L))) return false;
+        if (L->frame && R->loop >= 0) return false;
     }
+    /* the locals of one declaration live in the frame together (their
+     * declaration becomes their initialisations) */
+    for (size_t l = 0; l < S->nlocals; l++)
+        for (size_t m = 0; m < S->nlocals; m++)
+            if (S->locals[m].stmt_b == S->locals[l].stmt_b && S->locals[m].frame) S->locals[l].frame = true;
+    for (size_t l = 0; l < S->nlocals; l++)
+        if (S->locals[l].frame && !rg_frame_ok(x, S, &S->locals[l])) return false;
     /* a loop variable shadows nothing the regions bind, and a loop header
      * reads no local (one may be named like a file-scope constant) */
     for (size_t k = 0; k < S->nitems; k++) {
@@ -804,8 +811,8 @@ static char *rg_frame_struct(const xlat *x, const rg_shape *S)
 }
 
 /* A frame local's declaration becomes its initialisations: `T a, b = 1;`
- * -> `b = 1;`. Declarations of several locals are all frame locals or
- * none (else the kernel keeps coroutines). */
+ * -> `b = 1;` (the locals of one declaration are all frame locals or none:
+ * rg_frames). */
 static bool rg_plan_declarations(const xlat *x, const rg_shape *S, region_plan *P)
 {
     for (size_t l = 0; l < S->nlocals;) {
@@ -889,6 +896,10 @@ static region_plan *regions_eligible(const xlat *x, const fn_bodies *F, size_t f
                                              "namespace",    "extern",    "throw",    "try",      "this",
                                              "co_await",     "co_return", "co_yield", "register", "__label__"};
     bool ok = S->close + 1 == S->body_b;
+    /* a kernel called (or named) by other code would run without its group
+     * (coroutines make that a compile error: mc::coro is nodiscard) */
+    for (size_t k = 0; ok && k < x->L.n; k++)
+        if ((k < S->open - 1 || k > S->body_e) && same_ident(x, k, F->name[f]) && x->L.t[k].kind == T_IDENT) ok = false;
     for (size_t k = S->body_b + 1; ok && k < S->body_e; k++) {
         const tok *t = &x->L.t[k];
         if (t->kind == T_PP) ok = false;
