@@ -884,6 +884,207 @@ MC_TEST(cache_two_process_race)
     return close_fixture(d, &k);
 }
 
+/* ---- MSL function constants in the key ------------------------------------ */
+
+/* o[i] = k_mul * i + k_add, each constant's default where it is not given */
+static const char fc_source[] =
+    "#include <metal_stdlib>\n"
+    "using namespace metal;\n"
+    "constant int k_mul [[function_constant(0)]];\n"
+    "constant int k_add [[function_constant(1)]];\n"
+    "kernel void fc(device int *o [[buffer(0)]], uint i [[thread_position_in_grid]]) {\n"
+    "    int mul = is_function_constant_defined(k_mul) ? int(k_mul) : -1;\n"
+    "    int add = is_function_constant_defined(k_add) ? int(k_add) : 1000;\n"
+    "    o[i] = mul * int(i) + add;\n"
+    "}\n";
+
+static mc_status fc_make(mc_device *d, const mc_function_constant *fc, uint32_t n, mc_pipeline **p)
+{
+    mc_pipeline_source_desc desc = MC_PIPELINE_SOURCE_DESC_INIT;
+    desc.language = MC_LANG_MSL;
+    desc.source = fc_source;
+    desc.function = "fc";
+    desc.constants = fc;
+    desc.constant_count = n;
+    return mc_pipeline_create_from_source(d, &desc, p, NULL);
+}
+
+/* Runs fc over 64 threads; 0 when o[i] == mul * i + add for every i. */
+static int fc_check(mc_device *d, mc_pipeline *p, int mul, int add)
+{
+    int32_t host[64];
+    mc_buffer_desc bd = MC_BUFFER_DESC_INIT;
+    bd.size = sizeof host;
+    mc_buffer *b = NULL;
+    mc_queue *q = NULL;
+    mc_cmdbuf *cb = NULL;
+    mc_pass *pass;
+    CHECK_OK(mc_buffer_create(d, &bd, &b));
+    CHECK_OK(mc_queue_create(d, NULL, &q));
+    CHECK_OK(mc_cmdbuf_create(q, NULL, &cb));
+    CHECK_OK(mc_cmdbuf_begin_pass(cb, "fc", &pass));
+    CHECK_OK(mc_pass_set_pipeline(pass, p));
+    CHECK_OK(mc_pass_set_buffer(pass, 0, b, 0));
+    CHECK_OK(mc_pass_dispatch(pass, (mc_size3){2, 1, 1}, (mc_size3){32, 1, 1}));
+    CHECK_OK(mc_pass_end(pass));
+    CHECK_OK(mc_cmdbuf_commit(cb));
+    CHECK_OK(mc_cmdbuf_wait(cb, MC_WAIT_FOREVER));
+    CHECK_OK(mc_buffer_read(b, 0, host, sizeof host));
+    for (int i = 0; i < 64; i++) CHECK_EQ(host[i], mul * i + add);
+    mc_cmdbuf_release(cb);
+    mc_queue_release(q);
+    mc_buffer_release(b);
+    return 0;
+}
+
+/* The value sets of cache_function_constants_in_the_key, with what each
+ * kernel computes: {3, 5} in both orders, {4, 5}, and none (defaults). */
+static int32_t fc_v3 = 3, fc_v4 = 4, fc_v5 = 5;
+static const mc_function_constant fc_set_a[2] = {{0, 4, &fc_v3}, {1, 4, &fc_v5}};
+static const mc_function_constant fc_set_a_reordered[2] = {{1, 4, &fc_v5}, {0, 4, &fc_v3}};
+static const mc_function_constant fc_set_b[2] = {{0, 4, &fc_v4}, {1, 4, &fc_v5}};
+
+/* Makes and runs the three sets; a child process's exit status. */
+static int fc_build_all(void)
+{
+    mc_device *d = mct_open_device(0);
+    if (!d) return 10;
+    mc_pipeline *pa = NULL, *pb = NULL, *pn = NULL;
+    if (fc_make(d, fc_set_a, 2, &pa) != MC_OK || fc_make(d, fc_set_b, 2, &pb) != MC_OK ||
+        fc_make(d, NULL, 0, &pn) != MC_OK) {
+        fprintf(stderr, "child: %s\n", mc_last_error());
+        return 11;
+    }
+    if (fc_check(d, pa, 3, 5) || fc_check(d, pb, 4, 5) || fc_check(d, pn, -1, 1000)) return 12;
+    mc_cache_stats s = stats_of(d);
+    if (s.compiles != 3 || s.writes != 3) return 13;
+    mc_pipeline_release(pa);
+    mc_pipeline_release(pb);
+    mc_pipeline_release(pn);
+    mc_device_release(d);
+    return 0;
+}
+
+MC_TEST(cache_function_constants_in_the_key)
+{
+    fresh_root();
+    capture_log();
+    mc_device *d = mct_open_device(0);
+    CHECK(d);
+    mc_pipeline *p[6] = {NULL};
+    CHECK_OK(fc_make(d, fc_set_a, 2, &p[0]));
+    mc_cache_stats s = stats_of(d);
+    CHECK_EQ(s.misses, 1);
+    CHECK_EQ(s.compiles, 1);
+    /* the same set in another order is the same key */
+    CHECK_OK(fc_make(d, fc_set_a_reordered, 2, &p[1]));
+    s = stats_of(d);
+    CHECK_EQ(s.hits_memory, 1);
+    CHECK_EQ(s.compiles, 1);
+    /* another value misses and computes with its own value */
+    CHECK_OK(fc_make(d, fc_set_b, 2, &p[2]));
+    s = stats_of(d);
+    CHECK_EQ(s.misses, 2);
+    CHECK_EQ(s.compiles, 2);
+    /* no values (the defaults) is a key of its own */
+    CHECK_OK(fc_make(d, NULL, 0, &p[3]));
+    s = stats_of(d);
+    CHECK_EQ(s.misses, 3);
+    CHECK_EQ(s.compiles, 3);
+    CHECK_EQ(s.memory_entries, 3);
+    CHECK_EQ(s.disk_entries, 3);
+    CHECK_EQ(fc_check(d, p[0], 3, 5), 0);
+    CHECK_EQ(fc_check(d, p[1], 3, 5), 0);
+    CHECK_EQ(fc_check(d, p[2], 4, 5), 0);
+    CHECK_EQ(fc_check(d, p[3], -1, 1000), 0);
+    /* one constant fewer is another key too */
+    CHECK_OK(fc_make(d, fc_set_a, 1, &p[4]));
+    CHECK_EQ(stats_of(d).compiles, 4);
+    CHECK_EQ(fc_check(d, p[4], 3, 1000), 0);
+    /* an index given twice has no canonical order: refused */
+    const mc_function_constant twice[2] = {{0, 4, &fc_v3}, {0, 4, &fc_v4}};
+    CHECK_STATUS(fc_make(d, twice, 2, &p[5]), MC_ERR_INVALID_ARGUMENT);
+    CHECK_STR_CONTAINS(mc_last_error(), "index 0 is given twice");
+    CHECK(!p[5]);
+    for (int i = 0; i < 5; i++) mc_pipeline_release(p[i]);
+    CHECK_EQ(log_count(&logs.rejected), 0);
+    mc_device_release(d);
+    rm_tree(cache_root);
+    return 0;
+}
+
+MC_TEST(cache_function_constants_load_from_disk_in_a_new_process)
+{
+    fresh_root();
+    capture_log();
+    /* a child builds and archives; this process, which opened no device
+     * before, then loads the three from disk */
+    pid_t kid = fork();
+    CHECK(kid >= 0);
+    if (kid == 0) _exit(fc_build_all());
+    int status = 0;
+    CHECK_EQ(waitpid(kid, &status, 0), kid);
+    CHECK(WIFEXITED(status));
+    CHECK_EQ(WEXITSTATUS(status), 0);
+    mc_device *d = mct_open_device(0);
+    CHECK(d);
+    mc_pipeline *pa = NULL, *pb = NULL, *pn = NULL;
+    CHECK_OK(fc_make(d, fc_set_a_reordered, 2, &pa));
+    CHECK_OK(fc_make(d, fc_set_b, 2, &pb));
+    CHECK_OK(fc_make(d, NULL, 0, &pn));
+    mc_cache_stats s = stats_of(d);
+    CHECK_EQ(s.hits_disk, 3);
+    CHECK_EQ(s.compiles, 0);
+    CHECK_EQ(s.rejected, 0);
+    CHECK_EQ(fc_check(d, pa, 3, 5), 0);
+    CHECK_EQ(fc_check(d, pb, 4, 5), 0);
+    CHECK_EQ(fc_check(d, pn, -1, 1000), 0);
+    mc_pipeline_release(pa);
+    mc_pipeline_release(pb);
+    mc_pipeline_release(pn);
+    mc_device_release(d);
+    rm_tree(cache_root);
+    return 0;
+}
+
+/* A library read from a .metal file defers to the cache per pipeline: with
+ * function constants too (they were built uncached before). */
+MC_TEST(cache_function_constants_of_a_library_file_are_cached)
+{
+    fresh_root();
+    capture_log();
+    char path[600];
+    snprintf(path, sizeof path, "%s/fc.metal", cache_root);
+    FILE *f = fopen(path, "w");
+    CHECK(f);
+    CHECK_EQ(fwrite(fc_source, 1, sizeof fc_source - 1, f), sizeof fc_source - 1);
+    CHECK_EQ(fclose(f), 0);
+    mc_device *d = mct_open_device(0);
+    CHECK(d);
+    mc_library *lib = NULL;
+    CHECK_OK(mc_library_create_from_file(d, path, MC_LANG_UNSET, NULL, &lib, NULL));
+    mc_pipeline *p[3] = {NULL};
+    for (int i = 0; i < 3; i++) {
+        mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
+        pd.library = lib;
+        pd.function = "fc";
+        pd.constants = i == 1 ? fc_set_a_reordered : i == 2 ? fc_set_b : fc_set_a;
+        pd.constant_count = 2;
+        CHECK_OK(mc_pipeline_create(d, &pd, &p[i]));
+    }
+    mc_cache_stats s = stats_of(d);
+    CHECK_EQ(s.compiles, 2);
+    CHECK_EQ(s.hits_memory, 1);
+    CHECK_EQ(fc_check(d, p[0], 3, 5), 0);
+    CHECK_EQ(fc_check(d, p[1], 3, 5), 0);
+    CHECK_EQ(fc_check(d, p[2], 4, 5), 0);
+    for (int i = 0; i < 3; i++) mc_pipeline_release(p[i]);
+    mc_library_release(lib);
+    mc_device_release(d);
+    rm_tree(cache_root);
+    return 0;
+}
+
 /* ---- require mode: never compile at run time (F700) ----------------------- */
 
 MC_TEST(cache_require_mode)
@@ -1343,6 +1544,31 @@ MC_TEST(cache_entry_parser)
     CHECK_EQ(enc.n, mn);
     CHECK(!memcmp(enc.p, m, mn));
     free(enc.p);
+    /* function constants: canonical whatever the order, read back, and a
+     * field out of order refused */
+    int32_t v1 = 7, v2 = 9;
+    const mc_function_constant fa[2] = {{5, 4, &v1}, {2, 4, &v2}}, fb[2] = {{2, 4, &v2}, {5, 4, &v1}};
+    mc__bytes ca = {NULL, 0, 0, false}, cb = {NULL, 0, 0, false};
+    CHECK(mc__cache_encode_constants(fa, 2, &ca));
+    CHECK(mc__cache_encode_constants(fb, 2, &cb));
+    CHECK_EQ(ca.n, cb.n);
+    CHECK(!memcmp(ca.p, cb.p, ca.n));
+    mat.constants = (mc__cache_str){(const char *)ca.p, ca.n};
+    mc__bytes withc = {NULL, 0, 0, false};
+    mc__cache_encode_material(&mat, &withc);
+    CHECK_GT(withc.n, mn);
+    mc__cache_material back;
+    CHECK(mc__cache_parse_material(withc.p, withc.n, &back) == NULL);
+    CHECK_EQ(back.constants.len, ca.n);
+    withc.p[withc.n - ca.n + 4] = 6; /* the first index (2) now above the second (5) */
+    CHECK(mc__cache_parse_material(withc.p, withc.n, &back) != NULL);
+    const mc_function_constant dup[2] = {{2, 4, &v1}, {2, 4, &v2}};
+    mc__bytes cd = {NULL, 0, 0, false};
+    CHECK(!mc__cache_encode_constants(dup, 2, &cd));
+    free(ca.p);
+    free(cb.p);
+    free(cd.p);
+    free(withc.p);
 
     const char payload[] = "payload bytes";
     uint8_t e[512];

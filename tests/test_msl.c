@@ -336,6 +336,117 @@ MC_TEST(msl_function_constants)
     return msl_done(d);
 }
 
+static int expect_refused(mc_device *d, const char *src, const char *want);
+
+/* float <-> half bits for values a half holds exactly (normal or zero) */
+static uint16_t exact_half(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if (!(x & 0x7fffffffu)) return (uint16_t)(x >> 16);
+    return (uint16_t)(((x >> 16) & 0x8000u) | ((((x >> 23) & 0xffu) - 112u) << 10) | ((x >> 13) & 0x3ffu));
+}
+
+static float half_value(uint16_t h)
+{
+    uint32_t x = (uint32_t)(h & 0x8000u) << 16;
+    if (h & 0x7fffu) x |= ((((h >> 10) & 0x1fu) + 112u) << 23) | ((uint32_t)(h & 0x3ffu) << 13);
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+MC_TEST(msl_half_vector_swizzles)
+{
+    OPEN_MSL(d, lib, "features.metal");
+    mc_pipeline *p = msl_pipeline(d, lib, "half_swizzles", NULL, 0);
+    CHECK(p);
+    enum { N = 64 };
+    /* quarters from -8 to 8: every sum and product below is exact in half */
+    float a[N][4];
+    uint16_t in[N * 4], out[N * 12];
+    float f[N * 4];
+    for (int i = 0; i < N; i++)
+        for (int k = 0; k < 4; k++) {
+            a[i][k] = (float)((i * 7 + k * 13) % 65 - 32) * 0.25f;
+            in[i * 4 + k] = exact_half(a[i][k]);
+        }
+    mc_buffer *bi = msl_buffer(d, sizeof in, in), *bo = msl_buffer(d, sizeof out, NULL), *bf = msl_buffer(d, sizeof f, NULL);
+    CHECK(bi && bo && bf);
+    slot s[3] = {{bi, NULL, 0}, {bo, NULL, 0}, {bf, NULL, 0}};
+    CHECK_OK(msl_run(d, p, s, 3, (mc_size3){2, 1, 1}, (mc_size3){32, 1, 1}, 0));
+    CHECK_OK(mc_buffer_read(bo, 0, out, sizeof out));
+    CHECK_OK(mc_buffer_read(bf, 0, f, sizeof f));
+    for (int i = 0; i < N; i++) {
+        float x = a[i][0], y = a[i][1], z = a[i][2], w = a[i][3];
+        /* b = xxxx; b.zyx = 2 * (x, y, z); b.xy = b.yx; c = (w, z, 1);
+         * d = (x + z, y + w); d.yx += (w, w) */
+        float dx = x + z + w, dy = y + w + w;
+        const float want[12] = {2 * y, 2 * z, 2 * x, x, w, z, 1, dx, dx, dy, y, w};
+        for (int k = 0; k < 12; k++) CHECK_FLOAT_NEAR(half_value(out[i * 12 + k]), want[k], 0.0);
+        const float wantf[4] = {z + 1, w + z, x + w, y + dy};
+        for (int k = 0; k < 4; k++) CHECK_FLOAT_NEAR(f[i * 4 + k], wantf[k], 0.0);
+    }
+    /* writing through a swizzle that names a component twice is an error, as in MSL */
+    if (mct_device_kind(d) != MC_DEVICE_METAL &&
+        expect_refused(d,
+                       "kernel void k(device half4 *o [[buffer(0)]]) {\n  half4 h = o[0];\n  h.xx = half2(1.0h);\n"
+                       "  o[0] = h;\n}\n",
+                       "names a component twice"))
+        return 1;
+    return msl_done(d);
+}
+
+MC_TEST(msl_vector_function_constants)
+{
+    OPEN_MSL_DEVICE(d);
+    mc_library *lib = msl_library(d, "features.metal");
+    CHECK(lib);
+    const float f2[2] = {1.5f, -2.0f};
+    const int32_t i3[4] = {7, -8, 9, 0};                      /* int3: 16 bytes, as in Metal */
+    const uint16_t h4[4] = {0x3800u, 0x3c00u, 0xc000u, 0x4200u}; /* 0.5, 1, -2, 3 */
+    const uint8_t b2[2] = {1, 0};                             /* bool2: a byte a component */
+    const uint32_t u4[4] = {1u, 2u, 3u, 4000000000u};
+    mc_function_constant fc[5] = {
+        {10, sizeof f2, f2}, {11, sizeof i3, i3}, {12, sizeof h4, h4}, {13, sizeof b2, b2}, {14, sizeof u4, u4}};
+    mc_pipeline *p = msl_pipeline(d, lib, "vector_constants", fc, 5);
+    mc_pipeline *pn = msl_pipeline(d, lib, "vector_constants", NULL, 0);
+    CHECK(p && pn);
+    float out[16];
+    mc_buffer *bo = msl_buffer(d, sizeof out, NULL);
+    CHECK(bo);
+    slot s[1] = {{bo, NULL, 0}};
+    CHECK_OK(msl_run(d, p, s, 1, (mc_size3){1, 1, 1}, (mc_size3){32, 1, 1}, 0));
+    CHECK_OK(mc_buffer_read(bo, 0, out, sizeof out));
+    const float want[16] = {1.5f, -2.0f, 7, -8, 9, 0.5f, 1, -2, 3, 1, 0, 1, 2, 3, 4000000000.0f, 1};
+    for (int i = 0; i < 16; i++) CHECK_FLOAT_NEAR(out[i], want[i], 0.0);
+    /* none given: every component reads 0, and the constant is undefined */
+    CHECK_OK(msl_run(d, pn, s, 1, (mc_size3){1, 1, 1}, (mc_size3){32, 1, 1}, 0));
+    CHECK_OK(mc_buffer_read(bo, 0, out, sizeof out));
+    for (int i = 0; i < 16; i++) CHECK_FLOAT_NEAR(out[i], 0.0f, 0.0);
+    /* a value of another size than the declared type's is refused, naming
+     * the constant, its type and both sizes */
+    mc_device_kind kind = mct_device_kind(d);
+    const struct {
+        mc_function_constant fc;
+        const char *want;
+    } bad[3] = {{{10, 4, f2}, "declared 'float2 vc_f2', a value of 8 bytes; the value given has 4 bytes"},
+                {{13, 8, i3}, "declared 'bool2 vc_b2', a value of 2 bytes; the value given has 8 bytes"},
+                {{11, 12, i3}, "declared 'int3 vc_i3', a value of 16 bytes; the value given has 12 bytes"}};
+    for (int i = 0; i < 3 && kind == MC_DEVICE_CPU; i++) {
+        mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
+        pd.library = lib;
+        pd.function = "vector_constants";
+        pd.constants = &bad[i].fc;
+        pd.constant_count = 1;
+        mc_pipeline *pb = NULL;
+        CHECK_STATUS(mc_pipeline_create(d, &pd, &pb), MC_ERR_INVALID_ARGUMENT);
+        CHECK_STR_CONTAINS(mc_last_error(), bad[i].want);
+        CHECK(!pb);
+    }
+    return msl_done(d);
+}
+
 /* ---- barriers.metal ----------------------------------------------------------- */
 
 MC_TEST(msl_barrier_tiled_reduction)
@@ -360,6 +471,43 @@ MC_TEST(msl_barrier_tiled_reduction)
         }
     }
     free(in);
+    return msl_done(d);
+}
+
+MC_TEST(msl_threadgroup_slots_above_zero)
+{
+    OPEN_MSL(d, lib, "barriers.metal");
+    mc_pipeline *p = msl_pipeline(d, lib, "tg_slots", NULL, 0);
+    CHECK(p);
+    enum { G = 3, T = 64 };
+    int32_t in[G * T], out[G * T];
+    for (int i = 0; i < G * T; i++) in[i] = (i * 29 % 101) - 50;
+    mc_buffer *bi = msl_buffer(d, sizeof in, in), *bo = msl_buffer(d, sizeof out, NULL);
+    CHECK(bi && bo);
+    mc_queue *q = NULL;
+    mc_cmdbuf *cb = NULL;
+    mc_pass *pass = NULL;
+    CHECK_OK(mc_queue_create(d, NULL, &q));
+    CHECK_OK(mc_cmdbuf_create(q, NULL, &cb));
+    CHECK_OK(mc_cmdbuf_begin_pass(cb, "tg_slots", &pass));
+    CHECK_OK(mc_pass_set_pipeline(pass, p));
+    CHECK_OK(mc_pass_set_buffer(pass, 0, bi, 0));
+    CHECK_OK(mc_pass_set_buffer(pass, 1, bo, 0));
+    /* slot 1 is set but unused: slot 2 comes after it, at 256 + 112 bytes on CUDA */
+    CHECK_OK(mc_pass_set_threadgroup_memory(pass, 0, T * sizeof(int32_t)));
+    CHECK_OK(mc_pass_set_threadgroup_memory(pass, 1, 100));
+    CHECK_OK(mc_pass_set_threadgroup_memory(pass, 2, T * sizeof(int32_t)));
+    CHECK_OK(mc_pass_dispatch(pass, (mc_size3){G, 1, 1}, (mc_size3){T, 1, 1}));
+    CHECK_OK(mc_pass_end(pass));
+    CHECK_OK(mc_cmdbuf_commit(cb));
+    CHECK_OK(mc_cmdbuf_wait(cb, MC_WAIT_FOREVER));
+    CHECK_OK(mc_cmdbuf_status(cb, NULL));
+    mc_cmdbuf_release(cb);
+    mc_queue_release(q);
+    CHECK_OK(mc_buffer_read(bo, 0, out, sizeof out));
+    for (int g = 0; g < G; g++)
+        for (int l = 0; l < T; l++)
+            CHECK_EQ(out[g * T + l], in[g * T + (T - 1 - l)] + 10 * in[g * T + (l + 1) % T]);
     return msl_done(d);
 }
 

@@ -341,9 +341,8 @@ MC_API mc_status mc_library_create(mc_device *d, const mc_library_desc *desc, mc
  * compiled here: each mc_pipeline_create from the library goes through the
  * cache, so a second run loads the compiled code instead of compiling, and
  * a compile error comes from mc_pipeline_create (MC_ERR_COMPILE, the
- * compiler's output in mc_last_error()). A pipeline with function
- * constants compiles a library of its own, uncached (they are not part of
- * the cache's key). */
+ * compiler's output in mc_last_error()). Function constants are part of
+ * the cache's key: each set of values is cached like any pipeline. */
 MC_API mc_status mc_library_create_from_file(mc_device *d, const char *path, mc_language language,
                                              const char *options, mc_library **out, char **log);
 /* The extension of device kind k's native kernel language: ".c", ".cu", ".metal".

@@ -45,6 +45,11 @@ typedef struct mc_pipeline_source_desc {
     uint32_t max_total_threads_per_threadgroup;
     bool threadgroup_size_is_multiple_of_simd_width;
     const char *label;    /* not part of the key; NULL = the function name */
+    /* MSL function constants, as mc_pipeline_desc takes them: part of the
+     * key (indices, sizes and values, in any order; an index given twice
+     * is refused), so each set of values is an entry of its own. */
+    const mc_function_constant *constants;
+    uint32_t constant_count;
 } mc_pipeline_source_desc;
 #define MC_PIPELINE_SOURCE_DESC_INIT                                                                        \
     MC__DESC_INIT(.language = MC_LANG_UNSET, .source = NULL, .source_len = 0, .max_total_threads_per_threadgroup = 0)

@@ -26,17 +26,28 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MC_CPU_ABI_VERSION 1
+#define MC_CPU_ABI_VERSION 2
 #define MC_CPU_MAX_ARGS 31
 #define MC_CPU_MAX_TG_MEM 8
 
 /* MSL function constants of a pipeline: index i is set when bit i of
- * defined is; each value sits in the low bytes of its slot. */
+ * defined is; each value sits in the low bytes of its slot, which holds
+ * up to a 4-vector of 32-bit components (float4, int4, uint4). */
 #define MC_CPU_MAX_CONSTANTS 128
+#define MC_CPU_CONSTANT_SIZE 16
 typedef struct mc_cpu_constants {
     uint64_t defined[MC_CPU_MAX_CONSTANTS / 64];
-    uint64_t value[MC_CPU_MAX_CONSTANTS];
+    uint64_t value[MC_CPU_MAX_CONSTANTS][MC_CPU_CONSTANT_SIZE / 8];
 } mc_cpu_constants;
+
+/* What an MSL library declares (its symbol mc__function_constants, ended
+ * by an entry whose decl is NULL): each constant's index, the size of the
+ * value the API passes for its type, and the declaration, for messages. */
+typedef struct mc_cpu_fc_decl {
+    uint32_t index;
+    uint32_t size;
+    const char *decl;
+} mc_cpu_fc_decl;
 
 typedef struct mc_cpu_arg {
     void *ptr;   /* buffer contents + offset, or the bytes passed by value */

@@ -185,6 +185,8 @@ typedef struct mc_pipeline_source_desc {
     uint32_t max_total_threads_per_threadgroup;
     _Bool threadgroup_size_is_multiple_of_simd_width;
     const char *label;
+    const void *constants; /* const mc_function_constant * */
+    uint32_t constant_count;
 } mc_pipeline_source_desc;
 mc_status mc_pipeline_create_from_source(mc_device *d, const mc_pipeline_source_desc *desc,
                                          mc_pipeline **out, char **log);

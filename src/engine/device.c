@@ -764,24 +764,7 @@ static mc_status pipeline_from_deferred(mc_device *d, const mc_pipeline_desc *de
     const mc_library *l = desc->library;
     char *log = NULL;
     mc_status s;
-    if (desc->constant_count) {
-        /* Function constants are not part of the cache's key: such a
-         * pipeline compiles from a library of its own, uncached. */
-        mc_library_desc ld = {l->language, l->source, l->source_len, l->options, l->base.label};
-        mc_library *own = NULL;
-        s = mc_library_create(d, &ld, &own, &log);
-        if (s == MC_OK) {
-            mc_pipeline_desc pd = *desc;
-            pd.library = own;
-            s = mc_pipeline_create(d, &pd, out);
-            mc_library_release(own);
-        } else if (log) {
-            mc__fail(s, "%s: %s compilation failed:\n%s", l->base.label ? l->base.label : "library",
-                     mc_language_name(l->language), log);
-        }
-        mc_free(log);
-        return s;
-    }
+    /* function constants are part of the cache's key (docs/CACHE.md) */
     mc_pipeline_source_desc sd = MC_PIPELINE_SOURCE_DESC_INIT;
     sd.language = l->language;
     sd.source = l->source;
@@ -791,6 +774,8 @@ static mc_status pipeline_from_deferred(mc_device *d, const mc_pipeline_desc *de
     sd.max_total_threads_per_threadgroup = desc->max_total_threads_per_threadgroup;
     sd.threadgroup_size_is_multiple_of_simd_width = desc->threadgroup_size_is_multiple_of_simd_width;
     sd.label = desc->label;
+    sd.constants = desc->constants;
+    sd.constant_count = desc->constant_count;
     s = mc_pipeline_create_from_source(d, &sd, out, &log);
     if (s != MC_OK && log) mc__fail(s, "%s: %s compilation failed:\n%s", l->base.label ? l->base.label : "library",
                                     mc_language_name(l->language), log);

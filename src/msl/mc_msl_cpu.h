@@ -211,19 +211,128 @@ static inline half operator/(half a, half b) { return half(float(a) / float(b));
 static inline half operator-(half a) { half r = a; r.bits ^= 0x8000u; return r; }
 static inline half operator""_h(long double d) { return half((float)d); }
 
+/* half vectors are structs (clang's ext vectors of a class type do not
+ * exist), so their swizzles are members too: every swizzle of 2 to 4
+ * components (xy, zyx, xxxx, and the rgba forms) is a union member over
+ * the vector's storage (hswz), read as the vector of its components and
+ * written component by component, as MSL defines them. */
 namespace mc {
-template <int N> struct hvec;
-template <> struct hvec<2> { half x, y; };
-template <> struct hvec<3> { half x, y, z; };
-template <> struct hvec<4> { half x, y, z, w; };
+/* D (always void) makes the vectors partial specialisations: their ~1,200
+ * swizzle members are instantiated only in a kernel that uses half vectors */
+template <int N, class D = void> struct hvec;
+template <int... I> constexpr bool distinct_components()
+{
+    const int c[] = {I...};
+    for (unsigned a = 0; a < sizeof...(I); a++)
+        for (unsigned b = a + 1; b < sizeof...(I); b++)
+            if (c[a] == c[b]) return false;
+    return true;
+}
+template <class D, int N, int... I> struct hswz {
+    static constexpr int K = sizeof...(I);
+    half v[N]; /* the whole vector: every member of the union starts here */
+    /* defined here, used once hvec is complete (at is found then) */
+    operator hvec<K>() const
+    {
+        hvec<K> r;
+        int k = 0;
+        ((at(r, k++) = v[I]), ...);
+        return r;
+    }
+    hswz &operator=(const hvec<K> &o)
+    {
+        static_assert(distinct_components<I...>(), "a swizzle that names a component twice cannot be assigned to");
+        const hvec<K> t = o; /* o may be this vector itself (h.xy = h.yx) */
+        int k = 0;
+        ((v[I] = at(t, k++)), ...);
+        return *this;
+    }
+    /* another swizzle of the same pattern: its components, not its storage */
+    hswz &operator=(const hswz &o) { return *this = hvec<K>(o); }
+    template <class E, int M, int... J> hswz &operator=(const hswz<E, M, J...> &o)
+    {
+        return *this = hvec<K>(hvec<sizeof...(J)>(o));
+    }
+};
+} // namespace mc
+/* The members: MC__HL<level><N><set>(F, args...) calls F(args..., name,
+ * index) for each of the N components; one family a level, since a macro
+ * cannot expand inside itself. */
+#define MC__HLA2x(F, ...) F(__VA_ARGS__, x, 0) F(__VA_ARGS__, y, 1)
+#define MC__HLA3x(F, ...) MC__HLA2x(F, __VA_ARGS__) F(__VA_ARGS__, z, 2)
+#define MC__HLA4x(F, ...) MC__HLA3x(F, __VA_ARGS__) F(__VA_ARGS__, w, 3)
+#define MC__HLB2x(F, ...) F(__VA_ARGS__, x, 0) F(__VA_ARGS__, y, 1)
+#define MC__HLB3x(F, ...) MC__HLB2x(F, __VA_ARGS__) F(__VA_ARGS__, z, 2)
+#define MC__HLB4x(F, ...) MC__HLB3x(F, __VA_ARGS__) F(__VA_ARGS__, w, 3)
+#define MC__HLC2x(F, ...) F(__VA_ARGS__, x, 0) F(__VA_ARGS__, y, 1)
+#define MC__HLC3x(F, ...) MC__HLC2x(F, __VA_ARGS__) F(__VA_ARGS__, z, 2)
+#define MC__HLC4x(F, ...) MC__HLC3x(F, __VA_ARGS__) F(__VA_ARGS__, w, 3)
+#define MC__HLD2x(F, ...) F(__VA_ARGS__, x, 0) F(__VA_ARGS__, y, 1)
+#define MC__HLD3x(F, ...) MC__HLD2x(F, __VA_ARGS__) F(__VA_ARGS__, z, 2)
+#define MC__HLD4x(F, ...) MC__HLD3x(F, __VA_ARGS__) F(__VA_ARGS__, w, 3)
+#define MC__HLA2r(F, ...) F(__VA_ARGS__, r, 0) F(__VA_ARGS__, g, 1)
+#define MC__HLA3r(F, ...) MC__HLA2r(F, __VA_ARGS__) F(__VA_ARGS__, b, 2)
+#define MC__HLA4r(F, ...) MC__HLA3r(F, __VA_ARGS__) F(__VA_ARGS__, a, 3)
+#define MC__HLB2r(F, ...) F(__VA_ARGS__, r, 0) F(__VA_ARGS__, g, 1)
+#define MC__HLB3r(F, ...) MC__HLB2r(F, __VA_ARGS__) F(__VA_ARGS__, b, 2)
+#define MC__HLB4r(F, ...) MC__HLB3r(F, __VA_ARGS__) F(__VA_ARGS__, a, 3)
+#define MC__HLC2r(F, ...) F(__VA_ARGS__, r, 0) F(__VA_ARGS__, g, 1)
+#define MC__HLC3r(F, ...) MC__HLC2r(F, __VA_ARGS__) F(__VA_ARGS__, b, 2)
+#define MC__HLC4r(F, ...) MC__HLC3r(F, __VA_ARGS__) F(__VA_ARGS__, a, 3)
+#define MC__HLD2r(F, ...) F(__VA_ARGS__, r, 0) F(__VA_ARGS__, g, 1)
+#define MC__HLD3r(F, ...) MC__HLD2r(F, __VA_ARGS__) F(__VA_ARGS__, b, 2)
+#define MC__HLD4r(F, ...) MC__HLD3r(F, __VA_ARGS__) F(__VA_ARGS__, a, 3)
+#define MC__HS1(N, S, c0, i0) MC__HLB##N##S(MC__HS2, N, S, c0, i0)
+#define MC__HS2(N, S, c0, i0, c1, i1) mc::hswz<D, N, i0, i1> c0##c1; MC__HLC##N##S(MC__HS3, N, S, c0, i0, c1, i1)
+#define MC__HS3(N, S, c0, i0, c1, i1, c2, i2)                                                                      \
+    mc::hswz<D, N, i0, i1, i2> c0##c1##c2;                                                                           \
+    MC__HLD##N##S(MC__HS4, N, S, c0, i0, c1, i1, c2, i2)
+#define MC__HS4(N, S, c0, i0, c1, i1, c2, i2, c3, i3) mc::hswz<D, N, i0, i1, i2, i3> c0##c1##c2##c3;
+#define MC__HSWIZZLES(N) MC__HLA##N##x(MC__HS1, N, x) MC__HLA##N##r(MC__HS1, N, r)
+namespace mc {
+/* The union's copy assignment is deleted (a swizzle assigns components, not
+ * storage), so the vector copies its storage itself. */
+#define MC__HVEC_COPY                                                                                             \
+    hvec &operator=(const hvec &o)                                                                                \
+    {                                                                                                             \
+        __builtin_memcpy((void *)this, (const void *)&o, sizeof *this);                                         \
+        return *this;                                                                                             \
+    }
+template <class D> struct hvec<2, D> {
+    union {
+        struct { half x, y; };
+        struct { half r, g; };
+        MC__HSWIZZLES(2)
+    };
+    MC__HVEC_COPY
+};
+template <class D> struct hvec<3, D> {
+    union {
+        struct { half x, y, z; };
+        struct { half r, g, b; };
+        MC__HSWIZZLES(3)
+    };
+    MC__HVEC_COPY
+};
+template <class D> struct hvec<4, D> {
+    union {
+        struct { half x, y, z, w; };
+        struct { half r, g, b, a; };
+        MC__HSWIZZLES(4)
+    };
+    MC__HVEC_COPY
+};
+#undef MC__HVEC_COPY
 } // namespace mc
 typedef mc::hvec<2> half2;
 typedef mc::hvec<3> half3;
 typedef mc::hvec<4> half4;
 namespace mc {
 template <int N> struct vec_traits<hvec<N>> { static constexpr int n = N; typedef half elem; };
+template <class D, int N, int... I> struct vec_traits<hswz<D, N, I...>> { static constexpr int n = sizeof...(I); typedef half elem; };
 template <int N> static inline half &at(hvec<N> &v, int i) { return (&v.x)[i]; }
 template <int N> static inline half at(const hvec<N> &v, int i) { return (&v.x)[i]; }
+
 template <int N> static inline vec<float, N> widen(const hvec<N> &v)
 {
     vec<float, N> r;
@@ -248,6 +357,22 @@ template <int N> static inline hvec<N> narrow(vec<float, N> v)
     { return a = a op b; }
 MC__HOP(+) MC__HOP(-) MC__HOP(*) MC__HOP(/)
 #undef MC__HOP
+/* a swizzle computes as the vector of its components */
+#define MC__HSOP(op)                                                                                              \
+    template <class D, int N, int... I, class B>                                                                  \
+    static inline auto operator op(const mc::hswz<D, N, I...> &a, const B &b)                                    \
+    { return mc::hvec<sizeof...(I)>(a) op b; }                                                                   \
+    template <class A, class D, int N, int... I>                                                                  \
+    static inline auto operator op(const A &a, const mc::hswz<D, N, I...> &b)                                    \
+    { return a op mc::hvec<sizeof...(I)>(b); }                                                                   \
+    template <class D, int N, int... I, class E, int M, int... J>                                                 \
+    static inline auto operator op(const mc::hswz<D, N, I...> &a, const mc::hswz<E, M, J...> &b)                \
+    { return mc::hvec<sizeof...(I)>(a) op mc::hvec<sizeof...(J)>(b); }                                          \
+    template <class D, int N, int... I, class B>                                                                  \
+    static inline mc::hswz<D, N, I...> &operator op##=(mc::hswz<D, N, I...> &a, const B &b)                    \
+    { return a = mc::hvec<sizeof...(I)>(a) op b; }
+MC__HSOP(+) MC__HSOP(-) MC__HSOP(*) MC__HSOP(/)
+#undef MC__HSOP
 
 /* ---- construction: float4(a.xy, b), float3(1.0f), float2(int2) ------------ */
 namespace mc {
@@ -262,6 +387,11 @@ template <class V> struct builder {
     }
     template <class S> static auto get(const S &s, int k) { return s[k]; }
     template <int N> static half get(const hvec<N> &s, int k) { return at(s, k); }
+    template <class D, int N, int... I> static half get(const hswz<D, N, I...> &s, int k)
+    {
+        const int c[] = {I...};
+        return s.v[c[k]];
+    }
     void set(int k, E e) { v[k] = e; }
 };
 template <int N> struct builder<hvec<N>> {
@@ -1192,10 +1322,20 @@ namespace mc {
  * taking part, as on Apple GPUs. Reductions walk the active lanes in lane
  * order, so float results match the CPU device's bit for bit. */
 static inline uint lane_id() { return __nvvm_read_ptx_sreg_laneid(); }
+/* activemask reads the lanes that execute this very instruction, so it
+ * must stay where the call is. LLVM's SimplifyCFG hoists instructions that
+ * begin both arms of an if, identically, above the branch: the two copies
+ * of a SIMD-group function's first instruction in `if (lane % 2 == 0) a =
+ * simd_sum(v); else b = simd_min(v);` became one activemask before the
+ * branch, which read all 32 lanes, and each arm then reduced over both
+ * (msl_simd_groups_non_uniform on an H100: 55 where 19 is right). A local's
+ * address as an operand makes every inlined copy a distinct instruction,
+ * which is never merged with another or moved out of its arm (volatile). */
 static inline uint active_mask()
 {
     uint m;
-    asm volatile("activemask.b32 %0;" : "=r"(m));
+    char here;
+    asm volatile("activemask.b32 %0;" : "=r"(m) : "l"(&here));
     return m;
 }
 template <class T> static inline T shfl(uint mask, T v, uint src)
@@ -1319,28 +1459,47 @@ namespace mc {
 /* set by the CUDA device before a launch (cuModuleGetGlobal) */
 extern "C" __attribute__((__constant__)) mc_cpu_constants mc_function_constants;
 static inline bool fc_defined(uint32_t i) { return i < MC_CPU_MAX_CONSTANTS && (mc_function_constants.defined[i / 64] >> (i % 64) & 1); }
-template <class T> static inline T fc_value(uint32_t i)
-{
-    T v{};
-    if (fc_defined(i)) __builtin_memcpy(&v, (const void *)&mc_function_constants.value[i], sizeof v);
-    return v;
-}
+static inline const void *fc_slot(uint32_t i) { return (const void *)&mc_function_constants.value[i]; }
 #else
 inline thread_local const mc_cpu_constants *fconsts = nullptr;
 static inline void fc_enter(const mc_cpu_ctx *ctx) { fconsts = ctx->constants; }
 static inline bool fc_defined(uint32_t i) { return fconsts && i < MC_CPU_MAX_CONSTANTS && (fconsts->defined[i / 64] >> (i % 64) & 1); }
+static inline const void *fc_slot(uint32_t i) { return &fconsts->value[i]; }
+#endif
+/* Scalars and vectors: the value's bytes as the kernel lays the type out
+ * (a 3-vector of 32-bit components is 16 bytes, as in Metal). */
 template <class T> static inline T fc_value(uint32_t i)
 {
+    static_assert(sizeof(T) <= MC_CPU_CONSTANT_SIZE,
+                  "a function constant is at most 16 bytes (a 4-vector of 32-bit components)");
     T v{};
-    static_assert(sizeof(T) <= 8, "function constants are scalars");
-    if (fc_defined(i)) __builtin_memcpy(&v, &fconsts->value[i], sizeof v);
+    if (fc_defined(i)) __builtin_memcpy((void *)&v, fc_slot(i), sizeof v);
     return v;
 }
-#endif
+/* bool2/3/4: one byte a component through the API (Metal's layout), a mask
+ * vector in the kernel (bool vectors are integer masks here) */
+template <int N> static inline vec<int, N> fc_bools(uint32_t i)
+{
+    vec<int, N> v = 0;
+    if (!fc_defined(i)) return v;
+    const unsigned char *b = (const unsigned char *)fc_slot(i);
+    for (int k = 0; k < N; k++) v[k] = b[k] ? -1 : 0;
+    return v;
+}
+/* The size of the value the API passes for a constant of type T: what the
+ * CPU device checks at pipeline creation (mc__function_constants). */
+template <class T> struct fc_api_size { static constexpr uint32_t value = sizeof(T); };
+template <> struct fc_api_size<hvec<3>> { static constexpr uint32_t value = 8; }; /* Metal's half3: 4 halves */
 } // namespace mc
 #define MC_FUNCTION_CONSTANT(T, name, idx)                                                                       \
     struct mc_fc_##name {                                                                                         \
         operator mc::remove_cv<T>::type() const { return mc::fc_value<mc::remove_cv<T>::type>(idx); }             \
+        bool mc_defined() const { return mc::fc_defined(idx); }                                                   \
+    };                                                                                                            \
+    static const mc_fc_##name name = {}
+#define MC_FUNCTION_CONSTANT_BOOLS(N, name, idx)                                                                  \
+    struct mc_fc_##name {                                                                                         \
+        operator mc::vec<int, N>() const { return mc::fc_bools<N>(idx); }                                        \
         bool mc_defined() const { return mc::fc_defined(idx); }                                                   \
     };                                                                                                            \
     static const mc_fc_##name name = {}
@@ -1378,7 +1537,28 @@ template <class P> static inline P attr(uint v) { return (P)v; }
  * `constant T&` by value (the bytes bound to the slot). */
 template <class P> struct cuda_param { typedef typename remove_cv<typename remove_ref<P>::type>::type type; };
 template <class P> struct cuda_param<P *> { typedef P *type; };
-extern "C" __attribute__((__shared__)) char mc_threadgroup_memory[];
+extern "C" __attribute__((__shared__)) __attribute__((aligned(16))) char mc_threadgroup_memory[];
+/* [[threadgroup(n)]] slots share the one dynamic shared block, slot 0
+ * first, each rounded up to 16 bytes: the CUDA device's layout (tg_total
+ * in src/backends/cuda/cuda_queue.c). A kernel that uses a slot above 0
+ * needs the sizes the pass set to find it: they are its parameter 31,
+ * after the 31 buffer slots (tg_sizes). */
+struct tg_sizes {
+    uint size[MC_CPU_MAX_TG_MEM];
+};
+static inline char *tg_slot(const tg_sizes &s, uint slot)
+{
+    uint off = 0, any = 0, dyn;
+    for (uint j = 0; j < MC_CPU_MAX_TG_MEM; j++) {
+        if (j < slot) off += (s.size[j] + 15u) & ~15u;
+        any |= s.size[j];
+    }
+    asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
+    /* memory was set but no sizes came: every slot would start at 0 and
+     * overlap, a wrong result; stop the kernel instead */
+    if (!any && dyn) __builtin_trap();
+    return mc_threadgroup_memory + off;
+}
 static inline ids cuda_ids()
 {
     ids t;

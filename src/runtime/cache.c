@@ -168,8 +168,24 @@ mc_status mc__cache_make_req(mc_device *d, const mc_pipeline_source_desc *desc, 
     r->max_total_threads_per_threadgroup = desc->max_total_threads_per_threadgroup;
     r->threadgroup_size_is_multiple_of_simd_width = desc->threadgroup_size_is_multiple_of_simd_width;
     r->label = desc->label;
-    r->constants = NULL; /* pipelines with function constants are not cached (device.c) */
-    r->constant_count = 0;
+    if (desc->constant_count && !desc->constants)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "%s: constant_count is %u but constants is NULL", who,
+                        desc->constant_count);
+    /* The key holds every value (cache_table.c): each must be readable and
+     * its index given once, or two orders of one list would differ. */
+    uint64_t seen[2] = {0, 0};
+    for (uint32_t i = 0; i < desc->constant_count; i++) {
+        const mc_function_constant *fc = &desc->constants[i];
+        if (fc->index >= 128 || !fc->size || !fc->value)
+            return mc__fail(MC_ERR_INVALID_ARGUMENT,
+                            "%s: function constant %u: index %u (below 128), a size (%u) and a value are needed", who, i,
+                            fc->index, fc->size);
+        if (seen[fc->index / 64] >> (fc->index % 64) & 1)
+            return mc__fail(MC_ERR_INVALID_ARGUMENT, "%s: function constant index %u is given twice", who, fc->index);
+        seen[fc->index / 64] |= 1ull << (fc->index % 64);
+    }
+    r->constants = desc->constant_count ? desc->constants : NULL;
+    r->constant_count = desc->constant_count;
     return MC_OK;
 }
 

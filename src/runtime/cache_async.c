@@ -35,6 +35,8 @@ struct mc_pipeline_future {
     struct mc__cache *c;
     mc__cache_req r;
     char *source, *options, *function, *label; /* owned copies */
+    mc_function_constant *constants;            /* owned copies, each value in values */
+    uint8_t *values;
     pthread_mutex_t lock;
     pthread_cond_t cv;
     _Atomic bool done;
@@ -69,6 +71,8 @@ static void future_free(mc_pipeline_future *f)
     free(f->options);
     free(f->function);
     free(f->label);
+    free(f->constants);
+    free(f->values);
     free(f->msg);
     free(f->log);
     f->tag = MC__TAG_DEAD;
@@ -201,6 +205,28 @@ static char *dup_n(const char *s, size_t n)
     return p;
 }
 
+/* The request's function constants, values included (the caller's may be
+ * gone before a pool thread builds): false when out of memory. */
+static bool copy_constants(const mc__cache_req *r, mc_function_constant **fc, uint8_t **values)
+{
+    *fc = NULL;
+    *values = NULL;
+    if (!r->constant_count) return true;
+    size_t total = 0;
+    for (uint32_t i = 0; i < r->constant_count; i++) total += r->constants[i].size;
+    *fc = mc__calloc(r->constant_count, sizeof **fc);
+    *values = mc__malloc(total ? total : 1);
+    if (!*fc || !*values) return false;
+    size_t at = 0;
+    for (uint32_t i = 0; i < r->constant_count; i++) {
+        (*fc)[i] = r->constants[i];
+        memcpy(*values + at, r->constants[i].value, r->constants[i].size);
+        (*fc)[i].value = *values + at;
+        at += r->constants[i].size;
+    }
+    return true;
+}
+
 mc_status mc_pipeline_create_async(mc_device *d, const mc_pipeline_source_desc *desc, mc_pipeline_future **out)
 {
     MC__CHECK_HANDLE(d, MC__TAG_DEVICE, "device");
@@ -217,11 +243,14 @@ mc_status mc_pipeline_create_async(mc_device *d, const mc_pipeline_source_desc *
     f->options = mc__strdup(r.options);
     f->function = mc__strdup(r.function);
     f->label = mc__strdup(r.label);
-    if (!f->source || !f->options || !f->function || (r.label && !f->label)) {
+    bool consts_ok = copy_constants(&r, &f->constants, &f->values);
+    if (!f->source || !f->options || !f->function || (r.label && !f->label) || !consts_ok) {
         free(f->source);
         free(f->options);
         free(f->function);
         free(f->label);
+        free(f->constants);
+        free(f->values);
         free(f);
         return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
     }
@@ -233,6 +262,7 @@ mc_status mc_pipeline_create_async(mc_device *d, const mc_pipeline_source_desc *
     f->r.options = f->options;
     f->r.function = f->function;
     f->r.label = f->label;
+    f->r.constants = f->constants;
     pthread_mutex_init(&f->lock, NULL);
     mc__cond_init_monotonic(&f->cv);
     atomic_init(&f->done, false);

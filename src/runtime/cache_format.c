@@ -196,6 +196,27 @@ static const char *take_u32(const uint8_t **p, size_t *left, uint32_t *out)
     return NULL;
 }
 
+/* A constants field as mc__cache_encode_constants writes it: a count, then
+ * that many (index, size, bytes) in ascending index order, nothing after. */
+static const char *check_constants(const mc__cache_str *f)
+{
+    const uint8_t *p = (const uint8_t *)f->p;
+    size_t left = f->len;
+    uint32_t n, index, size, last = 0;
+    const char *why;
+    if ((why = take_u32(&p, &left, &n))) return why;
+    if (!n) return "an empty function-constant list in the key material";
+    for (uint32_t i = 0; i < n; i++) {
+        if ((why = take_u32(&p, &left, &index)) || (why = take_u32(&p, &left, &size))) return why;
+        if (i && index <= last) return "function constants out of order in the key material";
+        if (size > left) return "a function constant's value runs past the key material";
+        p += size;
+        left -= size;
+        last = index;
+    }
+    return left ? "trailing bytes after the function constants" : NULL;
+}
+
 const char *mc__cache_parse_material(const uint8_t *m, size_t len, mc__cache_material *out)
 {
     mc__cache_material r;
@@ -214,7 +235,11 @@ const char *mc__cache_parse_material(const uint8_t *m, size_t len, mc__cache_mat
         (why = take_u32(&p, &left, &r.max_total_threads_per_threadgroup)) ||
         (why = take_u32(&p, &left, &r.simd_multiple)))
         return why;
+    /* optional, so the material of a pipeline without constants is what
+     * it was before constants were part of the key */
+    if (left && (why = take_field(&p, &left, &r.constants))) return why;
     if (left) return "trailing bytes after the key material";
+    if (r.constants.p && (why = check_constants(&r.constants))) return why;
     if (out) *out = r;
     return NULL;
 }
@@ -246,6 +271,35 @@ void mc__cache_encode_material(const mc__cache_material *m, mc__bytes *out)
     bytes_field(out, m->function.p, m->function.len);
     bytes_u32(out, m->max_total_threads_per_threadgroup);
     bytes_u32(out, m->simd_multiple);
+    if (m->constants.len) bytes_field(out, m->constants.p, m->constants.len);
+}
+
+static int by_index(const void *a, const void *b)
+{
+    uint32_t x = (*(const mc_function_constant *const *)a)->index, y = (*(const mc_function_constant *const *)b)->index;
+    return x < y ? -1 : x > y;
+}
+
+bool mc__cache_encode_constants(const mc_function_constant *fc, uint32_t n, mc__bytes *out)
+{
+    if (!n) return true;
+    const mc_function_constant **order = mc__calloc(n, sizeof *order);
+    if (!order) {
+        out->oom = true;
+        return false;
+    }
+    for (uint32_t i = 0; i < n; i++) order[i] = &fc[i];
+    qsort(order, n, sizeof *order, by_index);
+    bool ok = true;
+    bytes_u32(out, n);
+    for (uint32_t i = 0; i < n && ok; i++) {
+        if (i && order[i]->index == order[i - 1]->index) ok = false;
+        bytes_u32(out, order[i]->index);
+        bytes_u32(out, order[i]->size);
+        mc__bytes_add(out, order[i]->value, order[i]->size);
+    }
+    free(order);
+    return ok && !out->oom;
 }
 
 /* ---- the layout: which folders and files are the cache's ----------------- */

@@ -76,6 +76,10 @@ typedef struct mc__cache_material {
     uint32_t language; /* mc_language */
     uint32_t max_total_threads_per_threadgroup;
     uint32_t simd_multiple;
+    /* MSL function constants: absent (len 0) when none were given, else
+     * their count (u32) and, by ascending index, each one's index (u32),
+     * size (u32) and value bytes (mc__cache_encode_constants) */
+    mc__cache_str constants;
 } mc__cache_material;
 /* NULL on success, else the reason. Never reads outside m[0..len). */
 const char *mc__cache_parse_material(const uint8_t *m, size_t len, mc__cache_material *out);
@@ -83,6 +87,11 @@ const char *mc__cache_parse_material(const uint8_t *m, size_t len, mc__cache_mat
  * current one is written), appended to out: every field length-prefixed,
  * so no two inputs serialise alike. mc__cache_parse_material reads it. */
 void mc__cache_encode_material(const mc__cache_material *m, mc__bytes *out);
+/* The canonical form of a set of function constants (the constants field
+ * above; nothing for n == 0), whatever order they are given in. false when
+ * an index is given twice (or out of memory: out->oom). */
+struct mc_function_constant;
+bool mc__cache_encode_constants(const struct mc_function_constant *fc, uint32_t n, mc__bytes *out);
 
 /* ---- names and folders --------------------------------------------------- */
 

@@ -40,6 +40,13 @@ static bool build_material(mc_device *d, const mc__cache_req *r, mc__bytes *m, b
         compiler[sizeof compiler - 1] = '\0';
     }
     const char *comp = *identity_known ? compiler : "(unknown compiler)";
+    /* function constants in one order whatever order they came in, so
+     * the same set hits and two sets never share an entry */
+    mc__bytes fc = {NULL, 0, 0, false};
+    if (!mc__cache_encode_constants(r->constants, r->constant_count, &fc)) {
+        free(fc.p);
+        return false;
+    }
     mc__cache_material mat = {
         .runtime = {MC_VERSION_STRING, strlen(MC_VERSION_STRING)}, /* backends' import formats may change */
         .backend = {d->hal->name, strlen(d->hal->name)},
@@ -51,8 +58,10 @@ static bool build_material(mc_device *d, const mc__cache_req *r, mc__bytes *m, b
         .function = {r->function, strlen(r->function)},
         .max_total_threads_per_threadgroup = r->max_total_threads_per_threadgroup,
         .simd_multiple = r->threadgroup_size_is_multiple_of_simd_width ? 1u : 0u,
+        .constants = {(const char *)fc.p, fc.n},
     };
     mc__cache_encode_material(&mat, m);
+    free(fc.p);
     return !m->oom;
 }
 
@@ -64,6 +73,8 @@ static mc_status pipeline_from_lib(mc_device *d, mc_library *lib, const mc__cach
     pd.max_total_threads_per_threadgroup = r->max_total_threads_per_threadgroup;
     pd.threadgroup_size_is_multiple_of_simd_width = r->threadgroup_size_is_multiple_of_simd_width;
     pd.label = r->label;
+    pd.constants = r->constants;
+    pd.constant_count = r->constant_count;
     return mc_pipeline_create(d, &pd, out);
 }
 

@@ -162,3 +162,17 @@ kernel void helper_barrier(device uint *out [[buffer(0)]],
     sync_all();
     out[gid] = t[n - 1u - lid];
 }
+
+// Two threadgroup memory slots, 0 and 2, each the pass's own length: they
+// must not overlap (on CUDA slot 2 sits after slots 0 and 1 in the one
+// shared block, each rounded up to 16 bytes).
+kernel void tg_slots(device const int *in [[buffer(0)]], device int *out [[buffer(1)]],
+                     threadgroup int *a [[threadgroup(0)]], threadgroup int *b [[threadgroup(2)]],
+                     uint lid [[thread_index_in_threadgroup]], uint gid [[thread_position_in_grid]],
+                     uint n [[threads_per_threadgroup]])
+{
+    a[lid] = in[gid];
+    b[lid] = in[gid] * 10;
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    out[gid] = a[n - 1 - lid] + b[(lid + 1) % n];
+}

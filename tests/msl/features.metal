@@ -120,3 +120,54 @@ kernel void constants(device int *out [[buffer(0)]], uint i [[thread_position_in
     if (is_function_constant_defined(fc_negate) && fc_negate) v = -v;
     out[i] = v;
 }
+
+// Vector-typed function constants (and a bool vector, one byte a component
+// through the API), set through pipeline creation like scalar ones.
+constant float2 vc_f2 [[function_constant(10)]];
+constant int3 vc_i3 [[function_constant(11)]];
+constant half4 vc_h4 [[function_constant(12)]];
+constant bool2 vc_b2 [[function_constant(13)]];
+constant uint4 vc_u4 [[function_constant(14)]];
+kernel void vector_constants(device float *o [[buffer(0)]], uint i [[thread_position_in_grid]])
+{
+    if (i != 0) return;
+    float2 f = vc_f2;
+    int3 n = vc_i3;
+    half4 h = vc_h4;
+    bool2 b = vc_b2;
+    uint4 u = vc_u4;
+    o[0] = f.x;
+    o[1] = f.y;
+    o[2] = float(n.x);
+    o[3] = float(n.y);
+    o[4] = float(n.z);
+    o[5] = float(h.x);
+    o[6] = float(h.y);
+    o[7] = float(h.z);
+    o[8] = float(h.w);
+    o[9] = b.x ? 1.0f : 0.0f;
+    o[10] = b.y ? 1.0f : 0.0f;
+    o[11] = float(u.x);
+    o[12] = float(u.y);
+    o[13] = float(u.z);
+    o[14] = float(u.w);
+    o[15] = is_function_constant_defined(vc_f2) ? 1.0f : 0.0f;
+}
+
+// half vector swizzles: read (xy, zyx, xxxx, rgba names), write (zyx = ...,
+// a swap through itself, compound), in constructors and mixed with float.
+kernel void half_swizzles(device const half4 *in [[buffer(0)]], device half4 *out [[buffer(1)]],
+                          device float4 *f [[buffer(2)]], uint i [[thread_position_in_grid]])
+{
+    half4 a = in[i];
+    half4 b = a.xxxx;
+    b.zyx = a.xyz * 2.0h;
+    b.xy = b.yx;
+    half3 c = half3(a.wz, 1.0h);
+    half2 d = a.rg + a.ba;
+    d.yx += half2(a.ww);
+    out[3 * i + 0] = b;
+    out[3 * i + 1] = half4(c, d.x);
+    out[3 * i + 2] = half4(d, a.yw);
+    f[i] = float4(a.zw, float2(a.xy)) + float4(float3(c.zyx), float(d.y));
+}

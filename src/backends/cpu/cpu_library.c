@@ -142,6 +142,24 @@ static bool defined_in(void *dl, const void *sym)
     return di.dli_fbase == (void *)lm->l_addr || (di.dli_fname && lm->l_name && !strcmp(di.dli_fname, lm->l_name));
 }
 
+/* Each value against the size of the type its index is declared with in
+ * the library (mc__function_constants, written by the MSL front end):
+ * Metal refuses a value of another type. Values for undeclared indices are
+ * left unread, as Metal ignores them. */
+static mc_status check_constant_sizes(void *dl, const char *function, const mc_function_constant *fc, uint32_t n)
+{
+    const mc_cpu_fc_decl *decl = dl ? dlsym(dl, "mc__function_constants") : NULL;
+    if (!decl || !defined_in(dl, decl)) return MC_OK; /* a C library: no declarations */
+    for (uint32_t i = 0; i < n; i++)
+        for (const mc_cpu_fc_decl *d = decl; d->decl; d++)
+            if (d->index == fc[i].index && d->size != fc[i].size)
+                return mc__fail(MC_ERR_INVALID_ARGUMENT,
+                                "'%s': function constant %u is declared '%s', a value of %u bytes; the value given "
+                                "has %u bytes",
+                                function, fc[i].index, d->decl, d->size, fc[i].size);
+    return MC_OK;
+}
+
 /* The pipeline's function constants in the layout kernels read. */
 static mc_status make_constants(const mc_function_constant *fc, uint32_t n, mc_cpu_constants **out)
 {
@@ -151,11 +169,12 @@ static mc_status make_constants(const mc_function_constant *fc, uint32_t n, mc_c
     mc_cpu_constants *c = mc__calloc(1, sizeof *c);
     if (!c) return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
     for (uint32_t i = 0; i < n; i++) {
-        if (fc[i].index >= MC_CPU_MAX_CONSTANTS || !fc[i].value || fc[i].size == 0 || fc[i].size > 8) {
+        if (fc[i].index >= MC_CPU_MAX_CONSTANTS || !fc[i].value || fc[i].size == 0 ||
+            fc[i].size > MC_CPU_CONSTANT_SIZE) {
             free(c);
             return mc__fail(MC_ERR_INVALID_ARGUMENT,
-                            "function constant %u: index %u (below %u), size %u (1 to 8 bytes) and a value are needed",
-                            i, fc[i].index, MC_CPU_MAX_CONSTANTS, fc[i].size);
+                            "function constant %u: index %u (below %u), size %u (1 to %u bytes) and a value are needed",
+                            i, fc[i].index, MC_CPU_MAX_CONSTANTS, fc[i].size, MC_CPU_CONSTANT_SIZE);
         }
         c->defined[fc[i].index / 64] |= 1ull << (fc[i].index % 64);
         memcpy(&c->value[fc[i].index], fc[i].value, fc[i].size);
@@ -202,6 +221,7 @@ static mc_status make_pipeline(mc__cpu_library *l, const char *function, uint32_
     if (!fn) return mc__fail(MC_ERR_NOT_FOUND, "no kernel function '%s' in the library", function);
     mc_cpu_constants *constants = NULL;
     mc_status st = make_constants(fc, nfc, &constants);
+    if (st == MC_OK && (st = check_constant_sizes(l->dl, function, fc, nfc)) != MC_OK) free(constants);
     if (st != MC_OK) return st;
     mc__cpu_pipeline *p = mc__calloc(1, sizeof *p);
     if (!p) {

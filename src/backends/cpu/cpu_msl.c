@@ -123,6 +123,41 @@ static bool is_vector_type(const xlat *x, size_t i)
     return false;
 }
 
+static bool record_fc(xlat *x, uint32_t idx, uint32_t type_start, uint32_t type_len, size_t name, uint32_t bools)
+{
+    if (x->nfc == x->fccap) {
+        size_t ncap = x->fccap ? x->fccap * 2 : 8;
+        struct fc_decl *p = realloc(x->fcs, ncap * sizeof *p);
+        if (!p) return false;
+        x->fcs = p;
+        x->fccap = ncap;
+    }
+    x->fcs[x->nfc++] = (struct fc_decl){idx, type_start, type_len, (uint32_t)name, bools};
+    return true;
+}
+
+/* The library's function constants for the CPU device to check values
+ * against at pipeline creation (mc_cpu_fc_decl, mc/mc_cpu_kernel.h). In the
+ * user's namespace, where their types are named as the source names them. */
+static void emit_fc_table(xlat *x)
+{
+    sbuf *o = &x->out;
+    putf(o, "\nextern \"C\" MC_KERNEL_EXPORT const mc_cpu_fc_decl mc__function_constants[] = {\n");
+    for (size_t k = 0; k < x->nfc; k++) {
+        const struct fc_decl *f = &x->fcs[k];
+        const tok *nt = &x->L.t[f->name_tok];
+        int tl = (int)f->type_len;
+        const char *ts = x->s + f->type_start;
+        if (f->bools) putf(o, "    {%uu, %uu, ", f->idx, f->bools);
+        else putf(o, "    {%uu, mc::fc_api_size<mc::remove_cv<%.*s>::type>::value, ", f->idx, tl, ts);
+        put(o, "\"", 1);
+        for (int c = 0; c < tl; c++) /* one line, nothing to escape: a message, not code */
+            if (ts[c] != '"' && ts[c] != '\\') put(o, isspace((unsigned char)ts[c]) ? " " : ts + c, 1);
+        putf(o, " %.*s\"},\n", (int)nt->len, x->s + nt->start);
+    }
+    putf(o, "    {0u, 0u, nullptr}};\n");
+}
+
 static bool translate_tokens(xlat *x)
 {
     if (!mc__msl_refuse_features(x)) return false;
@@ -244,10 +279,24 @@ static bool translate_tokens(xlat *x)
             size_t name = k - 1;
             if (name <= i + 1 || x->L.t[name].kind != T_IDENT || !punct(x, ae, ';'))
                 return fail_at(x, t->line, "a function constant must read 'constant T name [[function_constant(n)]];'");
+            if (idx >= MC_CPU_MAX_CONSTANTS)
+                return fail_at(x, t->line, "function constant index %u is beyond the %u indices (0 to %u)", idx,
+                               MC_CPU_MAX_CONSTANTS, MC_CPU_MAX_CONSTANTS - 1);
+            uint32_t tys = x->L.t[i + 1].start, tyl = x->L.t[name - 1].start + x->L.t[name - 1].len - tys;
+            /* bool vectors are integer masks here, but one byte a component
+             * through the API (Metal's): read by the header's fc_bools */
+            uint32_t bools = 0;
+            if (name == i + 2 && tyl == 5 && !memcmp(x->s + tys, "bool", 4) && x->s[tys + 4] >= '2' &&
+                x->s[tys + 4] <= '4')
+                bools = (uint32_t)(x->s[tys + 4] - '0');
+            if (!record_fc(x, idx, tys, tyl, name, bools)) return fail_at(x, t->line, "out of host memory");
             copy_to(x, t->start);
-            put(&x->out, "MC_FUNCTION_CONSTANT(", 21);
-            put(&x->out, x->s + x->L.t[i + 1].start,
-                x->L.t[name - 1].start + x->L.t[name - 1].len - x->L.t[i + 1].start);
+            if (bools) {
+                putf(&x->out, "MC_FUNCTION_CONSTANT_BOOLS(%u", bools);
+            } else {
+                put(&x->out, "MC_FUNCTION_CONSTANT(", 21);
+                put(&x->out, x->s + tys, tyl);
+            }
             putf(&x->out, ", %.*s, %u);", (int)x->L.t[name].len, x->s + x->L.t[name].start, idx);
             for (uint32_t l = t->line; l < x->L.t[ae].line; l++) put(&x->out, "\n", 1);
             x->pos = x->L.t[ae].start + 1;
@@ -343,6 +392,7 @@ mc_status mc__msl_translate(const char *source, size_t len, mc__msl_target targe
     }
     if (ok) mc__msl_mark_fiber_kernels(&x);
     if (ok) mc__msl_inherit_template_fibers(&x);
+    if (ok && target == MC__MSL_CPU) emit_fc_table(&x);
     if (ok && target == MC__MSL_CUDA) ok = mc__msl_emit_cuda_entries(&x);
     else if (ok) mc__msl_emit_cpu_entries(&x);
     free(x.L.t);
@@ -350,6 +400,7 @@ mc_status mc__msl_translate(const char *source, size_t len, mc__msl_target targe
     for (size_t k = 0; k < x.ninst; k++) free(x.insts[k].callee);
     free(x.kerns);
     free(x.insts);
+    free(x.fcs);
     mc__msl_free_guards(fns);
     mc__msl_free_regions(fns);
     free(fns);

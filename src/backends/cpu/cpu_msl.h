@@ -118,6 +118,12 @@ typedef struct xlat {
     bool fibers;
     mc__msl_target target;
     struct fn_bodies *fns; /* top-level functions (mc__msl_find_functions) */
+    /* function constants: index, the type's text in the source, the name
+     * token, and N for bool2/3/4 (else 0) */
+    struct fc_decl {
+        uint32_t idx, type_start, type_len, name_tok, bools;
+    } * fcs;
+    size_t nfc, fccap;
 } xlat;
 
 static inline bool is(const xlat *x, size_t i, const char *word)

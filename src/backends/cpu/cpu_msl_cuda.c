@@ -10,7 +10,10 @@
 #include "backends/cpu/cpu_msl.h"
 
 /* CUDA: slot i is kernel parameter i (src/backends/cuda/cuda_be.h): a
- * pointer for a buffer, the bytes by value for `constant T&`. */
+ * pointer for a buffer, the bytes by value for `constant T&`. A kernel
+ * with a [[threadgroup(n)]] slot above 0 has parameter 31 too, the sizes
+ * of the threadgroup slots the pass set (mc::tg_sizes), to place each slot
+ * at its offset in the one dynamic shared block; slot 0 is at its start. */
 bool mc__msl_emit_cuda_entries(xlat *x)
 {
     sbuf *o = &x->out;
@@ -26,6 +29,7 @@ bool mc__msl_emit_cuda_entries(xlat *x)
         const char *cn = kn->callee ? kn->callee : nm;
         int32_t param_of[MC_CPU_MAX_ARGS];
         uint32_t nslots = 0;
+        bool tg_sizes = false; /* a threadgroup slot above 0: parameter 31 */
         for (uint32_t s = 0; s < MC_CPU_MAX_ARGS; s++) param_of[s] = -1;
         for (uint32_t p = 0; p < kn->nparam; p++) {
             const param *pa = &kn->params[p];
@@ -33,10 +37,7 @@ bool mc__msl_emit_cuda_entries(xlat *x)
                 param_of[pa->slot] = (int32_t)p;
                 nslots = MC__MAX(nslots, pa->slot + 1);
             } else if (pa->kind == P_TG && pa->slot != 0) {
-                return fail_at(x, nt->line,
-                               "kernel '%.*s': [[threadgroup(%u)]]: the cuda device gives MSL kernels "
-                               "threadgroup slot 0 only",
-                               nl, nm, pa->slot);
+                tg_sizes = true;
             }
         }
         putf(o, "typedef mc::params<decltype(mc_user::%.*s)> mc_P_%.*s;\n", cl, cn, nl, nm);
@@ -46,11 +47,16 @@ bool mc__msl_emit_cuda_entries(xlat *x)
                 putf(o, "%smc::cuda_param<mc_P_%.*s::at<%d>::raw>::type s%u", s ? ", " : "", nl, nm, param_of[s], s);
             else putf(o, "%sunsigned long long s%u", s ? ", " : "", s);
         }
+        for (uint32_t s = nslots; tg_sizes && s < MC_CPU_MAX_ARGS; s++)
+            putf(o, "%sunsigned long long s%u", s ? ", " : "", s);
+        if (tg_sizes) putf(o, ", mc::tg_sizes mc_tg");
         putf(o, ")\n{\n    mc::ids t = mc::cuda_ids();\n    (void)t;\n    mc_user::%.*s(", cl, cn);
         for (uint32_t p = 0; p < kn->nparam; p++) {
             const param *pa = &kn->params[p];
             if (pa->kind == P_BUILTIN)
                 putf(o, "%smc::attr<mc_P_%.*s::at<%u>::raw>(%s)", p ? ", " : "", nl, nm, p, pa->expr);
+            else if (pa->kind == P_TG && tg_sizes)
+                putf(o, "%s(mc_P_%.*s::at<%u>::raw)mc::tg_slot(mc_tg, %u)", p ? ", " : "", nl, nm, p, pa->slot);
             else if (pa->kind == P_TG)
                 putf(o, "%s(mc_P_%.*s::at<%u>::raw)mc::mc_threadgroup_memory", p ? ", " : "", nl, nm, p);
             else putf(o, "%ss%u", p ? ", " : "", pa->slot);
