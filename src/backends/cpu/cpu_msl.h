@@ -192,7 +192,8 @@ typedef struct fn_bodies {
     bool uses[MAX_FNS];
     bool coro[MAX_FNS];                /* a kernel whose threads run as coroutines */
     struct guard_plan *guard[MAX_FNS]; /* a kernel whose bounds test is hoisted, else NULL */
-    struct region_plan *regions[MAX_FNS]; /* a kernel run as region loops, else NULL */
+    /* a kernel run as region loops (cpu_msl_regions.c), else NULL */
+    struct region_plan *regions[MAX_FNS];
 } fn_bodies;
 
 /* ---- cpu_msl.c ---- */

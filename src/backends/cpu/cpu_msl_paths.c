@@ -445,7 +445,10 @@ void mc__msl_emit_cpu_entries(xlat *x)
             putf(o, "    mc::run_loop_guarded(ctx, body, body_full, pass);\n}\n");
         } else {
             putf(o, "    mc::%s(ctx, body);\n}\n",
-                 kn->regions ? "run_regions" : kn->coro ? "run_group_coro" : kn->fibers ? "run_group" : "run_loop");
+                 kn->regions  ? "run_regions"
+                 : kn->coro   ? "run_group_coro"
+                 : kn->fibers ? "run_group"
+                              : "run_loop");
         }
         if (!kn->fibers && kn->guard < 0 && !kn->callee)
             emit_rows_entry(x, kn); /* rows call the kernel by its own name */
