@@ -505,6 +505,24 @@ typedef struct rk_arg {
     void *back;
 } rk_arg;
 
+/* The device and the library of tests/msl/regions.metal built with region
+ * loops off [0] and on [1]: each built once per test (rk_done releases). */
+static struct rk_way {
+    mc_device *d;
+    mc_library *lib;
+} rk_ways[2];
+
+static int rk_done(int rc)
+{
+    for (int w = 0; w < 2; w++) {
+        mc_library_release(rk_ways[w].lib);
+        mc_device_release(rk_ways[w].d);
+        rk_ways[w] = (struct rk_way){NULL, NULL};
+    }
+    unsetenv("MC_MSL_REGIONS");
+    return rc;
+}
+
 /* Runs fn of tests/msl/regions.metal on the CPU device with region loops on or off,
  * after checking from the translation that it takes that path. 77: not
  * the CPU device. */
@@ -520,14 +538,20 @@ static int rk_run(const char *fn, bool regions, mc_size3 groups, mc_size3 thread
     if (strcmp(r, regions ? "mc::run_regions" : "mc::run_group_coro") != 0) fprintf(stderr, "%s runs with %s\n", fn, r);
     CHECK(strcmp(r, regions ? "mc::run_regions" : "mc::run_group_coro") == 0);
     free(cpp);
-    mc_device *d = mct_open_device(0);
-    if (!d) MC_SKIP("the device named by MC_DEVICE cannot be opened");
-    if (mct_device_kind(d) != MC_DEVICE_CPU) {
-        mc_device_release(d);
-        MC_SKIP("region loops are the CPU device's way to run barriers");
+    struct rk_way *w = &rk_ways[regions];
+    if (!w->d) {
+        w->d = mct_open_device(0);
+        if (!w->d) MC_SKIP("the device named by MC_DEVICE cannot be opened");
+        if (mct_device_kind(w->d) != MC_DEVICE_CPU) {
+            free(src);
+            rk_done(0);
+            MC_SKIP("region loops are the CPU device's way to run barriers");
+        }
+        w->lib = msl_lib(w->d, src, NULL);
     }
-    mc_library *lib = msl_lib(d, src, NULL);
     free(src);
+    mc_device *d = w->d;
+    mc_library *lib = w->lib;
     CHECK(lib);
     mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
     pd.library = lib;
@@ -571,9 +595,6 @@ static int rk_run(const char *fn, bool regions, mc_size3 groups, mc_size3 thread
     mc_cmdbuf_release(cb);
     mc_queue_release(q);
     mc_pipeline_release(p);
-    mc_library_release(lib);
-    mc_device_release(d);
-    unsetenv("MC_MSL_REGIONS");
     return 0;
 }
 
@@ -625,9 +646,9 @@ MC_TEST(msl_regions_tree_reduction)
         free(in);
         free(want);
         free(s);
-        if (rc) return rc;
+        if (rc) return rk_done(rc);
     }
-    return 0;
+    return rk_done(0);
 }
 
 MC_TEST(msl_regions_hillis_steele_scan)
@@ -649,9 +670,9 @@ MC_TEST(msl_regions_hillis_steele_scan)
         int rc = rk_both("rg_hillis", (mc_size3){G, 1, 1}, (mc_size3){T, 1, 1}, args, 3, 1, want, N * 4);
         free(in);
         free(want);
-        if (rc) return rc;
+        if (rc) return rk_done(rc);
     }
-    return 0;
+    return rk_done(0);
 }
 
 MC_TEST(msl_regions_blelloch_scan)
@@ -673,9 +694,9 @@ MC_TEST(msl_regions_blelloch_scan)
         int rc = rk_both("rg_blelloch", (mc_size3){G, 1, 1}, (mc_size3){T, 1, 1}, args, 2, 1, want, N * 4);
         free(in);
         free(want);
-        if (rc) return rc;
+        if (rc) return rk_done(rc);
     }
-    return 0;
+    return rk_done(0);
 }
 
 MC_TEST(msl_regions_tiled_matmul)
@@ -702,7 +723,7 @@ MC_TEST(msl_regions_tiled_matmul)
     free(A);
     free(B);
     free(C);
-    return rc;
+    return rk_done(rc);
 }
 
 /* Threads leave before the first barrier and between the two; in groups
@@ -728,9 +749,9 @@ MC_TEST(msl_regions_early_returns)
         int rc = rk_both("rg_returns", (mc_size3){G, 1, 1}, (mc_size3){T, 1, 1}, args, 2, 0, want, N * 4);
         free(want);
         free(b);
-        if (rc) return rc;
+        if (rc) return rk_done(rc);
     }
-    return 0;
+    return rk_done(0);
 }
 
 /* 1024-thread 2-D groups, 2 x 3 of them. */
@@ -756,7 +777,7 @@ MC_TEST(msl_regions_2d_groups_of_1024)
     int rc = rk_both("rg_tile2d", (mc_size3){GX, GY, 1}, (mc_size3){TX, TY, 1}, args, 2, 1, want, W * H * 4);
     free(in);
     free(want);
-    return rc;
+    return rk_done(rc);
 }
 
 /* Barriers in a while loop, in groups of 256 and 100 (odd widths). */
@@ -781,9 +802,9 @@ MC_TEST(msl_regions_while_loop)
         free(in);
         free(want);
         free(v);
-        if (rc) return rc;
+        if (rc) return rk_done(rc);
     }
-    return 0;
+    return rk_done(0);
 }
 
 /* ---- which kernels take region loops ----------------------------------------------- */
