@@ -1040,3 +1040,31 @@ MC_TEST(msl_regions_fallback_reference_attribute)
                      "    t[lid] = li;\n    threadgroup_barrier(mem_flags::mem_threadgroup);\n    out[gid] = t[0];\n",
                      RG_CORO);
 }
+
+MC_TEST(msl_regions_mixed_shapes)
+{
+    static const uint32_t sizes[] = {100, 256};
+    static const uint32_t lives[] = {90, 256};
+    for (size_t k = 0; k < 2; k++) {
+        const uint32_t T = sizes[k], G = 3, N = T * G, live = lives[k];
+        uint32_t *want = malloc(N * 4), *acc = malloc(T * 4), *buf = malloc(2 * T * 4);
+        CHECK(want && acc && buf);
+        for (uint32_t l = 0; l < live; l++) {
+            acc[l] = 1;
+            buf[l] = l * 3u;
+        }
+        for (uint32_t r = 0; r < 6; r++) {
+            for (uint32_t l = 0; l < live; l++) acc[l] += buf[(r & 1u) * T + (l + r) % live] & 0xffu;
+            for (uint32_t l = 0; l < live; l++) buf[((r + 1u) & 1u) * T + l] = acc[l] + r;
+        }
+        for (uint32_t g = 0; g < G; g++)
+            for (uint32_t l = 0; l < T; l++) want[g * T + l] = l >= live ? 0xdead0002u : acc[l] ^ (l << 16);
+        rk_arg args[] = {{RK_BUF, want, N * 4, NULL}, {RK_BYTES, &live, 4, NULL}};
+        int rc = rk_both("rg_mixed", (mc_size3){G, 1, 1}, (mc_size3){T, 1, 1}, args, 2, 0, want, N * 4);
+        free(want);
+        free(acc);
+        free(buf);
+        if (rc) return rk_done(rc);
+    }
+    return rk_done(0);
+}

@@ -154,3 +154,32 @@ kernel void rg_while(device const uint *in [[buffer(0)]], device uint *out [[buf
     }
     if (lid == 0) out[group] = vals[0];
 }
+// Shapes the pass takes that the kernels above do not show: a return from
+// inside a loop of a region, a vector local written through a swizzle and a
+// pointer to threadgroup memory living across barriers, a group-wide
+// constexpr, and a loop header of a numeric macro and a file-scope
+// constant array; the loop's variable read in its regions.
+#define ROUNDS 3
+constant uint shifts[2] = {1, 2};
+kernel void rg_mixed(device uint *out [[buffer(0)]], constant uint &live [[buffer(1)]],
+                     uint lid [[thread_index_in_threadgroup]], uint gid [[thread_position_in_grid]])
+{
+    threadgroup uint buf[2][256];
+    constexpr uint mask = 0xffu;
+    uint2 acc = uint2(lid, 1u);
+    threadgroup uint *mine = &buf[0][lid];
+    for (uint k = 0; k < 4u; k++)
+        if (lid >= live && k == 2u) {
+            out[gid] = 0xdead0000u + k;
+            return;
+        }
+    *mine = acc.x * 3u;
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    for (uint r = 0; r < ROUNDS * shifts[1]; r += shifts[0]) {
+        acc.y += buf[r & 1u][(lid + r) % live] & mask;
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+        buf[(r + 1u) & 1u][lid] = acc.y + r;
+        threadgroup_barrier(mem_flags::mem_threadgroup);
+    }
+    out[gid] = acc.y ^ (acc.x << 16);
+}

@@ -971,7 +971,13 @@ bool mc__msl_regions_rewrite(xlat *x, size_t *i)
     for (size_t f = 0; F && f < F->n; f++) {
         region_plan *P = F->regions[f];
         if (!P || *i < F->body_b[f] || *i > F->body_e[f]) continue;
-        while (P->next < P->n && P->e[P->next].tok < *i) P->next++; /* not reached: cannot happen */
+        /* an edit the translation stepped over would leave a kernel that
+         * compiles and runs wrong (a return that does not end its thread):
+         * an error instead, which no tested shape reaches */
+        if (P->next < P->n && P->e[P->next].tok < *i)
+            return fail_at(x, x->L.t[*i].line,
+                           "internal error: the region loops of this kernel were not written "
+                           "whole (MC_MSL_REGIONS=0 runs it as coroutines)");
         while (P->next < P->n && P->e[P->next].tok == *i) {
             const rg_edit *E = &P->e[P->next++];
             const tok *t = &x->L.t[*i];
@@ -993,7 +999,10 @@ bool mc__msl_regions_rewrite(xlat *x, size_t *i)
             x->pos = to;
             if (E->end == *i) continue; /* nothing deleted */
             *i = E->end - 1;
-            while (P->next < P->n && P->e[P->next].tok <= *i) P->next++;
+            if (P->next < P->n && P->e[P->next].tok <= *i)
+                return fail_at(x, t->line,
+                               "internal error: the region loops of this kernel were not written whole "
+                               "(MC_MSL_REGIONS=0 runs it as coroutines)");
             return true;
         }
         return false;
