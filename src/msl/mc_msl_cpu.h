@@ -1721,12 +1721,11 @@ template <class T> static inline T *opaque(T *p)
  * skip it, as the other paths' barriers wait only for live threads. */
 namespace mc {
 struct rgroup {
-    ids t0;         /* thread 0's ids */
-    uint3 base;     /* thread_position_in_grid of thread 0 */
-    uint32_t n;     /* threads in the group */
-    uint32_t live;  /* threads that have not returned */
-    uint8_t *done;  /* per thread: returned */
-    void *frames;   /* per thread: the locals that cross a barrier */
+    ids t0;        /* thread 0's ids */
+    uint3 base;    /* thread_position_in_grid of thread 0 */
+    uint32_t n;    /* threads in the group */
+    uint32_t live; /* threads that have not returned */
+    uint8_t *done; /* per thread: returned */
     void leave(uint32_t t) noexcept
     {
         done[t] = 1;
@@ -1737,7 +1736,10 @@ struct rgroup {
 struct region_store {
     void *p = nullptr;
     size_t cap = 0;
-    ~region_store() { free(p); }
+    ~region_store()
+    {
+        free(p);
+    }
     void *take(size_t n)
     {
         if (n <= cap) return p;
@@ -1824,7 +1826,6 @@ template <class F> static inline void run_regions(const mc_cpu_ctx *ctx, F &&f)
     g.done = (uint8_t *)region_done.take(g.n);
     if (!g.done) abort(); /* no memory for the flags, as run_group */
     __builtin_memset(g.done, 0, g.n);
-    g.frames = nullptr;
     rgroup *saved = rg_now;
     rg_now = &g;
     f(t);
