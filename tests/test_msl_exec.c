@@ -1068,3 +1068,12 @@ MC_TEST(msl_regions_mixed_shapes)
     }
     return rk_done(0);
 }
+
+/* a parameter named like a file-scope constant is the parameter, a thread's id */
+MC_TEST(msl_regions_fallback_header_reads_a_parameter_named_like_a_constant)
+{
+    return rg_expect("constant uint N = 4;", ", uint N [[thread_index_in_threadgroup]]",
+                     "    for (uint i = 0; i < N; i++) threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+                     "    out[gid] = 1;\n",
+                     RG_CORO);
+}

@@ -364,6 +364,7 @@ static bool rg_file_constants(const xlat *x, rg_shape *S)
         if (k >= x->L.n || punct(x, k, '*') || punct(x, k, '&') || punct(x, k, '(') || punct(x, k, '{') ||
             x->L.t[k - 1].kind != T_IDENT || k - 1 == i)
             continue;
+        if (rg_name_in(x, S->params, S->nparams, k - 1)) continue; /* a parameter of the kernel hides it */
         if (!rg_add_uniform(S, k - 1)) return false;
     }
     return true;
