@@ -440,6 +440,7 @@ static bool rg_uniform_expr(const xlat *x, const rg_shape *S, size_t b, size_t e
         }
         bool fn = false;
         for (size_t p = 0; p < MC__ARRAY_LEN(pure); p++) fn = fn || is(x, k, pure[p]);
+        for (size_t g = 0; fn && g < S->F->n; g++) fn = !same_ident(x, k, S->F->name[g]); /* the source's own */
         if (fn && punct(x, k + 1, '(')) continue;
         if (!rg_name_in(x, S->uniform, S->nuniform, k)) return false;
     }
