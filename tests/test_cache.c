@@ -1047,6 +1047,43 @@ MC_TEST(cache_function_constants_load_from_disk_in_a_new_process)
     return 0;
 }
 
+/* Asynchronous creation keeps its own copy of the constants: the caller's
+ * array and values may change before a pool thread builds. */
+MC_TEST(cache_function_constants_async_copies_the_values)
+{
+    fresh_root();
+    capture_log();
+    mc_device *d = mct_open_device(0);
+    CHECK(d);
+    int32_t mul = 6, add = 7;
+    mc_function_constant fc[2] = {{0, 4, &mul}, {1, 4, &add}};
+    mc_pipeline_source_desc desc = MC_PIPELINE_SOURCE_DESC_INIT;
+    desc.language = MC_LANG_MSL;
+    desc.source = fc_source;
+    desc.function = "fc";
+    desc.constants = fc;
+    desc.constant_count = 2;
+    mc_pipeline_future *f = NULL;
+    CHECK_OK(mc_pipeline_create_async(d, &desc, &f));
+    mul = -100, add = -100; /* what the caller does next is not the request's */
+    fc[0].index = 5;
+    mc_pipeline *p = NULL;
+    CHECK_OK(mc_pipeline_future_wait(f, MC_WAIT_FOREVER, &p, NULL));
+    mc_pipeline_future_release(f);
+    CHECK_EQ(fc_check(d, p, 6, 7), 0);
+    mc_pipeline_release(p);
+    /* and it was cached under the values it was given */
+    int32_t six = 6, seven = 7;
+    mc_function_constant again[2] = {{1, 4, &seven}, {0, 4, &six}};
+    CHECK_OK(fc_make(d, again, 2, &p));
+    CHECK_EQ(stats_of(d).hits_memory, 1);
+    CHECK_EQ(fc_check(d, p, 6, 7), 0);
+    mc_pipeline_release(p);
+    mc_device_release(d);
+    rm_tree(cache_root);
+    return 0;
+}
+
 /* A library read from a .metal file defers to the cache per pipeline: with
  * function constants too (they were built uncached before). */
 MC_TEST(cache_function_constants_of_a_library_file_are_cached)

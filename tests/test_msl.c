@@ -371,7 +371,8 @@ MC_TEST(msl_half_vector_swizzles)
             a[i][k] = (float)((i * 7 + k * 13) % 65 - 32) * 0.25f;
             in[i * 4 + k] = exact_half(a[i][k]);
         }
-    mc_buffer *bi = msl_buffer(d, sizeof in, in), *bo = msl_buffer(d, sizeof out, NULL), *bf = msl_buffer(d, sizeof f, NULL);
+    mc_buffer *bi = msl_buffer(d, sizeof in, in), *bo = msl_buffer(d, sizeof out, NULL),
+              *bf = msl_buffer(d, sizeof f, NULL);
     CHECK(bi && bo && bf);
     slot s[3] = {{bi, NULL, 0}, {bo, NULL, 0}, {bf, NULL, 0}};
     CHECK_OK(msl_run(d, p, s, 3, (mc_size3){2, 1, 1}, (mc_size3){32, 1, 1}, 0));

@@ -178,8 +178,8 @@ mc_status mc__cache_make_req(mc_device *d, const mc_pipeline_source_desc *desc, 
         const mc_function_constant *fc = &desc->constants[i];
         if (fc->index >= 128 || !fc->size || !fc->value)
             return mc__fail(MC_ERR_INVALID_ARGUMENT,
-                            "%s: function constant %u: index %u (below 128), a size (%u) and a value are needed", who, i,
-                            fc->index, fc->size);
+                            "%s: function constant %u: index %u (below 128), a size (%u) and a value are needed", who,
+                            i, fc->index, fc->size);
         if (seen[fc->index / 64] >> (fc->index % 64) & 1)
             return mc__fail(MC_ERR_INVALID_ARGUMENT, "%s: function constant index %u is given twice", who, fc->index);
         seen[fc->index / 64] |= 1ull << (fc->index % 64);

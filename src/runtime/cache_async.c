@@ -35,7 +35,7 @@ struct mc_pipeline_future {
     struct mc__cache *c;
     mc__cache_req r;
     char *source, *options, *function, *label; /* owned copies */
-    mc_function_constant *constants;            /* owned copies, each value in values */
+    mc_function_constant *constants;           /* owned copies, each value in values */
     uint8_t *values;
     pthread_mutex_t lock;
     pthread_cond_t cv;

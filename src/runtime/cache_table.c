@@ -163,7 +163,17 @@ static mc_status build(struct mc__cache *c, const mc__cache_req *r, const mc__by
                 d->hal->library_destroy(d->hd, hl);
                 return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
             }
-            mc_status s = pipeline_wrap(d, lib, hp, &info, r, out);
+            /* With function constants the pipeline is made again from the
+             * archived library by pipeline creation, which specialises it
+             * on every device; an import need not (CUDA's makes the plain
+             * function), and a plain pipeline would silently ignore them. */
+            mc_status s;
+            if (r->constant_count) {
+                d->hal->pipeline_destroy(d->hd, hp);
+                s = pipeline_from_lib(d, lib, r, out);
+            } else {
+                s = pipeline_wrap(d, lib, hp, &info, r, out);
+            }
             if (s != MC_OK) {
                 mc__cache_lib_final(d, lib);
                 return s;
