@@ -67,7 +67,7 @@ typedef struct region_plan {
 
 static void rg_add(region_plan *p, uint8_t op, size_t at, size_t end, char *text)
 {
-    if (p->oom || (!text && op != RG_DELETE)) {
+    if (p->oom || !text) {
         p->oom = true;
         free(text);
         return;
