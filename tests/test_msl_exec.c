@@ -1077,3 +1077,26 @@ MC_TEST(msl_regions_fallback_header_reads_a_parameter_named_like_a_constant)
                      "    out[gid] = 1;\n",
                      RG_CORO);
 }
+
+/* What the pass writes (shadowed ids, frame references, loop variables
+ * captured by copy) builds without a warning where a user's options ask
+ * for all of them as errors. */
+MC_TEST(msl_regions_build_without_warnings)
+{
+    mc_device *d = mct_open_device(0);
+    if (!d) MC_SKIP("the device named by MC_DEVICE cannot be opened");
+    if (mct_device_kind(d) != MC_DEVICE_CPU) {
+        mc_device_release(d);
+        MC_SKIP("region loops are the CPU device's");
+    }
+    setenv("MC_MSL_REGIONS", "1", 1);
+    char *src = regions_source();
+    CHECK(src);
+    mc_library *lib = msl_lib(d, src, "-Wall -Wextra -Werror");
+    free(src);
+    CHECK(lib);
+    mc_library_release(lib);
+    mc_device_release(d);
+    unsetenv("MC_MSL_REGIONS");
+    return 0;
+}

@@ -769,6 +769,10 @@ static char *rg_region_open(const xlat *x, const rg_shape *S, size_t r)
         putf(&o, ", %.*s = %.*s", (int)v->len, x->s + v->start, (int)v->len, x->s + v->start);
     }
     putf(&o, "](const mc::ids &mc_u, uint32_t mc_t) __attribute__((always_inline)) { (void)mc_u; (void)mc_t;");
+    if (R->loop >= 0 && S->items[R->loop].var) { /* a region need not read it (-Wunused-lambda-capture) */
+        const tok *v = &x->L.t[S->items[R->loop].var];
+        putf(&o, " (void)%.*s;", (int)v->len, x->s + v->start);
+    }
     for (size_t b = 0; b < S->nbuiltin; b++) {
         const tok *n = &x->L.t[S->builtin[b]];
         int nl = (int)n->len;
@@ -782,7 +786,8 @@ static char *rg_region_open(const xlat *x, const rg_shape *S, size_t r)
         if (!L->frame || (size_t)L->region > r) continue;
         if ((size_t)L->region != r && !rg_used(x, R->first, R->last_end, L->name)) continue;
         const tok *n = &x->L.t[L->name];
-        putf(&o, " auto &%.*s = mc_fr[mc_t].%.*s;", (int)n->len, x->s + n->start, (int)n->len, x->s + n->start);
+        putf(&o, " auto &%.*s = mc_fr[mc_t].%.*s; (void)%.*s;", (int)n->len, x->s + n->start, (int)n->len,
+             x->s + n->start, (int)n->len, x->s + n->start);
     }
     put(&o, " ", 1);
     return o.oom ? (free(o.p), NULL) : o.p;
