@@ -39,9 +39,10 @@ static unsigned check_material(const uint8_t *m, size_t n)
     mc__cache_material mat;
     if (mc__cache_parse_material(m, n, &mat) != NULL) return 0;
     const mc__cache_str *s[] = {&mat.runtime, &mat.backend, &mat.identity, &mat.compiler,
-                                &mat.source,  &mat.options, &mat.function};
+                                &mat.source,  &mat.options, &mat.function, &mat.constants};
     unsigned sum = 0;
     for (size_t i = 0; i < sizeof s / sizeof s[0]; i++) {
+        if (!s[i]->p && !s[i]->len) continue; /* the optional constants field, absent */
         if ((const uint8_t *)s[i]->p < m || (const uint8_t *)s[i]->p + s[i]->len > m + n) __builtin_trap();
         sum += touch(s[i]->p, s[i]->len);
     }
