@@ -12,6 +12,7 @@
 
 #include "msl/msl.h"
 
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -1098,5 +1099,177 @@ MC_TEST(msl_regions_build_without_warnings)
     mc_library_release(lib);
     mc_device_release(d);
     unsetenv("MC_MSL_REGIONS");
+    return 0;
+}
+
+/* ---- region loops against coroutines and fibers on generated kernels ---------------- */
+
+static uint32_t gen_rand(uint32_t *s, uint32_t n)
+{
+    *s = *s * 1664525u + 1013904223u;
+    return (*s >> 8) % n;
+}
+
+static void gen_put(char *b, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void gen_put(char *b, size_t cap, const char *fmt, ...)
+{
+    size_t used = strlen(b);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(b + used, cap - used, fmt, ap);
+    va_end(ap);
+}
+
+/* Kernel gK: four locals, two threadgroup buffers used in turn (each phase
+ * reads one anywhere and writes the other at its own index, so no phase
+ * races), phases at the top level (some threads returning) and in loops
+ * whose bounds are the argument n. Race-free, so every way to run it must
+ * give the same bits. */
+static void gen_kernel(char *b, size_t cap, int k, uint32_t *s)
+{
+    static const char *const ops[] = {"+", "^", "*", "-"};
+    gen_put(b, cap,
+            "kernel void g%d(device uint *out [[buffer(0)]], constant uint &n [[buffer(1)]],\n"
+            "                uint lid [[thread_index_in_threadgroup]], uint gid [[thread_position_in_grid]],\n"
+            "                uint size [[threads_per_threadgroup]])\n{\n"
+            "    threadgroup uint A[256];\n    threadgroup uint B[256];\n",
+            k);
+    for (int v = 0; v < 4; v++)
+        gen_put(b, cap, "    uint v%d = lid * %uu + %uu;\n", v, gen_rand(s, 97) + 1, gen_rand(s, 1000));
+    gen_put(b, cap, "    A[lid] = v0;\n    B[lid] = v1;\n    threadgroup_barrier(mem_flags::mem_threadgroup);\n");
+    char rd = 'A', wr = 'B';
+    int phases = 3 + (int)gen_rand(s, 4);
+    for (int p = 0; p < phases; p++) {
+        uint32_t what = gen_rand(s, 4);
+        int i = (int)gen_rand(s, 4), j = (int)gen_rand(s, 4), q = (int)gen_rand(s, 4);
+        const char *op = ops[gen_rand(s, 4)];
+        if (what == 0) { /* a loop of two phases: the buffers end where they began */
+            gen_put(b, cap,
+                    "    for (uint r = %uu; r < n + %uu; r++) {\n"
+                    "        uint t = %c[(lid + r * %uu) %% size];\n"
+                    "        v%d = v%d %s t;\n        %c[lid] = v%d + r;\n"
+                    "        threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+                    "        v%d ^= %c[(lid + %uu) %% size] >> 1;\n        %c[lid] = v%d;\n"
+                    "        threadgroup_barrier(mem_flags::mem_threadgroup);\n    }\n",
+                    gen_rand(s, 2), gen_rand(s, 3), rd, gen_rand(s, 7) + 1, i, j, op, wr, i, q, wr, gen_rand(s, 50), rd,
+                    q);
+            continue;
+        }
+        if (what == 1) /* some threads leave, from inside a loop of the region */
+            gen_put(b, cap,
+                    "    for (uint k = 0; k < 3u; k++)\n"
+                    "        if ((v%d + k) %% %uu == 0u) {\n            out[gid] = v%d ^ k;\n            return;\n"
+                    "        }\n",
+                    i, gen_rand(s, 13) + 5, j);
+        else if (what == 2) /* or straight from the region */
+            gen_put(b, cap, "    if (v%d %% %uu == 1u) {\n        out[gid] = 7u * v%d;\n        return;\n    }\n", i,
+                    gen_rand(s, 11) + 3, j);
+        gen_put(b, cap, "    v%d = v%d %s %c[(lid + %uu) %% size];\n    %c[lid] = v%d ^ v%d;\n", i, j, op, rd,
+                gen_rand(s, 300), wr, i, q);
+        gen_put(b, cap, "    threadgroup_barrier(mem_flags::mem_threadgroup);\n");
+        char t = rd;
+        rd = wr;
+        wr = t;
+    }
+    gen_put(b, cap, "    out[gid] = v0 ^ (v1 << 3) ^ (v2 << 7) ^ (v3 << 11) ^ %c[(lid * 5u) %% size];\n}\n", rd);
+}
+
+/* The output of gK for groups of T threads, n loop rounds, on lib. */
+static int gen_run(mc_device *d, mc_library *lib, int k, uint32_t T, uint32_t n, uint32_t *out)
+{
+    char fn[16];
+    snprintf(fn, sizeof fn, "g%d", k);
+    mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
+    pd.library = lib;
+    pd.function = fn;
+    mc_pipeline *p = NULL;
+    CHECK_OK(mc_pipeline_create(d, &pd, &p));
+    enum { G = 3 };
+    mc_buffer_desc bd = MC_BUFFER_DESC_INIT;
+    bd.size = G * T * 4;
+    mc_buffer *bo = NULL;
+    CHECK_OK(mc_buffer_create(d, &bd, &bo));
+    mc_queue *q = NULL;
+    mc_cmdbuf *cb = NULL;
+    mc_pass *pass = NULL;
+    CHECK_OK(mc_queue_create(d, NULL, &q));
+    CHECK_OK(mc_cmdbuf_create(q, NULL, &cb));
+    CHECK_OK(mc_cmdbuf_begin_pass(cb, fn, &pass));
+    CHECK_OK(mc_pass_set_pipeline(pass, p));
+    CHECK_OK(mc_pass_set_buffer(pass, 0, bo, 0));
+    CHECK_OK(mc_pass_set_bytes(pass, 1, &n, sizeof n));
+    CHECK_OK(mc_pass_dispatch(pass, (mc_size3){G, 1, 1}, (mc_size3){T, 1, 1}));
+    CHECK_OK(mc_pass_end(pass));
+    CHECK_OK(mc_cmdbuf_commit(cb));
+    CHECK_OK(mc_cmdbuf_wait(cb, MC_WAIT_FOREVER));
+    CHECK_OK(mc_cmdbuf_status(cb, NULL));
+    CHECK_OK(mc_buffer_read(bo, 0, out, G * T * 4));
+    mc_cmdbuf_release(cb);
+    mc_queue_release(q);
+    mc_buffer_release(bo);
+    mc_pipeline_release(p);
+    return 0;
+}
+
+/* Twelve generated kernels (a fixed seed) run as region loops, as
+ * coroutines and as fibers (coroutines without the compiler's support)
+ * must give the same bits, in groups of 100 and 256 threads. */
+MC_TEST(msl_regions_generated_kernels_match_coroutines_and_fibers)
+{
+    enum { KERNELS = 12, CAP = 1 << 16 };
+    char *src = calloc(1, CAP);
+    CHECK(src);
+    gen_put(src, CAP, "#include <metal_stdlib>\nusing namespace metal;\n");
+    uint32_t seed = 20261205u;
+    for (int k = 0; k < KERNELS; k++) gen_kernel(src, CAP, k, &seed);
+    CHECK(strlen(src) < CAP - 1);
+    /* every one of them takes region loops */
+    setenv("MC_MSL_REGIONS", "1", 1);
+    char *cpp = translate_cpu(src);
+    CHECK(cpp);
+    for (int k = 0; k < KERNELS; k++) {
+        char fn[16], r[64];
+        snprintf(fn, sizeof fn, "g%d", k);
+        CHECK(runner_of(cpp, fn, r, sizeof r));
+        if (strcmp(r, "mc::run_regions") != 0) fprintf(stderr, "%s runs with %s\n%s", fn, r, src);
+        CHECK(strcmp(r, "mc::run_regions") == 0);
+    }
+    free(cpp);
+    mc_device *d = mct_open_device(0);
+    if (!d) MC_SKIP("the device named by MC_DEVICE cannot be opened");
+    if (mct_device_kind(d) != MC_DEVICE_CPU) {
+        mc_device_release(d);
+        MC_SKIP("region loops are the CPU device's");
+    }
+    mc_library *lib[3];
+    lib[0] = msl_lib(d, src, NULL);
+    setenv("MC_MSL_REGIONS", "0", 1);
+    lib[1] = msl_lib(d, src, NULL);
+    lib[2] = msl_lib(d, src, "-U__cpp_coroutines -U__cpp_impl_coroutine");
+    unsetenv("MC_MSL_REGIONS");
+    CHECK(lib[0] && lib[1] && lib[2]);
+    static const uint32_t sizes[] = {100, 256};
+    uint32_t *out[3];
+    for (int w = 0; w < 3; w++) CHECK((out[w] = malloc(3 * 256 * 4)));
+    int bad = 0;
+    for (int k = 0; k < KERNELS; k++)
+        for (size_t z = 0; z < 2; z++) {
+            for (int w = 0; w < 3; w++) {
+                int rc = gen_run(d, lib[w], k, sizes[z], 2u + (uint32_t)k % 3u, out[w]);
+                if (rc) return rc;
+            }
+            for (uint32_t i = 0; i < 3 * sizes[z]; i++)
+                if ((out[0][i] != out[1][i] || out[0][i] != out[2][i]) && bad++ < 5)
+                    fprintf(stderr, "g%d, groups of %u, thread %u: regions %#x, coroutines %#x, fibers %#x\n", k,
+                            sizes[z], i, out[0][i], out[1][i], out[2][i]);
+        }
+    if (bad) fprintf(stderr, "%s", src);
+    CHECK_EQ(bad, 0);
+    for (int w = 0; w < 3; w++) {
+        free(out[w]);
+        mc_library_release(lib[w]);
+    }
+    mc_device_release(d);
+    free(src);
     return 0;
 }

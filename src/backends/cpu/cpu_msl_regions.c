@@ -699,9 +699,14 @@ static bool rg_regions(const xlat *x, rg_shape *S)
  * to coroutines. */
 static bool rg_frames(const xlat *x, rg_shape *S)
 {
+    /* two locals of one name: fine in the bodies of two loops; a top-level
+     * one and a later one would meet in a region (its frame reference and
+     * the declaration) */
     for (size_t a = 0; a < S->nlocals; a++)
-        for (size_t b = a + 1; b < S->nlocals; b++)
-            if (same_ident(x, S->locals[a].name, S->locals[b].name)) return false;
+        for (size_t b = a + 1; b < S->nlocals; b++) {
+            int la = S->regions[S->locals[a].region].loop, lb = S->regions[S->locals[b].region].loop;
+            if (same_ident(x, S->locals[a].name, S->locals[b].name) && (la < 0 || la == lb)) return false;
+        }
     for (size_t l = 0; l < S->nlocals; l++) {
         rg_local *L = &S->locals[l];
         const rg_region *R = &S->regions[L->region];
