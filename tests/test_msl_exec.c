@@ -1273,3 +1273,30 @@ MC_TEST(msl_regions_generated_kernels_match_coroutines_and_fibers)
     free(src);
     return 0;
 }
+
+/* 2-D groups (12 x 10 and 32 x 32) whose threads leave at a diagonal
+ * pattern before the first barrier. */
+MC_TEST(msl_regions_2d_early_returns)
+{
+    static const uint32_t tx[] = {12, 32}, ty[] = {10, 32};
+    for (size_t k = 0; k < 2; k++) {
+        const uint32_t TX = tx[k], TY = ty[k], GX = 2, GY = 2, W = TX * GX, H = TY * GY, N = TX * TY;
+        uint32_t *want = malloc(W * H * 4), *t2 = malloc(N * 4);
+        CHECK(want && t2);
+        for (uint32_t li = 0; li < N; li++) {
+            bool left = (li % TX + li / TX) % 5u == 0u;
+            t2[li] = left ? li * 3u + 1u : ((li + TX) % N) * 3u + 1u + li;
+        }
+        for (uint32_t y = 0; y < H; y++)
+            for (uint32_t x = 0; x < W; x++) {
+                uint32_t lx = x % TX, ly = y % TY, li = ly * TX + lx;
+                want[y * W + x] = (lx + ly) % 5u == 0u ? 0xabcdu : t2[(li + 1) % N] ^ (lx << 16);
+            }
+        rk_arg args[] = {{RK_BUF, want, W * H * 4, NULL}};
+        int rc = rk_both("rg_returns2d", (mc_size3){GX, GY, 1}, (mc_size3){TX, TY, 1}, args, 1, 0, want, W * H * 4);
+        free(want);
+        free(t2);
+        if (rc) return rk_done(rc);
+    }
+    return rk_done(0);
+}

@@ -183,3 +183,23 @@ kernel void rg_mixed(device uint *out [[buffer(0)]], constant uint &live [[buffe
     }
     out[gid] = acc.y ^ (acc.x << 16);
 }
+// 2-D groups where threads leave before the first barrier: the later
+// regions skip them by their linear index.
+kernel void rg_returns2d(device uint *out [[buffer(0)]], uint2 lid [[thread_position_in_threadgroup]],
+                         uint2 tptg [[threads_per_threadgroup]], uint2 gid [[thread_position_in_grid]],
+                         uint2 grid [[threads_per_grid]], uint li [[thread_index_in_threadgroup]])
+{
+    threadgroup uint t[1024];
+    uint at = gid.y * grid.x + gid.x;
+    t[li] = li * 3u + 1u;
+    if ((lid.x + lid.y) % 5u == 0u) {
+        out[at] = 0xabcdu;
+        return;
+    }
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    uint other = t[(li + tptg.x) % (tptg.x * tptg.y)];
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    t[li] = other + li;
+    threadgroup_barrier(mem_flags::mem_threadgroup);
+    out[at] = t[(li + 1u) % (tptg.x * tptg.y)] ^ (lid.x << 16);
+}
