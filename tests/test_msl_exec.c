@@ -1130,17 +1130,33 @@ static void gen_kernel(char *b, size_t cap, int k, uint32_t *s)
     static const char *const ops[] = {"+", "^", "*", "-"};
     gen_put(b, cap,
             "kernel void g%d(device uint *out [[buffer(0)]], constant uint &n [[buffer(1)]],\n"
-            "                uint lid [[thread_index_in_threadgroup]], uint gid [[thread_position_in_grid]],\n"
-            "                uint size [[threads_per_threadgroup]])\n{\n"
-            "    threadgroup uint A[256];\n    threadgroup uint B[256];\n",
+            "                uint lid [[thread_index_in_threadgroup]], uint2 gid [[thread_position_in_grid]],\n"
+            "                uint2 tptg [[threads_per_threadgroup]], uint2 grid [[threads_per_grid]])\n{\n"
+            "    threadgroup uint A[256];\n    threadgroup uint B[256];\n    threadgroup uint count;\n"
+            "    uint size = tptg.x * tptg.y;\n    uint at = gid.y * grid.x + gid.x;\n",
             k);
     for (int v = 0; v < 4; v++)
         gen_put(b, cap, "    uint v%d = lid * %uu + %uu;\n", v, gen_rand(s, 97) + 1, gen_rand(s, 1000));
     gen_put(b, cap, "    A[lid] = v0;\n    B[lid] = v1;\n    threadgroup_barrier(mem_flags::mem_threadgroup);\n");
+    /* thread 0 never leaves: it counts the while loops down */
     char rd = 'A', wr = 'B';
     int phases = 3 + (int)gen_rand(s, 4);
     for (int p = 0; p < phases; p++) {
-        uint32_t what = gen_rand(s, 4);
+        uint32_t what = gen_rand(s, 5);
+        if (what == 4) { /* a while loop on a threadgroup counter, the same two phases */
+            gen_put(b, cap,
+                    "    threadgroup_barrier(mem_flags::mem_threadgroup);\n" /* every thread has read count */
+                    "    if (lid == 0u) count = n + %uu;\n    threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+                    "    while (count > %uu) {\n"
+                    "        v%d = v%d %s %c[(lid + count) %% size];\n        %c[lid] = v%d;\n"
+                    "        threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+                    "        v%d += %c[(lid + %uu) %% size];\n        %c[lid] = v%d;\n"
+                    "        if (lid == 0u) count = count - 1u;\n"
+                    "        threadgroup_barrier(mem_flags::mem_threadgroup);\n    }\n",
+                    gen_rand(s, 3), gen_rand(s, 2), (int)gen_rand(s, 4), (int)gen_rand(s, 4), ops[gen_rand(s, 4)], rd,
+                    wr, (int)gen_rand(s, 4), (int)gen_rand(s, 4), wr, gen_rand(s, 90), rd, (int)gen_rand(s, 4));
+            continue;
+        }
         int i = (int)gen_rand(s, 4), j = (int)gen_rand(s, 4), q = (int)gen_rand(s, 4);
         const char *op = ops[gen_rand(s, 4)];
         if (what == 0) { /* a loop of two phases: the buffers end where they began */
@@ -1158,12 +1174,14 @@ static void gen_kernel(char *b, size_t cap, int k, uint32_t *s)
         if (what == 1) /* some threads leave, from inside a loop of the region */
             gen_put(b, cap,
                     "    for (uint k = 0; k < 3u; k++)\n"
-                    "        if ((v%d + k) %% %uu == 0u) {\n            out[gid] = v%d ^ k;\n            return;\n"
+                    "        if (lid != 0u && (v%d + k) %% %uu == 0u) {\n            out[at] = v%d ^ k;\n"
+                    "            return;\n"
                     "        }\n",
                     i, gen_rand(s, 13) + 5, j);
         else if (what == 2) /* or straight from the region */
-            gen_put(b, cap, "    if (v%d %% %uu == 1u) {\n        out[gid] = 7u * v%d;\n        return;\n    }\n", i,
-                    gen_rand(s, 11) + 3, j);
+            gen_put(b, cap,
+                    "    if (lid != 0u && v%d %% %uu == 1u) {\n        out[at] = 7u * v%d;\n        return;\n    }\n",
+                    i, gen_rand(s, 11) + 3, j);
         gen_put(b, cap, "    v%d = v%d %s %c[(lid + %uu) %% size];\n    %c[lid] = v%d ^ v%d;\n", i, j, op, rd,
                 gen_rand(s, 300), wr, i, q);
         gen_put(b, cap, "    threadgroup_barrier(mem_flags::mem_threadgroup);\n");
@@ -1171,11 +1189,11 @@ static void gen_kernel(char *b, size_t cap, int k, uint32_t *s)
         rd = wr;
         wr = t;
     }
-    gen_put(b, cap, "    out[gid] = v0 ^ (v1 << 3) ^ (v2 << 7) ^ (v3 << 11) ^ %c[(lid * 5u) %% size];\n}\n", rd);
+    gen_put(b, cap, "    out[at] = v0 ^ (v1 << 3) ^ (v2 << 7) ^ (v3 << 11) ^ %c[(lid * 5u) %% size];\n}\n", rd);
 }
 
 /* The output of gK for groups of T threads, n loop rounds, on lib. */
-static int gen_run(mc_device *d, mc_library *lib, int k, uint32_t T, uint32_t n, uint32_t *out)
+static int gen_run(mc_device *d, mc_library *lib, int k, mc_size3 T, uint32_t n, uint32_t *out)
 {
     char fn[16];
     snprintf(fn, sizeof fn, "g%d", k);
@@ -1186,7 +1204,7 @@ static int gen_run(mc_device *d, mc_library *lib, int k, uint32_t T, uint32_t n,
     CHECK_OK(mc_pipeline_create(d, &pd, &p));
     enum { G = 3 };
     mc_buffer_desc bd = MC_BUFFER_DESC_INIT;
-    bd.size = G * T * 4;
+    bd.size = G * T.x * T.y * 4;
     mc_buffer *bo = NULL;
     CHECK_OK(mc_buffer_create(d, &bd, &bo));
     mc_queue *q = NULL;
@@ -1198,12 +1216,12 @@ static int gen_run(mc_device *d, mc_library *lib, int k, uint32_t T, uint32_t n,
     CHECK_OK(mc_pass_set_pipeline(pass, p));
     CHECK_OK(mc_pass_set_buffer(pass, 0, bo, 0));
     CHECK_OK(mc_pass_set_bytes(pass, 1, &n, sizeof n));
-    CHECK_OK(mc_pass_dispatch(pass, (mc_size3){G, 1, 1}, (mc_size3){T, 1, 1}));
+    CHECK_OK(mc_pass_dispatch(pass, (mc_size3){G, 1, 1}, T));
     CHECK_OK(mc_pass_end(pass));
     CHECK_OK(mc_cmdbuf_commit(cb));
     CHECK_OK(mc_cmdbuf_wait(cb, MC_WAIT_FOREVER));
     CHECK_OK(mc_cmdbuf_status(cb, NULL));
-    CHECK_OK(mc_buffer_read(bo, 0, out, G * T * 4));
+    CHECK_OK(mc_buffer_read(bo, 0, out, bd.size));
     mc_cmdbuf_release(cb);
     mc_queue_release(q);
     mc_buffer_release(bo);
@@ -1213,7 +1231,8 @@ static int gen_run(mc_device *d, mc_library *lib, int k, uint32_t T, uint32_t n,
 
 /* Twelve generated kernels (a fixed seed) run as region loops, as
  * coroutines and as fibers (coroutines without the compiler's support)
- * must give the same bits, in groups of 100 and 256 threads. */
+ * must give the same bits, in groups of 100 and 256 threads and of 10 x 10
+ * and 16 x 16. */
 MC_TEST(msl_regions_generated_kernels_match_coroutines_and_fibers)
 {
     enum { KERNELS = 12, CAP = 1 << 16 };
@@ -1248,20 +1267,20 @@ MC_TEST(msl_regions_generated_kernels_match_coroutines_and_fibers)
     lib[2] = msl_lib(d, src, "-U__cpp_coroutines -U__cpp_impl_coroutine");
     unsetenv("MC_MSL_REGIONS");
     CHECK(lib[0] && lib[1] && lib[2]);
-    static const uint32_t sizes[] = {100, 256};
+    static const mc_size3 sizes[] = {{100, 1, 1}, {256, 1, 1}, {10, 10, 1}, {16, 16, 1}};
     uint32_t *out[3];
     for (int w = 0; w < 3; w++) CHECK((out[w] = malloc(3 * 256 * 4)));
     int bad = 0;
     for (int k = 0; k < KERNELS; k++)
-        for (size_t z = 0; z < 2; z++) {
+        for (size_t z = 0; z < 4; z++) {
             for (int w = 0; w < 3; w++) {
                 int rc = gen_run(d, lib[w], k, sizes[z], 2u + (uint32_t)k % 3u, out[w]);
                 if (rc) return rc;
             }
-            for (uint32_t i = 0; i < 3 * sizes[z]; i++)
+            for (uint32_t i = 0; i < 3 * sizes[z].x * sizes[z].y; i++)
                 if ((out[0][i] != out[1][i] || out[0][i] != out[2][i]) && bad++ < 5)
-                    fprintf(stderr, "g%d, groups of %u, thread %u: regions %#x, coroutines %#x, fibers %#x\n", k,
-                            sizes[z], i, out[0][i], out[1][i], out[2][i]);
+                    fprintf(stderr, "g%d, groups of %u x %u, thread %u: regions %#x, coroutines %#x, fibers %#x\n", k,
+                            sizes[z].x, sizes[z].y, i, out[0][i], out[1][i], out[2][i]);
         }
     if (bad) fprintf(stderr, "%s", src);
     CHECK_EQ(bad, 0);
