@@ -325,7 +325,8 @@ static bool translate_tokens(xlat *x)
             if (depth == 0 || !name || !punct(x, k, ';'))
                 return fail_at(x, t->line, "threadgroup variables are declared one per statement inside a kernel");
             replace_tok(x, i, "MC_TG_VAR");
-            if (!mc__msl_coro_tg_var(x, i, name, k)) copy_to(x, x->L.t[k].start + 1);
+            if (!mc__msl_coro_tg_var(x, i, name, k) && !mc__msl_regions_tg_var(x, i, name, k))
+                copy_to(x, x->L.t[k].start + 1);
             size_t used = strlen(tg_sum);
             snprintf(tg_sum + used, sizeof tg_sum - used, "%ssizeof(%.*s)", used ? " + " : "", (int)x->L.t[name].len,
                      x->s + x->L.t[name].start);

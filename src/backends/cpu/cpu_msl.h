@@ -234,6 +234,9 @@ void mc__msl_free_regions(fn_bodies *F);
 /* the region loops' edits at token *i, called by translate_tokens: true
  * when tokens up to *i were consumed */
 bool mc__msl_regions_rewrite(xlat *x, size_t *i);
+/* a top-level threadgroup variable of a region kernel, reached through a
+ * reference taken once per group: true when written */
+bool mc__msl_regions_tg_var(xlat *x, size_t i, size_t name, size_t semi);
 
 /* ---- cpu_msl_cuda.c ---- */
 bool mc__msl_emit_cuda_entries(xlat *x);

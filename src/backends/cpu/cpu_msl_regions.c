@@ -59,10 +59,14 @@ typedef struct rg_edit {
     char *text;
 } rg_edit;
 
+#define RG_MAX_TG 64
+
 typedef struct region_plan {
     rg_edit *e;
     size_t n, cap, next; /* next: the first edit not yet applied */
     bool oom;
+    size_t tg[RG_MAX_TG]; /* the first tokens of the body's top-level threadgroup variables */
+    size_t ntg;
 } region_plan;
 
 static void rg_add(region_plan *p, uint8_t op, size_t at, size_t end, char *text)
@@ -873,6 +877,9 @@ static region_plan *rg_plan(const xlat *x, rg_shape *S)
                rg_strdup(R->returns && R->loop < 0 ? "}); if (!mc_rg.live) return; " : "}); "));
     }
     for (size_t k = 0; k < S->nitems; k++)
+        if (S->items[k].kind == I_GROUP && is(x, S->items[k].b, "threadgroup") && P->ntg < RG_MAX_TG)
+            P->tg[P->ntg++] = S->items[k].b;
+    for (size_t k = 0; k < S->nitems; k++)
         if (S->items[k].kind == I_BARRIER) /* the ';' stays: a loop's only statement */
             rg_add(P, RG_DELETE, S->items[k].b, S->items[k].e - 1, rg_strdup(""));
     if (P->oom) {
@@ -1018,6 +1025,30 @@ bool mc__msl_regions_rewrite(xlat *x, size_t *i)
             return true;
         }
         return false;
+    }
+    return false;
+}
+
+/* A top-level threadgroup variable of a region kernel (`threadgroup T
+ * name[...];` at token i, its name and semicolon), as the coroutines have
+ * it: the thread-local variable gets another name and `name` becomes a
+ * reference to it, taken once per group (mc::opaque: else the compiler
+ * folds it back into a thread-local lookup in each thread that uses it). */
+bool mc__msl_regions_tg_var(xlat *x, size_t i, size_t name, size_t semi)
+{
+    const fn_bodies *F = x->fns;
+    for (size_t f = 0; F && f < F->n; f++) {
+        const region_plan *P = F->regions[f];
+        for (size_t k = 0; P && k < P->ntg; k++) {
+            if (P->tg[k] != i) continue;
+            const tok *nt = &x->L.t[name];
+            copy_to(x, nt->start);
+            put(&x->out, "mc_tg_", 6);
+            copy_to(x, x->L.t[semi].start + 1);
+            putf(&x->out, " auto &%.*s = *mc::opaque(&mc_tg_%.*s);", (int)nt->len, x->s + nt->start, (int)nt->len,
+                 x->s + nt->start);
+            return true;
+        }
     }
     return false;
 }
