@@ -35,8 +35,12 @@
  * The kernel then runs once per group (mc::run_regions, in the header's
  * section "threadgroups as region loops") with thread 0's ids; each region
  * becomes `mc::region<R>(mc_rg, [&](const mc::ids &mc_u, uint32_t mc_t) {
- * ids of t; frame of t; region code })`. The rewrite keeps every line where
- * it was, so clang's errors still point at the user's text.
+ * ids of t; frame of t; region code })`; the top-level threadgroup
+ * variables are references taken once per group, as the coroutines have
+ * them. The rewrite keeps every line where it was, so clang's errors still
+ * point at the user's text. Where no barrier stands, the threads still meet
+ * (around a barrier loop, between its iterations): more order than MSL
+ * asks, the same results for a kernel without data races.
  *
  * MC_MSL_REGIONS=0 turns the path off (every such kernel then runs as
  * coroutines); it is part of the compiler's identity in the pipeline cache.
