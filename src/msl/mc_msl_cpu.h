@@ -1707,6 +1707,132 @@ template <class T> static inline T *opaque(T *p)
 }
 } // namespace mc
 #endif
+#ifndef __CUDA__
+/* ---- threadgroups as region loops ---------------------------------------------
+ * A kernel whose barriers all sit at the top level of its body, or at the
+ * top level of a loop there whose header every thread evaluates alike, is
+ * cut by the front end (cpu_msl_regions.c) at its barriers into regions;
+ * each region runs as one loop over the group's threads (mc::region), so a
+ * barrier is the end of one loop and costs nothing, and the compiler may
+ * vectorise a region (PoCL's approach). The kernel runs once per group
+ * with the ids of thread 0 (the uniform ones are every thread's); each
+ * region binds a thread's own ids and its frame, the locals that live
+ * across a barrier. A thread that returns is marked done: later regions
+ * skip it, as the other paths' barriers wait only for live threads. */
+namespace mc {
+struct rgroup {
+    ids t0;        /* thread 0's ids */
+    uint3 base;    /* thread_position_in_grid of thread 0 */
+    uint32_t n;    /* threads in the group */
+    uint32_t live; /* threads that have not returned */
+    uint8_t *done; /* per thread: returned */
+    void leave(uint32_t t) noexcept
+    {
+        done[t] = 1;
+        live--;
+    }
+};
+/* Per-worker storage, kept between groups. */
+struct region_store {
+    void *p = nullptr;
+    size_t cap = 0;
+    ~region_store()
+    {
+        free(p);
+    }
+    void *take(size_t n)
+    {
+        if (n <= cap) return p;
+        free(p);
+        cap = 0;
+        p = aligned_alloc(64, (n + 63) & ~(size_t)63);
+        if (p) cap = n;
+        return p;
+    }
+};
+inline thread_local region_store region_done, region_frames;
+inline thread_local rgroup *rg_now = nullptr;
+/* The running group's frames: an array of n Fr (plain data: the front end
+ * admits only scalars, vectors, pointers and arrays of them). */
+template <class Fr> static inline Fr *region_frames_of(rgroup &g)
+{
+    Fr *f = (Fr *)region_frames.take((size_t)g.n * sizeof(Fr));
+    if (!f) abort(); /* no memory for the frames, as run_group */
+    return f;
+}
+/* One region: f(ids, t) for every live thread t of the group, in the
+ * linear order the other paths use. Checked: some thread may have
+ * returned (the loop then tests each thread's flag). */
+template <bool Checked, class F> static inline void region_run(rgroup &g, F &&f)
+{
+    const ids &t = g.t0;
+    const uint nx = t.tptg.x;
+    if (t.tptg.y == 1 && t.tptg.z == 1) {
+        const uint bx = g.base.x;
+        for (uint x = 0; x < nx; x++) {
+            if (Checked && g.done[x]) continue;
+            ids u = t;
+            u.tpitg = uint3{x, 0u, 0u};
+            u.tpig = uint3{bx + x, g.base.y, g.base.z};
+            u.tiitg = x;
+            u.tiisg = x & 31u;
+            u.sgiitg = x >> 5;
+            f(u, x);
+        }
+        return;
+    }
+    for (uint z = 0; z < t.tptg.z; z++)
+        for (uint y = 0; y < t.tptg.y; y++) {
+            const uint row = (z * t.tptg.y + y) * nx;
+            ids r = t;
+            r.tpitg = uint3{0u, y, z};
+            r.tpig = uint3{g.base.x, g.base.y + y, g.base.z + z};
+            for (uint x = 0; x < nx; x++) {
+                if (Checked && g.done[row + x]) continue;
+                ids u = r;
+                u.tpitg.x = x;
+                u.tpig.x = g.base.x + x;
+                u.tiitg = row + x;
+                u.tiisg = (row + x) & 31u;
+                u.sgiitg = (row + x) >> 5;
+                f(u, row + x);
+            }
+        }
+}
+/* Returns: whether the kernel has an early return (else no thread is
+ * ever done, and no flag is tested). */
+template <bool Returns, class F> static inline void region(rgroup &g, F &&f)
+{
+    if (Returns && g.live != g.n) region_run<true>(g, f);
+    else region_run<false>(g, f);
+}
+/* The entry point of a region kernel: the kernel once per group, given
+ * thread 0's ids (f), which finds its group through rg_now. */
+template <class F> static inline void run_regions(const mc_cpu_ctx *ctx, F &&f)
+{
+    rgroup g;
+    ids &t = g.t0;
+    t.tptg = uint3{ctx->group_size[0], ctx->group_size[1], ctx->group_size[2]};
+    t.tgpg = uint3{ctx->groups[0], ctx->groups[1], ctx->groups[2]};
+    t.tgpig = uint3{ctx->group_id[0], ctx->group_id[1], ctx->group_id[2]};
+    t.tpg = t.tptg * t.tgpg;
+    t.sgptg = (t.tptg.x * t.tptg.y * t.tptg.z + 31u) / 32u;
+    t.tpitg = uint3{0u, 0u, 0u};
+    g.base = t.tgpig * t.tptg;
+    t.tpig = g.base;
+    t.tiitg = t.tiisg = t.sgiitg = 0;
+    g.n = t.tptg.x * t.tptg.y * t.tptg.z;
+    g.live = g.n;
+    g.done = (uint8_t *)region_done.take(g.n);
+    if (!g.done) abort(); /* no memory for the flags, as run_group */
+    __builtin_memset(g.done, 0, g.n);
+    rgroup *saved = rg_now;
+    rg_now = &g;
+    f(t);
+    rg_now = saved;
+}
+} // namespace mc
+#endif
 #if !defined(__CUDA__) && (defined(__cpp_impl_coroutine) || defined(__cpp_coroutines))
 /* ---- threadgroups as coroutines ----------------------------------------------
  * A kernel whose own body holds its threadgroup barriers (and no SIMD-group

@@ -243,6 +243,8 @@ mc__cpu_job *mc__cpu_event_raise(mc__cpu_event *ev, uint64_t v);
  * MC_ERR_COMPILE naming what is outside the compute subset and its line
  * (also in *log). */
 mc_status mc__cpu_msl_translate(const char *source, size_t len, char **cpp, size_t *cpp_len, char **log);
+/* MSL kernels may run as region loops (cpu_msl_regions.c): MC_MSL_REGIONS is not 0 or off */
+bool mc__cpu_msl_regions_on(void);
 
 /* cpu_compile.c: a C or MSL source -> the bytes of a shared object
  * (*so, malloc'd), or MC_ERR_COMPILE with the compiler's output in *log. */

@@ -489,7 +489,8 @@ mc_status mc__cpu_compiler_identity(void *vdev, mc_language lang, char *out, siz
         free(r.out);
         free(cc);
     }
-    if (st == MC_OK) snprintf(out, cap, "%s", identity);
+    /* region loops change the code built from the same source (MC_MSL_REGIONS) */
+    if (st == MC_OK) snprintf(out, cap, "%s%s", identity, msl && !mc__cpu_msl_regions_on() ? " | regions off" : "");
     pthread_mutex_unlock(&dev->cc_lock);
     return st;
 }

@@ -166,6 +166,7 @@ static bool translate_tokens(xlat *x)
     int fn_depth = -1;      /* brace depth of the current function body at depth 0 -> 1 */
     char tg_sum[2048] = ""; /* sizeof() terms of this function's threadgroup variables */
     for (size_t i = 0; i < x->L.n && !x->error; i++) {
+        if (mc__msl_regions_rewrite(x, &i)) continue;
         const tok *t = &x->L.t[i];
         const char *ts = x->s + t->start;
         if (t->kind == T_PP) {
@@ -324,7 +325,8 @@ static bool translate_tokens(xlat *x)
             if (depth == 0 || !name || !punct(x, k, ';'))
                 return fail_at(x, t->line, "threadgroup variables are declared one per statement inside a kernel");
             replace_tok(x, i, "MC_TG_VAR");
-            if (!mc__msl_coro_tg_var(x, i, name, k)) copy_to(x, x->L.t[k].start + 1);
+            if (!mc__msl_coro_tg_var(x, i, name, k) && !mc__msl_regions_tg_var(x, i, name, k))
+                copy_to(x, x->L.t[k].start + 1);
             size_t used = strlen(tg_sum);
             snprintf(tg_sum + used, sizeof tg_sum - used, "%ssizeof(%.*s)", used ? " + " : "", (int)x->L.t[name].len,
                      x->s + x->L.t[name].start);
@@ -380,6 +382,7 @@ mc_status mc__msl_translate(const char *source, size_t len, mc__msl_target targe
     x.fns = fns;
     if (target == MC__MSL_CPU) {
         mc__msl_plan_coroutines(&x);
+        mc__msl_plan_regions(&x);
         mc__msl_plan_guards(&x);
     }
     x.tmpl_end = SIZE_MAX;
@@ -400,6 +403,7 @@ mc_status mc__msl_translate(const char *source, size_t len, mc__msl_target targe
     free(x.insts);
     free(x.fcs);
     mc__msl_free_guards(fns);
+    mc__msl_free_regions(fns);
     free(fns);
     if (!ok) {
         free(x.out.p);

@@ -88,6 +88,7 @@ typedef struct kern {
     uint32_t name_tok;
     bool fibers;   /* it or a function it calls uses barriers or SIMD-group functions */
     bool coro;     /* its threads run as coroutines (mc__msl_plan_coroutines) */
+    bool regions;  /* it runs as region loops (mc__msl_plan_regions) */
     int32_t guard; /* its function in fn_bodies when its bounds test is hoisted (mc__msl_plan_guards), else -1 */
     uint32_t nparam;
     param params[MAX_PARAMS];
@@ -191,6 +192,8 @@ typedef struct fn_bodies {
     bool uses[MAX_FNS];
     bool coro[MAX_FNS];                /* a kernel whose threads run as coroutines */
     struct guard_plan *guard[MAX_FNS]; /* a kernel whose bounds test is hoisted, else NULL */
+    /* a kernel run as region loops (cpu_msl_regions.c), else NULL */
+    struct region_plan *regions[MAX_FNS];
 } fn_bodies;
 
 /* ---- cpu_msl.c ---- */
@@ -204,6 +207,8 @@ bool mc__msl_tok_uint(const xlat *x, size_t i, uint32_t *v);
 bool mc__msl_attr_refused(xlat *x, size_t an);
 bool mc__msl_refuse_features(xlat *x);
 bool mc__msl_parse_kernel(xlat *x, size_t name_tok, size_t open, size_t *close);
+/* the ids expression of built-in attribute name token an (from mc::ids t), or NULL */
+const char *mc__msl_builtin_expr(const xlat *x, size_t an);
 void mc__msl_mark_template_kernel(xlat *x, size_t start);
 bool mc__msl_template_at(xlat *x, size_t *i);
 bool mc__msl_add_instances(xlat *x);
@@ -221,6 +226,17 @@ bool mc__msl_coro_rewrite(xlat *x, size_t i);
 bool mc__msl_guard_rewrite(xlat *x, size_t i);
 bool mc__msl_coro_tg_var(xlat *x, size_t i, size_t name, size_t semi);
 void mc__msl_emit_cpu_entries(xlat *x);
+
+/* ---- cpu_msl_regions.c ---- */
+/* which coroutine kernels run as region loops instead (after plan_coroutines) */
+void mc__msl_plan_regions(xlat *x);
+void mc__msl_free_regions(fn_bodies *F);
+/* the region loops' edits at token *i, called by translate_tokens: true
+ * when tokens up to *i were consumed */
+bool mc__msl_regions_rewrite(xlat *x, size_t *i);
+/* a top-level threadgroup variable of a region kernel, reached through a
+ * reference taken once per group: true when written */
+bool mc__msl_regions_tg_var(xlat *x, size_t i, size_t name, size_t semi);
 
 /* ---- cpu_msl_cuda.c ---- */
 bool mc__msl_emit_cuda_entries(xlat *x);

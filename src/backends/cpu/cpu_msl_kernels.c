@@ -37,6 +37,13 @@ static const builtin_attr builtin_attrs[] = {
     {"quadgroups_per_threadgroup", "((t.tptg.x * t.tptg.y * t.tptg.z + 3u) / 4u)"},
 };
 
+const char *mc__msl_builtin_expr(const xlat *x, size_t an)
+{
+    for (size_t b = 0; b < MC__ARRAY_LEN(builtin_attrs); b++)
+        if (is(x, an, builtin_attrs[b].name)) return builtin_attrs[b].expr;
+    return NULL;
+}
+
 /* identifiers that name a feature outside the compute subset */
 typedef struct refused {
     const char *ident;

@@ -46,6 +46,7 @@ void mc__msl_find_functions(const xlat *x, fn_bodies *F)
             F->name[F->n] = nm, F->body_b[F->n] = i, F->body_e[F->n] = e, F->uses[F->n] = any;
             F->coro[F->n] = false;
             F->guard[F->n] = NULL;
+            F->regions[F->n] = NULL;
             F->n++;
         } else if (any) {
             F->global = true;
@@ -84,6 +85,8 @@ void mc__msl_mark_fiber_kernels(xlat *x)
         /* the body that was rewritten is this kernel's own (not a namesake's) */
         for (size_t f = 0; f < F->n && kn->fibers; f++)
             if (F->coro[f] && F->name[f] == kn->name_tok) kn->coro = true;
+        for (size_t f = 0; f < F->n && kn->fibers; f++)
+            if (F->regions[f] && F->name[f] == kn->name_tok) kn->regions = true;
         for (size_t f = 0; f < F->n && !kn->fibers; f++)
             if (F->guard[f] && F->name[f] == kn->name_tok) kn->guard = (int32_t)f;
     }
@@ -441,7 +444,11 @@ void mc__msl_emit_cpu_entries(xlat *x)
             emit_guard_test(x, kn);
             putf(o, "    mc::run_loop_guarded(ctx, body, body_full, pass);\n}\n");
         } else {
-            putf(o, "    mc::%s(ctx, body);\n}\n", kn->coro ? "run_group_coro" : kn->fibers ? "run_group" : "run_loop");
+            putf(o, "    mc::%s(ctx, body);\n}\n",
+                 kn->regions  ? "run_regions"
+                 : kn->coro   ? "run_group_coro"
+                 : kn->fibers ? "run_group"
+                              : "run_loop");
         }
         if (!kn->fibers && kn->guard < 0 && !kn->callee)
             emit_rows_entry(x, kn); /* rows call the kernel by its own name */
