@@ -1533,10 +1533,34 @@ template <class P> static inline P attr(uint3 v)
 template <class P> static inline P attr(uint v) { return (P)v; }
 
 #ifdef __CUDA__
-/* CUDA parameter for a kernel parameter of type P: pointers as they are,
- * `constant T&` by value (the bytes bound to the slot). */
-template <class P> struct cuda_param { typedef typename remove_cv<typename remove_ref<P>::type>::type type; };
-template <class P> struct cuda_param<P *> { typedef P *type; };
+/* The CUDA parameter of a buffer slot whose kernel parameter has type P,
+ * and how the CUDA device fills it (`slot`, read from the module's
+ * mc_slots_NAME table; src/backends/cuda/cuda_be.h). Metal binds either a
+ * buffer or bytes (setBytes) to any buffer slot, so both must work:
+ *  - a pointer (slot 1): the buffer's address; bytes are first copied into
+ *    device memory by the CUDA device;
+ *  - a reference (slot 2 | offset of value << 8): a pointer and a copy,
+ *    the pointer when a buffer is bound, else null with the bytes by value
+ *    in `value`, which is what set_bytes costs nothing for. */
+template <class T> struct cuda_ref {
+    T *ptr;
+    T value;
+};
+template <class P> struct cuda_param {
+    typedef typename remove_cv<P>::type type;
+    static constexpr unsigned slot = 0u;
+    static P get(type v) { return v; }
+};
+template <class T> struct cuda_param<T *> {
+    typedef T *type;
+    static constexpr unsigned slot = 1u;
+    static T *get(T *p) { return p; }
+};
+template <class T> struct cuda_param<T &> {
+    typedef cuda_ref<typename remove_cv<T>::type> type;
+    static constexpr unsigned slot = 2u | (unsigned)__builtin_offsetof(type, value) << 8;
+    static T &get(type &r) { return r.ptr ? *r.ptr : r.value; }
+};
 extern "C" __attribute__((__shared__)) __attribute__((aligned(16))) char mc_threadgroup_memory[];
 /* [[threadgroup(n)]] slots share the one dynamic shared block, slot 0
  * first, each rounded up to 16 bytes: the CUDA device's layout (tg_total
