@@ -92,12 +92,14 @@ static bool is(json_t *e, const char *ph, const char *cat, const char *name)
     return p && !strcmp(p, ph) && (!cat || (c && !strcmp(c, cat))) && (!name || (n && !strcmp(n, name)));
 }
 
-/* Per track (tid): timestamps never go back in file order, and every span
- * either lies inside the one open before it or starts after it ended. */
+/* Per track (pid and tid, as the viewers take them: an isolated run's
+ * workers are processes of their own, whose track numbers may repeat):
+ * timestamps never go back in file order, and every span either lies
+ * inside the one open before it or starts after it ended. */
 static int check_tracks(json_t *events)
 {
     enum { MAXT = 1024, DEPTH = 16 };
-    static long long tids[MAXT];
+    static long long tids[MAXT], pids[MAXT];
     static double last[MAXT], open_end[MAXT][DEPTH];
     static int depth[MAXT];
     int nt = 0;
@@ -106,12 +108,14 @@ static int check_tracks(json_t *events)
     json_array_foreach(events, i, e) {
         if (is(e, "M", NULL, NULL)) continue;
         long long tid = json_integer_value(json_object_get(e, "tid"));
+        long long pid = json_integer_value(json_object_get(e, "pid"));
         double ts = json_number_value(json_object_get(e, "ts"));
         int k = 0;
-        while (k < nt && tids[k] != tid) k++;
+        while (k < nt && (tids[k] != tid || pids[k] != pid)) k++;
         if (k == nt) {
             CHECK_LT(nt, MAXT);
             tids[nt] = tid;
+            pids[nt] = pid;
             last[nt] = ts;
             depth[nt++] = 0;
         }
