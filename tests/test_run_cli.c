@@ -78,12 +78,19 @@ static bool cpu_device(void)
     return !d || !*d || !strncmp(d, "cpu", 3);
 }
 
+/* The device under test ($MC_DEVICE, as every test takes it), for runs
+ * that do not depend on the CPU device's timing or its C kernels. */
+static const char *run_device(void)
+{
+    const char *d = getenv("MC_DEVICE");
+    return d && *d ? d : "cpu";
+}
+
 /* The example `name` (heat or life) against NumPy: init, then the MSL
  * example, and with_c the C kernel tests/kernels/NAME.c too, each checked. */
 static int numpy_example(const char *name, const char *fn, const char *scalars, int steps, const char *alpha,
                          bool with_c)
 {
-    if (!cpu_device()) MC_SKIP("these runs use --device cpu");
     const char *py = numpy_python();
     if (!py) MC_SKIP("no Python 3 with NumPy (apt-get install python3-numpy, or set MC_PYTHON)");
     char dir[512], cmd[4096];
@@ -97,15 +104,15 @@ static int numpy_example(const char *name, const char *fn, const char *scalars, 
     free(out);
     CHECK_EQ(code, 0);
     const char *kernels[] = {EXAMPLES "/%s.metal", KERNELS "/%s.c"};
-    for (int k = 0; k < (with_c ? 2 : 1); k++) {
+    for (int k = 0; k < (with_c && cpu_device() ? 2 : 1); k++) { /* C kernels: the CPU device's */
         char kernel[600];
         snprintf(kernel, sizeof kernel, kernels[k], name);
         /* The grid comes from the shape (48 rows, 51 or 53 columns): the
          * scalars name the same width and height. */
         snprintf(cmd, sizeof cmd,
-                 "%s run %s --function %s --device cpu --arg pair:%s/init.npy --arg iter --arg %s --steps %d "
+                 "%s run %s --function %s --device %s --arg pair:%s/init.npy --arg iter --arg %s --steps %d "
                  "--out %s/out.npy --progress none",
-                 CLI, kernel, fn, dir, scalars, steps, dir);
+                 CLI, kernel, fn, run_device(), dir, scalars, steps, dir);
         out = run_command(cmd, &code);
         CHECK(out);
         fprintf(stderr, "%s", out);
@@ -249,16 +256,15 @@ static double json_number(const char *line, const char *field)
 
 MC_TEST(run_progress_json_one_object_per_line)
 {
-    if (!cpu_device()) MC_SKIP("these runs use --device cpu");
     char dir[512], cmd[4096];
     temp_dir(dir, sizeof dir);
     CHECK(dir[0]);
     snprintf(cmd, sizeof cmd, "%s/board.npy", dir);
     CHECK_EQ(write_board(cmd, 128, 128), 0);
     snprintf(cmd, sizeof cmd,
-             "%s run %s/life.metal --device cpu --function life_step --arg pair:%s/board.npy --arg iter --arg "
+             "%s run %s/life.metal --device %s --function life_step --arg pair:%s/board.npy --arg iter --arg "
              "u32:128,u32:128 --steps 3000 --out %s/out.npy --progress json 2>%s/progress.jsonl >/dev/null",
-             CLI, EXAMPLES, dir, dir, dir);
+             CLI, EXAMPLES, run_device(), dir, dir, dir);
     CHECK_EQ(system(cmd), 0);
     snprintf(cmd, sizeof cmd, "%s/progress.jsonl", dir);
     char *text = mct_read_file(cmd, NULL);
@@ -293,7 +299,6 @@ MC_TEST(run_progress_json_one_object_per_line)
 
 MC_TEST(run_second_start_loads_the_kernel_from_disk)
 {
-    if (!cpu_device()) MC_SKIP("these runs use --device cpu");
     char dir[512], cmd[4096];
     temp_dir(dir, sizeof dir);
     CHECK(dir[0]);
@@ -303,9 +308,9 @@ MC_TEST(run_second_start_loads_the_kernel_from_disk)
     for (int i = 0; i < 2; i++) {
         int code = -1;
         snprintf(cmd, sizeof cmd,
-                 "env -u MC_CACHE MC_CACHE_DIR=%s/cache %s run %s/life.metal --device cpu --function life_step --arg "
+                 "env -u MC_CACHE MC_CACHE_DIR=%s/cache %s run %s/life.metal --device %s --function life_step --arg "
                  "pair:%s/board.npy --arg iter --arg u32:32,u32:32 --steps 10 --out %s/out.npy",
-                 dir, CLI, EXAMPLES, dir, dir);
+                 dir, CLI, EXAMPLES, run_device(), dir, dir);
         char *out = run_command(cmd, &code);
         CHECK(out);
         fprintf(stderr, "%s", out);
@@ -503,36 +508,35 @@ MC_TEST(run_sigkill_resume_isolated_npy_identical)
 
 MC_TEST(run_resume_refuses_other_parameters)
 {
-    if (!cpu_device()) MC_SKIP("these runs use --device cpu");
     char dir[512], cmd[4096];
     temp_dir(dir, sizeof dir);
     CHECK(dir[0]);
     snprintf(cmd, sizeof cmd, "%s/board.npy", dir);
     CHECK_EQ(write_board(cmd, 64, 64), 0);
     int code = -1;
-    const char *base = "%s run %s/life.metal --device cpu --function life_step --arg pair:%s/board.npy --arg iter --arg "
-                       "u32:64,u32:%d --steps %d --out %s/out.npy --checkpoint-dir %s/ck --checkpoint-ms 1 %s";
-    snprintf(cmd, sizeof cmd, base, CLI, EXAMPLES, dir, 64, 2000, dir, dir, "");
+    const char *base = "%s run %s/life.metal --device %s --function life_step --arg pair:%s/board.npy --arg iter "
+                       "--arg u32:64,u32:%d --steps %d --out %s/out.npy --checkpoint-dir %s/ck --checkpoint-ms 1 %s";
+    snprintf(cmd, sizeof cmd, base, CLI, EXAMPLES, run_device(), dir, 64, 2000, dir, dir, "");
     char *out = run_command(cmd, &code);
     CHECK(out);
     CHECK_EQ(code, 0);
     CHECK_STR_CONTAINS(out, "checkpoints  ");
     free(out);
     /* Another height in the scalars, then another step count. */
-    snprintf(cmd, sizeof cmd, base, CLI, EXAMPLES, dir, 63, 2000, dir, dir, "--resume");
+    snprintf(cmd, sizeof cmd, base, CLI, EXAMPLES, run_device(), dir, 63, 2000, dir, dir, "--resume");
     out = run_command(cmd, &code);
     CHECK(out);
     CHECK_EQ(code, 1);
     CHECK_STR_CONTAINS(out, "parameters differ");
     free(out);
-    snprintf(cmd, sizeof cmd, base, CLI, EXAMPLES, dir, 64, 2001, dir, dir, "--resume");
+    snprintf(cmd, sizeof cmd, base, CLI, EXAMPLES, run_device(), dir, 64, 2001, dir, dir, "--resume");
     out = run_command(cmd, &code);
     CHECK(out);
     CHECK_EQ(code, 1);
     CHECK_STR_CONTAINS(out, "parameters differ");
     free(out);
     /* The same run resumes. */
-    snprintf(cmd, sizeof cmd, base, CLI, EXAMPLES, dir, 64, 2000, dir, dir, "--resume");
+    snprintf(cmd, sizeof cmd, base, CLI, EXAMPLES, run_device(), dir, 64, 2000, dir, dir, "--resume");
     out = run_command(cmd, &code);
     CHECK(out);
     CHECK_EQ(code, 0);
@@ -546,7 +550,6 @@ MC_TEST(run_resume_refuses_other_parameters)
  * isolated worker killed and hung, give the same bytes. */
 MC_TEST(run_kernel_survives_faults_byte_for_byte)
 {
-    if (!cpu_device()) MC_SKIP("these runs use --device cpu");
     char dir[512], cmd[4096];
     temp_dir(dir, sizeof dir);
     CHECK(dir[0]);
@@ -558,9 +561,9 @@ MC_TEST(run_kernel_survives_faults_byte_for_byte)
     for (int i = 0; i < 3; i++) {
         int code = -1;
         snprintf(cmd, sizeof cmd,
-                 "%s run %s/life.metal --device cpu --function life_step --arg pair:%s/board.npy --arg iter --arg "
+                 "%s run %s/life.metal --device %s --function life_step --arg pair:%s/board.npy --arg iter --arg "
                  "u32:96,u32:96 --steps 1001 --budget-ms 1 --out %s/out%d.npy --progress none %s",
-                 CLI, EXAMPLES, dir, dir, i, extra[i]);
+                 CLI, EXAMPLES, run_device(), dir, dir, i, extra[i]);
         char *out = run_command(cmd, &code);
         CHECK(out);
         fprintf(stderr, "%s", out);
