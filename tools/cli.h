@@ -15,7 +15,6 @@ typedef struct mc_cli_command {
 } mc_cli_command;
 
 int mc_cli_info(int argc, char **argv);
-int mc_cli_bench(int argc, char **argv);
 int mc_cli_cache(int argc, char **argv);
 int mc_cli_run(int argc, char **argv);
 int mc_cli_trace(int argc, char **argv);
@@ -69,8 +68,6 @@ int mc_cli_run_gray_scott_mpi(int argc, char **argv);
 /* Runs job(argc, argv, rank, size) between MPI_Init and MPI_Finalize (when
  * MPI was not started yet); every rank exits with the worst status. */
 int mc_cli_mpi_job(int argc, char **argv, int (*job)(int argc, char **argv, int rank, int size));
-/* bench --mpi under mpirun (tools/bench_mpi.c, built with MPI). */
-int mc_cli_bench_mpi(int argc, char **argv);
 /* run FILE --mpi under mpirun (tools/cmd_run_kernel_mpi.c, built with MPI). */
 int mc_cli_run_kernel_mpi(int argc, char **argv);
 

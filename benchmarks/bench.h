@@ -1,8 +1,9 @@
 /* metal-compute bench: benchmarks that each measure ours against a baseline
  * in the same run. */
-#ifndef MC_TOOLS_BENCH_H
-#define MC_TOOLS_BENCH_H
+#ifndef MC_BENCHMARKS_BENCH_H
+#define MC_BENCHMARKS_BENCH_H
 
+#include "benchmarks.h"
 #include "cli.h"
 
 typedef struct mc_bench_row {
@@ -47,18 +48,18 @@ int mc_bench_batching(mc_bench *b);
 int mc_bench_saxpy(mc_bench *b);
 int mc_bench_stream(mc_bench *b);
 int mc_bench_pipeline_cache(mc_bench *b);
-/* The new process pipeline-cache starts (`cache __bench-child`). */
-int mc_bench_pipeline_cache_child(int argc, char **argv);
 int mc_bench_runner(mc_bench *b);
 int mc_bench_command_list(mc_bench *b);
-int mc_bench_msl(mc_bench *b); /* tools/bench_msl.c */
+int mc_bench_msl(mc_bench *b); /* bench_msl.c */
 
-/* --peers (tools/bench_peers.c): after benchmark `name` ran, adds the same
+/* --peers (bench_peers.c): after benchmark `name` ran, adds the same
  * work through its peers (OpenCL on PoCL, OpenMP) where it has them. */
 int mc_bench_peers(mc_bench *b, const char *name);
 /* The new processes bench --peers starts (`bench __peer-child ...`). */
 int mc_bench_peer_child(int argc, char **argv);
-/* --svg FILE (tools/bench_svg.c): the ratios as a bar chart. */
+/* --svg FILE (bench_svg.c): the ratios as a bar chart. */
 int mc_bench_write_svg(const mc_bench *b, const char *path);
+/* bench --mpi under mpirun (bench_mpi.c, built with MPI). */
+int mc_cli_bench_mpi(int argc, char **argv);
 
 #endif

@@ -385,7 +385,7 @@ int mc_cli_bench(int argc, char **argv)
     const char *device = NULL, *only = NULL, *json = NULL, *svg = NULL;
     if (argc > 1 && !strcmp(argv[1], "__peer-child")) return mc_bench_peer_child(argc - 1, argv + 1);
 #ifdef MC_HAVE_MPI
-    if (argc > 1 && !strcmp(argv[1], "--mpi")) return mc_cli_bench_mpi(argc, argv); /* tools/bench_mpi.c */
+    if (argc > 1 && !strcmp(argv[1], "--mpi")) return mc_cli_bench_mpi(argc, argv); /* bench_mpi.c */
 #endif
     mc_bench *b = calloc(1, sizeof *b);
     if (!b) return 1;
