@@ -50,9 +50,7 @@ static double gs_run(mc_queue *q, mc_pipeline *pl, mc_buffer *a, mc_buffer *b, u
         if (s == MC_OK) s = mc_pass_dispatch(p, (mc_size3){(n + 15) / 16, (n + 15) / 16, 1}, (mc_size3){16, 16, 1});
     }
     if (s == MC_OK) s = mc_pass_end(p);
-    if (s == MC_OK) s = mc_cmdbuf_commit(cb);
-    if (s == MC_OK) s = mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
-    if (s == MC_OK) s = mc_cmdbuf_status(cb, NULL);
+    s = mc_bench_commit_wait(cb, s);
     mc_cmdbuf_release(cb);
     return s == MC_OK ? (mc_bench_now_us() - t0) / 1e6 : -1.0;
 }
@@ -72,9 +70,7 @@ static double saxpy_run(mc_queue *q, mc_pipeline *pl, mc_buffer *x, mc_buffer *y
     if (s == MC_OK) s = mc_pass_set_bytes(p, 3, &n, sizeof n);
     if (s == MC_OK) s = mc_pass_dispatch(p, (mc_size3){(n + 1023) / 1024, 1, 1}, (mc_size3){1024, 1, 1});
     if (s == MC_OK) s = mc_pass_end(p);
-    if (s == MC_OK) s = mc_cmdbuf_commit(cb);
-    if (s == MC_OK) s = mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
-    if (s == MC_OK) s = mc_cmdbuf_status(cb, NULL);
+    s = mc_bench_commit_wait(cb, s);
     mc_cmdbuf_release(cb);
     return s == MC_OK ? (mc_bench_now_us() - t0) / 1e6 : -1.0;
 }
@@ -333,9 +329,7 @@ static int vs_pocl(mc_bench *b, mc_queue *q, int reps)
         if (s == MC_OK) s = mc_pass_set_buffer(p, 1, out, 0);
         if (s == MC_OK) s = mc_pass_dispatch(p, (mc_size3){(uint32_t)(n / 256), 1, 1}, (mc_size3){256, 1, 1});
         if (s == MC_OK) s = mc_pass_end(p);
-        if (s == MC_OK) s = mc_cmdbuf_commit(cb);
-        if (s == MC_OK) s = mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
-        if (s == MC_OK) s = mc_cmdbuf_status(cb, NULL);
+        s = mc_bench_commit_wait(cb, s);
         mc_cmdbuf_release(cb);
         double t1 = mc_bench_now_us();
         float got_cl = 0.0f;

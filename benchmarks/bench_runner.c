@@ -113,9 +113,7 @@ static mc_status run_uninterrupted(mc_bench *b, gs_bench *g, uint64_t steps, dou
     double t0 = mc_bench_now_us();
     if (s == MC_OK) s = mc_cmdbuf_create(q, NULL, &cb);
     if (s == MC_OK) s = encode_steps(cb, g, 0, steps);
-    if (s == MC_OK) s = mc_cmdbuf_commit(cb);
-    if (s == MC_OK) s = mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
-    if (s == MC_OK) s = mc_cmdbuf_status(cb, NULL);
+    s = mc_bench_commit_wait(cb, s);
     *us = mc_bench_now_us() - t0;
     mc_cmdbuf_release(cb);
     mc_queue_release(q);
@@ -162,9 +160,7 @@ static mc_status naive_gap(mc_bench *b, gs_bench *g, uint64_t per, int chunks, d
         mc_cmdbuf_desc cd = {"naive chunk", MC_CMDBUF_TIMESTAMPS};
         s = mc_cmdbuf_create(q, &cd, &cb);
         if (s == MC_OK) s = encode_steps(cb, g, (uint64_t)k * per, per);
-        if (s == MC_OK) s = mc_cmdbuf_commit(cb);
-        if (s == MC_OK) s = mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
-        if (s == MC_OK) s = mc_cmdbuf_status(cb, NULL);
+        s = mc_bench_commit_wait(cb, s);
         uint64_t t0 = 0, t1 = 0;
         if (s == MC_OK) s = mc_cmdbuf_get_gpu_time(cb, &t0, &t1);
         if (s == MC_OK && k > 0 && t0 >= prev_end) {
