@@ -174,16 +174,7 @@ static mc_status gs_runner_setup(void *user, mc_device *dev, mc_runner_binding *
     mc_status s = mc_buffer_create(dev, &d, &g->a);
     if (s == MC_OK) s = mc_buffer_create(dev, &d, &g->b);
     if (s != MC_OK) return s;
-    bind->pipeline = g->pl;
-    bind->state[0] = g->a;
-    bind->state[1] = g->b;
-    bind->state_count = 2;
-    bind->args[0].kind = bind->args[1].kind = MC_RUNNER_ARG_BUFFER;
-    bind->args[0].buffer = g->a;
-    bind->args[1].buffer = g->b;
-    bind->args[3].kind = MC_RUNNER_ARG_BYTES;
-    bind->args[3].bytes = &g->prm;
-    bind->args[3].len = sizeof g->prm;
+    mc_cli_gray_scott_bind(bind, g->pl, g->a, g->b, &g->prm, sizeof g->prm);
     return MC_OK;
 }
 

@@ -62,16 +62,7 @@ static mc_status gs_setup(void *user, mc_device *dev, mc_runner_binding *b)
         gs_free(g);
         return s;
     }
-    b->pipeline = g->pl;
-    b->state[0] = g->a;
-    b->state[1] = g->b;
-    b->state_count = 2;
-    b->args[0].kind = b->args[1].kind = MC_RUNNER_ARG_BUFFER;
-    b->args[0].buffer = g->a;
-    b->args[1].buffer = g->b;
-    b->args[3].kind = MC_RUNNER_ARG_BYTES;
-    b->args[3].bytes = &g->params;
-    b->args[3].len = sizeof g->params;
+    mc_cli_gray_scott_bind(b, g->pl, g->a, g->b, &g->params, sizeof g->params);
     return MC_OK;
 }
 

@@ -4,6 +4,7 @@
 
 #include "mc/mc.h"
 #include "mc/mc_isolate.h"
+#include "mc/mc_runner.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -63,6 +64,12 @@ bool mc_cli_isatty(FILE *f);
  * MPI): the seeded field ((u, v) pairs, free it), the palette, the PNG. */
 float *mc_cli_gray_scott_seed(uint32_t n);
 void mc_cli_gray_scott_colour(float v, uint8_t rgb[3]);
+/* Binds gray_scott_step (pl) on the runner's ping-pong pair, for run
+ * gray-scott and the benchmarks that run it: a and b are states 0 and 1 in
+ * slots 0 and 1, params (len bytes of the kernel's parameters; the runner
+ * copies them when setup returns) slot 3; the runner gives slot 2 the step. */
+void mc_cli_gray_scott_bind(mc_runner_binding *bind, mc_pipeline *pl, mc_buffer *a, mc_buffer *b, const void *params,
+                            size_t len);
 int mc_cli_write_png(const char *path, const uint8_t *rgb, uint32_t w, uint32_t h);
 int mc_cli_run_gray_scott_mpi(int argc, char **argv);
 /* Runs job(argc, argv, rank, size) between MPI_Init and MPI_Finalize (when

@@ -176,17 +176,7 @@ static mc_status gs_setup(void *user, mc_device *dev, mc_runner_binding *b)
         j->pl = NULL;
         return s;
     }
-    b->pipeline = j->pl;
-    b->state[0] = j->a;
-    b->state[1] = j->b;
-    b->state_count = 2;
-    b->args[0].kind = MC_RUNNER_ARG_BUFFER;
-    b->args[0].buffer = j->a;
-    b->args[1].kind = MC_RUNNER_ARG_BUFFER;
-    b->args[1].buffer = j->b;
-    b->args[3].kind = MC_RUNNER_ARG_BYTES;
-    b->args[3].bytes = &j->params;
-    b->args[3].len = sizeof j->params;
+    mc_cli_gray_scott_bind(b, j->pl, j->a, j->b, &j->params, sizeof j->params);
     return MC_OK;
 }
 
@@ -573,4 +563,19 @@ int mc_cli_run(int argc, char **argv)
  * so that its image is the same bytes. */
 float *mc_cli_gray_scott_seed(uint32_t n) { return gs_seed(n); }
 void mc_cli_gray_scott_colour(float v, uint8_t rgb[3]) { gs_colour(v, rgb); }
+
+void mc_cli_gray_scott_bind(mc_runner_binding *bind, mc_pipeline *pl, mc_buffer *a, mc_buffer *b, const void *params,
+                            size_t len)
+{
+    bind->pipeline = pl;
+    bind->state[0] = a;
+    bind->state[1] = b;
+    bind->state_count = 2;
+    bind->args[0].kind = bind->args[1].kind = MC_RUNNER_ARG_BUFFER;
+    bind->args[0].buffer = a;
+    bind->args[1].buffer = b;
+    bind->args[3].kind = MC_RUNNER_ARG_BYTES;
+    bind->args[3].bytes = params;
+    bind->args[3].len = len;
+}
 int mc_cli_write_png(const char *path, const uint8_t *rgb, uint32_t w, uint32_t h) { return write_png(path, rgb, w, h); }
