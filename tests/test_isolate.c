@@ -315,7 +315,10 @@ MC_TEST(isolate_runner_keeps_progress_under_faults_every_50_command_buffers)
     memset(&u, 0, sizeof u);
     u.params = (it_params){IT_N, 16, 0};
     mc_isolate_desc iso = it_iso(faults);
-    iso.deadline_ms = 250;
+    /* Hangs are found at the deadline: short on the CPU device; a GPU
+     * worker's first chunks (module loading) can take longer than 250 ms. */
+    const char *env = getenv("MC_DEVICE");
+    iso.deadline_ms = !env || !*env || !strncmp(env, "cpu", 3) ? 250 : 2000;
     iso.max_restarts = 2;
     uint64_t iters = 4000;
     mc_runner_desc d = it_desc(&u, iters, &iso);
@@ -332,8 +335,15 @@ MC_TEST(isolate_runner_keeps_progress_under_faults_every_50_command_buffers)
             ist.hangs, (unsigned long long)st.checkpoints);
     CHECK_OK(s);
     CHECK_EQ(st.iterations, iters);
-    CHECK_EQ(ist.deaths, 5);
-    CHECK_EQ(ist.hangs, 5);
+    if (iso.deadline_ms < 1000) {
+        CHECK_EQ(ist.deaths, 5);
+        CHECK_EQ(ist.hangs, 5);
+    } else {
+        /* A GPU worker killed while its driver releases the device can take
+         * longer than the deadline to exit, and is then ended as hung. */
+        CHECK_EQ(ist.deaths + ist.hangs, 10);
+        CHECK_GE(ist.hangs, 5);
+    }
     uint32_t *got = malloc((IT_N + 1) * 4), *want = mct_rt_reference(u.params.n, u.params.spin, iters);
     CHECK(got && want);
     CHECK_OK(mc_runner_state_read(r, 0, got, (IT_N + 1) * 4));

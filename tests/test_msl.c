@@ -153,6 +153,119 @@ MC_TEST(msl_vectors_swizzles_packed_structs)
     return msl_done(d);
 }
 
+/* slot_forms' values, k varying them per dispatch */
+typedef struct slot_params {
+    uint32_t a;
+    float b;
+    uint32_t pad[2], c[4];
+} slot_params;
+enum { SF_N = 64 };
+static void sf_values(uint32_t k, slot_params *p, uint32_t w[5], uint32_t d2[6])
+{
+    memset(p, 0, sizeof *p);
+    p->a = 1000u * (k + 1);
+    p->b = 7.0f + (float)k;
+    for (int j = 0; j < 4; j++) p->c[j] = 100u + (uint32_t)j + k;
+    for (int j = 0; j < 5; j++) w[j] = 10u * (uint32_t)j + k;
+    for (int j = 0; j < 6; j++) d2[j] = 3u * (uint32_t)j + 2u * k;
+}
+static int sf_check(const uint32_t *out, uint32_t k)
+{
+    slot_params p;
+    uint32_t w[5], d2[6];
+    sf_values(k, &p, w, d2);
+    for (uint32_t i = 0; i < SF_N; i++) CHECK_EQ(out[i], p.a + (uint32_t)p.b + p.c[3] + w[i % 5] + d2[2 * (i % 3) + 1]);
+    return 0;
+}
+
+/* Each of slot_forms' three inputs bound as a buffer and as bytes (8
+ * ways); then 6 dispatches a command buffer with their own bytes, twice
+ * (a repeated command buffer may be replayed as a graph on CUDA), and a
+ * command list of 2. On CUDA a reference slot takes bytes by value or a
+ * buffer's address, a pointer slot a buffer or a device copy of the bytes. */
+MC_TEST(msl_buffer_slots_take_bytes_or_buffers)
+{
+    OPEN_MSL(d, lib, "features.metal");
+    mc_pipeline *pl = msl_pipeline(d, lib, "slot_forms", NULL, 0);
+    CHECK(pl);
+    slot_params p;
+    uint32_t w[5], d2[6], out[6 * SF_N];
+    sf_values(0, &p, w, d2);
+    mc_buffer *bo = msl_buffer(d, sizeof out, NULL), *bp = msl_buffer(d, sizeof p, &p), *bw = msl_buffer(d, sizeof w, w),
+              *bd = msl_buffer(d, sizeof d2, d2);
+    CHECK(bo && bp && bw && bd);
+    for (uint32_t way = 0; way < 8; way++) {
+        slot s[4] = {{bo, NULL, 0}, {way & 1 ? NULL : bp, &p, sizeof p}, {way & 2 ? NULL : bw, w, sizeof w},
+                     {way & 4 ? NULL : bd, d2, sizeof d2}};
+        CHECK_OK(msl_run(d, pl, s, 4, (mc_size3){2, 1, 1}, (mc_size3){32, 1, 1}, 0));
+        CHECK_OK(mc_buffer_read(bo, 0, out, SF_N * 4));
+        if (sf_check(out, 0)) {
+            fprintf(stderr, "way %u (bytes for:%s%s%s)\n", way, way & 1 ? " p" : "", way & 2 ? " w" : "",
+                    way & 4 ? " d2" : "");
+            return 1;
+        }
+    }
+    mc_queue *q = NULL;
+    CHECK_OK(mc_queue_create(d, NULL, &q));
+    for (int rep = 0; rep < 3; rep++) {
+        mc_cmdbuf *cb = NULL;
+        mc_pass *pass = NULL;
+        CHECK_OK(mc_cmdbuf_create(q, NULL, &cb));
+        CHECK_OK(mc_cmdbuf_begin_pass(cb, "six", &pass));
+        CHECK_OK(mc_pass_set_pipeline(pass, pl));
+        for (uint32_t k = 0; k < 6; k++) {
+            sf_values(k + (uint32_t)rep, &p, w, d2);
+            CHECK_OK(mc_pass_set_buffer(pass, 0, bo, (size_t)k * SF_N * 4));
+            CHECK_OK(mc_pass_set_bytes(pass, 1, &p, sizeof p));
+            CHECK_OK(mc_pass_set_bytes(pass, 2, w, sizeof w));
+            CHECK_OK(mc_pass_set_bytes(pass, 3, d2, sizeof d2));
+            CHECK_OK(mc_pass_dispatch(pass, (mc_size3){2, 1, 1}, (mc_size3){32, 1, 1}));
+        }
+        CHECK_OK(mc_pass_end(pass));
+        CHECK_OK(mc_cmdbuf_commit(cb));
+        CHECK_OK(mc_cmdbuf_wait(cb, MC_WAIT_FOREVER));
+        CHECK_OK(mc_cmdbuf_status(cb, NULL));
+        mc_cmdbuf_release(cb);
+        CHECK_OK(mc_buffer_read(bo, 0, out, sizeof out));
+        for (uint32_t k = 0; k < 6; k++) CHECK_EQ(sf_check(out + k * SF_N, k + (uint32_t)rep), 0);
+    }
+    mc_cmdlist *l = NULL;
+    mc_cmdlist_desc ld = {"slot forms", 0};
+    CHECK_OK(mc_cmdlist_create(d, &ld, &l));
+    mc_pass *lp = NULL;
+    CHECK_OK(mc_cmdlist_begin(l, &lp));
+    CHECK_OK(mc_pass_set_pipeline(lp, pl));
+    for (uint32_t k = 0; k < 2; k++) {
+        sf_values(10 + k, &p, w, d2);
+        CHECK_OK(mc_pass_set_buffer(lp, 0, bo, (size_t)k * SF_N * 4));
+        CHECK_OK(mc_pass_set_bytes(lp, 1, &p, sizeof p));
+        CHECK_OK(mc_pass_set_bytes(lp, 2, w, sizeof w));
+        CHECK_OK(mc_pass_set_buffer(lp, 3, bd, 0)); /* d2 of k = 0 */
+        CHECK_OK(mc_pass_dispatch(lp, (mc_size3){2, 1, 1}, (mc_size3){32, 1, 1}));
+    }
+    CHECK_OK(mc_cmdlist_end(l));
+    mc_cmdbuf *cb = NULL;
+    CHECK_OK(mc_cmdbuf_create(q, NULL, &cb));
+    CHECK_OK(mc_cmdbuf_execute_cmdlist(cb, l, 0, MC_CMDLIST_ALL));
+    CHECK_OK(mc_cmdbuf_commit(cb));
+    CHECK_OK(mc_cmdbuf_wait(cb, MC_WAIT_FOREVER));
+    CHECK_OK(mc_cmdbuf_status(cb, NULL));
+    mc_cmdbuf_release(cb);
+    mc_cmdlist_release(l);
+    mc_queue_release(q);
+    CHECK_OK(mc_buffer_read(bo, 0, out, 2 * SF_N * 4));
+    uint32_t d0[6];
+    sf_values(0, &p, w, d0);
+    for (uint32_t k = 0; k < 2; k++) {
+        slot_params pk;
+        uint32_t wk[5], dk[6];
+        sf_values(10 + k, &pk, wk, dk);
+        for (uint32_t i = 0; i < SF_N; i++)
+            CHECK_EQ(out[k * SF_N + i], pk.a + (uint32_t)pk.b + pk.c[3] + wk[i % 5] + d0[2 * (i % 3) + 1]);
+    }
+    return msl_done(d);
+}
+
 static uint32_t rev32(uint32_t x)
 {
     uint32_t r = 0;

@@ -461,7 +461,10 @@ class Buffer:
             if want > count:
                 raise ValueError(f"shape {shape} needs {want * dtype.itemsize} bytes; the buffer has {self.size - offset}")
             count = want
-        raw = np.asarray(self)
+        # Through _Contents, not np.asarray(self): on Python 3.12+ NumPy
+        # asks the buffer protocol (__buffer__ below) first, which is this
+        # method again.
+        raw = np.asarray(_Contents(self))
         a = raw[offset:offset + count * dtype.itemsize].view(dtype)
         return a.reshape(shape) if shape is not None else a
 
@@ -554,12 +557,28 @@ class Buffer:
         return f"<metal_compute.Buffer {self.size} bytes {self.storage}{' ' + self.label if self.label else ''}>"
 
 
+class _Contents:
+    """A shared buffer's contents as NumPy sees them: only the array
+    interface, so NumPy takes the address and keeps this object (and,
+    through `base`, the Buffer) as the array's base."""
+    __slots__ = ("base",)
+
+    def __init__(self, buf):
+        self.base = buf
+
+    @property
+    def __array_interface__(self):
+        return self.base.__array_interface__
+
+
 def buffer_of(a):
     """(Buffer, byte offset) for a NumPy array whose memory lies in a
     Buffer (made by Device.empty/array or Buffer.numpy), else None."""
     base = a
     while base is not None and type(base) is not Buffer and not isinstance(base, Buffer):
-        base = getattr(base, "base", None)
+        # An array made through the buffer protocol has a memoryview base,
+        # whose obj is the exporter.
+        base = base.obj if isinstance(base, memoryview) else getattr(base, "base", None)
     addr = a.__array_interface__["data"][0]
     if base is None:
         # An array that a Buffer.from_array wraps: its memory, not its base.

@@ -16,6 +16,24 @@ def test_empty_is_a_view_of_the_buffer_no_copy(dev):
     assert buf.numpy(np.uint32).__array_interface__["data"][0] == a.__array_interface__["data"][0]
 
 
+def test_arrays_through_the_buffer_protocol_still_bind(dev, basic):
+    # NumPy on Python 3.12+ reads a Buffer through its buffer protocol: the
+    # array's base is then a memoryview, which must still lead to the Buffer.
+    buf = dev.buffer(size=400)
+    a = np.asarray(buf.memoryview()).view(np.uint32)
+    assert isinstance(a.base, memoryview) or isinstance(a.base.base, memoryview)
+    found, off = mc.buffer_of(a[10:])
+    assert found is buf and off == 40
+    basic["add_one"](a, np.uint32(100), grid=100)
+    assert (buf.numpy(np.uint32) == 1).all()
+    # A view is made without the buffer protocol, so it cannot recurse into it.
+    chain, b = [], buf.numpy()
+    while b is not None and not isinstance(b, mc.Buffer):
+        chain.append(type(b).__name__)
+        b = getattr(b, "base", None)
+    assert b is buf and "_Contents" in chain and "memoryview" not in chain
+
+
 def test_kernel_writes_are_seen_through_the_array(dev, basic):
     a = dev.zeros(100, np.uint32)
     basic["add_one"](a, np.uint32(100), grid=100)

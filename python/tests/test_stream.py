@@ -50,7 +50,9 @@ def test_callback_consumer_and_faults_recover(dev, basic):
     assert all(st == 0 for _, st, _, _ in seen)
     assert all(np.array_equal(o, np.full(N, 3 * t, np.float32)) for t, _, o, _ in seen)
     assert seen[0][3] != threading.get_ident()
-    assert stats["recoveries"] >= 2 and stats["replays"] >= 2
+    # Both failed items are replayed; where both were in flight at once
+    # (a GPU's lanes) one recovery settles the two.
+    assert stats["recoveries"] >= 1 and stats["replays"] >= 2
 
 
 def test_wrong_block_shape(dev, basic):

@@ -1533,10 +1533,59 @@ template <class P> static inline P attr(uint3 v)
 template <class P> static inline P attr(uint v) { return (P)v; }
 
 #ifdef __CUDA__
-/* CUDA parameter for a kernel parameter of type P: pointers as they are,
- * `constant T&` by value (the bytes bound to the slot). */
-template <class P> struct cuda_param { typedef typename remove_cv<typename remove_ref<P>::type>::type type; };
-template <class P> struct cuda_param<P *> { typedef P *type; };
+/* The CUDA parameter of a buffer slot whose kernel parameter has type P,
+ * and how the CUDA device fills it (`slot`, read from the module's
+ * mc_slots_NAME table; src/backends/cuda/cuda_be.h). Metal binds either a
+ * buffer or bytes (setBytes) to any buffer slot, so both must work:
+ *  - a pointer (slot 1): the buffer's address; bytes are first copied into
+ *    device memory by the CUDA device;
+ *  - a reference (slot 2 | offset of value << 8): a pointer and a copy,
+ *    the pointer when a buffer is bound, else null with the bytes by value
+ *    in `value`, which is what set_bytes costs nothing for. */
+template <class T> struct cuda_ref {
+    T *ptr;
+    T value;
+};
+template <class P> struct cuda_param {
+    typedef typename remove_cv<P>::type type;
+    static constexpr unsigned slot = 0u;
+    static P get(type v) { return v; }
+};
+template <class T> struct cuda_param<T *> {
+    typedef T *type;
+    static constexpr unsigned slot = 1u;
+    static T *get(T *p) { return p; }
+};
+template <class T> struct cuda_param<T &> {
+    typedef cuda_ref<typename remove_cv<T>::type> type;
+    static constexpr unsigned slot = 2u | (unsigned)__builtin_offsetof(type, value) << 8;
+    static T &get(type &r) { return r.ptr ? *r.ptr : r.value; }
+};
+/* `constant T&`: a copy made once at entry (constant memory cannot change
+ * during a dispatch), so the kernel's stores cannot alias it and its
+ * fields stay in registers, as a by-value parameter's do. The buffer's
+ * bytes are read through the read-only cache, by loads the compiler cannot
+ * merge with the parameter's: one select between the two addresses would
+ * put the copy in local memory, read field by field. */
+template <class V> static inline V cuda_constant_copy(const cuda_ref<V> &r)
+{
+    if (!r.ptr) return r.value;
+    V v;
+    if constexpr (alignof(V) >= 4 && sizeof(V) % 4 == 0) {
+        for (unsigned i = 0; i < sizeof(V) / 4; i++)
+            reinterpret_cast<unsigned *>(&v)[i] = __nvvm_ldg_ui(reinterpret_cast<const unsigned *>(r.ptr) + i);
+    } else {
+        for (unsigned i = 0; i < sizeof(V); i++)
+            reinterpret_cast<unsigned char *>(&v)[i] =
+                __nvvm_ldg_uc(reinterpret_cast<const unsigned char *>(r.ptr) + i);
+    }
+    return v;
+}
+template <class T> struct cuda_param<const T &> {
+    typedef cuda_ref<typename remove_cv<T>::type> type;
+    static constexpr unsigned slot = 2u | (unsigned)__builtin_offsetof(type, value) << 8;
+    static typename remove_cv<T>::type get(const type &r) { return cuda_constant_copy(r); }
+};
 extern "C" __attribute__((__shared__)) __attribute__((aligned(16))) char mc_threadgroup_memory[];
 /* [[threadgroup(n)]] slots share the one dynamic shared block, slot 0
  * first, each rounded up to 16 bytes: the CUDA device's layout (tg_total

@@ -171,3 +171,18 @@ kernel void half_swizzles(device const half4 *in [[buffer(0)]], device half4 *ou
     out[3 * i + 2] = half4(d, a.yw);
     f[i] = float4(a.zw, float2(a.xy)) + float4(float3(c.zyx), float(d.y));
 }
+
+// A slot takes a buffer or bytes whatever the parameter's form, as Metal's
+// setBuffer and setBytes both bind any buffer slot: a reference to
+// constant, a pointer to constant, a pointer to read-only device memory.
+struct slot_params {
+    uint a;
+    float b;
+    uint4 c;
+};
+kernel void slot_forms(device uint *out [[buffer(0)]], constant slot_params &p [[buffer(1)]],
+                       constant uint *w [[buffer(2)]], const device uint2 *d2 [[buffer(3)]],
+                       uint i [[thread_position_in_grid]])
+{
+    out[i] = p.a + uint(p.b) + p.c.w + w[i % 5] + d2[i % 3].y;
+}

@@ -10,7 +10,9 @@
 #include "backends/cpu/cpu_msl.h"
 
 /* CUDA: slot i is kernel parameter i (src/backends/cuda/cuda_be.h): a
- * pointer for a buffer, the bytes by value for `constant T&`. A kernel
+ * pointer for a pointer, a pointer and the bytes by value for a reference
+ * (mc::cuda_param), with a table mc_slots_NAME that tells the CUDA device
+ * which slot is which. A kernel
  * with a [[threadgroup(n)]] slot above 0 has parameter 31 too, the sizes
  * of the threadgroup slots the pass set (mc::tg_sizes), to place each slot
  * at its offset in the one dynamic shared block; slot 0 is at its start. */
@@ -41,6 +43,14 @@ bool mc__msl_emit_cuda_entries(xlat *x)
             }
         }
         putf(o, "typedef mc::params<decltype(mc_user::%.*s)> mc_P_%.*s;\n", cl, cn, nl, nm);
+        /* How the CUDA device fills each slot (mc::cuda_param::slot) */
+        putf(o, "extern \"C\" __attribute__((__constant__)) unsigned mc_slots_%.*s[%u] = {", nl, nm, MC_CPU_MAX_ARGS);
+        for (uint32_t s = 0; s < nslots; s++) {
+            if (param_of[s] >= 0)
+                putf(o, "%smc::cuda_param<mc_P_%.*s::at<%d>::raw>::slot", s ? ", " : "", nl, nm, param_of[s]);
+            else putf(o, "%s0", s ? ", " : "");
+        }
+        putf(o, "};\n");
         putf(o, "extern \"C\" __attribute__((__global__)) void %.*s(", nl, nm);
         for (uint32_t s = 0; s < nslots; s++) {
             if (param_of[s] >= 0)
@@ -59,7 +69,7 @@ bool mc__msl_emit_cuda_entries(xlat *x)
                 putf(o, "%s(mc_P_%.*s::at<%u>::raw)mc::tg_slot(mc_tg, %u)", p ? ", " : "", nl, nm, p, pa->slot);
             else if (pa->kind == P_TG)
                 putf(o, "%s(mc_P_%.*s::at<%u>::raw)mc::mc_threadgroup_memory", p ? ", " : "", nl, nm, p);
-            else putf(o, "%ss%u", p ? ", " : "", pa->slot);
+            else putf(o, "%smc::cuda_param<mc_P_%.*s::at<%u>::raw>::get(s%u)", p ? ", " : "", nl, nm, p, pa->slot);
         }
         putf(o, ");\n}\n");
     }

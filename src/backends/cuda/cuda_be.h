@@ -91,6 +91,7 @@
 #include <nvrtc.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <string.h>
 
 /* Types only, but those of CUDA 12 (the _v2 kernel node parameters, the
  * stream memory operation attributes); the driver may be any 12.x or later. */
@@ -249,6 +250,7 @@ struct mc__cuda_device {
     CUresult (*batch64)(CUstream, unsigned int, CUstreamBatchMemOpParams *, unsigned int);
     CUmodule builtin; /* PTX kernels: event signal/wait without memory operations */
     CUfunction k_signal, k_wait;
+    struct mc__cuda_pipeline *poke; /* the built-in mc_poke as a pipeline (for graph replay too); NULL: none */
 
     /* indirect dispatch, set up on first use under init_mu */
     pthread_mutex_t init_mu;
@@ -329,7 +331,39 @@ typedef struct mc__cuda_pipeline {
     int32_t nparams;      /* -1: unknown (no cuFuncGetParamInfo) */
     uint32_t *param_size; /* nparams entries, or NULL */
     _Atomic int dyn_smem; /* dynamic shared memory the function is opted in to */
+    /* An MSL kernel's slots (its module's mc_slots_NAME, mc::cuda_param in
+     * src/msl/mc_msl_cpu.h): MC__CUDA_SLOT_PTR or MC__CUDA_SLOT_REF with
+     * the value's offset above bit 8; 0 (CUDA C): slot i is parameter i as
+     * bound. */
+    uint32_t slot[MC__CUDA_MAX_SLOTS];
 } mc__cuda_pipeline;
+
+#define MC__CUDA_SLOT_PTR 1u /* a pointer: bytes bound to it are copied to device memory first */
+#define MC__CUDA_SLOT_REF 2u /* {pointer, value}: a buffer's address, or null and the bytes */
+/* Bytes bound to a pointer slot go through the queue's poke area, one
+ * region per slot, written by the built-in mc_poke kernel on the stream
+ * (so a later write never overtakes an earlier reader). */
+#define MC__CUDA_POKE_SLOT 4096u
+#define MC__CUDA_POKE_CHUNK 4064u /* bytes one mc_poke launch carries in its parameters */
+
+/* The bytes of parameter i of pl when slot i is bound to a buffer (ptr)
+ * or to bytes (src, len), placed into dst (need bytes, zeroed first): for
+ * an MSL reference the pointer first, or the bytes at the value's offset;
+ * otherwise the value as bound. Bytes beyond the parameter are not read,
+ * as a kernel reads no further. */
+static inline void mc__cuda_place_arg(const mc__cuda_pipeline *pl, uint32_t i, const CUdeviceptr *ptr,
+                                      const void *src, size_t len, uint8_t *dst, size_t need)
+{
+    uint32_t kind = i < MC__CUDA_MAX_SLOTS ? pl->slot[i] & 0xffu : 0;
+    size_t at = kind == MC__CUDA_SLOT_REF && !ptr ? pl->slot[i] >> 8 : 0;
+    if (ptr) {
+        src = ptr;
+        len = sizeof *ptr;
+    }
+    memset(dst, 0, need);
+    if (at >= need) return;
+    memcpy(dst + at, src, MC__MIN(len, need - at));
+}
 
 /* An MSL kernel with a [[threadgroup(n)]] slot above 0 takes the lengths
  * of the pass's threadgroup slots as its last parameter, 31: eight
@@ -394,6 +428,8 @@ struct mc__cuda_queue {
     void **params;
     uint32_t params_cap;
     uint8_t *staging; /* MC__CUDA_MAX_PARAM_BYTES + slack */
+    CUdeviceptr poke_area;                 /* MC__CUDA_MAX_SLOTS x MC__CUDA_POKE_SLOT, made at first use */
+    CUdeviceptr poke_ptr[MC__CUDA_MAX_SLOTS]; /* the parameter values pointing into it */
     mc__cuda_slot *slots;
     mc__cuda_slot **used; /* slots launched by the submission being encoded */
     uint32_t nused, used_cap;

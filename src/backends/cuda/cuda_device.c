@@ -116,7 +116,53 @@ static const char builtin_ptx[] =
     "  @%p1 bra $L_wait;\n"
     "  membar.sys;\n"
     "  ret;\n"
+    "}\n"
+    /* mc_poke: thread i copies word i of the bytes in its parameters to
+     * dst (bytes bound to an MSL pointer parameter; cuda_submit.c). A
+     * kernel parameter's address read into a register is in the .param
+     * space (PTX ISA, kernel parameters), so each thread loads its own. */
+    ".visible .entry mc_poke(.param .u64 p_dst, .param .u32 p_words, .param .align 16 .b8 p_bytes[4064])\n"
+    "{\n"
+    "  .reg .pred %p<2>;\n"
+    "  .reg .b32 %r<4>;\n"
+    "  .reg .b64 %rd<7>;\n"
+    "  mov.u32 %r1, %tid.x;\n"
+    "  ld.param.u32 %r2, [p_words];\n"
+    "  setp.ge.u32 %p1, %r1, %r2;\n"
+    "  @%p1 bra $L_poked;\n"
+    "  ld.param.u64 %rd1, [p_dst];\n"
+    "  cvta.to.global.u64 %rd2, %rd1;\n"
+    "  mul.wide.u32 %rd3, %r1, 4;\n"
+    "  mov.u64 %rd4, p_bytes;\n"
+    "  add.u64 %rd5, %rd4, %rd3;\n"
+    "  ld.param.u32 %r3, [%rd5];\n"
+    "  add.u64 %rd6, %rd2, %rd3;\n"
+    "  st.global.u32 [%rd6], %r3;\n"
+    "$L_poked:\n"
+    "  ret;\n"
     "}\n";
+
+/* mc_poke as a pipeline, so graph replay collects it like any launch. */
+static mc__cuda_pipeline *poke_pipeline(CUfunction fn)
+{
+    static const uint32_t sizes[3] = {8, 4, MC__CUDA_POKE_CHUNK};
+    mc__cuda_pipeline *pl = mc__calloc(1, sizeof *pl);
+    uint32_t *ps = mc__malloc(sizeof sizes);
+    char *name = mc__strdup("mc_poke");
+    if (!pl || !ps || !name) {
+        free(pl);
+        free(ps);
+        free(name);
+        return NULL;
+    }
+    memcpy(ps, sizes, sizeof sizes);
+    pl->fn = fn;
+    pl->name = name;
+    pl->max_threads = MC__CUDA_POKE_CHUNK / 4;
+    pl->nparams = 3;
+    pl->param_size = ps;
+    return pl;
+}
 
 /* ---- devices -------------------------------------------------------------- */
 
@@ -165,6 +211,11 @@ static void device_free(mc__cuda_device *dev)
     pthread_mutex_destroy(&dev->lost_mu);
     pthread_mutex_destroy(&dev->mu);
     pthread_cond_destroy(&dev->cv);
+    if (dev->poke) {
+        free(dev->poke->param_size);
+        free(dev->poke->name);
+        free(dev->poke);
+    }
     free(dev->poll);
     free(dev);
 }
@@ -247,6 +298,8 @@ static mc_status cuda_device_open(int index, const mc_device_desc *desc, void **
             cu->ModuleGetFunction(&dev->k_wait, dev->builtin, "mc_event_wait") != CUDA_SUCCESS) {
             dev->k_signal = dev->k_wait = NULL;
         }
+        CUfunction poke = NULL;
+        if (cu->ModuleGetFunction(&poke, dev->builtin, "mc_poke") == CUDA_SUCCESS) dev->poke = poke_pipeline(poke);
     } else {
         dev->builtin = NULL;
         char t[120];

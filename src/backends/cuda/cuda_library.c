@@ -379,6 +379,22 @@ static mc_status pipeline_make(mc__cuda_device *dev, mc__cuda_library *lib, cons
             free(sizes);
         }
     }
+    /* An MSL kernel says how each slot is filled (mc::cuda_param in
+     * src/msl/mc_msl_cpu.h): a table beside it in the module. */
+    char sym[64 + 16];
+    CUdeviceptr table = 0;
+    size_t table_size = 0;
+    if (cu->ModuleGetGlobal && strlen(function) < 64 && snprintf(sym, sizeof sym, "mc_slots_%s", function) > 0 &&
+        cu->ModuleGetGlobal(&table, &table_size, lib->mod, sym) == CUDA_SUCCESS && table_size <= sizeof pl->slot &&
+        table_size % sizeof pl->slot[0] == 0) {
+        r = cu->MemcpyDtoHAsync(pl->slot, table, table_size, dev->xfer);
+        if (r == CUDA_SUCCESS) r = cu->StreamSynchronize(dev->xfer);
+        if (r != CUDA_SUCCESS) {
+            mc__cuda_leave(dev);
+            pipeline_free(pl);
+            return mc__cuda_fail(dev, r, "reading the kernel's slot table");
+        }
+    }
     mc__cuda_leave(dev);
 
     if (fmax_out) *fmax_out = fmax;

@@ -90,6 +90,8 @@ struct mc__cuda_list {
     uint32_t nstat;
     inst *ranged;
     bool no_graph;      /* graphs failed once: commands are launched one by one */
+    CUdeviceptr *up;    /* device copies of bytes bound to MSL pointer parameters */
+    uint32_t nup, up_cap;
 };
 
 /* Zeros for parameters no argument binds (only ever read). */
@@ -113,18 +115,51 @@ typedef struct argval {
     CUdeviceptr ptr; /* buffer arguments: the value */
 } argval;
 
+/* Bytes bound to an MSL pointer parameter in a list: copied once into
+ * device memory the list owns (a list's bytes never change after it is
+ * recorded), and the parameter is that address. */
+static mc_status upload_bytes(mc__cuda_list *l, const mc__list_desc *d, argval *a)
+{
+    mc__cuda_device *dev = l->dev;
+    if (l->nup == l->up_cap) {
+        uint32_t ncap = l->up_cap ? 2 * l->up_cap : 4;
+        CUdeviceptr *nu = mc__realloc(l->up, ncap * sizeof *nu);
+        if (!nu) return mc__fail(MC_ERR_NO_MEMORY, "command list '%s': out of host memory", d->label);
+        l->up = nu;
+        l->up_cap = ncap;
+    }
+    CUdeviceptr at = 0;
+    CUresult r = dev->cu->MemAlloc(&at, a->len ? a->len : 4);
+    if (r != CUDA_SUCCESS) return mc__cuda_fail(dev, r, "command list: device memory for bound bytes");
+    l->up[l->nup++] = at;
+    if (a->len) r = dev->cu->MemcpyHtoDAsync(at, a->p, a->len, dev->xfer);
+    if (r == CUDA_SUCCESS) r = dev->cu->StreamSynchronize(dev->xfer);
+    if (r != CUDA_SUCCESS) return mc__cuda_fail(dev, r, "command list: copying bound bytes");
+    a->p = NULL; /* from here on, a buffer at that address */
+    a->ptr = at;
+    a->len = sizeof at;
+    return MC_OK;
+}
+
 /* The kernelParams of one command, as build_params (cuda_submit.c) makes
- * them for a pass: parameter i from slot i, shorter values and unbound
- * parameters padded with zeros. */
-static mc_status make_params(const mc__list_desc *d, lcmd *c, argval *av, uint32_t bound, uint32_t k)
+ * them for a pass: parameter i from slot i (mc__cuda_place_arg), shorter
+ * values and unbound parameters padded with zeros. */
+static mc_status make_params(mc__cuda_list *l, const mc__list_desc *d, lcmd *c, argval *av, uint32_t bound, uint32_t k)
 {
     const mc__cuda_pipeline *pl = c->pl;
     uint32_t nb = bound ? 32u - (uint32_t)__builtin_clz(bound) : 0;
     uint32_t n = pl->nparams >= 0 ? MC__MAX((uint32_t)pl->nparams, nb) : nb;
     size_t total = 0;
+    argval local[32];
     for (uint32_t i = 0; i < n; i++) {
         size_t need = (pl->param_size && (int32_t)i < pl->nparams) ? pl->param_size[i] : 0;
         const argval *a = i < 32 && (bound >> i & 1u) ? &av[i] : NULL;
+        if (a && a->p && i < MC__CUDA_MAX_SLOTS && (pl->slot[i] & 0xffu) == MC__CUDA_SLOT_PTR) {
+            local[i] = *a;
+            mc_status s = upload_bytes(l, d, &local[i]);
+            if (s != MC_OK) return s;
+            a = &local[i];
+        }
         if (!a && need <= sizeof zero_vals) continue;
         total = ((total + 15u) & ~(size_t)15u) + MC__MAX(need, a ? a->len : 0);
     }
@@ -138,14 +173,16 @@ static mc_status make_params(const mc__list_desc *d, lcmd *c, argval *av, uint32
     for (uint32_t i = 0; i < n; i++) {
         size_t need = (pl->param_size && (int32_t)i < pl->nparams) ? pl->param_size[i] : 0;
         const argval *a = i < 32 && (bound >> i & 1u) ? &av[i] : NULL;
+        if (a && a->p && i < MC__CUDA_MAX_SLOTS && (pl->slot[i] & 0xffu) == MC__CUDA_SLOT_PTR) a = &local[i];
         if (!a && need <= sizeof zero_vals) {
             c->kp[i] = zero_vals;
             continue;
         }
         at = (at + 15u) & ~(size_t)15u;
-        if (a) memcpy(c->vals + at, a->p ? a->p : &a->ptr, a->len);
+        size_t len = MC__MAX(need, a ? a->len : 0);
+        if (a) mc__cuda_place_arg(pl, i, a->p ? NULL : &a->ptr, a->p, a->len, c->vals + at, len);
         c->kp[i] = c->vals + at;
-        at += MC__MAX(need, a ? a->len : 0);
+        at += len;
     }
     return MC_OK;
 }
@@ -197,13 +234,15 @@ static void inst_free(mc__cuda_device *dev, inst *in)
 static void list_free(mc__cuda_list *l)
 {
     mc__cuda_device *dev = l->dev;
-    bool ctx = (l->nstat || l->ranged) && mc__cuda_enter(dev) == MC_OK;
+    bool ctx = (l->nstat || l->ranged || l->nup) && mc__cuda_enter(dev) == MC_OK;
     for (uint32_t i = 0; i < l->nstat; i++) {
         if (ctx) inst_free(dev, l->stat[i]);
         else free(l->stat[i]);
     }
     if (ctx) inst_free(dev, l->ranged);
     else free(l->ranged);
+    for (uint32_t i = 0; ctx && i < l->nup; i++) (void)dev->cu->MemFree(l->up[i]);
+    free(l->up);
     if (ctx) mc__cuda_leave(dev);
     for (uint32_t k = 0; l->cmd && k < l->n; k++) {
         free(l->cmd[k].kp);
@@ -306,7 +345,7 @@ mc_status mc__cuda_cmdlist_create(void *devp, const mc__list_desc *d, void **out
                 av[MC__CUDA_TG_SIZES_PARAM] = (argval){.p = tg_sizes, .len = sizeof tg_sizes};
                 lbound |= 1u << MC__CUDA_TG_SIZES_PARAM;
             }
-            if (s == MC_OK) s = make_params(d, lc, av, lbound, k);
+            if (s == MC_OK) s = make_params(l, d, lc, av, lbound, k);
             k++;
             break;
         }

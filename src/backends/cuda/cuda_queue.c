@@ -278,6 +278,7 @@ static void queue_free(mc__cuda_queue *q)
         if (q->anchor) (void)cu->EventDestroy(q->anchor);
         if (q->stream) (void)cu->StreamDestroy(q->stream);
         if (q->block) (void)cu->MemFreeHost(q->block);
+        if (q->poke_area) (void)cu->MemFree(q->poke_area);
         mc__cuda_leave(dev);
     }
     while (q->free_recs) {

@@ -78,9 +78,54 @@ static size_t tg_total(const mc__cuda_queue *q)
     return t;
 }
 
+/* Bytes bound to slot i of an MSL pointer parameter: copied into the
+ * queue's poke area by mc_poke launches on the stream, before the kernel
+ * that reads them and after every earlier one (stream order), and
+ * q->poke_ptr[i] points there. Collected like any launch while the
+ * command buffer is gathered for graph replay. */
+static mc_status poke_bytes(mc__cuda_queue *q, mc__cuda_rec *r, uint32_t i)
+{
+    mc__cuda_device *dev = q->dev;
+    const uint8_t *bytes = q->arg_bytes[i];
+    size_t len = q->arg_len[i];
+    if (!dev->poke)
+        return mc__cuda_refuse(r, MC_ERR_UNSUPPORTED,
+                               "slot %u: bytes bound to a pointer parameter need the built-in copy kernel, which did "
+                               "not load on this device; bind a buffer",
+                               i);
+    if (len > MC__CUDA_POKE_SLOT)
+        return mc__cuda_refuse(r, MC_ERR_INVALID_RESOURCE, "slot %u: %zu bytes bound; at most %u", i, len,
+                               MC__CUDA_POKE_SLOT);
+    if (!q->poke_area) {
+        CUresult res = dev->cu->MemAlloc(&q->poke_area, (size_t)MC__CUDA_MAX_SLOTS * MC__CUDA_POKE_SLOT);
+        if (res != CUDA_SUCCESS) {
+            q->poke_area = 0;
+            return mc__cuda_refuse(r, MC_ERR_NO_MEMORY, "device memory for bytes bound to pointer parameters");
+        }
+    }
+    q->poke_ptr[i] = q->poke_area + (CUdeviceptr)i * MC__CUDA_POKE_SLOT;
+    _Alignas(16) uint8_t blob[MC__CUDA_POKE_CHUNK];
+    for (size_t off = 0; off < len; off += MC__CUDA_POKE_CHUNK) {
+        size_t n = MC__MIN(len - off, (size_t)MC__CUDA_POKE_CHUNK);
+        uint32_t words = (uint32_t)((n + 3u) / 4u);
+        CUdeviceptr dst = q->poke_ptr[i] + off;
+        memset(blob, 0, sizeof blob);
+        if (n) memcpy(blob, bytes + off, n);
+        void *args[3] = {&dst, &words, blob};
+        if (q->collecting) {
+            mc__cuda_replay_collect(q, dev->poke, (mc_size3){1, 1, 1}, (mc_size3){words, 1, 1}, 0, args, q->cur_pass);
+            continue;
+        }
+        CUresult res = dev->cu->LaunchKernel(dev->poke->fn, 1, 1, 1, words, 1, 1, 0, q->stream, args, NULL);
+        if (res != CUDA_SUCCESS) return mc__cuda_refuse(r, MC_ERR_INTERNAL, "copying the bytes of slot %u", i);
+    }
+    return MC_OK;
+}
+
 /* The kernelParams array: for parameter i, a pointer to its value. Bound
- * values shorter than the parameter, and unbound parameters, are padded
- * with zeros in the staging area so the driver never reads past them. */
+ * values shorter than the parameter, unbound parameters and MSL reference
+ * slots ({pointer, value}) are laid out in the staging area, zero-padded
+ * so the driver never reads past them. */
 static mc_status build_params(mc__cuda_queue *q, mc__cuda_rec *r, const mc__cuda_pipeline *pl, void ***out)
 {
     uint32_t nb = q->bound ? 32u - (uint32_t)__builtin_clz(q->bound) : 0;
@@ -98,25 +143,24 @@ static mc_status build_params(mc__cuda_queue *q, mc__cuda_rec *r, const mc__cuda
     if (pass_tg_sizes) mc__cuda_tg_sizes(q->tg, tg_sizes);
     for (uint32_t i = 0; i < n; i++) {
         size_t need = (pl->param_size && (int32_t)i < pl->nparams) ? pl->param_size[i] : 0;
-        const void *src = NULL;
-        size_t have = 0;
+        bool bound = i < MC__CUDA_MAX_SLOTS && ((q->bound >> i) & 1u);
+        uint32_t kind = i < MC__CUDA_MAX_SLOTS ? pl->slot[i] & 0xffu : 0;
+        const CUdeviceptr *ptr = bound && q->arg_kind[i] == ARG_PTR ? &q->arg_ptr[i] : NULL;
+        const void *src = bound && !ptr ? q->arg_bytes[i] : NULL;
+        size_t have = ptr ? sizeof *ptr : bound ? q->arg_len[i] : 0;
         if (pass_tg_sizes && i == MC__CUDA_TG_SIZES_PARAM) {
             src = tg_sizes; /* on the stack: copied into the staging area below */
-            have = need;
-        } else if (i < MC__CUDA_MAX_SLOTS && ((q->bound >> i) & 1u)) {
-            if (q->arg_kind[i] == ARG_PTR) {
-                src = &q->arg_ptr[i];
-                have = sizeof(CUdeviceptr);
-            } else {
-                src = q->arg_bytes[i];
-                have = q->arg_len[i];
-            }
-        }
-        if (src && have >= need && src != (const void *)tg_sizes) {
-            q->params[i] = (void *)src; /* only read by the driver */
+            have = sizeof tg_sizes;
+        } else if (bound && !ptr && kind == MC__CUDA_SLOT_PTR) {
+            mc_status s = poke_bytes(q, r, i);
+            if (s != MC_OK) return s;
+            q->params[i] = &q->poke_ptr[i];
+            continue;
+        } else if (bound && kind != MC__CUDA_SLOT_REF && have >= need) {
+            q->params[i] = ptr ? (void *)ptr : (void *)src; /* only read by the driver */
             continue;
         }
-        if (!src && need <= sizeof zero_params) {
+        if (!bound && !src && need <= sizeof zero_params) {
             q->params[i] = zero_params;
             continue;
         }
@@ -124,8 +168,7 @@ static mc_status build_params(mc__cuda_queue *q, mc__cuda_rec *r, const mc__cuda
         if (at + need > MC__CUDA_MAX_PARAM_BYTES)
             return mc__cuda_refuse(r, MC_ERR_INVALID_RESOURCE, "kernel parameters exceed %u bytes",
                                    MC__CUDA_MAX_PARAM_BYTES);
-        memset(q->staging + at, 0, need);
-        if (src) memcpy(q->staging + at, src, have);
+        mc__cuda_place_arg(pl, i, ptr, src, have, q->staging + at, need);
         q->params[i] = q->staging + at;
         used = at + need;
     }
