@@ -2,7 +2,8 @@
 # Formats the C sources with clang-format and the repository's .clang-format.
 # Usage: scripts/format.sh            rewrite every file that differs
 #        scripts/format.sh --check    list the files that differ; exit 1 if any
-# Covers src/, tools/, tests/, include/ and examples/ (.c, .h, .m, .cu).
+# Covers src/, tools/, benchmarks/ (not its baselines), tests/, include/ and
+# examples/ (.c, .h, .m, .cu).
 # Needs clang-format (Debian package clang-format); CLANG_FORMAT picks another.
 set -eu
 cd "$(dirname "$0")/.."
@@ -11,7 +12,7 @@ case ${1:-} in
 "") ;;
 --check) mode=check ;;
 -h | --help)
-    sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
     exit 0
     ;;
 *)
@@ -26,7 +27,8 @@ if ! command -v "$cf" >/dev/null 2>&1; then
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-find src tools tests include examples -type f \( -name '*.c' -o -name '*.h' -o -name '*.m' -o -name '*.cu' \) |
+find src tools benchmarks tests include examples -path benchmarks/baselines -prune -o \
+    -type f \( -name '*.c' -o -name '*.h' -o -name '*.m' -o -name '*.cu' \) -print |
     LC_ALL=C sort >"$tmp/files"
 differ=0
 while IFS= read -r f; do

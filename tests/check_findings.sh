@@ -21,7 +21,7 @@ grep -oE '^- \*\*F[0-9]+\*\*' "$list" | grep -oE '[0-9]+' | sort -u >"$tmp/have"
 # dash, digits, not preceded by a letter, digit or underscore (so 0xF0 or
 # UTF8 do not count); a second number after -, – or .. makes a range.
 dash=$(printf '\342\200\223')
-find "$root/src" "$root/include" "$root/tests" "$root/tools" "$root/examples" "$root/docs" \
+find "$root/src" "$root/include" "$root/tests" "$root/tools" "$root/benchmarks" "$root/examples" "$root/docs" \
      "$root/README.md" "$root/CMakeLists.txt" -type f \
      \( -name '*.c' -o -name '*.h' -o -name '*.m' -o -name '*.metal' -o -name '*.cu' \
         -o -name '*.md' -o -name '*.txt' -o -name '*.sh' -o -name '*.py' -o -name '*.cmake' \) \

@@ -180,3 +180,61 @@ MC_TEST(bench_cli_stream_rows)
     free(j);
     return 0;
 }
+
+/* bench batching: ours in one command buffer and in 50 (the passes helper
+ * that --peers shares). The bench fails (non-zero exit) when a pass was
+ * lost: the total the passes add up to is checked. Without --peers: the
+ * OpenMP peer's loops are not instrumented, and ThreadSanitizer builds
+ * report them (CI's own bench --peers run covers the peers). */
+MC_TEST(bench_cli_batching_rows)
+{
+    char json[512], cmd[2048];
+    temp_path(json, sizeof json, ".json");
+    snprintf(cmd, sizeof cmd, "%s/metal-compute bench --quick --device cpu --only batching --json %s", MC_BINARY_DIR,
+             json);
+    int st = -1;
+    char *out = run_command(cmd, &st);
+    CHECK(out);
+    fprintf(stderr, "%s", out);
+    CHECK_EQ(st, 0);
+    free(out);
+    char *j = mct_read_file(json, NULL);
+    remove(json);
+    CHECK(j);
+    CHECK_GE(json_rows(j), 1);
+    CHECK_STR_CONTAINS(j, "\"metric\": \"50 passes, one command buffer vs 50 committed+waited\"");
+    CHECK_STR_CONTAINS(j, "\"baseline_name\": \"50 command buffers\"");
+    CHECK_EQ(count(j, "\"ours\": 0,"), 0);
+    CHECK_EQ(count(j, "\"baseline\": 0,"), 0);
+    free(j);
+    return 0;
+}
+
+/* bench pipeline-cache: its new processes (`cache __bench-child`) compile
+ * into empty folders and load from the warm one, and print their samples;
+ * a process that failed or printed too few fails the bench. */
+MC_TEST(bench_cli_pipeline_cache_rows)
+{
+    char json[512], cmd[2048];
+    temp_path(json, sizeof json, ".json");
+    snprintf(cmd, sizeof cmd, "%s/metal-compute bench --quick --reps 2 --device cpu --only pipeline-cache --json %s",
+             MC_BINARY_DIR, json);
+    int st = -1;
+    char *out = run_command(cmd, &st);
+    CHECK(out);
+    fprintf(stderr, "%s", out);
+    CHECK_EQ(st, 0);
+    free(out);
+    char *j = mct_read_file(json, NULL);
+    remove(json);
+    CHECK(j);
+    CHECK_EQ(json_rows(j), 3);
+    CHECK_STR_CONTAINS(j, "\"metric\": \"warm from disk, new process, per pipeline\"");
+    CHECK_STR_CONTAINS(j, "\"metric\": \"warm from memory\"");
+    CHECK_STR_CONTAINS(j, "\"metric\": \"first pipeline of a new process, from disk\"");
+    CHECK_STR_CONTAINS(j, "\"baseline_name\": \"compiled in a new process\"");
+    CHECK_EQ(count(j, "\"ours\": 0,"), 0);
+    CHECK_EQ(count(j, "\"baseline\": 0,"), 0);
+    free(j);
+    return 0;
+}

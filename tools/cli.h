@@ -4,6 +4,7 @@
 
 #include "mc/mc.h"
 #include "mc/mc_isolate.h"
+#include "mc/mc_runner.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -15,7 +16,6 @@ typedef struct mc_cli_command {
 } mc_cli_command;
 
 int mc_cli_info(int argc, char **argv);
-int mc_cli_bench(int argc, char **argv);
 int mc_cli_cache(int argc, char **argv);
 int mc_cli_run(int argc, char **argv);
 int mc_cli_trace(int argc, char **argv);
@@ -64,13 +64,17 @@ bool mc_cli_isatty(FILE *f);
  * MPI): the seeded field ((u, v) pairs, free it), the palette, the PNG. */
 float *mc_cli_gray_scott_seed(uint32_t n);
 void mc_cli_gray_scott_colour(float v, uint8_t rgb[3]);
+/* Binds gray_scott_step (pl) on the runner's ping-pong pair, for run
+ * gray-scott and the benchmarks that run it: a and b are states 0 and 1 in
+ * slots 0 and 1, params (len bytes of the kernel's parameters; the runner
+ * copies them when setup returns) slot 3; the runner gives slot 2 the step. */
+void mc_cli_gray_scott_bind(mc_runner_binding *bind, mc_pipeline *pl, mc_buffer *a, mc_buffer *b, const void *params,
+                            size_t len);
 int mc_cli_write_png(const char *path, const uint8_t *rgb, uint32_t w, uint32_t h);
 int mc_cli_run_gray_scott_mpi(int argc, char **argv);
 /* Runs job(argc, argv, rank, size) between MPI_Init and MPI_Finalize (when
  * MPI was not started yet); every rank exits with the worst status. */
 int mc_cli_mpi_job(int argc, char **argv, int (*job)(int argc, char **argv, int rank, int size));
-/* bench --mpi under mpirun (tools/bench_mpi.c, built with MPI). */
-int mc_cli_bench_mpi(int argc, char **argv);
 /* run FILE --mpi under mpirun (tools/cmd_run_kernel_mpi.c, built with MPI). */
 int mc_cli_run_kernel_mpi(int argc, char **argv);
 

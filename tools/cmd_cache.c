@@ -10,8 +10,9 @@
  * The manifest format is described in docs/CACHE.md and by
  * `metal-compute cache build --help`.
  */
-#include "bench.h"
+#include "benchmarks.h"
 #include "cli.h"
+#include "core/core.h"
 #include "runtime/cache_format.h"
 
 #include <dirent.h>
@@ -443,7 +444,7 @@ static int cmd_build(int argc, char **argv)
         mc_device_release(d);
         return mc_cli_fail("cache build", MC_ERR_NO_MEMORY);
     }
-    double t0 = mc_bench_now_us();
+    uint64_t t0 = mc__now_ns();
     for (size_t i = 0; i < n; i++) {
         manifest_entry *e = &es[i];
         if ((e->language != lang && e->language != MC_LANG_MSL) || !e->source || e->present) continue;
@@ -466,7 +467,7 @@ static int cmd_build(int argc, char **argv)
         if (s == MC_OK) {
             built++;
             printf("  built    %s:%d %s (%.0f ms since start)\n", manifest, e->line, e->function,
-                   (mc_bench_now_us() - t0) / 1e3);
+                   (mc__now_ns() - t0) / 1e6);
         } else {
             failed++;
             printf("  FAILED   %s:%d %s: %s (%s)\n", manifest, e->line, e->function, mc_status_name(s), mc_last_error());

@@ -176,17 +176,7 @@ static mc_status gs_setup(void *user, mc_device *dev, mc_runner_binding *b)
         j->pl = NULL;
         return s;
     }
-    b->pipeline = j->pl;
-    b->state[0] = j->a;
-    b->state[1] = j->b;
-    b->state_count = 2;
-    b->args[0].kind = MC_RUNNER_ARG_BUFFER;
-    b->args[0].buffer = j->a;
-    b->args[1].kind = MC_RUNNER_ARG_BUFFER;
-    b->args[1].buffer = j->b;
-    b->args[3].kind = MC_RUNNER_ARG_BYTES;
-    b->args[3].bytes = &j->params;
-    b->args[3].len = sizeof j->params;
+    mc_cli_gray_scott_bind(b, j->pl, j->a, j->b, &j->params, sizeof j->params);
     return MC_OK;
 }
 
@@ -481,29 +471,21 @@ static int run_gray_scott(int argc, char **argv)
     }
 
     mc_runner_desc desc = MC_RUNNER_DESC_INIT;
-    desc.device = dev;
-    desc.isolate = isolate ? &iso : NULL;
-    desc.checkpoint_ms = checkpoint;
+    mc_run_report_desc(&desc, dev, isolate ? &iso : NULL, budget, checkpoint, ckpt_dir, resume, &job.report);
     desc.setup = gs_setup;
     desc.teardown = gs_teardown;
     desc.user = &job;
     desc.threadgroups = (mc_size3){(size + GS_GROUP - 1) / GS_GROUP, (size + GS_GROUP - 1) / GS_GROUP, 1};
     desc.threads_per_threadgroup = (mc_size3){GS_GROUP, GS_GROUP, 1};
-    desc.iterations_per_dispatch = 1;
     desc.total_iterations = steps;
     desc.iteration_arg = 2;
-    desc.budget_ms = budget;
-    desc.progress = mc_run_report_progress;
-    desc.progress_user = &job.report;
     desc.label = "gray-scott";
     /* What makes two runs the same run: a checkpoint of another size or
      * length is refused on --resume. */
     char params[96];
     snprintf(params, sizeof params, "gray-scott v1 size %u steps %u", size, steps);
-    desc.checkpoint_dir = ckpt_dir;
     desc.run_params = params;
     desc.run_params_len = strlen(params);
-    if (resume) desc.flags |= MC_RUNNER_RESUME;
     mc_runner *r = NULL;
     mc_status s = mc_runner_create(&desc, &r);
     if (s != MC_OK) {
@@ -524,12 +506,9 @@ static int run_gray_scott(int argc, char **argv)
     mc_device_release(dev); /* the runner holds its own (and replaces it after a loss) */
     mc_cli_trace_watch_signals();
 
-    s = mc_runner_run(r);
     mc_runner_stats st;
-    mc_runner_get_stats(r, &st);
     mc_isolate_stats ist;
-    memset(&ist, 0, sizeof ist);
-    if (isolate && mc_runner_get_isolate_stats(r, &ist) == MC_OK) info = ist.device;
+    s = mc_run_report_run(r, isolate, &st, &ist, &info);
     if (s != MC_OK) {
         mc_cli_fail("gray-scott", s);
         mc_runner_release(r);
@@ -584,4 +563,19 @@ int mc_cli_run(int argc, char **argv)
  * so that its image is the same bytes. */
 float *mc_cli_gray_scott_seed(uint32_t n) { return gs_seed(n); }
 void mc_cli_gray_scott_colour(float v, uint8_t rgb[3]) { gs_colour(v, rgb); }
+
+void mc_cli_gray_scott_bind(mc_runner_binding *bind, mc_pipeline *pl, mc_buffer *a, mc_buffer *b, const void *params,
+                            size_t len)
+{
+    bind->pipeline = pl;
+    bind->state[0] = a;
+    bind->state[1] = b;
+    bind->state_count = 2;
+    bind->args[0].kind = bind->args[1].kind = MC_RUNNER_ARG_BUFFER;
+    bind->args[0].buffer = a;
+    bind->args[1].buffer = b;
+    bind->args[3].kind = MC_RUNNER_ARG_BYTES;
+    bind->args[3].bytes = params;
+    bind->args[3].len = len;
+}
 int mc_cli_write_png(const char *path, const uint8_t *rgb, uint32_t w, uint32_t h) { return write_png(path, rgb, w, h); }

@@ -606,25 +606,17 @@ int mc_cli_run_kernel(int argc, char **argv)
     mc_run_report report;
     mc_run_report_init(&report, pmode);
     mc_runner_desc desc = MC_RUNNER_DESC_INIT;
-    desc.device = dev;
-    desc.isolate = isolate ? &iso : NULL;
-    desc.checkpoint_ms = checkpoint;
+    mc_run_report_desc(&desc, dev, isolate ? &iso : NULL, budget, checkpoint, ckpt_dir, resume, &report);
     desc.setup = k_setup;
     desc.teardown = k_teardown;
     desc.user = &job;
     desc.threadgroups = groups;
     desc.threads_per_threadgroup = tg;
-    desc.iterations_per_dispatch = 1;
     desc.total_iterations = steps;
     desc.iteration_arg = iter_slot;
-    desc.budget_ms = budget;
-    desc.progress = mc_run_report_progress;
-    desc.progress_user = &report;
     desc.label = job.function;
-    desc.checkpoint_dir = ckpt_dir;
     desc.run_params = params;
     desc.run_params_len = strlen(params);
-    if (resume) desc.flags |= MC_RUNNER_RESUME;
     mc_runner *r = NULL;
     mc_status s = mc_runner_create(&desc, &r);
     free(params);
@@ -643,12 +635,9 @@ int mc_cli_run_kernel(int argc, char **argv)
     }
     mc_device_release(dev); /* the runner holds its own */
 
-    s = mc_runner_run(r);
     mc_runner_stats st;
-    mc_runner_get_stats(r, &st);
     mc_isolate_stats ist;
-    memset(&ist, 0, sizeof ist);
-    if (isolate && mc_runner_get_isolate_stats(r, &ist) == MC_OK) info = ist.device;
+    s = mc_run_report_run(r, isolate, &st, &ist, &info);
     if (s != MC_OK) {
         mc_cli_fail(job.path, s);
         mc_runner_release(r);

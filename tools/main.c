@@ -1,4 +1,5 @@
 /* metal-compute: the command-line program. */
+#include "benchmarks.h"
 #include "cli.h"
 
 #include <stdlib.h>

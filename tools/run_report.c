@@ -114,3 +114,27 @@ void mc_run_report_summary(const mc_runner_stats *st, const mc_isolate_stats *is
     printf("\n  steps/s      %.0f\n", secs > 0 ? (double)(st->iterations - st->resumed_iteration) / secs : 0);
     printf("  time         %.2f s\n", secs);
 }
+
+void mc_run_report_desc(mc_runner_desc *d, mc_device *dev, const mc_isolate_desc *iso, double budget_ms,
+                        double checkpoint_ms, const char *ckpt_dir, bool resume, mc_run_report *report)
+{
+    d->device = dev;
+    d->isolate = iso;
+    d->iterations_per_dispatch = 1;
+    d->budget_ms = budget_ms;
+    d->checkpoint_ms = checkpoint_ms;
+    d->checkpoint_dir = ckpt_dir;
+    if (resume) d->flags |= MC_RUNNER_RESUME;
+    d->progress = mc_run_report_progress;
+    d->progress_user = report;
+}
+
+mc_status mc_run_report_run(mc_runner *r, bool iso_run, mc_runner_stats *st, mc_isolate_stats *ist,
+                            mc_device_info *info)
+{
+    mc_status s = mc_runner_run(r);
+    mc_runner_get_stats(r, st);
+    memset(ist, 0, sizeof *ist);
+    if (iso_run && mc_runner_get_isolate_stats(r, ist) == MC_OK) *info = ist->device;
+    return s;
+}

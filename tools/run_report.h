@@ -30,5 +30,16 @@ void mc_run_report_progress(void *user, const mc_runner_progress *p);
  * recoveries, worker restarts (ist not NULL: an isolated run), checkpoints
  * (ckpt_dir not NULL), steps per second and time. */
 void mc_run_report_summary(const mc_runner_stats *st, const mc_isolate_stats *ist, const char *ckpt_dir);
+/* What every run job's runner shares: where it runs (dev, or worker
+ * processes when iso is not NULL), one step a dispatch, the chunk budget,
+ * checkpoints (every checkpoint_ms; also into ckpt_dir, resumed from there
+ * when resume) and progress through report. The job fills in the rest. */
+void mc_run_report_desc(mc_runner_desc *d, mc_device *dev, const mc_isolate_desc *iso, double budget_ms,
+                        double checkpoint_ms, const char *ckpt_dir, bool resume, mc_run_report *report);
+/* Runs r to its end and reads its statistics into st, and an isolated
+ * run's (iso_run) into ist, whose worker's device becomes *info; ist is
+ * zeroed otherwise. Returns mc_runner_run's status. */
+mc_status mc_run_report_run(mc_runner *r, bool iso_run, mc_runner_stats *st, mc_isolate_stats *ist,
+                            mc_device_info *info);
 
 #endif

@@ -3,14 +3,14 @@
  * machine without a GPU, is what a user would otherwise pick) is loaded at
  * run time, so the program builds and runs where it is absent; OpenMP
  * loops are the machine's own limit. */
-#ifndef MC_TOOLS_PEER_H
-#define MC_TOOLS_PEER_H
+#ifndef MC_BENCHMARKS_PEER_H
+#define MC_BENCHMARKS_PEER_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-/* ---- OpenCL (tools/peer_opencl.c) ---------------------------------------- */
+/* ---- OpenCL (peer_opencl.c) ---------------------------------------------- */
 
 typedef struct mc_peer_cl mc_peer_cl;
 
@@ -45,7 +45,7 @@ double mc_peer_cl_build_us(mc_peer_cl *c, int variant);
  * NULL) receives group 0's sum. Builds its program on first use. */
 int mc_peer_cl_reduce(mc_peer_cl *c, size_t n, float *first_partial);
 
-/* ---- OpenMP (tools/peer_openmp.c) ---------------------------------------- */
+/* ---- OpenMP (peer_openmp.c) ---------------------------------------------- */
 
 /* False where the program was built without OpenMP. */
 bool mc_peer_omp_available(void);

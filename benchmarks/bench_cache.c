@@ -20,15 +20,10 @@
 #include "bench.h"
 
 #include <errno.h>
-#include <ftw.h>
 #include <limits.h>
-#include <spawn.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
-
-extern char **environ;
 
 #define FUNCTION "saxpy"
 
@@ -117,46 +112,15 @@ int mc_bench_pipeline_cache_child(int argc, char **argv)
     return rc;
 }
 
-/* Runs the child once; appends its samples to v. */
+/* Runs `cache __bench-child DEVICE KERNEL N MODE` in a new process; its
+ * samples go to v (at most cap). Returns how many, or -1 when it failed. */
 static int run_child(const char *exe, const char *device, const char *kernel, int n, const char *mode, double *v,
-                     int *nv)
+                     int cap)
 {
     char count[16];
     snprintf(count, sizeof count, "%d", n);
     char *args[] = {(char *)exe, "cache", "__bench-child", (char *)device, (char *)kernel, count, (char *)mode, NULL};
-    int fds[2];
-    if (pipe(fds) != 0) return -1;
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
-    posix_spawn_file_actions_addclose(&fa, fds[0]);
-    pid_t pid;
-    int rc = posix_spawn(&pid, exe, &fa, NULL, args, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    close(fds[1]);
-    if (rc != 0) {
-        close(fds[0]);
-        fprintf(stderr, "bench pipeline-cache: cannot start %s: %s\n", exe, strerror(rc));
-        return -1;
-    }
-    FILE *out = fdopen(fds[0], "r");
-    char line[64];
-    while (out && fgets(line, sizeof line, out)) v[(*nv)++] = atof(line);
-    if (out) fclose(out);
-    else close(fds[0]);
-    int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
-}
-
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb;
-    (void)flag;
-    (void)ftw;
-    remove(path);
-    return 0;
+    return mc_bench_run_child("bench pipeline-cache", args, NULL, v, cap);
 }
 
 /* Sets name to value, remembering what was there. */
@@ -256,10 +220,9 @@ int mc_bench_pipeline_cache(mc_bench *b)
      * empty folder of its own) */
     for (int c = 0; c < children; c++) {
         char cold_root[PATH_MAX + 16];
-        int got = 0;
         snprintf(cold_root, sizeof cold_root, "%s/cold-%d", root, c);
         setenv("MC_CACHE_DIR", cold_root, 1);
-        if (run_child(exe, device, kernel, 1, "compile", all, &got) != 0 || got != 1) {
+        if (run_child(exe, device, kernel, 1, "compile", all, n) != 1) {
             fprintf(stderr, "bench pipeline-cache: the new process failed to compile\n");
             goto out;
         }
@@ -269,9 +232,10 @@ int mc_bench_pipeline_cache(mc_bench *b)
     /* new processes, which may only load (a miss would be an error) */
     setenv("MC_CACHE", "require", 1);
     for (int c = 0; c < children; c++) {
-        int got = 0;
-        if (run_child(exe, device, kernel, n, "disk", all, &got) != 0 || got != n) {
-            fprintf(stderr, "bench pipeline-cache: the new process failed (%d of %d samples)\n", got, n);
+        int got = run_child(exe, device, kernel, n, "disk", all, n);
+        if (got != n) {
+            if (got < 0) fprintf(stderr, "bench pipeline-cache: the new process failed\n");
+            else fprintf(stderr, "bench pipeline-cache: the new process failed (%d of %d samples)\n", got, n);
             goto out;
         }
         first[nfirst++] = all[0];
@@ -297,7 +261,7 @@ out:
     if (d) mc_device_release(d);
     env_restore(&e_mode);
     env_restore(&e_dir);
-    nftw(root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    mc_bench_remove_tree(root);
     free(src);
     free(cold);
     free(mem);

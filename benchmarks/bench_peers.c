@@ -23,15 +23,11 @@
 #include <errno.h>
 #include <ftw.h>
 #include <limits.h>
-#include <spawn.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-extern char **environ;
 
 #define SETTLE_MS 20
 #define WARM_MS 40
@@ -190,45 +186,7 @@ static int run_child(const char *const *args, int nargs, const char *extra_env, 
     argv[a++] = "__peer-child";
     for (int i = 0; i < nargs && a < 15; i++) argv[a++] = (char *)args[i];
     argv[a] = NULL;
-    size_t nenv = 0;
-    while (environ[nenv]) nenv++;
-    char **envp = calloc(nenv + 2, sizeof *envp);
-    if (!envp) return -1;
-    size_t e = 0, keylen = extra_env ? strcspn(extra_env, "=") + 1 : 0;
-    for (size_t i = 0; i < nenv; i++)
-        if (!extra_env || strncmp(environ[i], extra_env, keylen) != 0) envp[e++] = environ[i];
-    if (extra_env) envp[e++] = (char *)extra_env;
-    envp[e] = NULL;
-    int fds[2];
-    if (pipe(fds) != 0) {
-        free(envp);
-        return -1;
-    }
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
-    posix_spawn_file_actions_addclose(&fa, fds[0]);
-    pid_t pid;
-    int rc = posix_spawn(&pid, exe, &fa, NULL, argv, envp);
-    posix_spawn_file_actions_destroy(&fa);
-    free(envp);
-    close(fds[1]);
-    if (rc != 0) {
-        close(fds[0]);
-        fprintf(stderr, "bench --peers: cannot start %s: %s\n", exe, strerror(rc));
-        return -1;
-    }
-    int n = 0;
-    FILE *out = fdopen(fds[0], "r");
-    char line[64];
-    while (out && fgets(line, sizeof line, out))
-        if (n < cap) v[n++] = atof(line);
-    if (out) fclose(out);
-    else close(fds[0]);
-    int status = 0;
-    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? n : -1;
+    return mc_bench_run_child("bench --peers", argv, extra_env, v, cap);
 }
 
 /* ---- ours, the same work ----------------------------------------------------- */
@@ -255,26 +213,7 @@ static int ours_round_trip(void *ctx)
 static int ours_passes(void *ctx)
 {
     ours_ctx *o = ctx;
-    uint32_t n = o->n;
-    for (int done = 0; done < PEER_PASSES;) {
-        mc_cmdbuf *cb;
-        if (mc_cmdbuf_create(o->q, NULL, &cb) != MC_OK) return -1;
-        for (int k = 0; k < o->per_cb; k++, done++) {
-            mc_pass *p;
-            if (mc_cmdbuf_begin_pass(cb, NULL, &p) != MC_OK || mc_pass_set_pipeline(p, o->pl) != MC_OK ||
-                mc_pass_set_buffer(p, 0, o->buf, 0) != MC_OK || mc_pass_set_bytes(p, 1, &n, sizeof n) != MC_OK ||
-                mc_pass_dispatch(p, (mc_size3){n / 256, 1, 1}, (mc_size3){256, 1, 1}) != MC_OK ||
-                mc_pass_end(p) != MC_OK) {
-                mc_cmdbuf_release(cb);
-                return -1;
-            }
-        }
-        mc_status s = mc_cmdbuf_commit(cb);
-        if (s == MC_OK) s = mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
-        if (s == MC_OK) s = mc_cmdbuf_status(cb, NULL);
-        mc_cmdbuf_release(cb);
-        if (s != MC_OK) return -1;
-    }
+    if (mc_bench_add_one_passes(o->q, o->pl, o->buf, o->n, PEER_PASSES, o->per_cb)) return -1;
     if (o->runs) ++*o->runs;
     return 0;
 }
@@ -698,12 +637,6 @@ static int count_programs(const char *dir)
     return nprograms;
 }
 
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-    (void)sb, (void)flag, (void)ftw;
-    remove(path);
-    return 0;
-}
 
 /* ours: the rows bench pipeline-cache made a moment ago */
 static const mc_bench_row *find_row(const mc_bench *b, const char *metric_prefix)
@@ -793,7 +726,7 @@ static int peers_pipeline_cache(mc_bench *b)
     rc = 0;
 out:
     if (root[0] && strstr(root, "mc-bench-peers-") && !strstr(root, "XXXXXX"))
-        nftw(root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        mc_bench_remove_tree(root);
     free(cold);
     free(warm);
     free(all);

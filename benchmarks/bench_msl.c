@@ -50,9 +50,7 @@ static double gs_run(mc_queue *q, mc_pipeline *pl, mc_buffer *a, mc_buffer *b, u
         if (s == MC_OK) s = mc_pass_dispatch(p, (mc_size3){(n + 15) / 16, (n + 15) / 16, 1}, (mc_size3){16, 16, 1});
     }
     if (s == MC_OK) s = mc_pass_end(p);
-    if (s == MC_OK) s = mc_cmdbuf_commit(cb);
-    if (s == MC_OK) s = mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
-    if (s == MC_OK) s = mc_cmdbuf_status(cb, NULL);
+    s = mc_bench_commit_wait(cb, s);
     mc_cmdbuf_release(cb);
     return s == MC_OK ? (mc_bench_now_us() - t0) / 1e6 : -1.0;
 }
@@ -72,9 +70,7 @@ static double saxpy_run(mc_queue *q, mc_pipeline *pl, mc_buffer *x, mc_buffer *y
     if (s == MC_OK) s = mc_pass_set_bytes(p, 3, &n, sizeof n);
     if (s == MC_OK) s = mc_pass_dispatch(p, (mc_size3){(n + 1023) / 1024, 1, 1}, (mc_size3){1024, 1, 1});
     if (s == MC_OK) s = mc_pass_end(p);
-    if (s == MC_OK) s = mc_cmdbuf_commit(cb);
-    if (s == MC_OK) s = mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
-    if (s == MC_OK) s = mc_cmdbuf_status(cb, NULL);
+    s = mc_bench_commit_wait(cb, s);
     mc_cmdbuf_release(cb);
     return s == MC_OK ? (mc_bench_now_us() - t0) / 1e6 : -1.0;
 }
@@ -178,16 +174,7 @@ static mc_status gs_runner_setup(void *user, mc_device *dev, mc_runner_binding *
     mc_status s = mc_buffer_create(dev, &d, &g->a);
     if (s == MC_OK) s = mc_buffer_create(dev, &d, &g->b);
     if (s != MC_OK) return s;
-    bind->pipeline = g->pl;
-    bind->state[0] = g->a;
-    bind->state[1] = g->b;
-    bind->state_count = 2;
-    bind->args[0].kind = bind->args[1].kind = MC_RUNNER_ARG_BUFFER;
-    bind->args[0].buffer = g->a;
-    bind->args[1].buffer = g->b;
-    bind->args[3].kind = MC_RUNNER_ARG_BYTES;
-    bind->args[3].bytes = &g->prm;
-    bind->args[3].len = sizeof g->prm;
+    mc_cli_gray_scott_bind(bind, g->pl, g->a, g->b, &g->prm, sizeof g->prm);
     return MC_OK;
 }
 
@@ -333,9 +320,7 @@ static int vs_pocl(mc_bench *b, mc_queue *q, int reps)
         if (s == MC_OK) s = mc_pass_set_buffer(p, 1, out, 0);
         if (s == MC_OK) s = mc_pass_dispatch(p, (mc_size3){(uint32_t)(n / 256), 1, 1}, (mc_size3){256, 1, 1});
         if (s == MC_OK) s = mc_pass_end(p);
-        if (s == MC_OK) s = mc_cmdbuf_commit(cb);
-        if (s == MC_OK) s = mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
-        if (s == MC_OK) s = mc_cmdbuf_status(cb, NULL);
+        s = mc_bench_commit_wait(cb, s);
         mc_cmdbuf_release(cb);
         double t1 = mc_bench_now_us();
         float got_cl = 0.0f;

@@ -1,8 +1,8 @@
 /* Raw baselines: each device's rawest way to do what a benchmark measures,
  * without the runtime (a bare worker thread on the CPU; the CUDA driver API
  * directly on NVIDIA). */
-#ifndef MC_TOOLS_RAW_H
-#define MC_TOOLS_RAW_H
+#ifndef MC_BENCHMARKS_RAW_H
+#define MC_BENCHMARKS_RAW_H
 
 #include "mc/mc.h"
 

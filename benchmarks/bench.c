@@ -153,29 +153,44 @@ out:
 #define BATCH_PASSES 50
 #define BATCH_ELEMS 4096u
 
-static int run_passes(mc_queue *q, mc_pipeline *pl, mc_buffer *buf, int per_cb)
+mc_status mc_bench_commit_wait(mc_cmdbuf *cb, mc_status s)
 {
-    uint32_t n = BATCH_ELEMS;
-    for (int done = 0; done < BATCH_PASSES;) {
+    if (s == MC_OK) s = mc_cmdbuf_commit(cb);
+    if (s == MC_OK) s = mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
+    if (s == MC_OK) s = mc_cmdbuf_status(cb, NULL);
+    return s;
+}
+
+mc_status mc_bench_add_one_pass(mc_cmdbuf *cb, mc_pipeline *pl, mc_buffer *buf, uint32_t n, uint32_t groups)
+{
+    mc_pass *p;
+    mc_status s = mc_cmdbuf_begin_pass(cb, NULL, &p);
+    if (s == MC_OK) s = mc_pass_set_pipeline(p, pl);
+    if (s == MC_OK) s = mc_pass_set_buffer(p, 0, buf, 0);
+    if (s == MC_OK) s = mc_pass_set_bytes(p, 1, &n, sizeof n);
+    if (s == MC_OK) s = mc_pass_dispatch(p, (mc_size3){groups, 1, 1}, (mc_size3){256, 1, 1});
+    if (s == MC_OK) s = mc_pass_end(p);
+    return s;
+}
+
+int mc_bench_add_one_passes(mc_queue *q, mc_pipeline *pl, mc_buffer *buf, uint32_t n, int passes, int per_cb)
+{
+    if (per_cb < 1) return -1;
+    for (int done = 0; done < passes;) {
         mc_cmdbuf *cb;
         if (mc_cmdbuf_create(q, NULL, &cb) != MC_OK) return -1;
-        for (int k = 0; k < per_cb; k++, done++) {
-            mc_pass *p;
-            if (mc_cmdbuf_begin_pass(cb, NULL, &p) != MC_OK || mc_pass_set_pipeline(p, pl) != MC_OK ||
-                mc_pass_set_buffer(p, 0, buf, 0) != MC_OK || mc_pass_set_bytes(p, 1, &n, sizeof n) != MC_OK ||
-                mc_pass_dispatch(p, (mc_size3){n / 256, 1, 1}, (mc_size3){256, 1, 1}) != MC_OK ||
-                mc_pass_end(p) != MC_OK) {
-                mc_cmdbuf_release(cb);
-                return -1;
-            }
-        }
-        mc_status s = mc_cmdbuf_commit(cb);
-        if (s == MC_OK) s = mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
-        if (s == MC_OK) s = mc_cmdbuf_status(cb, NULL);
+        mc_status s = MC_OK;
+        for (int k = 0; k < per_cb && s == MC_OK; k++, done++) s = mc_bench_add_one_pass(cb, pl, buf, n, n / 256);
+        s = mc_bench_commit_wait(cb, s);
         mc_cmdbuf_release(cb);
         if (s != MC_OK) return -1;
     }
     return 0;
+}
+
+static int run_passes(mc_queue *q, mc_pipeline *pl, mc_buffer *buf, int per_cb)
+{
+    return mc_bench_add_one_passes(q, pl, buf, BATCH_ELEMS, BATCH_PASSES, per_cb);
 }
 
 /* One command buffer of BATCH_PASSES passes whose last pass has a grid not
@@ -187,19 +202,10 @@ static int run_passes_unseen(mc_queue *q, mc_pipeline *pl, mc_buffer *buf, int v
     uint32_t n = BATCH_ELEMS;
     mc_cmdbuf *cb;
     if (mc_cmdbuf_create(q, NULL, &cb) != MC_OK) return -1;
-    for (int k = 0; k < BATCH_PASSES; k++) {
-        uint32_t groups = k + 1 < BATCH_PASSES ? n / 256 : n / 256 - (uint32_t)(variant % 15);
-        mc_pass *p;
-        if (mc_cmdbuf_begin_pass(cb, NULL, &p) != MC_OK || mc_pass_set_pipeline(p, pl) != MC_OK ||
-            mc_pass_set_buffer(p, 0, buf, 0) != MC_OK || mc_pass_set_bytes(p, 1, &n, sizeof n) != MC_OK ||
-            mc_pass_dispatch(p, (mc_size3){groups, 1, 1}, (mc_size3){256, 1, 1}) != MC_OK || mc_pass_end(p) != MC_OK) {
-            mc_cmdbuf_release(cb);
-            return -1;
-        }
-    }
-    mc_status s = mc_cmdbuf_commit(cb);
-    if (s == MC_OK) s = mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
-    if (s == MC_OK) s = mc_cmdbuf_status(cb, NULL);
+    mc_status s = MC_OK;
+    for (int k = 0; k < BATCH_PASSES && s == MC_OK; k++)
+        s = mc_bench_add_one_pass(cb, pl, buf, n, k + 1 < BATCH_PASSES ? n / 256 : n / 256 - (uint32_t)(variant % 15));
+    s = mc_bench_commit_wait(cb, s);
     mc_cmdbuf_release(cb);
     return s == MC_OK ? 0 : -1;
 }
@@ -385,7 +391,7 @@ int mc_cli_bench(int argc, char **argv)
     const char *device = NULL, *only = NULL, *json = NULL, *svg = NULL;
     if (argc > 1 && !strcmp(argv[1], "__peer-child")) return mc_bench_peer_child(argc - 1, argv + 1);
 #ifdef MC_HAVE_MPI
-    if (argc > 1 && !strcmp(argv[1], "--mpi")) return mc_cli_bench_mpi(argc, argv); /* tools/bench_mpi.c */
+    if (argc > 1 && !strcmp(argv[1], "--mpi")) return mc_cli_bench_mpi(argc, argv); /* bench_mpi.c */
 #endif
     mc_bench *b = calloc(1, sizeof *b);
     if (!b) return 1;

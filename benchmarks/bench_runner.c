@@ -62,16 +62,7 @@ static mc_status gs_setup(void *user, mc_device *dev, mc_runner_binding *b)
         gs_free(g);
         return s;
     }
-    b->pipeline = g->pl;
-    b->state[0] = g->a;
-    b->state[1] = g->b;
-    b->state_count = 2;
-    b->args[0].kind = b->args[1].kind = MC_RUNNER_ARG_BUFFER;
-    b->args[0].buffer = g->a;
-    b->args[1].buffer = g->b;
-    b->args[3].kind = MC_RUNNER_ARG_BYTES;
-    b->args[3].bytes = &g->params;
-    b->args[3].len = sizeof g->params;
+    mc_cli_gray_scott_bind(b, g->pl, g->a, g->b, &g->params, sizeof g->params);
     return MC_OK;
 }
 
@@ -113,9 +104,7 @@ static mc_status run_uninterrupted(mc_bench *b, gs_bench *g, uint64_t steps, dou
     double t0 = mc_bench_now_us();
     if (s == MC_OK) s = mc_cmdbuf_create(q, NULL, &cb);
     if (s == MC_OK) s = encode_steps(cb, g, 0, steps);
-    if (s == MC_OK) s = mc_cmdbuf_commit(cb);
-    if (s == MC_OK) s = mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
-    if (s == MC_OK) s = mc_cmdbuf_status(cb, NULL);
+    s = mc_bench_commit_wait(cb, s);
     *us = mc_bench_now_us() - t0;
     mc_cmdbuf_release(cb);
     mc_queue_release(q);
@@ -162,9 +151,7 @@ static mc_status naive_gap(mc_bench *b, gs_bench *g, uint64_t per, int chunks, d
         mc_cmdbuf_desc cd = {"naive chunk", MC_CMDBUF_TIMESTAMPS};
         s = mc_cmdbuf_create(q, &cd, &cb);
         if (s == MC_OK) s = encode_steps(cb, g, (uint64_t)k * per, per);
-        if (s == MC_OK) s = mc_cmdbuf_commit(cb);
-        if (s == MC_OK) s = mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
-        if (s == MC_OK) s = mc_cmdbuf_status(cb, NULL);
+        s = mc_bench_commit_wait(cb, s);
         uint64_t t0 = 0, t1 = 0;
         if (s == MC_OK) s = mc_cmdbuf_get_gpu_time(cb, &t0, &t1);
         if (s == MC_OK && k > 0 && t0 >= prev_end) {

@@ -163,9 +163,7 @@ static int naive_item(sb_ctx *c, sb_naive *nv, uint32_t b)
     if (s == MC_OK) s = mc_cmdbuf_begin_pass(cb, "gain", &p);
     if (s == MC_OK) s = bind_gain(c, nv, p);
     if (s == MC_OK) s = mc_pass_end(p);
-    if (s == MC_OK) s = mc_cmdbuf_commit(cb);
-    if (s == MC_OK) s = mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
-    if (s == MC_OK) s = mc_cmdbuf_status(cb, NULL);
+    s = mc_bench_commit_wait(cb, s);
     mc_cmdbuf_release(cb);
     if (s != MC_OK) return -1;
     double sum = sum_of(mc_buffer_contents(nv->out));
@@ -219,9 +217,7 @@ static double ceiling_run(sb_ctx *c, sb_naive *nv, uint32_t count)
         s = mc_cmdbuf_create(nv->q, &cd, &cb);
         if (s != MC_OK) break;
         s = mc_cmdbuf_execute_cmdlist(cb, l, 0, MC_CMDLIST_ALL);
-        if (s == MC_OK) s = mc_cmdbuf_commit(cb);
-        if (s == MC_OK) s = mc_cmdbuf_wait(cb, MC_WAIT_FOREVER);
-        if (s == MC_OK) s = mc_cmdbuf_status(cb, NULL);
+        s = mc_bench_commit_wait(cb, s);
         if (s == MC_OK) s = mc_cmdbuf_get_gpu_time(cb, &t0, &t1);
         mc_cmdbuf_release(cb);
         double rate = s == MC_OK && t1 > t0 ? count / ((double)(t1 - t0) / 1e9) : -1;

@@ -8,7 +8,7 @@
  *    submission, wherever the device runs;
  *  - total: wall time from commit to completion.
  * On CUDA the list also stands beside the rawest way to run the same 50
- * launches: one CUDA graph launched with cuGraphLaunch (tools/raw_cuda.c),
+ * launches: one CUDA graph launched with cuGraphLaunch (raw_cuda.c),
  * its launch call's CPU time and its launch-to-synchronised time.
  * Every dispatch adds one to each of 4096 words, with a barrier between
  * dispatches; the final count says nothing was lost.
