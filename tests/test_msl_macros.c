@@ -241,3 +241,166 @@ MC_TEST(msl_macro_harmless_keeps_plain_loop)
     free(src);
     return rc;
 }
+
+/* ---- what else a macro can hide from the front end ------------------------------ */
+
+/* The front end's error for src (MC_ERR_COMPILE) must hold each of want[]. */
+static int expect_refused(const char *src, const char *const *want, size_t nwant)
+{
+    char *log = NULL;
+    char *cpp = translate_cpu(src, &log);
+    if (cpp) fprintf(stderr, "translated, not refused:\n%s\n", src);
+    free(cpp);
+    CHECK(!cpp);
+    CHECK(log);
+    for (size_t k = 0; k < nwant; k++) CHECK_STR_CONTAINS(log, want[k]);
+    free(log);
+    return 0;
+}
+
+#define MSL_HEAD "#include <metal_stdlib>\nusing namespace metal;\n"
+#define MSL_COPY                                                                                                   \
+    "kernel void k(device uint *o [[buffer(0)]], uint i [[thread_position_in_grid]]) { o[i] = i; }\n"
+
+/* a threadgroup declaration behind a macro would not be placed in the
+ * group's memory (each thread would get its own array) */
+MC_TEST(msl_macro_hiding_threadgroup_refused)
+{
+    static const char *const want[] = {"program_source:3: error", "macro 'TG'", "threadgroup"};
+    return expect_refused(MSL_HEAD "#define TG threadgroup\n"
+                                   "kernel void k(device uint *o [[buffer(0)]], uint l [[thread_index_in_threadgroup]]) {\n"
+                                   "    TG uint t[64];\n    t[l] = l;\n    o[l] = t[63 - l];\n}\n",
+                          want, 3);
+}
+
+/* attributes bind a kernel's parameters and function constants: one behind
+ * a macro would bind nothing */
+MC_TEST(msl_macro_hiding_attribute_refused)
+{
+    static const char *const want_id[] = {"program_source:3: error", "macro 'GID'", "[[thread_position_in_grid]]"};
+    int rc = expect_refused(MSL_HEAD "#define GID [[thread_position_in_grid]]\n"
+                                     "kernel void k(device uint *o [[buffer(0)]], uint i GID) { o[i] = i; }\n",
+                            want_id, 3);
+    if (rc) return rc;
+    static const char *const want_fc[] = {"program_source:4: error", "macro 'FC'", "[[function_constant]]"};
+    rc = expect_refused(MSL_HEAD "\n#define FC(n) [[function_constant(n)]]\nconstant uint scale FC(0);\n" MSL_COPY,
+                        want_fc, 3);
+    if (rc) return rc;
+    static const char *const want_buf[] = {"program_source:3: error", "macro 'OUT'", "[[buffer]]"};
+    return expect_refused(MSL_HEAD "#define OUT(n) device uint *o [[buffer(n)]]\n"
+                                   "kernel void k(OUT(0), uint i [[thread_position_in_grid]]) { o[i] = i; }\n",
+                          want_buf, 3);
+}
+
+/* a kernel behind a macro would not be found; a refused feature behind
+ * one is refused as it is in the code, with the macro named */
+MC_TEST(msl_macro_hiding_kernel_or_refused_feature_refused)
+{
+    static const char *const want_k[] = {"program_source:3: error", "macro 'KERNEL'", "'kernel'"};
+    int rc = expect_refused(MSL_HEAD "#define KERNEL kernel void\n"
+                                     "KERNEL k(device uint *o [[buffer(0)]], uint i [[thread_position_in_grid]]) { o[i] = i; }\n",
+                            want_k, 3);
+    if (rc) return rc;
+    static const char *const want_t[] = {"program_source:4: error", "texture2d (in macro 'TEX')", "textures"};
+    return expect_refused(MSL_HEAD "\n#define TEX texture2d<float>\nfloat first(TEX t);\n" MSL_COPY, want_t, 3);
+}
+
+/* A macro that is never used is not refused, whatever it holds (a header
+ * shared with other code may define instantiation macros). */
+MC_TEST(msl_macro_unused_is_not_refused)
+{
+    char *cpp = translate_cpu(MSL_HEAD "#define TG threadgroup\n#define INST(n) template [[host_name(n)]] [[kernel]]\n"
+                                       "#define TEX texture2d<float>\n" MSL_COPY,
+                              NULL);
+    CHECK(cpp);
+    char r[64];
+    CHECK(runner_of(cpp, "k", r, sizeof r));
+    CHECK_STR_CONTAINS(r, "mc::run_loop");
+    free(cpp);
+    return 0;
+}
+
+/* A vector constructor in a macro's body converts as it does in code (left
+ * alone, float2(int2) would be a bit cast of clang's vectors), and an `h`
+ * literal there is a half. */
+MC_TEST(msl_macro_vector_constructor_converts)
+{
+    static const char src[] = MSL_HEAD
+        "#define TO_FLOAT2(v) float2(v)\n"
+        "#define HALF_STEP 0.5h\n"
+        "kernel void conv(device float *o [[buffer(0)]], uint i [[thread_position_in_grid]]) {\n"
+        "    float2 f = TO_FLOAT2(int2(int(i), -3));\n"
+        "    o[i] = f.x + f.y + float(HALF_STEP);\n"
+        "}\n";
+    char *cpp = translate_cpu(src, NULL);
+    CHECK(cpp);
+    CHECK_STR_CONTAINS(cpp, "#define TO_FLOAT2(v) mc::make<float2>(v)");
+    CHECK_STR_CONTAINS(cpp, "#define HALF_STEP half(0.5f)");
+    free(cpp);
+    mc_device *d = mct_open_device(0);
+    if (!d) MC_SKIP("the device named by MC_DEVICE cannot be opened");
+    mc_library_desc ld = MC_LIBRARY_DESC_INIT;
+    ld.language = MC_LANG_MSL;
+    ld.source = src;
+    mc_library *lib = NULL;
+    char *log = NULL;
+    mc_status st = mc_library_create(d, &ld, &lib, &log);
+    if (st != MC_OK) fprintf(stderr, "%s\n%s\n", mc_last_error(), log ? log : "");
+    mc_free(log);
+    CHECK_OK(st);
+    mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
+    pd.library = lib;
+    pd.function = "conv";
+    mc_pipeline *p = NULL;
+    CHECK_OK(mc_pipeline_create(d, &pd, &p));
+    float out[64];
+    mc_buffer_desc bd = MC_BUFFER_DESC_INIT;
+    bd.size = sizeof out;
+    mc_buffer *bo = NULL;
+    CHECK_OK(mc_buffer_create(d, &bd, &bo));
+    mc_queue *q = NULL;
+    mc_cmdbuf *cb = NULL;
+    mc_pass *pass = NULL;
+    CHECK_OK(mc_queue_create(d, NULL, &q));
+    CHECK_OK(mc_cmdbuf_create(q, NULL, &cb));
+    CHECK_OK(mc_cmdbuf_begin_pass(cb, "conv", &pass));
+    CHECK_OK(mc_pass_set_pipeline(pass, p));
+    CHECK_OK(mc_pass_set_buffer(pass, 0, bo, 0));
+    CHECK_OK(mc_pass_dispatch(pass, (mc_size3){2, 1, 1}, (mc_size3){32, 1, 1}));
+    CHECK_OK(mc_pass_end(pass));
+    CHECK_OK(mc_cmdbuf_commit(cb));
+    CHECK_OK(mc_cmdbuf_wait(cb, MC_WAIT_FOREVER));
+    CHECK_OK(mc_buffer_read(bo, 0, out, sizeof out));
+    for (int i = 0; i < 64; i++) CHECK_FLOAT_NEAR(out[i], (float)i - 3.0f + 0.5f, 0.0f);
+    mc_cmdbuf_release(cb);
+    mc_queue_release(q);
+    mc_buffer_release(bo);
+    mc_pipeline_release(p);
+    mc_library_release(lib);
+    mc_device_release(d);
+    return 0;
+}
+
+/* A macro holding `return` keeps a kernel off the coroutines (its return
+ * could not end a coroutine), and the kernel still gives right results. */
+MC_TEST(msl_macro_with_return_is_not_a_coroutine)
+{
+    static const char src[] = MSL_HEAD
+        "#define LEAVE_IF(c) if (c) return\n"
+        "kernel void k(device uint *o [[buffer(0)]], uint l [[thread_position_in_threadgroup]]) {\n"
+        "    threadgroup uint t[64];\n"
+        "    t[l] = l;\n"
+        "    threadgroup_barrier(mem_flags::mem_threadgroup);\n"
+        "    LEAVE_IF(l >= 32u);\n"
+        "    o[l] = t[63u - l];\n"
+        "}\n";
+    setenv("MC_MSL_REGIONS", "0", 1); /* the coroutine rule, not the region one */
+    char *cpp = translate_cpu(src, NULL);
+    unsetenv("MC_MSL_REGIONS");
+    CHECK(cpp);
+    char r[64];
+    CHECK(runner_of(cpp, "k", r, sizeof r));
+    free(cpp);
+    CHECK(strcmp(r, "mc::run_group") == 0);
+    return 0;
+}
