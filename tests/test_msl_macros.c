@@ -287,9 +287,18 @@ MC_TEST(msl_macro_hiding_attribute_refused)
                         want_fc, 3);
     if (rc) return rc;
     static const char *const want_buf[] = {"program_source:3: error", "macro 'OUT'", "[[buffer]]"};
-    return expect_refused(MSL_HEAD "#define OUT(n) device uint *o [[buffer(n)]]\n"
-                                   "kernel void k(OUT(0), uint i [[thread_position_in_grid]]) { o[i] = i; }\n",
-                          want_buf, 3);
+    rc = expect_refused(MSL_HEAD "#define OUT(n) device uint *o [[buffer(n)]]\n"
+                                 "kernel void k(OUT(0), uint i [[thread_position_in_grid]]) { o[i] = i; }\n",
+                        want_buf, 3);
+    if (rc) return rc;
+    /* MLX's instantiation macro: the kernel would not be found */
+    static const char *const want_inst[] = {"program_source:3: error", "macro 'instantiate_kernel'", "[[host_name]]"};
+    return expect_refused(MSL_HEAD "#define instantiate_kernel(name, func, ...) template [[host_name(name)]] "
+                                   "[[kernel]] decltype(func<__VA_ARGS__>) func<__VA_ARGS__>;\n"
+                                   "template <typename T> kernel void add(device T *o [[buffer(0)]], "
+                                   "uint i [[thread_position_in_grid]]) { o[i] += T(1); }\n"
+                                   "instantiate_kernel(\"add_float\", add, float)\n",
+                          want_inst, 3);
 }
 
 /* a kernel behind a macro would not be found; a refused feature behind
