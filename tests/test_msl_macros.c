@@ -437,3 +437,23 @@ MC_TEST(msl_macro_cuda_form_builds)
     free(ptx);
     return 0;
 }
+
+/* A macro used at file scope that holds a barrier may define the helper a
+ * kernel calls: the helper's body is not in the tokens, so every kernel of
+ * the source runs every thread of its group. */
+MC_TEST(msl_macro_defining_a_helper_with_barrier)
+{
+    static const char src[] = MSL_HEAD
+        "#define DEFINE_SYNC(name) static void name() { threadgroup_barrier(mem_flags::mem_threadgroup); }\n"
+        "DEFINE_SYNC(made_sync)\n"
+        "kernel void made_plain(device const uint *in [[buffer(0)]], device uint *out [[buffer(1)]],\n"
+        "                       uint gid [[thread_position_in_grid]], uint lid [[thread_position_in_threadgroup]],\n"
+        "                       uint size [[threads_per_threadgroup]])\n"
+        "{\n"
+        "    threadgroup uint t[256];\n"
+        "    t[lid] = in[gid];\n"
+        "    made_sync();\n"
+        "    out[gid] = t[size - 1 - lid];\n"
+        "}\n";
+    return run_and_check(src, NULL, "made_plain", "mc::run_group");
+}

@@ -66,6 +66,17 @@ void mc__msl_find_functions(xlat *x, fn_bodies *F)
             for (size_t g = 0; g < F->n && !F->global; g++)
                 F->global = F->uses[g] && x->L.t[k].kind == T_IDENT && same_ident(x, k, F->name[g]);
         }
+    /* a group macro used at file scope may define functions the scan
+     * cannot see (`DEFINE_SYNC(name)` making `void name() { barrier }`) */
+    for (size_t i = 0; i < x->L.n && !F->global; i++) {
+        if (punct(x, i, '{')) {
+            for (int d = 0; i < x->L.n; i++)
+                if (punct(x, i, '{')) d++;
+                else if (punct(x, i, '}') && --d == 0) break;
+            continue;
+        }
+        F->global = x->L.t[i].kind == T_IDENT && mc__msl_names_group_macro(x, i);
+    }
 }
 
 /* Which kernels need every thread of a group at once: those that use a
