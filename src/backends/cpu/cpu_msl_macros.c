@@ -152,9 +152,10 @@ bool mc__msl_read_macros(xlat *x)
         while (p < end && (isalnum((unsigned char)*p) || *p == '_')) p++;
         if (p == nb) continue; /* clang reports it */
         msl_macro m = {(uint32_t)(nb - x->s), (uint32_t)(p - nb), t->line, 0, 0, false, false, false};
-        if (p < end && *p == '(') /* function-like: the parameters are not its body */
+        if (p < end && *p == '(') { /* function-like: the parameters are not its body */
             while (p < end && *p != ')') p++;
-        if (p < end && *p == ')') p++;
+            if (p < end) p++;
+        }
         m.tb = x->M.n;
         uint32_t line = t->line; /* the body's first line: after any continued lines of the name */
         for (const char *c = s; c < p; c++) line += *c == '\n';
