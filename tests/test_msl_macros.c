@@ -69,6 +69,11 @@ static uint32_t want_of(const char *fn, uint32_t i)
         return sum;
     }
     if (strstr(fn, "harmless")) return input(i) * input(i) + 256u;
+    if (strstr(fn, "simd_divergent")) {
+        uint32_t first = i - i % 32u;
+        for (uint32_t k = first + i % 2u; k < first + 32u; k += 2) sum += input(k);
+        return i % 2u ? 10u * sum : sum;
+    }
     if (strstr(fn, "_plain")) return input(mirror);
     for (uint32_t k = 0; k < GROUP; k++) sum += input(g * GROUP + k);
     return input(mirror) + sum; /* _regions */
@@ -456,4 +461,16 @@ MC_TEST(msl_macro_defining_a_helper_with_barrier)
         "    out[gid] = t[size - 1 - lid];\n"
         "}\n";
     return run_and_check(src, NULL, "made_plain", "mc::run_group");
+}
+
+/* Two SIMD-group calls of one macro in the two arms of a divergent branch:
+ * each call is its own site, so each arm's lanes exchange among themselves,
+ * as on a GPU. */
+MC_TEST(msl_macro_simd_calls_in_divergent_branches)
+{
+    char *src = macros_source();
+    CHECK(src);
+    int rc = run_and_check(src, NULL, "simd_divergent", "mc::run_group");
+    free(src);
+    return rc;
 }

@@ -219,3 +219,15 @@ kernel void harmless_plain(device const uint *in [[buffer(0)]], device uint *out
 {
     out[gid] = SQUARE(in[gid]) + LIMIT;
 }
+
+// Two SIMD-group calls in one macro, in the two arms of a branch the lanes
+// of a SIMD group take apart: each arm's lanes exchange only among
+// themselves. out[gid] = the sum of in over the even lanes of the thread's
+// SIMD group for an even lane, 10 times the sum over the odd lanes for an
+// odd one.
+#define PICK(c, x) ((c) ? simd_sum(x) : simd_sum((x) * 10u))
+kernel void simd_divergent(device const uint *in [[buffer(0)]], device uint *out [[buffer(1)]],
+                           uint gid [[thread_position_in_grid]], uint lane [[thread_index_in_simdgroup]])
+{
+    out[gid] = PICK(lane % 2u == 0u, in[gid]);
+}

@@ -265,8 +265,35 @@ void mc__msl_mark_group_macros(xlat *x, fn_bodies *F)
     }
 }
 
+/* The SIMD-group functions of the CPU header (src/msl/mc_msl_cpu.h) that
+ * take their call site as trailing `line, col` arguments. */
+static bool site_fn(const xlat *v, size_t k)
+{
+    static const char *const fns[] = {"sum", "product", "min", "max", "prefix_inclusive_sum",
+                                      "prefix_exclusive_sum", "prefix_inclusive_product",
+                                      "prefix_exclusive_product", "broadcast_first", "shuffle", "broadcast",
+                                      "shuffle_up", "shuffle_down", "shuffle_xor", "shuffle_rotate_up",
+                                      "shuffle_rotate_down", "and", "or", "xor", "ballot", "all", "any", "is_first"};
+    const tok *t = &v->L.t[k];
+    const char *ts = v->s + t->start;
+    if (t->kind != T_IDENT || t->len < 6) return false;
+    if (t->len == 24 && !memcmp(ts, "simd_active_threads_mask", 24)) return true;
+    if (memcmp(ts, "simd_", 5) != 0 && memcmp(ts, "quad_", 5) != 0) return false;
+    for (size_t f = 0; f < MC__ARRAY_LEN(fns); f++)
+        if (strlen(fns[f]) == t->len - 5 && !memcmp(ts + 5, fns[f], t->len - 5)) return true;
+    return false;
+}
+
 /* The rewrites translate_tokens makes in code, in a body: `float4(...)`
- * -> `mc::make<float4>(...)`, `1.5h` -> `half(1.5f)`. */
+ * -> `mc::make<float4>(...)`, `1.5h` -> `half(1.5f)`. And on the CPU
+ * device a SIMD-group call gets its own call site: the fibers resolve a
+ * SIMD-group function over the lanes waiting at the same site
+ * (__builtin_LINE and __builtin_COLUMN), which in a macro's body is where
+ * the macro is expanded, the same for every call in the body; then
+ * `(c) ? simd_sum(x) : simd_max(x)` there would mix the lanes of both
+ * branches. Call n of the body adds n << 12 to the column (lines are
+ * shorter than 4096 columns; 20 bits of column in the site). */
+#define MACRO_SITE_CALLS 200
 void mc__msl_rewrite_macro_body(xlat *x, size_t i)
 {
     const tok *pp = &x->L.t[i];
@@ -274,10 +301,31 @@ void mc__msl_rewrite_macro_body(xlat *x, size_t i)
         const msl_macro *mm = &x->macros[m];
         if (mm->name_start < pp->start || mm->name_start >= pp->start + pp->len) continue;
         xlat v = body_view(x);
+        /* where each tagged call's ')' is, and the text that goes before it */
+        size_t close[MACRO_SITE_CALLS];
+        bool empty[MACRO_SITE_CALLS];
+        size_t ncall = 0;
+        for (size_t k = mm->tb; x->target == MC__MSL_CPU && k + 1 < mm->te && ncall < MACRO_SITE_CALLS; k++) {
+            if (!site_fn(&v, k) || !punct(&v, k + 1, '(')) continue;
+            size_t c = k + 1;
+            for (int d = 0; c < mm->te; c++)
+                if (punct(&v, c, '(')) d++;
+                else if (punct(&v, c, ')') && --d == 0) break;
+            if (c >= mm->te) continue;
+            empty[ncall] = c == k + 2;
+            close[ncall++] = c;
+        }
         for (size_t k = mm->tb; k < mm->te; k++) {
             const tok *t = &x->M.t[k];
             const char *ts = x->s + t->start;
             char buf[96];
+            for (size_t n = 0; n < ncall; n++) {
+                if (close[n] != k) continue;
+                snprintf(buf, sizeof buf, "%s__builtin_LINE(), __builtin_COLUMN() + %zuu", empty[n] ? "" : ", ",
+                         (n + 1) << 12);
+                copy_to(x, t->start);
+                put(&x->out, buf, strlen(buf));
+            }
             buf[0] = '\0';
             if (t->kind == T_NUMBER) {
                 char last = ts[t->len - 1];
