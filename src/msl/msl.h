@@ -15,6 +15,12 @@ typedef enum mc__msl_target {
     MC__MSL_CUDA = 1  /* entry: extern "C" __global__ name(slot 0, slot 1, ...) */
 } mc__msl_target;
 
+/* The front end's revision, part of the compiler identity that keys the
+ * pipeline cache: raised whenever the C++ made from the same source
+ * changes, so an archive an older front end built is rebuilt rather than
+ * loaded. 2: barriers behind macros are followed (cpu_msl_macros.c). */
+#define MC__MSL_FRONT_END_REVISION 2
+
 /* source -> C++ (*cpp, malloc'd, NUL-terminated), or MC_ERR_COMPILE naming
  * what is outside the compute subset and its line (also in *log). */
 mc_status mc__msl_translate(const char *source, size_t len, mc__msl_target target, char **cpp, size_t *cpp_len,

@@ -475,10 +475,11 @@ mc_status mc__cpu_compiler_identity(void *vdev, mc_language lang, char *out, siz
                 size_t n = strcspn(r.out, "\r\n");
                 if (msl)
                     snprintf(identity, sizeof dev->msl_identity,
-                             "%.*s | cxx='%s' | " MSL_FLAGS " -lboost_context -lm | abi %d header %016llx msl %016llx",
+                             "%.*s | cxx='%s' | " MSL_FLAGS
+                             " -lboost_context -lm | abi %d header %016llx msl %016llx front end %d",
                              (int)n, r.out, command, MC_CPU_ABI_VERSION,
                              (unsigned long long)header_digest(mc__cpu_kernel_header),
-                             (unsigned long long)header_digest(mc__msl_cpu_header));
+                             (unsigned long long)header_digest(mc__msl_cpu_header), MC__MSL_FRONT_END_REVISION);
                 else
                     snprintf(identity, sizeof dev->cc_identity,
                              "%.*s | cc='%s' | -O3 -std=c11 -fPIC -shared -lm | abi %d header %016llx", (int)n, r.out,
@@ -623,9 +624,9 @@ mc_status mc__msl_cuda_identity(char *out, size_t cap)
                 st = mc__fail(MC_ERR_UNSUPPORTED, "cannot ask the MSL compiler '%s' for its version", a.v[0]);
             } else {
                 size_t n = strcspn(r.out, "\r\n");
-                snprintf(msl_cuda_id, sizeof msl_cuda_id, "%.*s | cxx='%s' | %s | libdevice %s | msl %016llx", (int)n,
-                         r.out, msl_compiler_command(), MC__MSL_CUDA_FLAGS, libdevice,
-                         (unsigned long long)header_digest(mc__msl_cpu_header));
+                snprintf(msl_cuda_id, sizeof msl_cuda_id, "%.*s | cxx='%s' | %s | libdevice %s | msl %016llx front end %d",
+                         (int)n, r.out, msl_compiler_command(), MC__MSL_CUDA_FLAGS, libdevice,
+                         (unsigned long long)header_digest(mc__msl_cpu_header), MC__MSL_FRONT_END_REVISION);
             }
         }
         free(r.out);

@@ -41,14 +41,20 @@ bool mc__msl_push_tok(lexed *L, uint8_t kind, size_t start, size_t len, uint32_t
     return true;
 }
 
-/* Comments and white space are not tokens: they are copied as they are. */
-static bool lex(const char *s, size_t n, lexed *L)
+/* Comments and white space are not tokens: they are copied as they are.
+ * In a macro's body (macro: s[b, n) is the rest of a #define) a backslash
+ * before a newline continues the line and `#` is an operator. */
+static bool lex_impl(const char *s, size_t b0, size_t n, uint32_t line, bool macro, lexed *L)
 {
-    uint32_t line = 1;
-    bool line_start = true;
-    size_t i = 0;
+    bool line_start = !macro;
+    size_t i = b0;
     while (i < n) {
         char c = s[i];
+        if (macro && c == '\\' && i + 1 < n && (s[i + 1] == '\n' || s[i + 1] == '\r')) {
+            i += s[i + 1] == '\r' && i + 2 < n && s[i + 2] == '\n' ? 3 : 2;
+            line++;
+            continue;
+        }
         if (c == '\n') {
             line++;
             line_start = true;
@@ -107,6 +113,16 @@ static bool lex(const char *s, size_t n, lexed *L)
     }
     return true;
 }
+
+static bool lex(const char *s, size_t n, lexed *L)
+{
+    return lex_impl(s, 0, n, 1, false, L);
+}
+
+bool mc__msl_lex_range(const char *s, size_t b, size_t e, uint32_t line, lexed *L)
+{
+    return lex_impl(s, b, e, line, true, L);
+}
 static const char *vector_bases[] = {"float",         "half",         "int",         "uint",        "short",
                                      "ushort",        "char",         "uchar",       "long",        "ulong",
                                      "bool",          "packed_float", "packed_int",  "packed_uint", "packed_short",
@@ -121,6 +137,11 @@ static bool is_vector_type(const xlat *x, size_t i)
     for (size_t k = 0; k < MC__ARRAY_LEN(vector_bases); k++)
         if (strlen(vector_bases[k]) == t->len - 1 && !memcmp(x->s + t->start, vector_bases[k], t->len - 1)) return true;
     return false;
+}
+
+bool mc__msl_is_vector_type(const xlat *x, size_t i)
+{
+    return is_vector_type(x, i);
 }
 
 static bool record_fc(xlat *x, uint32_t idx, uint32_t type_start, uint32_t type_len, size_t name, uint32_t bools)
@@ -185,6 +206,7 @@ static bool translate_tokens(xlat *x)
                     replace_tok(x, i, ""); /* the standard library is forced in */
                 }
             }
+            mc__msl_rewrite_macro_body(x, i);
             continue;
         }
         if (t->kind == T_PUNCT) {
@@ -378,6 +400,7 @@ mc_status mc__msl_translate(const char *source, size_t len, mc__msl_target targe
         free(x.L.t);
         return mc__fail(MC_ERR_NO_MEMORY, "out of host memory");
     }
+    bool macros_ok = mc__msl_read_macros(&x);
     mc__msl_find_functions(&x, fns);
     x.fns = fns;
     if (target == MC__MSL_CPU) {
@@ -386,7 +409,7 @@ mc_status mc__msl_translate(const char *source, size_t len, mc__msl_target targe
         mc__msl_plan_guards(&x);
     }
     x.tmpl_end = SIZE_MAX;
-    bool ok = translate_tokens(&x) && mc__msl_add_instances(&x);
+    bool ok = macros_ok && translate_tokens(&x) && mc__msl_add_instances(&x);
     if (ok) {
         copy_to(&x, len);
         if (!x.nkern) ok = fail_at(&x, 1, "no kernel function ('kernel void name(...)') in the source");
@@ -402,6 +425,7 @@ mc_status mc__msl_translate(const char *source, size_t len, mc__msl_target targe
     free(x.kerns);
     free(x.insts);
     free(x.fcs);
+    mc__msl_free_macros(&x);
     mc__msl_free_guards(fns);
     mc__msl_free_regions(fns);
     free(fns);

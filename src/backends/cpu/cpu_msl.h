@@ -14,6 +14,8 @@
  *                      coroutines or fibers; hoisted bounds tests) and its
  *                      C entry points
  *   cpu_msl_cuda.c     the CUDA form's entry points
+ *   cpu_msl_macros.c   the source's #define bodies and #includes: what a
+ *                      macro hides from the token scans above
  */
 #ifndef MC_CPU_MSL_H
 #define MC_CPU_MSL_H
@@ -124,6 +126,11 @@ typedef struct xlat {
         uint32_t idx, type_start, type_len, name_tok, bools;
     } * fcs;
     size_t nfc, fccap;
+    /* macros (cpu_msl_macros.c): every #define's body, lexed into M */
+    lexed M;
+    struct msl_macro *macros;
+    size_t nmacro, mcap;
+    bool unread_include; /* an #include the front end does not read */
 } xlat;
 
 static inline bool is(const xlat *x, size_t i, const char *word)
@@ -165,14 +172,24 @@ static inline void copy_to(xlat *x, size_t off)
     x->pos = off;
 }
 
-/* a barrier or a SIMD-group function: the thread cannot run alone */
+/* a barrier or a SIMD-group function by name: the thread cannot run alone */
+static inline bool is_fiber_name(const char *ts, size_t len)
+{
+    return (len > 5 && (!strncmp(ts, "simd_", 5) || !strncmp(ts, "quad_", 5))) ||
+           (len == 19 && !memcmp(ts, "threadgroup_barrier", 19)) || (len == 17 && !memcmp(ts, "simdgroup_barrier", 17));
+}
+
+/* true when identifier token i names a macro that expands, through other
+ * macros or functions, to a barrier or a SIMD-group function
+ * (cpu_msl_macros.c) */
+bool mc__msl_names_group_macro(const xlat *x, size_t i);
+
+/* token i is a barrier or a SIMD-group function, or a macro that holds one */
 static inline bool is_fiber_token(const xlat *x, size_t i)
 {
     const tok *t = &x->L.t[i];
     if (t->kind != T_IDENT) return false;
-    const char *ts = x->s + t->start;
-    return (t->len > 5 && (!strncmp(ts, "simd_", 5) || !strncmp(ts, "quad_", 5))) || is(x, i, "threadgroup_barrier") ||
-           is(x, i, "simdgroup_barrier");
+    return is_fiber_name(x->s + t->start, t->len) || mc__msl_names_group_macro(x, i);
 }
 
 static inline bool same_ident(const xlat *x, size_t a, size_t b)
@@ -189,6 +206,10 @@ typedef struct fn_bodies {
     size_t n;
     bool global;
     size_t name[MAX_FNS], body_b[MAX_FNS], body_e[MAX_FNS];
+    /* braces at file scope that are not a function's body (namespaces,
+     * structs with methods): what they use counts for every kernel */
+    size_t nother;
+    size_t other_b[MAX_FNS], other_e[MAX_FNS];
     bool uses[MAX_FNS];
     bool coro[MAX_FNS];                /* a kernel whose threads run as coroutines */
     struct guard_plan *guard[MAX_FNS]; /* a kernel whose bounds test is hoisted, else NULL */
@@ -198,6 +219,8 @@ typedef struct fn_bodies {
 
 /* ---- cpu_msl.c ---- */
 bool mc__msl_push_tok(lexed *L, uint8_t kind, size_t start, size_t len, uint32_t line);
+/* token i names a vector type (float4, packed_half3, ...) */
+bool mc__msl_is_vector_type(const xlat *x, size_t i);
 
 /* ---- cpu_msl_kernels.c ---- */
 /* [[ at i: the attribute's name token and the index past ]]; false if not one */
@@ -215,7 +238,7 @@ bool mc__msl_add_instances(xlat *x);
 void mc__msl_inherit_template_fibers(xlat *x);
 
 /* ---- cpu_msl_paths.c ---- */
-void mc__msl_find_functions(const xlat *x, fn_bodies *F);
+void mc__msl_find_functions(xlat *x, fn_bodies *F);
 void mc__msl_mark_fiber_kernels(xlat *x);
 void mc__msl_plan_coroutines(xlat *x);
 void mc__msl_plan_guards(xlat *x);
@@ -237,6 +260,31 @@ bool mc__msl_regions_rewrite(xlat *x, size_t *i);
 /* a top-level threadgroup variable of a region kernel, reached through a
  * reference taken once per group: true when written */
 bool mc__msl_regions_tg_var(xlat *x, size_t i, size_t name, size_t semi);
+
+/* ---- cpu_msl_macros.c ---- */
+/* Records every #define (x->macros, bodies lexed into x->M) and notes an
+ * #include the front end does not read; refuses a used macro that hides
+ * what the front end rewrites (threadgroup variables, attributes, kernels,
+ * refused features): false and x->error set. */
+bool mc__msl_read_macros(xlat *x);
+/* Marks the macros that hold a barrier or a SIMD-group function, directly,
+ * through other macros or through the functions of F (whose uses this
+ * extends): a fixpoint over both. */
+void mc__msl_mark_group_macros(xlat *x, fn_bodies *F);
+/* identifier token i names a macro whose body holds `return` */
+bool mc__msl_names_returning_macro(const xlat *x, size_t i);
+/* identifier token i is named in some macro's body */
+bool mc__msl_named_in_macro(const xlat *x, size_t i);
+/* the C++ rewrites of translate_tokens inside the body of the #define at
+ * PP token i (vector constructors, half literals) */
+void mc__msl_rewrite_macro_body(xlat *x, size_t i);
+void mc__msl_free_macros(xlat *x);
+/* lexes s[b, e) (a #define's body, lines from line) into L; a backslash
+ * before a newline continues the line */
+bool mc__msl_lex_range(const char *s, size_t b, size_t e, uint32_t line, lexed *L);
+/* ---- cpu_msl_kernels.c, for macros ---- */
+/* the feature identifier token i names outside the compute subset, or NULL */
+const char *mc__msl_refused_feature(const xlat *x, size_t i);
 
 /* ---- cpu_msl_cuda.c ---- */
 bool mc__msl_emit_cuda_entries(xlat *x);

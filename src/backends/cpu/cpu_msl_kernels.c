@@ -238,14 +238,21 @@ bool mc__msl_parse_kernel(xlat *x, size_t name_tok, size_t open, size_t *close)
 }
 
 /* The first identifier, in source order, that names a refused feature. */
+const char *mc__msl_refused_feature(const xlat *x, size_t i)
+{
+    if (x->L.t[i].kind != T_IDENT) return NULL;
+    for (size_t r = 0; r < MC__ARRAY_LEN(refused_idents); r++)
+        if (is(x, i, refused_idents[r].ident)) return refused_idents[r].feature;
+    return NULL;
+}
+
 bool mc__msl_refuse_features(xlat *x)
 {
     for (size_t i = 0; i < x->L.n; i++) {
-        if (x->L.t[i].kind != T_IDENT) continue;
-        for (size_t r = 0; r < MC__ARRAY_LEN(refused_idents); r++)
-            if (is(x, i, refused_idents[r].ident))
-                return fail_at(x, x->L.t[i].line, "%s: %s are outside the compute subset", refused_idents[r].ident,
-                               refused_idents[r].feature);
+        const char *feature = mc__msl_refused_feature(x, i);
+        if (feature)
+            return fail_at(x, x->L.t[i].line, "%.*s: %s are outside the compute subset", (int)x->L.t[i].len,
+                           x->s + x->L.t[i].start, feature);
     }
     return true;
 }

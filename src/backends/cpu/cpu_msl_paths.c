@@ -11,11 +11,15 @@
  */
 #include "backends/cpu/cpu_msl.h"
 
-/* The top-level functions (fn_bodies, cpu_msl.h). */
-void mc__msl_find_functions(const xlat *x, fn_bodies *F)
+/* The top-level functions (fn_bodies, cpu_msl.h). Which use a barrier or
+ * a SIMD-group function is decided with the macros (mc__msl_mark_group_macros:
+ * a function that names a group macro uses one, a macro that names such a
+ * function is one). */
+void mc__msl_find_functions(xlat *x, fn_bodies *F)
 {
     F->n = 0;
-    F->global = false;
+    F->nother = 0;
+    F->global = x->unread_include; /* what its macros and functions hold is not known */
     for (size_t i = 0; i < x->L.n; i++) {
         if (!punct(x, i, '{')) continue;
         /* the matching brace */
@@ -25,8 +29,6 @@ void mc__msl_find_functions(const xlat *x, fn_bodies *F)
             if (punct(x, e, '{')) d++;
             else if (punct(x, e, '}') && --d == 0) break;
         }
-        bool any = false;
-        for (size_t k = i; k < e && k < x->L.n; k++) any = any || is_fiber_token(x, k);
         size_t nm = 0;
         bool fn = false;
         if (i > 0 && punct(x, i - 1, ')')) {
@@ -43,29 +45,37 @@ void mc__msl_find_functions(const xlat *x, fn_bodies *F)
             }
         }
         if (fn && F->n < MAX_FNS) {
-            F->name[F->n] = nm, F->body_b[F->n] = i, F->body_e[F->n] = e, F->uses[F->n] = any;
+            F->name[F->n] = nm, F->body_b[F->n] = i, F->body_e[F->n] = e, F->uses[F->n] = false;
             F->coro[F->n] = false;
             F->guard[F->n] = NULL;
             F->regions[F->n] = NULL;
             F->n++;
-        } else if (any) {
-            F->global = true;
+        } else if (!fn && F->nother < MAX_FNS) {
+            F->other_b[F->nother] = i, F->other_e[F->nother++] = e;
+        } else {
+            F->global = true; /* not followed: count it everywhere */
         }
         i = e; /* top-level bodies only */
     }
-    for (bool changed = true; changed;) {
-        changed = false;
-        for (size_t f = 0; f < F->n; f++) {
-            if (F->uses[f]) continue;
-            for (size_t k = F->body_b[f]; k < F->body_e[f] && !F->uses[f]; k++) {
-                if (x->L.t[k].kind != T_IDENT || !punct(x, k + 1, '(')) continue;
-                for (size_t g = 0; g < F->n; g++)
-                    if (F->uses[g] && same_ident(x, k, F->name[g])) {
-                        F->uses[f] = changed = true;
-                        break;
-                    }
-            }
+    mc__msl_mark_group_macros(x, F);
+    /* methods and namespaces: a barrier there, or a call from there to a
+     * function or macro with one, counts for every kernel */
+    for (size_t o = 0; o < F->nother && !F->global; o++)
+        for (size_t k = F->other_b[o]; k < F->other_e[o] && k < x->L.n && !F->global; k++) {
+            F->global = is_fiber_token(x, k);
+            for (size_t g = 0; g < F->n && !F->global; g++)
+                F->global = F->uses[g] && x->L.t[k].kind == T_IDENT && same_ident(x, k, F->name[g]);
         }
+    /* a group macro used at file scope may define functions the scan
+     * cannot see (`DEFINE_SYNC(name)` making `void name() { barrier }`) */
+    for (size_t i = 0; i < x->L.n && !F->global; i++) {
+        if (punct(x, i, '{')) {
+            for (int d = 0; i < x->L.n; i++)
+                if (punct(x, i, '{')) d++;
+                else if (punct(x, i, '}') && --d == 0) break;
+            continue;
+        }
+        F->global = x->L.t[i].kind == T_IDENT && mc__msl_names_group_macro(x, i);
     }
 }
 
@@ -82,6 +92,11 @@ void mc__msl_mark_fiber_kernels(xlat *x)
         kn->guard = -1;
         for (size_t f = 0; f < F->n && !kn->fibers; f++)
             if (F->uses[f] && same_ident(x, F->name[f], kn->name_tok)) kn->fibers = true;
+        /* a kernel whose body the scan did not find (a macro makes it) may
+         * hold anything: it runs every thread of its group */
+        bool own = kn->callee != NULL; /* an instance: its template's marks, later */
+        for (size_t f = 0; f < F->n && !own; f++) own = F->name[f] == kn->name_tok;
+        if (!own) kn->fibers = true;
         /* the body that was rewritten is this kernel's own (not a namesake's) */
         for (size_t f = 0; f < F->n && kn->fibers; f++)
             if (F->coro[f] && F->name[f] == kn->name_tok) kn->coro = true;
@@ -125,10 +140,12 @@ static bool coro_eligible(const xlat *x, const fn_bodies *F, size_t f)
             barrier = true;
             continue;
         }
-        if (is_fiber_token(x, k) || is(x, k, "struct") || is(x, k, "class") || is(x, k, "union") ||
+        /* a macro holding `return`: the return could not become co_return */
+        if (is_fiber_token(x, k) || mc__msl_names_returning_macro(x, k) || is(x, k, "struct") || is(x, k, "class") ||
+            is(x, k, "union") ||
             (t->len > 3 && !strncmp(x->s + t->start, "co_", 3)))
             return false;
-        if (!punct(x, k + 1, '(')) continue;
+        /* named, not only called: a macro's arguments may hold it (CALL(f)) */
         for (size_t g = 0; g < F->n; g++)
             if (F->uses[g] && same_ident(x, k, F->name[g])) return false;
     }

@@ -923,6 +923,7 @@ static region_plan *regions_eligible(const xlat *x, const fn_bodies *F, size_t f
      * (coroutines make that a compile error: mc::coro is nodiscard) */
     for (size_t k = 0; ok && k < x->L.n; k++)
         if ((k < S->open - 1 || k > S->body_e) && same_ident(x, k, F->name[f]) && x->L.t[k].kind == T_IDENT) ok = false;
+    if (mc__msl_named_in_macro(x, F->name[f])) ok = false; /* a macro may call it */
     for (size_t k = S->body_b + 1; ok && k < S->body_e; k++) {
         const tok *t = &x->L.t[k];
         if (t->kind == T_PP) ok = false;
