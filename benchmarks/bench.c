@@ -60,9 +60,8 @@ double mc_bench_iqr(double *v, int n)
     return mc_bench_percentile(v, n, 0.75) - mc_bench_percentile(v, n, 0.25);
 }
 
-void mc_bench_add(mc_bench *b, const char *name, const char *metric, const char *unit, double ours,
-                  double ours_spread, double baseline, double baseline_spread, const char *baseline_name,
-                  bool higher_is_better)
+void mc_bench_add(mc_bench *b, const char *name, const char *metric, const char *unit, double ours, double ours_spread,
+                  double baseline, double baseline_spread, const char *baseline_name, bool higher_is_better)
 {
     if (b->nrows >= (int)(sizeof b->rows / sizeof b->rows[0])) return;
     mc_bench_row *r = &b->rows[b->nrows++];
@@ -247,8 +246,7 @@ int mc_bench_batching(mc_bench *b)
         goto out;
     }
     mc_bench_add(b, "batching", "50 passes, one command buffer vs 50 committed+waited", "us", mc_bench_median(one, n),
-                 mc_bench_iqr(one, n), mc_bench_median(split, n), mc_bench_iqr(split, n), "50 command buffers",
-                 false);
+                 mc_bench_iqr(one, n), mc_bench_median(split, n), mc_bench_iqr(split, n), "50 command buffers", false);
     /* Where the device has a raw driver path, put ours beside it too. */
     mc_raw *r = mc_raw_open(b->info.kind, b->info.index);
     if (r && mc_raw_batch(r, BATCH_PASSES, 2) == 0) {
@@ -281,8 +279,8 @@ int mc_bench_batching(mc_bench *b)
         }
         if (raw)
             mc_bench_add(b, "batching", "50 passes, a command buffer not seen before, vs the raw driver", "us",
-                         mc_bench_median(one, n), mc_bench_iqr(one, n), mc_bench_median(raw, n),
-                         mc_bench_iqr(raw, n), modes[1], false);
+                         mc_bench_median(one, n), mc_bench_iqr(one, n), mc_bench_median(raw, n), mc_bench_iqr(raw, n),
+                         modes[1], false);
         free(raw);
     }
     mc_raw_close(r);
@@ -363,12 +361,13 @@ static int write_json(const mc_bench *b, const char *path)
 
 static void usage(void)
 {
-    printf("usage: metal-compute bench [--device D] [--only NAME[,NAME]] [--json FILE] [--svg FILE] [--reps N]\n"
-           "                          [--quick] [--peers]\n\n"
-           "  --peers     also run round-trip, batching, saxpy and pipeline-cache through OpenCL (PoCL) and\n"
-           "              OpenMP on the same machine, as rows of their own (CPU device; OpenCL where installed)\n"
-           "  --svg FILE  draw the ratios as a bar chart (SVG)\n\n"
-           "benchmarks:\n");
+    printf(
+        "usage: metal-compute bench [--device D] [--only NAME[,NAME]] [--json FILE] [--svg FILE] [--reps N]\n"
+        "                          [--quick] [--peers]\n\n"
+        "  --peers     also run round-trip, batching, saxpy and pipeline-cache through OpenCL (PoCL) and\n"
+        "              OpenMP on the same machine, as rows of their own (CPU device; OpenCL where installed)\n"
+        "  --svg FILE  draw the ratios as a bar chart (SVG)\n\n"
+        "benchmarks:\n");
     for (size_t i = 0; i < sizeof benches / sizeof benches[0]; i++)
         printf("  %-16s %s\n", benches[i].name, benches[i].what);
 }

@@ -10,18 +10,18 @@ typedef struct mc_bench_row {
     char name[48];
     char metric[64];
     char unit[16];
-    double ours, ours_spread;         /* median and interquartile range */
+    double ours, ours_spread; /* median and interquartile range */
     double baseline, baseline_spread;
     char baseline_name[64];
-    bool higher_is_better;            /* rates; times are lower-is-better */
+    bool higher_is_better; /* rates; times are lower-is-better */
 } mc_bench_row;
 
 typedef struct mc_bench {
     mc_device *dev;
     mc_device_info info;
-    int reps;        /* repetitions per measurement (--reps, smaller in --quick) */
+    int reps; /* repetitions per measurement (--reps, smaller in --quick) */
     bool quick;
-    bool peers;      /* --peers: add peer rows where a benchmark has them */
+    bool peers; /* --peers: add peer rows where a benchmark has them */
     mc_bench_row rows[64];
     int nrows;
 } mc_bench;
@@ -29,9 +29,8 @@ typedef struct mc_bench {
 typedef int (*mc_bench_fn)(mc_bench *b);
 
 /* Adds a row; ratio is derived when printed. */
-void mc_bench_add(mc_bench *b, const char *name, const char *metric, const char *unit, double ours,
-                  double ours_spread, double baseline, double baseline_spread, const char *baseline_name,
-                  bool higher_is_better);
+void mc_bench_add(mc_bench *b, const char *name, const char *metric, const char *unit, double ours, double ours_spread,
+                  double baseline, double baseline_spread, const char *baseline_name, bool higher_is_better);
 
 /* Statistics over n samples (sorted in place). */
 double mc_bench_median(double *v, int n);

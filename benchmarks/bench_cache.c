@@ -209,8 +209,10 @@ int mc_bench_pipeline_cache(mc_bench *b)
     mc_cache_stats s;
     mc_cache_get_stats(d, &s);
     if (s.compiles != (uint64_t)n + 1 || s.writes != (uint64_t)n + 1) {
-        fprintf(stderr, "bench pipeline-cache: %llu of %d compiles reached the archive (is the cache folder "
-                "usable? see the warnings above)\n", (unsigned long long)s.writes, n + 1);
+        fprintf(stderr,
+                "bench pipeline-cache: %llu of %d compiles reached the archive (is the cache folder "
+                "usable? see the warnings above)\n",
+                (unsigned long long)s.writes, n + 1);
         goto out;
     }
     mc_device_release(d);
@@ -246,16 +248,17 @@ int mc_bench_pipeline_cache(mc_bench *b)
     double fm = mc_bench_median(first, nfirst), fi = mc_bench_iqr(first, nfirst);
     double fcm = mc_bench_median(first_cold, children), fci = mc_bench_iqr(first_cold, children);
     double mm = mc_bench_median(mem, n * mem_reps), mi = mc_bench_iqr(mem, n * mem_reps);
-    mc_bench_add(b, "pipeline-cache", "warm from disk, new process, per pipeline", "us", dm, di, cm, ci,
-                 "cold compile", false);
+    mc_bench_add(b, "pipeline-cache", "warm from disk, new process, per pipeline", "us", dm, di, cm, ci, "cold compile",
+                 false);
     mc_bench_add(b, "pipeline-cache", "warm from memory", "us", mm, mi, cm, ci, "cold compile", false);
     mc_bench_add(b, "pipeline-cache", "first pipeline of a new process, from disk", "us", fm, fi, fcm, fci,
                  "compiled in a new process", false);
     double goal = b->info.kind == MC_DEVICE_CPU ? 100 : b->info.kind == MC_DEVICE_CUDA ? 500 : 28;
     double ratio = dm > 0 ? cm / dm : 0;
-    printf("pipeline-cache on %s: disk-warm %.0fx faster than cold (goal %.0fx: %s); memory %.0fx; first "
-           "pipeline of a new process %.0fx (both pay one-off costs: the compiler's identity, libcrypto)\n",
-           device, ratio, goal, ratio >= goal ? "met" : "NOT met", mm > 0 ? cm / mm : 0, fm > 0 ? fcm / fm : 0);
+    printf(
+        "pipeline-cache on %s: disk-warm %.0fx faster than cold (goal %.0fx: %s); memory %.0fx; first "
+        "pipeline of a new process %.0fx (both pay one-off costs: the compiler's identity, libcrypto)\n",
+        device, ratio, goal, ratio >= goal ? "met" : "NOT met", mm > 0 ? cm / mm : 0, fm > 0 ? fcm / fm : 0);
     rc = 0;
 out:
     if (d) mc_device_release(d);

@@ -117,16 +117,17 @@ static double bm_sendrecv_ms(size_t bytes)
 
 static void bm_usage(void)
 {
-    printf("usage: mpirun -n N metal-compute bench --mpi [--quick] [--device D] [--strong SIDE] [--weak SIDE]\n"
-           "                                         [--steps S] [--halo H] [--threads T] [--reps R] [--no-overlap]\n\n"
-           "  --strong SIDE   grid of SIDE x SIDE cells cut into N slabs (default 1024; --quick 256)\n"
-           "  --weak SIDE     SIDE x SIDE cells per rank, grid SIDE x N*SIDE (default 512; --quick 256)\n"
-           "  --steps S       steps per run (default 200; --quick 60)\n"
-           "  --halo H        halo depth in steps (default: chosen by the runner)\n"
-           "  --threads T     CPU device workers per rank (default 1: one fixed-size device per rank)\n"
-           "  --reps R        runs per figure, median (default 3; --quick 1)\n"
-           "  --no-overlap    only the exchange between chunks (default: overlapped and between, side by side)\n"
-           "  --ranks-x P     2-D blocks, P columns of them (between chunks only; default: slabs)\n");
+    printf(
+        "usage: mpirun -n N metal-compute bench --mpi [--quick] [--device D] [--strong SIDE] [--weak SIDE]\n"
+        "                                         [--steps S] [--halo H] [--threads T] [--reps R] [--no-overlap]\n\n"
+        "  --strong SIDE   grid of SIDE x SIDE cells cut into N slabs (default 1024; --quick 256)\n"
+        "  --weak SIDE     SIDE x SIDE cells per rank, grid SIDE x N*SIDE (default 512; --quick 256)\n"
+        "  --steps S       steps per run (default 200; --quick 60)\n"
+        "  --halo H        halo depth in steps (default: chosen by the runner)\n"
+        "  --threads T     CPU device workers per rank (default 1: one fixed-size device per rank)\n"
+        "  --reps R        runs per figure, median (default 3; --quick 1)\n"
+        "  --no-overlap    only the exchange between chunks (default: overlapped and between, side by side)\n"
+        "  --ranks-x P     2-D blocks, P columns of them (between chunks only; default: slabs)\n");
 }
 
 static int bm_parse(int argc, char **argv, bm_opts *o)
@@ -208,8 +209,7 @@ int mc_cli_bench_mpi(int argc, char **argv)
         uint32_t h_strong = o.halo, h_weak = o.halo;
         for (int m = first; m < 2; m++) {
             rc |= bm_run(MPI_COMM_WORLD, &o, mode[m], h_strong, o.strong, o.strong, &strong_n[m], &st_strong[m]);
-            rc |= bm_run(MPI_COMM_WORLD, &o, mode[m], h_weak, o.weak, o.weak * (uint32_t)size, &weak_n[m],
-                         &st_weak[m]);
+            rc |= bm_run(MPI_COMM_WORLD, &o, mode[m], h_weak, o.weak, o.weak * (uint32_t)size, &weak_n[m], &st_weak[m]);
             if (!h_strong) h_strong = st_strong[m].halo_steps;
             if (!h_weak) h_weak = st_weak[m].halo_steps;
         }
@@ -225,8 +225,8 @@ int mc_cli_bench_mpi(int argc, char **argv)
         rc = all;
         if (rank == 0 && rc == 0) {
             printf("metal-compute bench --mpi: %d ranks, %s:%d (%s), %u steps, median of %d\n", size,
-                   mc_device_kind_name(st_strong[1].device.kind), st_strong[1].device.index,
-                   st_strong[1].device.name, o.steps, o.reps);
+                   mc_device_kind_name(st_strong[1].device.kind), st_strong[1].device.index, st_strong[1].device.name,
+                   o.steps, o.reps);
             printf("%-44s %12s %12s %12s %9s %9s\n", "", "overlapped", "between", "1 rank", "ratio o", "ratio b");
             for (int w = 0; w < 2; w++) {
                 const double *n = w ? weak_n : strong_n;
@@ -237,8 +237,8 @@ int mc_cli_bench_mpi(int argc, char **argv)
                     snprintf(ro, sizeof ro, "%.2f", one / n[0]);
                 }
                 printf("%-44s %12s %12.3f %12.3f %9s %9.2f  %s (H %u)\n",
-                       w ? "weak: ms per step, fixed cells per rank" : "strong: ms per step, fixed grid", on, n[1],
-                       one, ro, one / n[1], w ? "efficiency" : "speedup",
+                       w ? "weak: ms per step, fixed cells per rank" : "strong: ms per step, fixed grid", on, n[1], one,
+                       ro, one / n[1], w ? "efficiency" : "speedup",
                        w ? st_weak[1].halo_steps : st_strong[1].halo_steps);
             }
             /* What the runner's cost model predicted at create, from its own measurements, at the H
@@ -247,9 +247,9 @@ int mc_cli_bench_mpi(int argc, char **argv)
                 const mc_mpi_stats *st = w ? st_weak : st_strong;
                 char on[16] = "-";
                 if (!first) snprintf(on, sizeof on, "%.3f", st[0].model_step_ms[1]);
-                printf("%-44s %12s %12.3f\n", w ? "  model, weak (slowest rank's figures)" :
-                                                   "  model, strong (slowest rank's figures)",
-                       on, st[1].model_step_ms[0]);
+                printf("%-44s %12s %12.3f\n",
+                       w ? "  model, weak (slowest rank's figures)" : "  model, strong (slowest rank's figures)", on,
+                       st[1].model_step_ms[0]);
             }
             printf("%-44s %12s %12s %12s\n", "", "overlapped", "between", "Sendrecv");
             printf("%-44s %12.1f %12.1f %12.1f  (%u rows x %u cells, each way)\n",
@@ -260,9 +260,10 @@ int mc_cli_bench_mpi(int argc, char **argv)
             printf("%-44s %12.3f %12.3f\n", "compute per chunk, ms (strong, rank 0)", st_strong[0].compute_ms_mean,
                    st_strong[1].compute_ms_mean);
             printf("%-44s %12.3f\n", "device time of one step, ms (strong, rank 0)", st_strong[1].step_ms);
-            printf("overlapped: the boundary bands first, sent while the slab computes; its exchange counts the\n"
-                   "bands' wait, so it is the part not hidden. %s\n",
-                   first ? "(--no-overlap: not run)" : "");
+            printf(
+                "overlapped: the boundary bands first, sent while the slab computes; its exchange counts the\n"
+                "bands' wait, so it is the part not hidden. %s\n",
+                first ? "(--no-overlap: not run)" : "");
         }
     }
     if (!init) MPI_Finalize();

@@ -117,7 +117,8 @@ static int vs_openmp(mc_bench *b, mc_queue *q, mc_pipeline *pl, uint32_t n, uint
     float *ha = malloc(gd.size), *hb = malloc(gd.size);
     double *m = calloc((size_t)reps * 2, sizeof *m);
     int rc = 0;
-    if (!ha || !hb || !m || mc_buffer_create(b->dev, &gd, &ga) != MC_OK || mc_buffer_create(b->dev, &gd, &gb) != MC_OK) {
+    if (!ha || !hb || !m || mc_buffer_create(b->dev, &gd, &ga) != MC_OK ||
+        mc_buffer_create(b->dev, &gd, &gb) != MC_OK) {
         rc = mc_cli_fail("msl vs OpenMP setup", MC_ERR_OUT_OF_MEMORY);
         goto out;
     }
@@ -402,9 +403,8 @@ int mc_bench_msl(mc_bench *b)
     }
     char name[48];
     snprintf(name, sizeof name, "msl gray-scott %u^2", n);
-    mc_bench_add(b, name, "steps/s, MSL kernel vs its twin", "steps/s", mc_bench_median(m, reps),
-                 mc_bench_iqr(m, reps), mc_bench_median(m + reps, reps), mc_bench_iqr(m + reps, reps), twin_name,
-                 true);
+    mc_bench_add(b, name, "steps/s, MSL kernel vs its twin", "steps/s", mc_bench_median(m, reps), mc_bench_iqr(m, reps),
+                 mc_bench_median(m + reps, reps), mc_bench_iqr(m + reps, reps), twin_name, true);
     mc_bench_add(b, "msl saxpy", "bandwidth, MSL kernel vs its twin", "GB/s", mc_bench_median(m + 2 * reps, reps),
                  mc_bench_iqr(m + 2 * reps, reps), mc_bench_median(m + 3 * reps, reps),
                  mc_bench_iqr(m + 3 * reps, reps), twin_name, true);

@@ -324,8 +324,7 @@ static int peers_round_trip(mc_bench *b)
     int rc = 1;
     for (int i = 0; i < 6; i++) v[i] = calloc((size_t)(n > nidle ? n : nidle), sizeof(double));
     o.pl = mc_cli_pipeline(b->dev, "basic", "empty");
-    if (!o.pl || mc_queue_create(b->dev, NULL, &o.q) != MC_OK || !v[0] || !v[1] || !v[2] || !v[3] || !v[4] ||
-        !v[5])
+    if (!o.pl || mc_queue_create(b->dev, NULL, &o.q) != MC_OK || !v[0] || !v[1] || !v[2] || !v[3] || !v[4] || !v[5])
         goto out;
     side s[3] = {{"ours", ours_round_trip, &o, v[0]}};
     int ns = 1, icl = -1, iomp = -1;
@@ -354,8 +353,8 @@ static int peers_round_trip(mc_bench *b)
         iq[k] = iqr(si[k].v, nidle);
     }
     for (int k = 1; k < ns; k++)
-        mc_bench_add(b, "round-trip", "after a 100 ms idle pause, median", "us", im[0], iq[0], im[k], iq[k],
-                     si[k].name, false);
+        mc_bench_add(b, "round-trip", "after a 100 ms idle pause, median", "us", im[0], iq[0], im[k], iq[k], si[k].name,
+                     false);
 
     /* the idle device: CPU time in the second after its last dispatch */
     int children = b->quick ? 1 : 3;
@@ -375,16 +374,16 @@ static int peers_round_trip(mc_bench *b)
     if (p.omp && omps >= 0)
         mc_bench_add(b, "round-trip", "CPU used when idle, in the 1 s after a burst", "ms/s", os, ospread, omps,
                      omps_spread, "OpenMP", false);
-    printf("peers round-trip: ours %.2f us back to back, %.1f us after %d ms idle, %.3f ms CPU per idle second",
-           m[0], im[0], IDLE_MS, os);
+    printf("peers round-trip: ours %.2f us back to back, %.1f us after %d ms idle, %.3f ms CPU per idle second", m[0],
+           im[0], IDLE_MS, os);
     if (icl > 0) printf("; %s %.2f us, %.1f us, %.3f ms", p.cl_name, m[icl], im[icl], cls);
     if (iomp > 0) printf("; OpenMP %.2f us, %.1f us, %.3f ms", m[iomp], im[iomp], omps);
     printf("\n");
     if (icl > 0) {
-        goal("round-trip back to back <= 1/4 of PoCL", m[0] <= m[icl] / 4, "ours %.2f us, PoCL %.2f us: %.1fx",
-             m[0], m[icl], m[icl] / m[0]);
-        goal("round-trip after an idle pause <= PoCL", im[0] <= im[icl], "ours %.1f us, PoCL %.1f us: %.2fx",
-             im[0], im[icl], im[icl] / im[0]);
+        goal("round-trip back to back <= 1/4 of PoCL", m[0] <= m[icl] / 4, "ours %.2f us, PoCL %.2f us: %.1fx", m[0],
+             m[icl], m[icl] / m[0]);
+        goal("round-trip after an idle pause <= PoCL", im[0] <= im[icl], "ours %.1f us, PoCL %.1f us: %.2fx", im[0],
+             im[icl], im[icl] / im[0]);
     }
     rc = 0;
 out:
@@ -442,8 +441,7 @@ static int peers_batching(mc_bench *b)
             goto out;
         }
         if (got != cl_runs * PEER_PASSES) {
-            fprintf(stderr, "bench --peers batching: %s computed %u, want %u\n", p.cl_name, got,
-                    cl_runs * PEER_PASSES);
+            fprintf(stderr, "bench --peers batching: %s computed %u, want %u\n", p.cl_name, got, cl_runs * PEER_PASSES);
             goto out;
         }
     }
@@ -456,8 +454,8 @@ static int peers_batching(mc_bench *b)
     for (int k = 0; k < ns; k++) m[k] = med(s[k].v, n), q[k] = iqr(s[k].v, n);
     if (icl > 0) {
         mc_bench_add(b, "batching", "50 passes, one submission", "us", m[0], q[0], m[icl], q[icl], p.cl_name, false);
-        mc_bench_add(b, "batching", "50 passes, each waited for", "us", m[1], q[1], m[icl + 1], q[icl + 1],
-                     p.cl_name, false);
+        mc_bench_add(b, "batching", "50 passes, each waited for", "us", m[1], q[1], m[icl + 1], q[icl + 1], p.cl_name,
+                     false);
     }
     if (iomp > 0)
         mc_bench_add(b, "batching", "50 passes, one submission (OpenMP: 50 loops)", "us", m[0], q[0], m[iomp], q[iomp],
@@ -513,8 +511,7 @@ static mc_pipeline *saxpy_range_pipeline(mc_device *d)
     mc_library *lib = NULL;
     char *log = NULL;
     if (mc_library_create(d, &ld, &lib, &log) != MC_OK) {
-        printf("peers saxpy: no range-loop row: the compiler refused " SAXPY_RANGE_OPTIONS " (%s)\n",
-               mc_last_error());
+        printf("peers saxpy: no range-loop row: the compiler refused " SAXPY_RANGE_OPTIONS " (%s)\n", mc_last_error());
         mc_free(log);
         return NULL;
     }
@@ -554,8 +551,7 @@ static int peers_saxpy(mc_bench *b)
             for (size_t i = 0; i < n; i++) oc.x[i] = (float)(i % 1000), oc.y[i] = 1.0f;
     }
     if (!o.pl || mc_queue_create(b->dev, NULL, &o.q) != MC_OK || mc_buffer_create(b->dev, &bd, &o.buf) != MC_OK ||
-        mc_buffer_create(b->dev, &bd, &o.x) != MC_OK || !v[0] || !v[1] || !v[2] || !v[3] ||
-        (p.omp && (!oc.x || !oc.y)))
+        mc_buffer_create(b->dev, &bd, &o.x) != MC_OK || !v[0] || !v[1] || !v[2] || !v[3] || (p.omp && (!oc.x || !oc.y)))
         goto out;
     tuned.q = o.q, tuned.buf = o.buf, tuned.x = o.x;
     /* the same data on every side: x[i] = i % 1000, y = 1 */
@@ -588,8 +584,8 @@ static int peers_saxpy(mc_bench *b)
     for (int k = 1; k < npeers; k++)
         mc_bench_add(b, "saxpy", "bandwidth, 12 bytes per element", "GB/s", m[0], q[0], m[k], q[k], s[k].name, true);
     for (int k = 1; itu > 0 && k < npeers; k++)
-        mc_bench_add(b, "saxpy", "bandwidth, range-loop kernel, -O3 -march=native", "GB/s", m[itu], q[itu], m[k],
-                     q[k], s[k].name, true);
+        mc_bench_add(b, "saxpy", "bandwidth, range-loop kernel, -O3 -march=native", "GB/s", m[itu], q[itu], m[k], q[k],
+                     s[k].name, true);
     double best = 0;
     const char *best_name = "";
     for (int k = 1; k < npeers; k++)
@@ -636,7 +632,6 @@ static int count_programs(const char *dir)
     nftw(dir, count_entry, 16, FTW_PHYS);
     return nprograms;
 }
-
 
 /* ours: the rows bench pipeline-cache made a moment ago */
 static const mc_bench_row *find_row(const mc_bench *b, const char *metric_prefix)
@@ -708,25 +703,25 @@ static int peers_pipeline_cache(mc_bench *b)
     double fcm = med(first_cold, children), fci = iqr(first_cold, children);
     double fwm = med(first_warm, children), fwi = iqr(first_warm, children);
     /* ours: disk->ours is the disk-warm pipeline, its baseline the cold compile */
-    mc_bench_add(b, "pipeline-cache", "cold compile, per pipeline", "us", disk->baseline, disk->baseline_spread, cm,
-                 ci, p.cl_name, false);
-    mc_bench_add(b, "pipeline-cache", "warm from disk, new process, per pipeline", "us", disk->ours,
-                 disk->ours_spread, wm, wi, p.cl_name, false);
+    mc_bench_add(b, "pipeline-cache", "cold compile, per pipeline", "us", disk->baseline, disk->baseline_spread, cm, ci,
+                 p.cl_name, false);
+    mc_bench_add(b, "pipeline-cache", "warm from disk, new process, per pipeline", "us", disk->ours, disk->ours_spread,
+                 wm, wi, p.cl_name, false);
     mc_bench_add(b, "pipeline-cache", "first pipeline of a new process, compiled", "us", first->baseline,
                  first->baseline_spread, fcm, fci, p.cl_name, false);
     mc_bench_add(b, "pipeline-cache", "first pipeline of a new process, from disk", "us", first->ours,
                  first->ours_spread, fwm, fwi, p.cl_name, false);
-    printf("peers pipeline-cache: %s build %.1f ms cold, %.2f ms warm from its cache (first of a process: %.1f ms "
-           "cold, %.1f ms warm)\n",
-           p.cl_name, cm / 1e3, wm / 1e3, fcm / 1e3, fwm / 1e3);
+    printf(
+        "peers pipeline-cache: %s build %.1f ms cold, %.2f ms warm from its cache (first of a process: %.1f ms "
+        "cold, %.1f ms warm)\n",
+        p.cl_name, cm / 1e3, wm / 1e3, fcm / 1e3, fwm / 1e3);
     goal("pipeline-cache: ours disk-warm >= 5x faster than PoCL warm", wm >= 5 * disk->ours,
          "ours %.1f us, PoCL %.1f us: %.1fx", disk->ours, wm, wm / disk->ours);
     goal("pipeline-cache: ours cold compile <= PoCL cold build", disk->baseline <= cm,
          "ours %.1f ms, PoCL %.1f ms: %.2fx", disk->baseline / 1e3, cm / 1e3, cm / disk->baseline);
     rc = 0;
 out:
-    if (root[0] && strstr(root, "mc-bench-peers-") && !strstr(root, "XXXXXX"))
-        mc_bench_remove_tree(root);
+    if (root[0] && strstr(root, "mc-bench-peers-") && !strstr(root, "XXXXXX")) mc_bench_remove_tree(root);
     free(cold);
     free(warm);
     free(all);
@@ -739,8 +734,9 @@ out:
 int mc_bench_peers(mc_bench *b, const char *name)
 {
     if (b->info.kind != MC_DEVICE_CPU) {
-        if (!noted_cl) printf("peers: they run on the CPU; this run measures the %s device, so none are added\n",
-                              mc_device_kind_name(b->info.kind));
+        if (!noted_cl)
+            printf("peers: they run on the CPU; this run measures the %s device, so none are added\n",
+                   mc_device_kind_name(b->info.kind));
         noted_cl = true;
         return 0;
     }

@@ -29,13 +29,13 @@
 #define SB_TILE ((SB_GROUP + SB_TAPS - 1) * sizeof(float)) /* fir stages its inputs here */
 
 typedef struct sb_ctx {
-    mc_device *dev;                 /* the bench's device: its pipelines are built once */
+    mc_device *dev; /* the bench's device: its pipelines are built once */
     mc_pipeline *fir, *gain;
     float taps[SB_TAPS];
     uint32_t n, ntaps;
     float g;
-    float *sig;                     /* SB_BLOCKS blocks, each with its history in front */
-    double want[SB_BLOCKS];         /* output sums from the naive loop */
+    float *sig;             /* SB_BLOCKS blocks, each with its history in front */
+    double want[SB_BLOCKS]; /* output sums from the naive loop */
     bool have_want[SB_BLOCKS];
 } sb_ctx;
 
@@ -291,8 +291,8 @@ static double raw_stream_rate(mc_bench *b, const sb_ctx *c, int rounds, uint32_t
     mc_raw *r = src ? mc_raw_open(b->info.kind, b->info.index) : NULL;
     double *rate = calloc((size_t)rounds, sizeof *rate), med = -1;
     if (r && rate) {
-        mc_raw_stream_work w = {src, c->sig, SB_BLOCK + SB_TAPS - 1, SB_BLOCKS, c->want, c->taps, c->n, c->ntaps,
-                                SB_GROUP, (uint32_t)SB_TILE, c->g, per, slots};
+        mc_raw_stream_work w = {src,      c->sig,   SB_BLOCK + SB_TAPS - 1, SB_BLOCKS, c->want, c->taps, c->n,
+                                c->ntaps, SB_GROUP, (uint32_t)SB_TILE,      c->g,      per,     slots};
         int ok = 1;
         for (int i = 0; i < rounds && ok; i++) ok = (rate[i] = mc_raw_stream(r, &w)) > 0;
         if (ok) med = mc_bench_median(rate, rounds);
@@ -311,8 +311,8 @@ typedef struct sb_plan {
 
 /* One stream of slots (and flags) against the naive loop, alternating in
  * rounds so drift hits both alike. Fills the plan's arrays; 0 or -1. */
-static int measure(mc_bench *b, sb_ctx *c, sb_naive *nv, sb_run *run, const sb_plan *pl, uint32_t slots,
-                   uint32_t flags, uint32_t lanes)
+static int measure(mc_bench *b, sb_ctx *c, sb_naive *nv, sb_run *run, const sb_plan *pl, uint32_t slots, uint32_t flags,
+                   uint32_t lanes)
 {
     mc_stream_desc sd = MC_STREAM_DESC_INIT;
     sd.device = b->dev;
@@ -420,9 +420,9 @@ int mc_bench_stream(mc_bench *b)
     /* What replaying a slot's command list is worth: the same stream with
      * every item recorded anew. */
     if ((rc = measure(b, &c, &nv, &run, &pl, 3, MC_STREAM_RECORD_EACH, 0)) != 0) goto out;
-    mc_bench_add(b, "stream", "items/s, 3 slots, each item recorded anew", "items/s", mc_bench_median(pl.rate_o, pl.rounds),
-                 mc_bench_iqr(pl.rate_o, pl.rounds), mc_bench_median(pl.rate_n, pl.rounds),
-                 mc_bench_iqr(pl.rate_n, pl.rounds), "naive loop", true);
+    mc_bench_add(b, "stream", "items/s, 3 slots, each item recorded anew", "items/s",
+                 mc_bench_median(pl.rate_o, pl.rounds), mc_bench_iqr(pl.rate_o, pl.rounds),
+                 mc_bench_median(pl.rate_n, pl.rounds), mc_bench_iqr(pl.rate_n, pl.rounds), "naive loop", true);
     /* What lanes are worth: 3 slots on one queue, and on 3 (the default
      * on a CUDA GPU is one lane per slot, the rows above). */
     if ((rc = measure(b, &c, &nv, &run, &pl, 3, 0, 1)) != 0) goto out;

@@ -81,10 +81,11 @@ int mc_bench_write_svg(const mc_bench *b, const char *path)
     xml(f, mc_device_kind_name(b->info.kind));
     fprintf(f, " (");
     xml(f, b->info.name);
-    fprintf(f, "): how many times better ours is</text>\n"
-               "<text x=\"12\" y=\"40\" fill=\"#444\">Each bar: ours against the baseline named on its left, "
-               "median over repetitions, log scale. Right of 1x (green): ours is better; left (red): "
-               "worse.</text>\n");
+    fprintf(f,
+            "): how many times better ours is</text>\n"
+            "<text x=\"12\" y=\"40\" fill=\"#444\">Each bar: ours against the baseline named on its left, "
+            "median over repetitions, log scale. Right of 1x (green): ours is better; left (red): "
+            "worse.</text>\n");
     /* decades */
     int plot_bottom = height - 30;
     for (int d = dlo; d <= dhi; d++) {
@@ -95,8 +96,7 @@ int mc_bench_write_svg(const mc_bench *b, const char *path)
         fprintf(f,
                 "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"%s\" stroke-width=\"%s\"/>\n"
                 "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\" fill=\"#444\">%s</text>\n",
-                x, SVG_TOP - 8, x, plot_bottom, d == 0 ? "#000" : "#ddd", d == 0 ? "1.5" : "1", x, SVG_TOP - 14,
-                label);
+                x, SVG_TOP - 8, x, plot_bottom, d == 0 ? "#000" : "#ddd", d == 0 ? "1.5" : "1", x, SVG_TOP - 14, label);
     }
     int y = SVG_TOP;
     group = NULL;
@@ -108,8 +108,8 @@ int mc_bench_write_svg(const mc_bench *b, const char *path)
             y += SVG_GROUP_H;
             fprintf(f, "<text x=\"12\" y=\"%d\" font-size=\"13\" font-weight=\"bold\">", y - 8);
             xml(f, r->name);
-            fprintf(f, "</text>\n<line x1=\"12\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#bbb\"/>\n", y - 4,
-                    SVG_W - 12, y - 4);
+            fprintf(f, "</text>\n<line x1=\"12\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#bbb\"/>\n", y - 4, SVG_W - 12,
+                    y - 4);
             group = r->name;
         }
         double x1 = X_OF(1), x2 = X_OF(fmin(fmax(q, pow(10, dlo)), pow(10, dhi)));
@@ -130,16 +130,17 @@ int mc_bench_write_svg(const mc_bench *b, const char *path)
         fprintf(f, " <tspan fill=\"#555\">vs ");
         xml(f, r->baseline_name);
         fprintf(f, "</tspan></text>\n");
-        fprintf(f, "<rect class=\"bar\" x=\"%.1f\" y=\"%d\" width=\"%.1f\" height=\"%d\" fill=\"%s\"/>\n", left,
-                y + 3, w, SVG_ROW_H - 6, better ? "#2e7d32" : "#c62828");
+        fprintf(f, "<rect class=\"bar\" x=\"%.1f\" y=\"%d\" width=\"%.1f\" height=\"%d\" fill=\"%s\"/>\n", left, y + 3,
+                w, SVG_ROW_H - 6, better ? "#2e7d32" : "#c62828");
         /* a red bar's figure goes right of the 1x line, clear of the labels */
         fprintf(f, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"%s\" fill=\"%s\">%s</text>\n</g>\n",
                 better ? left + w + 4 : x1 + 4, y + 14, "start", better ? "#1b5e20" : "#b71c1c", rt);
         y += SVG_ROW_H;
     }
 #undef X_OF
-    fprintf(f, "<text x=\"12\" y=\"%d\" fill=\"#666\">ratio = baseline/ours for times, ours/baseline for rates; "
-               "spreads are interquartile ranges (hover a bar).</text>\n</svg>\n",
+    fprintf(f,
+            "<text x=\"12\" y=\"%d\" fill=\"#666\">ratio = baseline/ours for times, ours/baseline for rates; "
+            "spreads are interquartile ranges (hover a bar).</text>\n</svg>\n",
             height - 10);
     s = mc__outfile_commit(&out);
     return s == MC_OK ? 0 : mc_cli_fail("--svg", s);

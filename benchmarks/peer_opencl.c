@@ -32,34 +32,34 @@ typedef intptr_t cl_context_properties;
 #define CL_MEM_READ_WRITE ((cl_bitfield)1 << 0)
 #define CL_PROGRAM_BUILD_LOG 0x1183u
 
-#define CL_FUNCTIONS(X)                                                                                              \
-    X(clGetPlatformIDs, cl_int, (cl_uint, cl_handle *, cl_uint *))                                                   \
-    X(clGetPlatformInfo, cl_int, (cl_handle, cl_uint, size_t, void *, size_t *))                                     \
-    X(clGetDeviceIDs, cl_int, (cl_handle, cl_bitfield, cl_uint, cl_handle *, cl_uint *))                             \
-    X(clGetDeviceInfo, cl_int, (cl_handle, cl_uint, size_t, void *, size_t *))                                       \
-    X(clCreateContext, cl_handle,                                                                                    \
-      (const cl_context_properties *, cl_uint, const cl_handle *,                                                    \
-       void (*)(const char *, const void *, size_t, void *), void *, cl_int *))                                      \
-    X(clCreateCommandQueue, cl_handle, (cl_handle, cl_handle, cl_bitfield, cl_int *))                                \
-    X(clCreateProgramWithSource, cl_handle, (cl_handle, cl_uint, const char **, const size_t *, cl_int *))           \
-    X(clBuildProgram, cl_int, (cl_handle, cl_uint, const cl_handle *, const char *, void (*)(cl_handle, void *),     \
-                               void *))                                                                              \
-    X(clGetProgramBuildInfo, cl_int, (cl_handle, cl_handle, cl_uint, size_t, void *, size_t *))                      \
-    X(clCreateKernel, cl_handle, (cl_handle, const char *, cl_int *))                                                \
-    X(clSetKernelArg, cl_int, (cl_handle, cl_uint, size_t, const void *))                                            \
-    X(clCreateBuffer, cl_handle, (cl_handle, cl_bitfield, size_t, void *, cl_int *))                                 \
-    X(clEnqueueNDRangeKernel, cl_int,                                                                                \
-      (cl_handle, cl_handle, cl_uint, const size_t *, const size_t *, const size_t *, cl_uint, const cl_handle *,     \
-       cl_handle *))                                                                                                 \
-    X(clEnqueueWriteBuffer, cl_int,                                                                                  \
-      (cl_handle, cl_handle, cl_uint, size_t, size_t, const void *, cl_uint, const cl_handle *, cl_handle *))        \
-    X(clEnqueueReadBuffer, cl_int,                                                                                   \
-      (cl_handle, cl_handle, cl_uint, size_t, size_t, void *, cl_uint, const cl_handle *, cl_handle *))              \
-    X(clFinish, cl_int, (cl_handle))                                                                                 \
-    X(clReleaseMemObject, cl_int, (cl_handle))                                                                       \
-    X(clReleaseKernel, cl_int, (cl_handle))                                                                          \
-    X(clReleaseProgram, cl_int, (cl_handle))                                                                         \
-    X(clReleaseCommandQueue, cl_int, (cl_handle))                                                                    \
+#define CL_FUNCTIONS(X)                                                                                           \
+    X(clGetPlatformIDs, cl_int, (cl_uint, cl_handle *, cl_uint *))                                                \
+    X(clGetPlatformInfo, cl_int, (cl_handle, cl_uint, size_t, void *, size_t *))                                  \
+    X(clGetDeviceIDs, cl_int, (cl_handle, cl_bitfield, cl_uint, cl_handle *, cl_uint *))                          \
+    X(clGetDeviceInfo, cl_int, (cl_handle, cl_uint, size_t, void *, size_t *))                                    \
+    X(clCreateContext, cl_handle,                                                                                 \
+      (const cl_context_properties *, cl_uint, const cl_handle *,                                                 \
+       void (*)(const char *, const void *, size_t, void *), void *, cl_int *))                                   \
+    X(clCreateCommandQueue, cl_handle, (cl_handle, cl_handle, cl_bitfield, cl_int *))                             \
+    X(clCreateProgramWithSource, cl_handle, (cl_handle, cl_uint, const char **, const size_t *, cl_int *))        \
+    X(clBuildProgram, cl_int,                                                                                     \
+      (cl_handle, cl_uint, const cl_handle *, const char *, void (*)(cl_handle, void *), void *))                 \
+    X(clGetProgramBuildInfo, cl_int, (cl_handle, cl_handle, cl_uint, size_t, void *, size_t *))                   \
+    X(clCreateKernel, cl_handle, (cl_handle, const char *, cl_int *))                                             \
+    X(clSetKernelArg, cl_int, (cl_handle, cl_uint, size_t, const void *))                                         \
+    X(clCreateBuffer, cl_handle, (cl_handle, cl_bitfield, size_t, void *, cl_int *))                              \
+    X(clEnqueueNDRangeKernel, cl_int,                                                                             \
+      (cl_handle, cl_handle, cl_uint, const size_t *, const size_t *, const size_t *, cl_uint, const cl_handle *, \
+       cl_handle *))                                                                                              \
+    X(clEnqueueWriteBuffer, cl_int,                                                                               \
+      (cl_handle, cl_handle, cl_uint, size_t, size_t, const void *, cl_uint, const cl_handle *, cl_handle *))     \
+    X(clEnqueueReadBuffer, cl_int,                                                                                \
+      (cl_handle, cl_handle, cl_uint, size_t, size_t, void *, cl_uint, const cl_handle *, cl_handle *))           \
+    X(clFinish, cl_int, (cl_handle))                                                                              \
+    X(clReleaseMemObject, cl_int, (cl_handle))                                                                    \
+    X(clReleaseKernel, cl_int, (cl_handle))                                                                       \
+    X(clReleaseProgram, cl_int, (cl_handle))                                                                      \
+    X(clReleaseCommandQueue, cl_int, (cl_handle))                                                                 \
     X(clReleaseContext, cl_int, (cl_handle))
 
 typedef struct cl_api {
@@ -120,13 +120,13 @@ static void set_error(mc_peer_cl *c, const char *call, cl_int err)
     snprintf(c->error, sizeof c->error, "%s failed with OpenCL error %d", call, (int)err);
 }
 
-#define CL_CHECK(c, call, expr)                                                                                      \
-    do {                                                                                                             \
-        cl_int cl__err = (expr);                                                                                     \
-        if (cl__err != CL_SUCCESS) {                                                                                 \
-            set_error((c), call, cl__err);                                                                           \
-            return -1;                                                                                               \
-        }                                                                                                            \
+#define CL_CHECK(c, call, expr)            \
+    do {                                   \
+        cl_int cl__err = (expr);           \
+        if (cl__err != CL_SUCCESS) {       \
+            set_error((c), call, cl__err); \
+            return -1;                     \
+        }                                  \
     } while (0)
 
 const char *mc_peer_cl_name(const mc_peer_cl *c)
@@ -181,8 +181,8 @@ static int pick_device(mc_peer_cl *c)
     cl_uint np = 0;
     cl_int err = c->api.clGetPlatformIDs(16, platforms, &np);
     if (err != CL_SUCCESS || np == 0) {
-        snprintf(c->error, sizeof c->error, "no OpenCL platform (clGetPlatformIDs: error %d, %u platforms)",
-                 (int)err, (unsigned)np);
+        snprintf(c->error, sizeof c->error, "no OpenCL platform (clGetPlatformIDs: error %d, %u platforms)", (int)err,
+                 (unsigned)np);
         return -1;
     }
     if (np > 16) np = 16;
@@ -228,13 +228,13 @@ mc_peer_cl *mc_peer_cl_open(bool kernels, char *why, size_t cap)
         free(c);
         return NULL;
     }
-#define X(fname, ret, args)                                                                                          \
-    *(void **)&c->api.fname = dlsym(c->dl, #fname);                                                                  \
-    if (!c->api.fname) {                                                                                             \
-        snprintf(why, cap, "libOpenCL.so.1 has no %s", #fname);                                                      \
-        dlclose(c->dl);                                                                                              \
-        free(c);                                                                                                     \
-        return NULL;                                                                                                 \
+#define X(fname, ret, args)                                     \
+    *(void **)&c->api.fname = dlsym(c->dl, #fname);             \
+    if (!c->api.fname) {                                        \
+        snprintf(why, cap, "libOpenCL.so.1 has no %s", #fname); \
+        dlclose(c->dl);                                         \
+        free(c);                                                \
+        return NULL;                                            \
     }
     CL_FUNCTIONS(X)
 #undef X
@@ -440,7 +440,8 @@ int mc_peer_cl_reduce(mc_peer_cl *c, size_t n, float *first_partial)
         if (!init) return -1;
         for (size_t i = 0; i < n; i++) init[i] = (float)(i % 13) - 4.0f;
         c->rd_in = c->api.clCreateBuffer(c->context, CL_MEM_READ_WRITE, n * sizeof(float), NULL, &err);
-        if (c->rd_in) c->rd_out = c->api.clCreateBuffer(c->context, CL_MEM_READ_WRITE, n / 256 * sizeof(float), NULL, &err);
+        if (c->rd_in)
+            c->rd_out = c->api.clCreateBuffer(c->context, CL_MEM_READ_WRITE, n / 256 * sizeof(float), NULL, &err);
         if (!c->rd_in || !c->rd_out) {
             free(init);
             set_error(c, "clCreateBuffer", err);
@@ -457,9 +458,9 @@ int mc_peer_cl_reduce(mc_peer_cl *c, size_t n, float *first_partial)
     CL_CHECK(c, "clEnqueueNDRangeKernel(reduce_tree)",
              c->api.clEnqueueNDRangeKernel(c->queue, c->rd_kernel, 1, NULL, &global, &local, 0, NULL, NULL));
     if (first_partial)
-        CL_CHECK(c, "clEnqueueReadBuffer",
-                 c->api.clEnqueueReadBuffer(c->queue, c->rd_out, CL_TRUE, 0, sizeof(float), first_partial, 0, NULL,
-                                            NULL));
+        CL_CHECK(
+            c, "clEnqueueReadBuffer",
+            c->api.clEnqueueReadBuffer(c->queue, c->rd_out, CL_TRUE, 0, sizeof(float), first_partial, 0, NULL, NULL));
     CL_CHECK(c, "clFinish", c->api.clFinish(c->queue));
     return 0;
 }

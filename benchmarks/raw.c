@@ -210,5 +210,5 @@ static int raw_cpu_saxpy(void *impl, size_t n)
 #define RAW_CPU_SAXPY "raw loop, one thread"
 #endif
 
-const mc_raw_ops mc_raw_cpu_ops = {"raw worker thread", raw_cpu_open, raw_cpu_close, raw_cpu_round_trip, NULL,
-                                   raw_cpu_saxpy, RAW_CPU_SAXPY, NULL};
+const mc_raw_ops mc_raw_cpu_ops = {"raw worker thread", raw_cpu_open,  raw_cpu_close, raw_cpu_round_trip, NULL,
+                                   raw_cpu_saxpy,       RAW_CPU_SAXPY, NULL};

@@ -27,8 +27,8 @@ typedef CUresult (*fn_cuStreamCreate)(CUstream *, unsigned);
 typedef CUresult (*fn_cuStreamDestroy)(CUstream);
 typedef CUresult (*fn_cuStreamSynchronize)(CUstream);
 typedef CUresult (*fn_cuStreamQuery)(CUstream);
-typedef CUresult (*fn_cuLaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
-                                      unsigned, CUstream, void **, void **);
+typedef CUresult (*fn_cuLaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                                      CUstream, void **, void **);
 typedef CUresult (*fn_cuMemAlloc)(CUdeviceptr *, size_t);
 typedef CUresult (*fn_cuMemFree)(CUdeviceptr);
 typedef CUresult (*fn_cuStreamBeginCapture)(CUstream, CUstreamCaptureMode);
@@ -92,13 +92,13 @@ static const char raw_source[] =
     "extern \"C\" __global__ void saxpy(float *y, const float *x, float a, unsigned n) {\n"
     "  unsigned i = blockIdx.x * blockDim.x + threadIdx.x; if (i < n) y[i] = a * x[i] + y[i]; }\n";
 
-#define LOAD(h, var, name)                                                      \
-    do {                                                                        \
-        *(void **)(&var) = dlsym(h, name);                                      \
-        if (!var) {                                                             \
-            fprintf(stderr, "raw cuda: missing %s\n", name);                   \
-            goto fail;                                                          \
-        }                                                                       \
+#define LOAD(h, var, name)                                   \
+    do {                                                     \
+        *(void **)(&var) = dlsym(h, name);                   \
+        if (!var) {                                          \
+            fprintf(stderr, "raw cuda: missing %s\n", name); \
+            goto fail;                                       \
+        }                                                    \
     } while (0)
 
 /* Compiles source for this device, as the runtime does (cubin for the exact
@@ -111,8 +111,8 @@ static CUmodule compile_module(raw_cuda *r, const char *source, const char *name
     size_t n = 0;
     char *cubin = NULL;
     CUmodule mod = NULL;
-    if (r->compile(prog, 1, opts) == NVRTC_SUCCESS && r->cubin_size(prog, &n) == NVRTC_SUCCESS &&
-        (cubin = malloc(n)) && r->get_cubin(prog, cubin) == NVRTC_SUCCESS && r->load_data(&mod, cubin) != CUDA_SUCCESS)
+    if (r->compile(prog, 1, opts) == NVRTC_SUCCESS && r->cubin_size(prog, &n) == NVRTC_SUCCESS && (cubin = malloc(n)) &&
+        r->get_cubin(prog, cubin) == NVRTC_SUCCESS && r->load_data(&mod, cubin) != CUDA_SUCCESS)
         mod = NULL;
     free(cubin);
     r->destroy(&prog);
@@ -183,8 +183,8 @@ static void *raw_cuda_open(int index)
     r->destroy = destroy;
     r->mod = compile_module(r, raw_source, "raw.cu");
     if (!r->mod || get_function(&r->empty, r->mod, "empty") || get_function(&r->add_one, r->mod, "add_one") ||
-        get_function(&r->saxpy, r->mod, "saxpy") ||
-        stream_create(&r->stream, CU_STREAM_NON_BLOCKING) || mem_alloc(&r->buf, 4096 * 4))
+        get_function(&r->saxpy, r->mod, "saxpy") || stream_create(&r->stream, CU_STREAM_NON_BLOCKING) ||
+        mem_alloc(&r->buf, 4096 * 4))
         goto fail;
     return r;
 fail:
@@ -393,8 +393,8 @@ fail:
     return -1;
 }
 
-const mc_raw_ops mc_raw_cuda_ops = {"raw CUDA driver", raw_cuda_open, raw_cuda_close, raw_cuda_round_trip,
-                                    raw_cuda_batch, raw_cuda_saxpy, NULL, raw_cuda_stream};
+const mc_raw_ops mc_raw_cuda_ops = {"raw CUDA driver", raw_cuda_open,  raw_cuda_close, raw_cuda_round_trip,
+                                    raw_cuda_batch,    raw_cuda_saxpy, NULL,           raw_cuda_stream};
 #else
 typedef int mc_raw_cuda_unused;
 #endif

@@ -13,35 +13,36 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MC_TEST(name) int mc_test_##name(void); int mc_test_##name(void)
+#define MC_TEST(name)         \
+    int mc_test_##name(void); \
+    int mc_test_##name(void)
 #define MC_TEST_SKIP_CODE 77
 
-#define MC_SKIP(...)                                                     \
-    do {                                                                 \
-        fprintf(stderr, "SKIPPED: ");                                    \
-        fprintf(stderr, __VA_ARGS__);                                    \
-        fprintf(stderr, "\n");                                           \
-        return MC_TEST_SKIP_CODE;                                        \
+#define MC_SKIP(...)                  \
+    do {                              \
+        fprintf(stderr, "SKIPPED: "); \
+        fprintf(stderr, __VA_ARGS__); \
+        fprintf(stderr, "\n");        \
+        return MC_TEST_SKIP_CODE;     \
     } while (0)
 
-#define MC__FAILED(...)                                                  \
-    do {                                                                 \
-        fprintf(stderr, "%s:%d: ", __FILE__, __LINE__);                  \
-        fprintf(stderr, __VA_ARGS__);                                    \
-        fprintf(stderr, "\n");                                           \
-        return 1;                                                        \
+#define MC__FAILED(...)                                 \
+    do {                                                \
+        fprintf(stderr, "%s:%d: ", __FILE__, __LINE__); \
+        fprintf(stderr, __VA_ARGS__);                   \
+        fprintf(stderr, "\n");                          \
+        return 1;                                       \
     } while (0)
 
-#define CHECK(cond)                                                      \
-    do {                                                                 \
-        if (!(cond)) MC__FAILED("CHECK(%s) failed", #cond);              \
+#define CHECK(cond)                                         \
+    do {                                                    \
+        if (!(cond)) MC__FAILED("CHECK(%s) failed", #cond); \
     } while (0)
 
-#define CHECK_INT_OP(a, op, b)                                           \
-    do {                                                                 \
-        long long mc__a = (long long)(a), mc__b = (long long)(b);        \
-        if (!(mc__a op mc__b))                                           \
-            MC__FAILED("%s %s %s: %lld vs %lld", #a, #op, #b, mc__a, mc__b); \
+#define CHECK_INT_OP(a, op, b)                                                                  \
+    do {                                                                                        \
+        long long mc__a = (long long)(a), mc__b = (long long)(b);                               \
+        if (!(mc__a op mc__b)) MC__FAILED("%s %s %s: %lld vs %lld", #a, #op, #b, mc__a, mc__b); \
     } while (0)
 #define CHECK_EQ(a, b) CHECK_INT_OP(a, ==, b)
 #define CHECK_NE(a, b) CHECK_INT_OP(a, !=, b)
@@ -50,27 +51,27 @@
 #define CHECK_GT(a, b) CHECK_INT_OP(a, >, b)
 #define CHECK_GE(a, b) CHECK_INT_OP(a, >=, b)
 
-#define CHECK_STATUS(expr, want)                                         \
-    do {                                                                 \
-        mc_status mc__s = (expr), mc__w = (want);                        \
-        if (mc__s != mc__w)                                              \
-            MC__FAILED("%s: got %s, want %s (%s)", #expr, mc_status_name(mc__s), \
-                       mc_status_name(mc__w), mc_last_error());          \
+#define CHECK_STATUS(expr, want)                                                                        \
+    do {                                                                                                \
+        mc_status mc__s = (expr), mc__w = (want);                                                       \
+        if (mc__s != mc__w)                                                                             \
+            MC__FAILED("%s: got %s, want %s (%s)", #expr, mc_status_name(mc__s), mc_status_name(mc__w), \
+                       mc_last_error());                                                                \
     } while (0)
 #define CHECK_OK(expr) CHECK_STATUS(expr, MC_OK)
 
-#define CHECK_STR_CONTAINS(hay, needle)                                  \
-    do {                                                                 \
-        const char *mc__h = (hay), *mc__n = (needle);                    \
-        if (!mc__h || !strstr(mc__h, mc__n))                             \
+#define CHECK_STR_CONTAINS(hay, needle)                                                              \
+    do {                                                                                             \
+        const char *mc__h = (hay), *mc__n = (needle);                                                \
+        if (!mc__h || !strstr(mc__h, mc__n))                                                         \
             MC__FAILED("%s does not contain \"%s\": \"%s\"", #hay, mc__n, mc__h ? mc__h : "(null)"); \
     } while (0)
 
-#define CHECK_FLOAT_NEAR(a, b, tol)                                      \
-    do {                                                                 \
-        double mc__a = (a), mc__b = (b);                                 \
-        if (!(mc__a - mc__b <= (tol) && mc__b - mc__a <= (tol)))         \
-            MC__FAILED("%s ~ %s: %g vs %g", #a, #b, mc__a, mc__b);       \
+#define CHECK_FLOAT_NEAR(a, b, tol)                                \
+    do {                                                           \
+        double mc__a = (a), mc__b = (b);                           \
+        if (!(mc__a - mc__b <= (tol) && mc__b - mc__a <= (tol)))   \
+            MC__FAILED("%s ~ %s: %g vs %g", #a, #b, mc__a, mc__b); \
     } while (0)
 
 /* Shared fixtures (tests/util.c). */

@@ -7,10 +7,10 @@
 #include <string.h>
 
 /* Static objects: their padding is zero too, so memcmp compares values. */
-#define SAME_AS_ZERO(type, init)                       \
-    do {                                               \
-        static const type from_init = init;            \
-        static const type zero;                        \
+#define SAME_AS_ZERO(type, init)                            \
+    do {                                                    \
+        static const type from_init = init;                 \
+        static const type zero;                             \
         CHECK(memcmp(&from_init, &zero, sizeof zero) == 0); \
     } while (0)
 

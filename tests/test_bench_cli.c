@@ -36,10 +36,9 @@ static void temp_path(char *out, size_t cap, const char *suffix)
  * (-1: a field is missing). */
 static int json_rows(const char *json)
 {
-    static const char *const fields[] = {"\"name\": ",          "\"metric\": ", "\"unit\": ",
-                                         "\"ours\": ",          "\"baseline\": ",
-                                         "\"baseline_name\": ", "\"ratio\": ",  "\"ours_spread\": ",
-                                         "\"baseline_spread\": "};
+    static const char *const fields[] = {
+        "\"name\": ",          "\"metric\": ", "\"unit\": ",        "\"ours\": ",           "\"baseline\": ",
+        "\"baseline_name\": ", "\"ratio\": ",  "\"ours_spread\": ", "\"baseline_spread\": "};
     int rows = count(json, "{\"name\": ");
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
         if (count(json, fields[i]) != rows) {
@@ -81,8 +80,8 @@ MC_TEST(bench_cli_peers_add_opencl_rows)
     dlclose(cl);
     char json[512], cmd[2048];
     temp_path(json, sizeof json, ".json");
-    snprintf(cmd, sizeof cmd, "%s/metal-compute bench --quick --peers --device cpu --only round-trip --json %s", MC_BINARY_DIR,
-             json);
+    snprintf(cmd, sizeof cmd, "%s/metal-compute bench --quick --peers --device cpu --only round-trip --json %s",
+             MC_BINARY_DIR, json);
     int st = -1;
     char *out = run_command(cmd, &st);
     CHECK(out);
@@ -100,7 +99,7 @@ MC_TEST(bench_cli_peers_add_opencl_rows)
     remove(json);
     CHECK(j);
     CHECK_GE(json_rows(j), 4);
-    CHECK_STR_CONTAINS(j, "(OpenCL)\"");             /* baseline_name is the peer */
+    CHECK_STR_CONTAINS(j, "(OpenCL)\"");                /* baseline_name is the peer */
     CHECK_STR_CONTAINS(j, "after a 100 ms idle pause"); /* the idle rows */
     CHECK_STR_CONTAINS(j, "CPU used when idle");
     free(j);
@@ -133,8 +132,8 @@ MC_TEST(bench_cli_svg_is_a_chart)
     CHECK_STR_CONTAINS(s, "round-trip");
     /* nothing that would break the XML: every '&' starts an entity */
     for (const char *p = s; (p = strchr(p, '&')); p++)
-        CHECK(!strncmp(p, "&amp;", 5) || !strncmp(p, "&lt;", 4) || !strncmp(p, "&gt;", 4) ||
-              !strncmp(p, "&quot;", 6) || !strncmp(p, "&#10;", 5));
+        CHECK(!strncmp(p, "&amp;", 5) || !strncmp(p, "&lt;", 4) || !strncmp(p, "&gt;", 4) || !strncmp(p, "&quot;", 6) ||
+              !strncmp(p, "&#10;", 5));
     free(s);
     return 0;
 }

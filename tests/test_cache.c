@@ -638,8 +638,7 @@ MC_TEST(cache_rejects_directory_in_place_of_entry)
 
 MC_TEST(cache_rejects_entry_of_another_owner)
 {
-    if (geteuid() != 0)
-        MC_SKIP("changing a file's owner needs root (uid 0); this runs as uid %u", (unsigned)geteuid());
+    if (geteuid() != 0) MC_SKIP("changing a file's owner needs root (uid 0); this runs as uid %u", (unsigned)geteuid());
     /* not ours to delete: refused, compiled, and the rebuild's rename
      * replaces it with our own file */
     return refused_and_rebuilt(spoil_owner, "owned by uid 65534", REBUILT_REPLACED);

@@ -17,7 +17,7 @@
 #define CK_ITERS 3000u
 
 typedef struct ck_user {
-    mct_rt rt; /* the runner's user */
+    mct_rt rt;          /* the runner's user */
     uint64_t cancel_at; /* cancel from the progress callback once past this */
     mc_runner *r;
 } ck_user;
@@ -33,7 +33,7 @@ static void ck_desc(mc_runner_desc *d, mc_device *dev, ck_user *u, const char *d
     *d = mct_rt_desc(&u->rt, 64, CK_ITERS);
     d->device = dev;
     d->iterations_per_dispatch = 0; /* the default, one */
-    d->checkpoint_ms = 1; /* many checkpoints: the folder must keep only two */
+    d->checkpoint_ms = 1;           /* many checkpoints: the folder must keep only two */
     d->progress = ck_progress;
     d->progress_user = u;
     d->progress_interval_ms = 1;

@@ -252,7 +252,7 @@ MC_TEST(resources_may_be_released_after_commit)
     mc_buffer_release(a); /* the command buffer holds its own reference */
     mc_pipeline_release(f.iota);
     f.iota = NULL;
-    mc_cmdbuf_release(cb);          /* fire and forget */
+    mc_cmdbuf_release(cb); /* fire and forget */
     CHECK_OK(mc_queue_wait_idle(f.q, MC_WAIT_FOREVER));
     uint32_t *v = mc_buffer_contents(keep);
     for (uint32_t i = 0; i < n; i++) CHECK_EQ(v[i], base + i);

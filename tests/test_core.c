@@ -18,7 +18,7 @@ MC_TEST(status_names_and_texts)
         CHECK(strlen(mc_status_text(all[i])) > 3);
         for (size_t j = 0; j < i; j++) CHECK(strcmp(mc_status_name(all[i]), mc_status_name(all[j])) != 0);
     }
-    CHECK_EQ(MC_ERR_TIMEOUT, 2);      /* MTLCommandBufferError numbers (F685) */
+    CHECK_EQ(MC_ERR_TIMEOUT, 2); /* MTLCommandBufferError numbers (F685) */
     CHECK_EQ(MC_ERR_PAGE_FAULT, 3);
     CHECK_EQ(MC_ERR_ACCESS_REVOKED, 4);
     CHECK_EQ(MC_ERR_DEVICE_LOST, 11);

@@ -144,8 +144,9 @@ MC_TEST(repeated_timeouts_revoke_access_for_a_cooldown)
 MC_TEST(injected_faults_fail_the_chosen_command_buffer)
 {
     /* access-revoked last: like a real one it starts the device's cool-down */
-    static const mc_status kinds[] = {MC_ERR_TIMEOUT, MC_ERR_PAGE_FAULT, MC_ERR_INTERNAL, MC_ERR_OUT_OF_MEMORY,
-                                      MC_ERR_INVALID_RESOURCE, MC_ERR_NOT_PERMITTED, MC_ERR_ACCESS_REVOKED};
+    static const mc_status kinds[] = {MC_ERR_TIMEOUT,       MC_ERR_PAGE_FAULT,       MC_ERR_INTERNAL,
+                                      MC_ERR_OUT_OF_MEMORY, MC_ERR_INVALID_RESOURCE, MC_ERR_NOT_PERMITTED,
+                                      MC_ERR_ACCESS_REVOKED};
     mc_device *d = mct_open_device(0);
     CHECK(d);
     mc_pipeline *add = mct_pipeline(d, "basic", "add_one");
@@ -294,7 +295,7 @@ MC_TEST(validation_refusals)
     CHECK_OK(mc_cmdbuf_commit(gate));
     CHECK_OK(mc_cmdbuf_commit(cb));
     CHECK_EQ(mc_cmdbuf_get_state(cb), MC_CMDBUF_COMMITTED); /* held behind the gate */
-    mc_buffer_release(b); /* freed while in use: refused, the reference kept */
+    mc_buffer_release(b);                                   /* freed while in use: refused, the reference kept */
     CHECK_STR_CONTAINS(mc_last_error(), "still uses it");
     CHECK_EQ(mc_buffer_size(b), 1024);
     CHECK_OK(mc_event_signal(e, 1));

@@ -429,7 +429,7 @@ MC_TEST(cmdlist_ranges_chosen_by_the_gpu)
     CHECK_EQ(check_counts(counters, N, want), 0);
     /* argument checks */
     CHECK_OK(mc_cmdbuf_create(f.q, NULL, &cb));
-    CHECK_STATUS(mc_cmdbuf_execute_cmdlist_indirect(cb, l, ranges, 2), MC_ERR_INVALID_ARGUMENT);  /* unaligned */
+    CHECK_STATUS(mc_cmdbuf_execute_cmdlist_indirect(cb, l, ranges, 2), MC_ERR_INVALID_ARGUMENT);   /* unaligned */
     CHECK_STATUS(mc_cmdbuf_execute_cmdlist_indirect(cb, l, ranges, 252), MC_ERR_INVALID_ARGUMENT); /* 4 bytes left */
     CHECK_STATUS(mc_cmdbuf_execute_cmdlist_indirect(cb, l, NULL, 0), MC_ERR_INVALID_ARGUMENT);
     CHECK_STATUS(mc_cmdbuf_execute_cmdlist_indirect(cb, NULL, ranges, 0), MC_ERR_INVALID_ARGUMENT);

@@ -802,12 +802,12 @@ MC_TEST(isolate_stream_survives_kill_hang_and_device_loss)
     mc_isolate_stats ist;
     CHECK_OK(mc_stream_get_stats(s, &st));
     CHECK_OK(mc_stream_get_isolate_stats(s, &ist));
-    fprintf(stderr,
-            "%d items: %llu delivered, %llu commits, %llu replays, %u recoveries; %u restarts (device %u, died %u, hung "
-            "%u); restart %.1f ms mean, %.1f max\n",
-            items, (unsigned long long)st.delivered, (unsigned long long)st.commits, (unsigned long long)st.replays,
-            st.recoveries, ist.restarts, ist.device_errors, ist.deaths, ist.hangs, ist.restart_ms_mean,
-            ist.restart_ms_max);
+    fprintf(
+        stderr,
+        "%d items: %llu delivered, %llu commits, %llu replays, %u recoveries; %u restarts (device %u, died %u, hung "
+        "%u); restart %.1f ms mean, %.1f max\n",
+        items, (unsigned long long)st.delivered, (unsigned long long)st.commits, (unsigned long long)st.replays,
+        st.recoveries, ist.restarts, ist.device_errors, ist.deaths, ist.hangs, ist.restart_ms_mean, ist.restart_ms_max);
     /* Every item once, in order, right, whatever happened to the workers. */
     CHECK_EQ(atomic_load(&log.n), items);
     for (int i = 0; i < items; i++) {

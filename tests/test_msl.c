@@ -31,13 +31,13 @@ static struct {
 } made;
 
 /* The device named by MC_DEVICE, or a skip where it cannot be opened. */
-#define OPEN_MSL_DEVICE(d)                                                                                           \
-    mc_device *d = mct_open_device(0);                                                                               \
+#define OPEN_MSL_DEVICE(d)             \
+    mc_device *d = mct_open_device(0); \
     if (!d) MC_SKIP("the device named by MC_DEVICE cannot be opened")
 /* The device and tests/msl/FILE built on it. */
-#define OPEN_MSL(d, lib, file)                                                                                       \
-    OPEN_MSL_DEVICE(d);                                                                                              \
-    mc_library *lib = msl_library(d, file);                                                                          \
+#define OPEN_MSL(d, lib, file)              \
+    OPEN_MSL_DEVICE(d);                     \
+    mc_library *lib = msl_library(d, file); \
     CHECK(lib)
 
 static mc_library *msl_library(mc_device *d, const char *file)
@@ -191,11 +191,13 @@ MC_TEST(msl_buffer_slots_take_bytes_or_buffers)
     slot_params p;
     uint32_t w[5], d2[6], out[6 * SF_N];
     sf_values(0, &p, w, d2);
-    mc_buffer *bo = msl_buffer(d, sizeof out, NULL), *bp = msl_buffer(d, sizeof p, &p), *bw = msl_buffer(d, sizeof w, w),
-              *bd = msl_buffer(d, sizeof d2, d2);
+    mc_buffer *bo = msl_buffer(d, sizeof out, NULL), *bp = msl_buffer(d, sizeof p, &p),
+              *bw = msl_buffer(d, sizeof w, w), *bd = msl_buffer(d, sizeof d2, d2);
     CHECK(bo && bp && bw && bd);
     for (uint32_t way = 0; way < 8; way++) {
-        slot s[4] = {{bo, NULL, 0}, {way & 1 ? NULL : bp, &p, sizeof p}, {way & 2 ? NULL : bw, w, sizeof w},
+        slot s[4] = {{bo, NULL, 0},
+                     {way & 1 ? NULL : bp, &p, sizeof p},
+                     {way & 2 ? NULL : bw, w, sizeof w},
                      {way & 4 ? NULL : bd, d2, sizeof d2}};
         CHECK_OK(msl_run(d, pl, s, 4, (mc_size3){2, 1, 1}, (mc_size3){32, 1, 1}, 0));
         CHECK_OK(mc_buffer_read(bo, 0, out, SF_N * 4));
@@ -336,10 +338,16 @@ MC_TEST(msl_math_precise_fast_half)
         float x = (float)i * 0.25f + 0.1f;
         float sat = fminf(fmaxf(x * 0.1f, 0.0f), 1.0f);
         float t = fminf(fmaxf(x / 4.0f, 0.0f), 1.0f);
-        float want[6] = {sqrtf(x) + 1.0f / sqrtf(x), expf(x * 0.5f) - logf(x), sinf(x) * cosf(x) + tanhf(x),
+        float want[6] = {sqrtf(x) + 1.0f / sqrtf(x),
+                         expf(x * 0.5f) - logf(x),
+                         sinf(x) * cosf(x) + tanhf(x),
                          powf(x, 1.5f) + fmodf(x, 0.7f) + (x - floorf(x)),
                          1.0f + 2.0f * sat + (x < 1.0f ? 0.0f : 1.0f) + t * t * (3.0f - 2.0f * t),
-                         1.0f + (x > 2.0f ? 1.0f : x < 2.0f ? -1.0f : 0.0f) + fmaf(x, 2.0f, 1.0f)};
+                         1.0f +
+                             (x > 2.0f   ? 1.0f
+                              : x < 2.0f ? -1.0f
+                                         : 0.0f) +
+                             fmaf(x, 2.0f, 1.0f)};
         for (int c = 0; c < 6; c++) CHECK_FLOAT_NEAR(out[i * 6 + c], want[c], 1e-4 * fmaxf(1.0f, fabsf(want[c])));
         /* half: h + 2h + 0.5 + half(x), each sum rounded to half */
         float h = 1.0f + (float)(i * 16) / 1024.0f;
@@ -347,8 +355,8 @@ MC_TEST(msl_math_precise_fast_half)
         float acc = to_half(to_half(to_half(hv[0] + hv[1]) + hv[2]) + hv[3]);
         uint32_t bits;
         memcpy(&bits, &acc, 4);
-        uint16_t want_h = (uint16_t)(((bits >> 16) & 0x8000u) | ((((bits >> 23) & 0xffu) - 112u) << 10) |
-                                     ((bits >> 13) & 0x3ffu));
+        uint16_t want_h =
+            (uint16_t)(((bits >> 16) & 0x8000u) | ((((bits >> 23) & 0xffu) - 112u) << 10) | ((bits >> 13) & 0x3ffu));
         CHECK_EQ(hout[i], want_h);
     }
     return msl_done(d);
@@ -517,9 +525,9 @@ MC_TEST(msl_vector_function_constants)
     mc_library *lib = msl_library(d, "features.metal");
     CHECK(lib);
     const float f2[2] = {1.5f, -2.0f};
-    const int32_t i3[4] = {7, -8, 9, 0};                      /* int3: 16 bytes, as in Metal */
+    const int32_t i3[4] = {7, -8, 9, 0};                         /* int3: 16 bytes, as in Metal */
     const uint16_t h4[4] = {0x3800u, 0x3c00u, 0xc000u, 0x4200u}; /* 0.5, 1, -2, 3 */
-    const uint8_t b2[2] = {1, 0};                             /* bool2: a byte a component */
+    const uint8_t b2[2] = {1, 0};                                /* bool2: a byte a component */
     const uint32_t u4[4] = {1u, 2u, 3u, 4000000000u};
     mc_function_constant fc[5] = {
         {10, sizeof f2, f2}, {11, sizeof i3, i3}, {12, sizeof h4, h4}, {13, sizeof b2, b2}, {14, sizeof u4, u4}};
@@ -620,8 +628,7 @@ MC_TEST(msl_threadgroup_slots_above_zero)
     mc_queue_release(q);
     CHECK_OK(mc_buffer_read(bo, 0, out, sizeof out));
     for (int g = 0; g < G; g++)
-        for (int l = 0; l < T; l++)
-            CHECK_EQ(out[g * T + l], in[g * T + (T - 1 - l)] + 10 * in[g * T + (l + 1) % T]);
+        for (int l = 0; l < T; l++) CHECK_EQ(out[g * T + l], in[g * T + (T - 1 - l)] + 10 * in[g * T + (l + 1) % T]);
     return msl_done(d);
 }
 
@@ -895,12 +902,22 @@ MC_TEST(msl_matrices)
         double x = in[4 * i], y = in[4 * i + 1], z = in[4 * i + 2], w = in[4 * i + 3];
         double m3[9] = {2 + x, 0, 0, 0, 2 + y, 0, z, w, 3};
         double m4[16] = {x, 1, 0, 0, 0, y, 1, 0, 0, 0, z, 1, 1, 0, 0, w};
-        double want[16] = {x + 2 * z, y + 2 * w, 3 * x + 4 * z, 3 * y + 4 * w, /* a * b */
-                           x - z, y - w, x - y, z - w,                         /* a * v, v * a */
-                           host_det(m3, 3), z + 10 * w, w + 8,                 /* det, transpose */
-                           host_det(m4, 4), x * w - z * y,                     /* det 4x4, half det */
-                           (x + 2 * z) + 10 * (y + 2 * w),                     /* half matrix * vector */
-                           z + 2 - x, w - 8 + 2 * z};                          /* 2x3 * vector, -, scalars */
+        double want[16] = {x + 2 * z,
+                           y + 2 * w,
+                           3 * x + 4 * z,
+                           3 * y + 4 * w, /* a * b */
+                           x - z,
+                           y - w,
+                           x - y,
+                           z - w, /* a * v, v * a */
+                           host_det(m3, 3),
+                           z + 10 * w,
+                           w + 8, /* det, transpose */
+                           host_det(m4, 4),
+                           x * w - z * y,                  /* det 4x4, half det */
+                           (x + 2 * z) + 10 * (y + 2 * w), /* half matrix * vector */
+                           z + 2 - x,
+                           w - 8 + 2 * z}; /* 2x3 * vector, -, scalars */
         for (int k = 0; k < 16; k++)
             if (out[16 * i + k] != (float)want[k]) {
                 fprintf(stderr, "thread %d, result %d: %g, want %g\n", i, k, out[16 * i + k], want[k]);
@@ -985,7 +1002,8 @@ MC_TEST(msl_unsupported_features_refused)
         {"kernel void k(device float *o [[buffer(0)]], float4 x [[stage_in]]) {}\n",
          "program_source:1: error: [[stage_in]]: render stages"},
         {"kernel void k(device float *o [[buffer(0)]],\n uint x [[dispatch_quadgroups_per_threadgroup]]) {}\n",
-         "program_source:2: error: kernel parameter attribute [[dispatch_quadgroups_per_threadgroup]] is not supported"},
+         "program_source:2: error: kernel parameter attribute [[dispatch_quadgroups_per_threadgroup]] is not "
+         "supported"},
         {"kernel void k(device float *o [[buffer(0)]]) {\n simdgroup_float8x8 m;\n}\n",
          "program_source:2: error: simdgroup_float8x8: SIMD-group matrices"},
         {"#include <metal_texture>\n", "program_source:1: error: #include <metal_texture>: textures"},
@@ -1128,7 +1146,7 @@ MC_TEST(cpu_orphaned_build_dirs_removed)
     CHECK_OK(mc_library_create(d, &ld, &lib, NULL));
     mc_library_release(lib);
     CHECK_EQ(count_build_dirs(tmp, gone), 0);
-    CHECK_EQ(count_build_dirs(tmp, 1), 1);            /* not ours to remove */
+    CHECK_EQ(count_build_dirs(tmp, 1), 1);              /* not ours to remove */
     CHECK_EQ(count_build_dirs(tmp, (long)getpid()), 0); /* our own build cleaned up after itself */
     snprintf(path, sizeof path, "%s/mc-cpu-1-live00", tmp);
     CHECK_EQ(rmdir(path), 0);
@@ -1143,9 +1161,10 @@ MC_TEST(msl_pipeline_cache_archives_and_reloads)
     char dir[] = "/tmp/mc-msl-cache-XXXXXX";
     CHECK(mkdtemp(dir));
     CHECK_EQ(setenv("MC_CACHE_DIR", dir, 1), 0);
-    static const char src[] = "#include <metal_stdlib>\nusing namespace metal;\n"
-                              "kernel void twice(device uint *o [[buffer(0)]], uint i [[thread_position_in_grid]])\n"
-                              "{ o[i] = simd_sum(1u) + i * 2u; }\n";
+    static const char src[] =
+        "#include <metal_stdlib>\nusing namespace metal;\n"
+        "kernel void twice(device uint *o [[buffer(0)]], uint i [[thread_position_in_grid]])\n"
+        "{ o[i] = simd_sum(1u) + i * 2u; }\n";
     for (int round = 0; round < 2; round++) {
         OPEN_MSL_DEVICE(d);
         if (mct_device_kind(d) != MC_DEVICE_CPU) {
@@ -1221,10 +1240,10 @@ MC_TEST(msl_cuda_ptx_assembles)
     CHECK(write_text(path, mc__cpu_kernel_header, strlen(mc__cpu_kernel_header)));
     snprintf(path, sizeof path, "%s/mc_msl_cpu.h", dir);
     CHECK(write_text(path, mc__msl_cpu_header, strlen(mc__msl_cpu_header)));
-    static const char *const files[] = {"tests/msl/features.metal",        "tests/msl/barriers.metal",
-                                        "tests/msl/language.metal",        "examples/kernels/basic.metal",
+    static const char *const files[] = {"tests/msl/features.metal",          "tests/msl/barriers.metal",
+                                        "tests/msl/language.metal",          "examples/kernels/basic.metal",
                                         "examples/kernels/gray_scott.metal", "examples/kernels/fir.metal",
-                                        "examples/kernels/compact.metal",  "examples/kernels/runner_test.metal"};
+                                        "examples/kernels/compact.metal",    "examples/kernels/runner_test.metal"};
     int failed = 0;
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         snprintf(path, sizeof path, "%s/%s", MC_SOURCE_DIR, files[i]);
@@ -1242,7 +1261,8 @@ MC_TEST(msl_cuda_ptx_assembles)
         CHECK(write_text(path, cpp, cpp_len));
         free(cpp);
         snprintf(cmd, sizeof cmd,
-                 "cd %s && clang++ " MC__MSL_CUDA_FLAGS " -o kernel.ptx kernel.cu -Xclang -mlink-builtin-bitcode "
+                 "cd %s && clang++ " MC__MSL_CUDA_FLAGS
+                 " -o kernel.ptx kernel.cu -Xclang -mlink-builtin-bitcode "
                  "-Xclang %s && %s -arch=sm_80 kernel.ptx -o kernel.cubin && grep -q '.entry' kernel.ptx",
                  dir, libdevice, ptxas);
         if (system(cmd) != 0) {

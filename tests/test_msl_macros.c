@@ -127,7 +127,8 @@ static int run_and_check(const char *src, const char *options, const char *fn, c
     CHECK_OK(mc_buffer_read(bo, 0, out, sizeof out));
     int bad = 0;
     for (uint32_t i = 0; i < N; i++)
-        if (out[i] != want_of(fn, i) && bad++ < 4) fprintf(stderr, "%s: out[%u] = %u, want %u\n", fn, i, out[i], want_of(fn, i));
+        if (out[i] != want_of(fn, i) && bad++ < 4)
+            fprintf(stderr, "%s: out[%u] = %u, want %u\n", fn, i, out[i], want_of(fn, i));
     mc_cmdbuf_release(cb);
     mc_queue_release(q);
     mc_buffer_release(bi);
@@ -264,17 +265,17 @@ static int expect_refused(const char *src, const char *const *want, size_t nwant
 }
 
 #define MSL_HEAD "#include <metal_stdlib>\nusing namespace metal;\n"
-#define MSL_COPY                                                                                                   \
-    "kernel void k(device uint *o [[buffer(0)]], uint i [[thread_position_in_grid]]) { o[i] = i; }\n"
+#define MSL_COPY "kernel void k(device uint *o [[buffer(0)]], uint i [[thread_position_in_grid]]) { o[i] = i; }\n"
 
 /* a threadgroup declaration behind a macro would not be placed in the
  * group's memory (each thread would get its own array) */
 MC_TEST(msl_macro_hiding_threadgroup_refused)
 {
     static const char *const want[] = {"program_source:3: error", "macro 'TG'", "threadgroup"};
-    return expect_refused(MSL_HEAD "#define TG threadgroup\n"
-                                   "kernel void k(device uint *o [[buffer(0)]], uint l [[thread_index_in_threadgroup]]) {\n"
-                                   "    TG uint t[64];\n    t[l] = l;\n    o[l] = t[63 - l];\n}\n",
+    return expect_refused(MSL_HEAD
+                          "#define TG threadgroup\n"
+                          "kernel void k(device uint *o [[buffer(0)]], uint l [[thread_index_in_threadgroup]]) {\n"
+                          "    TG uint t[64];\n    t[l] = l;\n    o[l] = t[63 - l];\n}\n",
                           want, 3);
 }
 
@@ -283,8 +284,9 @@ MC_TEST(msl_macro_hiding_threadgroup_refused)
 MC_TEST(msl_macro_hiding_attribute_refused)
 {
     static const char *const want_id[] = {"program_source:3: error", "macro 'GID'", "[[thread_position_in_grid]]"};
-    int rc = expect_refused(MSL_HEAD "#define GID [[thread_position_in_grid]]\n"
-                                     "kernel void k(device uint *o [[buffer(0)]], uint i GID) { o[i] = i; }\n",
+    int rc = expect_refused(MSL_HEAD
+                            "#define GID [[thread_position_in_grid]]\n"
+                            "kernel void k(device uint *o [[buffer(0)]], uint i GID) { o[i] = i; }\n",
                             want_id, 3);
     if (rc) return rc;
     static const char *const want_fc[] = {"program_source:4: error", "macro 'FC'", "[[function_constant]]"};
@@ -292,17 +294,19 @@ MC_TEST(msl_macro_hiding_attribute_refused)
                         want_fc, 3);
     if (rc) return rc;
     static const char *const want_buf[] = {"program_source:3: error", "macro 'OUT'", "[[buffer]]"};
-    rc = expect_refused(MSL_HEAD "#define OUT(n) device uint *o [[buffer(n)]]\n"
-                                 "kernel void k(OUT(0), uint i [[thread_position_in_grid]]) { o[i] = i; }\n",
+    rc = expect_refused(MSL_HEAD
+                        "#define OUT(n) device uint *o [[buffer(n)]]\n"
+                        "kernel void k(OUT(0), uint i [[thread_position_in_grid]]) { o[i] = i; }\n",
                         want_buf, 3);
     if (rc) return rc;
     /* MLX's instantiation macro: the kernel would not be found */
     static const char *const want_inst[] = {"program_source:3: error", "macro 'instantiate_kernel'", "[[host_name]]"};
-    return expect_refused(MSL_HEAD "#define instantiate_kernel(name, func, ...) template [[host_name(name)]] "
-                                   "[[kernel]] decltype(func<__VA_ARGS__>) func<__VA_ARGS__>;\n"
-                                   "template <typename T> kernel void add(device T *o [[buffer(0)]], "
-                                   "uint i [[thread_position_in_grid]]) { o[i] += T(1); }\n"
-                                   "instantiate_kernel(\"add_float\", add, float)\n",
+    return expect_refused(MSL_HEAD
+                          "#define instantiate_kernel(name, func, ...) template [[host_name(name)]] "
+                          "[[kernel]] decltype(func<__VA_ARGS__>) func<__VA_ARGS__>;\n"
+                          "template <typename T> kernel void add(device T *o [[buffer(0)]], "
+                          "uint i [[thread_position_in_grid]]) { o[i] += T(1); }\n"
+                          "instantiate_kernel(\"add_float\", add, float)\n",
                           want_inst, 3);
 }
 
@@ -311,9 +315,11 @@ MC_TEST(msl_macro_hiding_attribute_refused)
 MC_TEST(msl_macro_hiding_kernel_or_refused_feature_refused)
 {
     static const char *const want_k[] = {"program_source:3: error", "macro 'KERNEL'", "'kernel'"};
-    int rc = expect_refused(MSL_HEAD "#define KERNEL kernel void\n"
-                                     "KERNEL k(device uint *o [[buffer(0)]], uint i [[thread_position_in_grid]]) { o[i] = i; }\n",
-                            want_k, 3);
+    int rc =
+        expect_refused(MSL_HEAD
+                       "#define KERNEL kernel void\n"
+                       "KERNEL k(device uint *o [[buffer(0)]], uint i [[thread_position_in_grid]]) { o[i] = i; }\n",
+                       want_k, 3);
     if (rc) return rc;
     static const char *const want_t[] = {"program_source:4: error", "texture2d (in macro 'TEX')", "textures"};
     return expect_refused(MSL_HEAD "\n#define TEX texture2d<float>\nfloat first(TEX t);\n" MSL_COPY, want_t, 3);
@@ -323,8 +329,9 @@ MC_TEST(msl_macro_hiding_kernel_or_refused_feature_refused)
  * shared with other code may define instantiation macros). */
 MC_TEST(msl_macro_unused_is_not_refused)
 {
-    char *cpp = translate_cpu(MSL_HEAD "#define TG threadgroup\n#define INST(n) template [[host_name(n)]] [[kernel]]\n"
-                                       "#define TEX texture2d<float>\n" MSL_COPY,
+    char *cpp = translate_cpu(MSL_HEAD
+                              "#define TG threadgroup\n#define INST(n) template [[host_name(n)]] [[kernel]]\n"
+                              "#define TEX texture2d<float>\n" MSL_COPY,
                               NULL);
     CHECK(cpp);
     char r[64];

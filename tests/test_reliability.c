@@ -73,8 +73,8 @@ MC_TEST(cli_fault_lists_are_refused_before_work)
         snprintf(args, sizeof args, "run gray-scott --size 16 --steps 10 --out %s/x.png --inject-faults %s", dir,
                  bad[i]);
         CHECK_EQ(expect_refusal(args, "--inject-faults"), 0);
-        snprintf(args, sizeof args,
-                 "run gray-scott --size 16 --steps 10 --out %s/x.png --isolate --inject-faults %s", dir, bad[i]);
+        snprintf(args, sizeof args, "run gray-scott --size 16 --steps 10 --out %s/x.png --isolate --inject-faults %s",
+                 dir, bad[i]);
         CHECK_EQ(expect_refusal(args, "--inject-faults"), 0);
     }
     snprintf(args, sizeof args, "run gray-scott --size 16 --steps 10 --out %s/x.png", dir);
@@ -135,8 +135,7 @@ static bool exists(const char *dir, const char *name)
 static char *cache_command(const char *cache, const char *env, const char *args, int *st)
 {
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "MC_CACHE_DIR='%s' %s %s/metal-compute %s", cache, env ? env : "", MC_BINARY_DIR,
-             args);
+    snprintf(cmd, sizeof cmd, "MC_CACHE_DIR='%s' %s %s/metal-compute %s", cache, env ? env : "", MC_BINARY_DIR, args);
     return run_command(cmd, st);
 }
 
@@ -501,8 +500,10 @@ MC_TEST(cli_nested_worker_errors_read_once_and_whole)
          "the worker reported MC_ERR_DEVICE_LOST: the device was lost"},
     };
     for (int i = 0; i < 2; i++) {
-        snprintf(cmd, sizeof cmd, "%s/metal-compute run gray-scott --device cpu --size 16 --steps 100 --isolate "
-                 "--out %s/x.png %s", MC_BINARY_DIR, dir, cases[i].opts);
+        snprintf(cmd, sizeof cmd,
+                 "%s/metal-compute run gray-scott --device cpu --size 16 --steps 100 --isolate "
+                 "--out %s/x.png %s",
+                 MC_BINARY_DIR, dir, cases[i].opts);
         int st = 0;
         char *out = run_command(cmd, &st);
         CHECK(out);
@@ -526,7 +527,8 @@ MC_TEST(cli_size_that_cannot_fit_is_refused_with_the_numbers)
 {
     /* --size 16384 on the CPU device needs about 27 GiB (43 isolated). */
     double have = (double)sysconf(_SC_PHYS_PAGES) * (double)sysconf(_SC_PAGESIZE);
-    if (have >= 48.0 * (1 << 30)) MC_SKIP("this machine has %.0f GiB: --size 16384 fits and would run", have / (1 << 30));
+    if (have >= 48.0 * (1 << 30))
+        MC_SKIP("this machine has %.0f GiB: --size 16384 fits and would run", have / (1 << 30));
     char dir[] = "/tmp/mc-rel-XXXXXX";
     CHECK(mkdtemp(dir));
     char args[1024];

@@ -190,10 +190,10 @@ MC_TEST(run_kernel_refuses_bad_input_with_the_cause)
     snprintf(p, sizeof p, "%s/board.npy", dir);
     CHECK_EQ(write_board(p, 16, 16), 0);
     const char *life = EXAMPLES "/life.metal --device cpu --function life_step";
-#define REFUSED(code, text, ...)                                  \
-    do {                                                          \
-        snprintf(a, sizeof a, __VA_ARGS__);                       \
-        CHECK_EQ(expect_refusal(a, code, text), 0);               \
+#define REFUSED(code, text, ...)                    \
+    do {                                            \
+        snprintf(a, sizeof a, __VA_ARGS__);         \
+        CHECK_EQ(expect_refusal(a, code, text), 0); \
     } while (0)
     REFUSED(2, "--function NAME is required", "%s/life.metal --arg %s", EXAMPLES, p);
     REFUSED(2, "no state", "%s --arg iter --arg u32:16,u32:16", life);
@@ -236,7 +236,8 @@ MC_TEST(run_kernel_refuses_bad_input_with_the_cause)
     CHECK(f);
     fputs("#include <mc/mc_cpu_kernel.h>\nMC_KERNEL(broken_step, 4) { this is not C; }\n", f);
     fclose(f);
-    REFUSED(1, "this is not C; }", "%s/broken.c --device cpu --function broken_step --arg pair:%s --progress none", dir, p);
+    REFUSED(1, "this is not C; }", "%s/broken.c --device cpu --function broken_step --arg pair:%s --progress none", dir,
+            p);
     REFUSED(1, "no_such_step", "%s --arg pair:%s --arg iter --arg u32:16,u32:16 --function no_such_step", life, p);
     /* A file name that is not a kernel is not mistaken for a job. */
     REFUSED(2, "unknown job", "%s", p);
@@ -272,7 +273,7 @@ MC_TEST(run_progress_json_one_object_per_line)
     snprintf(cmd, sizeof cmd, "%s/progress.jsonl", dir);
     char *text = mct_read_file(cmd, NULL);
     CHECK(text);
-    static const char *const fields[] = {"iterations", "total_iterations", "fraction", "steps_per_s", "eta_s",
+    static const char *const fields[] = {"iterations", "total_iterations", "fraction",   "steps_per_s",    "eta_s",
                                          "elapsed_s",  "chunks",           "recoveries", "worker_restarts"};
     int lines = 0, done = 0;
     double last = -1;
@@ -491,8 +492,21 @@ static int life_kill_test(bool isolate)
     CHECK_EQ(write_board(board, 256, 256), 0);
     snprintf(pair, sizeof pair, "pair:%s", board);
     /* The MSL example, as a user runs it. */
-    const char *args[] = {EXAMPLES "/life.metal", "--device", "cpu", "--function", "life_step", "--arg", pair,
-                          "--arg", "iter", "--arg", "u32:256,u32:256", "--steps", "6001", "--out", "OUT",
+    const char *args[] = {EXAMPLES "/life.metal",
+                          "--device",
+                          "cpu",
+                          "--function",
+                          "life_step",
+                          "--arg",
+                          pair,
+                          "--arg",
+                          "iter",
+                          "--arg",
+                          "u32:256,u32:256",
+                          "--steps",
+                          "6001",
+                          "--out",
+                          "OUT",
                           "--isolate"};
     int rc = kill_and_resume(args, isolate ? 16 : 15, ".npy", 4);
     remove_tree(dir);
@@ -517,8 +531,9 @@ MC_TEST(run_resume_refuses_other_parameters)
     snprintf(cmd, sizeof cmd, "%s/board.npy", dir);
     CHECK_EQ(write_board(cmd, 64, 64), 0);
     int code = -1;
-    const char *base = "%s run %s/life.metal --device %s --function life_step --arg pair:%s/board.npy --arg iter "
-                       "--arg u32:64,u32:%d --steps %d --out %s/out.npy --checkpoint-dir %s/ck --checkpoint-ms 1 %s";
+    const char *base =
+        "%s run %s/life.metal --device %s --function life_step --arg pair:%s/board.npy --arg iter "
+        "--arg u32:64,u32:%d --steps %d --out %s/out.npy --checkpoint-dir %s/ck --checkpoint-ms 1 %s";
     snprintf(cmd, sizeof cmd, base, CLI, EXAMPLES, run_device(), dir, 64, 2000, dir, dir, "");
     char *out = run_command(cmd, &code);
     CHECK(out);

@@ -9,8 +9,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define RT_N 2048u     /* elements */
-#define RT_GROUP 64u   /* threads per threadgroup */
+#define RT_N 2048u      /* elements */
+#define RT_GROUP 64u    /* threads per threadgroup */
 #define RT_LIMIT_MS 200 /* the CPU device's execution-time limit in these tests */
 #define RT_MAX_ITERS 6000u
 
@@ -414,7 +414,7 @@ MC_TEST(runner_stop_condition_wastes_no_queued_chunk)
     rt_user u = {{RT_N, 32, 0}, true, false, MC_OK, NULL, NULL, NULL, 0, 0};
     uint64_t iters = rt_calibrate(d, &u.params, 150);
     CHECK_GT(iters, 0);
-    u.params.stop_at = iters + 1; /* inside a dispatch of 4 iterations */
+    u.params.stop_at = iters + 1;            /* inside a dispatch of 4 iterations */
     mc_runner_desc desc = rt_desc(d, &u, 0); /* until the kernel stops it */
     mc_runner *r;
     CHECK_OK(mc_runner_create(&desc, &r));
@@ -422,8 +422,7 @@ MC_TEST(runner_stop_condition_wastes_no_queued_chunk)
     mc_runner_stats st;
     CHECK_OK(mc_runner_get_stats(r, &st));
     fprintf(stderr, "stopped at %llu after %llu chunks; %llu queued behind the stop ran empty\n",
-            (unsigned long long)st.iterations, (unsigned long long)st.chunks,
-            (unsigned long long)st.chunks_after_stop);
+            (unsigned long long)st.iterations, (unsigned long long)st.chunks, (unsigned long long)st.chunks_after_stop);
     CHECK(st.stopped_early);
     CHECK_EQ(st.iterations, u.params.stop_at);
     /* On the cpu device the chunks are slower than queueing them, so some
@@ -640,7 +639,8 @@ MC_TEST(runner_gray_scott_command_survives_faults_byte_for_byte)
     free(pa);
     free(pb);
     /* A bad spec is refused before anything runs. */
-    snprintf(cmd, sizeof cmd, "%s/metal-compute run gray-scott --size 64 --steps 10 --out %s --inject-faults bogus@1 2>&1",
+    snprintf(cmd, sizeof cmd,
+             "%s/metal-compute run gray-scott --size 64 --steps 10 --out %s --inject-faults bogus@1 2>&1",
              MC_BINARY_DIR, a);
     out = mct_command(cmd, &st);
     CHECK(out);

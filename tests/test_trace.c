@@ -105,7 +105,8 @@ static int check_tracks(json_t *events)
     int nt = 0;
     size_t i;
     json_t *e;
-    json_array_foreach(events, i, e) {
+    json_array_foreach(events, i, e)
+    {
         if (is(e, "M", NULL, NULL)) continue;
         long long tid = json_integer_value(json_object_get(e, "tid"));
         long long pid = json_integer_value(json_object_get(e, "pid"));
@@ -145,7 +146,8 @@ static int check_chunks(json_t *events, uint64_t total, uint64_t *counted, uint6
     json_t *e;
     *counted = *all = 0;
     long long maxnum = 0;
-    json_array_foreach(events, i, e) {
+    json_array_foreach(events, i, e)
+    {
         if (!is(e, "X", "runner", "chunk")) continue;
         long long num = ev_arg(e, "chunk");
         CHECK_GT(num, 0);
@@ -200,7 +202,8 @@ MC_TEST(trace_every_chunk_appears_once_with_its_iterations)
      * device span on the device's track; checkpoints; the run's span. */
     size_t i, queue_cbs = 0, device_cbs = 0, passes = 0, checkpoints = 0, runs = 0;
     json_t *e;
-    json_array_foreach(events, i, e) {
+    json_array_foreach(events, i, e)
+    {
         const char *name = ev_str(e, "name");
         if (is(e, "X", "cmdbuf", NULL) && !strncmp(name, "tr chunk ", 9)) queue_cbs++;
         if (is(e, "X", "device", NULL) && !strncmp(name, "tr chunk ", 9)) device_cbs++;
@@ -248,7 +251,8 @@ MC_TEST(trace_every_injected_fault_appears_with_its_recovery)
     json_t *e;
     double fault_ts[3] = {0};
     long long fault_chunk[3] = {0};
-    json_array_foreach(events, i, e) {
+    json_array_foreach(events, i, e)
+    {
         if (is(e, "i", "runner", "fault")) {
             CHECK_LT(nfault, 3);
             CHECK(!strcmp(ev_status(e), mc_status_name(kinds[nfault])));
@@ -257,7 +261,8 @@ MC_TEST(trace_every_injected_fault_appears_with_its_recovery)
             nfault++;
         }
     }
-    json_array_foreach(events, i, e) {
+    json_array_foreach(events, i, e)
+    {
         if (!is(e, "i", "runner", "recovery")) continue;
         CHECK_LT(nrec, 3);
         CHECK(!strcmp(ev_status(e), mc_status_name(kinds[nrec])));
@@ -271,7 +276,8 @@ MC_TEST(trace_every_injected_fault_appears_with_its_recovery)
     /* The failed chunk itself is there with the fault's status. */
     for (size_t k = 0; k < 3; k++) {
         bool found = false;
-        json_array_foreach(events, i, e) {
+        json_array_foreach(events, i, e)
+        {
             if (is(e, "X", "runner", "chunk") && ev_arg(e, "chunk") == fault_chunk[k])
                 found = !strcmp(ev_status(e), mc_status_name(kinds[k]));
         }
@@ -323,7 +329,8 @@ MC_TEST(trace_records_events_from_many_threads)
     size_t i, n = 0;
     json_t *e;
     long long per_track[4] = {0};
-    json_array_foreach(events, i, e) {
+    json_array_foreach(events, i, e)
+    {
         if (!is(e, "X", "test", NULL) && !is(e, "i", "test", NULL)) continue;
         n++;
         long long arg = ev_arg(e, "i");
@@ -428,7 +435,8 @@ MC_TEST(trace_is_written_when_the_run_fails)
     json_t *events = json_object_get(root, "traceEvents");
     size_t i, gave_up = 0, faults_seen = 0, runs = 0;
     json_t *e;
-    json_array_foreach(events, i, e) {
+    json_array_foreach(events, i, e)
+    {
         if (is(e, "i", "runner", "gave up")) gave_up++;
         if (is(e, "i", "runner", "fault")) faults_seen++;
         if (is(e, "X", "runner", "run")) {
@@ -604,7 +612,8 @@ MC_TEST(trace_stream_items_appear_once_each_with_their_attempts)
     size_t i, n = 0, retried = 0;
     long long maxseq = 0;
     json_t *e;
-    json_array_foreach(events, i, e) {
+    json_array_foreach(events, i, e)
+    {
         if (!is(e, "i", "stream", "item")) continue;
         long long seq = ev_arg(e, "sequence");
         CHECK(seq >= 1 && seq < MAXI);
@@ -645,7 +654,8 @@ MC_TEST(trace_shows_worker_restarts_under_isolate)
     json_t *events = json_object_get(root, "traceEvents");
     size_t i, restarts = 0;
     json_t *e;
-    json_array_foreach(events, i, e) {
+    json_array_foreach(events, i, e)
+    {
         if (!is(e, "i", "isolate", "worker restart")) continue;
         restarts++;
         CHECK(!strcmp(ev_status(e), "MC_ERR_WORKER_LOST"));
@@ -694,7 +704,8 @@ static int tr_isolated(const char *name, const char *faults, json_t **root, json
     memset(w, 0, sizeof *w);
     size_t i;
     json_t *e;
-    json_array_foreach(*events, i, e) {
+    json_array_foreach(*events, i, e)
+    {
         if (is(e, "i", "isolate", "worker ready")) {
             long long k = ev_arg(e, "worker");
             CHECK_EQ(k, w->n + 1);
@@ -718,7 +729,8 @@ static int tr_isolated(const char *name, const char *faults, json_t **root, json
     /* Each worker is a process of its own in the file, named so. */
     for (int k = 1; k <= w->n; k++) {
         bool named = false;
-        json_array_foreach(*events, i, e) {
+        json_array_foreach(*events, i, e)
+        {
             if (!is(e, "M", NULL, "process_name")) continue;
             if (json_integer_value(json_object_get(e, "pid")) != w->pid[k]) continue;
             const char *pn = json_string_value(json_object_get(json_object_get(e, "args"), "name"));
@@ -757,10 +769,13 @@ MC_TEST(trace_isolated_workers_chunks_appear_once_with_their_iterations)
     long long maxnum[TR_MAX_WORKERS + 1] = {0};
     size_t i, counted = 0;
     json_t *e;
-    json_array_foreach(events, i, e) {
+    json_array_foreach(events, i, e)
+    {
         if (!is(e, "X", "runner", "chunk")) continue;
         int k = tr_worker_of(&w, json_integer_value(json_object_get(e, "pid")));
-        if (!k) MC__FAILED("a chunk of pid %lld, which is no worker", (long long)json_integer_value(json_object_get(e, "pid")));
+        if (!k)
+            MC__FAILED("a chunk of pid %lld, which is no worker",
+                       (long long)json_integer_value(json_object_get(e, "pid")));
         long long num = ev_arg(e, "chunk");
         CHECK_GT(num, 0);
         CHECK_LT(num, MAXC);
@@ -782,7 +797,8 @@ MC_TEST(trace_isolated_workers_chunks_appear_once_with_their_iterations)
         for (long long n = 1; n <= maxnum[k]; n++) {
             if (seen[k][n] != 1) continue;
             if (first[k][n] > at)
-                MC__FAILED("worker %d: chunk %lld starts at %lld: iterations %lld.. are missing", k, n, first[k][n], at);
+                MC__FAILED("worker %d: chunk %lld starts at %lld: iterations %lld.. are missing", k, n, first[k][n],
+                           at);
             at = first[k][n] + iters[k][n];
         }
         if (at > reached) reached = at;
@@ -797,7 +813,8 @@ MC_TEST(trace_isolated_workers_chunks_appear_once_with_their_iterations)
     CHECK_GT(tr_count(events, "X", "device", NULL, -1), 0);
     for (int k = 1; k <= w.n; k++) {
         size_t setup = 0;
-        json_array_foreach(events, i, e) {
+        json_array_foreach(events, i, e)
+        {
             const char *cat = ev_str(e, "cat");
             if (json_integer_value(json_object_get(e, "pid")) == w.pid[k] && cat &&
                 (!strcmp(cat, "compile") || !strcmp(cat, "cache hit") || !strcmp(cat, "cache miss")))
@@ -823,7 +840,8 @@ MC_TEST(trace_isolated_faults_appear_with_recovery_and_worker_restart)
     static const mc_status kinds[] = {MC_ERR_TIMEOUT, MC_ERR_DEVICE_LOST};
     size_t i, nfault = 0;
     json_t *e;
-    json_array_foreach(events, i, e) {
+    json_array_foreach(events, i, e)
+    {
         if (!is(e, "i", "runner", "fault")) continue;
         CHECK_LT(nfault, 2);
         CHECK(!strcmp(ev_status(e), mc_status_name(kinds[nfault])));
@@ -836,14 +854,16 @@ MC_TEST(trace_isolated_faults_appear_with_recovery_and_worker_restart)
         const char *then = kinds[nfault] == MC_ERR_TIMEOUT ? "recovery" : "gave up";
         size_t j, found = 0;
         json_t *f;
-        json_array_foreach(events, j, f) {
+        json_array_foreach(events, j, f)
+        {
             if (!is(f, "i", "runner", then)) continue;
             if (json_integer_value(json_object_get(f, "pid")) != pid || ev_arg(f, "chunk") != chunk) continue;
             CHECK(!strcmp(ev_status(f), mc_status_name(kinds[nfault])));
             CHECK(json_number_value(json_object_get(f, "ts")) >= ts);
             found++;
         }
-        if (found != 1) MC__FAILED("%s in chunk %lld: %zu '%s' events, not 1", mc_status_name(kinds[nfault]), chunk, found, then);
+        if (found != 1)
+            MC__FAILED("%s in chunk %lld: %zu '%s' events, not 1", mc_status_name(kinds[nfault]), chunk, found, then);
         if (kinds[nfault] == MC_ERR_DEVICE_LOST) {
             bool replaced = false;
             for (int r = 0; r < w.restarts; r++)

@@ -44,8 +44,8 @@ mc_device *mc_cli_open_device(const char *spec, int64_t time_limit_ms);
  * device: *iso is filled in and *dev stays NULL. Otherwise the device is
  * opened here and its info read into *info. Returns 0, or 1 after
  * reporting the failure. */
-int mc_cli_open_target(const char *device, bool isolate, double deadline_ms, uint32_t max_restarts,
-                       const char *faults, mc_device **dev, mc_device_info *info, mc_isolate_desc *iso);
+int mc_cli_open_target(const char *device, bool isolate, double deadline_ms, uint32_t max_restarts, const char *faults,
+                       mc_device **dev, mc_device_info *info, mc_isolate_desc *iso);
 /* Builds function fn from kernels/FILE.metal (every device runs MSL); NULL on error. */
 mc_pipeline *mc_cli_pipeline(mc_device *d, const char *file, const char *fn);
 /* The same from FILE<ext>: ".metal" from the kernels, ".c" or ".cu" (the

@@ -32,27 +32,28 @@ static bool is_help(const char *a)
 
 static void usage(void)
 {
-    printf("usage: metal-compute cache COMMAND [OPTIONS]\n\n"
-           "The pipeline cache keeps compiled kernels in memory and in an on-disk archive, so a\n"
-           "program that ran once starts without compiling (docs/CACHE.md).\n\n"
-           "commands:\n"
-           "  build MANIFEST [--device D]  compile the kernels MANIFEST lists into the archive\n"
-           "  list [--device D]            every entry: key, size, last use, language, function\n"
-           "  stats [--device D]           entries, bytes and lifetime counters per device identity\n"
-           "  clear [--device D]           remove the entries (of one device, or of all)\n\n"
-           "environment:\n"
-           "  MC_CACHE_DIR        the archive folder (default $XDG_CACHE_HOME/metal-compute,\n"
-           "                      else ~/.cache/metal-compute)\n"
-           "  MC_CACHE            off | ro | rw | require (default rw; require: a miss is an error,\n"
-           "                      never a compile)\n"
-           "  MC_CACHE_MAX_BYTES  size cap of the folder, e.g. 268435456 or 256m (default 256m)\n\n"
-           "security: the folder holds compiled code that programs load and run. Whoever can write\n"
-           "to it can run code as you: entries carry checksums against corruption, not signatures\n"
-           "against tampering. The runtime uses a folder and an entry only when they are yours, not\n"
-           "writable by group or others, and not symbolic links; it cannot tell an entry you wrote\n"
-           "from one written by another program running as you. Keep MC_CACHE_DIR private.\n"
-           "These commands touch only the cache's own folders (tagged with CACHEDIR.TAG, or named\n"
-           "<device>-<identity>) and only the files the cache writes there.\n");
+    printf(
+        "usage: metal-compute cache COMMAND [OPTIONS]\n\n"
+        "The pipeline cache keeps compiled kernels in memory and in an on-disk archive, so a\n"
+        "program that ran once starts without compiling (docs/CACHE.md).\n\n"
+        "commands:\n"
+        "  build MANIFEST [--device D]  compile the kernels MANIFEST lists into the archive\n"
+        "  list [--device D]            every entry: key, size, last use, language, function\n"
+        "  stats [--device D]           entries, bytes and lifetime counters per device identity\n"
+        "  clear [--device D]           remove the entries (of one device, or of all)\n\n"
+        "environment:\n"
+        "  MC_CACHE_DIR        the archive folder (default $XDG_CACHE_HOME/metal-compute,\n"
+        "                      else ~/.cache/metal-compute)\n"
+        "  MC_CACHE            off | ro | rw | require (default rw; require: a miss is an error,\n"
+        "                      never a compile)\n"
+        "  MC_CACHE_MAX_BYTES  size cap of the folder, e.g. 268435456 or 256m (default 256m)\n\n"
+        "security: the folder holds compiled code that programs load and run. Whoever can write\n"
+        "to it can run code as you: entries carry checksums against corruption, not signatures\n"
+        "against tampering. The runtime uses a folder and an entry only when they are yours, not\n"
+        "writable by group or others, and not symbolic links; it cannot tell an entry you wrote\n"
+        "from one written by another program running as you. Keep MC_CACHE_DIR private.\n"
+        "These commands touch only the cache's own folders (tagged with CACHEDIR.TAG, or named\n"
+        "<device>-<identity>) and only the files the cache writes there.\n");
 }
 
 /* Parses [--device D]; anything else is an error. */
@@ -94,8 +95,10 @@ static char *read_text(const char *path, size_t cap, size_t *len, char *why, siz
         snprintf(why, why_cap, "%s", strerror(errno));
     } else if (!S_ISREG(st.st_mode)) {
         snprintf(why, why_cap, "not a regular file (%s)",
-                 S_ISFIFO(st.st_mode) ? "a FIFO" : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device"
-                                                 : S_ISDIR(st.st_mode) ? "a folder" : "a socket or other special file");
+                 S_ISFIFO(st.st_mode)                         ? "a FIFO"
+                 : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "a device"
+                 : S_ISDIR(st.st_mode)                        ? "a folder"
+                                                              : "a socket or other special file");
     } else if ((uint64_t)st.st_size > cap) {
         snprintf(why, why_cap, "%lld bytes, over the limit of %zu", (long long)st.st_size, cap);
     } else if (!(buf = malloc((size_t)st.st_size + 1))) {
@@ -127,7 +130,7 @@ static char *read_text(const char *path, size_t cap, size_t *len, char *why, siz
 
 typedef struct manifest_entry {
     int line;
-    char *path;    /* resolved against the manifest's folder */
+    char *path; /* resolved against the manifest's folder */
     mc_language language;
     char *function;
     char *options; /* the compiler's; NULL when none */
@@ -195,9 +198,9 @@ static int parse_manifest(const char *manifest, manifest_entry **out, size_t *co
         return 2;
     }
     /* Nothing to build is a mistake (the wrong file), not a success. */
-    const char *bad = text_len == 0                        ? "it is empty"
+    const char *bad = text_len == 0                          ? "it is empty"
                       : memchr(text, '\0', text_len) != NULL ? "it holds NUL bytes: not a text manifest"
-                                                           : NULL;
+                                                             : NULL;
     if (bad) {
         fprintf(stderr, "metal-compute cache build: the manifest %s: %s\n", manifest, bad);
         free(text);
@@ -283,8 +286,8 @@ static int parse_manifest(const char *manifest, manifest_entry **out, size_t *co
                 free(e->label);
                 e->label = strdup(words[i] + 9);
             } else if (!strncmp(words[i], "mc:", 3)) {
-                fprintf(stderr, "%s:%d: unknown hint '%s' (mc:threads=N, mc:simd-multiple, mc:label=TEXT)\n",
-                        manifest, line_no, words[i]);
+                fprintf(stderr, "%s:%d: unknown hint '%s' (mc:threads=N, mc:simd-multiple, mc:label=TEXT)\n", manifest,
+                        line_no, words[i]);
                 rc = 2;
                 break;
             } else {
@@ -361,24 +364,25 @@ static size_t lost_to_the_cap(const char *device, const char *manifest, manifest
 static int cmd_build(int argc, char **argv)
 {
     if (argc > 1 && is_help(argv[1])) {
-        printf("usage: metal-compute cache build MANIFEST [--device D]\n\n"
-               "Compiles every kernel MANIFEST lists for device D (default: $MC_DEVICE, else the best)\n"
-               "into the on-disk archive, in parallel, so programs find them there and never compile\n"
-               "at run time (run them with MC_CACHE=require to make sure). Kernels already archived\n"
-               "are left as they are; kernels in another device's native language are skipped\n"
-               "(MSL builds everywhere).\n\n"
-               "MANIFEST: one kernel a line, '#' starts a comment:\n"
-               "  FILE LANGUAGE FUNCTION [OPTIONS...]\n"
-               "FILE is relative to the manifest's folder; LANGUAGE is c, cuda, msl or auto (from the\n"
-               "extension: .c, .cu, .metal); OPTIONS go to the compiler, except these pipeline hints:\n"
-               "  mc:threads=N        max total threads per threadgroup\n"
-               "  mc:simd-multiple    threadgroup size is a multiple of the SIMD width\n"
-               "  mc:label=TEXT       the pipeline's label\n"
-               "example:\n"
-               "  # the project's kernels: MSL, which every device runs\n"
-               "  kernels/basic.metal  msl  saxpy\n"
-               "  kernels/basic.metal  msl  add_one -DWIDE=1 mc:threads=256\n"
-               "  kernels/fir.metal    auto fir\n");
+        printf(
+            "usage: metal-compute cache build MANIFEST [--device D]\n\n"
+            "Compiles every kernel MANIFEST lists for device D (default: $MC_DEVICE, else the best)\n"
+            "into the on-disk archive, in parallel, so programs find them there and never compile\n"
+            "at run time (run them with MC_CACHE=require to make sure). Kernels already archived\n"
+            "are left as they are; kernels in another device's native language are skipped\n"
+            "(MSL builds everywhere).\n\n"
+            "MANIFEST: one kernel a line, '#' starts a comment:\n"
+            "  FILE LANGUAGE FUNCTION [OPTIONS...]\n"
+            "FILE is relative to the manifest's folder; LANGUAGE is c, cuda, msl or auto (from the\n"
+            "extension: .c, .cu, .metal); OPTIONS go to the compiler, except these pipeline hints:\n"
+            "  mc:threads=N        max total threads per threadgroup\n"
+            "  mc:simd-multiple    threadgroup size is a multiple of the SIMD width\n"
+            "  mc:label=TEXT       the pipeline's label\n"
+            "example:\n"
+            "  # the project's kernels: MSL, which every device runs\n"
+            "  kernels/basic.metal  msl  saxpy\n"
+            "  kernels/basic.metal  msl  add_one -DWIDE=1 mc:threads=256\n"
+            "  kernels/fir.metal    auto fir\n");
         return 0;
     }
     const char *device = NULL, *manifest = NULL;
@@ -451,7 +455,8 @@ static int cmd_build(int argc, char **argv)
         mc_pipeline_source_desc desc = entry_desc(e);
         mc_status s = mc_pipeline_create_async(d, &desc, &e->future);
         if (s != MC_OK) {
-            printf("  FAILED   %s:%d %s: %s (%s)\n", manifest, e->line, e->function, mc_status_name(s), mc_last_error());
+            printf("  FAILED   %s:%d %s: %s (%s)\n", manifest, e->line, e->function, mc_status_name(s),
+                   mc_last_error());
             failed++;
             continue;
         }
@@ -470,7 +475,8 @@ static int cmd_build(int argc, char **argv)
                    (mc__now_ns() - t0) / 1e6);
         } else {
             failed++;
-            printf("  FAILED   %s:%d %s: %s (%s)\n", manifest, e->line, e->function, mc_status_name(s), mc_last_error());
+            printf("  FAILED   %s:%d %s: %s (%s)\n", manifest, e->line, e->function, mc_status_name(s),
+                   mc_last_error());
             if (log) printf("%s\n", log);
         }
         mc_free(log);
@@ -482,11 +488,12 @@ static int cmd_build(int argc, char **argv)
     mc_cache_stats after;
     mc_cache_get_stats(d, &after);
     printf("%zu built, %zu already archived, %zu skipped, %zu failed; %llu entries (%llu bytes) in %s\n", built,
-           present, skipped, failed, (unsigned long long)after.disk_entries, (unsigned long long)after.disk_bytes,
-           dir);
+           present, skipped, failed, (unsigned long long)after.disk_entries, (unsigned long long)after.disk_bytes, dir);
     if (built && after.writes - before.writes < built) {
-        fprintf(stderr, "metal-compute cache build: only %llu of %zu kernels reached the archive (see the warnings "
-                "above)\n", (unsigned long long)(after.writes - before.writes), built);
+        fprintf(stderr,
+                "metal-compute cache build: only %llu of %zu kernels reached the archive (see the warnings "
+                "above)\n",
+                (unsigned long long)(after.writes - before.writes), built);
         failed++;
     }
     if (after.evictions > before.evictions) {
@@ -511,8 +518,8 @@ static int cmd_build(int argc, char **argv)
  * and trusted the way a load trusts it; a device folder must be named as
  * the cache names them, be ours and not writable by others. Anything else
  * under the root is the user's and is never visited. */
-static int each_folder(const char *only, int (*fn)(void *user, const char *root, const char *name, int fd),
-                       void *user, int *count)
+static int each_folder(const char *only, int (*fn)(void *user, const char *root, const char *name, int fd), void *user,
+                       int *count)
 {
     char root[PATH_MAX];
     mc_status s = mc__cache_root(root, sizeof root);
@@ -663,10 +670,11 @@ static int list_folder(void *user, const char *root, const char *name, int fd)
 static int cmd_list(int argc, char **argv)
 {
     if (argc > 1 && is_help(argv[1])) {
-        printf("usage: metal-compute cache list [--device D]\n\n"
-               "Lists every entry of the on-disk archive (or of device D's folder): the start of its key,\n"
-               "size, last use, language, function and options. Each entry is checked the way loading\n"
-               "checks it; a bad one says why (it would be refused and rebuilt).\n");
+        printf(
+            "usage: metal-compute cache list [--device D]\n\n"
+            "Lists every entry of the on-disk archive (or of device D's folder): the start of its key,\n"
+            "size, last use, language, function and options. Each entry is checked the way loading\n"
+            "checks it; a bad one says why (it would be refused and rebuilt).\n");
         return 0;
     }
     const char *device = NULL, *only;
@@ -732,7 +740,14 @@ static int stats_folder(void *user, const char *root, const char *name, int fd)
     c->entries += entries;
     c->bytes += bytes;
 #define ADD(f) c->sum.f += t.f;
-    ADD(hits_memory) ADD(hits_disk) ADD(misses) ADD(compiles) ADD(compile_ns) ADD(load_ns) ADD(writes) ADD(rejected)
+    ADD(hits_memory)
+    ADD(hits_disk)
+    ADD(misses)
+    ADD(compiles)
+    ADD(compile_ns)
+    ADD(load_ns)
+    ADD(writes)
+    ADD(rejected)
     ADD(evictions)
 #undef ADD
     return 0;
@@ -741,11 +756,12 @@ static int stats_folder(void *user, const char *root, const char *name, int fd)
 static int cmd_stats(int argc, char **argv)
 {
     if (argc > 1 && is_help(argv[1])) {
-        printf("usage: metal-compute cache stats [--device D]\n\n"
-               "Per device identity (or for device D): entries and bytes on disk, and the counters every\n"
-               "process adds up when it closes a device: requests served from memory and from disk,\n"
-               "misses, compilations, time spent compiling and loading, entries written, refused and\n"
-               "evicted. A running program reads its own with mc_cache_get_stats.\n");
+        printf(
+            "usage: metal-compute cache stats [--device D]\n\n"
+            "Per device identity (or for device D): entries and bytes on disk, and the counters every\n"
+            "process adds up when it closes a device: requests served from memory and from disk,\n"
+            "misses, compilations, time spent compiling and loading, entries written, refused and\n"
+            "evicted. A running program reads its own with mc_cache_get_stats.\n");
         return 0;
     }
     const char *device = NULL, *only;
@@ -815,10 +831,11 @@ static int clear_folder(void *user, const char *root, const char *name, int fd)
 static int cmd_clear(int argc, char **argv)
 {
     if (argc > 1 && is_help(argv[1])) {
-        printf("usage: metal-compute cache clear [--device D]\n\n"
-               "Removes every entry of the on-disk archive (or of device D's folder), with the folders'\n"
-               "statistics. Only files of the current user are touched; programs running now keep the\n"
-               "pipelines they hold.\n");
+        printf(
+            "usage: metal-compute cache clear [--device D]\n\n"
+            "Removes every entry of the on-disk archive (or of device D's folder), with the folders'\n"
+            "statistics. Only files of the current user are touched; programs running now keep the\n"
+            "pipelines they hold.\n");
         return 0;
     }
     const char *device = NULL, *only;

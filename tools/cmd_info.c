@@ -6,8 +6,9 @@
 int mc_cli_info(int argc, char **argv)
 {
     if (argc > 1 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-        printf("usage: metal-compute info\n\nLists every device of every compiled-in backend whose driver is "
-               "present.\n");
+        printf(
+            "usage: metal-compute info\n\nLists every device of every compiled-in backend whose driver is "
+            "present.\n");
         return 0;
     }
     if (argc > 1) {
@@ -30,19 +31,21 @@ int mc_cli_info(int argc, char **argv)
         printf("  unified memory                %s\n", d->unified_memory ? "yes" : "no");
         if (d->execution_time_limit_ns)
             printf("  execution-time limit          %.0f ms per command buffer\n", d->execution_time_limit_ns / 1e6);
-        else
-            printf("  execution-time limit          none\n");
+        else printf("  execution-time limit          none\n");
         printf("  max buffer size               %llu bytes\n", (unsigned long long)d->max_buffer_size);
-        printf("  features                     %s%s%s%s\n", d->features & MC_FEATURE_PRIVATE_STORAGE ? " private-storage" : "",
+        printf("  features                     %s%s%s%s\n",
+               d->features & MC_FEATURE_PRIVATE_STORAGE ? " private-storage" : "",
                d->features & MC_FEATURE_GPU_EVENT_WAIT ? " gpu-event-wait" : "",
                d->features & MC_FEATURE_INDIRECT_DISPATCH ? " indirect-dispatch" : "",
                d->features & MC_FEATURE_WATCHDOG ? " watchdog" : "");
         if (d->kind == MC_DEVICE_METAL) /* optional there: say which are absent, not only which are present */
-            printf("  optional Metal features       command-lists:%s binary-archive:%s residency-set:%s timed-event-wait:%s\n",
-                   d->features & MC_FEATURE_NATIVE_COMMAND_LISTS ? "yes" : "absent",
-                   d->features & MC_FEATURE_BINARY_ARCHIVE ? "yes" : "absent",
-                   d->features & MC_FEATURE_RESIDENCY_SET ? "yes" : "absent",
-                   d->features & MC_FEATURE_TIMED_EVENT_WAIT ? "yes" : "absent");
+            printf(
+                "  optional Metal features       command-lists:%s binary-archive:%s residency-set:%s "
+                "timed-event-wait:%s\n",
+                d->features & MC_FEATURE_NATIVE_COMMAND_LISTS ? "yes" : "absent",
+                d->features & MC_FEATURE_BINARY_ARCHIVE ? "yes" : "absent",
+                d->features & MC_FEATURE_RESIDENCY_SET ? "yes" : "absent",
+                d->features & MC_FEATURE_TIMED_EVENT_WAIT ? "yes" : "absent");
     }
     return 0;
 }

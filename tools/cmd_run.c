@@ -69,10 +69,24 @@ static float *gs_seed(uint32_t n)
         uint32_t cy = (rng >> 8) % n;
         /* [c, c + side) wraps into at most two ranges per axis. */
         uint32_t xs[2][2], ys[2][2], nx = 0, ny = 0;
-        if (cx + side <= n) { xs[nx][0] = cx; xs[nx++][1] = cx + side; }
-        else { xs[nx][0] = cx; xs[nx++][1] = n; xs[nx][0] = 0; xs[nx++][1] = cx + side - n; }
-        if (cy + side <= n) { ys[ny][0] = cy; ys[ny++][1] = cy + side; }
-        else { ys[ny][0] = cy; ys[ny++][1] = n; ys[ny][0] = 0; ys[ny++][1] = cy + side - n; }
+        if (cx + side <= n) {
+            xs[nx][0] = cx;
+            xs[nx++][1] = cx + side;
+        } else {
+            xs[nx][0] = cx;
+            xs[nx++][1] = n;
+            xs[nx][0] = 0;
+            xs[nx++][1] = cx + side - n;
+        }
+        if (cy + side <= n) {
+            ys[ny][0] = cy;
+            ys[ny++][1] = cy + side;
+        } else {
+            ys[ny][0] = cy;
+            ys[ny++][1] = n;
+            ys[ny][0] = 0;
+            ys[ny++][1] = cy + side - n;
+        }
         for (uint32_t a = 0; a < ny; a++) {
             for (uint32_t b = 0; b < nx; b++) {
                 diff[ys[a][0] * w + xs[b][0]]++;
@@ -195,7 +209,8 @@ static void gs_teardown(void *user, mc_runner_binding *b)
 static void gs_colour(float v, uint8_t rgb[3])
 {
     static const float stops[][3] = {
-        {0, 0, 4}, {40, 11, 84}, {101, 21, 110}, {159, 42, 99}, {212, 72, 66}, {245, 125, 21}, {250, 193, 39}, {252, 255, 164},
+        {0, 0, 4},     {40, 11, 84},   {101, 21, 110}, {159, 42, 99},
+        {212, 72, 66}, {245, 125, 21}, {250, 193, 39}, {252, 255, 164},
     };
     const int n = (int)(sizeof stops / sizeof stops[0]);
     float t = v * 2.8f; /* V stays below about 0.36 */
@@ -249,34 +264,36 @@ static int write_png(const char *path, const uint8_t *rgb, uint32_t w, uint32_t 
 
 static void run_usage(void)
 {
-    printf("usage: metal-compute run gray-scott [--device D] [--size N] [--steps N] [--budget-ms MS]\n"
-           "                                    [--checkpoint-ms MS] [--out FILE.png] [--inject-faults KIND@N,...]\n"
-           "                                    [--isolate [--deadline-ms MS] [--max-restarts N]] [--fault-at-step S]\n"
-           "                                    [--checkpoint-dir DIR [--resume]] [--progress bar|json|none] [--trace FILE]\n"
-           "       metal-compute run FILE.metal --function NAME --arg SPEC ...  (your own kernel: run FILE --help)\n\n"
-           "Runs a Gray-Scott reaction-diffusion simulation through the runner: chunks of work under a time\n"
-           "budget, several in flight, checkpoints, and replay after a fault. Writes the final field as a PNG\n"
-           "and prints a summary.\n\n"
-           "  --device D            cpu, cuda, metal[:N] (default: $MC_DEVICE or the best present)\n"
-           "  --size N              grid of N x N cells (default 256)\n"
-           "  --steps N             time steps (default 10000)\n"
-           "  --budget-ms MS        device time per command buffer (default 25)\n"
-           "  --checkpoint-ms MS    time between checkpoints (default 1000)\n"
-           "  --checkpoint-dir DIR  also write each checkpoint to DIR (atomically, checksummed; the last two kept)\n"
-           "  --resume              continue from the newest valid checkpoint in DIR (none there: from the start)\n"
-           "  --progress MODE       bar (default on a terminal), json (one object per line on stderr) or none\n"
-           "  --out FILE.png        the image (default gray-scott.png)\n"
-           "  --trace FILE          write a Chrome Trace Event JSON file of the run (docs/TRACE.md), also on error\n"
-           "  --inject-faults SPEC  the Nth command buffer of the run fails with KIND: timeout, page-fault,\n"
-           "                        access-revoked, device-lost or internal (e.g. timeout@3,device-lost@6);\n"
-           "                        with --isolate also kill (the worker dies by SIGKILL) and hang (it stops\n"
-           "                        answering), N counted over the whole run (e.g. kill@5,hang@9,device-lost@12)\n"
-           "  --isolate             run the device work in a worker process that is replaced when it faults\n"
-           "                        for good, dies or hangs; this process never opens the device\n"
-           "  --deadline-ms MS      with --isolate: a worker silent this long is hung (default 10000)\n"
-           "  --max-restarts N      with --isolate: restarts in a row without progress (default 5)\n"
-           "  --fault-at-step S     test hook: step S writes out of bounds, once per run (CUDA: an illegal\n"
-           "                        address that poisons the process; cpu: SIGSEGV; metal: a page fault)\n");
+    printf(
+        "usage: metal-compute run gray-scott [--device D] [--size N] [--steps N] [--budget-ms MS]\n"
+        "                                    [--checkpoint-ms MS] [--out FILE.png] [--inject-faults KIND@N,...]\n"
+        "                                    [--isolate [--deadline-ms MS] [--max-restarts N]] [--fault-at-step S]\n"
+        "                                    [--checkpoint-dir DIR [--resume]] [--progress bar|json|none] [--trace "
+        "FILE]\n"
+        "       metal-compute run FILE.metal --function NAME --arg SPEC ...  (your own kernel: run FILE --help)\n\n"
+        "Runs a Gray-Scott reaction-diffusion simulation through the runner: chunks of work under a time\n"
+        "budget, several in flight, checkpoints, and replay after a fault. Writes the final field as a PNG\n"
+        "and prints a summary.\n\n"
+        "  --device D            cpu, cuda, metal[:N] (default: $MC_DEVICE or the best present)\n"
+        "  --size N              grid of N x N cells (default 256)\n"
+        "  --steps N             time steps (default 10000)\n"
+        "  --budget-ms MS        device time per command buffer (default 25)\n"
+        "  --checkpoint-ms MS    time between checkpoints (default 1000)\n"
+        "  --checkpoint-dir DIR  also write each checkpoint to DIR (atomically, checksummed; the last two kept)\n"
+        "  --resume              continue from the newest valid checkpoint in DIR (none there: from the start)\n"
+        "  --progress MODE       bar (default on a terminal), json (one object per line on stderr) or none\n"
+        "  --out FILE.png        the image (default gray-scott.png)\n"
+        "  --trace FILE          write a Chrome Trace Event JSON file of the run (docs/TRACE.md), also on error\n"
+        "  --inject-faults SPEC  the Nth command buffer of the run fails with KIND: timeout, page-fault,\n"
+        "                        access-revoked, device-lost or internal (e.g. timeout@3,device-lost@6);\n"
+        "                        with --isolate also kill (the worker dies by SIGKILL) and hang (it stops\n"
+        "                        answering), N counted over the whole run (e.g. kill@5,hang@9,device-lost@12)\n"
+        "  --isolate             run the device work in a worker process that is replaced when it faults\n"
+        "                        for good, dies or hangs; this process never opens the device\n"
+        "  --deadline-ms MS      with --isolate: a worker silent this long is hung (default 10000)\n"
+        "  --max-restarts N      with --isolate: restarts in a row without progress (default 5)\n"
+        "  --fault-at-step S     test hook: step S writes out of bounds, once per run (CUDA: an illegal\n"
+        "                        address that poisons the process; cpu: SIGSEGV; metal: a page fault)\n");
 }
 
 /* Whether a size x size run fits, before any of it is allocated: a size
@@ -561,8 +578,14 @@ int mc_cli_run(int argc, char **argv)
 
 /* For the --mpi path (cmd_run_mpi.c): the same seed, palette and encoder,
  * so that its image is the same bytes. */
-float *mc_cli_gray_scott_seed(uint32_t n) { return gs_seed(n); }
-void mc_cli_gray_scott_colour(float v, uint8_t rgb[3]) { gs_colour(v, rgb); }
+float *mc_cli_gray_scott_seed(uint32_t n)
+{
+    return gs_seed(n);
+}
+void mc_cli_gray_scott_colour(float v, uint8_t rgb[3])
+{
+    gs_colour(v, rgb);
+}
 
 void mc_cli_gray_scott_bind(mc_runner_binding *bind, mc_pipeline *pl, mc_buffer *a, mc_buffer *b, const void *params,
                             size_t len)
@@ -578,4 +601,7 @@ void mc_cli_gray_scott_bind(mc_runner_binding *bind, mc_pipeline *pl, mc_buffer 
     bind->args[3].bytes = params;
     bind->args[3].len = len;
 }
-int mc_cli_write_png(const char *path, const uint8_t *rgb, uint32_t w, uint32_t h) { return write_png(path, rgb, w, h); }
+int mc_cli_write_png(const char *path, const uint8_t *rgb, uint32_t w, uint32_t h)
+{
+    return write_png(path, rgb, w, h);
+}

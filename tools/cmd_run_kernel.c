@@ -27,11 +27,11 @@ typedef enum arg_kind { ARG_STATE = 1, ARG_PAIR_B, ARG_ITER, ARG_BYTES } arg_kin
 typedef struct karg {
     arg_kind kind;
     const char *spec;
-    mc_npy init;       /* ARG_STATE: the initial contents (a pair's B uses A's) */
-    uint32_t state;    /* ARG_STATE / ARG_PAIR_B: index among the runner's state buffers */
-    bool paired;       /* ARG_STATE: the first of a pair (B at the next slot) */
+    mc_npy init;    /* ARG_STATE: the initial contents (a pair's B uses A's) */
+    uint32_t state; /* ARG_STATE / ARG_PAIR_B: index among the runner's state buffers */
+    bool paired;    /* ARG_STATE: the first of a pair (B at the next slot) */
     uint8_t bytes[MC_MAX_BYTES_ARG];
-    size_t len;        /* ARG_BYTES */
+    size_t len; /* ARG_BYTES */
 } karg;
 
 typedef struct kjob {
@@ -119,16 +119,52 @@ static bool parse_shape_spec(const char *spec, mc_npy *a, char *why, size_t cap)
     if (fill != 0) {
         uint8_t one[8];
         switch (a->dtype) {
-        case MC_NPY_F32: { float v = (float)fill; memcpy(one, &v, 4); break; }
+        case MC_NPY_F32: {
+            float v = (float)fill;
+            memcpy(one, &v, 4);
+            break;
+        }
         case MC_NPY_F64: memcpy(one, &fill, 8); break;
-        case MC_NPY_I8: { int8_t v = (int8_t)fill; memcpy(one, &v, 1); break; }
-        case MC_NPY_U8: { uint8_t v = (uint8_t)fill; memcpy(one, &v, 1); break; }
-        case MC_NPY_I16: { int16_t v = (int16_t)fill; memcpy(one, &v, 2); break; }
-        case MC_NPY_U16: { uint16_t v = (uint16_t)fill; memcpy(one, &v, 2); break; }
-        case MC_NPY_I32: { int32_t v = (int32_t)fill; memcpy(one, &v, 4); break; }
-        case MC_NPY_U32: { uint32_t v = (uint32_t)fill; memcpy(one, &v, 4); break; }
-        case MC_NPY_I64: { int64_t v = (int64_t)fill; memcpy(one, &v, 8); break; }
-        case MC_NPY_U64: { uint64_t v = (uint64_t)fill; memcpy(one, &v, 8); break; }
+        case MC_NPY_I8: {
+            int8_t v = (int8_t)fill;
+            memcpy(one, &v, 1);
+            break;
+        }
+        case MC_NPY_U8: {
+            uint8_t v = (uint8_t)fill;
+            memcpy(one, &v, 1);
+            break;
+        }
+        case MC_NPY_I16: {
+            int16_t v = (int16_t)fill;
+            memcpy(one, &v, 2);
+            break;
+        }
+        case MC_NPY_U16: {
+            uint16_t v = (uint16_t)fill;
+            memcpy(one, &v, 2);
+            break;
+        }
+        case MC_NPY_I32: {
+            int32_t v = (int32_t)fill;
+            memcpy(one, &v, 4);
+            break;
+        }
+        case MC_NPY_U32: {
+            uint32_t v = (uint32_t)fill;
+            memcpy(one, &v, 4);
+            break;
+        }
+        case MC_NPY_I64: {
+            int64_t v = (int64_t)fill;
+            memcpy(one, &v, 8);
+            break;
+        }
+        case MC_NPY_U64: {
+            uint64_t v = (uint64_t)fill;
+            memcpy(one, &v, 8);
+            break;
+        }
         case MC_NPY_NONE: break;
         }
         for (size_t i = 0; i < n; i++) memcpy((uint8_t *)a->data + i * es, one, es);
@@ -143,7 +179,7 @@ static bool parse_scalars(const char *spec, karg *k, char *why, size_t cap)
         const char *name;
         size_t size;
         char kind; /* f: float, i: signed, u: unsigned */
-    } types[] = {{"f32", 4, 'f'}, {"f64", 8, 'f'}, {"i8", 1, 'i'}, {"u8", 1, 'u'}, {"i16", 2, 'i'},
+    } types[] = {{"f32", 4, 'f'}, {"f64", 8, 'f'}, {"i8", 1, 'i'},  {"u8", 1, 'u'},  {"i16", 2, 'i'},
                  {"u16", 2, 'u'}, {"i32", 4, 'i'}, {"u32", 4, 'u'}, {"i64", 8, 'i'}, {"u64", 8, 'u'}};
     size_t off = 0, align = 1;
     const char *p = spec;
@@ -157,14 +193,18 @@ static bool parse_scalars(const char *spec, karg *k, char *why, size_t cap)
                    false;
         size_t sz = types[t].size;
         off = (off + sz - 1) / sz * sz;
-        if (off + sz > sizeof k->bytes) return snprintf(why, cap, "more than %d bytes of scalars", MC_MAX_BYTES_ARG), false;
+        if (off + sz > sizeof k->bytes)
+            return snprintf(why, cap, "more than %d bytes of scalars", MC_MAX_BYTES_ARG), false;
         const char *v = colon + 1;
         char *end;
         errno = 0;
         uint8_t one[8];
         if (types[t].kind == 'f') {
             double d = strtod(v, &end);
-            if (sz == 4) { float f = (float)d; memcpy(one, &f, 4); } else memcpy(one, &d, 8);
+            if (sz == 4) {
+                float f = (float)d;
+                memcpy(one, &f, 4);
+            } else memcpy(one, &d, 8);
         } else if (types[t].kind == 'i') {
             long long x = strtoll(v, &end, 0);
             int64_t w = x;
@@ -231,8 +271,7 @@ static int add_arg(kjob *j, const char *spec)
                 spec);
         return 2;
     }
-    if (j->nstate + (pair ? 2 : 1) > MC_RUNNER_MAX_STATE)
-        return usage_error("more than %s state buffers", "16");
+    if (j->nstate + (pair ? 2 : 1) > MC_RUNNER_MAX_STATE) return usage_error("more than %s state buffers", "16");
     k->state = j->nstate++;
     j->nargs++;
     if (pair) {
@@ -357,23 +396,24 @@ static void kjob_free(kjob *j)
 
 static void kernel_usage(void)
 {
-    printf("usage: metal-compute run FILE.metal --function NAME --arg SPEC ... [--steps N] [--out [SLOT=]FILE.npy]\n"
-           "           [--device D] [--grid X[,Y[,Z]]] [--threadgroup X[,Y[,Z]]] [--budget-ms MS] [--checkpoint-ms MS]\n"
-           "           [--checkpoint-dir DIR [--resume]] [--progress bar|json|none] [--inject-faults KIND@N,...]\n"
-           "           [--isolate [--deadline-ms MS] [--max-restarts N]] [--trace FILE]\n\n"
-           "Runs a step kernel of your own through the runner, --steps times (default 1000). Each --arg binds\n"
-           "the next argument slot, from slot 0:\n"
-           "  FILE.npy              a state buffer with the array's contents (C order, little-endian)\n"
-           "  DTYPE[SHAPE][=FILL]   a state buffer of FILL (default 0), e.g. float32[256,256]=1\n"
-           "  pair:STATE            two slots: A (this one) and B (the next), B starting as a copy of A;\n"
-           "                        step i reads A and writes B when i is even, the other way when odd\n"
-           "  iter                  the iteration range, bytes {uint64 first; uint32 count; uint32 pad}\n"
-           "  TYPE:V[,TYPE:V...]    scalars by value, packed like a C struct (f32 f64 i8 u8 i16 u16 i32\n"
-           "                        u32 i64 u64), e.g. u32:256,u32:256,f32:0.2\n"
-           "The grid is the first state's shape, last axis fastest (x), unless --grid gives it; the kernel\n"
-           "checks its bounds. The language comes from the extension (.metal, .c, .cu). --out SLOT=FILE.npy\n"
-           "writes the final state of the buffer at SLOT (a pair: the buffer holding the last step);\n"
-           "without --out the first state goes to NAME.npy. docs/RUNNER.md has the rest, with examples.\n");
+    printf(
+        "usage: metal-compute run FILE.metal --function NAME --arg SPEC ... [--steps N] [--out [SLOT=]FILE.npy]\n"
+        "           [--device D] [--grid X[,Y[,Z]]] [--threadgroup X[,Y[,Z]]] [--budget-ms MS] [--checkpoint-ms MS]\n"
+        "           [--checkpoint-dir DIR [--resume]] [--progress bar|json|none] [--inject-faults KIND@N,...]\n"
+        "           [--isolate [--deadline-ms MS] [--max-restarts N]] [--trace FILE]\n\n"
+        "Runs a step kernel of your own through the runner, --steps times (default 1000). Each --arg binds\n"
+        "the next argument slot, from slot 0:\n"
+        "  FILE.npy              a state buffer with the array's contents (C order, little-endian)\n"
+        "  DTYPE[SHAPE][=FILL]   a state buffer of FILL (default 0), e.g. float32[256,256]=1\n"
+        "  pair:STATE            two slots: A (this one) and B (the next), B starting as a copy of A;\n"
+        "                        step i reads A and writes B when i is even, the other way when odd\n"
+        "  iter                  the iteration range, bytes {uint64 first; uint32 count; uint32 pad}\n"
+        "  TYPE:V[,TYPE:V...]    scalars by value, packed like a C struct (f32 f64 i8 u8 i16 u16 i32\n"
+        "                        u32 i64 u64), e.g. u32:256,u32:256,f32:0.2\n"
+        "The grid is the first state's shape, last axis fastest (x), unless --grid gives it; the kernel\n"
+        "checks its bounds. The language comes from the extension (.metal, .c, .cu). --out SLOT=FILE.npy\n"
+        "writes the final state of the buffer at SLOT (a pair: the buffer holding the last step);\n"
+        "without --out the first state goes to NAME.npy. docs/RUNNER.md has the rest, with examples.\n");
 }
 
 static bool parse_dims(const char *s, mc_size3 *out)
@@ -533,8 +573,7 @@ int mc_cli_run_kernel(int argc, char **argv)
         if (eq) {
             char *end;
             unsigned long x = strtoul(outs[k], &end, 10);
-            if (end != eq || x >= job.nargs ||
-                (job.args[x].kind != ARG_STATE && job.args[x].kind != ARG_PAIR_B)) {
+            if (end != eq || x >= job.nargs || (job.args[x].kind != ARG_STATE && job.args[x].kind != ARG_PAIR_B)) {
                 fprintf(stderr, "metal-compute run: --out %s: SLOT must be the slot of a state buffer\n", outs[k]);
                 goto out;
             }
@@ -665,10 +704,13 @@ int mc_cli_run_kernel(int argc, char **argv)
     }
     if (rc == 0) {
         printf("%s %s on %s:%d (%s)\n", job.path, job.function, mc_device_kind_name(info.kind), info.index, info.name);
-        printf("  grid         %u x %u x %u (threadgroups of %u x %u x %u)\n", grid.x, grid.y, grid.z, tg.x, tg.y, tg.z);
+        printf("  grid         %u x %u x %u (threadgroups of %u x %u x %u)\n", grid.x, grid.y, grid.z, tg.x, tg.y,
+               tg.z);
         if (!isolate)
             printf("  pipeline     %s (%.1f ms)\n",
-                   job.cache_hit_disk ? "loaded from the disk cache" : job.compiled ? "compiled" : "from memory",
+                   job.cache_hit_disk ? "loaded from the disk cache"
+                   : job.compiled     ? "compiled"
+                                      : "from memory",
                    job.compile_ms);
         mc_run_report_summary(&st, isolate ? &ist : NULL, ckpt_dir);
         for (int k = 0; k < nouts; k++) printf("  output       %s (slot %u)\n", out_path[k], out_slot[k]);

@@ -37,8 +37,8 @@ typedef struct kmpi_job {
 static const struct {
     const char *name;
     size_t size;
-} kmpi_types[] = {{"f32", 4}, {"f64", 8}, {"i8", 1}, {"u8", 1}, {"i16", 2}, {"u16", 2},
-                  {"i32", 4}, {"u32", 4}, {"i64", 8}, {"u64", 8}};
+} kmpi_types[] = {{"f32", 4}, {"f64", 8}, {"i8", 1},  {"u8", 1},  {"i16", 2},
+                  {"u16", 2}, {"i32", 4}, {"u32", 4}, {"i64", 8}, {"u64", 8}};
 
 /* "TYPE:V,TYPE:V" packed like a C struct (natural alignment), as run FILE
  * packs them; u32:height is left for bind to fill. */
@@ -143,16 +143,17 @@ static void kmpi_unbind(void *user, mc_mpi_binding *b)
 
 static int kmpi_usage(int rc)
 {
-    printf("usage: mpirun -n N metal-compute run FILE --mpi --function NAME --arg pair:FIELD.npy --arg iter\n"
-           "           --arg TYPE:V,... [--steps N] [--out FILE.npy] [--device D] [--radius R] [--halo H]\n"
-           "           [--slab-rows R0,...] [--budget-ms MS] [--checkpoint-chunks C] [--inject-faults SPEC]\n"
-           "           [--checkpoint-dir DIR [--resume]] [--overlap | --no-overlap]\n\n"
-           "Runs your step kernel (as run FILE does) across the ranks: the pair's 2-D grid (H, W) is cut\n"
-           "into slabs of rows. In the scalars, u32:height stands for each rank's slab height (halos\n"
-           "included): the kernel must wrap rows within the height it is given. --radius: rows a step\n"
-           "reads above and below (default 1). The .npy written by rank 0 is the same bytes as run FILE's.\n"
-           "--overlap: the boundary bands first, sent while the slab computes; --no-overlap: the halos\n"
-           "exchanged between chunks; default: whichever the cost model says is faster.\n");
+    printf(
+        "usage: mpirun -n N metal-compute run FILE --mpi --function NAME --arg pair:FIELD.npy --arg iter\n"
+        "           --arg TYPE:V,... [--steps N] [--out FILE.npy] [--device D] [--radius R] [--halo H]\n"
+        "           [--slab-rows R0,...] [--budget-ms MS] [--checkpoint-chunks C] [--inject-faults SPEC]\n"
+        "           [--checkpoint-dir DIR [--resume]] [--overlap | --no-overlap]\n\n"
+        "Runs your step kernel (as run FILE does) across the ranks: the pair's 2-D grid (H, W) is cut\n"
+        "into slabs of rows. In the scalars, u32:height stands for each rank's slab height (halos\n"
+        "included): the kernel must wrap rows within the height it is given. --radius: rows a step\n"
+        "reads above and below (default 1). The .npy written by rank 0 is the same bytes as run FILE's.\n"
+        "--overlap: the boundary bands first, sent while the slab computes; --no-overlap: the halos\n"
+        "exchanged between chunks; default: whichever the cost model says is faster.\n");
     return rc;
 }
 
@@ -377,9 +378,9 @@ checked:
             fprintf(stderr, "metal-compute run: --out %s: %s\n", out, why);
             rc = 1;
         } else {
-            printf("%s %s on %d ranks: %llu steps in %llu chunks of up to %u (halo %u rows%s), %u recoveries\n",
-                   j.path, j.function, size, (unsigned long long)st.steps, (unsigned long long)st.chunks,
-                   st.halo_steps, st.halo_rows, st.overlapped ? ", overlapped" : "", st.recoveries);
+            printf("%s %s on %d ranks: %llu steps in %llu chunks of up to %u (halo %u rows%s), %u recoveries\n", j.path,
+                   j.function, size, (unsigned long long)st.steps, (unsigned long long)st.chunks, st.halo_steps,
+                   st.halo_rows, st.overlapped ? ", overlapped" : "", st.recoveries);
             if (st.resumed_from) printf("  resumed from step %llu\n", (unsigned long long)st.resumed_from);
             printf("  output %s\n", out);
         }

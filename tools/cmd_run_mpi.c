@@ -48,32 +48,33 @@ void mc_cli_gray_scott_mpi_desc(mc_mpi_desc *d, mc_cli_gsm_params *params)
 
 static void usage(void)
 {
-    printf("usage: mpirun -n N metal-compute run gray-scott --mpi [--device D] [--size N] [--steps N]\n"
-           "           [--budget-ms MS] [--halo H] [--slab-rows R0,R1,...] [--checkpoint-chunks C]\n"
-           "           [--inject-faults SPEC] [--inject-faults-rank R:SPEC ...] [--checkpoint-dir DIR [--resume]]\n"
-           "           [--overlap | --no-overlap] [--ranks-x P] [--out FILE.png]\n\n"
-           "Runs gray-scott on every rank's device, the grid cut into slabs of rows with halos H steps\n"
-           "deep, exchanged between chunks; every rank rolls back together after a fault on any.\n"
-           "Writes the same PNG as the single-process run.\n\n"
-           "  --device D              cpu, cuda, metal: ranks of a host take devices by local rank\n"
-           "  --size N, --steps N     as the single-process run (default 256, 10000)\n"
-           "  --budget-ms MS          device time per command buffer (default 25)\n"
-           "  --halo H                steps per chunk without communication (default: from the measured\n"
-           "                          step and exchange cost)\n"
-           "  --slab-rows R0,R1,...   rows of each rank, summing to --size (default: an even split)\n"
-           "  --checkpoint-chunks C   chunks between coordinated checkpoints (default 16)\n"
-           "  --inject-faults SPEC    every rank: its Nth command buffer fails with KIND (KIND@N,...)\n"
-           "  --inject-faults-rank R:SPEC  rank R only; repeatable\n"
-           "  --checkpoint-dir DIR    also write every checkpoint to DIR/rank-R-of-N (atomically; the last two)\n"
-           "  --resume                start from the newest step every rank holds in DIR (none: from the start)\n"
-           "  --ranks-x P             2-D blocks: P columns by N/P rows of blocks, halos on four sides\n"
-           "                          (exchanged between chunks; default: slabs of whole rows)\n"
-           "  --overlap               compute the boundary bands first and send them while the slab computes\n"
-           "  --no-overlap            exchange the halos between chunks, the device idle\n"
-           "                          (default: whichever the cost model, from figures measured at the\n"
-           "                          start, says is faster)\n"
-           "  --kill-at-step R:S      test hook: rank R dies by SIGKILL at the first chunk boundary at or past S\n"
-           "  --out FILE.png          written by rank 0 (default gray-scott.png)\n");
+    printf(
+        "usage: mpirun -n N metal-compute run gray-scott --mpi [--device D] [--size N] [--steps N]\n"
+        "           [--budget-ms MS] [--halo H] [--slab-rows R0,R1,...] [--checkpoint-chunks C]\n"
+        "           [--inject-faults SPEC] [--inject-faults-rank R:SPEC ...] [--checkpoint-dir DIR [--resume]]\n"
+        "           [--overlap | --no-overlap] [--ranks-x P] [--out FILE.png]\n\n"
+        "Runs gray-scott on every rank's device, the grid cut into slabs of rows with halos H steps\n"
+        "deep, exchanged between chunks; every rank rolls back together after a fault on any.\n"
+        "Writes the same PNG as the single-process run.\n\n"
+        "  --device D              cpu, cuda, metal: ranks of a host take devices by local rank\n"
+        "  --size N, --steps N     as the single-process run (default 256, 10000)\n"
+        "  --budget-ms MS          device time per command buffer (default 25)\n"
+        "  --halo H                steps per chunk without communication (default: from the measured\n"
+        "                          step and exchange cost)\n"
+        "  --slab-rows R0,R1,...   rows of each rank, summing to --size (default: an even split)\n"
+        "  --checkpoint-chunks C   chunks between coordinated checkpoints (default 16)\n"
+        "  --inject-faults SPEC    every rank: its Nth command buffer fails with KIND (KIND@N,...)\n"
+        "  --inject-faults-rank R:SPEC  rank R only; repeatable\n"
+        "  --checkpoint-dir DIR    also write every checkpoint to DIR/rank-R-of-N (atomically; the last two)\n"
+        "  --resume                start from the newest step every rank holds in DIR (none: from the start)\n"
+        "  --ranks-x P             2-D blocks: P columns by N/P rows of blocks, halos on four sides\n"
+        "                          (exchanged between chunks; default: slabs of whole rows)\n"
+        "  --overlap               compute the boundary bands first and send them while the slab computes\n"
+        "  --no-overlap            exchange the halos between chunks, the device idle\n"
+        "                          (default: whichever the cost model, from figures measured at the\n"
+        "                          start, says is faster)\n"
+        "  --kill-at-step R:S      test hook: rank R dies by SIGKILL at the first chunk boundary at or past S\n"
+        "  --out FILE.png          written by rank 0 (default gray-scott.png)\n");
 }
 
 static bool parse_u32(const char *s, uint32_t lo, uint32_t hi, uint32_t *out)
@@ -112,7 +113,7 @@ typedef struct gsm_options {
     mc_mpi_overlap overlap;
     int kill_rank; /* -1: none */
     uint32_t kill_step;
-    bool bar;       /* rank 0 on a terminal */
+    bool bar; /* rank 0 on a terminal */
     int bar_len;
     double last_bar;
 } gsm_options;
@@ -272,13 +273,15 @@ static int run(int argc, char **argv, int rank, int size)
     free(rows);
     if (s != MC_OK) {
         /* Every rank got the status; the one whose input or device failed says why. */
-        if (rank == 0 || (s != MC_ERR_INVALID_ARGUMENT && strncmp(mc_last_error(), "another rank", 12))) mc_cli_fail("gray-scott --mpi", s);
+        if (rank == 0 || (s != MC_ERR_INVALID_ARGUMENT && strncmp(mc_last_error(), "another rank", 12)))
+            mc_cli_fail("gray-scott --mpi", s);
         free(seed);
         return s == MC_ERR_INVALID_ARGUMENT ? 2 : 1;
     }
     s = mc_mpi_runner_run(r);
     if (s != MC_OK) {
-        if (rank == 0 || (s != MC_ERR_INVALID_ARGUMENT && strncmp(mc_last_error(), "another rank", 12))) mc_cli_fail("gray-scott --mpi", s);
+        if (rank == 0 || (s != MC_ERR_INVALID_ARGUMENT && strncmp(mc_last_error(), "another rank", 12)))
+            mc_cli_fail("gray-scott --mpi", s);
         mc_mpi_runner_release(r);
         free(seed);
         return 1;
@@ -308,12 +311,14 @@ static int run(int argc, char **argv, int rank, int size)
         if (rc == 0) {
             printf("gray-scott %ux%u on %d ranks (%s:%d on rank 0, %s)\n", o.size, o.size, size,
                    mc_device_kind_name(st.device.kind), st.device.index, st.device.name);
-            if (o.ranks_x > 1) printf("  blocks       %u x %d (rank 0: %u x %u cells)\n", o.ranks_x, size / (int)o.ranks_x, st.cols, st.rows);
+            if (o.ranks_x > 1)
+                printf("  blocks       %u x %d (rank 0: %u x %u cells)\n", o.ranks_x, size / (int)o.ranks_x, st.cols,
+                       st.rows);
             printf("  steps        %llu in %llu chunks of up to %u steps (halo %u rows, exchange %s)\n",
                    (unsigned long long)st.steps, (unsigned long long)st.chunks, st.halo_steps, st.halo_rows,
                    st.overlapped ? "overlapped with compute" : "between chunks");
-            printf("  per chunk    exchange %.3f ms (%llu bytes each way), compute %.3f ms (slowest rank)\n",
-                   ex_max[0], (unsigned long long)st.halo_bytes_per_chunk / 2, ex_max[1]);
+            printf("  per chunk    exchange %.3f ms (%llu bytes each way), compute %.3f ms (slowest rank)\n", ex_max[0],
+                   (unsigned long long)st.halo_bytes_per_chunk / 2, ex_max[1]);
             printf("  model        %.4f ms per step between chunks, %.4f overlapped (at the start, slowest rank)\n",
                    st.model_step_ms[0], st.model_step_ms[1]);
             printf("  recoveries   %u (faults on the ranks: %u)\n", st.recoveries, own_all);

@@ -372,7 +372,8 @@ static void print_faults(const summary *s)
                status ? status : "");
         const char *key;
         json_t *v;
-        json_object_foreach(args, key, v) {
+        json_object_foreach(args, key, v)
+        {
             if (json_is_integer(v)) printf(" %s=%" JSON_INTEGER_FORMAT, key, json_integer_value(v));
         }
         printf("\n");
@@ -434,12 +435,13 @@ static void print_summary(const char *path, summary *s)
 
 static void trace_usage(void)
 {
-    printf("usage: metal-compute trace summary FILE [--max-mb N]\n\n"
-           "Summarises a trace written by 'run --trace FILE' or MC_TRACE=FILE (docs/TRACE.md): device busy and\n"
-           "idle share, the longest gaps, time per label, faults and recoveries. Open the file itself in\n"
-           "https://ui.perfetto.dev or chrome://tracing.\n\n"
-           "  --max-mb N   refuse files larger than N MiB (default %d)\n",
-           DEFAULT_MAX_MB);
+    printf(
+        "usage: metal-compute trace summary FILE [--max-mb N]\n\n"
+        "Summarises a trace written by 'run --trace FILE' or MC_TRACE=FILE (docs/TRACE.md): device busy and\n"
+        "idle share, the longest gaps, time per label, faults and recoveries. Open the file itself in\n"
+        "https://ui.perfetto.dev or chrome://tracing.\n\n"
+        "  --max-mb N   refuse files larger than N MiB (default %d)\n",
+        DEFAULT_MAX_MB);
 }
 
 int mc_cli_trace(int argc, char **argv)

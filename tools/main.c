@@ -66,13 +66,15 @@ static int cmd_help(int argc, char **argv)
 {
     int rc = argc > 1 && strcmp(argv[1], "--help") && strcmp(argv[1], "-h") ? no_arguments("help", argc, argv) : 0;
     if (rc) return rc;
-    printf("usage: metal-compute COMMAND [OPTIONS]\n\n"
-           "GPU compute that survives long-running work, on cpu, cuda and metal devices.\n\ncommands:\n");
+    printf(
+        "usage: metal-compute COMMAND [OPTIONS]\n\n"
+        "GPU compute that survives long-running work, on cpu, cuda and metal devices.\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         printf("  %-10s %s\n", commands[i].name, commands[i].summary);
-    printf("\n'metal-compute COMMAND --help' describes a command's options.\n"
-           "environment: MC_DEVICE=cpu|cuda|metal[:N]  MC_VALIDATION=1  MC_LOG=debug|info|warn|error|off\n"
-           "             MC_TIME_LIMIT_MS (cpu watchdog, 0 = none)  MC_INJECT_FAULTS=KIND@N,...\n");
+    printf(
+        "\n'metal-compute COMMAND --help' describes a command's options.\n"
+        "environment: MC_DEVICE=cpu|cuda|metal[:N]  MC_VALIDATION=1  MC_LOG=debug|info|warn|error|off\n"
+        "             MC_TIME_LIMIT_MS (cpu watchdog, 0 = none)  MC_INJECT_FAULTS=KIND@N,...\n");
     return 0;
 }
 
@@ -179,8 +181,8 @@ bool mc_cli_self_exe(char *out, size_t cap)
 #endif
 }
 
-int mc_cli_open_target(const char *device, bool isolate, double deadline_ms, uint32_t max_restarts,
-                       const char *faults, mc_device **dev, mc_device_info *info, mc_isolate_desc *iso)
+int mc_cli_open_target(const char *device, bool isolate, double deadline_ms, uint32_t max_restarts, const char *faults,
+                       mc_device **dev, mc_device_info *info, mc_isolate_desc *iso)
 {
     *dev = NULL;
     memset(info, 0, sizeof *info);

@@ -22,8 +22,8 @@ static const struct {
     size_t size;
 } dtypes[] = {
     {MC_NPY_F32, "float32", "f4", 4}, {MC_NPY_F64, "float64", "f8", 8}, {MC_NPY_I8, "int8", "i1", 1},
-    {MC_NPY_U8, "uint8", "u1", 1},     {MC_NPY_I16, "int16", "i2", 2},   {MC_NPY_U16, "uint16", "u2", 2},
-    {MC_NPY_I32, "int32", "i4", 4},   {MC_NPY_U32, "uint32", "u4", 4}, {MC_NPY_I64, "int64", "i8", 8},
+    {MC_NPY_U8, "uint8", "u1", 1},    {MC_NPY_I16, "int16", "i2", 2},   {MC_NPY_U16, "uint16", "u2", 2},
+    {MC_NPY_I32, "int32", "i4", 4},   {MC_NPY_U32, "uint32", "u4", 4},  {MC_NPY_I64, "int64", "i8", 8},
     {MC_NPY_U64, "uint64", "u8", 8},
 };
 
@@ -166,8 +166,8 @@ bool mc_npy_parse(const void *file, size_t len, mc_npy *out, char *why, size_t w
     size_t bytes = n * mc_npy_dtype_size(out->dtype);
     size_t have = len - start - hlen;
     if (have != bytes)
-        return WHY("%s %zu bytes of data where the shape needs %zu", have < bytes ? "truncated:" : "trailing bytes:", have,
-                   bytes);
+        return WHY("%s %zu bytes of data where the shape needs %zu",
+                   have < bytes ? "truncated:" : "trailing bytes:", have, bytes);
     out->data = malloc(bytes);
     if (!out->data) return WHY("out of memory for %zu bytes", bytes);
     memcpy(out->data, b + start + hlen, bytes);

@@ -81,9 +81,9 @@ void mc_run_report_progress(void *user, const mc_runner_progress *p)
     if (p->recoveries) snprintf(retry, sizeof retry, "  %u recovered", p->recoveries);
     if (p->worker_restarts)
         snprintf(retry + strlen(retry), sizeof retry - strlen(retry), "  %u restarts", p->worker_restarts);
-    r->bar_len = fprintf(stderr, "\r[%s] %3.0f%%  %llu/%llu steps  %.0f steps/s%s%s ", bar, frac * 100,
-                         (unsigned long long)p->iterations, (unsigned long long)p->total_iterations, p->rate, left,
-                         retry);
+    r->bar_len =
+        fprintf(stderr, "\r[%s] %3.0f%%  %llu/%llu steps  %.0f steps/s%s%s ", bar, frac * 100,
+                (unsigned long long)p->iterations, (unsigned long long)p->total_iterations, p->rate, left, retry);
     fflush(stderr);
 }
 
@@ -96,18 +96,19 @@ void mc_run_report_summary(const mc_runner_stats *st, const mc_isolate_stats *is
            (unsigned long long)st->chunks, st->chunk_ms_mean, st->chunk_ms_max, st->gap_us_mean);
     printf("  recoveries   %u", st->recoveries);
     if (st->recoveries)
-        printf(" (timeout %u, page fault %u, access revoked %u, device lost %u, internal %u, other %u)",
-               st->timeouts, st->page_faults, st->access_revoked, st->devices_lost, st->internal_errors,
+        printf(" (timeout %u, page fault %u, access revoked %u, device lost %u, internal %u, other %u)", st->timeouts,
+               st->page_faults, st->access_revoked, st->devices_lost, st->internal_errors,
                st->victims + st->other_errors);
     if (ist) {
         printf("\n  worker restarts %u", st->worker_restarts);
         if (st->worker_restarts)
             printf(" (device error %u, died %u, hung %u)", ist->device_errors, ist->deaths, ist->hangs);
         if (ist->restart_ms_last > 0)
-            printf("\n  restart cost %.1f ms from the fault to progress (reap %.1f, start %.1f, resume %.1f);"
-                   " %.1f mean, %.1f max; %.1f ms without progress",
-                   ist->restart_ms_last, ist->reap_ms_last, ist->ready_ms_last, ist->resume_ms_last,
-                   ist->restart_ms_mean, ist->restart_ms_max, ist->outage_ms_last);
+            printf(
+                "\n  restart cost %.1f ms from the fault to progress (reap %.1f, start %.1f, resume %.1f);"
+                " %.1f mean, %.1f max; %.1f ms without progress",
+                ist->restart_ms_last, ist->reap_ms_last, ist->ready_ms_last, ist->resume_ms_last, ist->restart_ms_mean,
+                ist->restart_ms_max, ist->outage_ms_last);
     }
     if (ckpt_dir) printf("\n  checkpoints  %llu written to %s", (unsigned long long)st->checkpoints_written, ckpt_dir);
     /* After a resume, the rate counts only the steps this process ran. */

@@ -27,13 +27,13 @@
 
 #define TG 256u
 
-#define CHECK(call)                                                                                    \
-    do {                                                                                               \
-        mc_status s_ = (call);                                                                         \
-        if (s_ != MC_OK) {                                                                             \
+#define CHECK(call)                                                                                       \
+    do {                                                                                                  \
+        mc_status s_ = (call);                                                                            \
+        if (s_ != MC_OK) {                                                                                \
             fprintf(stderr, "compact: %s failed: %s (%s)\n", #call, mc_status_name(s_), mc_last_error()); \
-            exit(1);                                                                                   \
-        }                                                                                              \
+            exit(1);                                                                                      \
+        }                                                                                                 \
     } while (0)
 
 static int cmp_u32(const void *a, const void *b)
@@ -172,10 +172,11 @@ int main(int argc, char **argv)
             qsort(ref_sq, m, 4, cmp_u32);
             ok = memcmp(kept, ref, (size_t)m * 4) == 0 && memcmp(out, ref_sq, (size_t)m * 4) == 0;
         }
-        printf("compact on %s: %u of %u values over %u survive; stage 2 ran %u threadgroups; %.3f ms on the device; "
-               "%s\n",
-               info.name, count, n, threshold, grid[0], (double)(t1 - t0) / 1e6,
-               ok ? "matches the CPU reference" : "DIFFERS from the CPU reference");
+        printf(
+            "compact on %s: %u of %u values over %u survive; stage 2 ran %u threadgroups; %.3f ms on the device; "
+            "%s\n",
+            info.name, count, n, threshold, grid[0], (double)(t1 - t0) / 1e6,
+            ok ? "matches the CPU reference" : "DIFFERS from the CPU reference");
         if (!ok) bad = 1;
     }
 

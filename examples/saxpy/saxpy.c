@@ -10,13 +10,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CHECK(call)                                                                              \
-    do {                                                                                         \
-        mc_status s_ = (call);                                                                   \
-        if (s_ != MC_OK) {                                                                       \
+#define CHECK(call)                                                                                     \
+    do {                                                                                                \
+        mc_status s_ = (call);                                                                          \
+        if (s_ != MC_OK) {                                                                              \
             fprintf(stderr, "saxpy: %s failed: %s (%s)\n", #call, mc_status_name(s_), mc_last_error()); \
-            exit(1);                                                                             \
-        }                                                                                        \
+            exit(1);                                                                                    \
+        }                                                                                               \
     } while (0)
 
 int main(int argc, char **argv)

@@ -26,19 +26,19 @@
 #include <string.h>
 #include <time.h>
 
-#define BLOCK 1024u   /* samples per block */
-#define NTAPS 32u     /* FIR length */
-#define RATE 48000.0  /* samples per second, for the real-time figure */
+#define BLOCK 1024u  /* samples per block */
+#define NTAPS 32u    /* FIR length */
+#define RATE 48000.0 /* samples per second, for the real-time figure */
 #define TOLERANCE 1e-5f
 #define PI 3.14159265358979323846
 
-#define CHECK(call)                                                                                     \
-    do {                                                                                                \
-        mc_status s_ = (call);                                                                          \
-        if (s_ != MC_OK) {                                                                              \
+#define CHECK(call)                                                                                             \
+    do {                                                                                                        \
+        mc_status s_ = (call);                                                                                  \
+        if (s_ != MC_OK) {                                                                                      \
             fprintf(stderr, "stream_filter: %s failed: %s (%s)\n", #call, mc_status_name(s_), mc_last_error()); \
-            exit(1);                                                                                    \
-        }                                                                                               \
+            exit(1);                                                                                            \
+        }                                                                                                       \
     } while (0)
 
 typedef struct filter {
@@ -241,7 +241,8 @@ int main(int argc, char **argv)
     mc_status s;
     while ((s = mc_stream_pull(stream, MC_WAIT_FOREVER, &r)) == MC_OK) {
         if (r.tag != received) {
-            fprintf(stderr, "stream_filter: block %llu arrived where %u was due\n", (unsigned long long)r.tag, received);
+            fprintf(stderr, "stream_filter: block %llu arrived where %u was due\n", (unsigned long long)r.tag,
+                    received);
             wrong++;
         }
         if (r.status != MC_OK) {
@@ -266,12 +267,13 @@ int main(int argc, char **argv)
     mc_stream_stats st;
     CHECK(mc_stream_get_stats(stream, &st));
     bool ok = received == blocks && !wrong && !failed && max_err <= TOLERANCE;
-    printf("stream_filter on %s (%s): %u blocks of %u samples, %u taps, %u slots: %s (max error %.2g), "
-           "%.0f blocks/s (%.0fx real time at %.0f kHz), %u recover%s, %u device reopen%s\n",
-           mc_device_kind_name(info.kind), info.name, received, BLOCK, NTAPS, st.slots,
-           ok ? "matches the CPU reference" : "WRONG", (double)max_err, received / secs,
-           received * (double)BLOCK / RATE / secs, RATE / 1000, st.recoveries, st.recoveries == 1 ? "y" : "ies",
-           st.device_reopens, st.device_reopens == 1 ? "" : "s");
+    printf(
+        "stream_filter on %s (%s): %u blocks of %u samples, %u taps, %u slots: %s (max error %.2g), "
+        "%.0f blocks/s (%.0fx real time at %.0f kHz), %u recover%s, %u device reopen%s\n",
+        mc_device_kind_name(info.kind), info.name, received, BLOCK, NTAPS, st.slots,
+        ok ? "matches the CPU reference" : "WRONG", (double)max_err, received / secs,
+        received * (double)BLOCK / RATE / secs, RATE / 1000, st.recoveries, st.recoveries == 1 ? "y" : "ies",
+        st.device_reopens, st.device_reopens == 1 ? "" : "s");
 
     mc_stream_release(stream);
     mc_device_release(dev);

@@ -50,9 +50,14 @@ extern "C" {
  * C++20, and warnings for the unnamed fields after) `{}` gives the same
  * all-zero value. */
 #ifdef __cplusplus
-#define MC__DESC_INIT(...) {}
+#define MC__DESC_INIT(...) \
+    {                      \
+    }
 #else
-#define MC__DESC_INIT(...) {__VA_ARGS__}
+#define MC__DESC_INIT(...) \
+    {                      \
+        __VA_ARGS__        \
+    }
 #endif
 
 /* MC_VERSION_MAJOR, _MINOR, _PATCH and _STRING: the version these headers
@@ -70,28 +75,28 @@ MC_API const char *mc_version(void);
 /* Device-side codes keep the numbers of MTLCommandBufferError (F685) so a   */
 /* Metal error maps one to one; API errors start at 100.                     */
 /* ------------------------------------------------------------------------ */
-#define MC_STATUS_MAP(X)                                                           \
-    X(OK, 0, "success")                                                            \
-    X(ERR_INTERNAL, 1, "internal error in the device or its driver")               \
-    X(ERR_TIMEOUT, 2, "command buffer exceeded the device's execution-time limit") \
-    X(ERR_PAGE_FAULT, 3, "page fault: a kernel touched memory it does not own")    \
-    X(ERR_ACCESS_REVOKED, 4, "device access revoked after repeated errors")        \
-    X(ERR_NOT_PERMITTED, 7, "not permitted to use the device")                     \
-    X(ERR_OUT_OF_MEMORY, 8, "out of device memory")                                \
-    X(ERR_INVALID_RESOURCE, 9, "invalid resource used by a command")               \
-    X(ERR_DEVICE_LOST, 11, "device lost: reopen it (or restart the process)")      \
-    X(ERR_PRIOR_ERROR, 20, "not executed: victim of an earlier error on the queue")\
-    X(ERR_INVALID_ARGUMENT, 100, "invalid argument")                               \
-    X(ERR_UNSUPPORTED, 101, "not supported by this device")                        \
-    X(ERR_COMPILE, 102, "kernel compilation failed")                               \
-    X(ERR_CACHE_MISS, 103, "pipeline not in the cache and compiling is disabled")  \
-    X(ERR_IO, 104, "input/output error")                                           \
-    X(ERR_NOT_FOUND, 105, "not found")                                             \
-    X(ERR_INVALID_STATE, 106, "call not allowed in the object's current state")    \
-    X(ERR_VALIDATION, 107, "refused by validation")                                \
-    X(ERR_WAIT_TIMEOUT, 108, "wait timed out")                                     \
-    X(ERR_CANCELLED, 109, "cancelled")                                             \
-    X(ERR_NO_MEMORY, 110, "out of host memory")                                    \
+#define MC_STATUS_MAP(X)                                                            \
+    X(OK, 0, "success")                                                             \
+    X(ERR_INTERNAL, 1, "internal error in the device or its driver")                \
+    X(ERR_TIMEOUT, 2, "command buffer exceeded the device's execution-time limit")  \
+    X(ERR_PAGE_FAULT, 3, "page fault: a kernel touched memory it does not own")     \
+    X(ERR_ACCESS_REVOKED, 4, "device access revoked after repeated errors")         \
+    X(ERR_NOT_PERMITTED, 7, "not permitted to use the device")                      \
+    X(ERR_OUT_OF_MEMORY, 8, "out of device memory")                                 \
+    X(ERR_INVALID_RESOURCE, 9, "invalid resource used by a command")                \
+    X(ERR_DEVICE_LOST, 11, "device lost: reopen it (or restart the process)")       \
+    X(ERR_PRIOR_ERROR, 20, "not executed: victim of an earlier error on the queue") \
+    X(ERR_INVALID_ARGUMENT, 100, "invalid argument")                                \
+    X(ERR_UNSUPPORTED, 101, "not supported by this device")                         \
+    X(ERR_COMPILE, 102, "kernel compilation failed")                                \
+    X(ERR_CACHE_MISS, 103, "pipeline not in the cache and compiling is disabled")   \
+    X(ERR_IO, 104, "input/output error")                                            \
+    X(ERR_NOT_FOUND, 105, "not found")                                              \
+    X(ERR_INVALID_STATE, 106, "call not allowed in the object's current state")     \
+    X(ERR_VALIDATION, 107, "refused by validation")                                 \
+    X(ERR_WAIT_TIMEOUT, 108, "wait timed out")                                      \
+    X(ERR_CANCELLED, 109, "cancelled")                                              \
+    X(ERR_NO_MEMORY, 110, "out of host memory")                                     \
     X(ERR_WORKER_LOST, 111, "the worker process died or stopped answering, past the restart bound")
 
 typedef enum mc_status {
@@ -157,10 +162,10 @@ typedef enum mc_device_kind {
 MC_API const char *mc_device_kind_name(mc_device_kind k); /* "cpu", "cuda", "metal", "any" */
 
 /* Feature bits in mc_device_info.features. */
-#define MC_FEATURE_PRIVATE_STORAGE 0x1u  /* buffers the CPU cannot map */
-#define MC_FEATURE_GPU_EVENT_WAIT 0x2u   /* events waited on inside a command buffer without a CPU hop */
+#define MC_FEATURE_PRIVATE_STORAGE 0x1u /* buffers the CPU cannot map */
+#define MC_FEATURE_GPU_EVENT_WAIT 0x2u  /* events waited on inside a command buffer without a CPU hop */
 #define MC_FEATURE_INDIRECT_DISPATCH 0x4u
-#define MC_FEATURE_WATCHDOG 0x8u         /* an execution-time limit is enforced */
+#define MC_FEATURE_WATCHDOG 0x8u /* an execution-time limit is enforced */
 /* Optional Metal features, absent where the GPU or OS lacks them (hosted
  * macOS runners' paravirtual GPU, older macOS): */
 #define MC_FEATURE_NATIVE_COMMAND_LISTS 0x10u /* command lists replayed as indirect command buffers */
@@ -172,9 +177,9 @@ MC_API const char *mc_device_kind_name(mc_device_kind k); /* "cpu", "cuda", "met
 
 typedef struct mc_device_info {
     mc_device_kind kind;
-    int index;                       /* within its kind */
-    char name[MC_NAME_MAX];          /* human readable */
-    char identity[MC_NAME_MAX];      /* model/architecture: keys the pipeline cache */
+    int index;                  /* within its kind */
+    char name[MC_NAME_MAX];     /* human readable */
+    char identity[MC_NAME_MAX]; /* model/architecture: keys the pipeline cache */
     uint32_t max_threads_per_threadgroup;
     uint64_t threadgroup_memory_size; /* bytes per threadgroup */
     uint32_t simd_width;
@@ -182,19 +187,19 @@ typedef struct mc_device_info {
     bool unified_memory;
     uint64_t execution_time_limit_ns; /* watchdog in force; 0 = none */
     uint64_t max_buffer_size;
-    uint32_t features;               /* MC_FEATURE_* */
+    uint32_t features; /* MC_FEATURE_* */
 } mc_device_info;
 
 #define MC_TIME_LIMIT_NONE (-1)
 
 typedef struct mc_device_desc {
-    mc_device_kind kind;   /* ANY: $MC_DEVICE if set, else the best present */
-    int index;             /* within the kind */
+    mc_device_kind kind; /* ANY: $MC_DEVICE if set, else the best present */
+    int index;           /* within the kind */
     /* Execution-time limit per command buffer on devices that emulate one
      * (the CPU device): 0 = default ($MC_TIME_LIMIT_MS, else 5000 ms),
      * MC_TIME_LIMIT_NONE = no limit, >0 = milliseconds. */
     int64_t time_limit_ms;
-    uint32_t threads;      /* CPU device workers; 0 = number of cores */
+    uint32_t threads; /* CPU device workers; 0 = number of cores */
 } mc_device_desc;
 #define MC_DEVICE_DESC_INIT MC__DESC_INIT(.kind = MC_DEVICE_ANY, .index = 0, .time_limit_ms = 0, .threads = 0)
 
@@ -236,12 +241,12 @@ MC_API bool mc_validation_enabled(void);
 /* Buffers                                                                   */
 /* ------------------------------------------------------------------------ */
 typedef enum mc_storage {
-    MC_STORAGE_SHARED = 0,  /* host-visible; contents() is valid */
-    MC_STORAGE_PRIVATE = 1  /* device-only where the device has it */
+    MC_STORAGE_SHARED = 0, /* host-visible; contents() is valid */
+    MC_STORAGE_PRIVATE = 1 /* device-only where the device has it */
 } mc_storage;
 
 typedef struct mc_buffer_desc {
-    size_t size;              /* bytes, > 0 */
+    size_t size; /* bytes, > 0 */
     mc_storage storage;
     const char *label;
     const void *initial_data; /* optional: size bytes copied in */
@@ -255,8 +260,8 @@ MC_API void mc_buffer_retain(mc_buffer *b);
  * reference is kept, and mc_last_error() and the log (message id
  * "validation.buffer_in_use") say so. Returns nothing, like every release. */
 MC_API void mc_buffer_release(mc_buffer *b);
-MC_API size_t mc_buffer_size(const mc_buffer *b);               /* 0 for NULL */
-MC_API void *mc_buffer_contents(mc_buffer *b);                  /* NULL if not host-visible */
+MC_API size_t mc_buffer_size(const mc_buffer *b); /* 0 for NULL */
+MC_API void *mc_buffer_contents(mc_buffer *b);    /* NULL if not host-visible */
 /* Synchronous transfers for any storage; do not order against queued work. */
 MC_API mc_status mc_buffer_write(mc_buffer *b, size_t offset, const void *src, size_t len);
 MC_API mc_status mc_buffer_read(mc_buffer *b, size_t offset, void *dst, size_t len);
@@ -293,7 +298,7 @@ MC_API mc_status mc_buffer_read(mc_buffer *b, size_t offset, void *dst, size_t l
 #define MC_HOST_BUFFER_ALIGNMENT 16
 typedef void (*mc_host_release_fn)(void *user, void *pointer);
 typedef struct mc_host_buffer_desc {
-    void *pointer;              /* size bytes, readable and writable */
+    void *pointer; /* size bytes, readable and writable */
     size_t size;
     const char *label;
     mc_host_release_fn release; /* optional: see above */
@@ -343,8 +348,8 @@ MC_API mc_status mc_library_create(mc_device *d, const mc_library_desc *desc, mc
  * a compile error comes from mc_pipeline_create (MC_ERR_COMPILE, the
  * compiler's output in mc_last_error()). Function constants are part of
  * the cache's key: each set of values is cached like any pipeline. */
-MC_API mc_status mc_library_create_from_file(mc_device *d, const char *path, mc_language language,
-                                             const char *options, mc_library **out, char **log);
+MC_API mc_status mc_library_create_from_file(mc_device *d, const char *path, mc_language language, const char *options,
+                                             mc_library **out, char **log);
 /* The extension of device kind k's native kernel language: ".c", ".cu", ".metal".
  * Every device also runs MSL (".metal"), the language of the project's kernels. */
 MC_API const char *mc_device_kernel_extension(mc_device_kind k);
@@ -512,7 +517,7 @@ MC_API mc_cmdbuf_state mc_cmdbuf_get_state(const mc_cmdbuf *cb);
 MC_API mc_status mc_cmdbuf_status(const mc_cmdbuf *cb, const char **message);
 MC_API size_t mc_cmdbuf_pass_count(const mc_cmdbuf *cb);
 typedef struct mc_pass_info {
-    const char *label;   /* valid while the command buffer lives */
+    const char *label; /* valid while the command buffer lives */
     mc_pass_state state;
     uint64_t gpu_start_ns, gpu_end_ns; /* with MC_CMDBUF_PASS_TIMESTAMPS, else 0 */
 } mc_pass_info;

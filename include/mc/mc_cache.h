@@ -38,20 +38,20 @@ extern "C" {
 typedef struct mc_pipeline_source_desc {
     mc_language language; /* UNSET: the device's own (c, cuda or msl) */
     const char *source;
-    size_t source_len;    /* 0 = strlen(source) */
-    const char *options;  /* compiler options, space separated; may be NULL */
+    size_t source_len;   /* 0 = strlen(source) */
+    const char *options; /* compiler options, space separated; may be NULL */
     const char *function;
     /* Occupancy hints (F157, F158): 0 = device default. Part of the key. */
     uint32_t max_total_threads_per_threadgroup;
     bool threadgroup_size_is_multiple_of_simd_width;
-    const char *label;    /* not part of the key; NULL = the function name */
+    const char *label; /* not part of the key; NULL = the function name */
     /* MSL function constants, as mc_pipeline_desc takes them: part of the
      * key (indices, sizes and values, in any order; an index given twice
      * is refused), so each set of values is an entry of its own. */
     const mc_function_constant *constants;
     uint32_t constant_count;
 } mc_pipeline_source_desc;
-#define MC_PIPELINE_SOURCE_DESC_INIT                                                                        \
+#define MC_PIPELINE_SOURCE_DESC_INIT \
     MC__DESC_INIT(.language = MC_LANG_UNSET, .source = NULL, .source_len = 0, .max_total_threads_per_threadgroup = 0)
 
 /* Makes a pipeline from source: from memory, else from the on-disk archive,
@@ -61,8 +61,8 @@ typedef struct mc_pipeline_source_desc {
  * receives the compiler's output (free with mc_free), else NULL.
  * In MC_CACHE_REQUIRE mode a pipeline found neither in memory nor on disk
  * returns MC_ERR_CACHE_MISS without compiling (F700). */
-MC_API mc_status mc_pipeline_create_from_source(mc_device *d, const mc_pipeline_source_desc *desc,
-                                                mc_pipeline **out, char **log);
+MC_API mc_status mc_pipeline_create_from_source(mc_device *d, const mc_pipeline_source_desc *desc, mc_pipeline **out,
+                                                char **log);
 
 /* ------------------------------------------------------------------------ */
 /* Asynchronous creation (F159): start many, wait for any                    */
@@ -73,8 +73,7 @@ typedef struct mc_pipeline_future mc_pipeline_future;
  * threads (a memory hit completes at once). desc and its strings are copied
  * before returning. *out is released with mc_pipeline_future_release, which
  * may come before the work has finished. The future keeps the device open. */
-MC_API mc_status mc_pipeline_create_async(mc_device *d, const mc_pipeline_source_desc *desc,
-                                          mc_pipeline_future **out);
+MC_API mc_status mc_pipeline_create_async(mc_device *d, const mc_pipeline_source_desc *desc, mc_pipeline_future **out);
 /* Waits up to timeout_ns (MC_WAIT_FOREVER: for ever; 0: just looks).
  * MC_ERR_WAIT_TIMEOUT while the work runs; otherwise the status of the
  * creation, with *out (may be NULL) a new reference to the pipeline on
@@ -119,20 +118,20 @@ MC_API mc_cache_mode mc_cache_get_mode(mc_device *d); /* never DEFAULT; OFF for 
 MC_API mc_status mc_cache_set_max_bytes(mc_device *d, uint64_t max_bytes);
 
 typedef struct mc_cache_stats {
-    uint64_t hits_memory;  /* requests served from memory (or by waiting for a concurrent build) */
-    uint64_t hits_disk;    /* requests served from the on-disk archive */
-    uint64_t misses;       /* requests that found nothing usable */
-    uint64_t compiles;     /* compilations run (a failed one counts too) */
-    uint64_t compile_ns;   /* time spent compiling */
-    uint64_t load_ns;      /* time spent loading entries from disk */
-    uint64_t writes;       /* entries written to disk */
-    uint64_t rejected;     /* on-disk entries refused (see docs/CACHE.md) */
-    uint64_t evictions;    /* entries removed to stay under the cap */
+    uint64_t hits_memory;    /* requests served from memory (or by waiting for a concurrent build) */
+    uint64_t hits_disk;      /* requests served from the on-disk archive */
+    uint64_t misses;         /* requests that found nothing usable */
+    uint64_t compiles;       /* compilations run (a failed one counts too) */
+    uint64_t compile_ns;     /* time spent compiling */
+    uint64_t load_ns;        /* time spent loading entries from disk */
+    uint64_t writes;         /* entries written to disk */
+    uint64_t rejected;       /* on-disk entries refused (see docs/CACHE.md) */
+    uint64_t evictions;      /* entries removed to stay under the cap */
     uint64_t memory_entries; /* keys held in memory now */
-    uint64_t disk_entries; /* entries in this device's folder now */
-    uint64_t disk_bytes;   /* their bytes */
-    uint64_t max_bytes;    /* the cap in force */
-    bool disk_enabled;     /* false: memory only (see the log for why) */
+    uint64_t disk_entries;   /* entries in this device's folder now */
+    uint64_t disk_bytes;     /* their bytes */
+    uint64_t max_bytes;      /* the cap in force */
+    bool disk_enabled;       /* false: memory only (see the log for why) */
 } mc_cache_stats;
 
 /* The device's counters since it was opened, and what its folder holds. */

@@ -55,13 +55,13 @@ typedef struct mc_cpu_arg {
 } mc_cpu_arg;
 
 struct mc_cpu_ctx {
-    uint32_t group_id[3];     /* this threadgroup in the grid */
-    uint32_t groups[3];       /* threadgroups per grid */
-    uint32_t group_size[3];   /* threads per threadgroup */
-    const mc_cpu_arg *args;   /* MC_CPU_MAX_ARGS slots */
+    uint32_t group_id[3];   /* this threadgroup in the grid */
+    uint32_t groups[3];     /* threadgroups per grid */
+    uint32_t group_size[3]; /* threads per threadgroup */
+    const mc_cpu_arg *args; /* MC_CPU_MAX_ARGS slots */
     void *tg_mem[MC_CPU_MAX_TG_MEM];
     size_t tg_mem_size[MC_CPU_MAX_TG_MEM];
-    uint32_t worker;          /* which worker runs this call */
+    uint32_t worker;                   /* which worker runs this call */
     const mc_cpu_constants *constants; /* MSL function constants, or NULL */
 };
 typedef struct mc_cpu_ctx mc_cpu_ctx;
@@ -73,8 +73,8 @@ typedef struct mc_cpu_ctx mc_cpu_ctx;
 #endif
 
 /* Declares the kernel and its argument count (read by validation). */
-#define MC_KERNEL(name, nargs)                                            \
-    MC_KERNEL_EXPORT const int32_t name##__mc_argc = (nargs);             \
+#define MC_KERNEL(name, nargs)                                \
+    MC_KERNEL_EXPORT const int32_t name##__mc_argc = (nargs); \
     MC_KERNEL_EXPORT void name(const mc_cpu_ctx *ctx)
 
 #define MC_ARG(ctx, i, type) ((type *)(ctx)->args[(i)].ptr)
@@ -85,26 +85,23 @@ typedef struct mc_cpu_ctx mc_cpu_ctx;
  * size and base are read once, into locals: a kernel's stores through a
  * uint32_t pointer could otherwise alias ctx and force a reload of both
  * every iteration. */
-#define MC_FOR_EACH_THREAD(ctx, tid)                                                          \
-    for (uint32_t mc__lid = 0, mc__n = (ctx)->group_size[0], mc__base = (ctx)->group_id[0] * mc__n, \
-                  tid = mc__base;                                                             \
+#define MC_FOR_EACH_THREAD(ctx, tid)                                                                                \
+    for (uint32_t mc__lid = 0, mc__n = (ctx)->group_size[0], mc__base = (ctx)->group_id[0] * mc__n, tid = mc__base; \
          mc__lid < mc__n; ++mc__lid, tid = mc__base + mc__lid)
 
 /* The threads of the group whose global x index is below limit: a plain
  * counted loop with no test inside, which the compiler can vectorise. */
-#define MC_FOR_EACH_THREAD_BELOW(ctx, tid, limit)                                                  \
-    for (uint32_t mc__e = ((ctx)->group_id[0] + 1u) * (ctx)->group_size[0],                       \
-                  tid = (ctx)->group_id[0] * (ctx)->group_size[0],                                \
-                  mc__end = mc__e < (uint32_t)(limit) ? mc__e : (uint32_t)(limit);               \
+#define MC_FOR_EACH_THREAD_BELOW(ctx, tid, limit)                                  \
+    for (uint32_t mc__e = ((ctx)->group_id[0] + 1u) * (ctx)->group_size[0],        \
+                  tid = (ctx)->group_id[0] * (ctx)->group_size[0],                 \
+                  mc__end = mc__e < (uint32_t)(limit) ? mc__e : (uint32_t)(limit); \
          tid < mc__end; ++tid)
 
 /* 2-D: gx, gy are the global thread coordinates. */
-#define MC_FOR_EACH_THREAD_2D(ctx, gx, gy)                                                     \
-    for (uint32_t mc__ly = 0, mc__ny = (ctx)->group_size[1], mc__by = (ctx)->group_id[1] * mc__ny, \
-                  gy = mc__by;                                                                 \
-         mc__ly < mc__ny; ++mc__ly, gy = mc__by + mc__ly)                                      \
-        for (uint32_t mc__lx = 0, mc__nx = (ctx)->group_size[0], mc__bx = (ctx)->group_id[0] * mc__nx, \
-                      gx = mc__bx;                                                             \
+#define MC_FOR_EACH_THREAD_2D(ctx, gx, gy)                                                                          \
+    for (uint32_t mc__ly = 0, mc__ny = (ctx)->group_size[1], mc__by = (ctx)->group_id[1] * mc__ny, gy = mc__by;     \
+         mc__ly < mc__ny; ++mc__ly, gy = mc__by + mc__ly)                                                           \
+        for (uint32_t mc__lx = 0, mc__nx = (ctx)->group_size[0], mc__bx = (ctx)->group_id[0] * mc__nx, gx = mc__bx; \
              mc__lx < mc__nx; ++mc__lx, gx = mc__bx + mc__lx)
 
 #endif

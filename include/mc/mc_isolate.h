@@ -84,8 +84,8 @@ typedef struct mc_isolate_desc {
      * or "" = $MC_DEVICE, else the best present, chosen in the worker (the
      * caller never lists devices). */
     const char *device;
-    int64_t time_limit_ms;     /* as mc_device_desc.time_limit_ms */
-    uint32_t threads;          /* as mc_device_desc.threads (CPU device workers) */
+    int64_t time_limit_ms; /* as mc_device_desc.time_limit_ms */
+    uint32_t threads;      /* as mc_device_desc.threads (CPU device workers) */
     /* A worker with work to do that sends nothing for this long is hung:
      * it is killed and replaced. It reports at least every 100 ms while it
      * works; keep the deadline above the device's execution-time limit.
@@ -111,15 +111,15 @@ typedef struct mc_isolate_desc {
 
 /* What the supervisor saw; all times in milliseconds on its clock. */
 typedef struct mc_isolate_stats {
-    uint32_t workers;         /* worker processes started */
-    uint32_t restarts;        /* of them, replacements */
-    uint32_t device_errors;   /* restarts because the worker reported a device error (device lost, ...) */
-    uint32_t deaths;          /* restarts because the worker died (a signal, an exit without a report) */
-    uint32_t hangs;           /* restarts because the worker sent nothing for deadline_ms */
-    int last_signal;          /* the signal that ended the last worker that died by one; 0 if none */
-    mc_status last_cause;     /* of the last restart: the device error, or MC_ERR_WORKER_LOST; MC_OK if none */
+    uint32_t workers;       /* worker processes started */
+    uint32_t restarts;      /* of them, replacements */
+    uint32_t device_errors; /* restarts because the worker reported a device error (device lost, ...) */
+    uint32_t deaths;        /* restarts because the worker died (a signal, an exit without a report) */
+    uint32_t hangs;         /* restarts because the worker sent nothing for deadline_ms */
+    int last_signal;        /* the signal that ended the last worker that died by one; 0 if none */
+    mc_status last_cause;   /* of the last restart: the device error, or MC_ERR_WORKER_LOST; MC_OK if none */
     char last_cause_text[256];
-    double start_ms;          /* the first worker: from its start until it was ready (device open, setup) */
+    double start_ms; /* the first worker: from its start until it was ready (device open, setup) */
     /* A restart's cost: from the moment the fault was known (the worker's
      * report, its death seen, or the deadline passed) until the new worker
      * reported progress again (the runner: its first chunk after the
@@ -136,8 +136,8 @@ typedef struct mc_isolate_stats {
      * (the device's error reporting, the deadline) is included. */
     double outage_ms_last;
     uint64_t restored_iteration; /* runner: where the last worker started (its checkpoint) */
-    mc_device_info device;    /* the device the workers opened (valid once one was ready) */
-    int worker_pid;           /* the current worker, 0 when none */
+    mc_device_info device;       /* the device the workers opened (valid once one was ready) */
+    int worker_pid;              /* the current worker, 0 when none */
 } mc_isolate_stats;
 
 /* The figures of an isolated runner or stream (created with .isolate).

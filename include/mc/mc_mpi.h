@@ -74,15 +74,15 @@ typedef enum mc_mpi_overlap {
 } mc_mpi_overlap;
 
 typedef struct mc_mpi_desc {
-    MPI_Comm comm;           /* 0 (or MPI_COMM_NULL) = MPI_COMM_WORLD; duplicated */
-    const char *device;      /* "cpu", "cuda", "metal": index = local rank mod devices of the kind;
+    MPI_Comm comm;             /* 0 (or MPI_COMM_NULL) = MPI_COMM_WORLD; duplicated */
+    const char *device;        /* "cpu", "cuda", "metal": index = local rank mod devices of the kind;
                                 "cuda:N": that one; NULL/"" = $MC_DEVICE or the best */
-    int64_t time_limit_ms;   /* as mc_device_desc.time_limit_ms */
-    uint32_t cpu_threads;    /* CPU device workers per rank; 0 = the host's cores / its ranks */
-    uint32_t width, height;  /* the global grid, cells */
-    uint32_t cell_bytes;     /* bytes per cell, > 0 */
-    uint32_t radius;         /* rows a step reads on each side; 0 = 1 */
-    const void *initial;     /* width * height cells, row-major; read on every rank (its rows and halos) */
+    int64_t time_limit_ms;     /* as mc_device_desc.time_limit_ms */
+    uint32_t cpu_threads;      /* CPU device workers per rank; 0 = the host's cores / its ranks */
+    uint32_t width, height;    /* the global grid, cells */
+    uint32_t cell_bytes;       /* bytes per cell, > 0 */
+    uint32_t radius;           /* rows a step reads on each side; 0 = 1 */
+    const void *initial;       /* width * height cells, row-major; read on every rank (its rows and halos) */
     const uint32_t *slab_rows; /* one count per rank, summing to height, each >= radius; NULL = even split */
     /* > 1: 2-D blocks instead of slabs: ranks_x columns by size / ranks_x
      * rows of blocks (even splits; rank r at column r % ranks_x), halos of
@@ -91,20 +91,20 @@ typedef struct mc_mpi_desc {
      * local width, which the kernel must wrap within. No slab_rows, no
      * overlap. 0 or 1: slabs of whole rows. */
     uint32_t ranks_x;
-    uint64_t total_steps;    /* > 0 */
-    uint32_t halo_steps;     /* H; 0 = chosen from the measured step and exchange cost */
-    double budget_ms;        /* device time per command buffer; 0 = 25 ms */
+    uint64_t total_steps;       /* > 0 */
+    uint32_t halo_steps;        /* H; 0 = chosen from the measured step and exchange cost */
+    double budget_ms;           /* device time per command buffer; 0 = 25 ms */
     uint32_t checkpoint_chunks; /* chunks between coordinated checkpoints; 0 = 16 */
-    uint32_t max_recoveries; /* failures in a row without progress before giving up; 0 = 8 */
-    const char *inject_faults; /* this rank's faults, "KIND@N,..." counted over its command buffers */
+    uint32_t max_recoveries;    /* failures in a row without progress before giving up; 0 = 8 */
+    const char *inject_faults;  /* this rank's faults, "KIND@N,..." counted over its command buffers */
     /* Overlap: each chunk first computes the rank's boundary bands (the
      * rows the neighbours need, 3 H radius rows each, on a grid of their
      * own: bind runs once more for that height) and sends them while the
      * whole slab computes. Never a send or receive inside a command
      * buffer: the host posts them between command buffers. */
     mc_mpi_overlap overlap;
-    uint32_t state_arg[2];   /* slots of A and B; both 0 = 0 and 1 */
-    uint32_t iteration_arg;  /* slot of the iteration bytes; 0 with state_arg unset = 2 */
+    uint32_t state_arg[2];  /* slots of A and B; both 0 = 0 and 1 */
+    uint32_t iteration_arg; /* slot of the iteration bytes; 0 with state_arg unset = 2 */
     /* Not NULL: durable checkpoints. Each coordinated checkpoint is also
      * written by every rank to DIR/rank-R-of-N (the runner's format and
      * atomic writes, docs/RUNNER.md; the last two kept). With resume, the
@@ -113,7 +113,7 @@ typedef struct mc_mpi_desc {
      * all: from the start. */
     const char *checkpoint_dir;
     bool resume;
-    const void *run_params;  /* identifies the run; compared on resume */
+    const void *run_params; /* identifies the run; compared on resume */
     size_t run_params_len;
     /* Optional: after every chunk all ranks agreed on, on each rank. */
     void (*progress)(void *user, uint64_t step, uint64_t total_steps);
@@ -125,26 +125,26 @@ typedef struct mc_mpi_desc {
 
 typedef struct mc_mpi_stats {
     int rank, size, local_rank;
-    uint32_t row0, rows;     /* this rank's slab */
-    uint32_t col0, cols;     /* and its columns (blocks; a slab: 0, width) */
-    uint32_t halo_steps;     /* H in force */
-    uint32_t halo_rows;      /* H * radius */
-    uint64_t steps;          /* done (= total_steps after a successful run) */
-    uint64_t chunks;         /* chunks completed (replays count again) */
+    uint32_t row0, rows; /* this rank's slab */
+    uint32_t col0, cols; /* and its columns (blocks; a slab: 0, width) */
+    uint32_t halo_steps; /* H in force */
+    uint32_t halo_rows;  /* H * radius */
+    uint64_t steps;      /* done (= total_steps after a successful run) */
+    uint64_t chunks;     /* chunks completed (replays count again) */
     uint64_t checkpoints;
-    uint64_t resumed_from;   /* the step a resumed run started at; 0 otherwise */
-    uint32_t recoveries;     /* coordinated roll-backs (the same on every rank) */
-    uint32_t own_faults;     /* of them, caused by this rank's device */
-    mc_status last_fault;    /* this rank's last device error, MC_OK if none */
+    uint64_t resumed_from;         /* the step a resumed run started at; 0 otherwise */
+    uint32_t recoveries;           /* coordinated roll-backs (the same on every rank) */
+    uint32_t own_faults;           /* of them, caused by this rank's device */
+    mc_status last_fault;          /* this rank's last device error, MC_OK if none */
     uint64_t halo_bytes_per_chunk; /* this rank sends (and receives) per chunk */
-    bool overlapped;         /* the exchange overlaps the compute (mc_mpi_desc.overlap) */
-    double model_step_ms[2]; /* the model's ms per step, between chunks and overlapped, each at its
+    bool overlapped;               /* the exchange overlaps the compute (mc_mpi_desc.overlap) */
+    double model_step_ms[2];       /* the model's ms per step, between chunks and overlapped, each at its
                                 best H (or the given one), from the slowest rank's figures */
-    double step_ms;          /* measured device time of one step on this rank */
-    double exchange_ms_mean; /* wall time of one halo exchange, device copies included */
-    double exchange_wait_ms_mean; /* of it, waiting in MPI (the transfer and any peer still computing) */
-    double compute_ms_mean;  /* wall time of one chunk on the device */
-    double elapsed_ms;       /* mc_mpi_runner_run, wall */
+    double step_ms;                /* measured device time of one step on this rank */
+    double exchange_ms_mean;       /* wall time of one halo exchange, device copies included */
+    double exchange_wait_ms_mean;  /* of it, waiting in MPI (the transfer and any peer still computing) */
+    double compute_ms_mean;        /* wall time of one chunk on the device */
+    double elapsed_ms;             /* mc_mpi_runner_run, wall */
     mc_device_info device;
 } mc_mpi_stats;
 

@@ -73,10 +73,10 @@ typedef enum mc_runner_arg_kind {
 
 typedef struct mc_runner_arg {
     mc_runner_arg_kind kind;
-    mc_buffer *buffer;  /* BUFFER: on the device setup was given */
-    size_t offset;      /* BUFFER */
-    const void *bytes;  /* BYTES: copied by the runner when setup returns */
-    size_t len;         /* BYTES: 1 .. MC_MAX_BYTES_ARG */
+    mc_buffer *buffer; /* BUFFER: on the device setup was given */
+    size_t offset;     /* BUFFER */
+    const void *bytes; /* BYTES: copied by the runner when setup returns */
+    size_t len;        /* BYTES: 1 .. MC_MAX_BYTES_ARG */
 } mc_runner_arg;
 
 #define MC_RUNNER_MAX_STATE 16
@@ -84,12 +84,12 @@ typedef struct mc_runner_arg {
 /* What setup fills in. The runner only borrows these handles: setup creates
  * them, teardown releases them. The binding is zeroed before setup runs. */
 typedef struct mc_runner_binding {
-    mc_pipeline *pipeline;                     /* the step kernel */
-    mc_buffer *state[MC_RUNNER_MAX_STATE];     /* checkpointed and restored; also bind them in args */
-    uint32_t state_count;                      /* 1 .. MC_RUNNER_MAX_STATE */
-    mc_runner_arg args[MC_MAX_BUFFER_ARGS];    /* indexed by slot */
+    mc_pipeline *pipeline;                                     /* the step kernel */
+    mc_buffer *state[MC_RUNNER_MAX_STATE];                     /* checkpointed and restored; also bind them in args */
+    uint32_t state_count;                                      /* 1 .. MC_RUNNER_MAX_STATE */
+    mc_runner_arg args[MC_MAX_BUFFER_ARGS];                    /* indexed by slot */
     size_t threadgroup_memory[MC_MAX_THREADGROUP_MEMORY_ARGS]; /* bytes per threadgroup, by slot; 0 = none */
-    void *user_data;                           /* free for setup/teardown */
+    void *user_data;                                           /* free for setup/teardown */
 } mc_runner_binding;
 
 /* Called with a fresh binding on dev (the runner holds a reference to dev
@@ -108,10 +108,10 @@ typedef struct mc_runner_progress {
     double rate;               /* iterations per second since the run began */
     double eta_s;              /* estimated seconds left; < 0 when unknown */
     double elapsed_s;
-    uint64_t chunks;           /* command buffers completed */
+    uint64_t chunks; /* command buffers completed */
     uint32_t recoveries;
-    bool done;                 /* the last call of the run */
-    uint32_t worker_restarts;  /* isolated runs: worker processes restarted so far (mc/mc_isolate.h) */
+    bool done;                /* the last call of the run */
+    uint32_t worker_restarts; /* isolated runs: worker processes restarted so far (mc/mc_isolate.h) */
 } mc_runner_progress;
 
 /* Called on the thread running mc_runner_run, between chunks, at most every
@@ -127,8 +127,8 @@ typedef void (*mc_runner_progress_fn)(void *user, const mc_runner_progress *p);
  * stopped (it is not used). For keeping checkpoints outside the runner: the
  * isolation layer mirrors them into memory its supervisor shares. Keep it
  * short: the device is fed from this thread. */
-typedef void (*mc_runner_checkpoint_fn)(void *user, uint64_t iteration, const void *const *state,
-                                        const size_t *sizes, uint32_t count);
+typedef void (*mc_runner_checkpoint_fn)(void *user, uint64_t iteration, const void *const *state, const size_t *sizes,
+                                        uint32_t count);
 
 /* mc_runner_desc.flags */
 /* After MC_ERR_DEVICE_LOST do not reopen the device: mc_runner_run returns
@@ -149,30 +149,30 @@ typedef void (*mc_runner_checkpoint_fn)(void *user, uint64_t iteration, const vo
 struct mc_isolate_desc; /* mc/mc_isolate.h */
 
 typedef struct mc_runner_desc {
-    mc_device *device;               /* required; the runner keeps its own reference (replaced after a loss) */
-    mc_runner_setup_fn setup;        /* required */
-    mc_runner_teardown_fn teardown;  /* required */
-    void *user;                      /* passed to setup and teardown */
-    mc_size3 threadgroups;           /* the grid of one dispatch */
+    mc_device *device;              /* required; the runner keeps its own reference (replaced after a loss) */
+    mc_runner_setup_fn setup;       /* required */
+    mc_runner_teardown_fn teardown; /* required */
+    void *user;                     /* passed to setup and teardown */
+    mc_size3 threadgroups;          /* the grid of one dispatch */
     mc_size3 threads_per_threadgroup;
     uint32_t iterations_per_dispatch; /* 0 = 1 */
-    uint64_t total_iterations;       /* 0 = until the stop condition (needs control_arg) */
-    int32_t iteration_arg;           /* slot (1 ..) for mc_runner_iteration bytes; 0 (or -1) = none */
-    int32_t control_arg;             /* slot (1 ..) for the control buffer; 0 (or -1) = no stop condition */
-    double budget_ms;                /* device time per chunk; 0 = 25 ms (docs/RUNNER.md says why) */
-    double max_chunk_ms;             /* hard cap per chunk; 0 = min(limit / 10, 500 ms) */
-    uint32_t in_flight;              /* chunks queued at once; 0 = 3 */
-    double checkpoint_ms;            /* checkpoint interval (wall clock); 0 = 1000 ms */
-    uint32_t max_recoveries;         /* failures in a row without progress before giving up; 0 = 8 */
-    double backoff_initial_ms;       /* access revoked: first wait; 0 = 100 ms, doubling */
-    double backoff_max_ms;           /* longest wait; 0 = 5000 ms */
-    mc_runner_progress_fn progress;  /* optional */
+    uint64_t total_iterations;        /* 0 = until the stop condition (needs control_arg) */
+    int32_t iteration_arg;            /* slot (1 ..) for mc_runner_iteration bytes; 0 (or -1) = none */
+    int32_t control_arg;              /* slot (1 ..) for the control buffer; 0 (or -1) = no stop condition */
+    double budget_ms;                 /* device time per chunk; 0 = 25 ms (docs/RUNNER.md says why) */
+    double max_chunk_ms;              /* hard cap per chunk; 0 = min(limit / 10, 500 ms) */
+    uint32_t in_flight;               /* chunks queued at once; 0 = 3 */
+    double checkpoint_ms;             /* checkpoint interval (wall clock); 0 = 1000 ms */
+    uint32_t max_recoveries;          /* failures in a row without progress before giving up; 0 = 8 */
+    double backoff_initial_ms;        /* access revoked: first wait; 0 = 100 ms, doubling */
+    double backoff_max_ms;            /* longest wait; 0 = 5000 ms */
+    mc_runner_progress_fn progress;   /* optional */
     void *progress_user;
-    double progress_interval_ms;     /* 0 = 100 ms */
-    const char *label;               /* names the command buffers ("LABEL chunk N") */
+    double progress_interval_ms;           /* 0 = 100 ms */
+    const char *label;                     /* names the command buffers ("LABEL chunk N") */
     mc_runner_checkpoint_fn on_checkpoint; /* optional */
     void *checkpoint_user;
-    uint32_t flags;                  /* MC_RUNNER_* */
+    uint32_t flags; /* MC_RUNNER_* */
     /* Not NULL: an isolated run (mc/mc_isolate.h, docs/ISOLATION.md). The
      * device work runs in a worker process the library starts and
      * supervises; device must then be NULL (the worker opens
@@ -186,32 +186,32 @@ typedef struct mc_runner_desc {
      * (in an isolated run, the worker). With MC_RUNNER_RESUME the run
      * starts from the newest valid one. */
     const char *checkpoint_dir;
-    const void *run_params;  /* what identifies the run; stored in each file, compared on resume (copied) */
+    const void *run_params; /* what identifies the run; stored in each file, compared on resume (copied) */
     size_t run_params_len;
 } mc_runner_desc;
-#define MC_RUNNER_DESC_INIT                                                                                  \
-    MC__DESC_INIT(.device = NULL, .iterations_per_dispatch = 0, .iteration_arg = 0, .control_arg = 0,          \
-                  .budget_ms = 0, .in_flight = 0, .checkpoint_ms = 0, .max_recoveries = 0)
+#define MC_RUNNER_DESC_INIT                                                                                           \
+    MC__DESC_INIT(.device = NULL, .iterations_per_dispatch = 0, .iteration_arg = 0, .control_arg = 0, .budget_ms = 0, \
+                  .in_flight = 0, .checkpoint_ms = 0, .max_recoveries = 0)
 
 typedef struct mc_runner_stats {
-    uint64_t iterations;        /* done (the stop iteration after an early stop) */
-    uint64_t chunks;            /* command buffers that completed */
-    uint64_t chunks_submitted;  /* committed, including failed, replayed and empty ones */
-    uint64_t chunks_after_stop; /* queued behind the stop: they ran empty grids */
-    uint64_t dispatches;        /* in completed chunks */
+    uint64_t iterations;                /* done (the stop iteration after an early stop) */
+    uint64_t chunks;                    /* command buffers that completed */
+    uint64_t chunks_submitted;          /* committed, including failed, replayed and empty ones */
+    uint64_t chunks_after_stop;         /* queued behind the stop: they ran empty grids */
+    uint64_t dispatches;                /* in completed chunks */
     double chunk_ms_mean, chunk_ms_max; /* device time per completed chunk */
     double gap_us_mean, gap_us_max;     /* device idle between consecutive chunks (end to next start) */
-    uint64_t checkpoints;       /* taken (copied to host memory) */
-    uint64_t checkpoint_iteration; /* iteration of the last checkpoint */
-    uint32_t recoveries;        /* failures recovered from (every kind) */
+    uint64_t checkpoints;               /* taken (copied to host memory) */
+    uint64_t checkpoint_iteration;      /* iteration of the last checkpoint */
+    uint32_t recoveries;                /* failures recovered from (every kind) */
     uint32_t timeouts, page_faults, access_revoked, devices_lost, internal_errors, victims, other_errors;
     uint32_t device_reopens;
-    double backoff_ms;          /* time spent waiting after access revoked */
-    double elapsed_ms;          /* wall clock of mc_runner_run */
-    mc_status last_failure;     /* MC_OK if none */
-    bool stopped_early;         /* the kernel set the stop condition */
+    double backoff_ms;      /* time spent waiting after access revoked */
+    double elapsed_ms;      /* wall clock of mc_runner_run */
+    mc_status last_failure; /* MC_OK if none */
+    bool stopped_early;     /* the kernel set the stop condition */
     bool cancelled;
-    uint32_t worker_restarts;   /* isolated runs: worker processes restarted (details: mc_runner_get_isolate_stats) */
+    uint32_t worker_restarts;     /* isolated runs: worker processes restarted (details: mc_runner_get_isolate_stats) */
     uint64_t checkpoints_written; /* files written to checkpoint_dir (in this process) */
     uint64_t resumed_iteration;   /* MC_RUNNER_RESUME: the iteration the run started from (0: the beginning) */
 } mc_runner_stats;

@@ -57,11 +57,11 @@ typedef struct mc_stream mc_stream;
 /* How an argument slot of a pass is bound. */
 typedef enum mc_stream_arg_kind {
     MC_STREAM_ARG_NONE = 0,
-    MC_STREAM_ARG_INPUT = 1,    /* the item's slot input buffer (+offset) */
-    MC_STREAM_ARG_OUTPUT = 2,   /* the item's slot output buffer (+offset) */
-    MC_STREAM_ARG_BUFFER = 3,   /* a buffer setup made (+offset) */
-    MC_STREAM_ARG_BYTES = 4,    /* bytes by value, copied when setup returns */
-    MC_STREAM_ARG_SEQUENCE = 5  /* the item's sequence number: 8 bytes, uint64 */
+    MC_STREAM_ARG_INPUT = 1,   /* the item's slot input buffer (+offset) */
+    MC_STREAM_ARG_OUTPUT = 2,  /* the item's slot output buffer (+offset) */
+    MC_STREAM_ARG_BUFFER = 3,  /* a buffer setup made (+offset) */
+    MC_STREAM_ARG_BYTES = 4,   /* bytes by value, copied when setup returns */
+    MC_STREAM_ARG_SEQUENCE = 5 /* the item's sequence number: 8 bytes, uint64 */
 } mc_stream_arg_kind;
 
 typedef struct mc_stream_arg {
@@ -108,8 +108,8 @@ typedef struct mc_stream_result {
     const char *message; /* "" on success, else the detail */
     const void *output;  /* the slot's output: result_size bytes (NULL when result_size is 0) */
     size_t output_size;
-    const void *input;   /* the item as submitted (item_size bytes) */
-    uint32_t attempts;   /* command buffers committed for it: 1 without faults, 0 if none */
+    const void *input; /* the item as submitted (item_size bytes) */
+    uint32_t attempts; /* command buffers committed for it: 1 without faults, 0 if none */
     uint32_t slot;
 } mc_stream_result;
 
@@ -178,18 +178,18 @@ typedef struct mc_stream_slot {
 } mc_stream_slot;
 
 typedef struct mc_stream_stats {
-    uint64_t submitted;      /* items accepted by mc_stream_submit */
-    uint64_t delivered;      /* items handed over (callback ran, or ready to pull) */
-    uint64_t failed;         /* delivered with a device or recording error */
-    uint64_t cancelled;      /* delivered with MC_ERR_CANCELLED */
-    uint64_t commits;        /* command buffers committed, replays included */
-    uint64_t replays;        /* of them, resubmissions after a failure */
-    uint32_t recoveries;     /* failures recovered from (queue or device recreated) */
+    uint64_t submitted;  /* items accepted by mc_stream_submit */
+    uint64_t delivered;  /* items handed over (callback ran, or ready to pull) */
+    uint64_t failed;     /* delivered with a device or recording error */
+    uint64_t cancelled;  /* delivered with MC_ERR_CANCELLED */
+    uint64_t commits;    /* command buffers committed, replays included */
+    uint64_t replays;    /* of them, resubmissions after a failure */
+    uint32_t recoveries; /* failures recovered from (queue or device recreated) */
     uint32_t device_reopens;
     uint32_t slots;
-    uint32_t slots_in_use;   /* not free now */
-    uint32_t max_in_flight;  /* most items committed and unfinished at once */
-    mc_status last_failure;  /* MC_OK if none */
+    uint32_t slots_in_use;    /* not free now */
+    uint32_t max_in_flight;   /* most items committed and unfinished at once */
+    mc_status last_failure;   /* MC_OK if none */
     uint32_t worker_restarts; /* isolated streams: worker processes restarted (mc_stream_get_isolate_stats) */
     uint64_t list_commits;    /* of commits, those that replayed the slot's recorded command list */
 } mc_stream_stats;

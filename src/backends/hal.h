@@ -22,25 +22,26 @@
 
 #include "mc/mc.h"
 
-#define MC__HAL_VERSION 4 /* 2: command lists, MC__OP_EXECUTE_LIST, MC__SUBMIT_VALIDATION; 3: default_language,
+#define MC__HAL_VERSION \
+    4 /* 2: command lists, MC__OP_EXECUTE_LIST, MC__SUBMIT_VALIDATION; 3: default_language,
                             * kernel_extension, fork_safe; 4: buffer_wrap, buffer_device_address,
                             * queues_overlap */
 
 /* ---- the command stream ------------------------------------------------ */
 
 typedef enum mc__op {
-    MC__OP_SET_PIPELINE = 1,   /* u.pipeline */
-    MC__OP_SET_BUFFER = 2,     /* index, u.buf */
-    MC__OP_SET_BYTES = 3,      /* index, u.bytes: into mc__submission.bytes */
-    MC__OP_SET_TGMEM = 4,      /* index, u.tgmem */
-    MC__OP_DISPATCH = 5,       /* u.dispatch */
+    MC__OP_SET_PIPELINE = 1,      /* u.pipeline */
+    MC__OP_SET_BUFFER = 2,        /* index, u.buf */
+    MC__OP_SET_BYTES = 3,         /* index, u.bytes: into mc__submission.bytes */
+    MC__OP_SET_TGMEM = 4,         /* index, u.tgmem */
+    MC__OP_DISPATCH = 5,          /* u.dispatch */
     MC__OP_DISPATCH_INDIRECT = 6, /* u.indirect: three uint32 counts at buffer+offset */
     MC__OP_BARRIER = 7,
-    MC__OP_COPY = 8,           /* u.copy (alone in a copy pass) */
-    MC__OP_FILL = 9,           /* u.fill (alone in a copy pass) */
-    MC__OP_SIGNAL = 10,        /* u.event (alone in a sync pass) */
-    MC__OP_WAIT = 11,          /* u.event (alone in a sync pass) */
-    MC__OP_EXECUTE_LIST = 12   /* u.exec (alone in a compute pass; HAL version 2) */
+    MC__OP_COPY = 8,         /* u.copy (alone in a copy pass) */
+    MC__OP_FILL = 9,         /* u.fill (alone in a copy pass) */
+    MC__OP_SIGNAL = 10,      /* u.event (alone in a sync pass) */
+    MC__OP_WAIT = 11,        /* u.event (alone in a sync pass) */
+    MC__OP_EXECUTE_LIST = 12 /* u.exec (alone in a compute pass; HAL version 2) */
 } mc__op;
 
 typedef struct mc__cmd {
@@ -48,20 +49,56 @@ typedef struct mc__cmd {
     uint32_t index; /* argument slot for SET_* */
     union {
         void *pipeline;
-        struct { void *buffer; size_t offset; size_t size; void *host; } buf; /* size: bytes from offset to end; host: CPU address of buffer+offset or NULL */
-        struct { uint32_t offset, len; } bytes;
-        struct { size_t len; } tgmem;
-        struct { mc_size3 groups, threads; } dispatch;
-        struct { void *buffer; size_t offset; void *host; mc_size3 threads; } indirect;
-        struct { void *src; size_t src_offset; void *dst; size_t dst_offset; size_t len; } copy;
-        struct { void *buffer; size_t offset; size_t len; uint8_t value; } fill;
-        struct { void *event; uint64_t value; } event;
+        struct {
+            void *buffer;
+            size_t offset;
+            size_t size;
+            void *host;
+        } buf; /* size: bytes from offset to end; host: CPU address of buffer+offset or NULL */
+        struct {
+            uint32_t offset, len;
+        } bytes;
+        struct {
+            size_t len;
+        } tgmem;
+        struct {
+            mc_size3 groups, threads;
+        } dispatch;
+        struct {
+            void *buffer;
+            size_t offset;
+            void *host;
+            mc_size3 threads;
+        } indirect;
+        struct {
+            void *src;
+            size_t src_offset;
+            void *dst;
+            size_t dst_offset;
+            size_t len;
+        } copy;
+        struct {
+            void *buffer;
+            size_t offset;
+            size_t len;
+            uint8_t value;
+        } fill;
+        struct {
+            void *event;
+            uint64_t value;
+        } event;
         /* Commands [first, first+count) of a backend command list (count
          * already clamped to it); with range_buffer, {first, count} are
          * instead two uint32 read on the device at range_buffer +
          * range_offset when the pass starts, and clamped to the list's
          * command count there (range_host: their CPU address, or NULL). */
-        struct { void *list; uint32_t first, count; void *range_buffer; size_t range_offset; void *range_host; } exec;
+        struct {
+            void *list;
+            uint32_t first, count;
+            void *range_buffer;
+            size_t range_offset;
+            void *range_host;
+        } exec;
     } u;
 } mc__cmd;
 
@@ -150,11 +187,11 @@ typedef struct mc__pipeline_src {
     mc_language language;
     const char *source;
     size_t source_len;
-    const char *options;  /* never NULL */
+    const char *options; /* never NULL */
     const char *function;
     uint32_t max_total_threads_per_threadgroup;
     bool threadgroup_size_is_multiple_of_simd_width;
-    const char *label;    /* may be NULL */
+    const char *label; /* may be NULL */
     /* MSL function constants the pipeline specialises (none: NULL, 0); part
      * of what an archive holds, so export and import pass them alike. */
     const mc_function_constant *constants;

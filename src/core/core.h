@@ -40,7 +40,7 @@ const char *mc__env_str(const char *name, const char *dflt);
 long long mc__env_int(const char *name, long long dflt);
 
 /* Clocks and waiting. */
-uint64_t mc__now_ns(void);            /* monotonic */
+uint64_t mc__now_ns(void); /* monotonic */
 void mc__sleep_ns(uint64_t ns);
 static inline void mc__cpu_relax(void)
 {
@@ -96,7 +96,7 @@ void *mc__shm_map_fd(int fd, size_t size);
 void *mc__malloc(size_t n);
 void *mc__calloc(size_t count, size_t size);
 void *mc__realloc(void *p, size_t n);
-char *mc__strdup(const char *s); /* NULL stays NULL */
+char *mc__strdup(const char *s);       /* NULL stays NULL */
 void mc__alloc_fail_at(long long nth); /* 0 = off */
 
 /* printf into a fresh malloc'd string. */

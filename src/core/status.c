@@ -16,7 +16,8 @@ static _Thread_local char last_error[2048];
 const char *mc_status_name(mc_status s)
 {
     switch (s) {
-#define MC__NAME(name, value, text) case MC_##name: return "MC_" #name;
+#define MC__NAME(name, value, text) \
+    case MC_##name: return "MC_" #name;
         MC_STATUS_MAP(MC__NAME)
 #undef MC__NAME
     }
@@ -26,7 +27,8 @@ const char *mc_status_name(mc_status s)
 const char *mc_status_text(mc_status s)
 {
     switch (s) {
-#define MC__TEXT(name, value, text) case MC_##name: return text;
+#define MC__TEXT(name, value, text) \
+    case MC_##name: return text;
         MC_STATUS_MAP(MC__TEXT)
 #undef MC__TEXT
     }

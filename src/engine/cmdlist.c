@@ -163,7 +163,12 @@ static mc_status freeze(mc_cmdlist *l, mc__listrec **out)
     mc__recorder_free(rec); /* what is left: nothing a recording needs */
 
     if (d->hal->version >= 2 && d->hal->cmdlist_create && !atomic_load(&test_copy_in)) {
-        mc__list_desc ld = {r->cmds, r->ncmd, r->bytes, r->nbytes, r->ncommands, r->has_indirect,
+        mc__list_desc ld = {r->cmds,
+                            r->ncmd,
+                            r->bytes,
+                            r->nbytes,
+                            r->ncommands,
+                            r->has_indirect,
                             r->base.label ? r->base.label : "cmdlist"};
         mc_status s = d->hal->cmdlist_create(d->hd, &ld, &r->hl, &r->caps);
         if (s != MC_OK) {

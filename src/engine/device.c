@@ -276,8 +276,7 @@ mc_status mc_device_inject_fault(mc_device *d, mc_status kind, uint64_t nth)
     return s;
 }
 
-mc_status mc__fault_list_parse(const char *what, const char *spec, bool worker_faults, mc__fault_item *out,
-                               size_t *n)
+mc_status mc__fault_list_parse(const char *what, const char *spec, bool worker_faults, mc__fault_item *out, size_t *n)
 {
     *n = 0;
     if (!spec) return MC_OK;
@@ -294,8 +293,7 @@ mc_status mc__fault_list_parse(const char *what, const char *spec, bool worker_f
         memcpy(item, p, len);
         item[len] = '\0';
         char *at = strchr(item, '@');
-        if (!at)
-            return mc__fail(MC_ERR_INVALID_ARGUMENT, "%s: '%s' is not KIND@N (KIND: %s)", what, item, kinds);
+        if (!at) return mc__fail(MC_ERR_INVALID_ARGUMENT, "%s: '%s' is not KIND@N (KIND: %s)", what, item, kinds);
         *at = '\0';
         const char *num = at + 1;
         /* Digits only: strtoull would take "-1" as 2^64-1 and clamp an
@@ -361,8 +359,8 @@ static mc_status schedule_faults(mc_device *d, const char *what, const char *spe
         for (size_t j = 0; j < d->nfaults && s == MC_OK; j++)
             if (d->faults[j].at == base + parsed[i].at)
                 s = mc__fail(MC_ERR_INVALID_ARGUMENT,
-                             "%s: command buffer %llu already has a fault scheduled; a command buffer fails once",
-                             what, (unsigned long long)parsed[i].at);
+                             "%s: command buffer %llu already has a fault scheduled; a command buffer fails once", what,
+                             (unsigned long long)parsed[i].at);
     }
     for (size_t i = 0; i < n && s == MC_OK; i++) s = add_fault(d, (mc_status)parsed[i].kind, base + parsed[i].at);
     if (s == MC_OK)
@@ -450,8 +448,8 @@ mc_status mc__device_reopen_like(mc__device_like *like, mc_device **out)
         if (add_fault(d, like->faults[i].kind, base + like->faults[i].nth) == MC_OK)
             d->faults[d->nfaults - 1].nth = like->faults[i].nth;
         else
-            mc__log(MC_LOG_WARN, "device.fault_not_carried", "reopening %s:%d: fault %s@%llu dropped: %s",
-                    d->hal->name, d->opened.index,
+            mc__log(MC_LOG_WARN, "device.fault_not_carried", "reopening %s:%d: fault %s@%llu dropped: %s", d->hal->name,
+                    d->opened.index,
                     mc__status_word(like->faults[i].kind) ? mc__status_word(like->faults[i].kind) : "?",
                     (unsigned long long)like->faults[i].nth, mc_last_error());
     }
@@ -603,8 +601,10 @@ mc_status mc_buffer_create_from_host(mc_device *d, const mc_host_buffer_desc *de
         return mc__fail(MC_ERR_OUT_OF_MEMORY, "buffer of %zu bytes is over the device's limit of %llu", desc->size,
                         (unsigned long long)d->info.max_buffer_size);
     if (d->hal->version < 3 || !d->hal->buffer_wrap)
-        return mc__fail(MC_ERR_UNSUPPORTED, "the %s device cannot make a buffer over host memory; copy it in with "
-                        "mc_buffer_create's initial_data", d->hal->name);
+        return mc__fail(MC_ERR_UNSUPPORTED,
+                        "the %s device cannot make a buffer over host memory; copy it in with "
+                        "mc_buffer_create's initial_data",
+                        d->hal->name);
     mc_buffer *b = mc__calloc(1, sizeof *b);
     if (!b) return mc__fail(MC_ERR_NO_MEMORY, "mc_buffer_create_from_host: out of memory");
     s = d->hal->buffer_wrap(d->hd, desc->pointer, desc->size, desc->label, &b->hb);
@@ -630,8 +630,7 @@ mc_status mc_buffer_get_device_address(mc_buffer *b, uint64_t *out)
     *out = 0;
     mc_device *d = b->base.device;
     if (d->hal->version < 3 || !d->hal->buffer_device_address)
-        return mc__fail(MC_ERR_UNSUPPORTED, "the %s device does not expose buffers' device addresses",
-                        d->hal->name);
+        return mc__fail(MC_ERR_UNSUPPORTED, "the %s device does not expose buffers' device addresses", d->hal->name);
     return d->hal->buffer_device_address(d->hd, b->hb, out);
 }
 
@@ -704,8 +703,8 @@ mc_status mc_library_create_from_file(mc_device *d, const char *path, mc_languag
         else if (dot && !strcmp(dot, ".cu")) language = MC_LANG_CUDA;
         else if (dot && !strcmp(dot, ".metal")) language = MC_LANG_MSL;
         else
-            return mc__fail(MC_ERR_INVALID_ARGUMENT, "%s: cannot tell the language from the extension (.c, .cu, .metal)",
-                            path);
+            return mc__fail(MC_ERR_INVALID_ARGUMENT,
+                            "%s: cannot tell the language from the extension (.c, .cu, .metal)", path);
     }
     FILE *f = fopen(path, "rb");
     if (!f) return mc__fail(MC_ERR_IO, "cannot open kernel source %s: %s", path, strerror(errno));
@@ -777,8 +776,9 @@ static mc_status pipeline_from_deferred(mc_device *d, const mc_pipeline_desc *de
     sd.constants = desc->constants;
     sd.constant_count = desc->constant_count;
     s = mc_pipeline_create_from_source(d, &sd, out, &log);
-    if (s != MC_OK && log) mc__fail(s, "%s: %s compilation failed:\n%s", l->base.label ? l->base.label : "library",
-                                    mc_language_name(l->language), log);
+    if (s != MC_OK && log)
+        mc__fail(s, "%s: %s compilation failed:\n%s", l->base.label ? l->base.label : "library",
+                 mc_language_name(l->language), log);
     mc_free(log);
     return s;
 }
@@ -795,8 +795,7 @@ mc_status mc_library_create_builtin(mc_device *d, const char *const *names, cons
         if (!names[i] || !fns[i])
             return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_library_create_builtin: entry %zu is NULL", i);
     if (!d->hal->library_create_builtin)
-        return mc__fail(MC_ERR_UNSUPPORTED, "the %s device cannot run kernels linked into the program",
-                        d->hal->name);
+        return mc__fail(MC_ERR_UNSUPPORTED, "the %s device cannot run kernels linked into the program", d->hal->name);
     void *hl;
     s = d->hal->library_create_builtin(d->hd, names, fns, argument_counts, n, &hl);
     if (s != MC_OK) return s;

@@ -35,11 +35,10 @@ typedef struct mc__object {
 typedef struct mc__notifier mc__notifier;
 
 typedef struct mc__fault {
-    uint64_t at; /* device commit number */
+    uint64_t at;  /* device commit number */
     uint64_t nth; /* N as the user wrote it, for messages */
     mc_status kind;
 } mc__fault;
-
 
 struct mc_device {
     mc__object base;
@@ -77,7 +76,7 @@ struct mc_buffer {
 
 struct mc_library {
     mc__object base;
-    void *hl;            /* NULL while deferred */
+    void *hl; /* NULL while deferred */
     mc_language language;
     /* Deferred (read from a file with the pipeline cache on): the source is
      * compiled, or found compiled, per pipeline through the cache. */
@@ -115,7 +114,7 @@ typedef struct mc__recorder {
     /* Command lists: every dispatch is written as a self-contained group
      * carrying the bindings it uses (hal.h, "command lists"). */
     bool snapshot;
-    bool unretained;        /* MC_CMDBUF_UNRETAINED_REFERENCES */
+    bool unretained;         /* MC_CMDBUF_UNRETAINED_REFERENCES */
     uint32_t max_dispatches; /* snapshot: the list's capacity */
     mc__cmd *cmds;
     uint32_t ncmd, cmd_cap;

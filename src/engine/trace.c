@@ -48,7 +48,7 @@
 #define STATUS_LEN 32
 #define CAT_LEN 16
 #define MAX_KEYS 128 /* argument names of imported events, kept once each */
-#define SEP '\x1f'  /* between the fields of a relayed event */
+#define SEP '\x1f'   /* between the fields of a relayed event */
 
 typedef struct tev {
     uint64_t ts, dur, group, seq;
@@ -74,7 +74,7 @@ static struct {
     char *tracks[MAX_TRACKS];
     int track_pid[MAX_TRACKS]; /* 0: this process; else a worker's, imported */
     uint32_t ntracks;
-    size_t taken;    /* a relaying worker: events before this were handed out */
+    size_t taken;         /* a relaying worker: events before this were handed out */
     char *keys[MAX_KEYS]; /* imported argument names */
     uint32_t nkeys;
     bool relay; /* a worker's trace: handed out, never written */
@@ -171,14 +171,14 @@ static void record(char ph, const char *kind, const char *label, const char *cat
     record_pid(0, ph, kind, label, cat, name, group, t0, t1, status, nargs, args);
 }
 
-void mc__trace_span(const char *track_kind, const char *track_label, const char *cat, const char *name,
-                    uint64_t group, uint64_t t0, uint64_t t1, const char *status, int nargs, const mc__targ *args)
+void mc__trace_span(const char *track_kind, const char *track_label, const char *cat, const char *name, uint64_t group,
+                    uint64_t t0, uint64_t t1, const char *status, int nargs, const mc__targ *args)
 {
     record('X', track_kind, track_label, cat, name, group, t0, t1, status, nargs, args);
 }
 
-void mc__trace_instant(const char *track_kind, const char *track_label, const char *cat, const char *name,
-                       uint64_t t, const char *status, int nargs, const mc__targ *args)
+void mc__trace_instant(const char *track_kind, const char *track_label, const char *cat, const char *name, uint64_t t,
+                       const char *status, int nargs, const mc__targ *args)
 {
     if (!t) t = mc__now_ns();
     record('i', track_kind, track_label, cat, name, 0, t, t, status, nargs, args);
@@ -216,8 +216,7 @@ void mc__trace_cmdbuf(mc_cmdbuf *cb, const mc__submission *sub, uint64_t commit_
     uint64_t a = sub->gpu_start_ns, b = sub->gpu_end_ns;
     if (a && b >= a) {
         g = mc__trace_group();
-        mc__trace_span("device", device, "device", cb->base.label, g, a, b, status,
-                       MC__TARGS({"passes", sub->npass}));
+        mc__trace_span("device", device, "device", cb->base.label, g, a, b, status, MC__TARGS({"passes", sub->npass}));
         trace_passes("device", device, g, a, b, sub);
     }
 }
@@ -305,7 +304,8 @@ static uint32_t lane_tid(uint32_t track, uint32_t lane_index)
 
 static void put_thread_name(FILE *f, int pid, uint32_t track, uint32_t l, bool *first)
 {
-    fprintf(f, "%s\n{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":%d,\"tid\":%u,\"args\":{\"name\":", *first ? "" : ",",
+    fprintf(f,
+            "%s\n{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":%d,\"tid\":%u,\"args\":{\"name\":", *first ? "" : ",",
             pid, lane_tid(track, l));
     char name[200];
     if (l) snprintf(name, sizeof name, "%s (%u)", T.tracks[track], l + 1);
@@ -360,8 +360,9 @@ static mc_status write_locked(FILE *f)
         goto out;
     }
     int pid = (int)getpid();
-    fprintf(f, "{\"displayTimeUnit\":\"ns\",\"otherData\":{\"producer\":\"metal-compute %s\",\"format_version\":1,"
-               "\"events\":%zu,\"dropped_events\":%" PRIu64 ",\"max_events\":%zu},\n\"traceEvents\":[",
+    fprintf(f,
+            "{\"displayTimeUnit\":\"ns\",\"otherData\":{\"producer\":\"metal-compute %s\",\"format_version\":1,"
+            "\"events\":%zu,\"dropped_events\":%" PRIu64 ",\"max_events\":%zu},\n\"traceEvents\":[",
             MC_VERSION_STRING, T.n, T.dropped, T.max);
     bool first = true;
     fprintf(f, "\n{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":%d,\"tid\":0,\"args\":{\"name\":\"metal-compute\"}}",
@@ -591,7 +592,8 @@ mc_status mc_trace_start(const char *path)
     if (s != MC_OK) return s;
     long long max = mc__env_int("MC_TRACE_MAX_EVENTS", DEFAULT_MAX_EVENTS);
     if (max < 1 || max > MAX_MAX_EVENTS)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "MC_TRACE_MAX_EVENTS is %lld; it must be 1 to %d", max, MAX_MAX_EVENTS);
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "MC_TRACE_MAX_EVENTS is %lld; it must be 1 to %d", max,
+                        MAX_MAX_EVENTS);
     char *copy = mc__strdup(path);
     if (!copy) return mc__fail(MC_ERR_NO_MEMORY, "mc_trace_start: out of memory");
     pthread_once(&exit_once, register_exit);
@@ -651,7 +653,6 @@ __attribute__((constructor)) static void trace_from_env(void)
 {
     const char *path = mc__env_str("MC_TRACE", NULL);
     if (!path) return;
-    if (mc_trace_start(path) != MC_OK)
-        mc__log(MC_LOG_ERROR, "trace.start_failed", "MC_TRACE: %s", mc_last_error());
+    if (mc_trace_start(path) != MC_OK) mc__log(MC_LOG_ERROR, "trace.start_failed", "MC_TRACE: %s", mc_last_error());
 }
 #endif

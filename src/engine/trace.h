@@ -32,17 +32,20 @@ typedef struct mc__targ {
 } mc__targ;
 
 /* nargs, args from a list of {key, value} pairs. */
-#define MC__TARGS(...) \
-    (int)(sizeof((mc__targ[]){__VA_ARGS__}) / sizeof(mc__targ)), (const mc__targ[]){__VA_ARGS__}
+#define MC__TARGS(...)                                                              \
+    (int)(sizeof((mc__targ[]){__VA_ARGS__}) / sizeof(mc__targ)), (const mc__targ[]) \
+    {                                                                               \
+        __VA_ARGS__                                                                 \
+    }
 
 /* A span [t0, t1] (t0 == 0: now; t1 < t0: t1 = t0). Spans of one group on
  * one track nest: the first (longest) is the parent, the others are drawn
  * inside it. group 0: none. status may be NULL. Strings are copied. */
-void mc__trace_span(const char *track_kind, const char *track_label, const char *cat, const char *name,
-                    uint64_t group, uint64_t t0, uint64_t t1, const char *status, int nargs, const mc__targ *args);
+void mc__trace_span(const char *track_kind, const char *track_label, const char *cat, const char *name, uint64_t group,
+                    uint64_t t0, uint64_t t1, const char *status, int nargs, const mc__targ *args);
 /* A point in time (t == 0: now). */
-void mc__trace_instant(const char *track_kind, const char *track_label, const char *cat, const char *name,
-                       uint64_t t, const char *status, int nargs, const mc__targ *args);
+void mc__trace_instant(const char *track_kind, const char *track_label, const char *cat, const char *name, uint64_t t,
+                       const char *status, int nargs, const mc__targ *args);
 /* A fresh group id (never 0). */
 uint64_t mc__trace_group(void);
 

@@ -104,9 +104,20 @@ typedef unsigned long ulong;
 
 namespace mc {
 template <class T> struct is_int { static constexpr bool value = false; };
-#define MC__INT(T) template <> struct is_int<T> { static constexpr bool value = true; };
-MC__INT(bool) MC__INT(char) MC__INT(signed char) MC__INT(unsigned char) MC__INT(short) MC__INT(unsigned short)
-MC__INT(int) MC__INT(unsigned int) MC__INT(long) MC__INT(unsigned long) MC__INT(long long) MC__INT(unsigned long long)
+#define MC__INT(T) \
+    template <> struct is_int<T> { static constexpr bool value = true; };
+MC__INT(bool)
+MC__INT(char)
+MC__INT(signed char)
+MC__INT(unsigned char)
+MC__INT(short)
+MC__INT(unsigned short)
+MC__INT(int)
+MC__INT(unsigned int)
+MC__INT(long)
+MC__INT(unsigned long)
+MC__INT(long long)
+MC__INT(unsigned long long)
 #undef MC__INT
 template <class A, class B> struct same { static constexpr bool value = false; };
 template <class A> struct same<A, A> { static constexpr bool value = true; };
@@ -120,25 +131,51 @@ template <class T> struct remove_cv<volatile T> { typedef T type; };
 template <class T> struct remove_cv<const volatile T> { typedef T type; };
 
 /* ext_vector_type traits */
-template <class T> struct vec_traits { static constexpr int n = 0; typedef T elem; };
+template <class T> struct vec_traits {
+    static constexpr int n = 0;
+    typedef T elem;
+};
 template <class T, int N> using vec __attribute__((ext_vector_type(N))) = T;
-#define MC__VT(T)                                                                                                 \
-    template <> struct vec_traits<vec<T, 2>> { static constexpr int n = 2; typedef T elem; };                    \
-    template <> struct vec_traits<vec<T, 3>> { static constexpr int n = 3; typedef T elem; };                    \
-    template <> struct vec_traits<vec<T, 4>> { static constexpr int n = 4; typedef T elem; };
-MC__VT(float) MC__VT(int) MC__VT(uint) MC__VT(short) MC__VT(ushort) MC__VT(char) MC__VT(uchar) MC__VT(long)
+#define MC__VT(T)                              \
+    template <> struct vec_traits<vec<T, 2>> { \
+        static constexpr int n = 2;            \
+        typedef T elem;                        \
+    };                                         \
+    template <> struct vec_traits<vec<T, 3>> { \
+        static constexpr int n = 3;            \
+        typedef T elem;                        \
+    };                                         \
+    template <> struct vec_traits<vec<T, 4>> { \
+        static constexpr int n = 4;            \
+        typedef T elem;                        \
+    };
+MC__VT(float)
+MC__VT(int)
+MC__VT(uint)
+MC__VT(short)
+MC__VT(ushort)
+MC__VT(char)
+MC__VT(uchar)
+MC__VT(long)
 MC__VT(ulong)
 #undef MC__VT
 template <class T> constexpr bool is_vec = vec_traits<T>::n != 0;
 template <class T> constexpr bool is_float_like = same<T, float>::value;
 } // namespace mc
 
-#define MC__VECS(T)                                                                                               \
-    typedef mc::vec<T, 2> T##2;                                                                                  \
-    typedef mc::vec<T, 3> T##3;                                                                                  \
+#define MC__VECS(T)             \
+    typedef mc::vec<T, 2> T##2; \
+    typedef mc::vec<T, 3> T##3; \
     typedef mc::vec<T, 4> T##4;
-MC__VECS(float) MC__VECS(int) MC__VECS(uint) MC__VECS(short) MC__VECS(ushort) MC__VECS(char) MC__VECS(uchar)
-MC__VECS(long) MC__VECS(ulong)
+MC__VECS(float)
+MC__VECS(int)
+MC__VECS(uint)
+MC__VECS(short)
+MC__VECS(ushort)
+MC__VECS(char)
+MC__VECS(uchar)
+MC__VECS(long)
+MC__VECS(ulong)
 #undef MC__VECS
 /* Comparisons of ext vectors give integer masks (all ones for true); bool
  * vectors are such masks here (see docs/MSL.md). */
@@ -148,8 +185,7 @@ typedef int4 bool4;
 
 /* ---- half -------------------------------------------------------------- */
 namespace mc {
-static inline uint16_t f2h(float f)
-{
+static inline uint16_t f2h(float f) {
     uint32_t x;
     __builtin_memcpy(&x, &f, 4);
     uint32_t sign = (x >> 16) & 0x8000u, ex = (x >> 23) & 0xffu, man = x & 0x7fffffu;
@@ -168,15 +204,17 @@ static inline uint16_t f2h(float f)
     if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++; /* may carry into the exponent: still right */
     return (uint16_t)(sign | h);
 }
-static inline float h2f(uint16_t h)
-{
+static inline float h2f(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16, ex = (h >> 10) & 0x1fu, man = h & 0x3ffu, x;
     if (ex == 0x1fu) x = sign | 0x7f800000u | (man << 13);
     else if (ex) x = sign | ((ex + 112u) << 23) | (man << 13);
     else if (!man) x = sign;
     else {
         int e = -1;
-        do { man <<= 1; e++; } while (!(man & 0x400u));
+        do {
+            man <<= 1;
+            e++;
+        } while (!(man & 0x400u));
         x = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3ffu) << 13);
     }
     float f;
@@ -208,7 +246,11 @@ static inline half operator+(half a, half b) { return half(float(a) + float(b));
 static inline half operator-(half a, half b) { return half(float(a) - float(b)); }
 static inline half operator*(half a, half b) { return half(float(a) * float(b)); }
 static inline half operator/(half a, half b) { return half(float(a) / float(b)); }
-static inline half operator-(half a) { half r = a; r.bits ^= 0x8000u; return r; }
+static inline half operator-(half a) {
+    half r = a;
+    r.bits ^= 0x8000u;
+    return r;
+}
 static inline half operator""_h(long double d) { return half((float)d); }
 
 /* half vectors are structs (clang's ext vectors of a class type do not
@@ -220,8 +262,7 @@ namespace mc {
 /* D (always void) makes the vectors partial specialisations: their ~1,200
  * swizzle members are instantiated only in a kernel that uses half vectors */
 template <int N, class D = void> struct hvec;
-template <int... I> constexpr bool distinct_components()
-{
+template <int... I> constexpr bool distinct_components() {
     const int c[] = {I...};
     for (unsigned a = 0; a < sizeof...(I); a++)
         for (unsigned b = a + 1; b < sizeof...(I); b++)
@@ -232,15 +273,13 @@ template <class D, int N, int... I> struct hswz {
     static constexpr int K = sizeof...(I);
     half v[N]; /* the whole vector: every member of the union starts here */
     /* defined here, used once hvec is complete (at is found then) */
-    operator hvec<K>() const
-    {
+    operator hvec<K>() const {
         hvec<K> r;
         int k = 0;
         ((at(r, k++) = v[I]), ...);
         return r;
     }
-    hswz &operator=(const hvec<K> &o)
-    {
+    hswz &operator=(const hvec<K> &o) {
         static_assert(distinct_components<I...>(), "a swizzle that names a component twice cannot be assigned to");
         const hvec<K> t = o; /* o may be this vector itself (h.xy = h.yx) */
         int k = 0;
@@ -249,8 +288,7 @@ template <class D, int N, int... I> struct hswz {
     }
     /* another swizzle of the same pattern: its components, not its storage */
     hswz &operator=(const hswz &o) { return *this = hvec<K>(o); }
-    template <class E, int M, int... J> hswz &operator=(const hswz<E, M, J...> &o)
-    {
+    template <class E, int M, int... J> hswz &operator=(const hswz<E, M, J...> &o) {
         return *this = hvec<K>(hvec<sizeof...(J)>(o));
     }
 };
@@ -283,41 +321,54 @@ template <class D, int N, int... I> struct hswz {
 #define MC__HLD3r(F, ...) MC__HLD2r(F, __VA_ARGS__) F(__VA_ARGS__, b, 2)
 #define MC__HLD4r(F, ...) MC__HLD3r(F, __VA_ARGS__) F(__VA_ARGS__, a, 3)
 #define MC__HS1(N, S, c0, i0) MC__HLB##N##S(MC__HS2, N, S, c0, i0)
-#define MC__HS2(N, S, c0, i0, c1, i1) mc::hswz<D, N, i0, i1> c0##c1; MC__HLC##N##S(MC__HS3, N, S, c0, i0, c1, i1)
-#define MC__HS3(N, S, c0, i0, c1, i1, c2, i2)                                                                      \
-    mc::hswz<D, N, i0, i1, i2> c0##c1##c2;                                                                           \
+#define MC__HS2(N, S, c0, i0, c1, i1) \
+    mc::hswz<D, N, i0, i1> c0##c1;    \
+    MC__HLC##N##S(MC__HS3, N, S, c0, i0, c1, i1)
+#define MC__HS3(N, S, c0, i0, c1, i1, c2, i2) \
+    mc::hswz<D, N, i0, i1, i2> c0##c1##c2;    \
     MC__HLD##N##S(MC__HS4, N, S, c0, i0, c1, i1, c2, i2)
 #define MC__HS4(N, S, c0, i0, c1, i1, c2, i2, c3, i3) mc::hswz<D, N, i0, i1, i2, i3> c0##c1##c2##c3;
 #define MC__HSWIZZLES(N) MC__HLA##N##x(MC__HS1, N, x) MC__HLA##N##r(MC__HS1, N, r)
 namespace mc {
 /* The union's copy assignment is deleted (a swizzle assigns components, not
  * storage), so the vector copies its storage itself. */
-#define MC__HVEC_COPY                                                                                             \
-    hvec &operator=(const hvec &o)                                                                                \
-    {                                                                                                             \
-        __builtin_memcpy((void *)this, (const void *)&o, sizeof *this);                                         \
-        return *this;                                                                                             \
+#define MC__HVEC_COPY                                                   \
+    hvec &operator=(const hvec &o) {                                    \
+        __builtin_memcpy((void *)this, (const void *)&o, sizeof *this); \
+        return *this;                                                   \
     }
 template <class D> struct hvec<2, D> {
     union {
-        struct { half x, y; };
-        struct { half r, g; };
+        struct {
+            half x, y;
+        };
+        struct {
+            half r, g;
+        };
         MC__HSWIZZLES(2)
     };
     MC__HVEC_COPY
 };
 template <class D> struct hvec<3, D> {
     union {
-        struct { half x, y, z; };
-        struct { half r, g, b; };
+        struct {
+            half x, y, z;
+        };
+        struct {
+            half r, g, b;
+        };
         MC__HSWIZZLES(3)
     };
     MC__HVEC_COPY
 };
 template <class D> struct hvec<4, D> {
     union {
-        struct { half x, y, z, w; };
-        struct { half r, g, b, a; };
+        struct {
+            half x, y, z, w;
+        };
+        struct {
+            half r, g, b, a;
+        };
         MC__HSWIZZLES(4)
     };
     MC__HVEC_COPY
@@ -328,50 +379,68 @@ typedef mc::hvec<2> half2;
 typedef mc::hvec<3> half3;
 typedef mc::hvec<4> half4;
 namespace mc {
-template <int N> struct vec_traits<hvec<N>> { static constexpr int n = N; typedef half elem; };
-template <class D, int N, int... I> struct vec_traits<hswz<D, N, I...>> { static constexpr int n = sizeof...(I); typedef half elem; };
+template <int N> struct vec_traits<hvec<N>> {
+    static constexpr int n = N;
+    typedef half elem;
+};
+template <class D, int N, int... I> struct vec_traits<hswz<D, N, I...>> {
+    static constexpr int n = sizeof...(I);
+    typedef half elem;
+};
 template <int N> static inline half &at(hvec<N> &v, int i) { return (&v.x)[i]; }
 template <int N> static inline half at(const hvec<N> &v, int i) { return (&v.x)[i]; }
 
-template <int N> static inline vec<float, N> widen(const hvec<N> &v)
-{
+template <int N> static inline vec<float, N> widen(const hvec<N> &v) {
     vec<float, N> r;
     for (int i = 0; i < N; i++) r[i] = float(at(v, i));
     return r;
 }
-template <int N> static inline hvec<N> narrow(vec<float, N> v)
-{
+template <int N> static inline hvec<N> narrow(vec<float, N> v) {
     hvec<N> r;
     for (int i = 0; i < N; i++) at(r, i) = half(v[i]);
     return r;
 }
 } // namespace mc
-#define MC__HOP(op)                                                                                               \
-    template <int N> static inline mc::hvec<N> operator op(const mc::hvec<N> &a, const mc::hvec<N> &b)           \
-    { return mc::narrow<N>(mc::widen(a) op mc::widen(b)); }                                                      \
-    template <int N> static inline mc::hvec<N> operator op(const mc::hvec<N> &a, half b)                         \
-    { return mc::narrow<N>(mc::widen(a) op float(b)); }                                                          \
-    template <int N> static inline mc::hvec<N> operator op(half a, const mc::hvec<N> &b)                         \
-    { return mc::narrow<N>(float(a) op mc::widen(b)); }                                                          \
-    template <int N> static inline mc::hvec<N> &operator op##=(mc::hvec<N> &a, const mc::hvec<N> &b)             \
-    { return a = a op b; }
-MC__HOP(+) MC__HOP(-) MC__HOP(*) MC__HOP(/)
+#define MC__HOP(op)                                                                                      \
+    template <int N> static inline mc::hvec<N> operator op(const mc::hvec<N> &a, const mc::hvec<N> &b) { \
+        return mc::narrow<N>(mc::widen(a) op mc::widen(b));                                              \
+    }                                                                                                    \
+    template <int N> static inline mc::hvec<N> operator op(const mc::hvec<N> &a, half b) {               \
+        return mc::narrow<N>(mc::widen(a) op float(b));                                                  \
+    }                                                                                                    \
+    template <int N> static inline mc::hvec<N> operator op(half a, const mc::hvec<N> &b) {               \
+        return mc::narrow<N>(float(a) op mc::widen(b));                                                  \
+    }                                                                                                    \
+    template <int N> static inline mc::hvec<N> &operator op##=(mc::hvec<N> &a, const mc::hvec<N> &b) {   \
+        return a = a op b;                                                                               \
+    }
+MC__HOP(+)
+MC__HOP(-)
+MC__HOP(*)
+MC__HOP(/)
 #undef MC__HOP
 /* a swizzle computes as the vector of its components */
-#define MC__HSOP(op)                                                                                              \
-    template <class D, int N, int... I, class B>                                                                  \
-    static inline auto operator op(const mc::hswz<D, N, I...> &a, const B &b)                                    \
-    { return mc::hvec<sizeof...(I)>(a) op b; }                                                                   \
-    template <class A, class D, int N, int... I>                                                                  \
-    static inline auto operator op(const A &a, const mc::hswz<D, N, I...> &b)                                    \
-    { return a op mc::hvec<sizeof...(I)>(b); }                                                                   \
-    template <class D, int N, int... I, class E, int M, int... J>                                                 \
-    static inline auto operator op(const mc::hswz<D, N, I...> &a, const mc::hswz<E, M, J...> &b)                \
-    { return mc::hvec<sizeof...(I)>(a) op mc::hvec<sizeof...(J)>(b); }                                          \
-    template <class D, int N, int... I, class B>                                                                  \
-    static inline mc::hswz<D, N, I...> &operator op##=(mc::hswz<D, N, I...> &a, const B &b)                    \
-    { return a = mc::hvec<sizeof...(I)>(a) op b; }
-MC__HSOP(+) MC__HSOP(-) MC__HSOP(*) MC__HSOP(/)
+#define MC__HSOP(op)                                                                               \
+    template <class D, int N, int... I, class B>                                                   \
+    static inline auto operator op(const mc::hswz<D, N, I...> &a, const B &b) {                    \
+        return mc::hvec<sizeof...(I)>(a) op b;                                                     \
+    }                                                                                              \
+    template <class A, class D, int N, int... I>                                                   \
+    static inline auto operator op(const A &a, const mc::hswz<D, N, I...> &b) {                    \
+        return a op mc::hvec<sizeof...(I)>(b);                                                     \
+    }                                                                                              \
+    template <class D, int N, int... I, class E, int M, int... J>                                  \
+    static inline auto operator op(const mc::hswz<D, N, I...> &a, const mc::hswz<E, M, J...> &b) { \
+        return mc::hvec<sizeof...(I)>(a) op mc::hvec<sizeof...(J)>(b);                             \
+    }                                                                                              \
+    template <class D, int N, int... I, class B>                                                   \
+    static inline mc::hswz<D, N, I...> &operator op##=(mc::hswz<D, N, I...> &a, const B &b) {      \
+        return a = mc::hvec<sizeof...(I)>(a) op b;                                                 \
+    }
+MC__HSOP(+)
+MC__HSOP(-)
+MC__HSOP(*)
+MC__HSOP(/)
 #undef MC__HSOP
 
 /* ---- construction: float4(a.xy, b), float3(1.0f), float2(int2) ------------ */
@@ -381,14 +450,12 @@ template <class V> struct builder {
     V v;
     int i = 0;
     template <class S> void put(S s, typename enable_if<!is_vec<S>>::type * = 0) { set(i++, (E)s); }
-    template <class S> void put(const S &s, typename enable_if<is_vec<S>>::type * = 0)
-    {
+    template <class S> void put(const S &s, typename enable_if<is_vec<S>>::type * = 0) {
         for (int k = 0; k < vec_traits<S>::n; k++) set(i++, (E)get(s, k));
     }
     template <class S> static auto get(const S &s, int k) { return s[k]; }
     template <int N> static half get(const hvec<N> &s, int k) { return at(s, k); }
-    template <class D, int N, int... I> static half get(const hswz<D, N, I...> &s, int k)
-    {
+    template <class D, int N, int... I> static half get(const hswz<D, N, I...> &s, int k) {
         const int c[] = {I...};
         return s.v[c[k]];
     }
@@ -398,13 +465,11 @@ template <int N> struct builder<hvec<N>> {
     hvec<N> v;
     int i = 0;
     template <class S> void put(S s, typename enable_if<!is_vec<S>>::type * = 0) { at(v, i++) = half((float)s); }
-    template <class S> void put(const S &s, typename enable_if<is_vec<S>>::type * = 0)
-    {
+    template <class S> void put(const S &s, typename enable_if<is_vec<S>>::type * = 0) {
         for (int k = 0; k < vec_traits<S>::n; k++) at(v, i++) = half((float)builder<vec<float, 2>>::get(s, k));
     }
 };
-template <class V, class... A> static inline V make(const A &...a)
-{
+template <class V, class... A> static inline V make(const A &...a) {
     builder<V> b;
     if constexpr (sizeof...(A) == 1 && (!is_vec<A> && ...)) {
         for (int k = 0; k < vec_traits<V>::n; k++) b.put(a...);
@@ -423,9 +488,10 @@ template <class T> struct packed_members<T, 3> { T x, y, z; };
 template <class T> struct packed_members<T, 4> { T x, y, z, w; };
 template <class T, int N> struct packed : packed_members<T, N> {
     packed() = default;
-    packed(vec<T, N> v) { for (int i = 0; i < N; i++) (*this)[i] = v[i]; }
-    operator vec<T, N>() const
-    {
+    packed(vec<T, N> v) {
+        for (int i = 0; i < N; i++) (*this)[i] = v[i];
+    }
+    operator vec<T, N>() const {
         vec<T, N> r;
         for (int i = 0; i < N; i++) r[i] = (*this)[i];
         return r;
@@ -433,26 +499,38 @@ template <class T, int N> struct packed : packed_members<T, N> {
     T &operator[](int i) { return (&this->x)[i]; }
     T operator[](int i) const { return (&this->x)[i]; }
 };
-template <class T, int N> struct vec_traits<packed<T, N>> { static constexpr int n = N; typedef T elem; };
+template <class T, int N> struct vec_traits<packed<T, N>> {
+    static constexpr int n = N;
+    typedef T elem;
+};
 } // namespace mc
-#define MC__PACKED(T)                                                                                             \
-    typedef mc::packed<T, 2> packed_##T##2;                                                                      \
-    typedef mc::packed<T, 3> packed_##T##3;                                                                      \
+#define MC__PACKED(T)                       \
+    typedef mc::packed<T, 2> packed_##T##2; \
+    typedef mc::packed<T, 3> packed_##T##3; \
     typedef mc::packed<T, 4> packed_##T##4;
-MC__PACKED(float) MC__PACKED(int) MC__PACKED(uint) MC__PACKED(short) MC__PACKED(ushort) MC__PACKED(char)
+MC__PACKED(float)
+MC__PACKED(int)
+MC__PACKED(uint)
+MC__PACKED(short)
+MC__PACKED(ushort)
+MC__PACKED(char)
 MC__PACKED(uchar)
 #undef MC__PACKED
 #define MC__POP(op)                                                                                               \
-    template <class T, int N, class B> static inline auto operator op(const mc::packed<T, N> &a, const B &b)     \
-    { return mc::vec<T, N>(a) op b; }                                                                            \
-    template <class T, int N> static inline auto operator op(const mc::vec<T, N> &a, const mc::packed<T, N> &b)  \
-    { return a op mc::vec<T, N>(b); }
-MC__POP(+) MC__POP(-) MC__POP(*) MC__POP(/)
+    template <class T, int N, class B> static inline auto operator op(const mc::packed<T, N> &a, const B &b) {    \
+        return mc::vec<T, N>(a) op b;                                                                             \
+    }                                                                                                             \
+    template <class T, int N> static inline auto operator op(const mc::vec<T, N> &a, const mc::packed<T, N> &b) { \
+        return a op mc::vec<T, N>(b);                                                                             \
+    }
+MC__POP(+)
+MC__POP(-)
+MC__POP(*)
+MC__POP(/)
 #undef MC__POP
 
 /* ---- as_type ---------------------------------------------------------------- */
-template <class To, class From> static inline To as_type(const From &f)
-{
+template <class To, class From> static inline To as_type(const From &f) {
     static_assert(sizeof(To) == sizeof(From), "as_type: the two types differ in size");
     To t;
     __builtin_memcpy(&t, &f, sizeof t);
@@ -474,8 +552,7 @@ template <class T, int C, int R> struct mat {
     typedef typename col_of<T, R>::type column;
     column columns[C];
     mat() = default;
-    template <class A0, class... A> explicit mat(const A0 &a0, const A &...a)
-    {
+    template <class A0, class... A> explicit mat(const A0 &a0, const A &...a) {
         if constexpr (sizeof...(A) == 0 && !is_vec<A0>) { /* the diagonal */
             for (int c = 0; c < C; c++)
                 for (int r = 0; r < R; r++) set(c, r, c == r ? (float)a0 : 0.0f);
@@ -491,8 +568,7 @@ template <class T, int C, int R> struct mat {
             for (int k = 0; k < C * R; k++) set(k / R, k % R, e[k]);
         }
     }
-    template <class V> void put_column(int c, const V &v)
-    {
+    template <class V> void put_column(int c, const V &v) {
         for (int r = 0; r < R; r++) set(c, r, melem(v, r));
     }
     float get(int c, int r) const { return melem(columns[c], r); }
@@ -504,22 +580,22 @@ template <class T> struct is_mat_t { static constexpr bool value = false; };
 template <class T, int C, int R> struct is_mat_t<mat<T, C, R>> { static constexpr bool value = true; };
 template <class T> constexpr bool is_mat = is_mat_t<T>::value;
 
-#define MC__MAT_EW(op)                                                                                            \
-    template <class T, int C, int R> static inline mat<T, C, R> operator op(const mat<T, C, R> &a,               \
-                                                                            const mat<T, C, R> &b)               \
-    {                                                                                                             \
-        mat<T, C, R> m;                                                                                           \
-        for (int c = 0; c < C; c++)                                                                               \
-            for (int r = 0; r < R; r++) m.set(c, r, a.get(c, r) op b.get(c, r));                                  \
-        return m;                                                                                                 \
-    }                                                                                                             \
-    template <class T, int C, int R> static inline mat<T, C, R> &operator op##=(mat<T, C, R> &a,                 \
-                                                                                const mat<T, C, R> &b)           \
-    { return a = a op b; }
-MC__MAT_EW(+) MC__MAT_EW(-)
+#define MC__MAT_EW(op)                                                                     \
+    template <class T, int C, int R>                                                       \
+    static inline mat<T, C, R> operator op(const mat<T, C, R> &a, const mat<T, C, R> &b) { \
+        mat<T, C, R> m;                                                                    \
+        for (int c = 0; c < C; c++)                                                        \
+            for (int r = 0; r < R; r++) m.set(c, r, a.get(c, r) op b.get(c, r));           \
+        return m;                                                                          \
+    }                                                                                      \
+    template <class T, int C, int R>                                                       \
+    static inline mat<T, C, R> &operator op##=(mat<T, C, R> &a, const mat<T, C, R> &b) {   \
+        return a = a op b;                                                                 \
+    }
+MC__MAT_EW(+)
+MC__MAT_EW(-)
 #undef MC__MAT_EW
-template <class T, int C, int R> static inline mat<T, C, R> operator-(const mat<T, C, R> &a)
-{
+template <class T, int C, int R> static inline mat<T, C, R> operator-(const mat<T, C, R> &a) {
     mat<T, C, R> m;
     for (int c = 0; c < C; c++)
         for (int r = 0; r < R; r++) m.set(c, r, -a.get(c, r));
@@ -527,22 +603,19 @@ template <class T, int C, int R> static inline mat<T, C, R> operator-(const mat<
 }
 /* matrix * scalar, scalar * matrix */
 template <class T, int C, int R, class S, class = typename enable_if<!is_vec<S> && !is_mat<S>>::type>
-static inline mat<T, C, R> operator*(const mat<T, C, R> &a, const S &s)
-{
+static inline mat<T, C, R> operator*(const mat<T, C, R> &a, const S &s) {
     mat<T, C, R> m;
     for (int c = 0; c < C; c++)
         for (int r = 0; r < R; r++) m.set(c, r, a.get(c, r) * (float)s);
     return m;
 }
 template <class T, int C, int R, class S, class = typename enable_if<!is_vec<S> && !is_mat<S>>::type>
-static inline mat<T, C, R> operator*(const S &s, const mat<T, C, R> &a)
-{
+static inline mat<T, C, R> operator*(const S &s, const mat<T, C, R> &a) {
     return a * s;
 }
 /* matrix * column vector (C components) -> R components */
 template <class T, int C, int R, class V, class = typename enable_if<vec_traits<V>::n == C>::type>
-static inline typename col_of<T, R>::type operator*(const mat<T, C, R> &a, const V &v)
-{
+static inline typename col_of<T, R>::type operator*(const mat<T, C, R> &a, const V &v) {
     typename col_of<T, R>::type out;
     for (int r = 0; r < R; r++) {
         float acc = 0.0f;
@@ -553,8 +626,7 @@ static inline typename col_of<T, R>::type operator*(const mat<T, C, R> &a, const
 }
 /* row vector (R components) * matrix -> C components */
 template <class T, int C, int R, class V, class = typename enable_if<vec_traits<V>::n == R>::type>
-static inline typename col_of<T, C>::type operator*(const V &v, const mat<T, C, R> &a)
-{
+static inline typename col_of<T, C>::type operator*(const V &v, const mat<T, C, R> &a) {
     typename col_of<T, C>::type out;
     for (int c = 0; c < C; c++) {
         float acc = 0.0f;
@@ -564,9 +636,8 @@ static inline typename col_of<T, C>::type operator*(const V &v, const mat<T, C, 
     return out;
 }
 /* (K columns, R rows) = (C columns, R rows) * (K columns, C rows) */
-template <class T, int C, int R, int K> static inline mat<T, K, R> operator*(const mat<T, C, R> &a,
-                                                                            const mat<T, K, C> &b)
-{
+template <class T, int C, int R, int K>
+static inline mat<T, K, R> operator*(const mat<T, C, R> &a, const mat<T, K, C> &b) {
     mat<T, K, R> m;
     for (int k = 0; k < K; k++)
         for (int r = 0; r < R; r++) {
@@ -577,12 +648,10 @@ template <class T, int C, int R, int K> static inline mat<T, K, R> operator*(con
     return m;
 }
 template <class T, int C, int R, class S, class = typename enable_if<!is_vec<S>>::type>
-static inline mat<T, C, R> &operator*=(mat<T, C, R> &a, const S &s)
-{
+static inline mat<T, C, R> &operator*=(mat<T, C, R> &a, const S &s) {
     return a = a * s;
 }
-template <class T, int N> static inline float det(const mat<T, N, N> &m)
-{
+template <class T, int N> static inline float det(const mat<T, N, N> &m) {
     if constexpr (N == 2) {
         return m.get(0, 0) * m.get(1, 1) - m.get(1, 0) * m.get(0, 1);
     } else {
@@ -600,23 +669,23 @@ template <class T, int N> static inline float det(const mat<T, N, N> &m)
     }
 }
 } // namespace mc
-#define MC__MATS(T)                                                                                               \
-    typedef mc::mat<T, 2, 2> T##2x2;                                                                             \
-    typedef mc::mat<T, 2, 3> T##2x3;                                                                             \
-    typedef mc::mat<T, 2, 4> T##2x4;                                                                             \
-    typedef mc::mat<T, 3, 2> T##3x2;                                                                             \
-    typedef mc::mat<T, 3, 3> T##3x3;                                                                             \
-    typedef mc::mat<T, 3, 4> T##3x4;                                                                             \
-    typedef mc::mat<T, 4, 2> T##4x2;                                                                             \
-    typedef mc::mat<T, 4, 3> T##4x3;                                                                             \
+#define MC__MATS(T)                  \
+    typedef mc::mat<T, 2, 2> T##2x2; \
+    typedef mc::mat<T, 2, 3> T##2x3; \
+    typedef mc::mat<T, 2, 4> T##2x4; \
+    typedef mc::mat<T, 3, 2> T##3x2; \
+    typedef mc::mat<T, 3, 3> T##3x3; \
+    typedef mc::mat<T, 3, 4> T##3x4; \
+    typedef mc::mat<T, 4, 2> T##4x2; \
+    typedef mc::mat<T, 4, 3> T##4x3; \
     typedef mc::mat<T, 4, 4> T##4x4;
-MC__MATS(float) MC__MATS(half)
+MC__MATS(float)
+MC__MATS(half)
 #undef MC__MATS
 namespace metal {
 template <class T, int C, int R> using matrix = mc::mat<T, C, R>;
 template <class T, int N> using vec = typename mc::col_of<T, N>::type; /* vec<float, 4> is float4 */
-template <class T, int C, int R> static inline mc::mat<T, R, C> transpose(const mc::mat<T, C, R> &m)
-{
+template <class T, int C, int R> static inline mc::mat<T, R, C> transpose(const mc::mat<T, C, R> &m) {
     mc::mat<T, R, C> t;
     for (int c = 0; c < C; c++)
         for (int r = 0; r < R; r++) t.set(r, c, m.get(c, r));
@@ -627,31 +696,30 @@ template <class T, int N> static inline T determinant(const mc::mat<T, N, N> &m)
 
 namespace metal {
 /* ---- math ------------------------------------------------------------------ */
-#define MC__UNARY(name, fn)                                                                                       \
-    static inline float name(float x) { return fn(x); }                                                          \
-    static inline half name(half x) { return half(fn(float(x))); }                                               \
-    template <int N> static inline mc::vec<float, N> name(mc::vec<float, N> v)                                   \
-    {                                                                                                             \
-        for (int i = 0; i < N; i++) v[i] = fn(v[i]);                                                            \
-        return v;                                                                                                 \
-    }                                                                                                             \
-    template <int N> static inline mc::hvec<N> name(const mc::hvec<N> &v)                                       \
-    { return mc::narrow<N>(name(mc::widen(v))); }
-#define MC__BINARY(name, fn)                                                                                      \
-    static inline float name(float x, float y) { return fn(x, y); }                                              \
-    static inline half name(half x, half y) { return half(fn(float(x), float(y))); }                            \
-    template <int N> static inline mc::vec<float, N> name(mc::vec<float, N> a, mc::vec<float, N> b)              \
-    {                                                                                                             \
-        for (int i = 0; i < N; i++) a[i] = fn(a[i], b[i]);                                                      \
-        return a;                                                                                                 \
-    }                                                                                                             \
-    template <int N> static inline mc::vec<float, N> name(mc::vec<float, N> a, float b)                          \
-    {                                                                                                             \
-        for (int i = 0; i < N; i++) a[i] = fn(a[i], b);                                                         \
-        return a;                                                                                                 \
+#define MC__UNARY(name, fn)                                                      \
+    static inline float name(float x) { return fn(x); }                          \
+    static inline half name(half x) { return half(fn(float(x))); }               \
+    template <int N> static inline mc::vec<float, N> name(mc::vec<float, N> v) { \
+        for (int i = 0; i < N; i++) v[i] = fn(v[i]);                             \
+        return v;                                                                \
+    }                                                                            \
+    template <int N> static inline mc::hvec<N> name(const mc::hvec<N> &v) { return mc::narrow<N>(name(mc::widen(v))); }
+#define MC__BINARY(name, fn)                                                                          \
+    static inline float name(float x, float y) { return fn(x, y); }                                   \
+    static inline half name(half x, half y) { return half(fn(float(x), float(y))); }                  \
+    template <int N> static inline mc::vec<float, N> name(mc::vec<float, N> a, mc::vec<float, N> b) { \
+        for (int i = 0; i < N; i++) a[i] = fn(a[i], b[i]);                                            \
+        return a;                                                                                     \
+    }                                                                                                 \
+    template <int N> static inline mc::vec<float, N> name(mc::vec<float, N> a, float b) {             \
+        for (int i = 0; i < N; i++) a[i] = fn(a[i], b);                                               \
+        return a;                                                                                     \
     }
 static inline float mc_rsqrt(float x) { return 1.0f / MC_LIBM(sqrtf)(x); }
-static inline float mc_fract(float x) { float f = x - MC_LIBM(floorf)(x); return f < 0x1.fffffep-1f ? f : 0x1.fffffep-1f; }
+static inline float mc_fract(float x) {
+    float f = x - MC_LIBM(floorf)(x);
+    return f < 0x1.fffffep-1f ? f : 0x1.fffffep-1f;
+}
 static inline float mc_exp10(float x) { return MC_LIBM(powf)(10.0f, x); }
 static inline float mc_sinpi(float x) { return MC_LIBM(sinf)(x * 3.14159265358979f); }
 static inline float mc_cospi(float x) { return MC_LIBM(cosf)(x * 3.14159265358979f); }
@@ -663,32 +731,63 @@ static inline float mc_powr(float x, float y) { return MC_LIBM(powf)(x, y); }
 static inline float mc_fmin(float x, float y) { return MC_LIBM(fminf)(x, y); }
 static inline float mc_fmax(float x, float y) { return MC_LIBM(fmaxf)(x, y); }
 static inline float mc_step(float e, float x) { return x < e ? 0.0f : 1.0f; }
-#define MC__MATH_FUNCS                                                                                            \
-    MC__UNARY(fabs, MC_LIBM(fabsf)) MC__UNARY(acos, MC_LIBM(acosf)) MC__UNARY(acosh, MC_LIBM(acoshf))          \
-    MC__UNARY(asin, MC_LIBM(asinf)) MC__UNARY(asinh, MC_LIBM(asinhf)) MC__UNARY(atan, MC_LIBM(atanf))          \
-    MC__UNARY(atanh, MC_LIBM(atanhf)) MC__UNARY(ceil, MC_LIBM(ceilf)) MC__UNARY(cos, MC_LIBM(cosf))            \
-    MC__UNARY(cosh, MC_LIBM(coshf)) MC__UNARY(cospi, mc_cospi) MC__UNARY(exp, MC_LIBM(expf))                   \
-    MC__UNARY(exp2, MC_LIBM(exp2f)) MC__UNARY(exp10, mc_exp10) MC__UNARY(floor, MC_LIBM(floorf))                \
-    MC__UNARY(fract, mc_fract) MC__UNARY(log, MC_LIBM(logf)) MC__UNARY(log2, MC_LIBM(log2f))                    \
-    MC__UNARY(log10, MC_LIBM(log10f)) MC__UNARY(rint, MC_LIBM(rintf)) MC__UNARY(round, MC_LIBM(roundf))        \
-    MC__UNARY(rsqrt, mc_rsqrt) MC__UNARY(sin, MC_LIBM(sinf)) MC__UNARY(sinh, MC_LIBM(sinhf))                    \
-    MC__UNARY(sinpi, mc_sinpi) MC__UNARY(sqrt, MC_LIBM(sqrtf)) MC__UNARY(tan, MC_LIBM(tanf))                    \
-    MC__UNARY(tanh, MC_LIBM(tanhf)) MC__UNARY(tanpi, mc_tanpi) MC__UNARY(trunc, MC_LIBM(truncf))                \
-    MC__UNARY(saturate, mc_saturate) MC__UNARY(sign, mc_sign) MC__BINARY(atan2, MC_LIBM(atan2f))                 \
-    MC__BINARY(copysign, MC_LIBM(copysignf)) MC__BINARY(fdim, MC_LIBM(fdimf)) MC__BINARY(fmod, MC_LIBM(fmodf)) \
-    MC__BINARY(pow, MC_LIBM(powf)) MC__BINARY(powr, mc_powr) MC__BINARY(fmin, mc_fmin) MC__BINARY(fmax, mc_fmax) \
-    MC__BINARY(divide, mc_divide) MC__BINARY(step, mc_step)
+#define MC__MATH_FUNCS                       \
+    MC__UNARY(fabs, MC_LIBM(fabsf))          \
+    MC__UNARY(acos, MC_LIBM(acosf))          \
+    MC__UNARY(acosh, MC_LIBM(acoshf))        \
+    MC__UNARY(asin, MC_LIBM(asinf))          \
+    MC__UNARY(asinh, MC_LIBM(asinhf))        \
+    MC__UNARY(atan, MC_LIBM(atanf))          \
+    MC__UNARY(atanh, MC_LIBM(atanhf))        \
+    MC__UNARY(ceil, MC_LIBM(ceilf))          \
+    MC__UNARY(cos, MC_LIBM(cosf))            \
+    MC__UNARY(cosh, MC_LIBM(coshf))          \
+    MC__UNARY(cospi, mc_cospi)               \
+    MC__UNARY(exp, MC_LIBM(expf))            \
+    MC__UNARY(exp2, MC_LIBM(exp2f))          \
+    MC__UNARY(exp10, mc_exp10)               \
+    MC__UNARY(floor, MC_LIBM(floorf))        \
+    MC__UNARY(fract, mc_fract)               \
+    MC__UNARY(log, MC_LIBM(logf))            \
+    MC__UNARY(log2, MC_LIBM(log2f))          \
+    MC__UNARY(log10, MC_LIBM(log10f))        \
+    MC__UNARY(rint, MC_LIBM(rintf))          \
+    MC__UNARY(round, MC_LIBM(roundf))        \
+    MC__UNARY(rsqrt, mc_rsqrt)               \
+    MC__UNARY(sin, MC_LIBM(sinf))            \
+    MC__UNARY(sinh, MC_LIBM(sinhf))          \
+    MC__UNARY(sinpi, mc_sinpi)               \
+    MC__UNARY(sqrt, MC_LIBM(sqrtf))          \
+    MC__UNARY(tan, MC_LIBM(tanf))            \
+    MC__UNARY(tanh, MC_LIBM(tanhf))          \
+    MC__UNARY(tanpi, mc_tanpi)               \
+    MC__UNARY(trunc, MC_LIBM(truncf))        \
+    MC__UNARY(saturate, mc_saturate)         \
+    MC__UNARY(sign, mc_sign)                 \
+    MC__BINARY(atan2, MC_LIBM(atan2f))       \
+    MC__BINARY(copysign, MC_LIBM(copysignf)) \
+    MC__BINARY(fdim, MC_LIBM(fdimf))         \
+    MC__BINARY(fmod, MC_LIBM(fmodf))         \
+    MC__BINARY(pow, MC_LIBM(powf))           \
+    MC__BINARY(powr, mc_powr)                \
+    MC__BINARY(fmin, mc_fmin)                \
+    MC__BINARY(fmax, mc_fmax)                \
+    MC__BINARY(divide, mc_divide)            \
+    MC__BINARY(step, mc_step)
 MC__MATH_FUNCS
 /* precise:: is what the plain names compute here (libm, correctly handled
  * edge cases); fast:: is the same code: the CPU device never trades
  * accuracy for speed, a Mac's fast:: may differ in the last bits. */
-namespace precise { MC__MATH_FUNCS }
-namespace fast { MC__MATH_FUNCS }
+namespace precise {
+MC__MATH_FUNCS
+}
+namespace fast {
+MC__MATH_FUNCS
+}
 #undef MC__MATH_FUNCS
 
 static inline float fma(float a, float b, float c) { return MC_LIBM(fmaf)(a, b, c); }
-template <int N> static inline mc::vec<float, N> fma(mc::vec<float, N> a, mc::vec<float, N> b, mc::vec<float, N> c)
-{
+template <int N> static inline mc::vec<float, N> fma(mc::vec<float, N> a, mc::vec<float, N> b, mc::vec<float, N> c) {
     for (int i = 0; i < N; i++) a[i] = MC_LIBM(fmaf)(a[i], b[i], c[i]);
     return a;
 }
@@ -696,110 +795,115 @@ static inline float ldexp(float x, int e) { return MC_LIBM(ldexpf)(x, e); }
 static inline float frexp(float x, thread int &e) { return MC_LIBM(frexpf)(x, &e); }
 static inline float modf(float x, thread float &ip) { return MC_LIBM(modff)(x, &ip); }
 static inline int ilogb(float x) { return MC_LIBM(ilogbf)(x); }
-static inline float sincos(float x, thread float &c) { c = MC_LIBM(cosf)(x); return MC_LIBM(sinf)(x); }
+static inline float sincos(float x, thread float &c) {
+    c = MC_LIBM(cosf)(x);
+    return MC_LIBM(sinf)(x);
+}
 
 /* ---- common and integer functions (any scalar or ext vector) ----------- */
 template <class T> static inline T mc_min1(T a, T b) { return b < a ? b : a; }
 template <class T> static inline T mc_max1(T a, T b) { return a < b ? b : a; }
 static inline float mc_min1(float a, float b) { return MC_LIBM(fminf)(a, b); }
 static inline float mc_max1(float a, float b) { return MC_LIBM(fmaxf)(a, b); }
-template <class T> static inline T min(T a, T b)
-{
+template <class T> static inline T min(T a, T b) {
     if constexpr (mc::is_vec<T>) {
         for (int i = 0; i < mc::vec_traits<T>::n; i++) a[i] = mc_min1(a[i], b[i]);
         return a;
     } else return mc_min1(a, b);
 }
-template <class T> static inline T max(T a, T b)
-{
+template <class T> static inline T max(T a, T b) {
     if constexpr (mc::is_vec<T>) {
         for (int i = 0; i < mc::vec_traits<T>::n; i++) a[i] = mc_max1(a[i], b[i]);
         return a;
     } else return mc_max1(a, b);
 }
-template <class T> static inline T min(T a, typename mc::vec_traits<T>::elem b, typename mc::enable_if<mc::is_vec<T>>::type * = 0)
-{ return min(a, (T)b); }
-template <class T> static inline T max(T a, typename mc::vec_traits<T>::elem b, typename mc::enable_if<mc::is_vec<T>>::type * = 0)
-{ return max(a, (T)b); }
+template <class T>
+static inline T min(T a, typename mc::vec_traits<T>::elem b, typename mc::enable_if<mc::is_vec<T>>::type * = 0) {
+    return min(a, (T)b);
+}
+template <class T>
+static inline T max(T a, typename mc::vec_traits<T>::elem b, typename mc::enable_if<mc::is_vec<T>>::type * = 0) {
+    return max(a, (T)b);
+}
 static inline half min(half a, half b) { return half(mc_min1(float(a), float(b))); }
 static inline half max(half a, half b) { return half(mc_max1(float(a), float(b))); }
 template <class T> static inline T clamp(T x, T lo, T hi) { return min(max(x, lo), hi); }
-template <class T, class S> static inline T clamp(T x, S lo, S hi, typename mc::enable_if<mc::is_vec<T> && !mc::is_vec<S>>::type * = 0)
-{ return min(max(x, (T)lo), (T)hi); }
-template <class T> static inline T abs(T x)
-{
+template <class T, class S>
+static inline T clamp(T x, S lo, S hi, typename mc::enable_if<mc::is_vec<T> && !mc::is_vec<S>>::type * = 0) {
+    return min(max(x, (T)lo), (T)hi);
+}
+template <class T> static inline T abs(T x) {
     if constexpr (mc::is_vec<T>) {
         for (int i = 0; i < mc::vec_traits<T>::n; i++) x[i] = x[i] < 0 ? -x[i] : x[i];
         return x;
     } else if constexpr (mc::same<T, float>::value) return MC_LIBM(fabsf)(x);
     else return x < 0 ? (T)-x : x;
 }
-static inline half abs(half x) { x.bits &= 0x7fffu; return x; }
+static inline half abs(half x) {
+    x.bits &= 0x7fffu;
+    return x;
+}
 template <class T> static inline T mix(T a, T b, T t) { return a + (b - a) * t; }
-template <class T> static inline T mix(T a, T b, float t, typename mc::enable_if<mc::is_vec<T>>::type * = 0) { return a + (b - a) * t; }
-template <class T> static inline T smoothstep(T e0, T e1, T x)
-{
+template <class T> static inline T mix(T a, T b, float t, typename mc::enable_if<mc::is_vec<T>>::type * = 0) {
+    return a + (b - a) * t;
+}
+template <class T> static inline T smoothstep(T e0, T e1, T x) {
     T t = clamp((x - e0) / (e1 - e0), (T)0.0f, (T)1.0f);
     return t * t * ((T)3.0f - (T)2.0f * t);
 }
 template <class T> static inline T absdiff(T a, T b) { return a > b ? (T)(a - b) : (T)(b - a); }
-template <class T> static inline T addsat(T a, T b)
-{
+template <class T> static inline T addsat(T a, T b) {
     T r;
-    if (__builtin_add_overflow(a, b, &r)) return b > 0 ? (T)~(T)0 > 0 ? (T)~(T)0 : (T)((1ull << (sizeof(T) * 8 - 1)) - 1) : (T)(1ull << (sizeof(T) * 8 - 1));
+    if (__builtin_add_overflow(a, b, &r))
+        return b > 0 ? (T) ~(T)0 > 0 ? (T) ~(T)0 : (T)((1ull << (sizeof(T) * 8 - 1)) - 1)
+                     : (T)(1ull << (sizeof(T) * 8 - 1));
     return r;
 }
-template <class T> static inline T subsat(T a, T b)
-{
+template <class T> static inline T subsat(T a, T b) {
     T r;
     if (__builtin_sub_overflow(a, b, &r)) {
-        if ((T)~(T)0 > 0) return 0;
+        if ((T) ~(T)0 > 0) return 0;
         return b < 0 ? (T)((1ull << (sizeof(T) * 8 - 1)) - 1) : (T)(1ull << (sizeof(T) * 8 - 1));
     }
     return r;
 }
 template <class T> static inline T hadd(T a, T b) { return (T)((a >> 1) + (b >> 1) + (a & b & 1)); }
 template <class T> static inline T rhadd(T a, T b) { return (T)((a >> 1) + (b >> 1) + ((a | b) & 1)); }
-template <class T> static inline T mulhi(T a, T b)
-{
+template <class T> static inline T mulhi(T a, T b) {
     if constexpr (sizeof(T) == 8) return (T)(((__int128)a * b) >> 64);
     else return (T)(((long long)a * (long long)b) >> (sizeof(T) * 8));
 }
 template <class T> static inline T mad24(T a, T b, T c) { return a * b + c; }
 template <class T> static inline T mul24(T a, T b) { return a * b; }
 template <class T> static inline T madhi(T a, T b, T c) { return mulhi(a, b) + c; }
-template <class T> static inline T popcount(T x) { return (T)__builtin_popcountll((unsigned long long)x & (~0ull >> (64 - sizeof(T) * 8))); }
-template <class T> static inline T clz(T x)
-{
+template <class T> static inline T popcount(T x) {
+    return (T)__builtin_popcountll((unsigned long long)x & (~0ull >> (64 - sizeof(T) * 8)));
+}
+template <class T> static inline T clz(T x) {
     unsigned long long u = (unsigned long long)x & (~0ull >> (64 - sizeof(T) * 8));
     return (T)(u ? __builtin_clzll(u) - (64 - (int)sizeof(T) * 8) : (int)sizeof(T) * 8);
 }
-template <class T> static inline T ctz(T x)
-{
+template <class T> static inline T ctz(T x) {
     unsigned long long u = (unsigned long long)x & (~0ull >> (64 - sizeof(T) * 8));
     return (T)(u ? __builtin_ctzll(u) : (int)sizeof(T) * 8);
 }
-template <class T> static inline T rotate(T v, T i)
-{
+template <class T> static inline T rotate(T v, T i) {
     const unsigned bits = sizeof(T) * 8, s = (unsigned)i % bits;
     unsigned long long u = (unsigned long long)v & (~0ull >> (64 - bits));
     return s ? (T)((u << s) | (u >> (bits - s))) : v;
 }
-template <class T> static inline T reverse_bits(T x)
-{
+template <class T> static inline T reverse_bits(T x) {
     T r = 0;
     for (unsigned i = 0; i < sizeof(T) * 8; i++) r = (T)((r << 1) | ((x >> i) & 1));
     return r;
 }
-template <class T> static inline T extract_bits(T x, uint offset, uint bits)
-{
+template <class T> static inline T extract_bits(T x, uint offset, uint bits) {
     if (!bits) return 0;
     unsigned long long u = ((unsigned long long)x >> offset) & (bits >= 64 ? ~0ull : ((1ull << bits) - 1));
-    if ((T)~(T)0 < 0 && bits < sizeof(T) * 8 && (u >> (bits - 1)) & 1) u |= ~0ull << bits; /* sign-extend */
+    if ((T) ~(T)0 < 0 && bits < sizeof(T) * 8 && (u >> (bits - 1)) & 1) u |= ~0ull << bits; /* sign-extend */
     return (T)u;
 }
-template <class T> static inline T insert_bits(T base, T ins, uint offset, uint bits)
-{
+template <class T> static inline T insert_bits(T base, T ins, uint offset, uint bits) {
     unsigned long long mask = (bits >= 64 ? ~0ull : ((1ull << bits) - 1)) << offset;
     return (T)(((unsigned long long)base & ~mask) | (((unsigned long long)ins << offset) & mask));
 }
@@ -816,26 +920,26 @@ static inline bool isnan(half x) { return isnan(float(x)); }
 static inline bool isinf(half x) { return isinf(float(x)); }
 static inline bool all(bool b) { return b; }
 static inline bool any(bool b) { return b; }
-template <class T> static inline bool all(T v, typename mc::enable_if<mc::is_vec<T>>::type * = 0)
-{
-    for (int i = 0; i < mc::vec_traits<T>::n; i++) if (!v[i]) return false;
+template <class T> static inline bool all(T v, typename mc::enable_if<mc::is_vec<T>>::type * = 0) {
+    for (int i = 0; i < mc::vec_traits<T>::n; i++)
+        if (!v[i]) return false;
     return true;
 }
-template <class T> static inline bool any(T v, typename mc::enable_if<mc::is_vec<T>>::type * = 0)
-{
-    for (int i = 0; i < mc::vec_traits<T>::n; i++) if (v[i]) return true;
+template <class T> static inline bool any(T v, typename mc::enable_if<mc::is_vec<T>>::type * = 0) {
+    for (int i = 0; i < mc::vec_traits<T>::n; i++)
+        if (v[i]) return true;
     return false;
 }
 template <class T> static inline T select(T a, T b, bool c) { return c ? b : a; }
-template <class T, class M> static inline T select(T a, T b, M c, typename mc::enable_if<mc::is_vec<T> && mc::is_vec<M>>::type * = 0)
-{
-    for (int i = 0; i < mc::vec_traits<T>::n; i++) if (c[i]) a[i] = b[i];
+template <class T, class M>
+static inline T select(T a, T b, M c, typename mc::enable_if<mc::is_vec<T> && mc::is_vec<M>>::type * = 0) {
+    for (int i = 0; i < mc::vec_traits<T>::n; i++)
+        if (c[i]) a[i] = b[i];
     return a;
 }
 
 /* ---- geometric ------------------------------------------------------------ */
-template <class T> static inline typename mc::vec_traits<T>::elem dot(T a, T b)
-{
+template <class T> static inline typename mc::vec_traits<T>::elem dot(T a, T b) {
     typename mc::vec_traits<T>::elem s = 0;
     for (int i = 0; i < mc::vec_traits<T>::n; i++) s += a[i] * b[i];
     return s;
@@ -843,14 +947,19 @@ template <class T> static inline typename mc::vec_traits<T>::elem dot(T a, T b)
 template <int N> static inline float length_squared(mc::vec<float, N> v) { return dot(v, v); }
 template <int N> static inline float length(mc::vec<float, N> v) { return MC_LIBM(sqrtf)(dot(v, v)); }
 template <int N> static inline float distance(mc::vec<float, N> a, mc::vec<float, N> b) { return length(a - b); }
-template <int N> static inline float distance_squared(mc::vec<float, N> a, mc::vec<float, N> b) { return dot(a - b, a - b); }
+template <int N> static inline float distance_squared(mc::vec<float, N> a, mc::vec<float, N> b) {
+    return dot(a - b, a - b);
+}
 template <int N> static inline mc::vec<float, N> normalize(mc::vec<float, N> v) { return v * (1.0f / length(v)); }
 static inline float3 cross(float3 a, float3 b) { return a.yzx * b.zxy - a.zxy * b.yzx; }
-template <int N> static inline mc::vec<float, N> reflect(mc::vec<float, N> i, mc::vec<float, N> n) { return i - 2.0f * dot(n, i) * n; }
-template <int N> static inline mc::vec<float, N> faceforward(mc::vec<float, N> n, mc::vec<float, N> i, mc::vec<float, N> r)
-{ return dot(r, i) < 0.0f ? n : -n; }
-template <int N> static inline mc::vec<float, N> refract(mc::vec<float, N> i, mc::vec<float, N> n, float eta)
-{
+template <int N> static inline mc::vec<float, N> reflect(mc::vec<float, N> i, mc::vec<float, N> n) {
+    return i - 2.0f * dot(n, i) * n;
+}
+template <int N>
+static inline mc::vec<float, N> faceforward(mc::vec<float, N> n, mc::vec<float, N> i, mc::vec<float, N> r) {
+    return dot(r, i) < 0.0f ? n : -n;
+}
+template <int N> static inline mc::vec<float, N> refract(mc::vec<float, N> i, mc::vec<float, N> n, float eta) {
     float d = dot(n, i), k = 1.0f - eta * eta * (1.0f - d * d);
     return k < 0.0f ? (mc::vec<float, N>)0.0f : eta * i - (eta * d + MC_LIBM(sqrtf)(k)) * n;
 }
@@ -864,61 +973,91 @@ typedef mc_atomic<float> atomic_float;
 typedef mc_atomic<bool> atomic_bool;
 template <class T> using atomic = mc_atomic<T>;
 /* the generic __atomic forms: they take float as well as integers */
-template <class T> static inline void atomic_store_explicit(volatile mc_atomic<T> *o, T v, memory_order) { __atomic_store((T *)&o->v, &v, __ATOMIC_RELAXED); }
-template <class T> static inline T atomic_load_explicit(const volatile mc_atomic<T> *o, memory_order)
-{
+template <class T> static inline void atomic_store_explicit(volatile mc_atomic<T> *o, T v, memory_order) {
+    __atomic_store((T *)&o->v, &v, __ATOMIC_RELAXED);
+}
+template <class T> static inline T atomic_load_explicit(const volatile mc_atomic<T> *o, memory_order) {
     T r;
     __atomic_load((T *)&o->v, &r, __ATOMIC_RELAXED);
     return r;
 }
-template <class T> static inline T atomic_exchange_explicit(volatile mc_atomic<T> *o, T v, memory_order)
-{
+template <class T> static inline T atomic_exchange_explicit(volatile mc_atomic<T> *o, T v, memory_order) {
     T r;
     __atomic_exchange((T *)&o->v, &v, &r, __ATOMIC_RELAXED);
     return r;
 }
-template <class T> static inline bool atomic_compare_exchange_weak_explicit(volatile mc_atomic<T> *o, thread T *expected, T desired, memory_order, memory_order)
-{ return __atomic_compare_exchange((T *)&o->v, expected, &desired, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED); }
-template <class T> static inline bool atomic_compare_exchange_strong_explicit(volatile mc_atomic<T> *o, thread T *expected, T desired, memory_order a, memory_order b)
-{ return atomic_compare_exchange_weak_explicit(o, expected, desired, a, b); }
-template <class T, class F> static inline T mc_atomic_rmw(volatile mc_atomic<T> *o, F f)
-{
+template <class T>
+static inline bool atomic_compare_exchange_weak_explicit(volatile mc_atomic<T> *o, thread T *expected, T desired,
+                                                         memory_order, memory_order) {
+    return __atomic_compare_exchange((T *)&o->v, expected, &desired, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+}
+template <class T>
+static inline bool atomic_compare_exchange_strong_explicit(volatile mc_atomic<T> *o, thread T *expected, T desired,
+                                                           memory_order a, memory_order b) {
+    return atomic_compare_exchange_weak_explicit(o, expected, desired, a, b);
+}
+template <class T, class F> static inline T mc_atomic_rmw(volatile mc_atomic<T> *o, F f) {
     T old, want;
     __atomic_load((T *)&o->v, &old, __ATOMIC_RELAXED);
     do want = f(old);
     while (!__atomic_compare_exchange((T *)&o->v, &old, &want, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
     return old;
 }
-template <class T> static inline T atomic_fetch_add_explicit(volatile mc_atomic<T> *o, T v, memory_order)
-{
+template <class T> static inline T atomic_fetch_add_explicit(volatile mc_atomic<T> *o, T v, memory_order) {
     if constexpr (mc::same<T, float>::value) return mc_atomic_rmw(o, [v](T x) { return x + v; });
     else return __atomic_fetch_add(&o->v, v, __ATOMIC_RELAXED);
 }
-template <class T> static inline T atomic_fetch_sub_explicit(volatile mc_atomic<T> *o, T v, memory_order)
-{
+template <class T> static inline T atomic_fetch_sub_explicit(volatile mc_atomic<T> *o, T v, memory_order) {
     if constexpr (mc::same<T, float>::value) return mc_atomic_rmw(o, [v](T x) { return x - v; });
     else return __atomic_fetch_sub(&o->v, v, __ATOMIC_RELAXED);
 }
-template <class T> static inline T atomic_fetch_and_explicit(volatile mc_atomic<T> *o, T v, memory_order) { return __atomic_fetch_and(&o->v, v, __ATOMIC_RELAXED); }
-template <class T> static inline T atomic_fetch_or_explicit(volatile mc_atomic<T> *o, T v, memory_order) { return __atomic_fetch_or(&o->v, v, __ATOMIC_RELAXED); }
-template <class T> static inline T atomic_fetch_xor_explicit(volatile mc_atomic<T> *o, T v, memory_order) { return __atomic_fetch_xor(&o->v, v, __ATOMIC_RELAXED); }
-template <class T> static inline T atomic_fetch_min_explicit(volatile mc_atomic<T> *o, T v, memory_order)
-{ return mc_atomic_rmw(o, [v](T x) { return v < x ? v : x; }); }
-template <class T> static inline T atomic_fetch_max_explicit(volatile mc_atomic<T> *o, T v, memory_order)
-{ return mc_atomic_rmw(o, [v](T x) { return x < v ? v : x; }); }
+template <class T> static inline T atomic_fetch_and_explicit(volatile mc_atomic<T> *o, T v, memory_order) {
+    return __atomic_fetch_and(&o->v, v, __ATOMIC_RELAXED);
+}
+template <class T> static inline T atomic_fetch_or_explicit(volatile mc_atomic<T> *o, T v, memory_order) {
+    return __atomic_fetch_or(&o->v, v, __ATOMIC_RELAXED);
+}
+template <class T> static inline T atomic_fetch_xor_explicit(volatile mc_atomic<T> *o, T v, memory_order) {
+    return __atomic_fetch_xor(&o->v, v, __ATOMIC_RELAXED);
+}
+template <class T> static inline T atomic_fetch_min_explicit(volatile mc_atomic<T> *o, T v, memory_order) {
+    return mc_atomic_rmw(o, [v](T x) { return v < x ? v : x; });
+}
+template <class T> static inline T atomic_fetch_max_explicit(volatile mc_atomic<T> *o, T v, memory_order) {
+    return mc_atomic_rmw(o, [v](T x) { return x < v ? v : x; });
+}
 
 enum mem_flags { mem_none = 0, mem_device = 1, mem_threadgroup = 2, mem_texture = 4, mem_threadgroup_imageblock = 8 };
 /* mem_flags::mem_device | mem_flags::mem_threadgroup */
 static inline mem_flags operator|(mem_flags a, mem_flags b) { return (mem_flags)((int)a | (int)b); }
 /* fast:: and precise:: name the whole library, not only what differs */
-#define MC__ALSO(ns)                                                                                              \
-    namespace ns {                                                                                                \
-    using metal::fma; using metal::ldexp; using metal::frexp; using metal::modf; using metal::ilogb;             \
-    using metal::sincos; using metal::min; using metal::max; using metal::clamp; using metal::mix;               \
-    using metal::smoothstep; using metal::abs; using metal::dot; using metal::length; using metal::length_squared; \
-    using metal::distance; using metal::distance_squared; using metal::normalize; using metal::cross;           \
-    using metal::reflect; using metal::refract; using metal::faceforward; using metal::isnan; using metal::isinf; \
-    using metal::isfinite;                                                                                        \
+#define MC__ALSO(ns)               \
+    namespace ns {                 \
+    using metal::fma;              \
+    using metal::ldexp;            \
+    using metal::frexp;            \
+    using metal::modf;             \
+    using metal::ilogb;            \
+    using metal::sincos;           \
+    using metal::min;              \
+    using metal::max;              \
+    using metal::clamp;            \
+    using metal::mix;              \
+    using metal::smoothstep;       \
+    using metal::abs;              \
+    using metal::dot;              \
+    using metal::length;           \
+    using metal::length_squared;   \
+    using metal::distance;         \
+    using metal::distance_squared; \
+    using metal::normalize;        \
+    using metal::cross;            \
+    using metal::reflect;          \
+    using metal::refract;          \
+    using metal::faceforward;      \
+    using metal::isnan;            \
+    using metal::isinf;            \
+    using metal::isfinite;         \
     }
 MC__ALSO(fast)
 MC__ALSO(precise)
@@ -930,9 +1069,29 @@ using namespace metal;
 
 namespace mc {
 enum simd_op : uint8_t {
-    OP_SUM, OP_PRODUCT, OP_MIN, OP_MAX, OP_AND, OP_OR, OP_XOR, OP_PFX_INC_SUM, OP_PFX_EXC_SUM, OP_PFX_INC_PROD,
-    OP_PFX_EXC_PROD, OP_SHUFFLE, OP_SHUFFLE_UP, OP_SHUFFLE_DOWN, OP_SHUFFLE_XOR, OP_ROTATE_UP, OP_ROTATE_DOWN,
-    OP_BROADCAST_FIRST, OP_BALLOT, OP_ALL, OP_ANY, OP_IS_FIRST, OP_SYNC
+    OP_SUM,
+    OP_PRODUCT,
+    OP_MIN,
+    OP_MAX,
+    OP_AND,
+    OP_OR,
+    OP_XOR,
+    OP_PFX_INC_SUM,
+    OP_PFX_EXC_SUM,
+    OP_PFX_INC_PROD,
+    OP_PFX_EXC_PROD,
+    OP_SHUFFLE,
+    OP_SHUFFLE_UP,
+    OP_SHUFFLE_DOWN,
+    OP_SHUFFLE_XOR,
+    OP_ROTATE_UP,
+    OP_ROTATE_DOWN,
+    OP_BROADCAST_FIRST,
+    OP_BALLOT,
+    OP_ALL,
+    OP_ANY,
+    OP_IS_FIRST,
+    OP_SYNC
 };
 /* a thread's ids: what the compute attributes read */
 struct ids {
@@ -940,11 +1099,14 @@ struct ids {
     uint tiitg, tiisg, sgiitg, sgptg;
 };
 /* one step of a SIMD-group reduction or prefix operation */
-template <class T> static inline T reduce1_gpu(uint8_t op, T a, T b)
-{
+template <class T> static inline T reduce1_gpu(uint8_t op, T a, T b) {
     switch (op) {
-    case OP_SUM: case OP_PFX_INC_SUM: case OP_PFX_EXC_SUM: return a + b;
-    case OP_PRODUCT: case OP_PFX_INC_PROD: case OP_PFX_EXC_PROD: return a * b;
+    case OP_SUM:
+    case OP_PFX_INC_SUM:
+    case OP_PFX_EXC_SUM: return a + b;
+    case OP_PRODUCT:
+    case OP_PFX_INC_PROD:
+    case OP_PFX_EXC_PROD: return a * b;
     case OP_MIN: return metal::min(a, b);
     case OP_MAX: return metal::max(a, b);
     default: break;
@@ -962,7 +1124,10 @@ template <class T> static inline T reduce1_gpu(uint8_t op, T a, T b)
 /* ---- threadgroups as fibers --------------------------------------------------- */
 extern "C" {
 typedef void *mc_fctx;
-typedef struct mc_transfer { mc_fctx fctx; void *data; } mc_transfer;
+typedef struct mc_transfer {
+    mc_fctx fctx;
+    void *data;
+} mc_transfer;
 /* Boost.Context's context switch (libboost_context) */
 mc_transfer jump_fcontext(mc_fctx const to, void *vp);
 mc_fctx make_fcontext(void *sp, size_t size, void (*fn)(mc_transfer));
@@ -996,8 +1161,7 @@ inline thread_local group *current = nullptr;
 
 /* After a switch: keeps the context of whoever switched here, so it can
  * be resumed. */
-static inline void arrived(group *g, mc_fctx from_ctx)
-{
+static inline void arrived(group *g, mc_fctx from_ctx) {
     if (g->from == MC_FROM_SCHED) g->sched = from_ctx;
     else g->lanes[g->from].ctx = from_ctx;
 }
@@ -1005,8 +1169,7 @@ static inline void arrived(group *g, mc_fctx from_ctx)
 /* Leaves the running lane: straight to the next lane that can run (one
  * switch per thread per barrier), else back to the scheduler, which
  * resolves barriers and SIMD-group functions. */
-static inline void leave(group *g)
-{
+static inline void leave(group *g) {
     uint32_t me = g->cur, next = me + 1;
     while (next < g->n && g->lanes[next].state != L_READY) next++;
     g->from = me;
@@ -1030,13 +1193,11 @@ struct stacks {
     char *base = 0;
     uint32_t n = 0;
     lane *lanes = 0;
-    ~stacks()
-    {
+    ~stacks() {
         if (base) munmap(base, (size_t)n * (MC_FIBER_STACK + MC_FIBER_GUARD));
         free(lanes);
     }
-    bool reserve(uint32_t want)
-    {
+    bool reserve(uint32_t want) {
         if (want <= n) return true;
         if (base) munmap(base, (size_t)n * (MC_FIBER_STACK + MC_FIBER_GUARD));
         free(lanes);
@@ -1057,8 +1218,7 @@ struct stacks {
 };
 inline thread_local stacks worker_stacks;
 
-static void fiber_entry(mc_transfer t)
-{
+static void fiber_entry(mc_transfer t) {
     group *g = (group *)t.data;
     arrived(g, t.fctx);
     uint32_t i = g->cur;
@@ -1072,8 +1232,7 @@ static void fiber_entry(mc_transfer t)
  * when every live thread waits at one, a SIMD-group function resolves over
  * the lanes of its SIMD group that wait at the same call site (the active
  * lanes, as the GPU's divergence would leave them). */
-static inline bool run_fibers(uint32_t n, void (*body)(void *, uint32_t), void *closure)
-{
+static inline bool run_fibers(uint32_t n, void (*body)(void *, uint32_t), void *closure) {
     if (!worker_stacks.reserve(n)) return false;
     group g;
     g.lanes = worker_stacks.lanes;
@@ -1104,7 +1263,10 @@ static inline bool run_fibers(uint32_t n, void (*body)(void *, uint32_t), void *
             lane *L = g.lanes + s;
             int first = -1;
             for (uint32_t k = 0; k < count; k++)
-                if (L[k].state == L_SIMD) { first = (int)k; break; }
+                if (L[k].state == L_SIMD) {
+                    first = (int)k;
+                    break;
+                }
             if (first < 0) continue;
             uint64_t mask = 0;
             for (uint32_t k = (uint32_t)first; k < count; k++)
@@ -1128,43 +1290,64 @@ static inline bool run_fibers(uint32_t n, void (*body)(void *, uint32_t), void *
 
 /* ---- SIMD-group exchange ------------------------------------------------------ */
 template <class T> static inline T reduce1(uint8_t op, T a, T b) { return reduce1_gpu<T>(op, a, b); }
-template <class T> static inline T ident(uint8_t op)
-{
+template <class T> static inline T ident(uint8_t op) {
     if (op == OP_PFX_EXC_PROD) return (T)1;
     return (T)0;
 }
-template <class T> static void resolve(lane *L, uint32_t count, uint64_t mask, int width)
-{
+template <class T> static void resolve(lane *L, uint32_t count, uint64_t mask, int width) {
     uint8_t op = L[__builtin_ctzll(mask)].op;
-    auto in = [&](uint32_t k) { T v; __builtin_memcpy(&v, L[k].in, sizeof v); return v; };
+    auto in = [&](uint32_t k) {
+        T v;
+        __builtin_memcpy(&v, L[k].in, sizeof v);
+        return v;
+    };
     auto out = [&](uint32_t k, T v) { __builtin_memcpy(L[k].out, &v, sizeof v); };
     for (uint32_t seg = 0; seg < count; seg += (uint32_t)width) {
         uint64_t segmask = (mask >> seg) & (width == 64 ? ~0ull : ((1ull << width) - 1));
         if (!segmask) continue;
         uint32_t end = seg + (uint32_t)width < count ? seg + (uint32_t)width : count;
         switch (op) {
-        case OP_SUM: case OP_PRODUCT: case OP_MIN: case OP_MAX: case OP_AND: case OP_OR: case OP_XOR: {
+        case OP_SUM:
+        case OP_PRODUCT:
+        case OP_MIN:
+        case OP_MAX:
+        case OP_AND:
+        case OP_OR:
+        case OP_XOR: {
             bool have = false;
             T acc{};
             for (uint32_t k = seg; k < end; k++)
-                if (mask >> k & 1) { acc = have ? reduce1<T>(op, acc, in(k)) : in(k); have = true; }
-            for (uint32_t k = seg; k < end; k++) if (mask >> k & 1) out(k, acc);
+                if (mask >> k & 1) {
+                    acc = have ? reduce1<T>(op, acc, in(k)) : in(k);
+                    have = true;
+                }
+            for (uint32_t k = seg; k < end; k++)
+                if (mask >> k & 1) out(k, acc);
             break;
         }
-        case OP_PFX_INC_SUM: case OP_PFX_INC_PROD: case OP_PFX_EXC_SUM: case OP_PFX_EXC_PROD: {
+        case OP_PFX_INC_SUM:
+        case OP_PFX_INC_PROD:
+        case OP_PFX_EXC_SUM:
+        case OP_PFX_EXC_PROD: {
             bool inc = op == OP_PFX_INC_SUM || op == OP_PFX_INC_PROD;
             T acc = (op == OP_PFX_INC_PROD || op == OP_PFX_EXC_PROD) ? (T)1 : (T)0;
             for (uint32_t k = seg; k < end; k++) {
                 if (!(mask >> k & 1)) continue;
                 T v = in(k);
-                if (inc) { acc = reduce1<T>(op, acc, v); out(k, acc); }
-                else { out(k, acc); acc = reduce1<T>(op, acc, v); }
+                if (inc) {
+                    acc = reduce1<T>(op, acc, v);
+                    out(k, acc);
+                } else {
+                    out(k, acc);
+                    acc = reduce1<T>(op, acc, v);
+                }
             }
             break;
         }
         case OP_BROADCAST_FIRST: {
             T v = in(seg + (uint32_t)__builtin_ctzll(segmask));
-            for (uint32_t k = seg; k < end; k++) if (mask >> k & 1) out(k, v);
+            for (uint32_t k = seg; k < end; k++)
+                if (mask >> k & 1) out(k, v);
             break;
         }
         default: {
@@ -1174,8 +1357,14 @@ template <class T> static void resolve(lane *L, uint32_t count, uint64_t mask, i
                 int64_t src = local;
                 switch (op) {
                 case OP_SHUFFLE: src = a; break;
-                case OP_SHUFFLE_UP: src = (int64_t)local - a; if (src < 0) src = local; break;
-                case OP_SHUFFLE_DOWN: src = (int64_t)local + a; if (src >= (int64_t)w) src = local; break;
+                case OP_SHUFFLE_UP:
+                    src = (int64_t)local - a;
+                    if (src < 0) src = local;
+                    break;
+                case OP_SHUFFLE_DOWN:
+                    src = (int64_t)local + a;
+                    if (src >= (int64_t)w) src = local;
+                    break;
                 case OP_SHUFFLE_XOR: src = local ^ a; break;
                 case OP_ROTATE_UP: src = (local + w - a % w) % w; break;
                 case OP_ROTATE_DOWN: src = (local + a) % w; break;
@@ -1191,8 +1380,7 @@ template <class T> static void resolve(lane *L, uint32_t count, uint64_t mask, i
         }
     }
 }
-static void resolve_vote(lane *L, uint32_t count, uint64_t mask, int width)
-{
+static void resolve_vote(lane *L, uint32_t count, uint64_t mask, int width) {
     uint8_t op = L[__builtin_ctzll(mask)].op;
     for (uint32_t seg = 0; seg < count; seg += (uint32_t)width) {
         uint64_t segmask = (mask >> seg) & (width == 64 ? ~0ull : ((1ull << width) - 1));
@@ -1217,8 +1405,7 @@ static void resolve_sync(lane *, uint32_t, uint64_t, int) {}
 
 static inline uint64_t site_of(unsigned line, unsigned col) { return ((uint64_t)line << 20) | col; }
 /* One lane's part in a SIMD-group (width 32) or quad (width 4) function. */
-template <class T> static inline T exchange(T x, uint8_t op, uint32_t arg, resolve_fn fn, int width, uint64_t site)
-{
+template <class T> static inline T exchange(T x, uint8_t op, uint32_t arg, resolve_fn fn, int width, uint64_t site) {
     group *g = current;
     lane &me = g->lanes[g->cur];
     static_assert(sizeof(T) <= sizeof me.in, "SIMD-group value too large");
@@ -1235,7 +1422,9 @@ template <class T> static inline T exchange(T x, uint8_t op, uint32_t arg, resol
 }
 /* a quad's exchange runs through the same machinery; its resolver is the
  * SIMD one applied in segments of 4 lanes */
-template <class T> static void resolve_quad(lane *L, uint32_t count, uint64_t mask, int) { resolve<T>(L, count, mask, 4); }
+template <class T> static void resolve_quad(lane *L, uint32_t count, uint64_t mask, int) {
+    resolve<T>(L, count, mask, 4);
+}
 static void resolve_vote_quad(lane *L, uint32_t count, uint64_t mask, int) { resolve_vote(L, count, mask, 4); }
 } // namespace mc
 
@@ -1243,14 +1432,13 @@ static void resolve_vote_quad(lane *L, uint32_t count, uint64_t mask, int) { res
 
 #ifndef __CUDA__
 namespace metal {
-static inline void threadgroup_barrier(mem_flags = mem_none)
-{
+static inline void threadgroup_barrier(mem_flags = mem_none) {
     mc::group *g = mc::current;
     g->lanes[g->cur].state = mc::L_BARRIER;
     mc::yield(g);
 }
-static inline void simdgroup_barrier(mem_flags = mem_none, unsigned line = __builtin_LINE(), unsigned col = __builtin_COLUMN())
-{
+static inline void simdgroup_barrier(mem_flags = mem_none, unsigned line = __builtin_LINE(),
+                                     unsigned col = __builtin_COLUMN()) {
     mc::exchange<int>(0, mc::OP_SYNC, 0, mc::resolve_sync, 32, mc::site_of(line, col));
 }
 struct simd_vote {
@@ -1269,50 +1457,73 @@ struct quad_vote {
 };
 #define MC__SITE unsigned mc_line = __builtin_LINE(), unsigned mc_col = __builtin_COLUMN()
 #define MC__S mc::site_of(mc_line, mc_col)
-#define MC__SIMD_FN(prefix, W, RES, name, op)                                                                      \
-    template <class T> static inline T prefix##name(T x, MC__SITE) { return mc::exchange<T>(x, op, 0, RES<T>, W, MC__S); }
-#define MC__SIMD_FN_ARG(prefix, W, RES, name, op, A)                                                              \
-    template <class T> static inline T prefix##name(T x, A a, MC__SITE)                                            \
-    { return mc::exchange<T>(x, op, (uint32_t)a, RES<T>, W, MC__S); }
-#define MC__SIMD_FAMILY(prefix, W, RES)                                                                           \
-    MC__SIMD_FN(prefix, W, RES, sum, mc::OP_SUM) MC__SIMD_FN(prefix, W, RES, product, mc::OP_PRODUCT)             \
-    MC__SIMD_FN(prefix, W, RES, min, mc::OP_MIN) MC__SIMD_FN(prefix, W, RES, max, mc::OP_MAX)                     \
-    MC__SIMD_FN(prefix, W, RES, prefix_inclusive_sum, mc::OP_PFX_INC_SUM)                                         \
-    MC__SIMD_FN(prefix, W, RES, prefix_exclusive_sum, mc::OP_PFX_EXC_SUM)                                         \
-    MC__SIMD_FN(prefix, W, RES, prefix_inclusive_product, mc::OP_PFX_INC_PROD)                                    \
-    MC__SIMD_FN(prefix, W, RES, prefix_exclusive_product, mc::OP_PFX_EXC_PROD)                                    \
-    MC__SIMD_FN(prefix, W, RES, broadcast_first, mc::OP_BROADCAST_FIRST)                                          \
-    MC__SIMD_FN_ARG(prefix, W, RES, shuffle, mc::OP_SHUFFLE, ushort)                                              \
-    MC__SIMD_FN_ARG(prefix, W, RES, broadcast, mc::OP_SHUFFLE, ushort)                                            \
-    MC__SIMD_FN_ARG(prefix, W, RES, shuffle_up, mc::OP_SHUFFLE_UP, ushort)                                        \
-    MC__SIMD_FN_ARG(prefix, W, RES, shuffle_down, mc::OP_SHUFFLE_DOWN, ushort)                                    \
-    MC__SIMD_FN_ARG(prefix, W, RES, shuffle_xor, mc::OP_SHUFFLE_XOR, ushort)                                      \
-    MC__SIMD_FN_ARG(prefix, W, RES, shuffle_rotate_up, mc::OP_ROTATE_UP, ushort)                                  \
+#define MC__SIMD_FN(prefix, W, RES, name, op)                        \
+    template <class T> static inline T prefix##name(T x, MC__SITE) { \
+        return mc::exchange<T>(x, op, 0, RES<T>, W, MC__S);          \
+    }
+#define MC__SIMD_FN_ARG(prefix, W, RES, name, op, A)                      \
+    template <class T> static inline T prefix##name(T x, A a, MC__SITE) { \
+        return mc::exchange<T>(x, op, (uint32_t)a, RES<T>, W, MC__S);     \
+    }
+#define MC__SIMD_FAMILY(prefix, W, RES)                                          \
+    MC__SIMD_FN(prefix, W, RES, sum, mc::OP_SUM)                                 \
+    MC__SIMD_FN(prefix, W, RES, product, mc::OP_PRODUCT)                         \
+    MC__SIMD_FN(prefix, W, RES, min, mc::OP_MIN)                                 \
+    MC__SIMD_FN(prefix, W, RES, max, mc::OP_MAX)                                 \
+    MC__SIMD_FN(prefix, W, RES, prefix_inclusive_sum, mc::OP_PFX_INC_SUM)        \
+    MC__SIMD_FN(prefix, W, RES, prefix_exclusive_sum, mc::OP_PFX_EXC_SUM)        \
+    MC__SIMD_FN(prefix, W, RES, prefix_inclusive_product, mc::OP_PFX_INC_PROD)   \
+    MC__SIMD_FN(prefix, W, RES, prefix_exclusive_product, mc::OP_PFX_EXC_PROD)   \
+    MC__SIMD_FN(prefix, W, RES, broadcast_first, mc::OP_BROADCAST_FIRST)         \
+    MC__SIMD_FN_ARG(prefix, W, RES, shuffle, mc::OP_SHUFFLE, ushort)             \
+    MC__SIMD_FN_ARG(prefix, W, RES, broadcast, mc::OP_SHUFFLE, ushort)           \
+    MC__SIMD_FN_ARG(prefix, W, RES, shuffle_up, mc::OP_SHUFFLE_UP, ushort)       \
+    MC__SIMD_FN_ARG(prefix, W, RES, shuffle_down, mc::OP_SHUFFLE_DOWN, ushort)   \
+    MC__SIMD_FN_ARG(prefix, W, RES, shuffle_xor, mc::OP_SHUFFLE_XOR, ushort)     \
+    MC__SIMD_FN_ARG(prefix, W, RES, shuffle_rotate_up, mc::OP_ROTATE_UP, ushort) \
     MC__SIMD_FN_ARG(prefix, W, RES, shuffle_rotate_down, mc::OP_ROTATE_DOWN, ushort)
 MC__SIMD_FAMILY(simd_, 32, mc::resolve)
 MC__SIMD_FAMILY(quad_, 4, mc::resolve_quad)
 /* and/or/xor are C++'s alternative tokens: no pasting with them */
-#define MC__SIMD_BIT(fullname, W, RES, op)                                                                         \
+#define MC__SIMD_BIT(fullname, W, RES, op) \
     template <class T> static inline T fullname(T x, MC__SITE) { return mc::exchange<T>(x, op, 0, RES<T>, W, MC__S); }
-MC__SIMD_BIT(simd_and, 32, mc::resolve, mc::OP_AND) MC__SIMD_BIT(simd_or, 32, mc::resolve, mc::OP_OR)
-MC__SIMD_BIT(simd_xor, 32, mc::resolve, mc::OP_XOR) MC__SIMD_BIT(quad_and, 4, mc::resolve_quad, mc::OP_AND)
-MC__SIMD_BIT(quad_or, 4, mc::resolve_quad, mc::OP_OR) MC__SIMD_BIT(quad_xor, 4, mc::resolve_quad, mc::OP_XOR)
+MC__SIMD_BIT(simd_and, 32, mc::resolve, mc::OP_AND)
+MC__SIMD_BIT(simd_or, 32, mc::resolve, mc::OP_OR)
+MC__SIMD_BIT(simd_xor, 32, mc::resolve, mc::OP_XOR)
+MC__SIMD_BIT(quad_and, 4, mc::resolve_quad, mc::OP_AND)
+MC__SIMD_BIT(quad_or, 4, mc::resolve_quad, mc::OP_OR)
+MC__SIMD_BIT(quad_xor, 4, mc::resolve_quad, mc::OP_XOR)
 #undef MC__SIMD_BIT
 #undef MC__SIMD_FAMILY
 #undef MC__SIMD_FN
 #undef MC__SIMD_FN_ARG
-static inline simd_vote simd_ballot(bool c, MC__SITE)
-{ return simd_vote{mc::exchange<ulong>(c, mc::OP_BALLOT, 0, mc::resolve_vote, 32, MC__S)}; }
-static inline bool simd_all(bool c, MC__SITE) { return mc::exchange<ulong>(c, mc::OP_ALL, 0, mc::resolve_vote, 32, MC__S) != 0; }
-static inline bool simd_any(bool c, MC__SITE) { return mc::exchange<ulong>(c, mc::OP_ANY, 0, mc::resolve_vote, 32, MC__S) != 0; }
-static inline bool simd_is_first(MC__SITE) { return mc::exchange<ulong>(1, mc::OP_IS_FIRST, 0, mc::resolve_vote, 32, MC__S) != 0; }
-static inline simd_vote simd_active_threads_mask(MC__SITE)
-{ return simd_vote{mc::exchange<ulong>(1, mc::OP_BALLOT, 0, mc::resolve_vote, 32, MC__S)}; }
-static inline quad_vote quad_ballot(bool c, MC__SITE)
-{ return quad_vote{(ushort)mc::exchange<ulong>(c, mc::OP_BALLOT, 0, mc::resolve_vote_quad, 4, MC__S)}; }
-static inline bool quad_all(bool c, MC__SITE) { return mc::exchange<ulong>(c, mc::OP_ALL, 0, mc::resolve_vote_quad, 4, MC__S) != 0; }
-static inline bool quad_any(bool c, MC__SITE) { return mc::exchange<ulong>(c, mc::OP_ANY, 0, mc::resolve_vote_quad, 4, MC__S) != 0; }
-static inline bool quad_is_first(MC__SITE) { return mc::exchange<ulong>(1, mc::OP_IS_FIRST, 0, mc::resolve_vote_quad, 4, MC__S) != 0; }
+static inline simd_vote simd_ballot(bool c, MC__SITE) {
+    return simd_vote{mc::exchange<ulong>(c, mc::OP_BALLOT, 0, mc::resolve_vote, 32, MC__S)};
+}
+static inline bool simd_all(bool c, MC__SITE) {
+    return mc::exchange<ulong>(c, mc::OP_ALL, 0, mc::resolve_vote, 32, MC__S) != 0;
+}
+static inline bool simd_any(bool c, MC__SITE) {
+    return mc::exchange<ulong>(c, mc::OP_ANY, 0, mc::resolve_vote, 32, MC__S) != 0;
+}
+static inline bool simd_is_first(MC__SITE) {
+    return mc::exchange<ulong>(1, mc::OP_IS_FIRST, 0, mc::resolve_vote, 32, MC__S) != 0;
+}
+static inline simd_vote simd_active_threads_mask(MC__SITE) {
+    return simd_vote{mc::exchange<ulong>(1, mc::OP_BALLOT, 0, mc::resolve_vote, 32, MC__S)};
+}
+static inline quad_vote quad_ballot(bool c, MC__SITE) {
+    return quad_vote{(ushort)mc::exchange<ulong>(c, mc::OP_BALLOT, 0, mc::resolve_vote_quad, 4, MC__S)};
+}
+static inline bool quad_all(bool c, MC__SITE) {
+    return mc::exchange<ulong>(c, mc::OP_ALL, 0, mc::resolve_vote_quad, 4, MC__S) != 0;
+}
+static inline bool quad_any(bool c, MC__SITE) {
+    return mc::exchange<ulong>(c, mc::OP_ANY, 0, mc::resolve_vote_quad, 4, MC__S) != 0;
+}
+static inline bool quad_is_first(MC__SITE) {
+    return mc::exchange<ulong>(1, mc::OP_IS_FIRST, 0, mc::resolve_vote_quad, 4, MC__S) != 0;
+}
 #undef MC__SITE
 #undef MC__S
 } // namespace metal
@@ -1331,15 +1542,13 @@ static inline uint lane_id() { return __nvvm_read_ptx_sreg_laneid(); }
  * (msl_simd_groups_non_uniform on an H100: 55 where 19 is right). A local's
  * address as an operand makes every inlined copy a distinct instruction,
  * which is never merged with another or moved out of its arm (volatile). */
-static inline uint active_mask()
-{
+static inline uint active_mask() {
     uint m;
     char here;
     asm volatile("activemask.b32 %0;" : "=r"(m) : "l"(&here));
     return m;
 }
-template <class T> static inline T shfl(uint mask, T v, uint src)
-{
+template <class T> static inline T shfl(uint mask, T v, uint src) {
     static_assert(sizeof(T) % 4 == 0 || sizeof(T) < 4, "SIMD-group values are whole 32-bit words");
     constexpr int W = sizeof(T) < 4 ? 1 : sizeof(T) / 4;
     uint w[W] = {0};
@@ -1349,8 +1558,7 @@ template <class T> static inline T shfl(uint mask, T v, uint src)
     __builtin_memcpy(&r, w, sizeof r);
     return r;
 }
-template <class T> static inline T gpu_reduce(uint8_t op, T x, uint width)
-{
+template <class T> static inline T gpu_reduce(uint8_t op, T x, uint width) {
     uint mask = mc::active_mask(), lane = lane_id();
     if (width == 4) mask &= 0xfu << (lane & ~3u);
     bool have = false;
@@ -1368,15 +1576,20 @@ template <class T> static inline T gpu_reduce(uint8_t op, T x, uint width)
     }
     return acc;
 }
-template <class T> static inline T gpu_shuffle(uint8_t op, T x, uint a, uint width)
-{
+template <class T> static inline T gpu_shuffle(uint8_t op, T x, uint a, uint width) {
     uint mask = mc::active_mask(), lane = lane_id();
     uint base = width == 4 ? lane & ~3u : 0u, local = lane - base, w = width;
     int src = (int)local;
     switch (op) {
     case OP_SHUFFLE: src = (int)a; break;
-    case OP_SHUFFLE_UP: src = (int)local - (int)a; if (src < 0) src = (int)local; break;
-    case OP_SHUFFLE_DOWN: src = (int)(local + a); if (src >= (int)w) src = (int)local; break;
+    case OP_SHUFFLE_UP:
+        src = (int)local - (int)a;
+        if (src < 0) src = (int)local;
+        break;
+    case OP_SHUFFLE_DOWN:
+        src = (int)(local + a);
+        if (src >= (int)w) src = (int)local;
+        break;
     case OP_SHUFFLE_XOR: src = (int)(local ^ a); break;
     case OP_ROTATE_UP: src = (int)((local + w - a % w) % w); break;
     case OP_ROTATE_DOWN: src = (int)((local + a) % w); break;
@@ -1387,8 +1600,7 @@ template <class T> static inline T gpu_shuffle(uint8_t op, T x, uint a, uint wid
     T r = shfl(mask, x, s < 32 ? s : lane);
     return s < 32 && (mask >> s & 1) ? r : x;
 }
-static inline ulong gpu_vote(uint8_t op, bool c, uint width)
-{
+static inline ulong gpu_vote(uint8_t op, bool c, uint width) {
     uint mask = mc::active_mask(), lane = lane_id();
     uint ballot = (uint)__nvvm_vote_ballot_sync(mask, c);
     if (width == 4) {
@@ -1421,21 +1633,37 @@ struct quad_vote {
     bool all() const { return v == 0xf; }
     bool any() const { return v != 0; }
 };
-#define MC__GR(name, W, op) template <class T> static inline T name(T x) { return mc::gpu_reduce<T>(op, x, W); }
-#define MC__GS(name, W, op) template <class T> static inline T name(T x, ushort a) { return mc::gpu_shuffle<T>(op, x, a, W); }
-#define MC__G_FAMILY(p, W)                                                                                        \
-    MC__GR(p##sum, W, mc::OP_SUM) MC__GR(p##product, W, mc::OP_PRODUCT) MC__GR(p##min, W, mc::OP_MIN)             \
-    MC__GR(p##max, W, mc::OP_MAX) MC__GR(p##prefix_inclusive_sum, W, mc::OP_PFX_INC_SUM)                        \
-    MC__GR(p##prefix_exclusive_sum, W, mc::OP_PFX_EXC_SUM) MC__GR(p##prefix_inclusive_product, W, mc::OP_PFX_INC_PROD) \
-    MC__GR(p##prefix_exclusive_product, W, mc::OP_PFX_EXC_PROD) MC__GS(p##shuffle, W, mc::OP_SHUFFLE)            \
-    MC__GS(p##broadcast, W, mc::OP_SHUFFLE) MC__GS(p##shuffle_up, W, mc::OP_SHUFFLE_UP)                          \
-    MC__GS(p##shuffle_down, W, mc::OP_SHUFFLE_DOWN) MC__GS(p##shuffle_xor, W, mc::OP_SHUFFLE_XOR)                \
-    MC__GS(p##shuffle_rotate_up, W, mc::OP_ROTATE_UP) MC__GS(p##shuffle_rotate_down, W, mc::OP_ROTATE_DOWN)      \
-    template <class T> static inline T p##broadcast_first(T x) { return mc::gpu_shuffle<T>(mc::OP_BROADCAST_FIRST, x, 0, W); }
+#define MC__GR(name, W, op) \
+    template <class T> static inline T name(T x) { return mc::gpu_reduce<T>(op, x, W); }
+#define MC__GS(name, W, op) \
+    template <class T> static inline T name(T x, ushort a) { return mc::gpu_shuffle<T>(op, x, a, W); }
+#define MC__G_FAMILY(p, W)                                          \
+    MC__GR(p##sum, W, mc::OP_SUM)                                   \
+    MC__GR(p##product, W, mc::OP_PRODUCT)                           \
+    MC__GR(p##min, W, mc::OP_MIN)                                   \
+    MC__GR(p##max, W, mc::OP_MAX)                                   \
+    MC__GR(p##prefix_inclusive_sum, W, mc::OP_PFX_INC_SUM)          \
+    MC__GR(p##prefix_exclusive_sum, W, mc::OP_PFX_EXC_SUM)          \
+    MC__GR(p##prefix_inclusive_product, W, mc::OP_PFX_INC_PROD)     \
+    MC__GR(p##prefix_exclusive_product, W, mc::OP_PFX_EXC_PROD)     \
+    MC__GS(p##shuffle, W, mc::OP_SHUFFLE)                           \
+    MC__GS(p##broadcast, W, mc::OP_SHUFFLE)                         \
+    MC__GS(p##shuffle_up, W, mc::OP_SHUFFLE_UP)                     \
+    MC__GS(p##shuffle_down, W, mc::OP_SHUFFLE_DOWN)                 \
+    MC__GS(p##shuffle_xor, W, mc::OP_SHUFFLE_XOR)                   \
+    MC__GS(p##shuffle_rotate_up, W, mc::OP_ROTATE_UP)               \
+    MC__GS(p##shuffle_rotate_down, W, mc::OP_ROTATE_DOWN)           \
+    template <class T> static inline T p##broadcast_first(T x) {    \
+        return mc::gpu_shuffle<T>(mc::OP_BROADCAST_FIRST, x, 0, W); \
+    }
 MC__G_FAMILY(simd_, 32)
 MC__G_FAMILY(quad_, 4)
-MC__GR(simd_and, 32, mc::OP_AND) MC__GR(simd_or, 32, mc::OP_OR) MC__GR(simd_xor, 32, mc::OP_XOR)
-MC__GR(quad_and, 4, mc::OP_AND) MC__GR(quad_or, 4, mc::OP_OR) MC__GR(quad_xor, 4, mc::OP_XOR)
+MC__GR(simd_and, 32, mc::OP_AND)
+MC__GR(simd_or, 32, mc::OP_OR)
+MC__GR(simd_xor, 32, mc::OP_XOR)
+MC__GR(quad_and, 4, mc::OP_AND)
+MC__GR(quad_or, 4, mc::OP_OR)
+MC__GR(quad_xor, 4, mc::OP_XOR)
 #undef MC__G_FAMILY
 #undef MC__GR
 #undef MC__GS
@@ -1458,18 +1686,21 @@ namespace mc {
 #ifdef __CUDA__
 /* set by the CUDA device before a launch (cuModuleGetGlobal) */
 extern "C" __attribute__((__constant__)) mc_cpu_constants mc_function_constants;
-static inline bool fc_defined(uint32_t i) { return i < MC_CPU_MAX_CONSTANTS && (mc_function_constants.defined[i / 64] >> (i % 64) & 1); }
+static inline bool fc_defined(uint32_t i) {
+    return i < MC_CPU_MAX_CONSTANTS && (mc_function_constants.defined[i / 64] >> (i % 64) & 1);
+}
 static inline const void *fc_slot(uint32_t i) { return (const void *)&mc_function_constants.value[i]; }
 #else
 inline thread_local const mc_cpu_constants *fconsts = nullptr;
 static inline void fc_enter(const mc_cpu_ctx *ctx) { fconsts = ctx->constants; }
-static inline bool fc_defined(uint32_t i) { return fconsts && i < MC_CPU_MAX_CONSTANTS && (fconsts->defined[i / 64] >> (i % 64) & 1); }
+static inline bool fc_defined(uint32_t i) {
+    return fconsts && i < MC_CPU_MAX_CONSTANTS && (fconsts->defined[i / 64] >> (i % 64) & 1);
+}
 static inline const void *fc_slot(uint32_t i) { return &fconsts->value[i]; }
 #endif
 /* Scalars and vectors: the value's bytes as the kernel lays the type out
  * (a 3-vector of 32-bit components is 16 bytes, as in Metal). */
-template <class T> static inline T fc_value(uint32_t i)
-{
+template <class T> static inline T fc_value(uint32_t i) {
     static_assert(sizeof(T) <= MC_CPU_CONSTANT_SIZE,
                   "a function constant is at most 16 bytes (a 4-vector of 32-bit components)");
     T v{};
@@ -1478,8 +1709,7 @@ template <class T> static inline T fc_value(uint32_t i)
 }
 /* bool2/3/4: one byte a component through the API (Metal's layout), a mask
  * vector in the kernel (bool vectors are integer masks here) */
-template <int N> static inline vec<int, N> fc_bools(uint32_t i)
-{
+template <int N> static inline vec<int, N> fc_bools(uint32_t i) {
     vec<int, N> v = 0;
     if (!fc_defined(i)) return v;
     const unsigned char *b = (const unsigned char *)fc_slot(i);
@@ -1491,17 +1721,17 @@ template <int N> static inline vec<int, N> fc_bools(uint32_t i)
 template <class T> struct fc_api_size { static constexpr uint32_t value = sizeof(T); };
 template <> struct fc_api_size<hvec<3>> { static constexpr uint32_t value = 8; }; /* Metal's half3: 4 halves */
 } // namespace mc
-#define MC_FUNCTION_CONSTANT(T, name, idx)                                                                       \
-    struct mc_fc_##name {                                                                                         \
-        operator mc::remove_cv<T>::type() const { return mc::fc_value<mc::remove_cv<T>::type>(idx); }             \
-        bool mc_defined() const { return mc::fc_defined(idx); }                                                   \
-    };                                                                                                            \
+#define MC_FUNCTION_CONSTANT(T, name, idx)                                                            \
+    struct mc_fc_##name {                                                                             \
+        operator mc::remove_cv<T>::type() const { return mc::fc_value<mc::remove_cv<T>::type>(idx); } \
+        bool mc_defined() const { return mc::fc_defined(idx); }                                       \
+    };                                                                                                \
     static const mc_fc_##name name = {}
-#define MC_FUNCTION_CONSTANT_BOOLS(N, name, idx)                                                                  \
-    struct mc_fc_##name {                                                                                         \
-        operator mc::vec<int, N>() const { return mc::fc_bools<N>(idx); }                                        \
-        bool mc_defined() const { return mc::fc_defined(idx); }                                                   \
-    };                                                                                                            \
+#define MC_FUNCTION_CONSTANT_BOOLS(N, name, idx)                          \
+    struct mc_fc_##name {                                                 \
+        operator mc::vec<int, N>() const { return mc::fc_bools<N>(idx); } \
+        bool mc_defined() const { return mc::fc_defined(idx); }           \
+    };                                                                    \
     static const mc_fc_##name name = {}
 #define is_function_constant_defined(x) ((x).mc_defined())
 namespace mc {
@@ -1509,10 +1739,12 @@ namespace mc {
  * group (see mc_fc in the wrapper) */
 template <class F> struct params;
 template <class R, class... A> struct params<R(A...)> {
-    template <int I> struct at { typedef typename remove_cv<typename remove_ref<__type_pack_element<I, A...>>::type>::type type; typedef __type_pack_element<I, A...> raw; };
+    template <int I> struct at {
+        typedef typename remove_cv<typename remove_ref<__type_pack_element<I, A...>>::type>::type type;
+        typedef __type_pack_element<I, A...> raw;
+    };
 };
-template <class P> static inline P buffer_arg(const mc_cpu_ctx *ctx, int slot)
-{
+template <class P> static inline P buffer_arg(const mc_cpu_ctx *ctx, int slot) {
     if constexpr (__is_pointer(P)) return (P)ctx->args[slot].ptr;
     else return *(typename remove_cv<typename remove_ref<P>::type>::type *)ctx->args[slot].ptr;
 }
@@ -1523,8 +1755,7 @@ template <class P> static inline P tg_arg(const mc_cpu_ctx *ctx, int slot) { ret
  * pointers and writable references as they are. */
 template <class P> struct arg_store { typedef P type; };
 template <class T> struct arg_store<const T &> { typedef T type; };
-template <class P> static inline P attr(uint3 v)
-{
+template <class P> static inline P attr(uint3 v) {
     typedef typename remove_cv<typename remove_ref<P>::type>::type T;
     if constexpr (vec_traits<T>::n == 2) return make<T>(v.x, v.y);
     else if constexpr (vec_traits<T>::n == 3) return make<T>(v);
@@ -1567,8 +1798,7 @@ template <class T> struct cuda_param<T &> {
  * bytes are read through the read-only cache, by loads the compiler cannot
  * merge with the parameter's: one select between the two addresses would
  * put the copy in local memory, read field by field. */
-template <class V> static inline V cuda_constant_copy(const cuda_ref<V> &r)
-{
+template <class V> static inline V cuda_constant_copy(const cuda_ref<V> &r) {
     if (!r.ptr) return r.value;
     V v;
     if constexpr (alignof(V) >= 4 && sizeof(V) % 4 == 0) {
@@ -1595,8 +1825,7 @@ extern "C" __attribute__((__shared__)) __attribute__((aligned(16))) char mc_thre
 struct tg_sizes {
     uint size[MC_CPU_MAX_TG_MEM];
 };
-static inline char *tg_slot(const tg_sizes &s, uint slot)
-{
+static inline char *tg_slot(const tg_sizes &s, uint slot) {
     uint off = 0, any = 0, dyn;
     for (uint j = 0; j < MC_CPU_MAX_TG_MEM; j++) {
         if (j < slot) off += (s.size[j] + 15u) & ~15u;
@@ -1608,13 +1837,16 @@ static inline char *tg_slot(const tg_sizes &s, uint slot)
     if (!any && dyn) __builtin_trap();
     return mc_threadgroup_memory + off;
 }
-static inline ids cuda_ids()
-{
+static inline ids cuda_ids() {
     ids t;
-    t.tptg = uint3{(uint)__nvvm_read_ptx_sreg_ntid_x(), (uint)__nvvm_read_ptx_sreg_ntid_y(), (uint)__nvvm_read_ptx_sreg_ntid_z()};
-    t.tgpg = uint3{(uint)__nvvm_read_ptx_sreg_nctaid_x(), (uint)__nvvm_read_ptx_sreg_nctaid_y(), (uint)__nvvm_read_ptx_sreg_nctaid_z()};
-    t.tgpig = uint3{(uint)__nvvm_read_ptx_sreg_ctaid_x(), (uint)__nvvm_read_ptx_sreg_ctaid_y(), (uint)__nvvm_read_ptx_sreg_ctaid_z()};
-    t.tpitg = uint3{(uint)__nvvm_read_ptx_sreg_tid_x(), (uint)__nvvm_read_ptx_sreg_tid_y(), (uint)__nvvm_read_ptx_sreg_tid_z()};
+    t.tptg = uint3{(uint)__nvvm_read_ptx_sreg_ntid_x(), (uint)__nvvm_read_ptx_sreg_ntid_y(),
+                   (uint)__nvvm_read_ptx_sreg_ntid_z()};
+    t.tgpg = uint3{(uint)__nvvm_read_ptx_sreg_nctaid_x(), (uint)__nvvm_read_ptx_sreg_nctaid_y(),
+                   (uint)__nvvm_read_ptx_sreg_nctaid_z()};
+    t.tgpig = uint3{(uint)__nvvm_read_ptx_sreg_ctaid_x(), (uint)__nvvm_read_ptx_sreg_ctaid_y(),
+                    (uint)__nvvm_read_ptx_sreg_ctaid_z()};
+    t.tpitg = uint3{(uint)__nvvm_read_ptx_sreg_tid_x(), (uint)__nvvm_read_ptx_sreg_tid_y(),
+                    (uint)__nvvm_read_ptx_sreg_tid_z()};
     t.tpg = t.tptg * t.tgpg;
     t.tpig = t.tgpig * t.tptg + t.tpitg;
     t.tiitg = (t.tpitg.z * t.tptg.y + t.tpitg.y) * t.tptg.x + t.tpitg.x;
@@ -1626,8 +1858,7 @@ static inline ids cuda_ids()
 #else
 /* Threads of one group in x-fastest order, as a plain loop (no barriers or
  * SIMD-group functions in the source): F(ids) inlines into the loop. */
-template <class F> static inline void run_loop(const mc_cpu_ctx *ctx, F &&f)
-{
+template <class F> static inline void run_loop(const mc_cpu_ctx *ctx, F &&f) {
     ids t;
     t.tptg = uint3{ctx->group_size[0], ctx->group_size[1], ctx->group_size[2]};
     t.tgpg = uint3{ctx->groups[0], ctx->groups[1], ctx->groups[2]};
@@ -1674,8 +1905,7 @@ template <class F> static inline void run_loop(const mc_cpu_ctx *ctx, F &&f)
  * across all of them (NAME__mc_rows): the order of threads is free in a
  * kernel without barriers, and long rows are what the prefetcher follows
  * (a 16x16 group alone reads 18 rows, 16 cells at a time). */
-template <class F> static inline void run_rows(const mc_cpu_ctx *ctx, uint32_t count, F &&f)
-{
+template <class F> static inline void run_rows(const mc_cpu_ctx *ctx, uint32_t count, F &&f) {
     ids t;
     t.tptg = uint3{ctx->group_size[0], ctx->group_size[1], ctx->group_size[2]};
     t.tgpg = uint3{ctx->groups[0], ctx->groups[1], ctx->groups[2]};
@@ -1709,8 +1939,7 @@ template <class F> static inline void run_rows(const mc_cpu_ctx *ctx, uint32_t c
  * group whose last thread in x passes runs the kernel with the test taken
  * as passed (full), a loop without a branch. */
 template <class F, class G, class C>
-static inline void run_loop_guarded(const mc_cpu_ctx *ctx, F &&checked, G &&full, C &&pass)
-{
+static inline void run_loop_guarded(const mc_cpu_ctx *ctx, F &&checked, G &&full, C &&pass) {
     const uint nx = ctx->group_size[0];
     if (nx && pass(ctx->group_id[0] * nx + (nx - 1u))) run_loop(ctx, full);
     else run_loop(ctx, checked);
@@ -1718,8 +1947,7 @@ static inline void run_loop_guarded(const mc_cpu_ctx *ctx, F &&checked, G &&full
 template <class F> struct fiber_closure {
     const mc_cpu_ctx *ctx;
     F *f;
-    static void call(void *c, uint32_t linear)
-    {
+    static void call(void *c, uint32_t linear) {
         fiber_closure *fc = (fiber_closure *)c;
         const mc_cpu_ctx *ctx = fc->ctx;
         ids u;
@@ -1736,8 +1964,7 @@ template <class F> struct fiber_closure {
         (*fc->f)(u);
     }
 };
-template <class F> static inline void run_group(const mc_cpu_ctx *ctx, F &&f)
-{
+template <class F> static inline void run_group(const mc_cpu_ctx *ctx, F &&f) {
     uint32_t n = ctx->group_size[0] * ctx->group_size[1] * ctx->group_size[2];
     fiber_closure<typename remove_ref<F>::type> c{ctx, &f};
     if (!run_fibers(n, fiber_closure<typename remove_ref<F>::type>::call, &c)) abort(); /* no memory for stacks */
@@ -1749,8 +1976,7 @@ template <class F> static inline void run_group(const mc_cpu_ctx *ctx, F &&f)
 namespace mc {
 /* p, as a value the compiler cannot see through (see coro_tg_var in the
  * front end) */
-template <class T> static inline T *opaque(T *p)
-{
+template <class T> static inline T *opaque(T *p) {
     __asm__("" : "+r"(p));
     return p;
 }
@@ -1775,8 +2001,7 @@ struct rgroup {
     uint32_t n;    /* threads in the group */
     uint32_t live; /* threads that have not returned */
     uint8_t *done; /* per thread: returned */
-    void leave(uint32_t t) noexcept
-    {
+    void leave(uint32_t t) noexcept {
         done[t] = 1;
         live--;
     }
@@ -1785,12 +2010,8 @@ struct rgroup {
 struct region_store {
     void *p = nullptr;
     size_t cap = 0;
-    ~region_store()
-    {
-        free(p);
-    }
-    void *take(size_t n)
-    {
+    ~region_store() { free(p); }
+    void *take(size_t n) {
         if (n <= cap) return p;
         free(p);
         cap = 0;
@@ -1803,8 +2024,7 @@ inline thread_local region_store region_done, region_frames;
 inline thread_local rgroup *rg_now = nullptr;
 /* The running group's frames: an array of n Fr (plain data: the front end
  * admits only scalars, vectors, pointers and arrays of them). */
-template <class Fr> static inline Fr *region_frames_of(rgroup &g)
-{
+template <class Fr> static inline Fr *region_frames_of(rgroup &g) {
     Fr *f = (Fr *)region_frames.take((size_t)g.n * sizeof(Fr));
     if (!f) abort(); /* no memory for the frames, as run_group */
     return f;
@@ -1812,8 +2032,7 @@ template <class Fr> static inline Fr *region_frames_of(rgroup &g)
 /* One region: f(ids, t) for every live thread t of the group, in the
  * linear order the other paths use. Checked: some thread may have
  * returned (the loop then tests each thread's flag). */
-template <bool Checked, class F> static inline void region_run(rgroup &g, F &&f)
-{
+template <bool Checked, class F> static inline void region_run(rgroup &g, F &&f) {
     const ids &t = g.t0;
     const uint nx = t.tptg.x;
     if (t.tptg.y == 1 && t.tptg.z == 1) {
@@ -1850,15 +2069,13 @@ template <bool Checked, class F> static inline void region_run(rgroup &g, F &&f)
 }
 /* Returns: whether the kernel has an early return (else no thread is
  * ever done, and no flag is tested). */
-template <bool Returns, class F> static inline void region(rgroup &g, F &&f)
-{
+template <bool Returns, class F> static inline void region(rgroup &g, F &&f) {
     if (Returns && g.live != g.n) region_run<true>(g, f);
     else region_run<false>(g, f);
 }
 /* The entry point of a region kernel: the kernel once per group, given
  * thread 0's ids (f), which finds its group through rg_now. */
-template <class F> static inline void run_regions(const mc_cpu_ctx *ctx, F &&f)
-{
+template <class F> static inline void run_regions(const mc_cpu_ctx *ctx, F &&f) {
     rgroup g;
     ids &t = g.t0;
     t.tptg = uint3{ctx->group_size[0], ctx->group_size[1], ctx->group_size[2]};
@@ -1905,30 +2122,41 @@ template <class R, class... A> struct coroutine_traits { typedef typename R::pro
 template <class P = void> struct coroutine_handle;
 template <> struct coroutine_handle<void> {
     void *p = nullptr;
-    static coroutine_handle from_address(void *a) noexcept { coroutine_handle h; h.p = a; return h; }
+    static coroutine_handle from_address(void *a) noexcept {
+        coroutine_handle h;
+        h.p = a;
+        return h;
+    }
     void *address() const noexcept { return p; }
 };
 template <class P> struct coroutine_handle : coroutine_handle<void> {
-    static coroutine_handle from_address(void *a) noexcept { coroutine_handle h; h.p = a; return h; }
+    static coroutine_handle from_address(void *a) noexcept {
+        coroutine_handle h;
+        h.p = a;
+        return h;
+    }
 };
 } // namespace std
 namespace mc {
 /* Frames of one worker's coroutines: chunks kept between groups, reused
  * from the first at every group. */
 struct coro_arena {
-    struct chunk { chunk *next; size_t cap, used; };
+    struct chunk {
+        chunk *next;
+        size_t cap, used;
+    };
     chunk *head = nullptr, *cur = nullptr;
-    ~coro_arena()
-    {
-        for (chunk *c = head, *n; c; c = n) { n = c->next; free(c); }
+    ~coro_arena() {
+        for (chunk *c = head, *n; c; c = n) {
+            n = c->next;
+            free(c);
+        }
     }
-    void reset()
-    {
+    void reset() {
         cur = head;
         if (cur) cur->used = 0;
     }
-    void *take(size_t n)
-    {
+    void *take(size_t n) {
         n = (n + 63) & ~(size_t)63;
         while (cur && cur->used + n > cur->cap) {
             if (!cur->next) break;
@@ -1940,8 +2168,13 @@ struct coro_arena {
             chunk *c = (chunk *)aligned_alloc(64, 64 + cap);
             if (!c) return nullptr;
             c->cap = cap, c->used = 0;
-            if (cur) { c->next = cur->next; cur->next = c; }
-            else { c->next = head; head = c; }
+            if (cur) {
+                c->next = cur->next;
+                cur->next = c;
+            } else {
+                c->next = head;
+                head = c;
+            }
             cur = c;
         }
         void *r = (char *)cur + 64 + cur->used;
@@ -1969,8 +2202,7 @@ struct [[nodiscard]] coro {
         static void *operator new(size_t n) noexcept { return coro_frames_now->take(n); }
         static void operator delete(void *) noexcept {}
         static coro get_return_object_on_allocation_failure() noexcept { return coro{nullptr}; }
-        coro get_return_object() noexcept
-        {
+        coro get_return_object() noexcept {
             return coro{__builtin_coro_promise((char *)this, __alignof(promise_type), true)};
         }
         coro_never initial_suspend() noexcept { return {}; }
@@ -1991,8 +2223,7 @@ struct co_barrier {
 };
 /* Every thread of the group, in linear order, from barrier to barrier
  * until each has returned; false when there is no memory for the frames. */
-template <class F> static inline bool run_coro(const mc_cpu_ctx *ctx, F &&f)
-{
+template <class F> static inline bool run_coro(const mc_cpu_ctx *ctx, F &&f) {
     const uint32_t n = ctx->group_size[0] * ctx->group_size[1] * ctx->group_size[2];
     coro_arena *arena = &coro_frames;
     coro_frames_now = arena;
@@ -2033,8 +2264,7 @@ template <class F> static inline bool run_coro(const mc_cpu_ctx *ctx, F &&f)
     for (uint32_t i = 0; i < made; i++) __builtin_coro_destroy(frame[i]);
     return ok;
 }
-template <class F> static inline void run_group_coro(const mc_cpu_ctx *ctx, F &&f)
-{
+template <class F> static inline void run_group_coro(const mc_cpu_ctx *ctx, F &&f) {
     if (!run_coro(ctx, f)) abort(); /* no memory for the frames, as run_group */
 }
 } // namespace mc

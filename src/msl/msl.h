@@ -11,8 +11,8 @@
 #include "core/core.h"
 
 typedef enum mc__msl_target {
-    MC__MSL_CPU = 0,  /* entry: void name(const mc_cpu_ctx *), one call per threadgroup */
-    MC__MSL_CUDA = 1  /* entry: extern "C" __global__ name(slot 0, slot 1, ...) */
+    MC__MSL_CPU = 0, /* entry: void name(const mc_cpu_ctx *), one call per threadgroup */
+    MC__MSL_CUDA = 1 /* entry: extern "C" __global__ name(slot 0, slot 1, ...) */
 } mc__msl_target;
 
 /* The front end's revision, part of the compiler identity that keys the
@@ -29,9 +29,10 @@ mc_status mc__msl_translate(const char *source, size_t len, mc__msl_target targe
 /* clang's CUDA mode on a translated source (kernel.cu beside the two
  * headers): PTX for sm_80 that the driver compiles for newer GPUs; libm is
  * libdevice's (linked as bitcode); PTX 7.0 for the *_sync warp intrinsics. */
-#define MC__MSL_CUDA_FLAGS                                                                                     \
-    "-x cuda --cuda-device-only -nocudainc -nocudalib --cuda-gpu-arch=sm_80 -Xclang -target-feature -Xclang "  \
-    "+ptx70 -O3 -std=c++17 -Wno-unknown-attributes -Wno-duplicate-decl-specifier -Wno-unknown-cuda-version -I. -include mc_msl_cpu.h -S"
+#define MC__MSL_CUDA_FLAGS                                                                                       \
+    "-x cuda --cuda-device-only -nocudainc -nocudalib --cuda-gpu-arch=sm_80 -Xclang -target-feature -Xclang "    \
+    "+ptx70 -O3 -std=c++17 -Wno-unknown-attributes -Wno-duplicate-decl-specifier -Wno-unknown-cuda-version -I. " \
+    "-include mc_msl_cpu.h -S"
 
 /* MSL source -> PTX for the CUDA device (*ptx NUL-terminated, malloc'd):
  * translation, then $MC_MSL_CXX (clang++) with MC__MSL_CUDA_FLAGS and

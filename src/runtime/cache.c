@@ -303,7 +303,8 @@ mc_status mc_cache_get_dir(const mc_device *d, char *out, size_t cap)
     mc_status s = mc__cache_root(root, sizeof root);
     if (s != MC_OK) return s;
     if (!d) {
-        if (strlen(root) >= cap) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_cache_get_dir: %zu bytes do not fit", cap);
+        if (strlen(root) >= cap)
+            return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_cache_get_dir: %zu bytes do not fit", cap);
         memcpy(out, root, strlen(root) + 1);
         return MC_OK;
     }

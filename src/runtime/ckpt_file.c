@@ -265,8 +265,8 @@ static uint8_t *read_whole(const char *path, size_t *len)
     return buf ? buf : mc__malloc(1);
 }
 
-mc_status mc__ckpt_load(const char *dir, const char *label, const void *params, size_t params_len,
-                        const size_t *sizes, uint32_t count, void *const *state, uint64_t *iteration, bool *found)
+mc_status mc__ckpt_load(const char *dir, const char *label, const void *params, size_t params_len, const size_t *sizes,
+                        uint32_t count, void *const *state, uint64_t *iteration, bool *found)
 {
     *found = false;
     uint64_t *its;
@@ -293,11 +293,13 @@ mc_status mc__ckpt_load(const char *dir, const char *label, const void *params, 
         }
         mc__log(MC_LOG_WARN, "runner.checkpoint_refused", "runner '%s': checkpoint %s refused: %s", label,
                 path ? path : "?", why);
-        snprintf(reasons + strlen(reasons), sizeof reasons - strlen(reasons), "%s" CKPT_PREFIX "%020llu" CKPT_SUFFIX ": %s",
-                 i ? "; " : "", (unsigned long long)its[i], why);
+        snprintf(reasons + strlen(reasons), sizeof reasons - strlen(reasons),
+                 "%s" CKPT_PREFIX "%020llu" CKPT_SUFFIX ": %s", i ? "; " : "", (unsigned long long)its[i], why);
         free(path);
     }
     free(its);
-    if (n) return mc__fail(MC_ERR_INVALID_STATE, "runner '%s': no checkpoint in %s can be resumed: %s", label, dir, reasons);
+    if (n)
+        return mc__fail(MC_ERR_INVALID_STATE, "runner '%s': no checkpoint in %s can be resumed: %s", label, dir,
+                        reasons);
     return MC_OK;
 }

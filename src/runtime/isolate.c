@@ -310,8 +310,8 @@ mc_status mc__iso_launcher_spawn(mc__iso_launcher *l, pid_t *pid, int *sock)
         return mc__fail(MC_ERR_WORKER_LOST, "isolation: the launcher process is gone");
     if (m.status != MC_OK || fd < 0) {
         if (fd >= 0) close(fd);
-        return mc__fail(m.status != MC_OK ? (mc_status)m.status : MC_ERR_INTERNAL, "isolation: cannot start a worker: %s",
-                        m.text);
+        return mc__fail(m.status != MC_OK ? (mc_status)m.status : MC_ERR_INTERNAL,
+                        "isolation: cannot start a worker: %s", m.text);
     }
     *pid = (pid_t)m.a;
     *sock = fd;
@@ -487,12 +487,9 @@ bool mc__iso_restartable(mc_status s)
 
 void mc__iso_describe_exit(int ws, char *out, size_t cap)
 {
-    if (WIFSIGNALED(ws))
-        snprintf(out, cap, "killed by signal %d (%s)", WTERMSIG(ws), strsignal(WTERMSIG(ws)));
-    else if (WIFEXITED(ws))
-        snprintf(out, cap, "exited with code %d without a report", WEXITSTATUS(ws));
-    else
-        snprintf(out, cap, "ended (wait status 0x%x)", (unsigned)ws);
+    if (WIFSIGNALED(ws)) snprintf(out, cap, "killed by signal %d (%s)", WTERMSIG(ws), strsignal(WTERMSIG(ws)));
+    else if (WIFEXITED(ws)) snprintf(out, cap, "exited with code %d without a report", WEXITSTATUS(ws));
+    else snprintf(out, cap, "ended (wait status 0x%x)", (unsigned)ws);
 }
 
 /* ---- the supervisor's waits -------------------------------------------------------- */
@@ -635,7 +632,8 @@ void mc__iso_clock_progress(mc__iso_clock *c, mc_isolate_stats *st, uint64_t now
     st->reap_ms_last = (double)(c->reaped_ns - c->fault_ns) / 1e6;
     st->ready_ms_last = (double)(c->ready_ns - c->reaped_ns) / 1e6;
     st->resume_ms_last = (double)(now_ns - c->ready_ns) / 1e6;
-    mc__log(MC_LOG_INFO, "isolate.restart_cost",
-            "restart: %.1f ms from the fault to progress (reap %.1f, start %.1f, resume %.1f); %.1f ms without progress",
-            total, st->reap_ms_last, st->ready_ms_last, st->resume_ms_last, st->outage_ms_last);
+    mc__log(
+        MC_LOG_INFO, "isolate.restart_cost",
+        "restart: %.1f ms from the fault to progress (reap %.1f, start %.1f, resume %.1f); %.1f ms without progress",
+        total, st->reap_ms_last, st->ready_ms_last, st->resume_ms_last, st->outage_ms_last);
 }

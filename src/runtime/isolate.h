@@ -25,16 +25,16 @@ enum {
     MC__ISO_RESULT = 6,     /* stream: slot, a = sequence, status, attempts, text; sstats */
     MC__ISO_TRACE = 7,      /* trace events as text lines (engine/trace.h), a = events dropped */
     /* supervisor -> worker */
-    MC__ISO_GO = 16,        /* runner: start (the state area's descriptor attached), b = 1: relay trace events */
+    MC__ISO_GO = 16, /* runner: start (the state area's descriptor attached), b = 1: relay trace events */
     MC__ISO_CANCEL = 17,
-    MC__ISO_ITEM = 18,      /* stream: slot, a = sequence, b = tag */
-    MC__ISO_QUIT = 19,      /* finish up and exit */
+    MC__ISO_ITEM = 18, /* stream: slot, a = sequence, b = tag */
+    MC__ISO_QUIT = 19, /* finish up and exit */
     /* supervisor <-> launcher */
-    MC__ISO_SPAWN = 32,     /* -> SPAWNED, a = pid, the supervisor's end of the worker's socket attached */
+    MC__ISO_SPAWN = 32, /* -> SPAWNED, a = pid, the supervisor's end of the worker's socket attached */
     MC__ISO_SPAWNED = 33,
-    MC__ISO_REAP = 34,      /* a = pid, b = grace in ms (then SIGKILL), status = kill at once -> REAPED */
-    MC__ISO_REAPED = 35,    /* a = pid, status = wait status */
-    MC__ISO_STOP = 36       /* the launcher ends its worker, if any, and exits */
+    MC__ISO_REAP = 34,   /* a = pid, b = grace in ms (then SIGKILL), status = kill at once -> REAPED */
+    MC__ISO_REAPED = 35, /* a = pid, status = wait status */
+    MC__ISO_STOP = 36    /* the launcher ends its worker, if any, and exits */
 };
 
 #define MC__ISO_MAGIC 0x6d63494du /* "mcIM" */

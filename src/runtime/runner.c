@@ -39,7 +39,8 @@ static bool runner_ok(const mc_runner *r)
 static mc_status check_ms(double v, const char *what)
 {
     if (!isfinite(v) || v < 0)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_create: %s is %g; 0 (default) or a positive number", what, v);
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_create: %s is %g; 0 (default) or a positive number", what,
+                        v);
     return MC_OK;
 }
 
@@ -55,13 +56,14 @@ static mc_status check_desc(const mc_runner_desc *d, const mc_device_info *info)
     uint64_t threads = (uint64_t)t.x * t.y * t.z;
     if (!threads || (info && threads > info->max_threads_per_threadgroup))
         return mc__fail(MC_ERR_INVALID_ARGUMENT,
-                        "mc_runner_create: threads_per_threadgroup (%u,%u,%u); the device allows 1 to %u", t.x, t.y, t.z,
-                        info ? info->max_threads_per_threadgroup : 0);
+                        "mc_runner_create: threads_per_threadgroup (%u,%u,%u); the device allows 1 to %u", t.x, t.y,
+                        t.z, info ? info->max_threads_per_threadgroup : 0);
     /* 0 means none so that an all-zero descriptor is the default; -1, the
      * old spelling of none, is still accepted. */
     if (d->iteration_arg < -1 || d->iteration_arg >= MC_MAX_BUFFER_ARGS)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_create: iteration_arg %d is not a slot (1 to %d) or 0 (none)",
-                        d->iteration_arg, MC_MAX_BUFFER_ARGS - 1);
+        return mc__fail(MC_ERR_INVALID_ARGUMENT,
+                        "mc_runner_create: iteration_arg %d is not a slot (1 to %d) or 0 (none)", d->iteration_arg,
+                        MC_MAX_BUFFER_ARGS - 1);
     if (d->control_arg < -1 || d->control_arg >= MC_MAX_BUFFER_ARGS)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_create: control_arg %d is not a slot (1 to %d) or 0 (none)",
                         d->control_arg, MC_MAX_BUFFER_ARGS - 1);
@@ -71,15 +73,17 @@ static mc_status check_desc(const mc_runner_desc *d, const mc_device_info *info)
                         "MC_RUNNER_DESC_INIT)",
                         d->iteration_arg);
     if (!d->total_iterations && d->control_arg <= 0)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT,
-                        "mc_runner_create: total_iterations is 0 (until the stop condition) but there is no control_arg");
+        return mc__fail(
+            MC_ERR_INVALID_ARGUMENT,
+            "mc_runner_create: total_iterations is 0 (until the stop condition) but there is no control_arg");
     if (info && d->control_arg > 0 && !(info->features & MC_FEATURE_INDIRECT_DISPATCH))
-        return mc__fail(MC_ERR_UNSUPPORTED, "mc_runner_create: a stop condition needs indirect dispatch, which %s lacks",
-                        info->name);
+        return mc__fail(MC_ERR_UNSUPPORTED,
+                        "mc_runner_create: a stop condition needs indirect dispatch, which %s lacks", info->name);
     if (d->in_flight > MAX_IN_FLIGHT)
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_create: in_flight %u; at most %u", d->in_flight,
                         MAX_IN_FLIGHT);
-    if ((s = check_ms(d->budget_ms, "budget_ms")) != MC_OK || (s = check_ms(d->max_chunk_ms, "max_chunk_ms")) != MC_OK ||
+    if ((s = check_ms(d->budget_ms, "budget_ms")) != MC_OK ||
+        (s = check_ms(d->max_chunk_ms, "max_chunk_ms")) != MC_OK ||
         (s = check_ms(d->checkpoint_ms, "checkpoint_ms")) != MC_OK ||
         (s = check_ms(d->backoff_initial_ms, "backoff_initial_ms")) != MC_OK ||
         (s = check_ms(d->backoff_max_ms, "backoff_max_ms")) != MC_OK ||
@@ -98,7 +102,6 @@ static mc_status check_desc(const mc_runner_desc *d, const mc_device_info *info)
     return MC_OK;
 }
 
-
 /* MC_RUNNER_RESUME: the newest valid checkpoint file becomes the state
  * the run starts from. */
 static mc_status resume(mc_runner *r)
@@ -112,11 +115,12 @@ static mc_status resume(mc_runner *r)
     uint64_t it = 0;
     bool found = false;
     if (s == MC_OK)
-        s = mc__ckpt_load(r->ckpt_dir, r->label, r->run_params, r->desc.run_params_len, r->state_size, r->nstate,
-                          state, &it, &found);
+        s = mc__ckpt_load(r->ckpt_dir, r->label, r->run_params, r->desc.run_params_len, r->state_size, r->nstate, state,
+                          &it, &found);
     if (s == MC_OK && found && r->desc.total_iterations && it > r->desc.total_iterations)
-        s = mc__fail(MC_ERR_INVALID_STATE, "runner '%s': the checkpoint in %s is at iteration %llu, past the run's %llu",
-                     r->label, r->ckpt_dir, (unsigned long long)it, (unsigned long long)r->desc.total_iterations);
+        s = mc__fail(MC_ERR_INVALID_STATE,
+                     "runner '%s': the checkpoint in %s is at iteration %llu, past the run's %llu", r->label,
+                     r->ckpt_dir, (unsigned long long)it, (unsigned long long)r->desc.total_iterations);
     if (s == MC_OK && found && (s = r->ops->restore(r, it, (const void *const *)state)) == MC_OK) r->resume_iter = it;
     for (uint32_t i = 0; i < r->nstate; i++) free(state[i]);
     return s;
@@ -170,7 +174,7 @@ mc_status mc_runner_create(const mc_runner_desc *desc, mc_runner **out)
     mc__runner_publish(r, NULL, NULL);
     *out = r;
     return MC_OK;
-fail: {
+fail : {
     char why[1200]; /* a worker's whole error (MC__ISO_TEXT_MAX) and our prefix */
     snprintf(why, sizeof why, "%s", mc_last_error());
     mc_runner_release(r);
@@ -298,7 +302,8 @@ mc_status mc_runner_state_read(mc_runner *r, uint32_t index, void *dst, size_t l
 {
     if (!runner_ok(r)) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_state_read: r is NULL or not a runner");
     if (index >= r->nstate)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_state_read: state %u of %u does not exist", index, r->nstate);
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_state_read: state %u of %u does not exist", index,
+                        r->nstate);
     if (!dst && len) return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_state_read: dst is NULL");
     if (len > r->state_size[index])
         return mc__fail(MC_ERR_INVALID_ARGUMENT, "mc_runner_state_read: %zu bytes from a state buffer of %zu", len,

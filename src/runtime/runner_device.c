@@ -31,7 +31,8 @@ static mc_status check_binding(local_runner *r)
     mc_pipeline_info pi;
     if (!mc__object_check(b->pipeline, MC__TAG_PIPELINE) || mc__object_device(b->pipeline) != r->dev ||
         mc_pipeline_get_info(b->pipeline, &pi) != MC_OK)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': setup left no pipeline of this device in the binding", l);
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': setup left no pipeline of this device in the binding",
+                        l);
     mc_size3 t = r->b.desc.threads_per_threadgroup;
     uint64_t threads = (uint64_t)t.x * t.y * t.z;
     if (pi.max_total_threads_per_threadgroup && threads > pi.max_total_threads_per_threadgroup)
@@ -74,8 +75,9 @@ static mc_status check_binding(local_runner *r)
     }
     for (uint32_t i = 0; i < MC_MAX_THREADGROUP_MEMORY_ARGS; i++)
         if (b->threadgroup_memory[i] > r->info.threadgroup_memory_size)
-            return mc__fail(MC_ERR_INVALID_ARGUMENT, "runner '%s': threadgroup memory slot %u: %zu bytes, the device has %llu",
-                            l, i, b->threadgroup_memory[i], (unsigned long long)r->info.threadgroup_memory_size);
+            return mc__fail(MC_ERR_INVALID_ARGUMENT,
+                            "runner '%s': threadgroup memory slot %u: %zu bytes, the device has %llu", l, i,
+                            b->threadgroup_memory[i], (unsigned long long)r->info.threadgroup_memory_size);
     return MC_OK;
 }
 
@@ -172,8 +174,8 @@ mc_status mc__lr_make_objects(local_runner *r)
     for (int k = 0; k < 2; k++) {
         for (uint32_t i = 0; i < r->b.nstate; i++) {
             if (r->ckpt[k][i]) continue;
-            mc_buffer_desc bd = {r->b.state_size[i], MC_STORAGE_SHARED, k ? "runner checkpoint B" : "runner checkpoint A",
-                                 NULL};
+            mc_buffer_desc bd = {r->b.state_size[i], MC_STORAGE_SHARED,
+                                 k ? "runner checkpoint B" : "runner checkpoint A", NULL};
             if ((s = mc_buffer_create(r->dev, &bd, &r->ckpt[k][i])) != MC_OK) return s;
         }
         r->ckpt_busy[k] = false;

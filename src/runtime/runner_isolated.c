@@ -51,7 +51,7 @@
 
 typedef struct runner_shared {
     mc__iso_shared base;
-    _Atomic uint32_t ckpt; /* 0: none yet; k + 1: copy k is the last good state */
+    _Atomic uint32_t ckpt;     /* 0: none yet; k + 1: copy k is the last good state */
     _Atomic uint64_t furthest; /* the furthest iteration any worker reported, set at each restart */
     _Atomic uint32_t restarts; /* workers replaced so far */
     uint32_t pad;
@@ -100,13 +100,13 @@ typedef struct iso_runner {
     int wake[2]; /* cancel writes a byte */
     bool cancel_sent;
     uint64_t high, restored_iter, final_iter;
-    uint32_t in_a_row; /* restarts since an iteration past fail_high was reached */
-    uint64_t fail_high; /* the furthest iteration at the last restart */
+    uint32_t in_a_row;         /* restarts since an iteration past fail_high was reached */
+    uint64_t fail_high;        /* the furthest iteration at the last restart */
     mc_runner_stats base, cur; /* finished workers' sums; the current worker's last report */
     mc_isolate_stats ist;
     mc__iso_clock clock;
-    uint64_t progress_ns;           /* the last time iterations advanced */
-    uint64_t worker_iter;           /* the current worker's last report */
+    uint64_t progress_ns; /* the last time iterations advanced */
+    uint64_t worker_iter; /* the current worker's last report */
     bool have_final;
     bool stopped_early, cancelled;
     mc_status last_failure;
@@ -121,7 +121,7 @@ typedef struct worker {
     int sock;
     mc_device *dev;
     mc_runner *r;
-    pthread_mutex_t r_mu; /* r, for the reader thread's cancel */
+    pthread_mutex_t r_mu;    /* r, for the reader thread's cancel */
     pthread_mutex_t send_mu; /* one message at a time: trace events may leave from any committing thread */
     uint8_t *area;
     uint64_t heartbeat_ns, last_sent_ns, last_iter;
@@ -414,8 +414,10 @@ static iso_runner *as_iso(const mc_runner *r)
 static void add_stats(mc_runner_stats *t, const mc_runner_stats *c)
 {
     uint64_t chunks = t->chunks + c->chunks;
-    t->chunk_ms_mean = chunks ? (t->chunk_ms_mean * (double)t->chunks + c->chunk_ms_mean * (double)c->chunks) / (double)chunks : 0;
-    t->gap_us_mean = chunks ? (t->gap_us_mean * (double)t->chunks + c->gap_us_mean * (double)c->chunks) / (double)chunks : 0;
+    t->chunk_ms_mean =
+        chunks ? (t->chunk_ms_mean * (double)t->chunks + c->chunk_ms_mean * (double)c->chunks) / (double)chunks : 0;
+    t->gap_us_mean =
+        chunks ? (t->gap_us_mean * (double)t->chunks + c->gap_us_mean * (double)c->chunks) / (double)chunks : 0;
     t->chunks = chunks;
     t->chunks_submitted += c->chunks_submitted;
     t->chunks_after_stop += c->chunks_after_stop;
@@ -469,12 +471,14 @@ static void end_worker(iso_runner *ir, bool kill_now, double grace_ms, int *wsta
 static mc_status take_sizes(iso_runner *ir, const mc__iso_msg *m)
 {
     if (m->nstate < 1 || m->nstate > MC_RUNNER_MAX_STATE)
-        return mc__fail(MC_ERR_INVALID_STATE, "runner '%s': the worker reported %u state buffers", ir->b.label, m->nstate);
+        return mc__fail(MC_ERR_INVALID_STATE, "runner '%s': the worker reported %u state buffers", ir->b.label,
+                        m->nstate);
     if (ir->area) {
         bool same = m->nstate == ir->lay.nstate;
         for (uint32_t i = 0; same && i < m->nstate; i++) same = m->sizes[i] == ir->lay.sizes[i];
         if (!same)
-            return mc__fail(MC_ERR_INVALID_STATE, "runner '%s': setup made other state buffers in a new worker than in the first",
+            return mc__fail(MC_ERR_INVALID_STATE,
+                            "runner '%s': setup made other state buffers in a new worker than in the first",
                             ir->b.label);
         return MC_OK;
     }
@@ -621,11 +625,11 @@ static mc_status restart(iso_runner *ir, mc__iso_cause cause, mc_status status, 
     }
     ir->ist.restarts++;
     if (MC__TRACING())
-        mc__trace_instant("runner", ir->b.label, "isolate", "worker restart", 0, mc_status_name(status),
-                          MC__TARGS({"worker", ir->ist.workers + 1}, {"from", good}, {"in_a_row", ir->in_a_row},
-                                    {"old_pid", old}));
-    mc__log(MC_LOG_WARN, "isolate.restart", "runner '%s': %s; starting worker %u from iteration %llu", ir->b.label, what,
-            ir->ist.workers + 1, (unsigned long long)good);
+        mc__trace_instant(
+            "runner", ir->b.label, "isolate", "worker restart", 0, mc_status_name(status),
+            MC__TARGS({"worker", ir->ist.workers + 1}, {"from", good}, {"in_a_row", ir->in_a_row}, {"old_pid", old}));
+    mc__log(MC_LOG_WARN, "isolate.restart", "runner '%s': %s; starting worker %u from iteration %llu", ir->b.label,
+            what, ir->ist.workers + 1, (unsigned long long)good);
     mc__iso_clock_fault(&ir->clock, ir->progress_ns ? ir->progress_ns : ir->b.start_ns, fault_ns, reaped);
     publish(ir);
     return MC_OK;
@@ -650,7 +654,8 @@ static void warn_unfired(iso_runner *ir)
 static mc_status iso_run(mc_runner *base)
 {
     iso_runner *ir = as_iso(base);
-    uint64_t progress_ns = (uint64_t)((ir->b.desc.progress_interval_ms ? ir->b.desc.progress_interval_ms : 100.0) * 1e6);
+    uint64_t progress_ns =
+        (uint64_t)((ir->b.desc.progress_interval_ms ? ir->b.desc.progress_interval_ms : 100.0) * 1e6);
     uint64_t next_report = ir->b.start_ns + progress_ns;
     mc_status result = MC_OK;
     char final_text[MC__ISO_TEXT_MAX] = "";

@@ -53,7 +53,6 @@
 #include <string.h>
 #include <time.h>
 
-
 /* Defaults; docs/RUNNER.md explains each number. */
 #define DEFAULT_BUDGET_MS 25.0
 #define DEFAULT_CAP_MS 500.0
@@ -178,7 +177,8 @@ static mc_status record_chunk(local_runner *r, chunk *c, mc_cmdbuf *cb)
     }
     if (s == MC_OK) s = mc_pass_end(p);
     if (s == MC_OK && r->control)
-        s = mc_cmdbuf_copy_buffer(cb, r->control, 0, r->snaps, (size_t)c->snap * SNAP_STRIDE, sizeof(mc_runner_control));
+        s = mc_cmdbuf_copy_buffer(cb, r->control, 0, r->snaps, (size_t)c->snap * SNAP_STRIDE,
+                                  sizeof(mc_runner_control));
     for (uint32_t i = 0; i < r->b.nstate && s == MC_OK && c->ckpt_slot >= 0; i++)
         s = mc_cmdbuf_copy_buffer(cb, b->state[i], 0, r->ckpt[c->ckpt_slot][i], 0, r->b.state_size[i]);
     if (s == MC_OK) s = mc_cmdbuf_signal_event(cb, r->timeline, c->value);
@@ -204,8 +204,8 @@ static mc_status submit_chunk(local_runner *r)
     c.snap = (uint32_t)(c.value % (d->in_flight + 1));
     c.ckpt_slot = -1;
     uint64_t now = mc__now_ns();
-    bool due = (double)(now - r->last_ckpt_ns) >= r->checkpoint_ns ||
-               (r->force_ckpt && c.first + c.iters > r->fail_point);
+    bool due =
+        (double)(now - r->last_ckpt_ns) >= r->checkpoint_ns || (r->force_ckpt && c.first + c.iters > r->fail_point);
     if (due) {
         int slot = !r->ckpt_busy[0] ? 0 : !r->ckpt_busy[1] ? 1 : -1;
         if (slot >= 0) {
@@ -319,7 +319,8 @@ static void take_checkpoint(local_runner *r, const chunk *c)
     r->st.checkpoints++;
     r->st.checkpoint_iteration = r->host_iter;
     if (MC__TRACING())
-        mc__trace_instant("runner", r->b.label, "runner", "checkpoint", 0, NULL, MC__TARGS({"iteration", r->host_iter}));
+        mc__trace_instant("runner", r->b.label, "runner", "checkpoint", 0, NULL,
+                          MC__TARGS({"iteration", r->host_iter}));
     if (r->host_iter > r->fail_point) r->in_a_row = 0;
     if (mc__runner_checkpoint_taken(&r->b, r->host_iter, (const void *const *)r->host[r->host_cur]))
         r->st.checkpoints_written++;
@@ -525,15 +526,15 @@ static mc_status recover(local_runner *r, failure *commit_error)
         f.first = r->next_iter;
     }
     bool device_lost = f.status == MC_ERR_DEVICE_LOST || mc__lr_lost(r);
-    if (f.status == MC_OK) return MC_OK; /* nothing failed after all */
+    if (f.status == MC_OK) return MC_OK;          /* nothing failed after all */
     if (r->stopped && !device_lost) return MC_OK; /* behind the stop: the final state is intact */
 
     r->st.last_failure = f.status;
     r->st.recoveries++;
     if (MC__TRACING())
-        mc__trace_instant("runner", r->b.label, "runner", "fault", 0, mc_status_name(f.status),
-                          MC__TARGS({"chunk", f.number}, {"first", f.first}, {"iters", f.iters},
-                                    {"checkpoint", r->host_iter}));
+        mc__trace_instant(
+            "runner", r->b.label, "runner", "fault", 0, mc_status_name(f.status),
+            MC__TARGS({"chunk", f.number}, {"first", f.first}, {"iters", f.iters}, {"checkpoint", r->host_iter}));
     count_kind(r, f.status);
     r->in_a_row++;
     r->fail_point = f.first;

@@ -15,14 +15,14 @@
 
 typedef struct chunk {
     mc_cmdbuf *cb;
-    uint64_t number;      /* 1, 2, ... over the whole run */
-    uint64_t value;       /* timeline value signalled at its end */
+    uint64_t number;       /* 1, 2, ... over the whole run */
+    uint64_t value;        /* timeline value signalled at its end */
     uint64_t first, iters; /* iterations [first, first + iters) */
     uint32_t dispatches;
-    int ckpt_slot;        /* -1: no checkpoint */
-    uint32_t snap;        /* snapshot slot */
-    bool retired;         /* its work is done (the timeline passed value) */
-    bool stopped;         /* its snapshot shows the stop condition */
+    int ckpt_slot; /* -1: no checkpoint */
+    uint32_t snap; /* snapshot slot */
+    bool retired;  /* its work is done (the timeline passed value) */
+    bool stopped;  /* its snapshot shows the stop condition */
     uint64_t stop_iteration;
 } chunk;
 
@@ -46,9 +46,9 @@ typedef struct local_runner {
     mc_buffer *ckpt[2][MC_RUNNER_MAX_STATE];
     bool ckpt_busy[2];
     mc_runner_binding bind;
-    bool bound; /* setup ran; teardown is due */
+    bool bound;                         /* setup ran; teardown is due */
     uint8_t *bytes[MC_MAX_BUFFER_ARGS]; /* the runner's copies of BYTES args */
-    mc__device_like like; /* how the lost device was opened, its faults not yet reached */
+    mc__device_like like;               /* how the lost device was opened, its faults not yet reached */
 
     /* the last good state, in host memory (double-buffered) */
     void *host[2][MC_RUNNER_MAX_STATE];
@@ -76,7 +76,7 @@ typedef struct local_runner {
     mc_runner_stats st; /* the run's figures; published through the front end */
 
     pthread_mutex_t mu; /* the timeline pointer, the back-off sleep */
-    pthread_cond_t cv; /* back-off sleeps; cancel broadcasts */
+    pthread_cond_t cv;  /* back-off sleeps; cancel broadcasts */
 } local_runner;
 
 static inline bool mc__lr_lost(const local_runner *r)

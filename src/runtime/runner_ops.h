@@ -45,7 +45,7 @@ typedef struct mc__runner_ops {
 struct mc_runner {
     uint32_t tag;
     const mc__runner_ops *ops;
-    bool backend_up; /* init was called: destroy is due */
+    bool backend_up;     /* init was called: destroy is due */
     mc_runner_desc desc; /* the caller's; label, checkpoint_dir and run_params point at the copies below */
     char *label;
     char *ckpt_dir;   /* durable checkpoints; NULL: none */

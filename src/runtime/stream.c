@@ -266,7 +266,7 @@ mc_status mc_stream_create(const mc_stream_desc *desc, mc_stream **out)
     s->desc.slots = desc->slots ? desc->slots : DEFAULT_SLOTS;
     s->desc.max_retries = desc->max_retries ? desc->max_retries : DEFAULT_RETRIES;
     s->desc.lanes = desc->lanes; /* 0: the device's default, which the back end picks */
-    s->desc.isolate = NULL; /* the caller's; the back end reads it in open */
+    s->desc.isolate = NULL;      /* the caller's; the back end reads it in open */
     s->nslots = s->desc.slots;
     s->label = mc__strdup(desc->label ? desc->label : "stream");
     s->desc.label = s->label;

@@ -839,7 +839,7 @@ static mc_status local_open(mc_stream *s, const mc_stream_desc *desc)
     /* 0 lanes: the device's default. Where queues overlap (a CUDA GPU), one
      * lane per slot: small items overlap there (2.23x against 1.78x the naive
      * loop with 3 slots, H100, docs/PERFORMANCE.md); elsewhere one queue. */
-    l->nlanes = s->desc.lanes                          ? s->desc.lanes
+    l->nlanes = s->desc.lanes                             ? s->desc.lanes
                 : mc__device_queues_overlap(desc->device) ? MC__MIN(s->nslots, MC_STREAM_MAX_LANES)
                                                           : 1;
     l->dev = desc->device;

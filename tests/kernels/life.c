@@ -31,7 +31,8 @@ MC_KERNEL(life_step, 4)
     const uint8_t *src = (it->first & 1u) ? b : a;
     uint8_t *dst = (it->first & 1u) ? a : b;
     const uint32_t w = p->width, h = p->height;
-    MC_FOR_EACH_THREAD_2D(ctx, x, y) {
+    MC_FOR_EACH_THREAD_2D(ctx, x, y)
+    {
         if (x >= w || y >= h) continue;
         uint32_t xs[3] = {x ? x - 1 : w - 1, x, x + 1 < w ? x + 1 : 0};
         uint32_t ys[3] = {y ? y - 1 : h - 1, y, y + 1 < h ? y + 1 : 0};

@@ -151,10 +151,10 @@ static int t_wait(tsub *t)
     return n;
 }
 
-#define CHECK_DONE(t, want)                                                                        \
-    do {                                                                                           \
-        CHECK_EQ(t_wait(t), 1);                                                                    \
-        CHECK_STATUS((t)->sub.status, want);                                                       \
+#define CHECK_DONE(t, want)                  \
+    do {                                     \
+        CHECK_EQ(t_wait(t), 1);              \
+        CHECK_STATUS((t)->sub.status, want); \
     } while (0)
 
 /* ---- fixtures ---------------------------------------------------------------------------- */
@@ -262,7 +262,8 @@ static int test_buffers(void)
     CHECK(memcmp((char *)host + 100, in, sizeof in) == 0);
     CHECK_STATUS(H->buffer_write(fx.dev, b, 4090, in, 16), MC_ERR_INVALID_ARGUMENT);
     void *big;
-    CHECK_STATUS(H->buffer_create(fx.dev, (size_t)1 << 31, MC_STORAGE_PRIVATE, NULL, &big, &host), MC_ERR_OUT_OF_MEMORY);
+    CHECK_STATUS(H->buffer_create(fx.dev, (size_t)1 << 31, MC_STORAGE_PRIVATE, NULL, &big, &host),
+                 MC_ERR_OUT_OF_MEMORY);
     H->buffer_destroy(fx.dev, b);
     /* A buffer over the caller's memory: whole pages only (Metal's rule). */
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
@@ -373,7 +374,7 @@ static int test_submit(void)
     t_cmd(&t1, MC__OP_BARRIER);
     t_pipeline(&t1, fx.add_one);
     t_cmd(&t1, MC__OP_SET_TGMEM)->u.tgmem.len = 100; /* unused by the kernel; rounded up to 112 */
-    t_dispatch(&t1, 4, 64); /* bindings persist within the pass: slot 1 still holds n */
+    t_dispatch(&t1, 4, 64);                          /* bindings persist within the pass: slot 1 still holds n */
     t_pass(&t1, MC__PASS_COPY, "copy a -> b");
     mc__cmd *cp = t_cmd(&t1, MC__OP_COPY);
     cp->u.copy.src = a;
@@ -562,14 +563,19 @@ static int test_errors(void)
     H->queue_destroy(fx.dev, q);
 
     /* MTLCommandBufferError codes map to the taxonomy (F685) */
-    static const struct { long code; mc_status want; } map[] = {
-        {1, MC_ERR_INTERNAL}, {2, MC_ERR_TIMEOUT}, {3, MC_ERR_PAGE_FAULT}, {7, MC_ERR_NOT_PERMITTED},
-        {8, MC_ERR_OUT_OF_MEMORY}, {9, MC_ERR_INVALID_RESOURCE}, {10, MC_ERR_INTERNAL}, {12, MC_ERR_INTERNAL},
-        {4, MC_ERR_ACCESS_REVOKED}};
+    static const struct {
+        long code;
+        mc_status want;
+    } map[] = {{1, MC_ERR_INTERNAL},      {2, MC_ERR_TIMEOUT},       {3, MC_ERR_PAGE_FAULT},
+               {7, MC_ERR_NOT_PERMITTED}, {8, MC_ERR_OUT_OF_MEMORY}, {9, MC_ERR_INVALID_RESOURCE},
+               {10, MC_ERR_INTERNAL},     {12, MC_ERR_INTERNAL},     {4, MC_ERR_ACCESS_REVOKED}};
     char msg[256];
-    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++) CHECK_STATUS(fail_with(&fx, x, map[i].code, msg, sizeof msg), map[i].want);
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+        CHECK_STATUS(fail_with(&fx, x, map[i].code, msg, sizeof msg), map[i].want);
     CHECK_STR_CONTAINS(msg, "revoked this process's GPU access after");
-    for (long code = 1; code <= 12; code++) CHECK_EQ(mc__mtl_map_error_code(code), code == 10 || code == 12 || code == 5 || code == 6 ? MC_ERR_INTERNAL : code);
+    for (long code = 1; code <= 12; code++)
+        CHECK_EQ(mc__mtl_map_error_code(code),
+                 code == 10 || code == 12 || code == 5 || code == 6 ? MC_ERR_INTERNAL : code);
 
     /* device removed: the device is lost for good */
     CHECK_STATUS(fail_with(&fx, x, 11, msg, sizeof msg), MC_ERR_DEVICE_LOST);
@@ -868,31 +874,31 @@ static int test_cmdlist(const mcd_os *os)
         goto indirect;
     }
     {
-    uint32_t r[4] = {1, 100, 9, 1}; /* {1, 100}: clamped to 1..3; {9, 1}: past the end */
-    CHECK_OK(H->buffer_write(fx.dev, ranges, 0, r, sizeof r));
-    t_init(&t, "executions");
-    t_exec(&t, "all", list, 0, 4, NULL);
-    t_exec(&t, "empty", list, 2, 0, NULL);
-    t_exec(&t, "chosen on the GPU", list, 0, 4, ranges);
-    t_pass(&t, MC__PASS_COMPUTE, "past the end");
-    c = t_cmd(&t, MC__OP_EXECUTE_LIST);
-    c->u.exec.list = list;
-    c->u.exec.count = 4;
-    c->u.exec.range_buffer = ranges;
-    c->u.exec.range_offset = 8;
-    unsigned long before = mcd_get_stats()->icb_commands_run;
-    CHECK_OK(H->submit(fx.dev, q, &t.sub));
-    CHECK_DONE(&t, MC_OK);
-    for (uint32_t p = 0; p < t.sub.npass; p++) CHECK_EQ(t.states[p], MC_PASS_COMPLETED);
-    CHECK_EQ(uc[0], 1);
-    CHECK_EQ(uc[1], 2);
-    CHECK_EQ(uc[2], 2);
-    CHECK_EQ(uc[3], 0); /* a zero grid: a reset command */
-    CHECK_EQ(mcd_get_stats()->icb_commands_run, before + 5);
-    /* under API validation (MTL_DEBUG_LAYER=1, as here) no zero-grid
+        uint32_t r[4] = {1, 100, 9, 1}; /* {1, 100}: clamped to 1..3; {9, 1}: past the end */
+        CHECK_OK(H->buffer_write(fx.dev, ranges, 0, r, sizeof r));
+        t_init(&t, "executions");
+        t_exec(&t, "all", list, 0, 4, NULL);
+        t_exec(&t, "empty", list, 2, 0, NULL);
+        t_exec(&t, "chosen on the GPU", list, 0, 4, ranges);
+        t_pass(&t, MC__PASS_COMPUTE, "past the end");
+        c = t_cmd(&t, MC__OP_EXECUTE_LIST);
+        c->u.exec.list = list;
+        c->u.exec.count = 4;
+        c->u.exec.range_buffer = ranges;
+        c->u.exec.range_offset = 8;
+        unsigned long before = mcd_get_stats()->icb_commands_run;
+        CHECK_OK(H->submit(fx.dev, q, &t.sub));
+        CHECK_DONE(&t, MC_OK);
+        for (uint32_t p = 0; p < t.sub.npass; p++) CHECK_EQ(t.states[p], MC_PASS_COMPLETED);
+        CHECK_EQ(uc[0], 1);
+        CHECK_EQ(uc[1], 2);
+        CHECK_EQ(uc[2], 2);
+        CHECK_EQ(uc[3], 0); /* a zero grid: a reset command */
+        CHECK_EQ(mcd_get_stats()->icb_commands_run, before + 5);
+        /* under API validation (MTL_DEBUG_LAYER=1, as here) no zero-grid
      * pipeline workaround: Metal would abort the process */
-    CHECK_EQ(mcd_get_stats()->pipeline_touches, 0);
-    H->cmdlist_destroy(fx.dev, list);
+        CHECK_EQ(mcd_get_stats()->pipeline_touches, 0);
+        H->cmdlist_destroy(fx.dev, list);
     }
 
 indirect:
@@ -1046,11 +1052,17 @@ static int scenario(const char *name, const mcd_os *os)
  * needed. */
 static int icb_workaround(int family, bool validation, bool want_touches)
 {
-    mcd_os os = {.residency_sets = true, .wait_timeout = true, .math_mode = true, .architecture = true,
-                 .version = "Version 15.1 (Build 24B83)", .major = 15, .gpu_family = family};
+    mcd_os os = {.residency_sets = true,
+                 .wait_timeout = true,
+                 .math_mode = true,
+                 .architecture = true,
+                 .version = "Version 15.1 (Build 24B83)",
+                 .major = 15,
+                 .gpu_family = family};
     if (validation) setenv("MTL_DEBUG_LAYER", "1", 1);
     else unsetenv("MTL_DEBUG_LAYER");
-    fprintf(stderr, "== ICB pipeline workaround: Apple%d, API validation %s\n", family - 1000, validation ? "on" : "off");
+    fprintf(stderr, "== ICB pipeline workaround: Apple%d, API validation %s\n", family - 1000,
+            validation ? "on" : "off");
     mcd_begin(&os);
     int rc = 0;
     fixture fx;
@@ -1109,8 +1121,12 @@ static int expect(const char *what, const char *needle)
 
 static int checker_test(void)
 {
-    mcd_os os = {.residency_sets = true, .wait_timeout = true, .math_mode = true, .architecture = true,
-                 .version = "Version 15.1 (Build 24B83)", .major = 15};
+    mcd_os os = {.residency_sets = true,
+                 .wait_timeout = true,
+                 .math_mode = true,
+                 .architecture = true,
+                 .version = "Version 15.1 (Build 24B83)",
+                 .major = 15};
     int rc = 0;
     setenv("MTL_DEBUG_LAYER", "1", 1); /* Metal's API validation, as CI's macOS job runs */
     mcd_begin(&os);
@@ -1206,8 +1222,8 @@ static int checker_test(void)
     rc |= expect("a message with no pool", "with no autorelease pool on this thread");
     (void)msg_stringWithUTF8String_(mc__mtl_cls.NSString, "no pool");
     if (mcd_violation_count() != 2 || !strstr(mcd_last_violation(), "no autorelease pool")) {
-        fprintf(stderr, "FAIL: planted autorelease without a pool: %d violations, last \"%s\"\n",
-                mcd_violation_count(), mcd_last_violation());
+        fprintf(stderr, "FAIL: planted autorelease without a pool: %d violations, last \"%s\"\n", mcd_violation_count(),
+                mcd_last_violation());
         rc = 1;
     } else {
         fprintf(stderr, "caught planted autorelease without a pool: %s\n", mcd_last_violation());
@@ -1228,22 +1244,35 @@ static int checker_test(void)
 int main(int argc, char **argv)
 {
     if (!mcd_abi_supported()) {
-        fprintf(stderr, "SKIPPED: the objc_msgSend double needs x86_64 Linux (System V argument passing); "
-                        "the Metal sources are still compile-checked on this machine\n");
+        fprintf(stderr,
+                "SKIPPED: the objc_msgSend double needs x86_64 Linux (System V argument passing); "
+                "the Metal sources are still compile-checked on this machine\n");
         return MC_TEST_SKIP_CODE;
     }
     if (argc > 1 && !strcmp(argv[1], "--checker")) return checker_test();
     /* As CI's macOS job runs: Metal's API validation on (the double aborts
      * nothing, it reports what validation would reject). */
     setenv("MTL_DEBUG_LAYER", "1", 1);
-    mcd_os macos15 = {.residency_sets = true, .wait_timeout = true, .math_mode = true, .architecture = true,
-                      .version = "Version 15.1 (Build 24B83)", .major = 15};
-    mcd_os macos14 = {.wait_timeout = true, .architecture = true, .version = "Version 14.6.1 (Build 23G93)",
-                      .major = 14, .gpu_family = 1009};
+    mcd_os macos15 = {.residency_sets = true,
+                      .wait_timeout = true,
+                      .math_mode = true,
+                      .architecture = true,
+                      .version = "Version 15.1 (Build 24B83)",
+                      .major = 15};
+    mcd_os macos14 = {.wait_timeout = true,
+                      .architecture = true,
+                      .version = "Version 14.6.1 (Build 23G93)",
+                      .major = 14,
+                      .gpu_family = 1009};
     mcd_os macos12 = {.wait_timeout = true, .version = "Version 12.7.6 (Build 21H1320)", .major = 12};
     mcd_os macos11 = {.second_gpu = true, .version = "Version 11.7.10 (Build 20G1427)", .major = 11};
-    mcd_os hosted = {.residency_sets = true, .wait_timeout = true, .math_mode = true, .architecture = true,
-                     .version = "Version 15.1 (Build 24B83)", .major = 15, .paravirtual = true};
+    mcd_os hosted = {.residency_sets = true,
+                     .wait_timeout = true,
+                     .math_mode = true,
+                     .architecture = true,
+                     .version = "Version 15.1 (Build 24B83)",
+                     .major = 15,
+                     .paravirtual = true};
     int rc = scenario("as on macOS 15 (residency sets, mathMode, timed event waits, architecture)", &macos15);
     rc |= scenario("as on macOS 14 (architecture, threadgroup memory in ICBs, timed waits; an M3)", &macos14);
     rc |= scenario("as on macOS 12 (timed event waits; MSL 2.4 at most)", &macos12);

@@ -33,19 +33,76 @@
 /* ---- objects ------------------------------------------------------------------ */
 
 enum kind {
-    K_CLASS = 1, K_POOL, K_STRING, K_URL, K_ARRAY, K_DICT, K_ERROR, K_PROCINFO, K_DEVICE, K_ARCH, K_BUFFER,
-    K_COPTS, K_LIBRARY, K_FUNCTION, K_PDESC, K_PSO, K_ADESC, K_ARCHIVE, K_QUEUE, K_CBDESC, K_CMDBUF, K_CENC,
-    K_BENC, K_EVENT, K_LISTENER, K_RDESC, K_RSET, K_EINFO, K_ICBDESC, K_ICB, K_ICMD, K_FCVALUES, K_FCONST, K_COUNT
+    K_CLASS = 1,
+    K_POOL,
+    K_STRING,
+    K_URL,
+    K_ARRAY,
+    K_DICT,
+    K_ERROR,
+    K_PROCINFO,
+    K_DEVICE,
+    K_ARCH,
+    K_BUFFER,
+    K_COPTS,
+    K_LIBRARY,
+    K_FUNCTION,
+    K_PDESC,
+    K_PSO,
+    K_ADESC,
+    K_ARCHIVE,
+    K_QUEUE,
+    K_CBDESC,
+    K_CMDBUF,
+    K_CENC,
+    K_BENC,
+    K_EVENT,
+    K_LISTENER,
+    K_RDESC,
+    K_RSET,
+    K_EINFO,
+    K_ICBDESC,
+    K_ICB,
+    K_ICMD,
+    K_FCVALUES,
+    K_FCONST,
+    K_COUNT
 };
 
-static const char *const kind_names[K_COUNT] = {
-    "?", "Class", "NSAutoreleasePool", "NSString", "NSURL", "NSArray", "NSDictionary", "NSError", "NSProcessInfo",
-    "MTLDevice", "MTLArchitecture", "MTLBuffer", "MTLCompileOptions", "MTLLibrary", "MTLFunction",
-    "MTLComputePipelineDescriptor", "MTLComputePipelineState", "MTLBinaryArchiveDescriptor", "MTLBinaryArchive",
-    "MTLCommandQueue", "MTLCommandBufferDescriptor", "MTLCommandBuffer", "MTLComputeCommandEncoder",
-    "MTLBlitCommandEncoder", "MTLSharedEvent", "MTLSharedEventListener", "MTLResidencySetDescriptor",
-    "MTLResidencySet", "MTLCommandBufferEncoderInfo", "MTLIndirectCommandBufferDescriptor",
-    "MTLIndirectCommandBuffer", "MTLIndirectComputeCommand", "MTLFunctionConstantValues", "MTLFunctionConstant"};
+static const char *const kind_names[K_COUNT] = {"?",
+                                                "Class",
+                                                "NSAutoreleasePool",
+                                                "NSString",
+                                                "NSURL",
+                                                "NSArray",
+                                                "NSDictionary",
+                                                "NSError",
+                                                "NSProcessInfo",
+                                                "MTLDevice",
+                                                "MTLArchitecture",
+                                                "MTLBuffer",
+                                                "MTLCompileOptions",
+                                                "MTLLibrary",
+                                                "MTLFunction",
+                                                "MTLComputePipelineDescriptor",
+                                                "MTLComputePipelineState",
+                                                "MTLBinaryArchiveDescriptor",
+                                                "MTLBinaryArchive",
+                                                "MTLCommandQueue",
+                                                "MTLCommandBufferDescriptor",
+                                                "MTLCommandBuffer",
+                                                "MTLComputeCommandEncoder",
+                                                "MTLBlitCommandEncoder",
+                                                "MTLSharedEvent",
+                                                "MTLSharedEventListener",
+                                                "MTLResidencySetDescriptor",
+                                                "MTLResidencySet",
+                                                "MTLCommandBufferEncoderInfo",
+                                                "MTLIndirectCommandBufferDescriptor",
+                                                "MTLIndirectCommandBuffer",
+                                                "MTLIndirectComputeCommand",
+                                                "MTLFunctionConstantValues",
+                                                "MTLFunctionConstant"};
 
 #define MCD_MAGIC 0x6d63644fu
 #define MAX_SLOTS 31
@@ -56,8 +113,18 @@ typedef struct op op;
 
 /* A recorded GPU command, with everything it needs captured at encode time. */
 struct op {
-    enum { OP_ENC_BEGIN, OP_ENC_END, OP_DISPATCH, OP_INDIRECT, OP_BARRIER, OP_COPY, OP_FILL, OP_SIGNAL, OP_WAIT,
-           OP_EXEC_ICB } type;
+    enum {
+        OP_ENC_BEGIN,
+        OP_ENC_END,
+        OP_DISPATCH,
+        OP_INDIRECT,
+        OP_BARRIER,
+        OP_COPY,
+        OP_FILL,
+        OP_SIGNAL,
+        OP_WAIT,
+        OP_EXEC_ICB
+    } type;
     obj *enc;
     obj *pso;
     obj *buf[MAX_SLOTS];
@@ -90,25 +157,25 @@ struct obj {
     obj *next_all;
     const char *cls; /* K_CLASS */
     /* payload (by kind) */
-    char *str;                 /* string, URL path, function / kernel name */
-    obj **items;               /* array items, dict values, set allocations, queue residency sets */
-    obj **keys;                /* dict keys */
+    char *str;   /* string, URL path, function / kernel name */
+    obj **items; /* array items, dict values, set allocations, queue residency sets */
+    obj **keys;  /* dict keys */
     size_t n, cap;
-    obj *a, *b, *c;            /* see each kind */
-    void *mem;                 /* buffer */
+    obj *a, *b, *c; /* see each kind */
+    void *mem;      /* buffer */
     size_t len;
-    uint64_t value;            /* event value */
-    long code;                 /* error code; encoder info state */
-    char **names;              /* library kernels, archive keys */
+    uint64_t value; /* event value */
+    long code;      /* error code; encoder info state */
+    char **names;   /* library kernels, archive keys */
     size_t nnames;
-    obj **committed;           /* residency set: allocations as of the last commit */
+    obj **committed; /* residency set: allocations as of the last commit */
     size_t ncommitted;
-    unsigned long lang;        /* compile options */
+    unsigned long lang; /* compile options */
     bool lang_set, math_set;
     int math;
     bool max_set, simd_set, simd; /* pipeline descriptor */
     unsigned long maxt;
-    unsigned long err_opts;    /* command buffer descriptor / command buffer */
+    unsigned long err_opts; /* command buffer descriptor / command buffer */
     bool retained_refs, retained_set;
     /* command buffer */
     op *ops;
@@ -148,14 +215,14 @@ struct obj {
     bool fc_set[MAX_FC];
     char fc_name[MAX_FC][32];
     size_t nfc;
-    obj **used;                /* compute encoder: resources passed to useResources:count:usage: */
+    obj **used; /* compute encoder: resources passed to useResources:count:usage: */
     size_t nused;
     /* indirect command buffers (F670): descriptor, ICB, its commands */
     unsigned long icb_types, icb_maxbind, icb_max_tgbind;
     bool icb_inherit_pso, icb_inherit_buf;
-    bool icb_ok;               /* pipeline descriptor / state: supportIndirectCommandBuffers */
-    struct icmd *icmds;        /* ICB: one per command */
-    obj **icmd_objs;           /* ICB: the command objects handed out (borrowed children) */
+    bool icb_ok;        /* pipeline descriptor / state: supportIndirectCommandBuffers */
+    struct icmd *icmds; /* ICB: one per command */
+    obj **icmd_objs;    /* ICB: the command objects handed out (borrowed children) */
     size_t nicmds;
 };
 
@@ -199,8 +266,8 @@ static bool g_paused;
 static int g_plan_nth;
 static long g_plan_code;
 static int g_plan_enc;
-static obj *g_device;   /* the system's GPU, held by the system */
-static obj *g_device2;  /* another GPU, when the scenario has one */
+static obj *g_device;  /* the system's GPU, held by the system */
+static obj *g_device2; /* another GPU, when the scenario has one */
 static obj *g_procinfo;
 
 static int g_violations;
@@ -283,8 +350,8 @@ static void load_docs(void)
         int colons = 0;
         for (const char *c = d->sel; *c; c++) colons += *c == ':';
         if (colons != d->nparams) {
-            fprintf(stderr, "objc double: %s lists %d parameters for a selector with %d colons\n", d->sel,
-                    d->nparams, colons);
+            fprintf(stderr, "objc double: %s lists %d parameters for a selector with %d colons\n", d->sel, d->nparams,
+                    colons);
             abort();
         }
     }
@@ -548,10 +615,10 @@ static void die(obj *o)
         g_stats.queues_dead++;
         pthread_cond_broadcast(&gpu_cv);
         break;
-    case K_ERROR: /* a: domain, b: userInfo */
-    case K_PDESC: /* a: function, b: binaryArchives */
-    case K_ADESC: /* a: url */
-    case K_COPTS: /* a: macros */
+    case K_ERROR:  /* a: domain, b: userInfo */
+    case K_PDESC:  /* a: function, b: binaryArchives */
+    case K_ADESC:  /* a: url */
+    case K_COPTS:  /* a: macros */
     case K_CMDBUF: /* a: queue, b: error */
         obj_release(o->a);
         obj_release(o->b);
@@ -586,8 +653,7 @@ static void die(obj *o)
         }
         o->notes = NULL;
         break;
-    default:
-        break;
+    default: break;
     }
     /* What it holds: array items, dictionary entries, a set's allocations, a
      * queue's residency sets, a command buffer's encoders and (retained
@@ -740,12 +806,19 @@ IMP(i_responds)
 /* classes */
 static int alloc_kind(const char *cls)
 {
-    static const struct { const char *cls; int kind; } t[] = {
-        {"NSAutoreleasePool", K_POOL}, {"MTLCompileOptions", K_COPTS}, {"MTLComputePipelineDescriptor", K_PDESC},
-        {"MTLBinaryArchiveDescriptor", K_ADESC}, {"MTLCommandBufferDescriptor", K_CBDESC},
-        {"MTLSharedEventListener", K_LISTENER}, {"MTLResidencySetDescriptor", K_RDESC},
-        {"MTLIndirectCommandBufferDescriptor", K_ICBDESC}, {"MTLFunctionConstantValues", K_FCVALUES},
-        {"MTLFunctionConstant", K_FCONST}};
+    static const struct {
+        const char *cls;
+        int kind;
+    } t[] = {{"NSAutoreleasePool", K_POOL},
+             {"MTLCompileOptions", K_COPTS},
+             {"MTLComputePipelineDescriptor", K_PDESC},
+             {"MTLBinaryArchiveDescriptor", K_ADESC},
+             {"MTLCommandBufferDescriptor", K_CBDESC},
+             {"MTLSharedEventListener", K_LISTENER},
+             {"MTLResidencySetDescriptor", K_RDESC},
+             {"MTLIndirectCommandBufferDescriptor", K_ICBDESC},
+             {"MTLFunctionConstantValues", K_FCVALUES},
+             {"MTLFunctionConstant", K_FCONST}};
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
         if (!strcmp(t[i].cls, cls)) return t[i].kind;
     return 0;
@@ -756,7 +829,7 @@ IMP(c_alloc)
     char origin[96];
     snprintf(origin, sizeof origin, "+[%s alloc]", self->cls);
     obj *o = new_obj(alloc_kind(self->cls), origin);
-    if (o->kind == K_CBDESC) o->retained_refs = true; /* Metal's default */
+    if (o->kind == K_CBDESC) o->retained_refs = true;                         /* Metal's default */
     if (o->kind == K_ICBDESC) o->icb_inherit_pso = o->icb_inherit_buf = true; /* Metal's defaults */
     RET_OBJ(o);
 }
@@ -845,7 +918,8 @@ IMP(dict_get)
 {
     obj *k = ARG_OBJ(0);
     for (size_t i = 0; k && i < self->n; i++)
-        if (self->keys[i] == k || (k->kind == K_STRING && self->keys[i]->kind == K_STRING && !strcmp(k->str, self->keys[i]->str)))
+        if (self->keys[i] == k ||
+            (k->kind == K_STRING && self->keys[i]->kind == K_STRING && !strcmp(k->str, self->keys[i]->str)))
             RET_OBJ(self->items[i]);
 }
 IMP(err_code)
@@ -941,7 +1015,8 @@ IMP(d_max_buffer)
 IMP(d_new_buffer)
 {
     size_t len = a[0];
-    if (a[1] != 0) violation("newBufferWithLength:options: options 0x%lx: expected shared storage (0)", (unsigned long)a[1]);
+    if (a[1] != 0)
+        violation("newBufferWithLength:options: options 0x%lx: expected shared storage (0)", (unsigned long)a[1]);
     if (len == 0 || len > MCD_MAX_BUFFER) return; /* nil, as Metal */
     obj *o = new_obj(K_BUFFER, "-[MTLDevice newBufferWithLength:options:]");
     o->mem = calloc(1, len);
@@ -977,9 +1052,11 @@ IMP(d_new_buffer_nocopy)
 /* MTLDataType of an MSL scalar type name (MTLDataType.h); 0 if not one. */
 static unsigned long msl_data_type(const char *t, size_t n)
 {
-    static const struct { const char *name; unsigned long type; } m[] = {
-        {"float", 3}, {"half", 16}, {"int", 29}, {"uint", 33}, {"short", 37}, {"ushort", 41},
-        {"char", 45}, {"uchar", 49}, {"bool", 53}, {"long", 81}, {"ulong", 85}};
+    static const struct {
+        const char *name;
+        unsigned long type;
+    } m[] = {{"float", 3}, {"half", 16},  {"int", 29},  {"uint", 33}, {"short", 37}, {"ushort", 41},
+             {"char", 45}, {"uchar", 49}, {"bool", 53}, {"long", 81}, {"ulong", 85}};
     for (size_t i = 0; i < sizeof m / sizeof m[0]; i++)
         if (strlen(m[i].name) == n && !memcmp(m[i].name, t, n)) return m[i].type;
     return 0;
@@ -988,10 +1065,17 @@ static unsigned long msl_data_type(const char *t, size_t n)
 static size_t data_type_size(unsigned long t)
 {
     switch (t) {
-    case 53: case 45: case 49: return 1;
-    case 16: case 37: case 41: return 2;
-    case 3: case 29: case 33: return 4;
-    case 81: case 85: return 8;
+    case 53:
+    case 45:
+    case 49: return 1;
+    case 16:
+    case 37:
+    case 41: return 2;
+    case 3:
+    case 29:
+    case 33: return 4;
+    case 81:
+    case 85: return 8;
     default: return 0;
     }
 }
@@ -1030,7 +1114,8 @@ static void parse_kernels(obj *lib, const char *src)
         p += strlen("kernel void ");
         while (*p == ' ') p++;
         size_t n = 0;
-        while (p[n] == '_' || (p[n] >= 'a' && p[n] <= 'z') || (p[n] >= 'A' && p[n] <= 'Z') || (p[n] >= '0' && p[n] <= '9'))
+        while (p[n] == '_' || (p[n] >= 'a' && p[n] <= 'z') || (p[n] >= 'A' && p[n] <= 'Z') ||
+               (p[n] >= '0' && p[n] <= '9'))
             n++;
         lib->names = realloc(lib->names, (lib->nnames + 1) * sizeof *lib->names);
         lib->names[lib->nnames++] = strndup(p, n);
@@ -1042,8 +1127,10 @@ IMP(d_new_library)
 {
     obj *src = ARG_OBJ(0), *opts = ARG_OBJ(1);
     if (!want_kind("newLibraryWithSource:options:error:", src, K_STRING, false)) return;
-    if (!opts) violation("newLibraryWithSource:options:error: without MTLCompileOptions: the language version is "
-                         "implicit (F171)");
+    if (!opts)
+        violation(
+            "newLibraryWithSource:options:error: without MTLCompileOptions: the language version is "
+            "implicit (F171)");
     else if (!want_kind("newLibraryWithSource:options:error:", opts, K_COPTS, false)) return;
     g_stats.compiles++;
     if (opts) {
@@ -1311,8 +1398,9 @@ IMP(icd_inherit_buf)
 }
 IMP(icd_maxbind)
 {
-    if (a[0] > MAX_SLOTS) violation("setMaxKernelBufferBindCount: %lu is over the %d buffers a kernel can take",
-                                    (unsigned long)a[0], MAX_SLOTS);
+    if (a[0] > MAX_SLOTS)
+        violation("setMaxKernelBufferBindCount: %lu is over the %d buffers a kernel can take", (unsigned long)a[0],
+                  MAX_SLOTS);
     self->icb_maxbind = a[0];
 }
 IMP(icd_tgbind)
@@ -1386,7 +1474,8 @@ IMP(ic_buffer)
                   self->owner->icb_maxbind);
         return;
     }
-    if (a[1] > b->len) violation("setKernelBuffer:offset:atIndex: offset %lu beyond %s", (unsigned long)a[1], describe(b));
+    if (a[1] > b->len)
+        violation("setKernelBuffer:offset:atIndex: offset %lu beyond %s", (unsigned long)a[1], describe(b));
     c->buf[a[2]] = b;
     c->off[a[2]] = a[1];
 }
@@ -1397,11 +1486,13 @@ IMP(ic_tgmem)
      * below the descriptor's maxKernelThreadgroupMemoryBindCount (0 unless
      * set, macOS 14). */
     if (a[1] >= self->owner->icb_max_tgbind)
-        violation("setThreadgroupMemoryLength:atIndex: index %lu on an ICB command, but the ICB's "
-                  "maxKernelThreadgroupMemoryBindCount is %lu",
-                  (unsigned long)a[1], self->owner->icb_max_tgbind);
+        violation(
+            "setThreadgroupMemoryLength:atIndex: index %lu on an ICB command, but the ICB's "
+            "maxKernelThreadgroupMemoryBindCount is %lu",
+            (unsigned long)a[1], self->owner->icb_max_tgbind);
     if (a[0] % 16) violation("setThreadgroupMemoryLength:atIndex: %lu is not a multiple of 16", (unsigned long)a[0]);
-    if (a[0] > 32768) violation("setThreadgroupMemoryLength:atIndex: %lu over the device's 32 KiB", (unsigned long)a[0]);
+    if (a[0] > 32768)
+        violation("setThreadgroupMemoryLength:atIndex: %lu over the device's 32 KiB", (unsigned long)a[0]);
 }
 IMP(ic_dispatch)
 {
@@ -1453,16 +1544,20 @@ IMP(b_contents)
  * availability in Apple's documentation). */
 static unsigned long newest_msl(int major)
 {
-    return major >= 15 ? (3ul << 16) + 2 : major >= 14 ? (3ul << 16) + 1 : major >= 13 ? 3ul << 16
-         : major >= 12 ? (2ul << 16) + 4 : (2ul << 16) + 3;
+    return major >= 15   ? (3ul << 16) + 2
+           : major >= 14 ? (3ul << 16) + 1
+           : major >= 13 ? 3ul << 16
+           : major >= 12 ? (2ul << 16) + 4
+                         : (2ul << 16) + 3;
 }
 IMP(co_lang)
 {
     unsigned long top = newest_msl(g_os.major);
     if (g_os.major && a[0] > top)
-        violation("setLanguageVersion: MSL %lu.%lu does not exist on macOS %d (MSL %lu.%lu at most): every "
-                  "compile fails",
-                  (unsigned long)(a[0] >> 16), (unsigned long)(a[0] & 0xffff), g_os.major, top >> 16, top & 0xffff);
+        violation(
+            "setLanguageVersion: MSL %lu.%lu does not exist on macOS %d (MSL %lu.%lu at most): every "
+            "compile fails",
+            (unsigned long)(a[0] >> 16), (unsigned long)(a[0] & 0xffff), g_os.major, top >> 16, top & 0xffff);
     self->lang = a[0];
     self->lang_set = true;
 }
@@ -1728,7 +1823,8 @@ static void check_resident(obj *cb, obj *buf)
 {
     if (!g_os.residency_sets || !buf) return;
     if (!resident(cb->a, buf))
-        violation("%s uses %s, which no committed residency set of its queue holds (F169)", describe(cb), describe(buf));
+        violation("%s uses %s, which no committed residency set of its queue holds (F169)", describe(cb),
+                  describe(buf));
 }
 
 IMP(cb_commit)
@@ -1854,7 +1950,8 @@ IMP(e_tgmem)
 {
     if (!enc_cb(self, "setThreadgroupMemoryLength:atIndex:")) return;
     if (a[0] % 16) violation("setThreadgroupMemoryLength:atIndex: %lu is not a multiple of 16", (unsigned long)a[0]);
-    if (a[0] > 32768) violation("setThreadgroupMemoryLength:atIndex: %lu over the device's 32 KiB", (unsigned long)a[0]);
+    if (a[0] > 32768)
+        violation("setThreadgroupMemoryLength:atIndex: %lu over the device's 32 KiB", (unsigned long)a[0]);
 }
 static op *dispatch_op(obj *self, const char *sel, int type, const uintptr_t *threads)
 {
@@ -1867,7 +1964,8 @@ static op *dispatch_op(obj *self, const char *sel, int type, const uintptr_t *th
     uintptr_t total = threads[0] * threads[1] * threads[2];
     if (!total) violation("%s with a zero threadgroup size", sel);
     if (total > self->pso->maxt)
-        violation("%s: %lu threads per threadgroup, the pipeline allows %lu", sel, (unsigned long)total, self->pso->maxt);
+        violation("%s: %lu threads per threadgroup, the pipeline allows %lu", sel, (unsigned long)total,
+                  self->pso->maxt);
     if (self->pso->simd && threads[0] % 32)
         violation("%s: %lu threads, not a multiple of the SIMD width the pipeline promised (F158)", sel,
                   (unsigned long)threads[0]);
@@ -1892,12 +1990,14 @@ IMP(e_dispatch)
         bool validation = v && *v && strcmp(v, "0") != 0;
         long fam = g_os.gpu_family ? g_os.gpu_family : 1008;
         if (validation)
-            violation("dispatchThreadgroups:threadsPerThreadgroup: with a zero grid (%lu,%lu,%lu): Metal's API "
-                      "validation aborts the process",
-                      (unsigned long)a[0], (unsigned long)a[1], (unsigned long)a[2]);
+            violation(
+                "dispatchThreadgroups:threadsPerThreadgroup: with a zero grid (%lu,%lu,%lu): Metal's API "
+                "validation aborts the process",
+                (unsigned long)a[0], (unsigned long)a[1], (unsigned long)a[2]);
         else if (fam >= 1009)
-            violation("dispatchThreadgroups:threadsPerThreadgroup: with a zero grid on an Apple9 GPU, which "
-                      "needs no ICB pipeline workaround");
+            violation(
+                "dispatchThreadgroups:threadsPerThreadgroup: with a zero grid on an Apple9 GPU, which "
+                "needs no ICB pipeline workaround");
         else if (enc_cb(self, "dispatchThreadgroups:threadsPerThreadgroup:") && !self->pso)
             violation("dispatchThreadgroups:threadsPerThreadgroup: before setComputePipelineState:");
         g_stats.pipeline_touches++;
@@ -1965,7 +2065,8 @@ IMP(e_use)
 {
     const id *res = (const id *)a[0];
     if (!enc_cb(self, "useResources:count:usage:")) return;
-    if (!(a[2] & 3u)) violation("useResources:count:usage: usage %lu grants neither read nor write", (unsigned long)a[2]);
+    if (!(a[2] & 3u))
+        violation("useResources:count:usage: usage %lu grants neither read nor write", (unsigned long)a[2]);
     for (size_t i = 0; i < a[1]; i++) {
         obj *x = lookup(res[i]);
         if (!x || x->dead || x->kind != K_BUFFER) {
@@ -2051,7 +2152,10 @@ static void fire_notes_locked(obj *ev)
         pending_note *p = *pp;
         if (p->value <= ev->value) {
             *pp = p->next;
-            struct { pending_note *p; obj *ev; } *job = malloc(sizeof *job);
+            struct {
+                pending_note *p;
+                obj *ev;
+            } *job = malloc(sizeof *job);
             job->p = p;
             job->ev = ev;
             obj_retain(ev);
@@ -2331,8 +2435,8 @@ static bool feature_on(int f)
     case F_WAIT: return g_os.wait_timeout;
     case F_MATH: return g_os.math_mode;
     case F_ARCH: return g_os.architecture;
-    case F_TGBIND: return g_os.major >= 14;      /* maxKernelThreadgroupMemoryBindCount: macOS 14 */
-    case F_REAL_GPU: return !g_os.paravirtual;   /* the paravirtual GPU lacks them (MLX issue 31) */
+    case F_TGBIND: return g_os.major >= 14;    /* maxKernelThreadgroupMemoryBindCount: macOS 14 */
+    case F_REAL_GPU: return !g_os.paravirtual; /* the paravirtual GPU lacks them (MLX issue 31) */
     default: return true;
     }
 }
@@ -2359,8 +2463,8 @@ static const imp_fn *find_imp(obj *o, const struct objc_selector *s)
 
 /* Weak, so that a test may define its own and forward here
  * (runtime_encodings.c run against this double). */
-__attribute__((weak)) void mc__mtl_contract_note(SEL sel, const char *ret, const char *proto,
-                                                 const char *const *enc, int n)
+__attribute__((weak)) void mc__mtl_contract_note(SEL sel, const char *ret, const char *proto, const char *const *enc,
+                                                 int n)
 {
     mcd_contract_note(sel, ret, proto, enc, n);
 }
@@ -2377,10 +2481,10 @@ void mcd_contract_note(SEL sel, const char *ret, const char *proto, const char *
 /* System V x86_64 argument classes of the documented parameter types. */
 static int arg_words(const char *type, int *cls)
 {
-    if (!strcmp(type, "MTLSize")) return *cls = 2, 3;            /* MEMORY: on the stack */
-    if (!strcmp(type, "NSRange")) return *cls = 3, 2;            /* two INTEGER eightbytes */
+    if (!strcmp(type, "MTLSize")) return *cls = 2, 3;                                   /* MEMORY: on the stack */
+    if (!strcmp(type, "NSRange")) return *cls = 3, 2;                                   /* two INTEGER eightbytes */
     if (!strcmp(type, "double") || !strcmp(type, "CFTimeInterval")) return *cls = 1, 1; /* SSE */
-    return *cls = 0, 1;                                          /* INTEGER */
+    return *cls = 0, 1;                                                                 /* INTEGER */
 }
 
 static void decode(const doc_entry *d, const mcd_raw *raw, uintptr_t *w)
@@ -2456,16 +2560,14 @@ void mcd_dispatch(id self_, SEL op_, const mcd_raw *raw, bool stret, mcd_out *ou
             violation("'%s' sent with %d arguments; the selector has %d colons", s->name, nargs, d->nparams);
         else if (strcmp(proto, d->proto) != 0 || strcmp(ret, d->ret) != 0)
             violation("'%s' sent as %s %s; documented %s %s", s->name, ret, proto, d->ret, d->proto);
-        else if (!s->encoding)
-            violation("'%s' has no Objective-C type encoding in metal_encodings.txt", s->name);
+        else if (!s->encoding) violation("'%s' has no Objective-C type encoding in metal_encodings.txt", s->name);
         else if (!encoding_equal(s->encoding, note_enc))
             violation("'%s' sent with type encoding %s; Apple declares %s (metal_encodings.txt)", s->name, note_enc,
                       s->encoding);
         else if (want_stret != stret)
             violation("'%s' returns %s: it must come through %s", s->name, d->ret,
                       want_stret ? "objc_msgSend_stret on x86_64" : "objc_msgSend");
-        else
-            ok = true;
+        else ok = true;
         ok = ok && nargs == d->nparams;
     }
     if (!ok || !self_) { /* a message that cannot be decoded is not run; messages to nil return zero */
@@ -2484,15 +2586,16 @@ void mcd_dispatch(id self_, SEL op_, const mcd_raw *raw, bool stret, mcd_out *ou
         if (d) decode(d, raw, w);
         s->count++;
         if (!tls_npools && needs_pool(o, s->name))
-            violation("'%s' sent to %s with no autorelease pool on this thread: Metal may autorelease inside "
-                      "any message, and what it autoreleases there leaks",
-                      s->name, describe(o));
+            violation(
+                "'%s' sent to %s with no autorelease pool on this thread: Metal may autorelease inside "
+                "any message, and what it autoreleases there leaks",
+                s->name, describe(o));
         if (o->kind == K_POOL && !strcmp(s->name, "drain")) {
             pool_drain(o);
         } else {
             const imp_fn *imp = find_imp(o, s);
-            if (!imp) violation("'%s' sent to %s, which does not implement it (unrecognized selector)", s->name,
-                                describe(o));
+            if (!imp)
+                violation("'%s' sent to %s, which does not implement it (unrecognized selector)", s->name, describe(o));
             else (*imp)(o, w, out);
         }
     }
@@ -2506,11 +2609,23 @@ static int g_nclasses;
 
 Class objc_getClass(const char *name)
 {
-    static const char *const known[] = {
-        "NSAutoreleasePool", "NSString", "NSURL", "NSArray", "NSDictionary", "NSProcessInfo", "MTLCompileOptions",
-        "MTLComputePipelineDescriptor", "MTLBinaryArchiveDescriptor", "MTLCommandBufferDescriptor",
-        "MTLSharedEventListener", "MTLResidencySetDescriptor", "MTLIndirectCommandBufferDescriptor", "NSObject",
-        "NSError", "MTLFunctionConstantValues", "MTLFunctionConstant"};
+    static const char *const known[] = {"NSAutoreleasePool",
+                                        "NSString",
+                                        "NSURL",
+                                        "NSArray",
+                                        "NSDictionary",
+                                        "NSProcessInfo",
+                                        "MTLCompileOptions",
+                                        "MTLComputePipelineDescriptor",
+                                        "MTLBinaryArchiveDescriptor",
+                                        "MTLCommandBufferDescriptor",
+                                        "MTLSharedEventListener",
+                                        "MTLResidencySetDescriptor",
+                                        "MTLIndirectCommandBufferDescriptor",
+                                        "NSObject",
+                                        "NSError",
+                                        "MTLFunctionConstantValues",
+                                        "MTLFunctionConstant"};
     pthread_mutex_lock(&G);
     load_docs();
     obj *found = NULL;
@@ -2558,9 +2673,11 @@ static int class_kind_locked(Class cls, const obj **as_class)
     const obj *o = lookup(cls);
     if (!o || o->kind != K_CLASS) return 0;
     *as_class = o;
-    static const struct { const char *cls; int kind; } t[] = {
-        {"NSString", K_STRING}, {"NSURL", K_URL}, {"NSArray", K_ARRAY}, {"NSDictionary", K_DICT},
-        {"NSProcessInfo", K_PROCINFO}, {"NSError", K_ERROR}, {"NSObject", -1}};
+    static const struct {
+        const char *cls;
+        int kind;
+    } t[] = {{"NSString", K_STRING},        {"NSURL", K_URL},     {"NSArray", K_ARRAY}, {"NSDictionary", K_DICT},
+             {"NSProcessInfo", K_PROCINFO}, {"NSError", K_ERROR}, {"NSObject", -1}};
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
         if (!strcmp(t[i].cls, o->cls)) return t[i].kind;
     return alloc_kind(o->cls);
@@ -2614,10 +2731,10 @@ const char *method_getTypeEncoding(Method m)
     return m ? m->enc : NULL;
 }
 
-static obj domain_obj = {.magic = MCD_MAGIC, .kind = K_STRING, .immortal = true, .refs = 1,
-                         .origin = "MTLCommandBufferErrorDomain"};
-static obj infokey_obj = {.magic = MCD_MAGIC, .kind = K_STRING, .immortal = true, .refs = 1,
-                          .origin = "MTLCommandBufferEncoderInfoErrorKey"};
+static obj domain_obj = {
+    .magic = MCD_MAGIC, .kind = K_STRING, .immortal = true, .refs = 1, .origin = "MTLCommandBufferErrorDomain"};
+static obj infokey_obj = {
+    .magic = MCD_MAGIC, .kind = K_STRING, .immortal = true, .refs = 1, .origin = "MTLCommandBufferEncoderInfoErrorKey"};
 id const MTLCommandBufferErrorDomain = (id)&domain_obj;
 id const MTLCommandBufferEncoderInfoErrorKey = (id)&infokey_obj;
 
@@ -2658,7 +2775,7 @@ id MTLCopyAllDevices(void)
     pthread_mutex_lock(&G);
     ensure_system_locked();
     obj *arr = new_obj(K_ARRAY, "MTLCopyAllDevices"); /* Copy rule: owned by the caller */
-    if (g_device2) push_item(arr, g_device2, true); /* not necessarily the default first */
+    if (g_device2) push_item(arr, g_device2, true);   /* not necessarily the default first */
     push_item(arr, g_device, true);
     pthread_mutex_unlock(&G);
     return (id)arr;
@@ -2696,8 +2813,8 @@ static void *arg_mem(kctx *k, int slot, size_t at, size_t n)
     }
     size_t off = k->o->off[slot], end;
     if (__builtin_add_overflow(off, at, &end) || __builtin_add_overflow(end, n, &end) || end > b->len) {
-        snprintf(k->why, sizeof k->why, "kernel '%s': slot %d read/write at %zu beyond %zu bytes", k->o->pso->str,
-                 slot, off + at, b->len);
+        snprintf(k->why, sizeof k->why, "kernel '%s': slot %d read/write at %zu beyond %zu bytes", k->o->pso->str, slot,
+                 off + at, b->len);
         k->fault = true;
         return NULL;
     }
@@ -2802,9 +2919,10 @@ static bool execute_icb(const op *o, char *why, size_t cap)
         loc = r[0];
         len = r[1];
         if (loc > icb->nicmds || len > icb->nicmds - loc || len > 16384) {
-            violation("executeCommandsInBuffer:indirectBuffer:... read the range {%zu, %zu} for an ICB of %zu commands: "
-                      "Metal does not clamp it",
-                      loc, len, icb->nicmds);
+            violation(
+                "executeCommandsInBuffer:indirectBuffer:... read the range {%zu, %zu} for an ICB of %zu commands: "
+                "Metal does not clamp it",
+                loc, len, icb->nicmds);
             return true;
         }
     }
@@ -2879,8 +2997,9 @@ static void invoke_handlers(obj *cb, bool sched)
         pthread_mutex_unlock(&G);
         ((void (*)(void *, id))b->invoke)(b, (id)cb);
         pthread_mutex_lock(&G);
-        if (tls_npools != depth) violation("a %s handler left %d autorelease pools open", sched ? "scheduled" : "completed",
-                                           tls_npools - depth);
+        if (tls_npools != depth)
+            violation("a %s handler left %d autorelease pools open", sched ? "scheduled" : "completed",
+                      tls_npools - depth);
     }
 }
 
@@ -2992,7 +3111,10 @@ static void *queue_worker(void *arg)
 
 static void *notify_thread(void *arg)
 {
-    struct { pending_note *p; obj *ev; } *job = arg;
+    struct {
+        pending_note *p;
+        obj *ev;
+    } *job = arg;
     block_layout *b = job->p->block;
     pthread_mutex_lock(&G);
     uint64_t v = job->ev->value;

@@ -59,19 +59,19 @@ typedef struct mcd_stats {
     unsigned long messages;
     unsigned long stret_messages;
     unsigned compiles;
-    unsigned long last_language;     /* MTLLanguageVersion of the last compile */
-    int last_math;                   /* 0 safe, 1 fast (explicit either way) */
-    char last_macros[128];           /* "NAME=VALUE;..." of the last compile */
+    unsigned long last_language; /* MTLLanguageVersion of the last compile */
+    int last_math;               /* 0 safe, 1 fast (explicit either way) */
+    char last_macros[128];       /* "NAME=VALUE;..." of the last compile */
     unsigned queues_made, queues_dead;
     unsigned pipelines_made;
-    unsigned archive_hits;           /* pipelines found in a binary archive set on the descriptor */
+    unsigned archive_hits; /* pipelines found in a binary archive set on the descriptor */
     unsigned residency_commits;
     unsigned cmdbufs_committed, cmdbufs_unretained;
-    unsigned notifications;          /* listener blocks invoked */
-    unsigned timed_waits;            /* waitUntilSignaledValue:timeoutMS: calls */
+    unsigned notifications; /* listener blocks invoked */
+    unsigned timed_waits;   /* waitUntilSignaledValue:timeoutMS: calls */
     unsigned encoders_labelled;
-    unsigned long icb_commands_run;  /* ICB commands executed */
-    unsigned pipeline_touches;       /* empty dispatches that only use a pipeline before an ICB */
+    unsigned long icb_commands_run; /* ICB commands executed */
+    unsigned pipeline_touches;      /* empty dispatches that only use a pipeline before an ICB */
     unsigned distinct_selectors;
 } mcd_stats;
 
@@ -102,8 +102,7 @@ const mcd_stats *mcd_get_stats(void);
 /* What MC__MTL_NOTE tells the double before each message (the backend's
  * mc__mtl_contract_note, weak here, forwards to it). */
 struct objc_selector;
-void mcd_contract_note(struct objc_selector *sel, const char *ret, const char *proto, const char *const *enc,
-                       int n);
+void mcd_contract_note(struct objc_selector *sel, const char *ret, const char *proto, const char *const *enc, int n);
 /* Per-selector message counts, to stderr. */
 void mcd_print_selector_counts(void);
 

@@ -18,10 +18,10 @@
 
 /* The argument registers and stack words a message arrived with. */
 typedef struct mcd_raw {
-    uintptr_t reg[4];   /* integer registers after self and _cmd, in order */
-    int nreg;           /* how many of them carry arguments (3 for _stret) */
-    double fp[8];       /* xmm0-xmm7 */
-    uintptr_t stack[16];/* the caller's stack arguments, in order */
+    uintptr_t reg[4];    /* integer registers after self and _cmd, in order */
+    int nreg;            /* how many of them carry arguments (3 for _stret) */
+    double fp[8];        /* xmm0-xmm7 */
+    uintptr_t stack[16]; /* the caller's stack arguments, in order */
 } mcd_raw;
 
 /* A method's result: integer class (rax), double (xmm0) or MTLSize (memory). */
@@ -34,10 +34,10 @@ typedef struct mcd_out {
 /* One documented selector from metal_selectors.txt. */
 typedef struct doc_entry {
     char sel[128];
-    char ret[64];       /* normalised C type */
-    char proto[512];    /* "(id,SEL,T1,T2)", normalised */
+    char ret[64];    /* normalised C type */
+    char proto[512]; /* "(id,SEL,T1,T2)", normalised */
     int nparams;
-    char param[8][48];  /* normalised C types */
+    char param[8][48]; /* normalised C types */
 } doc_entry;
 
 void mcd_dispatch(id self, SEL op, const mcd_raw *raw, bool stret, mcd_out *out);

@@ -57,7 +57,9 @@ mcd_ret objc_msgSend(id self, SEL op, uintptr_t a2, uintptr_t a3, uintptr_t a4, 
                      uintptr_t s9, uintptr_t s10, uintptr_t s11, uintptr_t s12, uintptr_t s13, uintptr_t s14,
                      uintptr_t s15)
 {
-    mcd_raw raw = {{a2, a3, a4, a5}, 4, {f0, f1, f2, f3, f4, f5, f6, f7},
+    mcd_raw raw = {{a2, a3, a4, a5},
+                   4,
+                   {f0, f1, f2, f3, f4, f5, f6, f7},
                    {s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15}};
     mcd_out out;
     mcd_dispatch(self, op, &raw, false, &out);
@@ -71,7 +73,9 @@ void *objc_msgSend_stret(void *ret, id self, SEL op, uintptr_t a3, uintptr_t a4,
                          uintptr_t s8, uintptr_t s9, uintptr_t s10, uintptr_t s11, uintptr_t s12, uintptr_t s13,
                          uintptr_t s14, uintptr_t s15)
 {
-    mcd_raw raw = {{a3, a4, a5, 0}, 3, {f0, f1, f2, f3, f4, f5, f6, f7},
+    mcd_raw raw = {{a3, a4, a5, 0},
+                   3,
+                   {f0, f1, f2, f3, f4, f5, f6, f7},
                    {s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15}};
     mcd_out out;
     mcd_dispatch(self, op, &raw, true, &out);

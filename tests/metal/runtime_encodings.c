@@ -119,8 +119,8 @@ static const char *table_encoding(const char *sel)
 static void check(Class cls, bool class_method, const char *receiver)
 {
     const char *name = g_sel ? sel_getName(g_sel) : "(no note: not sent through MC__MTL_SEND)";
-    Method m = cls && g_sel ? (class_method ? class_getClassMethod(cls, g_sel) : class_getInstanceMethod(cls, g_sel))
-                            : NULL;
+    Method m =
+        cls && g_sel ? (class_method ? class_getClassMethod(cls, g_sel) : class_getInstanceMethod(cls, g_sel)) : NULL;
     if (!m) {
         printf("not checked  %c[%s %s]: %s\n", class_method ? '+' : '-', receiver, name,
                cls ? "no such method on this system or GPU" : "no such object on this system or GPU");
@@ -198,11 +198,13 @@ int mc_mtl_runtime_encodings(void)
         msg_setMaxTotalThreadsPerThreadgroup_(pdesc, 64);
         msg_setThreadGroupSizeIsMultipleOfThreadExecutionWidth_(pdesc, MC__MTL_NO);
     }
-    bool icb_ok = mc__mtl_responds(dev, MC__SEL(supportsFamily_)) &&
-                  (msg_supportsFamily_(dev, MC__MTL_GPU_FAMILY_APPLE7) || msg_supportsFamily_(dev, MC__MTL_GPU_FAMILY_MAC2));
+    bool icb_ok =
+        mc__mtl_responds(dev, MC__SEL(supportsFamily_)) &&
+        (msg_supportsFamily_(dev, MC__MTL_GPU_FAMILY_APPLE7) || msg_supportsFamily_(dev, MC__MTL_GPU_FAMILY_MAC2));
     if (pdesc && icb_ok) msg_setSupportIndirectCommandBuffers_(pdesc, MC__MTL_YES);
-    id pso = pdesc && fn ? msg_newComputePipelineStateWithDescriptor_options_reflection_error_(dev, pdesc, 0, NULL, &err)
-                         : nil_;
+    id pso = pdesc && fn
+                 ? msg_newComputePipelineStateWithDescriptor_options_reflection_error_(dev, pdesc, 0, NULL, &err)
+                 : nil_;
     id arch = mc__mtl_responds(dev, MC__SEL(architecture)) ? msg_architecture(dev) : nil_;
     id icbdesc = msg_init(msg_alloc(mc__mtl_cls.MTLIndirectCommandBufferDescriptor));
     id icb = nil_, icmd = nil_;
@@ -212,15 +214,16 @@ int mc_mtl_runtime_encodings(void)
         msg_setInheritBuffers_(icbdesc, MC__MTL_NO);
         msg_setMaxKernelBufferBindCount_(icbdesc, 1);
         icb = msg_newIndirectCommandBufferWithDescriptor_maxCommandCount_options_(dev, icbdesc, 1,
-                                                                                 MTLResourceStorageModeShared);
+                                                                                  MTLResourceStorageModeShared);
         icmd = icb ? msg_indirectComputeCommandAtIndex_(icb, 0) : nil_;
     }
-    id adesc = mc__mtl_cls.MTLBinaryArchiveDescriptor ? msg_init(msg_alloc(mc__mtl_cls.MTLBinaryArchiveDescriptor))
-                                                      : nil_;
+    id adesc =
+        mc__mtl_cls.MTLBinaryArchiveDescriptor ? msg_init(msg_alloc(mc__mtl_cls.MTLBinaryArchiveDescriptor)) : nil_;
     id archive = adesc && mc__mtl_responds(dev, MC__SEL(newBinaryArchiveWithDescriptor_error_))
                      ? msg_newBinaryArchiveWithDescriptor_error_(dev, adesc, &err)
                      : nil_;
-    id rdesc = mc__mtl_cls.MTLResidencySetDescriptor ? msg_init(msg_alloc(mc__mtl_cls.MTLResidencySetDescriptor)) : nil_;
+    id rdesc =
+        mc__mtl_cls.MTLResidencySetDescriptor ? msg_init(msg_alloc(mc__mtl_cls.MTLResidencySetDescriptor)) : nil_;
     id rset = rdesc && mc__mtl_responds(dev, MC__SEL(newResidencySetWithDescriptor_error_))
                   ? msg_newResidencySetWithDescriptor_error_(dev, rdesc, &err)
                   : nil_;
@@ -383,8 +386,12 @@ int main(void)
         return SKIP_CODE;
     }
     setenv("MTL_DEBUG_LAYER", "1", 1);
-    mcd_os os = {.residency_sets = true, .wait_timeout = true, .math_mode = true, .architecture = true,
-                 .version = "Version 15.1 (Build 24B83)", .major = 15};
+    mcd_os os = {.residency_sets = true,
+                 .wait_timeout = true,
+                 .math_mode = true,
+                 .architecture = true,
+                 .version = "Version 15.1 (Build 24B83)",
+                 .major = 15};
     mcd_begin(&os);
     int rc = mc_mtl_runtime_encodings();
     if (!rc && g_checked < 100) {
@@ -405,8 +412,9 @@ int main(void)
     if (v) printf("FAIL: %d violations of the double's rules\n", v);
     return rc || v;
 #else
-    printf("SKIPPED: compares the Metal wrappers with the Objective-C runtime's method encodings, which needs "
-           "macOS with Metal; here the check is only compiled (mc_metal_runtime_encodings_compile_check)\n");
+    printf(
+        "SKIPPED: compares the Metal wrappers with the Objective-C runtime's method encodings, which needs "
+        "macOS with Metal; here the check is only compiled (mc_metal_runtime_encodings_compile_check)\n");
     return SKIP_CODE;
 #endif
 }

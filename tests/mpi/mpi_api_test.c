@@ -14,21 +14,21 @@
 #include <unistd.h>
 
 static int failures;
-#define CHECK(cond)                                                                           \
-    do {                                                                                      \
-        if (!(cond)) {                                                                        \
+#define CHECK(cond)                                                                                        \
+    do {                                                                                                   \
+        if (!(cond)) {                                                                                     \
             fprintf(stderr, "%s:%d: check failed: %s (%s)\n", __FILE__, __LINE__, #cond, mc_last_error()); \
-            failures++;                                                                       \
-        }                                                                                     \
+            failures++;                                                                                    \
+        }                                                                                                  \
     } while (0)
-#define CHECK_EQ(a, b)                                                                            \
-    do {                                                                                          \
-        long long a_ = (long long)(a), b_ = (long long)(b);                                       \
-        if (a_ != b_) {                                                                           \
+#define CHECK_EQ(a, b)                                                                                \
+    do {                                                                                              \
+        long long a_ = (long long)(a), b_ = (long long)(b);                                           \
+        if (a_ != b_) {                                                                               \
             fprintf(stderr, "%s:%d: %s = %lld, expected %lld (%s)\n", __FILE__, __LINE__, #a, a_, b_, \
-                    mc_last_error());                                                             \
-            failures++;                                                                           \
-        }                                                                                         \
+                    mc_last_error());                                                                 \
+            failures++;                                                                               \
+        }                                                                                             \
     } while (0)
 
 typedef struct st_params {
@@ -54,7 +54,8 @@ static void stencil_step(const mc_cpu_ctx *ctx)
     const st_params *p = MC_ARG(ctx, 3, const st_params);
     const uint32_t *src = (it->first_iteration & 1u) ? b : a;
     uint32_t *dst = (it->first_iteration & 1u) ? a : b;
-    MC_FOR_EACH_THREAD_2D(ctx, x, y) {
+    MC_FOR_EACH_THREAD_2D(ctx, x, y)
+    {
         if (x < p->width && y < p->height) dst[y * p->width + x] = cell(src, p->width, p->height, x, y);
     }
 }
@@ -204,11 +205,10 @@ int main(int argc, char **argv)
     /* Every kind of fault, spread over the ranks: all roll back together. */
     /* Numbered so that no rank gets two faults on one command buffer (a
      * fault list refuses that) for 2 and 3 ranks alike. */
-    static const char *const kinds[] = {"timeout@2", "page-fault@2", "access-revoked@3", "device-lost@3",
-                                        "internal@4"};
+    static const char *const kinds[] = {"timeout@2", "page-fault@2", "access-revoked@3", "device-lost@3", "internal@4"};
     char spec[160] = "";
-    for (int k = rank; k < 5; k += size) snprintf(spec + strlen(spec), sizeof spec - strlen(spec), "%s%s",
-                                                  *spec ? "," : "", kinds[k]);
+    for (int k = rank; k < 5; k += size)
+        snprintf(spec + strlen(spec), sizeof spec - strlen(spec), "%s%s", *spec ? "," : "", kinds[k]);
     base_desc(&d, &p, init);
     d.halo_steps = 2;
     d.inject_faults = spec;

@@ -77,9 +77,9 @@ typedef struct mc__cpu_buffer {
  * the last user lets go. */
 typedef struct mc__cpu_library {
     atomic_uint refs;
-    void *dl;        /* dlopen handle; NULL for built-in libraries */
-    int fd;          /* the memfd it was loaded from, or -1 */
-    void *so;        /* the shared object's bytes, for pipeline_export */
+    void *dl; /* dlopen handle; NULL for built-in libraries */
+    int fd;   /* the memfd it was loaded from, or -1 */
+    void *so; /* the shared object's bytes, for pipeline_export */
     size_t so_len;
     size_t nbuiltin; /* built-in libraries: functions linked into the program */
     char **names;
@@ -127,8 +127,8 @@ typedef struct mc__cpu_dispatch {
     size_t tg_len[MC_CPU_MAX_TG_MEM];
     uint32_t groups[3];
     uint32_t threads[3];
-    uint64_t total; /* threadgroups */
-    uint64_t chunk; /* threadgroups taken per grab */
+    uint64_t total;       /* threadgroups */
+    uint64_t chunk;       /* threadgroups taken per grab */
     uint64_t deadline_ns; /* UINT64_MAX: no limit */
     atomic_uint_least64_t next_group;
     atomic_uint helpers; /* workers other than the leader inside */
@@ -181,10 +181,10 @@ struct mc__cpu_job {
     uint64_t seq;
     /* progress, touched only by the worker leading it */
     bool started;
-    bool in_pass;     /* pass `pass` has begun (a WAIT parked inside it) */
-    uint32_t pass;    /* the pass to run next */
-    uint32_t cmd;     /* the command to run next within it */
-    uint64_t run_ns;  /* executed so far, parked time excluded */
+    bool in_pass;    /* pass `pass` has begun (a WAIT parked inside it) */
+    uint32_t pass;   /* the pass to run next */
+    uint32_t cmd;    /* the command to run next within it */
+    uint64_t run_ns; /* executed so far, parked time excluded */
     uint64_t seg_start_ns;
     uint64_t wait_value;
     /* bindings of the current compute pass */
@@ -205,8 +205,8 @@ struct mc__cpu_device {
     pthread_cond_t wake;        /* idle workers */
     pthread_cond_t dispatch_cv; /* leaders waiting for helpers */
     atomic_bool stopping;
-    uint32_t nsleep;            /* workers asleep on wake */
-    atomic_uint nspin;          /* idle workers spinning */
+    uint32_t nsleep;   /* workers asleep on wake */
+    atomic_uint nspin; /* idle workers spinning */
     /* ready jobs + listed dispatches; read without the lock by spinners */
     atomic_uint work;
     mc__cpu_job *ready_head, *ready_tail;
@@ -266,8 +266,7 @@ int mc__cpu_device_count(void);
 mc_status mc__cpu_device_info(int index, mc_device_info *out);
 mc_status mc__cpu_device_open(int index, const mc_device_desc *desc, void **dev, mc_device_info *info);
 void mc__cpu_device_close(void *dev);
-mc_status mc__cpu_buffer_create(void *dev, size_t size, mc_storage storage, const char *label, void **buf,
-                                void **host);
+mc_status mc__cpu_buffer_create(void *dev, size_t size, mc_storage storage, const char *label, void **buf, void **host);
 void mc__cpu_buffer_destroy(void *dev, void *buf);
 mc_status mc__cpu_buffer_write(void *dev, void *buf, size_t offset, const void *src, size_t len);
 mc_status mc__cpu_buffer_read(void *dev, void *buf, size_t offset, void *dst, size_t len);

@@ -624,8 +624,9 @@ mc_status mc__msl_cuda_identity(char *out, size_t cap)
                 st = mc__fail(MC_ERR_UNSUPPORTED, "cannot ask the MSL compiler '%s' for its version", a.v[0]);
             } else {
                 size_t n = strcspn(r.out, "\r\n");
-                snprintf(msl_cuda_id, sizeof msl_cuda_id, "%.*s | cxx='%s' | %s | libdevice %s | msl %016llx front end %d",
-                         (int)n, r.out, msl_compiler_command(), MC__MSL_CUDA_FLAGS, libdevice,
+                snprintf(msl_cuda_id, sizeof msl_cuda_id,
+                         "%.*s | cxx='%s' | %s | libdevice %s | msl %016llx front end %d", (int)n, r.out,
+                         msl_compiler_command(), MC__MSL_CUDA_FLAGS, libdevice,
                          (unsigned long long)header_digest(mc__msl_cpu_header), MC__MSL_FRONT_END_REVISION);
             }
         }

@@ -116,10 +116,8 @@ static void fill_info(mc_device_info *info, uint32_t workers, uint64_t limit_ns)
     memset(info, 0, sizeof *info);
     info->kind = MC_DEVICE_CPU;
     info->index = 0;
-    if (model[0])
-        snprintf(info->name, sizeof info->name, "CPU (%u threads, %.96s)", workers, model);
-    else
-        snprintf(info->name, sizeof info->name, "CPU (%u threads)", workers);
+    if (model[0]) snprintf(info->name, sizeof info->name, "CPU (%u threads, %.96s)", workers, model);
+    else snprintf(info->name, sizeof info->name, "CPU (%u threads)", workers);
     /* Run-time compiled kernels are built for the architecture; the model
      * keeps caches of different machines apart. */
     snprintf(info->identity, sizeof info->identity, "%.24s-%.96s", arch, model[0] ? model : "generic");
@@ -227,8 +225,7 @@ void mc__cpu_device_close(void *vdev)
 
 /* ---- buffers ------------------------------------------------------------ */
 
-mc_status mc__cpu_buffer_create(void *vdev, size_t size, mc_storage storage, const char *label, void **out,
-                                void **host)
+mc_status mc__cpu_buffer_create(void *vdev, size_t size, mc_storage storage, const char *label, void **out, void **host)
 {
     mc__cpu_device *dev = vdev;
     (void)label;

@@ -292,8 +292,7 @@ static int fail_timeout(mc__cpu_device *dev, mc__cpu_job *job, uint32_t pass)
     return fail(job, pass, MC_ERR_TIMEOUT,
                 "command buffer '%s' exceeded the execution-time limit of %llu ms in pass '%s'; split the work "
                 "into shorter command buffers",
-                label_of(job->sub), (unsigned long long)(dev->limit_ns / 1000000u),
-                job->sub->passes[pass].label);
+                label_of(job->sub), (unsigned long long)(dev->limit_ns / 1000000u), job->sub->passes[pass].label);
 }
 
 /* Under dev->lock. Counts a timeout; enough of them inside the window
@@ -383,13 +382,14 @@ static int dispatch(mc__cpu_worker *w, mc__cpu_job *job, uint32_t pass, mc_size3
 {
     mc__cpu_device *dev = w->dev;
     const mc__cpu_pipeline *pl = job->pipeline;
-    if (!pl) return fail(job, pass, MC_ERR_INVALID_RESOURCE, "dispatch without a pipeline in pass '%s'",
-                         job->sub->passes[pass].label);
+    if (!pl)
+        return fail(job, pass, MC_ERR_INVALID_RESOURCE, "dispatch without a pipeline in pass '%s'",
+                    job->sub->passes[pass].label);
     uint64_t per_group = (uint64_t)threads.x * threads.y * threads.z;
     if (per_group == 0 || per_group > pl->max_threads)
         return fail(job, pass, MC_ERR_INVALID_RESOURCE,
-                    "threadgroup of %ux%ux%u threads in pass '%s'; the pipeline allows 1 to %u", threads.x,
-                    threads.y, threads.z, job->sub->passes[pass].label, pl->max_threads);
+                    "threadgroup of %ux%ux%u threads in pass '%s'; the pipeline allows 1 to %u", threads.x, threads.y,
+                    threads.z, job->sub->passes[pass].label, pl->max_threads);
     if (!groups.x || !groups.y || !groups.z) return RUN_OK;
     uint64_t total = (uint64_t)groups.x * groups.y;
     if (total > UINT64_MAX / groups.z)
@@ -545,9 +545,7 @@ static int run_cmd(mc__cpu_worker *w, mc__cpu_job *job, uint32_t p, uint32_t c, 
     mc__cpu_device *dev = w->dev;
     const char *label = job->sub->passes[p].label;
     switch ((mc__op)cmd->op) {
-    case MC__OP_SET_PIPELINE:
-        job->pipeline = cmd->u.pipeline;
-        return RUN_OK;
+    case MC__OP_SET_PIPELINE: job->pipeline = cmd->u.pipeline; return RUN_OK;
     case MC__OP_SET_BUFFER: {
         const mc__cpu_buffer *b = cmd->u.buf.buffer;
         if (cmd->index >= MC_CPU_MAX_ARGS) break;
@@ -567,10 +565,8 @@ static int run_cmd(mc__cpu_worker *w, mc__cpu_job *job, uint32_t p, uint32_t c, 
         if (cmd->index >= MC_CPU_MAX_TG_MEM) break;
         job->tg_len[cmd->index] = cmd->u.tgmem.len;
         return RUN_OK;
-    case MC__OP_DISPATCH:
-        return dispatch(w, job, p, cmd->u.dispatch.groups, cmd->u.dispatch.threads, deadline);
-    case MC__OP_DISPATCH_INDIRECT:
-        return dispatch_indirect(w, job, p, cmd, at, deadline);
+    case MC__OP_DISPATCH: return dispatch(w, job, p, cmd->u.dispatch.groups, cmd->u.dispatch.threads, deadline);
+    case MC__OP_DISPATCH_INDIRECT: return dispatch_indirect(w, job, p, cmd, at, deadline);
     case MC__OP_BARRIER:
         /* Dispatches already run one after another: nothing overlaps. */
         return RUN_OK;
@@ -603,8 +599,7 @@ static int run_cmd(mc__cpu_worker *w, mc__cpu_job *job, uint32_t p, uint32_t c, 
     case MC__OP_WAIT:
         if (at->list) break;
         return wait_event(dev, job, c, cmd->u.event.event, cmd->u.event.value);
-    default:
-        return fail(job, p, MC_ERR_INTERNAL, "unknown command %u in pass '%s'%s", cmd->op, label, where_text(at));
+    default: return fail(job, p, MC_ERR_INTERNAL, "unknown command %u in pass '%s'%s", cmd->op, label, where_text(at));
     }
     return fail(job, p, MC_ERR_INVALID_RESOURCE, "argument slot %u out of range in pass '%s'%s", cmd->index, label,
                 where_text(at));
@@ -625,8 +620,8 @@ static int run_list(mc__cpu_worker *w, mc__cpu_job *job, uint32_t p, const mc__c
         first = MC__MIN(range[0], l->ncommands);
         count = MC__MIN(range[1], l->ncommands - first);
     } else if (first > l->ncommands || count > l->ncommands - first) {
-        return fail(job, p, MC_ERR_INTERNAL, "commands [%u, +%u) of list '%s' (%u commands) in pass '%s'", first,
-                    count, l->label, l->ncommands, job->sub->passes[p].label);
+        return fail(job, p, MC_ERR_INTERNAL, "commands [%u, +%u) of list '%s' (%u commands) in pass '%s'", first, count,
+                    l->label, l->ncommands, job->sub->passes[p].label);
     }
     for (uint32_t k = first; k < first + count; k++) {
         if (deadline != UINT64_MAX && mc__now_ns() > deadline) return fail_timeout(w->dev, job, p);

@@ -50,10 +50,10 @@
 
 typedef struct msl_macro {
     uint32_t name_start, name_len, line;
-    size_t tb, te;  /* its body: tokens [tb, te) of x->M */
-    bool group;     /* leads to a barrier or a SIMD-group function */
-    bool returns;   /* holds `return` */
-    bool used;      /* named in the source's tokens or another macro's body */
+    size_t tb, te; /* its body: tokens [tb, te) of x->M */
+    bool group;    /* leads to a barrier or a SIMD-group function */
+    bool returns;  /* holds `return` */
+    bool used;     /* named in the source's tokens or another macro's body */
 } msl_macro;
 
 static bool name_is(const xlat *x, const msl_macro *m, const tok *t)
@@ -269,11 +269,29 @@ void mc__msl_mark_group_macros(xlat *x, fn_bodies *F)
  * take their call site as trailing `line, col` arguments. */
 static bool site_fn(const xlat *v, size_t k)
 {
-    static const char *const fns[] = {"sum", "product", "min", "max", "prefix_inclusive_sum",
-                                      "prefix_exclusive_sum", "prefix_inclusive_product",
-                                      "prefix_exclusive_product", "broadcast_first", "shuffle", "broadcast",
-                                      "shuffle_up", "shuffle_down", "shuffle_xor", "shuffle_rotate_up",
-                                      "shuffle_rotate_down", "and", "or", "xor", "ballot", "all", "any", "is_first"};
+    static const char *const fns[] = {"sum",
+                                      "product",
+                                      "min",
+                                      "max",
+                                      "prefix_inclusive_sum",
+                                      "prefix_exclusive_sum",
+                                      "prefix_inclusive_product",
+                                      "prefix_exclusive_product",
+                                      "broadcast_first",
+                                      "shuffle",
+                                      "broadcast",
+                                      "shuffle_up",
+                                      "shuffle_down",
+                                      "shuffle_xor",
+                                      "shuffle_rotate_up",
+                                      "shuffle_rotate_down",
+                                      "and",
+                                      "or",
+                                      "xor",
+                                      "ballot",
+                                      "all",
+                                      "any",
+                                      "is_first"};
     const tok *t = &v->L.t[k];
     const char *ts = v->s + t->start;
     if (t->kind != T_IDENT || t->len < 6) return false;

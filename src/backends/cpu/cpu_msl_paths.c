@@ -142,8 +142,7 @@ static bool coro_eligible(const xlat *x, const fn_bodies *F, size_t f)
         }
         /* a macro holding `return`: the return could not become co_return */
         if (is_fiber_token(x, k) || mc__msl_names_returning_macro(x, k) || is(x, k, "struct") || is(x, k, "class") ||
-            is(x, k, "union") ||
-            (t->len > 3 && !strncmp(x->s + t->start, "co_", 3)))
+            is(x, k, "union") || (t->len > 3 && !strncmp(x->s + t->start, "co_", 3)))
             return false;
         /* named, not only called: a macro's arguments may hold it (CALL(f)) */
         for (size_t g = 0; g < F->n; g++)

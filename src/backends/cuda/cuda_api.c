@@ -27,12 +27,18 @@
 /* ---- symbol tables ------------------------------------------------------ */
 
 typedef struct sym {
-    size_t offset;     /* of the function pointer in the api struct */
+    size_t offset; /* of the function pointer in the api struct */
     bool required;
     const char *names[3]; /* exported names, preferred first */
 } sym;
 
-#define CU_SYM(field, req, ...) {offsetof(mc__cuda_api, field), req, {__VA_ARGS__}}
+#define CU_SYM(field, req, ...)             \
+    {                                       \
+        offsetof(mc__cuda_api, field), req, \
+        {                                   \
+            __VA_ARGS__                     \
+        }                                   \
+    }
 
 static const sym cuda_syms[] = {
     CU_SYM(Init, true, "cuInit"),
@@ -97,7 +103,13 @@ static const sym cuda_syms[] = {
     CU_SYM(GraphLaunch, false, "cuGraphLaunch"),
 };
 
-#define RTC_SYM(field, req, ...) {offsetof(mc__nvrtc_api, field), req, {__VA_ARGS__}}
+#define RTC_SYM(field, req, ...)             \
+    {                                        \
+        offsetof(mc__nvrtc_api, field), req, \
+        {                                    \
+            __VA_ARGS__                      \
+        }                                    \
+    }
 
 static const sym nvrtc_syms[] = {
     RTC_SYM(Version, true, "nvrtcVersion"),
@@ -234,12 +246,17 @@ bool mc__cuda_nvrtc_find(char *out, size_t cap)
     const char *explicit_path = mc__env_str("MC_NVRTC_LIBRARY", NULL);
     if (explicit_path) {
         /* what dlopen would do with it: a name without '/' is searched */
-        if (strchr(explicit_path, '/')) return snprintf(out, cap, "%s", explicit_path) < (int)cap &&
-                                               regular_file(out, &st);
+        if (strchr(explicit_path, '/'))
+            return snprintf(out, cap, "%s", explicit_path) < (int)cap && regular_file(out, &st);
     }
-    static const char *const std_dirs[] = {"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu",
-                                           "/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
-                                           "/lib64", "/usr/lib64", "/lib", "/usr/lib"};
+    static const char *const std_dirs[] = {"/lib/x86_64-linux-gnu",
+                                           "/usr/lib/x86_64-linux-gnu",
+                                           "/lib/aarch64-linux-gnu",
+                                           "/usr/lib/aarch64-linux-gnu",
+                                           "/lib64",
+                                           "/usr/lib64",
+                                           "/lib",
+                                           "/usr/lib"};
     const char *ld = getenv("LD_LIBRARY_PATH");
     const char *cuda_path = getenv("CUDA_PATH");
     char buf[400];
@@ -361,10 +378,8 @@ bool mc__cuda_is_sticky(CUresult r)
     case 721: /* CUDA_ERROR_TENSOR_MEMORY_LEAK (12.8) */
     case CUDA_ERROR_EXTERNAL_DEVICE:
     case 916: /* CUDA_ERROR_KEY_ROTATION (12.4) */
-    case CUDA_ERROR_UNKNOWN:
-        return true;
-    default:
-        return false;
+    case CUDA_ERROR_UNKNOWN: return true;
+    default: return false;
     }
 }
 
@@ -373,39 +388,31 @@ mc_status mc__cuda_status(CUresult r)
     if (r == CUDA_SUCCESS) return MC_OK;
     if (mc__cuda_is_sticky(r)) return MC_ERR_DEVICE_LOST;
     switch ((int)r) {
-    case CUDA_ERROR_OUT_OF_MEMORY:
-        return MC_ERR_OUT_OF_MEMORY;
+    case CUDA_ERROR_OUT_OF_MEMORY: return MC_ERR_OUT_OF_MEMORY;
     case CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES:
     case CUDA_ERROR_INVALID_VALUE:
     case CUDA_ERROR_INVALID_HANDLE:
     case CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE:
-    case CUDA_ERROR_INVALID_CLUSTER_SIZE:
-        return MC_ERR_INVALID_RESOURCE;
+    case CUDA_ERROR_INVALID_CLUSTER_SIZE: return MC_ERR_INVALID_RESOURCE;
     case CUDA_ERROR_NOT_PERMITTED:
     case CUDA_ERROR_DEVICE_UNAVAILABLE:
-    case CUDA_ERROR_DEVICE_NOT_LICENSED:
-        return MC_ERR_NOT_PERMITTED;
+    case CUDA_ERROR_DEVICE_NOT_LICENSED: return MC_ERR_NOT_PERMITTED;
     case CUDA_ERROR_NOT_SUPPORTED:
     case CUDA_ERROR_CALL_REQUIRES_NEWER_DRIVER:
     case CUDA_ERROR_STUB_LIBRARY:
-    case CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE:
-        return MC_ERR_UNSUPPORTED;
+    case CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE: return MC_ERR_UNSUPPORTED;
     case CUDA_ERROR_NOT_FOUND:
     case CUDA_ERROR_NO_DEVICE:
-    case CUDA_ERROR_INVALID_DEVICE:
-        return MC_ERR_NOT_FOUND;
+    case CUDA_ERROR_INVALID_DEVICE: return MC_ERR_NOT_FOUND;
     case CUDA_ERROR_INVALID_IMAGE:
     case CUDA_ERROR_NO_BINARY_FOR_GPU:
     case CUDA_ERROR_INVALID_PTX:
     case CUDA_ERROR_UNSUPPORTED_PTX_VERSION:
     case CUDA_ERROR_JIT_COMPILER_NOT_FOUND:
     case CUDA_ERROR_JIT_COMPILATION_DISABLED:
-    case CUDA_ERROR_SHARED_OBJECT_SYMBOL_NOT_FOUND:
-        return MC_ERR_COMPILE;
-    case CUDA_ERROR_TIMEOUT:
-        return MC_ERR_TIMEOUT;
-    default:
-        return MC_ERR_INTERNAL;
+    case CUDA_ERROR_SHARED_OBJECT_SYMBOL_NOT_FOUND: return MC_ERR_COMPILE;
+    case CUDA_ERROR_TIMEOUT: return MC_ERR_TIMEOUT;
+    default: return MC_ERR_INTERNAL;
     }
 }
 

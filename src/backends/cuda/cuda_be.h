@@ -113,59 +113,60 @@
 /* Names are ours (cuda.h maps many cu* names to _v2 with macros); the
  * comment after each is the exported symbol it is resolved from. */
 typedef struct mc__cuda_api {
-    CUresult (*Init)(unsigned int);                                   /* cuInit */
-    CUresult (*DriverGetVersion)(int *);                              /* cuDriverGetVersion */
-    CUresult (*GetErrorName)(CUresult, const char **);                /* cuGetErrorName */
-    CUresult (*GetErrorString)(CUresult, const char **);              /* cuGetErrorString */
-    CUresult (*DeviceGetCount)(int *);                                /* cuDeviceGetCount */
-    CUresult (*DeviceGet)(CUdevice *, int);                           /* cuDeviceGet */
-    CUresult (*DeviceGetName)(char *, int, CUdevice);                 /* cuDeviceGetName */
+    CUresult (*Init)(unsigned int);                                      /* cuInit */
+    CUresult (*DriverGetVersion)(int *);                                 /* cuDriverGetVersion */
+    CUresult (*GetErrorName)(CUresult, const char **);                   /* cuGetErrorName */
+    CUresult (*GetErrorString)(CUresult, const char **);                 /* cuGetErrorString */
+    CUresult (*DeviceGetCount)(int *);                                   /* cuDeviceGetCount */
+    CUresult (*DeviceGet)(CUdevice *, int);                              /* cuDeviceGet */
+    CUresult (*DeviceGetName)(char *, int, CUdevice);                    /* cuDeviceGetName */
     CUresult (*DeviceGetAttribute)(int *, CUdevice_attribute, CUdevice); /* cuDeviceGetAttribute */
-    CUresult (*DeviceTotalMem)(size_t *, CUdevice);                   /* cuDeviceTotalMem_v2 */
-    CUresult (*DevicePrimaryCtxRetain)(CUcontext *, CUdevice);        /* cuDevicePrimaryCtxRetain */
-    CUresult (*DevicePrimaryCtxRelease)(CUdevice);                    /* cuDevicePrimaryCtxRelease_v2 */
-    CUresult (*CtxPushCurrent)(CUcontext);                            /* cuCtxPushCurrent_v2 */
-    CUresult (*CtxPopCurrent)(CUcontext *);                           /* cuCtxPopCurrent_v2 */
-    CUresult (*CtxSetCurrent)(CUcontext);                             /* cuCtxSetCurrent */
-    CUresult (*CtxGetCurrent)(CUcontext *);                           /* cuCtxGetCurrent */
-    CUresult (*MemAlloc)(CUdeviceptr *, size_t);                      /* cuMemAlloc_v2 */
-    CUresult (*MemFree)(CUdeviceptr);                                 /* cuMemFree_v2 */
-    CUresult (*MemHostAlloc)(void **, size_t, unsigned int);          /* cuMemHostAlloc */
-    CUresult (*MemFreeHost)(void *);                                  /* cuMemFreeHost */
+    CUresult (*DeviceTotalMem)(size_t *, CUdevice);                      /* cuDeviceTotalMem_v2 */
+    CUresult (*DevicePrimaryCtxRetain)(CUcontext *, CUdevice);           /* cuDevicePrimaryCtxRetain */
+    CUresult (*DevicePrimaryCtxRelease)(CUdevice);                       /* cuDevicePrimaryCtxRelease_v2 */
+    CUresult (*CtxPushCurrent)(CUcontext);                               /* cuCtxPushCurrent_v2 */
+    CUresult (*CtxPopCurrent)(CUcontext *);                              /* cuCtxPopCurrent_v2 */
+    CUresult (*CtxSetCurrent)(CUcontext);                                /* cuCtxSetCurrent */
+    CUresult (*CtxGetCurrent)(CUcontext *);                              /* cuCtxGetCurrent */
+    CUresult (*MemAlloc)(CUdeviceptr *, size_t);                         /* cuMemAlloc_v2 */
+    CUresult (*MemFree)(CUdeviceptr);                                    /* cuMemFree_v2 */
+    CUresult (*MemHostAlloc)(void **, size_t, unsigned int);             /* cuMemHostAlloc */
+    CUresult (*MemFreeHost)(void *);                                     /* cuMemFreeHost */
     /* cuMemHostGetDevicePointer_v2 */
     CUresult (*MemHostGetDevicePointer)(CUdeviceptr *, void *, unsigned int);
-    CUresult (*MemHostRegister)(void *, size_t, unsigned int);        /* cuMemHostRegister_v2 (optional) */
-    CUresult (*MemHostUnregister)(void *);                            /* cuMemHostUnregister (optional) */
+    CUresult (*MemHostRegister)(void *, size_t, unsigned int);                /* cuMemHostRegister_v2 (optional) */
+    CUresult (*MemHostUnregister)(void *);                                    /* cuMemHostUnregister (optional) */
     CUresult (*MemcpyHtoDAsync)(CUdeviceptr, const void *, size_t, CUstream); /* cuMemcpyHtoDAsync_v2 */
-    CUresult (*MemcpyDtoHAsync)(void *, CUdeviceptr, size_t, CUstream); /* cuMemcpyDtoHAsync_v2 */
-    CUresult (*MemcpyAsync)(CUdeviceptr, CUdeviceptr, size_t, CUstream); /* cuMemcpyAsync */
-    CUresult (*MemsetD8Async)(CUdeviceptr, unsigned char, size_t, CUstream); /* cuMemsetD8Async */
-    CUresult (*StreamCreate)(CUstream *, unsigned int);               /* cuStreamCreate */
-    CUresult (*StreamDestroy)(CUstream);                              /* cuStreamDestroy_v2 */
-    CUresult (*StreamQuery)(CUstream);                                /* cuStreamQuery */
-    CUresult (*StreamSynchronize)(CUstream);                          /* cuStreamSynchronize */
-    CUresult (*StreamWriteValue64)(CUstream, CUdeviceptr, cuuint64_t, unsigned int); /* cuStreamWriteValue64_v2 */
-    CUresult (*StreamWaitValue64)(CUstream, CUdeviceptr, cuuint64_t, unsigned int);  /* cuStreamWaitValue64_v2 */
+    CUresult (*MemcpyDtoHAsync)(void *, CUdeviceptr, size_t, CUstream);       /* cuMemcpyDtoHAsync_v2 */
+    CUresult (*MemcpyAsync)(CUdeviceptr, CUdeviceptr, size_t, CUstream);      /* cuMemcpyAsync */
+    CUresult (*MemsetD8Async)(CUdeviceptr, unsigned char, size_t, CUstream);  /* cuMemsetD8Async */
+    CUresult (*StreamCreate)(CUstream *, unsigned int);                       /* cuStreamCreate */
+    CUresult (*StreamDestroy)(CUstream);                                      /* cuStreamDestroy_v2 */
+    CUresult (*StreamQuery)(CUstream);                                        /* cuStreamQuery */
+    CUresult (*StreamSynchronize)(CUstream);                                  /* cuStreamSynchronize */
+    CUresult (*StreamWriteValue64)(CUstream, CUdeviceptr, cuuint64_t, unsigned int);   /* cuStreamWriteValue64_v2 */
+    CUresult (*StreamWaitValue64)(CUstream, CUdeviceptr, cuuint64_t, unsigned int);    /* cuStreamWaitValue64_v2 */
     CUresult (*StreamWriteValue64V1)(CUstream, CUdeviceptr, cuuint64_t, unsigned int); /* cuStreamWriteValue64 */
     CUresult (*StreamWaitValue64V1)(CUstream, CUdeviceptr, cuuint64_t, unsigned int);  /* cuStreamWaitValue64 */
-    CUresult (*StreamBatchMemOp)(CUstream, unsigned int, CUstreamBatchMemOpParams *, unsigned int); /* cuStreamBatchMemOp_v2 */
-    CUresult (*EventCreate)(CUevent *, unsigned int);                 /* cuEventCreate */
-    CUresult (*EventDestroy)(CUevent);                                /* cuEventDestroy_v2 */
-    CUresult (*EventRecord)(CUevent, CUstream);                       /* cuEventRecord */
-    CUresult (*EventQuery)(CUevent);                                  /* cuEventQuery */
-    CUresult (*EventElapsedTime)(float *, CUevent, CUevent);          /* cuEventElapsedTime_v2 | cuEventElapsedTime */
-    CUresult (*ModuleLoadData)(CUmodule *, const void *);             /* cuModuleLoadData */
-    CUresult (*ModuleUnload)(CUmodule);                               /* cuModuleUnload */
-    CUresult (*ModuleGetFunction)(CUfunction *, CUmodule, const char *); /* cuModuleGetFunction */
+    CUresult (*StreamBatchMemOp)(CUstream, unsigned int, CUstreamBatchMemOpParams *,
+                                 unsigned int);              /* cuStreamBatchMemOp_v2 */
+    CUresult (*EventCreate)(CUevent *, unsigned int);        /* cuEventCreate */
+    CUresult (*EventDestroy)(CUevent);                       /* cuEventDestroy_v2 */
+    CUresult (*EventRecord)(CUevent, CUstream);              /* cuEventRecord */
+    CUresult (*EventQuery)(CUevent);                         /* cuEventQuery */
+    CUresult (*EventElapsedTime)(float *, CUevent, CUevent); /* cuEventElapsedTime_v2 | cuEventElapsedTime */
+    CUresult (*ModuleLoadData)(CUmodule *, const void *);    /* cuModuleLoadData */
+    CUresult (*ModuleUnload)(CUmodule);                      /* cuModuleUnload */
+    CUresult (*ModuleGetFunction)(CUfunction *, CUmodule, const char *);          /* cuModuleGetFunction */
     CUresult (*ModuleGetGlobal)(CUdeviceptr *, size_t *, CUmodule, const char *); /* cuModuleGetGlobal_v2 (optional) */
-    CUresult (*FuncGetAttribute)(int *, CUfunction_attribute, CUfunction); /* cuFuncGetAttribute */
-    CUresult (*FuncSetAttribute)(CUfunction, CUfunction_attribute, int); /* cuFuncSetAttribute */
+    CUresult (*FuncGetAttribute)(int *, CUfunction_attribute, CUfunction);        /* cuFuncGetAttribute */
+    CUresult (*FuncSetAttribute)(CUfunction, CUfunction_attribute, int);          /* cuFuncSetAttribute */
     CUresult (*FuncGetParamInfo)(CUfunction, size_t, size_t *, size_t *); /* cuFuncGetParamInfo (12.4, optional) */
     CUresult (*LaunchKernel)(CUfunction, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int,
                              unsigned int, unsigned int, CUstream, void **, void **); /* cuLaunchKernel */
     /* Graphs, for indirect dispatch (optional). */
-    CUresult (*GraphCreate)(CUgraph *, unsigned int);                 /* cuGraphCreate */
-    CUresult (*GraphDestroy)(CUgraph);                                /* cuGraphDestroy */
+    CUresult (*GraphCreate)(CUgraph *, unsigned int); /* cuGraphCreate */
+    CUresult (*GraphDestroy)(CUgraph);                /* cuGraphDestroy */
     CUresult (*GraphAddKernelNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t,
                                    const CUDA_KERNEL_NODE_PARAMS_v2 *); /* cuGraphAddKernelNode_v2 */
     CUresult (*GraphKernelNodeSetAttribute)(CUgraphNode, CUkernelNodeAttrID,
@@ -173,13 +174,13 @@ typedef struct mc__cuda_api {
     CUresult (*GraphKernelNodeGetAttribute)(CUgraphNode, CUkernelNodeAttrID,
                                             CUkernelNodeAttrValue *); /* cuGraphKernelNodeGetAttribute */
     CUresult (*GraphInstantiateWithFlags)(CUgraphExec *, CUgraph, unsigned long long); /* cuGraphInstantiateWithFlags */
-    CUresult (*GraphExecDestroy)(CUgraphExec);                        /* cuGraphExecDestroy */
+    CUresult (*GraphExecDestroy)(CUgraphExec);                                         /* cuGraphExecDestroy */
     /* cuGraphExecKernelNodeSetParams_v2 */
     CUresult (*GraphExecKernelNodeSetParams)(CUgraphExec, CUgraphNode, const CUDA_KERNEL_NODE_PARAMS_v2 *);
     /* cuGraphKernelNodeSetParams_v2 */
     CUresult (*GraphKernelNodeSetParams)(CUgraphNode, const CUDA_KERNEL_NODE_PARAMS_v2 *);
-    CUresult (*GraphUpload)(CUgraphExec, CUstream);                   /* cuGraphUpload */
-    CUresult (*GraphLaunch)(CUgraphExec, CUstream);                   /* cuGraphLaunch */
+    CUresult (*GraphUpload)(CUgraphExec, CUstream); /* cuGraphUpload */
+    CUresult (*GraphLaunch)(CUgraphExec, CUstream); /* cuGraphLaunch */
 } mc__cuda_api;
 
 typedef struct mc__nvrtc_api {
@@ -238,8 +239,8 @@ struct mc__cuda_device {
     int driver_version;
     char arch[16]; /* "sm_90" */
     mc_device_info info;
-    int smem_optin;   /* dynamic + static shared memory a block may use */
-    CUstream xfer;    /* buffer_write/read and zero fills */
+    int smem_optin; /* dynamic + static shared memory a block may use */
+    CUstream xfer;  /* buffer_write/read and zero fills */
 
     /* stream memory operations: NULL when the device lacks 64-bit ones */
     CUresult (*write64)(CUstream, CUdeviceptr, cuuint64_t, unsigned int);
@@ -257,14 +258,14 @@ struct mc__cuda_device {
     _Atomic int indirect;
     CUmodule tramp_mod;
     CUfunction k_tramp;
-    CUmodule list_mod;                  /* command lists (cuda_list.c), loaded with the trampoline */
+    CUmodule list_mod; /* command lists (cuda_list.c), loaded with the trampoline */
     CUfunction k_list_head, k_list_ind;
 
     /* settings from the environment */
     bool pass_markers;
-    uint64_t yield_ns; /* MC_CUDA_YIELD_US: how long a waiter yields before sleeping */
-    bool replay; /* MC_CUDA_REPLAY (on): repeated command buffers as graphs */
-    bool done_events; /* MC_CUDA_DONE=event: completion by event, not marker */
+    uint64_t yield_ns;     /* MC_CUDA_YIELD_US: how long a waiter yields before sleeping */
+    bool replay;           /* MC_CUDA_REPLAY (on): repeated command buffers as graphs */
+    bool done_events;      /* MC_CUDA_DONE=event: completion by event, not marker */
     bool defer_to_waiters; /* MC_CUDA_DEFER=1: the completion thread leaves a waited queue to its waiter */
     uint64_t spin_ns;
 
@@ -274,14 +275,14 @@ struct mc__cuda_device {
     mc__cuda_queue *queues; /* under mu */
     mc__cuda_queue **poll;  /* completion thread's scratch, under mu */
     size_t poll_cap;
-    atomic_bool stop;       /* written under mu */
+    atomic_bool stop;            /* written under mu */
     _Atomic uint64_t queues_gen; /* bumped when a queue comes or goes */
     bool thread_started;
     pthread_t thread;
     _Atomic uint64_t inflight; /* records not yet completed, every queue */
 
     /* device loss */
-    _Atomic uint64_t ordinal;      /* submissions so far, device-wide */
+    _Atomic uint64_t ordinal; /* submissions so far, device-wide */
     pthread_mutex_t lost_mu;
     _Atomic int lost;              /* MC__CUDA_* */
     _Atomic uint64_t lost_ordinal; /* submissions after this one are lost even if they ran */
@@ -317,7 +318,7 @@ typedef struct mc__cuda_library {
     CUmodule mod;
     void *image; /* cubin (or PTX, NUL-terminated) for pipeline_export */
     size_t image_len;
-    char *source;  /* kept to rebuild for an occupancy hint; NULL if imported */
+    char *source; /* kept to rebuild for an occupancy hint; NULL if imported */
     size_t source_len;
     char *options;
 } mc__cuda_library;
@@ -351,8 +352,8 @@ typedef struct mc__cuda_pipeline {
  * an MSL reference the pointer first, or the bytes at the value's offset;
  * otherwise the value as bound. Bytes beyond the parameter are not read,
  * as a kernel reads no further. */
-static inline void mc__cuda_place_arg(const mc__cuda_pipeline *pl, uint32_t i, const CUdeviceptr *ptr,
-                                      const void *src, size_t len, uint8_t *dst, size_t need)
+static inline void mc__cuda_place_arg(const mc__cuda_pipeline *pl, uint32_t i, const CUdeviceptr *ptr, const void *src,
+                                      size_t len, uint8_t *dst, size_t need)
 {
     uint32_t kind = i < MC__CUDA_MAX_SLOTS ? pl->slot[i] & 0xffu : 0;
     size_t at = kind == MC__CUDA_SLOT_REF && !ptr ? pl->slot[i] >> 8 : 0;
@@ -410,7 +411,7 @@ struct mc__cuda_queue {
     bool destroyed;       /* under dev->mu */
 
     CUstream stream;
-    void *block;            /* pinned mapped page: [0] marker, [1] indirect error, [2..3] counts */
+    void *block; /* pinned mapped page: [0] marker, [1] indirect error, [2..3] counts */
     CUdeviceptr block_dptr;
     volatile uint64_t *done; /* the marker the GPU has reached */
 
@@ -427,8 +428,8 @@ struct mc__cuda_queue {
     size_t tg[MC__CUDA_MAX_TG];
     void **params;
     uint32_t params_cap;
-    uint8_t *staging; /* MC__CUDA_MAX_PARAM_BYTES + slack */
-    CUdeviceptr poke_area;                 /* MC__CUDA_MAX_SLOTS x MC__CUDA_POKE_SLOT, made at first use */
+    uint8_t *staging;                         /* MC__CUDA_MAX_PARAM_BYTES + slack */
+    CUdeviceptr poke_area;                    /* MC__CUDA_MAX_SLOTS x MC__CUDA_POKE_SLOT, made at first use */
     CUdeviceptr poke_ptr[MC__CUDA_MAX_SLOTS]; /* the parameter values pointing into it */
     mc__cuda_slot *slots;
     mc__cuda_slot **used; /* slots launched by the submission being encoded */
@@ -447,11 +448,11 @@ struct mc__cuda_queue {
     CUevent *donepool; /* completion events (no timing), MC_CUDA_DONE=event */
     uint32_t ndonepool, donepool_cap;
     _Atomic size_t nrec;
-    _Atomic int waiters; /* threads in submission_wait on this queue */
+    _Atomic int waiters;            /* threads in submission_wait on this queue */
     _Atomic uint64_t head_marker;   /* last_marker of the head record, UINT64_MAX if none */
     _Atomic uint64_t completed_seq; /* sub_seq of the last completed submission */
     _Atomic uint64_t last_check_ns;
-    bool timing;    /* set at creation: the anchor exists, GPU timing works */
+    bool timing; /* set at creation: the anchor exists, GPU timing works */
     /* only the reaping thread touches these */
     CUevent anchor; /* a completed event and its time on the host clock */
     uint64_t anchor_ns;
@@ -560,9 +561,9 @@ int mc__cuda_indirect_mode(mc__cuda_device *dev);
 uint64_t mc__cuda_indirect_tag(const mc__cuda_rec *r, uint32_t pass);
 /* One indirect dispatch as a two-node graph (cuda_indirect.c);
  * MC_ERR_UNSUPPORTED (nothing enqueued) when the device cannot. */
-mc_status mc__cuda_indirect_graph(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r,
-                                  const mc__cuda_pipeline *pl, CUdeviceptr counts, mc_size3 t, unsigned smem,
-                                  void **params, uint32_t pass_index, const mc__pass *ps);
+mc_status mc__cuda_indirect_graph(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r, const mc__cuda_pipeline *pl,
+                                  CUdeviceptr counts, mc_size3 t, unsigned smem, void **params, uint32_t pass_index,
+                                  const mc__pass *ps);
 /* Waits for the queue's stream and reads nwords uint32 at host (if not NULL)
  * or dptr: the CPU fallback for values the device writes. */
 mc_status mc__cuda_read_sync(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_rec *r, const void *host,

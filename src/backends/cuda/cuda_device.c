@@ -181,8 +181,7 @@ static mc_status cuda_device_info(int index, mc_device_info *out)
     const char *why = "";
     const mc__cuda_api *cu = mc__cuda_driver(&why);
     if (!cu) return mc__fail(MC_ERR_NOT_FOUND, "cuda: %s", why);
-    if (index < 0 || index >= cuda_device_count())
-        return mc__fail(MC_ERR_NOT_FOUND, "cuda:%d is not present", index);
+    if (index < 0 || index >= cuda_device_count()) return mc__fail(MC_ERR_NOT_FOUND, "cuda:%d is not present", index);
     return query_info(cu, index, NULL, out, NULL, NULL, NULL);
 }
 
@@ -227,8 +226,7 @@ static mc_status cuda_device_open(int index, const mc_device_desc *desc, void **
     const char *why = "";
     const mc__cuda_api *cu = mc__cuda_driver(&why);
     if (!cu) return mc__fail(MC_ERR_NOT_FOUND, "cuda: %s", why);
-    if (index < 0 || index >= cuda_device_count())
-        return mc__fail(MC_ERR_NOT_FOUND, "cuda:%d is not present", index);
+    if (index < 0 || index >= cuda_device_count()) return mc__fail(MC_ERR_NOT_FOUND, "cuda:%d is not present", index);
 
     mc__cuda_device *dev = mc__calloc(1, sizeof *dev);
     if (!dev) return mc__fail(MC_ERR_NO_MEMORY, "cuda: out of memory opening the device");
@@ -269,10 +267,9 @@ static mc_status cuda_device_open(int index, const mc_device_desc *desc, void **
         char t[120];
         if (mc__cuda_is_sticky(r))
             s = mc__fail(MC_ERR_DEVICE_LOST,
-                         "cuda:%d is unusable in this process after an earlier fault (%s); restart the process",
-                         index, mc__cuda_text(r, t, sizeof t));
-        else
-            s = mc__cuda_fail(NULL, r, "cuStreamCreate");
+                         "cuda:%d is unusable in this process after an earlier fault (%s); restart the process", index,
+                         mc__cuda_text(r, t, sizeof t));
+        else s = mc__cuda_fail(NULL, r, "cuStreamCreate");
         mc__cuda_leave(dev);
         device_free(dev);
         return s;
@@ -287,8 +284,7 @@ static mc_status cuda_device_open(int index, const mc_device_desc *desc, void **
         dev->write64 = cu->StreamWriteValue64V1;
         dev->wait64 = cu->StreamWaitValue64V1;
         break;
-    default:
-        break;
+    default: break;
     }
     /* The one-thread event kernels: only needed without memory operations,
      * but cheap to have (the driver JIT-compiles a few lines of PTX). */
@@ -447,8 +443,10 @@ static mc_status cuda_buffer_wrap(void *devp, void *host, size_t size, const cha
     }
     CUresult r = cu->MemHostRegister(host, size, CU_MEMHOSTREGISTER_DEVICEMAP | CU_MEMHOSTREGISTER_PORTABLE);
     if (r == CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED) {
-        s = mc__fail(MC_ERR_INVALID_ARGUMENT, "cuda: the %zu bytes at %p are already pinned (another buffer over "
-                     "the same pages, or cuMemHostAlloc memory): pinned memory cannot be registered twice", size, host);
+        s = mc__fail(MC_ERR_INVALID_ARGUMENT,
+                     "cuda: the %zu bytes at %p are already pinned (another buffer over "
+                     "the same pages, or cuMemHostAlloc memory): pinned memory cannot be registered twice",
+                     size, host);
         goto fail;
     }
     if (r != CUDA_SUCCESS) {
@@ -484,8 +482,8 @@ static mc_status cuda_buffer_device_address(void *devp, void *bp, uint64_t *addr
 static mc_status check_range(const mc__cuda_buffer *b, size_t offset, size_t len, const char *what)
 {
     if (offset > b->size || len > b->size - offset)
-        return mc__fail(MC_ERR_INVALID_ARGUMENT, "cuda: %s of %zu bytes at %zu is outside the buffer (%zu bytes)",
-                        what, len, offset, b->size);
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "cuda: %s of %zu bytes at %zu is outside the buffer (%zu bytes)", what,
+                        len, offset, b->size);
     return MC_OK;
 }
 

@@ -181,8 +181,8 @@ static mc_status compile(mc__cuda_device *dev, const char *source, size_t len, c
     free(src);
     if (nr != NVRTC_SUCCESS) {
         free(opts);
-        return mc__fail(nr == NVRTC_ERROR_OUT_OF_MEMORY ? MC_ERR_NO_MEMORY : MC_ERR_INTERNAL,
-                        "nvrtcCreateProgram: %s", rtc->GetErrorString(nr));
+        return mc__fail(nr == NVRTC_ERROR_OUT_OF_MEMORY ? MC_ERR_NO_MEMORY : MC_ERR_INTERNAL, "nvrtcCreateProgram: %s",
+                        rtc->GetErrorString(nr));
     }
     nr = rtc->CompileProgram(prog, argc, argv);
     free(opts);
@@ -232,7 +232,7 @@ static mc_status compile(mc__cuda_device *dev, const char *source, size_t len, c
     }
     rtc->DestroyProgram(&prog);
     if (!image) return mc__fail(MC_ERR_INTERNAL, "NVRTC produced no code");
-    ((char *)image)[n] = '\0'; /* PTX is loaded as a C string */
+    ((char *)image)[n] = '\0';        /* PTX is loaded as a C string */
     if (!is_cubin) n = strlen(image); /* the PTX size counts its terminator */
 
     mc__cuda_library *lib;
@@ -333,16 +333,14 @@ static mc_status pipeline_make(mc__cuda_device *dev, mc__cuda_library *lib, cons
     uint32_t fmax = 0;
     if (cu->FuncGetAttribute(&v, CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, pl->fn) == CUDA_SUCCESS && v > 0)
         fmax = (uint32_t)v;
-    else
-        fmax = dev->info.max_threads_per_threadgroup;
+    else fmax = dev->info.max_threads_per_threadgroup;
     v = 0;
     if (cu->FuncGetAttribute(&v, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, pl->fn) == CUDA_SUCCESS && v > 0)
         pl->static_smem = (uint32_t)v;
     v = 0;
     if (cu->FuncGetAttribute(&v, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, pl->fn) == CUDA_SUCCESS && v > 0)
         atomic_init(&pl->dyn_smem, v);
-    else
-        atomic_init(&pl->dyn_smem, (int)MC__CUDA_DEFAULT_SMEM - (int)pl->static_smem);
+    else atomic_init(&pl->dyn_smem, (int)MC__CUDA_DEFAULT_SMEM - (int)pl->static_smem);
 
     /* Parameter layout (12.4): lets short SET_BYTES and unbound slots be
      * padded to what the kernel reads, and tells validation the count. The
@@ -444,12 +442,12 @@ static mc_status constants_pipeline(mc__cuda_device *dev, mc__cuda_library *lib,
 {
     *out = NULL;
     const mc_function_constant *fc = desc->constants;
-    if (!fc) return mc__fail(MC_ERR_INVALID_ARGUMENT, "constant_count is %u but constants is NULL", desc->constant_count);
+    if (!fc)
+        return mc__fail(MC_ERR_INVALID_ARGUMENT, "constant_count is %u but constants is NULL", desc->constant_count);
     mc_cpu_constants c;
     memset(&c, 0, sizeof c);
     for (uint32_t i = 0; i < desc->constant_count; i++) {
-        if (fc[i].index >= MC_CPU_MAX_CONSTANTS || !fc[i].value || fc[i].size == 0 ||
-            fc[i].size > MC_CPU_CONSTANT_SIZE)
+        if (fc[i].index >= MC_CPU_MAX_CONSTANTS || !fc[i].value || fc[i].size == 0 || fc[i].size > MC_CPU_CONSTANT_SIZE)
             return mc__fail(MC_ERR_INVALID_ARGUMENT,
                             "function constant %u: index %u (below %u), size %u (1 to %u bytes) and a value are needed",
                             i, fc[i].index, MC_CPU_MAX_CONSTANTS, fc[i].size, MC_CPU_CONSTANT_SIZE);

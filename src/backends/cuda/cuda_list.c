@@ -51,32 +51,32 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_INSTANCES 16u  /* static ranges with a graph, per list */
+#define MAX_INSTANCES 16u /* static ranges with a graph, per list */
 #define HEAD_THREADS 128u
 
 typedef struct lcmd {
     const mc__cuda_pipeline *pl;
-    bool empty;              /* a zero grid: does nothing, has no node */
+    bool empty; /* a zero grid: does nothing, has no node */
     bool indirect;
     mc_size3 groups, threads; /* groups: direct dispatches */
     CUdeviceptr counts;       /* indirect: the three counts */
     const void *counts_host;  /* ... their CPU address, or NULL */
     unsigned smem;
-    void **kp;                /* kernel parameters: pointers into vals (or zeros) */
+    void **kp; /* kernel parameters: pointers into vals (or zeros) */
     uint8_t *vals;
 } lcmd;
 
 typedef struct inst {
     uint32_t first, count;
     bool ranged;
-    bool empty;         /* nothing to launch */
-    bool uploaded;      /* cuGraphUpload done (once, before the first launch) */
+    bool empty;    /* nothing to launch */
+    bool uploaded; /* cuGraphUpload done (once, before the first launch) */
     CUgraph graph;
     CUgraphExec exec;
-    CUgraphNode head;   /* NULL: none */
+    CUgraphNode head; /* NULL: none */
     unsigned head_blocks, head_threads;
-    CUdeviceptr nodes;  /* ranged: 2 device node handles per command */
-    CUdeviceptr ctx;    /* {error word, tag} for the trampolines */
+    CUdeviceptr nodes; /* ranged: 2 device node handles per command */
+    CUdeviceptr ctx;   /* {error word, tag} for the trampolines */
 } inst;
 
 struct mc__cuda_list {
@@ -89,8 +89,8 @@ struct mc__cuda_list {
     inst *stat[MAX_INSTANCES];
     uint32_t nstat;
     inst *ranged;
-    bool no_graph;      /* graphs failed once: commands are launched one by one */
-    CUdeviceptr *up;    /* device copies of bytes bound to MSL pointer parameters */
+    bool no_graph;   /* graphs failed once: commands are launched one by one */
+    CUdeviceptr *up; /* device copies of bytes bound to MSL pointer parameters */
     uint32_t nup, up_cap;
 };
 
@@ -202,8 +202,7 @@ static mc_status check_cmd(mc__cuda_device *dev, const mc__list_desc *d, lcmd *c
                         "command list '%s': command %u: %u bytes of threadgroup memory plus %u static for kernel '%s' "
                         "exceed the device's %d",
                         d->label, k, c->smem, pl->static_smem, pl->name, dev->smem_optin);
-    if (!c->indirect && !c->empty &&
-        (c->groups.x > (uint32_t)INT_MAX || c->groups.y > 65535u || c->groups.z > 65535u))
+    if (!c->indirect && !c->empty && (c->groups.x > (uint32_t)INT_MAX || c->groups.y > 65535u || c->groups.z > 65535u))
         return mc__fail(MC_ERR_INVALID_ARGUMENT,
                         "command list '%s': command %u: a grid of (%u,%u,%u) threadgroups exceeds the device's limits",
                         d->label, k, c->groups.x, c->groups.y, c->groups.z);
@@ -283,9 +282,8 @@ mc_status mc__cuda_cmdlist_create(void *devp, const mc__list_desc *d, void **out
     for (uint32_t i = 0; i < d->ncmd && s == MC_OK; i++) {
         const mc__cmd *c = &d->cmds[i];
         switch (c->op) {
-        case MC__OP_BARRIER:
-            break; /* the chain orders every command */
-        case MC__OP_SET_PIPELINE: /* a group starts: empty bindings */
+        case MC__OP_BARRIER: break; /* the chain orders every command */
+        case MC__OP_SET_PIPELINE:   /* a group starts: empty bindings */
             pl = c->u.pipeline;
             bound = 0;
             memset(tg, 0, sizeof tg);
@@ -350,8 +348,7 @@ mc_status mc__cuda_cmdlist_create(void *devp, const mc__list_desc *d, void **out
             break;
         }
         default:
-            s = mc__fail(MC_ERR_INVALID_ARGUMENT, "command list '%s': command %u cannot be in a list", d->label,
-                         c->op);
+            s = mc__fail(MC_ERR_INVALID_ARGUMENT, "command list '%s': command %u cannot be in a list", d->label, c->op);
         }
     }
     mc__cuda_leave(dev);

@@ -93,9 +93,9 @@ void mc__replay_clear(mc__replay_table *t)
 /* One collected launch: where its arguments are in the blob. */
 typedef struct launch_at {
     mc__cuda_pipeline *pl;
-    uint32_t pass;     /* the pass it belongs to */
-    uint32_t blob_at;  /* its first argument's offset in the blob */
-    uint32_t kp_at;    /* its first entry in the kernelParams array */
+    uint32_t pass;    /* the pass it belongs to */
+    uint32_t blob_at; /* its first argument's offset in the blob */
+    uint32_t kp_at;   /* its first entry in the kernelParams array */
     uint32_t nparams;
 } launch_at;
 
@@ -145,8 +145,7 @@ bool mc__cuda_replay_enabled(const mc__cuda_device *dev)
 {
     const mc__cuda_api *cu = dev->cu;
     return dev->replay && cu->GraphCreate && cu->GraphDestroy && cu->GraphAddKernelNode &&
-           cu->GraphInstantiateWithFlags && cu->GraphExecDestroy && cu->GraphExecKernelNodeSetParams &&
-           cu->GraphLaunch;
+           cu->GraphInstantiateWithFlags && cu->GraphExecDestroy && cu->GraphExecKernelNodeSetParams && cu->GraphLaunch;
 }
 
 /* Passes [0, nrun) hold only bindings, dispatches and barriers, with at
@@ -159,17 +158,13 @@ bool mc__cuda_replay_eligible(const mc__submission *sub, uint32_t nrun)
         if (ps->kind != MC__PASS_COMPUTE || ps->first > sub->ncmd || ps->count > sub->ncmd - ps->first) return false;
         for (uint32_t i = ps->first; i < ps->first + ps->count; i++) {
             switch (sub->cmds[i].op) {
-            case MC__OP_DISPATCH:
-                dispatches++;
-                break;
+            case MC__OP_DISPATCH: dispatches++; break;
             case MC__OP_SET_PIPELINE:
             case MC__OP_SET_BUFFER:
             case MC__OP_SET_BYTES:
             case MC__OP_SET_TGMEM:
-            case MC__OP_BARRIER:
-                break;
-            default:
-                return false;
+            case MC__OP_BARRIER: break;
+            default: return false;
             }
         }
     }
@@ -292,8 +287,9 @@ static rgraph *build(mc__cuda_device *dev, mc__cuda_replay *rp)
     if (res == CUDA_SUCCESS) res = cu->GraphInstantiateWithFlags(&g->exec, g->graph, 0);
     if (res != CUDA_SUCCESS) {
         char t[120];
-        mc__log(MC_LOG_INFO, "cuda.replay_build", "cuda:%d: a command buffer of %u launches is not replayed as a graph: %s",
-                dev->index, rp->n, mc__cuda_text(res, t, sizeof t));
+        mc__log(MC_LOG_INFO, "cuda.replay_build",
+                "cuda:%d: a command buffer of %u launches is not replayed as a graph: %s", dev->index, rp->n,
+                mc__cuda_text(res, t, sizeof t));
         if (!g->exec) g->exec = NULL;
         rgraph_free(cu, g);
         return NULL;
@@ -331,8 +327,8 @@ static mc_status launch_each(mc__cuda_device *dev, mc__cuda_queue *q, mc__cuda_r
                                              st->block[1], st->block[2], st->smem, q->stream, kp, NULL);
         if (res != CUDA_SUCCESS) {
             char what[160];
-            snprintf(what, sizeof what, "launching '%s' with (%u,%u,%u) x (%u,%u,%u) threads", a->pl->name,
-                     st->grid[0], st->grid[1], st->grid[2], st->block[0], st->block[1], st->block[2]);
+            snprintf(what, sizeof what, "launching '%s' with (%u,%u,%u) x (%u,%u,%u) threads", a->pl->name, st->grid[0],
+                     st->grid[1], st->grid[2], st->block[0], st->block[1], st->block[2]);
             r->nran = a->pass;
             *fault = mc__cuda_is_sticky(res) ? UINT32_MAX : a->pass;
             return mc__cuda_enc_fail(dev, r, res, what, &sub->passes[a->pass]);

@@ -106,7 +106,7 @@ typedef struct mc__mtl_block *MTLSharedEventNotificationBlock;
 typedef struct mc__mtl_block *MTLBufferDeallocator;
 
 enum {
-    MTLResourceStorageModeShared = 0,          /* with default CPU cache and hazard tracking */
+    MTLResourceStorageModeShared = 0, /* with default CPU cache and hazard tracking */
     MTLPipelineOptionNone = 0,
     MTLPipelineOptionFailOnBinaryArchiveMiss = 1u << 2, /* F700 */
     MTLMathModeSafe = 0,
@@ -115,7 +115,7 @@ enum {
     MTLBarrierScopeBuffers = 1u << 0,
     MTLCommandBufferErrorOptionEncoderExecutionStatus = 1u << 0, /* F686 */
     MTLCommandBufferStatusCompleted = 4,
-    MTLCommandBufferStatusError = 5, /* F687 */
+    MTLCommandBufferStatusError = 5,                    /* F687 */
     MTLIndirectCommandTypeConcurrentDispatch = 1u << 5, /* compute commands in an ICB (F670) */
     MTLResourceUsageRead = 1u << 0,
     MTLResourceUsageWrite = 1u << 1
@@ -137,156 +137,152 @@ extern id const MTLCommandBufferEncoderInfoErrorKey;
 
 /* ---- selectors and classes, registered once (metal_objc.c) --------------- */
 
-#define MC__MTL_SELECTORS(X)                                                                 \
-    /* NSObject, NSAutoreleasePool */                                                        \
-    X(alloc, "alloc")                                                                        \
-    X(init, "init")                                                                          \
-    X(retain, "retain")                                                                      \
-    X(release, "release")                                                                    \
-    X(drain, "drain")                                                                        \
-    X(respondsToSelector_, "respondsToSelector:")                                            \
-    /* Foundation values */                                                                  \
-    X(stringWithUTF8String_, "stringWithUTF8String:")                                        \
-    X(UTF8String, "UTF8String")                                                              \
-    X(isEqualToString_, "isEqualToString:")                                                  \
-    X(fileURLWithPath_, "fileURLWithPath:")                                                  \
-    X(arrayWithObjects_count_, "arrayWithObjects:count:")                                    \
-    X(count, "count")                                                                        \
-    X(objectAtIndex_, "objectAtIndex:")                                                      \
-    X(dictionaryWithObjects_forKeys_count_, "dictionaryWithObjects:forKeys:count:")          \
-    X(objectForKey_, "objectForKey:")                                                        \
-    X(code, "code")                                                                          \
-    X(domain, "domain")                                                                      \
-    X(localizedDescription, "localizedDescription")                                          \
-    X(userInfo, "userInfo")                                                                  \
-    X(processInfo, "processInfo")                                                            \
-    X(operatingSystemVersionString, "operatingSystemVersionString")                          \
-    /* MTLDevice */                                                                          \
-    X(name, "name")                                                                          \
-    X(architecture, "architecture")                                                          \
-    X(maxThreadsPerThreadgroup, "maxThreadsPerThreadgroup")                                  \
-    X(maxThreadgroupMemoryLength, "maxThreadgroupMemoryLength")                              \
-    X(hasUnifiedMemory, "hasUnifiedMemory")                                                  \
-    X(maxBufferLength, "maxBufferLength")                                                    \
-    X(supportsFamily_, "supportsFamily:")                                                    \
-    X(newBufferWithLength_options_, "newBufferWithLength:options:")                          \
-    X(newBufferWithBytesNoCopy_length_options_deallocator_,                                   \
-      "newBufferWithBytesNoCopy:length:options:deallocator:")                                 \
-    X(newLibraryWithSource_options_error_, "newLibraryWithSource:options:error:")            \
-    X(newComputePipelineStateWithDescriptor_options_reflection_error_,                       \
-      "newComputePipelineStateWithDescriptor:options:reflection:error:")                     \
-    X(newCommandQueue, "newCommandQueue")                                                    \
-    X(newSharedEvent, "newSharedEvent")                                                      \
-    X(newBinaryArchiveWithDescriptor_error_, "newBinaryArchiveWithDescriptor:error:")        \
-    X(newResidencySetWithDescriptor_error_, "newResidencySetWithDescriptor:error:")          \
-    X(newIndirectCommandBufferWithDescriptor_maxCommandCount_options_,                       \
-      "newIndirectCommandBufferWithDescriptor:maxCommandCount:options:")                     \
-    /* labels, buffers */                                                                    \
-    X(setLabel_, "setLabel:")                                                                \
-    X(contents, "contents")                                                                  \
-    /* MTLCompileOptions, MTLLibrary */                                                      \
-    X(setLanguageVersion_, "setLanguageVersion:")                                            \
-    X(setMathMode_, "setMathMode:")                                                          \
-    X(setFastMathEnabled_, "setFastMathEnabled:")                                            \
-    X(setPreprocessorMacros_, "setPreprocessorMacros:")                                      \
-    X(newFunctionWithName_, "newFunctionWithName:")                                          \
-    /* function constants: MTLFunction, NSDictionary, MTLFunctionConstant(Values) */         \
-    X(newFunctionWithName_constantValues_error_, "newFunctionWithName:constantValues:error:") \
-    X(functionConstantsDictionary, "functionConstantsDictionary")                            \
-    X(allValues, "allValues")                                                                \
-    X(index, "index")                                                                        \
-    X(type, "type")                                                                          \
-    X(setConstantValue_type_atIndex_, "setConstantValue:type:atIndex:")                      \
-    /* MTLComputePipelineDescriptor, MTLComputePipelineState */                              \
-    X(setComputeFunction_, "setComputeFunction:")                                            \
-    X(setMaxTotalThreadsPerThreadgroup_, "setMaxTotalThreadsPerThreadgroup:")                \
-    X(setThreadGroupSizeIsMultipleOfThreadExecutionWidth_,                                   \
-      "setThreadGroupSizeIsMultipleOfThreadExecutionWidth:")                                 \
-    X(setBinaryArchives_, "setBinaryArchives:")                                              \
-    X(setSupportIndirectCommandBuffers_, "setSupportIndirectCommandBuffers:")                \
-    X(maxTotalThreadsPerThreadgroup, "maxTotalThreadsPerThreadgroup")                        \
-    X(threadExecutionWidth, "threadExecutionWidth")                                          \
-    X(staticThreadgroupMemoryLength, "staticThreadgroupMemoryLength")                        \
-    /* MTLBinaryArchiveDescriptor, MTLBinaryArchive */                                       \
-    X(setUrl_, "setUrl:")                                                                    \
-    X(addComputePipelineFunctionsWithDescriptor_error_,                                      \
-      "addComputePipelineFunctionsWithDescriptor:error:")                                    \
-    X(serializeToURL_error_, "serializeToURL:error:")                                        \
-    /* MTLCommandQueue, MTLCommandBufferDescriptor */                                        \
-    X(commandBufferWithDescriptor_, "commandBufferWithDescriptor:")                          \
-    X(setErrorOptions_, "setErrorOptions:")                                                  \
-    X(setRetainedReferences_, "setRetainedReferences:")                                      \
-    X(addResidencySet_, "addResidencySet:")                                                  \
-    X(removeResidencySet_, "removeResidencySet:")                                            \
-    /* MTLCommandBuffer */                                                                   \
-    X(computeCommandEncoderWithDispatchType_, "computeCommandEncoderWithDispatchType:")      \
-    X(blitCommandEncoder, "blitCommandEncoder")                                              \
-    X(encodeSignalEvent_value_, "encodeSignalEvent:value:")                                  \
-    X(encodeWaitForEvent_value_, "encodeWaitForEvent:value:")                                \
-    X(addScheduledHandler_, "addScheduledHandler:")                                          \
-    X(addCompletedHandler_, "addCompletedHandler:")                                          \
-    X(commit, "commit")                                                                      \
-    X(status, "status")                                                                      \
-    X(error, "error")                                                                        \
-    X(GPUStartTime, "GPUStartTime")                                                          \
-    X(GPUEndTime, "GPUEndTime")                                                              \
-    X(label, "label")                                                                        \
-    X(errorState, "errorState")                                                              \
-    /* MTLComputeCommandEncoder, MTLBlitCommandEncoder */                                    \
-    X(setComputePipelineState_, "setComputePipelineState:")                                  \
-    X(setBuffer_offset_atIndex_, "setBuffer:offset:atIndex:")                                \
-    X(setBytes_length_atIndex_, "setBytes:length:atIndex:")                                  \
-    X(setThreadgroupMemoryLength_atIndex_, "setThreadgroupMemoryLength:atIndex:")            \
-    X(dispatchThreadgroups_threadsPerThreadgroup_, "dispatchThreadgroups:threadsPerThreadgroup:") \
-    X(dispatchThreadgroupsWithIndirectBuffer_indirectBufferOffset_threadsPerThreadgroup_,    \
-      "dispatchThreadgroupsWithIndirectBuffer:indirectBufferOffset:threadsPerThreadgroup:")  \
-    X(memoryBarrierWithScope_, "memoryBarrierWithScope:")                                    \
-    X(copyFromBuffer_sourceOffset_toBuffer_destinationOffset_size_,                          \
-      "copyFromBuffer:sourceOffset:toBuffer:destinationOffset:size:")                        \
-    X(fillBuffer_range_value_, "fillBuffer:range:value:")                                    \
-    X(endEncoding, "endEncoding")                                                            \
-    X(useResources_count_usage_, "useResources:count:usage:")                                \
-    X(executeCommandsInBuffer_withRange_, "executeCommandsInBuffer:withRange:")              \
-    X(executeCommandsInBuffer_indirectBuffer_indirectBufferOffset_,                          \
-      "executeCommandsInBuffer:indirectBuffer:indirectBufferOffset:")                        \
-    /* MTLIndirectCommandBufferDescriptor, MTLIndirectCommandBuffer, MTLIndirectComputeCommand (F670) */ \
-    X(setCommandTypes_, "setCommandTypes:")                                                  \
-    X(setInheritPipelineState_, "setInheritPipelineState:")                                  \
-    X(setInheritBuffers_, "setInheritBuffers:")                                              \
-    X(setMaxKernelBufferBindCount_, "setMaxKernelBufferBindCount:")                          \
-    X(setMaxKernelThreadgroupMemoryBindCount_, "setMaxKernelThreadgroupMemoryBindCount:")    \
-    X(indirectComputeCommandAtIndex_, "indirectComputeCommandAtIndex:")                      \
-    X(setKernelBuffer_offset_atIndex_, "setKernelBuffer:offset:atIndex:")                    \
-    X(concurrentDispatchThreadgroups_threadsPerThreadgroup_,                                 \
-      "concurrentDispatchThreadgroups:threadsPerThreadgroup:")                               \
-    X(setBarrier, "setBarrier")                                                              \
-    X(reset, "reset")                                                                        \
-    /* MTLSharedEvent */                                                                     \
-    X(signaledValue, "signaledValue")                                                        \
-    X(setSignaledValue_, "setSignaledValue:")                                                \
-    X(waitUntilSignaledValue_timeoutMS_, "waitUntilSignaledValue:timeoutMS:")                \
-    X(notifyListener_atValue_block_, "notifyListener:atValue:block:")                        \
-    /* MTLResidencySetDescriptor, MTLResidencySet */                                         \
-    X(setInitialCapacity_, "setInitialCapacity:")                                            \
-    X(addAllocation_, "addAllocation:")                                                      \
-    X(removeAllocation_, "removeAllocation:")                                                \
-    X(requestResidency, "requestResidency")                                                  \
+#define MC__MTL_SELECTORS(X)                                                                                          \
+    /* NSObject, NSAutoreleasePool */                                                                                 \
+    X(alloc, "alloc")                                                                                                 \
+    X(init, "init")                                                                                                   \
+    X(retain, "retain")                                                                                               \
+    X(release, "release")                                                                                             \
+    X(drain, "drain")                                                                                                 \
+    X(respondsToSelector_, "respondsToSelector:")                                                                     \
+    /* Foundation values */                                                                                           \
+    X(stringWithUTF8String_, "stringWithUTF8String:")                                                                 \
+    X(UTF8String, "UTF8String")                                                                                       \
+    X(isEqualToString_, "isEqualToString:")                                                                           \
+    X(fileURLWithPath_, "fileURLWithPath:")                                                                           \
+    X(arrayWithObjects_count_, "arrayWithObjects:count:")                                                             \
+    X(count, "count")                                                                                                 \
+    X(objectAtIndex_, "objectAtIndex:")                                                                               \
+    X(dictionaryWithObjects_forKeys_count_, "dictionaryWithObjects:forKeys:count:")                                   \
+    X(objectForKey_, "objectForKey:")                                                                                 \
+    X(code, "code")                                                                                                   \
+    X(domain, "domain")                                                                                               \
+    X(localizedDescription, "localizedDescription")                                                                   \
+    X(userInfo, "userInfo")                                                                                           \
+    X(processInfo, "processInfo")                                                                                     \
+    X(operatingSystemVersionString, "operatingSystemVersionString")                                                   \
+    /* MTLDevice */                                                                                                   \
+    X(name, "name")                                                                                                   \
+    X(architecture, "architecture")                                                                                   \
+    X(maxThreadsPerThreadgroup, "maxThreadsPerThreadgroup")                                                           \
+    X(maxThreadgroupMemoryLength, "maxThreadgroupMemoryLength")                                                       \
+    X(hasUnifiedMemory, "hasUnifiedMemory")                                                                           \
+    X(maxBufferLength, "maxBufferLength")                                                                             \
+    X(supportsFamily_, "supportsFamily:")                                                                             \
+    X(newBufferWithLength_options_, "newBufferWithLength:options:")                                                   \
+    X(newBufferWithBytesNoCopy_length_options_deallocator_, "newBufferWithBytesNoCopy:length:options:deallocator:")   \
+    X(newLibraryWithSource_options_error_, "newLibraryWithSource:options:error:")                                     \
+    X(newComputePipelineStateWithDescriptor_options_reflection_error_,                                                \
+      "newComputePipelineStateWithDescriptor:options:reflection:error:")                                              \
+    X(newCommandQueue, "newCommandQueue")                                                                             \
+    X(newSharedEvent, "newSharedEvent")                                                                               \
+    X(newBinaryArchiveWithDescriptor_error_, "newBinaryArchiveWithDescriptor:error:")                                 \
+    X(newResidencySetWithDescriptor_error_, "newResidencySetWithDescriptor:error:")                                   \
+    X(newIndirectCommandBufferWithDescriptor_maxCommandCount_options_,                                                \
+      "newIndirectCommandBufferWithDescriptor:maxCommandCount:options:")                                              \
+    /* labels, buffers */                                                                                             \
+    X(setLabel_, "setLabel:")                                                                                         \
+    X(contents, "contents")                                                                                           \
+    /* MTLCompileOptions, MTLLibrary */                                                                               \
+    X(setLanguageVersion_, "setLanguageVersion:")                                                                     \
+    X(setMathMode_, "setMathMode:")                                                                                   \
+    X(setFastMathEnabled_, "setFastMathEnabled:")                                                                     \
+    X(setPreprocessorMacros_, "setPreprocessorMacros:")                                                               \
+    X(newFunctionWithName_, "newFunctionWithName:")                                                                   \
+    /* function constants: MTLFunction, NSDictionary, MTLFunctionConstant(Values) */                                  \
+    X(newFunctionWithName_constantValues_error_, "newFunctionWithName:constantValues:error:")                         \
+    X(functionConstantsDictionary, "functionConstantsDictionary")                                                     \
+    X(allValues, "allValues")                                                                                         \
+    X(index, "index")                                                                                                 \
+    X(type, "type")                                                                                                   \
+    X(setConstantValue_type_atIndex_, "setConstantValue:type:atIndex:")                                               \
+    /* MTLComputePipelineDescriptor, MTLComputePipelineState */                                                       \
+    X(setComputeFunction_, "setComputeFunction:")                                                                     \
+    X(setMaxTotalThreadsPerThreadgroup_, "setMaxTotalThreadsPerThreadgroup:")                                         \
+    X(setThreadGroupSizeIsMultipleOfThreadExecutionWidth_, "setThreadGroupSizeIsMultipleOfThreadExecutionWidth:")     \
+    X(setBinaryArchives_, "setBinaryArchives:")                                                                       \
+    X(setSupportIndirectCommandBuffers_, "setSupportIndirectCommandBuffers:")                                         \
+    X(maxTotalThreadsPerThreadgroup, "maxTotalThreadsPerThreadgroup")                                                 \
+    X(threadExecutionWidth, "threadExecutionWidth")                                                                   \
+    X(staticThreadgroupMemoryLength, "staticThreadgroupMemoryLength")                                                 \
+    /* MTLBinaryArchiveDescriptor, MTLBinaryArchive */                                                                \
+    X(setUrl_, "setUrl:")                                                                                             \
+    X(addComputePipelineFunctionsWithDescriptor_error_, "addComputePipelineFunctionsWithDescriptor:error:")           \
+    X(serializeToURL_error_, "serializeToURL:error:")                                                                 \
+    /* MTLCommandQueue, MTLCommandBufferDescriptor */                                                                 \
+    X(commandBufferWithDescriptor_, "commandBufferWithDescriptor:")                                                   \
+    X(setErrorOptions_, "setErrorOptions:")                                                                           \
+    X(setRetainedReferences_, "setRetainedReferences:")                                                               \
+    X(addResidencySet_, "addResidencySet:")                                                                           \
+    X(removeResidencySet_, "removeResidencySet:")                                                                     \
+    /* MTLCommandBuffer */                                                                                            \
+    X(computeCommandEncoderWithDispatchType_, "computeCommandEncoderWithDispatchType:")                               \
+    X(blitCommandEncoder, "blitCommandEncoder")                                                                       \
+    X(encodeSignalEvent_value_, "encodeSignalEvent:value:")                                                           \
+    X(encodeWaitForEvent_value_, "encodeWaitForEvent:value:")                                                         \
+    X(addScheduledHandler_, "addScheduledHandler:")                                                                   \
+    X(addCompletedHandler_, "addCompletedHandler:")                                                                   \
+    X(commit, "commit")                                                                                               \
+    X(status, "status")                                                                                               \
+    X(error, "error")                                                                                                 \
+    X(GPUStartTime, "GPUStartTime")                                                                                   \
+    X(GPUEndTime, "GPUEndTime")                                                                                       \
+    X(label, "label")                                                                                                 \
+    X(errorState, "errorState")                                                                                       \
+    /* MTLComputeCommandEncoder, MTLBlitCommandEncoder */                                                             \
+    X(setComputePipelineState_, "setComputePipelineState:")                                                           \
+    X(setBuffer_offset_atIndex_, "setBuffer:offset:atIndex:")                                                         \
+    X(setBytes_length_atIndex_, "setBytes:length:atIndex:")                                                           \
+    X(setThreadgroupMemoryLength_atIndex_, "setThreadgroupMemoryLength:atIndex:")                                     \
+    X(dispatchThreadgroups_threadsPerThreadgroup_, "dispatchThreadgroups:threadsPerThreadgroup:")                     \
+    X(dispatchThreadgroupsWithIndirectBuffer_indirectBufferOffset_threadsPerThreadgroup_,                             \
+      "dispatchThreadgroupsWithIndirectBuffer:indirectBufferOffset:threadsPerThreadgroup:")                           \
+    X(memoryBarrierWithScope_, "memoryBarrierWithScope:")                                                             \
+    X(copyFromBuffer_sourceOffset_toBuffer_destinationOffset_size_,                                                   \
+      "copyFromBuffer:sourceOffset:toBuffer:destinationOffset:size:")                                                 \
+    X(fillBuffer_range_value_, "fillBuffer:range:value:")                                                             \
+    X(endEncoding, "endEncoding")                                                                                     \
+    X(useResources_count_usage_, "useResources:count:usage:")                                                         \
+    X(executeCommandsInBuffer_withRange_, "executeCommandsInBuffer:withRange:")                                       \
+    X(executeCommandsInBuffer_indirectBuffer_indirectBufferOffset_,                                                   \
+      "executeCommandsInBuffer:indirectBuffer:indirectBufferOffset:")                                                 \
+    /* MTLIndirectCommandBufferDescriptor, MTLIndirectCommandBuffer, MTLIndirectComputeCommand (F670) */              \
+    X(setCommandTypes_, "setCommandTypes:")                                                                           \
+    X(setInheritPipelineState_, "setInheritPipelineState:")                                                           \
+    X(setInheritBuffers_, "setInheritBuffers:")                                                                       \
+    X(setMaxKernelBufferBindCount_, "setMaxKernelBufferBindCount:")                                                   \
+    X(setMaxKernelThreadgroupMemoryBindCount_, "setMaxKernelThreadgroupMemoryBindCount:")                             \
+    X(indirectComputeCommandAtIndex_, "indirectComputeCommandAtIndex:")                                               \
+    X(setKernelBuffer_offset_atIndex_, "setKernelBuffer:offset:atIndex:")                                             \
+    X(concurrentDispatchThreadgroups_threadsPerThreadgroup_, "concurrentDispatchThreadgroups:threadsPerThreadgroup:") \
+    X(setBarrier, "setBarrier")                                                                                       \
+    X(reset, "reset")                                                                                                 \
+    /* MTLSharedEvent */                                                                                              \
+    X(signaledValue, "signaledValue")                                                                                 \
+    X(setSignaledValue_, "setSignaledValue:")                                                                         \
+    X(waitUntilSignaledValue_timeoutMS_, "waitUntilSignaledValue:timeoutMS:")                                         \
+    X(notifyListener_atValue_block_, "notifyListener:atValue:block:")                                                 \
+    /* MTLResidencySetDescriptor, MTLResidencySet */                                                                  \
+    X(setInitialCapacity_, "setInitialCapacity:")                                                                     \
+    X(addAllocation_, "addAllocation:")                                                                               \
+    X(removeAllocation_, "removeAllocation:")                                                                         \
+    X(requestResidency, "requestResidency")                                                                           \
     X(endResidency, "endResidency")
 
-#define MC__MTL_CLASSES(X)                                                                   \
-    X(NSAutoreleasePool)                                                                     \
-    X(NSString)                                                                              \
-    X(NSURL)                                                                                 \
-    X(NSArray)                                                                               \
-    X(NSDictionary)                                                                          \
-    X(NSProcessInfo)                                                                         \
-    X(MTLCompileOptions)                                                                     \
-    X(MTLComputePipelineDescriptor)                                                          \
-    X(MTLFunctionConstantValues)                                                             \
-    X(MTLBinaryArchiveDescriptor)                                                            \
-    X(MTLCommandBufferDescriptor)                                                            \
-    X(MTLSharedEventListener)                                                                \
-    X(MTLIndirectCommandBufferDescriptor)                                                    \
+#define MC__MTL_CLASSES(X)                \
+    X(NSAutoreleasePool)                  \
+    X(NSString)                           \
+    X(NSURL)                              \
+    X(NSArray)                            \
+    X(NSDictionary)                       \
+    X(NSProcessInfo)                      \
+    X(MTLCompileOptions)                  \
+    X(MTLComputePipelineDescriptor)       \
+    X(MTLFunctionConstantValues)          \
+    X(MTLBinaryArchiveDescriptor)         \
+    X(MTLCommandBufferDescriptor)         \
+    X(MTLSharedEventListener)             \
+    X(MTLIndirectCommandBufferDescriptor) \
     X(MTLResidencySetDescriptor) /* macOS 15: nil before */
 
 typedef struct mc__mtl_selectors {
@@ -324,8 +320,8 @@ void mc__mtl_runtime_init(void);
  * the return type and of each parameter type (self and _cmd included), as the
  * compiler sees the types (MC__MTL_ENC), for comparison with Apple's. */
 void mc__mtl_contract_note(SEL sel, const char *ret, const char *proto, const char *const *enc, int n);
-#define MC__MTL_NOTE(R, P, ...)                                                                       \
-    mc__mtl_contract_note(MC__MTL_SECOND(__VA_ARGS__, ~), #R, #P,                                   \
+#define MC__MTL_NOTE(R, P, ...)                                   \
+    mc__mtl_contract_note(MC__MTL_SECOND(__VA_ARGS__, ~), #R, #P, \
                           (const char *const[]){MC__MTL_ENC(R), MC__MTL_ENCS P}, 1 + MC__MTL_NARGS P),
 #define MC__MTL_SECOND(self, sel, ...) sel
 /* The type encoding of T (Apple's "Type Encodings", Objective-C Runtime
@@ -333,7 +329,7 @@ void mc__mtl_contract_note(SEL sel, const char *ret, const char *proto, const ch
  * typedef that differs from Apple's shows up: NSUInteger is Q, NSInteger q,
  * BOOL c (x86_64) or B (arm64), id @, SEL :, a block @?, const char * r*,
  * MTLSize {?=QQQ} (untagged in MTLTypes.h), NSRange {_NSRange=QQ}. */
-#define MC__MTL_ENC(T)                                                                                \
+#define MC__MTL_ENC(T) \
     _Generic((T *)0, void *: "v", id *: "@", SEL *: ":", signed char *: "c", _Bool *: "B",          \
              unsigned char *: "C", int *: "i", unsigned int *: "I", long *: "q", unsigned long *: "Q", \
              long long *: "q", unsigned long long *: "Q", float *: "f", double *: "d",               \
@@ -372,8 +368,7 @@ static inline mc__mtl_imp mc__mtl_msgsend_stret(void)
 {
     return objc_msgSend_stret;
 }
-#define MC__MTL_SEND_STRET(R, P, ...)                                                                 \
-    (MC__MTL_NOTE(R, P, __VA_ARGS__)((R(*) P)mc__mtl_msgsend_stret())(__VA_ARGS__))
+#define MC__MTL_SEND_STRET(R, P, ...) (MC__MTL_NOTE(R, P, __VA_ARGS__)((R(*) P)mc__mtl_msgsend_stret())(__VA_ARGS__))
 #else
 #define MC__MTL_SEND_STRET(R, P, ...) MC__MTL_SEND(R, P, __VA_ARGS__)
 #endif
@@ -590,8 +585,8 @@ static inline id msg_newFunctionWithName_(id library, id name)
  * autoreleased) and each one's index and type. */
 static inline id msg_newFunctionWithName_constantValues_error_(id library, id name, id values, id *error)
 {
-    return MC__MTL_SEND(id, (id, SEL, id, id, id *), library, MC__SEL(newFunctionWithName_constantValues_error_),
-                        name, values, error);
+    return MC__MTL_SEND(id, (id, SEL, id, id, id *), library, MC__SEL(newFunctionWithName_constantValues_error_), name,
+                        values, error);
 }
 static inline id msg_functionConstantsDictionary(id function)
 {
@@ -918,12 +913,12 @@ bool mc__mtl_responds(id obj, SEL sel);
  * passes it; Metal copies it (Block_copy) before returning. */
 typedef struct mc__mtl_block mc__mtl_block;
 struct mc__mtl_block {
-    void *isa;                /* &_NSConcreteStackBlock */
-    int flags;                /* MC__MTL_BLOCK_* */
+    void *isa; /* &_NSConcreteStackBlock */
+    int flags; /* MC__MTL_BLOCK_* */
     int reserved;
-    void (*invoke)(void);     /* cast to the block's own prototype */
-    const void *descriptor;   /* mc__mtl_block_descriptor[_helpers] */
-    void *ctx;                /* the captured pointer */
+    void (*invoke)(void);   /* cast to the block's own prototype */
+    const void *descriptor; /* mc__mtl_block_descriptor[_helpers] */
+    void *ctx;              /* the captured pointer */
 };
 #define MC__MTL_BLOCK_HAS_COPY_DISPOSE (1 << 25)
 #define MC__MTL_BLOCK_HAS_SIGNATURE (1 << 30)
@@ -949,28 +944,33 @@ void mc__mtl_block_init_id(mc__mtl_block *b, void (*fn)(mc__mtl_block *, id), vo
 typedef struct mc__mtl_device mc__mtl_device;
 
 /* The internal pipelines (metal_pipeline.c, mc__mtl_util_pipeline). */
-enum { MC__MTL_UTIL_COPY = 0, MC__MTL_UTIL_FILL = 1, MC__MTL_UTIL_CLAMP_RANGE = 2, MC__MTL_UTIL_CHECK_GRID = 3,
-       MC__MTL_UTIL_COUNT = 4 };
+enum {
+    MC__MTL_UTIL_COPY = 0,
+    MC__MTL_UTIL_FILL = 1,
+    MC__MTL_UTIL_CLAMP_RANGE = 2,
+    MC__MTL_UTIL_CHECK_GRID = 3,
+    MC__MTL_UTIL_COUNT = 4
+};
 
 struct mc__mtl_device {
-    id device;        /* MTLDevice (+1) */
-    id cbdesc[2];     /* MTLCommandBufferDescriptor: [0] retained, [1] unretained references (F676) */
-    id residency;     /* MTLResidencySet (macOS 15, F169) or nil */
+    id device;    /* MTLDevice (+1) */
+    id cbdesc[2]; /* MTLCommandBufferDescriptor: [0] retained, [1] unretained references (F676) */
+    id residency; /* MTLResidencySet (macOS 15, F169) or nil */
     bool residency_dirty;
     /* Optional features, probed once at open with respondsToSelector: /
      * supportsFamily: so that a GPU without them (the paravirtual GPU of
      * hosted macOS runners, an older OS) reports them absent instead of
      * raising an unrecognized selector (mc__mtl_probe). */
-    bool has_wait_timeout;  /* MTLSharedEvent responds to waitUntilSignaledValue:timeoutMS: (F692) */
-    bool has_icb;           /* ICB compute commands: Apple7 or Mac2 family (F670) */
-    bool has_archive;       /* MTLBinaryArchive (macOS 11, F697) */
-    bool icb_pipeline_fix;  /* empty dispatch per pipeline before an ICB (metal_queue.c) */
-    id listener;      /* MTLSharedEventListener, made on first need */
+    bool has_wait_timeout;           /* MTLSharedEvent responds to waitUntilSignaledValue:timeoutMS: (F692) */
+    bool has_icb;                    /* ICB compute commands: Apple7 or Mac2 family (F670) */
+    bool has_archive;                /* MTLBinaryArchive (macOS 11, F697) */
+    bool icb_pipeline_fix;           /* empty dispatch per pipeline before an ICB (metal_queue.c) */
+    id listener;                     /* MTLSharedEventListener, made on first need */
     id util_pso[MC__MTL_UTIL_COUNT]; /* internal pipelines (MC__MTL_UTIL_*), made on first need */
     pthread_mutex_t lock;
     atomic_int lost;
-    atomic_uint gpu_errors; /* failed command buffers on this device so far */
-    char lost_msg[256];     /* written once, under lock, before lost is set */
+    atomic_uint gpu_errors;              /* failed command buffers on this device so far */
+    char lost_msg[256];                  /* written once, under lock, before lost is set */
     MTLLanguageVersion default_language; /* explicit, from the OS version (F171) */
     MTLLanguageVersion max_language;     /* the newest this OS accepts */
     char os_version[96];                 /* "macOS 15.1 24B83" */
@@ -999,19 +999,18 @@ typedef struct mc__mtl_event {
 typedef struct mc__mtl_queue {
     mc__mtl_device *dev;
     pthread_mutex_t lock;
-    id queue;                /* MTLCommandQueue (+1) */
+    id queue; /* MTLCommandQueue (+1) */
     char *label;
-    uint64_t seq;            /* submissions committed so far */
-    uint64_t failed_seq;     /* the first that failed, 0 = none */
-    mc_status failed;        /* its status, MC_OK = none */
-    uint32_t inflight;       /* committed, completion not yet handled */
-    uint32_t recreated;      /* Metal queues replaced after a failure (F687) */
+    uint64_t seq;        /* submissions committed so far */
+    uint64_t failed_seq; /* the first that failed, 0 = none */
+    mc_status failed;    /* its status, MC_OK = none */
+    uint32_t inflight;   /* committed, completion not yet handled */
+    uint32_t recreated;  /* Metal queues replaced after a failure (F687) */
 } mc__mtl_queue;
 
 /* ---- between the files ------------------------------------------------------ */
 
 extern const mc__hal mc__metal_hal;
-
 
 mc_status mc__mtl_device_lost_status(mc__mtl_device *dev);
 
@@ -1054,18 +1053,18 @@ void mc__mtl_buffer_free(mc__mtl_device *dev, mc__mtl_buffer *b);
  * (which ICB commands cannot do), the recording itself, encoded into the
  * pass at each execution. */
 typedef struct mc__mtl_list {
-    id icb;                  /* MTLIndirectCommandBuffer (+1), or nil */
-    mc__mtl_buffer *args;    /* bytes arguments (ICBs have no setBytes), or NULL */
-    id *resources;           /* every MTLBuffer the commands use, for useResources: */
+    id icb;               /* MTLIndirectCommandBuffer (+1), or nil */
+    mc__mtl_buffer *args; /* bytes arguments (ICBs have no setBytes), or NULL */
+    id *resources;        /* every MTLBuffer the commands use, for useResources: */
     NSUInteger nresources;
-    id *pipelines;           /* every pipeline state they use */
+    id *pipelines; /* every pipeline state they use */
     NSUInteger npipelines;
     uint32_t ncommands;
     /* icb nil: the engine's recording (valid until cmdlist_destroy) */
     const mc__cmd *cmds;
     uint32_t ncmd;
     const uint8_t *bytes;
-    uint32_t *group;         /* each command's first mc__cmd */
+    uint32_t *group; /* each command's first mc__cmd */
     char *label;
 } mc__mtl_list;
 mc_status mc__mtl_cmdlist_create(void *dev, const mc__list_desc *desc, void **list, uint32_t *caps);

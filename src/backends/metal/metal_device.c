@@ -95,7 +95,7 @@ static bool api_validation_on(void)
  * message it may not implement (the paravirtual GPU of hosted runners lacks
  * some, as does an older OS). Pool held. */
 typedef struct probe {
-    bool families;     /* responds to supportsFamily: (macOS 10.15) */
+    bool families; /* responds to supportsFamily: (macOS 10.15) */
     bool icb, archive, wait_timeout, residency, before_apple9;
 } probe;
 
@@ -217,12 +217,10 @@ static mc_status mtl_device_open(int index, const mc_device_desc *desc, void **o
     id pool = mc__mtl_pool_push(); /* last releases run dealloc, which may autorelease */
     mc__mtl_device *dev = NULL;
     mc_status s = MC_OK;
-    if (index < 0 || index >= n)
-        s = mc__fail(MC_ERR_NOT_FOUND, "no Metal device %d (%d present)", index, n);
+    if (index < 0 || index >= n) s = mc__fail(MC_ERR_NOT_FOUND, "no Metal device %d (%d present)", index, n);
     else if (!mc__mtl_cls.MTLCommandBufferDescriptor)
         s = mc__fail(MC_ERR_UNSUPPORTED, "Metal device: macOS 11 or later is needed (MTLCommandBufferDescriptor)");
-    else if (!(dev = mc__calloc(1, sizeof *dev)))
-        s = mc__fail(MC_ERR_NO_MEMORY, "Metal device: out of host memory");
+    else if (!(dev = mc__calloc(1, sizeof *dev))) s = mc__fail(MC_ERR_NO_MEMORY, "Metal device: out of host memory");
     release_devices(list, n, s == MC_OK ? index : -1);
     if (s != MC_OK) {
         mc__mtl_pool_pop(pool);
@@ -242,8 +240,8 @@ static mc_status mtl_device_open(int index, const mc_device_desc *desc, void **o
      * Metal's API validation rejects (a zero grid aborts the process). So:
      * only on families before Apple9, only with validation off, and
      * MC_METAL_ICB_PIPELINE_FIX=0 turns it off (docs/METAL.md). */
-    dev->icb_pipeline_fix = p.icb && p.before_apple9 && !api_validation_on() &&
-                            mc__env_int("MC_METAL_ICB_PIPELINE_FIX", 1) != 0;
+    dev->icb_pipeline_fix =
+        p.icb && p.before_apple9 && !api_validation_on() && mc__env_int("MC_METAL_ICB_PIPELINE_FIX", 1) != 0;
     int major = os_version(dev->os_version, sizeof dev->os_version);
     /* An explicit language version (F171): the same source means the same
      * program on every OS that has it. MSL 3.0 from macOS 13; before that
@@ -362,12 +360,13 @@ static mc_status mtl_buffer_wrap(void *vdev, void *host, size_t size, const char
         return mc__fail(MC_ERR_INVALID_ARGUMENT,
                         "metal: a buffer over host memory must start on a page and be whole pages "
                         "(newBufferWithBytesNoCopy:length:, page size %zu bytes): got %p and %zu bytes; "
-                        "copy instead (initial_data)", page, host, size);
+                        "copy instead (initial_data)",
+                        page, host, size);
     mc__mtl_buffer *b = mc__calloc(1, sizeof *b);
     if (!b) return mc__fail(MC_ERR_NO_MEMORY, "Metal buffer: out of host memory");
     id pool = mc__mtl_pool_push();
     b->buffer = msg_newBufferWithBytesNoCopy_length_options_deallocator_(dev->device, host, size,
-                                                                        MTLResourceStorageModeShared, NULL);
+                                                                         MTLResourceStorageModeShared, NULL);
     if (b->buffer) {
         if (label) msg_setLabel_(b->buffer, mc__mtl_str(label));
         b->host = host;
@@ -558,8 +557,12 @@ static mc_status listener_wait(mc__mtl_device *dev, mc__mtl_event *e, uint64_t v
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->cv, NULL);
     atomic_init(&w->refs, 1);
-    mc__mtl_block blk = {_NSConcreteStackBlock, MC__MTL_BLOCK_HAS_COPY_DISPOSE | MC__MTL_BLOCK_HAS_SIGNATURE, 0,
-                         (void (*)(void))notify_invoke, &notify_descriptor, w};
+    mc__mtl_block blk = {_NSConcreteStackBlock,
+                         MC__MTL_BLOCK_HAS_COPY_DISPOSE | MC__MTL_BLOCK_HAS_SIGNATURE,
+                         0,
+                         (void (*)(void))notify_invoke,
+                         &notify_descriptor,
+                         w};
     msg_notifyListener_atValue_block_(e->event, listener, value, &blk);
     /* Waits in slices on the realtime clock the condition variable uses, and
      * measures the deadline on the monotonic one. */

@@ -139,11 +139,8 @@ mc_status mc__mtl_cmdlist_create(void *vdev, const mc__list_desc *d, void **out,
             if (k < d->ncommands) l->group[k++] = start;
             start = i + 1;
             break;
-        case MC__OP_SET_TGMEM:
-            max_tgmem_index = MC__MAX(max_tgmem_index, c->index + 1);
-            break;
-        case MC__OP_BARRIER:
-            break;
+        case MC__OP_SET_TGMEM: max_tgmem_index = MC__MAX(max_tgmem_index, c->index + 1); break;
+        case MC__OP_BARRIER: break;
         default:
             s = mc__fail(MC_ERR_INVALID_ARGUMENT, "command list '%s': command %u cannot be in a list", d->label, c->op);
         }
@@ -217,8 +214,8 @@ mc_status mc__mtl_cmdlist_create(void *vdev, const mc__list_desc *d, void **out,
         l->icb = msg_newIndirectCommandBufferWithDescriptor_maxCommandCount_options_(dev->device, desc, k,
                                                                                      MTLResourceStorageModeShared);
         if (!l->icb)
-            s = mc__fail(MC_ERR_OUT_OF_MEMORY, "Metal could not make an indirect command buffer of %u commands for '%s'",
-                         k, d->label);
+            s = mc__fail(MC_ERR_OUT_OF_MEMORY,
+                         "Metal could not make an indirect command buffer of %u commands for '%s'", k, d->label);
         else msg_setLabel_(l->icb, mc__mtl_str(d->label));
     }
     /* command k from group k; a barrier before a command that does nothing

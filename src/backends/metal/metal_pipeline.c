@@ -114,16 +114,15 @@ static id make_compile_options(const compile_opts *o)
     /* mathMode (macOS 15) replaces the deprecated fastMathEnabled. */
     if (mc__mtl_responds(opts, MC__SEL(setMathMode_)))
         msg_setMathMode_(opts, o->fast_math ? MTLMathModeFast : MTLMathModeSafe);
-    else
-        msg_setFastMathEnabled_(opts, o->fast_math ? MC__MTL_YES : MC__MTL_NO);
+    else msg_setFastMathEnabled_(opts, o->fast_math ? MC__MTL_YES : MC__MTL_NO);
     if (o->nmacros) {
         id keys[MC__MTL_MAX_MACROS], values[MC__MTL_MAX_MACROS];
         for (int i = 0; i < o->nmacros; i++) {
             keys[i] = mc__mtl_str(o->macro[i]);
             values[i] = mc__mtl_str(o->value[i]);
         }
-        msg_setPreprocessorMacros_(opts, msg_dictionaryWithObjects_forKeys_count_(mc__mtl_cls.NSDictionary, values, keys,
-                                                                                 (NSUInteger)o->nmacros));
+        msg_setPreprocessorMacros_(opts, msg_dictionaryWithObjects_forKeys_count_(mc__mtl_cls.NSDictionary, values,
+                                                                                  keys, (NSUInteger)o->nmacros));
     }
     return opts;
 }
@@ -236,7 +235,7 @@ static id make_pipeline_descriptor(const mc__mtl_device *dev, id fn, const char 
     if (!desc) return desc;
     msg_setComputeFunction_(desc, fn);
     if (label) msg_setLabel_(desc, mc__mtl_str(label));
-    msg_setMaxTotalThreadsPerThreadgroup_(desc, max_threads);                           /* F157: 0 = default */
+    msg_setMaxTotalThreadsPerThreadgroup_(desc, max_threads); /* F157: 0 = default */
     msg_setThreadGroupSizeIsMultipleOfThreadExecutionWidth_(desc, simd_multiple ? MC__MTL_YES : MC__MTL_NO); /* F158 */
     if (dev->has_icb) msg_setSupportIndirectCommandBuffers_(desc, MC__MTL_YES); /* command lists (F670) */
     return desc;
@@ -279,8 +278,10 @@ static mc_status fill_constants(id base, const char *name, const mc_function_con
             MTLDataType t = msg_type(c);
             uint32_t size = constant_type_size(t);
             if (!size)
-                return mc__fail(MC_ERR_INVALID_ARGUMENT, "function constant %u of '%s' has Metal data type %lu, not a "
-                                "scalar (only scalar constants can be set)", fc[i].index, name, (unsigned long)t);
+                return mc__fail(MC_ERR_INVALID_ARGUMENT,
+                                "function constant %u of '%s' has Metal data type %lu, not a "
+                                "scalar (only scalar constants can be set)",
+                                fc[i].index, name, (unsigned long)t);
             if (size != fc[i].size)
                 return mc__fail(MC_ERR_INVALID_ARGUMENT, "function constant %u of '%s' is %u bytes, but %u were given",
                                 fc[i].index, name, size, fc[i].size);
@@ -337,15 +338,16 @@ static mc_status make_pso(mc__mtl_device *dev, const pso_request *r, id *pso, mc
     if (s == MC_OK) {
         if (r->archive) msg_setBinaryArchives_(desc, msg_arrayWithObjects_count_(mc__mtl_cls.NSArray, &r->archive, 1));
         *pso = msg_newComputePipelineStateWithDescriptor_options_reflection_error_(
-            dev->device, desc, r->fail_on_miss ? MTLPipelineOptionFailOnBinaryArchiveMiss : MTLPipelineOptionNone,
-            NULL, &err);
+            dev->device, desc, r->fail_on_miss ? MTLPipelineOptionFailOnBinaryArchiveMiss : MTLPipelineOptionNone, NULL,
+            &err);
         if (!*pso) {
             char text[256];
             mc__mtl_error_text(err, text, sizeof text);
-            s = r->fail_on_miss
-                    ? mc__fail(MC_ERR_CACHE_MISS, "pipeline '%s' is not in the binary archive and compiling is off "
-                                                  "(F700): %s", r->function, text)
-                    : mc__fail(MC_ERR_COMPILE, "Metal cannot make pipeline '%s': %s", r->function, text);
+            s = r->fail_on_miss ? mc__fail(MC_ERR_CACHE_MISS,
+                                           "pipeline '%s' is not in the binary archive and compiling is off "
+                                           "(F700): %s",
+                                           r->function, text)
+                                : mc__fail(MC_ERR_COMPILE, "Metal cannot make pipeline '%s': %s", r->function, text);
         }
     }
     if (*pso && info) {
@@ -382,9 +384,15 @@ mc_status mc__mtl_pipeline_create(void *vdev, void *vlib, const mc_pipeline_desc
     mc__mtl_device *dev = vdev;
     mc_status s = mc__mtl_device_lost_status(dev);
     if (s != MC_OK) return s;
-    pso_request r = {((mc__mtl_library *)vlib)->library, desc->function, desc->constants, desc->constant_count,
-                     desc->label, desc->max_total_threads_per_threadgroup,
-                     desc->threadgroup_size_is_multiple_of_simd_width, (id)0, false};
+    pso_request r = {((mc__mtl_library *)vlib)->library,
+                     desc->function,
+                     desc->constants,
+                     desc->constant_count,
+                     desc->label,
+                     desc->max_total_threads_per_threadgroup,
+                     desc->threadgroup_size_is_multiple_of_simd_width,
+                     (id)0,
+                     false};
     id pso;
     mc_pipeline_info pi;
     if ((s = make_pso(dev, &r, &pso, &pi)) != MC_OK) return s;
@@ -457,9 +465,8 @@ id mc__mtl_util_pipeline(mc__mtl_device *dev, int which)
         mc_status s = mc__mtl_compile(dev, util_source, sizeof util_source - 1, NULL, &library, NULL);
         static const char *const fn[MC__MTL_UTIL_COUNT] = {"mc_copy_bytes", "mc_fill_bytes", "mc_clamp_range",
                                                            "mc_check_grid"};
-        static const char *const label[MC__MTL_UTIL_COUNT] = {
-            "metal-compute copy_bytes", "metal-compute fill_bytes", "metal-compute clamp_range",
-            "metal-compute check_grid"};
+        static const char *const label[MC__MTL_UTIL_COUNT] = {"metal-compute copy_bytes", "metal-compute fill_bytes",
+                                                              "metal-compute clamp_range", "metal-compute check_grid"};
         for (int i = 0; s == MC_OK && i < MC__MTL_UTIL_COUNT; i++) {
             pso_request r = {library, fn[i], NULL, 0, label[i], 256, i <= MC__MTL_UTIL_FILL, (id)0, false};
             if (!dev->util_pso[i]) s = make_pso(dev, &r, &dev->util_pso[i], NULL);
@@ -494,8 +501,8 @@ static mc_status archive_path(char *dir, size_t dcap, char *path, size_t pcap)
     size_t n = strlen(tmp);
     while (n > 1 && tmp[n - 1] == '/') n--;
     snprintf(dir, dcap, "%.*s/mc-metal-archive-XXXXXX", (int)n, tmp);
-    if (!mkdtemp(dir)) return mc__fail(MC_ERR_IO, "cannot make a directory for a binary archive in %s: %s", tmp,
-                                      strerror(errno));
+    if (!mkdtemp(dir))
+        return mc__fail(MC_ERR_IO, "cannot make a directory for a binary archive in %s: %s", tmp, strerror(errno));
     snprintf(path, pcap, "%s/pipeline.metallib", dir);
     return MC_OK;
 }
@@ -595,7 +602,8 @@ mc_status mc__mtl_pipeline_import(void *vdev, const mc__pipeline_src *src, const
     char dir[1024], path[1100];
     if ((s = archive_path(dir, sizeof dir, path, sizeof path)) != MC_OK) return s;
     FILE *f = fopen(path, "wb");
-    if (!f || fwrite(b + MC__MTL_ARCHIVE_HEADER, 1, (size_t)n, f) != (size_t)n) s = mc__fail(MC_ERR_IO, "cannot write %s", path);
+    if (!f || fwrite(b + MC__MTL_ARCHIVE_HEADER, 1, (size_t)n, f) != (size_t)n)
+        s = mc__fail(MC_ERR_IO, "cannot write %s", path);
     if (f && fclose(f) != 0 && s == MC_OK) s = mc__fail(MC_ERR_IO, "cannot write %s", path);
     if (s != MC_OK) {
         archive_cleanup(dir, path);
@@ -617,9 +625,15 @@ mc_status mc__mtl_pipeline_import(void *vdev, const mc__pipeline_src *src, const
     }
     if (s == MC_OK) s = mc__mtl_compile(dev, src->source, src->source_len, src->options, &library, NULL);
     if (s == MC_OK) {
-        pso_request r = {library, src->function, src->constants, src->constant_count, src->label,
-                         src->max_total_threads_per_threadgroup, src->threadgroup_size_is_multiple_of_simd_width,
-                         archive, fail_on_miss};
+        pso_request r = {library,
+                         src->function,
+                         src->constants,
+                         src->constant_count,
+                         src->label,
+                         src->max_total_threads_per_threadgroup,
+                         src->threadgroup_size_is_multiple_of_simd_width,
+                         archive,
+                         fail_on_miss};
         s = make_pso(dev, &r, &pso, &pi);
     }
     mc__mtl_release(archive); /* pipelines keep what they need (F706) */
@@ -629,7 +643,7 @@ mc_status mc__mtl_pipeline_import(void *vdev, const mc__pipeline_src *src, const
     if (s == MC_OK && !lib) s = mc__fail(MC_ERR_NO_MEMORY, "Metal library: out of host memory");
     if (s == MC_OK) s = wrap_pipeline(pso, &pi, out_pipeline);
     if (s != MC_OK) {
-        id p2 = mc__mtl_pool_push(); /* last releases run dealloc, which may autorelease */
+        id p2 = mc__mtl_pool_push();    /* last releases run dealloc, which may autorelease */
         if (!lib) mc__mtl_release(pso); /* else wrap_pipeline released it */
         mc__mtl_release(library);
         mc__mtl_pool_pop(p2);

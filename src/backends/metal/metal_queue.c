@@ -44,11 +44,11 @@ typedef struct inflight {
     mc__mtl_queue *q;
     mc__submission *sub;
     uint64_t seq;
-    uint32_t nrun;       /* passes encoded: all, or those before an injected fault */
-    uint32_t nenc;       /* encoders, in order */
-    uint32_t *enc_pass;  /* the pass of each encoder */
-    atomic_int refs;     /* completed handler + scheduled handler */
-    atomic_int sched;    /* FSCHED_* */
+    uint32_t nrun;      /* passes encoded: all, or those before an injected fault */
+    uint32_t nenc;      /* encoders, in order */
+    uint32_t *enc_pass; /* the pass of each encoder */
+    atomic_int refs;    /* completed handler + scheduled handler */
+    atomic_int sched;   /* FSCHED_* */
     /* 16-byte slots the internal kernels write (a clamped list range, a
      * checked grid and its flag), or NULL when the submission needs none */
     mc__mtl_buffer *scratch;
@@ -189,10 +189,8 @@ static void states_from_error(const inflight *f, id err, mc__submission *sub)
         if (e < f->nenc && f->enc_pass[e] == p) continue; /* has its own encoder */
         mc_pass_state next = e < f->nenc ? ps[f->enc_pass[e]] : MC_PASS_UNKNOWN;
         mc_pass_state prev = e > 0 ? ps[f->enc_pass[e - 1]] : MC_PASS_UNKNOWN;
-        if (next == MC_PASS_COMPLETED || next == MC_PASS_AFFECTED || next == MC_PASS_FAULTED)
-            ps[p] = MC_PASS_COMPLETED;
-        else if (prev == MC_PASS_FAULTED || prev == MC_PASS_PENDING)
-            ps[p] = MC_PASS_PENDING;
+        if (next == MC_PASS_COMPLETED || next == MC_PASS_AFFECTED || next == MC_PASS_FAULTED) ps[p] = MC_PASS_COMPLETED;
+        else if (prev == MC_PASS_FAULTED || prev == MC_PASS_PENDING) ps[p] = MC_PASS_PENDING;
     }
 }
 
@@ -274,8 +272,7 @@ static mc_status take_slot(encoding *e, bool check, NSUInteger *offset)
 {
     inflight *f = e->f;
     if (!f->scratch || f->used_slots >= f->nslots)
-        return mc__fail(MC_ERR_INTERNAL, "pass '%s': internal scratch slots miscounted",
-                        f->sub->passes[e->pass].label);
+        return mc__fail(MC_ERR_INTERNAL, "pass '%s': internal scratch slots miscounted", f->sub->passes[e->pass].label);
     f->check_pass[f->used_slots] = check ? e->pass : UINT32_MAX;
     *offset = (NSUInteger)f->used_slots++ * SLOT_BYTES;
     return MC_OK;
@@ -314,8 +311,8 @@ static mc_status dispatch_indirect(encoding *e, const mc__cmd *c)
     if (s == MC_OK) s = internal_kernel(e, MC__MTL_UTIL_CHECK_GRID, buf, c->u.indirect.offset, slot, NULL);
     if (s != MC_OK) return s;
     restore(e);
-    msg_dispatchThreadgroupsWithIndirectBuffer_indirectBufferOffset_threadsPerThreadgroup_(e->enc, e->f->scratch->buffer,
-                                                                                           slot, t);
+    msg_dispatchThreadgroupsWithIndirectBuffer_indirectBufferOffset_threadsPerThreadgroup_(
+        e->enc, e->f->scratch->buffer, slot, t);
     return MC_OK;
 }
 
@@ -324,9 +321,7 @@ static mc_status dispatch_indirect(encoding *e, const mc__cmd *c)
 static mc_status encode_cmd(encoding *e, const mc__cmd *c, const uint8_t *bytes, const char *label)
 {
     switch (c->op) {
-    case MC__OP_SET_PIPELINE:
-        set_pso(e, ((mc__mtl_pipeline *)c->u.pipeline)->pso);
-        return MC_OK;
+    case MC__OP_SET_PIPELINE: set_pso(e, ((mc__mtl_pipeline *)c->u.pipeline)->pso); return MC_OK;
     case MC__OP_SET_BUFFER:
         set_buffer(e, ((mc__mtl_buffer *)c->u.buf.buffer)->buffer, c->u.buf.offset, c->index);
         return MC_OK;
@@ -346,8 +341,7 @@ static mc_status encode_cmd(encoding *e, const mc__cmd *c, const uint8_t *bytes,
     case MC__OP_BARRIER: /* orders the dispatches before and after (F142) */
         msg_memoryBarrierWithScope_(e->enc, MTLBarrierScopeBuffers);
         return MC_OK;
-    default:
-        return mc__fail(MC_ERR_INTERNAL, "command %u cannot appear in compute pass '%s'", c->op, label);
+    default: return mc__fail(MC_ERR_INTERNAL, "command %u cannot appear in compute pass '%s'", c->op, label);
     }
 }
 
@@ -356,7 +350,7 @@ static mc_status execute_list(encoding *e, const mc__cmd *c, const char *label)
 {
     const mc__mtl_list *l = c->u.exec.list;
     const mc__mtl_buffer *rb = c->u.exec.range_buffer;
-    if (!l->icb) { /* indirect dispatches inside: the recording, encoded here */
+    if (!l->icb) {              /* indirect dispatches inside: the recording, encoded here */
         if (rb && l->ncommands) /* the engine refuses these: the list's caps lack MC__LIST_GPU_RANGE */
             return mc__fail(MC_ERR_UNSUPPORTED, "pass '%s': list '%s' cannot take a range the device chooses", label,
                             l->label);
@@ -415,7 +409,8 @@ static mc_status encode_compute(mc__mtl_device *dev, id cb, const mc__submission
     mc_status s = MC_OK;
     for (uint32_t i = 0; i < pass->count && s == MC_OK; i++) {
         const mc__cmd *c = &sub->cmds[pass->first + i];
-        s = c->op == MC__OP_EXECUTE_LIST ? execute_list(&e, c, pass->label) : encode_cmd(&e, c, sub->bytes, pass->label);
+        s = c->op == MC__OP_EXECUTE_LIST ? execute_list(&e, c, pass->label)
+                                         : encode_cmd(&e, c, sub->bytes, pass->label);
     }
     msg_endEncoding(enc);
     return s;
@@ -476,11 +471,11 @@ static mc_status encode_util(mc__mtl_device *dev, id cb, const char *label, int 
 }
 
 /* Returns whether an encoder was made in *encoded. */
-static mc_status encode_copy(mc__mtl_device *dev, id cb, const mc__submission *sub, const mc__pass *pass,
-                             bool *encoded)
+static mc_status encode_copy(mc__mtl_device *dev, id cb, const mc__submission *sub, const mc__pass *pass, bool *encoded)
 {
     *encoded = false;
-    if (pass->count != 1) return mc__fail(MC_ERR_INTERNAL, "copy pass '%s' holds %u commands", pass->label, pass->count);
+    if (pass->count != 1)
+        return mc__fail(MC_ERR_INTERNAL, "copy pass '%s' holds %u commands", pass->label, pass->count);
     const mc__cmd *c = &sub->cmds[pass->first];
     if (c->op == MC__OP_COPY) {
         size_t len = c->u.copy.len;
@@ -691,8 +686,8 @@ static void on_completed(mc__mtl_block *blk, id cb)
             }
             pthread_mutex_unlock(&dev->lock);
         }
-        mc__log(MC_LOG_DEBUG, "metal.cmdbuf_failed", "'%s': %s: %s", sub->label ? sub->label : "",
-                mc_status_name(st), sub->message);
+        mc__log(MC_LOG_DEBUG, "metal.cmdbuf_failed", "'%s': %s: %s", sub->label ? sub->label : "", mc_status_name(st),
+                sub->message);
     }
     q->inflight--;
     if (q->failed != MC_OK && q->inflight == 0 && !q->recreated && !atomic_load(&dev->lost)) {
@@ -741,8 +736,10 @@ mc_status mc__mtl_submit(void *vdev, void *vq, mc__submission *sub)
     if (q->failed != MC_OK) {
         mc_status failed = q->failed;
         pthread_mutex_unlock(&q->lock);
-        set_message(sub, "not executed: an earlier command buffer on the queue failed with %s; create a new queue "
-                         "(F687)", mc_status_name(failed));
+        set_message(sub,
+                    "not executed: an earlier command buffer on the queue failed with %s; create a new queue "
+                    "(F687)",
+                    mc_status_name(failed));
         complete_unrun(sub, MC_ERR_PRIOR_ERROR);
         return MC_OK;
     }
@@ -765,7 +762,8 @@ mc_status mc__mtl_submit(void *vdev, void *vq, mc__submission *sub)
         mc_status s = MC_OK;
         f->check_pass = mc__calloc(f->nslots, sizeof *f->check_pass);
         if (!f->check_pass) s = mc__fail(MC_ERR_NO_MEMORY, "submit: out of host memory");
-        if (s == MC_OK) s = mc__mtl_buffer_new(dev, (size_t)f->nslots * SLOT_BYTES, "metal-compute scratch", &f->scratch);
+        if (s == MC_OK)
+            s = mc__mtl_buffer_new(dev, (size_t)f->nslots * SLOT_BYTES, "metal-compute scratch", &f->scratch);
         if (s != MC_OK) {
             pthread_mutex_unlock(&q->lock);
             free(f->check_pass);

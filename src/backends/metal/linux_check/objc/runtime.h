@@ -20,7 +20,7 @@
 typedef struct objc_class *Class;
 typedef struct objc_object {
     Class isa;
-} *id;
+} * id;
 typedef struct objc_selector *SEL;
 
 #if defined(__aarch64__)
