@@ -248,6 +248,9 @@ void mc__msl_free_guards(fn_bodies *F);
 bool mc__msl_coro_rewrite(xlat *x, size_t i);
 bool mc__msl_guard_rewrite(xlat *x, size_t i);
 bool mc__msl_coro_tg_var(xlat *x, size_t i, size_t name, size_t semi);
+/* a threadgroup variable renamed, with `name` a reference to it (coroutine
+ * and region-loop kernels alike) */
+void mc__msl_emit_tg_reference(xlat *x, size_t name, size_t semi);
 void mc__msl_emit_cpu_entries(xlat *x);
 
 /* ---- cpu_msl_regions.c ---- */

@@ -166,20 +166,27 @@ static ptrdiff_t coro_body_of(const xlat *x, size_t i)
     return -1;
 }
 
-/* A threadgroup variable of a coroutine kernel (`threadgroup T name[...];`
- * at token i, its name and semicolon): the thread-local variable gets
- * another name and `name` becomes a reference to it, which the frame
- * keeps, so a resumed thread reaches it without a thread-local lookup
- * (mc::opaque: else the compiler folds the reference back into one). */
-bool mc__msl_coro_tg_var(xlat *x, size_t i, size_t name, size_t semi)
+/* A threadgroup variable (its name and semicolon tokens) written as a
+ * thread-local variable of another name and `name` a reference to it,
+ * taken once (mc::opaque: else the compiler folds the reference back into
+ * a thread-local lookup at each use). */
+void mc__msl_emit_tg_reference(xlat *x, size_t name, size_t semi)
 {
-    if (coro_body_of(x, i) < 0) return false;
     const tok *nt = &x->L.t[name];
     copy_to(x, nt->start);
     put(&x->out, "mc_tg_", 6);
     copy_to(x, x->L.t[semi].start + 1);
     putf(&x->out, " auto &%.*s = *mc::opaque(&mc_tg_%.*s);", (int)nt->len, x->s + nt->start, (int)nt->len,
          x->s + nt->start);
+}
+
+/* A threadgroup variable of a coroutine kernel (`threadgroup T name[...];`
+ * at token i, its name and semicolon): the frame keeps the reference, so
+ * a resumed thread reaches it without a thread-local lookup. */
+bool mc__msl_coro_tg_var(xlat *x, size_t i, size_t name, size_t semi)
+{
+    if (coro_body_of(x, i) < 0) return false;
+    mc__msl_emit_tg_reference(x, name, semi);
     return true;
 }
 

@@ -1046,12 +1046,7 @@ bool mc__msl_regions_tg_var(xlat *x, size_t i, size_t name, size_t semi)
         const region_plan *P = F->regions[f];
         for (size_t k = 0; P && k < P->ntg; k++) {
             if (P->tg[k] != i) continue;
-            const tok *nt = &x->L.t[name];
-            copy_to(x, nt->start);
-            put(&x->out, "mc_tg_", 6);
-            copy_to(x, x->L.t[semi].start + 1);
-            putf(&x->out, " auto &%.*s = *mc::opaque(&mc_tg_%.*s);", (int)nt->len, x->s + nt->start, (int)nt->len,
-                 x->s + nt->start);
+            mc__msl_emit_tg_reference(x, name, semi);
             return true;
         }
     }
