@@ -84,6 +84,14 @@ char *mct_kernel_source(mc_device *d, const char *name, mc_language *lang);
 /* Builds a pipeline for function fn of examples/kernels/NAME.*; NULL and a message on failure. */
 mc_pipeline *mct_pipeline(mc_device *d, const char *file, const char *fn);
 char *mct_read_file(const char *path, size_t *len);
+/* MSL on the CPU device: src translated to the C++ the compiler gets, or
+ * NULL with the front end's log in *log (printed when log is NULL); the
+ * name of the runner (mc::run_...) the entry point of kernel name calls,
+ * in out; an MSL library of src on d, or NULL with the compiler's log
+ * printed. */
+char *mct_msl_translate_cpu(const char *src, char **log);
+const char *mct_msl_runner_of(const char *cpp, const char *name, char *out, size_t cap);
+mc_library *mct_msl_library(mc_device *d, const char *src, const char *options);
 /* Runs cmd through the shell and returns what it printed (at most 64 KiB,
  * NUL-terminated; free it), *status (may be NULL) its wait status. */
 char *mct_command(const char *cmd, int *status);

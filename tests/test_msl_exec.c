@@ -17,47 +17,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-/* The entry point's runner for kernel name in the C++ the front end made. */
-static const char *runner_of(const char *cpp, const char *name, char *out, size_t cap)
-{
-    char head[160];
-    snprintf(head, sizeof head, "MC_KERNEL_EXPORT void %s(const mc_cpu_ctx *ctx)", name);
-    const char *at = strstr(cpp, head);
-    if (!at) return NULL;
-    const char *r = strstr(at, "mc::run_");
-    if (!r) return NULL;
-    size_t n = strcspn(r, "(");
-    snprintf(out, cap, "%.*s", (int)(n < cap ? n : cap - 1), r);
-    return out;
-}
-
-/* src translated for the CPU device (the C++ the compiler gets), or NULL
- * with the front end's log printed. */
-static char *translate_cpu(const char *src)
-{
-    char *cpp = NULL, *log = NULL;
-    size_t len = 0;
-    mc_status s = mc__msl_translate(src, strlen(src), MC__MSL_CPU, &cpp, &len, &log);
-    if (s != MC_OK) fprintf(stderr, "%s\n", log ? log : mc_last_error());
-    free(log);
-    return s == MC_OK ? cpp : NULL;
-}
-
-/* An MSL library of src on d, or NULL with the compiler's log printed. */
-static mc_library *msl_lib(mc_device *d, const char *src, const char *options)
-{
-    mc_library_desc ld = MC_LIBRARY_DESC_INIT;
-    ld.language = MC_LANG_MSL;
-    ld.source = src;
-    ld.options = options;
-    mc_library *lib = NULL;
-    char *log = NULL;
-    mc_status s = mc_library_create(d, &ld, &lib, &log);
-    if (s != MC_OK) fprintf(stderr, "%s\n%s\n", mc_last_error(), log ? log : "");
-    mc_free(log);
-    return s == MC_OK ? lib : NULL;
-}
-
 static const char paths_src[] =
     "#include <metal_stdlib>\n"
     "using namespace metal;\n"
@@ -91,12 +50,12 @@ MC_TEST(msl_exec_path_per_kernel)
     /* own_barriers would run as region loops (msl_regions_path_per_kernel):
      * this test is about the coroutine rewrite */
     setenv("MC_MSL_REGIONS", "0", 1);
-    char *cpp = translate_cpu(paths_src);
+    char *cpp = mct_msl_translate_cpu(paths_src, NULL);
     CHECK(cpp);
     char r[64];
-    CHECK(runner_of(cpp, "plain", r, sizeof r));
+    CHECK(mct_msl_runner_of(cpp, "plain", r, sizeof r));
     CHECK_STR_CONTAINS(r, "mc::run_loop");
-    CHECK(runner_of(cpp, "own_barriers", r, sizeof r));
+    CHECK(mct_msl_runner_of(cpp, "own_barriers", r, sizeof r));
     CHECK_STR_CONTAINS(r, "mc::run_group_coro");
     /* its barriers suspend, its return ends the coroutine */
     CHECK_STR_CONTAINS(cpp, "kernel MC_CORO own_barriers(");
@@ -105,7 +64,7 @@ MC_TEST(msl_exec_path_per_kernel)
     /* the others keep fibers, and their barriers stay calls */
     static const char *const fibers[] = {"in_helper", "with_simd", "with_lambda"};
     for (size_t k = 0; k < 3; k++) {
-        CHECK(runner_of(cpp, fibers[k], r, sizeof r));
+        CHECK(mct_msl_runner_of(cpp, fibers[k], r, sizeof r));
         if (strcmp(r, "mc::run_group") != 0) fprintf(stderr, "%s runs with %s\n", fibers[k], r);
         CHECK(strcmp(r, "mc::run_group") == 0);
     }
@@ -169,7 +128,7 @@ static int run_coro_mix(const char *options)
         mc_device_release(d);
         MC_SKIP("coroutine threads are the CPU device's way to run barriers");
     }
-    mc_library *lib = msl_lib(d, coro_src, options);
+    mc_library *lib = mct_msl_library(d, coro_src, options);
     CHECK(lib);
     mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
     pd.library = lib;
@@ -305,19 +264,19 @@ static const char guard_src[] =
 
 MC_TEST(msl_bounds_test_hoisted_where_exact)
 {
-    char *cpp = translate_cpu(guard_src);
+    char *cpp = mct_msl_translate_cpu(guard_src, NULL);
     CHECK(cpp);
     char r[64];
-    CHECK(runner_of(cpp, "below", r, sizeof r));
+    CHECK(mct_msl_runner_of(cpp, "below", r, sizeof r));
     CHECK_STR_CONTAINS(r, "mc::run_loop_guarded");
     CHECK_STR_CONTAINS(cpp, "if (mc_full || (i < p.n - 1u)) y[i]");
     CHECK_STR_CONTAINS(cpp, "return mc_id < (p . n - 1u);");
-    CHECK(runner_of(cpp, "leave", r, sizeof r));
+    CHECK(mct_msl_runner_of(cpp, "leave", r, sizeof r));
     CHECK_STR_CONTAINS(r, "mc::run_loop_guarded");
     CHECK_STR_CONTAINS(cpp, "if (!mc_full && (i >= n)) return;");
     static const char *const kept[] = {"k_device", "k_call", "k_int", "k_local"};
     for (size_t k = 0; k < 4; k++) {
-        CHECK(runner_of(cpp, kept[k], r, sizeof r));
+        CHECK(mct_msl_runner_of(cpp, kept[k], r, sizeof r));
         if (strcmp(r, "mc::run_loop") != 0) fprintf(stderr, "%s runs with %s\n", kept[k], r);
         CHECK(strcmp(r, "mc::run_loop") == 0);
     }
@@ -328,7 +287,7 @@ MC_TEST(msl_bounds_test_hoisted_where_exact)
      * in `i >= n`, so nobody does, as MSL's conversions say) */
     mc_device *d = mct_open_device(0);
     if (!d) MC_SKIP("the device named by MC_DEVICE cannot be opened");
-    mc_library *lib = msl_lib(d, guard_src, NULL);
+    mc_library *lib = mct_msl_library(d, guard_src, NULL);
     CHECK(lib);
     mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
     pd.library = lib;
@@ -420,7 +379,7 @@ MC_TEST(msl_plain_groups_run_row_by_row)
 {
     mc_device *d = mct_open_device(0);
     if (!d) MC_SKIP("the device named by MC_DEVICE cannot be opened");
-    mc_library *lib = msl_lib(d, rows_src, NULL);
+    mc_library *lib = mct_msl_library(d, rows_src, NULL);
     CHECK(lib);
     mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
     pd.library = lib;
@@ -536,10 +495,10 @@ static int rk_run(const char *fn, bool regions, mc_size3 groups, mc_size3 thread
     setenv("MC_MSL_REGIONS", regions ? "1" : "0", 1);
     char *src = regions_source();
     CHECK(src);
-    char *cpp = translate_cpu(src);
+    char *cpp = mct_msl_translate_cpu(src, NULL);
     CHECK(cpp);
     char r[64];
-    CHECK(runner_of(cpp, fn, r, sizeof r));
+    CHECK(mct_msl_runner_of(cpp, fn, r, sizeof r));
     if (strcmp(r, regions ? "mc::run_regions" : "mc::run_group_coro") != 0) fprintf(stderr, "%s runs with %s\n", fn, r);
     CHECK(strcmp(r, regions ? "mc::run_regions" : "mc::run_group_coro") == 0);
     free(cpp);
@@ -552,7 +511,7 @@ static int rk_run(const char *fn, bool regions, mc_size3 groups, mc_size3 thread
             rk_done(0);
             MC_SKIP("region loops are the CPU device's way to run barriers");
         }
-        w->lib = msl_lib(w->d, src, NULL);
+        w->lib = mct_msl_library(w->d, src, NULL);
     }
     free(src);
     mc_device *d = w->d;
@@ -827,10 +786,10 @@ static int rg_expect(const char *head, const char *params, const char *body, con
              "{\n    threadgroup uint t[256];\n%s}\n",
              head, params, body);
     setenv("MC_MSL_REGIONS", "1", 1);
-    char *cpp = translate_cpu(src);
+    char *cpp = mct_msl_translate_cpu(src, NULL);
     CHECK(cpp);
     char r[64];
-    CHECK(runner_of(cpp, "k", r, sizeof r));
+    CHECK(mct_msl_runner_of(cpp, "k", r, sizeof r));
     if (strcmp(r, want) != 0) fprintf(stderr, "k runs with %s, not %s:\n%s\n", r, want, src);
     CHECK(strcmp(r, want) == 0);
     if (!strcmp(want, "mc::run_regions")) CHECK(!strstr(cpp, "threadgroup_barrier(")); /* every barrier is gone */
@@ -864,10 +823,10 @@ MC_TEST(msl_regions_path_per_kernel)
     if (rc) return rc;
     /* the kernel of the coroutine tests stays a coroutine: a local of its
      * barrier loop crosses the loop's barrier */
-    char *cpp = translate_cpu(coro_src);
+    char *cpp = mct_msl_translate_cpu(coro_src, NULL);
     CHECK(cpp);
     char r[64];
-    CHECK(runner_of(cpp, "coro_mix", r, sizeof r));
+    CHECK(mct_msl_runner_of(cpp, "coro_mix", r, sizeof r));
     CHECK(strcmp(r, RG_CORO) == 0);
     free(cpp);
     return 0;
@@ -1099,7 +1058,7 @@ MC_TEST(msl_regions_build_without_warnings)
     setenv("MC_MSL_REGIONS", "1", 1);
     char *src = regions_source();
     CHECK(src);
-    mc_library *lib = msl_lib(d, src, "-Wall -Wextra -Werror");
+    mc_library *lib = mct_msl_library(d, src, "-Wall -Wextra -Werror");
     free(src);
     CHECK(lib);
     mc_library_release(lib);
@@ -1250,12 +1209,12 @@ MC_TEST(msl_regions_generated_kernels_match_coroutines_and_fibers)
     CHECK(strlen(src) < CAP - 1);
     /* every one of them takes region loops */
     setenv("MC_MSL_REGIONS", "1", 1);
-    char *cpp = translate_cpu(src);
+    char *cpp = mct_msl_translate_cpu(src, NULL);
     CHECK(cpp);
     for (int k = 0; k < KERNELS; k++) {
         char fn[16], r[64];
         snprintf(fn, sizeof fn, "g%d", k);
-        CHECK(runner_of(cpp, fn, r, sizeof r));
+        CHECK(mct_msl_runner_of(cpp, fn, r, sizeof r));
         if (strcmp(r, "mc::run_regions") != 0) fprintf(stderr, "%s runs with %s\n%s", fn, r, src);
         CHECK(strcmp(r, "mc::run_regions") == 0);
     }
@@ -1267,10 +1226,10 @@ MC_TEST(msl_regions_generated_kernels_match_coroutines_and_fibers)
         MC_SKIP("region loops are the CPU device's");
     }
     mc_library *lib[3];
-    lib[0] = msl_lib(d, src, NULL);
+    lib[0] = mct_msl_library(d, src, NULL);
     setenv("MC_MSL_REGIONS", "0", 1);
-    lib[1] = msl_lib(d, src, NULL);
-    lib[2] = msl_lib(d, src, "-U__cpp_coroutines -U__cpp_impl_coroutine");
+    lib[1] = mct_msl_library(d, src, NULL);
+    lib[2] = mct_msl_library(d, src, "-U__cpp_coroutines -U__cpp_impl_coroutine");
     unsetenv("MC_MSL_REGIONS");
     CHECK(lib[0] && lib[1] && lib[2]);
     static const mc_size3 sizes[] = {{100, 1, 1}, {256, 1, 1}, {10, 10, 1}, {16, 16, 1}};

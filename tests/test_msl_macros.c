@@ -21,31 +21,6 @@
 
 enum { GROUP = 64, GROUPS = 3, N = GROUP * GROUPS };
 
-/* The entry point's runner for kernel name in the C++ the front end made. */
-static const char *runner_of(const char *cpp, const char *name, char *out, size_t cap)
-{
-    char head[160];
-    snprintf(head, sizeof head, "MC_KERNEL_EXPORT void %s(const mc_cpu_ctx *ctx)", name);
-    const char *at = strstr(cpp, head);
-    if (!at) return NULL;
-    const char *r = strstr(at, "mc::run_");
-    if (!r) return NULL;
-    size_t n = strcspn(r, "(");
-    snprintf(out, cap, "%.*s", (int)(n < cap ? n : cap - 1), r);
-    return out;
-}
-
-/* src translated for the CPU device, or NULL with the log in *log (if not NULL). */
-static char *translate_cpu(const char *src, char **log)
-{
-    char *cpp = NULL, *lg = NULL;
-    size_t len = 0;
-    mc_status s = mc__msl_translate(src, strlen(src), MC__MSL_CPU, &cpp, &len, &lg);
-    if (log) *log = lg;
-    else free(lg);
-    return s == MC_OK ? cpp : NULL;
-}
-
 static char *macros_source(void)
 {
     size_t len = 0;
@@ -86,16 +61,8 @@ static int run_and_check(const char *src, const char *options, const char *fn, c
 {
     mc_device *d = mct_open_device(0);
     if (!d) MC_SKIP("the device named by MC_DEVICE cannot be opened");
-    mc_library_desc ld = MC_LIBRARY_DESC_INIT;
-    ld.language = MC_LANG_MSL;
-    ld.source = src;
-    ld.options = options;
-    mc_library *lib = NULL;
-    char *log = NULL;
-    mc_status st = mc_library_create(d, &ld, &lib, &log);
-    if (st != MC_OK) fprintf(stderr, "%s\n%s\n", mc_last_error(), log ? log : "");
-    mc_free(log);
-    CHECK_OK(st);
+    mc_library *lib = mct_msl_library(d, src, options);
+    CHECK(lib);
     mc_pipeline_desc pd = MC_PIPELINE_DESC_INIT;
     pd.library = lib;
     pd.function = fn;
@@ -138,10 +105,10 @@ static int run_and_check(const char *src, const char *options, const char *fn, c
     mc_device_release(d);
     CHECK_EQ(bad, 0);
     /* the path: what the CPU device runs (the translation is the same on any host) */
-    char *cpp = translate_cpu(src, NULL);
+    char *cpp = mct_msl_translate_cpu(src, NULL);
     CHECK(cpp);
     char r[64];
-    CHECK(runner_of(cpp, fn, r, sizeof r));
+    CHECK(mct_msl_runner_of(cpp, fn, r, sizeof r));
     if (strcmp(r, runner) != 0) fprintf(stderr, "%s runs with %s, not %s\n", fn, r, runner);
     free(cpp);
     CHECK(strcmp(r, runner) == 0);
@@ -254,7 +221,7 @@ MC_TEST(msl_macro_harmless_keeps_plain_loop)
 static int expect_refused(const char *src, const char *const *want, size_t nwant)
 {
     char *log = NULL;
-    char *cpp = translate_cpu(src, &log);
+    char *cpp = mct_msl_translate_cpu(src, &log);
     if (cpp) fprintf(stderr, "translated, not refused:\n%s\n", src);
     free(cpp);
     CHECK(!cpp);
@@ -329,13 +296,13 @@ MC_TEST(msl_macro_hiding_kernel_or_refused_feature_refused)
  * shared with other code may define instantiation macros). */
 MC_TEST(msl_macro_unused_is_not_refused)
 {
-    char *cpp = translate_cpu(MSL_HEAD
-                              "#define TG threadgroup\n#define INST(n) template [[host_name(n)]] [[kernel]]\n"
-                              "#define TEX texture2d<float>\n" MSL_COPY,
-                              NULL);
+    char *cpp = mct_msl_translate_cpu(MSL_HEAD
+                                      "#define TG threadgroup\n#define INST(n) template [[host_name(n)]] [[kernel]]\n"
+                                      "#define TEX texture2d<float>\n" MSL_COPY,
+                                      NULL);
     CHECK(cpp);
     char r[64];
-    CHECK(runner_of(cpp, "k", r, sizeof r));
+    CHECK(mct_msl_runner_of(cpp, "k", r, sizeof r));
     CHECK_STR_CONTAINS(r, "mc::run_loop");
     free(cpp);
     return 0;
@@ -353,7 +320,7 @@ MC_TEST(msl_macro_vector_constructor_converts)
         "    float2 f = TO_FLOAT2(int2(int(i), -3));\n"
         "    o[i] = f.x + f.y + float(HALF_STEP);\n"
         "}\n";
-    char *cpp = translate_cpu(src, NULL);
+    char *cpp = mct_msl_translate_cpu(src, NULL);
     CHECK(cpp);
     CHECK_STR_CONTAINS(cpp, "#define TO_FLOAT2(v) mc::make<float2>(v)");
     CHECK_STR_CONTAINS(cpp, "#define HALF_STEP half(0.5f)");
@@ -416,11 +383,11 @@ MC_TEST(msl_macro_with_return_is_not_a_coroutine)
         "    o[l] = t[63u - l];\n"
         "}\n";
     setenv("MC_MSL_REGIONS", "0", 1); /* the coroutine rule, not the region one */
-    char *cpp = translate_cpu(src, NULL);
+    char *cpp = mct_msl_translate_cpu(src, NULL);
     unsetenv("MC_MSL_REGIONS");
     CHECK(cpp);
     char r[64];
-    CHECK(runner_of(cpp, "k", r, sizeof r));
+    CHECK(mct_msl_runner_of(cpp, "k", r, sizeof r));
     free(cpp);
     CHECK(strcmp(r, "mc::run_group") == 0);
     return 0;

@@ -1,8 +1,10 @@
 /* Fixtures shared by the tests. */
 #include "mc_test.h"
 #include "core/core.h" /* mc__fail: setup's failure with a reason, as a user's would give */
+#include "msl/msl.h"
 
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 uint64_t mc__test_now_ns(void)
@@ -216,4 +218,45 @@ void *mct_cancel_later(void *arg)
     c->at_ns = mc__test_now_ns();
     mc_runner_cancel(c->r);
     return NULL;
+}
+
+char *mct_msl_translate_cpu(const char *src, char **log)
+{
+    char *cpp = NULL, *lg = NULL;
+    size_t len = 0;
+    mc_status s = mc__msl_translate(src, strlen(src), MC__MSL_CPU, &cpp, &len, &lg);
+    if (log) {
+        *log = lg;
+        return s == MC_OK ? cpp : NULL;
+    }
+    if (s != MC_OK) fprintf(stderr, "%s\n", lg ? lg : mc_last_error());
+    free(lg);
+    return s == MC_OK ? cpp : NULL;
+}
+
+const char *mct_msl_runner_of(const char *cpp, const char *name, char *out, size_t cap)
+{
+    char head[160];
+    snprintf(head, sizeof head, "MC_KERNEL_EXPORT void %s(const mc_cpu_ctx *ctx)", name);
+    const char *at = strstr(cpp, head);
+    if (!at) return NULL;
+    const char *r = strstr(at, "mc::run_");
+    if (!r) return NULL;
+    size_t n = strcspn(r, "(");
+    snprintf(out, cap, "%.*s", (int)(n < cap ? n : cap - 1), r);
+    return out;
+}
+
+mc_library *mct_msl_library(mc_device *d, const char *src, const char *options)
+{
+    mc_library_desc ld = MC_LIBRARY_DESC_INIT;
+    ld.language = MC_LANG_MSL;
+    ld.source = src;
+    ld.options = options;
+    mc_library *lib = NULL;
+    char *log = NULL;
+    mc_status s = mc_library_create(d, &ld, &lib, &log);
+    if (s != MC_OK) fprintf(stderr, "%s\n%s\n", mc_last_error(), log ? log : "");
+    mc_free(log);
+    return s == MC_OK ? lib : NULL;
 }
