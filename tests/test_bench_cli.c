@@ -48,22 +48,32 @@ static int json_rows(const char *json)
     return rows;
 }
 
-MC_TEST(bench_cli_json_has_every_field)
+/* Runs `metal-compute bench ARGS --json FILE`, prints what it printed, and
+ * returns the JSON it wrote (free it); NULL, saying why, if it failed or
+ * wrote none. *out (may be NULL) gets what it printed (free it). */
+static char *bench_json(const char *args, char **out)
 {
     char json[512], cmd[2048];
     temp_path(json, sizeof json, ".json");
-    snprintf(cmd, sizeof cmd, "%s/metal-compute bench --quick --only round-trip --json %s", MC_BINARY_DIR, json);
+    snprintf(cmd, sizeof cmd, "%s/metal-compute bench %s --json %s", MC_BINARY_DIR, args, json);
     int st = -1;
-    char *out = run_command(cmd, &st);
-    CHECK(out);
-    fprintf(stderr, "%s", out);
-    CHECK_EQ(st, 0);
+    char *text = run_command(cmd, &st);
+    if (text) fprintf(stderr, "%s", text);
+    char *j = text && st == 0 ? mct_read_file(json, NULL) : NULL;
+    remove(json);
+    if (!j) fprintf(stderr, "bench %s: wait status %d, %s\n", args, st, text ? "no JSON written" : "no output");
+    if (out) *out = text;
+    else free(text);
+    return j;
+}
+
+MC_TEST(bench_cli_json_has_every_field)
+{
+    char *out = NULL, *j = bench_json("--quick --only round-trip", &out);
+    CHECK(j);
     CHECK_STR_CONTAINS(out, "round-trip");
     CHECK_STR_CONTAINS(out, "\u00b1"); /* the table shows spreads */
     free(out);
-    char *j = mct_read_file(json, NULL);
-    remove(json);
-    CHECK(j);
     CHECK(j[0] == '{');
     CHECK_STR_CONTAINS(j, "\"benchmarks\": [");
     CHECK_GE(json_rows(j), 2); /* median and p99 */
@@ -78,26 +88,16 @@ MC_TEST(bench_cli_peers_add_opencl_rows)
     void *cl = dlopen("libOpenCL.so.1", RTLD_NOW | RTLD_LOCAL);
     if (!cl) MC_SKIP("OpenCL is not installed (libOpenCL.so.1: %s); --peers leaves its rows out", dlerror());
     dlclose(cl);
-    char json[512], cmd[2048];
-    temp_path(json, sizeof json, ".json");
-    snprintf(cmd, sizeof cmd, "%s/metal-compute bench --quick --peers --device cpu --only round-trip --json %s",
-             MC_BINARY_DIR, json);
-    int st = -1;
-    char *out = run_command(cmd, &st);
-    CHECK(out);
-    fprintf(stderr, "%s", out);
-    CHECK_EQ(st, 0);
+    char *out = NULL, *j = bench_json("--quick --peers --device cpu --only round-trip", &out);
+    CHECK(j);
     if (strstr(out, "peers: no OpenCL rows")) {
         free(out);
-        remove(json);
+        free(j);
         MC_SKIP("libOpenCL.so.1 loads but offers no CPU device (no PoCL?), so there are no peer rows");
     }
     CHECK_STR_CONTAINS(out, "(OpenCL)");
     CHECK_STR_CONTAINS(out, "goal round-trip");
     free(out);
-    char *j = mct_read_file(json, NULL);
-    remove(json);
-    CHECK(j);
     CHECK_GE(json_rows(j), 4);
     CHECK_STR_CONTAINS(j, "(OpenCL)\"");                /* baseline_name is the peer */
     CHECK_STR_CONTAINS(j, "after a 100 ms idle pause"); /* the idle rows */
@@ -144,17 +144,7 @@ MC_TEST(bench_cli_svg_is_a_chart)
  * output of a stream differs from the naive loop's or an item is lost. */
 MC_TEST(bench_cli_stream_rows)
 {
-    char json[512], cmd[2048];
-    temp_path(json, sizeof json, ".json");
-    snprintf(cmd, sizeof cmd, "%s/metal-compute bench --quick --only stream --json %s", MC_BINARY_DIR, json);
-    int st = -1;
-    char *out = run_command(cmd, &st);
-    CHECK(out);
-    fprintf(stderr, "%s", out);
-    CHECK_EQ(st, 0);
-    free(out);
-    char *j = mct_read_file(json, NULL);
-    remove(json);
+    char *j = bench_json("--quick --only stream", NULL);
     CHECK(j);
     /* 1-4 slots x (rate, median, p99); recorded anew, 1 lane, 3 lanes, the
      * ceiling and the share of it; on CUDA also the raw driver's pipeline */
@@ -187,18 +177,7 @@ MC_TEST(bench_cli_stream_rows)
  * report them (CI's own bench --peers run covers the peers). */
 MC_TEST(bench_cli_batching_rows)
 {
-    char json[512], cmd[2048];
-    temp_path(json, sizeof json, ".json");
-    snprintf(cmd, sizeof cmd, "%s/metal-compute bench --quick --device cpu --only batching --json %s", MC_BINARY_DIR,
-             json);
-    int st = -1;
-    char *out = run_command(cmd, &st);
-    CHECK(out);
-    fprintf(stderr, "%s", out);
-    CHECK_EQ(st, 0);
-    free(out);
-    char *j = mct_read_file(json, NULL);
-    remove(json);
+    char *j = bench_json("--quick --device cpu --only batching", NULL);
     CHECK(j);
     CHECK_GE(json_rows(j), 1);
     CHECK_STR_CONTAINS(j, "\"metric\": \"50 passes, one command buffer vs 50 committed+waited\"");
@@ -214,18 +193,7 @@ MC_TEST(bench_cli_batching_rows)
  * a process that failed or printed too few fails the bench. */
 MC_TEST(bench_cli_pipeline_cache_rows)
 {
-    char json[512], cmd[2048];
-    temp_path(json, sizeof json, ".json");
-    snprintf(cmd, sizeof cmd, "%s/metal-compute bench --quick --reps 2 --device cpu --only pipeline-cache --json %s",
-             MC_BINARY_DIR, json);
-    int st = -1;
-    char *out = run_command(cmd, &st);
-    CHECK(out);
-    fprintf(stderr, "%s", out);
-    CHECK_EQ(st, 0);
-    free(out);
-    char *j = mct_read_file(json, NULL);
-    remove(json);
+    char *j = bench_json("--quick --reps 2 --device cpu --only pipeline-cache", NULL);
     CHECK(j);
     CHECK_EQ(json_rows(j), 3);
     CHECK_STR_CONTAINS(j, "\"metric\": \"warm from disk, new process, per pipeline\"");
