@@ -151,6 +151,7 @@ static mc_status make_params(mc__cuda_list *l, const mc__list_desc *d, lcmd *c, 
     uint32_t n = pl->nparams >= 0 ? MC__MAX((uint32_t)pl->nparams, nb) : nb;
     size_t total = 0;
     argval local[32];
+    const argval *use[32] = {0}; /* slot i's value: as bound, or its device copy */
     for (uint32_t i = 0; i < n; i++) {
         size_t need = (pl->param_size && (int32_t)i < pl->nparams) ? pl->param_size[i] : 0;
         const argval *a = i < 32 && (bound >> i & 1u) ? &av[i] : NULL;
@@ -160,6 +161,7 @@ static mc_status make_params(mc__cuda_list *l, const mc__list_desc *d, lcmd *c, 
             if (s != MC_OK) return s;
             a = &local[i];
         }
+        if (i < 32) use[i] = a;
         if (!a && need <= sizeof zero_vals) continue;
         total = ((total + 15u) & ~(size_t)15u) + MC__MAX(need, a ? a->len : 0);
     }
@@ -172,8 +174,7 @@ static mc_status make_params(mc__cuda_list *l, const mc__list_desc *d, lcmd *c, 
     size_t at = 0;
     for (uint32_t i = 0; i < n; i++) {
         size_t need = (pl->param_size && (int32_t)i < pl->nparams) ? pl->param_size[i] : 0;
-        const argval *a = i < 32 && (bound >> i & 1u) ? &av[i] : NULL;
-        if (a && a->p && i < MC__CUDA_MAX_SLOTS && (pl->slot[i] & 0xffu) == MC__CUDA_SLOT_PTR) a = &local[i];
+        const argval *a = i < 32 ? use[i] : NULL;
         if (!a && need <= sizeof zero_vals) {
             c->kp[i] = zero_vals;
             continue;
